@@ -1,0 +1,197 @@
+/* Block-hash sidecar files; see blockhash.h. */
+#include "blockhash.h"
+
+#include <endian.h>
+#include <fcntl.h>
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "core/cleanup.h"
+
+static const char blockhash_magic[8] = {'V', 'X', 'H', 'A', 'S', 'H', '\0', '\n'};
+#define BLOCKHASH_VERSION     1
+#define BLOCKHASH_HEADER_SIZE 64 /* fixed; unused bytes are zero */
+
+struct blockhash_header {
+    char magic[8];
+    uint32_t version;
+    uint32_t block_size;
+    uint64_t file_size;
+    uint64_t ino;
+    int64_t mtime_sec;
+    int64_t mtime_nsec;
+    uint64_t nblocks;
+    uint8_t reserved[8];
+};
+_Static_assert(sizeof(struct blockhash_header) == BLOCKHASH_HEADER_SIZE, "header layout");
+
+static char *sidecar_path(const char *data_path)
+{
+    char *p = NULL;
+    return asprintf(&p, "%s%s", data_path, BLOCKHASH_SUFFIX) < 0 ? NULL : p;
+}
+
+int blockhash_writer_open(struct blockhash_writer *w, const char *data_path, uint32_t block_size)
+{
+    memset(w, 0, sizeof(*w));
+    w->block_size = block_size;
+    w->path = sidecar_path(data_path);
+    if (!w->path || asprintf(&w->tmp_path, "%s.tmp.XXXXXX", w->path) < 0) {
+        free(w->path);
+        return -ENOMEM;
+    }
+    int fd = mkostemp(w->tmp_path, O_CLOEXEC);
+    if (fd < 0) {
+        int r = -errno;
+        free(w->path);
+        free(w->tmp_path);
+        return r;
+    }
+    w->f = fdopen(fd, "w");
+    if (!w->f) {
+        int r = -errno;
+        close(fd);
+        unlink(w->tmp_path);
+        free(w->path);
+        free(w->tmp_path);
+        return r;
+    }
+    /* Room for the header, filled in at commit when the data file's identity is final. */
+    static const uint8_t zero_header[BLOCKHASH_HEADER_SIZE];
+    if (fwrite(zero_header, sizeof(zero_header), 1, w->f) != 1) {
+        blockhash_writer_abort(w);
+        return -EIO;
+    }
+    return 0;
+}
+
+int blockhash_writer_add(struct blockhash_writer *w, const uint8_t digest[HASH_SIZE])
+{
+    if (fwrite(digest, HASH_SIZE, 1, w->f) != 1)
+        return errno ? -errno : -EIO;
+    w->nblocks++;
+    return 0;
+}
+
+int blockhash_writer_commit(struct blockhash_writer *w, int data_fd)
+{
+    struct stat st;
+    if (fstat(data_fd, &st) < 0)
+        return -errno;
+
+    struct blockhash_header h = {0};
+    memcpy(h.magic, blockhash_magic, sizeof(h.magic));
+    h.version = htole32(BLOCKHASH_VERSION);
+    h.block_size = htole32(w->block_size);
+    h.file_size = htole64((uint64_t)st.st_size);
+    h.ino = htole64((uint64_t)st.st_ino);
+    h.mtime_sec = (int64_t)htole64((uint64_t)st.st_mtim.tv_sec);
+    h.mtime_nsec = (int64_t)htole64((uint64_t)st.st_mtim.tv_nsec);
+    h.nblocks = htole64(w->nblocks);
+
+    if (fflush(w->f) != 0 || pwrite(fileno(w->f), &h, sizeof(h), 0) != (ssize_t)sizeof(h) ||
+        fsync(fileno(w->f)) < 0) {
+        int r = errno ? -errno : -EIO;
+        blockhash_writer_abort(w);
+        return r;
+    }
+    if (rename(w->tmp_path, w->path) < 0) {
+        int r = -errno;
+        blockhash_writer_abort(w);
+        return r;
+    }
+    fclose(w->f);
+    w->f = NULL;
+    free(w->tmp_path);
+    free(w->path);
+    w->tmp_path = w->path = NULL;
+    return 0;
+}
+
+void blockhash_writer_abort(struct blockhash_writer *w)
+{
+    if (w->f) {
+        fclose(w->f);
+        unlink(w->tmp_path);
+    }
+    w->f = NULL;
+    free(w->tmp_path);
+    free(w->path);
+    w->tmp_path = w->path = NULL;
+}
+
+int blockhash_reader_open(struct blockhash_reader *r, const char *data_path, int data_fd)
+{
+    memset(r, 0, sizeof(*r));
+    CLEANUP_FREE char *path = sidecar_path(data_path);
+    if (!path)
+        return -ENOMEM;
+    FILE *f = fopen(path, "re");
+    if (!f)
+        return -errno;
+
+    struct blockhash_header h;
+    struct stat st, sst;
+    if (fread(&h, sizeof(h), 1, f) != 1 || memcmp(h.magic, blockhash_magic, sizeof(h.magic)) ||
+        le32toh(h.version) != BLOCKHASH_VERSION || le32toh(h.block_size) == 0 ||
+        fstat(fileno(f), &sst) < 0) {
+        fclose(f);
+        return -EBADMSG;
+    }
+    r->block_size = le32toh(h.block_size);
+    r->nblocks = le64toh(h.nblocks);
+    uint64_t want_blocks = (le64toh(h.file_size) + r->block_size - 1) / r->block_size;
+    if (r->nblocks != want_blocks ||
+        (uint64_t)sst.st_size != BLOCKHASH_HEADER_SIZE + r->nblocks * HASH_SIZE) {
+        fclose(f);
+        return -EBADMSG;
+    }
+    if (fstat(data_fd, &st) < 0) {
+        int e = -errno;
+        fclose(f);
+        return e;
+    }
+    if ((uint64_t)st.st_size != le64toh(h.file_size) || (uint64_t)st.st_ino != le64toh(h.ino) ||
+        st.st_mtim.tv_sec != (int64_t)le64toh((uint64_t)h.mtime_sec) ||
+        st.st_mtim.tv_nsec != (int64_t)le64toh((uint64_t)h.mtime_nsec)) {
+        fclose(f);
+        return -ESTALE;
+    }
+    r->f = f;
+    return 0;
+}
+
+int blockhash_reader_get(struct blockhash_reader *r, uint64_t i, uint8_t out[HASH_SIZE])
+{
+    if (i >= r->nblocks)
+        return hash_sha256_zeros(r->block_size, out);
+    if (i != r->next) {
+        if (fseeko(r->f, (off_t)(BLOCKHASH_HEADER_SIZE + i * HASH_SIZE), SEEK_SET) < 0)
+            return -errno;
+        r->next = i;
+    }
+    if (fread(out, HASH_SIZE, 1, r->f) != 1)
+        return -EBADMSG;
+    r->next++;
+    return 0;
+}
+
+void blockhash_reader_close(struct blockhash_reader *r)
+{
+    if (r->f)
+        fclose(r->f);
+    r->f = NULL;
+}
+
+int blockhash_remove(const char *data_path)
+{
+    CLEANUP_FREE char *path = sidecar_path(data_path);
+    if (!path)
+        return -ENOMEM;
+    if (unlink(path) < 0 && errno != ENOENT)
+        return -errno;
+    return 0;
+}

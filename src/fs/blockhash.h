@@ -1,0 +1,53 @@
+/* Block-hash sidecars: a SHA-256 per fixed-size block of a file, written while a copy-mode
+ * snapshot is taken, so that a later diff against that snapshot reads only the newer file.
+ *
+ * The sidecar of DATA lives at DATA + BLOCKHASH_SUFFIX.  It records the identity of DATA (inode,
+ * size, mtime) at the time it was written; a sidecar whose file changed since is stale and
+ * ignored.  Each digest covers exactly block_size bytes, the last block zero-padded, so a block
+ * past the end of a file hashes like a block of zeros.  Format: docs/repository-format.md.
+ */
+#ifndef VMEXPORT_FS_BLOCKHASH_H
+#define VMEXPORT_FS_BLOCKHASH_H
+
+#include <stdint.h>
+#include <stdio.h>
+
+#include "core/hash.h"
+
+#define BLOCKHASH_SUFFIX     ".vxhash"
+#define BLOCKHASH_BLOCK_SIZE (64u * 1024) /* 64 KiB: 0.05% of the data in digests */
+
+struct blockhash_writer {
+    FILE *f;
+    char *tmp_path;
+    char *path;
+    uint32_t block_size;
+    uint64_t nblocks;
+};
+
+/* Start a sidecar for the file that will be at data_path. */
+int blockhash_writer_open(struct blockhash_writer *w, const char *data_path, uint32_t block_size);
+int blockhash_writer_add(struct blockhash_writer *w, const uint8_t digest[HASH_SIZE]);
+/* Record data_fd's identity, fsync and move the sidecar into place. */
+int blockhash_writer_commit(struct blockhash_writer *w, int data_fd);
+/* Drop an uncommitted sidecar (no-op after commit). */
+void blockhash_writer_abort(struct blockhash_writer *w);
+
+struct blockhash_reader {
+    FILE *f;
+    uint32_t block_size;
+    uint64_t nblocks;
+    uint64_t next; /* index of the digest the stream is positioned at */
+};
+
+/* Open the sidecar of data_path and check it against data_fd.  -ENOENT: none; -ESTALE: the file
+ * changed since; -EBADMSG: not a valid sidecar. */
+int blockhash_reader_open(struct blockhash_reader *r, const char *data_path, int data_fd);
+/* Digest of block i; blocks past the recorded ones read as zero blocks. */
+int blockhash_reader_get(struct blockhash_reader *r, uint64_t i, uint8_t out[HASH_SIZE]);
+void blockhash_reader_close(struct blockhash_reader *r);
+
+/* Remove the sidecar of data_path if there is one. */
+int blockhash_remove(const char *data_path);
+
+#endif

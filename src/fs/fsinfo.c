@@ -1,0 +1,76 @@
+/* Filesystem identification via statfs(2) magic numbers, and a reflink probe. */
+#include "fsinfo.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/fs.h>
+#include <linux/magic.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <sys/statfs.h>
+#include <unistd.h>
+
+#include "core/cleanup.h"
+
+/* Not in <linux/magic.h>; from fs/ocfs2/ocfs2_fs.h. */
+#define OCFS2_SUPER_MAGIC_VALUE 0x7461636f
+
+/* Size of the block written by the reflink probe: one page is enough to allocate an extent. */
+#define PROBE_BLOCK_SIZE 4096
+
+static const struct {
+    unsigned long magic;
+    enum fs_kind kind;
+    const char *name;
+} fs_magics[] = {
+    {XFS_SUPER_MAGIC, FS_XFS, "xfs"},
+    {BTRFS_SUPER_MAGIC, FS_BTRFS, "btrfs"},
+    {OCFS2_SUPER_MAGIC_VALUE, FS_OCFS2, "ocfs2"},
+    {EXT4_SUPER_MAGIC, FS_EXT4, "ext4"},
+    {TMPFS_MAGIC, FS_TMPFS, "tmpfs"},
+    {NFS_SUPER_MAGIC, FS_NFS, "nfs"},
+};
+
+int fs_info_fd(int fd, struct fs_info *out)
+{
+    struct statfs sfs;
+    struct stat st;
+
+    memset(out, 0, sizeof(*out));
+    if (fstatfs(fd, &sfs) < 0 || fstat(fd, &st) < 0)
+        return -errno;
+
+    out->kind = FS_OTHER;
+    snprintf(out->name_buf, sizeof(out->name_buf), "fs 0x%lx", (unsigned long)sfs.f_type);
+    out->name = out->name_buf;
+    for (size_t i = 0; i < ARRAY_SIZE(fs_magics); i++) {
+        if ((unsigned long)sfs.f_type == fs_magics[i].magic) {
+            out->kind = fs_magics[i].kind;
+            out->name = fs_magics[i].name;
+        }
+    }
+    out->block_size = sfs.f_bsize > 0 ? (uint32_t)sfs.f_bsize : (uint32_t)st.st_blksize;
+    out->dev = st.st_dev;
+    return 0;
+}
+
+bool fs_kind_may_reflink(enum fs_kind kind)
+{
+    return kind == FS_XFS || kind == FS_BTRFS || kind == FS_OCFS2;
+}
+
+int fs_probe_reflink(const char *dir)
+{
+    static const char block[PROBE_BLOCK_SIZE] = {1};
+    CLEANUP_CLOSE int a = open(dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+    if (a < 0)
+        return -errno;
+    CLEANUP_CLOSE int b = open(dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+    if (b < 0)
+        return -errno;
+    if (pwrite(a, block, sizeof(block), 0) != (ssize_t)sizeof(block) || fsync(a) < 0)
+        return -errno;
+    return ioctl(b, FICLONE, a) == 0 ? 1 : 0;
+}

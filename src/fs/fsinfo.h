@@ -1,0 +1,28 @@
+/* Which filesystem a file lives on, and what it can do (reflink, FIEMAP). */
+#ifndef VMEXPORT_FS_FSINFO_H
+#define VMEXPORT_FS_FSINFO_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+enum fs_kind { FS_OTHER, FS_XFS, FS_BTRFS, FS_OCFS2, FS_EXT4, FS_TMPFS, FS_NFS };
+
+struct fs_info {
+    enum fs_kind kind;
+    const char *name;    /* "xfs", "btrfs", ... or "unknown (0x1234)" style for others */
+    uint32_t block_size; /* allocation unit: the granularity of extent maps */
+    dev_t dev;           /* st_dev of the file */
+    char name_buf[32];
+};
+
+int fs_info_fd(int fd, struct fs_info *out);
+
+/* Can this filesystem share blocks between files at all (by kind)? */
+bool fs_kind_may_reflink(enum fs_kind kind);
+
+/* Try a real FICLONE between two anonymous files in dir: 1 if it works, 0 if not, < 0 on an
+ * error that says nothing about reflink support (e.g. the directory is not writable). */
+int fs_probe_reflink(const char *dir);
+
+#endif
