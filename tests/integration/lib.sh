@@ -22,7 +22,7 @@ diag()   { echo "# $*"; }
 # check DESCRIPTION COMMAND...: one TAP line from a command's exit status.
 check() {
     local what=$1; shift
-    if "$@"; then ok "$what"; else not_ok "$what"; fi
+    if "$@" >/dev/null; then ok "$what"; else not_ok "$what"; fi
 }
 
 # check_fails DESCRIPTION COMMAND...: the command must fail.

@@ -1,0 +1,80 @@
+#!/bin/bash
+# Build everything and run every test: unit tests (cmocka) and integration tests (scripts on
+# real loop filesystems), first on the normal build, then under ASan+UBSan.
+#
+# Every test speaks TAP; this script counts "ok" and "not ok" lines and ends with
+# "N passed, N failed".  Logs of each test are kept in build/test-logs/.
+#
+# Environment: VMEXPORT_SEED (property tests), VMEXPORT_ROUNDS (rounds per filesystem, 200),
+# VMEXPORT_NO_ASAN=1 (skip the sanitizer pass), VMEXPORT_TESTS="pattern" (run matching only).
+set -u
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+
+scripts/install-deps.sh
+scripts/build.sh build || { echo "build failed"; echo "0 passed, 1 failed"; exit 1; }
+if [ "${VMEXPORT_NO_ASAN:-0}" != 1 ]; then
+    scripts/build.sh build-asan -Dsanitize=true ||
+        { echo "sanitizer build failed"; echo "0 passed, 1 failed"; exit 1; }
+fi
+
+LOGS=$ROOT/build/test-logs
+rm -rf "$LOGS"
+mkdir -p "$LOGS"
+passed=0
+failed=0
+skipped=0
+
+# run_tap NAME COMMAND...: run a TAP-speaking test, count its results.
+run_tap() {
+    local name=$1; shift
+    local log="$LOGS/$name.log" start=$SECONDS
+    "$@" >"$log" 2>&1
+    local rc=$?
+    local p f s
+    p=$(grep -cE '^ok [0-9]+' "$log")
+    s=$(grep -cE '^ok [0-9]+ .*# SKIP' "$log")
+    f=$(grep -cE '^not ok [0-9]+' "$log")
+    p=$((p - s))
+    if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then
+        f=1 # crashed or failed outside a check
+        echo "not ok - $name exited with status $rc" >>"$log"
+    fi
+    passed=$((passed + p))
+    failed=$((failed + f))
+    skipped=$((skipped + s))
+    printf '%-40s %4d passed %3d failed %3d skipped  %4ds\n' "$name" "$p" "$f" "$s" $((SECONDS - start))
+    if [ "$f" -gt 0 ]; then
+        grep -E '^(not ok|#)' "$log" | head -20 | sed 's/^/    /'
+    fi
+}
+
+selected() {
+    [ -z "${VMEXPORT_TESTS:-}" ] || [[ $1 == *${VMEXPORT_TESTS}* ]]
+}
+
+run_suite() {
+    local build=$1 tag=$2
+    for t in "$build"/tests/unit/test_*; do
+        [ -x "$t" ] || continue
+        local n="$tag$(basename "$t")"
+        selected "$n" && run_tap "$n" env CMOCKA_MESSAGE_OUTPUT=TAP "$t"
+    done
+    for t in tests/integration/test-*.sh; do
+        local n="$tag$(basename "$t" .sh)"
+        selected "$n" && run_tap "$n" env BUILD="$ROOT/$build" bash "$t"
+    done
+}
+
+run_suite build ""
+if [ "${VMEXPORT_NO_ASAN:-0}" != 1 ]; then
+    # Under the sanitizers the property tests run a quarter of the rounds: the point there is
+    # memory errors, not more random cases.
+    export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1
+    export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+    VMEXPORT_ROUNDS=$(( ${VMEXPORT_ROUNDS:-200} / 4 )) run_suite build-asan "asan/"
+fi
+
+[ "$skipped" -eq 0 ] || echo "$skipped skipped"
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ]

@@ -1,0 +1,113 @@
+#!/bin/bash
+# The map, clone and diff commands: output shapes, modes, errors, exit codes, help.
+source "$(dirname "$0")/lib.sh"
+require_root
+
+# expect_exit CODE DESCRIPTION COMMAND...: exit status must be CODE.
+expect_exit() {
+    local want=$1 what=$2; shift 2
+    "$@" >"$WORK/out" 2>"$WORK/err"
+    local rc=$?
+    if [ "$rc" -eq "$want" ]; then ok "$what"; else not_ok "$what (exit $rc, want $want): $(head -2 "$WORK/err")"; fi
+}
+
+# --- help and usage ---
+for c in map clone diff; do
+    expect_exit 0 "$c --help exits 0" "$VMEXPORT" "$c" --help
+    check "$c --help documents the exit status" grep -q "Exit status" "$WORK/out"
+    expect_exit 2 "$c with no arguments is a usage error (2)" "$VMEXPORT" "$c"
+done
+expect_exit 0 "vmexport --help" "$VMEXPORT" --help
+check "--help lists the commands" grep -q "clone" "$WORK/out"
+expect_exit 2 "unknown command is a usage error" "$VMEXPORT" frobnicate
+expect_exit 2 "bad --mode is a usage error" "$VMEXPORT" clone --mode fast a b
+check "bad --mode message names the choices" grep -q "auto, reflink or copy" "$WORK/err"
+
+make_fs xfs 400 XFS || { not_ok "create xfs"; exit 1; }
+make_fs ext4 200 EXT4 || { not_ok "create ext4"; exit 1; }
+
+# --- map ---
+truncate -s 16M "$XFS/img"
+dd if=/dev/urandom of="$XFS/img" bs=64K count=4 seek=10 conv=notrunc status=none
+fallocate -l 1M -o 8M --keep-size "$XFS/img"   # unwritten: not data
+sync
+expect_exit 0 "map --json on xfs" "$VMEXPORT" map --json "$XFS/img"
+check "map --json is valid JSON with the documented fields" \
+    jq -e '(.size == 16777216) and (.block_size == 4096) and (.extents | length == 1)
+           and (.extents[0] | .start == 655360 and .length == 262144 and (.physical_start | type == "number") and .shared == false)' "$WORK/out"
+expect_exit 0 "map --all lists unwritten extents" "$VMEXPORT" map --json --all "$XFS/img"
+check "unwritten extent marked" jq -e '[.extents[] | select(.unwritten)] | length == 1' "$WORK/out"
+cp --reflink=always "$XFS/img" "$XFS/img2"
+"$VMEXPORT" map --json "$XFS/img2" >"$WORK/out"
+check "shared flag after a reflink copy" jq -e '.extents[0].shared == true' "$WORK/out"
+
+mkdir -p "$WORK/tmpfs" && mount -t tmpfs -o size=64M tmpfs "$WORK/tmpfs" && at_exit "umount $WORK/tmpfs"
+truncate -s 4M "$WORK/tmpfs/img"
+dd if=/dev/urandom of="$WORK/tmpfs/img" bs=4K count=2 seek=100 conv=notrunc status=none
+expect_exit 0 "map on tmpfs (no FIEMAP) falls back to SEEK_DATA" "$VMEXPORT" map --json "$WORK/tmpfs/img"
+check "fallback map: method seek, the data range" \
+    jq -e '.method == "seek" and (.extents | length == 1) and .extents[0].start == 409600 and .extents[0].length == 8192' "$WORK/out"
+
+expect_exit 1 "map of a missing file fails (1)" "$VMEXPORT" map "$XFS/nope"
+check "error names the file and the cause" grep -q "$XFS/nope: No such file or directory" "$WORK/err"
+expect_exit 1 "map of a directory fails" "$VMEXPORT" map "$XFS"
+check "directory error is clear" grep -q "not a regular file" "$WORK/err"
+
+# --- clone ---
+expect_exit 0 "clone --mode reflink on xfs" "$VMEXPORT" clone --json --mode reflink "$XFS/img" "$XFS/c1"
+check "reflink clone reported" jq -e '.mode == "reflink"' "$WORK/out"
+check "reflink clone is identical" cmp -s "$XFS/img" "$XFS/c1"
+check "reflink clone has no sidecar" test ! -e "$XFS/c1.vxhash"
+
+cp "$XFS/img" "$EXT4/img"
+expect_exit 1 "clone --mode reflink on ext4 fails" "$VMEXPORT" clone --mode reflink "$EXT4/img" "$EXT4/c1"
+check "message says reflink is not supported on ext4" grep -q "reflink not supported on ext4" "$WORK/err"
+check "failed reflink leaves no DST" test ! -e "$EXT4/c1"
+check "failed reflink leaves no temporary file" bash -c "! ls -a '$EXT4' | grep -q vxtmp"
+expect_exit 1 "clone --mode reflink across filesystems fails" "$VMEXPORT" clone --mode reflink "$XFS/img" "$EXT4/x"
+check "message says different filesystems" grep -q "different filesystems" "$WORK/err"
+check "cross-filesystem reflink leaves no DST" test ! -e "$EXT4/x"
+
+expect_exit 0 "clone auto on ext4 copies" "$VMEXPORT" clone --json "$EXT4/img" "$EXT4/c2"
+check "auto on ext4 is a copy that wrote only data" jq -e '.mode == "copy" and .bytes_written == 262144' "$WORK/out"
+check "copy is identical" cmp -s "$EXT4/img" "$EXT4/c2"
+check "copy has a sidecar" test -s "$EXT4/c2.vxhash"
+check "copy stays sparse" test "$(du -k "$EXT4/c2" | cut -f1)" -le 300
+
+expect_exit 1 "clone never overwrites" "$VMEXPORT" clone "$EXT4/img" "$EXT4/c2"
+check "message says DST exists" grep -q "already exists" "$WORK/err"
+expect_exit 1 "clone of a missing file fails" "$VMEXPORT" clone "$EXT4/missing" "$EXT4/c3"
+check "missing source named" grep -q "$EXT4/missing" "$WORK/err"
+check "nothing created for a missing source" test ! -e "$EXT4/c3"
+
+# A full disk: clean error, nothing left behind.
+make_fs btrfs 128 SMALL || { not_ok "create small btrfs"; exit 1; }
+dd if=/dev/urandom of="$WORK/big" bs=1M count=200 status=none
+expect_exit 1 "copy onto a full filesystem fails" "$VMEXPORT" clone --mode copy "$WORK/big" "$SMALL/big"
+check "no-space message" grep -q "no space left" "$WORK/err"
+check "nothing left on the full filesystem" bash -c "[ -z \"\$(ls -A '$SMALL')\" ]"
+
+# --- diff ---
+expect_exit 0 "diff of identical clones" "$VMEXPORT" diff --json "$XFS/img" "$XFS/c1"
+check "identical clones: nothing changed, reflink mode" \
+    jq -e '.mode == "reflink" and .changed == [] and .zeroed == [] and .size == 16777216' "$WORK/out"
+fallocate --punch-hole -o 655360 -l 65536 "$XFS/c1"
+dd if=/dev/urandom of="$XFS/c1" bs=4K count=1 seek=2000 conv=notrunc status=none
+expect_exit 0 "diff after punch and write" "$VMEXPORT" diff --json "$XFS/img" "$XFS/c1"
+check "punched range is zeroed, written block changed" \
+    jq -e '.changed == [{"start":8192000,"length":4096}] and .zeroed == [{"start":655360,"length":65536}]' "$WORK/out"
+
+dd if=/dev/urandom of="$EXT4/img" bs=4K count=1 seek=3 conv=notrunc status=none
+expect_exit 0 "diff against a copy uses hashes" "$VMEXPORT" diff --json "$EXT4/c2" "$EXT4/img"
+check "hash mode, 64 KiB precision" jq -e '.mode == "hash" and .changed == [{"start":0,"length":65536}]' "$WORK/out"
+expect_exit 0 "diff --mode read" "$VMEXPORT" diff --json --mode read "$EXT4/c2" "$EXT4/img"
+check "read mode, 4 KiB precision" jq -e '.mode == "read" and .changed == [{"start":12288,"length":4096}]' "$WORK/out"
+expect_exit 1 "diff --mode reflink on ext4 fails" "$VMEXPORT" diff --mode reflink "$EXT4/c2" "$EXT4/img"
+check "reflink-mode refusal explains" grep -q "does not share blocks" "$WORK/err"
+expect_exit 1 "diff --mode hash without a sidecar fails" "$VMEXPORT" diff --mode hash "$EXT4/img" "$EXT4/c2"
+check "hash-mode refusal explains" grep -q "no block-hash sidecar" "$WORK/err"
+touch -d '2001-01-01' "$EXT4/c2"
+expect_exit 0 "a stale sidecar is not used" "$VMEXPORT" diff --json "$EXT4/c2" "$EXT4/img"
+check "stale sidecar: read mode" jq -e '.mode == "read"' "$WORK/out"
+expect_exit 1 "diff with a missing file fails" "$VMEXPORT" diff "$EXT4/c2" "$EXT4/none"
+check "missing file named" grep -q "$EXT4/none" "$WORK/err"
