@@ -167,10 +167,14 @@ int extent_list_align(extent_list *l, uint64_t chunk, uint64_t limit)
     int r = extent_list_validate(l);
     if (r < 0)
         return r;
+    if (limit > EXTENT_OFFSET_MAX)
+        limit = EXTENT_OFFSET_MAX; /* rounding up must not carry an end past the largest offset */
 
     size_t w = 0;
     for (size_t i = 0; i < l->len; i++) {
         struct extent e = l->ptr[i];
+        if (e.start >= limit)
+            continue; /* wholly past the limit */
         uint64_t s = e.start - e.start % chunk;
         uint64_t end = extent_end(&e);
         if (end >= limit) {

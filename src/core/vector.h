@@ -32,13 +32,13 @@
                                                                                                    \
     static inline __attribute__((unused)) int name##_reserve(name *v, size_t extra)                \
     {                                                                                              \
-        if (v->len + extra <= v->cap)                                                              \
-            return 0;                                                                              \
         if (extra > SIZE_MAX / sizeof(type) - v->len)                                              \
             return -ENOMEM;                                                                        \
         size_t want = v->len + extra;                                                              \
         if (v->max_len && want > v->max_len)                                                       \
             return -E2BIG;                                                                         \
+        if (want <= v->cap)                                                                        \
+            return 0;                                                                              \
         size_t cap = v->cap ? v->cap : VECTOR_MIN_CAP;                                             \
         while (cap < want)                                                                         \
             cap = cap > SIZE_MAX / 2 / sizeof(type) ? want : cap * 2;                              \

@@ -78,3 +78,116 @@ require_root() {
         exit 0
     fi
 }
+
+# ---- daemon helpers ----
+VMEXPORTD=${VMEXPORTD:-$BUILD/vmexportd}
+
+# make_cert DIR: a CA, a server certificate for 127.0.0.1/localhost signed by it, and a client
+# certificate signed by it: DIR/{ca,server,client}.{crt,key}.
+make_cert() {
+    local d=$1
+    mkdir -p "$d"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+        -subj "/CN=vmexport test CA" -keyout "$d/ca.key" -out "$d/ca.crt" 2>/dev/null || return 1
+    local who
+    for who in server client; do
+        openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+            -subj "/CN=$who" -keyout "$d/$who.key" -out "$d/$who.csr" 2>/dev/null || return 1
+        printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\n' >"$d/$who.ext"
+        openssl x509 -req -in "$d/$who.csr" -CA "$d/ca.crt" -CAkey "$d/ca.key" -CAcreateserial \
+            -days 2 -extfile "$d/$who.ext" -out "$d/$who.crt" 2>/dev/null || return 1
+    done
+}
+
+# free_port: a TCP port nobody listens on (best effort).
+free_port() {
+    local p
+    for _ in $(seq 50); do
+        p=$((20000 + RANDOM % 40000))
+        if ! ss -ltn 2>/dev/null | grep -q ":$p "; then echo "$p"; return 0; fi
+    done
+    echo 0
+}
+
+# write_config FILE PORT STATE_DIR [EXTRA_INI...]: a daemon config with TLS, the test users
+# (admin:secret, alice:wonderland) and the sections given as extra arguments.
+write_config() {
+    local file=$1 port=$2 state=$3; shift 3
+    mkdir -p "$state"
+    [ -f "$state/users" ] || {
+        echo "admin:$(openssl passwd -6 secret)"
+        echo "alice:$(openssl passwd -6 wonderland)"
+    } >"$state/users"
+    [ -f "$WORK/certs/server.crt" ] || make_cert "$WORK/certs" || return 1
+    {
+        echo "[server]"
+        echo "listen = 127.0.0.1:$port"
+        echo "certificate = $WORK/certs/server.crt"
+        echo "key = $WORK/certs/server.key"
+        echo "shutdown_grace = 10"
+        echo "[auth]"
+        echo "users_file = $state/users"
+        echo "jwt_secret_file = $state/jwt.key"
+        echo "[catalog]"
+        echo "db_file = $state/catalog.db"
+        local s
+        for s in "$@"; do printf '%s\n' "$s"; done
+    } >"$file"
+}
+
+# start_daemon CONFIG PORT: start vmexportd, wait until /healthz answers; sets DAEMON_PID and
+# URL.  The daemon is killed at exit.
+start_daemon() {
+    local cfg=$1 port=$2
+    "$VMEXPORTD" --config "$cfg" -v >>"$WORK/daemon.log" 2>&1 &
+    DAEMON_PID=$!
+    at_exit "kill -9 $DAEMON_PID"
+    URL="https://127.0.0.1:$port"
+    local i
+    for i in $(seq 100); do
+        if curl -s --cacert "$WORK/certs/ca.crt" -o /dev/null "$URL/healthz"; then return 0; fi
+        if ! kill -0 "$DAEMON_PID" 2>/dev/null; then
+            diag "vmexportd exited: $(tail -3 "$WORK/daemon.log")"
+            return 1
+        fi
+        sleep 0.1
+    done
+    return 1
+}
+
+# stop_daemon: SIGTERM and wait for the exit status.
+stop_daemon() {
+    kill -TERM "$DAEMON_PID" 2>/dev/null
+    wait "$DAEMON_PID"
+}
+
+# api METHOD PATH [CURL ARGS...]: call the API with the current TOKEN; body in $WORK/body,
+# status echoed.
+api() {
+    local method=$1 path=$2; shift 2
+    curl -s --path-as-is --cacert "$WORK/certs/ca.crt" -X "$method" -o "$WORK/body" -w '%{http_code}' \
+        ${TOKEN:+-H "Authorization: Bearer $TOKEN"} "$@" "$URL$path"
+}
+
+# login USER PASSWORD: sets TOKEN.
+login() {
+    TOKEN=$(curl -s --cacert "$WORK/certs/ca.crt" -X POST \
+        -d "{\"username\":\"$1\",\"password\":\"$2\"}" "$URL/api/v1/auth/login" | jq -r .token)
+    [ -n "$TOKEN" ] && [ "$TOKEN" != null ]
+}
+
+# expect_status WANT DESCRIPTION METHOD PATH [CURL ARGS...]
+expect_status() {
+    local want=$1 what=$2; shift 2
+    local got
+    got=$(api "$@")
+    if [ "$got" = "$want" ]; then ok "$what"; else not_ok "$what (HTTP $got, want $want): $(head -c 300 "$WORK/body")"; fi
+}
+
+# expect_status_in "CODES" DESCRIPTION METHOD PATH [CURL ARGS...]: any of the codes.
+expect_status_in() {
+    local want=$1 what=$2; shift 2
+    local got
+    got=$(api "$@")
+    if [[ " $want " == *" $got "* ]]; then ok "$what (HTTP $got)"; else not_ok "$what (HTTP $got, want one of $want): $(head -c 300 "$WORK/body")"; fi
+}

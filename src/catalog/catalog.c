@@ -1,0 +1,522 @@
+/* SQLite catalog of snapshots; see catalog.h.
+ *
+ * One connection guarded by a mutex: catalog calls are short (a few rows), and downloads, which
+ * take the time, never hold it.
+ */
+#include "catalog.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <sqlite3.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/log.h"
+
+/* Schema version stored in PRAGMA user_version; bump with a migration when the schema changes. */
+#define CATALOG_SCHEMA_VERSION 1
+/* How long a statement waits for another process holding the database (sqlite3 CLI, backup). */
+#define CATALOG_BUSY_TIMEOUT_MS 5000
+
+struct catalog {
+    sqlite3 *db;
+    pthread_mutex_t lock;
+};
+
+static const char catalog_schema[] =
+    "CREATE TABLE IF NOT EXISTS snapshots ("
+    "  seq INTEGER PRIMARY KEY AUTOINCREMENT,"
+    "  id TEXT NOT NULL UNIQUE,"
+    "  vm_id TEXT NOT NULL,"
+    "  provider TEXT NOT NULL,"
+    "  created_at TEXT NOT NULL,"
+    "  parent_id TEXT,"
+    "  status TEXT NOT NULL);"
+    "CREATE INDEX IF NOT EXISTS snapshots_vm ON snapshots(vm_id, seq);"
+    "CREATE TABLE IF NOT EXISTS snapshot_disks ("
+    "  snapshot_id TEXT NOT NULL REFERENCES snapshots(id) ON DELETE CASCADE,"
+    "  idx INTEGER NOT NULL,"
+    "  name TEXT NOT NULL,"
+    "  path TEXT NOT NULL,"
+    "  parent_path TEXT NOT NULL,"
+    "  repo_mountpoint TEXT,"
+    "  change_id TEXT NOT NULL UNIQUE,"
+    "  mode TEXT NOT NULL,"
+    "  size INTEGER NOT NULL,"
+    "  PRIMARY KEY (snapshot_id, name));";
+
+void snapshot_free(struct snapshot *s)
+{
+    if (!s)
+        return;
+    for (size_t i = 0; i < s->disks.len; i++) {
+        struct snapshot_disk *d = &s->disks.ptr[i];
+        free(d->name);
+        free(d->path);
+        free(d->parent_path);
+        free(d->repo_mountpoint);
+        free(d->change_id);
+        free(d->mode);
+    }
+    snapshot_disk_list_reset(&s->disks);
+    free(s->id);
+    free(s->vm_id);
+    free(s->provider);
+    free(s->created_at);
+    free(s->parent_id);
+    free(s->status);
+    free(s);
+}
+
+void snapshot_list_free(snapshot_list *l)
+{
+    for (size_t i = 0; i < l->len; i++)
+        snapshot_free(l->ptr[i]);
+    snapshot_list_reset(l);
+}
+
+static int sqlite_errno(int rc)
+{
+    switch (rc & 0xff) {
+    case SQLITE_OK:
+    case SQLITE_DONE:
+    case SQLITE_ROW:
+        return 0;
+    case SQLITE_NOMEM:
+        return -ENOMEM;
+    case SQLITE_BUSY:
+    case SQLITE_LOCKED:
+        return -EBUSY;
+    case SQLITE_FULL:
+        return -ENOSPC;
+    case SQLITE_READONLY:
+    case SQLITE_PERM:
+        return -EROFS;
+    case SQLITE_CONSTRAINT:
+        return -EEXIST;
+    default:
+        return -EIO;
+    }
+}
+
+static int exec_locked(struct catalog *c, const char *sql)
+{
+    char *msg = NULL;
+    int rc = sqlite3_exec(c->db, sql, NULL, NULL, &msg);
+    if (rc != SQLITE_OK) {
+        log_error("catalog: %s", msg ? msg : sqlite3_errstr(rc));
+        sqlite3_free(msg);
+    }
+    return sqlite_errno(rc);
+}
+
+int catalog_open(struct catalog **out, const char *db_file, char *err, size_t errlen)
+{
+    struct catalog *c = calloc(1, sizeof(*c));
+    if (!c)
+        return -ENOMEM;
+    pthread_mutex_init(&c->lock, NULL);
+    int rc = sqlite3_open_v2(db_file, &c->db,
+                             SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
+                             NULL);
+    if (rc != SQLITE_OK) {
+        snprintf(err, errlen, "%s: %s", db_file, c->db ? sqlite3_errmsg(c->db) : sqlite3_errstr(rc));
+        catalog_close(c);
+        return sqlite_errno(rc) ? sqlite_errno(rc) : -EIO;
+    }
+    sqlite3_busy_timeout(c->db, CATALOG_BUSY_TIMEOUT_MS);
+    char *msg = NULL;
+    rc = sqlite3_exec(c->db,
+                      "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;",
+                      NULL, NULL, &msg);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_exec(c->db, catalog_schema, NULL, NULL, &msg);
+    sqlite3_stmt *st = NULL;
+    int version = 0;
+    if (rc == SQLITE_OK && sqlite3_prepare_v2(c->db, "PRAGMA user_version", -1, &st, NULL) == 0 &&
+        sqlite3_step(st) == SQLITE_ROW)
+        version = sqlite3_column_int(st, 0);
+    sqlite3_finalize(st);
+    if (rc == SQLITE_OK && version > CATALOG_SCHEMA_VERSION) {
+        snprintf(err, errlen, "%s: catalog schema version %d is newer than this vmexportd (%d)",
+                 db_file, version, CATALOG_SCHEMA_VERSION);
+        catalog_close(c);
+        return -EPROTO;
+    }
+    if (rc == SQLITE_OK && version == 0) {
+        char pragma[64];
+        snprintf(pragma, sizeof(pragma), "PRAGMA user_version=%d", CATALOG_SCHEMA_VERSION);
+        rc = sqlite3_exec(c->db, pragma, NULL, NULL, &msg);
+    }
+    if (rc != SQLITE_OK) {
+        snprintf(err, errlen, "%s: %s", db_file, msg ? msg : sqlite3_errstr(rc));
+        sqlite3_free(msg);
+        catalog_close(c);
+        return sqlite_errno(rc) ? sqlite_errno(rc) : -EIO;
+    }
+    *out = c;
+    return 0;
+}
+
+void catalog_close(struct catalog *c)
+{
+    if (!c)
+        return;
+    sqlite3_close(c->db);
+    pthread_mutex_destroy(&c->lock);
+    free(c);
+}
+
+static char *col_strdup(sqlite3_stmt *st, int i)
+{
+    const unsigned char *t = sqlite3_column_text(st, i);
+    return t ? strdup((const char *)t) : NULL;
+}
+
+/* Load the disks of s. Called with the lock held. */
+static int load_disks(struct catalog *c, struct snapshot *s)
+{
+    sqlite3_stmt *st;
+    int rc = sqlite3_prepare_v2(c->db,
+                                "SELECT name, path, parent_path, repo_mountpoint, change_id, mode, "
+                                "size FROM snapshot_disks WHERE snapshot_id = ? ORDER BY idx",
+                                -1, &st, NULL);
+    if (rc != SQLITE_OK)
+        return sqlite_errno(rc);
+    sqlite3_bind_text(st, 1, s->id, -1, SQLITE_STATIC);
+    int r = 0;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        struct snapshot_disk d = {
+            .name = col_strdup(st, 0),
+            .path = col_strdup(st, 1),
+            .parent_path = col_strdup(st, 2),
+            .repo_mountpoint = col_strdup(st, 3),
+            .change_id = col_strdup(st, 4),
+            .mode = col_strdup(st, 5),
+            .size = (uint64_t)sqlite3_column_int64(st, 6),
+        };
+        if ((r = snapshot_disk_list_append(&s->disks, d)) < 0) {
+            free(d.name);
+            free(d.path);
+            free(d.parent_path);
+            free(d.repo_mountpoint);
+            free(d.change_id);
+            free(d.mode);
+            break;
+        }
+    }
+    if (r == 0 && rc != SQLITE_DONE)
+        r = sqlite_errno(rc);
+    sqlite3_finalize(st);
+    return r;
+}
+
+#define SNAPSHOT_COLUMNS "seq, id, vm_id, provider, created_at, parent_id, status"
+
+static struct snapshot *row_to_snapshot(sqlite3_stmt *st)
+{
+    struct snapshot *s = calloc(1, sizeof(*s));
+    if (!s)
+        return NULL;
+    s->seq = sqlite3_column_int64(st, 0);
+    s->id = col_strdup(st, 1);
+    s->vm_id = col_strdup(st, 2);
+    s->provider = col_strdup(st, 3);
+    s->created_at = col_strdup(st, 4);
+    s->parent_id = col_strdup(st, 5);
+    s->status = col_strdup(st, 6);
+    if (!s->id || !s->vm_id || !s->provider || !s->created_at || !s->status) {
+        snapshot_free(s);
+        return NULL;
+    }
+    return s;
+}
+
+/* Run a query of snapshot rows with up to three text parameters (NULL: unbound), filling out.
+ * Called with the lock held. */
+static int query_snapshots(struct catalog *c, const char *sql, const char *p1, const char *p2,
+                           const char *p3, snapshot_list *out)
+{
+    sqlite3_stmt *st;
+    int rc = sqlite3_prepare_v2(c->db, sql, -1, &st, NULL);
+    if (rc != SQLITE_OK) {
+        log_error("catalog: %s", sqlite3_errmsg(c->db));
+        return sqlite_errno(rc);
+    }
+    const char *params[] = {p1, p2, p3};
+    for (int i = 0; i < 3; i++)
+        if (params[i])
+            sqlite3_bind_text(st, i + 1, params[i], -1, SQLITE_STATIC);
+    int r = 0;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        struct snapshot *s = row_to_snapshot(st);
+        if (!s) {
+            r = -ENOMEM;
+            break;
+        }
+        if ((r = snapshot_list_append(out, s)) < 0) {
+            snapshot_free(s);
+            break;
+        }
+    }
+    if (r == 0 && rc != SQLITE_DONE)
+        r = sqlite_errno(rc);
+    sqlite3_finalize(st);
+    for (size_t i = 0; r == 0 && i < out->len; i++)
+        r = load_disks(c, out->ptr[i]);
+    return r;
+}
+
+static int query_one(struct catalog *c, const char *sql, const char *p1, const char *p2,
+                     struct snapshot **out)
+{
+    snapshot_list l = VECTOR_INIT;
+    pthread_mutex_lock(&c->lock);
+    int r = query_snapshots(c, sql, p1, p2, NULL, &l);
+    pthread_mutex_unlock(&c->lock);
+    if (r == 0 && l.len == 0)
+        r = -ENOENT;
+    if (r == 0) {
+        *out = l.ptr[0];
+        l.ptr[0] = NULL;
+        l.len = 0;
+    }
+    snapshot_list_free(&l);
+    return r;
+}
+
+int catalog_snapshot_get(struct catalog *c, const char *vm_id, const char *id,
+                         struct snapshot **out)
+{
+    return query_one(c, "SELECT " SNAPSHOT_COLUMNS " FROM snapshots WHERE vm_id = ? AND id = ?",
+                     vm_id, id, out);
+}
+
+int catalog_snapshot_find(struct catalog *c, const char *id, struct snapshot **out)
+{
+    return query_one(c, "SELECT " SNAPSHOT_COLUMNS " FROM snapshots WHERE id = ?", id, NULL, out);
+}
+
+int catalog_snapshot_by_change_id(struct catalog *c, const char *change_id, struct snapshot **out,
+                                  char **disk_name)
+{
+    int r = query_one(c,
+                      "SELECT " SNAPSHOT_COLUMNS " FROM snapshots WHERE id = "
+                      "(SELECT snapshot_id FROM snapshot_disks WHERE change_id = ?)",
+                      change_id, NULL, out);
+    if (r < 0)
+        return r;
+    for (size_t i = 0; i < (*out)->disks.len; i++) {
+        if (strcmp((*out)->disks.ptr[i].change_id, change_id) == 0) {
+            *disk_name = strdup((*out)->disks.ptr[i].name);
+            return *disk_name ? 0 : -ENOMEM;
+        }
+    }
+    snapshot_free(*out);
+    *out = NULL;
+    return -ENOENT;
+}
+
+int catalog_snapshot_list(struct catalog *c, const char *vm_id, const char *status,
+                          snapshot_list *out)
+{
+    const char *sql;
+    if (vm_id && status)
+        sql = "SELECT " SNAPSHOT_COLUMNS " FROM snapshots WHERE vm_id = ?1 AND status = ?2 "
+              "ORDER BY seq";
+    else if (vm_id)
+        sql = "SELECT " SNAPSHOT_COLUMNS " FROM snapshots WHERE vm_id = ?1 ORDER BY seq";
+    else if (status)
+        sql = "SELECT " SNAPSHOT_COLUMNS " FROM snapshots WHERE status = ?2 ORDER BY seq";
+    else
+        sql = "SELECT " SNAPSHOT_COLUMNS " FROM snapshots ORDER BY seq";
+    /* Numbered parameters: ?1 is always vm_id, ?2 always status. */
+    pthread_mutex_lock(&c->lock);
+    int r = query_snapshots(c, sql, vm_id, status, NULL, out);
+    pthread_mutex_unlock(&c->lock);
+    return r;
+}
+
+int catalog_recover(struct catalog *c, snapshot_list *out)
+{
+    pthread_mutex_lock(&c->lock);
+    int r = query_snapshots(c,
+                            "SELECT " SNAPSHOT_COLUMNS " FROM snapshots WHERE status IN "
+                            "('creating', 'deleting') ORDER BY seq",
+                            NULL, NULL, NULL, out);
+    pthread_mutex_unlock(&c->lock);
+    return r;
+}
+
+int catalog_snapshot_add(struct catalog *c, struct snapshot *s)
+{
+    sqlite3_stmt *st = NULL;
+    int rc, r;
+    pthread_mutex_lock(&c->lock);
+    if ((r = exec_locked(c, "BEGIN IMMEDIATE")) < 0)
+        goto out;
+
+    if (!s->parent_id) {
+        rc = sqlite3_prepare_v2(c->db,
+                                "SELECT id FROM snapshots WHERE vm_id = ? AND status = 'ready' "
+                                "ORDER BY seq DESC LIMIT 1",
+                                -1, &st, NULL);
+        if (rc != SQLITE_OK)
+            goto fail_rc;
+        sqlite3_bind_text(st, 1, s->vm_id, -1, SQLITE_STATIC);
+        if ((rc = sqlite3_step(st)) == SQLITE_ROW)
+            s->parent_id = col_strdup(st, 0);
+        else if (rc != SQLITE_DONE)
+            goto fail_rc;
+        sqlite3_finalize(st);
+        st = NULL;
+    }
+
+    rc = sqlite3_prepare_v2(c->db,
+                            "INSERT INTO snapshots (id, vm_id, provider, created_at, parent_id, "
+                            "status) VALUES (?, ?, ?, ?, ?, ?)",
+                            -1, &st, NULL);
+    if (rc != SQLITE_OK)
+        goto fail_rc;
+    sqlite3_bind_text(st, 1, s->id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, s->vm_id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, s->provider, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 4, s->created_at, -1, SQLITE_STATIC);
+    if (s->parent_id)
+        sqlite3_bind_text(st, 5, s->parent_id, -1, SQLITE_STATIC);
+    else
+        sqlite3_bind_null(st, 5);
+    sqlite3_bind_text(st, 6, s->status, -1, SQLITE_STATIC);
+    if ((rc = sqlite3_step(st)) != SQLITE_DONE)
+        goto fail_rc;
+    s->seq = sqlite3_last_insert_rowid(c->db);
+    sqlite3_finalize(st);
+    st = NULL;
+
+    rc = sqlite3_prepare_v2(c->db,
+                            "INSERT INTO snapshot_disks (snapshot_id, idx, name, path, parent_path, "
+                            "repo_mountpoint, change_id, mode, size) VALUES (?,?,?,?,?,?,?,?,?)",
+                            -1, &st, NULL);
+    if (rc != SQLITE_OK)
+        goto fail_rc;
+    for (size_t i = 0; i < s->disks.len; i++) {
+        const struct snapshot_disk *d = &s->disks.ptr[i];
+        sqlite3_reset(st);
+        sqlite3_bind_text(st, 1, s->id, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 2, (sqlite3_int64)i);
+        sqlite3_bind_text(st, 3, d->name, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 4, d->path, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 5, d->parent_path, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 6, d->repo_mountpoint, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 7, d->change_id, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 8, d->mode, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 9, (sqlite3_int64)d->size);
+        if ((rc = sqlite3_step(st)) != SQLITE_DONE)
+            goto fail_rc;
+    }
+    sqlite3_finalize(st);
+    st = NULL;
+    r = exec_locked(c, "COMMIT");
+    goto out;
+
+fail_rc:
+    log_error("catalog: adding snapshot %s: %s", s->id, sqlite3_errmsg(c->db));
+    r = sqlite_errno(rc) ? sqlite_errno(rc) : -EIO;
+    sqlite3_finalize(st);
+    exec_locked(c, "ROLLBACK");
+out:
+    pthread_mutex_unlock(&c->lock);
+    return r;
+}
+
+int catalog_snapshot_finish(struct catalog *c, const struct snapshot *s)
+{
+    sqlite3_stmt *st = NULL;
+    int rc = SQLITE_OK, r;
+    pthread_mutex_lock(&c->lock);
+    if ((r = exec_locked(c, "BEGIN IMMEDIATE")) < 0)
+        goto out;
+    rc = sqlite3_prepare_v2(c->db,
+                            "UPDATE snapshot_disks SET size = ?, mode = ? "
+                            "WHERE snapshot_id = ? AND name = ?",
+                            -1, &st, NULL);
+    for (size_t i = 0; rc == SQLITE_OK && i < s->disks.len; i++) {
+        sqlite3_reset(st);
+        sqlite3_bind_int64(st, 1, (sqlite3_int64)s->disks.ptr[i].size);
+        sqlite3_bind_text(st, 2, s->disks.ptr[i].mode, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 3, s->id, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 4, s->disks.ptr[i].name, -1, SQLITE_STATIC);
+        rc = sqlite3_step(st) == SQLITE_DONE ? SQLITE_OK : sqlite3_errcode(c->db);
+    }
+    sqlite3_finalize(st);
+    st = NULL;
+    if (rc == SQLITE_OK &&
+        (rc = sqlite3_prepare_v2(c->db, "UPDATE snapshots SET status = ? WHERE id = ?", -1, &st,
+                                 NULL)) == SQLITE_OK) {
+        sqlite3_bind_text(st, 1, s->status, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 2, s->id, -1, SQLITE_STATIC);
+        rc = sqlite3_step(st) == SQLITE_DONE ? SQLITE_OK : sqlite3_errcode(c->db);
+        sqlite3_finalize(st);
+    }
+    if (rc != SQLITE_OK) {
+        log_error("catalog: finishing snapshot %s: %s", s->id, sqlite3_errmsg(c->db));
+        exec_locked(c, "ROLLBACK");
+        r = sqlite_errno(rc) ? sqlite_errno(rc) : -EIO;
+        goto out;
+    }
+    r = exec_locked(c, "COMMIT");
+out:
+    pthread_mutex_unlock(&c->lock);
+    return r;
+}
+
+/* Run one statement with up to two text parameters; -ENOENT when it changed no row. */
+static int exec_change(struct catalog *c, const char *sql, const char *p1, const char *p2)
+{
+    sqlite3_stmt *st;
+    pthread_mutex_lock(&c->lock);
+    int rc = sqlite3_prepare_v2(c->db, sql, -1, &st, NULL);
+    if (rc != SQLITE_OK) {
+        pthread_mutex_unlock(&c->lock);
+        return sqlite_errno(rc);
+    }
+    sqlite3_bind_text(st, 1, p1, -1, SQLITE_STATIC);
+    if (p2)
+        sqlite3_bind_text(st, 2, p2, -1, SQLITE_STATIC);
+    rc = sqlite3_step(st);
+    int r = rc == SQLITE_DONE ? (sqlite3_changes(c->db) > 0 ? 0 : -ENOENT) : sqlite_errno(rc);
+    if (rc != SQLITE_DONE)
+        log_error("catalog: %s", sqlite3_errmsg(c->db));
+    sqlite3_finalize(st);
+    pthread_mutex_unlock(&c->lock);
+    return r;
+}
+
+int catalog_snapshot_set_status(struct catalog *c, const char *id, const char *status)
+{
+    return exec_change(c, "UPDATE snapshots SET status = ?2 WHERE id = ?1", id, status);
+}
+
+int catalog_snapshot_remove(struct catalog *c, const char *id)
+{
+    /* Disks go with it (ON DELETE CASCADE); one statement is one transaction. */
+    return exec_change(c, "DELETE FROM snapshots WHERE id = ?1", id, NULL);
+}
+
+int catalog_count(struct catalog *c, const char *status, int64_t *n)
+{
+    sqlite3_stmt *st;
+    pthread_mutex_lock(&c->lock);
+    int rc = sqlite3_prepare_v2(c->db, "SELECT count(*) FROM snapshots WHERE status = ?", -1, &st,
+                                NULL);
+    if (rc == SQLITE_OK) {
+        sqlite3_bind_text(st, 1, status, -1, SQLITE_STATIC);
+        rc = sqlite3_step(st);
+        if (rc == SQLITE_ROW)
+            *n = sqlite3_column_int64(st, 0);
+        sqlite3_finalize(st);
+    }
+    pthread_mutex_unlock(&c->lock);
+    return rc == SQLITE_ROW ? 0 : sqlite_errno(rc) ? sqlite_errno(rc) : -EIO;
+}

@@ -1,0 +1,74 @@
+/* The snapshot catalog: which snapshots exist, of which VM, with which disk files.
+ *
+ * SQLite in WAL mode with synchronous=FULL, so the catalog survives kill -9 and power loss at any
+ * point.  A snapshot is recorded as "creating" before its files are made and "ready" after; one
+ * being deleted is "deleting" until its files are gone.  catalog_recover() lists what a crash
+ * left half-done so the daemon can finish the job at start.  All functions are thread-safe.
+ */
+#ifndef VMEXPORT_CATALOG_CATALOG_H
+#define VMEXPORT_CATALOG_CATALOG_H
+
+#include <stdint.h>
+
+#include "core/vector.h"
+
+struct snapshot_disk {
+    char *name;            /* disk ID (file name) */
+    char *path;            /* snapshot file */
+    char *parent_path;     /* the VM's disk it was taken from */
+    char *repo_mountpoint;
+    char *change_id;       /* "<snapshot id>/<n>": VMware-style change ID of this disk state */
+    char *mode;            /* "reflink" or "copy" */
+    uint64_t size;
+};
+DEFINE_VECTOR_TYPE(snapshot_disk_list, struct snapshot_disk);
+
+struct snapshot {
+    char *id;
+    char *vm_id;
+    char *provider;
+    char *created_at; /* RFC 3339, UTC */
+    char *parent_id;  /* previous snapshot of the VM, or NULL */
+    char *status;     /* "creating", "ready", "deleting" */
+    int64_t seq;      /* creation order across the catalog */
+    snapshot_disk_list disks;
+};
+DEFINE_VECTOR_TYPE(snapshot_list, struct snapshot *);
+
+void snapshot_free(struct snapshot *s);
+void snapshot_list_free(snapshot_list *l);
+
+struct catalog;
+
+/* Open (creating when missing) the catalog; err gets "file: cause" on failure. */
+int catalog_open(struct catalog **out, const char *db_file, char *err, size_t errlen);
+void catalog_close(struct catalog *c);
+
+/* Record a new snapshot (status taken from s, normally "creating") with its disks.  Sets s->seq
+ * and s->parent_id (the newest ready snapshot of the same VM) when NULL. */
+int catalog_snapshot_add(struct catalog *c, struct snapshot *s);
+/* Store the disks' sizes and modes and the status of s, in one transaction. */
+int catalog_snapshot_finish(struct catalog *c, const struct snapshot *s);
+int catalog_snapshot_set_status(struct catalog *c, const char *id, const char *status);
+/* Remove the snapshot and its disks from the catalog. */
+int catalog_snapshot_remove(struct catalog *c, const char *id);
+
+/* -ENOENT when missing.  get() requires the VM to match; find() does not. */
+int catalog_snapshot_get(struct catalog *c, const char *vm_id, const char *id,
+                         struct snapshot **out);
+int catalog_snapshot_find(struct catalog *c, const char *id, struct snapshot **out);
+/* The snapshot whose disk has this change ID, and that disk's name. */
+int catalog_snapshot_by_change_id(struct catalog *c, const char *change_id, struct snapshot **out,
+                                  char **disk_name);
+
+/* Snapshots of a VM (vm_id NULL: all), oldest first; status NULL: any. */
+int catalog_snapshot_list(struct catalog *c, const char *vm_id, const char *status,
+                          snapshot_list *out);
+
+/* Snapshots left "creating" or "deleting" by a crash. */
+int catalog_recover(struct catalog *c, snapshot_list *out);
+
+/* Number of snapshots by status, for metrics. */
+int catalog_count(struct catalog *c, const char *status, int64_t *n);
+
+#endif

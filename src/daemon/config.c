@@ -1,0 +1,325 @@
+/* Parsing and checking of the vmexportd INI file; see config.h. */
+#include "config.h"
+
+#include <errno.h>
+#include <ini.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "core/cleanup.h"
+
+const char config_help[] =
+    "Configuration file (INI; ';' or '#' start comments):\n"
+    "\n"
+    "  [server]\n"
+    "  listen = 127.0.0.1:5544       address:port to listen on ([::1]:5544 for IPv6)\n"
+    "  certificate = FILE            PEM server certificate (required unless insecure_http)\n"
+    "  key = FILE                    PEM private key of the certificate\n"
+    "  ca_certificate = FILE         when set, clients must present a certificate signed by\n"
+    "                                this CA (mutual TLS)\n"
+    "  insecure_http = false         serve plain HTTP (demos and tests only)\n"
+    "  max_connections = 256         concurrent connections\n"
+    "  connection_timeout = 60       seconds an idle connection is kept\n"
+    "  shutdown_grace = 30           seconds running downloads may finish after SIGTERM\n"
+    "\n"
+    "  [auth]\n"
+    "  users_file = FILE             lines \"name:HASH\", HASH any crypt(3) hash\n"
+    "                                (make one with: openssl passwd -6)\n"
+    "  pam_service =                 when set, PAM is tried too (e.g. login)\n"
+    "  token_ttl = 3600              seconds a login token is valid\n"
+    "  jwt_secret_file = FILE        HS256 key; created (0600, random) when missing\n"
+    "\n"
+    "  [catalog]\n"
+    "  db_file = FILE                SQLite catalog of snapshots (created when missing)\n"
+    "\n"
+    "  [snapshot]\n"
+    "  freeze_command =              run before snapshotting a VM (VM ID as $1); a failure\n"
+    "                                aborts the snapshot\n"
+    "  thaw_command =                run after, whatever happened (VM ID as $1)\n"
+    "  hook_timeout = 60             seconds each command may take\n"
+    "\n"
+    "  [provider.NAME]               any number of providers\n"
+    "  type = dir                    each subdirectory of path is a VM named after it; each\n"
+    "  path = DIR                    regular *.img, *.raw or *.qcow2 file in it is a disk\n"
+    "  snapshot_dir = DIR            default DIR/.vmexport-snapshots (same filesystem)\n"
+    "\n"
+    "  type = ovm                    Oracle VM: <repo>/VirtualMachines/<id>/vm.cfg; snapshots\n"
+    "  repositories = DIR [DIR...]   in <repo>/CoriolisSnapshots/<snapshot>/\n";
+
+/* Parser state while inih walks the file. */
+struct parse_state {
+    struct daemon_config *cfg;
+    char *err;
+    size_t errlen;
+    bool failed;
+};
+
+static int set_str(char **dst, const char *value)
+{
+    free(*dst);
+    *dst = *value ? strdup(value) : NULL;
+    return *value && !*dst ? -ENOMEM : 0;
+}
+
+static int parse_bool(const char *v, bool *out)
+{
+    if (!strcmp(v, "true") || !strcmp(v, "yes") || !strcmp(v, "1") || !strcmp(v, "on"))
+        *out = true;
+    else if (!strcmp(v, "false") || !strcmp(v, "no") || !strcmp(v, "0") || !strcmp(v, "off"))
+        *out = false;
+    else
+        return -EINVAL;
+    return 0;
+}
+
+static int parse_uint(const char *v, unsigned min, unsigned max, unsigned *out)
+{
+    char *end;
+    errno = 0;
+    unsigned long n = strtoul(v, &end, 10);
+    if (errno || end == v || *end || v[0] == '-' || n < min || n > max)
+        return -EINVAL;
+    *out = (unsigned)n;
+    return 0;
+}
+
+static int parse_listen(struct daemon_config *cfg, const char *v)
+{
+    const char *colon = strrchr(v, ':');
+    if (!colon || colon == v)
+        return -EINVAL;
+    unsigned port;
+    if (parse_uint(colon + 1, 1, 65535, &port) < 0)
+        return -EINVAL;
+    size_t hl = (size_t)(colon - v);
+    if (v[0] == '[') { /* [::1]:5544 */
+        if (hl < 3 || v[hl - 1] != ']')
+            return -EINVAL;
+        v++;
+        hl -= 2;
+    }
+    free(cfg->listen_host);
+    cfg->listen_host = strndup(v, hl);
+    cfg->listen_port = (uint16_t)port;
+    return cfg->listen_host ? 0 : -ENOMEM;
+}
+
+static int fail(struct parse_state *ps, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static int fail(struct parse_state *ps, const char *fmt, ...)
+{
+    if (ps->failed)
+        return 0; /* inih reports the first bad line; keep its message */
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(ps->err, ps->errlen, fmt, ap);
+    va_end(ap);
+    ps->failed = true;
+    return 0; /* inih: stop and report the line */
+}
+
+static int add_provider_setting(struct parse_state *ps, const char *name, const char *key,
+                                const char *value)
+{
+    struct daemon_config *cfg = ps->cfg;
+    struct config_provider *p = NULL;
+    for (size_t i = 0; i < cfg->n_providers; i++)
+        if (!strcmp(cfg->providers[i].name, name))
+            p = &cfg->providers[i];
+    if (!p) {
+        struct config_provider *np =
+            realloc(cfg->providers, (cfg->n_providers + 1) * sizeof(*cfg->providers));
+        if (!np)
+            return -ENOMEM;
+        cfg->providers = np;
+        p = &cfg->providers[cfg->n_providers++];
+        memset(p, 0, sizeof(*p));
+        if (!(p->name = strdup(name)))
+            return -ENOMEM;
+    }
+    for (size_t i = 0; i < p->n_settings; i++)
+        if (!strcmp(p->settings[i].key, key))
+            return -EEXIST;
+    struct provider_setting *ns = realloc(p->settings, (p->n_settings + 1) * sizeof(*ns));
+    if (!ns)
+        return -ENOMEM;
+    p->settings = ns;
+    ns[p->n_settings].key = strdup(key);
+    ns[p->n_settings].value = strdup(value);
+    if (!ns[p->n_settings].key || !ns[p->n_settings].value)
+        return -ENOMEM;
+    p->n_settings++;
+    return 0;
+}
+
+static int config_ini_handler(void *user, const char *section, const char *name, const char *value)
+{
+    struct parse_state *ps = user;
+    struct daemon_config *cfg = ps->cfg;
+    int r = 0;
+
+    if (!strncmp(section, "provider.", 9)) {
+        const char *pname = section + 9;
+        if (!provider_id_is_safe(pname))
+            return fail(ps, "[%s] bad provider name", section);
+        r = add_provider_setting(ps, pname, name, value);
+        if (r == -EEXIST)
+            return fail(ps, "[%s] %s given twice", section, name);
+        return r < 0 ? fail(ps, "[%s] %s: out of memory", section, name ? name : "") : 1;
+    }
+    if (strcmp(section, "server") && strcmp(section, "auth") && strcmp(section, "catalog") &&
+        strcmp(section, "snapshot"))
+        return fail(ps, "unknown section [%s]", section);
+
+#define KEY(s, k) (!strcmp(section, s) && !strcmp(name, k))
+    if (KEY("server", "listen"))
+        r = parse_listen(cfg, value);
+    else if (KEY("server", "certificate"))
+        r = set_str(&cfg->certificate, value);
+    else if (KEY("server", "key"))
+        r = set_str(&cfg->key, value);
+    else if (KEY("server", "ca_certificate"))
+        r = set_str(&cfg->ca_certificate, value);
+    else if (KEY("server", "insecure_http"))
+        r = parse_bool(value, &cfg->insecure_http);
+    else if (KEY("server", "max_connections"))
+        r = parse_uint(value, 1, 100000, &cfg->max_connections);
+    else if (KEY("server", "connection_timeout"))
+        r = parse_uint(value, 1, 86400, &cfg->connection_timeout);
+    else if (KEY("server", "shutdown_grace"))
+        r = parse_uint(value, 0, 86400, &cfg->shutdown_grace);
+    else if (KEY("auth", "users_file"))
+        r = set_str(&cfg->users_file, value);
+    else if (KEY("auth", "pam_service"))
+        r = set_str(&cfg->pam_service, value);
+    else if (KEY("auth", "token_ttl"))
+        r = parse_uint(value, 1, 30 * 86400, &cfg->token_ttl);
+    else if (KEY("auth", "jwt_secret_file"))
+        r = set_str(&cfg->jwt_secret_file, value);
+    else if (KEY("catalog", "db_file"))
+        r = set_str(&cfg->db_file, value);
+    else if (KEY("snapshot", "freeze_command"))
+        r = set_str(&cfg->freeze_command, value);
+    else if (KEY("snapshot", "thaw_command"))
+        r = set_str(&cfg->thaw_command, value);
+    else if (KEY("snapshot", "hook_timeout"))
+        r = parse_uint(value, 1, 86400, &cfg->hook_timeout);
+    else
+        return fail(ps, "[%s] unknown key '%s' (see vmexportd --help)", section, name);
+#undef KEY
+    if (r == -ENOMEM)
+        return fail(ps, "[%s] %s: out of memory", section, name);
+    if (r < 0)
+        return fail(ps, "[%s] %s: invalid value", section, name);
+    return 1;
+}
+
+static int check_readable(const char *path, const char *section, const char *key, char *err,
+                          size_t errlen, const char *file)
+{
+    if (access(path, R_OK) == 0)
+        return 0;
+    int e = errno;
+    snprintf(err, errlen, "%s: [%s] %s: %s: %s", file, section, key, path, strerror(e));
+    return -e;
+}
+
+int config_load(struct daemon_config *cfg, const char *path, char *err, size_t errlen)
+{
+    memset(cfg, 0, sizeof(*cfg));
+    cfg->token_ttl = CONFIG_DEFAULT_TOKEN_TTL;
+    cfg->max_connections = CONFIG_DEFAULT_MAX_CONNECTIONS;
+    cfg->connection_timeout = CONFIG_DEFAULT_CONN_TIMEOUT;
+    cfg->shutdown_grace = CONFIG_DEFAULT_SHUTDOWN_GRACE;
+    cfg->hook_timeout = CONFIG_DEFAULT_HOOK_TIMEOUT;
+    if (!(cfg->file = strdup(path)) || parse_listen(cfg, CONFIG_DEFAULT_LISTEN) < 0)
+        return -ENOMEM;
+
+    FILE *f = fopen(path, "re");
+    if (!f) {
+        int e = errno;
+        snprintf(err, errlen, "%s: %s", path, strerror(e));
+        return -e;
+    }
+    char msg[512] = "";
+    struct parse_state ps = {.cfg = cfg, .err = msg, .errlen = sizeof(msg)};
+    int line = ini_parse_file(f, config_ini_handler, &ps);
+    fclose(f);
+    if (line != 0) {
+        snprintf(err, errlen, "%s:%d: %s", path, line,
+                 ps.failed ? msg : "syntax error (expected [section] or key = value)");
+        return -EINVAL;
+    }
+
+    int r;
+    if (!cfg->insecure_http) {
+        if (!cfg->certificate || !cfg->key) {
+            snprintf(err, errlen,
+                     "%s: [server] certificate and key are required (or insecure_http = true)",
+                     path);
+            return -EINVAL;
+        }
+        if ((r = check_readable(cfg->certificate, "server", "certificate", err, errlen, path)) <
+                0 ||
+            (r = check_readable(cfg->key, "server", "key", err, errlen, path)) < 0)
+            return r;
+    }
+    if (cfg->ca_certificate &&
+        (r = check_readable(cfg->ca_certificate, "server", "ca_certificate", err, errlen, path)) <
+            0)
+        return r;
+    if (cfg->ca_certificate && cfg->insecure_http) {
+        snprintf(err, errlen, "%s: [server] ca_certificate needs TLS (insecure_http = false)", path);
+        return -EINVAL;
+    }
+    if (cfg->users_file &&
+        (r = check_readable(cfg->users_file, "auth", "users_file", err, errlen, path)) < 0)
+        return r;
+    if (!cfg->users_file && !cfg->pam_service) {
+        snprintf(err, errlen, "%s: [auth] users_file or pam_service is required", path);
+        return -EINVAL;
+    }
+    if (!cfg->jwt_secret_file) {
+        snprintf(err, errlen, "%s: [auth] jwt_secret_file is required", path);
+        return -EINVAL;
+    }
+    if (!cfg->db_file) {
+        snprintf(err, errlen, "%s: [catalog] db_file is required", path);
+        return -EINVAL;
+    }
+    if (cfg->n_providers == 0) {
+        snprintf(err, errlen, "%s: no [provider.NAME] section: nothing to export", path);
+        return -EINVAL;
+    }
+    return 0;
+}
+
+void config_free(struct daemon_config *cfg)
+{
+    free(cfg->file);
+    free(cfg->listen_host);
+    free(cfg->certificate);
+    free(cfg->key);
+    free(cfg->ca_certificate);
+    free(cfg->users_file);
+    free(cfg->pam_service);
+    free(cfg->jwt_secret_file);
+    free(cfg->db_file);
+    free(cfg->freeze_command);
+    free(cfg->thaw_command);
+    for (size_t i = 0; i < cfg->n_providers; i++) {
+        struct config_provider *p = &cfg->providers[i];
+        for (size_t j = 0; j < p->n_settings; j++) {
+            free((char *)p->settings[j].key);
+            free((char *)p->settings[j].value);
+        }
+        free(p->settings);
+        free(p->name);
+    }
+    free(cfg->providers);
+    memset(cfg, 0, sizeof(*cfg));
+}

@@ -1,0 +1,54 @@
+/* vmexportd configuration: an INI file (inih), every key documented in 'vmexportd --help'.
+ * Unknown sections or keys, bad values and missing files stop the daemon at start with a
+ * message naming the file, the line or key, and the cause. */
+#ifndef VMEXPORT_DAEMON_CONFIG_H
+#define VMEXPORT_DAEMON_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "provider/provider.h"
+
+/* Defaults (also in the --help text). */
+#define CONFIG_DEFAULT_LISTEN          "127.0.0.1:5544"
+#define CONFIG_DEFAULT_TOKEN_TTL       3600
+#define CONFIG_DEFAULT_MAX_CONNECTIONS 256
+#define CONFIG_DEFAULT_CONN_TIMEOUT    60  /* seconds a connection may stay idle */
+#define CONFIG_DEFAULT_SHUTDOWN_GRACE  30  /* seconds running downloads get after SIGTERM */
+#define CONFIG_DEFAULT_HOOK_TIMEOUT    60  /* seconds for freeze/thaw commands */
+
+struct config_provider {
+    char *name;
+    struct provider_setting *settings; /* keys and values owned here */
+    size_t n_settings;
+};
+
+struct daemon_config {
+    char *file;
+    char *listen_host;
+    uint16_t listen_port;
+    char *certificate, *key, *ca_certificate;
+    bool insecure_http;
+    unsigned max_connections, connection_timeout, shutdown_grace;
+
+    char *users_file, *pam_service, *jwt_secret_file;
+    unsigned token_ttl;
+
+    char *db_file;
+
+    char *freeze_command, *thaw_command;
+    unsigned hook_timeout;
+
+    struct config_provider *providers;
+    size_t n_providers;
+};
+
+/* Parse and check path.  On failure err holds "FILE:LINE: ..." or "FILE: [section] key: ...". */
+int config_load(struct daemon_config *cfg, const char *path, char *err, size_t errlen);
+void config_free(struct daemon_config *cfg);
+
+/* The documented keys, for --help. */
+extern const char config_help[];
+
+#endif

@@ -1,0 +1,136 @@
+/* vmexportd: the snapshot exporter daemon.  Loads the configuration, starts the HTTP API and
+ * waits for signals: SIGHUP reloads the users file, SIGTERM/SIGINT stop gracefully. */
+#include <errno.h>
+#include <getopt.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/log.h"
+#include "daemon/config.h"
+#include "server/server.h"
+
+static void usage(FILE *f)
+{
+    fprintf(f, "Usage: vmexportd --config FILE [--verbose] [--check]\n"
+               "\n"
+               "Serve VM disk snapshots over HTTPS: list VMs, take reflink snapshots, report\n"
+               "changed blocks between snapshots, and stream disk data with Range requests.\n"
+               "The REST API (under /api/v1) is a superset of the Coriolis OVM exporter's; see\n"
+               "docs/api.md.\n"
+               "\n"
+               "Options:\n"
+               "  -c, --config FILE  configuration file (required)\n"
+               "  -v, --verbose      log requests and decisions (repeat for debug)\n"
+               "      --check        check the configuration, open the catalog and exit\n"
+               "  -h, --help         this help\n"
+               "  -V, --version      print the version\n"
+               "\n"
+               "Signals: SIGHUP reloads the users file; SIGTERM and SIGINT stop accepting\n"
+               "connections, let running requests finish (shutdown_grace) and exit.\n"
+               "\n");
+    fputs(config_help, f);
+    fprintf(f, "\nExit status: 0 clean stop, 1 failure, 2 bad usage.\n");
+}
+
+int main(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"config", required_argument, NULL, 'c'}, {"verbose", no_argument, NULL, 'v'},
+        {"check", no_argument, NULL, 'C'},        {"help", no_argument, NULL, 'h'},
+        {"version", no_argument, NULL, 'V'},      {NULL, 0, NULL, 0},
+    };
+    const char *config_file = NULL;
+    bool check = false;
+    int verbose = 0, c;
+    log_init("vmexportd", LOG_LEVEL_WARN);
+    while ((c = getopt_long(argc, argv, "c:vhV", opts, NULL)) != -1) {
+        switch (c) {
+        case 'c':
+            config_file = optarg;
+            break;
+        case 'v':
+            verbose++;
+            break;
+        case 'C':
+            check = true;
+            break;
+        case 'h':
+            usage(stdout);
+            return 0;
+        case 'V':
+            printf("vmexportd %s\n", VMEXPORT_VERSION);
+            return 0;
+        default:
+            usage(stderr);
+            return 2;
+        }
+    }
+    if (!config_file || optind != argc) {
+        fprintf(stderr, "vmexportd: %s\nTry 'vmexportd --help'.\n",
+                config_file ? "unexpected argument" : "--config FILE is required");
+        return 2;
+    }
+    log_set_level(verbose >= 2 ? LOG_LEVEL_DEBUG : verbose ? LOG_LEVEL_INFO : LOG_LEVEL_WARN);
+
+    /* Signals are taken synchronously by this thread; server threads inherit the mask. */
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGHUP);
+    pthread_sigmask(SIG_BLOCK, &set, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    struct daemon_config cfg;
+    char err[1024] = "";
+    if (config_load(&cfg, config_file, err, sizeof(err)) < 0) {
+        log_error("%s", err);
+        config_free(&cfg);
+        return 1;
+    }
+    struct server *srv = NULL;
+    if (server_new(&cfg, &srv, err, sizeof(err)) < 0) {
+        log_error("%s", err);
+        config_free(&cfg);
+        return 1;
+    }
+    if (check) {
+        printf("%s: configuration OK (%zu providers)\n", config_file, cfg.n_providers);
+        server_free(srv);
+        config_free(&cfg);
+        return 0;
+    }
+    if (server_start(srv, err, sizeof(err)) < 0) {
+        log_error("%s", err);
+        server_free(srv);
+        config_free(&cfg);
+        return 1;
+    }
+    fprintf(stderr, "vmexportd: listening on %s://%s:%u\n", cfg.insecure_http ? "http" : "https",
+            cfg.listen_host, cfg.listen_port);
+
+    for (;;) {
+        int sig = 0;
+        if (sigwait(&set, &sig) != 0)
+            continue;
+        if (sig == SIGHUP) {
+            int r = auth_reload(srv->auth);
+            if (r < 0)
+                log_error("SIGHUP: reloading the users file: %s (keeping the old one)",
+                          strerror(-r));
+            else
+                log_warn("SIGHUP: users file reloaded");
+            continue;
+        }
+        log_warn("signal %d: stopping (running requests get up to %u s)", sig,
+                 cfg.shutdown_grace);
+        break;
+    }
+    server_stop(srv, cfg.shutdown_grace);
+    server_free(srv);
+    config_free(&cfg);
+    return 0;
+}

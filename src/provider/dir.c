@@ -1,0 +1,299 @@
+/* The "dir" provider: a plain directory of VMs, for embedded use and tests.
+ *
+ *   [provider.lab]
+ *   type = dir
+ *   path = /srv/vms                  each non-hidden subdirectory is a VM, named after it
+ *   snapshot_dir = /srv/vms/.snaps   default <path>/.vmexport-snapshots, same filesystem
+ *
+ * The disks of a VM are the regular files *.img, *.raw and *.qcow2 of its directory (no
+ * symlinks, nothing hidden), named sda, sdb ... in name order.  Snapshots go to
+ * <snapshot_dir>/<vm>/<snapshot>/<disk>, so that a reflink clone stays on the disk's filesystem.
+ */
+#include "provider.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "core/cleanup.h"
+#include "core/log.h"
+
+#define DIR_SNAPSHOT_DIR_DEFAULT ".vmexport-snapshots" /* under path; hidden, so not a VM */
+#define DIR_SNAPSHOT_DIR_MODE    0700                  /* snapshots hold whole disks */
+
+/* Device names as the Linux sd driver gives them: sda ... sdz, sdaa ... */
+#define DIR_DEVICE_PREFIX  "sd"
+#define DIR_DEVICE_LETTERS 26
+#define DIR_DEVICE_NAME_MAX 16 /* "sd" + letters for far more than PROVIDER_MAX_DISKS */
+
+static const char *const dir_keys[] = {"path", "snapshot_dir", NULL};
+static const char *const dir_disk_suffixes[] = {".img", ".raw", ".qcow2"};
+
+struct dir_priv {
+    char *root;         /* canonical path of "path" */
+    char *snapshot_dir; /* canonical */
+    dev_t snapshot_dev; /* to keep snapshot_dir out of the VM list when it lies under root */
+    ino_t snapshot_ino;
+    bool reflink; /* probed once at open */
+};
+
+static void dir_priv_free(struct dir_priv *dp)
+{
+    if (!dp)
+        return;
+    free(dp->root);
+    free(dp->snapshot_dir);
+    free(dp);
+}
+
+static int dir_open(struct provider *p, const struct provider_config *cfg, char *err,
+                    size_t errlen)
+{
+    const char *path = provider_config_get(cfg, "path");
+    const char *snapshot_dir = provider_config_get(cfg, "snapshot_dir");
+    CLEANUP_FREE char *root = NULL, *default_dir = NULL, *snap = NULL;
+    struct stat st, sst;
+
+    if (!path || !path[0])
+        return provider_fail(err, errlen, -EINVAL,
+                             "[provider.%s] path: missing (the directory that holds one "
+                             "subdirectory per VM)",
+                             cfg->name);
+    if (stat(path, &st) < 0)
+        return provider_fail(err, errlen, -errno, "[provider.%s] path: %s: %s", cfg->name, path,
+                             strerror(errno));
+    if (!S_ISDIR(st.st_mode))
+        return provider_fail(err, errlen, -ENOTDIR, "[provider.%s] path: %s: %s", cfg->name,
+                             path, strerror(ENOTDIR));
+    root = realpath(path, NULL);
+    if (!root)
+        return provider_fail(err, errlen, -errno, "[provider.%s] path: %s: %s", cfg->name, path,
+                             strerror(errno));
+
+    if (!snapshot_dir) {
+        if (asprintf(&default_dir, "%s/%s", root, DIR_SNAPSHOT_DIR_DEFAULT) < 0) {
+            default_dir = NULL;
+            return -ENOMEM;
+        }
+        snapshot_dir = default_dir;
+    } else if (!snapshot_dir[0]) {
+        return provider_fail(err, errlen, -EINVAL, "[provider.%s] snapshot_dir: empty value",
+                             cfg->name);
+    }
+    if (mkdir(snapshot_dir, DIR_SNAPSHOT_DIR_MODE) < 0 && errno != EEXIST)
+        return provider_fail(err, errlen, -errno, "[provider.%s] snapshot_dir: %s: %s",
+                             cfg->name, snapshot_dir, strerror(errno));
+    if (stat(snapshot_dir, &sst) < 0)
+        return provider_fail(err, errlen, -errno, "[provider.%s] snapshot_dir: %s: %s",
+                             cfg->name, snapshot_dir, strerror(errno));
+    if (!S_ISDIR(sst.st_mode))
+        return provider_fail(err, errlen, -ENOTDIR, "[provider.%s] snapshot_dir: %s: %s",
+                             cfg->name, snapshot_dir, strerror(ENOTDIR));
+    if (sst.st_dev != st.st_dev)
+        return provider_fail(err, errlen, -EXDEV,
+                             "[provider.%s] snapshot_dir: %s is not on the filesystem of path %s; "
+                             "snapshots are reflink clones of the disks, which need both on one "
+                             "filesystem",
+                             cfg->name, snapshot_dir, path);
+    snap = realpath(snapshot_dir, NULL);
+    if (!snap)
+        return provider_fail(err, errlen, -errno, "[provider.%s] snapshot_dir: %s: %s",
+                             cfg->name, snapshot_dir, strerror(errno));
+
+    struct dir_priv *dp = calloc(1, sizeof(*dp));
+    if (!dp)
+        return -ENOMEM;
+    dp->root = TAKE_PTR(root);
+    dp->snapshot_dir = TAKE_PTR(snap);
+    dp->snapshot_dev = sst.st_dev;
+    dp->snapshot_ino = sst.st_ino;
+    dp->reflink = provider_probe_reflink(dp->snapshot_dir);
+    p->priv = dp;
+    log_debug("[provider.%s] %s: snapshots in %s (%s)", cfg->name, dp->root, dp->snapshot_dir,
+              dp->reflink ? PROVIDER_SNAPSHOT_REFLINK : PROVIDER_SNAPSHOT_COPY);
+    return 0;
+}
+
+static void dir_close(struct provider *p)
+{
+    dir_priv_free(p->priv);
+    p->priv = NULL;
+}
+
+static bool dir_is_disk_name(const char *name)
+{
+    size_t n = strlen(name);
+    if (name[0] == '.')
+        return false;
+    for (size_t i = 0; i < ARRAY_SIZE(dir_disk_suffixes); i++) {
+        size_t s = strlen(dir_disk_suffixes[i]);
+        if (n > s && strcmp(name + n - s, dir_disk_suffixes[i]) == 0)
+            return true;
+    }
+    return false;
+}
+
+/* The name of the index-th disk (from 0): bijective base 26, as "sdz" is followed by "sdaa". */
+static void dir_device_name(size_t index, char out[DIR_DEVICE_NAME_MAX])
+{
+    char letters[DIR_DEVICE_NAME_MAX];
+    size_t n = 0, i = index + 1;
+    while (i > 0 && n < sizeof(letters) - sizeof(DIR_DEVICE_PREFIX)) {
+        i--;
+        letters[n++] = (char)('a' + i % DIR_DEVICE_LETTERS);
+        i /= DIR_DEVICE_LETTERS;
+    }
+    size_t o = sizeof(DIR_DEVICE_PREFIX) - 1;
+    memcpy(out, DIR_DEVICE_PREFIX, o);
+    while (n > 0)
+        out[o++] = letters[--n];
+    out[o] = '\0';
+}
+
+static int dir_disk_add(const struct dir_priv *dp, struct vm *vm, const char *name,
+                        const struct stat *st)
+{
+    char device[DIR_DEVICE_NAME_MAX];
+    struct vm_disk d = {0};
+
+    dir_device_name(vm->disks.len, device);
+    d.name = strdup(name);
+    if (asprintf(&d.path, "%s/%s/%s", dp->root, vm->id, name) < 0)
+        d.path = NULL;
+    d.device_name = strdup(device);
+    d.mode = strdup("w");
+    d.size = st->st_size > 0 ? (uint64_t)st->st_size : 0;
+    d.snapshot_compatible = true;
+    d.snapshot_mode = strdup(dp->reflink ? PROVIDER_SNAPSHOT_REFLINK : PROVIDER_SNAPSHOT_COPY);
+    d.repo_mountpoint = strdup(dp->root);
+    int r = -ENOMEM;
+    if (d.name && d.path && d.device_name && d.mode && d.snapshot_mode && d.repo_mountpoint)
+        r = vm_disk_list_append(&vm->disks, d);
+    if (r < 0)
+        vm_disk_clear(&d);
+    return r;
+}
+
+/* The VM in subdirectory id of rootfd: 0, -ENOENT when that is not a VM, or an error. */
+static int dir_vm_load(struct provider *p, int rootfd, const char *id, struct vm **out)
+{
+    const struct dir_priv *dp = p->priv;
+    CLEANUP_NAMES provider_name_list names = VECTOR_INIT;
+    struct stat st;
+    struct vm *vm;
+
+    if (fstatat(rootfd, id, &st, AT_SYMLINK_NOFOLLOW) < 0)
+        return -errno;
+    if (!S_ISDIR(st.st_mode) || (st.st_dev == dp->snapshot_dev && st.st_ino == dp->snapshot_ino))
+        return -ENOENT;
+    CLEANUP_CLOSE int fd = openat(rootfd, id, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0)
+        return errno == ENOTDIR || errno == ELOOP ? -ENOENT : -errno; /* replaced meanwhile */
+    int r = provider_names_read(fd, &names);
+    if (r < 0)
+        return r;
+
+    r = vm_new(p->name, id, NULL, NULL, &vm);
+    if (r < 0)
+        return r;
+    for (size_t i = 0; i < names.len; i++) {
+        if (!dir_is_disk_name(names.ptr[i]))
+            continue;
+        if (fstatat(fd, names.ptr[i], &st, AT_SYMLINK_NOFOLLOW) < 0 || !S_ISREG(st.st_mode))
+            continue; /* gone meanwhile, a symlink, a directory ... */
+        r = dir_disk_add(dp, vm, names.ptr[i], &st);
+        if (r < 0) {
+            vm_free(vm);
+            return r;
+        }
+    }
+    vm_update_snapshot_compatible(vm);
+    *out = vm;
+    return 0;
+}
+
+static int dir_list(struct provider *p, vm_list *out)
+{
+    const struct dir_priv *dp = p->priv;
+    CLEANUP_NAMES provider_name_list names = VECTOR_INIT;
+    vm_list vms = VECTOR_INIT;
+
+    CLEANUP_CLOSE int rootfd = open(dp->root, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (rootfd < 0) {
+        int r = -errno;
+        log_warn("[provider.%s] %s: %s", p->name, dp->root, strerror(-r));
+        return r;
+    }
+    int r = provider_names_read(rootfd, &names);
+    if (r < 0) {
+        log_warn("[provider.%s] %s: %s", p->name, dp->root, strerror(-r));
+        return r;
+    }
+    for (size_t i = 0; i < names.len; i++) {
+        struct vm *vm;
+        r = dir_vm_load(p, rootfd, names.ptr[i], &vm);
+        if (r == -ENOMEM)
+            goto fail;
+        if (r < 0) {
+            if (r != -ENOENT)
+                log_warn("[provider.%s] %s/%s: %s; skipped", p->name, dp->root, names.ptr[i],
+                         strerror(-r));
+            continue;
+        }
+        r = vm_list_append(&vms, vm);
+        if (r < 0) {
+            vm_free(vm);
+            goto fail;
+        }
+    }
+    vm_list_sort_by_id(&vms);
+    r = vm_list_move(out, &vms);
+fail:
+    vm_list_free(&vms);
+    return r;
+}
+
+static int dir_get(struct provider *p, const char *vm_id, struct vm **out)
+{
+    const struct dir_priv *dp = p->priv;
+
+    /* Checked before vm_id comes near a path; hidden names are never listed. */
+    if (!provider_id_is_safe(vm_id) || vm_id[0] == '.')
+        return -ENOENT;
+    CLEANUP_CLOSE int rootfd = open(dp->root, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (rootfd < 0)
+        return -errno;
+    int r = dir_vm_load(p, rootfd, vm_id, out);
+    /* Whatever list would skip is not found. */
+    return r == -ENOMEM ? r : r < 0 ? -ENOENT : 0;
+}
+
+static int dir_snapshot_path(struct provider *p, const struct vm *vm, const struct vm_disk *disk,
+                             const char *snap_id, char **out)
+{
+    const struct dir_priv *dp = p->priv;
+
+    if (!provider_id_is_safe(vm->id) || !provider_id_is_safe(disk->name) ||
+        !provider_id_is_safe(snap_id))
+        return -EINVAL;
+    if (asprintf(out, "%s/%s/%s/%s", dp->snapshot_dir, vm->id, snap_id, disk->name) < 0) {
+        *out = NULL;
+        return -ENOMEM;
+    }
+    return 0;
+}
+
+const struct provider_ops provider_dir_ops = {
+    .type = "dir",
+    .keys = dir_keys,
+    .open = dir_open,
+    .close = dir_close,
+    .list = dir_list,
+    .get = dir_get,
+    .snapshot_path = dir_snapshot_path,
+};

@@ -1,0 +1,408 @@
+/* API routes that serve disk data: the bytes of a snapshot disk (Range, multipart/byteranges,
+ * ETag, If-Range; sendfile on plain HTTP) and VMware-style changed areas (QueryChangedDiskAreas).
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <microhttpd.h>
+#include <openssl/rand.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "core/cleanup.h"
+#include "core/log.h"
+#include "fs/fsdiff.h"
+#include "fs/fsmap.h"
+#include "server/jsonw.h"
+#include "server/range.h"
+#include "server/server.h"
+
+/* Most areas in one /changes answer; startOffset continues (as VMware's API pages). */
+#define CHANGES_PAGE_MAX 10000
+/* Read size of multipart responses. */
+#define MULTIPART_BLOCK (256 * 1024)
+
+/* Look up VM snapshot disk from the URL: 0 and *snap, *disk; or a reply was queued (< 0 ret). */
+static int lookup_disk(struct request *rq, struct snapshot **snap, const struct snapshot_disk **disk,
+                       int *ret)
+{
+    int r = catalog_snapshot_get(rq->srv->catalog, rq->segs[1], rq->segs[3], snap);
+    if (r == -ENOENT || (r == 0 && strcmp((*snap)->status, "ready"))) {
+        snapshot_free(*snap);
+        *snap = NULL;
+        *ret = reply_error(rq, 404, "not found", "snapshot '%s' of VM '%s' not found",
+                           rq->segs[3], rq->segs[1]);
+        return -1;
+    }
+    if (r < 0) {
+        *ret = reply_errno(rq, r, "catalog");
+        return -1;
+    }
+    for (size_t i = 0; i < (*snap)->disks.len; i++) {
+        if (!strcmp((*snap)->disks.ptr[i].name, rq->segs[5])) {
+            *disk = &(*snap)->disks.ptr[i];
+            return 0;
+        }
+    }
+    *ret = reply_error(rq, 404, "not found", "disk '%s' not in snapshot '%s'", rq->segs[5],
+                       rq->segs[3]);
+    snapshot_free(*snap);
+    *snap = NULL;
+    return -1;
+}
+
+/* ---- multipart/byteranges ---- */
+
+struct part {
+    char *header;     /* boundary line and part headers */
+    size_t header_len;
+    uint64_t start, len;
+};
+
+struct multipart {
+    int fd;
+    struct part *parts;
+    size_t n;
+    char *trailer; /* closing boundary */
+    size_t trailer_len;
+    struct server *srv;
+};
+
+static ssize_t multipart_read(void *cls, uint64_t pos, char *buf, size_t max)
+{
+    struct multipart *m = cls;
+    for (size_t i = 0; i < m->n; i++) {
+        struct part *p = &m->parts[i];
+        if (pos < p->header_len) {
+            size_t n = p->header_len - pos < max ? p->header_len - (size_t)pos : max;
+            memcpy(buf, p->header + pos, n);
+            return (ssize_t)n;
+        }
+        pos -= p->header_len;
+        if (pos < p->len) {
+            size_t n = p->len - pos < max ? (size_t)(p->len - pos) : max;
+            ssize_t got = pread(m->fd, buf, n, (off_t)(p->start + pos));
+            if (got <= 0)
+                return MHD_CONTENT_READER_END_WITH_ERROR;
+            atomic_fetch_add(&m->srv->metrics.bytes_served, (unsigned long long)got);
+            return got;
+        }
+        pos -= p->len;
+    }
+    if (pos < m->trailer_len) {
+        size_t n = m->trailer_len - pos < max ? m->trailer_len - (size_t)pos : max;
+        memcpy(buf, m->trailer + pos, n);
+        return (ssize_t)n;
+    }
+    return MHD_CONTENT_READER_END_OF_STREAM;
+}
+
+static void multipart_free(void *cls)
+{
+    struct multipart *m = cls;
+    for (size_t i = 0; i < m->n; i++)
+        free(m->parts[i].header);
+    free(m->parts);
+    free(m->trailer);
+    close(m->fd);
+    free(m);
+}
+
+static struct MHD_Response *multipart_response(struct server *srv, int fd,
+                                               const byte_range_list *ranges, uint64_t size,
+                                               char *content_type, size_t ct_len)
+{
+    uint8_t rnd[12];
+    char boundary[32];
+    if (RAND_bytes(rnd, sizeof(rnd)) != 1)
+        return NULL;
+    for (size_t i = 0; i < sizeof(rnd); i++)
+        sprintf(boundary + 2 * i, "%02x", rnd[i]);
+    snprintf(content_type, ct_len, "multipart/byteranges; boundary=%s", boundary);
+
+    struct multipart *m = calloc(1, sizeof(*m));
+    if (!m)
+        return NULL;
+    m->fd = fd;
+    m->srv = srv;
+    m->parts = calloc(ranges->len, sizeof(*m->parts));
+    uint64_t total = 0;
+    bool oom = !m->parts;
+    for (size_t i = 0; !oom && i < ranges->len; i++) {
+        struct part *p = &m->parts[i];
+        p->start = ranges->ptr[i].start;
+        p->len = ranges->ptr[i].end - ranges->ptr[i].start + 1;
+        int n = asprintf(&p->header,
+                         "%s--%s\r\nContent-Type: application/octet-stream\r\n"
+                         "Content-Range: bytes %" PRIu64 "-%" PRIu64 "/%" PRIu64 "\r\n\r\n",
+                         i ? "\r\n" : "", boundary, ranges->ptr[i].start, ranges->ptr[i].end,
+                         size);
+        if (n < 0) {
+            p->header = NULL;
+            oom = true;
+            break;
+        }
+        m->n = i + 1;
+        p->header_len = (size_t)n;
+        total += p->header_len + p->len;
+    }
+    int n = oom ? -1 : asprintf(&m->trailer, "\r\n--%s--\r\n", boundary);
+    if (n < 0) {
+        m->trailer = NULL;
+        m->fd = -1;
+        multipart_free(m);
+        return NULL;
+    }
+    m->trailer_len = (size_t)n;
+    total += m->trailer_len;
+    struct MHD_Response *resp = MHD_create_response_from_callback(total, MULTIPART_BLOCK,
+                                                                  multipart_read, m,
+                                                                  multipart_free);
+    if (!resp) {
+        m->fd = -1;
+        multipart_free(m);
+    }
+    return resp;
+}
+
+int route_disk_data(struct request *rq)
+{
+    struct snapshot *snap = NULL;
+    const struct snapshot_disk *disk = NULL;
+    int ret;
+    if (lookup_disk(rq, &snap, &disk, &ret) < 0)
+        return ret;
+
+    int fd = open(disk->path, O_RDONLY | O_CLOEXEC);
+    struct stat st;
+    if (fd < 0 || fstat(fd, &st) < 0) {
+        int e = errno;
+        if (fd >= 0)
+            close(fd);
+        ret = reply_error(rq, 500, "internal error", "snapshot '%s' disk '%s': %s: %s", snap->id,
+                          disk->name, disk->path, strerror(e));
+        snapshot_free(snap);
+        return ret;
+    }
+    uint64_t size = (uint64_t)st.st_size;
+    char etag[HTTP_ETAG_MAX];
+    http_etag(snap->id, disk->name, size, etag);
+    snapshot_free(snap);
+
+    const char *range = request_header(rq, MHD_HTTP_HEADER_RANGE);
+    const char *if_range = request_header(rq, MHD_HTTP_HEADER_IF_RANGE);
+    bool is_head = !strcmp(rq->method, "HEAD");
+    byte_range_list ranges = VECTOR_INIT;
+    int r = -ENOENT;
+    if (range && http_if_range_matches(if_range, etag))
+        r = http_range_parse(range, size, &ranges);
+
+    struct MHD_Response *resp = NULL;
+    unsigned status = 200;
+    char content_range[96] = "";
+    char content_type[96] = "application/octet-stream";
+    if (r == -ERANGE) {
+        close(fd);
+        snprintf(content_range, sizeof(content_range), "bytes */%" PRIu64, size);
+        resp = MHD_create_response_from_buffer(0, NULL, MHD_RESPMEM_PERSISTENT);
+        status = 416;
+    } else if (r == 0 && ranges.len == 1) {
+        uint64_t len = ranges.ptr[0].end - ranges.ptr[0].start + 1;
+        snprintf(content_range, sizeof(content_range), "bytes %" PRIu64 "-%" PRIu64 "/%" PRIu64,
+                 ranges.ptr[0].start, ranges.ptr[0].end, size);
+        resp = MHD_create_response_from_fd_at_offset64(len, fd, ranges.ptr[0].start);
+        status = 206;
+        if (!is_head)
+            atomic_fetch_add(&rq->srv->metrics.bytes_served, len);
+    } else if (r == 0) {
+        resp = multipart_response(rq->srv, fd, &ranges, size, content_type, sizeof(content_type));
+        status = 206;
+    } else {
+        resp = MHD_create_response_from_fd_at_offset64(size, fd, 0);
+        if (!is_head)
+            atomic_fetch_add(&rq->srv->metrics.bytes_served, size);
+    }
+    byte_range_list_reset(&ranges);
+    if (!resp) {
+        close(fd);
+        return reply_error(rq, 500, "internal error", "cannot create the response");
+    }
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_ACCEPT_RANGES, "bytes");
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_ETAG, etag);
+    if (status != 416)
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, content_type);
+    if (content_range[0])
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_RANGE, content_range);
+    return reply(rq, status, resp);
+}
+
+/* ---- changed areas ---- */
+
+/* Keeps the first CHANGES_PAGE_MAX + 1 ranges at or after start, clipped to start. */
+struct area_page {
+    extent_list l;
+    uint64_t from;
+    uint64_t dropped; /* start of the first range not kept (UINT64_MAX: none) */
+};
+
+static int area_emit(void *opaque, uint64_t start, uint64_t length)
+{
+    struct area_page *p = opaque;
+    uint64_t end = start + length;
+    if (end <= p->from)
+        return 0;
+    if (p->l.len > CHANGES_PAGE_MAX) {
+        if (start < p->dropped)
+            p->dropped = start;
+        return 0;
+    }
+    if (start < p->from)
+        start = p->from;
+    return extent_list_add_range(&p->l, start, end - start);
+}
+
+static void write_areas(FILE *f, const char *key, const extent_list *l, uint64_t upto, bool *first)
+{
+    jw_key(f, first, key);
+    fputc('[', f);
+    bool afirst = true;
+    for (size_t i = 0; i < l->len && l->ptr[i].start < upto; i++) {
+        uint64_t len = extent_end(&l->ptr[i]) > upto ? upto - l->ptr[i].start : l->ptr[i].length;
+        fprintf(f, "%s{\"start\":%" PRIu64 ",\"length\":%" PRIu64 "}", afirst ? "" : ",",
+                l->ptr[i].start, len);
+        afirst = false;
+    }
+    fputc(']', f);
+}
+
+int route_disk_changes(struct request *rq)
+{
+    struct snapshot *snap = NULL, *base = NULL;
+    const struct snapshot_disk *disk = NULL;
+    char *base_disk = NULL;
+    int ret;
+    if (lookup_disk(rq, &snap, &disk, &ret) < 0)
+        return ret;
+
+    const char *change_id = request_arg(rq, "changeId");
+    const char *so = request_arg(rq, "startOffset");
+    uint64_t start = 0;
+    if (so) {
+        char *end;
+        errno = 0;
+        unsigned long long v = strtoull(so, &end, 10);
+        if (errno || end == so || *end || so[0] == '-') {
+            snapshot_free(snap);
+            return reply_error(rq, 400, "bad request", "startOffset must be a byte offset");
+        }
+        start = v;
+    }
+    if (!change_id || !*change_id) {
+        snapshot_free(snap);
+        return reply_error(rq, 400, "bad request",
+                           "changeId is required: '*' for all allocated areas, or the change_id "
+                           "of an older snapshot of this disk");
+    }
+    if (start > disk->size) {
+        snapshot_free(snap);
+        return reply_error(rq, 400, "bad request", "startOffset %" PRIu64
+                           " is past the end of the disk (%" PRIu64 " bytes)", start, disk->size);
+    }
+
+    const struct snapshot_disk *bd = NULL;
+    if (strcmp(change_id, "*")) {
+        int r = catalog_snapshot_by_change_id(rq->srv->catalog, change_id, &base, &base_disk);
+        if (r < 0 || strcmp(base->vm_id, snap->vm_id) || strcmp(base_disk, disk->name) ||
+            base->seq > snap->seq || strcmp(base->status, "ready")) {
+            ret = reply_error(rq, 400, "bad request",
+                              "changeId '%s' is not the change ID of this disk in an older "
+                              "snapshot of this VM",
+                              change_id);
+            snapshot_free(snap);
+            snapshot_free(base);
+            free(base_disk);
+            return ret;
+        }
+        for (size_t i = 0; i < base->disks.len; i++)
+            if (!strcmp(base->disks.ptr[i].name, disk->name))
+                bd = &base->disks.ptr[i];
+    }
+
+    /* changed = areas a VMware-style client must copy (new data and zeroed ranges: reading a
+     * zeroed range gives zeros, so a client unaware of zeroedArea still restores correctly);
+     * zeroed = the subset it may write as zeros without reading. */
+    struct area_page changed = {.l = VECTOR_INIT, .from = start, .dropped = UINT64_MAX};
+    struct area_page zeroed = {.l = VECTOR_INIT, .from = start, .dropped = UINT64_MAX};
+    uint64_t complete_below = UINT64_MAX; /* every area below this offset is in the lists */
+    int r = 0;
+    if (bd) {
+        struct fs_diff d;
+        r = fs_diff_open(&d, bd->path, disk->path, DIFF_AUTO);
+        if (r == 0) {
+            extent_list ch = VECTOR_INIT;
+            struct area_page chp = {.l = VECTOR_INIT, .from = start, .dropped = UINT64_MAX};
+            struct extent_sink cs = {.emit = area_emit, .opaque = &chp};
+            struct extent_sink zs = {.emit = area_emit, .opaque = &zeroed};
+            r = fs_diff_run(&d, &cs, &zs);
+            fs_diff_close(&d);
+            /* union of the two sorted lists */
+            size_t i = 0, j = 0;
+            while (r == 0 && (i < chp.l.len || j < zeroed.l.len)) {
+                const struct extent *e;
+                if (j >= zeroed.l.len || (i < chp.l.len && chp.l.ptr[i].start < zeroed.l.ptr[j].start))
+                    e = &chp.l.ptr[i++];
+                else
+                    e = &zeroed.l.ptr[j++];
+                r = extent_list_add_range(&ch, e->start, e->length);
+            }
+            extent_list_reset(&chp.l);
+            changed.l = ch;
+            complete_below = chp.dropped < zeroed.dropped ? chp.dropped : zeroed.dropped;
+        }
+    } else {
+        CLEANUP_CLOSE int fd = open(disk->path, O_RDONLY | O_CLOEXEC);
+        struct fs_map m;
+        r = fd < 0 ? -errno : fs_map_open(&m, fd, disk->size, 0);
+        if (r == 0) {
+            struct extent e;
+            while ((r = fs_map_next(&m, &e)) > 0)
+                if (extent_is_data(&e) && (r = area_emit(&changed, e.start, e.length)) < 0)
+                    break;
+            fs_map_close(&m);
+        }
+        complete_below = changed.dropped;
+    }
+    if (r < 0) {
+        ret = reply_errno(rq, r, "changed areas");
+        goto out;
+    }
+
+    /* The page ends before the first area that did not fit, else at the end of the disk. */
+    uint64_t upto = disk->size < complete_below ? disk->size : complete_below;
+    if (changed.l.len > CHANGES_PAGE_MAX && changed.l.ptr[CHANGES_PAGE_MAX].start < upto)
+        upto = changed.l.ptr[CHANGES_PAGE_MAX].start;
+    FILE *f = tmpfile();
+    if (!f) {
+        ret = reply_errno(rq, -errno, "temporary file");
+        goto out;
+    }
+    bool first = true;
+    fputc('{', f);
+    jw_kv_u64(f, &first, "startOffset", start);
+    jw_kv_u64(f, &first, "length", upto - start);
+    write_areas(f, "changedArea", &changed.l, upto, &first);
+    write_areas(f, "zeroedArea", &zeroed.l, upto, &first);
+    jw_kv_str(f, &first, "changeId", disk->change_id);
+    jw_kv_u64(f, &first, "diskSize", disk->size);
+    fputc('}', f);
+    ret = reply_json_file(rq, 200, f);
+out:
+    extent_list_reset(&changed.l);
+    extent_list_reset(&zeroed.l);
+    snapshot_free(snap);
+    snapshot_free(base);
+    free(base_disk);
+    return ret;
+}

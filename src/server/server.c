@@ -1,0 +1,73 @@
+/* Assembly of the server from its configuration: providers, catalog, auth, crash recovery. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/log.h"
+#include "server/server.h"
+
+int server_new(const struct daemon_config *cfg, struct server **out, char *err, size_t errlen)
+{
+    struct server *s = calloc(1, sizeof(*s));
+    if (!s)
+        return -ENOMEM;
+    s->cfg = cfg;
+    int r;
+    s->providers = calloc(cfg->n_providers, sizeof(*s->providers));
+    if (!s->providers) {
+        server_free(s);
+        return -ENOMEM;
+    }
+    for (size_t i = 0; i < cfg->n_providers; i++) {
+        const struct config_provider *cp = &cfg->providers[i];
+        struct provider_config pc = {
+            .name = cp->name, .settings = cp->settings, .n_settings = cp->n_settings};
+        char perr[512] = "";
+        if ((r = provider_new(&pc, &s->providers[i], perr, sizeof(perr))) < 0) {
+            snprintf(err, errlen, "%s: %s", cfg->file, perr[0] ? perr : strerror(-r));
+            server_free(s);
+            return r;
+        }
+        s->n_providers++;
+    }
+    char cerr[512] = "";
+    if ((r = catalog_open(&s->catalog, cfg->db_file, cerr, sizeof(cerr))) < 0) {
+        snprintf(err, errlen, "%s: [catalog] db_file: %s", cfg->file, cerr);
+        server_free(s);
+        return r;
+    }
+    struct auth_config ac = {
+        .users_file = cfg->users_file,
+        .pam_service = cfg->pam_service,
+        .token_ttl = cfg->token_ttl,
+        .jwt_secret_file = cfg->jwt_secret_file,
+    };
+    char aerr[512] = "";
+    if ((r = auth_open(&s->auth, &ac, aerr, sizeof(aerr))) < 0) {
+        snprintf(err, errlen, "%s: [auth] %s", cfg->file, aerr[0] ? aerr : strerror(-r));
+        server_free(s);
+        return r;
+    }
+    if ((r = snapshot_recover(s)) < 0)
+        log_warn("recovering half-done snapshots: %s (will retry at the next start)",
+                 strerror(-r));
+    *out = s;
+    return 0;
+}
+
+void server_free(struct server *s)
+{
+    if (!s)
+        return;
+    for (size_t i = 0; i < s->n_providers; i++)
+        provider_free(s->providers[i]);
+    free(s->providers);
+    catalog_close(s->catalog);
+    if (s->auth)
+        auth_close(s->auth);
+    free(s->cert_pem);
+    free(s->key_pem);
+    free(s->ca_pem);
+    free(s);
+}

@@ -1,0 +1,101 @@
+/* The HTTP API server of vmexportd: state shared by the route handlers, and the entry points
+ * the daemon calls.  http.c owns libmicrohttpd and routing; routes_*.c answer requests;
+ * snapshot.c creates and deletes snapshots; metrics.c counts. */
+#ifndef VMEXPORT_SERVER_SERVER_H
+#define VMEXPORT_SERVER_SERVER_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "catalog/catalog.h"
+#include "daemon/config.h"
+#include "provider/provider.h"
+#include "server/auth.h"
+#include "server/metrics.h"
+
+struct MHD_Connection;
+struct MHD_Response;
+
+struct server {
+    const struct daemon_config *cfg;
+    struct provider **providers;
+    size_t n_providers;
+    struct catalog *catalog;
+    struct auth *auth;
+    struct metrics metrics;
+    struct MHD_Daemon *mhd;
+    char *cert_pem, *key_pem, *ca_pem;
+    atomic_uint active_requests;
+};
+
+/* Set up everything from the configuration (providers, catalog, auth, recovery of snapshots a
+ * crash left half-done); err explains a failure. */
+int server_new(const struct daemon_config *cfg, struct server **out, char *err, size_t errlen);
+int server_start(struct server *s, char *err, size_t errlen);
+/* Stop accepting; wait up to grace seconds for running requests; stop. */
+void server_stop(struct server *s, unsigned grace);
+void server_free(struct server *s);
+
+/* ---- request context, shared by http.c and the routes ---- */
+
+#define ID_MAX 255 /* longest VM, snapshot or disk ID accepted in a URL */
+
+struct request {
+    struct server *srv;
+    struct MHD_Connection *conn;
+    const char *method;
+    char *segs[8]; /* URL path segments after /api/v1 */
+    int nsegs;
+    int route;     /* index into the route table, for metrics */
+    unsigned status;
+    char *user;
+    char *body;
+    size_t body_len;
+    bool body_too_large;
+};
+
+/* Queue a response; take ownership of resp.  Returns the MHD result. */
+int reply(struct request *rq, unsigned status, struct MHD_Response *resp);
+/* JSON body from a jansson value (stolen). */
+int reply_json(struct request *rq, unsigned status, void *json);
+/* JSON body from a finished temporary file (taken). */
+int reply_json_file(struct request *rq, unsigned status, FILE *f);
+/* {"error": error, "details": printf(...)} */
+int reply_error(struct request *rq, unsigned status, const char *error, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+/* Map a negative errno of an operation to a status and error reply. */
+int reply_errno(struct request *rq, int r, const char *what);
+
+const char *request_arg(struct request *rq, const char *name);
+const char *request_header(struct request *rq, const char *name);
+
+/* Route handlers (routes_vms.c, routes_data.c). */
+int route_login(struct request *rq);
+int route_vms_list(struct request *rq);
+int route_vm_get(struct request *rq);
+int route_snapshots_list(struct request *rq);
+int route_snapshot_create(struct request *rq);
+int route_snapshots_purge(struct request *rq);
+int route_snapshot_get(struct request *rq);
+int route_snapshot_delete(struct request *rq);
+int route_orphans_list(struct request *rq);
+int route_disk_data(struct request *rq);
+int route_disk_changes(struct request *rq);
+int route_healthz(struct request *rq);
+int route_metrics(struct request *rq);
+
+/* ---- helpers for routes ---- */
+
+/* Find a VM among the providers: 0 and *vm (free with vm_free), -ENOENT. */
+int server_vm_get(struct server *s, const char *vm_id, struct vm **vm, struct provider **p);
+struct provider *server_provider(struct server *s, const char *name);
+
+/* snapshot.c */
+int snapshot_create(struct server *s, struct provider *p, const struct vm *vm,
+                    struct snapshot **out, char *err, size_t errlen);
+int snapshot_delete(struct server *s, struct snapshot *snap);
+int snapshot_recover(struct server *s);
+
+#endif

@@ -1,0 +1,288 @@
+/* Taking and removing snapshots of whole VMs.
+ *
+ * A snapshot is all of a VM's snapshot-compatible disks or none: it is recorded as "creating",
+ * each disk is cloned (reflink or hashed copy), and any failure removes the clones made so far
+ * and the record.  A crash mid-way leaves a "creating" record that snapshot_recover() cleans at
+ * the next start.  Freeze/thaw commands, when configured, run around the clones.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <libgen.h>
+#include <openssl/rand.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "core/cleanup.h"
+#include "core/log.h"
+#include "fs/blockhash.h"
+#include "fs/clone.h"
+#include "server/server.h"
+
+/* Directories made for snapshots are private to the daemon. */
+#define SNAPSHOT_DIR_MODE 0700
+
+static int uuid4(char out[37])
+{
+    uint8_t b[16];
+    if (RAND_bytes(b, sizeof(b)) != 1)
+        return -EIO;
+    b[6] = (b[6] & 0x0f) | 0x40; /* version 4 */
+    b[8] = (b[8] & 0x3f) | 0x80; /* RFC 4122 variant */
+    snprintf(out, 37,
+             "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", b[0], b[1],
+             b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13], b[14],
+             b[15]);
+    return 0;
+}
+
+static char *now_rfc3339(void)
+{
+    struct timespec ts;
+    struct tm tm;
+    char buf[40];
+    clock_gettime(CLOCK_REALTIME, &ts);
+    gmtime_r(&ts.tv_sec, &tm);
+    size_t n = strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%S", &tm);
+    snprintf(buf + n, sizeof(buf) - n, ".%06ldZ", ts.tv_nsec / 1000);
+    return strdup(buf);
+}
+
+static uint64_t now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
+
+/* mkdir -p of path's parent directory. */
+static int make_parents(const char *path)
+{
+    CLEANUP_FREE char *dir = strdup(path);
+    if (!dir)
+        return -ENOMEM;
+    char *d = dirname(dir);
+    for (char *p = d + 1; *p; p++) {
+        if (*p != '/')
+            continue;
+        *p = '\0';
+        if (mkdir(d, SNAPSHOT_DIR_MODE) < 0 && errno != EEXIST)
+            return -errno;
+        *p = '/';
+    }
+    if (mkdir(d, SNAPSHOT_DIR_MODE) < 0 && errno != EEXIST)
+        return -errno;
+    return 0;
+}
+
+/* Remove a snapshot disk file, its sidecar and its now-empty parent directories (up to two
+ * levels: <snapshot>/ and, for dir providers, <vm>/). */
+static int remove_disk_file(const char *path)
+{
+    int r = 0;
+    if (unlink(path) < 0 && errno != ENOENT)
+        r = -errno;
+    blockhash_remove(path);
+    CLEANUP_FREE char *copy = strdup(path);
+    if (copy) {
+        char *d = dirname(copy);
+        if (rmdir(d) == 0)
+            rmdir(dirname(d)); /* fails harmlessly when not empty */
+    }
+    return r;
+}
+
+/* Run a hook command with the VM ID as $1, bounded by the configured timeout. */
+static int run_hook(struct server *s, const char *cmd, const char *vm_id, const char *what)
+{
+    if (!cmd)
+        return 0;
+    pid_t pid = fork();
+    if (pid < 0)
+        return -errno;
+    if (pid == 0) {
+        execl("/bin/sh", "sh", "-c", cmd, "vmexport-hook", vm_id, (char *)NULL);
+        _exit(127);
+    }
+    int status;
+    for (unsigned waited = 0;; waited++) {
+        pid_t w = waitpid(pid, &status, WNOHANG);
+        if (w == pid)
+            break;
+        if (w < 0)
+            return -errno;
+        if (waited >= s->cfg->hook_timeout * 10) {
+            kill(pid, SIGKILL);
+            waitpid(pid, &status, 0);
+            log_error("%s command for VM %s timed out after %u s", what, vm_id,
+                      s->cfg->hook_timeout);
+            return -ETIMEDOUT;
+        }
+        struct timespec step = {0, 100 * 1000 * 1000};
+        nanosleep(&step, NULL);
+    }
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+        log_error("%s command for VM %s failed (status %d)", what, vm_id,
+                  WIFEXITED(status) ? WEXITSTATUS(status) : -1);
+        return -ECANCELED;
+    }
+    return 0;
+}
+
+int snapshot_create(struct server *s, struct provider *p, const struct vm *vm,
+                    struct snapshot **out, char *err, size_t errlen)
+{
+    uint64_t t0 = now_us();
+    char id[37];
+    int r = uuid4(id);
+    if (r < 0) {
+        snprintf(err, errlen, "no random numbers for a snapshot ID");
+        return r;
+    }
+    struct snapshot *snap = calloc(1, sizeof(*snap));
+    if (!snap)
+        return -ENOMEM;
+    snap->id = strdup(id);
+    snap->vm_id = strdup(vm->id);
+    snap->provider = strdup(p->name);
+    snap->created_at = now_rfc3339();
+    snap->status = strdup("creating");
+    if (!snap->id || !snap->vm_id || !snap->provider || !snap->created_at || !snap->status) {
+        snapshot_free(snap);
+        return -ENOMEM;
+    }
+    for (size_t i = 0; i < vm->disks.len; i++) {
+        const struct vm_disk *vd = &vm->disks.ptr[i];
+        if (!vd->snapshot_compatible)
+            continue;
+        struct snapshot_disk d = {0};
+        d.name = strdup(vd->name);
+        d.parent_path = strdup(vd->path);
+        d.repo_mountpoint = vd->repo_mountpoint ? strdup(vd->repo_mountpoint) : NULL;
+        d.mode = strdup(vd->snapshot_mode ? vd->snapshot_mode : "copy");
+        if (asprintf(&d.change_id, "%s/%zu", id, i) < 0)
+            d.change_id = NULL;
+        r = p->ops->snapshot_path(p, vm, vd, id, &d.path);
+        if (r < 0 || !d.name || !d.parent_path || !d.mode || !d.change_id ||
+            snapshot_disk_list_append(&snap->disks, d) < 0) {
+            free(d.name);
+            free(d.parent_path);
+            free(d.repo_mountpoint);
+            free(d.mode);
+            free(d.change_id);
+            free(d.path);
+            snprintf(err, errlen, "VM %s: disk %s: no snapshot location: %s", vm->id, vd->name,
+                     strerror(r < 0 ? -r : ENOMEM));
+            snapshot_free(snap);
+            return r < 0 ? r : -ENOMEM;
+        }
+    }
+    if (snap->disks.len == 0) {
+        snprintf(err, errlen, "VM %s has no snapshot-compatible disk", vm->id);
+        snapshot_free(snap);
+        return -EINVAL;
+    }
+
+    if ((r = catalog_snapshot_add(s->catalog, snap)) < 0) {
+        snprintf(err, errlen, "catalog: %s", strerror(-r));
+        snapshot_free(snap);
+        return r;
+    }
+    if ((r = run_hook(s, s->cfg->freeze_command, vm->id, "freeze")) < 0) {
+        snprintf(err, errlen, "VM %s: freeze command failed; no snapshot taken", vm->id);
+        goto rollback;
+    }
+    size_t done = 0;
+    for (; done < snap->disks.len; done++) {
+        struct snapshot_disk *d = &snap->disks.ptr[done];
+        struct clone_result res;
+        if ((r = make_parents(d->path)) < 0) {
+            snprintf(err, errlen, "snapshot %s: disk %s: creating the directory of %s: %s", id,
+                     d->name, d->path, strerror(-r));
+            break;
+        }
+        enum clone_mode mode = !strcmp(d->mode, "reflink") ? CLONE_AUTO : CLONE_COPY;
+        if ((r = fs_clone(d->parent_path, d->path, mode, &res)) < 0) {
+            snprintf(err, errlen, "snapshot %s: disk %s: cloning %s to %s: %s", id, d->name,
+                     d->parent_path, d->path,
+                     r == -ENOSPC ? "no space left on the repository" : strerror(-r));
+            break;
+        }
+        d->size = res.size;
+        free(d->mode);
+        d->mode = strdup(res.mode == CLONE_REFLINK ? "reflink" : "copy");
+    }
+    int tr = run_hook(s, s->cfg->thaw_command, vm->id, "thaw");
+    if (r == 0 && tr < 0) {
+        /* The data is consistent (frozen while cloned); a failed thaw is the operator's to see. */
+        log_warn("VM %s: thaw command failed after snapshot %s", vm->id, id);
+    }
+    if (r < 0) {
+        for (size_t i = 0; i < done; i++)
+            remove_disk_file(snap->disks.ptr[i].path);
+        goto rollback;
+    }
+    /* Sizes became known while cloning: record them with the final status, in one step. */
+    free(snap->status);
+    snap->status = strdup("ready");
+    r = snap->status ? catalog_snapshot_finish(s->catalog, snap) : -ENOMEM;
+    if (r < 0) {
+        snprintf(err, errlen, "catalog: %s", strerror(-r));
+        for (size_t i = 0; i < snap->disks.len; i++)
+            remove_disk_file(snap->disks.ptr[i].path);
+        goto rollback;
+    }
+    metrics_snapshot_created(&s->metrics, now_us() - t0);
+    log_info("snapshot %s of VM %s: %zu disks in %.3f s", id, vm->id, snap->disks.len,
+             (double)(now_us() - t0) / 1e6);
+    *out = snap;
+    return 0;
+
+rollback:
+    catalog_snapshot_remove(s->catalog, id);
+    atomic_fetch_add(&s->metrics.snapshot_failures, 1);
+    log_error("%s", err);
+    snapshot_free(snap);
+    return r;
+}
+
+int snapshot_delete(struct server *s, struct snapshot *snap)
+{
+    int r = catalog_snapshot_set_status(s->catalog, snap->id, "deleting");
+    if (r < 0)
+        return r;
+    int first_err = 0;
+    for (size_t i = 0; i < snap->disks.len; i++) {
+        int e = remove_disk_file(snap->disks.ptr[i].path);
+        if (e < 0 && !first_err) {
+            first_err = e;
+            log_error("snapshot %s: removing %s: %s", snap->id, snap->disks.ptr[i].path,
+                      strerror(-e));
+        }
+    }
+    if (first_err)
+        return first_err; /* stays "deleting"; retried by the next delete or start */
+    if ((r = catalog_snapshot_remove(s->catalog, snap->id)) < 0)
+        return r;
+    atomic_fetch_add(&s->metrics.snapshots_deleted, 1);
+    return 0;
+}
+
+int snapshot_recover(struct server *s)
+{
+    snapshot_list l = VECTOR_INIT;
+    int r = catalog_recover(s->catalog, &l);
+    for (size_t i = 0; r == 0 && i < l.len; i++) {
+        log_warn("snapshot %s of VM %s was left '%s' by a crash: removing it", l.ptr[i]->id,
+                 l.ptr[i]->vm_id, l.ptr[i]->status);
+        r = snapshot_delete(s, l.ptr[i]);
+    }
+    snapshot_list_free(&l);
+    return r;
+}

@@ -1,0 +1,223 @@
+#!/bin/bash
+# vmexportd over TLS on a real XFS (reflink) filesystem, driven with curl: every route and
+# status, the auth matrix, the Range matrix, path tricks, the 004 client's incremental download
+# sequence reproducing the disks bit for bit, and VMware-style changed areas.
+source "$(dirname "$0")/lib.sh"
+require_root
+
+make_fs xfs 400 XFS || { not_ok "create xfs"; exit 1; }
+VMS=$XFS/vms
+mkdir -p "$VMS/web01" "$VMS/db01" "$VMS/.hidden"
+truncate -s 64M "$VMS/web01/root.img"
+dd if=/dev/urandom of="$VMS/web01/root.img" bs=1M count=8 seek=4 conv=notrunc status=none
+truncate -s 16M "$VMS/web01/data.raw"
+dd if=/dev/urandom of="$VMS/web01/data.raw" bs=64K count=3 seek=17 conv=notrunc status=none
+echo "not a disk" >"$VMS/web01/notes.txt"
+truncate -s 8M "$VMS/db01/db.qcow2"
+sync
+
+PORT=$(free_port)
+write_config "$WORK/vmexportd.conf" "$PORT" "$WORK/state" \
+    "[provider.local]" "type = dir" "path = $VMS" || { not_ok "write config"; exit 1; }
+start_daemon "$WORK/vmexportd.conf" "$PORT" && ok "daemon starts with TLS on 127.0.0.1:$PORT" ||
+    { not_ok "daemon starts"; exit 1; }
+
+# --- health, metrics, unknown routes ---
+expect_status 200 "GET /healthz without a token" GET /healthz
+expect_status 200 "GET /api/v1/healthz/ with a trailing slash" GET /api/v1/healthz/
+expect_status 404 "unknown route is 404" GET /api/v1/nothing
+check "errors carry error and details" jq -e 'has("error") and has("details")' "$WORK/body"
+expect_status 404 "path outside the API is 404" GET /etc/passwd
+
+# --- auth matrix ---
+expect_status 401 "no Authorization header" GET /api/v1/vms
+check "401 body has error and details" jq -e '.error and .details' "$WORK/body"
+expect_status 400 "login without a body" POST /api/v1/auth/login
+expect_status 400 "login with malformed JSON" POST /api/v1/auth/login -d '{"username":'
+expect_status 401 "login with a wrong password" POST /api/v1/auth/login -d '{"username":"admin","password":"nope"}'
+cp "$WORK/body" "$WORK/wrongpass"
+expect_status 401 "login as an unknown user" POST /api/v1/auth/login -d '{"username":"mallory","password":"nope"}'
+check "wrong password and unknown user look the same" cmp -s "$WORK/body" "$WORK/wrongpass"
+expect_status 200 "login with the right password" POST /api/v1/auth/login -d '{"username":"admin","password":"secret"}'
+TOKEN=$(jq -r .token "$WORK/body")
+check "login returns a token" test -n "$TOKEN" -a "$TOKEN" != null
+expect_status 200 "login route with a trailing slash" POST /api/v1/auth/login/ -d '{"username":"alice","password":"wonderland"}'
+
+good=$TOKEN
+TOKEN="" expect_status 401 "Basic scheme is refused" GET /api/v1/vms -H "Authorization: Basic YWRtaW46c2VjcmV0"
+TOKEN="" expect_status 401 "lower-case bearer is refused" GET /api/v1/vms -H "Authorization: bearer $good"
+TOKEN="" expect_status 401 "token without scheme is refused" GET /api/v1/vms -H "Authorization: $good"
+TOKEN="${good%?}x" expect_status 401 "bad signature is refused" GET /api/v1/vms
+# Tampered payload: same signature, sub changed.
+IFS=. read -r h p s <<<"$good"
+b64url() { openssl base64 -A | tr '+/' '-_' | tr -d '='; }
+tampered_payload=$(printf '{"sub":"root","iat":%d,"exp":%d,"iss":"vmexportd"}' "$(date +%s)" $(( $(date +%s) + 3600 )) | b64url)
+TOKEN="$h.$tampered_payload.$s" expect_status 401 "tampered payload is refused" GET /api/v1/vms
+none_header=$(printf '{"alg":"none","typ":"JWT"}' | b64url)
+TOKEN="$none_header.$p." expect_status 401 "alg none is refused" GET /api/v1/vms
+# Expired token, correctly signed with the daemon's own key.
+sign() { # sign HEADER.PAYLOAD: the key is the secret file's content without its line end
+    printf '%s' "$1" | openssl dgst -sha256 -mac HMAC \
+        -macopt "hexkey:$(tr -d '\n' <"$WORK/state/jwt.key" | od -An -v -tx1 | tr -d ' \n')" -binary | b64url
+}
+hs_header=$(printf '{"alg":"HS256","typ":"JWT"}' | b64url)
+now=$(date +%s)
+valid_payload=$(printf '{"sub":"admin","iat":%d,"exp":%d,"iss":"vmexportd"}' "$now" $((now + 600)) | b64url)
+TOKEN="$hs_header.$valid_payload.$(sign "$hs_header.$valid_payload")" \
+    expect_status 200 "a token we sign with the daemon key works (the signing check is real)" GET /api/v1/vms
+expired_payload=$(printf '{"sub":"admin","iat":%d,"exp":%d,"iss":"vmexportd"}' $((now - 7200)) $((now - 3600)) | b64url)
+TOKEN="$hs_header.$expired_payload.$(sign "$hs_header.$expired_payload")" \
+    expect_status 401 "expired token is refused" GET /api/v1/vms
+TOKEN=$good
+
+# --- VMs ---
+expect_status 200 "GET /vms" GET /api/v1/vms
+check "two VMs, hidden directory ignored" jq -e 'map(.name) | sort == ["db01","web01"]' "$WORK/body"
+check "004 VM fields present" jq -e 'all(.[]; has("friendly_name") and has("name") and has("uuid") and has("disks") and has("snapshot_compatible") and has("snapshots") and has("provider"))' "$WORK/body"
+expect_status 200 "GET /vms/web01/ (trailing slash)" GET /api/v1/vms/web01/
+check "disk fields: 004 + size + snapshot_mode" jq -e '(.disks | length == 2) and all(.disks[]; has("name") and has("path") and has("device_name") and has("mode") and .snapshot_compatible == true and .snapshot_mode == "reflink") and (.disks | map(.name) | sort == ["data.raw","root.img"])' "$WORK/body"
+check "disk size reported" jq -e '.disks[] | select(.name == "root.img") | .size == 67108864' "$WORK/body"
+expect_status 404 "unknown VM is 404" GET /api/v1/vms/nope
+
+# --- path tricks: never 200, never a file outside ---
+expect_status_in "400 404" "'..' as VM ID" GET /api/v1/vms/..
+expect_status_in "400 404" "%2f in a VM ID" GET /api/v1/vms/web01%2f..%2f..
+expect_status 404 "'.hidden' is not a VM" GET /api/v1/vms/.hidden
+long=$(printf 'a%.0s' $(seq 300))
+expect_status 400 "over-long ID is 400" GET "/api/v1/vms/$long"
+expect_status_in "400 404" "NUL in an ID" GET "/api/v1/vms/web01%00x"
+expect_status_in "400 404" "disk path trick" GET "/api/v1/vms/web01/snapshots/x/disks/..%2f..%2fetc%2fpasswd"
+
+# --- snapshots ---
+expect_status 200 "no snapshots yet" GET /api/v1/vms/web01/snapshots
+check "empty list" jq -e '. == []' "$WORK/body"
+expect_status 201 "POST snapshot is 201 Created" POST /api/v1/vms/web01/snapshots/
+cp "$WORK/body" "$WORK/snap1.json"
+S1=$(jq -r .id "$WORK/snap1.json")
+check "snapshot fields" jq -e '.id and .vm_id == "web01" and .created_at and .status == "ready" and (.disks | length == 2) and all(.disks[]; .name and .path and .parent_path and .snapshot_id and .repo_mountpoint and .size and .change_id and (.chunks | type == "array"))' "$WORK/snap1.json"
+check "chunks of root.img squashed: one 8 MiB chunk at 4 MiB" jq -e '.disks[] | select(.name == "root.img") | .chunks | length == 1 and .[0].start == 4194304 and .[0].length == 8388608 and (.[0].physical_start | type == "number")' "$WORK/snap1.json"
+# Keep what the disks held at snapshot 1.
+cp --sparse=always "$VMS/web01/root.img" "$WORK/root.at1"
+cp --sparse=always "$VMS/web01/data.raw" "$WORK/data.at1"
+
+expect_status 200 "GET the snapshot" GET "/api/v1/vms/web01/snapshots/$S1"
+expect_status 200 "GET with squashChunks=false" GET "/api/v1/vms/web01/snapshots/$S1/?squashChunks=false"
+expect_status 400 "squashChunks=maybe is 400" GET "/api/v1/vms/web01/snapshots/$S1?squashChunks=maybe"
+expect_status 404 "unknown snapshot is 404" GET /api/v1/vms/web01/snapshots/00000000-0000-0000-0000-000000000000
+expect_status 404 "snapshot under the wrong VM is 404" GET "/api/v1/vms/db01/snapshots/$S1"
+expect_status 200 "VM lists its snapshot" GET /api/v1/vms/web01
+check "snapshot id in VM's snapshots" jq -e --arg s "$S1" '.snapshots == [$s]' "$WORK/body"
+expect_status 405 "PUT on snapshots is 405" PUT /api/v1/vms/web01/snapshots
+
+# --- the 004 client's sequence: full download of snapshot 1 into sparse files ---
+download_chunks() { # SNAPSHOT_JSON DISK OUT
+    local json=$1 disk=$2 out=$3 s l
+    jq -r --arg d "$disk" '.disks[] | select(.name == $d) | .chunks[] | "\(.start) \(.length)"' "$json" |
+    while read -r s l; do
+        curl -s --cacert "$WORK/certs/ca.crt" -H "Authorization: Bearer $TOKEN" \
+            -H "Range: bytes=$s-$((s + l - 1))" "$URL/api/v1/vms/web01/snapshots/$(jq -r .id "$json")/disks/$disk" |
+            dd of="$out" bs=1M oflag=seek_bytes seek="$s" conv=notrunc status=none
+    done
+}
+for d in root.img data.raw; do
+    size=$(curl -s -I --cacert "$WORK/certs/ca.crt" -H "Authorization: Bearer $TOKEN" \
+        "$URL/api/v1/vms/web01/snapshots/$S1/disks/$d" | tr -d '\r' | awk 'tolower($1) == "content-length:" {print $2}')
+    rm -f "$WORK/$d.dl"
+    truncate -s "$size" "$WORK/$d.dl"
+    download_chunks "$WORK/snap1.json" "$d" "$WORK/$d.dl"
+done
+check "HEAD + ranged GETs of root.img reproduce snapshot 1" cmp -s "$WORK/root.img.dl" "$WORK/root.at1"
+check "HEAD + ranged GETs of data.raw reproduce snapshot 1" cmp -s "$WORK/data.raw.dl" "$WORK/data.at1"
+
+# Change the VM: a 4 KiB write, a discard, growth.
+dd if=/dev/urandom of="$VMS/web01/root.img" bs=4K count=1 seek=2000 conv=notrunc,fsync status=none
+fallocate --punch-hole -o $((6 << 20)) -l $((1 << 20)) "$VMS/web01/root.img"
+truncate -s 80M "$VMS/web01/root.img"
+dd if=/dev/urandom of="$VMS/web01/root.img" bs=64K count=2 seek=1200 conv=notrunc,fsync status=none
+sync
+expect_status 201 "second snapshot" POST /api/v1/vms/web01/snapshots
+S2=$(jq -r .id "$WORK/body")
+cp --sparse=always "$VMS/web01/root.img" "$WORK/root.at2"
+expect_status 200 "GET with compareTo" GET "/api/v1/vms/web01/snapshots/$S2?compareTo=$S1"
+cp "$WORK/body" "$WORK/diff12.json"
+check "compareTo: only the 4 KiB write and the growth are chunks, the discard is zeroed" \
+    jq -e '.disks[] | select(.name == "root.img") | .chunks == [{"start":8192000,"length":4096,"physical_start":.chunks[0].physical_start},{"start":78643200,"length":131072,"physical_start":.chunks[1].physical_start}] and .zeroed == [{"start":6291456,"length":1048576,"physical_start":0}] and .size == 83886080' "$WORK/diff12.json"
+check "compareTo: unchanged data.raw has no chunks" jq -e '.disks[] | select(.name == "data.raw") | .chunks == [] and .zeroed == []' "$WORK/diff12.json"
+# Apply: grow, fetch changed chunks only, zero the zeroed ranges.
+truncate -s 83886080 "$WORK/root.img.dl"
+download_chunks "$WORK/diff12.json" root.img "$WORK/root.img.dl"
+jq -r '.disks[] | select(.name == "root.img") | .zeroed[] | "\(.start) \(.length)"' "$WORK/diff12.json" |
+    while read -r s l; do fallocate --punch-hole -o "$s" -l "$l" "$WORK/root.img.dl"; done
+check "incremental download reproduces snapshot 2 bit for bit" cmp -s "$WORK/root.img.dl" "$WORK/root.at2"
+
+expect_status 400 "compareTo a newer snapshot is 400" GET "/api/v1/vms/web01/snapshots/$S1?compareTo=$S2"
+expect_status 400 "compareTo itself is 400" GET "/api/v1/vms/web01/snapshots/$S1?compareTo=$S1"
+expect_status 404 "compareTo unknown is 404" GET "/api/v1/vms/web01/snapshots/$S2?compareTo=nope"
+expect_status 201 "snapshot of another VM" POST /api/v1/vms/db01/snapshots
+D1=$(jq -r .id "$WORK/body")
+expect_status 409 "compareTo a snapshot of another VM is 409" GET "/api/v1/vms/web01/snapshots/$S2?compareTo=$D1"
+
+# --- Range matrix on snapshot 2's root.img ---
+DISK=/api/v1/vms/web01/snapshots/$S2/disks/root.img
+expect_status 200 "full GET" GET "$DISK"
+check "full GET body equals the disk" cmp -s "$WORK/body" "$WORK/root.at2"
+expect_status 206 "single range" GET "$DISK" -H "Range: bytes=8192000-8196095"
+check "single range bytes" cmp -s "$WORK/body" <(dd if="$WORK/root.at2" bs=4096 skip=2000 count=1 status=none)
+expect_status 206 "suffix range" GET "$DISK" -H "Range: bytes=-100"
+check "suffix range bytes" cmp -s "$WORK/body" <(tail -c 100 "$WORK/root.at2")
+expect_status 206 "open-ended range" GET "$DISK" -H "Range: bytes=83886000-"
+check "open-ended range bytes" cmp -s "$WORK/body" <(tail -c 80 "$WORK/root.at2")
+curl -s -D "$WORK/hdrs" -o "$WORK/body" --cacert "$WORK/certs/ca.crt" -H "Authorization: Bearer $TOKEN" \
+    -H "Range: bytes=0-9,4194304-4194313" "$URL$DISK"
+check "multiple ranges: multipart/byteranges" grep -qi '^content-type: multipart/byteranges; boundary=' "$WORK/hdrs"
+check "multipart body holds both parts" bash -c "grep -ac 'Content-Range: bytes' '$WORK/body' | grep -qx 2"
+expect_status 416 "unsatisfiable range" GET "$DISK" -H "Range: bytes=90000000-90000010"
+curl -s -D "$WORK/hdrs" -o /dev/null --cacert "$WORK/certs/ca.crt" -H "Authorization: Bearer $TOKEN" "$URL$DISK" -r 0-0
+ETAG=$(tr -d '\r' <"$WORK/hdrs" | awk 'tolower($1) == "etag:" {print $2}')
+check "strong ETag present" test -n "$ETAG" -a "${ETAG:0:2}" != 'W/'
+check "Accept-Ranges: bytes" grep -qi '^accept-ranges: bytes' "$WORK/hdrs"
+expect_status 206 "If-Range with the ETag honours Range" GET "$DISK" -H "Range: bytes=0-9" -H "If-Range: $ETAG"
+expect_status 200 "If-Range with another ETag sends everything" GET "$DISK" -H "Range: bytes=0-9" -H 'If-Range: "other"'
+curl -s -I --cacert "$WORK/certs/ca.crt" -H "Authorization: Bearer $TOKEN" "$URL$DISK" | tr -d '\r' >"$WORK/hdrs"
+check "HEAD gives Content-Length" grep -qi '^content-length: 83886080$' "$WORK/hdrs"
+expect_status 404 "unknown disk is 404" GET "/api/v1/vms/web01/snapshots/$S2/disks/nope.img"
+
+# --- VMware-style changed areas ---
+CH=/api/v1/vms/web01/snapshots/$S2/disks/root.img/changes
+expect_status 400 "changes without changeId is 400" GET "$CH"
+expect_status 200 "changes with changeId=*" GET "$CH?changeId=*"
+check "* lists allocated areas" jq -e '.startOffset == 0 and .length == 83886080 and (.changedArea | length > 0) and .changeId' "$WORK/body"
+CID1=$(jq -r '.disks[] | select(.name == "root.img") | .change_id' "$WORK/snap1.json")
+expect_status 200 "changes since snapshot 1's change ID" GET "$CH?changeId=$CID1"
+check "changedArea covers write, discard and growth; zeroedArea the discard" \
+    jq -e '.changedArea == [{"start":6291456,"length":1048576},{"start":8192000,"length":4096},{"start":78643200,"length":131072}] and .zeroedArea == [{"start":6291456,"length":1048576}]' "$WORK/body"
+expect_status 200 "changes from a startOffset" GET "$CH?changeId=$CID1&startOffset=8000000"
+check "startOffset skips earlier areas" jq -e '.startOffset == 8000000 and .changedArea[0].start == 8192000 and .length == 75886080' "$WORK/body"
+expect_status 400 "a change ID of another disk is 400" GET "$CH?changeId=$(jq -r '.disks[] | select(.name == "data.raw") | .change_id' "$WORK/snap1.json")"
+expect_status 400 "startOffset past the end is 400" GET "$CH?changeId=*&startOffset=999999999999"
+
+# --- delete, purge, orphans ---
+expect_status 204 "DELETE a snapshot is 204" DELETE "/api/v1/vms/web01/snapshots/$S1/"
+check "its files are gone" bash -c "! ls '$VMS/.vmexport-snapshots/web01/$S1' 2>/dev/null"
+expect_status 404 "deleted snapshot is 404" GET "/api/v1/vms/web01/snapshots/$S1"
+expect_status 404 "deleting it again is 404" DELETE "/api/v1/vms/web01/snapshots/$S1"
+rm -rf "$VMS/db01"
+expect_status 404 "the removed VM is gone" GET /api/v1/vms/db01
+expect_status 200 "orphaned snapshots are listed" GET "/api/v1/snapshots?orphaned=true"
+check "the orphan is db01's" jq -e --arg d "$D1" 'map(.id) == [$d]' "$WORK/body"
+expect_status 200 "an orphan stays readable" GET "/api/v1/vms/db01/snapshots/$D1"
+expect_status 204 "an orphan can be deleted" DELETE "/api/v1/vms/db01/snapshots/$D1"
+expect_status 204 "purge all snapshots of a VM" DELETE /api/v1/vms/web01/snapshots
+expect_status 200 "after purge" GET /api/v1/vms/web01/snapshots
+check "no snapshots left" jq -e '. == []' "$WORK/body"
+check "snapshot area empty" bash -c "[ -z \"\$(ls -A '$VMS/.vmexport-snapshots' 2>/dev/null)\" ]"
+
+# --- metrics ---
+TOKEN=x expect_status 401 "metrics need a valid token" GET /metrics
+expect_status 200 "metrics" GET /metrics
+check "metrics count requests by route and status" grep -q 'vmexport_http_requests_total{route="snapshot_create",status="201"} 3' "$WORK/body"
+check "metrics count bytes served" grep -qE '^vmexport_bytes_served_total [1-9]' "$WORK/body"
+check "metrics have snapshot latency" grep -q 'vmexport_snapshot_create_seconds_count 3' "$WORK/body"
+
+stop_daemon
+check "SIGTERM stops the daemon cleanly (exit 0)" test $? -eq 0
