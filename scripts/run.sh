@@ -1,36 +1,73 @@
 #!/bin/bash
-# The main job, for now a demo of the core engine: make a small disk image on a reflink
-# filesystem, snapshot it, write to it, and print what changed (block-precise, no data read).
-set -eu
+# The main job: build vmexport and run vmexportd on a demo set-up.
+#
+# Everything lives in $VMEXPORT_DEMO_DIR (default /var/tmp/vmexport-demo): a reflink XFS
+# filesystem in a loop file (when run as root; a plain directory otherwise) holding one demo VM,
+# a self-signed certificate, a users file with the demo user (demo / demo), the SQLite catalog
+# and the JWT key.  The daemon listens on https://127.0.0.1:5544 until Ctrl-C.
+set -euo pipefail
 cd "$(dirname "$0")/.."
+ROOT=$(pwd)
 scripts/install-deps.sh
 scripts/build.sh build
-VMEXPORT=$(pwd)/build/vmexport
 
-work=$(mktemp -d /tmp/vmexport-demo.XXXXXX)
+DEMO=${VMEXPORT_DEMO_DIR:-/var/tmp/vmexport-demo}
+PORT=${VMEXPORT_DEMO_PORT:-5544}
+mkdir -p "$DEMO"
+VMS=$DEMO/vms
 dev=""
 cleanup() {
-    if mountpoint -q "$work/fs" 2>/dev/null; then umount "$work/fs"; fi
+    if mountpoint -q "$VMS" 2>/dev/null; then umount "$VMS"; fi
     if [ -n "$dev" ]; then losetup -d "$dev"; fi
-    rm -rf "$work"
 }
 trap cleanup EXIT
-mkdir -p "$work/fs"
-dir=$work/fs
-if [ "$(id -u)" = 0 ] && truncate -s 512M "$work/xfs.img" && dev=$(losetup -f --show "$work/xfs.img") &&
-    mkfs.xfs -q -m reflink=1 "$dev" && mount "$dev" "$work/fs"; then
-    echo "== demo on a fresh XFS (reflink=1) at $dir"
-else
-    echo "== demo in $dir (no loop XFS: not root); diffs will use block hashes"
+mkdir -p "$VMS"
+if [ "$(id -u)" = 0 ] && ! mountpoint -q "$VMS"; then
+    [ -f "$DEMO/xfs.img" ] || { truncate -s 2G "$DEMO/xfs.img" && mkfs.xfs -q -m reflink=1 "$DEMO/xfs.img"; }
+    dev=$(losetup -f --show "$DEMO/xfs.img")
+    mount "$dev" "$VMS"
+    echo "demo VMs on a reflink XFS at $VMS"
 fi
 
-set -x
-truncate -s 256M "$dir/disk.img"
-dd if=/dev/urandom of="$dir/disk.img" bs=1M count=32 conv=notrunc,fsync status=none
-"$VMEXPORT" map "$dir/disk.img"
-"$VMEXPORT" clone "$dir/disk.img" "$dir/snap-1.img"
-dd if=/dev/urandom of="$dir/disk.img" bs=4K count=1 seek=1000 conv=notrunc,fsync status=none
-fallocate --punch-hole -o $((8 << 20)) -l $((1 << 20)) "$dir/disk.img"
-dd if=/dev/urandom of="$dir/disk.img" bs=1M count=1 seek=200 conv=notrunc,fsync status=none
-"$VMEXPORT" diff "$dir/snap-1.img" "$dir/disk.img"
-"$VMEXPORT" diff --json "$dir/snap-1.img" "$dir/disk.img"
+if [ ! -d "$VMS/demo-vm" ]; then
+    mkdir -p "$VMS/demo-vm"
+    truncate -s 1G "$VMS/demo-vm/root.img"
+    dd if=/dev/urandom of="$VMS/demo-vm/root.img" bs=1M count=64 conv=notrunc status=none
+    truncate -s 256M "$VMS/demo-vm/data.raw"
+    dd if=/dev/urandom of="$VMS/demo-vm/data.raw" bs=1M count=8 seek=100 conv=notrunc status=none
+fi
+if [ ! -f "$DEMO/server.crt" ]; then
+    openssl req -x509 -newkey rsa:2048 -nodes -days 365 -subj "/CN=localhost" \
+        -addext "subjectAltName=IP:127.0.0.1,DNS:localhost" \
+        -keyout "$DEMO/server.key" -out "$DEMO/server.crt" 2>/dev/null
+    chmod 600 "$DEMO/server.key"
+fi
+[ -f "$DEMO/users" ] || echo "demo:$(openssl passwd -6 demo)" >"$DEMO/users"
+cat >"$DEMO/vmexportd.conf" <<CONF
+[server]
+listen = 127.0.0.1:$PORT
+certificate = $DEMO/server.crt
+key = $DEMO/server.key
+
+[auth]
+users_file = $DEMO/users
+jwt_secret_file = $DEMO/jwt.key
+token_ttl = 3600
+
+[catalog]
+db_file = $DEMO/catalog.db
+
+[provider.local]
+type = dir
+path = $VMS
+CONF
+
+cat <<EOF2
+vmexportd demo: https://127.0.0.1:$PORT  (user demo, password demo; CA: $DEMO/server.crt)
+Try, in another shell:
+  TOKEN=\$(curl -s --cacert $DEMO/server.crt -d '{"username":"demo","password":"demo"}' https://127.0.0.1:$PORT/api/v1/auth/login | jq -r .token)
+  curl -s --cacert $DEMO/server.crt -H "Authorization: Bearer \$TOKEN" https://127.0.0.1:$PORT/api/v1/vms | jq
+  curl -s --cacert $DEMO/server.crt -H "Authorization: Bearer \$TOKEN" -X POST https://127.0.0.1:$PORT/api/v1/vms/demo-vm/snapshots | jq
+Stop with Ctrl-C.
+EOF2
+"$ROOT/build/vmexportd" --config "$DEMO/vmexportd.conf" -v

@@ -81,7 +81,8 @@ int extent_list_subtract(const extent_list *a, const extent_list *b, extent_list
 
 /* Round every extent outward to multiples of chunk (a power of two or any non-zero value) and
  * merge what then overlaps or touches; results are clipped to limit (pass EXTENT_OFFSET_MAX for
- * none).  Physical addresses become unknown where an extent moved. */
+ * none) and extents starting at or past limit are dropped.  Physical addresses become unknown
+ * where an extent moved. */
 int extent_list_align(extent_list *l, uint64_t chunk, uint64_t limit);
 
 /* Total number of bytes covered. */

@@ -27,8 +27,8 @@
 #define DIR_SNAPSHOT_DIR_MODE    0700                  /* snapshots hold whole disks */
 
 /* Device names as the Linux sd driver gives them: sda ... sdz, sdaa ... */
-#define DIR_DEVICE_PREFIX  "sd"
-#define DIR_DEVICE_LETTERS 26
+#define DIR_DEVICE_PREFIX   "sd"
+#define DIR_DEVICE_LETTERS  26
 #define DIR_DEVICE_NAME_MAX 16 /* "sd" + letters for far more than PROVIDER_MAX_DISKS */
 
 static const char *const dir_keys[] = {"path", "snapshot_dir", NULL};
@@ -51,8 +51,7 @@ static void dir_priv_free(struct dir_priv *dp)
     free(dp);
 }
 
-static int dir_open(struct provider *p, const struct provider_config *cfg, char *err,
-                    size_t errlen)
+static int dir_open(struct provider *p, const struct provider_config *cfg, char *err, size_t errlen)
 {
     const char *path = provider_config_get(cfg, "path");
     const char *snapshot_dir = provider_config_get(cfg, "snapshot_dir");
@@ -65,15 +64,12 @@ static int dir_open(struct provider *p, const struct provider_config *cfg, char 
                              "subdirectory per VM)",
                              cfg->name);
     if (stat(path, &st) < 0)
-        return provider_fail(err, errlen, -errno, "[provider.%s] path: %s: %s", cfg->name, path,
-                             strerror(errno));
+        return provider_fail_setting(err, errlen, -errno, cfg->name, "path", path);
     if (!S_ISDIR(st.st_mode))
-        return provider_fail(err, errlen, -ENOTDIR, "[provider.%s] path: %s: %s", cfg->name,
-                             path, strerror(ENOTDIR));
+        return provider_fail_setting(err, errlen, -ENOTDIR, cfg->name, "path", path);
     root = realpath(path, NULL);
     if (!root)
-        return provider_fail(err, errlen, -errno, "[provider.%s] path: %s: %s", cfg->name, path,
-                             strerror(errno));
+        return provider_fail_setting(err, errlen, -errno, cfg->name, "path", path);
 
     if (!snapshot_dir) {
         if (asprintf(&default_dir, "%s/%s", root, DIR_SNAPSHOT_DIR_DEFAULT) < 0) {
@@ -86,14 +82,12 @@ static int dir_open(struct provider *p, const struct provider_config *cfg, char 
                              cfg->name);
     }
     if (mkdir(snapshot_dir, DIR_SNAPSHOT_DIR_MODE) < 0 && errno != EEXIST)
-        return provider_fail(err, errlen, -errno, "[provider.%s] snapshot_dir: %s: %s",
-                             cfg->name, snapshot_dir, strerror(errno));
+        return provider_fail_setting(err, errlen, -errno, cfg->name, "snapshot_dir", snapshot_dir);
     if (stat(snapshot_dir, &sst) < 0)
-        return provider_fail(err, errlen, -errno, "[provider.%s] snapshot_dir: %s: %s",
-                             cfg->name, snapshot_dir, strerror(errno));
+        return provider_fail_setting(err, errlen, -errno, cfg->name, "snapshot_dir", snapshot_dir);
     if (!S_ISDIR(sst.st_mode))
-        return provider_fail(err, errlen, -ENOTDIR, "[provider.%s] snapshot_dir: %s: %s",
-                             cfg->name, snapshot_dir, strerror(ENOTDIR));
+        return provider_fail_setting(err, errlen, -ENOTDIR, cfg->name, "snapshot_dir",
+                                     snapshot_dir);
     if (sst.st_dev != st.st_dev)
         return provider_fail(err, errlen, -EXDEV,
                              "[provider.%s] snapshot_dir: %s is not on the filesystem of path %s; "
@@ -102,8 +96,7 @@ static int dir_open(struct provider *p, const struct provider_config *cfg, char 
                              cfg->name, snapshot_dir, path);
     snap = realpath(snapshot_dir, NULL);
     if (!snap)
-        return provider_fail(err, errlen, -errno, "[provider.%s] snapshot_dir: %s: %s",
-                             cfg->name, snapshot_dir, strerror(errno));
+        return provider_fail_setting(err, errlen, -errno, cfg->name, "snapshot_dir", snapshot_dir);
 
     struct dir_priv *dp = calloc(1, sizeof(*dp));
     if (!dp)
@@ -185,7 +178,7 @@ static int dir_vm_load(struct provider *p, int rootfd, const char *id, struct vm
     const struct dir_priv *dp = p->priv;
     CLEANUP_NAMES provider_name_list names = VECTOR_INIT;
     struct stat st;
-    struct vm *vm;
+    struct vm *vm = NULL;
 
     if (fstatat(rootfd, id, &st, AT_SYMLINK_NOFOLLOW) < 0)
         return -errno;
@@ -235,7 +228,7 @@ static int dir_list(struct provider *p, vm_list *out)
         return r;
     }
     for (size_t i = 0; i < names.len; i++) {
-        struct vm *vm;
+        struct vm *vm = NULL;
         r = dir_vm_load(p, rootfd, names.ptr[i], &vm);
         if (r == -ENOMEM)
             goto fail;

@@ -29,9 +29,9 @@
 #include "core/cleanup.h"
 #include "core/log.h"
 
-#define OVM_VMS_DIR       "VirtualMachines"
-#define OVM_VM_CFG        "vm.cfg"
-#define OVM_SNAPSHOTS_DIR "CoriolisSnapshots" /* the 004 layout, kept for compatibility */
+#define OVM_VMS_DIR         "VirtualMachines"
+#define OVM_VM_CFG          "vm.cfg"
+#define OVM_SNAPSHOTS_DIR   "CoriolisSnapshots" /* the 004 layout, kept for compatibility */
 #define OVM_REPO_SEPARATORS " \t\r\n"
 
 #define OVM_CFG_MAX_SIZE  (1024 * 1024) /* real vm.cfg files are a few KiB */
@@ -39,9 +39,9 @@
 #define OVM_CFG_ERR_MAX   160           /* parse error message */
 
 /* Disk specs: "<prefix>:<path>,<device>,<mode>". */
-#define OVM_DISK_FILE_PREFIX "file:"
-#define OVM_DISK_PHY_PREFIX  "phy:"
-#define OVM_DISK_DEV_DIR     "/dev/" /* phy:sdb means /dev/sdb */
+#define OVM_DISK_FILE_PREFIX  "file:"
+#define OVM_DISK_PHY_PREFIX   "phy:"
+#define OVM_DISK_DEV_DIR      "/dev/" /* phy:sdb means /dev/sdb */
 #define OVM_DISK_CDROM_SUFFIX ":cdrom"
 
 /* A UUID written 8-4-4-4-12. */
@@ -276,9 +276,9 @@ enum cfg_value_kind { CFG_VALUE_STRING, CFG_VALUE_WORD, CFG_VALUE_LIST };
 struct cfg_value {
     enum cfg_value_kind kind;
     unsigned line;
-    char *text;            /* CFG_VALUE_STRING, CFG_VALUE_WORD */
-    cfg_item_list items;   /* CFG_VALUE_LIST: its string items */
-    bool only_strings;     /* CFG_VALUE_LIST: no other kind of item */
+    char *text;          /* CFG_VALUE_STRING, CFG_VALUE_WORD */
+    cfg_item_list items; /* CFG_VALUE_LIST: its string items */
+    bool only_strings;   /* CFG_VALUE_LIST: no other kind of item */
 };
 
 static void cfg_value_clear(struct cfg_value *v)
@@ -463,8 +463,8 @@ static const struct ovm_repo *ovm_repo_find(const struct ovm_priv *op, const cha
 }
 
 /* Fills d from one disk spec; -EINVAL with msg when malformed, 1 for an empty drive (no disk). */
-static int ovm_disk_parse(const struct ovm_priv *op, const char *spec, struct vm_disk *d,
-                          char *msg, size_t msglen)
+static int ovm_disk_parse(const struct ovm_priv *op, const char *spec, struct vm_disk *d, char *msg,
+                          size_t msglen)
 {
     CLEANUP_FREE char *copy = strdup(spec);
     CLEANUP_FREE char *dev_path = NULL;
@@ -607,8 +607,9 @@ static bool ovm_uuid_is_valid(const char *s)
 }
 
 /* Reads and parses VirtualMachines/<dir>/vm.cfg.  0; -ENOENT when dir is no VM (quietly);
- * -EINVAL when it was skipped with a warning; -ENOMEM. */
-static int ovm_cfg_load(int vmsfd, const char *dir, const char *cfg_path, struct ovm_cfg *cfg)
+ * -EINVAL when it was skipped with a message at level; -ENOMEM. */
+static int ovm_cfg_load(int vmsfd, const char *dir, const char *cfg_path, enum log_level level,
+                        struct ovm_cfg *cfg)
 {
     struct stat st;
     if (fstatat(vmsfd, dir, &st, AT_SYMLINK_NOFOLLOW) < 0 || !S_ISDIR(st.st_mode))
@@ -623,15 +624,15 @@ static int ovm_cfg_load(int vmsfd, const char *dir, const char *cfg_path, struct
             return -ENOENT;
         if (errno == ENOMEM)
             return -ENOMEM;
-        log_warn("%s: %s; VM skipped", cfg_path, strerror(errno));
+        log_msg(level, "%s: %s; VM skipped", cfg_path, strerror(errno));
         return -EINVAL;
     }
     if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
-        log_warn("%s: not a regular file; VM skipped", cfg_path);
+        log_msg(level, "%s: not a regular file; VM skipped", cfg_path);
         return -EINVAL;
     }
     if (st.st_size > OVM_CFG_MAX_SIZE) {
-        log_warn("%s: larger than %d bytes; VM skipped", cfg_path, OVM_CFG_MAX_SIZE);
+        log_msg(level, "%s: larger than %d bytes; VM skipped", cfg_path, OVM_CFG_MAX_SIZE);
         return -EINVAL;
     }
 
@@ -645,14 +646,14 @@ static int ovm_cfg_load(int vmsfd, const char *dir, const char *cfg_path, struct
         if (n < 0 && errno == EINTR)
             continue;
         if (n < 0) {
-            log_warn("%s: %s; VM skipped", cfg_path, strerror(errno));
+            log_msg(level, "%s: %s; VM skipped", cfg_path, strerror(errno));
             return -EINVAL;
         }
         if (n == 0)
             break;
         len += (size_t)n;
         if (len == cap) {
-            log_warn("%s: changed while being read; VM skipped", cfg_path);
+            log_msg(level, "%s: changed while being read; VM skipped", cfg_path);
             return -EINVAL;
         }
     }
@@ -660,7 +661,7 @@ static int ovm_cfg_load(int vmsfd, const char *dir, const char *cfg_path, struct
     struct cfg_lexer lx;
     int r = cfg_parse(&lx, buf, len, cfg);
     if (r == -EINVAL)
-        log_warn("%s:%u: %s; VM skipped", cfg_path, lx.err_line, lx.err);
+        log_msg(level, "%s:%u: %s; VM skipped", cfg_path, lx.err_line, lx.err);
     if (r < 0)
         ovm_cfg_clear(cfg);
     return r;
@@ -674,7 +675,7 @@ static int ovm_vm_build(struct provider *p, const struct ovm_cfg *cfg, const cha
     const char *friendly = cfg->simple_name && cfg->simple_name[0] ? cfg->simple_name : NULL;
     const char *uuid = NULL;
     char msg[OVM_CFG_ERR_MAX];
-    struct vm *vm;
+    struct vm *vm = NULL;
 
     if (cfg->uuid && ovm_uuid_is_valid(cfg->uuid))
         uuid = cfg->uuid;
@@ -711,6 +712,9 @@ static int ovm_vm_build(struct provider *p, const struct ovm_cfg *cfg, const cha
 static int ovm_scan(struct provider *p, const char *want_id, vm_list *out)
 {
     const struct ovm_priv *op = p->priv;
+    /* Files that are not the wanted VM are list()'s to report; get() would repeat it on every
+     * request. */
+    const enum log_level level = want_id ? LOG_LEVEL_DEBUG : LOG_LEVEL_WARN;
     int r;
 
     for (size_t ri = 0; ri < op->repos.len; ri++) {
@@ -733,21 +737,20 @@ static int ovm_scan(struct provider *p, const char *want_id, vm_list *out)
         if (r == -ENOMEM)
             return r;
         if (r < 0) {
-            log_warn("[provider.%s] %s: %s; repository skipped", p->name, vms_path,
-                     strerror(-r));
+            log_warn("[provider.%s] %s: %s; repository skipped", p->name, vms_path, strerror(-r));
             continue;
         }
 
         for (size_t i = 0; i < names.len; i++) {
             CLEANUP_FREE char *cfg_path = NULL;
             struct ovm_cfg cfg = {0};
-            struct vm *vm;
+            struct vm *vm = NULL;
 
             if (asprintf(&cfg_path, "%s/%s/%s", vms_path, names.ptr[i], OVM_VM_CFG) < 0) {
                 cfg_path = NULL;
                 return -ENOMEM;
             }
-            r = ovm_cfg_load(vmsfd, names.ptr[i], cfg_path, &cfg);
+            r = ovm_cfg_load(vmsfd, names.ptr[i], cfg_path, level, &cfg);
             if (r == -ENOMEM)
                 return r;
             if (r < 0)
@@ -755,7 +758,7 @@ static int ovm_scan(struct provider *p, const char *want_id, vm_list *out)
             /* In OVM the name setting and the directory are the same ID. */
             const char *id = cfg.name ? cfg.name : names.ptr[i];
             if (!provider_id_is_safe(id) || id[0] == '.') {
-                log_warn("%s: the VM name cannot be used as an ID; VM skipped", cfg_path);
+                log_msg(level, "%s: the VM name cannot be used as an ID; VM skipped", cfg_path);
                 ovm_cfg_clear(&cfg);
                 continue;
             }
@@ -865,8 +868,7 @@ static int ovm_snapshot_path(struct provider *p, const struct vm *vm, const stru
     return 0;
 }
 
-static int ovm_open(struct provider *p, const struct provider_config *cfg, char *err,
-                    size_t errlen)
+static int ovm_open(struct provider *p, const struct provider_config *cfg, char *err, size_t errlen)
 {
     const char *value = provider_config_get(cfg, "repositories");
     CLEANUP_FREE char *copy = NULL;
@@ -889,21 +891,18 @@ static int ovm_open(struct provider *p, const struct provider_config *cfg, char 
         struct stat st;
         r = stat(tok, &st) < 0 ? -errno : S_ISDIR(st.st_mode) ? 0 : -ENOTDIR;
         if (r < 0) {
-            r = provider_fail(err, errlen, r, "[provider.%s] repositories: %s: %s", cfg->name,
-                              tok, strerror(-r));
+            r = provider_fail_setting(err, errlen, r, cfg->name, "repositories", tok);
             goto fail;
         }
         struct ovm_repo repo = {.root = realpath(tok, NULL), .dev = st.st_dev};
         if (!repo.root) {
-            r = provider_fail(err, errlen, -errno, "[provider.%s] repositories: %s: %s",
-                              cfg->name, tok, strerror(errno));
+            r = provider_fail_setting(err, errlen, -errno, cfg->name, "repositories", tok);
             goto fail;
         }
         for (size_t i = 0; i < op->repos.len; i++) {
             if (strcmp(op->repos.ptr[i].root, repo.root) == 0) {
                 r = provider_fail(err, errlen, -EINVAL,
-                                  "[provider.%s] repositories: %s is listed twice", cfg->name,
-                                  tok);
+                                  "[provider.%s] repositories: %s is listed twice", cfg->name, tok);
                 free(repo.root);
                 goto fail;
             }

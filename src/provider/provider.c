@@ -180,8 +180,7 @@ static bool ops_key_is_known(const struct provider_ops *ops, const char *key)
     return false;
 }
 
-int provider_new(const struct provider_config *cfg, struct provider **out, char *err,
-                 size_t errlen)
+int provider_new(const struct provider_config *cfg, struct provider **out, char *err, size_t errlen)
 {
     size_t off = 0;
     assert(cfg && cfg->name && out);
@@ -301,6 +300,13 @@ int provider_fail(char *err, size_t errlen, int r, const char *fmt, ...)
         va_end(ap);
     }
     return r;
+}
+
+int provider_fail_setting(char *err, size_t errlen, int r, const char *provider, const char *key,
+                          const char *value)
+{
+    return provider_fail(err, errlen, r, "[provider.%s] %s: %s: %s", provider, key, value,
+                         strerror(-r));
 }
 
 bool provider_probe_reflink(const char *dir)

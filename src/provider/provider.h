@@ -114,6 +114,11 @@ int vm_list_move(vm_list *dst, vm_list *src);
 int provider_fail(char *err, size_t errlen, int r, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 
+/* The same for a setting whose value could not be used: "[provider.NAME] key: value: cause",
+ * the cause being strerror(-r). */
+int provider_fail_setting(char *err, size_t errlen, int r, const char *provider, const char *key,
+                          const char *value);
+
 /* Whether snapshots in dir can be reflink clones: a real FICLONE probe, or when the probe
  * cannot run (read-only directory, no O_TMPFILE), a guess from the filesystem type. */
 bool provider_probe_reflink(const char *dir);

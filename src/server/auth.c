@@ -4,7 +4,7 @@
  *
  * Users file: one "name:HASH" per line, '#' comments and blank lines ignored.  HASH is any hash
  * crypt(3) understands (yescrypt "$y$", sha512crypt "$6$", ...).  Lines without ':', with an empty
- * name or hash, or with a locked hash (starting with '!' or '*') are skipped with a warning; for a
+ * name or hash, or with a locked hash (starting with '!' or '*') are skipped and logged; for a
  * name listed twice the first line counts.  PAM is asked only when the users file did not accept
  * the password (unknown user or wrong password).
  *
@@ -15,7 +15,8 @@
  * name (O_CREAT|O_EXCL) and linked into place, so nobody ever reads a half-written secret and two
  * daemons starting together agree on one secret.
  *
- * Tokens carry sub (the user), iss "vmexportd", iat and exp = iat + token_ttl.  A bearer token
+ * Tokens carry sub (the user), iss "vmexportd", iat and exp = iat + token_ttl (3600 when the
+ * configuration says 0; max_failures and failure_window default to 5 and 60).  A bearer token
  * is accepted only with alg HS256, a valid signature (checked here in constant time, then again
  * by libjwt), exp in the future, the right issuer and a non-empty subject.
  *
@@ -29,12 +30,12 @@
 #include "auth.h"
 
 #include <crypt.h>
-#include <stdarg.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <jwt.h>
 #include <limits.h>
 #include <pthread.h>
+#include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -234,7 +235,7 @@ static int users_load(const char *path, auth_user_list *out, char *err, size_t e
         errno = 0;
         ssize_t n = getline(&line, &cap, f);
         if (n < 0) {
-            if (ferror(f) || (errno && errno != EINVAL))
+            if (!feof(f)) /* a read error or no memory, not the end of the file */
                 r = errno ? -errno : -EIO;
             break;
         }

@@ -486,12 +486,12 @@ int server_start(struct server *s, char *err, size_t errlen)
         {MHD_OPTION_END, 0, NULL},
     };
     s->mhd = MHD_start_daemon(
-        flags, cfg->listen_port, NULL, NULL, access_handler, s, MHD_OPTION_SOCK_ADDR, &ss,
+        flags, cfg->listen_port, NULL, NULL, access_handler, s, MHD_OPTION_EXTERNAL_LOGGER,
+        mhd_log, NULL, MHD_OPTION_SOCK_ADDR, &ss,
         MHD_OPTION_CONNECTION_LIMIT, (unsigned)cfg->max_connections,
         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)cfg->connection_timeout,
         MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)CONNECTION_MEMORY_LIMIT,
-        MHD_OPTION_NOTIFY_COMPLETED, request_completed, s, MHD_OPTION_EXTERNAL_LOGGER, mhd_log,
-        NULL, MHD_OPTION_UNESCAPE_CALLBACK, unescape,
+        MHD_OPTION_NOTIFY_COMPLETED, request_completed, s, MHD_OPTION_UNESCAPE_CALLBACK, unescape,
         NULL, MHD_OPTION_ARRAY, tls_opts, MHD_OPTION_END);
     if (!s->mhd) {
         snprintf(err, errlen,
@@ -500,8 +500,6 @@ int server_start(struct server *s, char *err, size_t errlen)
                  cfg->listen_host, cfg->listen_port, cfg->insecure_http ? "" : " with TLS");
         return -EADDRINUSE;
     }
-    log_info("listening on %s%s:%u", cfg->insecure_http ? "http://" : "https://",
-             cfg->listen_host, cfg->listen_port);
     return 0;
 }
 
