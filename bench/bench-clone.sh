@@ -54,8 +54,9 @@ to_bytes() {
 size=$(to_bytes "$SIZE")
 region=$((64 << 20))
 stripe=$((8 * region)) # the layout repeats every 512 MiB
-[ "$size" -ge "$stripe" ] && [ $((size % stripe)) -eq 0 ] || die "SIZE must be a multiple of 512M"
+if [ "$size" -lt "$stripe" ] || [ $((size % stripe)) -ne 0 ]; then die "SIZE must be a multiple of 512M"; fi
 
+load_start=$(cut -d" " -f1-3 /proc/loadavg)
 work=$(mktemp -d "$BENCH_TMPDIR/vmexport-bench-clone.XXXXXX")
 loopdev=""
 mnt="$work/mnt"
@@ -170,6 +171,7 @@ mib() { awk -v b="$1" 'BEGIN { printf "%.0f MiB", b / 1048576 }'; }
 echo "# vmexport clone --mode copy benchmark — $(date)"
 echo "# $(nproc) CPUs, $(uname -r); $FS (no reflink) on $loopdev (direct I/O: $dio), backing file in $BENCH_TMPDIR"
 echo "# SRC: $size bytes logical ($(mib "$size")), $allocated allocated ($(mib "$allocated")), $nonzero non-zero ($(mib "$nonzero")); written in $(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", b - a }') s"
+echo "# load average (1, 5, 15 min) at start: $load_start; at end: $(cut -d" " -f1-3 /proc/loadavg)"
 echo "# cold: best of $COLD_REPS, page cache dropped before each; warm: best of $WARM_REPS with SRC cached; each run includes 'sync DST'"
 echo "# MB/s = 10^6 bytes/s; 'data' = allocated bytes of SRC; ratio = vmexport throughput / other's"
 echo

@@ -34,6 +34,7 @@ for t in mkfs.xfs xfs_io qemu-img jq cc losetup mount; do
 done
 [ -x "$VMEXPORT" ] || die "no vmexport binary at $VMEXPORT (build with: ninja -C build)"
 
+load_start=$(cut -d" " -f1-3 /proc/loadavg)
 work=$(mktemp -d "$BENCH_TMPDIR/vmexport-bench-map.XXXXXX")
 loopdev=""
 mnt="$work/mnt"
@@ -120,6 +121,7 @@ echo "# vmexport map benchmark — $(date)"
 echo "# $(nproc) CPUs, $(uname -r); XFS (reflink=1, ${fs_mib} MiB) on $loopdev, backing file in $BENCH_TMPDIR"
 awk -v t0="$t0" -v t1="$t1" -v n="$EXTENTS" -v sz="$size" 'BEGIN {
     printf "# file: %d bytes, %d extents of 4 KiB every 8 KiB, written in %.2f s\n", sz, n, t1 - t0 }'
+echo "# load average (1, 5, 15 min) at start: $load_start; at end: $(cut -d" " -f1-3 /proc/loadavg)"
 echo "# warm: best/median of $REPS runs after a warm-up; cold: best/median of $COLD_REPS runs, caches dropped before each"
 echo
 printf '| %-54s | %9s | %10s | %10s | %10s | %10s | %11s | %11s |\n' \

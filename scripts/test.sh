@@ -28,7 +28,7 @@ skipped=0
 # run_tap NAME COMMAND...: run a TAP-speaking test, count its results.
 run_tap() {
     local name=$1; shift
-    local log="$LOGS/$name.log" start=$SECONDS
+    local log="$LOGS/${name//\//-}.log" start=$SECONDS
     "$@" >"$log" 2>&1
     local rc=$?
     local p f s
@@ -56,7 +56,7 @@ selected() {
 run_suite() {
     local build=$1 tag=$2
     for t in "$build"/tests/unit/test_*; do
-        [ -x "$t" ] || continue
+        [ -f "$t" ] && [ -x "$t" ] || continue
         local n="$tag$(basename "$t")"
         selected "$n" && run_tap "$n" env CMOCKA_MESSAGE_OUTPUT=TAP "$t"
     done

@@ -20,6 +20,37 @@ struct cli_command {
 
 /* Commands implemented in cmd_*.c. */
 extern const struct cli_command cmd_map, cmd_clone, cmd_diff;
+/* Remote commands (cmd_remote.c). */
+extern const struct cli_command cmd_vms, cmd_snapshots, cmd_snapshot, cmd_download;
+/* Repository commands (cmd_repo.c). */
+extern const struct cli_command cmd_repo, cmd_backup, cmd_backups, cmd_restore, cmd_verify,
+    cmd_prune, cmd_gc;
+
+/* Options accepted anywhere on the command line (before or after the command name); main.c
+ * takes them out of argv before the command parses the rest.  Environment variables fill what
+ * the command line leaves unset. */
+struct cli_globals {
+    const char *server;        /* --server URL          (VMEXPORT_SERVER) */
+    const char *user;          /* --user NAME           (VMEXPORT_USER) */
+    const char *password_file; /* --password-file FILE  (VMEXPORT_PASSWORD holds the password) */
+    const char *cacert;        /* --cacert FILE         (VMEXPORT_CACERT) */
+    const char *cert, *key;    /* --cert FILE --key FILE (mutual TLS) */
+    bool insecure;             /* --insecure */
+    bool verbose;              /* -v, --verbose */
+};
+extern struct cli_globals cli_globals;
+
+/* Remove the global options from argv (in place, keeping order; stops at "--"), storing them
+ * in cli_globals.  Returns the new argc, or -1 after printing a usage error. */
+int cli_globals_extract(int argc, char **argv);
+
+/* Help text block describing the connection options, for commands' --help. */
+extern const char cli_connection_help[];
+
+struct client;
+/* A client from cli_globals and the environment, logged in.  On failure prints a message
+ * ("vmexport CMD: ...") and returns NULL. */
+struct client *cli_client_connect(const char *cmd);
 
 /* Print a usage error and the command's synopsis; returns EXIT_USAGE. */
 int cli_usage_error(const struct cli_command *cmd, const char *fmt, ...)

@@ -39,7 +39,7 @@ int blockhash_writer_open(struct blockhash_writer *w, const char *data_path, uin
     memset(w, 0, sizeof(*w));
     w->block_size = block_size;
     w->path = sidecar_path(data_path);
-    if (!w->path || asprintf(&w->tmp_path, "%s.tmp.XXXXXX", w->path) < 0) {
+    if (!w->path || asprintf(&w->tmp_path, "%s" BLOCKHASH_TMP_SUFFIX "XXXXXX", w->path) < 0) {
         free(w->path);
         return -ENOMEM;
     }

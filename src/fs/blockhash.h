@@ -15,6 +15,8 @@
 #include "core/hash.h"
 
 #define BLOCKHASH_SUFFIX     ".vxhash"
+/* A sidecar is written as its path + BLOCKHASH_TMP_SUFFIX + six random characters. */
+#define BLOCKHASH_TMP_SUFFIX ".tmp."
 #define BLOCKHASH_BLOCK_SIZE (64u * 1024) /* 64 KiB: 0.05% of the data in digests */
 
 struct blockhash_writer {

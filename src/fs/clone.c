@@ -260,7 +260,7 @@ int fs_clone(const char *src, const char *dst, enum clone_mode mode, struct clon
         return r;
 
     CLEANUP_FREE char *tmp = NULL;
-    if (asprintf(&tmp, "%s.vxtmp.XXXXXX", dst) < 0)
+    if (asprintf(&tmp, "%s" CLONE_TMP_SUFFIX "XXXXXX", dst) < 0)
         return -ENOMEM;
     CLEANUP_CLOSE int out = mkostemp(tmp, O_CLOEXEC);
     if (out < 0)

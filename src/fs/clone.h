@@ -10,6 +10,9 @@
 
 #include <stdint.h>
 
+/* The clone is built as DST + CLONE_TMP_SUFFIX + six random characters; a crash may leave it. */
+#define CLONE_TMP_SUFFIX ".vxtmp."
+
 enum clone_mode { CLONE_AUTO, CLONE_REFLINK, CLONE_COPY };
 
 struct clone_result {

@@ -1,16 +1,21 @@
 /* The backup repository: content-addressed chunks and per-backup manifests in a directory.
  *
- *   PATH/config             repository parameters (JSON): format version, chunk size, cipher,
- *                           scrypt parameters and the wrapped data key when encrypted
- *   PATH/chunks/ab/<id>     one chunk: zstd-compressed, optionally AES-256-GCM encrypted
- *   PATH/backups/<vm>/<backup-id>/<n>.manifest   offset -> chunk id or zero, per disk
- *   PATH/backups/<vm>/<backup-id>/backup.json     the backup's metadata; written last: a
- *                           backup exists only once this file does
- *   PATH/locks/             flock files: one per VM (backup = exclusive, restore = shared)
- *                           and one for the whole repository (gc/prune = exclusive)
+ *   PATH/config                  repository parameters (JSON, plain): format version, chunk
+ *                                size, compression, and when encrypted the scrypt parameters
+ *                                and the wrapped keys
+ *   PATH/chunks/ab/<id hex>      one chunk in a container (zstd, optionally AES-256-GCM)
+ *   PATH/backups/<vm>/<backup id>/disk-<n>.manifest   offset -> chunk id or zero (container)
+ *   PATH/backups/<vm>/<backup id>/backup.json         the backup's metadata (container);
+ *                                written last: a backup exists only once this file does
+ *   PATH/locks/                  flock files: repo.lock (shared by backups, restores and
+ *                                verify; exclusive for gc and prune) and vm-<vm>.lock
+ *                                (exclusive while backing that VM up)
  *
- * Every file is written to a temporary name, fsynced and renamed.  The format is documented in
- * docs/repository-format.md; a repository of another version is refused.
+ * Every file is written to a temporary name (".tmp." in it), fsynced and renamed, then its
+ * directory fsynced.  The format is documented in docs/repository-format.md; a repository of
+ * another format version is refused.  Functions return 0 or a negative errno and, where an
+ * err buffer is given, a message naming the file and the cause.  All functions on an open
+ * repository are thread-safe.
  */
 #ifndef VMEXPORT_REPO_REPO_H
 #define VMEXPORT_REPO_REPO_H
@@ -20,6 +25,8 @@
 #include <stdint.h>
 
 #include "core/hash.h"
+#include "core/strlist.h"
+#include "core/vector.h"
 
 #define REPO_FORMAT_VERSION     1
 #define REPO_DEFAULT_CHUNK_SIZE (4u << 20) /* 4 MiB */
@@ -32,19 +39,22 @@ struct chunk_id {
     uint8_t b[HASH_SIZE];
 };
 
+void chunk_id_to_hex(const struct chunk_id *id, char out[2 * HASH_SIZE + 1]);
+int chunk_id_from_hex(const char *hex, struct chunk_id *id);
+
 struct repo;
 
 struct repo_init_options {
-    uint32_t chunk_size;    /* 0: default */
+    uint32_t chunk_size;    /* 0: REPO_DEFAULT_CHUNK_SIZE; power of two within the bounds */
     const char *passphrase; /* NULL: not encrypted */
-    int zstd_level;         /* 0: default (3) */
+    int zstd_level;         /* 0: 3 */
 };
 
-/* Create a new repository at path (must not exist or be an empty directory). */
+/* Create a repository at path (which must not exist or be an empty directory). */
 int repo_init(const char *path, const struct repo_init_options *opt, char *err, size_t errlen);
 
-/* Open an existing repository.  passphrase is needed when it is encrypted (-EACCES when wrong or
- * missing; err says which). */
+/* Open a repository.  Encrypted ones need the passphrase: -EACCES and err "wrong passphrase"
+ * (or "passphrase required").  -EPROTONOSUPPORT for an unknown format version. */
 int repo_open(const char *path, const char *passphrase, struct repo **out, char *err,
               size_t errlen);
 void repo_close(struct repo *r);
@@ -53,19 +63,145 @@ uint32_t repo_chunk_size(const struct repo *r);
 bool repo_encrypted(const struct repo *r);
 const char *repo_path(const struct repo *r);
 
+/* ---- chunks ---- */
+
 /* ID of plain data (keyed when encrypted). */
 void repo_chunk_id(const struct repo *r, const void *data, size_t len, struct chunk_id *id);
 
-/* Store a chunk (compress, encrypt, temp + fsync + rename).  *stored = false when it existed.
- * Thread-safe. */
+/* Store a chunk unless it exists (compress, encrypt, temp + fsync + rename).  *stored tells
+ * whether it was written, *bytes_written how many bytes hit the disk (either may be NULL).
+ * -ENOSPC when the filesystem is full (nothing half-written is left). */
 int repo_chunk_put(struct repo *r, const struct chunk_id *id, const void *data, size_t len,
                    bool *stored, uint64_t *bytes_written);
 bool repo_chunk_exists(struct repo *r, const struct chunk_id *id);
-/* Read, decrypt, decompress and check a chunk into buf (capacity cap); *len its size.
- * -EBADMSG when damaged (bad tag, bad frame, hash mismatch), -ENOENT when missing. */
+
+/* Read, decrypt, decompress and check a chunk into buf (capacity cap >= chunk size); *len its
+ * length.  -ENOENT missing; -EBADMSG damaged (bad header, authentication failure, bad zstd
+ * frame, or the data does not hash to its ID). */
 int repo_chunk_get(struct repo *r, const struct chunk_id *id, void *buf, size_t cap, size_t *len);
 
-void chunk_id_to_hex(const struct chunk_id *id, char out[2 * HASH_SIZE + 1]);
-int chunk_id_from_hex(const char *hex, struct chunk_id *id);
+/* Call fn for every chunk file present (order unspecified); stops at fn's negative return. */
+int repo_chunk_foreach(struct repo *r, int (*fn)(void *opaque, const struct chunk_id *id),
+                       void *opaque);
+int repo_chunk_delete(struct repo *r, const struct chunk_id *id);
+
+/* ---- manifests: one per disk of a backup ---- */
+
+/* Entry i covers [i * chunk_size, min((i + 1) * chunk_size, disk_size)). */
+struct manifest_entry {
+    struct chunk_id id;
+    bool zero; /* all zeros: no chunk stored */
+};
+
+struct manifest {
+    char *disk;          /* disk name */
+    uint64_t disk_size;
+    uint32_t chunk_size;
+    char *change_id;     /* the disk's change ID on the server, or NULL */
+    char *snapshot_path; /* the snapshot file it was read from (informational) */
+    uint64_t n;          /* entries: ceil(disk_size / chunk_size) */
+    struct manifest_entry *e;
+};
+
+/* Allocate a manifest of n = ceil(disk_size / chunk_size) zero entries. */
+int manifest_new(struct manifest *m, const char *disk, uint64_t disk_size, uint32_t chunk_size);
+void manifest_free(struct manifest *m);
+
+/* ---- backups ---- */
+
+struct backup_disk {
+    char *name;
+    uint64_t size;
+    char *change_id;
+    char *manifest; /* file name inside the backup directory */
+};
+DEFINE_VECTOR_TYPE(backup_disk_list, struct backup_disk);
+
+struct backup {
+    char *id;          /* e.g. "20261123T091500Z-5f3a9c" (time + random): unique, sortable */
+    char *vm_id;
+    char *snapshot_id; /* server snapshot it was taken from */
+    char *server;      /* server URL */
+    int64_t time;      /* Unix seconds when taken */
+    char *vm_json;     /* the VM's metadata as the daemon gave it (JSON text) */
+    backup_disk_list disks;
+    /* statistics of the run that made it */
+    uint64_t bytes_read, bytes_written, chunks_new, chunks_reused;
+    double seconds;
+    char *parent_id;   /* backup it was incremental against, or NULL */
+};
+DEFINE_VECTOR_TYPE(backup_list, struct backup *);
+void backup_free(struct backup *b);
+void backup_list_free(backup_list *l);
+
+/* A backup being written.  begin() takes the repository lock (shared) and the VM lock
+ * (exclusive, waiting up to timeout seconds; -EBUSY after). */
+struct backup_writer;
+int repo_backup_begin(struct repo *r, const char *vm_id, int64_t time, unsigned lock_timeout,
+                      struct backup_writer **out, char *err, size_t errlen);
+const char *repo_backup_writer_id(const struct backup_writer *w);
+/* Write one disk's manifest (durable when this returns). */
+int repo_backup_add_disk(struct backup_writer *w, const struct manifest *m);
+/* Write backup.json last (b->id, vm_id and disks are filled in from the writer). */
+int repo_backup_commit(struct backup_writer *w, struct backup *b);
+/* (Addition.) On success commit also sets b->time to begin()'s time (the ID is made from it),
+ * releases the locks and frees w; on failure w stays valid: call repo_backup_abort(). */
+/* Remove what was written (manifests) and release the locks; always frees w. */
+void repo_backup_abort(struct backup_writer *w);
+/* Release the locks and free w but leave the files as they are, as a crash would: the backup
+ * directory stays without backup.json (not listed; repo_gc() removes it).  For tests. */
+void repo_backup_abandon(struct backup_writer *w);
+
+/* Committed backups (those with a readable backup.json), oldest first; vm_id NULL: all.
+ * Damaged backup.json files are skipped with a warning (verify reports them). */
+int repo_backup_list(struct repo *r, const char *vm_id, backup_list *out);
+/* Backups whose directory has a backup.json that cannot be read or checked ("VM/ID" strings,
+ * VM as stored on disk), for verify to report. */
+int repo_backup_list_damaged(struct repo *r, string_list *out);
+/* One backup by ID: -ENOENT; -EBADMSG damaged. */
+int repo_backup_get(struct repo *r, const char *id, struct backup **out);
+/* Newest committed backup of a VM: -ENOENT when none. */
+int repo_backup_latest(struct repo *r, const char *vm_id, struct backup **out);
+int repo_manifest_read(struct repo *r, const struct backup *b, const char *disk,
+                       struct manifest *out);
+/* Delete a backup (backup.json first, so it disappears atomically, then its manifests). */
+int repo_backup_delete(struct repo *r, const char *id);
+
+/* ---- maintenance ---- */
+
+/* Repository-wide lock for gc and prune (exclusive) or restore/verify (shared). */
+int repo_lock(struct repo *r, bool exclusive, unsigned timeout, char *err, size_t errlen);
+void repo_unlock(struct repo *r);
+
+struct gc_stats {
+    uint64_t chunks_total, chunks_deleted, bytes_freed, temp_files_removed, partial_backups_removed;
+};
+/* Delete chunks no backup references, temporary files and partial backups left by crashes.
+ * Takes the repository lock exclusively.  dry_run: count only. */
+int repo_gc(struct repo *r, bool dry_run, struct gc_stats *st, char *err, size_t errlen);
+
+
+/* ---- prune policy ---- */
+
+struct prune_policy {
+    unsigned keep_last;    /* the newest N */
+    unsigned keep_daily;   /* the newest backup of each of the newest N days that have one */
+    unsigned keep_weekly;  /* ... of each ISO week */
+    unsigned keep_monthly; /* ... of each calendar month */
+};
+
+/* Decide which of n backups of one VM (times in Unix seconds, any order) to keep: keep[i].
+ * Days, weeks and months are UTC.  A policy of all zeros keeps nothing. */
+void prune_select(const int64_t *times, size_t n, const struct prune_policy *p, bool *keep);
+
+/* Apply a policy to the committed backups of one VM (vm_id) or of every VM (NULL), each VM on
+ * its own: delete the backups prune_select() does not keep, holding the repository lock
+ * exclusively (waiting up to lock_timeout seconds).  Unreferenced chunks are left to repo_gc().
+ * An all-zero policy is refused (-EINVAL) rather than deleting every backup.  removed (may be
+ * NULL) receives the backups deleted, or that would be with dry_run; the caller frees it with
+ * backup_list_free() also on failure. */
+int repo_prune(struct repo *r, const char *vm_id, const struct prune_policy *p,
+               unsigned lock_timeout, bool dry_run, backup_list *removed, char *err,
+               size_t errlen);
 
 #endif

@@ -439,12 +439,14 @@ int route_snapshot_create(struct request *rq)
     vm_free(vm);
     if (r < 0)
         return reply_error(rq, r == -ENOSPC ? 507 : 500, "snapshot failed", "%s", err);
+    bool bad = false;
+    bool chunks = arg_bool(rq, "chunks", true, &bad);
     FILE *f = tmpfile();
     if (!f) {
         snapshot_free(snap);
         return reply_errno(rq, -errno, "temporary file");
     }
-    r = write_snapshot(f, snap, true, true, NULL);
+    r = write_snapshot(f, snap, chunks, true, NULL);
     snapshot_free(snap);
     if (r < 0) {
         fclose(f);
@@ -466,9 +468,10 @@ int route_snapshot_get(struct request *rq)
         return reply_errno(rq, r, "catalog");
     bool bad = false;
     bool squash = arg_bool(rq, "squashChunks", true, &bad);
+    bool chunks = arg_bool(rq, "chunks", true, &bad);
     if (bad) {
         snapshot_free(snap);
-        return reply_error(rq, 400, "bad request", "squashChunks takes true or false");
+        return reply_error(rq, 400, "bad request", "squashChunks and chunks take true or false");
     }
     const char *cmp = request_arg(rq, "compareTo");
     if (cmp && *cmp) {
@@ -496,7 +499,7 @@ int route_snapshot_get(struct request *rq)
         snapshot_free(base);
         return reply_errno(rq, -errno, "temporary file");
     }
-    r = write_snapshot(f, snap, true, squash, base);
+    r = write_snapshot(f, snap, chunks, squash, base);
     snapshot_free(snap);
     snapshot_free(base);
     if (r < 0) {

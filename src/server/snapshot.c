@@ -5,6 +5,7 @@
  * and the record.  A crash mid-way leaves a "creating" record that snapshot_recover() cleans at
  * the next start.  Freeze/thaw commands, when configured, run around the clones.
  */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -81,14 +82,45 @@ static int make_parents(const char *path)
     return 0;
 }
 
-/* Remove a snapshot disk file, its sidecar and its now-empty parent directories (up to two
- * levels: <snapshot>/ and, for dir providers, <vm>/). */
+/* Remove the temporary files of an unfinished clone of path that a crash left beside it: the
+ * clone's "<disk>.vxtmp.XXXXXX" and its sidecar's "<disk>.vxhash.tmp.XXXXXX".  The directory
+ * belongs to one snapshot, so nothing else there has those names. */
+static void remove_clone_temps(const char *path)
+{
+    const char *slash = strrchr(path, '/');
+    if (!slash || slash == path)
+        return;
+    CLEANUP_FREE char *dir = strndup(path, (size_t)(slash - path));
+    CLEANUP_FREE char *clone_tmp = NULL, *hash_tmp = NULL;
+    if (asprintf(&clone_tmp, "%s" CLONE_TMP_SUFFIX, slash + 1) < 0)
+        clone_tmp = NULL;
+    if (asprintf(&hash_tmp, "%s" BLOCKHASH_SUFFIX BLOCKHASH_TMP_SUFFIX, slash + 1) < 0)
+        hash_tmp = NULL;
+    if (!dir || !clone_tmp || !hash_tmp)
+        return;
+    DIR *d = opendir(dir);
+    if (!d)
+        return;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        if (!strncmp(e->d_name, clone_tmp, strlen(clone_tmp)) ||
+            !strncmp(e->d_name, hash_tmp, strlen(hash_tmp))) {
+            if (unlinkat(dirfd(d), e->d_name, 0) == 0)
+                log_warn("removed %s/%s, left by an interrupted snapshot", dir, e->d_name);
+        }
+    }
+    closedir(d);
+}
+
+/* Remove a snapshot disk file, its sidecar, temporary files of an interrupted clone and its
+ * now-empty parent directories (up to two levels: <snapshot>/ and, for dir providers, <vm>/). */
 static int remove_disk_file(const char *path)
 {
     int r = 0;
     if (unlink(path) < 0 && errno != ENOENT)
         r = -errno;
     blockhash_remove(path);
+    remove_clone_temps(path);
     CLEANUP_FREE char *copy = strdup(path);
     if (copy) {
         char *d = dirname(copy);

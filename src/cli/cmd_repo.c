@@ -1,0 +1,1630 @@
+/* Repository commands: repo init, backup, backups, restore, verify, prune, gc.
+ *
+ * backup pulls a new snapshot from vmexportd.  For each disk it asks which areas changed since
+ * the disk's state in the previous backup (the /changes API with that backup's change ID; "*"
+ * for a first or --full backup), reads only the chunks those areas touch, with N parallel
+ * connections, and takes every other chunk from the previous manifest.  Each backup is thus a
+ * synthetic full: it restores on its own and can be pruned independently.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <jansson.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cli/cli.h"
+#include "cli/progress.h"
+#include "client/client.h"
+#include "core/cleanup.h"
+#include "core/hash.h"
+#include "repo/repo.h"
+
+/* Parallel connections / threads unless --jobs says otherwise. */
+#define DEFAULT_JOBS 4
+#define MAX_JOBS     64
+/* Seconds a backup waits for another backup of the same VM to finish. */
+#define VM_LOCK_TIMEOUT 600
+/* Largest passphrase read from a file or the environment. */
+#define PASSPHRASE_MAX 1024
+/* Sparse writes on restore: zero pages are left as holes. */
+#define RESTORE_PAGE 4096
+
+/* ---- shared option handling ---- */
+
+struct repo_opts {
+    const char *repo;
+    const char *passphrase_file;
+    bool json;
+    unsigned jobs;
+};
+
+#define REPO_OPTIONS_HELP                                                                          \
+    "  --repo PATH             the repository (env VMEXPORT_REPO)\n"                               \
+    "  --passphrase-file FILE  passphrase of an encrypted repository (env VMEXPORT_PASSPHRASE\n"  \
+    "                          holds the passphrase itself; else it is asked on the terminal)\n"
+
+static char *read_passphrase(const char *cmd, const char *file, bool confirm)
+{
+    char buf[PASSPHRASE_MAX + 2];
+    if (file) {
+        FILE *f = fopen(file, "re");
+        if (!f) {
+            fprintf(stderr, "vmexport %s: passphrase file %s: %s\n", cmd, file, strerror(errno));
+            return NULL;
+        }
+        if (!fgets(buf, sizeof(buf), f))
+            buf[0] = '\0';
+        fclose(f);
+        buf[strcspn(buf, "\r\n")] = '\0';
+        if (!buf[0]) {
+            fprintf(stderr, "vmexport %s: passphrase file %s is empty\n", cmd, file);
+            return NULL;
+        }
+        return strdup(buf);
+    }
+    const char *env = getenv("VMEXPORT_PASSPHRASE");
+    if (env && *env)
+        return strdup(env);
+    if (!isatty(STDIN_FILENO)) {
+        fprintf(stderr, "vmexport %s: a passphrase is needed: use --passphrase-file or "
+                        "VMEXPORT_PASSPHRASE\n", cmd);
+        return NULL;
+    }
+    char *p = getpass("Repository passphrase: ");
+    if (!p || !*p)
+        return NULL;
+    char *first = strdup(p);
+    if (confirm && first) {
+        p = getpass("Repeat passphrase: ");
+        if (!p || strcmp(p, first)) {
+            fprintf(stderr, "vmexport %s: the passphrases differ\n", cmd);
+            free(first);
+            return NULL;
+        }
+    }
+    return first;
+}
+
+/* Open the repository, asking for the passphrase only when it is encrypted. */
+static struct repo *open_repo(const char *cmd, const struct repo_opts *o)
+{
+    const char *path = o->repo ? o->repo : getenv("VMEXPORT_REPO");
+    if (!path || !*path) {
+        fprintf(stderr, "vmexport %s: no repository: use --repo PATH or VMEXPORT_REPO\n", cmd);
+        return NULL;
+    }
+    struct repo *r = NULL;
+    char err[512] = "";
+    int rc = repo_open(path, NULL, &r, err, sizeof(err));
+    if (rc == -EACCES) {
+        CLEANUP_FREE char *pass = read_passphrase(cmd, o->passphrase_file, false);
+        if (!pass)
+            return NULL;
+        err[0] = '\0';
+        rc = repo_open(path, pass, &r, err, sizeof(err));
+    }
+    if (rc < 0) {
+        fprintf(stderr, "vmexport %s: %s: %s\n", cmd, path, err[0] ? err : strerror(-rc));
+        return NULL;
+    }
+    return r;
+}
+
+static int parse_jobs(const char *s, unsigned *out)
+{
+    char *end;
+    unsigned long v = strtoul(s, &end, 10);
+    if (end == s || *end || v < 1 || v > MAX_JOBS)
+        return -EINVAL;
+    *out = (unsigned)v;
+    return 0;
+}
+
+static int parse_size(const char *s, uint64_t *out)
+{
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno || end == s || s[0] == '-')
+        return -EINVAL;
+    switch (*end) {
+    case 'k': case 'K': v <<= 10; end++; break;
+    case 'm': case 'M': v <<= 20; end++; break;
+    case 'g': case 'G': v <<= 30; end++; break;
+    default: break;
+    }
+    if (*end == 'i')
+        end++;
+    if (*end == 'B' || *end == 'b')
+        end++;
+    if (*end)
+        return -EINVAL;
+    *out = v;
+    return 0;
+}
+
+static void format_time(int64_t t, char *buf, size_t len)
+{
+    time_t tt = (time_t)t;
+    struct tm tm;
+    gmtime_r(&tt, &tm);
+    strftime(buf, len, "%Y-%m-%d %H:%M:%SZ", &tm);
+}
+
+/* Backups and disks become file names: no path tricks. */
+static bool safe_name(const char *s)
+{
+    return s && *s && s[0] != '.' && !strchr(s, '/') && strlen(s) <= 255;
+}
+
+/* ---- repo init ---- */
+
+static int repo_run(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"encrypt", no_argument, NULL, 'e'},
+        {"chunk-size", required_argument, NULL, 'c'},
+        {"passphrase-file", required_argument, NULL, 'P'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    bool encrypt = false;
+    uint64_t chunk = REPO_DEFAULT_CHUNK_SIZE;
+    const char *pfile = NULL;
+    int c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "ec:P:h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'e':
+            encrypt = true;
+            break;
+        case 'c':
+            if (parse_size(optarg, &chunk) < 0 || chunk < REPO_MIN_CHUNK_SIZE ||
+                chunk > REPO_MAX_CHUNK_SIZE || (chunk & (chunk - 1)))
+                return cli_usage_error(&cmd_repo,
+                                       "--chunk-size must be a power of two from 64K to 64M");
+            break;
+        case 'P':
+            pfile = optarg;
+            break;
+        case 'h':
+            return cli_help(&cmd_repo);
+        default:
+            return cli_usage_error(&cmd_repo, "unknown option");
+        }
+    }
+    if (argc - optind != 2 || strcmp(argv[optind], "init"))
+        return cli_usage_error(&cmd_repo, "expected 'init PATH'");
+    const char *path = argv[optind + 1];
+    CLEANUP_FREE char *pass = NULL;
+    if (encrypt && !(pass = read_passphrase("repo init", pfile, true)))
+        return EXIT_FAIL;
+    struct repo_init_options io = {.chunk_size = (uint32_t)chunk, .passphrase = pass};
+    char err[512] = "";
+    int r = repo_init(path, &io, err, sizeof(err));
+    if (r < 0) {
+        fprintf(stderr, "vmexport repo init: %s: %s\n", path, err[0] ? err : strerror(-r));
+        return EXIT_FAIL;
+    }
+    printf("initialised %s repository at %s (chunk size %llu KiB)\n",
+           encrypt ? "an encrypted" : "a", path, (unsigned long long)(chunk >> 10));
+    return EXIT_OK;
+}
+
+const struct cli_command cmd_repo = {
+    .name = "repo",
+    .summary = "create a backup repository",
+    .run = repo_run,
+    .usage = "Usage: vmexport repo init PATH [--encrypt] [--chunk-size SIZE] "
+             "[--passphrase-file FILE]\n"
+             "\n"
+             "Create a backup repository in PATH (a new or empty directory).  Disks are split\n"
+             "into fixed chunks of SIZE (default 4M, a power of two from 64K to 64M), named by\n"
+             "their SHA-256, compressed with zstd and, with --encrypt, encrypted with\n"
+             "AES-256-GCM under a random key that is stored wrapped by a key derived from the\n"
+             "passphrase (scrypt).  Losing the passphrase loses the backups.\n"
+             "\n"
+             "Options:\n"
+             "  --encrypt               encrypt (asks for the passphrase twice on a terminal)\n"
+             "  --chunk-size SIZE       chunk size, e.g. 1M, 4M (default), 16M\n"
+             "  --passphrase-file FILE  read the passphrase from FILE (or VMEXPORT_PASSPHRASE)\n"
+             "\n"
+             "Exit status: 0 success, 1 failure, 2 bad usage.\n",
+};
+
+/* ---- backup ---- */
+
+struct backup_run {
+    struct repo *repo;
+    struct client **clients;
+    unsigned jobs;
+    struct progress prog;
+    atomic_ullong bytes_written, chunks_new, chunks_reused, chunks_fetched;
+    /* per disk */
+    const char *data_path;
+    struct manifest *m;
+    uint64_t *todo;
+    size_t ntodo;
+    atomic_size_t next;
+    atomic_int failed;
+    pthread_mutex_t err_lock;
+    char err[512];
+};
+
+struct worker_arg {
+    struct backup_run *run;
+    struct client *client;
+};
+
+static void run_fail(struct backup_run *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static void run_fail(struct backup_run *b, const char *fmt, ...)
+{
+    pthread_mutex_lock(&b->err_lock);
+    if (!atomic_load(&b->failed)) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(b->err, sizeof(b->err), fmt, ap);
+        va_end(ap);
+        atomic_store(&b->failed, 1);
+    }
+    pthread_mutex_unlock(&b->err_lock);
+}
+
+static void *backup_worker(void *opaque)
+{
+    struct worker_arg *a = opaque;
+    struct backup_run *b = a->run;
+    const uint32_t cs = repo_chunk_size(b->repo);
+    uint8_t *buf = malloc(cs);
+    if (!buf) {
+        run_fail(b, "out of memory");
+        return NULL;
+    }
+    for (;;) {
+        size_t k = atomic_fetch_add(&b->next, 1);
+        if (k >= b->ntodo || atomic_load(&b->failed))
+            break;
+        uint64_t i = b->todo[k];
+        uint64_t off = i * cs;
+        uint64_t len = b->m->disk_size - off < cs ? b->m->disk_size - off : cs;
+        size_t got = 0;
+        int r = client_read_range(a->client, b->data_path, off, len, buf, &got);
+        if (r < 0 || got != len) {
+            run_fail(b, "disk %s: reading %" PRIu64 " bytes at %" PRIu64 ": %s", b->m->disk, len,
+                     off, r < 0 ? client_error(a->client) : "short read");
+            break;
+        }
+        atomic_fetch_add(&b->chunks_fetched, 1);
+        struct manifest_entry *e = &b->m->e[i];
+        if (buf_is_zero(buf, len)) {
+            e->zero = true;
+        } else {
+            bool stored = false;
+            uint64_t written = 0;
+            repo_chunk_id(b->repo, buf, len, &e->id);
+            e->zero = false;
+            r = repo_chunk_put(b->repo, &e->id, buf, len, &stored, &written);
+            if (r < 0) {
+                run_fail(b, "disk %s: storing the chunk at %" PRIu64 ": %s", b->m->disk, off,
+                         r == -ENOSPC ? "no space left in the repository" : strerror(-r));
+                break;
+            }
+            atomic_fetch_add(&b->bytes_written, written);
+            atomic_fetch_add(stored ? &b->chunks_new : &b->chunks_reused, 1);
+        }
+        progress_add(&b->prog, len);
+    }
+    free(buf);
+    return NULL;
+}
+
+/* Mark chunks touched by the changed areas of a disk, page by page.  change_id: "*" or the
+ * previous backup's.  Returns -ESTALE when the server no longer knows change_id. */
+static int mark_changes(struct client *c, const char *disk_path, const char *change_id,
+                        uint32_t cs, uint64_t size, uint8_t *touched, uint64_t *touched_bytes)
+{
+    uint64_t start = 0;
+    CLEANUP_FREE char *cid = client_escape(change_id);
+    if (!cid)
+        return -ENOMEM;
+    for (;;) {
+        CLEANUP_FREE char *path = NULL;
+        if (asprintf(&path, "%s/changes?changeId=%s&startOffset=%" PRIu64, disk_path, cid, start) <
+            0)
+            return -ENOMEM;
+        json_t *j = NULL;
+        long status = 0;
+        int r = client_json(c, "GET", path, NULL, &j, &status);
+        if (r < 0)
+            return status == 400 && strcmp(change_id, "*") ? -ESTALE : r;
+        json_t *areas = json_object_get(j, "changedArea");
+        uint64_t len = (uint64_t)json_integer_value(json_object_get(j, "length"));
+        size_t idx;
+        json_t *a;
+        json_array_foreach(areas, idx, a) {
+            uint64_t s = (uint64_t)json_integer_value(json_object_get(a, "start"));
+            uint64_t l = (uint64_t)json_integer_value(json_object_get(a, "length"));
+            if (l == 0 || s >= size)
+                continue;
+            if (s + l > size)
+                l = size - s;
+            for (uint64_t i = s / cs; i <= (s + l - 1) / cs; i++) {
+                if (!(touched[i / 8] & (1u << (i % 8)))) {
+                    touched[i / 8] |= (uint8_t)(1u << (i % 8));
+                    uint64_t cl = size - i * cs < cs ? size - i * cs : cs;
+                    *touched_bytes += cl;
+                }
+            }
+        }
+        json_decref(j);
+        if (len == 0 || start + len >= size)
+            return 0;
+        start += len;
+    }
+}
+
+struct disk_plan {
+    const char *name;
+    uint64_t size;
+    const char *change_id;
+    char *data_path;
+    uint8_t *touched;
+    uint64_t touched_bytes;
+    struct manifest prev;
+    bool have_prev;
+    bool incremental;
+};
+
+static int backup_disk(struct backup_run *b, struct disk_plan *d, struct manifest *m)
+{
+    const uint32_t cs = repo_chunk_size(b->repo);
+    int r = manifest_new(m, d->name, d->size, cs);
+    if (r < 0)
+        return r;
+    free(m->change_id);
+    m->change_id = d->change_id ? strdup(d->change_id) : NULL;
+    CLEANUP_FREE uint64_t *todo = malloc((m->n ? m->n : 1) * sizeof(*todo));
+    if (!todo)
+        return -ENOMEM;
+    size_t ntodo = 0;
+    for (uint64_t i = 0; i < m->n; i++) {
+        if (d->touched[i / 8] & (1u << (i % 8))) {
+            todo[ntodo++] = i;
+        } else if (d->incremental && d->have_prev && i < d->prev.n) {
+            m->e[i] = d->prev.e[i];
+            if (!m->e[i].zero)
+                atomic_fetch_add(&b->chunks_reused, 1);
+        } else {
+            m->e[i].zero = true;
+        }
+    }
+    b->data_path = d->data_path;
+    b->m = m;
+    b->todo = todo;
+    b->ntodo = ntodo;
+    atomic_store(&b->next, 0);
+    pthread_t th[MAX_JOBS];
+    struct worker_arg args[MAX_JOBS];
+    unsigned started = 0;
+    for (unsigned t = 0; t < b->jobs && t < (ntodo ? ntodo : 1); t++) {
+        args[t] = (struct worker_arg){.run = b, .client = b->clients[t]};
+        if (pthread_create(&th[t], NULL, backup_worker, &args[t]) != 0)
+            break;
+        started++;
+    }
+    for (unsigned t = 0; t < started; t++)
+        pthread_join(th[t], NULL);
+    if (started == 0 && ntodo > 0)
+        run_fail(b, "cannot start worker threads");
+    b->todo = NULL;
+    return atomic_load(&b->failed) ? -EIO : 0;
+}
+
+static int backup_run_cmd(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"repo", required_argument, NULL, 'r'},
+        {"passphrase-file", required_argument, NULL, 'P'},
+        {"full", no_argument, NULL, 'f'},
+        {"jobs", required_argument, NULL, 'j'},
+        {"keep-snapshots", required_argument, NULL, 'k'},
+        {"json", no_argument, NULL, 'J'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    struct repo_opts o = {.jobs = DEFAULT_JOBS};
+    bool full = false;
+    unsigned keep_snapshots = 1;
+    int c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "r:P:fj:k:Jh", opts, NULL)) != -1) {
+        switch (c) {
+        case 'r':
+            o.repo = optarg;
+            break;
+        case 'P':
+            o.passphrase_file = optarg;
+            break;
+        case 'f':
+            full = true;
+            break;
+        case 'j':
+            if (parse_jobs(optarg, &o.jobs) < 0)
+                return cli_usage_error(&cmd_backup, "--jobs takes 1 to %d", MAX_JOBS);
+            break;
+        case 'k': {
+            char *end;
+            unsigned long v = strtoul(optarg, &end, 10);
+            if (end == optarg || *end || v > 1000)
+                return cli_usage_error(&cmd_backup, "--keep-snapshots takes 0 to 1000");
+            keep_snapshots = (unsigned)v;
+            break;
+        }
+        case 'J':
+            o.json = true;
+            break;
+        case 'h':
+            return cli_help(&cmd_backup);
+        default:
+            return cli_usage_error(&cmd_backup, "unknown option");
+        }
+    }
+    if (argc - optind != 1)
+        return cli_usage_error(&cmd_backup, "expected one VM");
+    const char *vm = argv[optind];
+    double t0 = progress_now();
+
+    struct repo *repo = open_repo("backup", &o);
+    if (!repo)
+        return EXIT_FAIL;
+    struct client *cl = cli_client_connect("backup");
+    if (!cl) {
+        repo_close(repo);
+        return EXIT_FAIL;
+    }
+
+    int ret = EXIT_FAIL, r;
+    json_t *vmj = NULL, *snapj = NULL;
+    char *vm_json = NULL, *snap_id = NULL;
+    struct backup_writer *w = NULL;
+    struct backup *prev = NULL;
+    struct disk_plan *plans = NULL;
+    size_t nplans = 0;
+    struct manifest *mans = NULL;
+    struct backup_run b = {.repo = repo, .jobs = o.jobs};
+    pthread_mutex_init(&b.err_lock, NULL);
+    CLEANUP_FREE char *vm_esc = client_escape(vm);
+    CLEANUP_FREE char *vm_path = NULL;
+    CLEANUP_FREE char *snaps_path = NULL;
+    CLEANUP_FREE char *backup_id = NULL;
+    if (!vm_esc || asprintf(&vm_path, "/api/v1/vms/%s", vm_esc) < 0)
+        goto out;
+
+    if ((r = client_json(cl, "GET", vm_path, NULL, &vmj, NULL)) < 0) {
+        fprintf(stderr, "vmexport backup: VM %s: %s\n", vm, client_error(cl));
+        goto out;
+    }
+    vm_json = json_dumps(vmj, JSON_COMPACT);
+
+    char err[512] = "";
+    int64_t now = getenv("VMEXPORT_NOW") ? strtoll(getenv("VMEXPORT_NOW"), NULL, 10)
+                                         : (int64_t)time(NULL);
+    if ((r = repo_backup_begin(repo, vm, now, VM_LOCK_TIMEOUT, &w, err, sizeof(err))) < 0) {
+        fprintf(stderr, "vmexport backup: %s: %s\n", repo_path(repo), err[0] ? err : strerror(-r));
+        goto out;
+    }
+    if (!full && repo_backup_latest(repo, vm, &prev) < 0)
+        prev = NULL;
+
+    if (asprintf(&snaps_path, "%s/snapshots?chunks=false", vm_path) < 0)
+        goto out;
+    if ((r = client_json(cl, "POST", snaps_path, NULL, &snapj, NULL)) < 0) {
+        fprintf(stderr, "vmexport backup: VM %s: creating a snapshot: %s\n", vm, client_error(cl));
+        goto out;
+    }
+    snap_id = strdup(json_string_value(json_object_get(snapj, "id")) ?: "");
+    json_t *disks = json_object_get(snapj, "disks");
+    nplans = json_array_size(disks);
+    plans = calloc(nplans ? nplans : 1, sizeof(*plans));
+    mans = calloc(nplans ? nplans : 1, sizeof(*mans));
+    if (!plans || !mans || !snap_id || !*snap_id)
+        goto out;
+
+    /* Plan every disk: which chunks to read. */
+    const uint32_t cs = repo_chunk_size(repo);
+    uint64_t total = 0;
+    for (size_t i = 0; i < nplans; i++) {
+        json_t *dj = json_array_get(disks, i);
+        struct disk_plan *d = &plans[i];
+        d->name = json_string_value(json_object_get(dj, "name"));
+        d->size = (uint64_t)json_integer_value(json_object_get(dj, "size"));
+        d->change_id = json_string_value(json_object_get(dj, "change_id"));
+        CLEANUP_FREE char *sid = client_escape(snap_id);
+        CLEANUP_FREE char *did = d->name ? client_escape(d->name) : NULL;
+        if (!d->name || !sid || !did ||
+            asprintf(&d->data_path, "%s/snapshots/%s/disks/%s", vm_path, sid, did) < 0)
+            goto out;
+        uint64_t n = (d->size + cs - 1) / cs;
+        d->touched = calloc(n / 8 + 1, 1);
+        if (!d->touched)
+            goto out;
+        const char *since = "*";
+        if (prev) {
+            for (size_t k = 0; k < prev->disks.len; k++) {
+                if (strcmp(prev->disks.ptr[k].name, d->name) || !prev->disks.ptr[k].change_id)
+                    continue;
+                if (repo_manifest_read(repo, prev, d->name, &d->prev) == 0) {
+                    d->have_prev = true;
+                    since = prev->disks.ptr[k].change_id;
+                }
+            }
+        }
+        r = mark_changes(cl, d->data_path, since, cs, d->size, d->touched, &d->touched_bytes);
+        if (r == -ESTALE) { /* the previous snapshot is gone from the server */
+            memset(d->touched, 0, n / 8 + 1);
+            d->touched_bytes = 0;
+            r = mark_changes(cl, d->data_path, "*", cs, d->size, d->touched, &d->touched_bytes);
+        } else if (r == 0 && strcmp(since, "*")) {
+            d->incremental = true;
+            /* The last chunk changes length when the size changes: read it again. */
+            if (d->prev.disk_size != d->size && n > 0) {
+                uint64_t last = (d->prev.disk_size < d->size ? d->prev.disk_size : d->size);
+                uint64_t i0 = last ? (last - 1) / cs : 0;
+                for (uint64_t k2 = i0; k2 <= i0 + 1 && k2 < n; k2++)
+                    if (!(d->touched[k2 / 8] & (1u << (k2 % 8)))) {
+                        d->touched[k2 / 8] |= (uint8_t)(1u << (k2 % 8));
+                        d->touched_bytes += d->size - k2 * cs < cs ? d->size - k2 * cs : cs;
+                    }
+            }
+        }
+        if (r < 0) {
+            fprintf(stderr, "vmexport backup: VM %s: disk %s: changed areas: %s\n", vm, d->name,
+                    client_error(cl));
+            goto out;
+        }
+        total += d->touched_bytes;
+    }
+
+    /* Connections for the workers. */
+    b.clients = calloc(o.jobs, sizeof(*b.clients));
+    if (!b.clients)
+        goto out;
+    b.clients[0] = cl;
+    for (unsigned t = 1; t < o.jobs; t++)
+        if (client_dup(cl, &b.clients[t]) < 0) {
+            fprintf(stderr, "vmexport backup: opening connection %u: %s\n", t + 1,
+                    client_error(cl));
+            goto out;
+        }
+    progress_init(&b.prog, "backup", total, o.json);
+    for (size_t i = 0; i < nplans; i++) {
+        if ((r = backup_disk(&b, &plans[i], &mans[i])) < 0) {
+            progress_finish(&b.prog);
+            fprintf(stderr, "vmexport backup: VM %s: %s\n", vm,
+                    b.err[0] ? b.err : strerror(-r));
+            goto out;
+        }
+        if ((r = repo_backup_add_disk(w, &mans[i])) < 0) {
+            progress_finish(&b.prog);
+            fprintf(stderr, "vmexport backup: VM %s: disk %s: writing the manifest: %s\n", vm,
+                    plans[i].name, r == -ENOSPC ? "no space left in the repository" : strerror(-r));
+            goto out;
+        }
+    }
+    progress_finish(&b.prog);
+
+    uint64_t bytes_read = 0;
+    for (unsigned t = 0; t < o.jobs; t++)
+        bytes_read += client_bytes_received(b.clients[t]);
+    struct backup *info = calloc(1, sizeof(*info));
+    if (!info)
+        goto out;
+    info->snapshot_id = strdup(snap_id);
+    info->server = cli_globals.server ? strdup(cli_globals.server) : NULL;
+    info->time = now;
+    info->vm_json = vm_json ? strdup(vm_json) : NULL;
+    info->bytes_read = bytes_read;
+    info->bytes_written = atomic_load(&b.bytes_written);
+    info->chunks_new = atomic_load(&b.chunks_new);
+    info->chunks_reused = atomic_load(&b.chunks_reused);
+    info->seconds = progress_now() - t0;
+    info->parent_id = prev ? strdup(prev->id) : NULL;
+    backup_id = strdup(repo_backup_writer_id(w));
+    if ((r = repo_backup_commit(w, info)) < 0) {
+        fprintf(stderr, "vmexport backup: VM %s: committing the backup: %s\n", vm,
+                r == -ENOSPC ? "no space left in the repository" : strerror(-r));
+        backup_free(info);
+        goto out; /* w is still ours: aborted below */
+    }
+    w = NULL; /* committed: the writer is freed */
+    struct backup stats = *info;
+    stats.disks = (backup_disk_list)VECTOR_INIT;
+
+    /* Keep the newest keep_snapshots snapshots this repository used as bases; delete older. */
+    backup_list all = VECTOR_INIT;
+    unsigned kept = 0;
+    if (repo_backup_list(repo, vm, &all) == 0) {
+        for (size_t i = all.len; i-- > 0;) {
+            const char *sid = all.ptr[i]->snapshot_id;
+            bool seen = false;
+            for (size_t k = i + 1; k < all.len; k++)
+                seen = seen || !strcmp(all.ptr[k]->snapshot_id, sid);
+            if (seen)
+                continue;
+            if (kept++ < keep_snapshots)
+                continue;
+            CLEANUP_FREE char *se = client_escape(sid);
+            CLEANUP_FREE char *dp = NULL;
+            if (se && asprintf(&dp, "%s/snapshots/%s", vm_path, se) >= 0) {
+                long st = 0;
+                if (client_json(cl, "DELETE", dp, NULL, NULL, &st) < 0 && st != 404)
+                    fprintf(stderr, "vmexport backup: warning: deleting old snapshot %s: %s\n",
+                            sid, client_error(cl));
+            }
+        }
+    }
+    backup_list_free(&all);
+
+    if (o.json) {
+        printf("{\"type\":\"summary\",\"backup\":\"%s\",\"vm\":\"%s\",\"snapshot\":\"%s\","
+               "\"incremental\":%s,\"bytes_read\":%" PRIu64 ",\"bytes_written\":%" PRIu64
+               ",\"chunks_new\":%" PRIu64 ",\"chunks_reused\":%" PRIu64
+               ",\"chunks_fetched\":%llu,\"seconds\":%.3f}\n",
+               backup_id, vm, snap_id, prev ? "true" : "false", stats.bytes_read,
+               stats.bytes_written, stats.chunks_new, stats.chunks_reused,
+               (unsigned long long)atomic_load(&b.chunks_fetched), progress_now() - t0);
+    } else {
+        char b1[32], b2[32];
+        printf("backup %s of VM %s (snapshot %s, %s): read %s, wrote %s, %" PRIu64
+               " new chunks, %" PRIu64 " reused, %.1f s\n",
+               backup_id, vm, snap_id, prev ? "incremental" : "full",
+               cli_bytes(stats.bytes_read, b1, sizeof(b1)),
+               cli_bytes(stats.bytes_written, b2, sizeof(b2)), stats.chunks_new,
+               stats.chunks_reused, progress_now() - t0);
+    }
+    backup_free(info);
+    ret = EXIT_OK;
+
+out:
+    if (w)
+        repo_backup_abort(w);
+    if (b.clients) {
+        for (unsigned t = 1; t < o.jobs; t++)
+            if (b.clients[t])
+                client_free(b.clients[t]);
+        free(b.clients);
+    }
+    for (size_t i = 0; i < nplans; i++) {
+        free(plans[i].data_path);
+        free(plans[i].touched);
+        if (plans[i].have_prev)
+            manifest_free(&plans[i].prev);
+        manifest_free(&mans[i]);
+    }
+    free(plans);
+    free(mans);
+    backup_free(prev);
+    json_decref(vmj);
+    json_decref(snapj);
+    free(vm_json);
+    free(snap_id);
+    pthread_mutex_destroy(&b.err_lock);
+    client_free(cl);
+    repo_close(repo);
+    return ret;
+}
+
+const struct cli_command cmd_backup = {
+    .name = "backup",
+    .summary = "back up a VM into a repository (incremental when possible)",
+    .run = backup_run_cmd,
+    .usage =
+        "Usage: vmexport backup VM --repo PATH [--full] [--jobs N] [--keep-snapshots N] [--json]\n"
+        "\n"
+        "Take a snapshot of VM on the server and store its disks in the repository.\n"
+        "When the snapshot of the VM's previous backup still exists on the server, only the\n"
+        "chunks that changed since (new data and discarded ranges, block-precise from the\n"
+        "server) are read; every other chunk is taken from the previous backup.  Otherwise\n"
+        "the backup is full, still skipping holes.  Every backup is a synthetic full: it\n"
+        "restores on its own and can be pruned independently.  Chunks already in the\n"
+        "repository are not stored again, so an interrupted backup's work is reused by the\n"
+        "next run; an interrupted backup itself never becomes visible.\n"
+        "\n"
+        "The new snapshot stays on the server as the base of the next backup; older snapshots\n"
+        "this repository used as bases are deleted, keeping the newest N (--keep-snapshots,\n"
+        "default 1).\n"
+        "\n"
+        "Options:\n" REPO_OPTIONS_HELP
+        "  --full                  read every allocated chunk even if a base exists\n"
+        "  -j, --jobs N            parallel connections (default 4)\n"
+        "  --keep-snapshots N      server snapshots to keep as bases (default 1)\n"
+        "  --json                  progress lines and a summary as JSON: bytes_read,\n"
+        "                          bytes_written, chunks_new, chunks_reused, seconds\n"
+        "  -h, --help              this help\n"
+        "\n"
+        "Connection options (also accepted before the command name):\n"
+        "  --server URL  --user NAME  --password-file FILE  --cacert FILE\n"
+        "  --cert FILE --key FILE  --insecure   (env VMEXPORT_SERVER, VMEXPORT_USER,\n"
+        "  VMEXPORT_PASSWORD, VMEXPORT_CACERT)\n"
+        "\n"
+        "Exit status: 0 success, 1 failure, 2 bad usage.\n",
+};
+
+/* ---- backups ---- */
+
+static int backups_run(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"repo", required_argument, NULL, 'r'},
+        {"passphrase-file", required_argument, NULL, 'P'},
+        {"json", no_argument, NULL, 'J'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    struct repo_opts o = {0};
+    int c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "r:P:Jh", opts, NULL)) != -1) {
+        switch (c) {
+        case 'r':
+            o.repo = optarg;
+            break;
+        case 'P':
+            o.passphrase_file = optarg;
+            break;
+        case 'J':
+            o.json = true;
+            break;
+        case 'h':
+            return cli_help(&cmd_backups);
+        default:
+            return cli_usage_error(&cmd_backups, "unknown option");
+        }
+    }
+    if (argc - optind > 1)
+        return cli_usage_error(&cmd_backups, "expected at most one VM");
+    const char *vm = optind < argc ? argv[optind] : NULL;
+    struct repo *repo = open_repo("backups", &o);
+    if (!repo)
+        return EXIT_FAIL;
+    backup_list l = VECTOR_INIT;
+    int r = repo_backup_list(repo, vm, &l);
+    if (r < 0) {
+        fprintf(stderr, "vmexport backups: %s: %s\n", repo_path(repo), strerror(-r));
+        repo_close(repo);
+        return EXIT_FAIL;
+    }
+    if (o.json) {
+        json_t *arr = json_array();
+        for (size_t i = 0; i < l.len; i++) {
+            struct backup *b = l.ptr[i];
+            json_t *disks = json_array();
+            for (size_t k = 0; k < b->disks.len; k++)
+                json_array_append_new(disks, json_pack("{s:s, s:I, s:s?}", "name",
+                                                       b->disks.ptr[k].name, "size",
+                                                       (json_int_t)b->disks.ptr[k].size,
+                                                       "change_id", b->disks.ptr[k].change_id));
+            json_array_append_new(
+                arr, json_pack("{s:s, s:s, s:s?, s:I, s:o, s:s?, s:I, s:I, s:I, s:I, s:f}", "id",
+                               b->id, "vm", b->vm_id, "snapshot", b->snapshot_id, "time",
+                               (json_int_t)b->time, "disks", disks, "parent", b->parent_id,
+                               "bytes_read", (json_int_t)b->bytes_read, "bytes_written",
+                               (json_int_t)b->bytes_written, "chunks_new",
+                               (json_int_t)b->chunks_new, "chunks_reused",
+                               (json_int_t)b->chunks_reused, "seconds", b->seconds));
+        }
+        char *text = json_dumps(arr, JSON_COMPACT);
+        printf("%s\n", text ? text : "[]");
+        free(text);
+        json_decref(arr);
+    } else {
+        printf("%-24s %-20s %-20s %5s %10s  %s\n", "ID", "VM", "TIME", "DISKS", "SIZE", "KIND");
+        for (size_t i = 0; i < l.len; i++) {
+            struct backup *b = l.ptr[i];
+            uint64_t size = 0;
+            for (size_t k = 0; k < b->disks.len; k++)
+                size += b->disks.ptr[k].size;
+            char t[32], sz[32];
+            format_time(b->time, t, sizeof(t));
+            printf("%-24s %-20s %-20s %5zu %10s  %s\n", b->id, b->vm_id, t, b->disks.len,
+                   cli_bytes(size, sz, sizeof(sz)), b->parent_id ? "incremental" : "full");
+        }
+    }
+    backup_list_free(&l);
+    repo_close(repo);
+    return EXIT_OK;
+}
+
+const struct cli_command cmd_backups = {
+    .name = "backups",
+    .summary = "list the backups in a repository",
+    .run = backups_run,
+    .usage = "Usage: vmexport backups --repo PATH [VM] [--json]\n"
+             "\n"
+             "List the backups in the repository (of VM only, when given), oldest first, with\n"
+             "their time (UTC), disks and total disk size.  \"incremental\" backups read only\n"
+             "changed chunks from the server but, like full ones, restore on their own.\n"
+             "\n"
+             "Options:\n" REPO_OPTIONS_HELP
+             "  --json                  a JSON array with every field\n"
+             "\n"
+             "Exit status: 0 success, 1 failure, 2 bad usage.\n",
+};
+
+/* ---- restore ---- */
+
+struct restore_run {
+    struct repo *repo;
+    const struct manifest *m;
+    int fd;
+    atomic_ullong next;
+    atomic_int failed;
+    struct progress prog;
+    pthread_mutex_t err_lock;
+    char err[512];
+};
+
+static int pwrite_all(int fd, const uint8_t *buf, size_t len, uint64_t off)
+{
+    while (len > 0) {
+        ssize_t n = pwrite(fd, buf, len, (off_t)off);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return -errno;
+        }
+        buf += n;
+        len -= (size_t)n;
+        off += (uint64_t)n;
+    }
+    return 0;
+}
+
+/* Write buf at off leaving all-zero pages as holes (the file was truncated to size first). */
+static int write_sparse_pages(int fd, const uint8_t *buf, size_t len, uint64_t off)
+{
+    size_t run = 0, run_len = 0;
+    for (size_t p = 0; p < len; p += RESTORE_PAGE) {
+        size_t n = len - p < RESTORE_PAGE ? len - p : RESTORE_PAGE;
+        if (!buf_is_zero(buf + p, n)) {
+            if (!run_len)
+                run = p;
+            run_len += n;
+            continue;
+        }
+        if (run_len) {
+            int r = pwrite_all(fd, buf + run, run_len, off + run);
+            if (r < 0)
+                return r;
+            run_len = 0;
+        }
+    }
+    return run_len ? pwrite_all(fd, buf + run, run_len, off + run) : 0;
+}
+
+static void *restore_worker(void *opaque)
+{
+    struct restore_run *rr = opaque;
+    const uint32_t cs = rr->m->chunk_size;
+    uint8_t *buf = malloc(cs);
+    if (!buf) {
+        atomic_store(&rr->failed, 1);
+        return NULL;
+    }
+    for (;;) {
+        uint64_t i = atomic_fetch_add(&rr->next, 1);
+        if (i >= rr->m->n || atomic_load(&rr->failed))
+            break;
+        const struct manifest_entry *e = &rr->m->e[i];
+        uint64_t off = i * cs;
+        uint64_t want = rr->m->disk_size - off < cs ? rr->m->disk_size - off : cs;
+        if (e->zero) {
+            progress_add(&rr->prog, want);
+            continue;
+        }
+        size_t len = 0;
+        int r = repo_chunk_get(rr->repo, &e->id, buf, cs, &len);
+        if (r == 0 && len > want)
+            r = -EBADMSG;
+        if (r == 0)
+            r = write_sparse_pages(rr->fd, buf, len, off);
+        if (r < 0) {
+            char hex[2 * HASH_SIZE + 1];
+            chunk_id_to_hex(&e->id, hex);
+            pthread_mutex_lock(&rr->err_lock);
+            if (!atomic_load(&rr->failed))
+                snprintf(rr->err, sizeof(rr->err), "chunk %s at offset %" PRIu64 ": %s", hex,
+                         off,
+                         r == -EBADMSG ? "damaged (fails its checksum or authentication)"
+                         : r == -ENOENT ? "missing from the repository"
+                         : r == -ENOSPC ? "no space left on the destination"
+                                        : strerror(-r));
+            atomic_store(&rr->failed, 1);
+            pthread_mutex_unlock(&rr->err_lock);
+            break;
+        }
+        progress_add(&rr->prog, want);
+    }
+    free(buf);
+    return NULL;
+}
+
+static int restore_disk(struct repo *repo, const struct backup *b, const char *disk,
+                        const char *dest, bool force, unsigned jobs, bool json)
+{
+    struct manifest m = {0};
+    int r = repo_manifest_read(repo, b, disk, &m);
+    if (r < 0) {
+        fprintf(stderr, "vmexport restore: backup %s: disk %s: manifest %s\n", b->id, disk,
+                r == -EBADMSG ? "is damaged" : strerror(-r));
+        return EXIT_FAIL;
+    }
+    struct stat st;
+    if (!force && lstat(dest, &st) == 0) {
+        fprintf(stderr, "vmexport restore: %s exists (use --force to overwrite it)\n", dest);
+        manifest_free(&m);
+        return EXIT_FAIL;
+    }
+    CLEANUP_FREE char *tmp = NULL;
+    if (asprintf(&tmp, "%s.vxrestore.tmp.XXXXXX", dest) < 0) {
+        manifest_free(&m);
+        return EXIT_FAIL;
+    }
+    int fd = mkostemp(tmp, O_CLOEXEC);
+    if (fd < 0) {
+        fprintf(stderr, "vmexport restore: %s: %s\n", dest, strerror(errno));
+        manifest_free(&m);
+        return EXIT_FAIL;
+    }
+    struct restore_run rr = {.repo = repo, .m = &m, .fd = fd};
+    pthread_mutex_init(&rr.err_lock, NULL);
+    if (ftruncate(fd, (off_t)m.disk_size) < 0) {
+        snprintf(rr.err, sizeof(rr.err), "%s", strerror(errno));
+        atomic_store(&rr.failed, 1);
+    }
+    progress_init(&rr.prog, "restore", m.disk_size, json);
+    pthread_t th[MAX_JOBS];
+    unsigned started = 0;
+    for (unsigned t = 0; !atomic_load(&rr.failed) && t < jobs; t++)
+        if (pthread_create(&th[t], NULL, restore_worker, &rr) == 0)
+            started++;
+    for (unsigned t = 0; t < started; t++)
+        pthread_join(th[t], NULL);
+    progress_finish(&rr.prog);
+    if (!atomic_load(&rr.failed) && fsync(fd) < 0) {
+        snprintf(rr.err, sizeof(rr.err), "fsync: %s", strerror(errno));
+        atomic_store(&rr.failed, 1);
+    }
+    close(fd);
+    int ret = EXIT_OK;
+    if (atomic_load(&rr.failed)) {
+        fprintf(stderr, "vmexport restore: backup %s: disk %s: %s; nothing was written to %s\n",
+                b->id, disk, rr.err[0] ? rr.err : "failed", dest);
+        unlink(tmp);
+        ret = EXIT_FAIL;
+    } else if ((force ? rename(tmp, dest)
+                      : renameat2(AT_FDCWD, tmp, AT_FDCWD, dest, RENAME_NOREPLACE)) < 0) {
+        fprintf(stderr, "vmexport restore: %s: %s\n", dest, strerror(errno));
+        unlink(tmp);
+        ret = EXIT_FAIL;
+    } else if (!json) {
+        char sz[32];
+        printf("restored disk %s of backup %s to %s (%s)\n", disk, b->id, dest,
+               cli_bytes(m.disk_size, sz, sizeof(sz)));
+    } else {
+        printf("{\"type\":\"restored\",\"backup\":\"%s\",\"disk\":\"%s\",\"to\":\"%s\","
+               "\"size\":%" PRIu64 "}\n", b->id, disk, dest, m.disk_size);
+    }
+    pthread_mutex_destroy(&rr.err_lock);
+    manifest_free(&m);
+    return ret;
+}
+
+static int restore_run_cmd(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"repo", required_argument, NULL, 'r'},
+        {"passphrase-file", required_argument, NULL, 'P'},
+        {"disk", required_argument, NULL, 'd'},
+        {"to", required_argument, NULL, 't'},
+        {"force", no_argument, NULL, 'f'},
+        {"jobs", required_argument, NULL, 'j'},
+        {"json", no_argument, NULL, 'J'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    struct repo_opts o = {.jobs = 2};
+    const char *disk = NULL, *to = NULL;
+    bool force = false;
+    int c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "r:P:d:t:fj:Jh", opts, NULL)) != -1) {
+        switch (c) {
+        case 'r':
+            o.repo = optarg;
+            break;
+        case 'P':
+            o.passphrase_file = optarg;
+            break;
+        case 'd':
+            disk = optarg;
+            break;
+        case 't':
+            to = optarg;
+            break;
+        case 'f':
+            force = true;
+            break;
+        case 'j':
+            if (parse_jobs(optarg, &o.jobs) < 0)
+                return cli_usage_error(&cmd_restore, "--jobs takes 1 to %d", MAX_JOBS);
+            break;
+        case 'J':
+            o.json = true;
+            break;
+        case 'h':
+            return cli_help(&cmd_restore);
+        default:
+            return cli_usage_error(&cmd_restore, "unknown option");
+        }
+    }
+    if (argc - optind != 1)
+        return cli_usage_error(&cmd_restore, "expected one BACKUP id");
+    if (!to)
+        return cli_usage_error(&cmd_restore, "--to FILE|DIR is required");
+    struct repo *repo = open_repo("restore", &o);
+    if (!repo)
+        return EXIT_FAIL;
+    struct backup *b = NULL;
+    int ret = EXIT_FAIL;
+    char err[512] = "";
+    int r = repo_lock(repo, false, VM_LOCK_TIMEOUT, err, sizeof(err));
+    if (r < 0) {
+        fprintf(stderr, "vmexport restore: %s: %s\n", repo_path(repo), err);
+        goto out;
+    }
+    r = repo_backup_get(repo, argv[optind], &b);
+    if (r < 0) {
+        fprintf(stderr, "vmexport restore: backup %s: %s\n", argv[optind],
+                r == -ENOENT ? "not found (see 'vmexport backups')"
+                : r == -EBADMSG ? "its metadata is damaged"
+                                : strerror(-r));
+        goto out;
+    }
+    if (disk) {
+        bool found = false;
+        for (size_t i = 0; i < b->disks.len; i++)
+            found = found || !strcmp(b->disks.ptr[i].name, disk);
+        if (!found) {
+            fprintf(stderr, "vmexport restore: backup %s has no disk '%s'\n", b->id, disk);
+            goto out;
+        }
+    }
+    struct stat st;
+    bool to_dir = (!disk && b->disks.len != 1) || (stat(to, &st) == 0 && S_ISDIR(st.st_mode));
+    if (!to_dir) {
+        ret = restore_disk(repo, b, disk ? disk : b->disks.ptr[0].name, to, force, o.jobs,
+                           o.json);
+        goto out;
+    }
+    if (mkdir(to, 0755) < 0 && errno != EEXIST) {
+        fprintf(stderr, "vmexport restore: %s: %s\n", to, strerror(errno));
+        goto out;
+    }
+    ret = EXIT_OK;
+    for (size_t i = 0; i < b->disks.len && ret == EXIT_OK; i++) {
+        const char *name = b->disks.ptr[i].name;
+        if (disk && strcmp(name, disk))
+            continue;
+        if (!safe_name(name)) {
+            fprintf(stderr, "vmexport restore: disk name '%s' cannot be a file name\n", name);
+            ret = EXIT_FAIL;
+            break;
+        }
+        CLEANUP_FREE char *dest = NULL;
+        if (asprintf(&dest, "%s/%s", to, name) < 0) {
+            ret = EXIT_FAIL;
+            break;
+        }
+        ret = restore_disk(repo, b, name, dest, force, o.jobs, o.json);
+    }
+out:
+    backup_free(b);
+    repo_close(repo);
+    return ret;
+}
+
+const struct cli_command cmd_restore = {
+    .name = "restore",
+    .summary = "restore a backup's disks to files",
+    .run = restore_run_cmd,
+    .usage =
+        "Usage: vmexport restore --repo PATH BACKUP [--disk NAME] --to FILE|DIR [--force]\n"
+        "                        [--jobs N] [--json]\n"
+        "\n"
+        "Write the disks of BACKUP as sparse raw files.  With one disk (or --disk), --to\n"
+        "names the file (or an existing directory to put it in); otherwise --to is a\n"
+        "directory that receives one file per disk, named after the disk.  Every chunk's\n"
+        "checksum (and, when encrypted, authentication tag) is checked; on any error nothing\n"
+        "is left at the destination (the file is built under a temporary name and renamed).\n"
+        "\n"
+        "Options:\n" REPO_OPTIONS_HELP
+        "  --disk NAME             only this disk\n"
+        "  --to FILE|DIR           destination (required)\n"
+        "  --force                 replace existing files\n"
+        "  -j, --jobs N            parallel readers (default 2)\n"
+        "  --json                  progress and results as JSON lines\n"
+        "\n"
+        "Exit status: 0 success, 1 failure (damaged or missing data, existing file), 2 usage.\n",
+};
+
+/* ---- verify ---- */
+
+/* Set of chunk IDs already checked, with the result: open addressing, grows by doubling. */
+struct idset {
+    struct chunk_id *ids;
+    int8_t *state; /* 0 empty, 1 good, -1 damaged */
+    size_t cap, len;
+};
+
+static size_t idset_slot(const struct idset *s, const struct chunk_id *id)
+{
+    uint64_t h;
+    memcpy(&h, id->b, sizeof(h)); /* IDs are uniformly distributed hashes */
+    size_t i = (size_t)h & (s->cap - 1);
+    while (s->state[i] && memcmp(&s->ids[i], id, sizeof(*id)))
+        i = (i + 1) & (s->cap - 1);
+    return i;
+}
+
+static int idset_put(struct idset *s, const struct chunk_id *id, int8_t v)
+{
+    if ((s->len + 1) * 2 > s->cap) {
+        struct idset n = {.cap = s->cap ? s->cap * 2 : 1024};
+        n.ids = calloc(n.cap, sizeof(*n.ids));
+        n.state = calloc(n.cap, 1);
+        if (!n.ids || !n.state) {
+            free(n.ids);
+            free(n.state);
+            return -ENOMEM;
+        }
+        for (size_t i = 0; i < s->cap; i++)
+            if (s->state[i]) {
+                size_t k = idset_slot(&n, &s->ids[i]);
+                n.ids[k] = s->ids[i];
+                n.state[k] = s->state[i];
+                n.len++;
+            }
+        free(s->ids);
+        free(s->state);
+        *s = n;
+    }
+    size_t k = idset_slot(s, id);
+    if (!s->state[k])
+        s->len++;
+    s->ids[k] = *id;
+    s->state[k] = v;
+    return 0;
+}
+
+static int8_t idset_get(const struct idset *s, const struct chunk_id *id)
+{
+    return s->cap ? s->state[idset_slot(s, id)] : 0;
+}
+
+static int verify_run(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"repo", required_argument, NULL, 'r'},
+        {"passphrase-file", required_argument, NULL, 'P'},
+        {"sample", required_argument, NULL, 's'},
+        {"json", no_argument, NULL, 'J'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    struct repo_opts o = {0};
+    double sample = 100;
+    int c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "r:P:s:Jh", opts, NULL)) != -1) {
+        switch (c) {
+        case 'r':
+            o.repo = optarg;
+            break;
+        case 'P':
+            o.passphrase_file = optarg;
+            break;
+        case 's': {
+            char *end;
+            sample = strtod(optarg, &end);
+            if (end == optarg || (*end && strcmp(end, "%")) || sample <= 0 || sample > 100)
+                return cli_usage_error(&cmd_verify, "--sample takes a percentage in (0, 100]");
+            break;
+        }
+        case 'J':
+            o.json = true;
+            break;
+        case 'h':
+            return cli_help(&cmd_verify);
+        default:
+            return cli_usage_error(&cmd_verify, "unknown option");
+        }
+    }
+    if (argc - optind > 1)
+        return cli_usage_error(&cmd_verify, "expected at most one BACKUP");
+    struct repo *repo = open_repo("verify", &o);
+    if (!repo)
+        return EXIT_FAIL;
+    char err[512] = "";
+    int r = repo_lock(repo, false, VM_LOCK_TIMEOUT, err, sizeof(err));
+    if (r < 0) {
+        fprintf(stderr, "vmexport verify: %s: %s\n", repo_path(repo), err);
+        repo_close(repo);
+        return EXIT_FAIL;
+    }
+    backup_list l = VECTOR_INIT;
+    uint64_t damaged_backups = 0, chunks_checked = 0, chunks_damaged = 0;
+    if (optind < argc) {
+        struct backup *b = NULL;
+        r = repo_backup_get(repo, argv[optind], &b);
+        if (r == -EBADMSG) {
+            printf("backup %s: DAMAGED: its metadata (backup.json) cannot be read\n",
+                   argv[optind]);
+            damaged_backups++;
+        } else if (r < 0) {
+            fprintf(stderr, "vmexport verify: backup %s: %s\n", argv[optind],
+                    r == -ENOENT ? "not found" : strerror(-r));
+            repo_close(repo);
+            return EXIT_FAIL;
+        } else {
+            backup_list_append(&l, b);
+        }
+    } else {
+        r = repo_backup_list(repo, NULL, &l);
+        if (r < 0) {
+            fprintf(stderr, "vmexport verify: %s: %s\n", repo_path(repo), strerror(-r));
+            repo_close(repo);
+            return EXIT_FAIL;
+        }
+        string_list bad = VECTOR_INIT;
+        if (repo_backup_list_damaged(repo, &bad) == 0)
+            for (size_t i = 0; i < bad.len; i++) {
+                printf("backup %s: DAMAGED: its metadata (backup.json) cannot be read\n",
+                       bad.ptr[i]);
+                damaged_backups++;
+            }
+        string_list_free(&bad);
+    }
+
+    struct idset seen = {0};
+    const uint32_t cs = repo_chunk_size(repo);
+    uint8_t *buf = malloc(cs);
+    uint32_t threshold = (uint32_t)(sample / 100.0 * (double)UINT32_MAX);
+    for (size_t i = 0; buf && i < l.len; i++) {
+        struct backup *b = l.ptr[i];
+        bool bad = false;
+        for (size_t k = 0; k < b->disks.len; k++) {
+            struct manifest m = {0};
+            r = repo_manifest_read(repo, b, b->disks.ptr[k].name, &m);
+            if (r < 0) {
+                printf("backup %s: disk %s: DAMAGED manifest (%s)\n", b->id,
+                       b->disks.ptr[k].name, r == -EBADMSG ? "fails its checks" : strerror(-r));
+                bad = true;
+                continue;
+            }
+            for (uint64_t e = 0; e < m.n; e++) {
+                if (m.e[e].zero)
+                    continue;
+                uint32_t pick;
+                memcpy(&pick, m.e[e].id.b + 8, sizeof(pick)); /* deterministic sample */
+                if (sample < 100 && pick > threshold)
+                    continue;
+                int8_t st = idset_get(&seen, &m.e[e].id);
+                if (!st) {
+                    size_t len;
+                    int g = repo_chunk_get(repo, &m.e[e].id, buf, cs, &len);
+                    st = g == 0 ? 1 : (int8_t)-1;
+                    if (g == -ENOENT)
+                        st = -2;
+                    idset_put(&seen, &m.e[e].id, st);
+                    chunks_checked++;
+                    if (st < 0)
+                        chunks_damaged++;
+                }
+                if (st < 0) {
+                    char hex[2 * HASH_SIZE + 1];
+                    chunk_id_to_hex(&m.e[e].id, hex);
+                    printf("backup %s: disk %s: offset %" PRIu64 ": chunk %s %s\n", b->id,
+                           m.disk, e * (uint64_t)m.chunk_size, hex,
+                           st == -2 ? "MISSING" : "DAMAGED");
+                    bad = true;
+                }
+            }
+            manifest_free(&m);
+        }
+        if (bad)
+            damaged_backups++;
+        else if (!o.json)
+            printf("backup %s: ok\n", b->id);
+    }
+    free(buf);
+    free(seen.ids);
+    free(seen.state);
+    if (o.json)
+        printf("{\"type\":\"summary\",\"backups\":%zu,\"damaged_backups\":%" PRIu64
+               ",\"chunks_checked\":%" PRIu64 ",\"chunks_damaged\":%" PRIu64 "}\n",
+               l.len, damaged_backups, chunks_checked, chunks_damaged);
+    else
+        printf("%zu backups checked, %" PRIu64 " damaged; %" PRIu64 " chunks read, %" PRIu64
+               " bad\n", l.len, damaged_backups, chunks_checked, chunks_damaged);
+    backup_list_free(&l);
+    repo_close(repo);
+    return damaged_backups ? EXIT_FAIL : EXIT_OK;
+}
+
+const struct cli_command cmd_verify = {
+    .name = "verify",
+    .summary = "check that backups can be restored",
+    .run = verify_run,
+    .usage = "Usage: vmexport verify --repo PATH [BACKUP] [--sample PCT] [--json]\n"
+             "\n"
+             "Read every manifest and every chunk the backups (or BACKUP) reference, decrypt,\n"
+             "decompress and check each against its ID.  Damaged or missing chunks are named\n"
+             "with the backups, disks and offsets that need them.  Each chunk is read once\n"
+             "however many backups share it.  --sample checks a deterministic PCT% of the\n"
+             "chunks (by ID), for quick periodic checks.\n"
+             "\n"
+             "Options:\n" REPO_OPTIONS_HELP
+             "  --sample PCT            check only this percentage of the chunks\n"
+             "  --json                  a JSON summary\n"
+             "\n"
+             "Exit status: 0 all good, 1 damage found or failure, 2 bad usage.\n",
+};
+
+/* ---- prune ---- */
+
+static int prune_run(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"repo", required_argument, NULL, 'r'},
+        {"passphrase-file", required_argument, NULL, 'P'},
+        {"keep-last", required_argument, NULL, 'l'},
+        {"keep-daily", required_argument, NULL, 'd'},
+        {"keep-weekly", required_argument, NULL, 'w'},
+        {"keep-monthly", required_argument, NULL, 'm'},
+        {"dry-run", no_argument, NULL, 'n'},
+        {"json", no_argument, NULL, 'J'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    struct repo_opts o = {0};
+    struct prune_policy p = {0};
+    bool dry = false, any = false;
+    int c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "r:P:l:d:w:m:nJh", opts, NULL)) != -1) {
+        unsigned *dst = NULL;
+        switch (c) {
+        case 'r':
+            o.repo = optarg;
+            break;
+        case 'P':
+            o.passphrase_file = optarg;
+            break;
+        case 'l':
+            dst = &p.keep_last;
+            break;
+        case 'd':
+            dst = &p.keep_daily;
+            break;
+        case 'w':
+            dst = &p.keep_weekly;
+            break;
+        case 'm':
+            dst = &p.keep_monthly;
+            break;
+        case 'n':
+            dry = true;
+            break;
+        case 'J':
+            o.json = true;
+            break;
+        case 'h':
+            return cli_help(&cmd_prune);
+        default:
+            return cli_usage_error(&cmd_prune, "unknown option");
+        }
+        if (dst) {
+            char *end;
+            unsigned long v = strtoul(optarg, &end, 10);
+            if (end == optarg || *end || optarg[0] == '-' || v > 100000)
+                return cli_usage_error(&cmd_prune, "keep counts are whole numbers");
+            *dst = (unsigned)v;
+            any = true;
+        }
+    }
+    if (argc - optind > 1)
+        return cli_usage_error(&cmd_prune, "expected at most one VM");
+    if (!any || (!p.keep_last && !p.keep_daily && !p.keep_weekly && !p.keep_monthly))
+        return cli_usage_error(&cmd_prune, "give at least one non-zero --keep-* option "
+                                           "(prune never removes every backup)");
+    const char *only_vm = optind < argc ? argv[optind] : NULL;
+    struct repo *repo = open_repo("prune", &o);
+    if (!repo)
+        return EXIT_FAIL;
+    char err[512] = "";
+    int r = repo_lock(repo, true, VM_LOCK_TIMEOUT, err, sizeof(err));
+    if (r < 0) {
+        fprintf(stderr, "vmexport prune: %s: %s\n", repo_path(repo), err);
+        repo_close(repo);
+        return EXIT_FAIL;
+    }
+    backup_list all = VECTOR_INIT;
+    if ((r = repo_backup_list(repo, only_vm, &all)) < 0) {
+        fprintf(stderr, "vmexport prune: %s: %s\n", repo_path(repo), strerror(-r));
+        repo_close(repo);
+        return EXIT_FAIL;
+    }
+    int ret = EXIT_OK;
+    size_t removed = 0, kept = 0;
+    bool *done = calloc(all.len + 1, sizeof(bool));
+    int64_t *times = calloc(all.len + 1, sizeof(int64_t));
+    bool *keep = calloc(all.len + 1, sizeof(bool));
+    size_t *idx = calloc(all.len + 1, sizeof(size_t));
+    for (size_t i = 0; done && times && keep && idx && i < all.len; i++) {
+        if (done[i])
+            continue;
+        /* One VM at a time. */
+        size_t n = 0;
+        for (size_t k = i; k < all.len; k++)
+            if (!done[k] && !strcmp(all.ptr[k]->vm_id, all.ptr[i]->vm_id)) {
+                idx[n] = k;
+                times[n] = all.ptr[k]->time;
+                n++;
+                done[k] = true;
+            }
+        prune_select(times, n, &p, keep);
+        for (size_t k = 0; k < n; k++) {
+            struct backup *b = all.ptr[idx[k]];
+            if (keep[k]) {
+                kept++;
+            } else {
+                removed++;
+                if (!dry && (r = repo_backup_delete(repo, b->id)) < 0) {
+                    fprintf(stderr, "vmexport prune: backup %s: %s\n", b->id, strerror(-r));
+                    ret = EXIT_FAIL;
+                }
+            }
+            if (o.json)
+                printf("{\"type\":\"%s\",\"backup\":\"%s\",\"vm\":\"%s\",\"time\":%" PRId64 "}\n",
+                       keep[k] ? "keep" : "remove", b->id, b->vm_id, b->time);
+            else
+                printf("%s %s  %s\n", keep[k] ? "keep  " : (dry ? "would remove" : "remove"),
+                       b->id, b->vm_id);
+        }
+    }
+    if (!o.json)
+        printf("%zu kept, %zu %s%s\n", kept, removed, dry ? "would be removed" : "removed",
+               dry || !removed ? "" : " (run 'vmexport gc' to free their chunks)");
+    free(done);
+    free(times);
+    free(keep);
+    free(idx);
+    backup_list_free(&all);
+    repo_close(repo);
+    return ret;
+}
+
+const struct cli_command cmd_prune = {
+    .name = "prune",
+    .summary = "remove old backups by a retention policy",
+    .run = prune_run,
+    .usage = "Usage: vmexport prune --repo PATH [VM] [--keep-last N] [--keep-daily N]\n"
+             "                      [--keep-weekly N] [--keep-monthly N] [--dry-run] [--json]\n"
+             "\n"
+             "For each VM (or only VM), keep the backups the policy selects and remove the\n"
+             "others.  --keep-last keeps the newest N; --keep-daily the newest backup of each\n"
+             "of the newest N days that have one; --keep-weekly and --keep-monthly likewise per\n"
+             "ISO week and calendar month (UTC).  A backup kept by any rule is kept.  Every\n"
+             "backup is self-contained, so any of them can go.  Chunks are freed by\n"
+             "'vmexport gc'.\n"
+             "\n"
+             "Options:\n" REPO_OPTIONS_HELP
+             "  --keep-last/daily/weekly/monthly N   the policy (at least one, non-zero)\n"
+             "  -n, --dry-run           show what would be removed\n"
+             "  --json                  one JSON line per backup\n"
+             "\n"
+             "Exit status: 0 success, 1 failure, 2 bad usage.\n",
+};
+
+/* ---- gc ---- */
+
+static int gc_run(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"repo", required_argument, NULL, 'r'},
+        {"passphrase-file", required_argument, NULL, 'P'},
+        {"dry-run", no_argument, NULL, 'n'},
+        {"json", no_argument, NULL, 'J'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    struct repo_opts o = {0};
+    bool dry = false;
+    int c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "r:P:nJh", opts, NULL)) != -1) {
+        switch (c) {
+        case 'r':
+            o.repo = optarg;
+            break;
+        case 'P':
+            o.passphrase_file = optarg;
+            break;
+        case 'n':
+            dry = true;
+            break;
+        case 'J':
+            o.json = true;
+            break;
+        case 'h':
+            return cli_help(&cmd_gc);
+        default:
+            return cli_usage_error(&cmd_gc, "unknown option");
+        }
+    }
+    if (argc != optind)
+        return cli_usage_error(&cmd_gc, "unexpected argument");
+    struct repo *repo = open_repo("gc", &o);
+    if (!repo)
+        return EXIT_FAIL;
+    struct gc_stats st = {0};
+    char err[512] = "";
+    int r = repo_gc(repo, dry, &st, err, sizeof(err));
+    repo_close(repo);
+    if (r < 0) {
+        fprintf(stderr, "vmexport gc: %s\n", err[0] ? err : strerror(-r));
+        return EXIT_FAIL;
+    }
+    if (o.json) {
+        printf("{\"type\":\"summary\",\"dry_run\":%s,\"chunks_total\":%" PRIu64
+               ",\"chunks_deleted\":%" PRIu64 ",\"bytes_freed\":%" PRIu64
+               ",\"temp_files_removed\":%" PRIu64 ",\"partial_backups_removed\":%" PRIu64 "}\n",
+               dry ? "true" : "false", st.chunks_total, st.chunks_deleted, st.bytes_freed,
+               st.temp_files_removed, st.partial_backups_removed);
+    } else {
+        char b[32];
+        printf("%s%" PRIu64 " of %" PRIu64 " chunks unreferenced, %s %s; %" PRIu64
+               " temporary files and %" PRIu64 " partial backups %s\n",
+               dry ? "(dry run) " : "", st.chunks_deleted, st.chunks_total,
+               cli_bytes(st.bytes_freed, b, sizeof(b)), dry ? "would be freed" : "freed",
+               st.temp_files_removed, st.partial_backups_removed, dry ? "found" : "removed");
+    }
+    return EXIT_OK;
+}
+
+const struct cli_command cmd_gc = {
+    .name = "gc",
+    .summary = "free chunks no backup uses",
+    .run = gc_run,
+    .usage = "Usage: vmexport gc --repo PATH [--dry-run] [--json]\n"
+             "\n"
+             "Delete the chunks that no backup references (after prune), the temporary files\n"
+             "and the partial backups that interrupted runs left.  Waits for running backups\n"
+             "and holds the repository exclusively while it works.\n"
+             "\n"
+             "Options:\n" REPO_OPTIONS_HELP
+             "  -n, --dry-run           count only\n"
+             "  --json                  a JSON summary\n"
+             "\n"
+             "Exit status: 0 success, 1 failure, 2 bad usage.\n",
+};

@@ -1,0 +1,328 @@
+/* File helpers of the backup repository: atomic writes (temporary name, write, fsync, rename,
+ * directory fsync), bounded whole-file reads, directory creation and removal, the escaping of VM
+ * IDs into directory names, random names and strict base64.
+ */
+#include "repo_internal.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <openssl/evp.h>
+#include <openssl/rand.h>
+
+#include "core/cleanup.h"
+
+#define TMP_RAND_BYTES 8          /* random bytes in a temporary file name */
+#define TMP_NAME_TRIES 16         /* attempts at an unused temporary name */
+#define IO_MAX_CHUNK   (1u << 30) /* largest single read()/write() request */
+
+/* VM directory names: escaped IDs longer than VM_DIR_MAX keep a prefix of at most VM_DIR_KEEP
+ * characters and get "~" and the ID's SHA-256 in hex. */
+#define VM_DIR_MAX       200
+#define VM_DIR_KEEP      128
+#define VM_DIR_HASH_MARK '~'
+#define ESCAPE_LEN       3 /* "%XX" */
+
+static const char hex_digits[] = "0123456789ABCDEF";
+
+int repo_write_errno(int e)
+{
+    return e == EDQUOT ? -ENOSPC : -e;
+}
+
+int repo_random_bytes(void *buf, size_t len)
+{
+    if (len > INT_MAX)
+        return -EINVAL;
+    return RAND_bytes(buf, (int)len) == 1 ? 0 : -EIO;
+}
+
+int repo_random_hex(char *out, size_t nbytes)
+{
+    uint8_t raw[HASH_SIZE];
+    if (nbytes > sizeof(raw))
+        return -EINVAL;
+    int r = repo_random_bytes(raw, nbytes);
+    if (r < 0)
+        return r;
+    static const char lower[] = "0123456789abcdef";
+    for (size_t i = 0; i < nbytes; i++) {
+        out[2 * i] = lower[raw[i] >> 4];
+        out[2 * i + 1] = lower[raw[i] & 0xf];
+    }
+    out[2 * nbytes] = '\0';
+    return 0;
+}
+
+bool repo_is_tmp_name(const char *name)
+{
+    return strstr(name, REPO_TMP_MARK) != NULL;
+}
+
+static int write_all(int fd, const uint8_t *p, size_t len)
+{
+    while (len) {
+        ssize_t n = write(fd, p, len > IO_MAX_CHUNK ? IO_MAX_CHUNK : len);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return repo_write_errno(errno);
+        }
+        if (n == 0)
+            return -EIO;
+        p += n;
+        len -= (size_t)n;
+    }
+    return 0;
+}
+
+/* Move tmp to name.  Without replace, an existing name wins: tmp is removed and *created is
+ * false.  Filesystems without RENAME_NOREPLACE fall back to link(2), then to a plain rename
+ * (the files have equal content, so replacing is harmless). */
+static int rename_into_place(int dirfd, const char *tmp, const char *name, bool replace,
+                             bool *created)
+{
+    *created = true;
+    if (replace)
+        return renameat(dirfd, tmp, dirfd, name) < 0 ? -errno : 0;
+    if (renameat2(dirfd, tmp, dirfd, name, RENAME_NOREPLACE) == 0)
+        return 0;
+    if (errno == EEXIST) {
+        *created = false;
+        unlinkat(dirfd, tmp, 0);
+        return 0;
+    }
+    if (errno != EINVAL && errno != ENOSYS && errno != EOPNOTSUPP)
+        return -errno;
+    int linked = linkat(dirfd, tmp, dirfd, name, 0);
+    if (linked == 0 || errno == EEXIST) {
+        *created = linked == 0;
+        unlinkat(dirfd, tmp, 0);
+        return 0;
+    }
+    return renameat(dirfd, tmp, dirfd, name) < 0 ? -errno : 0;
+}
+
+int repo_write_file(int dirfd, const char *name, const void *data, size_t len, bool replace,
+                    bool *created)
+{
+    char tmp[NAME_MAX + 1];
+    char rnd[2 * TMP_RAND_BYTES + 1];
+    int fd = -1;
+    bool dummy;
+
+    if (!created)
+        created = &dummy;
+    *created = false;
+    for (int i = 0; i < TMP_NAME_TRIES && fd < 0; i++) {
+        int r = repo_random_hex(rnd, TMP_RAND_BYTES);
+        if (r < 0)
+            return r;
+        if ((size_t)snprintf(tmp, sizeof(tmp), "%s" REPO_TMP_MARK "%s", name, rnd) >= sizeof(tmp))
+            return -ENAMETOOLONG;
+        fd = openat(dirfd, tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, REPO_FILE_MODE);
+        if (fd < 0 && errno != EEXIST)
+            return repo_write_errno(errno);
+    }
+    if (fd < 0)
+        return -EEXIST;
+
+    int r = write_all(fd, data, len);
+    if (r == 0 && fsync(fd) < 0)
+        r = repo_write_errno(errno);
+    if (close(fd) < 0 && r == 0)
+        r = repo_write_errno(errno);
+    if (r == 0)
+        r = rename_into_place(dirfd, tmp, name, replace, created);
+    if (r < 0) {
+        unlinkat(dirfd, tmp, 0);
+        *created = false;
+        return r;
+    }
+    /* Also when another writer's file won: it must be durable before we report success. */
+    if (fsync(dirfd) < 0)
+        return repo_write_errno(errno);
+    return 0;
+}
+
+int repo_read_file(int dirfd, const char *name, uint64_t max, uint8_t **data, size_t *len)
+{
+    CLEANUP_CLOSE int fd = openat(dirfd, name, O_RDONLY | O_CLOEXEC);
+    struct stat st;
+
+    *data = NULL;
+    *len = 0;
+    if (fd < 0)
+        return -errno;
+    if (fstat(fd, &st) < 0)
+        return -errno;
+    if (!S_ISREG(st.st_mode) || (uint64_t)st.st_size > max || (uint64_t)st.st_size > SIZE_MAX)
+        return -EBADMSG;
+
+    size_t size = (size_t)st.st_size;
+    CLEANUP_FREE uint8_t *buf = malloc(size ? size : 1);
+    if (!buf)
+        return -ENOMEM;
+    size_t got = 0;
+    while (got < size) {
+        size_t want = size - got > IO_MAX_CHUNK ? IO_MAX_CHUNK : size - got;
+        ssize_t n = read(fd, buf + got, want);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return -errno;
+        }
+        if (n == 0)
+            return -EBADMSG; /* shrank under us */
+        got += (size_t)n;
+    }
+    *data = TAKE_PTR(buf);
+    *len = size;
+    return 0;
+}
+
+int repo_mkdir(int dirfd, const char *name)
+{
+    if (mkdirat(dirfd, name, REPO_DIR_MODE) < 0)
+        return errno == EEXIST ? 0 : repo_write_errno(errno);
+    return fsync(dirfd) < 0 ? repo_write_errno(errno) : 0;
+}
+
+int repo_open_dir(int dirfd, const char *name, int *out)
+{
+    *out = openat(dirfd, name, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    return *out < 0 ? -errno : 0;
+}
+
+int repo_remove_dir(int parentfd, const char *name, uint64_t *bytes)
+{
+    int fd;
+    int r = repo_open_dir(parentfd, name, &fd);
+    if (r < 0)
+        return r;
+    DIR *d = fdopendir(fd);
+    if (!d) {
+        r = -errno;
+        close(fd);
+        return r;
+    }
+    struct dirent *de;
+    while ((de = readdir(d))) {
+        struct stat st;
+        if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
+            continue;
+        if (fstatat(fd, de->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0 || S_ISDIR(st.st_mode))
+            continue; /* rmdir below reports what is left */
+        if (unlinkat(fd, de->d_name, 0) < 0) {
+            r = -errno;
+            break;
+        }
+        if (bytes)
+            *bytes += (uint64_t)st.st_size;
+    }
+    if (r == 0 && fsync(fd) < 0)
+        r = -errno;
+    closedir(d);
+    if (r == 0 && unlinkat(parentfd, name, AT_REMOVEDIR) < 0)
+        r = -errno;
+    if (r == 0 && fsync(parentfd) < 0)
+        r = -errno;
+    return r;
+}
+
+static bool vm_char_plain(unsigned char c, bool first)
+{
+    if ((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9'))
+        return true;
+    return c == '_' || c == '-' || (c == '.' && !first);
+}
+
+int repo_vm_dir_name(const char *vm_id, char **out)
+{
+    size_t n = strlen(vm_id);
+    *out = NULL;
+    if (n == 0 || strchr(vm_id, '/'))
+        return -EINVAL;
+    if (n > (SIZE_MAX - 2 * HASH_SIZE - 2) / ESCAPE_LEN)
+        return -ENOMEM;
+
+    char *s = malloc(ESCAPE_LEN * n + 2 * HASH_SIZE + 2);
+    if (!s)
+        return -ENOMEM;
+    size_t o = 0, cut = 0;
+    bool cut_set = false;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)vm_id[i];
+        bool plain = vm_char_plain(c, i == 0);
+        size_t need = plain ? 1 : ESCAPE_LEN;
+        if (!cut_set && o + need > VM_DIR_KEEP) {
+            cut = o;
+            cut_set = true;
+        }
+        if (plain) {
+            s[o++] = (char)c;
+        } else {
+            s[o++] = '%';
+            s[o++] = hex_digits[c >> 4];
+            s[o++] = hex_digits[c & 0xf];
+        }
+    }
+    if (o > VM_DIR_MAX) {
+        uint8_t digest[HASH_SIZE];
+        int r = hash_sha256(vm_id, n, digest);
+        if (r < 0) {
+            free(s);
+            return r;
+        }
+        o = cut;
+        s[o++] = VM_DIR_HASH_MARK;
+        hash_to_hex(digest, s + o);
+        o += 2 * HASH_SIZE;
+    }
+    s[o] = '\0';
+    *out = s;
+    return 0;
+}
+
+char *repo_b64_encode(const void *data, size_t len)
+{
+    if (len > INT_MAX / 2)
+        return NULL;
+    char *s = malloc(4 * ((len + 2) / 3) + 1);
+    if (s)
+        EVP_EncodeBlock((unsigned char *)s, data, (int)len);
+    return s;
+}
+
+int repo_b64_decode(const char *s, uint8_t **out, size_t *len)
+{
+    size_t n = strlen(s);
+    *out = NULL;
+    *len = 0;
+    if (n % 4 || n > INT_MAX / 2)
+        return -EBADMSG;
+    size_t pad = (n && s[n - 1] == '=') + (n > 1 && s[n - 2] == '=');
+    CLEANUP_FREE uint8_t *buf = malloc(n / 4 * 3 + 1);
+    if (!buf)
+        return -ENOMEM;
+    int got = EVP_DecodeBlock(buf, (const unsigned char *)s, (int)n);
+    if (got < 0 || (size_t)got != n / 4 * 3)
+        return -EBADMSG;
+    size_t dlen = (size_t)got - pad;
+    /* Only the canonical spelling: re-encoding must give the input back. */
+    CLEANUP_FREE char *again = repo_b64_encode(buf, dlen);
+    if (!again)
+        return -ENOMEM;
+    if (strcmp(again, s))
+        return -EBADMSG;
+    *out = TAKE_PTR(buf);
+    *len = dlen;
+    return 0;
+}

@@ -1,0 +1,494 @@
+/* Backup repository: creation and opening, the config file, and the keys of encrypted
+ * repositories (scrypt key-encryption key wrapping the data and chunk-ID keys with AES-GCM).
+ */
+#include "repo_internal.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <jansson.h>
+#include <libgen.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <zstd.h>
+
+#include "core/cleanup.h"
+
+#define CONFIG_FORMAT      "vmexport-repository"
+#define CONFIG_COMPRESSION "zstd"
+#define CONFIG_CIPHER      "aes-256-gcm"
+#define CONFIG_KDF         "scrypt"
+#define CONFIG_MAX_SIZE    (64 * 1024) /* a config is a few hundred bytes */
+
+/* scrypt parameters written by repo_init (32 MiB, about 0.1 s) and the ones accepted from a
+ * config: enough range for stronger settings, bounded so a config cannot demand absurd work. */
+#define SCRYPT_N        32768
+#define SCRYPT_R        8
+#define SCRYPT_P        1
+#define SCRYPT_MIN_N    1024
+#define SCRYPT_MAX_N    (1u << 22)
+#define SCRYPT_MAX_R    32
+#define SCRYPT_MAX_P    16
+#define SCRYPT_MAX_MEM  ((uint64_t)1 << 31)
+#define SCRYPT_MEM_UNIT 128 /* bytes per N*r in scrypt's memory use */
+#define SALT_SIZE       32
+#define KEYS_LABEL      "vmexport-repository-keys:" /* AAD of the wrapped keys, then the ID */
+
+void repo_set_err(char *err, size_t errlen, const char *fmt, ...)
+{
+    if (!err || !errlen)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+}
+
+void chunk_id_to_hex(const struct chunk_id *id, char out[2 * HASH_SIZE + 1])
+{
+    hash_to_hex(id->b, out);
+}
+
+static int hex_value(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+int chunk_id_from_hex(const char *hex, struct chunk_id *id)
+{
+    if (strnlen(hex, 2 * HASH_SIZE + 1) != 2 * HASH_SIZE)
+        return -EINVAL;
+    for (size_t i = 0; i < HASH_SIZE; i++) {
+        int hi = hex_value(hex[2 * i]), lo = hex_value(hex[2 * i + 1]);
+        if (hi < 0 || lo < 0)
+            return -EINVAL;
+        id->b[i] = (uint8_t)(hi << 4 | lo);
+    }
+    return 0;
+}
+
+uint32_t repo_chunk_size(const struct repo *r)
+{
+    return r->chunk_size;
+}
+
+bool repo_encrypted(const struct repo *r)
+{
+    return r->encrypted;
+}
+
+const char *repo_path(const struct repo *r)
+{
+    return r->path;
+}
+
+bool repo_chunk_size_valid(uint64_t n)
+{
+    return n >= REPO_MIN_CHUNK_SIZE && n <= REPO_MAX_CHUNK_SIZE && (n & (n - 1)) == 0;
+}
+
+static bool scrypt_params_valid(uint64_t n, uint64_t r, uint64_t p)
+{
+    return n >= SCRYPT_MIN_N && n <= SCRYPT_MAX_N && (n & (n - 1)) == 0 && r >= 1 &&
+           r <= SCRYPT_MAX_R && p >= 1 && p <= SCRYPT_MAX_P &&
+           SCRYPT_MEM_UNIT * r * (n + p) <= SCRYPT_MAX_MEM;
+}
+
+static int kek_derive(const char *passphrase, const uint8_t *salt, size_t salt_len, uint64_t n,
+                      uint64_t r, uint64_t p, uint8_t kek[REPO_KEY_SIZE])
+{
+    if (EVP_PBE_scrypt(passphrase, strlen(passphrase), salt, salt_len, n, r, p, SCRYPT_MAX_MEM, kek,
+                       REPO_KEY_SIZE) != 1)
+        return -EIO;
+    return 0;
+}
+
+/* AAD of the wrapped keys: a label and the repository ID. */
+static int keys_aad(const char *repo_id, char **out)
+{
+    return asprintf(out, KEYS_LABEL "%s", repo_id) < 0 ? -ENOMEM : 0;
+}
+
+/* ---- init ---- */
+
+static int dir_check_empty(const char *path)
+{
+    DIR *d = opendir(path);
+    if (!d)
+        return -errno;
+    struct dirent *de;
+    int r = 0;
+    while ((de = readdir(d)))
+        if (strcmp(de->d_name, ".") && strcmp(de->d_name, "..")) {
+            r = -EEXIST;
+            break;
+        }
+    closedir(d);
+    return r;
+}
+
+/* The "encryption" object of a new config; fills in the two keys. */
+static int encryption_new(const char *passphrase, const char *repo_id, uint8_t *keys, json_t **out,
+                          char *err, size_t errlen)
+{
+    uint8_t salt[SALT_SIZE], nonce[CONTAINER_NONCE_SIZE], kek[REPO_KEY_SIZE];
+    uint8_t wrapped[2 * REPO_KEY_SIZE + CONTAINER_TAG_SIZE];
+    CLEANUP_FREE char *aad = NULL;
+
+    int r = repo_random_bytes(keys, 2 * REPO_KEY_SIZE);
+    if (r == 0)
+        r = repo_random_bytes(salt, sizeof(salt));
+    if (r == 0)
+        r = repo_random_bytes(nonce, sizeof(nonce));
+    if (r == 0)
+        r = keys_aad(repo_id, &aad);
+    if (r == 0)
+        r = kek_derive(passphrase, salt, sizeof(salt), SCRYPT_N, SCRYPT_R, SCRYPT_P, kek);
+    if (r == 0) {
+        struct iovec iov = {.iov_base = aad, .iov_len = strlen(aad)};
+        r = repo_gcm_encrypt(kek, nonce, &iov, 1, keys, 2 * REPO_KEY_SIZE, wrapped,
+                             wrapped + 2 * REPO_KEY_SIZE);
+    }
+    OPENSSL_cleanse(kek, sizeof(kek));
+    if (r < 0) {
+        repo_set_err(err, errlen, "cannot create the repository keys: %s", strerror(-r));
+        return r;
+    }
+
+    CLEANUP_FREE char *salt_b64 = repo_b64_encode(salt, sizeof(salt));
+    CLEANUP_FREE char *nonce_b64 = repo_b64_encode(nonce, sizeof(nonce));
+    CLEANUP_FREE char *wrapped_b64 = repo_b64_encode(wrapped, sizeof(wrapped));
+    if (!salt_b64 || !nonce_b64 || !wrapped_b64)
+        return -ENOMEM;
+    *out = json_pack("{s:s, s:s, s:I, s:I, s:I, s:s, s:s, s:s}", "cipher", CONFIG_CIPHER, "kdf",
+                     CONFIG_KDF, "N", (json_int_t)SCRYPT_N, "r", (json_int_t)SCRYPT_R, "p",
+                     (json_int_t)SCRYPT_P, "salt", salt_b64, "nonce", nonce_b64, "wrapped_keys",
+                     wrapped_b64);
+    return *out ? 0 : -ENOMEM;
+}
+
+static int config_write(int dirfd, const char *path, uint32_t chunk_size, int level,
+                        const char *passphrase, char *err, size_t errlen)
+{
+    char repo_id[2 * REPO_ID_BYTES + 1];
+    uint8_t keys[2 * REPO_KEY_SIZE];
+    json_t *enc = json_null();
+
+    int r = repo_random_hex(repo_id, REPO_ID_BYTES);
+    if (r < 0)
+        return r;
+    if (passphrase) {
+        r = encryption_new(passphrase, repo_id, keys, &enc, err, errlen);
+        OPENSSL_cleanse(keys, sizeof(keys)); /* open() unwraps them again */
+        if (r < 0)
+            return r;
+    }
+    json_t *cfg =
+        json_pack("{s:s, s:i, s:I, s:s, s:i, s:s, s:o}", "format", CONFIG_FORMAT, "version",
+                  REPO_FORMAT_VERSION, "chunk_size", (json_int_t)chunk_size, "compression",
+                  CONFIG_COMPRESSION, "compression_level", level, "id", repo_id, "encryption", enc);
+    if (!cfg)
+        return -ENOMEM;
+    CLEANUP_FREE char *text = json_dumps(cfg, JSON_INDENT(2));
+    json_decref(cfg);
+    if (!text)
+        return -ENOMEM;
+    size_t len = strlen(text);
+    CLEANUP_FREE char *line = malloc(len + 2);
+    if (!line)
+        return -ENOMEM;
+    memcpy(line, text, len);
+    line[len] = '\n';
+    r = repo_write_file(dirfd, REPO_CONFIG_NAME, line, len + 1, false, NULL);
+    if (r < 0)
+        repo_set_err(err, errlen, "%s/%s: cannot write: %s", path, REPO_CONFIG_NAME, strerror(-r));
+    return r;
+}
+
+/* Make the new repository directory's entry durable in its parent. */
+static void parent_sync(const char *path)
+{
+    CLEANUP_FREE char *copy = strdup(path);
+    if (!copy)
+        return;
+    CLEANUP_CLOSE int fd = open(dirname(copy), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd >= 0)
+        fsync(fd);
+}
+
+int repo_init(const char *path, const struct repo_init_options *opt, char *err, size_t errlen)
+{
+    static const struct repo_init_options defaults = {0};
+    if (!opt)
+        opt = &defaults;
+    uint32_t chunk_size = opt->chunk_size ? opt->chunk_size : REPO_DEFAULT_CHUNK_SIZE;
+    int level = opt->zstd_level ? opt->zstd_level : REPO_DEFAULT_ZSTD;
+
+    if (!repo_chunk_size_valid(chunk_size)) {
+        repo_set_err(err, errlen, "chunk size %u is not a power of two between %u and %u",
+                     chunk_size, REPO_MIN_CHUNK_SIZE, REPO_MAX_CHUNK_SIZE);
+        return -EINVAL;
+    }
+    if (level < ZSTD_minCLevel() || level > ZSTD_maxCLevel()) {
+        repo_set_err(err, errlen, "zstd level %d is not between %d and %d", level, ZSTD_minCLevel(),
+                     ZSTD_maxCLevel());
+        return -EINVAL;
+    }
+    if (opt->passphrase && !*opt->passphrase) {
+        repo_set_err(err, errlen, "the passphrase is empty");
+        return -EINVAL;
+    }
+
+    if (mkdir(path, REPO_DIR_MODE) < 0) {
+        int r = -errno;
+        if (r == -EEXIST)
+            r = dir_check_empty(path);
+        if (r == -EEXIST || r == -ENOTDIR) {
+            repo_set_err(err, errlen, "%s: exists and is not an empty directory", path);
+            return -EEXIST;
+        }
+        if (r < 0) {
+            repo_set_err(err, errlen, "%s: %s", path, strerror(-r));
+            return r;
+        }
+    } else {
+        parent_sync(path);
+    }
+
+    CLEANUP_CLOSE int dirfd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dirfd < 0) {
+        int r = -errno;
+        repo_set_err(err, errlen, "%s: %s", path, strerror(-r));
+        return r;
+    }
+    static const char *const subdirs[] = {REPO_CHUNKS_DIR, REPO_BACKUPS_DIR, REPO_LOCKS_DIR};
+    for (size_t i = 0; i < ARRAY_SIZE(subdirs); i++) {
+        int r = repo_mkdir(dirfd, subdirs[i]);
+        if (r < 0) {
+            repo_set_err(err, errlen, "%s/%s: %s", path, subdirs[i], strerror(-r));
+            return r;
+        }
+    }
+    /* The config comes last: a directory without one is not a repository. */
+    return config_write(dirfd, path, chunk_size, level, opt->passphrase, err, errlen);
+}
+
+/* ---- open ---- */
+
+static int json_get_uint(json_t *o, const char *key, uint64_t *out)
+{
+    json_t *v = json_object_get(o, key);
+    if (!json_is_integer(v) || json_integer_value(v) < 0)
+        return -EBADMSG;
+    *out = (uint64_t)json_integer_value(v);
+    return 0;
+}
+
+static const char *json_get_str(json_t *o, const char *key)
+{
+    return json_string_value(json_object_get(o, key));
+}
+
+/* Decode a base64 field that must be exactly len bytes. */
+static int b64_field(json_t *o, const char *key, uint8_t *out, size_t len)
+{
+    const char *s = json_get_str(o, key);
+    CLEANUP_FREE uint8_t *buf = NULL;
+    size_t n;
+    if (!s || repo_b64_decode(s, &buf, &n) < 0 || n != len)
+        return -EBADMSG;
+    memcpy(out, buf, len);
+    return 0;
+}
+
+static int keys_unwrap(struct repo *r, json_t *enc, const char *repo_id, const char *passphrase,
+                       const char *cfg_path, char *err, size_t errlen)
+{
+    uint64_t n, rr, p;
+    uint8_t salt[SALT_SIZE], nonce[CONTAINER_NONCE_SIZE], kek[REPO_KEY_SIZE];
+    uint8_t wrapped[2 * REPO_KEY_SIZE + CONTAINER_TAG_SIZE], keys[2 * REPO_KEY_SIZE];
+    const char *cipher = json_get_str(enc, "cipher"), *kdf = json_get_str(enc, "kdf");
+
+    if (!cipher || strcmp(cipher, CONFIG_CIPHER) || !kdf || strcmp(kdf, CONFIG_KDF)) {
+        repo_set_err(err, errlen, "%s: unsupported cipher or key derivation", cfg_path);
+        return -EBADMSG;
+    }
+    if (json_get_uint(enc, "N", &n) < 0 || json_get_uint(enc, "r", &rr) < 0 ||
+        json_get_uint(enc, "p", &p) < 0 || !scrypt_params_valid(n, rr, p) ||
+        b64_field(enc, "salt", salt, sizeof(salt)) < 0 ||
+        b64_field(enc, "nonce", nonce, sizeof(nonce)) < 0 ||
+        b64_field(enc, "wrapped_keys", wrapped, sizeof(wrapped)) < 0) {
+        repo_set_err(err, errlen, "%s: invalid \"encryption\" settings", cfg_path);
+        return -EBADMSG;
+    }
+    if (!passphrase) {
+        repo_set_err(err, errlen, "%s: the repository is encrypted: passphrase required", r->path);
+        return -EACCES;
+    }
+
+    CLEANUP_FREE char *aad = NULL;
+    int ret = keys_aad(repo_id, &aad);
+    if (ret == 0)
+        ret = kek_derive(passphrase, salt, sizeof(salt), n, rr, p, kek);
+    if (ret == 0) {
+        struct iovec iov = {.iov_base = aad, .iov_len = strlen(aad)};
+        ret = repo_gcm_decrypt(kek, nonce, &iov, 1, wrapped, sizeof(keys), keys,
+                               wrapped + sizeof(keys));
+    }
+    OPENSSL_cleanse(kek, sizeof(kek));
+    if (ret == -EBADMSG) {
+        repo_set_err(err, errlen, "%s: wrong passphrase", r->path);
+        return -EACCES;
+    }
+    if (ret < 0) {
+        repo_set_err(err, errlen, "%s: cannot derive the keys: %s", r->path, strerror(-ret));
+        return ret;
+    }
+    memcpy(r->data_key, keys, REPO_KEY_SIZE);
+    memcpy(r->id_key, keys + REPO_KEY_SIZE, REPO_KEY_SIZE);
+    OPENSSL_cleanse(keys, sizeof(keys));
+    r->encrypted = true;
+    return 0;
+}
+
+static int config_parse(struct repo *r, const char *text, size_t len, const char *passphrase,
+                        char *err, size_t errlen)
+{
+    CLEANUP_FREE char *cfg_path = NULL;
+    json_error_t jerr;
+    uint64_t version, chunk_size;
+    int ret = -EBADMSG;
+
+    if (asprintf(&cfg_path, "%s/%s", r->path, REPO_CONFIG_NAME) < 0)
+        return -ENOMEM;
+    json_t *cfg = json_loadb(text, len, JSON_REJECT_DUPLICATES, &jerr);
+    if (!json_is_object(cfg)) {
+        repo_set_err(err, errlen, "%s: not a vmexport repository config (%s)", cfg_path,
+                     cfg ? "not an object" : jerr.text);
+        goto out;
+    }
+    const char *format = json_get_str(cfg, "format");
+    if (!format || strcmp(format, CONFIG_FORMAT)) {
+        repo_set_err(err, errlen, "%s: not a vmexport repository config (format is not \"%s\")",
+                     cfg_path, CONFIG_FORMAT);
+        goto out;
+    }
+    if (json_get_uint(cfg, "version", &version) < 0) {
+        repo_set_err(err, errlen, "%s: invalid \"version\"", cfg_path);
+        goto out;
+    }
+    if (version != REPO_FORMAT_VERSION) {
+        repo_set_err(err, errlen,
+                     "%s: repository format version %llu is not supported by this vmexport "
+                     "(supports %d)",
+                     r->path, (unsigned long long)version, REPO_FORMAT_VERSION);
+        ret = -EPROTONOSUPPORT;
+        goto out;
+    }
+    if (json_get_uint(cfg, "chunk_size", &chunk_size) < 0 || !repo_chunk_size_valid(chunk_size)) {
+        repo_set_err(err, errlen, "%s: invalid \"chunk_size\"", cfg_path);
+        goto out;
+    }
+    r->chunk_size = (uint32_t)chunk_size;
+    const char *compression = json_get_str(cfg, "compression");
+    if (!compression || strcmp(compression, CONFIG_COMPRESSION)) {
+        repo_set_err(err, errlen, "%s: unsupported \"compression\"", cfg_path);
+        goto out;
+    }
+    json_t *level = json_object_get(cfg, "compression_level");
+    r->zstd_level = REPO_DEFAULT_ZSTD;
+    if (level) {
+        if (!json_is_integer(level) || json_integer_value(level) < ZSTD_minCLevel() ||
+            json_integer_value(level) > ZSTD_maxCLevel()) {
+            repo_set_err(err, errlen, "%s: invalid \"compression_level\"", cfg_path);
+            goto out;
+        }
+        r->zstd_level = (int)json_integer_value(level);
+    }
+    const char *repo_id = json_get_str(cfg, "id");
+    if (!repo_id || !*repo_id) {
+        repo_set_err(err, errlen, "%s: missing \"id\"", cfg_path);
+        goto out;
+    }
+    json_t *enc = json_object_get(cfg, "encryption");
+    if (json_is_object(enc)) {
+        ret = keys_unwrap(r, enc, repo_id, passphrase, cfg_path, err, errlen);
+    } else if (!enc || json_is_null(enc)) {
+        ret = 0;
+    } else {
+        repo_set_err(err, errlen, "%s: invalid \"encryption\"", cfg_path);
+    }
+out:
+    json_decref(cfg);
+    return ret;
+}
+
+int repo_open(const char *path, const char *passphrase, struct repo **out, char *err, size_t errlen)
+{
+    *out = NULL;
+    struct repo *r = calloc(1, sizeof(*r));
+    if (!r)
+        return -ENOMEM;
+    r->dirfd = -1;
+    r->lock_fd = -1;
+    pthread_mutex_init(&r->lock_mutex, NULL);
+    r->path = strdup(path);
+    int ret = -ENOMEM;
+    if (!r->path)
+        goto fail;
+
+    r->dirfd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (r->dirfd < 0) {
+        ret = -errno;
+        repo_set_err(err, errlen, "%s: %s", path, strerror(-ret));
+        goto fail;
+    }
+    CLEANUP_FREE uint8_t *text = NULL;
+    size_t len;
+    ret = repo_read_file(r->dirfd, REPO_CONFIG_NAME, CONFIG_MAX_SIZE, &text, &len);
+    if (ret == -ENOENT) {
+        repo_set_err(err, errlen, "%s: not a vmexport repository (no config file)", path);
+        goto fail;
+    }
+    if (ret < 0) {
+        repo_set_err(err, errlen, "%s/%s: %s", path, REPO_CONFIG_NAME,
+                     ret == -EBADMSG ? "not a vmexport repository config" : strerror(-ret));
+        goto fail;
+    }
+    ret = config_parse(r, (const char *)text, len, passphrase, err, errlen);
+    if (ret < 0)
+        goto fail;
+    *out = r;
+    return 0;
+fail:
+    repo_close(r);
+    return ret;
+}
+
+void repo_close(struct repo *r)
+{
+    if (!r)
+        return;
+    if (r->lock_fd >= 0)
+        lock_file_release(r->lock_fd);
+    if (r->dirfd >= 0)
+        close(r->dirfd);
+    OPENSSL_cleanse(r->data_key, sizeof(r->data_key));
+    OPENSSL_cleanse(r->id_key, sizeof(r->id_key));
+    pthread_mutex_destroy(&r->lock_mutex);
+    free(r->path);
+    free(r);
+}
