@@ -24,6 +24,7 @@
 # FS (ext4 | xfs, default ext4), VMEXPORT (default build/vmexport),
 # BENCH_TMPDIR (where the loop image lives; default /var/tmp), LOOP_DIO (1: direct I/O loop).
 set -euo pipefail
+shopt -s inherit_errexit
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(dirname "$here")
@@ -138,7 +139,7 @@ one_run() {
     remove_outputs
     if [ "$kind" = cold ]; then drop_caches; fi
     t0=$EPOCHREALTIME
-    run_tool "$tool" >/dev/null
+    run_tool "$tool" >/dev/null || die "$tool failed"
     sync "$dst"
     t1=$EPOCHREALTIME
     cmp "$src" "$dst" || die "$tool: copy differs from source"

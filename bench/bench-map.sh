@@ -18,6 +18,7 @@
 # Environment: VMEXPORT (default build/vmexport), EXTENTS (200000), REPS (7), COLD_REPS (3),
 # BENCH_TMPDIR (where the loop image lives; default /var/tmp).
 set -euo pipefail
+shopt -s inherit_errexit
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(dirname "$here")
@@ -54,7 +55,7 @@ drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }
 time_cmd() {
     local t0 t1
     t0=$EPOCHREALTIME
-    "$@" >/dev/null
+    "$@" >/dev/null || die "failed: $*"
     t1=$EPOCHREALTIME
     awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.6f\n", b - a }'
 }
@@ -82,9 +83,9 @@ t1=$EPOCHREALTIME
 [ "$written" -eq "$EXTENTS" ] || die "mkfrag wrote $written chunks, expected $EXTENTS"
 
 # --- extent counts (also checks that every tool sees them all) -----------------------------
-n_vmexport=$("$VMEXPORT" map --json "$file" | jq '.extents | length')
-n_xfs_io=$(xfs_io -r -c 'fiemap -v' "$file" | awk '/^ *[0-9]+: / && !/hole/ { n++ } END { print n + 0 }')
-n_qemu=$(qemu-img map --output=json -f raw "$file" | jq '[.[] | select(.data)] | length')
+n_vmexport=$("$VMEXPORT" map --json "$file" | jq '.extents | length') || die "vmexport map failed"
+n_xfs_io=$(xfs_io -r -c 'fiemap -v' "$file" | awk '/^ *[0-9]+: / && !/hole/ { n++ } END { print n + 0 }') || die "xfs_io fiemap failed"
+n_qemu=$(qemu-img map --output=json -f raw "$file" | jq '[.[] | select(.data)] | length') || die "qemu-img map failed"
 
 tools=(vmexport xfs_io qemu-img)
 run_tool() {

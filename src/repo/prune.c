@@ -56,8 +56,8 @@ static bool period_of(int64_t t, enum period p, int64_t *out)
         char buf[WEEK_TEXT_LEN];
         long long iso_year;
         int week;
-        if (!strftime(buf, sizeof(buf), "%G %V", &tm) ||
-            sscanf(buf, "%lld %d", &iso_year, &week) != 2)
+        if (!strftime(buf, sizeof(buf), "%G-%V", &tm) ||
+            sscanf(buf, "%lld-%d", &iso_year, &week) != 2)
             return false;
         *out = (int64_t)iso_year * WEEK_YEAR_SCALE + week;
         return true;

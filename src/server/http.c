@@ -133,14 +133,11 @@ int reply_error(struct request *rq, unsigned status, const char *error, const ch
 
 int reply_errno(struct request *rq, int r, const char *what)
 {
+    /* Callers answer "not found" and "bad request" themselves, where the client is at fault;
+     * what reaches here is a fault of the server or its storage. */
     switch (-r) {
-    case ENOENT:
-        return reply_error(rq, 404, "not found", "%s not found", what);
-    case EEXIST:
     case EBUSY:
-        return reply_error(rq, 409, "conflict", "%s: %s", what, strerror(-r));
-    case EINVAL:
-        return reply_error(rq, 400, "bad request", "%s: invalid", what);
+        return reply_error(rq, 409, "conflict", "%s: busy, try again", what);
     case ENOSPC:
         return reply_error(rq, 507, "insufficient storage", "%s: no space left on device", what);
     default:
@@ -212,6 +209,8 @@ static bool pattern_matches(const char *pattern, struct request *rq)
 
 static bool method_listed(const char *methods, const char *method)
 {
+    if (!strcmp(method, "HEAD"))
+        method = "GET"; /* libmicrohttpd sends HEAD answers without their body */
     size_t ml = strlen(method);
     for (const char *p = methods; *p;) {
         const char *end = strchr(p, ' ');
@@ -280,6 +279,15 @@ static int dispatch(struct request *rq)
         return routes[i].handler(rq);
     }
     if (path_match) {
+        /* Only authenticated callers learn which methods a path has. */
+        rq->route = (int)(path_match - routes);
+        if (!(path_match->flags & ROUTE_PUBLIC)) {
+            const char *authz = request_header(rq, MHD_HTTP_HEADER_AUTHORIZATION);
+            if (!authz || auth_check_bearer(rq->srv->auth, authz, &rq->user) < 0)
+                return reply_error(rq, 401, "unauthorized",
+                                   "a valid 'Authorization: Bearer <token>' header is required "
+                                   "(POST /api/v1/auth/login)");
+        }
         char allow[64] = "";
         for (int i = 0; i < N_ROUTES; i++) {
             if (strcmp(routes[i].pattern, path_match->pattern))

@@ -3,8 +3,8 @@
 
 #include <inttypes.h>
 
-static const unsigned metrics_statuses[METRICS_STATUSES] = {200, 201, 204, 206, 400, 401,
-                                                            404, 405, 409, 413, 416, 500};
+static const unsigned metrics_statuses[METRICS_STATUSES] = {200, 201, 204, 206, 400, 401, 404,
+                                                            405, 409, 413, 416, 500, 507};
 /* Snapshot creation latency buckets, seconds. */
 static const double metrics_bucket_le[METRICS_BUCKETS] = {0.01, 0.025, 0.05, 0.1,
                                                           0.25, 0.5,   1,    5};
@@ -14,7 +14,7 @@ static int status_index(unsigned status)
     for (int i = 0; i < METRICS_STATUSES; i++)
         if (metrics_statuses[i] == status)
             return i;
-    return status >= 500 ? METRICS_STATUSES - 1 : 4; /* other 5xx as 500, other 4xx as 400 */
+    return status >= 500 ? 11 : 4; /* other 5xx as 500, other 4xx as 400 */
 }
 
 void metrics_request(struct metrics *m, int route, unsigned status)

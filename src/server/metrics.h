@@ -8,7 +8,7 @@
 #include <stdio.h>
 
 #define METRICS_ROUTES   16 /* route table size upper bound */
-#define METRICS_STATUSES 12 /* distinct status codes tracked, see metrics.c */
+#define METRICS_STATUSES 13 /* distinct status codes tracked, see metrics.c */
 #define METRICS_BUCKETS  8  /* latency histogram buckets */
 
 struct metrics {

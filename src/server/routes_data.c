@@ -293,7 +293,7 @@ int route_disk_changes(struct request *rq)
         char *end;
         errno = 0;
         unsigned long long v = strtoull(so, &end, 10);
-        if (errno || end == so || *end || so[0] == '-') {
+        if (errno || end == so || *end || so[0] < '0' || so[0] > '9') {
             snapshot_free(snap);
             return reply_error(rq, 400, "bad request", "startOffset must be a byte offset");
         }

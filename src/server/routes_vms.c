@@ -426,10 +426,13 @@ int route_snapshot_create(struct request *rq)
         return r == -ENOENT ? reply_error(rq, 404, "not found", "VM '%s' not found", rq->segs[1])
                             : reply_errno(rq, r, "VM");
     if (!vm->snapshot_compatible) {
-        int ret = reply_error(rq, 409, "conflict",
-                              "VM '%s' is not snapshot compatible: a writable disk is not a file "
-                              "in a known repository (see snapshot_compatible of its disks)",
-                              vm->id);
+        int ret = vm->disks.len == 0
+                      ? reply_error(rq, 409, "conflict", "VM '%s' has no disks", vm->id)
+                      : reply_error(rq, 409, "conflict",
+                                    "VM '%s' is not snapshot compatible: a writable disk is not a "
+                                    "file in a known repository (see snapshot_compatible of its "
+                                    "disks)",
+                                    vm->id);
         vm_free(vm);
         return ret;
     }
@@ -518,6 +521,11 @@ int route_snapshot_delete(struct request *rq)
                            rq->segs[3], rq->segs[1]);
     if (r < 0)
         return reply_errno(rq, r, "catalog");
+    if (!strcmp(snap->status, "creating")) {
+        snapshot_free(snap);
+        return reply_error(rq, 409, "conflict", "snapshot '%s' is still being created",
+                           rq->segs[3]);
+    }
     r = snapshot_delete(rq->srv, snap);
     snapshot_free(snap);
     if (r < 0)

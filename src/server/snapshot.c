@@ -256,7 +256,8 @@ int snapshot_create(struct server *s, struct provider *p, const struct vm *vm,
         log_warn("VM %s: thaw command failed after snapshot %s", vm->id, id);
     }
     if (r < 0) {
-        for (size_t i = 0; i < done; i++)
+        /* The disk that failed too: its temporary files and the directories made for it. */
+        for (size_t i = 0; i <= done && i < snap->disks.len; i++)
             remove_disk_file(snap->disks.ptr[i].path);
         goto rollback;
     }
