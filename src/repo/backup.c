@@ -28,6 +28,7 @@
 #define BACKUP_TIME_MAX     INT64_C(253402300799) /* 9999-12-31T23:59:59Z: 4-digit years */
 #define BACKUP_ID_TRIES     16                    /* attempts at an unused random suffix */
 #define BACKUP_MAX_DISKS    999999                /* disk-<n>.manifest has up to 6 digits */
+#define BACKUP_ID_DATE_LEN  8                     /* "YYYYMMDD", then 'T' */
 #define BACKUP_TIME_FORMAT  "%Y%m%dT%H%M%SZ"
 #define BACKUP_UTC_FORMAT   "%Y-%m-%dT%H:%M:%SZ"
 #define BACKUP_UTC_LEN      sizeof("YYYY-MM-DDTHH:MM:SSZ")
@@ -136,7 +137,7 @@ bool backup_id_valid(const char *id)
     for (size_t i = 0; i < BACKUP_ID_LEN; i++) {
         char c = id[i];
         bool ok;
-        if (i == 8)
+        if (i == BACKUP_ID_DATE_LEN)
             ok = c == 'T';
         else if (i == BACKUP_ID_TIME_LEN - 1)
             ok = c == 'Z';
@@ -539,10 +540,12 @@ int repo_backup_begin(struct repo *r, const char *vm_id, int64_t time, unsigned 
     int64_t deadline = lock_deadline(lock_timeout);
     ret = lock_file_acquire(r, REPO_LOCK_NAME, false, deadline, &w->repo_lock_fd);
     if (ret < 0) {
-        repo_set_err(err, errlen,
-                     ret == -EBUSY ? "%s: the repository is locked for maintenance (gc or prune)"
-                                   : "%s: cannot lock the repository",
-                     r->path);
+        if (ret == -EBUSY)
+            repo_set_err(err, errlen, "%s: the repository is locked for maintenance (gc or prune)",
+                         r->path);
+        else
+            repo_set_err(err, errlen, "%s: cannot lock the repository: %s", r->path,
+                         strerror(-ret));
         goto fail;
     }
     ret = -ENOMEM;
@@ -550,10 +553,12 @@ int repo_backup_begin(struct repo *r, const char *vm_id, int64_t time, unsigned 
         goto fail;
     ret = lock_file_acquire(r, lock_name, true, deadline, &w->vm_lock_fd);
     if (ret < 0) {
-        repo_set_err(err, errlen,
-                     ret == -EBUSY ? "%s: a backup of VM %s is already running"
-                                   : "%s: cannot lock VM %s",
-                     r->path, w->vm_dir);
+        if (ret == -EBUSY)
+            repo_set_err(err, errlen, "%s: a backup of VM %s is already running", r->path,
+                         w->vm_dir);
+        else
+            repo_set_err(err, errlen, "%s: cannot lock VM %s: %s", r->path, w->vm_dir,
+                         strerror(-ret));
         goto fail;
     }
     ret = writer_make_dir(w, err, errlen);

@@ -22,7 +22,7 @@
 #define WEEK_YEAR_SCALE  100 /* GGGGVV (ISO year and week) */
 #define MONTH_YEAR_SCALE 100 /* YYYYMM */
 #define TM_YEAR_BASE     1900
-#define WEEK_TEXT_LEN    16 /* "%G %V" of any year */
+#define WEEK_TEXT_LEN    16 /* "%G-%V" of any year */
 
 enum period { PERIOD_DAY, PERIOD_WEEK, PERIOD_MONTH, PERIOD_COUNT };
 
