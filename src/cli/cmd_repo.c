@@ -22,6 +22,7 @@
 
 #include "cli/cli.h"
 #include "cli/progress.h"
+#include "cli/upload.h"
 #include "client/client.h"
 #include "core/cleanup.h"
 #include "core/hash.h"
@@ -1036,6 +1037,7 @@ static int restore_run_cmd(int argc, char **argv)
         {"passphrase-file", required_argument, NULL, 'P'},
         {"disk", required_argument, NULL, 'd'},
         {"to", required_argument, NULL, 't'},
+        {"upload", required_argument, NULL, 'u'},
         {"force", no_argument, NULL, 'f'},
         {"jobs", required_argument, NULL, 'j'},
         {"json", no_argument, NULL, 'J'},
@@ -1043,11 +1045,11 @@ static int restore_run_cmd(int argc, char **argv)
         {NULL, 0, NULL, 0},
     };
     struct repo_opts o = {.jobs = 2};
-    const char *disk = NULL, *to = NULL;
+    const char *disk = NULL, *to = NULL, *upload_vm = NULL;
     bool force = false;
     int c;
     optind = 1;
-    while ((c = getopt_long(argc, argv, "r:P:d:t:fj:Jh", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "r:P:d:t:u:fj:Jh", opts, NULL)) != -1) {
         switch (c) {
         case 'r':
             o.repo = optarg;
@@ -1060,6 +1062,9 @@ static int restore_run_cmd(int argc, char **argv)
             break;
         case 't':
             to = optarg;
+            break;
+        case 'u':
+            upload_vm = optarg;
             break;
         case 'f':
             force = true;
@@ -1079,8 +1084,8 @@ static int restore_run_cmd(int argc, char **argv)
     }
     if (argc - optind != 1)
         return cli_usage_error(&cmd_restore, "expected one BACKUP id");
-    if (!to)
-        return cli_usage_error(&cmd_restore, "--to FILE|DIR is required");
+    if (!to == !upload_vm)
+        return cli_usage_error(&cmd_restore, "give one of --to FILE|DIR and --upload VM");
     struct repo *repo = open_repo("restore", &o);
     if (!repo)
         return EXIT_FAIL;
@@ -1108,6 +1113,10 @@ static int restore_run_cmd(int argc, char **argv)
             fprintf(stderr, "vmexport restore: backup %s has no disk '%s'\n", b->id, disk);
             goto out;
         }
+    }
+    if (upload_vm) {
+        ret = upload_backup("restore", repo, b, disk, upload_vm, o.jobs, o.json);
+        goto out;
     }
     struct stat st;
     bool to_dir = (!disk && b->disks.len != 1) || (stat(to, &st) == 0 && S_ISDIR(st.st_mode));
@@ -1150,6 +1159,12 @@ const struct cli_command cmd_restore = {
     .usage =
         "Usage: vmexport restore --repo PATH BACKUP [--disk NAME] --to FILE|DIR [--force]\n"
         "                        [--jobs N] [--json]\n"
+        "       vmexport restore --repo PATH BACKUP [--disk NAME] --upload VM [--jobs N]\n"
+        "\n"
+        "With --upload, the disks are written back to a host through vmexportd's upload API\n"
+        "into VM (created when missing; existing disks are never overwritten): data chunks\n"
+        "as ranged PUTs from N connections, zero ranges as PATCH zero requests, then the\n"
+        "transfer is finalized; on failure it is cancelled and no disk appears.\n"
         "\n"
         "Write the disks of BACKUP as sparse raw files.  With one disk (or --disk), --to\n"
         "names the file (or an existing directory to put it in); otherwise --to is a\n"
@@ -1159,7 +1174,8 @@ const struct cli_command cmd_restore = {
         "\n"
         "Options:\n" REPO_OPTIONS_HELP
         "  --disk NAME             only this disk\n"
-        "  --to FILE|DIR           destination (required)\n"
+        "  --to FILE|DIR           destination file or directory\n"
+        "  --upload VM             upload to the server instead (connection options below)\n"
         "  --force                 replace existing files\n"
         "  -j, --jobs N            parallel readers (default 2)\n"
         "  --json                  progress and results as JSON lines\n"

@@ -9,7 +9,8 @@
 static const struct cli_command *const commands[] = {
     &cmd_map,      &cmd_clone,    &cmd_diff,  &cmd_vms,    &cmd_snapshots,
     &cmd_snapshot, &cmd_download, &cmd_repo,  &cmd_backup, &cmd_backups,
-    &cmd_restore,  &cmd_verify,   &cmd_prune, &cmd_gc,
+    &cmd_restore,  &cmd_verify,   &cmd_prune, &cmd_gc,     &cmd_chain,
+    &cmd_export,   &cmd_import,
 };
 #define N_COMMANDS (sizeof(commands) / sizeof(commands[0]))
 

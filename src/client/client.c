@@ -70,7 +70,8 @@ struct client {
     char curl_err[CURL_ERROR_SIZE];
     char error[CLIENT_ERROR_MAX];
     long os_errno; /* of the last failed connect, from curl */
-    uint64_t bytes;
+    uint64_t bytes;      /* payload received by client_read_range */
+    uint64_t bytes_sent; /* payload sent by client_put_range */
 };
 
 /* Where a response body goes: a growable buffer (JSON) or the caller's buffer (ranges). */
@@ -452,8 +453,16 @@ static void setup_handle(struct client *c)
 }
 
 /* One attempt of a request.  Returns curl's result; s->status is the HTTP status (0: none). */
+/* A binary request body (PUT of disk data). */
+struct put_body {
+    const void *data;
+    size_t len;
+    const char *content_range; /* "bytes A-B/N" */
+};
+
 static CURLcode attempt(struct client *c, const char *method, const char *path, const char *body,
-                        const char *range, const char *token, struct sink *s)
+                        const char *range, const char *token, struct sink *s,
+                        const struct put_body *put)
 {
     CLEANUP_FREE char *url = NULL;
     CLEANUP_FREE char *auth = NULL;
@@ -481,6 +490,20 @@ static CURLcode attempt(struct client *c, const char *method, const char *path, 
             goto oom;
         headers = h;
     }
+    CLEANUP_FREE char *crange = NULL;
+    if (put) {
+        if (asprintf(&crange, "Content-Range: %s", put->content_range) < 0) {
+            crange = NULL;
+            goto oom;
+        }
+        /* No "Expect: 100-continue" round trip before every chunk. */
+        const char *extra[] = {"Content-Type: application/octet-stream", "Expect:", crange};
+        for (size_t i = 0; i < ARRAY_SIZE(extra); i++) {
+            if (!(h = curl_slist_append(headers, extra[i])))
+                goto oom;
+            headers = h;
+        }
+    }
 
     setup_handle(c);
     CURL *e = c->curl;
@@ -496,10 +519,13 @@ static CURLcode attempt(struct client *c, const char *method, const char *path, 
         curl_easy_setopt(e, CURLOPT_HTTPGET, 1L);
     } else if (!strcmp(method, "HEAD")) {
         curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
-    } else if (!strcmp(method, "POST")) {
+    } else if (put || body || !strcmp(method, "POST")) {
         curl_easy_setopt(e, CURLOPT_POST, 1L);
-        curl_easy_setopt(e, CURLOPT_POSTFIELDS, body ? body : "");
-        curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE, (long)(body ? strlen(body) : 0));
+        curl_easy_setopt(e, CURLOPT_POSTFIELDS, put ? put->data : body ? body : "");
+        curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE,
+                         (curl_off_t)(put ? put->len : body ? strlen(body) : 0));
+        if (strcmp(method, "POST"))
+            curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, method);
     } else {
         curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, method);
     }
@@ -675,7 +701,7 @@ static int http_failure(struct client *c, const struct sink *s, const char *what
 /* ---- login ---- */
 
 static int request(struct client *c, const char *method, const char *path, const char *body,
-                   const char *range, unsigned flags, struct sink *s);
+                   const char *range, unsigned flags, struct sink *s, const struct put_body *put);
 
 /* Log in with the password (c->sh->lock held).  Unless force, a fresh cached token will do. */
 static int login_locked(struct client *c, bool force)
@@ -691,7 +717,7 @@ static int login_locked(struct client *c, bool force)
         return -ENOMEM;
     }
     struct sink s = {.max = TOKEN_MAX * 2};
-    int r = request(c, "POST", LOGIN_PATH, text, NULL, REQ_IDEMPOTENT, &s);
+    int r = request(c, "POST", LOGIN_PATH, text, NULL, REQ_IDEMPOTENT, &s, NULL);
     free_secret(text);
     if (r < 0)
         goto out;
@@ -776,7 +802,7 @@ static int relogin(struct client *c, uint64_t gen)
 /* A request with retries (transient failures, backoff) and one new login after a 401.
  * Returns 0 when an HTTP answer came (s->status), else a negative errno with the message set. */
 static int request(struct client *c, const char *method, const char *path, const char *body,
-                   const char *range, unsigned flags, struct sink *s)
+                   const char *range, unsigned flags, struct sink *s, const struct put_body *put)
 {
     unsigned retries = c->sh->retries, tries = 0, delay = BACKOFF_FIRST_MS;
     bool relogged = false;
@@ -788,7 +814,7 @@ static int request(struct client *c, const char *method, const char *path, const
             if (r < 0)
                 return r;
         }
-        CURLcode cr = attempt(c, method, path, body, range, token, s);
+        CURLcode cr = attempt(c, method, path, body, range, token, s, put);
         if (token)
             explicit_bzero(token, strlen(token));
         if (cr == CURLE_OK && s->status == 401 && (flags & REQ_AUTH) && !relogged) {
@@ -937,7 +963,7 @@ int client_json(struct client *c, const char *method, const char *path, const ch
     if (strcmp(method, "POST") != 0)
         flags |= REQ_IDEMPOTENT; /* GET, HEAD, DELETE, PUT */
     struct sink s = {.max = JSON_RESPONSE_MAX};
-    int r = request(c, method, path, body, NULL, flags, &s);
+    int r = request(c, method, path, body, NULL, flags, &s, NULL);
     if (status)
         *status = s.status;
     if (r == 0 && (s.status < 200 || s.status >= 300)) {
@@ -973,7 +999,7 @@ int client_read_range(struct client *c, const char *path, uint64_t off, uint64_t
     snprintf(range, sizeof(range), "%llu-%llu", (unsigned long long)off,
              (unsigned long long)(off + len - 1));
     struct sink s = {.buf = buf, .cap = (size_t)len, .fixed = true, .want_off = off};
-    int r = request(c, "GET", path, NULL, range, REQ_AUTH | REQ_IDEMPOTENT, &s);
+    int r = request(c, "GET", path, NULL, range, REQ_AUTH | REQ_IDEMPOTENT, &s, NULL);
     if (r < 0)
         return r;
     if (s.status == 416)
@@ -987,6 +1013,39 @@ int client_read_range(struct client *c, const char *path, uint64_t off, uint64_t
     *got = s.len;
     c->bytes += s.len;
     return 0;
+}
+
+int client_put_range(struct client *c, const char *path, uint64_t off, const void *buf,
+                     size_t len, uint64_t total)
+{
+    c->error[0] = '\0';
+    if (len == 0 || off + len < off || off + len > total) {
+        set_error(c, "%s: bad range %llu+%zu of %llu", path, (unsigned long long)off, len,
+                  (unsigned long long)total);
+        return -EINVAL;
+    }
+    char range[96];
+    snprintf(range, sizeof(range), "bytes %llu-%llu/%llu", (unsigned long long)off,
+             (unsigned long long)(off + len - 1), (unsigned long long)total);
+    struct put_body put = {.data = buf, .len = len, .content_range = range};
+    struct sink s = {.max = JSON_RESPONSE_MAX};
+    /* A PUT of a range is idempotent: retried like a read. */
+    int r = request(c, "PUT", path, NULL, NULL, REQ_AUTH | REQ_IDEMPOTENT, &s, &put);
+    if (r == 0 && (s.status < 200 || s.status >= 300)) {
+        CLEANUP_FREE char *what = NULL;
+        if (asprintf(&what, "PUT %s %s: ", path, range) < 0)
+            what = NULL;
+        r = http_failure(c, &s, what ? what : "");
+    }
+    if (r == 0)
+        c->bytes_sent += len;
+    free(s.buf);
+    return r;
+}
+
+uint64_t client_bytes_sent(const struct client *c)
+{
+    return c->bytes_sent;
 }
 
 uint64_t client_bytes_received(const struct client *c)

@@ -37,7 +37,8 @@ const char *client_error(const struct client *c);
  * is cached in a 0600 file.  Requests below log in on demand and once more on a 401. */
 int client_login(struct client *c);
 
-/* A JSON request: path under the server ("/api/v1/vms"), body NULL or JSON text.  On success
+/* A JSON request: path under the server ("/api/v1/vms"), body NULL or JSON text (sent with
+ * any method, e.g. PATCH).  out may be NULL when only the status matters.  On success
  * (2xx) *out holds the parsed body (NULL for 204); otherwise a negative errno: -ENOENT for 404,
  * -EACCES for 401, -EEXIST/-EBUSY for 409, -EINVAL for 400, -EIO for others; *status is the
  * HTTP status when a response came (may be NULL) and client_error() has the server's details. */
@@ -49,6 +50,12 @@ int client_json(struct client *c, const char *method, const char *path, const ch
  * unless the resource is shorter).  Counts bytes into the client's byte counter. */
 int client_read_range(struct client *c, const char *path, uint64_t off, uint64_t len, void *buf,
                       size_t *got);
+
+/* Write buf to [off, off + len) of an upload transfer with "Content-Range: bytes A-B/total",
+ * retrying transient failures like client_read_range.  Counts into client_bytes_sent. */
+int client_put_range(struct client *c, const char *path, uint64_t off, const void *buf,
+                     size_t len, uint64_t total);
+uint64_t client_bytes_sent(const struct client *c);
 
 /* Bytes of payload received by this client so far. */
 uint64_t client_bytes_received(const struct client *c);
