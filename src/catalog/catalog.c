@@ -44,7 +44,15 @@ static const char catalog_schema[] =
     "  change_id TEXT NOT NULL UNIQUE,"
     "  mode TEXT NOT NULL,"
     "  size INTEGER NOT NULL,"
-    "  PRIMARY KEY (snapshot_id, name));";
+    "  PRIMARY KEY (snapshot_id, name));"
+    "CREATE TABLE IF NOT EXISTS uploads ("
+    "  id TEXT PRIMARY KEY,"
+    "  vm_id TEXT NOT NULL,"
+    "  disk TEXT NOT NULL,"
+    "  partial_path TEXT NOT NULL,"
+    "  final_path TEXT NOT NULL,"
+    "  size INTEGER NOT NULL,"
+    "  created_at TEXT NOT NULL);";
 
 void snapshot_free(struct snapshot *s)
 {
@@ -519,4 +527,94 @@ int catalog_count(struct catalog *c, const char *status, int64_t *n)
     }
     pthread_mutex_unlock(&c->lock);
     return rc == SQLITE_ROW ? 0 : sqlite_errno(rc) ? sqlite_errno(rc) : -EIO;
+}
+
+/* ---- uploads ---- */
+
+void upload_record_clear(struct upload_record *u)
+{
+    free(u->id);
+    free(u->vm_id);
+    free(u->disk);
+    free(u->partial_path);
+    free(u->final_path);
+    free(u->created_at);
+    memset(u, 0, sizeof(*u));
+}
+
+void upload_record_list_free(upload_record_list *l)
+{
+    for (size_t i = 0; i < l->len; i++)
+        upload_record_clear(&l->ptr[i]);
+    upload_record_list_reset(l);
+}
+
+int catalog_upload_add(struct catalog *c, const struct upload_record *u)
+{
+    sqlite3_stmt *st;
+    pthread_mutex_lock(&c->lock);
+    int rc = sqlite3_prepare_v2(c->db,
+                                "INSERT INTO uploads (id, vm_id, disk, partial_path, final_path, "
+                                "size, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                                -1, &st, NULL);
+    if (rc == SQLITE_OK) {
+        sqlite3_bind_text(st, 1, u->id, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 2, u->vm_id, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 3, u->disk, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 4, u->partial_path, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 5, u->final_path, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 6, (sqlite3_int64)u->size);
+        sqlite3_bind_text(st, 7, u->created_at, -1, SQLITE_STATIC);
+        rc = sqlite3_step(st);
+        sqlite3_finalize(st);
+    }
+    if (rc != SQLITE_DONE)
+        log_error("catalog: recording upload %s: %s", u->id, sqlite3_errmsg(c->db));
+    pthread_mutex_unlock(&c->lock);
+    return rc == SQLITE_DONE ? 0 : sqlite_errno(rc) ? sqlite_errno(rc) : -EIO;
+}
+
+int catalog_upload_remove(struct catalog *c, const char *id)
+{
+    return exec_change(c, "DELETE FROM uploads WHERE id = ?1", id, NULL);
+}
+
+int catalog_upload_list(struct catalog *c, upload_record_list *out)
+{
+    sqlite3_stmt *st;
+    pthread_mutex_lock(&c->lock);
+    int rc = sqlite3_prepare_v2(c->db,
+                                "SELECT id, vm_id, disk, partial_path, final_path, size, "
+                                "created_at FROM uploads ORDER BY created_at, id",
+                                -1, &st, NULL);
+    if (rc != SQLITE_OK) {
+        log_error("catalog: listing uploads: %s", sqlite3_errmsg(c->db));
+        pthread_mutex_unlock(&c->lock);
+        return sqlite_errno(rc);
+    }
+    int r = 0;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        struct upload_record u = {
+            .id = col_strdup(st, 0),
+            .vm_id = col_strdup(st, 1),
+            .disk = col_strdup(st, 2),
+            .partial_path = col_strdup(st, 3),
+            .final_path = col_strdup(st, 4),
+            .size = (uint64_t)sqlite3_column_int64(st, 5),
+            .created_at = col_strdup(st, 6),
+        };
+        if (!u.id || !u.vm_id || !u.disk || !u.partial_path || !u.final_path || !u.created_at)
+            r = -ENOMEM;
+        else
+            r = upload_record_list_append(out, u);
+        if (r < 0) {
+            upload_record_clear(&u);
+            break;
+        }
+    }
+    if (r == 0 && rc != SQLITE_DONE)
+        r = sqlite_errno(rc) ? sqlite_errno(rc) : -EIO;
+    sqlite3_finalize(st);
+    pthread_mutex_unlock(&c->lock);
+    return r;
 }

@@ -71,4 +71,29 @@ int catalog_recover(struct catalog *c, snapshot_list *out);
 /* Number of snapshots by status, for metrics. */
 int catalog_count(struct catalog *c, const char *status, int64_t *n);
 
+/* ---- uploads of new disks in progress ----
+ *
+ * A row exists while an upload's partial file may exist: added before the file is created,
+ * removed after it was renamed into place or deleted.  The rows found at start are uploads a
+ * crash or stop interrupted; the daemon deletes their partial files. */
+struct upload_record {
+    char *id;
+    char *vm_id;
+    char *disk;
+    char *partial_path;
+    char *final_path;
+    uint64_t size;
+    char *created_at; /* RFC 3339, UTC */
+};
+DEFINE_VECTOR_TYPE(upload_record_list, struct upload_record);
+
+void upload_record_clear(struct upload_record *u); /* frees the strings */
+void upload_record_list_free(upload_record_list *l);
+
+int catalog_upload_add(struct catalog *c, const struct upload_record *u);
+/* -ENOENT when there is no such row. */
+int catalog_upload_remove(struct catalog *c, const char *id);
+/* Every recorded upload, oldest first. */
+int catalog_upload_list(struct catalog *c, upload_record_list *out);
+
 #endif

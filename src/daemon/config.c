@@ -42,6 +42,11 @@ const char config_help[] =
     "  thaw_command =                run after, whatever happened (VM ID as $1)\n"
     "  hook_timeout = 60             seconds each command may take\n"
     "\n"
+    "  [upload]                      uploads of new disks (POST /api/v1/vms/VM/uploads)\n"
+    "  idle_timeout = 300            seconds an upload may go without requests before it\n"
+    "                                expires (its partial file is removed)\n"
+    "  max_writers = 8               requests that may write one upload in parallel\n"
+    "\n"
     "  [provider.NAME]               any number of providers\n"
     "  type = dir                    each subdirectory of path is a VM named after it; each\n"
     "  path = DIR                    regular *.img, *.raw or *.qcow2 file in it is a disk\n"
@@ -172,7 +177,7 @@ static int config_ini_handler(void *user, const char *section, const char *name,
         return r < 0 ? fail(ps, "[%s] %s: out of memory", section, name ? name : "") : 1;
     }
     if (strcmp(section, "server") && strcmp(section, "auth") && strcmp(section, "catalog") &&
-        strcmp(section, "snapshot"))
+        strcmp(section, "snapshot") && strcmp(section, "upload"))
         return fail(ps, "unknown section [%s]", section);
 
 #define KEY(s, k) (!strcmp(section, s) && !strcmp(name, k))
@@ -208,6 +213,10 @@ static int config_ini_handler(void *user, const char *section, const char *name,
         r = set_str(&cfg->thaw_command, value);
     else if (KEY("snapshot", "hook_timeout"))
         r = parse_uint(value, 1, 86400, &cfg->hook_timeout);
+    else if (KEY("upload", "idle_timeout"))
+        r = parse_uint(value, 1, 86400, &cfg->upload_idle_timeout);
+    else if (KEY("upload", "max_writers"))
+        r = parse_uint(value, 1, 256, &cfg->upload_max_writers);
     else
         return fail(ps, "[%s] unknown key '%s' (see vmexportd --help)", section, name);
 #undef KEY
@@ -236,6 +245,8 @@ int config_load(struct daemon_config *cfg, const char *path, char *err, size_t e
     cfg->connection_timeout = CONFIG_DEFAULT_CONN_TIMEOUT;
     cfg->shutdown_grace = CONFIG_DEFAULT_SHUTDOWN_GRACE;
     cfg->hook_timeout = CONFIG_DEFAULT_HOOK_TIMEOUT;
+    cfg->upload_idle_timeout = CONFIG_DEFAULT_UPLOAD_IDLE;
+    cfg->upload_max_writers = CONFIG_DEFAULT_UPLOAD_WRITERS;
     if (!(cfg->file = strdup(path)) || parse_listen(cfg, CONFIG_DEFAULT_LISTEN) < 0)
         return -ENOMEM;
 

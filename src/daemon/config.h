@@ -17,6 +17,8 @@
 #define CONFIG_DEFAULT_CONN_TIMEOUT    60  /* seconds a connection may stay idle */
 #define CONFIG_DEFAULT_SHUTDOWN_GRACE  30  /* seconds running downloads get after SIGTERM */
 #define CONFIG_DEFAULT_HOOK_TIMEOUT    60  /* seconds for freeze/thaw commands */
+#define CONFIG_DEFAULT_UPLOAD_IDLE     300 /* seconds an upload may go without requests */
+#define CONFIG_DEFAULT_UPLOAD_WRITERS  8   /* parallel writers of one upload */
 
 struct config_provider {
     char *name;
@@ -39,6 +41,8 @@ struct daemon_config {
 
     char *freeze_command, *thaw_command;
     unsigned hook_timeout;
+
+    unsigned upload_idle_timeout, upload_max_writers;
 
     struct config_provider *providers;
     size_t n_providers;

@@ -8,6 +8,8 @@
  * The disks of a VM are the regular files *.img, *.raw and *.qcow2 of its directory (no
  * symlinks, nothing hidden), named sda, sdb ... in name order.  Snapshots go to
  * <snapshot_dir>/<vm>/<snapshot>/<disk>, so that a reflink clone stays on the disk's filesystem.
+ * Uploads of new disks are written to the hidden <path>/<vm>/.vmexport-upload-<id>.partial and
+ * renamed to <path>/<vm>/<disk> when finished; the VM directory is created when missing.
  */
 #include "provider.h"
 
@@ -25,6 +27,9 @@
 
 #define DIR_SNAPSHOT_DIR_DEFAULT ".vmexport-snapshots" /* under path; hidden, so not a VM */
 #define DIR_SNAPSHOT_DIR_MODE    0700                  /* snapshots hold whole disks */
+#define DIR_VM_DIR_MODE          0755                  /* VM directories made for uploads */
+#define DIR_UPLOAD_PREFIX        ".vmexport-upload-"   /* hidden, so never listed as a disk */
+#define DIR_UPLOAD_SUFFIX        ".partial"
 
 /* Device names as the Linux sd driver gives them: sda ... sdz, sdaa ... */
 #define DIR_DEVICE_PREFIX   "sd"
@@ -281,6 +286,45 @@ static int dir_snapshot_path(struct provider *p, const struct vm *vm, const stru
     return 0;
 }
 
+static int dir_upload_paths(struct provider *p, const char *vm_id, const char *disk,
+                            const char *upload_id, char **partial_path, char **final_path)
+{
+    const struct dir_priv *dp = p->priv;
+    struct stat st;
+
+    /* Hidden names would never be listed: a hidden VM or disk could never be read back. */
+    if (!provider_id_is_safe(vm_id) || vm_id[0] == '.' || !provider_id_is_safe(disk) ||
+        !dir_is_disk_name(disk) || !provider_id_is_safe(upload_id))
+        return -EINVAL;
+    CLEANUP_CLOSE int rootfd = open(dp->root, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (rootfd < 0)
+        return -errno;
+    if (mkdirat(rootfd, vm_id, DIR_VM_DIR_MODE) == 0)
+        log_info("[provider.%s] created VM directory %s/%s for an upload", p->name, dp->root,
+                 vm_id);
+    else if (errno != EEXIST)
+        return -errno;
+    /* What list would not show as a VM (a symlink, a file, the snapshot directory) is not one. */
+    if (fstatat(rootfd, vm_id, &st, AT_SYMLINK_NOFOLLOW) < 0)
+        return -errno;
+    if (!S_ISDIR(st.st_mode) || (st.st_dev == dp->snapshot_dev && st.st_ino == dp->snapshot_ino))
+        return -ENOTDIR;
+    char *partial = NULL, *final = NULL;
+    if (asprintf(&partial, "%s/%s/" DIR_UPLOAD_PREFIX "%s" DIR_UPLOAD_SUFFIX, dp->root, vm_id,
+                 upload_id) < 0)
+        partial = NULL;
+    if (asprintf(&final, "%s/%s/%s", dp->root, vm_id, disk) < 0)
+        final = NULL;
+    if (!partial || !final) {
+        free(partial);
+        free(final);
+        return -ENOMEM;
+    }
+    *partial_path = partial;
+    *final_path = final;
+    return 0;
+}
+
 const struct provider_ops provider_dir_ops = {
     .type = "dir",
     .keys = dir_keys,
@@ -289,4 +333,5 @@ const struct provider_ops provider_dir_ops = {
     .list = dir_list,
     .get = dir_get,
     .snapshot_path = dir_snapshot_path,
+    .upload_paths = dir_upload_paths,
 };

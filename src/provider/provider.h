@@ -66,6 +66,14 @@ struct provider_ops {
      * caller); must be on the same filesystem as the disk so that reflinks work. */
     int (*snapshot_path)(struct provider *p, const struct vm *vm, const struct vm_disk *disk,
                          const char *snap_id, char **out);
+    /* Optional (NULL: the provider cannot create disks).  Where an upload of the new disk
+     * `disk` of VM vm_id goes, creating the VM when it does not exist yet: *partial_path, the
+     * file written while the upload runs, never listed as a disk and on the filesystem of
+     * *final_path, so that a rename publishes it; *final_path, the disk once finished.
+     * Neither file is created.  -EINVAL for a VM or disk name the provider cannot use,
+     * -ENOTDIR when the VM's place is taken by something that is not a VM. */
+    int (*upload_paths)(struct provider *p, const char *vm_id, const char *disk,
+                        const char *upload_id, char **partial_path, char **final_path);
 };
 
 struct provider {
