@@ -7,9 +7,9 @@ PACKAGES="
   build-essential meson ninja-build pkg-config
   libcmocka-dev libjansson-dev libssl-dev libzstd-dev
   libmicrohttpd-dev libcurl4-openssl-dev libjwt-dev libsqlite3-dev libinih-dev
-  libcrypt-dev libpam0g-dev libgnutls28-dev
+  libcrypt-dev libpam0g-dev libgnutls28-dev libarchive-dev
   xfsprogs btrfs-progs e2fsprogs util-linux
-  qemu-utils libnbd-bin curl openssl sqlite3 jq python3 iproute2
+  qemu-utils libnbd-bin curl openssl sqlite3 jq python3 iproute2 libxml2-utils
 "
 
 missing=""

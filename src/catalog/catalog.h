@@ -1,4 +1,5 @@
-/* The snapshot catalog: which snapshots exist, of which VM, with which disk files.
+/* The snapshot catalog: which snapshots exist, of which VM, with which disk files; and which
+ * uploads of new disks are in progress (so that a restart can remove their partial files).
  *
  * SQLite in WAL mode with synchronous=FULL, so the catalog survives kill -9 and power loss at any
  * point.  A snapshot is recorded as "creating" before its files are made and "ready" after; one

@@ -61,9 +61,9 @@ struct qcow2_info {
     uint32_t refcount_order;        /* refcount width is 1 << refcount_order bits (4 for v2) */
     uint32_t header_length;         /* 72 for v2 */
     uint8_t compression_type;       /* 0 zlib, 1 zstd */
-    char *backing_file;   /* backing file name as stored (malloc'd), NULL when there is none */
-    char *backing_format; /* from the backing format extension (malloc'd), NULL if absent */
-    char *data_file;      /* from the external data file extension (malloc'd), NULL if absent */
+    char *backing_file;      /* backing file name as stored (malloc'd), NULL when there is none */
+    char *backing_format;    /* from the backing format extension (malloc'd), NULL if absent */
+    char *data_file;         /* from the external data file extension (malloc'd), NULL if absent */
     char why[QCOW2_WHY_LEN]; /* on failure: what is wrong */
 };
 

@@ -1,8 +1,14 @@
 /* vmexportd's HTTP layer: libmicrohttpd set-up (TLS 1.2+, optional client certificates),
- * request bodies, routing of /api/v1 paths, authentication, replies and metrics.
+ * request bodies, routing of /api/v1 and /images paths, authentication, replies and metrics.
+ *
+ * Bodies are collected in memory (64 KiB at most) and the route runs once they are complete,
+ * except for streaming routes (upload data): those are routed and authenticated as soon as the
+ * headers arrive, their begin hook checks the request, and the body goes to the route piece by
+ * piece without any size limit.
  *
  * Threads: one per connection (MHD_USE_THREAD_PER_CONNECTION), so a long download never waits
- * for another; handlers share only the catalog (its own lock) and atomics.
+ * for another; handlers share only the catalog (its own lock), the upload registry (its own
+ * lock) and atomics.
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -14,6 +20,7 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -21,6 +28,7 @@
 #include "core/cleanup.h"
 #include "core/log.h"
 #include "server/server.h"
+#include "server/upload.h"
 
 /* Largest request body accepted (login JSON): anything bigger is 413. */
 #define REQUEST_BODY_MAX (64 * 1024)
@@ -32,7 +40,8 @@
 #define PEM_MAX (1024 * 1024)
 
 enum route_flags {
-    ROUTE_PUBLIC = 1u << 0, /* no token needed */
+    ROUTE_PUBLIC = 1u << 0,  /* no token needed */
+    ROUTE_IMAGEIO = 1u << 1, /* under /images/ (ovirt-imageio style), not under /api/v1 */
 };
 
 struct route {
@@ -41,6 +50,9 @@ struct route {
     int (*handler)(struct request *rq);
     unsigned flags;
     const char *name; /* metrics label */
+    /* Streaming routes: called when the headers arrive (after authentication); answers at once
+     * or sets rq->body_write.  handler then runs when the body has arrived. */
+    int (*begin)(struct request *rq);
 };
 
 /* Handlers by method for one path shape; the first matching path decides 405 vs dispatch. */
@@ -58,6 +70,23 @@ static const struct route routes[] = {
     {"GET", "snapshots", route_orphans_list, 0, "all_snapshots"},
     {"GET HEAD", "healthz", route_healthz, ROUTE_PUBLIC, "healthz"},
     {"GET", "metrics", route_metrics, 0, "metrics"},
+    {"POST", "vms/*/uploads", route_upload_create, 0, "upload_create"},
+    {"PUT", "transfers/*", route_transfer_put, 0, "transfer_put", route_transfer_put_begin},
+    {"PATCH", "transfers/*", route_transfer_patch, 0, "transfer_patch"},
+    {"OPTIONS", "transfers/*", route_transfer_options, 0, "transfer_options"},
+    {"DELETE", "transfers/*", route_transfer_cancel, 0, "transfer_cancel"},
+    {"GET", "transfers/*/extents", route_transfer_extents, 0, "transfer_extents"},
+    {"POST", "transfers/*/finalize", route_transfer_finalize, 0, "transfer_finalize"},
+    /* The same under /images/{id}: the unguessable transfer ID is the credential. */
+    {"PUT", "images/*", route_transfer_put, ROUTE_PUBLIC | ROUTE_IMAGEIO, "image_put",
+     route_transfer_put_begin},
+    {"PATCH", "images/*", route_transfer_patch, ROUTE_PUBLIC | ROUTE_IMAGEIO, "image_patch"},
+    {"OPTIONS", "images/*", route_transfer_options, ROUTE_PUBLIC | ROUTE_IMAGEIO, "image_options"},
+    {"DELETE", "images/*", route_transfer_cancel, ROUTE_PUBLIC | ROUTE_IMAGEIO, "image_cancel"},
+    {"GET", "images/*/extents", route_transfer_extents, ROUTE_PUBLIC | ROUTE_IMAGEIO,
+     "image_extents"},
+    {"POST", "images/*/finalize", route_transfer_finalize, ROUTE_PUBLIC | ROUTE_IMAGEIO,
+     "image_finalize"},
 };
 #define N_ROUTES ((int)ARRAY_SIZE(routes))
 _Static_assert(ARRAY_SIZE(routes) < METRICS_ROUTES, "metrics has room for every route");
@@ -71,8 +100,17 @@ int reply(struct request *rq, unsigned status, struct MHD_Response *resp)
 {
     if (!resp)
         return MHD_NO;
+    if (rq->deferred) {
+        /* Answered already while the body was arriving: the first answer stands. */
+        MHD_destroy_response(resp);
+        return MHD_YES;
+    }
     rq->status = status;
     MHD_add_response_header(resp, "Server", "vmexportd/" VMEXPORT_VERSION);
+    if (rq->defer_replies) {
+        rq->deferred = resp;
+        return MHD_YES;
+    }
     int ret = MHD_queue_response(rq->conn, status, resp);
     MHD_destroy_response(resp);
     return ret;
@@ -162,15 +200,20 @@ const char *request_header(struct request *rq, const char *name)
 static bool split_path(struct request *rq, const char *url)
 {
     static const char prefix[] = "/api/v1";
+    static const char images[] = "/images/";
     const char *p;
     if (!strncmp(url, prefix, sizeof(prefix) - 1) &&
-        (url[sizeof(prefix) - 1] == '/' || url[sizeof(prefix) - 1] == '\0'))
+        (url[sizeof(prefix) - 1] == '/' || url[sizeof(prefix) - 1] == '\0')) {
         p = url + sizeof(prefix) - 1;
-    else if (!strcmp(url, "/healthz") || !strcmp(url, "/metrics") || !strcmp(url, "/healthz/") ||
-             !strcmp(url, "/metrics/"))
+    } else if (!strncmp(url, images, sizeof(images) - 1)) {
+        p = url; /* segments "images", ID ... */
+        rq->imageio = true;
+    } else if (!strcmp(url, "/healthz") || !strcmp(url, "/metrics") || !strcmp(url, "/healthz/") ||
+               !strcmp(url, "/metrics/")) {
         p = url;
-    else
+    } else {
         return false;
+    }
     while (*p == '/' && rq->nsegs < (int)ARRAY_SIZE(rq->segs)) {
         p++;
         if (*p == '\0')
@@ -205,6 +248,12 @@ static bool pattern_matches(const char *pattern, struct request *rq)
             p++;
     }
     return i == rq->nsegs;
+}
+
+/* Routes under /images/ and under /api/v1 never serve each other's paths. */
+static bool route_matches(const struct route *rt, struct request *rq)
+{
+    return !(rt->flags & ROUTE_IMAGEIO) == !rq->imageio && pattern_matches(rt->pattern, rq);
 }
 
 static bool method_listed(const char *methods, const char *method)
@@ -258,36 +307,51 @@ static bool client_cert_ok(struct request *rq)
     return status == 0;
 }
 
+/* Public routes pass; others need a valid bearer token (rq->user is set from it). */
+static bool request_authorized(struct request *rq, const struct route *rt)
+{
+    if (rt->flags & ROUTE_PUBLIC)
+        return true;
+    const char *authz = request_header(rq, MHD_HTTP_HEADER_AUTHORIZATION);
+    return authz && auth_check_bearer(rq->srv->auth, authz, &rq->user) == 0;
+}
+
+static int reply_unauthorized(struct request *rq)
+{
+    return reply_error(rq, 401, "unauthorized",
+                       "a valid 'Authorization: Bearer <token>' header is required "
+                       "(POST /api/v1/auth/login)");
+}
+
+/* The route for this path and method, or -1. */
+static int route_find(struct request *rq)
+{
+    for (int i = 0; i < N_ROUTES; i++)
+        if (route_matches(&routes[i], rq) && method_listed(routes[i].methods, rq->method))
+            return i;
+    return -1;
+}
+
 static int dispatch(struct request *rq)
 {
     const struct route *path_match = NULL;
     for (int i = 0; i < N_ROUTES; i++) {
-        if (!pattern_matches(routes[i].pattern, rq))
+        if (!route_matches(&routes[i], rq))
             continue;
         if (!path_match)
             path_match = &routes[i];
         if (!method_listed(routes[i].methods, rq->method))
             continue;
         rq->route = i;
-        if (!(routes[i].flags & ROUTE_PUBLIC)) {
-            const char *authz = request_header(rq, MHD_HTTP_HEADER_AUTHORIZATION);
-            if (!authz || auth_check_bearer(rq->srv->auth, authz, &rq->user) < 0)
-                return reply_error(rq, 401, "unauthorized",
-                                   "a valid 'Authorization: Bearer <token>' header is required "
-                                   "(POST /api/v1/auth/login)");
-        }
+        if (!request_authorized(rq, &routes[i]))
+            return reply_unauthorized(rq);
         return routes[i].handler(rq);
     }
     if (path_match) {
         /* Only authenticated callers learn which methods a path has. */
         rq->route = (int)(path_match - routes);
-        if (!(path_match->flags & ROUTE_PUBLIC)) {
-            const char *authz = request_header(rq, MHD_HTTP_HEADER_AUTHORIZATION);
-            if (!authz || auth_check_bearer(rq->srv->auth, authz, &rq->user) < 0)
-                return reply_error(rq, 401, "unauthorized",
-                                   "a valid 'Authorization: Bearer <token>' header is required "
-                                   "(POST /api/v1/auth/login)");
-        }
+        if (!request_authorized(rq, path_match))
+            return reply_unauthorized(rq);
         char allow[64] = "";
         for (int i = 0; i < N_ROUTES; i++) {
             if (strcmp(routes[i].pattern, path_match->pattern))
@@ -312,6 +376,49 @@ static int dispatch(struct request *rq)
     return reply_error(rq, 404, "not found", "no such API route");
 }
 
+/* Whether the client waits for "100 Continue" before it sends the body. */
+static bool expects_continue(struct request *rq)
+{
+    const char *expect = request_header(rq, MHD_HTTP_HEADER_EXPECT);
+    return expect && !strcasecmp(expect, "100-continue");
+}
+
+/* When the headers have arrived: split the path and, for a streaming route, authenticate and
+ * run its begin hook now, so that the body can go straight to the route.  Everything else is
+ * decided when the body is complete, in the documented order of checks. */
+static int request_begin(struct request *rq, const char *url)
+{
+    rq->path_ok = split_path(rq, url);
+    if (!rq->path_ok || !ids_are_sane(rq) || !client_cert_ok(rq))
+        return MHD_YES;
+    int i = route_find(rq);
+    if (i < 0 || !routes[i].begin)
+        return MHD_YES;
+    rq->route = i;
+    rq->streaming = true;
+    /* An answer now spares a client that waits for "100 Continue" sending the body; any other
+     * client is already sending it, so the answer waits until the body has been read (and
+     * discarded) rather than cutting the connection under the client's feet. */
+    rq->defer_replies = !expects_continue(rq);
+    int ret = request_authorized(rq, &routes[i]) ? routes[i].begin(rq) : reply_unauthorized(rq);
+    rq->defer_replies = true; /* no response can be queued while the body arrives */
+    return ret;
+}
+
+/* The body of a streaming route has arrived: send the answer given meanwhile, or run the
+ * route. */
+static int request_end_streaming(struct request *rq)
+{
+    rq->defer_replies = false;
+    if (!rq->deferred)
+        return routes[rq->route].handler(rq);
+    struct MHD_Response *resp = rq->deferred;
+    rq->deferred = NULL;
+    int ret = MHD_queue_response(rq->conn, rq->status, resp);
+    MHD_destroy_response(resp);
+    return ret;
+}
+
 static enum MHD_Result access_handler(void *cls, struct MHD_Connection *conn, const char *url,
                                       const char *method, const char *version,
                                       const char *upload_data, size_t *upload_data_size,
@@ -331,8 +438,17 @@ static enum MHD_Result access_handler(void *cls, struct MHD_Connection *conn, co
         rq->route = ROUTE_NONE;
         *con_cls = rq;
         atomic_fetch_add(&srv->active_requests, 1);
-        return MHD_YES; /* headers seen; body (if any) follows */
+        return request_begin(rq, url); /* headers seen; body (if any) follows */
     }
+    if (rq->streaming && *upload_data_size > 0) {
+        size_t len = *upload_data_size;
+        *upload_data_size = 0;
+        if (!rq->deferred && rq->body_write)
+            rq->body_write(rq, upload_data, len);
+        return MHD_YES; /* after an answer, the rest of the body is discarded */
+    }
+    if (rq->streaming)
+        return request_end_streaming(rq);
     if (*upload_data_size > 0) {
         if (rq->body_len + *upload_data_size > REQUEST_BODY_MAX) {
             rq->body_too_large = true;
@@ -355,7 +471,7 @@ static enum MHD_Result access_handler(void *cls, struct MHD_Connection *conn, co
     if (rq->body_too_large)
         return reply_error(rq, 413, "payload too large", "request bodies are limited to %d bytes",
                            REQUEST_BODY_MAX);
-    if (!split_path(rq, url))
+    if (!rq->path_ok)
         return reply_error(rq, 404, "not found", "no such API route");
     if (!ids_are_sane(rq))
         return reply_error(rq, 400, "bad request", "malformed or over-long ID in the URL");
@@ -372,6 +488,10 @@ static void request_completed(void *cls, struct MHD_Connection *conn, void **con
     if (!rq)
         return;
     metrics_request(&srv->metrics, rq->route, rq->status ? rq->status : 500);
+    if (rq->release)
+        rq->release(rq);
+    if (rq->deferred)
+        MHD_destroy_response(rq->deferred); /* the connection ended before the answer */
     for (int i = 0; i < rq->nsegs; i++)
         free(rq->segs[i]);
     free(rq->user);
@@ -453,6 +573,13 @@ static void mhd_log(void *cls, const char *fmt, va_list ap)
 int server_start(struct server *s, char *err, size_t errlen)
 {
     const struct daemon_config *cfg = s->cfg;
+    /* Here rather than in server_new: 'vmexportd --check' must not remove the partial files of
+     * a daemon that is running. */
+    int r = uploads_open(s, &s->uploads);
+    if (r < 0) {
+        snprintf(err, errlen, "starting the upload registry: %s", strerror(-r));
+        return r;
+    }
     for (int i = 0; i < N_ROUTES; i++)
         route_metric_names[i] = routes[i].name;
     route_metric_names[ROUTE_NONE] = "unmatched";
@@ -475,7 +602,6 @@ int server_start(struct server *s, char *err, size_t errlen)
         return -EINVAL;
     }
 
-    int r;
     if (!cfg->insecure_http) {
         flags |= MHD_USE_TLS;
         if ((r = read_pem(cfg->certificate, &s->cert_pem, err, errlen, "certificate")) < 0 ||

@@ -53,6 +53,9 @@ void metrics_write(struct metrics *m, FILE *f, const char *const *route_names, i
             "# HELP vmexport_bytes_served_total Disk bytes sent to clients.\n"
             "# TYPE vmexport_bytes_served_total counter\n"
             "vmexport_bytes_served_total %llu\n"
+            "# HELP vmexport_bytes_uploaded_total Disk bytes received by uploads.\n"
+            "# TYPE vmexport_bytes_uploaded_total counter\n"
+            "vmexport_bytes_uploaded_total %llu\n"
             "# HELP vmexport_snapshots Snapshots in the catalog by status.\n"
             "# TYPE vmexport_snapshots gauge\n"
             "vmexport_snapshots{status=\"ready\"} %" PRId64 "\n"
@@ -69,7 +72,8 @@ void metrics_write(struct metrics *m, FILE *f, const char *const *route_names, i
             "# HELP vmexport_login_failures_total Failed logins.\n"
             "# TYPE vmexport_login_failures_total counter\n"
             "vmexport_login_failures_total %llu\n",
-            (unsigned long long)atomic_load(&m->bytes_served), ready, creating,
+            (unsigned long long)atomic_load(&m->bytes_served),
+            (unsigned long long)atomic_load(&m->bytes_uploaded), ready, creating,
             (unsigned long long)atomic_load(&m->snapshots_created),
             (unsigned long long)atomic_load(&m->snapshots_deleted),
             (unsigned long long)atomic_load(&m->snapshot_failures),

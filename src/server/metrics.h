@@ -1,5 +1,5 @@
 /* Counters for GET /metrics (Prometheus text format): requests by route and status, bytes
- * served, snapshot counts and creation latency.  Lock-free: atomics only. */
+ * served and uploaded, snapshot counts and creation latency.  Lock-free: atomics only. */
 #ifndef VMEXPORT_SERVER_METRICS_H
 #define VMEXPORT_SERVER_METRICS_H
 
@@ -7,13 +7,14 @@
 #include <stdint.h>
 #include <stdio.h>
 
-#define METRICS_ROUTES   16 /* route table size upper bound */
+#define METRICS_ROUTES   32 /* route table size upper bound */
 #define METRICS_STATUSES 13 /* distinct status codes tracked, see metrics.c */
 #define METRICS_BUCKETS  8  /* latency histogram buckets */
 
 struct metrics {
     atomic_ullong requests[METRICS_ROUTES][METRICS_STATUSES];
     atomic_ullong bytes_served;
+    atomic_ullong bytes_uploaded; /* disk bytes written by upload PUTs */
     atomic_ullong snapshots_created, snapshots_deleted, snapshot_failures;
     atomic_ullong create_latency_us_sum;
     atomic_ullong create_latency_bucket[METRICS_BUCKETS + 1]; /* last: +Inf */

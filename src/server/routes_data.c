@@ -306,9 +306,10 @@ int route_disk_changes(struct request *rq)
                            "of an older snapshot of this disk");
     }
     if (start > disk->size) {
+        uint64_t size = disk->size; /* disk lives in snap */
         snapshot_free(snap);
         return reply_error(rq, 400, "bad request", "startOffset %" PRIu64
-                           " is past the end of the disk (%" PRIu64 " bytes)", start, disk->size);
+                           " is past the end of the disk (%" PRIu64 " bytes)", start, size);
     }
 
     const struct snapshot_disk *bd = NULL;

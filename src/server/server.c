@@ -6,6 +6,7 @@
 
 #include "core/log.h"
 #include "server/server.h"
+#include "server/upload.h"
 
 int server_new(const struct daemon_config *cfg, struct server **out, char *err, size_t errlen)
 {
@@ -62,6 +63,7 @@ void server_free(struct server *s)
         return;
     for (size_t i = 0; i < s->n_providers; i++)
         provider_free(s->providers[i]);
+    uploads_close(s->uploads); /* before the catalog: it removes the uploads' records */
     free(s->providers);
     catalog_close(s->catalog);
     if (s->auth)

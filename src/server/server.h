@@ -1,6 +1,7 @@
 /* The HTTP API server of vmexportd: state shared by the route handlers, and the entry points
  * the daemon calls.  http.c owns libmicrohttpd and routing; routes_*.c answer requests;
- * snapshot.c creates and deletes snapshots; metrics.c counts. */
+ * snapshot.c creates and deletes snapshots; upload.c keeps the uploads of new disks; metrics.c
+ * counts. */
 #ifndef VMEXPORT_SERVER_SERVER_H
 #define VMEXPORT_SERVER_SERVER_H
 
@@ -17,6 +18,7 @@
 
 struct MHD_Connection;
 struct MHD_Response;
+struct uploads;
 
 struct server {
     const struct daemon_config *cfg;
@@ -28,11 +30,14 @@ struct server {
     struct MHD_Daemon *mhd;
     char *cert_pem, *key_pem, *ca_pem;
     atomic_uint active_requests;
+    struct uploads *uploads; /* upload.c */
 };
 
 /* Set up everything from the configuration (providers, catalog, auth, recovery of snapshots a
  * crash left half-done); err explains a failure. */
 int server_new(const struct daemon_config *cfg, struct server **out, char *err, size_t errlen);
+/* Remove the partial files of uploads that a crash or stop interrupted, start the upload
+ * registry, and listen. */
 int server_start(struct server *s, char *err, size_t errlen);
 /* Stop accepting; wait up to grace seconds for running requests; stop. */
 void server_stop(struct server *s, unsigned grace);
@@ -54,6 +59,18 @@ struct request {
     char *body;
     size_t body_len;
     bool body_too_large;
+    bool imageio;   /* path under /images/: the transfer ID in it is the credential */
+    bool path_ok;   /* the URL was split into segs (done when the headers arrive) */
+    bool streaming; /* the route takes its body through body_write, without a size limit */
+    /* While the body of a streaming route arrives, libmicrohttpd takes no response: a reply
+     * is kept here (the rest of the body is then discarded) and sent when the body ends. */
+    bool defer_replies;
+    struct MHD_Response *deferred;
+    /* Streaming routes: set by the route's begin hook; gets the body piece by piece. */
+    void (*body_write)(struct request *rq, const char *data, size_t len);
+    /* Called once when the request ends, however it ends, to release what ctx holds. */
+    void (*release)(struct request *rq);
+    void *ctx;
 };
 
 /* Queue a response; take ownership of resp.  Returns the MHD result. */
@@ -85,6 +102,15 @@ int route_disk_data(struct request *rq);
 int route_disk_changes(struct request *rq);
 int route_healthz(struct request *rq);
 int route_metrics(struct request *rq);
+/* routes_upload.c: uploads of new disks, under /api/v1/transfers/{id} and /images/{id}. */
+int route_upload_create(struct request *rq);
+int route_transfer_put_begin(struct request *rq); /* when the headers arrive */
+int route_transfer_put(struct request *rq);       /* when the body has arrived */
+int route_transfer_patch(struct request *rq);
+int route_transfer_options(struct request *rq);
+int route_transfer_extents(struct request *rq);
+int route_transfer_finalize(struct request *rq);
+int route_transfer_cancel(struct request *rq);
 
 /* ---- helpers for routes ---- */
 

@@ -164,7 +164,7 @@ XDG_CACHE_HOME=$WORK/cache-ca expect_exit 0 "--insecure skips verification" \
 expect_exit 1 "snapshots of an unknown VM fails" "${R[@]}" snapshots nope
 check_err "with the server's reason" "VM 'nope' not found"
 expect_exit 1 "snapshot create of a VM without disks fails" "${R[@]}" snapshot create empty01
-check_err "with the server's reason" "not snapshot compatible"
+check_err "with the server's reason" "has no disks"
 
 # --- snapshots ---
 expect_exit 0 "snapshots of a VM without any" "${R[@]}" snapshots web01

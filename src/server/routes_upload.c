@@ -1,0 +1,594 @@
+/* API routes that upload new disks (restore to a host), modelled on ovirt-imageio's images API:
+ *
+ *   POST /api/v1/vms/{vm}/uploads          make a transfer for a new disk (bearer token)
+ *   PUT, PATCH, OPTIONS, DELETE  .../{id}  write data / zero or flush / capabilities / cancel
+ *   GET .../{id}/extents                   data and holes of what was written so far
+ *   POST .../{id}/finalize                 publish the disk
+ *
+ * where ... is /api/v1/transfers (bearer token) or /images (the transfer ID is the credential,
+ * as an imageio ticket).  PUT bodies are streamed to the partial file as they arrive (see the
+ * begin hook in http.c); everything else is small JSON.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <jansson.h>
+#include <microhttpd.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "core/log.h"
+#include "server/upload.h"
+#include "server/server.h"
+
+/* What OPTIONS announces, as ovirt-imageio does. */
+#define TRANSFER_ALLOW       "OPTIONS, GET, PUT, PATCH, POST, DELETE"
+#define TRANSFER_MAX_READERS 1
+#define API_TRANSFERS_PREFIX "/api/v1/transfers/"
+#define IMAGEIO_PREFIX       "/images/"
+
+/* ---- helpers ---- */
+
+/* A JSON reply with one extra header. */
+static int reply_json_header(struct request *rq, unsigned status, json_t *j, const char *header,
+                             const char *value)
+{
+    char *text = j ? json_dumps(j, JSON_COMPACT) : NULL;
+    json_decref(j);
+    if (!text)
+        return MHD_NO;
+    struct MHD_Response *resp =
+        MHD_create_response_from_buffer(strlen(text), text, MHD_RESPMEM_MUST_FREE);
+    if (!resp) {
+        free(text);
+        return MHD_NO;
+    }
+    MHD_add_response_header(resp, "Content-Type", "application/json");
+    MHD_add_response_header(resp, header, value);
+    return reply(rq, status, resp);
+}
+
+/* 416 with "Content-Range: bytes * / SIZE" telling the disk's size. */
+static int reply_out_of_range(struct request *rq, uint64_t size, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static int reply_out_of_range(struct request *rq, uint64_t size, const char *fmt, ...)
+{
+    char details[512], range[64];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(details, sizeof(details), fmt, ap);
+    va_end(ap);
+    snprintf(range, sizeof(range), "bytes */%" PRIu64, size);
+    return reply_json_header(
+        rq, 416, json_pack("{s:s, s:s}", "error", "range not satisfiable", "details", details),
+        MHD_HTTP_HEADER_CONTENT_RANGE, range);
+}
+
+/* A failure of the server or its storage, with err saying what failed. */
+static int reply_failure(struct request *rq, int r, const char *err)
+{
+    if (r == -ENOSPC)
+        return reply_error(rq, 507, "insufficient storage", "%s: no space left on device", err);
+    return reply_error(rq, 500, "internal error", "%s", err);
+}
+
+static int reply_no_transfer(struct request *rq)
+{
+    return reply_error(rq, 404, "not found",
+                       "transfer '%s' not found (unknown, finalized, cancelled or expired)",
+                       rq->segs[1]);
+}
+
+/* The transfer named in the URL, with a reference; NULL when a 404 was queued (*ret). */
+static struct transfer *transfer_lookup(struct request *rq, int *ret)
+{
+    struct transfer *t = upload_get(rq->srv->uploads, rq->segs[1]);
+    if (!t)
+        *ret = reply_no_transfer(rq);
+    return t;
+}
+
+/* A claim of [offset, offset + length) refused by upload_write_begin. */
+static int reply_claim_refused(struct request *rq, int r, uint64_t offset, uint64_t length)
+{
+    uint64_t last = offset + length - 1;
+    switch (-r) {
+    case EBUSY:
+        return reply_error(rq, 409, "conflict",
+                           "bytes %" PRIu64 "-%" PRIu64 " overlap a write in progress", offset,
+                           last);
+    case EUSERS:
+        return reply_error(rq, 409, "conflict",
+                           "%u writers are writing this transfer already ([upload] max_writers)",
+                           uploads_max_writers(rq->srv->uploads));
+    case EALREADY:
+        return reply_error(rq, 409, "conflict", "transfer '%s' is being finalized", rq->segs[1]);
+    default:
+        return reply_no_transfer(rq);
+    }
+}
+
+/* An unsigned decimal with no sign, space or overflow; advances *s. */
+static bool parse_u64(const char **s, uint64_t *out)
+{
+    const char *p = *s;
+    uint64_t v = 0;
+    if (*p < '0' || *p > '9')
+        return false;
+    for (; *p >= '0' && *p <= '9'; p++) {
+        unsigned d = (unsigned)(*p - '0');
+        if (v > (UINT64_MAX - d) / 10)
+            return false;
+        v = v * 10 + d;
+    }
+    *s = p;
+    *out = v;
+    return true;
+}
+
+/* "bytes FIRST-LAST/TOTAL", TOTAL a number or "*" (*total UINT64_MAX). */
+static bool parse_content_range(const char *v, uint64_t *first, uint64_t *last, uint64_t *total)
+{
+    static const char unit[] = "bytes ";
+    if (strncasecmp(v, unit, sizeof(unit) - 1))
+        return false;
+    const char *p = v + sizeof(unit) - 1;
+    while (*p == ' ')
+        p++;
+    if (!parse_u64(&p, first) || *p++ != '-' || !parse_u64(&p, last) || *p++ != '/')
+        return false;
+    if (p[0] == '*' && p[1] == '\0') {
+        *total = UINT64_MAX;
+        return true;
+    }
+    return parse_u64(&p, total) && *p == '\0' && *first <= *last;
+}
+
+/* imageio's "flush" query parameter (y/n), and the API's booleans. */
+static bool arg_flush(struct request *rq, bool *flush)
+{
+    const char *v = request_arg(rq, "flush");
+    if (!v)
+        return true; /* imageio's default: flush */
+    if (!strcmp(v, "y") || !strcmp(v, "true") || !strcmp(v, "True") || !strcmp(v, "1"))
+        *flush = true;
+    else if (!strcmp(v, "n") || !strcmp(v, "false") || !strcmp(v, "False") || !strcmp(v, "0"))
+        *flush = false;
+    else
+        return false;
+    return true;
+}
+
+/* RFC 3339 UTC time, seconds from now. */
+static void rfc3339_in(unsigned seconds, char *buf, size_t len)
+{
+    time_t when = time(NULL) + (time_t)seconds;
+    struct tm tm;
+    gmtime_r(&when, &tm);
+    strftime(buf, len, "%Y-%m-%dT%H:%M:%SZ", &tm);
+}
+
+/* ---- POST /api/v1/vms/{vm}/uploads ---- */
+
+/* The provider that will hold the new disk: the VM's, or for a new VM the one asked for, else
+ * the first that can create disks.  NULL when a reply was queued (*ret). */
+static struct provider *upload_provider(struct request *rq, const char *vm_id, const char *disk,
+                                        const char *wanted, int *ret)
+{
+    struct server *s = rq->srv;
+    struct vm *vm = NULL;
+    struct provider *p = NULL;
+    int r = server_vm_get(s, vm_id, &vm, &p);
+    if (r < 0 && r != -ENOENT) {
+        *ret = reply_errno(rq, r, "VM");
+        return NULL;
+    }
+    if (r == 0) {
+        bool exists = false;
+        for (size_t i = 0; i < vm->disks.len; i++)
+            exists |= !strcmp(vm->disks.ptr[i].name, disk);
+        vm_free(vm);
+        if (wanted && strcmp(wanted, p->name))
+            *ret = reply_error(rq, 409, "conflict", "VM '%s' belongs to provider %s, not %s", vm_id,
+                               p->name, wanted);
+        else if (!p->ops->upload_paths)
+            *ret = reply_error(rq, 409, "conflict", "provider %s cannot create disks", p->name);
+        else if (exists)
+            *ret = reply_error(rq, 409, "conflict", "VM '%s' already has a disk '%s'", vm_id, disk);
+        else
+            return p;
+        return NULL;
+    }
+    if (wanted) {
+        p = server_provider(s, wanted);
+        if (!p)
+            *ret = reply_error(rq, 400, "bad request", "no provider named '%s'", wanted);
+        else if (!p->ops->upload_paths)
+            *ret = reply_error(rq, 409, "conflict", "provider %s cannot create disks", p->name);
+        return p && p->ops->upload_paths ? p : NULL;
+    }
+    for (size_t i = 0; i < s->n_providers; i++)
+        if (s->providers[i]->ops->upload_paths)
+            return s->providers[i];
+    *ret = reply_error(rq, 409, "conflict", "provider %s cannot create disks",
+                       s->n_providers ? s->providers[0]->name : "(none)");
+    return NULL;
+}
+
+/* Make the transfer and answer 201 with it. */
+static int upload_start(struct request *rq, struct provider *p, const char *vm_id, const char *disk,
+                        uint64_t size)
+{
+    struct transfer *t = NULL;
+    char err[512] = "";
+    int r = upload_create(rq->srv->uploads, p, vm_id, disk, size, &t, err, sizeof(err));
+    if (r == -EINVAL || r == -EFBIG)
+        return reply_error(rq, 400, "bad request", "%s", err);
+    if (r == -EEXIST || r == -EBUSY || r == -EMFILE || r == -ENOTDIR || r == -EOPNOTSUPP)
+        return reply_error(rq, 409, "conflict", "%s", err);
+    if (r < 0)
+        return reply_failure(rq, r, err[0] ? err : strerror(-r));
+    char expires[40];
+    rfc3339_in(rq->srv->cfg->upload_idle_timeout, expires, sizeof(expires));
+    json_t *j = json_pack("{s:s, s:s+, s:s+, s:s, s:s, s:I, s:s, s:s, s:s}", "id", t->id, "url",
+                          API_TRANSFERS_PREFIX, t->id, "imageio_url", IMAGEIO_PREFIX, t->id, "vm",
+                          t->vm_id, "disk", t->disk, "size", (json_int_t)t->size, "format", "raw",
+                          "provider", t->provider, "expires_at", expires);
+    upload_put(rq->srv->uploads, t);
+    return reply_json(rq, 201, j);
+}
+
+int route_upload_create(struct request *rq)
+{
+    const char *vm_id = rq->segs[1];
+    json_error_t jerr;
+    json_t *body = rq->body ? json_loadb(rq->body, rq->body_len, 0, &jerr) : NULL;
+    const char *disk = NULL, *format = "raw", *wanted = NULL;
+    json_int_t size = 0;
+    int ret = MHD_NO;
+    struct provider *p;
+    if (!body || json_unpack(body, "{s:s, s:I, s?:s, s?:s}", "disk", &disk, "size", &size, "format",
+                             &format, "provider", &wanted) < 0)
+        ret = reply_error(rq, 400, "bad request",
+                          "expected a JSON body {\"disk\": NAME, \"size\": BYTES, "
+                          "\"format\": \"raw\"}");
+    else if (size <= 0 || (uint64_t)size > UPLOAD_SIZE_MAX)
+        ret = reply_error(rq, 400, "bad request",
+                          "size must be at least 1 byte and at most 2^62 bytes");
+    else if (strcmp(format, "raw"))
+        ret =
+            reply_error(rq, 400, "bad request", "format '%s' is not supported (only raw)", format);
+    else if (!provider_id_is_safe(disk) || !provider_id_is_safe(vm_id))
+        ret = reply_error(rq, 400, "bad request", "unsafe disk name '%s'", disk);
+    else if ((p = upload_provider(rq, vm_id, disk, wanted, &ret)) != NULL)
+        ret = upload_start(rq, p, vm_id, disk, (uint64_t)size);
+    json_decref(body);
+    return ret;
+}
+
+/* ---- PUT .../{id}: data ---- */
+
+struct put_ctx {
+    struct transfer *t;
+    int slot;          /* claimed range, or -1 */
+    uint64_t offset;   /* where the body goes */
+    uint64_t length;   /* bytes claimed */
+    uint64_t received; /* bytes of the body written so far */
+    bool exact;        /* the body must fill the claimed range (Content-Range given) */
+    bool flush;
+};
+
+static void put_release(struct request *rq)
+{
+    struct put_ctx *c = rq->ctx;
+    if (c->t) {
+        upload_write_end(rq->srv->uploads, c->t, c->slot);
+        upload_put(rq->srv->uploads, c->t);
+    }
+    free(c);
+    rq->ctx = NULL;
+}
+
+static void put_body_write(struct request *rq, const char *data, size_t len)
+{
+    struct put_ctx *c = rq->ctx;
+    if (len > c->length - c->received) {
+        reply_out_of_range(rq, c->t->size,
+                           "the body is longer than the %" PRIu64 " bytes of its range at %" PRIu64,
+                           c->length, c->offset);
+        return;
+    }
+    int r = upload_pwrite(c->t, data, len, c->offset + c->received);
+    if (r < 0) {
+        char err[512];
+        snprintf(err, sizeof(err), "writing %s at %" PRIu64 ": %s", c->t->partial_path,
+                 c->offset + c->received, strerror(-r));
+        reply_failure(rq, r, err);
+        return;
+    }
+    c->received += len;
+    atomic_fetch_add(&rq->srv->metrics.bytes_uploaded, (unsigned long long)len);
+}
+
+int route_transfer_put_begin(struct request *rq)
+{
+    struct put_ctx *c = calloc(1, sizeof(*c));
+    if (!c)
+        return MHD_NO;
+    c->slot = -1;
+    rq->ctx = c;
+    rq->release = put_release;
+    int ret = MHD_NO;
+    if (!(c->t = transfer_lookup(rq, &ret)))
+        return ret;
+    uint64_t size = c->t->size;
+    if (!arg_flush(rq, &c->flush))
+        return reply_error(rq, 400, "bad request", "flush takes y or n");
+
+    const char *cl = request_header(rq, MHD_HTTP_HEADER_CONTENT_LENGTH);
+    const char *te = request_header(rq, MHD_HTTP_HEADER_TRANSFER_ENCODING);
+    uint64_t body_len = 0;
+    bool chunked = te && strcasestr(te, "chunked");
+    if (cl && !parse_u64(&cl, &body_len))
+        return reply_error(rq, 400, "bad request", "malformed Content-Length");
+    bool known = !chunked; /* without Content-Length nor chunks, the body is empty */
+
+    const char *cr = request_header(rq, MHD_HTTP_HEADER_CONTENT_RANGE);
+    if (cr) {
+        uint64_t first, last, total;
+        if (!parse_content_range(cr, &first, &last, &total))
+            return reply_error(rq, 400, "bad request",
+                               "Content-Range must be 'bytes FIRST-LAST/SIZE' or "
+                               "'bytes FIRST-LAST/*'");
+        if (total != UINT64_MAX && total != size)
+            return reply_out_of_range(
+                rq, size, "Content-Range is for %" PRIu64 " bytes; the disk has %" PRIu64, total,
+                size);
+        if (last >= size)
+            return reply_out_of_range(
+                rq, size, "bytes %" PRIu64 "-%" PRIu64 " end beyond the disk's %" PRIu64, first,
+                last, size);
+        c->offset = first;
+        c->length = last - first + 1;
+        c->exact = true;
+        if (known && body_len > c->length)
+            return reply_out_of_range(rq, size,
+                                      "the body of %" PRIu64 " bytes is longer than its range of "
+                                      "%" PRIu64,
+                                      body_len, c->length);
+        if (known && body_len < c->length)
+            return reply_error(rq, 400, "bad request",
+                               "the body of %" PRIu64
+                               " bytes is shorter than its range of %" PRIu64,
+                               body_len, c->length);
+    } else {
+        /* imageio: without Content-Range, the body goes at offset 0. */
+        if (known && body_len > size)
+            return reply_out_of_range(rq, size,
+                                      "the body of %" PRIu64 " bytes is longer than the disk's "
+                                      "%" PRIu64,
+                                      body_len, size);
+        c->length = known ? body_len : size;
+    }
+    if (c->length > 0) {
+        int r = upload_write_begin(rq->srv->uploads, c->t, c->offset, c->length, &c->slot);
+        if (r < 0)
+            return reply_claim_refused(rq, r, c->offset, c->length);
+    }
+    rq->body_write = put_body_write;
+    return MHD_YES;
+}
+
+int route_transfer_put(struct request *rq)
+{
+    struct put_ctx *c = rq->ctx;
+    if (c->exact && c->received < c->length)
+        return reply_error(rq, 400, "bad request",
+                           "the body of %" PRIu64 " bytes is shorter than its range of %" PRIu64,
+                           c->received, c->length);
+    if (upload_is_gone(rq->srv->uploads, c->t))
+        return reply_error(rq, 404, "not found", "transfer '%s' was cancelled during the write",
+                           rq->segs[1]);
+    if (c->flush && c->received > 0) {
+        int r = upload_flush(c->t);
+        if (r < 0) {
+            char err[512];
+            snprintf(err, sizeof(err), "flushing %s: %s", c->t->partial_path, strerror(-r));
+            return reply_failure(rq, r, err);
+        }
+    }
+    return reply_json(rq, 200, json_object());
+}
+
+/* ---- PATCH .../{id}: zero, flush ---- */
+
+static int patch_zero(struct request *rq, struct transfer *t, json_t *body)
+{
+    json_int_t offset = -1, size = -1;
+    int flush = 0;
+    if (json_unpack(body, "{s:I, s:I, s?:b}", "offset", &offset, "size", &size, "flush", &flush) <
+            0 ||
+        offset < 0 || size <= 0)
+        return reply_error(rq, 400, "bad request",
+                           "zero needs {\"op\": \"zero\", \"offset\": N, \"size\": N > 0, "
+                           "\"flush\": BOOL}");
+    if ((uint64_t)offset + (uint64_t)size > t->size)
+        return reply_out_of_range(rq, t->size,
+                                  "bytes %" PRIu64 "-%" PRIu64 " end beyond the disk's %" PRIu64,
+                                  (uint64_t)offset, (uint64_t)offset + (uint64_t)size - 1, t->size);
+    int slot;
+    int r = upload_write_begin(rq->srv->uploads, t, (uint64_t)offset, (uint64_t)size, &slot);
+    if (r < 0)
+        return reply_claim_refused(rq, r, (uint64_t)offset, (uint64_t)size);
+    r = upload_zero(t, (uint64_t)offset, (uint64_t)size);
+    if (r == 0 && flush)
+        r = upload_flush(t);
+    upload_write_end(rq->srv->uploads, t, slot);
+    if (r < 0) {
+        char err[512];
+        snprintf(err, sizeof(err), "zeroing %s at %" PRIu64 ": %s", t->partial_path,
+                 (uint64_t)offset, strerror(-r));
+        return reply_failure(rq, r, err);
+    }
+    if (upload_is_gone(rq->srv->uploads, t))
+        return reply_error(rq, 404, "not found", "transfer '%s' was cancelled during the write",
+                           rq->segs[1]);
+    return reply_json(rq, 200, json_object());
+}
+
+int route_transfer_patch(struct request *rq)
+{
+    int ret = MHD_NO;
+    struct transfer *t = transfer_lookup(rq, &ret);
+    if (!t)
+        return ret;
+    json_error_t jerr;
+    json_t *body = rq->body ? json_loadb(rq->body, rq->body_len, 0, &jerr) : NULL;
+    const char *op = NULL;
+    if (!body || json_unpack(body, "{s:s}", "op", &op) < 0) {
+        ret = reply_error(rq, 400, "bad request",
+                          "expected a JSON body {\"op\": \"zero\" or \"flush\", ...}");
+    } else if (!strcmp(op, "zero")) {
+        ret = patch_zero(rq, t, body);
+    } else if (!strcmp(op, "flush")) {
+        int r = upload_flush(t);
+        if (r < 0) {
+            char err[512];
+            snprintf(err, sizeof(err), "flushing %s: %s", t->partial_path, strerror(-r));
+            ret = reply_failure(rq, r, err);
+        } else {
+            ret = reply_json(rq, 200, json_object());
+        }
+    } else {
+        ret = reply_error(rq, 400, "bad request", "op '%s' is not supported (zero, flush)", op);
+    }
+    json_decref(body);
+    upload_put(rq->srv->uploads, t);
+    return ret;
+}
+
+/* ---- OPTIONS .../{id} ---- */
+
+int route_transfer_options(struct request *rq)
+{
+    int ret = MHD_NO;
+    struct transfer *t = transfer_lookup(rq, &ret);
+    if (!t)
+        return ret;
+    upload_put(rq->srv->uploads, t);
+    json_t *j = json_pack("{s:[sss], s:i, s:i, s:n}", "features", "extents", "zero", "flush",
+                          "max_readers", TRANSFER_MAX_READERS, "max_writers",
+                          (int)uploads_max_writers(rq->srv->uploads), "unix_socket");
+    return reply_json_header(rq, 200, j, "Allow", TRANSFER_ALLOW);
+}
+
+/* ---- GET .../{id}/extents ---- */
+
+static void extent_write(FILE *f, bool *first, uint64_t start, uint64_t length, bool zero)
+{
+    fprintf(f, "%s{\"start\":%" PRIu64 ",\"length\":%" PRIu64 ",\"zero\":%s,\"hole\":%s}",
+            *first ? "" : ",", start, length, zero ? "true" : "false", zero ? "true" : "false");
+    *first = false;
+}
+
+/* Data and holes of the partial file, from SEEK_DATA/SEEK_HOLE, covering [0, size). */
+static int extents_write(FILE *f, struct transfer *t)
+{
+    bool first = true;
+    uint64_t pos = 0;
+    fputc('[', f);
+    while (pos < t->size) {
+        off_t data = lseek(t->fd, (off_t)pos, SEEK_DATA);
+        if (data < 0 && errno != ENXIO)
+            return -errno;
+        uint64_t d = data < 0 || (uint64_t)data > t->size ? t->size : (uint64_t)data;
+        if (d > pos)
+            extent_write(f, &first, pos, d - pos, true);
+        if (d >= t->size)
+            break;
+        off_t hole = lseek(t->fd, (off_t)d, SEEK_HOLE);
+        if (hole < 0 && errno != ENXIO)
+            return -errno;
+        uint64_t h = hole < 0 || (uint64_t)hole > t->size ? t->size : (uint64_t)hole;
+        if (h <= d)
+            h = t->size; /* cannot happen; never loop forever on a strange filesystem */
+        extent_write(f, &first, d, h - d, false);
+        pos = h;
+    }
+    fputc(']', f);
+    return ferror(f) ? -EIO : 0;
+}
+
+int route_transfer_extents(struct request *rq)
+{
+    int ret = MHD_NO;
+    struct transfer *t = transfer_lookup(rq, &ret);
+    if (!t)
+        return ret;
+    const char *context = request_arg(rq, "context");
+    FILE *f = NULL;
+    int r = 0;
+    if (context && strcmp(context, "zero")) {
+        ret = reply_error(rq, 400, "bad request", "context '%s' is not supported (only zero)",
+                          context);
+    } else if (!(f = tmpfile())) {
+        ret = reply_errno(rq, -errno, "temporary file");
+    } else if ((r = extents_write(f, t)) < 0) {
+        fclose(f);
+        char err[512];
+        snprintf(err, sizeof(err), "extents of %s: %s", t->partial_path, strerror(-r));
+        ret = reply_failure(rq, r, err);
+    } else {
+        ret = reply_json_file(rq, 200, f);
+    }
+    upload_put(rq->srv->uploads, t);
+    return ret;
+}
+
+/* ---- POST .../{id}/finalize ---- */
+
+int route_transfer_finalize(struct request *rq)
+{
+    int ret = MHD_NO;
+    struct transfer *t = transfer_lookup(rq, &ret);
+    if (!t)
+        return ret;
+    char err[512] = "";
+    int r = upload_finalize(rq->srv->uploads, t, err, sizeof(err));
+    if (r == -ENOENT)
+        ret = reply_no_transfer(rq);
+    else if (r == -EBUSY || r == -EALREADY || r == -EEXIST)
+        ret = reply_error(rq, 409, "conflict", "%s", err);
+    else if (r < 0)
+        ret = reply_failure(rq, r, err);
+    else
+        ret = reply_json(rq, 200,
+                         json_pack("{s:s, s:s, s:s, s:I, s:s}", "vm", t->vm_id, "disk", t->disk,
+                                   "path", t->final_path, "size", (json_int_t)t->size, "provider",
+                                   t->provider));
+    upload_put(rq->srv->uploads, t);
+    return ret;
+}
+
+/* ---- DELETE .../{id} ---- */
+
+int route_transfer_cancel(struct request *rq)
+{
+    int ret = MHD_NO;
+    struct transfer *t = transfer_lookup(rq, &ret);
+    if (!t)
+        return ret;
+    int r = upload_cancel(rq->srv->uploads, t);
+    upload_put(rq->srv->uploads, t);
+    if (r == -EALREADY)
+        return reply_error(rq, 409, "conflict", "transfer '%s' is being finalized", rq->segs[1]);
+    if (r < 0)
+        return reply_no_transfer(rq);
+    struct MHD_Response *resp = MHD_create_response_from_buffer(0, NULL, MHD_RESPMEM_PERSISTENT);
+    return reply(rq, 204, resp);
+}

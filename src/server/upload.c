@@ -1,0 +1,660 @@
+/* The registry of uploads of new disks; see upload.h.
+ *
+ * One mutex guards the list of transfers and each transfer's state, references and writer
+ * slots; it is held only for those few fields, never across I/O.  Data is written with pwrite
+ * on the transfer's shared descriptor, outside the lock, by as many requests as there are
+ * disjoint claimed ranges.  A transfer leaves the list when it is finalized, cancelled or
+ * expires, and is freed when its last reference is dropped.
+ */
+#include "server/upload.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <libgen.h>
+#include <openssl/crypto.h>
+#include <openssl/rand.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "core/cleanup.h"
+#include "core/log.h"
+#include "server/server.h"
+
+/* Partial files hold whole disks: private to the daemon until renamed into place. */
+#define UPLOAD_FILE_MODE 0600
+/* How often the reaper looks for idle transfers. */
+#define UPLOAD_REAP_INTERVAL_MS 500
+/* Transfers open at once, all VMs together (each holds a file descriptor). */
+#define UPLOAD_MAX_TRANSFERS 1024
+/* Block of zeros written when the filesystem can neither punch holes nor zero ranges. */
+#define UPLOAD_ZERO_BLOCK (1024 * 1024)
+
+#define MS_PER_S  1000u
+#define NS_PER_MS 1000000u
+
+struct uploads {
+    struct server *srv;
+    pthread_mutex_t lock;
+    pthread_cond_t wake; /* the reaper's timer, and its stop signal */
+    pthread_t reaper;
+    bool reaper_running, stopping;
+    struct transfer *list;
+    uint64_t idle_ms;
+    unsigned max_writers;
+};
+
+static uint64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * MS_PER_S + (uint64_t)ts.tv_nsec / NS_PER_MS;
+}
+
+static char *now_rfc3339(void)
+{
+    struct timespec ts;
+    struct tm tm;
+    char buf[40];
+    clock_gettime(CLOCK_REALTIME, &ts);
+    gmtime_r(&ts.tv_sec, &tm);
+    size_t n = strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%S", &tm);
+    snprintf(buf + n, sizeof(buf) - n, ".%06ldZ", ts.tv_nsec / 1000);
+    return strdup(buf);
+}
+
+static int transfer_id_new(char out[UPLOAD_ID_LEN + 1])
+{
+    static const char hex[] = "0123456789abcdef";
+    uint8_t b[UPLOAD_ID_BYTES];
+    if (RAND_bytes(b, sizeof(b)) != 1)
+        return -EIO;
+    for (size_t i = 0; i < sizeof(b); i++) {
+        out[2 * i] = hex[b[i] >> 4];
+        out[2 * i + 1] = hex[b[i] & 0xf];
+    }
+    out[UPLOAD_ID_LEN] = '\0';
+    return 0;
+}
+
+static void transfer_free(struct transfer *t)
+{
+    if (!t)
+        return;
+    if (t->fd >= 0)
+        close(t->fd);
+    free(t->provider);
+    free(t->vm_id);
+    free(t->disk);
+    free(t->partial_path);
+    free(t->final_path);
+    free(t->writers);
+    free(t);
+}
+
+/* Take t out of the list.  Called with the lock held. */
+static void list_remove(struct uploads *u, struct transfer *t)
+{
+    for (struct transfer **pp = &u->list; *pp; pp = &(*pp)->next) {
+        if (*pp == t) {
+            *pp = t->next;
+            t->next = NULL;
+            return;
+        }
+    }
+}
+
+/* Remove the partial file of a transfer that left the list, and its catalog record. */
+static void transfer_discard(struct uploads *u, struct transfer *t, const char *why)
+{
+    if (unlink(t->partial_path) < 0 && errno != ENOENT)
+        log_error("upload %s of VM %s disk %s: removing %s: %s", t->id, t->vm_id, t->disk,
+                  t->partial_path, strerror(errno));
+    int r = catalog_upload_remove(u->srv->catalog, t->id);
+    if (r < 0 && r != -ENOENT)
+        log_error("upload %s: removing its catalog record: %s (removed at the next start)", t->id,
+                  strerror(-r));
+    log_info("upload %s of VM %s disk %s %s: removed %s", t->id, t->vm_id, t->disk, why,
+             t->partial_path);
+}
+
+/* ---- recovery and the reaper ---- */
+
+/* Remove the partial files of uploads recorded by an earlier run: a crash or a stop ended
+ * them, and nothing half-written may ever become a disk. */
+static int uploads_recover(struct uploads *u)
+{
+    upload_record_list l = VECTOR_INIT;
+    int r = catalog_upload_list(u->srv->catalog, &l);
+    for (size_t i = 0; r == 0 && i < l.len; i++) {
+        const struct upload_record *rec = &l.ptr[i];
+        /* A damaged catalog must not make the daemon delete some other file: partial files
+         * are always named after their upload. */
+        const char *base = strrchr(rec->partial_path, '/');
+        if (!base || !strstr(base, rec->id)) {
+            log_error("upload %s: recorded partial file %s is not named after the upload; "
+                      "left alone",
+                      rec->id, rec->partial_path);
+        } else if (unlink(rec->partial_path) == 0) {
+            log_warn("upload %s of VM %s disk %s (%s) was interrupted by a restart: removed %s",
+                     rec->id, rec->vm_id, rec->disk, rec->created_at, rec->partial_path);
+        } else if (errno == ENOENT) {
+            log_warn("upload %s of VM %s disk %s (%s) was interrupted by a restart: no partial "
+                     "file left",
+                     rec->id, rec->vm_id, rec->disk, rec->created_at);
+        } else {
+            r = -errno;
+            log_error("upload %s: removing %s: %s (retried at the next start)", rec->id,
+                      rec->partial_path, strerror(-r));
+            break;
+        }
+        int cr = catalog_upload_remove(u->srv->catalog, rec->id);
+        if (cr < 0 && cr != -ENOENT)
+            r = cr;
+    }
+    upload_record_list_free(&l);
+    return r;
+}
+
+static void *reaper_main(void *arg)
+{
+    struct uploads *u = arg;
+    pthread_mutex_lock(&u->lock);
+    while (!u->stopping) {
+        struct timespec deadline;
+        clock_gettime(CLOCK_MONOTONIC, &deadline);
+        uint64_t ns = (uint64_t)deadline.tv_nsec + (uint64_t)UPLOAD_REAP_INTERVAL_MS * NS_PER_MS;
+        deadline.tv_sec += (time_t)(ns / (NS_PER_MS * MS_PER_S));
+        deadline.tv_nsec = (long)(ns % (NS_PER_MS * MS_PER_S));
+        pthread_cond_timedwait(&u->wake, &u->lock, &deadline);
+        if (u->stopping)
+            break;
+        uint64_t now = now_ms();
+        struct transfer *expired = NULL;
+        for (struct transfer **pp = &u->list; *pp;) {
+            struct transfer *t = *pp;
+            if (t->state == TRANSFER_ACTIVE && t->refs == 0 &&
+                now - t->last_used_ms >= u->idle_ms) {
+                *pp = t->next;
+                t->state = TRANSFER_GONE;
+                t->next = expired;
+                expired = t;
+            } else {
+                pp = &t->next;
+            }
+        }
+        pthread_mutex_unlock(&u->lock);
+        /* Out of the list with no reference: nobody else can reach them. */
+        while (expired) {
+            struct transfer *t = expired;
+            expired = t->next;
+            char why[64];
+            snprintf(why, sizeof(why), "expired (%llu s without requests)",
+                     (unsigned long long)(u->idle_ms / MS_PER_S));
+            transfer_discard(u, t, why);
+            transfer_free(t);
+        }
+        pthread_mutex_lock(&u->lock);
+    }
+    pthread_mutex_unlock(&u->lock);
+    return NULL;
+}
+
+int uploads_open(struct server *s, struct uploads **out)
+{
+    struct uploads *u = calloc(1, sizeof(*u));
+    if (!u)
+        return -ENOMEM;
+    u->srv = s;
+    u->idle_ms = (uint64_t)s->cfg->upload_idle_timeout * MS_PER_S;
+    u->max_writers = s->cfg->upload_max_writers;
+    pthread_mutex_init(&u->lock, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&u->wake, &ca);
+    pthread_condattr_destroy(&ca);
+
+    int r = uploads_recover(u);
+    if (r < 0)
+        log_warn("removing the partial files of interrupted uploads: %s (will retry at the next "
+                 "start)",
+                 strerror(-r));
+    int e = pthread_create(&u->reaper, NULL, reaper_main, u);
+    if (e != 0) {
+        uploads_close(u);
+        return -e;
+    }
+    u->reaper_running = true;
+    *out = u;
+    return 0;
+}
+
+void uploads_close(struct uploads *u)
+{
+    if (!u)
+        return;
+    pthread_mutex_lock(&u->lock);
+    u->stopping = true;
+    pthread_cond_signal(&u->wake);
+    pthread_mutex_unlock(&u->lock);
+    if (u->reaper_running)
+        pthread_join(u->reaper, NULL);
+    /* No request runs any more: what is left can never be finished by its client. */
+    while (u->list) {
+        struct transfer *t = u->list;
+        u->list = t->next;
+        t->state = TRANSFER_GONE;
+        if (t->partial_path)
+            transfer_discard(u, t, "cancelled by the daemon's stop");
+        if (t->refs == 0)
+            transfer_free(t);
+        else
+            log_warn("upload %s: still referenced at stop; not freed", t->id);
+    }
+    pthread_cond_destroy(&u->wake);
+    pthread_mutex_destroy(&u->lock);
+    free(u);
+}
+
+unsigned uploads_max_writers(const struct uploads *u)
+{
+    return u->max_writers;
+}
+
+/* ---- transfers ---- */
+
+/* Reserve a place in the list for t (state CREATING), unless the same disk is being uploaded
+ * already or too many transfers are open. */
+static int transfer_reserve(struct uploads *u, struct transfer *t, char *err, size_t errlen)
+{
+    int r = 0;
+    size_t n = 0;
+    pthread_mutex_lock(&u->lock);
+    for (struct transfer *o = u->list; o; o = o->next) {
+        n++;
+        if (!strcmp(o->provider, t->provider) && !strcmp(o->vm_id, t->vm_id) &&
+            !strcmp(o->disk, t->disk)) {
+            /* The other transfer's ID is its client's secret: not told here. */
+            snprintf(err, errlen, "an upload of disk '%s' of VM '%s' is already in progress",
+                     t->disk, t->vm_id);
+            r = -EBUSY;
+            break;
+        }
+    }
+    if (r == 0 && n >= UPLOAD_MAX_TRANSFERS) {
+        snprintf(err, errlen, "too many uploads in progress (%d); finish or cancel some",
+                 UPLOAD_MAX_TRANSFERS);
+        r = -EMFILE;
+    }
+    if (r == 0) {
+        t->state = TRANSFER_CREATING;
+        t->next = u->list;
+        u->list = t;
+    }
+    pthread_mutex_unlock(&u->lock);
+    return r;
+}
+
+/* Make the partial file: recorded in the catalog first, so that no crash can leave a file
+ * the next start does not know of. */
+static int transfer_make_file(struct uploads *u, struct transfer *t, bool *recorded, char *err,
+                              size_t errlen)
+{
+    struct stat st;
+    if (lstat(t->final_path, &st) == 0) {
+        snprintf(err, errlen, "VM '%s' already has a file named '%s'", t->vm_id, t->disk);
+        return -EEXIST;
+    }
+    if (errno != ENOENT) {
+        int r = -errno;
+        snprintf(err, errlen, "%s: %s", t->final_path, strerror(-r));
+        return r;
+    }
+    CLEANUP_FREE char *created_at = now_rfc3339();
+    if (!created_at)
+        return -ENOMEM;
+    struct upload_record rec = {
+        .id = t->id,
+        .vm_id = t->vm_id,
+        .disk = t->disk,
+        .partial_path = t->partial_path,
+        .final_path = t->final_path,
+        .size = t->size,
+        .created_at = created_at,
+    };
+    int r = catalog_upload_add(u->srv->catalog, &rec);
+    if (r < 0) {
+        snprintf(err, errlen, "catalog: recording the upload: %s", strerror(-r));
+        return r;
+    }
+    *recorded = true;
+    t->fd = open(t->partial_path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, UPLOAD_FILE_MODE);
+    if (t->fd < 0) {
+        r = -errno;
+        snprintf(err, errlen, "creating %s: %s", t->partial_path, strerror(-r));
+        return r;
+    }
+    if (ftruncate(t->fd, (off_t)t->size) < 0) {
+        r = -errno;
+        snprintf(err, errlen, "making %s %llu bytes long: %s", t->partial_path,
+                 (unsigned long long)t->size,
+                 r == -EFBIG || r == -EINVAL ? "too large for the filesystem" : strerror(-r));
+        unlink(t->partial_path);
+        return r == -EINVAL ? -EFBIG : r;
+    }
+    return 0;
+}
+
+int upload_create(struct uploads *u, struct provider *p, const char *vm_id, const char *disk,
+                  uint64_t size, struct transfer **out, char *err, size_t errlen)
+{
+    if (!p->ops->upload_paths) {
+        snprintf(err, errlen, "provider %s cannot create disks", p->name);
+        return -EOPNOTSUPP;
+    }
+    struct transfer *t = calloc(1, sizeof(*t));
+    if (!t)
+        return -ENOMEM;
+    t->fd = -1;
+    t->size = size;
+    t->provider = strdup(p->name);
+    t->vm_id = strdup(vm_id);
+    t->disk = strdup(disk);
+    t->writers = calloc(u->max_writers, sizeof(*t->writers));
+    if (!t->provider || !t->vm_id || !t->disk || !t->writers) {
+        transfer_free(t);
+        return -ENOMEM;
+    }
+    int r = transfer_id_new(t->id);
+    if (r < 0) {
+        snprintf(err, errlen, "no random numbers for a transfer ID");
+        transfer_free(t);
+        return r;
+    }
+    if ((r = transfer_reserve(u, t, err, errlen)) < 0) {
+        transfer_free(t);
+        return r;
+    }
+    bool recorded = false;
+    r = p->ops->upload_paths(p, vm_id, disk, t->id, &t->partial_path, &t->final_path);
+    if (r == -EINVAL)
+        snprintf(err, errlen, "provider %s cannot use VM '%s' with disk '%s' (bad name)", p->name,
+                 vm_id, disk);
+    else if (r == -ENOTDIR)
+        snprintf(err, errlen, "provider %s: VM '%s' is taken by something that is not a VM",
+                 p->name, vm_id);
+    else if (r < 0)
+        snprintf(err, errlen, "provider %s: VM '%s': %s", p->name, vm_id, strerror(-r));
+    if (r == 0)
+        r = transfer_make_file(u, t, &recorded, err, errlen);
+
+    pthread_mutex_lock(&u->lock);
+    if (r == 0) {
+        t->state = TRANSFER_ACTIVE;
+        t->refs = 1;
+        t->last_used_ms = now_ms();
+    } else {
+        list_remove(u, t);
+    }
+    pthread_mutex_unlock(&u->lock);
+    if (r < 0) {
+        if (recorded)
+            catalog_upload_remove(u->srv->catalog, t->id);
+        transfer_free(t);
+        return r;
+    }
+    log_info("upload %s of VM %s disk %s (%llu bytes) started in %s", t->id, t->vm_id, t->disk,
+             (unsigned long long)t->size, t->partial_path);
+    *out = t;
+    return 0;
+}
+
+struct transfer *upload_get(struct uploads *u, const char *id)
+{
+    if (strlen(id) != UPLOAD_ID_LEN)
+        return NULL;
+    struct transfer *found = NULL;
+    pthread_mutex_lock(&u->lock);
+    /* IDs are credentials: compared in constant time, and every entry is compared. */
+    for (struct transfer *t = u->list; t; t = t->next)
+        if (CRYPTO_memcmp(t->id, id, UPLOAD_ID_LEN) == 0 &&
+            (t->state == TRANSFER_ACTIVE || t->state == TRANSFER_FINALIZING))
+            found = t;
+    if (found) {
+        found->refs++;
+        found->last_used_ms = now_ms();
+    }
+    pthread_mutex_unlock(&u->lock);
+    return found;
+}
+
+void upload_put(struct uploads *u, struct transfer *t)
+{
+    if (!t)
+        return;
+    pthread_mutex_lock(&u->lock);
+    t->refs--;
+    t->last_used_ms = now_ms();
+    bool last = t->refs == 0 && t->state == TRANSFER_GONE;
+    pthread_mutex_unlock(&u->lock);
+    if (last)
+        transfer_free(t);
+}
+
+bool upload_is_gone(struct uploads *u, struct transfer *t)
+{
+    pthread_mutex_lock(&u->lock);
+    bool gone = t->state == TRANSFER_GONE;
+    pthread_mutex_unlock(&u->lock);
+    return gone;
+}
+
+int upload_write_begin(struct uploads *u, struct transfer *t, uint64_t offset, uint64_t length,
+                       int *slot)
+{
+    uint64_t end = offset + length;
+    int r = 0, free_slot = -1;
+    pthread_mutex_lock(&u->lock);
+    if (t->state == TRANSFER_FINALIZING)
+        r = -EALREADY;
+    else if (t->state != TRANSFER_ACTIVE)
+        r = -ENOENT;
+    for (unsigned i = 0; r == 0 && i < u->max_writers; i++) {
+        const struct transfer_writer *w = &t->writers[i];
+        if (!w->used) {
+            if (free_slot < 0)
+                free_slot = (int)i;
+        } else if (offset < w->end && w->start < end) {
+            r = -EBUSY;
+        }
+    }
+    if (r == 0 && free_slot < 0)
+        r = -EUSERS;
+    if (r == 0) {
+        t->writers[free_slot] = (struct transfer_writer){.start = offset, .end = end, .used = true};
+        *slot = free_slot;
+    }
+    pthread_mutex_unlock(&u->lock);
+    return r;
+}
+
+void upload_write_end(struct uploads *u, struct transfer *t, int slot)
+{
+    if (slot < 0)
+        return;
+    pthread_mutex_lock(&u->lock);
+    t->writers[slot].used = false;
+    t->last_used_ms = now_ms();
+    pthread_mutex_unlock(&u->lock);
+}
+
+int upload_pwrite(struct transfer *t, const void *buf, size_t len, uint64_t offset)
+{
+    const char *p = buf;
+    while (len > 0) {
+        ssize_t n = pwrite(t->fd, p, len, (off_t)offset);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return -errno;
+        }
+        p += n;
+        len -= (size_t)n;
+        offset += (uint64_t)n;
+    }
+    return 0;
+}
+
+/* fallocate() modes this filesystem does not have fail with one of these. */
+static bool mode_unsupported(int e)
+{
+    return e == EOPNOTSUPP || e == ENOSYS || e == EINVAL;
+}
+
+int upload_zero(struct transfer *t, uint64_t offset, uint64_t length)
+{
+    if (fallocate(t->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)offset,
+                  (off_t)length) == 0)
+        return 0;
+    if (!mode_unsupported(errno))
+        return -errno;
+    if (fallocate(t->fd, FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE, (off_t)offset,
+                  (off_t)length) == 0)
+        return 0;
+    if (!mode_unsupported(errno))
+        return -errno;
+    CLEANUP_FREE char *zeros = calloc(1, UPLOAD_ZERO_BLOCK);
+    if (!zeros)
+        return -ENOMEM;
+    while (length > 0) {
+        size_t n = length < UPLOAD_ZERO_BLOCK ? (size_t)length : UPLOAD_ZERO_BLOCK;
+        int r = upload_pwrite(t, zeros, n, offset);
+        if (r < 0)
+            return r;
+        offset += n;
+        length -= n;
+    }
+    return 0;
+}
+
+int upload_flush(struct transfer *t)
+{
+    return fdatasync(t->fd) < 0 ? -errno : 0;
+}
+
+/* Publish partial as final, failing with -EEXIST rather than replacing anything. */
+static int rename_noreplace(const char *partial, const char *final)
+{
+    if (renameat2(AT_FDCWD, partial, AT_FDCWD, final, RENAME_NOREPLACE) == 0)
+        return 0;
+    if (errno != EINVAL && errno != ENOSYS)
+        return -errno;
+    /* No RENAME_NOREPLACE here: link() never replaces either.  A crash between the two steps
+     * leaves both names; the next start removes the partial one. */
+    if (link(partial, final) < 0)
+        return -errno;
+    if (unlink(partial) < 0)
+        log_warn("%s: removing after publishing it as %s: %s", partial, final, strerror(errno));
+    return 0;
+}
+
+static int fsync_parent(const char *path)
+{
+    CLEANUP_FREE char *copy = strdup(path);
+    if (!copy)
+        return -ENOMEM;
+    CLEANUP_CLOSE int fd = open(dirname(copy), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0 || fsync(fd) < 0)
+        return -errno;
+    return 0;
+}
+
+/* Back to ACTIVE after a finalize that could not publish the disk. */
+static void transfer_reactivate(struct uploads *u, struct transfer *t)
+{
+    pthread_mutex_lock(&u->lock);
+    t->state = TRANSFER_ACTIVE;
+    pthread_mutex_unlock(&u->lock);
+}
+
+int upload_finalize(struct uploads *u, struct transfer *t, char *err, size_t errlen)
+{
+    int r = 0;
+    pthread_mutex_lock(&u->lock);
+    if (t->state == TRANSFER_FINALIZING) {
+        r = -EALREADY;
+    } else if (t->state != TRANSFER_ACTIVE) {
+        r = -ENOENT;
+    } else {
+        for (unsigned i = 0; i < u->max_writers; i++)
+            if (t->writers[i].used)
+                r = -EBUSY;
+        if (r == 0)
+            t->state = TRANSFER_FINALIZING;
+    }
+    pthread_mutex_unlock(&u->lock);
+    if (r == -EALREADY)
+        snprintf(err, errlen, "transfer %s is being finalized", t->id);
+    else if (r == -ENOENT)
+        snprintf(err, errlen, "transfer %s is gone", t->id);
+    else if (r == -EBUSY)
+        snprintf(err, errlen, "transfer %s has writes in progress; finalize after they end", t->id);
+    if (r < 0)
+        return r;
+
+    if (fsync(t->fd) < 0) {
+        r = -errno;
+        snprintf(err, errlen, "flushing %s: %s", t->partial_path, strerror(-r));
+        transfer_reactivate(u, t);
+        return r;
+    }
+    if ((r = rename_noreplace(t->partial_path, t->final_path)) < 0) {
+        if (r == -EEXIST)
+            snprintf(err, errlen,
+                     "a file named '%s' appeared in VM '%s' during the upload; cancel this "
+                     "transfer and upload under another name",
+                     t->disk, t->vm_id);
+        else
+            snprintf(err, errlen, "renaming %s to %s: %s", t->partial_path, t->final_path,
+                     strerror(-r));
+        transfer_reactivate(u, t);
+        return r;
+    }
+    int e = fsync_parent(t->final_path);
+    if (e < 0)
+        log_warn("upload %s: syncing the directory of %s: %s", t->id, t->final_path, strerror(-e));
+    e = catalog_upload_remove(u->srv->catalog, t->id);
+    if (e < 0 && e != -ENOENT)
+        log_error("upload %s: removing its catalog record: %s (removed at the next start)", t->id,
+                  strerror(-e));
+    pthread_mutex_lock(&u->lock);
+    t->state = TRANSFER_GONE;
+    list_remove(u, t);
+    pthread_mutex_unlock(&u->lock);
+    log_info("upload %s finished: VM %s disk %s (%llu bytes) is %s", t->id, t->vm_id, t->disk,
+             (unsigned long long)t->size, t->final_path);
+    return 0;
+}
+
+int upload_cancel(struct uploads *u, struct transfer *t)
+{
+    int r = 0;
+    pthread_mutex_lock(&u->lock);
+    if (t->state == TRANSFER_FINALIZING) {
+        r = -EALREADY;
+    } else if (t->state != TRANSFER_ACTIVE) {
+        r = -ENOENT;
+    } else {
+        t->state = TRANSFER_GONE;
+        list_remove(u, t);
+    }
+    pthread_mutex_unlock(&u->lock);
+    if (r == 0)
+        transfer_discard(u, t, "cancelled");
+    return r;
+}
