@@ -134,6 +134,7 @@ static int upload_one(const char *cmd, struct client *c, const struct upload_sou
     }
 
     uint64_t n = (src->size + src->chunk - 1) / src->chunk;
+    uint64_t sent_before = client_bytes_sent(c); /* c may have served earlier disks */
     struct upload_job j = {.src = src, .url = url};
     pthread_mutex_init(&j.lock, NULL);
     j.zero_map = calloc(n / 8 + 1, 1);
@@ -186,7 +187,7 @@ static int upload_one(const char *cmd, struct client *c, const struct upload_sou
         client_json(c, "POST", fin, NULL, NULL, NULL) < 0)
         job_fail(&j, "finalize: %s", client_error(c));
 
-    uint64_t sent = 0;
+    uint64_t sent = 0 - sent_before;
     for (unsigned k = 0; k < opened; k++)
         sent += client_bytes_sent(conns[k]);
     for (unsigned k = 1; k < opened; k++)

@@ -139,6 +139,7 @@ static int run_hook(struct server *s, const char *cmd, const char *vm_id, const 
     if (pid < 0)
         return -errno;
     if (pid == 0) {
+        setenv("VMEXPORT_VM_ID", vm_id, 1);
         execl("/bin/sh", "sh", "-c", cmd, "vmexport-hook", vm_id, (char *)NULL);
         _exit(127);
     }
