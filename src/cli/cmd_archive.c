@@ -35,6 +35,7 @@
 #include <unistd.h>
 
 #include "cli/cli.h"
+#include "cli/repo_open.h"
 #include "cli/progress.h"
 #include "core/cleanup.h"
 #include "core/hash.h"
@@ -56,8 +57,6 @@
 #define METADATA_MAX (16u << 20)
 /* Seconds to wait for the repository lock (export) or the VM lock (import). */
 #define LOCK_TIMEOUT 600
-/* Largest passphrase read from a file or the environment. */
-#define PASSPHRASE_MAX 1024
 /* Block size of archive reads from a file or a pipe. */
 #define READ_BLOCK_SIZE (64u << 10)
 /* Permissions of members, and of the archive file before the umask. */
@@ -163,70 +162,12 @@ static void digest_discard(struct digest *d)
     d->ctx = NULL;
 }
 
-/* ---- passphrase and repository ---- */
-
-static char *get_passphrase(const char *cmd, const char *file)
-{
-    char buf[PASSPHRASE_MAX + 2];
-    if (file) {
-        FILE *f = fopen(file, "re");
-        if (!f) {
-            fprintf(stderr, "vmexport %s: passphrase file %s: %s\n", cmd, file, strerror(errno));
-            return NULL;
-        }
-        if (!fgets(buf, sizeof(buf), f))
-            buf[0] = '\0';
-        fclose(f);
-        buf[strcspn(buf, "\r\n")] = '\0';
-        if (!buf[0]) {
-            fprintf(stderr, "vmexport %s: passphrase file %s is empty\n", cmd, file);
-            return NULL;
-        }
-        return strdup(buf);
-    }
-    const char *env = getenv("VMEXPORT_PASSPHRASE");
-    if (env && *env)
-        return strdup(env);
-    if (!isatty(STDIN_FILENO)) {
-        fprintf(stderr,
-                "vmexport %s: the repository is encrypted: use --passphrase-file or "
-                "VMEXPORT_PASSPHRASE\n",
-                cmd);
-        return NULL;
-    }
-    char *p = getpass("Repository passphrase: ");
-    return p && *p ? strdup(p) : NULL;
-}
+/* ---- repository ---- */
 
 static struct repo *open_repository(const char *cmd, const char *path, const char *pass_file)
 {
-    if (!path)
-        path = getenv("VMEXPORT_REPO");
-    if (!path || !*path) {
-        fprintf(stderr, "vmexport %s: no repository: use --repo PATH or VMEXPORT_REPO\n", cmd);
-        return NULL;
-    }
-    struct repo *r = NULL;
-    char err[512] = "";
-    int rc = repo_open(path, NULL, &r, err, sizeof(err));
-    if (rc == -EACCES) {
-        CLEANUP_FREE char *pass = get_passphrase(cmd, pass_file);
-        if (!pass)
-            return NULL;
-        err[0] = '\0';
-        rc = repo_open(path, pass, &r, err, sizeof(err));
-    }
-    if (rc < 0) {
-        fprintf(stderr, "vmexport %s: %s: %s\n", cmd, path, err[0] ? err : strerror(-rc));
-        return NULL;
-    }
-    return r;
+    return cli_open_repo(cmd, path, pass_file);
 }
-
-#define REPO_OPTIONS_HELP                                                                          \
-    "  --repo PATH             the repository (env VMEXPORT_REPO)\n"                               \
-    "  --passphrase-file FILE  passphrase of an encrypted repository (env VMEXPORT_PASSPHRASE\n"   \
-    "                          holds the passphrase itself; else it is asked on the terminal)\n"
 
 /* ---- export ---- */
 

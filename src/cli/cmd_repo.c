@@ -22,6 +22,7 @@
 
 #include "cli/cli.h"
 #include "cli/progress.h"
+#include "cli/repo_open.h"
 #include "cli/upload.h"
 #include "client/client.h"
 #include "core/cleanup.h"
@@ -33,8 +34,6 @@
 #define MAX_JOBS     64
 /* Seconds a backup waits for another backup of the same VM to finish. */
 #define VM_LOCK_TIMEOUT 600
-/* Largest passphrase read from a file or the environment. */
-#define PASSPHRASE_MAX 1024
 /* Sparse writes on restore: zero pages are left as holes. */
 #define RESTORE_PAGE 4096
 
@@ -47,76 +46,10 @@ struct repo_opts {
     unsigned jobs;
 };
 
-#define REPO_OPTIONS_HELP                                                                          \
-    "  --repo PATH             the repository (env VMEXPORT_REPO)\n"                               \
-    "  --passphrase-file FILE  passphrase of an encrypted repository (env VMEXPORT_PASSPHRASE\n"  \
-    "                          holds the passphrase itself; else it is asked on the terminal)\n"
-
-static char *read_passphrase(const char *cmd, const char *file, bool confirm)
-{
-    char buf[PASSPHRASE_MAX + 2];
-    if (file) {
-        FILE *f = fopen(file, "re");
-        if (!f) {
-            fprintf(stderr, "vmexport %s: passphrase file %s: %s\n", cmd, file, strerror(errno));
-            return NULL;
-        }
-        if (!fgets(buf, sizeof(buf), f))
-            buf[0] = '\0';
-        fclose(f);
-        buf[strcspn(buf, "\r\n")] = '\0';
-        if (!buf[0]) {
-            fprintf(stderr, "vmexport %s: passphrase file %s is empty\n", cmd, file);
-            return NULL;
-        }
-        return strdup(buf);
-    }
-    const char *env = getenv("VMEXPORT_PASSPHRASE");
-    if (env && *env)
-        return strdup(env);
-    if (!isatty(STDIN_FILENO)) {
-        fprintf(stderr, "vmexport %s: a passphrase is needed: use --passphrase-file or "
-                        "VMEXPORT_PASSPHRASE\n", cmd);
-        return NULL;
-    }
-    char *p = getpass("Repository passphrase: ");
-    if (!p || !*p)
-        return NULL;
-    char *first = strdup(p);
-    if (confirm && first) {
-        p = getpass("Repeat passphrase: ");
-        if (!p || strcmp(p, first)) {
-            fprintf(stderr, "vmexport %s: the passphrases differ\n", cmd);
-            free(first);
-            return NULL;
-        }
-    }
-    return first;
-}
-
-/* Open the repository, asking for the passphrase only when it is encrypted. */
+/* Open the repository named by the options. */
 static struct repo *open_repo(const char *cmd, const struct repo_opts *o)
 {
-    const char *path = o->repo ? o->repo : getenv("VMEXPORT_REPO");
-    if (!path || !*path) {
-        fprintf(stderr, "vmexport %s: no repository: use --repo PATH or VMEXPORT_REPO\n", cmd);
-        return NULL;
-    }
-    struct repo *r = NULL;
-    char err[512] = "";
-    int rc = repo_open(path, NULL, &r, err, sizeof(err));
-    if (rc == -EACCES) {
-        CLEANUP_FREE char *pass = read_passphrase(cmd, o->passphrase_file, false);
-        if (!pass)
-            return NULL;
-        err[0] = '\0';
-        rc = repo_open(path, pass, &r, err, sizeof(err));
-    }
-    if (rc < 0) {
-        fprintf(stderr, "vmexport %s: %s: %s\n", cmd, path, err[0] ? err : strerror(-rc));
-        return NULL;
-    }
-    return r;
+    return cli_open_repo(cmd, o->repo, o->passphrase_file);
 }
 
 static int parse_jobs(const char *s, unsigned *out)
@@ -206,7 +139,7 @@ static int repo_run(int argc, char **argv)
         return cli_usage_error(&cmd_repo, "expected 'init PATH'");
     const char *path = argv[optind + 1];
     CLEANUP_FREE char *pass = NULL;
-    if (encrypt && !(pass = read_passphrase("repo init", pfile, true)))
+    if (encrypt && !(pass = cli_read_passphrase("repo init", pfile, true)))
         return EXIT_FAIL;
     struct repo_init_options io = {.chunk_size = (uint32_t)chunk, .passphrase = pass};
     char err[512] = "";

@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 #include "core/cleanup.h"
+#include "core/clock.h"
 #include "core/log.h"
 #include "fs/blockhash.h"
 #include "fs/clone.h"
@@ -41,18 +42,6 @@ static int uuid4(char out[37])
              b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13], b[14],
              b[15]);
     return 0;
-}
-
-static char *now_rfc3339(void)
-{
-    struct timespec ts;
-    struct tm tm;
-    char buf[40];
-    clock_gettime(CLOCK_REALTIME, &ts);
-    gmtime_r(&ts.tv_sec, &tm);
-    size_t n = strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%S", &tm);
-    snprintf(buf + n, sizeof(buf) - n, ".%06ldZ", ts.tv_nsec / 1000);
-    return strdup(buf);
 }
 
 static uint64_t now_us(void)
@@ -184,7 +173,7 @@ int snapshot_create(struct server *s, struct provider *p, const struct vm *vm,
     snap->id = strdup(id);
     snap->vm_id = strdup(vm->id);
     snap->provider = strdup(p->name);
-    snap->created_at = now_rfc3339();
+    snap->created_at = clock_rfc3339_now();
     snap->status = strdup("creating");
     if (!snap->id || !snap->vm_id || !snap->provider || !snap->created_at || !snap->status) {
         snapshot_free(snap);

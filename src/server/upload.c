@@ -22,6 +22,7 @@
 #include <unistd.h>
 
 #include "core/cleanup.h"
+#include "core/clock.h"
 #include "core/log.h"
 #include "server/server.h"
 
@@ -53,18 +54,6 @@ static uint64_t now_ms(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (uint64_t)ts.tv_sec * MS_PER_S + (uint64_t)ts.tv_nsec / NS_PER_MS;
-}
-
-static char *now_rfc3339(void)
-{
-    struct timespec ts;
-    struct tm tm;
-    char buf[40];
-    clock_gettime(CLOCK_REALTIME, &ts);
-    gmtime_r(&ts.tv_sec, &tm);
-    size_t n = strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%S", &tm);
-    snprintf(buf + n, sizeof(buf) - n, ".%06ldZ", ts.tv_nsec / 1000);
-    return strdup(buf);
 }
 
 static int transfer_id_new(char out[UPLOAD_ID_LEN + 1])
@@ -315,7 +304,7 @@ static int transfer_make_file(struct uploads *u, struct transfer *t, bool *recor
         snprintf(err, errlen, "%s: %s", t->final_path, strerror(-r));
         return r;
     }
-    CLEANUP_FREE char *created_at = now_rfc3339();
+    CLEANUP_FREE char *created_at = clock_rfc3339_now();
     if (!created_at)
         return -ENOMEM;
     struct upload_record rec = {

@@ -1,0 +1,270 @@
+#!/bin/bash
+# Benchmark: `vmexport backup` / `vmexport restore` through vmexportd vs plain copy tools.
+#
+# Source: a loop XFS (reflink=1, direct-I/O loop) holding VM `bench` with one sparse raw disk
+# of SIZE bytes (default 4 GiB) whose every 512 MiB stripe holds
+#     128 MiB pseudo-random data, 64 MiB base64 text (compressible ~1.3x, every chunk unique),
+#      64 MiB written zeros, 256 MiB hole           -> half of SIZE allocated (2 GiB by default)
+# served by vmexportd over TLS on 127.0.0.1.  Destinations (repository, copies, restores) are on
+# a second loop filesystem without reflink (ext4, direct-I/O loop).  Page cache dropped before
+# every timed run (cold); copies end with `sync DST` inside the timing (the repository and
+# restore fsync themselves).  Timed, side by side:
+#     vmexport backup bench --repo R --jobs JOBS       full (first) backup: snapshot, TLS
+#                                                      download, SHA-256, zstd-1?, store
+#     nbdcopy SRC DST | cp --sparse=always --reflink=never SRC DST | qemu-img convert -O raw
+#     the CPU limit of SHA-256 + zstd level 1 on all cores: openssl speed -evp sha256 -multi N
+#       (1 MiB blocks) and zstd -b1 on a sample of the image's data, combined as
+#       1 / (1/sha + 1/zstd) over the allocated data (the bytes a backup must hash+compress)
+#     incremental backup after changing CHANGE_PCT % (default 1) of the logical size in
+#       1 MiB random writes; its time as a fraction of the full backup's
+#     vmexport restore BACKUP --to FILE vs cp --sparse=always SRC DST
+#     peak memory (Maximum resident set size from /usr/bin/time -v) of backup and restore
+# Every backup is restored once and compared with cmp (outside the timing).
+# Throughput: MB/s (10^6 bytes/s) of the logical size and of the allocated data.
+# Ratios: vmexport throughput / other tool's (above 1: vmexport is faster).
+# This is a benchmark, not a test: it fails only if a tool fails or a copy differs.
+#
+# Run as root (loop devices, mount, drop_caches): bench/bench-backup.sh
+#     SIZE=2G bench/bench-backup.sh                    # quick run
+# Environment: SIZE (multiple of 512M, default 4G), JOBS (backup --jobs, default 4),
+# CHANGE_PCT (1), VMEXPORT, VMEXPORTD (default build/...), BENCH_TMPDIR (default /var/tmp).
+set -euo pipefail
+shopt -s inherit_errexit
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+root=$(dirname "$here")
+VMEXPORT=${VMEXPORT:-$root/build/vmexport}
+VMEXPORTD=${VMEXPORTD:-$root/build/vmexportd}
+SIZE=${SIZE:-4G}
+JOBS=${JOBS:-4}
+CHANGE_PCT=${CHANGE_PCT:-1}
+BENCH_TMPDIR=${BENCH_TMPDIR:-/var/tmp}
+
+die() { echo "bench-backup: $*" >&2; exit 1; }
+[ "$(id -u)" -eq 0 ] || die "must run as root (loop devices, mount, drop_caches)"
+for t in nbdcopy qemu-img zstd openssl curl jq cmp losetup mount mkfs.xfs mkfs.ext4 base64 ss; do
+    command -v "$t" >/dev/null || die "missing tool: $t"
+done
+[ -x /usr/bin/time ] || die "missing /usr/bin/time (apt-get install time)"
+[ -x "$VMEXPORT" ] && [ -x "$VMEXPORTD" ] || die "build first: ninja -C build"
+
+to_bytes() {
+    local v=$1
+    case $v in
+        *[Gg]) echo $((${v%?} << 30)) ;;
+        *[Mm]) echo $((${v%?} << 20)) ;;
+        *) echo "$v" ;;
+    esac
+}
+size=$(to_bytes "$SIZE")
+MiB=$((1 << 20))
+stripe=$((512 * MiB))
+if [ "$size" -lt "$stripe" ] || [ $((size % stripe)) -ne 0 ]; then die "SIZE must be a multiple of 512M"; fi
+
+load_start=$(cut -d" " -f1-3 /proc/loadavg)
+work=$(mktemp -d "$BENCH_TMPDIR/vmexport-bench-backup.XXXXXX")
+loops=()
+mounts=()
+daemon_pid=""
+cleanup() {
+    set +e
+    if [ -n "$daemon_pid" ]; then kill -9 "$daemon_pid" 2>/dev/null; wait "$daemon_pid" 2>/dev/null; fi
+    local i
+    for ((i = ${#mounts[@]} - 1; i >= 0; i--)); do umount "${mounts[$i]}" || umount -l "${mounts[$i]}"; done
+    for l in "${loops[@]}"; do losetup -d "$l"; done
+    rm -rf "$work"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }
+secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", b - a }'; }
+mkloop() { # mkloop NAME BYTES: a direct-I/O loop device on a sparse file; prints the device
+    truncate -s "$2" "$work/$1.img"
+    losetup --direct-io=on -f --show "$work/$1.img" 2>/dev/null || losetup -f --show "$work/$1.img"
+}
+
+# --- filesystems ----------------------------------------------------------------------------------
+srcdev=$(mkloop src $((size * 3 / 4 + 1024 * MiB)))
+loops+=("$srcdev")
+mkfs.xfs -q -f -m reflink=1 "$srcdev"
+mkdir "$work/src" && mount "$srcdev" "$work/src" && mounts+=("$work/src")
+dstdev=$(mkloop dst $((size * 2 + 1024 * MiB)))
+loops+=("$dstdev")
+mkfs.ext4 -q -F -E lazy_itable_init=0,lazy_journal_init=0 "$dstdev"
+mkdir "$work/dst" && mount "$dstdev" "$work/dst" && mounts+=("$work/dst")
+
+# --- source image -------------------------------------------------------------------------------
+mkdir -p "$work/src/vms/bench"
+src="$work/src/vms/bench/disk.raw"
+truncate -s "$size" "$src"
+t0=$EPOCHREALTIME
+for ((s = 0; s < size; s += stripe)); do
+    head -c $((128 * MiB)) /dev/urandom | dd of="$src" bs=1M seek=$((s / MiB)) conv=notrunc status=none
+    head -c $((48 * MiB)) /dev/urandom | base64 -w 76 | head -c $((64 * MiB)) |
+        dd of="$src" bs=1M seek=$((s / MiB + 128)) conv=notrunc iflag=fullblock status=none
+    dd if=/dev/zero of="$src" bs=1M count=64 seek=$((s / MiB + 192)) conv=notrunc status=none
+done
+sync
+t1=$EPOCHREALTIME
+allocated=$(($(stat -c '%b * %B' "$src")))
+# a 256 MiB sample of the data for zstd -b1: 128 random + 64 text + 64 zeros
+head -c $((256 * MiB)) "$src" >"$work/sample.bin"
+
+# --- daemon (TLS) ---------------------------------------------------------------------------------
+c="$work/certs"
+mkdir -p "$c" "$work/state"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+    -subj "/CN=bench CA" -keyout "$c/ca.key" -out "$c/ca.crt" 2>/dev/null
+openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj "/CN=server" \
+    -keyout "$c/server.key" -out "$c/server.csr" 2>/dev/null
+printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\n' >"$c/server.ext"
+openssl x509 -req -in "$c/server.csr" -CA "$c/ca.crt" -CAkey "$c/ca.key" -CAcreateserial \
+    -days 2 -extfile "$c/server.ext" -out "$c/server.crt" 2>/dev/null
+echo "admin:$(openssl passwd -6 secret)" >"$work/state/users"
+port=0
+for _ in $(seq 50); do
+    port=$((20000 + RANDOM % 40000))
+    ss -ltn | grep -q ":$port " || break
+done
+cat >"$work/vmexportd.conf" <<EOF
+[server]
+listen = 127.0.0.1:$port
+certificate = $c/server.crt
+key = $c/server.key
+shutdown_grace = 2
+[auth]
+users_file = $work/state/users
+jwt_secret_file = $work/state/jwt.key
+[catalog]
+db_file = $work/state/catalog.db
+[provider.local]
+type = dir
+path = $work/src/vms
+EOF
+"$VMEXPORTD" --config "$work/vmexportd.conf" >>"$work/daemon.log" 2>&1 &
+daemon_pid=$!
+for _ in $(seq 100); do
+    curl -s --cacert "$c/ca.crt" -o /dev/null "https://127.0.0.1:$port/healthz" && break
+    kill -0 "$daemon_pid" 2>/dev/null || die "vmexportd exited: $(tail -3 "$work/daemon.log")"
+    sleep 0.1
+done
+export VMEXPORT_SERVER=https://127.0.0.1:$port VMEXPORT_USER=admin VMEXPORT_PASSWORD=secret
+export VMEXPORT_CACERT=$c/ca.crt XDG_CACHE_HOME=$work/cache
+repo="$work/dst/repo"
+"$VMEXPORT" repo init "$repo" >/dev/null
+
+# timed_v NAME COMMAND...: cold run under /usr/bin/time -v (then sync $SYNC_AFTER when set); stores seconds in T[NAME], peak RSS
+# (KiB) in RSS[NAME]; stdout in $work/NAME.out
+declare -A T RSS
+timed_v() {
+    local name=$1; shift
+    drop_caches
+    local t0 t1
+    t0=$EPOCHREALTIME
+    /usr/bin/time -v -o "$work/$name.time" "$@" >"$work/$name.out" 2>"$work/$name.err" ||
+        die "$name failed: $(tail -3 "$work/$name.err")"
+    if [ -n "${SYNC_AFTER:-}" ]; then sync "$SYNC_AFTER"; fi
+    t1=$EPOCHREALTIME
+    T[$name]=$(secs "$t0" "$t1")
+    RSS[$name]=$(awk -F': ' '/Maximum resident set size/ { print $2 }' "$work/$name.time")
+    echo "  $name: ${T[$name]} s, max RSS ${RSS[$name]} KiB" >&2
+}
+# timed_copy NAME DST COMMAND...: cold run + sync DST inside the timing; cmp outside
+timed_copy() {
+    local name=$1 dst=$2; shift 2
+    rm -f "$dst"; sync
+    drop_caches
+    local t0 t1
+    t0=$EPOCHREALTIME
+    "$@" >/dev/null 2>"$work/$name.err" || die "$name failed: $(tail -3 "$work/$name.err")"
+    sync "$dst"
+    t1=$EPOCHREALTIME
+    T[$name]=$(secs "$t0" "$t1")
+    cmp "$src" "$dst" || die "$name: copy differs"
+    rm -f "$dst"
+    echo "  $name: ${T[$name]} s" >&2
+}
+
+# --- full backup, copies ---------------------------------------------------------------------------
+timed_v backup "$VMEXPORT" backup bench --repo "$repo" --jobs "$JOBS" --json
+summary_full=$(grep '"type":"summary"' "$work/backup.out" | tail -n1)
+full_id=$(jq -r .backup <<<"$summary_full")
+d="$work/dst/copy.raw"
+timed_copy cp "$d" cp --sparse=always --reflink=never "$src" "$d"
+timed_copy nbdcopy "$d" nbdcopy "$src" "$d"
+timed_copy qemu-img "$d" qemu-img convert -f raw -O raw "$src" "$d"
+
+# --- restore -----------------------------------------------------------------------------------------
+r="$work/dst/restored.raw"
+sync
+SYNC_AFTER=$r timed_v restore "$VMEXPORT" restore --repo "$repo" "$full_id" --disk disk.raw --to "$r"
+cmp "$src" "$r" || die "restored full backup differs"
+restored_alloc=$(($(stat -c '%b * %B' "$r")))
+rm -f "$r"
+
+# --- incremental after CHANGE_PCT % ------------------------------------------------------------------
+nchange=$((size / MiB * CHANGE_PCT / 100))
+RANDOM=4242
+for ((i = 0; i < nchange; i++)); do
+    off=$(((RANDOM * 32768 + RANDOM) % (size / MiB)))
+    dd if=/dev/urandom of="$src" bs=1M count=1 seek="$off" conv=notrunc status=none
+done
+sync
+timed_v incr "$VMEXPORT" backup bench --repo "$repo" --jobs "$JOBS" --json
+summary_incr=$(grep '"type":"summary"' "$work/incr.out" | tail -n1)
+jq -e '.incremental == true' <<<"$summary_incr" >/dev/null || die "second backup was not incremental: $summary_incr"
+incr_id=$(jq -r .backup <<<"$summary_incr")
+"$VMEXPORT" restore --repo "$repo" "$incr_id" --disk disk.raw --to "$r" >/dev/null
+cmp "$src" "$r" || die "restored incremental backup differs"
+rm -f "$r"
+repo_bytes=$(du -sb "$repo" | cut -f1)
+
+# --- CPU limit: SHA-256 + zstd -1 on all cores ----------------------------------------------------------
+ncpu=$(nproc)
+sha_out=$(openssl speed -evp sha256 -multi "$ncpu" -seconds 3 -bytes 1048576 2>/dev/null)
+# last line: "sha256  <kB/s for 1 MiB blocks>k"
+sha_kbs=$(awk '/^(evp_)?sha256|^SHA256|^sha256/ { v = $NF } END { sub(/k$/, "", v); print v }' <<<"$sha_out")
+[ -n "$sha_kbs" ] || die "cannot parse openssl speed output"
+sha_mbs=$(awk -v k="$sha_kbs" 'BEGIN { printf "%.0f", k * 1000 / 1e6 }')
+zstd_out=$(zstd -b1 -i3 "$work/sample.bin" 2>&1 | tr '\r' '\n' | grep -E 'MB/s' | tail -n1)
+zstd_1=$(sed -E 's/.*\), *([0-9.]+) MB\/s.*/\1/' <<<"$zstd_out")
+[ -n "$zstd_1" ] || die "cannot parse zstd -b1 output: $zstd_out"
+zstd_mbs=$(awk -v z="$zstd_1" -v n="$ncpu" 'BEGIN { printf "%.0f", z * n }')
+limit_mbs=$(awk -v s="$sha_mbs" -v z="$zstd_mbs" 'BEGIN { printf "%.0f", 1 / (1 / s + 1 / z) }')
+
+# --- report ----------------------------------------------------------------------------------------
+mbs() { awk -v b="$1" -v s="$2" 'BEGIN { printf "%.0f", b / s / 1e6 }'; }
+echo "# vmexport backup/restore benchmark — $(date)"
+echo "# $ncpu CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), $(uname -r)"
+echo "# SRC: XFS reflink loop ($srcdev), $size bytes logical, $allocated allocated (random/base64 text/zeros/hole); written in $(secs "$t0" "$t1") s"
+echo "# destinations and repository: ext4 loop ($dstdev), no reflink; repository chunk size 4 MiB; backup --jobs $JOBS over TLS"
+echo "# load average (1, 5, 15 min) at start: $load_start; at end: $(cut -d" " -f1-3 /proc/loadavg)"
+echo "# every run cold (caches dropped); copies include sync DST; MB/s = 10^6 bytes/s"
+echo
+printf '| %-52s | %8s | %12s | %13s | %12s |\n' command seconds "MB/s logical" "MB/s data" "peak RSS"
+printf '| %-52s | %8s | %12s | %13s | %12s |\n' --- ---: ---: ---: ---:
+row() { # row LABEL NAME
+    local rss="-"
+    [ -n "${RSS[$2]:-}" ] && rss=$(awk -v k="${RSS[$2]}" 'BEGIN { printf "%.0f MiB", k / 1024 }')
+    printf '| %-52s | %8.2f | %12s | %13s | %12s |\n' "$1" "${T[$2]}" "$(mbs "$size" "${T[$2]}")" "$(mbs "$allocated" "${T[$2]}")" "$rss"
+}
+row "vmexport backup (full, TLS, --jobs $JOBS)" backup
+row "cp --sparse=always --reflink=never" cp
+row "nbdcopy SRC DST" nbdcopy
+row "qemu-img convert -f raw -O raw" qemu-img
+printf '| %-52s | %8s | %12s | %13s | %12s |\n' "CPU limit: SHA-256 ($sha_mbs MB/s) + zstd-1 ($zstd_mbs MB/s), $ncpu cores" \
+    "$(awk -v a="$allocated" -v l="$limit_mbs" 'BEGIN { printf "%.2f", a / l / 1e6 }')" "-" "$limit_mbs" "-"
+row "vmexport backup (incremental, ${CHANGE_PCT}% changed)" incr
+row "vmexport restore --to FILE (+ sync FILE)" restore
+echo
+for o in cp nbdcopy qemu-img; do
+    awk -v o="$o" -v v="${T[backup]}" -v x="${T[$o]}" 'BEGIN { printf "backup / %-9s %.2fx\n", o, x / v }'
+done
+awk -v v="${T[backup]}" -v a="$allocated" -v l="$limit_mbs" 'BEGIN { printf "backup / CPU limit %.2fx (data MB/s %.0f of %.0f)\n", a / v / 1e6 / l, a / v / 1e6, l }'
+awk -v f="${T[backup]}" -v i="${T[incr]}" 'BEGIN { printf "incremental / full time: %.1f%%\n", 100 * i / f }'
+awk -v r="${T[restore]}" -v c="${T[cp]}" 'BEGIN { printf "restore / cp --sparse=always (the copy above) %.2fx\n", c / r }'
+echo
+echo "full backup summary:        $(jq -c '{bytes_read, bytes_written, chunks_new, chunks_reused, seconds}' <<<"$summary_full")"
+echo "incremental backup summary: $(jq -c '{bytes_read, bytes_written, chunks_new, chunks_reused, chunks_fetched, seconds}' <<<"$summary_incr")"
+echo "changed: $nchange x 1 MiB random writes; repository size after both: $((repo_bytes / MiB)) MiB; restored file allocated $((restored_alloc / MiB)) MiB"

@@ -1,0 +1,81 @@
+/* Repository opening for the command line; see repo_open.h. */
+#include "cli/repo_open.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "core/cleanup.h"
+#include "repo/repo.h"
+
+/* Largest passphrase read from a file or the environment. */
+#define PASSPHRASE_MAX 1024
+
+char *cli_read_passphrase(const char *cmd, const char *file, bool confirm)
+{
+    char buf[PASSPHRASE_MAX + 2];
+    if (file) {
+        FILE *f = fopen(file, "re");
+        if (!f) {
+            fprintf(stderr, "vmexport %s: passphrase file %s: %s\n", cmd, file, strerror(errno));
+            return NULL;
+        }
+        if (!fgets(buf, sizeof(buf), f))
+            buf[0] = '\0';
+        fclose(f);
+        buf[strcspn(buf, "\r\n")] = '\0';
+        if (!buf[0]) {
+            fprintf(stderr, "vmexport %s: passphrase file %s is empty\n", cmd, file);
+            return NULL;
+        }
+        return strdup(buf);
+    }
+    const char *env = getenv("VMEXPORT_PASSPHRASE");
+    if (env && *env)
+        return strdup(env);
+    if (!isatty(STDIN_FILENO)) {
+        fprintf(stderr, "vmexport %s: a passphrase is needed: use --passphrase-file or "
+                        "VMEXPORT_PASSPHRASE\n", cmd);
+        return NULL;
+    }
+    char *p = getpass("Repository passphrase: ");
+    if (!p || !*p)
+        return NULL;
+    char *first = strdup(p);
+    if (confirm && first) {
+        p = getpass("Repeat passphrase: ");
+        if (!p || strcmp(p, first)) {
+            fprintf(stderr, "vmexport %s: the passphrases differ\n", cmd);
+            free(first);
+            return NULL;
+        }
+    }
+    return first;
+}
+
+struct repo *cli_open_repo(const char *cmd, const char *path, const char *passphrase_file)
+{
+    if (!path)
+        path = getenv("VMEXPORT_REPO");
+    if (!path || !*path) {
+        fprintf(stderr, "vmexport %s: no repository: use --repo PATH or VMEXPORT_REPO\n", cmd);
+        return NULL;
+    }
+    struct repo *r = NULL;
+    char err[512] = "";
+    int rc = repo_open(path, NULL, &r, err, sizeof(err));
+    if (rc == -EACCES) {
+        CLEANUP_FREE char *pass = cli_read_passphrase(cmd, passphrase_file, false);
+        if (!pass)
+            return NULL;
+        err[0] = '\0';
+        rc = repo_open(path, pass, &r, err, sizeof(err));
+    }
+    if (rc < 0) {
+        fprintf(stderr, "vmexport %s: %s: %s\n", cmd, path, err[0] ? err : strerror(-rc));
+        return NULL;
+    }
+    return r;
+}

@@ -1,0 +1,22 @@
+/* Opening a repository from the command line: --repo or VMEXPORT_REPO, and the passphrase of
+ * an encrypted one from --passphrase-file, VMEXPORT_PASSPHRASE or the terminal. */
+#ifndef VMEXPORT_CLI_REPO_OPEN_H
+#define VMEXPORT_CLI_REPO_OPEN_H
+
+#include <stdbool.h>
+
+struct repo;
+
+/* A malloc'd passphrase, or NULL after printing why ("vmexport CMD: ..."). */
+char *cli_read_passphrase(const char *cmd, const char *file, bool confirm);
+
+/* Open the repository at path (NULL: VMEXPORT_REPO), asking for the passphrase only when it is
+ * encrypted.  NULL after printing why. */
+struct repo *cli_open_repo(const char *cmd, const char *path, const char *passphrase_file);
+
+#define REPO_OPTIONS_HELP                                                                          \
+    "  --repo PATH             the repository (env VMEXPORT_REPO)\n"                               \
+    "  --passphrase-file FILE  passphrase of an encrypted repository (env VMEXPORT_PASSPHRASE\n"   \
+    "                          holds the passphrase itself; else it is asked on the terminal)\n"
+
+#endif
