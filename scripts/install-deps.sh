@@ -10,6 +10,7 @@ PACKAGES="
   libcrypt-dev libpam0g-dev libgnutls28-dev libarchive-dev
   xfsprogs btrfs-progs e2fsprogs util-linux
   qemu-utils libnbd-bin curl openssl sqlite3 jq python3 iproute2 libxml2-utils
+  nginx-light wrk time zstd
 "
 
 missing=""
