@@ -17,6 +17,7 @@
 #include "cli/cli.h"
 #include "client/client.h"
 #include "core/cleanup.h"
+#include "fs/zero.h"
 #include "core/hash.h"
 #include "core/vector.h"
 
@@ -26,8 +27,6 @@
 #define DOWNLOAD_PIECE_SIZE   (8u << 20)
 #define DOWNLOAD_JOBS_DEFAULT 4
 #define DOWNLOAD_JOBS_MAX     64
-/* Writes of zeros where holes cannot be punched. */
-#define ZERO_WRITE_SIZE (1u << 20)
 /* Length of an error message of a download. */
 #define DOWNLOAD_ERROR_MAX 1024
 /* "2026-11-23T09:10:49" of an RFC 3339 time: the CREATED column. */
@@ -549,27 +548,10 @@ static int pwrite_all(int fd, const void *buf, size_t len, uint64_t off)
     return 0;
 }
 
-/* Make [off, off + len) read as zeros: punch a hole, or write zeros where that is impossible. */
+/* Make [off, off + len) read as zeros. */
 static int zero_range(int fd, uint64_t off, uint64_t len)
 {
-    if (len == 0)
-        return 0;
-    if (fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)off, (off_t)len) == 0)
-        return 0;
-    if (errno != EOPNOTSUPP && errno != ENOSYS)
-        return -errno;
-    CLEANUP_FREE void *zeros = calloc(1, ZERO_WRITE_SIZE);
-    if (!zeros)
-        return -ENOMEM;
-    while (len > 0) {
-        size_t n = len < ZERO_WRITE_SIZE ? (size_t)len : ZERO_WRITE_SIZE;
-        int r = pwrite_all(fd, zeros, n, off);
-        if (r < 0)
-            return r;
-        off += n;
-        len -= n;
-    }
-    return 0;
+    return fs_zero_range(fd, off, len);
 }
 
 static void *worker_main(void *opaque)

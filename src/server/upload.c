@@ -23,6 +23,7 @@
 
 #include "core/cleanup.h"
 #include "core/clock.h"
+#include "fs/zero.h"
 #include "core/log.h"
 #include "server/server.h"
 
@@ -32,8 +33,6 @@
 #define UPLOAD_REAP_INTERVAL_MS 500
 /* Transfers open at once, all VMs together (each holds a file descriptor). */
 #define UPLOAD_MAX_TRANSFERS 1024
-/* Block of zeros written when the filesystem can neither punch holes nor zero ranges. */
-#define UPLOAD_ZERO_BLOCK (1024 * 1024)
 
 #define MS_PER_S  1000u
 #define NS_PER_MS 1000000u
@@ -499,36 +498,9 @@ int upload_pwrite(struct transfer *t, const void *buf, size_t len, uint64_t offs
     return 0;
 }
 
-/* fallocate() modes this filesystem does not have fail with one of these. */
-static bool mode_unsupported(int e)
-{
-    return e == EOPNOTSUPP || e == ENOSYS || e == EINVAL;
-}
-
 int upload_zero(struct transfer *t, uint64_t offset, uint64_t length)
 {
-    if (fallocate(t->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)offset,
-                  (off_t)length) == 0)
-        return 0;
-    if (!mode_unsupported(errno))
-        return -errno;
-    if (fallocate(t->fd, FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE, (off_t)offset,
-                  (off_t)length) == 0)
-        return 0;
-    if (!mode_unsupported(errno))
-        return -errno;
-    CLEANUP_FREE char *zeros = calloc(1, UPLOAD_ZERO_BLOCK);
-    if (!zeros)
-        return -ENOMEM;
-    while (length > 0) {
-        size_t n = length < UPLOAD_ZERO_BLOCK ? (size_t)length : UPLOAD_ZERO_BLOCK;
-        int r = upload_pwrite(t, zeros, n, offset);
-        if (r < 0)
-            return r;
-        offset += n;
-        length -= n;
-    }
-    return 0;
+    return fs_zero_range(t->fd, offset, length);
 }
 
 int upload_flush(struct transfer *t)
