@@ -1410,67 +1410,36 @@ static int prune_run(int argc, char **argv)
     struct repo *repo = open_repo("prune", &o);
     if (!repo)
         return EXIT_FAIL;
+    /* The repository applies the policy per VM under its exclusive lock; we report. */
+    backup_list removed = VECTOR_INIT, left = VECTOR_INIT;
     char err[512] = "";
-    int r = repo_lock(repo, true, VM_LOCK_TIMEOUT, err, sizeof(err));
+    int r = repo_prune(repo, only_vm, &p, VM_LOCK_TIMEOUT, dry, &removed, err, sizeof(err));
     if (r < 0) {
-        fprintf(stderr, "vmexport prune: %s: %s\n", repo_path(repo), err);
+        fprintf(stderr, "vmexport prune: %s: %s\n", repo_path(repo),
+                err[0] ? err : strerror(-r));
+        backup_list_free(&removed);
         repo_close(repo);
         return EXIT_FAIL;
     }
-    backup_list all = VECTOR_INIT;
-    if ((r = repo_backup_list(repo, only_vm, &all)) < 0) {
-        fprintf(stderr, "vmexport prune: %s: %s\n", repo_path(repo), strerror(-r));
-        repo_close(repo);
-        return EXIT_FAIL;
+    for (size_t i = 0; i < removed.len; i++) {
+        const struct backup *b = removed.ptr[i];
+        if (o.json)
+            printf("{\"type\":\"remove\",\"backup\":\"%s\",\"vm\":\"%s\",\"time\":%" PRId64
+                   ",\"dry_run\":%s}\n",
+                   b->id, b->vm_id, b->time, dry ? "true" : "false");
+        else
+            printf("%s %s  %s\n", dry ? "would remove" : "removed", b->id, b->vm_id);
     }
-    int ret = EXIT_OK;
-    size_t removed = 0, kept = 0;
-    bool *done = calloc(all.len + 1, sizeof(bool));
-    int64_t *times = calloc(all.len + 1, sizeof(int64_t));
-    bool *keep = calloc(all.len + 1, sizeof(bool));
-    size_t *idx = calloc(all.len + 1, sizeof(size_t));
-    for (size_t i = 0; done && times && keep && idx && i < all.len; i++) {
-        if (done[i])
-            continue;
-        /* One VM at a time. */
-        size_t n = 0;
-        for (size_t k = i; k < all.len; k++)
-            if (!done[k] && !strcmp(all.ptr[k]->vm_id, all.ptr[i]->vm_id)) {
-                idx[n] = k;
-                times[n] = all.ptr[k]->time;
-                n++;
-                done[k] = true;
-            }
-        prune_select(times, n, &p, keep);
-        for (size_t k = 0; k < n; k++) {
-            struct backup *b = all.ptr[idx[k]];
-            if (keep[k]) {
-                kept++;
-            } else {
-                removed++;
-                if (!dry && (r = repo_backup_delete(repo, b->id)) < 0) {
-                    fprintf(stderr, "vmexport prune: backup %s: %s\n", b->id, strerror(-r));
-                    ret = EXIT_FAIL;
-                }
-            }
-            if (o.json)
-                printf("{\"type\":\"%s\",\"backup\":\"%s\",\"vm\":\"%s\",\"time\":%" PRId64 "}\n",
-                       keep[k] ? "keep" : "remove", b->id, b->vm_id, b->time);
-            else
-                printf("%s %s  %s\n", keep[k] ? "keep  " : (dry ? "would remove" : "remove"),
-                       b->id, b->vm_id);
-        }
-    }
+    size_t kept = 0;
+    if (repo_backup_list(repo, only_vm, &left) == 0)
+        kept = left.len - (dry ? removed.len : 0);
     if (!o.json)
-        printf("%zu kept, %zu %s%s\n", kept, removed, dry ? "would be removed" : "removed",
-               dry || !removed ? "" : " (run 'vmexport gc' to free their chunks)");
-    free(done);
-    free(times);
-    free(keep);
-    free(idx);
-    backup_list_free(&all);
+        printf("%zu kept, %zu %s%s\n", kept, removed.len, dry ? "would be removed" : "removed",
+               dry || !removed.len ? "" : " (run 'vmexport gc' to free their chunks)");
+    backup_list_free(&left);
+    backup_list_free(&removed);
     repo_close(repo);
-    return ret;
+    return EXIT_OK;
 }
 
 const struct cli_command cmd_prune = {
@@ -1490,7 +1459,7 @@ const struct cli_command cmd_prune = {
              "Options:\n" REPO_OPTIONS_HELP
              "  --keep-last/daily/weekly/monthly N   the policy (at least one, non-zero)\n"
              "  -n, --dry-run           show what would be removed\n"
-             "  --json                  one JSON line per backup\n"
+             "  --json                  one JSON line per backup removed\n"
              "\n"
              "Exit status: 0 success, 1 failure, 2 bad usage.\n",
 };
