@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <libgen.h>
+#include <pthread.h>
 #include <linux/fs.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -118,12 +119,280 @@ static int write_sparse(int fd, const uint8_t *buf, size_t len, uint64_t off, ui
     return 0;
 }
 
+/*
+ * The hashed copy is a pipeline.  The calling thread walks the source's data extents and reads
+ * them, in order, into a ring of COPY_SLOTS buffers; worker threads (one per CPU, at most
+ * COPY_MAX_WORKERS) hash the 64 KiB blocks of any filled buffer and write its non-zero pages to
+ * the destination, in whatever order they finish; the calling thread then takes the buffers
+ * back in file order and appends their digests to the sidecar, which must be sequential.  A run
+ * of whole hole blocks takes a slot without a buffer, so holes keep their place in that order.
+ * Reads stay ahead of the hashing, and writeback of the destination is started behind the
+ * writes (sync_file_range) rather than all at the final fsync.  Memory: COPY_SLOTS MiB.
+ */
+#define COPY_SLOTS       8
+#define COPY_MAX_WORKERS 4
+#define COPY_READAHEAD   (32u << 20) /* read-ahead hint kept this far ahead of the reads */
+#define COPY_WRITEBACK   (32u << 20) /* start writeback of each this much copied data */
+#define SLOT_BLOCKS      (COPY_BUFFER_SIZE / BLOCKHASH_BLOCK_SIZE)
+
+enum slot_state { SLOT_FREE, SLOT_READY, SLOT_BUSY, SLOT_DONE };
+
+struct copy_slot {
+    enum slot_state state;
+    uint8_t *buf;      /* COPY_BUFFER_SIZE bytes */
+    uint64_t pos;      /* file offset of the first block (a multiple of the block size) */
+    uint64_t nblocks;  /* blocks covered: hashed from buf, or zero blocks when hole */
+    uint64_t valid;    /* bytes of buf that are file data (the rest is past EOF) */
+    bool hole;         /* a run of whole hole blocks: no buffer, all digests are the zero one */
+    uint64_t written;  /* data bytes the worker wrote */
+    int err;           /* the worker's failure, or 0 */
+    uint8_t digests[SLOT_BLOCKS][HASH_SIZE];
+};
+
+struct copy_pipe {
+    pthread_mutex_t lock;
+    pthread_cond_t work;   /* a slot became READY, or stop */
+    pthread_cond_t done;   /* a slot became DONE */
+    struct copy_slot slots[COPY_SLOTS];
+    uint64_t filled;       /* slots handed out so far (ring index = count % COPY_SLOTS) */
+    uint64_t committed;    /* slots taken back so far */
+    bool stop;
+    int out;
+    const uint8_t *zero_digest;
+};
+
+/* Hash the blocks of a filled slot and write its non-zero pages. */
+static void copy_slot_process(struct copy_pipe *p, struct copy_slot *s)
+{
+    const uint64_t hb = BLOCKHASH_BLOCK_SIZE;
+    int r = 0;
+
+    s->written = 0;
+    for (uint64_t i = 0; i < s->nblocks && r == 0; i++) {
+        const uint8_t *b = s->buf + i * hb;
+        if (buf_is_zero(b, hb)) {
+            memcpy(s->digests[i], p->zero_digest, HASH_SIZE);
+            continue;
+        }
+        if ((r = hash_sha256(b, hb, s->digests[i])) < 0)
+            break;
+        uint64_t len = s->valid > i * hb ? s->valid - i * hb : 0;
+        if (len > hb)
+            len = hb;
+        r = write_sparse(p->out, b, len, s->pos + i * hb, &s->written);
+    }
+    s->err = r;
+}
+
+static void *copy_worker(void *arg)
+{
+    struct copy_pipe *p = arg;
+
+    pthread_mutex_lock(&p->lock);
+    while (!p->stop) { /* stop: the feeder is done, or failed and drops what is left */
+        struct copy_slot *s = NULL;
+        /* The oldest ready slot first, so the in-order commit waits least. */
+        for (uint64_t n = p->committed; n < p->filled; n++) {
+            if (p->slots[n % COPY_SLOTS].state == SLOT_READY) {
+                s = &p->slots[n % COPY_SLOTS];
+                break;
+            }
+        }
+        if (!s) {
+            pthread_cond_wait(&p->work, &p->lock);
+            continue;
+        }
+        s->state = SLOT_BUSY;
+        pthread_mutex_unlock(&p->lock);
+        copy_slot_process(p, s);
+        pthread_mutex_lock(&p->lock);
+        s->state = SLOT_DONE;
+        pthread_cond_broadcast(&p->done);
+    }
+    pthread_mutex_unlock(&p->lock);
+    return NULL;
+}
+
+/* State of the calling thread while it feeds the pipeline. */
+struct copy_feed {
+    struct copy_pipe *pipe;
+    struct blockhash_writer *hw;
+    struct clone_result *res;
+    uint64_t copied_to;    /* end of the data committed so far */
+    uint64_t flushed_to;   /* writeback started up to here */
+};
+
+/* Take back the oldest slot once its worker is done: its digests go to the sidecar. */
+static int copy_commit_oldest(struct copy_feed *f)
+{
+    struct copy_pipe *p = f->pipe;
+    struct copy_slot *s = &p->slots[p->committed % COPY_SLOTS];
+    int r = 0;
+
+    pthread_mutex_lock(&p->lock);
+    while (s->state != SLOT_DONE)
+        pthread_cond_wait(&p->done, &p->lock);
+    pthread_mutex_unlock(&p->lock);
+
+    if (s->err < 0)
+        return s->err;
+    for (uint64_t i = 0; i < s->nblocks && r == 0; i++)
+        r = blockhash_writer_add(f->hw, s->hole ? p->zero_digest : s->digests[i]);
+    if (r < 0)
+        return r;
+    f->res->bytes_written += s->written;
+    if (!s->hole)
+        f->copied_to = s->pos + s->nblocks * BLOCKHASH_BLOCK_SIZE;
+    if (f->copied_to >= f->flushed_to + COPY_WRITEBACK) {
+        /* Start writing back what is copied; the final fsync then has little left to do. */
+        sync_file_range(p->out, (off_t)f->flushed_to, (off_t)(f->copied_to - f->flushed_to),
+                        SYNC_FILE_RANGE_WRITE);
+        f->flushed_to = f->copied_to;
+    }
+    pthread_mutex_lock(&p->lock);
+    s->state = SLOT_FREE;
+    p->committed++;
+    pthread_mutex_unlock(&p->lock);
+    return 0;
+}
+
+/* The next slot to fill, committing the oldest when the ring is full. */
+static int copy_next_slot(struct copy_feed *f, struct copy_slot **out)
+{
+    struct copy_pipe *p = f->pipe;
+    if (p->filled - p->committed == COPY_SLOTS) {
+        int r = copy_commit_oldest(f);
+        if (r < 0)
+            return r;
+    }
+    *out = &p->slots[p->filled % COPY_SLOTS];
+    return 0;
+}
+
+/* Hand a slot to the workers (or, for a hole, straight to the commit). */
+static void copy_submit(struct copy_pipe *p, struct copy_slot *s)
+{
+    pthread_mutex_lock(&p->lock);
+    s->state = s->hole ? SLOT_DONE : SLOT_READY;
+    p->filled++;
+    if (!s->hole)
+        pthread_cond_signal(&p->work);
+    pthread_mutex_unlock(&p->lock);
+}
+
+static int copy_add_hole(struct copy_feed *f, uint64_t pos, uint64_t nblocks)
+{
+    struct copy_slot *s;
+    int r = copy_next_slot(f, &s);
+    if (r < 0)
+        return r;
+    s->hole = true;
+    s->pos = pos;
+    s->nblocks = nblocks;
+    s->valid = 0;
+    s->written = 0;
+    s->err = 0;
+    copy_submit(f->pipe, s);
+    return 0;
+}
+
+/* Read and submit the whole blocks covering [pos, dend) of the source. */
+static int copy_add_data(struct copy_feed *f, int in, uint64_t size, uint64_t pos, uint64_t dend)
+{
+    const uint64_t hb = BLOCKHASH_BLOCK_SIZE;
+    uint64_t ra_to = pos;
+
+    while (pos < dend) {
+        struct copy_slot *s;
+        int r;
+        uint64_t want = (dend - pos + hb - 1) / hb * hb;
+        if (want > COPY_BUFFER_SIZE)
+            want = COPY_BUFFER_SIZE;
+        if (ra_to < dend && ra_to < pos + COPY_READAHEAD / 2) {
+            /* Keep the kernel's reads a little ahead of ours while the workers hash. */
+            uint64_t from = ra_to > pos ? ra_to : pos;
+            ra_to = from + COPY_READAHEAD < dend ? from + COPY_READAHEAD : dend;
+            posix_fadvise(in, (off_t)from, (off_t)(ra_to - from), POSIX_FADV_WILLNEED);
+        }
+        if ((r = copy_next_slot(f, &s)) < 0)
+            return r;
+        size_t got = 0;
+        if ((r = pread_full(in, s->buf, want, pos, &got)) < 0)
+            return r;
+        memset(s->buf + got, 0, want - got); /* past EOF reads as zeros */
+        f->res->bytes_read += got;
+        s->hole = false;
+        s->pos = pos;
+        s->nblocks = want / hb;
+        s->valid = pos + want > size ? size - pos : want;
+        if (s->valid > got)
+            s->valid = got;
+        s->written = 0;
+        s->err = 0;
+        copy_submit(f->pipe, s);
+        pos += want;
+    }
+    return 0;
+}
+
+/* Walk the source's data and holes, feeding the pipeline; then drain it. */
+static int copy_feed_all(struct copy_feed *f, int in, uint64_t size)
+{
+    const uint64_t hb = BLOCKHASH_BLOCK_SIZE;
+    uint64_t pos = 0; /* always a multiple of hb */
+    int r;
+
+    while (pos < size) {
+        off_t data = lseek(in, (off_t)pos, SEEK_DATA);
+        if (data < 0 && errno != ENXIO)
+            return -errno;
+        uint64_t dstart = data < 0 ? size : (uint64_t)data;
+        if (dstart > size)
+            dstart = size;
+        /* Whole blocks of hole before the data: zeros, nothing to read. */
+        uint64_t holes = dstart > pos ? (dstart - pos) / hb : 0;
+        if (dstart == size)
+            holes = (size - pos + hb - 1) / hb; /* no more data: the tail is a hole */
+        if (holes) {
+            if ((r = copy_add_hole(f, pos, holes)) < 0)
+                return r;
+            pos += holes * hb;
+        }
+        if (pos >= size)
+            break;
+        off_t hole = lseek(in, (off_t)dstart, SEEK_HOLE);
+        if (hole < 0)
+            return -errno;
+        uint64_t dend = (uint64_t)hole < size ? (uint64_t)hole : size;
+        if (dend <= pos)
+            dend = pos + 1; /* the file shrank under us: still hash this block */
+        if ((r = copy_add_data(f, in, size, pos, dend)) < 0)
+            return r;
+        pos = (dend + hb - 1) / hb * hb;
+    }
+    while (f->pipe->committed < f->pipe->filled)
+        if ((r = copy_commit_oldest(f)) < 0)
+            return r;
+    return 0;
+}
+
+static unsigned copy_worker_count(void)
+{
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    if (n < 1)
+        n = 1;
+    return n > COPY_MAX_WORKERS ? COPY_MAX_WORKERS : (unsigned)n;
+}
+
 int fs_copy_hashed(int in, int out, const char *out_path, struct clone_result *res)
 {
     const uint64_t hb = BLOCKHASH_BLOCK_SIZE;
     struct stat st;
-    uint8_t zero_digest[HASH_SIZE], digest[HASH_SIZE];
+    uint8_t zero_digest[HASH_SIZE];
     struct blockhash_writer hw;
+    struct copy_pipe pipe = {.out = out, .zero_digest = zero_digest};
+    pthread_t workers[COPY_MAX_WORKERS];
+    unsigned nworkers = 0;
     int r;
 
     if (fstat(in, &st) < 0)
@@ -133,76 +402,54 @@ int fs_copy_hashed(int in, int out, const char *out_path, struct clone_result *r
         return r;
     if (ftruncate(out, (off_t)size) < 0)
         return -errno;
-    CLEANUP_FREE uint8_t *buf = aligned_alloc(SPARSE_PAGE, COPY_BUFFER_SIZE);
-    if (!buf)
-        return -ENOMEM;
     if ((r = blockhash_writer_open(&hw, out_path, BLOCKHASH_BLOCK_SIZE)) < 0)
         return r;
     posix_fadvise(in, 0, 0, POSIX_FADV_SEQUENTIAL);
 
-    uint64_t pos = 0; /* always a multiple of hb */
-    while (pos < size) {
-        off_t data = lseek(in, (off_t)pos, SEEK_DATA);
-        if (data < 0 && errno != ENXIO) {
-            r = -errno;
-            goto fail;
-        }
-        uint64_t dstart = data < 0 ? size : (uint64_t)data;
-        if (dstart > size)
-            dstart = size;
-        /* Whole blocks of hole before the data: zeros, nothing to read. */
-        for (; pos + hb <= dstart; pos += hb)
-            if ((r = blockhash_writer_add(&hw, zero_digest)) < 0)
-                goto fail;
-        if (pos >= size)
-            break;
-        off_t hole = lseek(in, (off_t)dstart, SEEK_HOLE);
-        if (hole < 0) {
-            r = -errno;
-            goto fail;
-        }
-        uint64_t dend = (uint64_t)hole < size ? (uint64_t)hole : size;
-        if (dend <= pos)
-            dend = pos + 1; /* the file shrank under us: still hash this block */
-        while (pos < dend) {
-            uint64_t want = dend - pos;
-            want = (want + hb - 1) / hb * hb; /* whole blocks */
-            if (want > COPY_BUFFER_SIZE)
-                want = COPY_BUFFER_SIZE;
-            size_t got = 0;
-            if ((r = pread_full(in, buf, want, pos, &got)) < 0)
-                goto fail;
-            memset(buf + got, 0, want - got); /* past EOF reads as zeros */
-            res->bytes_read += got;
-            for (uint64_t b = 0; b < want; b += hb) {
-                if (buf_is_zero(buf + b, hb)) {
-                    r = blockhash_writer_add(&hw, zero_digest);
-                } else {
-                    if ((r = hash_sha256(buf + b, hb, digest)) < 0)
-                        goto fail;
-                    r = blockhash_writer_add(&hw, digest);
-                    if (r >= 0) {
-                        size_t len = pos + b + hb > size ? size - pos - b : hb;
-                        r = write_sparse(out, buf + b, len, pos + b, &res->bytes_written);
-                    }
-                }
-                if (r < 0)
-                    goto fail;
-            }
-            pos += want;
+    pthread_mutex_init(&pipe.lock, NULL);
+    pthread_cond_init(&pipe.work, NULL);
+    pthread_cond_init(&pipe.done, NULL);
+    for (size_t i = 0; i < COPY_SLOTS; i++) {
+        pipe.slots[i].buf = aligned_alloc(SPARSE_PAGE, COPY_BUFFER_SIZE);
+        if (!pipe.slots[i].buf) {
+            r = -ENOMEM;
+            goto out;
         }
     }
-    if (fsync(out) < 0) {
+    for (unsigned want = copy_worker_count(); nworkers < want; nworkers++) {
+        int e = pthread_create(&workers[nworkers], NULL, copy_worker, &pipe);
+        if (e) {
+            r = -e;
+            goto out;
+        }
+    }
+
+    struct copy_feed feed = {.pipe = &pipe, .hw = &hw, .res = res};
+    r = copy_feed_all(&feed, in, size);
+
+out:
+    /* On failure, let the workers finish what they hold (their buffers are still in use). */
+    pthread_mutex_lock(&pipe.lock);
+    pipe.stop = true;
+    pthread_cond_broadcast(&pipe.work);
+    pthread_mutex_unlock(&pipe.lock);
+    for (unsigned i = 0; i < nworkers; i++)
+        pthread_join(workers[i], NULL);
+    for (size_t i = 0; i < COPY_SLOTS; i++)
+        free(pipe.slots[i].buf);
+    pthread_cond_destroy(&pipe.done);
+    pthread_cond_destroy(&pipe.work);
+    pthread_mutex_destroy(&pipe.lock);
+
+    if (r == 0 && fsync(out) < 0)
         r = -errno;
-        goto fail;
+    if (r < 0) {
+        blockhash_writer_abort(&hw);
+        return r;
     }
     res->size = size;
     res->mode = CLONE_COPY;
     return blockhash_writer_commit(&hw, out);
-
-fail:
-    blockhash_writer_abort(&hw);
-    return r;
 }
 
 static bool reflink_unsupported(int err)
