@@ -21,6 +21,10 @@
 #      outside the timing; median and max of curl's time_total (TLS daemon).
 # Ratios are vmexportd / nginx (above 1: vmexportd is faster).  nginx does no authentication,
 # vmexportd checks a JWT on every request.  Client and servers share the machine's CPUs.
+# The file is read again before every measurement (other benchmarks on the machine may drop the
+# page cache), and the CPU time (user + system, from /proc) each server spends is added up over
+# all runs of a test: CPU per GiB and per 1000 requests depend much less on the machine's load
+# than throughput does.  The TLS cipher suite each server negotiated with curl is printed.
 # This is a benchmark, not a test: it fails only if a tool fails or a response is wrong.
 #
 # Run as root (loop devices, mount): bench/bench-serve.sh
@@ -81,6 +85,12 @@ free_port() {
         if ! ss -ltn | grep -q ":$p "; then echo "$p"; return 0; fi
     done
     die "no free port"
+}
+hz=$(getconf CLK_TCK)
+ticks() { # ticks PID...: CPU time (user + system, all threads) of the processes, in clock ticks
+    local t=0 p
+    for p in "$@"; do t=$((t + $(awk '{ print $14 + $15 }' "/proc/$p/stat"))); done
+    echo "$t"
 }
 median() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 best() { sort -g | head -n1; }
@@ -189,6 +199,11 @@ EOF
     nginx -c "$work/nginx/nginx.conf" -p "$work/nginx" -e "$work/nginx/error.log" ||
         die "nginx failed: $(tail -3 "$work/nginx/error.log")"
     for _ in $(seq 50); do [ -s "$work/nginx/nginx.pid" ] && break; sleep 0.1; done
+    for _ in $(seq 50); do
+        mapfile -t NGINX_WORKERS < <(pgrep -P "$(cat "$work/nginx/nginx.pid")")
+        [ "${#NGINX_WORKERS[@]}" -ge "$(nproc)" ] && break
+        sleep 0.1
+    done
 }
 
 # --- snapshot of `serve` ----------------------------------------------------------------------
@@ -254,23 +269,47 @@ curl -sf -r 4096-8191 -o "$work/n.bin" "http://127.0.0.1:$nport$NPATH"
 curl -sf -r 4096-8191 -H "Authorization: Bearer $TOKEN" -o "$work/v.bin" "$VURL$VPATH"
 cmp "$work/n.bin" "$work/v.bin" || die "vmexportd and nginx return different bytes"
 
+cipher() { # cipher URL [curl args]: the TLS version and cipher suite curl negotiates
+    curl -sv --cacert "$c/ca.crt" -o /dev/null -r 0-0 "$@" 2>&1 |
+        sed -n 's/^\* SSL connection using //p' | head -n1
+}
+warm() { cat "$snapfile" >/dev/null; }
+
 declare -A R # R[proto.server.kind] = value
+declare -A C # C[proto.server.kind] = CPU ticks of the server over all runs of the test
 measure() { # measure plain|tls
-    local proto=$1 vbase nbase i a=() b=() p=() q=()
+    local proto=$1 vbase nbase i t a=() b=() p=() q=()
     if [ "$proto" = plain ]; then nbase="http://127.0.0.1:$nport"; else nbase="https://127.0.0.1:$nsport"; fi
     vbase=$VURL
+    for k in c1 c8 rps; do C[$proto.v.$k]=0; C[$proto.n.$k]=0; done
     for ((i = 0; i < REPS; i++)); do
+        warm; t=$(ticks "$daemon_pid")
         a+=("$(get_one "$vbase$VPATH" -H "Authorization: Bearer $TOKEN")")
+        C[$proto.v.c1]=$((C[$proto.v.c1] + $(ticks "$daemon_pid") - t))
+        warm; t=$(ticks "${NGINX_WORKERS[@]}")
         b+=("$(get_one "$nbase$NPATH")")
+        C[$proto.n.c1]=$((C[$proto.n.c1] + $(ticks "${NGINX_WORKERS[@]}") - t))
+        warm; t=$(ticks "$daemon_pid")
         p+=("$(get_par "$vbase$VPATH" -H "Authorization: Bearer $TOKEN")")
+        C[$proto.v.c8]=$((C[$proto.v.c8] + $(ticks "$daemon_pid") - t))
+        warm; t=$(ticks "${NGINX_WORKERS[@]}")
         q+=("$(get_par "$nbase$NPATH")")
+        C[$proto.n.c8]=$((C[$proto.n.c8] + $(ticks "${NGINX_WORKERS[@]}") - t))
     done
     R[$proto.v.c1]=$(printf '%s\n' "${a[@]}" | best)
     R[$proto.n.c1]=$(printf '%s\n' "${b[@]}" | best)
     R[$proto.v.c8]=$(printf '%s\n' "${p[@]}" | best)
     R[$proto.n.c8]=$(printf '%s\n' "${q[@]}" | best)
+    warm; t=$(ticks "$daemon_pid")
     R[$proto.v.rps]=$(run_wrk "$vbase" "$VPATH" "$TOKEN")
+    C[$proto.v.rps]=$(($(ticks "$daemon_pid") - t))
+    warm; t=$(ticks "${NGINX_WORKERS[@]}")
     R[$proto.n.rps]=$(run_wrk "$nbase" "$NPATH" "")
+    C[$proto.n.rps]=$(($(ticks "${NGINX_WORKERS[@]}") - t))
+    if [ "$proto" = tls ]; then
+        R[tls.v.cipher]=$(cipher "$vbase$VPATH" -H "Authorization: Bearer $TOKEN")
+        R[tls.n.cipher]=$(cipher "$nbase$NPATH")
+    fi
     echo "  $proto done" >&2
 }
 measure plain
@@ -298,7 +337,7 @@ stop_daemon
 # --- report ---------------------------------------------------------------------------------------
 echo "# vmexportd vs nginx serving benchmark — $(date)"
 echo "# $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), $(uname -r); $(nginx -v 2>&1); $(wrk -v 2>&1 | head -n1 | cut -d' ' -f1-2); curl $(curl -V | head -n1 | cut -d' ' -f2)"
-echo "# file: $size bytes of random data (a reflink snapshot on XFS), page cache warm; best of $REPS for GETs, wrk $DURATION s"
+echo "# file: $size bytes of random data (a reflink snapshot on XFS), page cache warmed before each test; best of $REPS for GETs, wrk $DURATION s"
 echo "# load average (1, 5, 15 min) at start: $load_start; at end: $(cut -d" " -f1-3 /proc/loadavg)"
 echo "# MB/s = 10^6 bytes/s; ratio = vmexportd / nginx (above 1: vmexportd is faster)"
 echo
@@ -313,6 +352,27 @@ for proto in plain tls; do
     awk -v l="$P 4 KiB ranged GETs, 64 conns (wrk)" -v v="${R[$proto.v.rps]}" -v n="${R[$proto.n.rps]}" 'BEGIN {
         printf "| %-38s | %10.0f r/s | %10.0f r/s | %7.2fx |\n", l, v, n, v / n }'
 done
+echo
+echo "Server CPU time (user + system, all runs of a test; ratio = vmexportd / nginx, below 1: vmexportd uses less):"
+echo
+printf '| %-38s | %14s | %14s | %8s |\n' test vmexportd nginx ratio
+printf '| %-38s | %14s | %14s | %8s |\n' --- ---: ---: ---:
+for proto in plain tls; do
+    P=$([ "$proto" = plain ] && echo "HTTP" || echo "TLS")
+    for k in c1 c8; do
+        l="$P full GET, 1 connection"
+        [ "$k" = c8 ] && l="$P full file, 8 connections (ranges)"
+        awk -v l="$l" -v v="${C[$proto.v.$k]}" -v n="${C[$proto.n.$k]}" -v hz="$hz" -v g="$((REPS * size))" 'BEGIN {
+            gib = g / 1073741824
+            printf "| %-38s | %8.2f s/GiB | %8.2f s/GiB | %7.2fx |\n", l, v / hz / gib, n / hz / gib, n ? v / n : 0 }'
+    done
+    awk -v l="$P 4 KiB ranged GETs, 64 conns (wrk)" -v v="${C[$proto.v.rps]}" -v n="${C[$proto.n.rps]}" \
+        -v hz="$hz" -v vr="${R[$proto.v.rps]}" -v nr="${R[$proto.n.rps]}" -v d="$DURATION" 'BEGIN {
+        vk = vr * d / 1000; nk = nr * d / 1000
+        printf "| %-38s | %6.1f ms/kreq | %6.1f ms/kreq | %7.2fx |\n", l, v / hz * 1000 / vk, n / hz * 1000 / nk, (v / vk) / (n / nk) }'
+done
+echo
+echo "TLS: vmexportd negotiated ${R[tls.v.cipher]}; nginx ${R[tls.n.cipher]} (curl $(curl -V | head -n1 | cut -d' ' -f2), its default preferences)"
 echo
 awk -v m="$snap_med" -v x="$snap_max" -v n="$SNAPS" -v e="$extents" -v d="$SNAP_DATA_MIB" 'BEGIN {
     printf "snapshot create (POST, 4 disks x 10 GiB sparse, %d MiB data each, %d extents in all, TLS): median %.1f ms, max %.1f ms over %d\n",

@@ -20,6 +20,13 @@
  * is accepted only with alg HS256, a valid signature (checked here in constant time, then again
  * by libjwt), exp in the future, the right issuer and a non-empty subject.
  *
+ * Verified tokens are remembered in a small cache (AUTH_CACHE_SLOTS entries) keyed by the exact
+ * token text, so that a client sending the same token on every request costs one hash and one
+ * constant-time comparison instead of two HMACs and a JSON parse.  An entry holds the token's exp
+ * and is used only while exp is in the future; a token that is not byte for byte a verified one
+ * gets the full check.  The secret never changes while the daemon runs, so an entry cannot
+ * outlive the validity of its token.
+ *
  * Failures are not told apart: unknown users cost one crypt(3) against a real hash like known
  * ones, and every failure is -EACCES.  Each address may fail max_failures times within
  * failure_window seconds (counted from its first failure); after that, and until the window has
@@ -65,6 +72,7 @@
 #define AUTH_ADDR_MAX             64   /* longer addresses are compared by this prefix */
 #define AUTH_TOKEN_MAX            8192 /* longer bearer tokens are refused unparsed */
 #define AUTH_LOG_FIELD_MAX        64   /* characters of a user name or address in a log line */
+#define AUTH_CACHE_SLOTS          64   /* verified tokens remembered (direct-mapped) */
 
 /* Hash that unknown users are checked against when the users file is empty: yescrypt with the
  * default cost, of a password nobody knows (the result is thrown away anyway). */
@@ -86,6 +94,14 @@ struct failure_slot {
     int64_t last_used;        /* ms, for eviction */
 };
 
+/* A token that passed the full check. */
+struct token_slot {
+    char *token; /* exact text after "Bearer "; NULL: slot free */
+    size_t len;
+    char *user; /* its sub claim */
+    long exp;   /* its exp claim, Unix time */
+};
+
 struct auth {
     char *users_file;  /* NULL: no users file */
     char *pam_service; /* NULL: no PAM */
@@ -98,6 +114,10 @@ struct auth {
 
     pthread_mutex_t limit_lock; /* guards slots */
     struct failure_slot slots[AUTH_LIMIT_SLOTS];
+
+    pthread_mutex_t cache_lock; /* guards cache */
+    uint64_t cache_seed;        /* random: slot choice cannot be steered from outside */
+    struct token_slot cache[AUTH_CACHE_SLOTS];
 };
 
 static void err_set(char *err, size_t errlen, const char *fmt, ...)
@@ -415,6 +435,18 @@ int auth_open(struct auth **out, const struct auth_config *cfg, char *err, size_
         free(a);
         return -r;
     }
+    r = pthread_mutex_init(&a->cache_lock, NULL);
+    if (r) {
+        pthread_mutex_destroy(&a->users_lock);
+        pthread_mutex_destroy(&a->limit_lock);
+        free(a);
+        return -r;
+    }
+    if (RAND_bytes((unsigned char *)&a->cache_seed, sizeof(a->cache_seed)) != 1) {
+        err_set(err, errlen, "no random bytes for the token cache");
+        r = -EIO;
+        goto fail;
+    }
     a->token_ttl = cfg->token_ttl ? cfg->token_ttl : AUTH_DEFAULT_TTL;
     a->max_failures = cfg->max_failures ? cfg->max_failures : AUTH_DEFAULT_MAX_FAILURES;
     a->failure_window = cfg->failure_window ? cfg->failure_window : AUTH_DEFAULT_WINDOW;
@@ -461,10 +493,15 @@ void auth_close(struct auth *a)
         OPENSSL_cleanse(a->key, a->key_len);
         free(a->key);
     }
+    for (size_t i = 0; i < AUTH_CACHE_SLOTS; i++) {
+        free(a->cache[i].token);
+        free(a->cache[i].user);
+    }
     free(a->users_file);
     free(a->pam_service);
     pthread_mutex_destroy(&a->users_lock);
     pthread_mutex_destroy(&a->limit_lock);
+    pthread_mutex_destroy(&a->cache_lock);
     free(a);
 }
 
@@ -751,6 +788,59 @@ static bool signature_valid(struct auth *a, const char *token, size_t len)
     return ok;
 }
 
+/* FNV-1a over the token, started from a random seed. */
+static size_t cache_slot(const struct auth *a, const char *token, size_t len)
+{
+    uint64_t h = a->cache_seed ^ 14695981039346656037ull;
+    for (size_t i = 0; i < len; i++) {
+        h ^= (unsigned char)token[i];
+        h *= 1099511628211ull;
+    }
+    return (size_t)(h ^ (h >> 32)) % AUTH_CACHE_SLOTS;
+}
+
+/* 1 and *user (malloc'd) when token is a verified, unexpired token; 0 when it is not cached;
+ * -ENOMEM. */
+static int cache_lookup(struct auth *a, const char *token, size_t len, char **user)
+{
+    size_t i = cache_slot(a, token, len);
+    long now = (long)time(NULL);
+    int r = 0;
+    pthread_mutex_lock(&a->cache_lock);
+    struct token_slot *t = &a->cache[i];
+    if (t->token && t->len == len && CRYPTO_memcmp(t->token, token, len) == 0) {
+        if (t->exp > now) {
+            *user = strdup(t->user);
+            r = *user ? 1 : -ENOMEM;
+        } else { /* expired: forget it; the full check refuses it */
+            free(t->token);
+            free(t->user);
+            *t = (struct token_slot){0};
+        }
+    }
+    pthread_mutex_unlock(&a->cache_lock);
+    return r;
+}
+
+/* Remember a token that passed the full check (best effort: no memory, no entry). */
+static void cache_store(struct auth *a, const char *token, size_t len, const char *user, long exp)
+{
+    struct token_slot n = {
+        .token = strndup(token, len), .len = len, .user = strdup(user), .exp = exp};
+    if (!n.token || !n.user) {
+        free(n.token);
+        free(n.user);
+        return;
+    }
+    size_t i = cache_slot(a, token, len);
+    pthread_mutex_lock(&a->cache_lock);
+    struct token_slot old = a->cache[i];
+    a->cache[i] = n;
+    pthread_mutex_unlock(&a->cache_lock);
+    free(old.token);
+    free(old.user);
+}
+
 int auth_check_bearer(struct auth *a, const char *authorization, char **user)
 {
     static const char scheme[] = "Bearer ";
@@ -772,6 +862,10 @@ int auth_check_bearer(struct auth *a, const char *authorization, char **user)
     const char *dot2 = dot1 ? strchr(dot1 + 1, '.') : NULL;
     if (!dot1 || !dot2 || strchr(dot2 + 1, '.') || dot1 == token || dot2 == dot1 + 1)
         return -EACCES;
+    r = cache_lookup(a, token, len, user);
+    if (r != 0)
+        return r > 0 ? 0 : r;
+    r = -EACCES;
     if (!signature_valid(a, token, len))
         return -EACCES;
 
@@ -791,6 +885,8 @@ int auth_check_bearer(struct auth *a, const char *authorization, char **user)
         goto out;
     *user = strdup(sub);
     r = *user ? 0 : -ENOMEM;
+    if (r == 0)
+        cache_store(a, token, len, sub, exp);
 out:
     jwt_free(jwt);
     return r;

@@ -8,7 +8,10 @@
  *
  * Threads: one per connection (MHD_USE_THREAD_PER_CONNECTION), so a long download never waits
  * for another; handlers share only the catalog (its own lock), the upload registry (its own
- * lock) and atomics.
+ * lock), the token and disk caches (their own locks) and atomics.  An epoll thread pool was
+ * measured against it (docs/benchmarks.md, section 4): about a quarter less CPU per 4 KiB
+ * request, no clear gain in requests per second, and every slow handler (copy-mode snapshots,
+ * diffs, upload bodies, logins) would stall all the connections of its pool thread.
  */
 #include <arpa/inet.h>
 #include <errno.h>

@@ -1,14 +1,18 @@
 /* API routes that serve disk data: the bytes of a snapshot disk (Range, multipart/byteranges,
- * ETag, If-Range; sendfile on plain HTTP) and VMware-style changed areas (QueryChangedDiskAreas).
+ * ETag, If-Range; short ranges read into memory, longer ones sent with sendfile on plain HTTP
+ * and in 1 MiB blocks with TLS) and VMware-style changed areas (QueryChangedDiskAreas).  Where
+ * each disk is comes from a small cache in front of the catalog (see below).
  */
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
 #include <microhttpd.h>
 #include <openssl/rand.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "core/cleanup.h"
@@ -53,12 +57,226 @@ static int lookup_disk(struct request *rq, struct snapshot **snap, const struct 
     return -1;
 }
 
+/* ---- cache of open snapshot disks ----
+ *
+ * A download of a disk in small ranges asks the catalog the same question for every request,
+ * and a catalog lookup (two SQL statements under the catalog's lock) costs more than the rest of
+ * a 4 KiB request; opening the file again costs a path walk.  The answer -- the VM's snapshot is
+ * ready and has this disk -- stays true until the snapshot is deleted, so the disk stays open in
+ * a small cache, shared (reference-counted) by the requests that read it.  snapshot_delete()
+ * marks the snapshot "deleting", bumps srv->snapshots_gen and empties the cache before it removes
+ * any file: an entry is stored only if the generation read before its catalog lookup is still
+ * current, so no entry can outlive a deletion and hold a removed file's space.  An entry is also
+ * used for DISK_CACHE_TTL_MS at most (a bound should anything else edit the catalog).  Misses and
+ * errors go to the catalog. */
+
+#define DISK_CACHE_SLOTS  64   /* direct-mapped entries, so at most as many open files */
+#define DISK_CACHE_TTL_MS 2000 /* longest an entry is trusted without asking the catalog */
+
+/* An open snapshot disk. */
+struct disk_file {
+    int fd;
+    unsigned refs; /* the cache's and the requests'; guarded by the cache lock */
+    char *path;    /* for error messages */
+    uint64_t size; /* when opened; etag is for this size */
+    char etag[HTTP_ETAG_MAX];
+};
+
+struct disk_cache_entry {
+    char *key; /* "vm\0snapshot\0disk"; NULL: free */
+    size_t key_len;
+    struct disk_file *file;
+    unsigned long long gen;
+    int64_t expires_ms; /* CLOCK_MONOTONIC */
+};
+
+struct disk_cache {
+    pthread_mutex_t lock;
+    struct disk_cache_entry e[DISK_CACHE_SLOTS];
+};
+
+int disk_cache_new(struct disk_cache **out)
+{
+    struct disk_cache *c = calloc(1, sizeof(*c));
+    if (!c)
+        return -ENOMEM;
+    int r = pthread_mutex_init(&c->lock, NULL);
+    if (r) {
+        free(c);
+        return -r;
+    }
+    *out = c;
+    return 0;
+}
+
+/* Drop a reference; the last one closes the file. */
+static void disk_file_unref(struct disk_cache *c, struct disk_file *f)
+{
+    if (!f)
+        return;
+    pthread_mutex_lock(&c->lock);
+    bool last = --f->refs == 0;
+    pthread_mutex_unlock(&c->lock);
+    if (last) {
+        close(f->fd);
+        free(f->path);
+        free(f);
+    }
+}
+
+void disk_cache_clear(struct disk_cache *c)
+{
+    if (!c)
+        return;
+    struct disk_cache_entry old[DISK_CACHE_SLOTS];
+    pthread_mutex_lock(&c->lock);
+    memcpy(old, c->e, sizeof(old));
+    memset(c->e, 0, sizeof(c->e));
+    pthread_mutex_unlock(&c->lock);
+    for (size_t i = 0; i < DISK_CACHE_SLOTS; i++) {
+        free(old[i].key);
+        disk_file_unref(c, old[i].file);
+    }
+}
+
+void disk_cache_free(struct disk_cache *c)
+{
+    if (!c)
+        return;
+    disk_cache_clear(c);
+    pthread_mutex_destroy(&c->lock);
+    free(c);
+}
+
+static int64_t monotonic_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* The key of the disk named by the URL: VM, snapshot and disk IDs, each with its NUL. */
+static size_t disk_key(struct request *rq, char *key, size_t size)
+{
+    size_t n = 0;
+    for (int i = 1; i <= 5; i += 2) {
+        size_t len = strlen(rq->segs[i]) + 1;
+        if (n + len > size)
+            return 0;
+        memcpy(key + n, rq->segs[i], len);
+        n += len;
+    }
+    return n;
+}
+
+static size_t disk_slot(const char *key, size_t len)
+{
+    uint32_t h = 2166136261u; /* FNV-1a */
+    for (size_t i = 0; i < len; i++)
+        h = (h ^ (unsigned char)key[i]) * 16777619u;
+    return h % DISK_CACHE_SLOTS;
+}
+
+/* The cached file of key, with a reference for the caller; NULL when not cached or no longer
+ * valid. */
+static struct disk_file *disk_cache_get(struct server *srv, const char *key, size_t len)
+{
+    struct disk_cache *c = srv->disk_cache;
+    struct disk_cache_entry *e = &c->e[disk_slot(key, len)];
+    int64_t now = monotonic_ms();
+    struct disk_file *f = NULL;
+    pthread_mutex_lock(&c->lock);
+    if (e->key && e->key_len == len && !memcmp(e->key, key, len) &&
+        e->gen == atomic_load(&srv->snapshots_gen) && now < e->expires_ms) {
+        f = e->file;
+        f->refs++;
+    }
+    pthread_mutex_unlock(&c->lock);
+    return f;
+}
+
+/* Cache f for key if the generation is still gen (read before the catalog said the snapshot was
+ * ready).  Best effort. */
+static void disk_cache_put(struct server *srv, const char *key, size_t len, struct disk_file *f,
+                           unsigned long long gen)
+{
+    struct disk_cache *c = srv->disk_cache;
+    struct disk_cache_entry n = {.key = malloc(len),
+                                 .key_len = len,
+                                 .file = f,
+                                 .gen = gen,
+                                 .expires_ms = monotonic_ms() + DISK_CACHE_TTL_MS};
+    if (!n.key)
+        return;
+    memcpy(n.key, key, len);
+    struct disk_cache_entry *e = &c->e[disk_slot(key, len)], old = {0};
+    pthread_mutex_lock(&c->lock);
+    if (gen == atomic_load(&srv->snapshots_gen)) {
+        f->refs++;
+        old = *e;
+        *e = n;
+        n.key = NULL;
+    }
+    pthread_mutex_unlock(&c->lock);
+    free(n.key);
+    free(old.key);
+    disk_file_unref(c, old.file);
+}
+
+/* The snapshot disk the URL names, open, from the cache or the catalog: 0 and *out (release
+ * with disk_file_unref); or a reply was queued (-1, *ret). */
+static int disk_file_get(struct request *rq, struct disk_file **out, int *ret)
+{
+    struct server *srv = rq->srv;
+    char key[3 * (ID_MAX + 1)];
+    size_t len = disk_key(rq, key, sizeof(key));
+    if (len && (*out = disk_cache_get(srv, key, len)))
+        return 0;
+
+    unsigned long long gen = atomic_load(&srv->snapshots_gen);
+    struct snapshot *snap = NULL;
+    const struct snapshot_disk *disk = NULL;
+    if (lookup_disk(rq, &snap, &disk, ret) < 0)
+        return -1;
+    struct disk_file *f = calloc(1, sizeof(*f));
+    if (!f || !(f->path = strdup(disk->path))) {
+        free(f);
+        snapshot_free(snap);
+        *ret = reply_error(rq, 500, "internal error", "out of memory");
+        return -1;
+    }
+    f->refs = 1;
+    f->fd = open(f->path, O_RDONLY | O_CLOEXEC);
+    struct stat st;
+    if (f->fd < 0 || fstat(f->fd, &st) < 0) {
+        int e = errno;
+        *ret = reply_error(rq, 500, "internal error", "snapshot '%s' disk '%s': %s: %s", snap->id,
+                           disk->name, disk->path, strerror(e));
+        if (f->fd >= 0)
+            close(f->fd);
+        free(f->path);
+        free(f);
+        snapshot_free(snap);
+        return -1;
+    }
+    f->size = (uint64_t)st.st_size;
+    http_etag(snap->id, disk->name, f->size, f->etag);
+    snapshot_free(snap);
+    if (len)
+        disk_cache_put(srv, key, len, f, gen);
+    *out = f;
+    return 0;
+}
+
 /* ---- file ranges ---- */
 
 /* Block size of TLS file responses: libmicrohttpd reads an fd response through its connection
  * buffer in small pieces, which caps TLS throughput; a callback with large blocks does not.
  * Plain HTTP keeps fd responses, which libmicrohttpd sends with sendfile(2). */
-#define TLS_FILE_BLOCK (1024 * 1024)
+#define TLS_FILE_BLOCK     (1024 * 1024)
+#define TLS_FILE_BLOCK_MIN 4096 /* for empty and tiny responses */
+/* Ranges up to this size are read into memory when the request is answered. */
+#define SMALL_RANGE_MAX (64 * 1024)
 
 struct file_range {
     int fd;
@@ -84,20 +302,61 @@ static void file_range_free(void *cls)
     free(f);
 }
 
-/* A response of len bytes of fd from start; takes fd (closed on failure too). */
-static struct MHD_Response *file_response(struct server *srv, int fd, uint64_t start,
-                                          uint64_t len)
+/* A response of len bytes of fd from start, read now into memory: for short ranges, where
+ * libmicrohttpd's fd and callback responses cost more than the data.  NULL when the read fails
+ * or comes short. */
+static struct MHD_Response *small_response(int fd, uint64_t start, size_t len)
 {
-    if (!srv->cert_pem)
-        return MHD_create_response_from_fd_at_offset64(len, fd, start);
-    struct file_range *f = malloc(sizeof(*f));
-    if (!f)
+    char *buf = malloc(len ? len : 1);
+    if (!buf)
         return NULL;
-    *f = (struct file_range){.fd = fd, .start = start, .srv = srv};
-    struct MHD_Response *r = MHD_create_response_from_callback(len, TLS_FILE_BLOCK,
-                                                               file_range_read, f, file_range_free);
+    size_t done = 0;
+    while (done < len) {
+        ssize_t got = pread(fd, buf + done, len - done, (off_t)(start + done));
+        if (got < 0 && errno == EINTR)
+            continue;
+        if (got <= 0) {
+            free(buf);
+            return NULL;
+        }
+        done += (size_t)got;
+    }
+    struct MHD_Response *r = MHD_create_response_from_buffer(len, buf, MHD_RESPMEM_MUST_FREE);
     if (!r)
-        free(f); /* fd closed by the caller */
+        free(buf);
+    return r;
+}
+
+/* A response of len bytes of file from start, or NULL.  A HEAD answer has no body to read. */
+static struct MHD_Response *file_response(struct server *srv, const struct disk_file *file,
+                                          uint64_t start, uint64_t len, bool head)
+{
+    if (len <= SMALL_RANGE_MAX && !head)
+        return small_response(file->fd, start, (size_t)len);
+    /* libmicrohttpd closes the fd of the response: its own. */
+    int fd = fcntl(file->fd, F_DUPFD_CLOEXEC, 0);
+    if (fd < 0)
+        return NULL;
+    if (!srv->cert_pem) {
+        struct MHD_Response *r = MHD_create_response_from_fd_at_offset64(len, fd, start);
+        if (!r)
+            close(fd);
+        return r;
+    }
+    struct file_range *f = malloc(sizeof(*f));
+    if (!f) {
+        close(fd);
+        return NULL;
+    }
+    *f = (struct file_range){.fd = fd, .start = start, .srv = srv};
+    /* libmicrohttpd allocates the block with the response: no more than a short range needs. */
+    size_t block = len < TLS_FILE_BLOCK ? (size_t)len : TLS_FILE_BLOCK;
+    if (block < TLS_FILE_BLOCK_MIN)
+        block = TLS_FILE_BLOCK_MIN;
+    struct MHD_Response *r =
+        MHD_create_response_from_callback(len, block, file_range_read, f, file_range_free);
+    if (!r)
+        file_range_free(f);
     return r;
 }
 
@@ -217,27 +476,26 @@ static struct MHD_Response *multipart_response(struct server *srv, int fd,
 
 int route_disk_data(struct request *rq)
 {
-    struct snapshot *snap = NULL;
-    const struct snapshot_disk *disk = NULL;
+    /* The catalog matched the snapshot and disk IDs exactly: they are the URL's. */
+    const char *snap_id = rq->segs[3], *disk_name = rq->segs[5];
+    struct disk_file *file = NULL;
     int ret;
-    if (lookup_disk(rq, &snap, &disk, &ret) < 0)
+    if (disk_file_get(rq, &file, &ret) < 0)
         return ret;
 
-    int fd = open(disk->path, O_RDONLY | O_CLOEXEC);
     struct stat st;
-    if (fd < 0 || fstat(fd, &st) < 0) {
-        int e = errno;
-        if (fd >= 0)
-            close(fd);
-        ret = reply_error(rq, 500, "internal error", "snapshot '%s' disk '%s': %s: %s", snap->id,
-                          disk->name, disk->path, strerror(e));
-        snapshot_free(snap);
+    if (fstat(file->fd, &st) < 0) {
+        ret = reply_error(rq, 500, "internal error", "snapshot '%s' disk '%s': %s: %s", snap_id,
+                          disk_name, file->path, strerror(errno));
+        disk_file_unref(rq->srv->disk_cache, file);
         return ret;
     }
     uint64_t size = (uint64_t)st.st_size;
     char etag[HTTP_ETAG_MAX];
-    http_etag(snap->id, disk->name, size, etag);
-    snapshot_free(snap);
+    if (size == file->size)
+        memcpy(etag, file->etag, sizeof(etag));
+    else
+        http_etag(snap_id, disk_name, size, etag);
 
     const char *range = request_header(rq, MHD_HTTP_HEADER_RANGE);
     const char *if_range = request_header(rq, MHD_HTTP_HEADER_IF_RANGE);
@@ -252,7 +510,6 @@ int route_disk_data(struct request *rq)
     char content_range[96] = "";
     char content_type[96] = "application/octet-stream";
     if (r == -ERANGE) {
-        close(fd);
         snprintf(content_range, sizeof(content_range), "bytes */%" PRIu64, size);
         resp = MHD_create_response_from_buffer(0, NULL, MHD_RESPMEM_PERSISTENT);
         status = 416;
@@ -260,23 +517,27 @@ int route_disk_data(struct request *rq)
         uint64_t len = ranges.ptr[0].end - ranges.ptr[0].start + 1;
         snprintf(content_range, sizeof(content_range), "bytes %" PRIu64 "-%" PRIu64 "/%" PRIu64,
                  ranges.ptr[0].start, ranges.ptr[0].end, size);
-        resp = file_response(rq->srv, fd, ranges.ptr[0].start, len);
+        resp = file_response(rq->srv, file, ranges.ptr[0].start, len, is_head);
         status = 206;
         if (!is_head)
             atomic_fetch_add(&rq->srv->metrics.bytes_served, len);
     } else if (r == 0) {
-        resp = multipart_response(rq->srv, fd, &ranges, size, content_type, sizeof(content_type));
+        int fd = fcntl(file->fd, F_DUPFD_CLOEXEC, 0); /* the response's own */
+        resp = fd < 0 ? NULL
+                      : multipart_response(rq->srv, fd, &ranges, size, content_type,
+                                           sizeof(content_type));
+        if (!resp && fd >= 0)
+            close(fd);
         status = 206;
     } else {
-        resp = file_response(rq->srv, fd, 0, size);
+        resp = file_response(rq->srv, file, 0, size, is_head);
         if (!is_head)
             atomic_fetch_add(&rq->srv->metrics.bytes_served, size);
     }
     byte_range_list_reset(&ranges);
-    if (!resp) {
-        close(fd);
+    disk_file_unref(rq->srv->disk_cache, file);
+    if (!resp)
         return reply_error(rq, 500, "internal error", "cannot create the response");
-    }
     MHD_add_response_header(resp, MHD_HTTP_HEADER_ACCEPT_RANGES, "bytes");
     MHD_add_response_header(resp, MHD_HTTP_HEADER_ETAG, etag);
     if (status != 416)

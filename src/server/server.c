@@ -14,7 +14,11 @@ int server_new(const struct daemon_config *cfg, struct server **out, char *err, 
     if (!s)
         return -ENOMEM;
     s->cfg = cfg;
-    int r;
+    int r = disk_cache_new(&s->disk_cache);
+    if (r < 0) {
+        server_free(s);
+        return r;
+    }
     s->providers = calloc(cfg->n_providers, sizeof(*s->providers));
     if (!s->providers) {
         server_free(s);
@@ -71,5 +75,6 @@ void server_free(struct server *s)
     free(s->cert_pem);
     free(s->key_pem);
     free(s->ca_pem);
+    disk_cache_free(s->disk_cache);
     free(s);
 }

@@ -19,6 +19,7 @@
 struct MHD_Connection;
 struct MHD_Response;
 struct uploads;
+struct disk_cache;
 
 struct server {
     const struct daemon_config *cfg;
@@ -31,6 +32,11 @@ struct server {
     char *cert_pem, *key_pem, *ca_pem;
     atomic_uint active_requests;
     struct uploads *uploads; /* upload.c */
+    /* routes_data.c: the disks of recently read snapshots, open, so that data requests skip
+     * the catalog.  An entry is used only while snapshots_gen has the value it had before the
+     * catalog said the snapshot was ready. */
+    struct disk_cache *disk_cache;
+    atomic_ullong snapshots_gen; /* bumped whenever a ready snapshot stops being ready */
 };
 
 /* Set up everything from the configuration (providers, catalog, auth, recovery of snapshots a
@@ -117,6 +123,12 @@ int route_transfer_cancel(struct request *rq);
 /* Find a VM among the providers: 0 and *vm (free with vm_free), -ENOENT. */
 int server_vm_get(struct server *s, const char *vm_id, struct vm **vm, struct provider **p);
 struct provider *server_provider(struct server *s, const char *name);
+
+/* routes_data.c: the cache of open snapshot disks.  new: 0 or a negative errno.  clear: forget
+ * (and close, once no request reads them) every cached disk. */
+int disk_cache_new(struct disk_cache **out);
+void disk_cache_clear(struct disk_cache *c);
+void disk_cache_free(struct disk_cache *c);
 
 /* snapshot.c */
 int snapshot_create(struct server *s, struct provider *p, const struct vm *vm,

@@ -280,6 +280,10 @@ int snapshot_delete(struct server *s, struct snapshot *snap)
     int r = catalog_snapshot_set_status(s->catalog, snap->id, "deleting");
     if (r < 0)
         return r;
+    /* After the status change, so that no lookup from now on can cache it as ready; before the
+     * files go, so that the cache holds none of them open. */
+    atomic_fetch_add(&s->snapshots_gen, 1);
+    disk_cache_clear(s->disk_cache);
     int first_err = 0;
     for (size_t i = 0; i < snap->disks.len; i++) {
         int e = remove_disk_file(snap->disks.ptr[i].path);

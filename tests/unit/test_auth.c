@@ -616,6 +616,35 @@ static void test_token_expired(void **state)
     free(token);
 }
 
+/* Verified tokens are cached: a cached token stops passing when it expires, and a token that
+ * differs from a cached one in any byte gets the full check. */
+static void test_token_cache(void **state)
+{
+    struct fixture *f = *state;
+    auth_open_default(f); /* ttl 3600 */
+    char *token = NULL, header[8192];
+    int64_t now = (int64_t)time(NULL);
+
+    assert_int_equal(auth_token_issue(f->a, "alice", now - 3600 + 2, &token), 0);
+    assert_bearer_ok(f->a, token, "alice");
+    assert_bearer_ok(f->a, token, "alice"); /* from the cache */
+    snprintf(header, sizeof(header), "Bearer %s", token);
+    char *last = header + strlen(header) - 1;
+    *last = *last == 'A' ? 'B' : 'A';
+    assert_bearer_refused(f->a, header);
+    snprintf(header, sizeof(header), "Bearer %.*s", (int)strlen(token) - 1, token);
+    assert_bearer_refused(f->a, header);
+    assert_bearer_ok(f->a, token, "alice");
+    while ((int64_t)time(NULL) < now + 2) {
+        struct timespec step = {0, 100 * 1000 * 1000};
+        nanosleep(&step, NULL);
+    }
+    snprintf(header, sizeof(header), "Bearer %s", token);
+    assert_bearer_refused(f->a, header);
+    assert_bearer_refused(f->a, header);
+    free(token);
+}
+
 static void test_token_alg_none(void **state)
 {
     struct fixture *f = *state;
@@ -1102,6 +1131,7 @@ int main(void)
         T(test_token_tampered),
         T(test_token_foreign_secret),
         T(test_token_expired),
+        T(test_token_cache),
         T(test_token_alg_none),
         T(test_token_claims),
         T(test_bearer_scheme),
