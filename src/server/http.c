@@ -576,9 +576,13 @@ static void mhd_log(void *cls, const char *fmt, va_list ap)
 int server_start(struct server *s, char *err, size_t errlen)
 {
     const struct daemon_config *cfg = s->cfg;
-    /* Here rather than in server_new: 'vmexportd --check' must not remove the partial files of
-     * a daemon that is running. */
-    int r = uploads_open(s, &s->uploads);
+    /* Here rather than in server_new: 'vmexportd --check' must not remove the half-made
+     * snapshots or partial uploads of a daemon that is running. */
+    int r = snapshot_recover(s);
+    if (r < 0)
+        log_warn("recovering half-done snapshots: %s (will retry at the next start)",
+                 strerror(-r));
+    r = uploads_open(s, &s->uploads);
     if (r < 0) {
         snprintf(err, errlen, "starting the upload registry: %s", strerror(-r));
         return r;

@@ -1,4 +1,5 @@
-/* Assembly of the server from its configuration: providers, catalog, auth, crash recovery. */
+/* Assembly of the server from its configuration: providers, catalog, auth.  Crash recovery runs
+ * in server_start, so that 'vmexportd --check' changes nothing. */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -54,9 +55,6 @@ int server_new(const struct daemon_config *cfg, struct server **out, char *err, 
         server_free(s);
         return r;
     }
-    if ((r = snapshot_recover(s)) < 0)
-        log_warn("recovering half-done snapshots: %s (will retry at the next start)",
-                 strerror(-r));
     *out = s;
     return 0;
 }

@@ -39,11 +39,11 @@ struct server {
     atomic_ullong snapshots_gen; /* bumped whenever a ready snapshot stops being ready */
 };
 
-/* Set up everything from the configuration (providers, catalog, auth, recovery of snapshots a
- * crash left half-done); err explains a failure. */
+/* Set up everything from the configuration (providers, catalog, auth) without changing any
+ * snapshot or upload; err explains a failure. */
 int server_new(const struct daemon_config *cfg, struct server **out, char *err, size_t errlen);
-/* Remove the partial files of uploads that a crash or stop interrupted, start the upload
- * registry, and listen. */
+/* Finish or remove the snapshots a crash left half-done, remove the partial files of uploads
+ * that a crash or stop interrupted, start the upload registry, and listen. */
 int server_start(struct server *s, char *err, size_t errlen);
 /* Stop accepting; wait up to grace seconds for running requests; stop. */
 void server_stop(struct server *s, unsigned grace);

@@ -204,6 +204,13 @@ for round in 1 2 3; do
     done
     if [ -n "$hit" ]; then
         ok "crash $round: kill -9 ${delay}s after the $when appeared hit a snapshot in creation"
+        # --check must not recover (it could be run beside a live daemon): nothing changes.
+        files_before=$(find "$SNAPDIR" | sort | md5sum)
+        timeout 20 "$VMEXPORTD" --config "$WORK/main.conf" --check >/dev/null 2>&1
+        check "crash $round: vmexportd --check leaves the 'creating' row" \
+            test "$(catalog "SELECT count(*) FROM snapshots WHERE status = 'creating'")" = 1
+        check "crash $round: vmexportd --check leaves the snapshot files" \
+            test "$(find "$SNAPDIR" | sort | md5sum)" = "$files_before"
     else
         not_ok "crash $round: could not kill the daemon during a snapshot"
         start_daemon "$WORK/main.conf" "$PORT" || true
