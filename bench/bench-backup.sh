@@ -240,6 +240,7 @@ echo "# vmexport backup/restore benchmark — $(date)"
 echo "# $ncpu CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), $(uname -r)"
 echo "# SRC: XFS reflink loop ($srcdev), $size bytes logical, $allocated allocated (random/base64 text/zeros/hole); written in $(secs "$t0" "$t1") s"
 echo "# destinations and repository: ext4 loop ($dstdev), no reflink; repository chunk size 4 MiB; backup --jobs $JOBS over TLS"
+echo "# binaries: $VMEXPORT, $VMEXPORTD"
 echo "# load average (1, 5, 15 min) at start: $load_start; at end: $(cut -d" " -f1-3 /proc/loadavg)"
 echo "# every run cold (caches dropped); copies include sync DST; MB/s = 10^6 bytes/s"
 echo

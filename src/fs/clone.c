@@ -139,23 +139,23 @@ enum slot_state { SLOT_FREE, SLOT_READY, SLOT_BUSY, SLOT_DONE };
 
 struct copy_slot {
     enum slot_state state;
-    uint8_t *buf;      /* COPY_BUFFER_SIZE bytes */
-    uint64_t pos;      /* file offset of the first block (a multiple of the block size) */
-    uint64_t nblocks;  /* blocks covered: hashed from buf, or zero blocks when hole */
-    uint64_t valid;    /* bytes of buf that are file data (the rest is past EOF) */
-    bool hole;         /* a run of whole hole blocks: no buffer, all digests are the zero one */
-    uint64_t written;  /* data bytes the worker wrote */
-    int err;           /* the worker's failure, or 0 */
+    uint8_t *buf;     /* COPY_BUFFER_SIZE bytes */
+    uint64_t pos;     /* file offset of the first block (a multiple of the block size) */
+    uint64_t nblocks; /* blocks covered: hashed from buf, or zero blocks when hole */
+    uint64_t valid;   /* bytes of buf that are file data (the rest is past EOF) */
+    bool hole;        /* a run of whole hole blocks: no buffer, all digests are the zero one */
+    uint64_t written; /* data bytes the worker wrote */
+    int err;          /* the worker's failure, or 0 */
     uint8_t digests[SLOT_BLOCKS][HASH_SIZE];
 };
 
 struct copy_pipe {
     pthread_mutex_t lock;
-    pthread_cond_t work;   /* a slot became READY, or stop */
-    pthread_cond_t done;   /* a slot became DONE */
+    pthread_cond_t work; /* a slot became READY, or stop */
+    pthread_cond_t done; /* a slot became DONE */
     struct copy_slot slots[COPY_SLOTS];
-    uint64_t filled;       /* slots handed out so far (ring index = count % COPY_SLOTS) */
-    uint64_t committed;    /* slots taken back so far */
+    uint64_t filled;    /* slots handed out so far (ring index = count % COPY_SLOTS) */
+    uint64_t committed; /* slots taken back so far */
     bool stop;
     int out;
     const uint8_t *zero_digest;
@@ -218,8 +218,8 @@ struct copy_feed {
     struct copy_pipe *pipe;
     struct blockhash_writer *hw;
     struct clone_result *res;
-    uint64_t copied_to;    /* end of the data committed so far */
-    uint64_t flushed_to;   /* writeback started up to here */
+    uint64_t copied_to;  /* end of the data committed so far */
+    uint64_t flushed_to; /* writeback started up to here */
 };
 
 /* Take back the oldest slot once its worker is done: its digests go to the sidecar. */
@@ -308,7 +308,7 @@ static int copy_add_data(struct copy_feed *f, int in, uint64_t size, uint64_t po
         uint64_t want = (dend - pos + hb - 1) / hb * hb;
         if (want > COPY_BUFFER_SIZE)
             want = COPY_BUFFER_SIZE;
-        if (ra_to < dend && ra_to < pos + COPY_READAHEAD / 2) {
+        if (dend - pos > COPY_BUFFER_SIZE && ra_to < dend && ra_to < pos + COPY_READAHEAD / 2) {
             /* Keep the kernel's reads a little ahead of ours while the workers hash. */
             uint64_t from = ra_to > pos ? ra_to : pos;
             ra_to = from + COPY_READAHEAD < dend ? from + COPY_READAHEAD : dend;

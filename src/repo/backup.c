@@ -475,6 +475,44 @@ static bool backup_id_in_use(int backups_fd, const char *id)
     return used;
 }
 
+/* Make id (just made by backup_id_make) sort after every backup of the same second already in
+ * the VM directory, so that "the latest backup" (the greatest ID) is the one made last even
+ * for several backups within one second (the VM lock serialises them).  Only the random part
+ * changes: it is drawn above the greatest one in use, when there is room. */
+static int backup_id_order(int vm_dir_fd, char id[BACKUP_ID_LEN + 1])
+{
+    int fd = dup(vm_dir_fd);
+    DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
+    if (!d) {
+        if (fd >= 0)
+            close(fd);
+        return 0; /* ordering is best effort; uniqueness is checked by the caller */
+    }
+    rewinddir(d);
+    struct dirent *de;
+    long max = -1;
+    while ((de = readdir(d))) {
+        if (!backup_id_valid(de->d_name) || strncmp(de->d_name, id, BACKUP_ID_TIME_LEN))
+            continue;
+        long v = strtol(de->d_name + BACKUP_ID_TIME_LEN + 1, NULL, 16);
+        if (v > max)
+            max = v;
+    }
+    closedir(d);
+    const long top = (1L << (8 * BACKUP_ID_RAND_BYTES)) - 1;
+    if (max < 0 || max >= top)
+        return 0;
+    uint32_t rnd = 0;
+    int ret = repo_random_bytes(&rnd, sizeof(rnd));
+    if (ret < 0)
+        return ret;
+    unsigned long v = (unsigned long)(max + 1 + (long)(rnd % (uint32_t)(top - max)));
+    static const char hex[] = "0123456789abcdef";
+    for (int i = 2 * BACKUP_ID_RAND_BYTES - 1; i >= 0; i--, v >>= 4)
+        id[BACKUP_ID_TIME_LEN + 1 + i] = hex[v & 0xf];
+    return 0;
+}
+
 static int writer_make_dir(struct backup_writer *w, char *err, size_t errlen)
 {
     struct repo *r = w->r;
@@ -488,6 +526,8 @@ static int writer_make_dir(struct backup_writer *w, char *err, size_t errlen)
         ret = repo_open_dir(backups_fd, w->vm_dir, &w->vm_dir_fd);
     for (int i = 0; ret == 0 && i < BACKUP_ID_TRIES; i++) {
         ret = backup_id_make(w->time, id);
+        if (ret == 0)
+            ret = backup_id_order(w->vm_dir_fd, id);
         if (ret < 0 || backup_id_in_use(backups_fd, id))
             continue;
         if (mkdirat(w->vm_dir_fd, id, REPO_DIR_MODE) == 0) {

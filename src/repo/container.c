@@ -9,6 +9,7 @@
 #include <endian.h>
 #include <errno.h>
 #include <limits.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -38,6 +39,56 @@ static const uint8_t container_magic[4] = {'V', 'X', 'C', 'K'};
 
 /* EVP update calls take int lengths: feed big buffers in pieces. */
 #define EVP_PIECE (1u << 30)
+
+/* zstd contexts, one of each kind per thread and reused: creating one per container costs
+ * megabytes of fresh (page-faulting) workspace every time.  Freed when the thread exits. */
+static pthread_once_t zstd_key_once = PTHREAD_ONCE_INIT;
+static pthread_key_t cctx_key, dctx_key;
+static bool zstd_keys_ok;
+
+static void cctx_free(void *p)
+{
+    ZSTD_freeCCtx(p);
+}
+
+static void dctx_free(void *p)
+{
+    ZSTD_freeDCtx(p);
+}
+
+static void zstd_keys_create(void)
+{
+    /* Without keys the getters below return NULL: a context per call, as before. */
+    zstd_keys_ok = pthread_key_create(&cctx_key, cctx_free) == 0 &&
+                   pthread_key_create(&dctx_key, dctx_free) == 0;
+}
+
+/* The calling thread's compression context (NULL on allocation failure). */
+static ZSTD_CCtx *thread_cctx(void)
+{
+    pthread_once(&zstd_key_once, zstd_keys_create);
+    if (!zstd_keys_ok)
+        return NULL;
+    ZSTD_CCtx *c = pthread_getspecific(cctx_key);
+    if (!c && (c = ZSTD_createCCtx()) && pthread_setspecific(cctx_key, c) != 0) {
+        ZSTD_freeCCtx(c);
+        c = NULL;
+    }
+    return c;
+}
+
+static ZSTD_DCtx *thread_dctx(void)
+{
+    pthread_once(&zstd_key_once, zstd_keys_create);
+    if (!zstd_keys_ok)
+        return NULL;
+    ZSTD_DCtx *d = pthread_getspecific(dctx_key);
+    if (!d && (d = ZSTD_createDCtx()) && pthread_setspecific(dctx_key, d) != 0) {
+        ZSTD_freeDCtx(d);
+        d = NULL;
+    }
+    return d;
+}
 
 static int gcm_run(bool enc, const uint8_t *key, const uint8_t *nonce, const struct iovec *aad,
                    size_t naad, const uint8_t *in, size_t len, uint8_t *out, uint8_t *tag)
@@ -144,7 +195,9 @@ int container_seal(const struct repo *r, const char *ident, const void *plain, s
     uint8_t flags = r->encrypted ? FLAG_ENCRYPTED : 0;
     size_t plen = len;
     if (len) {
-        size_t z = ZSTD_compress(payload, bound, plain, len, r->zstd_level);
+        ZSTD_CCtx *cctx = thread_cctx();
+        size_t z = cctx ? ZSTD_compressCCtx(cctx, payload, bound, plain, len, r->zstd_level)
+                        : ZSTD_compress(payload, bound, plain, len, r->zstd_level);
         if (!ZSTD_isError(z) && z < len) {
             plen = z;
             flags |= FLAG_ZSTD;
@@ -193,8 +246,10 @@ struct container_view {
     uint8_t flags;
 };
 
+/* checksum false: skip the checksum of a plain container (the caller checks the decoded data
+ * against its SHA-256 instead, which covers every byte it returns). */
 static int container_verify(const struct repo *r, const char *ident, uint8_t *file, size_t flen,
-                            uint64_t max_plain, struct container_view *v)
+                            uint64_t max_plain, bool checksum, struct container_view *v)
 {
     if (container_plain_size(file, flen, &v->plain_len) < 0 ||
         file[OFF_VERSION] != CONTAINER_VERSION)
@@ -222,11 +277,13 @@ static int container_verify(const struct repo *r, const char *ident, uint8_t *fi
         };
         ret = repo_gcm_decrypt(r->data_key, file + CONTAINER_HEADER_SIZE, aad, ARRAY_SIZE(aad),
                                v->payload, v->plen, v->payload, v->payload + v->plen);
-    } else {
+    } else if (checksum) {
         uint8_t sum[HASH_SIZE];
         ret = container_checksum(file, ident, v->payload, v->plen, sum);
         if (ret == 0 && CRYPTO_memcmp(sum, v->payload + v->plen, HASH_SIZE))
             ret = -EBADMSG;
+    } else {
+        ret = 0;
     }
     if (ret < 0)
         return ret;
@@ -248,7 +305,9 @@ static int container_extract(const struct container_view *v, void *out, size_t c
     if (v->plain_len > cap)
         return -ENOBUFS;
     if (v->flags & FLAG_ZSTD) {
-        size_t d = ZSTD_decompress(out, (size_t)v->plain_len, v->payload, v->plen);
+        ZSTD_DCtx *dctx = thread_dctx();
+        size_t d = dctx ? ZSTD_decompressDCtx(dctx, out, (size_t)v->plain_len, v->payload, v->plen)
+                        : ZSTD_decompress(out, (size_t)v->plain_len, v->payload, v->plen);
         if (ZSTD_isError(d) || d != v->plain_len)
             return -EBADMSG;
     } else if (v->plen) {
@@ -258,13 +317,25 @@ static int container_extract(const struct container_view *v, void *out, size_t c
     return 0;
 }
 
-int container_unseal(const struct repo *r, const char *ident, uint8_t *file, size_t flen,
-                     uint64_t max_plain, void *out, size_t cap, size_t *len)
+static int unseal(const struct repo *r, const char *ident, uint8_t *file, size_t flen,
+                  uint64_t max_plain, bool checksum, void *out, size_t cap, size_t *len)
 {
     struct container_view v;
     *len = 0;
-    int ret = container_verify(r, ident, file, flen, max_plain, &v);
+    int ret = container_verify(r, ident, file, flen, max_plain, checksum, &v);
     return ret < 0 ? ret : container_extract(&v, out, cap, len);
+}
+
+int container_unseal(const struct repo *r, const char *ident, uint8_t *file, size_t flen,
+                     uint64_t max_plain, void *out, size_t cap, size_t *len)
+{
+    return unseal(r, ident, file, flen, max_plain, true, out, cap, len);
+}
+
+int container_unseal_data(const struct repo *r, const char *ident, uint8_t *file, size_t flen,
+                          uint64_t max_plain, void *out, size_t cap, size_t *len)
+{
+    return unseal(r, ident, file, flen, max_plain, false, out, cap, len);
 }
 
 static char *file_ident(const char *relpath)
@@ -304,7 +375,7 @@ int repo_meta_read(struct repo *r, const char *relpath, uint8_t **plain, size_t 
                              &flen);
     if (ret < 0)
         return ret;
-    ret = container_verify(r, ident, file, flen, REPO_MAX_META_SIZE, &v);
+    ret = container_verify(r, ident, file, flen, REPO_MAX_META_SIZE, true, &v);
     if (ret < 0)
         return ret;
     if (v.plain_len >= SIZE_MAX)

@@ -110,42 +110,68 @@ static int rename_into_place(int dirfd, const char *tmp, const char *name, bool 
     return renameat(dirfd, tmp, dirfd, name) < 0 ? -errno : 0;
 }
 
-int repo_write_file(int dirfd, const char *name, const void *data, size_t len, bool replace,
-                    bool *created)
+/* Create a new temporary file for name in dirfd, its name in tmp; returns its fd. */
+static int tmp_create(int dirfd, const char *name, char tmp[NAME_MAX + 1])
 {
-    char tmp[NAME_MAX + 1];
     char rnd[2 * TMP_RAND_BYTES + 1];
     int fd = -1;
-    bool dummy;
 
-    if (!created)
-        created = &dummy;
-    *created = false;
+    tmp[0] = '\0';
     for (int i = 0; i < TMP_NAME_TRIES && fd < 0; i++) {
         int r = repo_random_hex(rnd, TMP_RAND_BYTES);
         if (r < 0)
             return r;
-        if ((size_t)snprintf(tmp, sizeof(tmp), "%s" REPO_TMP_MARK "%s", name, rnd) >= sizeof(tmp))
+        if ((size_t)snprintf(tmp, NAME_MAX + 1, "%s" REPO_TMP_MARK "%s", name, rnd) >=
+            NAME_MAX + 1)
             return -ENAMETOOLONG;
         fd = openat(dirfd, tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, REPO_FILE_MODE);
         if (fd < 0 && errno != EEXIST)
             return repo_write_errno(errno);
     }
+    return fd < 0 ? -EEXIST : fd;
+}
+
+int repo_write_tmp(int dirfd, const char *name, const void *data, size_t len, bool sync,
+                   char tmp[NAME_MAX + 1])
+{
+    int fd = tmp_create(dirfd, name, tmp);
     if (fd < 0)
-        return -EEXIST;
+        return fd;
 
     int r = write_all(fd, data, len);
-    if (r == 0 && fsync(fd) < 0)
+    if (r == 0 && sync && fsync(fd) < 0)
         r = repo_write_errno(errno);
     if (close(fd) < 0 && r == 0)
         r = repo_write_errno(errno);
-    if (r == 0)
-        r = rename_into_place(dirfd, tmp, name, replace, created);
+    if (r < 0)
+        unlinkat(dirfd, tmp, 0);
+    return r;
+}
+
+int repo_rename_tmp(int dirfd, const char *tmp, const char *name, bool replace, bool *created)
+{
+    int r = rename_into_place(dirfd, tmp, name, replace, created);
     if (r < 0) {
         unlinkat(dirfd, tmp, 0);
         *created = false;
-        return r;
     }
+    return r;
+}
+
+int repo_write_file(int dirfd, const char *name, const void *data, size_t len, bool replace,
+                    bool *created)
+{
+    char tmp[NAME_MAX + 1];
+    bool dummy;
+
+    if (!created)
+        created = &dummy;
+    *created = false;
+    int r = repo_write_tmp(dirfd, name, data, len, true, tmp);
+    if (r == 0)
+        r = repo_rename_tmp(dirfd, tmp, name, replace, created);
+    if (r < 0)
+        return r;
     /* Also when another writer's file won: it must be durable before we report success. */
     if (fsync(dirfd) < 0)
         return repo_write_errno(errno);

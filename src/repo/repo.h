@@ -12,7 +12,8 @@
  *                                (exclusive while backing that VM up)
  *
  * Every file is written to a temporary name (".tmp." in it), fsynced and renamed, then its
- * directory fsynced.  The format is documented in docs/repository-format.md; a repository of
+ * directory fsynced; chunk batches (backups) replace the fsyncs by one syncfs per flush, still
+ * before the rename.  The format is documented in docs/repository-format.md; a repository of
  * another format version is refused.  Functions return 0 or a negative errno and, where an
  * err buffer is given, a message naming the file and the cause.  All functions on an open
  * repository are thread-safe.
@@ -79,11 +80,44 @@ bool repo_chunk_exists(struct repo *r, const struct chunk_id *id);
  * length.  -ENOENT missing; -EBADMSG damaged (bad header, authentication failure, bad zstd
  * frame, or the data does not hash to its ID). */
 int repo_chunk_get(struct repo *r, const struct chunk_id *id, void *buf, size_t cap, size_t *len);
+/* The same for reading data (restore): the decoded data is still checked against the chunk ID
+ * (and an encrypted container's tag), which covers every byte returned, but a plain
+ * container's own SHA-256 checksum is not recomputed: one hash pass instead of two.  Damage
+ * that leaves the data intact (in the checksum bytes themselves) goes unnoticed here; verify
+ * (repo_chunk_get) finds it. */
+int repo_chunk_read(struct repo *r, const struct chunk_id *id, void *buf, size_t cap, size_t *len);
+
+/* Start reading a chunk's file into the page cache in the background, so that a later
+ * repo_chunk_get() does not wait for the disk.  Only a hint: errors are ignored. */
+void repo_chunk_prefetch(struct repo *r, const struct chunk_id *id);
 
 /* Call fn for every chunk file present (order unspecified); stops at fn's negative return. */
 int repo_chunk_foreach(struct repo *r, int (*fn)(void *opaque, const struct chunk_id *id),
                        void *opaque);
 int repo_chunk_delete(struct repo *r, const struct chunk_id *id);
+
+/* ---- chunk batches: many chunks made durable at once (for backups) ---- */
+
+/* A chunk put into a batch is written to a temporary file without an fsync (nothing when it
+ * exists already); repo_chunk_batch_flush() makes every pending one durable with one syncfs and
+ * only then moves them into place, so a chunk name never points at data that is not on disk.
+ * Until flushed, a batch's chunks are not in the repository (repo_chunk_exists() is false).
+ * Thread-safe; the caller holds a backup writer (whose commit makes the names durable). */
+struct chunk_batch;
+int repo_chunk_batch_new(struct repo *r, struct chunk_batch **out);
+/* *pending_bytes (may be NULL): container bytes waiting for the flush after this put, to
+ * decide when to flush. */
+int repo_chunk_batch_put(struct chunk_batch *b, const struct chunk_id *id, const void *data,
+                         size_t len, uint64_t *pending_bytes);
+/* syncfs, then rename every pending file into place.  On failure the pending files are
+ * removed.  Other threads may keep putting while a flush runs. */
+int repo_chunk_batch_flush(struct chunk_batch *b);
+/* Chunks moved into place by flushes, found existing (at put or at flush), container bytes
+ * written by the former. */
+void repo_chunk_batch_stats(struct chunk_batch *b, uint64_t *chunks_new, uint64_t *chunks_existing,
+                            uint64_t *bytes_written);
+/* Free a batch, removing the temporary files of chunks not flushed. */
+void repo_chunk_batch_free(struct chunk_batch *b);
 
 /* ---- manifests: one per disk of a backup ---- */
 

@@ -5,6 +5,7 @@
 #ifndef VMEXPORT_REPO_REPO_INTERNAL_H
 #define VMEXPORT_REPO_REPO_INTERNAL_H
 
+#include <limits.h>
 #include <pthread.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -75,6 +76,13 @@ bool repo_is_tmp_name(const char *name);
  * any failure the temporary file is removed. */
 int repo_write_file(int dirfd, const char *name, const void *data, size_t len, bool replace,
                     bool *created);
+/* The two halves of repo_write_file: write data to a new temporary name in dirfd (returned
+ * in tmp; fsynced when sync), removed again on failure; then move it into place (the temporary
+ * file is removed on failure, and when !replace finds name existing: *created false).  Neither
+ * fsyncs dirfd. */
+int repo_write_tmp(int dirfd, const char *name, const void *data, size_t len, bool sync,
+                   char tmp[NAME_MAX + 1]);
+int repo_rename_tmp(int dirfd, const char *tmp, const char *name, bool replace, bool *created);
 /* Read a whole regular file (at most max bytes, else -EBADMSG) into a new buffer. */
 int repo_read_file(int dirfd, const char *name, uint64_t max, uint8_t **data, size_t *len);
 /* mkdirat with the repository mode; an existing directory is fine.  A new one is made durable
@@ -119,6 +127,12 @@ int container_plain_size(const uint8_t *file, size_t flen, uint64_t *len);
  * damaged, bound to another ident or longer than max_plain; -ENOBUFS when cap is too small. */
 int container_unseal(const struct repo *r, const char *ident, uint8_t *file, size_t flen,
                      uint64_t max_plain, void *out, size_t cap, size_t *len);
+
+/* container_unseal without the checksum of a plain container (encrypted ones are always
+ * authenticated): only for callers that then check the data against its SHA-256, which covers
+ * every byte returned (chunk reads checked against their ID). */
+int container_unseal_data(const struct repo *r, const char *ident, uint8_t *file, size_t flen,
+                          uint64_t max_plain, void *out, size_t cap, size_t *len);
 
 /* Metadata containers, bound to their path relative to the repository root: written into
  * dirfd/name, read from relpath (the result is NUL-terminated). */

@@ -99,6 +99,9 @@ sync
 backup_json vm1 || not_ok "incremental backup after a small change"
 read_bytes=$(jq .bytes_read "$WORK/summary")
 check "bytes read ($read_bytes) <= the $touched changed chunks ($((touched * CHUNK)))" test "$read_bytes" -le $((touched * CHUNK))
+# Only the changed blocks of a touched chunk are read (the rest comes from the previous
+# backup's chunk): 4 KiB writes must not cost more than 64 KiB each.
+check "bytes read ($read_bytes) <= 64 KiB per changed 4 KiB block ($((touched * 65536)))" test "$read_bytes" -le $((touched * 65536))
 check "bytes read > 0" test "$read_bytes" -gt 0
 check "chunks fetched = changed chunks" jq -e ".chunks_fetched == $touched" "$WORK/summary"
 cp --sparse=always "$VMS/vm1/random.raw" "$WORK/random.after"
