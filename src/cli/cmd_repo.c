@@ -205,6 +205,14 @@ struct area {
 };
 DEFINE_VECTOR_TYPE(area_list, struct area);
 
+/* The part of area a inside the chunk [off, end), as offsets from off (a overlaps it). */
+static struct area area_clip(const struct area *a, uint64_t off, uint64_t end)
+{
+    uint64_t s = a->start > off ? a->start - off : 0;
+    uint64_t e = (a->start + a->length < end ? a->start + a->length : end) - off;
+    return (struct area){s, e - s};
+}
+
 static int area_cmp(const struct area *a, const struct area *b)
 {
     return a->start < b->start ? -1 : a->start > b->start;
@@ -428,8 +436,8 @@ static int fetch_chunk(struct backup_run *b, struct client *c, struct chunk_item
         const struct area *a = &d->changed.ptr[k];
         if (a->start >= end)
             break;
-        uint64_t s = a->start > off ? a->start - off : 0;
-        uint64_t e = (a->start + a->length < end ? a->start + a->length : end) - off;
+        struct area part = area_clip(a, off, end);
+        uint64_t s = part.start, e = part.start + part.length;
         if (nwant && s <= want[nwant - 1].start + want[nwant - 1].length + FETCH_GAP) {
             want[nwant - 1].length = e - want[nwant - 1].start;
         } else if (nwant == FETCH_MAX_RANGES) {
@@ -477,9 +485,8 @@ static int fetch_chunk(struct backup_run *b, struct client *c, struct chunk_item
                 const struct area *a = &d->zeroed.ptr[k];
                 if (a->start >= end)
                     break;
-                uint64_t s = a->start > off ? a->start - off : 0;
-                uint64_t e = (a->start + a->length < end ? a->start + a->length : end) - off;
-                memset(it->buf + s, 0, e - s);
+                struct area part = area_clip(a, off, end);
+                memset(it->buf + part.start, 0, part.length);
             }
         }
     } else {
