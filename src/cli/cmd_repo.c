@@ -28,6 +28,7 @@
 #include "client/client.h"
 #include "core/cleanup.h"
 #include "core/hash.h"
+#include "fs/fsinfo.h"
 #include "repo/repo.h"
 
 /* Parallel connections / threads unless --jobs says otherwise. */
@@ -289,7 +290,11 @@ struct disk_plan {
     struct manifest prev;
     bool have_prev;
     bool incremental;
+    int local_fd; /* >= 0: the snapshot disk itself, opened on this host (transport "local") */
 };
+
+/* How a backup reads the snapshot's bytes. */
+enum transport { TRANSPORT_AUTO, TRANSPORT_HTTPS, TRANSPORT_LOCAL };
 
 /* One chunk travelling from a fetch thread to a process thread. */
 struct chunk_item {
@@ -305,6 +310,7 @@ struct backup_run {
     struct progress prog;
     struct chunk_batch *batch;
     atomic_ullong chunks_reused, chunks_fetched;
+    atomic_ullong local_bytes; /* read from local snapshot files */
     /* per disk */
     const struct disk_plan *plan;
     struct manifest *m;
@@ -403,10 +409,40 @@ static void fetcher_done(struct backup_run *b)
     pthread_mutex_unlock(&b->q_lock);
 }
 
-/* Read [off, off + len) of the disk into buf. */
+/* Read [off, off + len) of the local snapshot file into buf: 0, or a negative errno
+ * (-ENODATA: the file ended early). */
+static int local_read(int fd, uint8_t *buf, uint64_t len, uint64_t off)
+{
+    uint64_t done = 0;
+    while (done < len) {
+        ssize_t n = pread(fd, buf + done, len - done, (off_t)(off + done));
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            return -errno;
+        if (n == 0)
+            return -ENODATA;
+        done += (uint64_t)n;
+    }
+    return 0;
+}
+
+/* Read [off, off + len) of the disk into buf: from the local snapshot file when the disk was
+ * opened on this host, else from the server. */
 static int fetch_range(struct backup_run *b, struct client *c, uint64_t off, uint64_t len,
                        uint8_t *buf)
 {
+    if (b->plan->local_fd >= 0) {
+        int r = local_read(b->plan->local_fd, buf, len, off);
+        if (r < 0) {
+            run_fail(b, "disk %s: reading %" PRIu64 " bytes at %" PRIu64 " of the local snapshot "
+                        "file: %s", b->m->disk, len, off,
+                     r == -ENODATA ? "the file is shorter than the disk" : strerror(-r));
+            return r;
+        }
+        atomic_fetch_add(&b->local_bytes, len);
+        return 0;
+    }
     size_t got = 0;
     int r = client_read_range(c, b->plan->data_path, off, len, buf, &got);
     if (r < 0 || got != len) {
@@ -761,6 +797,41 @@ static int backup_disk(struct backup_run *b, struct disk_plan *d, struct manifes
     return atomic_load(&b->failed) ? -EIO : 0;
 }
 
+/* Open a snapshot disk on this host for transport "local": the server's disk object names the
+ * file (path) and its identity (file_id: boot ID, device and inode, see fs_file_id_fd); the
+ * file opened must have that identity and the disk's size, so a same-named file elsewhere
+ * (another host sharing the path, a replaced file) is never read.  0, or -1 with the reason in
+ * why. */
+static int open_local(const json_t *dj, struct disk_plan *d, char *why, size_t whylen)
+{
+    const char *path = json_string_value(json_object_get(dj, "path"));
+    const char *want = json_string_value(json_object_get(dj, "file_id"));
+    if (!path || !want) {
+        snprintf(why, whylen, "the server gives no file identity for the disk");
+        return -1;
+    }
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
+    if (fd < 0) {
+        snprintf(why, whylen, "%s: %s", path, strerror(errno));
+        return -1;
+    }
+    char have[FS_FILE_ID_MAX];
+    struct stat st;
+    int r = fs_file_id_fd(fd, have);
+    if (r < 0 || strcmp(have, want)) {
+        snprintf(why, whylen, "%s: %s", path,
+                 r < 0 ? strerror(-r) : "not the server's file (another host, or replaced)");
+    } else if (fstat(fd, &st) < 0 || (uint64_t)st.st_size != d->size) {
+        snprintf(why, whylen, "%s: size differs from the disk's", path);
+    } else {
+        posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
+        d->local_fd = fd;
+        return 0;
+    }
+    close(fd);
+    return -1;
+}
+
 static int backup_run_cmd(int argc, char **argv)
 {
     static const struct option opts[] = {
@@ -769,6 +840,7 @@ static int backup_run_cmd(int argc, char **argv)
         {"full", no_argument, NULL, 'f'},
         {"jobs", required_argument, NULL, 'j'},
         {"keep-snapshots", required_argument, NULL, 'k'},
+        {"transport", required_argument, NULL, 't'},
         {"json", no_argument, NULL, 'J'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
@@ -776,9 +848,10 @@ static int backup_run_cmd(int argc, char **argv)
     struct repo_opts o = {.jobs = DEFAULT_JOBS};
     bool full = false;
     unsigned keep_snapshots = 1;
+    enum transport transport = TRANSPORT_AUTO;
     int c;
     optind = 1;
-    while ((c = getopt_long(argc, argv, "r:P:fj:k:Jh", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "r:P:fj:k:t:Jh", opts, NULL)) != -1) {
         switch (c) {
         case 'r':
             o.repo = optarg;
@@ -801,6 +874,16 @@ static int backup_run_cmd(int argc, char **argv)
             keep_snapshots = (unsigned)v;
             break;
         }
+        case 't':
+            if (!strcmp(optarg, "auto"))
+                transport = TRANSPORT_AUTO;
+            else if (!strcmp(optarg, "https"))
+                transport = TRANSPORT_HTTPS;
+            else if (!strcmp(optarg, "local"))
+                transport = TRANSPORT_LOCAL;
+            else
+                return cli_usage_error(&cmd_backup, "--transport takes auto, https or local");
+            break;
         case 'J':
             o.json = true;
             break;
@@ -874,10 +957,13 @@ static int backup_run_cmd(int argc, char **argv)
     mans = calloc(nplans ? nplans : 1, sizeof(*mans));
     if (!plans || !mans || !snap_id || !*snap_id)
         goto out;
+    for (size_t i = 0; i < nplans; i++)
+        plans[i].local_fd = -1;
 
     /* Plan every disk: which chunks to read. */
     const uint32_t cs = repo_chunk_size(repo);
     uint64_t total = 0;
+    size_t nlocal = 0;
     for (size_t i = 0; i < nplans; i++) {
         json_t *dj = json_array_get(disks, i);
         struct disk_plan *d = &plans[i];
@@ -930,7 +1016,19 @@ static int backup_run_cmd(int argc, char **argv)
             goto out;
         }
         total += d->touched_bytes;
+
+        if (transport != TRANSPORT_HTTPS) {
+            char why[256];
+            if (open_local(dj, d, why, sizeof(why)) == 0) {
+                nlocal++;
+            } else if (transport == TRANSPORT_LOCAL) {
+                fprintf(stderr, "vmexport backup: VM %s: disk %s: cannot read the snapshot "
+                                "locally (--transport local): %s\n", vm, d->name, why);
+                goto out;
+            }
+        }
     }
+    const char *transport_used = nlocal == 0 ? "https" : nlocal == nplans ? "local" : "mixed";
 
     /* Connections for the workers. */
     b.clients = calloc(o.jobs, sizeof(*b.clients));
@@ -962,7 +1060,7 @@ static int backup_run_cmd(int argc, char **argv)
     }
     progress_finish(&b.prog);
 
-    uint64_t bytes_read = 0;
+    uint64_t bytes_read = atomic_load(&b.local_bytes);
     for (unsigned t = 0; t < o.jobs; t++)
         bytes_read += client_bytes_received(b.clients[t]);
     struct backup *info = calloc(1, sizeof(*info));
@@ -1018,15 +1116,16 @@ static int backup_run_cmd(int argc, char **argv)
         printf("{\"type\":\"summary\",\"backup\":\"%s\",\"vm\":\"%s\",\"snapshot\":\"%s\","
                "\"incremental\":%s,\"bytes_read\":%" PRIu64 ",\"bytes_written\":%" PRIu64
                ",\"chunks_new\":%" PRIu64 ",\"chunks_reused\":%" PRIu64
-               ",\"chunks_fetched\":%llu,\"seconds\":%.3f}\n",
+               ",\"chunks_fetched\":%llu,\"transport\":\"%s\",\"seconds\":%.3f}\n",
                backup_id, vm, snap_id, prev ? "true" : "false", stats.bytes_read,
                stats.bytes_written, stats.chunks_new, stats.chunks_reused,
-               (unsigned long long)atomic_load(&b.chunks_fetched), progress_now() - t0);
+               (unsigned long long)atomic_load(&b.chunks_fetched), transport_used,
+               progress_now() - t0);
     } else {
         char b1[32], b2[32];
-        printf("backup %s of VM %s (snapshot %s, %s): read %s, wrote %s, %" PRIu64
+        printf("backup %s of VM %s (snapshot %s, %s, %s): read %s, wrote %s, %" PRIu64
                " new chunks, %" PRIu64 " reused, %.1f s\n",
-               backup_id, vm, snap_id, prev ? "incremental" : "full",
+               backup_id, vm, snap_id, prev ? "incremental" : "full", transport_used,
                cli_bytes(stats.bytes_read, b1, sizeof(b1)),
                cli_bytes(stats.bytes_written, b2, sizeof(b2)), stats.chunks_new,
                stats.chunks_reused, progress_now() - t0);
@@ -1037,6 +1136,16 @@ static int backup_run_cmd(int argc, char **argv)
 out:
     if (w)
         repo_backup_abort(w);
+    if (ret != EXIT_OK && snap_id && *snap_id && vm_path) {
+        /* No backup uses the snapshot this run made: do not leave it on the server. */
+        CLEANUP_FREE char *se = client_escape(snap_id);
+        CLEANUP_FREE char *dp = NULL;
+        long st = 0;
+        if (se && asprintf(&dp, "%s/snapshots/%s", vm_path, se) >= 0 &&
+            client_json(cl, "DELETE", dp, NULL, NULL, &st) < 0 && st != 404)
+            fprintf(stderr, "vmexport backup: warning: deleting the unused snapshot %s: %s\n",
+                    snap_id, client_error(cl));
+    }
     if (b.clients) {
         for (unsigned t = 1; t < o.jobs; t++)
             if (b.clients[t])
@@ -1044,6 +1153,8 @@ out:
         free(b.clients);
     }
     for (size_t i = 0; i < nplans; i++) {
+        if (plans[i].local_fd >= 0)
+            close(plans[i].local_fd);
         free(plans[i].data_path);
         free(plans[i].touched);
         area_list_reset(&plans[i].changed);
@@ -1075,7 +1186,8 @@ const struct cli_command cmd_backup = {
     .summary = "back up a VM into a repository (incremental when possible)",
     .run = backup_run_cmd,
     .usage =
-        "Usage: vmexport backup VM --repo PATH [--full] [--jobs N] [--keep-snapshots N] [--json]\n"
+        "Usage: vmexport backup VM --repo PATH [--full] [--jobs N] [--keep-snapshots N]\n"
+        "                      [--transport auto|https|local] [--json]\n"
         "\n"
         "Take a snapshot of VM on the server and store its disks in the repository.\n"
         "When the snapshot of the VM's previous backup still exists on the server, only the\n"
@@ -1096,8 +1208,15 @@ const struct cli_command cmd_backup = {
         "  --full                  read every allocated chunk even if a base exists\n"
         "  -j, --jobs N            parallel connections (default 4)\n"
         "  --keep-snapshots N      server snapshots to keep as bases (default 1)\n"
+        "  --transport MODE        how the disks' bytes are read: https (from the server),\n"
+        "                          local (the snapshot files themselves, when this runs on\n"
+        "                          the server's host: no TLS, no copies through the daemon;\n"
+        "                          fails when a disk's file is not the server's), or auto\n"
+        "                          (the default: local where possible, else https).  The\n"
+        "                          server still takes the snapshot and says what changed.\n"
         "  --json                  progress lines and a summary as JSON: bytes_read,\n"
-        "                          bytes_written, chunks_new, chunks_reused, seconds\n"
+        "                          bytes_written, chunks_new, chunks_reused, transport,\n"
+        "                          seconds\n"
         "  -h, --help              this help\n"
         "\n"
         "Connection options (also accepted before the command name):\n"

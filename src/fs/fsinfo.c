@@ -2,6 +2,7 @@
 #include "fsinfo.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <fcntl.h>
 #include <linux/fs.h>
 #include <linux/magic.h>
@@ -73,4 +74,51 @@ int fs_probe_reflink(const char *dir)
     if (pwrite(a, block, sizeof(block), 0) != (ssize_t)sizeof(block) || fsync(a) < 0)
         return -errno;
     return ioctl(b, FICLONE, a) == 0 ? 1 : 0;
+}
+
+/* The boot ID, read once: "" when /proc is not there (then no ID is given at all). */
+static pthread_once_t boot_id_once = PTHREAD_ONCE_INIT;
+static char boot_id[40];
+
+static void boot_id_read(void)
+{
+    int fd = open("/proc/sys/kernel/random/boot_id", O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return;
+    char buf[64];
+    ssize_t n = read(fd, buf, sizeof(buf) - 1);
+    close(fd);
+    if (n < 32)
+        return;
+    buf[n] = '\0';
+    buf[strcspn(buf, "\n")] = '\0';
+    if (strlen(buf) < sizeof(boot_id))
+        memcpy(boot_id, buf, strlen(buf) + 1);
+}
+
+int fs_file_id_fd(int fd, char out[FS_FILE_ID_MAX])
+{
+    struct stat st;
+    out[0] = '\0';
+    pthread_once(&boot_id_once, boot_id_read);
+    if (!boot_id[0])
+        return -ENOENT;
+    if (fstat(fd, &st) < 0)
+        return -errno;
+    if (!S_ISREG(st.st_mode))
+        return -EINVAL;
+    snprintf(out, FS_FILE_ID_MAX, "%s:%llu:%llu", boot_id, (unsigned long long)st.st_dev,
+             (unsigned long long)st.st_ino);
+    return 0;
+}
+
+int fs_file_id_path(const char *path, char out[FS_FILE_ID_MAX])
+{
+    out[0] = '\0';
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
+    if (fd < 0)
+        return -errno;
+    int r = fs_file_id_fd(fd, out);
+    close(fd);
+    return r;
 }

@@ -25,4 +25,13 @@ bool fs_kind_may_reflink(enum fs_kind kind);
  * error that says nothing about reflink support (e.g. the directory is not writable). */
 int fs_probe_reflink(const char *dir);
 
+/* A string naming one file on this running host: the kernel's boot ID, st_dev and st_ino.  Two
+ * processes that compute the same ID for a file they opened hold the same file on the same host
+ * (a shared path on another host, e.g. over NFS, gives another device or boot ID).  The daemon
+ * publishes it for each snapshot disk so that a client on the same host can read the disk
+ * directly instead of over HTTPS.  0 or a negative errno. */
+#define FS_FILE_ID_MAX 96
+int fs_file_id_fd(int fd, char out[FS_FILE_ID_MAX]);
+int fs_file_id_path(const char *path, char out[FS_FILE_ID_MAX]);
+
 #endif

@@ -16,6 +16,7 @@
 #include "core/cleanup.h"
 #include "core/log.h"
 #include "fs/fsdiff.h"
+#include "fs/fsinfo.h"
 #include "fs/fsmap.h"
 #include "server/jsonw.h"
 #include "server/server.h"
@@ -299,6 +300,9 @@ static int write_snapshot(FILE *f, const struct snapshot *s, bool chunks, bool s
         jw_kv_u64(f, &df, "size", d->size);
         jw_kv_str(f, &df, "change_id", d->change_id);
         jw_kv_str(f, &df, "snapshot_mode", d->mode);
+        char file_id[FS_FILE_ID_MAX];
+        if (fs_file_id_path(d->path, file_id) == 0)
+            jw_kv_str(f, &df, "file_id", file_id);
         if (chunks) {
             fputc(',', f);
             int r;

@@ -56,9 +56,12 @@ for gen in $(seq 1 "$GENS"); do
     fi
     mkdir -p "$WORK/gen$gen"
     for d in holes.img random.raw text.img; do cp --sparse=always "$VMS/vm1/$d" "$WORK/gen$gen/$d"; done
-    if backup_json vm1 --jobs $((1 + gen % 4)); then
+    # Odd generations read over HTTPS, even ones the snapshot files on this host directly.
+    tr=https; [ $((gen % 2)) = 0 ] && tr=local
+    if backup_json vm1 --jobs $((1 + gen % 4)) --transport $tr &&
+        jq -e ".transport == \"$tr\"" "$WORK/summary" >/dev/null; then
         GEN_IDS[$gen]=$(jq -r .backup "$WORK/summary")
-        ok "generation $gen backed up ($(jq -c '{incremental, bytes_read, chunks_new, chunks_reused}' "$WORK/summary"))"
+        ok "generation $gen backed up ($(jq -c '{incremental, bytes_read, chunks_new, chunks_reused, transport}' "$WORK/summary"))"
     else
         not_ok "generation $gen backup: $(tail -2 "$WORK/backup.err")"
     fi
@@ -96,7 +99,7 @@ for c in 1 5 9; do
     fi
 done
 sync
-backup_json vm1 || not_ok "incremental backup after a small change"
+backup_json vm1 --transport https || not_ok "incremental backup after a small change"
 read_bytes=$(jq .bytes_read "$WORK/summary")
 check "bytes read ($read_bytes) <= the $touched changed chunks ($((touched * CHUNK)))" test "$read_bytes" -le $((touched * CHUNK))
 # Only the changed blocks of a touched chunk are read (the rest comes from the previous
@@ -104,8 +107,36 @@ check "bytes read ($read_bytes) <= the $touched changed chunks ($((touched * CHU
 check "bytes read ($read_bytes) <= 64 KiB per changed 4 KiB block ($((touched * 65536)))" test "$read_bytes" -le $((touched * 65536))
 check "bytes read > 0" test "$read_bytes" -gt 0
 check "chunks fetched = changed chunks" jq -e ".chunks_fetched == $touched" "$WORK/summary"
+# The same over the local transport: the bytes read from the snapshot file are as few.
+dd if=/dev/urandom of="$VMS/vm1/random.raw" bs=4K count=1 seek=$((2 * 256 + 3)) conv=notrunc status=none
+sync
+backup_json vm1 || not_ok "local incremental backup after a small change"
+check "with no --transport, a backup on the server's host reads locally" jq -e '.transport == "local"' "$WORK/summary"
+check "local: bytes read ($(jq .bytes_read "$WORK/summary")) <= 64 KiB for one changed 4 KiB block" jq -e '.bytes_read > 0 and .bytes_read <= 65536 and .chunks_fetched == 1' "$WORK/summary"
 cp --sparse=always "$VMS/vm1/random.raw" "$WORK/random.after"
 LAST=$(jq -r .backup "$WORK/summary")
+rm -rf "$WORK/r"
+"$VMEXPORT" restore --repo "$REPO" "$LAST" --disk random.raw --to "$WORK/r.raw" >/dev/null
+check "the local incremental restores bit for bit" cmp -s "$WORK/r.raw" "$WORK/random.after"
+rm -f "$WORK/r.raw"
+
+# Where the snapshot files are not the server's (here: hidden under a tmpfs in another mount
+# namespace, as on another host), local is refused with the reason and auto falls back to HTTPS.
+SNAPDIR=$VMS/.vmexport-snapshots
+if unshare -m sh -c "mount -t tmpfs none '$SNAPDIR' && exec '$VMEXPORT' backup vm2 --repo '$REPO' --transport local" >/dev/null 2>"$WORK/backup.err"; then
+    not_ok "--transport local with the snapshot files hidden succeeded"
+else
+    check "--transport local: refused with the reason: $(head -c 160 "$WORK/backup.err")" \
+        grep -q "cannot read the snapshot locally (--transport local): $SNAPDIR/.*No such file" "$WORK/backup.err"
+fi
+if unshare -m sh -c "mount -t tmpfs none '$SNAPDIR' && exec '$VMEXPORT' backup vm2 --repo '$REPO' --json" >"$WORK/backup.out" 2>"$WORK/backup.err"; then
+    grep '"type":"summary"' "$WORK/backup.out" >"$WORK/summary"
+    check "auto falls back to https there" jq -e '.transport == "https"' "$WORK/summary"
+else
+    not_ok "auto backup with the snapshot files hidden: $(tail -1 "$WORK/backup.err")"
+fi
+"$VMEXPORT" backup vm2 --repo "$REPO" --transport nfs >/dev/null 2>&1
+check "--transport nfs is a usage error (exit 2)" test $? = 2
 
 # --- verify ---
 check "verify passes" "$VMEXPORT" verify --repo "$REPO"
