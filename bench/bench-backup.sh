@@ -2,21 +2,24 @@
 # Benchmark: `vmexport backup` / `vmexport restore` through vmexportd vs plain copy tools.
 #
 # Source: a loop XFS (reflink=1, direct-I/O loop) holding VM `bench` with one sparse raw disk
-# of SIZE bytes (default 4 GiB) whose every 512 MiB stripe holds
+# of SIZE bytes (default 8 GiB) whose every 512 MiB stripe holds
 #     128 MiB pseudo-random data, 64 MiB base64 text (compressible ~1.3x, every chunk unique),
-#      64 MiB written zeros, 256 MiB hole           -> half of SIZE allocated (2 GiB by default)
+#      64 MiB written zeros, 256 MiB hole           -> half of SIZE allocated (4 GiB by default)
 # served by vmexportd over TLS on 127.0.0.1.  Destinations (repository, copies, restores) are on
 # a second loop filesystem without reflink (ext4, direct-I/O loop).  Page cache dropped before
 # every timed run (cold); copies end with `sync DST` inside the timing (the repository and
 # restore fsync themselves).  Timed, side by side:
 #     vmexport backup bench --repo R --jobs JOBS       full (first) backup: snapshot, TLS
-#                                                      download, SHA-256, zstd, store
+#         --transport https                            download, SHA-256, zstd, store
+#     the same with --transport local                  (into a second repository) reading the
+#                                                      snapshot file directly, as a backup on
+#                                                      the hypervisor host does by default
 #     nbdcopy SRC DST | cp --sparse=always --reflink=never SRC DST | qemu-img convert -O raw
 #     the CPU limit of SHA-256 + zstd level 1 on all cores: openssl speed -evp sha256 -multi N
 #       (1 MiB blocks) and zstd -b1 on a sample of the image's data, combined as
 #       1 / (1/sha + 1/zstd) over the allocated data (the bytes a backup must hash+compress)
 #     incremental backup after changing CHANGE_PCT % (default 1) of the logical size in
-#       1 MiB random writes; its time as a fraction of the full backup's
+#       1 MiB random writes, both transports; its time as a fraction of the full backup's
 #     vmexport restore BACKUP --to FILE vs cp --sparse=always SRC DST
 #     peak memory (Maximum resident set size from /usr/bin/time -v) of backup and restore
 # Every backup is restored once and compared with cmp (outside the timing).
@@ -26,7 +29,7 @@
 #
 # Run as root (loop devices, mount, drop_caches): bench/bench-backup.sh
 #     SIZE=2G bench/bench-backup.sh                    # quick run
-# Environment: SIZE (multiple of 512M, default 4G), JOBS (backup --jobs, default 4),
+# Environment: SIZE (multiple of 512M, default 8G), JOBS (backup --jobs, default 4),
 # CHANGE_PCT (1), VMEXPORT, VMEXPORTD (default build/...), BENCH_TMPDIR (default /var/tmp).
 set -euo pipefail
 shopt -s inherit_errexit
@@ -35,7 +38,7 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(dirname "$here")
 VMEXPORT=${VMEXPORT:-$root/build/vmexport}
 VMEXPORTD=${VMEXPORTD:-$root/build/vmexportd}
-SIZE=${SIZE:-4G}
+SIZE=${SIZE:-8G}
 JOBS=${JOBS:-4}
 CHANGE_PCT=${CHANGE_PCT:-1}
 BENCH_TMPDIR=${BENCH_TMPDIR:-/var/tmp}
@@ -89,7 +92,7 @@ srcdev=$(mkloop src $((size * 3 / 4 + 1024 * MiB)))
 loops+=("$srcdev")
 mkfs.xfs -q -f -m reflink=1 "$srcdev"
 mkdir "$work/src" && mount "$srcdev" "$work/src" && mounts+=("$work/src")
-dstdev=$(mkloop dst $((size * 2 + 1024 * MiB)))
+dstdev=$(mkloop dst $((size * 5 / 2 + 1024 * MiB)))
 loops+=("$dstdev")
 mkfs.ext4 -q -F -E lazy_itable_init=0,lazy_journal_init=0 "$dstdev"
 mkdir "$work/dst" && mount "$dstdev" "$work/dst" && mounts+=("$work/dst")
@@ -152,8 +155,10 @@ for _ in $(seq 100); do
 done
 export VMEXPORT_SERVER=https://127.0.0.1:$port VMEXPORT_USER=admin VMEXPORT_PASSWORD=secret
 export VMEXPORT_CACERT=$c/ca.crt XDG_CACHE_HOME=$work/cache
-repo="$work/dst/repo"
+repo="$work/dst/repo"      # --transport https
+repo_l="$work/dst/repo-local" # --transport local
 "$VMEXPORT" repo init "$repo" >/dev/null
+"$VMEXPORT" repo init "$repo_l" >/dev/null
 
 # timed_v NAME COMMAND...: cold run under /usr/bin/time -v (then sync $SYNC_AFTER when set); stores seconds in T[NAME], peak RSS
 # (KiB) in RSS[NAME]; stdout in $work/NAME.out
@@ -188,9 +193,12 @@ timed_copy() {
 }
 
 # --- full backup, copies ---------------------------------------------------------------------------
-timed_v backup "$VMEXPORT" backup bench --repo "$repo" --jobs "$JOBS" --json
+timed_v backup "$VMEXPORT" backup bench --repo "$repo" --jobs "$JOBS" --transport https --json
 summary_full=$(grep '"type":"summary"' "$work/backup.out" | tail -n1)
 full_id=$(jq -r .backup <<<"$summary_full")
+timed_v backup_l "$VMEXPORT" backup bench --repo "$repo_l" --jobs "$JOBS" --transport local --json
+summary_full_l=$(grep '"type":"summary"' "$work/backup_l.out" | tail -n1)
+full_id_l=$(jq -r .backup <<<"$summary_full_l")
 d="$work/dst/copy.raw"
 timed_copy cp "$d" cp --sparse=always --reflink=never "$src" "$d"
 timed_copy nbdcopy "$d" nbdcopy "$src" "$d"
@@ -203,6 +211,9 @@ SYNC_AFTER=$r timed_v restore "$VMEXPORT" restore --repo "$repo" "$full_id" --di
 cmp "$src" "$r" || die "restored full backup differs"
 restored_alloc=$(($(stat -c '%b * %B' "$r")))
 rm -f "$r"
+"$VMEXPORT" restore --repo "$repo_l" "$full_id_l" --disk disk.raw --to "$r" >/dev/null
+cmp "$src" "$r" || die "restored full backup (local transport) differs"
+rm -f "$r"
 
 # --- incremental after CHANGE_PCT % ------------------------------------------------------------------
 nchange=$((size / MiB * CHANGE_PCT / 100))
@@ -212,13 +223,17 @@ for ((i = 0; i < nchange; i++)); do
     dd if=/dev/urandom of="$src" bs=1M count=1 seek="$off" conv=notrunc status=none
 done
 sync
-timed_v incr "$VMEXPORT" backup bench --repo "$repo" --jobs "$JOBS" --json
+timed_v incr "$VMEXPORT" backup bench --repo "$repo" --jobs "$JOBS" --transport https --json
 summary_incr=$(grep '"type":"summary"' "$work/incr.out" | tail -n1)
 jq -e '.incremental == true' <<<"$summary_incr" >/dev/null || die "second backup was not incremental: $summary_incr"
-incr_id=$(jq -r .backup <<<"$summary_incr")
-"$VMEXPORT" restore --repo "$repo" "$incr_id" --disk disk.raw --to "$r" >/dev/null
-cmp "$src" "$r" || die "restored incremental backup differs"
-rm -f "$r"
+timed_v incr_l "$VMEXPORT" backup bench --repo "$repo_l" --jobs "$JOBS" --transport local --json
+summary_incr_l=$(grep '"type":"summary"' "$work/incr_l.out" | tail -n1)
+jq -e '.incremental == true' <<<"$summary_incr_l" >/dev/null || die "second local backup was not incremental: $summary_incr_l"
+for pair in "$repo:$summary_incr" "$repo_l:$summary_incr_l"; do
+    "$VMEXPORT" restore --repo "${pair%%:*}" "$(jq -r .backup <<<"${pair#*:}")" --disk disk.raw --to "$r" >/dev/null
+    cmp "$src" "$r" || die "restored incremental backup (${pair%%:*}) differs"
+    rm -f "$r"
+done
 repo_bytes=$(du -sb "$repo" | cut -f1)
 
 # --- CPU limit: SHA-256 + zstd -1 on all cores ----------------------------------------------------------
@@ -239,7 +254,7 @@ mbs() { awk -v b="$1" -v s="$2" 'BEGIN { printf "%.0f", b / s / 1e6 }'; }
 echo "# vmexport backup/restore benchmark — $(date)"
 echo "# $ncpu CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), $(uname -r)"
 echo "# SRC: XFS reflink loop ($srcdev), $size bytes logical, $allocated allocated (random/base64 text/zeros/hole); written in $(secs "$t0" "$t1") s"
-echo "# destinations and repository: ext4 loop ($dstdev), no reflink; repository chunk size 4 MiB; backup --jobs $JOBS over TLS"
+echo "# destinations and repositories: ext4 loop ($dstdev), no reflink; repository chunk size 4 MiB; backup --jobs $JOBS"
 echo "# binaries: $VMEXPORT, $VMEXPORTD"
 echo "# load average (1, 5, 15 min) at start: $load_start; at end: $(cut -d" " -f1-3 /proc/loadavg)"
 echo "# every run cold (caches dropped); copies include sync DST; MB/s = 10^6 bytes/s"
@@ -251,22 +266,29 @@ row() { # row LABEL NAME
     [ -n "${RSS[$2]:-}" ] && rss=$(awk -v k="${RSS[$2]}" 'BEGIN { printf "%.0f MiB", k / 1024 }')
     printf '| %-52s | %8.2f | %12s | %13s | %12s |\n' "$1" "${T[$2]}" "$(mbs "$size" "${T[$2]}")" "$(mbs "$allocated" "${T[$2]}")" "$rss"
 }
-row "vmexport backup (full, TLS, --jobs $JOBS)" backup
+row "vmexport backup (full, --transport https: TLS)" backup
+row "vmexport backup (full, --transport local)" backup_l
 row "cp --sparse=always --reflink=never" cp
 row "nbdcopy SRC DST" nbdcopy
 row "qemu-img convert -f raw -O raw" qemu-img
 printf '| %-52s | %8s | %12s | %13s | %12s |\n' "SHA-256+zstd-1 limit ($sha_mbs + $zstd_mbs MB/s, $ncpu cores)" \
     "$(awk -v a="$allocated" -v l="$limit_mbs" 'BEGIN { printf "%.2f", a / l / 1e6 }')" "-" "$limit_mbs" "-"
-row "vmexport backup (incremental, ${CHANGE_PCT}% changed)" incr
+row "vmexport backup (incremental, ${CHANGE_PCT}% changed, https)" incr
+row "vmexport backup (incremental, ${CHANGE_PCT}% changed, local)" incr_l
 row "vmexport restore --to FILE (+ sync FILE)" restore
 echo
 for o in cp nbdcopy qemu-img; do
-    awk -v o="$o" -v v="${T[backup]}" -v x="${T[$o]}" 'BEGIN { printf "backup / %-9s %.2fx\n", o, x / v }'
+    awk -v o="$o" -v v="${T[backup]}" -v l="${T[backup_l]}" -v x="${T[$o]}" \
+        'BEGIN { printf "backup / %-9s https %.2fx   local %.2fx\n", o, x / v, x / l }'
 done
-awk -v v="${T[backup]}" -v a="$allocated" -v l="$limit_mbs" 'BEGIN { printf "backup / CPU limit %.2fx (data MB/s %.0f of %.0f)\n", a / v / 1e6 / l, a / v / 1e6, l }'
-awk -v f="${T[backup]}" -v i="${T[incr]}" 'BEGIN { printf "incremental / full time: %.1f%%\n", 100 * i / f }'
+for b in backup backup_l; do
+    awk -v b="$b" -v v="${T[$b]}" -v a="$allocated" -v l="$limit_mbs" 'BEGIN { printf "%-8s / CPU limit %.2fx (data MB/s %.0f of %.0f)\n", b, a / v / 1e6 / l, a / v / 1e6, l }'
+done
+awk -v f="${T[backup]}" -v i="${T[incr]}" 'BEGIN { printf "incremental / full time, https: %.1f%%\n", 100 * i / f }'
+awk -v f="${T[backup_l]}" -v i="${T[incr_l]}" 'BEGIN { printf "incremental / full time, local: %.1f%%\n", 100 * i / f }'
 awk -v r="${T[restore]}" -v c="${T[cp]}" 'BEGIN { printf "restore / cp --sparse=always (the copy above) %.2fx\n", c / r }'
 echo
-echo "full backup summary:        $(jq -c '{bytes_read, bytes_written, chunks_new, chunks_reused, seconds}' <<<"$summary_full")"
-echo "incremental backup summary: $(jq -c '{bytes_read, bytes_written, chunks_new, chunks_reused, chunks_fetched, seconds}' <<<"$summary_incr")"
+for sm in "$summary_full" "$summary_full_l" "$summary_incr" "$summary_incr_l"; do
+    echo "summary: $(jq -c '{incremental, transport, bytes_read, bytes_written, chunks_new, chunks_reused, chunks_fetched, seconds}' <<<"$sm")"
+done
 echo "changed: $nchange x 1 MiB random writes; repository size after both: $((repo_bytes / MiB)) MiB; restored file allocated $((restored_alloc / MiB)) MiB"

@@ -1,7 +1,8 @@
 /* The container every chunk, manifest and backup.json is stored in: a 16-byte header, the
  * payload (a zstd frame, or the plain bytes when compression does not shrink them), and either
- * AES-256-GCM (encrypted repositories: nonce, ciphertext, tag) or a SHA-256 checksum (plain
- * repositories).  Both bind the header and the file's identity (its chunk ID or path), so a
+ * AES-256-GCM (encrypted repositories: nonce, ciphertext, tag) or a checksum (plain
+ * repositories: XXH3-128 in container version 2, SHA-256 in version 1).  The container version
+ * is the repository's format version.  Both bind the header and the file's identity (its chunk ID or path), so a
  * container moved to another name fails to open.  Layout: docs/repository-format.md.
  */
 #include "repo_internal.h"
@@ -16,12 +17,13 @@
 
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
+#include <xxhash.h>
 #include <zstd.h>
 
 #include "core/cleanup.h"
 
 static const uint8_t container_magic[4] = {'V', 'X', 'C', 'K'};
-#define CONTAINER_VERSION 1
+#define XXH128_SIZE       16
 #define FLAG_ZSTD         0x01u
 #define FLAG_ENCRYPTED    0x02u
 #define FLAGS_KNOWN       (FLAG_ZSTD | FLAG_ENCRYPTED)
@@ -147,13 +149,39 @@ int repo_gcm_decrypt(const uint8_t key[REPO_KEY_SIZE], const uint8_t nonce[CONTA
     return r;
 }
 
-/* SHA-256 over the header, the identity and the payload: the check of plain containers. */
-static int container_checksum(const uint8_t *header, const char *ident, const uint8_t *payload,
-                              size_t len, uint8_t out[HASH_SIZE])
+/* Bytes after the payload: the GCM tag, or the checksum of a plain container. */
+static size_t container_trailer(const struct repo *r)
 {
+    return r->encrypted ? CONTAINER_TAG_SIZE : r->format_version >= 2 ? XXH128_SIZE : HASH_SIZE;
+}
+
+/* The check of plain containers, over the header, the identity and the payload: XXH3-128
+ * (canonical, big-endian) from version 2 on; SHA-256 in version 1.  It guards against damage,
+ * not forgery (a plain repository has no key), so a fast non-cryptographic hash is enough: the
+ * chunk ID, SHA-256 of the plain data, is still checked by every reader of chunk data. */
+static int container_checksum(const struct repo *r, const uint8_t *header, const char *ident,
+                              const uint8_t *payload, size_t len, uint8_t *out)
+{
+    if (r->format_version >= 2) {
+        XXH3_state_t *st = XXH3_createState();
+        if (!st)
+            return -ENOMEM;
+        int ret = -EIO;
+        if (XXH3_128bits_reset(st) == XXH_OK &&
+            XXH3_128bits_update(st, header, CONTAINER_HEADER_SIZE) == XXH_OK &&
+            XXH3_128bits_update(st, ident, strlen(ident)) == XXH_OK &&
+            XXH3_128bits_update(st, payload, len) == XXH_OK) {
+            XXH128_canonical_t c;
+            XXH128_canonicalFromHash(&c, XXH3_128bits_digest(st));
+            memcpy(out, c.digest, XXH128_SIZE);
+            ret = 0;
+        }
+        XXH3_freeState(st);
+        return ret;
+    }
     EVP_MD_CTX *ctx = EVP_MD_CTX_new();
     unsigned int n = 0;
-    int r = -EIO;
+    int ret = -EIO;
     if (!ctx)
         return -ENOMEM;
     if (EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) == 1 &&
@@ -161,15 +189,15 @@ static int container_checksum(const uint8_t *header, const char *ident, const ui
         EVP_DigestUpdate(ctx, ident, strlen(ident)) == 1 &&
         EVP_DigestUpdate(ctx, payload, len) == 1 && EVP_DigestFinal_ex(ctx, out, &n) == 1 &&
         n == HASH_SIZE)
-        r = 0;
+        ret = 0;
     EVP_MD_CTX_free(ctx);
-    return r;
+    return ret;
 }
 
-static void header_write(uint8_t *h, uint8_t flags, uint64_t plain_len)
+static void header_write(const struct repo *r, uint8_t *h, uint8_t flags, uint64_t plain_len)
 {
     memcpy(h + OFF_MAGIC, container_magic, sizeof(container_magic));
-    h[OFF_VERSION] = CONTAINER_VERSION;
+    h[OFF_VERSION] = (uint8_t)r->format_version;
     h[OFF_FLAGS] = flags;
     memset(h + OFF_RESERVED, 0, RESERVED_LEN);
     uint64_t le = htole64(plain_len);
@@ -181,7 +209,7 @@ int container_seal(const struct repo *r, const char *ident, const void *plain, s
 {
     size_t bound = ZSTD_compressBound(len);
     size_t nonce_len = r->encrypted ? CONTAINER_NONCE_SIZE : 0;
-    size_t trailer = r->encrypted ? CONTAINER_TAG_SIZE : HASH_SIZE;
+    size_t trailer = container_trailer(r);
 
     *out = NULL;
     *outlen = 0;
@@ -205,7 +233,7 @@ int container_seal(const struct repo *r, const char *ident, const void *plain, s
     }
     if (!(flags & FLAG_ZSTD) && len)
         memcpy(payload, plain, len);
-    header_write(buf, flags, len);
+    header_write(r, buf, flags, len);
 
     int ret;
     if (r->encrypted) {
@@ -219,7 +247,7 @@ int container_seal(const struct repo *r, const char *ident, const void *plain, s
             ret = repo_gcm_encrypt(r->data_key, nonce, aad, ARRAY_SIZE(aad), payload, plen, payload,
                                    payload + plen);
     } else {
-        ret = container_checksum(buf, ident, payload, plen, payload + plen);
+        ret = container_checksum(r, buf, ident, payload, plen, payload + plen);
     }
     if (ret < 0)
         return ret;
@@ -252,7 +280,7 @@ static int container_verify(const struct repo *r, const char *ident, uint8_t *fi
                             uint64_t max_plain, bool checksum, struct container_view *v)
 {
     if (container_plain_size(file, flen, &v->plain_len) < 0 ||
-        file[OFF_VERSION] != CONTAINER_VERSION)
+        file[OFF_VERSION] != r->format_version)
         return -EBADMSG;
     v->flags = file[OFF_FLAGS];
     if ((v->flags & ~FLAGS_KNOWN) || file[OFF_RESERVED] || file[OFF_RESERVED + 1])
@@ -263,7 +291,7 @@ static int container_verify(const struct repo *r, const char *ident, uint8_t *fi
         return -EBADMSG;
 
     size_t nonce_len = r->encrypted ? CONTAINER_NONCE_SIZE : 0;
-    size_t trailer = r->encrypted ? CONTAINER_TAG_SIZE : HASH_SIZE;
+    size_t trailer = container_trailer(r);
     if (flen < CONTAINER_HEADER_SIZE + nonce_len + trailer)
         return -EBADMSG;
     v->plen = flen - CONTAINER_HEADER_SIZE - nonce_len - trailer;
@@ -279,8 +307,8 @@ static int container_verify(const struct repo *r, const char *ident, uint8_t *fi
                                v->payload, v->plen, v->payload, v->payload + v->plen);
     } else if (checksum) {
         uint8_t sum[HASH_SIZE];
-        ret = container_checksum(file, ident, v->payload, v->plen, sum);
-        if (ret == 0 && CRYPTO_memcmp(sum, v->payload + v->plen, HASH_SIZE))
+        ret = container_checksum(r, file, ident, v->payload, v->plen, sum);
+        if (ret == 0 && CRYPTO_memcmp(sum, v->payload + v->plen, trailer))
             ret = -EBADMSG;
     } else {
         ret = 0;

@@ -390,14 +390,16 @@ static int config_parse(struct repo *r, const char *text, size_t len, const char
         repo_set_err(err, errlen, "%s: invalid \"version\"", cfg_path);
         goto out;
     }
-    if (version != REPO_FORMAT_VERSION) {
+    if (version < REPO_MIN_FORMAT_VERSION || version > REPO_FORMAT_VERSION) {
         repo_set_err(err, errlen,
                      "%s: repository format version %llu is not supported by this vmexport "
-                     "(supports %d)",
-                     r->path, (unsigned long long)version, REPO_FORMAT_VERSION);
+                     "(supports %d to %d)",
+                     r->path, (unsigned long long)version, REPO_MIN_FORMAT_VERSION,
+                     REPO_FORMAT_VERSION);
         ret = -EPROTONOSUPPORT;
         goto out;
     }
+    r->format_version = (unsigned)version;
     if (json_get_uint(cfg, "chunk_size", &chunk_size) < 0 || !repo_chunk_size_valid(chunk_size)) {
         repo_set_err(err, errlen, "%s: invalid \"chunk_size\"", cfg_path);
         goto out;

@@ -29,7 +29,10 @@
 #include "core/strlist.h"
 #include "core/vector.h"
 
-#define REPO_FORMAT_VERSION     1
+/* The format version new repositories get, and the oldest one still read and written (a
+ * repository keeps its version: containers written into it use that version's layout). */
+#define REPO_FORMAT_VERSION     2
+#define REPO_MIN_FORMAT_VERSION 1
 #define REPO_DEFAULT_CHUNK_SIZE (4u << 20) /* 4 MiB */
 #define REPO_MIN_CHUNK_SIZE     (64u << 10)
 #define REPO_MAX_CHUNK_SIZE     (64u << 20)

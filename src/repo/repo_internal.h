@@ -44,6 +44,7 @@ struct repo {
     int dirfd; /* the repository's root directory */
     uint32_t chunk_size;
     int zstd_level;
+    unsigned format_version; /* REPO_MIN_FORMAT_VERSION .. REPO_FORMAT_VERSION */
     bool encrypted;
     uint8_t data_key[REPO_KEY_SIZE]; /* encrypts containers */
     uint8_t id_key[REPO_KEY_SIZE];   /* HMAC key of chunk IDs */

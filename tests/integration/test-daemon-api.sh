@@ -95,6 +95,13 @@ expect_status 201 "POST snapshot is 201 Created" POST /api/v1/vms/web01/snapshot
 cp "$WORK/body" "$WORK/snap1.json"
 S1=$(jq -r .id "$WORK/snap1.json")
 check "snapshot fields" jq -e '.id and .vm_id == "web01" and .created_at and .status == "ready" and (.disks | length == 2) and all(.disks[]; .name and .path and .parent_path and .snapshot_id and .repo_mountpoint and .size and .change_id and (.chunks | type == "array"))' "$WORK/snap1.json"
+# file_id: boot ID, st_dev and st_ino of the snapshot file, as this host sees them.
+fid_ok=1
+while IFS=$'\t' read -r p fid; do
+    want="$(cat /proc/sys/kernel/random/boot_id):$(stat -c '%d:%i' "$p")"
+    [ "$fid" = "$want" ] || { fid_ok=0; diag "file_id of $p: $fid, want $want"; }
+done < <(jq -r '.disks[] | [.path, .file_id] | @tsv' "$WORK/snap1.json")
+[ "$fid_ok" = 1 ] && ok "file_id of each snapshot disk = boot ID:device:inode of its file" || not_ok "file_id of each snapshot disk"
 check "chunks of root.img squashed: one 8 MiB chunk at 4 MiB" jq -e '.disks[] | select(.name == "root.img") | .chunks | length == 1 and .[0].start == 4194304 and .[0].length == 8388608 and (.[0].physical_start | type == "number")' "$WORK/snap1.json"
 # Keep what the disks held at snapshot 1.
 cp --sparse=always "$VMS/web01/root.img" "$WORK/root.at1"

@@ -182,6 +182,12 @@ static bool chunk_ok(struct repo *r, const struct chunk_id *id)
     return ret == 0;
 }
 
+/* Bytes of a plain container's checksum in this repository. */
+static size_t plain_trailer(const struct repo *r)
+{
+    return r->format_version >= 2 ? 16 : HASH_SIZE;
+}
+
 static void chunk_path(struct fixture *f, const struct chunk_id *id, char *out, size_t size)
 {
     char hex[2 * HASH_SIZE + 1];
@@ -411,12 +417,15 @@ static void test_open_errors(void **state)
 
     /* Unknown format version. */
     json_t *cfg = config_load(f);
-    json_object_set_new(cfg, "version", json_integer(2));
+    json_object_set_new(cfg, "version", json_integer(REPO_FORMAT_VERSION + 1));
     config_store(f, cfg);
     assert_int_equal(repo_open(f->path, NULL, &r, err, sizeof(err)), -EPROTONOSUPPORT);
-    CHECK(strstr(err, "repository format version 2 is not supported by this vmexport "
-                      "(supports 1)"),
+    CHECK(strstr(err, "repository format version 3 is not supported by this vmexport "
+                      "(supports 1 to 2)"),
           "err: %s", err);
+    json_object_set_new(cfg, "version", json_integer(0));
+    config_store(f, cfg);
+    assert_int_equal(repo_open(f->path, NULL, &r, err, sizeof(err)), -EPROTONOSUPPORT);
 
     /* Bad chunk size, wrong format, garbage. */
     json_object_set_new(cfg, "version", json_integer(1));
@@ -662,7 +671,7 @@ static void corruption(struct fixture *f)
              * the exact data for a flip in the checksum itself, and otherwise either refuse
              * or (a flip zstd ignores) still return exactly the original data: never other
              * data, since the ID of what it returns is checked. */
-            bool in_sum = !repo_encrypted(r) && i >= flen - HASH_SIZE;
+            bool in_sum = !repo_encrypted(r) && i >= flen - plain_trailer(r);
             ret = repo_chunk_read(r, ids[k], buf, CS, &len);
             CHECK(ret == -EBADMSG || (ret == 0 && !repo_encrypted(r)) || (in_sum && ret == 0),
                   "read: flip at %zu of %zu: %d", i, flen, ret);
@@ -721,6 +730,75 @@ static void test_chunk_corruption_plain(void **state)
 {
     struct fixture *f = *state;
     repo_make(f, NULL);
+    corruption(f);
+}
+
+/* Turn the fixture's fresh repository into a format version 1 one (as an older vmexport made
+ * it) and reopen it. */
+static void repo_make_v1(struct fixture *f, const char *pass)
+{
+    char err[ERR_LEN] = "";
+    repo_make(f, pass);
+    repo_close(f->r);
+    f->r = NULL;
+    json_t *cfg = config_load(f);
+    json_object_set_new(cfg, "version", json_integer(1));
+    config_store(f, cfg);
+    json_decref(cfg);
+    int r = repo_open(f->path, pass, &f->r, err, sizeof(err));
+    CHECK(r == 0, "repo_open v1: %d %s", r, err);
+    assert_int_equal(f->r->format_version, 1);
+}
+
+/* Version 1 repositories are still read and written, with their own container layout
+ * (version byte 1, SHA-256 checksum); new ones are version 2 (XXH3-128 checksum). */
+static void test_format_versions(void **state)
+{
+    struct fixture *f = *state;
+    const struct {
+        unsigned version;
+        const char *pass;
+        size_t trailer;
+    } cases[] = {{2, NULL, 16}, {1, NULL, HASH_SIZE}, {2, PASS, 16}, {1, PASS, 16}};
+    for (size_t c = 0; c < ARRAY_SIZE(cases); c++) {
+        if (cases[c].version == 1)
+            repo_make_v1(f, cases[c].pass);
+        else
+            repo_make(f, cases[c].pass);
+        assert_int_equal(f->r->format_version, cases[c].version);
+        uint8_t data[3000], out[3000];
+        size_t len, flen;
+        char path[PATH_MAX + 128];
+        fill_random(data, sizeof(data), 77 + c); /* incompressible: stored raw */
+        struct chunk_id id;
+        repo_chunk_id(f->r, data, sizeof(data), &id);
+        assert_int_equal(repo_chunk_put(f->r, &id, data, sizeof(data), NULL, NULL), 0);
+        chunk_path(f, &id, path, sizeof(path));
+        uint8_t *file = file_read(path, &flen);
+        assert_non_null(file);
+        assert_int_equal(file[4], cases[c].version);
+        size_t nonce = cases[c].pass ? CONTAINER_NONCE_SIZE : 0;
+        CHECK(flen == CONTAINER_HEADER_SIZE + nonce + sizeof(data) + cases[c].trailer,
+              "case %zu: container of %zu bytes", c, flen);
+        assert_int_equal(repo_chunk_get(f->r, &id, out, sizeof(out), &len), 0);
+        assert_true(len == sizeof(data) && !memcmp(out, data, len));
+        /* A container of the other version is refused. */
+        file[4] = (uint8_t)(3 - cases[c].version);
+        file_write(path, file, flen);
+        assert_int_equal(repo_chunk_get(f->r, &id, out, sizeof(out), &len), -EBADMSG);
+        free(file);
+        repo_close(f->r);
+        f->r = NULL;
+        char cmd[PATH_MAX + 16];
+        PATHF(cmd, "rm -rf '%s'", f->path);
+        assert_int_equal(system(cmd), 0);
+    }
+}
+
+static void test_chunk_corruption_plain_v1(void **state)
+{
+    struct fixture *f = *state;
+    repo_make_v1(f, NULL);
     corruption(f);
 }
 
@@ -834,7 +912,7 @@ static void forged_write_at(struct fixture *f, const char *path, const char *ide
     uint8_t *file = calloc(1, flen);
     assert_non_null(file);
     memcpy(file, "VXCK", 4);
-    file[4] = 1;
+    file[4] = (uint8_t)f->r->format_version;
     file[5] = flags;
     for (int i = 0; i < 8; i++)
         file[8 + i] = (uint8_t)(plain_len >> (8 * i));
@@ -1966,6 +2044,8 @@ int main(void)
         T(test_chunk_roundtrip_encrypted),
         T(test_chunk_confidential),
         T(test_chunk_corruption_plain),
+        T(test_chunk_corruption_plain_v1),
+        T(test_format_versions),
         T(test_chunk_corruption_encrypted),
         T(test_chunk_cross_repo),
         T(test_container_forged),
