@@ -356,7 +356,7 @@ int repo_chunk_batch_put(struct chunk_batch *b, const struct chunk_id *id, const
     pthread_mutex_unlock(&b->lock);
     if (ret < 0)
         return ret;
-    ret = repo_write_tmp(dfd, p.name, file, flen, false, p.tmp);
+    ret = repo_write_tmp_direct(dfd, p.name, file, flen, p.tmp);
     if (ret < 0)
         return ret;
     p.bytes = flen;

@@ -215,7 +215,9 @@ int container_seal(const struct repo *r, const char *ident, const void *plain, s
     *outlen = 0;
     if (ZSTD_isError(bound) || bound < len || bound > SIZE_MAX - CONTAINER_MAX_OVERHEAD)
         return -EFBIG;
-    CLEANUP_FREE uint8_t *buf = malloc(CONTAINER_HEADER_SIZE + nonce_len + bound + trailer);
+    size_t alloc = CONTAINER_HEADER_SIZE + nonce_len + bound + trailer;
+    alloc = (alloc + CONTAINER_ALIGN - 1) / CONTAINER_ALIGN * CONTAINER_ALIGN;
+    CLEANUP_FREE uint8_t *buf = aligned_alloc(CONTAINER_ALIGN, alloc);
     if (!buf)
         return -ENOMEM;
 
@@ -252,6 +254,8 @@ int container_seal(const struct repo *r, const char *ident, const void *plain, s
     if (ret < 0)
         return ret;
     *outlen = CONTAINER_HEADER_SIZE + nonce_len + plen + trailer;
+    size_t padded = (*outlen + CONTAINER_ALIGN - 1) / CONTAINER_ALIGN * CONTAINER_ALIGN;
+    memset(buf + *outlen, 0, padded - *outlen);
     *out = TAKE_PTR(buf);
     return 0;
 }

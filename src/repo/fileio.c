@@ -148,6 +148,35 @@ int repo_write_tmp(int dirfd, const char *name, const void *data, size_t len, bo
     return r;
 }
 
+int repo_write_tmp_direct(int dirfd, const char *name, const uint8_t *data, size_t len,
+                          char tmp[NAME_MAX + 1])
+{
+    int fd = tmp_create(dirfd, name, tmp);
+    if (fd < 0)
+        return fd;
+    size_t padded = (len + CONTAINER_ALIGN - 1) / CONTAINER_ALIGN * CONTAINER_ALIGN;
+    int r = -EINVAL;
+    int fl = fcntl(fd, F_GETFL);
+    if ((uintptr_t)data % CONTAINER_ALIGN == 0 && fl >= 0 &&
+        fcntl(fd, F_SETFL, fl | O_DIRECT) == 0) {
+        r = write_all(fd, data, padded);
+        if (r == -EINVAL) {
+            /* O_DIRECT accepted at open but not for this write: start again buffered. */
+            if (fcntl(fd, F_SETFL, fl) < 0 || ftruncate(fd, 0) < 0)
+                r = repo_write_errno(errno);
+        } else if (r == 0 && padded != len && ftruncate(fd, (off_t)len) < 0) {
+            r = repo_write_errno(errno);
+        }
+    }
+    if (r == -EINVAL)
+        r = write_all(fd, data, len);
+    if (close(fd) < 0 && r == 0)
+        r = repo_write_errno(errno);
+    if (r < 0)
+        unlinkat(dirfd, tmp, 0);
+    return r;
+}
+
 int repo_rename_tmp(int dirfd, const char *tmp, const char *name, bool replace, bool *created)
 {
     int r = rename_into_place(dirfd, tmp, name, replace, created);

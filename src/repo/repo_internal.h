@@ -84,6 +84,11 @@ int repo_write_file(int dirfd, const char *name, const void *data, size_t len, b
 int repo_write_tmp(int dirfd, const char *name, const void *data, size_t len, bool sync,
                    char tmp[NAME_MAX + 1]);
 int repo_rename_tmp(int dirfd, const char *tmp, const char *name, bool replace, bool *created);
+/* repo_write_tmp (no fsync) of a buffer from container_seal, bypassing the page cache where
+ * the filesystem allows O_DIRECT (written padded to CONTAINER_ALIGN, then truncated to len):
+ * a chunk is written once and not read back soon, so caching it only costs a copy. */
+int repo_write_tmp_direct(int dirfd, const char *name, const uint8_t *data, size_t len,
+                          char tmp[NAME_MAX + 1]);
 /* Read a whole regular file (at most max bytes, else -EBADMSG) into a new buffer. */
 int repo_read_file(int dirfd, const char *name, uint64_t max, uint8_t **data, size_t *len);
 /* mkdirat with the repository mode; an existing directory is fine.  A new one is made durable
@@ -119,7 +124,10 @@ int repo_gcm_decrypt(const uint8_t key[REPO_KEY_SIZE], const uint8_t nonce[CONTA
                      uint8_t *out, const uint8_t tag[CONTAINER_TAG_SIZE]);
 
 /* Build a container of plain data bound to ident (compressed when that helps, encrypted when
- * the repository is) into a new buffer. */
+ * the repository is) into a new buffer (free()).  The buffer is CONTAINER_ALIGN-aligned and
+ * its allocation extends to a multiple of CONTAINER_ALIGN, zero past *outlen, so that it can
+ * be written with O_DIRECT (repo_write_tmp_direct). */
+#define CONTAINER_ALIGN 4096
 int container_seal(const struct repo *r, const char *ident, const void *plain, size_t len,
                    uint8_t **out, size_t *outlen);
 /* Plain length a container's header announces (not yet authenticated). */
