@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -90,7 +91,8 @@ static int pwrite_full(int fd, const void *buf, size_t len, uint64_t off)
     return 0;
 }
 
-/* Write the non-zero pages of buf (file offset off), leaving zero pages as holes. */
+/* Write the non-zero pages of buf (file offset off), leaving zero pages as holes.  (Through
+ * the page cache: O_DIRECT writes from the workers, out of order, were 1.7x slower on ext4.) */
 static int write_sparse(int fd, const uint8_t *buf, size_t len, uint64_t off, uint64_t *written)
 {
     size_t run = 0, run_len = 0;
@@ -127,7 +129,10 @@ static int write_sparse(int fd, const uint8_t *buf, size_t len, uint64_t off, ui
  * back in file order and appends their digests to the sidecar, which must be sequential.  A run
  * of whole hole blocks takes a slot without a buffer, so holes keep their place in that order.
  * Reads stay ahead of the hashing, and writeback of the destination is started behind the
- * writes (sync_file_range) rather than all at the final fsync.  Memory: COPY_SLOTS MiB.
+ * writes (sync_file_range) rather than all at the final fsync.  Source ranges that are not in
+ * the page cache (mincore) are read with O_DIRECT: no copy through the cache, no eviction of
+ * the host's useful pages (cold 8 GiB copies took 10.5-12 s instead of 15.5-17.5 s); cached
+ * ones are read through it.  Memory: COPY_SLOTS MiB.
  */
 #define COPY_SLOTS       8
 #define COPY_MAX_WORKERS 4
@@ -216,6 +221,9 @@ static void *copy_worker(void *arg)
 /* State of the calling thread while it feeds the pipeline. */
 struct copy_feed {
     struct copy_pipe *pipe;
+    int in_direct;        /* the source opened again with O_DIRECT, or -1 */
+    const uint8_t *map;   /* the source mapped (never touched: for mincore), or NULL */
+    uint64_t map_len;
     struct blockhash_writer *hw;
     struct clone_result *res;
     uint64_t copied_to;  /* end of the data committed so far */
@@ -296,6 +304,52 @@ static int copy_add_hole(struct copy_feed *f, uint64_t pos, uint64_t nblocks)
     return 0;
 }
 
+/* Whether every page of [off, off + len) of the source is in the page cache (mincore of the
+ * untouched mapping).  Unknown counts as cached. */
+static bool source_cached(const struct copy_feed *f, uint64_t off, uint64_t len)
+{
+    unsigned char vec[COPY_BUFFER_SIZE / SPARSE_PAGE];
+    if (!f->map || off >= f->map_len)
+        return true;
+    if (len > f->map_len - off)
+        len = f->map_len - off;
+    if (len > COPY_BUFFER_SIZE || mincore((void *)(f->map + off), len, vec) < 0)
+        return true;
+    for (size_t i = 0; i < (len + SPARSE_PAGE - 1) / SPARSE_PAGE; i++)
+        if (!(vec[i] & 1))
+            return false;
+    return true;
+}
+
+/* Read [off, off + len) of the source (fewer bytes at its end): from the page cache when it
+ * is all there (a warm source), else with O_DIRECT, which skips the copy through the page
+ * cache and leaves the cache to others (a cold source is read once). */
+static int copy_read(struct copy_feed *f, int in, uint8_t *buf, size_t len, uint64_t off,
+                     size_t *got)
+{
+    size_t done = 0;
+    if (f->in_direct >= 0 && off % SPARSE_PAGE == 0 && !source_cached(f, off, len)) {
+        while (done < len) {
+            ssize_t n = pread(f->in_direct, buf + done, len - done, (off_t)(off + done));
+            if (n < 0 && errno == EINTR)
+                continue;
+            if (n < 0)
+                break; /* refused: the page cache reads the rest */
+            if (n == 0) {
+                *got = done;
+                return 0;
+            }
+            done += (size_t)n;
+            if (n % SPARSE_PAGE)
+                break; /* the end of the file, in a page */
+        }
+    }
+    size_t more = 0;
+    int r = done < len ? pread_full(in, buf + done, len - done, off + done, &more) : 0;
+    *got = done + more;
+    return r;
+}
+
 /* Read and submit the whole blocks covering [pos, dend) of the source. */
 static int copy_add_data(struct copy_feed *f, int in, uint64_t size, uint64_t pos, uint64_t dend)
 {
@@ -308,7 +362,8 @@ static int copy_add_data(struct copy_feed *f, int in, uint64_t size, uint64_t po
         uint64_t want = (dend - pos + hb - 1) / hb * hb;
         if (want > COPY_BUFFER_SIZE)
             want = COPY_BUFFER_SIZE;
-        if (dend - pos > COPY_BUFFER_SIZE && ra_to < dend && ra_to < pos + COPY_READAHEAD / 2) {
+        if (f->in_direct < 0 && dend - pos > COPY_BUFFER_SIZE && ra_to < dend &&
+            ra_to < pos + COPY_READAHEAD / 2) {
             /* Keep the kernel's reads a little ahead of ours while the workers hash. */
             uint64_t from = ra_to > pos ? ra_to : pos;
             ra_to = from + COPY_READAHEAD < dend ? from + COPY_READAHEAD : dend;
@@ -317,7 +372,7 @@ static int copy_add_data(struct copy_feed *f, int in, uint64_t size, uint64_t po
         if ((r = copy_next_slot(f, &s)) < 0)
             return r;
         size_t got = 0;
-        if ((r = pread_full(in, s->buf, want, pos, &got)) < 0)
+        if ((r = copy_read(f, in, s->buf, want, pos, &got)) < 0)
             return r;
         memset(s->buf + got, 0, want - got); /* past EOF reads as zeros */
         f->res->bytes_read += got;
@@ -384,6 +439,22 @@ static unsigned copy_worker_count(void)
     return n > COPY_MAX_WORKERS ? COPY_MAX_WORKERS : (unsigned)n;
 }
 
+/* fd opened again (a new open file description) with O_DIRECT, or -1 where the filesystem
+ * does not allow it. */
+static int reopen_direct(int fd, int flags)
+{
+    char path[64];
+    snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
+    int d = open(path, flags | O_DIRECT | O_CLOEXEC);
+    struct stat a, b;
+    if (d >= 0 && (fstat(fd, &a) < 0 || fstat(d, &b) < 0 || a.st_dev != b.st_dev ||
+                   a.st_ino != b.st_ino)) {
+        close(d);
+        d = -1;
+    }
+    return d;
+}
+
 int fs_copy_hashed(int in, int out, const char *out_path, struct clone_result *res)
 {
     const uint64_t hb = BLOCKHASH_BLOCK_SIZE;
@@ -391,6 +462,7 @@ int fs_copy_hashed(int in, int out, const char *out_path, struct clone_result *r
     uint8_t zero_digest[HASH_SIZE];
     struct blockhash_writer hw;
     struct copy_pipe pipe = {.out = out, .zero_digest = zero_digest};
+    struct copy_feed feed = {.pipe = &pipe, .res = res, .in_direct = -1};
     pthread_t workers[COPY_MAX_WORKERS];
     unsigned nworkers = 0;
     int r;
@@ -405,6 +477,16 @@ int fs_copy_hashed(int in, int out, const char *out_path, struct clone_result *r
     if ((r = blockhash_writer_open(&hw, out_path, BLOCKHASH_BLOCK_SIZE)) < 0)
         return r;
     posix_fadvise(in, 0, 0, POSIX_FADV_SEQUENTIAL);
+    if (size && (feed.in_direct = reopen_direct(in, O_RDONLY)) >= 0) {
+        void *map = mmap(NULL, size, PROT_READ, MAP_SHARED, in, 0);
+        if (map != MAP_FAILED) {
+            feed.map = map;
+            feed.map_len = size;
+        } else {
+            close(feed.in_direct); /* no way to tell a warm source: read it through the cache */
+            feed.in_direct = -1;
+        }
+    }
 
     pthread_mutex_init(&pipe.lock, NULL);
     pthread_cond_init(&pipe.work, NULL);
@@ -424,7 +506,7 @@ int fs_copy_hashed(int in, int out, const char *out_path, struct clone_result *r
         }
     }
 
-    struct copy_feed feed = {.pipe = &pipe, .hw = &hw, .res = res};
+    feed.hw = &hw;
     r = copy_feed_all(&feed, in, size);
 
 out:
@@ -440,6 +522,10 @@ out:
     pthread_cond_destroy(&pipe.done);
     pthread_cond_destroy(&pipe.work);
     pthread_mutex_destroy(&pipe.lock);
+    if (feed.map)
+        munmap((void *)feed.map, feed.map_len);
+    if (feed.in_direct >= 0)
+        close(feed.in_direct);
 
     if (r == 0 && fsync(out) < 0)
         r = -errno;
