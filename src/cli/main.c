@@ -54,7 +54,7 @@ int main(int argc, char **argv)
      * reuse them instead.  Memory stays bounded by the peak in use (about 150 MiB for a
      * backup with 4 jobs and 4 MiB chunks). */
     mallopt(M_MMAP_THRESHOLD, 128 << 20);
-    mallopt(M_TRIM_THRESHOLD, 512 << 20);
+    mallopt(M_TRIM_THRESHOLD, 32 << 20);
     log_init("vmexport", LOG_LEVEL_WARN);
     argc = cli_globals_extract(argc, argv);
     if (argc < 0) {
