@@ -113,15 +113,17 @@ static int repo_run(int argc, char **argv)
         {"encrypt", no_argument, NULL, 'e'},
         {"chunk-size", required_argument, NULL, 'c'},
         {"passphrase-file", required_argument, NULL, 'P'},
+        {"compression-level", required_argument, NULL, 'L'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
     bool encrypt = false;
     uint64_t chunk = REPO_DEFAULT_CHUNK_SIZE;
+    int level = 0;
     const char *pfile = NULL;
     int c;
     optind = 1;
-    while ((c = getopt_long(argc, argv, "ec:P:h", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "ec:P:L:h", opts, NULL)) != -1) {
         switch (c) {
         case 'e':
             encrypt = true;
@@ -135,6 +137,14 @@ static int repo_run(int argc, char **argv)
         case 'P':
             pfile = optarg;
             break;
+        case 'L': {
+            char *end;
+            long v = strtol(optarg, &end, 10);
+            if (end == optarg || *end || v < -7 || v > 19 || v == 0)
+                return cli_usage_error(&cmd_repo, "--compression-level takes -7 to -1 or 1 to 19");
+            level = (int)v;
+            break;
+        }
         case 'h':
             return cli_help(&cmd_repo);
         default:
@@ -147,7 +157,8 @@ static int repo_run(int argc, char **argv)
     CLEANUP_FREE char *pass = NULL;
     if (encrypt && !(pass = cli_read_passphrase("repo init", pfile, true)))
         return EXIT_FAIL;
-    struct repo_init_options io = {.chunk_size = (uint32_t)chunk, .passphrase = pass};
+    struct repo_init_options io = {.chunk_size = (uint32_t)chunk, .passphrase = pass,
+                                   .zstd_level = level};
     char err[512] = "";
     int r = repo_init(path, &io, err, sizeof(err));
     if (r < 0) {
@@ -164,7 +175,8 @@ const struct cli_command cmd_repo = {
     .summary = "create a backup repository",
     .run = repo_run,
     .usage = "Usage: vmexport repo init PATH [--encrypt] [--chunk-size SIZE] "
-             "[--passphrase-file FILE]\n"
+             "[--compression-level N]\n"
+             "                         [--passphrase-file FILE]\n"
              "\n"
              "Create a backup repository in PATH (a new or empty directory).  Disks are split\n"
              "into fixed chunks of SIZE (default 4M, a power of two from 64K to 64M), named by\n"
@@ -175,6 +187,9 @@ const struct cli_command cmd_repo = {
              "Options:\n"
              "  --encrypt               encrypt (asks for the passphrase twice on a terminal)\n"
              "  --chunk-size SIZE       chunk size, e.g. 1M, 4M (default), 16M\n"
+             "  --compression-level N   zstd level of what is written: 1 (default: fastest,\n"
+             "                          about as small as 3 on disk images) to 19 (smallest,\n"
+             "                          slow), or -7 to -1 (faster, larger)\n"
              "  --passphrase-file FILE  read the passphrase from FILE (or VMEXPORT_PASSPHRASE)\n"
              "\n"
              "Exit status: 0 success, 1 failure, 2 bad usage.\n",

@@ -28,7 +28,9 @@
 
 #define REPO_KEY_SIZE     32 /* AES-256 and HMAC-SHA-256 keys */
 #define REPO_ID_BYTES     16 /* random bytes of the repository ID (hex in the config) */
-#define REPO_DEFAULT_ZSTD 3
+/* zstd level of new repositories: level 1 compresses VM data nearly as well as 3 (base64 text:
+ * the same 1.33x) at twice the speed, and compression is a backup's largest CPU cost. */
+#define REPO_DEFAULT_ZSTD 1
 
 /* Plain size limit of a metadata container (manifest, backup.json): far above any real one, low
  * enough that a damaged length cannot ask for absurd memory. */
