@@ -855,15 +855,7 @@ static int open_local(const json_t *dj, struct disk_plan *d, char *why, size_t w
     } else {
         posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
         d->local_fd = fd;
-        /* A second open file description for direct reads; the same file (checked again). */
-        int dfd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_DIRECT);
-        struct stat dst;
-        if (dfd >= 0 && (fstat(dfd, &dst) < 0 || dst.st_dev != st.st_dev ||
-                         dst.st_ino != st.st_ino)) {
-            close(dfd);
-            dfd = -1;
-        }
-        d->direct_fd = dfd;
+        d->direct_fd = fs_reopen_direct(fd, O_RDONLY); /* for aligned reads; -1: none */
         return 0;
     }
     close(fd);

@@ -439,22 +439,6 @@ static unsigned copy_worker_count(void)
     return n > COPY_MAX_WORKERS ? COPY_MAX_WORKERS : (unsigned)n;
 }
 
-/* fd opened again (a new open file description) with O_DIRECT, or -1 where the filesystem
- * does not allow it. */
-static int reopen_direct(int fd, int flags)
-{
-    char path[64];
-    snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
-    int d = open(path, flags | O_DIRECT | O_CLOEXEC);
-    struct stat a, b;
-    if (d >= 0 && (fstat(fd, &a) < 0 || fstat(d, &b) < 0 || a.st_dev != b.st_dev ||
-                   a.st_ino != b.st_ino)) {
-        close(d);
-        d = -1;
-    }
-    return d;
-}
-
 int fs_copy_hashed(int in, int out, const char *out_path, struct clone_result *res)
 {
     const uint64_t hb = BLOCKHASH_BLOCK_SIZE;
@@ -477,7 +461,7 @@ int fs_copy_hashed(int in, int out, const char *out_path, struct clone_result *r
     if ((r = blockhash_writer_open(&hw, out_path, BLOCKHASH_BLOCK_SIZE)) < 0)
         return r;
     posix_fadvise(in, 0, 0, POSIX_FADV_SEQUENTIAL);
-    if (size && (feed.in_direct = reopen_direct(in, O_RDONLY)) >= 0) {
+    if (size && (feed.in_direct = fs_reopen_direct(in, O_RDONLY)) >= 0) {
         void *map = mmap(NULL, size, PROT_READ, MAP_SHARED, in, 0);
         if (map != MAP_FAILED) {
             feed.map = map;

@@ -122,3 +122,17 @@ int fs_file_id_path(const char *path, char out[FS_FILE_ID_MAX])
     close(fd);
     return r;
 }
+
+int fs_reopen_direct(int fd, int flags)
+{
+    char path[64];
+    snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
+    int d = open(path, flags | O_DIRECT | O_CLOEXEC);
+    struct stat a, b;
+    if (d >= 0 && (fstat(fd, &a) < 0 || fstat(d, &b) < 0 || a.st_dev != b.st_dev ||
+                   a.st_ino != b.st_ino)) {
+        close(d);
+        d = -1;
+    }
+    return d;
+}

@@ -31,6 +31,9 @@ int fs_probe_reflink(const char *dir);
  * publishes it for each snapshot disk so that a client on the same host can read the disk
  * directly instead of over HTTPS.  0 or a negative errno. */
 #define FS_FILE_ID_MAX 96
+/* fd opened again, as a new open file description of the same file, with flags | O_DIRECT;
+ * -1 where that is not possible (no /proc, a filesystem without O_DIRECT). */
+int fs_reopen_direct(int fd, int flags);
 int fs_file_id_fd(int fd, char out[FS_FILE_ID_MAX]);
 int fs_file_id_path(const char *path, char out[FS_FILE_ID_MAX]);
 

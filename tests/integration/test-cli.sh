@@ -110,6 +110,16 @@ dd if=/dev/urandom of="$lay" bs=1 count=100 seek=$((40 * 1048576 + 12245)) conv=
 expect_exit 0 "copy of a file ending in a partial data block" "$VMEXPORT" clone --mode copy "$lay" "$lay.d"
 check "partial-tail copy is identical" cmp -s "$lay" "$lay.d"
 check "partial-tail sidecar: every block's digest in order" check_sidecar "$lay.d"
+# A cold source (not in the page cache) is read with O_DIRECT: same bytes and digests, and the
+# source's pages are not pulled into the cache.
+rm -f "$lay.d" "$lay.d.vxhash"
+sync "$lay" && dd if="$lay" iflag=nocache count=0 status=none
+check "source dropped from the page cache" test "$(fincore --bytes --noheadings --output RES "$lay" | tr -d ' ')" -lt 65536
+expect_exit 0 "copy of a cold source" "$VMEXPORT" clone --mode copy "$lay" "$lay.d"
+cached=$(fincore --bytes --noheadings --output RES "$lay" | tr -d ' ')
+check "cold copy read directly: $cached bytes of the source cached afterwards" test "$cached" -lt $((1 << 20))
+check "cold copy is identical" cmp -s "$lay" "$lay.d"
+check "cold copy sidecar: every block's digest in order" check_sidecar "$lay.d"
 rm -f "$lay" "$lay".[cd] "$lay".[cd].vxhash
 
 expect_exit 1 "clone never overwrites" "$VMEXPORT" clone "$EXT4/img" "$EXT4/c2"
