@@ -212,7 +212,7 @@ const struct cli_command cmd_repo = {
 #define FETCH_GAP ((uint64_t)256 << 10)
 /* More ranges than this in one chunk (after merging): read their whole span at once. */
 #define FETCH_MAX_RANGES 16
-/* Alignment of O_DIRECT reads of local snapshot files (offset, length, buffer). */
+/* Alignment of the chunk buffers: what O_DIRECT reads of local snapshot files need. */
 #define DIRECT_ALIGN 4096
 /* Process threads: one per CPU, at most this many. */
 #define MAX_PROCESS_THREADS 16
@@ -432,28 +432,9 @@ static void fetcher_done(struct backup_run *b)
  * reads each byte once, so caching it only costs copies and evicts the host's useful pages. */
 static int local_read(const struct disk_plan *d, uint8_t *buf, uint64_t len, uint64_t off)
 {
-    int fd = d->local_fd;
-    if (d->direct_fd >= 0 && off % DIRECT_ALIGN == 0 && len % DIRECT_ALIGN == 0 &&
-        (uintptr_t)buf % DIRECT_ALIGN == 0)
-        fd = d->direct_fd;
-    uint64_t done = 0;
-    while (done < len) {
-        ssize_t n = pread(fd, buf + done, len - done, (off_t)(off + done));
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0 && errno == EINVAL && fd == d->direct_fd) {
-            fd = d->local_fd; /* O_DIRECT refused after all: read through the cache */
-            continue;
-        }
-        if (n < 0)
-            return -errno;
-        if (n == 0)
-            return -ENODATA;
-        done += (uint64_t)n;
-        if (done < len && fd == d->direct_fd && (n % DIRECT_ALIGN))
-            fd = d->local_fd; /* a short direct read left the rest unaligned */
-    }
-    return 0;
+    size_t got = 0;
+    int r = fs_pread_direct(d->local_fd, d->direct_fd, buf, len, off, &got);
+    return r < 0 ? r : got < len ? -ENODATA : 0;
 }
 
 /* Read [off, off + len) of the disk into buf: from the local snapshot file when the disk was
@@ -862,6 +843,20 @@ static int open_local(const json_t *dj, struct disk_plan *d, char *why, size_t w
     return -1;
 }
 
+/* Delete snapshot sid of the VM at vm_path on the server; a failure (other than "already
+ * gone") is a warning, since the backup itself is done or failed already.  what: "old" ... */
+static void delete_snapshot(struct client *cl, const char *vm_path, const char *sid,
+                            const char *what)
+{
+    CLEANUP_FREE char *se = client_escape(sid);
+    CLEANUP_FREE char *dp = NULL;
+    long st = 0;
+    if (se && asprintf(&dp, "%s/snapshots/%s", vm_path, se) >= 0 &&
+        client_json(cl, "DELETE", dp, NULL, NULL, &st) < 0 && st != 404)
+        fprintf(stderr, "vmexport backup: warning: deleting the %s snapshot %s: %s\n", what, sid,
+                client_error(cl));
+}
+
 static int backup_run_cmd(int argc, char **argv)
 {
     static const struct option opts[] = {
@@ -1130,14 +1125,7 @@ static int backup_run_cmd(int argc, char **argv)
                 continue;
             if (kept++ < keep_snapshots)
                 continue;
-            CLEANUP_FREE char *se = client_escape(sid);
-            CLEANUP_FREE char *dp = NULL;
-            if (se && asprintf(&dp, "%s/snapshots/%s", vm_path, se) >= 0) {
-                long st = 0;
-                if (client_json(cl, "DELETE", dp, NULL, NULL, &st) < 0 && st != 404)
-                    fprintf(stderr, "vmexport backup: warning: deleting old snapshot %s: %s\n",
-                            sid, client_error(cl));
-            }
+            delete_snapshot(cl, vm_path, sid, "old");
         }
     }
     backup_list_free(&all);
@@ -1166,16 +1154,9 @@ static int backup_run_cmd(int argc, char **argv)
 out:
     if (w)
         repo_backup_abort(w);
-    if (ret != EXIT_OK && snap_id && *snap_id && vm_path) {
-        /* No backup uses the snapshot this run made: do not leave it on the server. */
-        CLEANUP_FREE char *se = client_escape(snap_id);
-        CLEANUP_FREE char *dp = NULL;
-        long st = 0;
-        if (se && asprintf(&dp, "%s/snapshots/%s", vm_path, se) >= 0 &&
-            client_json(cl, "DELETE", dp, NULL, NULL, &st) < 0 && st != 404)
-            fprintf(stderr, "vmexport backup: warning: deleting the unused snapshot %s: %s\n",
-                    snap_id, client_error(cl));
-    }
+    /* No backup uses the snapshot a failed run made: do not leave it on the server. */
+    if (ret != EXIT_OK && snap_id && *snap_id && vm_path)
+        delete_snapshot(cl, vm_path, snap_id, "unused");
     if (b.clients) {
         for (unsigned t = 1; t < o.jobs; t++)
             if (b.clients[t])
@@ -1248,7 +1229,8 @@ const struct cli_command cmd_backup = {
         "                          (the default: local where possible, else https).  The\n"
         "                          server still takes the snapshot and says what changed.\n"
         "  --json                  progress lines and a summary as JSON: bytes_read,\n"
-        "                          bytes_written, chunks_new, chunks_reused, transport,\n"
+        "                          bytes_written, chunks_new, chunks_reused, transport\n"
+        "                          (local, https, or mixed across disks),\n"
         "                          seconds\n"
         "  -h, --help              this help\n"
         "\n"

@@ -327,27 +327,9 @@ static bool source_cached(const struct copy_feed *f, uint64_t off, uint64_t len)
 static int copy_read(struct copy_feed *f, int in, uint8_t *buf, size_t len, uint64_t off,
                      size_t *got)
 {
-    size_t done = 0;
-    if (f->in_direct >= 0 && off % SPARSE_PAGE == 0 && !source_cached(f, off, len)) {
-        while (done < len) {
-            ssize_t n = pread(f->in_direct, buf + done, len - done, (off_t)(off + done));
-            if (n < 0 && errno == EINTR)
-                continue;
-            if (n < 0)
-                break; /* refused: the page cache reads the rest */
-            if (n == 0) {
-                *got = done;
-                return 0;
-            }
-            done += (size_t)n;
-            if (n % SPARSE_PAGE)
-                break; /* the end of the file, in a page */
-        }
-    }
-    size_t more = 0;
-    int r = done < len ? pread_full(in, buf + done, len - done, off + done, &more) : 0;
-    *got = done + more;
-    return r;
+    if (f->in_direct >= 0 && !source_cached(f, off, len))
+        return fs_pread_direct(in, f->in_direct, buf, len, off, got);
+    return pread_full(in, buf, len, off, got);
 }
 
 /* Read and submit the whole blocks covering [pos, dend) of the source. */

@@ -136,3 +136,33 @@ int fs_reopen_direct(int fd, int flags)
     }
     return d;
 }
+
+#define DIRECT_ALIGN 4096
+
+int fs_pread_direct(int fd, int dfd, void *buf, size_t len, uint64_t off, size_t *got)
+{
+    uint8_t *p = buf;
+    size_t done = 0;
+    int use = dfd >= 0 && off % DIRECT_ALIGN == 0 && len % DIRECT_ALIGN == 0 &&
+                      (uintptr_t)buf % DIRECT_ALIGN == 0
+                  ? dfd
+                  : fd;
+    while (done < len) {
+        ssize_t n = pread(use, p + done, len - done, (off_t)(off + done));
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && errno == EINVAL && use == dfd) {
+            use = fd; /* O_DIRECT refused after all: read through the page cache */
+            continue;
+        }
+        if (n < 0)
+            return -errno;
+        if (n == 0)
+            break; /* end of file */
+        done += (size_t)n;
+        if (use == dfd && n % DIRECT_ALIGN)
+            use = fd; /* a short direct read left the rest unaligned */
+    }
+    *got = done;
+    return 0;
+}

@@ -34,6 +34,10 @@ int fs_probe_reflink(const char *dir);
 /* fd opened again, as a new open file description of the same file, with flags | O_DIRECT;
  * -1 where that is not possible (no /proc, a filesystem without O_DIRECT). */
 int fs_reopen_direct(int fd, int flags);
+/* Read up to len bytes at off into buf (*got: fewer only at the end of the file): through dfd
+ * (O_DIRECT, from fs_reopen_direct) while offset, length and buffer are 4 KiB-aligned, the rest
+ * (or all, when dfd < 0 or O_DIRECT refuses) through fd.  0 or a negative errno. */
+int fs_pread_direct(int fd, int dfd, void *buf, size_t len, uint64_t off, size_t *got);
 int fs_file_id_fd(int fd, char out[FS_FILE_ID_MAX]);
 int fs_file_id_path(const char *path, char out[FS_FILE_ID_MAX]);
 
