@@ -18,7 +18,7 @@ enum clone_mode { CLONE_AUTO, CLONE_REFLINK, CLONE_COPY };
 struct clone_result {
     enum clone_mode mode;   /* CLONE_REFLINK or CLONE_COPY: what was done */
     uint64_t size;          /* file size */
-    uint64_t bytes_read;    /* bytes read from the source (copy mode) */
+    uint64_t bytes_read;    /* bytes read from the source (copy mode; short holes between data are read too) */
     uint64_t bytes_written; /* data bytes written (copy mode; zero blocks are left as holes) */
 };
 

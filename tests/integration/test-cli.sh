@@ -106,6 +106,10 @@ done
 expect_exit 0 "copy of a mixed layout (tail hole, odd size)" "$VMEXPORT" clone --mode copy "$lay" "$lay.c"
 check "mixed layout copy is identical" cmp -s "$lay" "$lay.c"
 check "mixed layout sidecar: every block's digest in order" check_sidecar "$lay.c"
+# Short holes between data (the 4 KiB fragments) are read with the data around them, but only
+# non-zero pages are written: 12 MiB + 4 KiB + 64 x 4 KiB of data, no written zeros, no holes.
+alloc_kib=$(du -k "$lay.c" | cut -f1)
+check "mixed layout copy allocates only the data ($alloc_kib KiB)" test "$alloc_kib" -le $((12 * 1024 + 4 + 256 + 64))
 dd if=/dev/urandom of="$lay" bs=1 count=100 seek=$((40 * 1048576 + 12245)) conv=notrunc status=none
 expect_exit 0 "copy of a file ending in a partial data block" "$VMEXPORT" clone --mode copy "$lay" "$lay.d"
 check "partial-tail copy is identical" cmp -s "$lay" "$lay.d"
