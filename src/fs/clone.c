@@ -135,12 +135,12 @@ static int write_sparse(int fd, const uint8_t *buf, size_t len, uint64_t off, ui
  * competes for the same disk (one read at a time: 9-11 s for the bench's cold 8 GiB copy).
  * Cached ranges are read through the cache.  Memory: COPY_SLOTS MiB.
  */
-#define COPY_SLOTS       8
-#define COPY_WORKERS     4 /* more than CPUs: workers also wait for their reads */
-#define COPY_READAHEAD   (32u << 20) /* read-ahead hint kept this far ahead of the reads */
-#define COPY_WRITEBACK   (32u << 20) /* start writeback of each this much copied data */
-#define COPY_MERGE_GAP   (256u << 10) /* holes shorter than this between data are read */
-#define SLOT_BLOCKS      (COPY_BUFFER_SIZE / BLOCKHASH_BLOCK_SIZE)
+#define COPY_SLOTS     8
+#define COPY_WORKERS   4            /* more than CPUs: workers also wait for their reads */
+#define COPY_READAHEAD (32u << 20)  /* read-ahead hint kept this far ahead of the reads */
+#define COPY_WRITEBACK (32u << 20)  /* start writeback of each this much copied data */
+#define COPY_MERGE_GAP (256u << 10) /* holes shorter than this between data are read */
+#define SLOT_BLOCKS    (COPY_BUFFER_SIZE / BLOCKHASH_BLOCK_SIZE)
 
 enum slot_state { SLOT_FREE, SLOT_READY, SLOT_BUSY, SLOT_DONE };
 
@@ -459,8 +459,8 @@ int fs_copy_hashed(int in, int out, const char *out_path, struct clone_result *r
     struct stat st;
     uint8_t zero_digest[HASH_SIZE];
     struct blockhash_writer hw;
-    struct copy_pipe pipe = {.src = {.fd = in, .direct = -1}, .out = out,
-                             .zero_digest = zero_digest};
+    struct copy_pipe pipe = {
+        .src = {.fd = in, .direct = -1}, .out = out, .zero_digest = zero_digest};
     struct copy_feed feed = {.pipe = &pipe, .res = res};
     pthread_t workers[COPY_WORKERS];
     unsigned nworkers = 0;
