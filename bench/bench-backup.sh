@@ -30,7 +30,7 @@
 # Run as root (loop devices, mount, drop_caches): bench/bench-backup.sh
 #     SIZE=2G bench/bench-backup.sh                    # quick run
 # Environment: SIZE (multiple of 512M, default 8G), JOBS (backup --jobs, default 4),
-# CHANGE_PCT (1), REPS (full backups and copies: best of REPS runs, default 3), VMEXPORT,
+# CHANGE_PCT (1), CHUNK_SIZE (repo init --chunk-size, default 4M), REPS (full backups and copies: best of REPS runs, default 3), VMEXPORT,
 # VMEXPORTD (default build/...), BENCH_TMPDIR (default /var/tmp).
 set -euo pipefail
 shopt -s inherit_errexit
@@ -42,6 +42,7 @@ VMEXPORTD=${VMEXPORTD:-$root/build/vmexportd}
 SIZE=${SIZE:-8G}
 JOBS=${JOBS:-4}
 CHANGE_PCT=${CHANGE_PCT:-1}
+CHUNK_SIZE=${CHUNK_SIZE:-4M}
 REPS=${REPS:-3}
 BENCH_TMPDIR=${BENCH_TMPDIR:-/var/tmp}
 
@@ -159,8 +160,8 @@ export VMEXPORT_SERVER=https://127.0.0.1:$port VMEXPORT_USER=admin VMEXPORT_PASS
 export VMEXPORT_CACERT=$c/ca.crt XDG_CACHE_HOME=$work/cache
 repo="$work/dst/repo"      # --transport https
 repo_l="$work/dst/repo-local" # --transport local
-"$VMEXPORT" repo init "$repo" >/dev/null
-"$VMEXPORT" repo init "$repo_l" >/dev/null
+"$VMEXPORT" repo init --chunk-size "$CHUNK_SIZE" "$repo" >/dev/null
+"$VMEXPORT" repo init --chunk-size "$CHUNK_SIZE" "$repo_l" >/dev/null
 
 # timed_v NAME COMMAND...: cold run under /usr/bin/time -v (then sync $SYNC_AFTER when set); stores seconds in T[NAME], peak RSS
 # (KiB) in RSS[NAME]; stdout in $work/NAME.out
@@ -203,7 +204,7 @@ timed_copy() {
 full_backup() {
     local name=$1 rp=$2 tr=$3 i best="" bestrss=""
     for ((i = 0; i < REPS; i++)); do
-        rm -rf "$rp"; "$VMEXPORT" repo init "$rp" >/dev/null; sync
+        rm -rf "$rp"; "$VMEXPORT" repo init --chunk-size "$CHUNK_SIZE" "$rp" >/dev/null; sync
         timed_v "$name" "$VMEXPORT" backup bench --repo "$rp" --jobs "$JOBS" --transport "$tr" --json
         if [ -z "$best" ] || awk -v a="${T[$name]}" -v b="$best" 'BEGIN { exit !(a < b) }'; then
             best=${T[$name]}
@@ -276,7 +277,7 @@ mbs() { awk -v b="$1" -v s="$2" 'BEGIN { printf "%.0f", b / s / 1e6 }'; }
 echo "# vmexport backup/restore benchmark — $(date)"
 echo "# $ncpu CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), $(uname -r)"
 echo "# SRC: XFS reflink loop ($srcdev), $size bytes logical, $allocated allocated (random/base64 text/zeros/hole); written in $(secs "$t0" "$t1") s"
-echo "# destinations and repositories: ext4 loop ($dstdev), no reflink; repository chunk size 4 MiB; backup --jobs $JOBS"
+echo "# destinations and repositories: ext4 loop ($dstdev), no reflink; repository chunk size $CHUNK_SIZE; backup --jobs $JOBS"
 echo "# binaries: $VMEXPORT, $VMEXPORTD"
 echo "# load average (1, 5, 15 min) at start: $load_start; at end: $(cut -d" " -f1-3 /proc/loadavg)"
 echo "# every run cold (caches dropped); full backups and copies: best of $REPS; copies include sync DST; MB/s = 10^6 bytes/s"

@@ -162,7 +162,10 @@ static int repo_run(int argc, char **argv)
     char err[512] = "";
     int r = repo_init(path, &io, err, sizeof(err));
     if (r < 0) {
-        fprintf(stderr, "vmexport repo init: %s: %s\n", path, err[0] ? err : strerror(-r));
+        if (err[0]) /* the library's messages name the file they are about */
+            fprintf(stderr, "vmexport repo init: %s\n", err);
+        else
+            fprintf(stderr, "vmexport repo init: %s: %s\n", path, strerror(-r));
         return EXIT_FAIL;
     }
     printf("initialised %s repository at %s (chunk size %llu KiB)\n",
@@ -179,14 +182,16 @@ const struct cli_command cmd_repo = {
              "                         [--passphrase-file FILE]\n"
              "\n"
              "Create a backup repository in PATH (a new or empty directory).  Disks are split\n"
-             "into fixed chunks of SIZE (default 4M, a power of two from 64K to 64M), named by\n"
+             "into fixed chunks of SIZE (default 1M, a power of two from 64K to 64M), named by\n"
              "their SHA-256, compressed with zstd and, with --encrypt, encrypted with\n"
              "AES-256-GCM under a random key that is stored wrapped by a key derived from the\n"
              "passphrase (scrypt).  Losing the passphrase loses the backups.\n"
              "\n"
              "Options:\n"
              "  --encrypt               encrypt (asks for the passphrase twice on a terminal)\n"
-             "  --chunk-size SIZE       chunk size, e.g. 1M, 4M (default), 16M\n"
+             "  --chunk-size SIZE       chunk size, e.g. 256K, 1M (default), 4M; an incremental\n"
+             "                          backup rewrites every chunk a change touches, so\n"
+             "                          small chunks make small incrementals\n"
              "  --compression-level N   zstd level of what is written: 1 (default: fastest,\n"
              "                          about as small as 3 on disk images) to 19 (smallest,\n"
              "                          slow), or -7 to -1 (faster, larger)\n"

@@ -40,6 +40,9 @@ check_fails "repo init refuses a non-empty directory" "$VMEXPORT" repo init "$RE
 check "a new repository compresses with zstd level 1" jq -e '.compression_level == 1 and .version == 2' "$REPO/config"
 check "repo init --compression-level 19" "$VMEXPORT" repo init "$WORK/repo19" --compression-level 19
 check "  is recorded in the config" jq -e '.compression_level == 19' "$WORK/repo19/config"
+check "without --chunk-size, chunks are 1 MiB" jq -e '.chunk_size == 1048576' "$WORK/repo19/config"
+check "repo init --chunk-size 4M" "$VMEXPORT" repo init "$WORK/repo4m" --chunk-size 4M
+check "  is recorded in the config" jq -e '.chunk_size == 4194304' "$WORK/repo4m/config"
 "$VMEXPORT" repo init "$WORK/repo-bad" --compression-level 0 >/dev/null 2>&1
 check "--compression-level 0 is a usage error (exit 2)" test $? = 2
 check "  and creates nothing" test ! -e "$WORK/repo-bad"
