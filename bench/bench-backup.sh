@@ -30,7 +30,7 @@
 # Run as root (loop devices, mount, drop_caches): bench/bench-backup.sh
 #     SIZE=2G bench/bench-backup.sh                    # quick run
 # Environment: SIZE (multiple of 512M, default 8G), JOBS (backup --jobs, default 4),
-# CHANGE_PCT (1), CHUNK_SIZE (repo init --chunk-size, default 4M), REPS (full backups and copies: best of REPS runs, default 3), VMEXPORT,
+# CHANGE_PCT (1), CHUNK_SIZE (repo init --chunk-size, default 1M: the repository default), REPS (full backups and copies: best of REPS runs, default 3), VMEXPORT,
 # VMEXPORTD (default build/...), BENCH_TMPDIR (default /var/tmp).
 set -euo pipefail
 shopt -s inherit_errexit
@@ -42,7 +42,7 @@ VMEXPORTD=${VMEXPORTD:-$root/build/vmexportd}
 SIZE=${SIZE:-8G}
 JOBS=${JOBS:-4}
 CHANGE_PCT=${CHANGE_PCT:-1}
-CHUNK_SIZE=${CHUNK_SIZE:-4M}
+CHUNK_SIZE=${CHUNK_SIZE:-1M}
 REPS=${REPS:-3}
 BENCH_TMPDIR=${BENCH_TMPDIR:-/var/tmp}
 
