@@ -204,8 +204,8 @@ const struct cli_command cmd_repo = {
  *
  * Per disk, a pipeline: `jobs` fetch threads, one connection each, build chunks (reading only
  * the changed byte ranges of a chunk from the server and the rest from the previous backup's
- * chunk, or zeros), and hand them through a bounded queue to one process thread per CPU that
- * hashes, compresses and writes them into a chunk batch; a flush thread makes the batch durable
+ * chunk, or zeros), and hand them through a bounded queue to two process threads per CPU that
+ * hash, compress and write them into a chunk batch; a flush thread makes the batch durable
  * (one syncfs, then renames) every FLUSH_BYTES and at the end of the disk.  Memory stays bounded
  * by the buffer pool: (jobs + process threads + 1) chunk buffers. */
 
@@ -219,7 +219,11 @@ const struct cli_command cmd_repo = {
 #define FETCH_MAX_RANGES 16
 /* Alignment of the chunk buffers: what O_DIRECT reads of local snapshot files need. */
 #define DIRECT_ALIGN 4096
-/* Process threads: one per CPU, at most this many. */
+/* Process threads per CPU: each also waits for its chunk writes (O_DIRECT, synchronous), so
+ * one per CPU leaves the CPUs idle during writes (8 GiB local backup: 4.8-5.1 s with 1 per CPU,
+ * 4.4-4.5 s with 2; 3 gave nothing more and a third more memory). */
+#define PROCESS_THREADS_PER_CPU 2
+/* Process threads: at most this many. */
 #define MAX_PROCESS_THREADS 16
 
 /* A byte range of a disk. */
@@ -701,9 +705,9 @@ static int mark_changes(struct client *c, struct disk_plan *d, const char *chang
     return area_list_subtract(&d->changed, &d->zeroed);
 }
 
-static long cpu_count(void)
+static long process_threads(void)
 {
-    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    long n = sysconf(_SC_NPROCESSORS_ONLN) * PROCESS_THREADS_PER_CPU;
     return n < 1 ? 1 : n > MAX_PROCESS_THREADS ? MAX_PROCESS_THREADS : n;
 }
 
@@ -945,7 +949,7 @@ static int backup_run_cmd(int argc, char **argv)
     struct disk_plan *plans = NULL;
     size_t nplans = 0;
     struct manifest *mans = NULL;
-    struct backup_run b = {.repo = repo, .jobs = o.jobs, .nprocess = (unsigned)cpu_count()};
+    struct backup_run b = {.repo = repo, .jobs = o.jobs, .nprocess = (unsigned)process_threads()};
     pthread_mutex_init(&b.err_lock, NULL);
     pthread_mutex_init(&b.q_lock, NULL);
     pthread_cond_init(&b.q_full_cv, NULL);

@@ -87,8 +87,8 @@ int repo_write_tmp(int dirfd, const char *name, const void *data, size_t len, bo
                    char tmp[NAME_MAX + 1]);
 int repo_rename_tmp(int dirfd, const char *tmp, const char *name, bool replace, bool *created);
 /* repo_write_tmp (no fsync) of a buffer from container_seal, bypassing the page cache where
- * the filesystem allows O_DIRECT (written padded to CONTAINER_ALIGN, then truncated to len):
- * a chunk is written once and not read back soon, so caching it only costs a copy. */
+ * the filesystem allows O_DIRECT (the CONTAINER_ALIGN multiples; the tail is written through
+ * it): a chunk is written once and not read back soon, so caching it only costs a copy. */
 int repo_write_tmp_direct(int dirfd, const char *name, const uint8_t *data, size_t len,
                           char tmp[NAME_MAX + 1]);
 /* Read a whole regular file (at most max bytes, else -EBADMSG) into a new buffer. */

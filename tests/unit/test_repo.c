@@ -1671,6 +1671,58 @@ static void test_concurrent_puts_threads(void **state)
     assert_int_equal(count_tmp_files(f->path), 0);
 }
 
+/* Chunks stored through a batch, of sizes whose containers end before, at and after a multiple
+ * of the O_DIRECT alignment: each reads back intact and its file has exactly the container's
+ * length (no padding left behind), and no temporary file remains after the flush. */
+static void test_chunk_batch_tails(void **state)
+{
+    struct fixture *f = *state;
+    /* plain container = 16-byte header + raw payload (random data does not compress) + 16-byte
+     * XXH3-128 trailer */
+    const size_t overhead = 32, align = 4096;
+    const size_t sizes[] = {1, align - overhead - 1, align - overhead, align - overhead + 1,
+                            2 * align - overhead, 3 * align + 17, CS - 1, CS};
+    struct chunk_id ids[ARRAY_SIZE(sizes)];
+    repo_make(f, NULL);
+    struct chunk_batch *b = NULL;
+    assert_int_equal(repo_chunk_batch_new(f->r, &b), 0);
+    uint8_t *buf = malloc(CS), *back = malloc(CS);
+    assert_non_null(buf);
+    assert_non_null(back);
+    for (size_t i = 0; i < ARRAY_SIZE(sizes); i++) {
+        fill_random(buf, sizes[i], 1000 + i);
+        repo_chunk_id(f->r, buf, sizes[i], &ids[i]);
+        uint64_t pending = 0;
+        assert_int_equal(repo_chunk_batch_put(b, &ids[i], buf, sizes[i], &pending), 0);
+        assert_true(pending > 0);
+    }
+    assert_int_equal(repo_chunk_batch_flush(b), 0);
+    uint64_t created = 0, existing = 0, bytes = 0, want_bytes = 0;
+    repo_chunk_batch_stats(b, &created, &existing, &bytes);
+    repo_chunk_batch_free(b);
+    assert_int_equal(created, ARRAY_SIZE(sizes));
+    assert_int_equal(existing, 0);
+    for (size_t i = 0; i < ARRAY_SIZE(sizes); i++) {
+        char hex[2 * HASH_SIZE + 1], path[PATH_MAX + 200];
+        struct stat st;
+        size_t len = 0;
+        chunk_id_to_hex(&ids[i], hex);
+        PATHF(path, "%s/chunks/%.2s/%s", f->path, hex, hex);
+        assert_int_equal(stat(path, &st), 0);
+        CHECK((size_t)st.st_size == sizes[i] + overhead, "size %zu: file of %lld bytes", sizes[i],
+              (long long)st.st_size);
+        want_bytes += sizes[i] + overhead;
+        fill_random(buf, sizes[i], 1000 + i);
+        assert_int_equal(repo_chunk_get(f->r, &ids[i], back, CS, &len), 0);
+        assert_int_equal(len, sizes[i]);
+        assert_memory_equal(back, buf, len);
+    }
+    assert_int_equal(bytes, want_bytes);
+    assert_int_equal(count_tmp_files(f->path), 0);
+    free(buf);
+    free(back);
+}
+
 /* Processes putting the same chunks: each child exits with how many it stored. */
 static void test_concurrent_puts_processes(void **state)
 {
@@ -2061,6 +2113,7 @@ int main(void)
         T(test_metadata_fuzz),
         T(test_partial_backup_gc),
         T(test_gc_exact),
+        T(test_chunk_batch_tails),
         T(test_concurrent_puts_threads),
         T(test_concurrent_puts_processes),
         T(test_two_writers_threads),
