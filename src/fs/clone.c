@@ -178,30 +178,13 @@ struct copy_pipe {
     const uint8_t *zero_digest;
 };
 
-/* Whether every page of [off, off + len) of the source is in the page cache (mincore of the
- * untouched mapping).  Unknown counts as cached. */
-static bool source_cached(const struct copy_source *src, uint64_t off, uint64_t len)
-{
-    unsigned char vec[COPY_BUFFER_SIZE / SPARSE_PAGE];
-    if (!src->map || off >= src->map_len)
-        return true;
-    if (len > src->map_len - off)
-        len = src->map_len - off;
-    if (len > COPY_BUFFER_SIZE || mincore((void *)(src->map + off), len, vec) < 0)
-        return true;
-    for (size_t i = 0; i < (len + SPARSE_PAGE - 1) / SPARSE_PAGE; i++)
-        if (!(vec[i] & 1))
-            return false;
-    return true;
-}
-
 /* Read [off, off + len) of the source (fewer bytes at its end): from the page cache when it
  * is all there (a warm source), else with O_DIRECT, which skips the copy through the page
  * cache and leaves the cache to others (a cold source is read once). */
 static int copy_read(const struct copy_source *src, uint8_t *buf, size_t len, uint64_t off,
                      size_t *got)
 {
-    if (src->direct >= 0 && !source_cached(src, off, len))
+    if (src->direct >= 0 && !fs_range_cached(src->map, src->map_len, off, len))
         return fs_pread_direct(src->fd, src->direct, buf, len, off, got);
     return pread_full(src->fd, buf, len, off, got);
 }

@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
 #include <unistd.h>
@@ -165,4 +166,28 @@ int fs_pread_direct(int fd, int dfd, void *buf, size_t len, uint64_t off, size_t
     }
     *got = done;
     return 0;
+}
+
+/* mincore() is asked about this much of a mapping at a time (a page status byte each). */
+#define CACHED_PIECE (1u << 20)
+
+bool fs_range_cached(const void *map, uint64_t map_len, uint64_t off, uint64_t len)
+{
+    unsigned char vec[CACHED_PIECE / DIRECT_ALIGN];
+    if (!map || off >= map_len)
+        return true;
+    if (len > map_len - off)
+        len = map_len - off;
+    /* mincore takes a page-aligned address */
+    uint64_t pos = off / DIRECT_ALIGN * DIRECT_ALIGN, end = off + len;
+    while (pos < end) {
+        uint64_t n = end - pos < CACHED_PIECE ? end - pos : CACHED_PIECE;
+        if (mincore((void *)((const uint8_t *)map + pos), n, vec) < 0)
+            return true;
+        for (size_t i = 0; i < (n + DIRECT_ALIGN - 1) / DIRECT_ALIGN; i++)
+            if (!(vec[i] & 1))
+                return false;
+        pos += n;
+    }
+    return true;
 }

@@ -1,6 +1,6 @@
 /* API routes that serve disk data: the bytes of a snapshot disk (Range, multipart/byteranges,
  * ETag, If-Range; short ranges read into memory, longer ones sent with sendfile on plain HTTP
- * and in 1 MiB blocks with TLS) and VMware-style changed areas (QueryChangedDiskAreas).  Where
+ * and in 1 MiB blocks with TLS, read with O_DIRECT when not in the page cache) and VMware-style changed areas (QueryChangedDiskAreas).  Where
  * each disk is comes from a small cache in front of the catalog (see below).
  */
 #include <errno.h>
@@ -11,6 +11,7 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -18,6 +19,7 @@
 #include "core/cleanup.h"
 #include "core/log.h"
 #include "fs/fsdiff.h"
+#include "fs/fsinfo.h"
 #include "fs/fsmap.h"
 #include "server/jsonw.h"
 #include "server/range.h"
@@ -76,6 +78,9 @@ static int lookup_disk(struct request *rq, struct snapshot **snap, const struct 
 /* An open snapshot disk. */
 struct disk_file {
     int fd;
+    int direct_fd;  /* the same file with O_DIRECT, or -1 */
+    void *map;      /* the file mapped read-only, never touched: for mincore; or NULL */
+    uint64_t map_len;
     unsigned refs; /* the cache's and the requests'; guarded by the cache lock */
     char *path;    /* for error messages */
     uint64_t size; /* when opened; etag is for this size */
@@ -119,6 +124,10 @@ static void disk_file_unref(struct disk_cache *c, struct disk_file *f)
     pthread_mutex_unlock(&c->lock);
     if (last) {
         close(f->fd);
+        if (f->direct_fd >= 0)
+            close(f->direct_fd);
+        if (f->map)
+            munmap(f->map, f->map_len);
         free(f->path);
         free(f);
     }
@@ -246,6 +255,7 @@ static int disk_file_get(struct request *rq, struct disk_file **out, int *ret)
         return -1;
     }
     f->refs = 1;
+    f->direct_fd = -1;
     f->fd = open(f->path, O_RDONLY | O_CLOEXEC);
     struct stat st;
     if (f->fd < 0 || fstat(f->fd, &st) < 0) {
@@ -260,6 +270,14 @@ static int disk_file_get(struct request *rq, struct disk_file **out, int *ret)
         return -1;
     }
     f->size = (uint64_t)st.st_size;
+    f->direct_fd = fs_reopen_direct(f->fd, O_RDONLY);
+    if (f->direct_fd >= 0 && f->size) {
+        void *m = mmap(NULL, f->size, PROT_READ, MAP_SHARED, f->fd, 0);
+        if (m != MAP_FAILED) {
+            f->map = m;
+            f->map_len = f->size;
+        }
+    }
     http_etag(snap->id, disk->name, f->size, f->etag);
     snapshot_free(snap);
     if (len)
@@ -277,19 +295,41 @@ static int disk_file_get(struct request *rq, struct disk_file **out, int *ret)
 #define TLS_FILE_BLOCK_MIN 4096 /* for empty and tiny responses */
 /* Ranges up to this size are read into memory when the request is answered. */
 #define SMALL_RANGE_MAX (64 * 1024)
+/* Alignment of O_DIRECT reads: offset, length and buffer. */
+#define DIRECT_ALIGN 4096
 
 struct file_range {
-    int fd;
+    struct disk_file *file; /* a reference */
     uint64_t start;
     struct server *srv;
+    uint8_t *bounce; /* TLS_FILE_BLOCK bytes, 4 KiB-aligned: for O_DIRECT reads; or NULL */
 };
 
+/* A block of a TLS response.  A backup reads each byte of a snapshot once, so bytes that are
+ * not in the page cache are read with O_DIRECT into the bounce buffer and copied into
+ * libmicrohttpd's block (not aligned for O_DIRECT): in a VM the page cache's fresh pages cost
+ * more than the copy (an 8 GiB backup over TLS spent a fifth of its CPU time copying from the
+ * page cache).  Cached bytes and unaligned pieces are read through the cache. */
 static ssize_t file_range_read(void *cls, uint64_t pos, char *buf, size_t max)
 {
     struct file_range *f = cls;
-    ssize_t got = pread(f->fd, buf, max, (off_t)(f->start + pos));
+    const struct disk_file *d = f->file;
+    const uint64_t off = f->start + pos;
+    size_t n = max > TLS_FILE_BLOCK ? TLS_FILE_BLOCK : max / DIRECT_ALIGN * DIRECT_ALIGN;
+    if (d->direct_fd >= 0 && n && off % DIRECT_ALIGN == 0 &&
+        !fs_range_cached(d->map, d->map_len, off, n)) {
+        if (!f->bounce)
+            f->bounce = aligned_alloc(DIRECT_ALIGN, TLS_FILE_BLOCK);
+        size_t got = 0;
+        if (f->bounce && fs_pread_direct(d->fd, d->direct_fd, f->bounce, n, off, &got) == 0 &&
+            got > 0) {
+            memcpy(buf, f->bounce, got);
+            return (ssize_t)got;
+        }
+    }
+    ssize_t got = pread(d->fd, buf, max, (off_t)off);
     if (got < 0 && errno == EINTR)
-        got = pread(f->fd, buf, max, (off_t)(f->start + pos));
+        got = pread(d->fd, buf, max, (off_t)off);
     if (got <= 0)
         return MHD_CONTENT_READER_END_WITH_ERROR;
     return got;
@@ -298,7 +338,8 @@ static ssize_t file_range_read(void *cls, uint64_t pos, char *buf, size_t max)
 static void file_range_free(void *cls)
 {
     struct file_range *f = cls;
-    close(f->fd);
+    disk_file_unref(f->srv->disk_cache, f->file);
+    free(f->bounce);
     free(f);
 }
 
@@ -328,27 +369,28 @@ static struct MHD_Response *small_response(int fd, uint64_t start, size_t len)
 }
 
 /* A response of len bytes of file from start, or NULL.  A HEAD answer has no body to read. */
-static struct MHD_Response *file_response(struct server *srv, const struct disk_file *file,
+static struct MHD_Response *file_response(struct server *srv, struct disk_file *file,
                                           uint64_t start, uint64_t len, bool head)
 {
     if (len <= SMALL_RANGE_MAX && !head)
         return small_response(file->fd, start, (size_t)len);
-    /* libmicrohttpd closes the fd of the response: its own. */
-    int fd = fcntl(file->fd, F_DUPFD_CLOEXEC, 0);
-    if (fd < 0)
-        return NULL;
     if (!srv->cert_pem) {
+        /* libmicrohttpd closes the fd of the response: its own. */
+        int fd = fcntl(file->fd, F_DUPFD_CLOEXEC, 0);
+        if (fd < 0)
+            return NULL;
         struct MHD_Response *r = MHD_create_response_from_fd_at_offset64(len, fd, start);
         if (!r)
             close(fd);
         return r;
     }
     struct file_range *f = malloc(sizeof(*f));
-    if (!f) {
-        close(fd);
+    if (!f)
         return NULL;
-    }
-    *f = (struct file_range){.fd = fd, .start = start, .srv = srv};
+    pthread_mutex_lock(&srv->disk_cache->lock);
+    file->refs++; /* the response's, dropped by file_range_free */
+    pthread_mutex_unlock(&srv->disk_cache->lock);
+    *f = (struct file_range){.file = file, .start = start, .srv = srv};
     /* libmicrohttpd allocates the block with the response: no more than a short range needs. */
     size_t block = len < TLS_FILE_BLOCK ? (size_t)len : TLS_FILE_BLOCK;
     if (block < TLS_FILE_BLOCK_MIN)

@@ -135,6 +135,17 @@ for d in root.img data.raw; do
 done
 check "HEAD + ranged GETs of root.img reproduce snapshot 1" cmp -s "$WORK/root.img.dl" "$WORK/root.at1"
 check "HEAD + ranged GETs of data.raw reproduce snapshot 1" cmp -s "$WORK/data.raw.dl" "$WORK/data.at1"
+# The snapshot's data was cold (a new clone has no cached pages): TLS responses read it with
+# O_DIRECT, so serving it did not pull it into the page cache.  Warm data is read through the
+# cache: the same range again, after reading the file, still gives the same bytes.
+snap_root=$(jq -r '.disks[] | select(.name == "root.img") | .path' "$WORK/snap1.json")
+cached=$(fincore --bytes --noheadings --output RES "$snap_root" | tr -d ' ')
+check "cold snapshot data served with O_DIRECT: $cached bytes of it cached after the download" test "$cached" -lt $((1 << 20))
+cat "$snap_root" >/dev/null
+curl -s --cacert "$WORK/certs/ca.crt" -H "Authorization: Bearer $TOKEN" -H "Range: bytes=$((4 << 20))-$(((12 << 20) - 1))" \
+    -o "$WORK/warm.part" "$URL/api/v1/vms/web01/snapshots/$S1/disks/root.img"
+check "warm snapshot data (read through the page cache) gives the same bytes" \
+    cmp -s "$WORK/warm.part" <(dd if="$WORK/root.at1" bs=1M skip=4 count=8 status=none)
 
 # Change the VM: a 4 KiB write, a discard, growth.
 dd if=/dev/urandom of="$VMS/web01/root.img" bs=4K count=1 seek=2000 conv=notrunc,fsync status=none
