@@ -110,9 +110,9 @@ int repo_chunk_put(struct repo *r, const struct chunk_id *id, const void *data, 
 
     chunk_names(id, dir, name);
     chunk_ident(name, ident);
-    CLEANUP_FREE uint8_t *file = NULL;
+    const uint8_t *file = NULL;
     size_t flen;
-    int ret = container_seal(r, ident, data, len, &file, &flen);
+    int ret = container_seal_thread(r, ident, data, len, &file, &flen);
     if (ret < 0)
         return ret;
     CLEANUP_CLOSE int dfd = -1;
@@ -272,17 +272,17 @@ int repo_chunk_delete(struct repo *r, const struct chunk_id *id)
 #define CHUNK_SUBDIRS 256 /* chunks/00 .. chunks/ff */
 
 struct chunk_pending {
-    uint8_t subdir;                /* first ID byte: chunks/<subdir> */
-    char name[CHUNK_NAME_LEN];     /* the chunk's file name */
-    char tmp[NAME_MAX + 1];        /* its temporary file */
-    uint64_t bytes;                /* container size */
+    uint8_t subdir;            /* first ID byte: chunks/<subdir> */
+    char name[CHUNK_NAME_LEN]; /* the chunk's file name */
+    char tmp[NAME_MAX + 1];    /* its temporary file */
+    uint64_t bytes;            /* container size */
 };
 DEFINE_VECTOR_TYPE(chunk_pending_list, struct chunk_pending);
 
 struct chunk_batch {
     struct repo *r;
-    pthread_mutex_t lock;          /* the fields below */
-    int subdir_fd[CHUNK_SUBDIRS];  /* opened on demand; -1 before */
+    pthread_mutex_t lock;         /* the fields below */
+    int subdir_fd[CHUNK_SUBDIRS]; /* opened on demand; -1 before */
     chunk_pending_list pending;
     uint64_t pending_bytes;
     uint64_t chunks_new, chunks_existing, bytes_written;
@@ -345,9 +345,9 @@ int repo_chunk_batch_put(struct chunk_batch *b, const struct chunk_id *id, const
     }
     chunk_names(id, dir, p.name);
     chunk_ident(p.name, ident);
-    CLEANUP_FREE uint8_t *file = NULL;
+    const uint8_t *file = NULL;
     size_t flen;
-    int ret = container_seal(r, ident, data, len, &file, &flen);
+    int ret = container_seal_thread(r, ident, data, len, &file, &flen);
     if (ret < 0)
         return ret;
     int dfd = -1;

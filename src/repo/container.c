@@ -2,8 +2,8 @@
  * payload (a zstd frame, or the plain bytes when compression does not shrink them), and either
  * AES-256-GCM (encrypted repositories: nonce, ciphertext, tag) or a checksum (plain
  * repositories: XXH3-128 in container version 2, SHA-256 in version 1).  The container version
- * is the repository's format version.  Both bind the header and the file's identity (its chunk ID or path), so a
- * container moved to another name fails to open.  Layout: docs/repository-format.md.
+ * is the repository's format version.  Both bind the header and the file's identity (its chunk ID
+ * or path), so a container moved to another name fails to open.  Layout: docs/repository-format.md.
  */
 #include "repo_internal.h"
 
@@ -23,10 +23,10 @@
 #include "core/cleanup.h"
 
 static const uint8_t container_magic[4] = {'V', 'X', 'C', 'K'};
-#define XXH128_SIZE       16
-#define FLAG_ZSTD         0x01u
-#define FLAG_ENCRYPTED    0x02u
-#define FLAGS_KNOWN       (FLAG_ZSTD | FLAG_ENCRYPTED)
+#define XXH128_SIZE    16
+#define FLAG_ZSTD      0x01u
+#define FLAG_ENCRYPTED 0x02u
+#define FLAGS_KNOWN    (FLAG_ZSTD | FLAG_ENCRYPTED)
 
 /* Header fields: offsets and sizes. */
 #define OFF_MAGIC    0
@@ -204,26 +204,30 @@ static void header_write(const struct repo *r, uint8_t *h, uint8_t flags, uint64
     memcpy(h + OFF_LENGTH, &le, sizeof(le));
 }
 
-int container_seal(const struct repo *r, const char *ident, const void *plain, size_t len,
-                   uint8_t **out, size_t *outlen)
+/* The allocation container_seal needs for len plain bytes, a multiple of CONTAINER_ALIGN; 0
+ * when len is too big. */
+static size_t seal_alloc_size(const struct repo *r, size_t len)
 {
     size_t bound = ZSTD_compressBound(len);
+    if (ZSTD_isError(bound) || bound < len || bound > SIZE_MAX - CONTAINER_MAX_OVERHEAD)
+        return 0;
+    size_t alloc = CONTAINER_HEADER_SIZE + (r->encrypted ? CONTAINER_NONCE_SIZE : 0) + bound +
+                   container_trailer(r);
+    return (alloc + CONTAINER_ALIGN - 1) / CONTAINER_ALIGN * CONTAINER_ALIGN;
+}
+
+/* Seal into buf (alloc bytes from seal_alloc_size, CONTAINER_ALIGN-aligned). */
+static int seal_into(const struct repo *r, const char *ident, const void *plain, size_t len,
+                     uint8_t *buf, size_t alloc, size_t *outlen)
+{
     size_t nonce_len = r->encrypted ? CONTAINER_NONCE_SIZE : 0;
     size_t trailer = container_trailer(r);
-
-    *out = NULL;
-    *outlen = 0;
-    if (ZSTD_isError(bound) || bound < len || bound > SIZE_MAX - CONTAINER_MAX_OVERHEAD)
-        return -EFBIG;
-    size_t alloc = CONTAINER_HEADER_SIZE + nonce_len + bound + trailer;
-    alloc = (alloc + CONTAINER_ALIGN - 1) / CONTAINER_ALIGN * CONTAINER_ALIGN;
-    CLEANUP_FREE uint8_t *buf = aligned_alloc(CONTAINER_ALIGN, alloc);
-    if (!buf)
-        return -ENOMEM;
-
+    size_t bound = alloc - CONTAINER_HEADER_SIZE - nonce_len - trailer;
     uint8_t *payload = buf + CONTAINER_HEADER_SIZE + nonce_len;
     uint8_t flags = r->encrypted ? FLAG_ENCRYPTED : 0;
     size_t plen = len;
+
+    *outlen = 0;
     if (len) {
         ZSTD_CCtx *cctx = thread_cctx();
         size_t z = cctx ? ZSTD_compressCCtx(cctx, payload, bound, plain, len, r->zstd_level)
@@ -254,10 +258,81 @@ int container_seal(const struct repo *r, const char *ident, const void *plain, s
     if (ret < 0)
         return ret;
     *outlen = CONTAINER_HEADER_SIZE + nonce_len + plen + trailer;
-    size_t padded = (*outlen + CONTAINER_ALIGN - 1) / CONTAINER_ALIGN * CONTAINER_ALIGN;
-    memset(buf + *outlen, 0, padded - *outlen);
+    return 0;
+}
+
+int container_seal(const struct repo *r, const char *ident, const void *plain, size_t len,
+                   uint8_t **out, size_t *outlen)
+{
+    *out = NULL;
+    *outlen = 0;
+    size_t alloc = seal_alloc_size(r, len);
+    if (!alloc)
+        return -EFBIG;
+    CLEANUP_FREE uint8_t *buf = aligned_alloc(CONTAINER_ALIGN, alloc);
+    if (!buf)
+        return -ENOMEM;
+    int ret = seal_into(r, ident, plain, len, buf, alloc, outlen);
+    if (ret < 0)
+        return ret;
     *out = TAKE_PTR(buf);
     return 0;
+}
+
+/* The calling thread's sealing buffer, kept between calls (grown on demand). */
+struct seal_buf {
+    uint8_t *p;
+    size_t cap;
+};
+
+static pthread_key_t seal_key;
+static bool seal_key_ok;
+static pthread_once_t seal_key_once = PTHREAD_ONCE_INIT;
+
+static void seal_buf_free(void *p)
+{
+    struct seal_buf *sb = p;
+    free(sb->p);
+    free(sb);
+}
+
+static void seal_key_create(void)
+{
+    seal_key_ok = pthread_key_create(&seal_key, seal_buf_free) == 0;
+}
+
+int container_seal_thread(const struct repo *r, const char *ident, const void *plain, size_t len,
+                          const uint8_t **out, size_t *outlen)
+{
+    *out = NULL;
+    *outlen = 0;
+    size_t alloc = seal_alloc_size(r, len);
+    if (!alloc)
+        return -EFBIG;
+    pthread_once(&seal_key_once, seal_key_create);
+    if (!seal_key_ok)
+        return -ENOMEM;
+    struct seal_buf *sb = pthread_getspecific(seal_key);
+    if (!sb) {
+        if (!(sb = calloc(1, sizeof(*sb))))
+            return -ENOMEM;
+        if (pthread_setspecific(seal_key, sb) != 0) {
+            free(sb);
+            return -ENOMEM;
+        }
+    }
+    if (sb->cap < alloc) {
+        uint8_t *p = aligned_alloc(CONTAINER_ALIGN, alloc);
+        if (!p)
+            return -ENOMEM;
+        free(sb->p);
+        sb->p = p;
+        sb->cap = alloc;
+    }
+    int ret = seal_into(r, ident, plain, len, sb->p, sb->cap, outlen);
+    if (ret == 0)
+        *out = sb->p;
+    return ret;
 }
 
 int container_plain_size(const uint8_t *file, size_t flen, uint64_t *len)

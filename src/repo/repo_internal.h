@@ -26,8 +26,8 @@
 #define REPO_FILE_MODE   0600
 #define REPO_DIR_MODE    0700
 
-#define REPO_KEY_SIZE     32 /* AES-256 and HMAC-SHA-256 keys */
-#define REPO_ID_BYTES     16 /* random bytes of the repository ID (hex in the config) */
+#define REPO_KEY_SIZE 32 /* AES-256 and HMAC-SHA-256 keys */
+#define REPO_ID_BYTES 16 /* random bytes of the repository ID (hex in the config) */
 /* zstd level of new repositories: level 1 compresses VM data nearly as well as 3 (base64 text:
  * the same 1.33x) at twice the speed, and compression is a backup's largest CPU cost. */
 #define REPO_DEFAULT_ZSTD 1
@@ -126,12 +126,16 @@ int repo_gcm_decrypt(const uint8_t key[REPO_KEY_SIZE], const uint8_t nonce[CONTA
                      uint8_t *out, const uint8_t tag[CONTAINER_TAG_SIZE]);
 
 /* Build a container of plain data bound to ident (compressed when that helps, encrypted when
- * the repository is) into a new buffer (free()).  The buffer is CONTAINER_ALIGN-aligned and
- * its allocation extends to a multiple of CONTAINER_ALIGN, zero past *outlen, so that it can
- * be written with O_DIRECT (repo_write_tmp_direct). */
+ * the repository is) into a new buffer (free()).  The buffer is CONTAINER_ALIGN-aligned, so
+ * that its aligned head can be written with O_DIRECT (repo_write_tmp_direct). */
 #define CONTAINER_ALIGN 4096
 int container_seal(const struct repo *r, const char *ident, const void *plain, size_t len,
                    uint8_t **out, size_t *outlen);
+/* container_seal into the calling thread's own buffer, kept for its next call: *out (not to be
+ * freed) is valid until that call or the thread's exit.  For the chunk writers of backups,
+ * which would otherwise fault in a fresh megabyte or more for every chunk. */
+int container_seal_thread(const struct repo *r, const char *ident, const void *plain, size_t len,
+                          const uint8_t **out, size_t *outlen);
 /* Plain length a container's header announces (not yet authenticated). */
 int container_plain_size(const uint8_t *file, size_t flen, uint64_t *len);
 /* Check and open a container read into file (decrypted in place) into out: -EBADMSG when it is

@@ -1680,8 +1680,14 @@ static void test_chunk_batch_tails(void **state)
     /* plain container = 16-byte header + raw payload (random data does not compress) + 16-byte
      * XXH3-128 trailer */
     const size_t overhead = 32, align = 4096;
-    const size_t sizes[] = {1, align - overhead - 1, align - overhead, align - overhead + 1,
-                            2 * align - overhead, 3 * align + 17, CS - 1, CS};
+    const size_t sizes[] = {1,
+                            align - overhead - 1,
+                            align - overhead,
+                            align - overhead + 1,
+                            2 * align - overhead,
+                            3 * align + 17,
+                            CS - 1,
+                            CS};
     struct chunk_id ids[ARRAY_SIZE(sizes)];
     repo_make(f, NULL);
     struct chunk_batch *b = NULL;
@@ -1721,6 +1727,100 @@ static void test_chunk_batch_tails(void **state)
     assert_int_equal(count_tmp_files(f->path), 0);
     free(buf);
     free(back);
+}
+
+/* container_seal_thread: the calling thread's buffer is reused across sizes (large, small,
+ * large again, compressible and not) and every container it gives opens to its plain data and,
+ * in a plain repository, is byte for byte what container_seal makes; another thread's
+ * containers never overwrite this thread's. */
+struct seal_other {
+    struct repo *r;
+    const uint8_t *plain;
+    int failures;
+};
+
+static void *seal_other_main(void *opaque)
+{
+    struct seal_other *o = opaque;
+    for (int i = 0; i < 8; i++) {
+        const uint8_t *file = NULL;
+        size_t flen = 0;
+        if (container_seal_thread(o->r, "chunk:other", o->plain, CS, &file, &flen) != 0 || !flen)
+            o->failures++;
+    }
+    return NULL;
+}
+
+static void seal_thread_cases(struct fixture *f)
+{
+    struct repo *r = f->r;
+    const size_t sizes[] = {17, CS, 1, SMALL, 0, CS - 5, 4000, CS};
+    uint8_t *plain = malloc(CS), *copy = malloc(CS + 4096), *out = malloc(CS), *other = malloc(CS);
+    assert_non_null(plain);
+    assert_non_null(copy);
+    assert_non_null(out);
+    assert_non_null(other);
+    fill_random(other, CS, 4242);
+    for (size_t i = 0; i < ARRAY_SIZE(sizes); i++) {
+        const size_t len = sizes[i];
+        if (i % 2 == 0)
+            memset(plain, 'a' + (int)i, len); /* compressible */
+        else
+            fill_random(plain, len, 500 + i);
+        const uint8_t *file = NULL;
+        size_t flen = 0;
+        assert_int_equal(container_seal_thread(r, "chunk:test", plain, len, &file, &flen), 0);
+        assert_non_null(file);
+        assert_true(flen > len / 2 || i % 2 == 0); /* random data is stored as it is */
+        assert_int_equal((uintptr_t)file % CONTAINER_ALIGN, 0);
+        assert_true(flen <= CS + 4096);
+        memcpy(copy, file, flen);
+
+        /* A second thread sealing meanwhile uses its own buffer. */
+        struct seal_other o = {.r = r, .plain = other};
+        pthread_t th;
+        assert_int_equal(pthread_create(&th, NULL, seal_other_main, &o), 0);
+        pthread_join(th, NULL);
+        assert_int_equal(o.failures, 0);
+        assert_memory_equal(file, copy, flen);
+
+        if (!repo_encrypted(r)) {
+            uint8_t *fresh = NULL;
+            size_t fresh_len = 0;
+            assert_int_equal(container_seal(r, "chunk:test", plain, len, &fresh, &fresh_len), 0);
+            assert_int_equal(fresh_len, flen);
+            assert_memory_equal(fresh, file, flen);
+            free(fresh);
+        }
+        size_t got = SIZE_MAX;
+        memset(out, 0x5a, CS);
+        assert_int_equal(container_unseal(r, "chunk:test", copy, flen, CS, out, CS, &got), 0);
+        assert_int_equal(got, len);
+        if (len)
+            assert_memory_equal(out, plain, len);
+        /* Bound to its ident. */
+        memcpy(copy, file, flen);
+        assert_int_equal(container_unseal(r, "chunk:else", copy, flen, CS, out, CS, &got),
+                         -EBADMSG);
+    }
+    free(plain);
+    free(copy);
+    free(out);
+    free(other);
+}
+
+static void test_seal_thread_plain(void **state)
+{
+    struct fixture *f = *state;
+    repo_make(f, NULL);
+    seal_thread_cases(f);
+}
+
+static void test_seal_thread_encrypted(void **state)
+{
+    struct fixture *f = *state;
+    repo_make(f, PASS);
+    seal_thread_cases(f);
 }
 
 /* Processes putting the same chunks: each child exits with how many it stored. */
@@ -2114,6 +2214,8 @@ int main(void)
         T(test_partial_backup_gc),
         T(test_gc_exact),
         T(test_chunk_batch_tails),
+        T(test_seal_thread_plain),
+        T(test_seal_thread_encrypted),
         T(test_concurrent_puts_threads),
         T(test_concurrent_puts_processes),
         T(test_two_writers_threads),
