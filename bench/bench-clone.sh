@@ -20,7 +20,8 @@
 # Run as root (needs loop devices, mkfs, drop_caches, cc, qemu-img, nbdcopy):
 #     bench/bench-clone.sh
 #     SIZE=1G bench/bench-clone.sh                     # quick run
-# Environment: SIZE (multiple of 512M, default 8G), COLD_REPS (1), WARM_REPS (2),
+# Environment: SIZE (multiple of 512M, default 8G), COLD_REPS (3: cp's own cold time varies
+# 2-3x between runs on a virtual machine, so one cold run decides little), WARM_REPS (2),
 # FS (ext4 | xfs, default ext4), VMEXPORT (default build/vmexport),
 # BENCH_TMPDIR (where the loop image lives; default /var/tmp), LOOP_DIO (1: direct I/O loop).
 set -euo pipefail
@@ -30,7 +31,7 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(dirname "$here")
 VMEXPORT=${VMEXPORT:-$root/build/vmexport}
 SIZE=${SIZE:-8G}
-COLD_REPS=${COLD_REPS:-1}
+COLD_REPS=${COLD_REPS:-3}
 WARM_REPS=${WARM_REPS:-2}
 FS=${FS:-ext4}
 BENCH_TMPDIR=${BENCH_TMPDIR:-/var/tmp}
