@@ -42,11 +42,18 @@ static const uint8_t container_magic[4] = {'V', 'X', 'C', 'K'};
 /* EVP update calls take int lengths: feed big buffers in pieces. */
 #define EVP_PIECE (1u << 30)
 
-/* zstd contexts, one of each kind per thread and reused: creating one per container costs
- * megabytes of fresh (page-faulting) workspace every time.  Freed when the thread exits. */
-static pthread_once_t zstd_key_once = PTHREAD_ONCE_INIT;
-static pthread_key_t cctx_key, dctx_key;
-static bool zstd_keys_ok;
+/* Per-thread state, kept between containers and freed when the thread exits: zstd contexts,
+ * one of each kind (creating one per container costs megabytes of fresh, page-faulting
+ * workspace every time), and the sealing buffer of container_seal_thread (same reason). */
+static pthread_once_t thread_keys_once = PTHREAD_ONCE_INIT;
+static pthread_key_t cctx_key, dctx_key, seal_key;
+static bool thread_keys_ok;
+
+/* The calling thread's sealing buffer, grown on demand. */
+struct seal_buf {
+    uint8_t *p;
+    size_t cap;
+};
 
 static void cctx_free(void *p)
 {
@@ -58,18 +65,27 @@ static void dctx_free(void *p)
     ZSTD_freeDCtx(p);
 }
 
-static void zstd_keys_create(void)
+static void seal_buf_free(void *p)
 {
-    /* Without keys the getters below return NULL: a context per call, as before. */
-    zstd_keys_ok = pthread_key_create(&cctx_key, cctx_free) == 0 &&
-                   pthread_key_create(&dctx_key, dctx_free) == 0;
+    struct seal_buf *sb = p;
+    free(sb->p);
+    free(sb);
+}
+
+static void thread_keys_create(void)
+{
+    /* Without keys the zstd getters below return NULL (a context per call) and
+     * container_seal_thread fails with -ENOMEM. */
+    thread_keys_ok = pthread_key_create(&cctx_key, cctx_free) == 0 &&
+                     pthread_key_create(&dctx_key, dctx_free) == 0 &&
+                     pthread_key_create(&seal_key, seal_buf_free) == 0;
 }
 
 /* The calling thread's compression context (NULL on allocation failure). */
 static ZSTD_CCtx *thread_cctx(void)
 {
-    pthread_once(&zstd_key_once, zstd_keys_create);
-    if (!zstd_keys_ok)
+    pthread_once(&thread_keys_once, thread_keys_create);
+    if (!thread_keys_ok)
         return NULL;
     ZSTD_CCtx *c = pthread_getspecific(cctx_key);
     if (!c && (c = ZSTD_createCCtx()) && pthread_setspecific(cctx_key, c) != 0) {
@@ -81,8 +97,8 @@ static ZSTD_CCtx *thread_cctx(void)
 
 static ZSTD_DCtx *thread_dctx(void)
 {
-    pthread_once(&zstd_key_once, zstd_keys_create);
-    if (!zstd_keys_ok)
+    pthread_once(&thread_keys_once, thread_keys_create);
+    if (!thread_keys_ok)
         return NULL;
     ZSTD_DCtx *d = pthread_getspecific(dctx_key);
     if (!d && (d = ZSTD_createDCtx()) && pthread_setspecific(dctx_key, d) != 0) {
@@ -279,28 +295,6 @@ int container_seal(const struct repo *r, const char *ident, const void *plain, s
     return 0;
 }
 
-/* The calling thread's sealing buffer, kept between calls (grown on demand). */
-struct seal_buf {
-    uint8_t *p;
-    size_t cap;
-};
-
-static pthread_key_t seal_key;
-static bool seal_key_ok;
-static pthread_once_t seal_key_once = PTHREAD_ONCE_INIT;
-
-static void seal_buf_free(void *p)
-{
-    struct seal_buf *sb = p;
-    free(sb->p);
-    free(sb);
-}
-
-static void seal_key_create(void)
-{
-    seal_key_ok = pthread_key_create(&seal_key, seal_buf_free) == 0;
-}
-
 int container_seal_thread(const struct repo *r, const char *ident, const void *plain, size_t len,
                           const uint8_t **out, size_t *outlen)
 {
@@ -309,8 +303,8 @@ int container_seal_thread(const struct repo *r, const char *ident, const void *p
     size_t alloc = seal_alloc_size(r, len);
     if (!alloc)
         return -EFBIG;
-    pthread_once(&seal_key_once, seal_key_create);
-    if (!seal_key_ok)
+    pthread_once(&thread_keys_once, thread_keys_create);
+    if (!thread_keys_ok)
         return -ENOMEM;
     struct seal_buf *sb = pthread_getspecific(seal_key);
     if (!sb) {
