@@ -132,8 +132,9 @@ int repo_gcm_decrypt(const uint8_t key[REPO_KEY_SIZE], const uint8_t nonce[CONTA
 int container_seal(const struct repo *r, const char *ident, const void *plain, size_t len,
                    uint8_t **out, size_t *outlen);
 /* container_seal into the calling thread's own buffer, kept for its next call: *out (not to be
- * freed) is valid until that call or the thread's exit.  For the chunk writers of backups,
- * which would otherwise fault in a fresh megabyte or more for every chunk. */
+ * freed) is valid until that call or the thread's exit.  For chunk writers (repo_chunk_put,
+ * chunk batches), which would otherwise fault in a fresh chunk-sized buffer for every chunk;
+ * each thread that writes chunks keeps one container's worth of memory until it exits. */
 int container_seal_thread(const struct repo *r, const char *ident, const void *plain, size_t len,
                           const uint8_t **out, size_t *outlen);
 /* Plain length a container's header announces (not yet authenticated). */
