@@ -16,8 +16,6 @@
  * end; otherwise the backup is aborted (chunks already stored stay for gc).  The format is
  * described in docs/archive-format.md.
  */
-#include <archive.h>
-#include <archive_entry.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
@@ -34,6 +32,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "cli/archive_lib.h"
 #include "cli/cli.h"
 #include "cli/repo_open.h"
 #include "cli/progress.h"
@@ -403,16 +402,16 @@ static int build_vm_json(const struct backup *b, struct export_disk *d, size_t n
 
 static struct archive_entry *new_entry(const char *name, uint64_t size, int64_t mtime)
 {
-    struct archive_entry *e = archive_entry_new();
+    struct archive_entry *e = sym_archive_entry_new();
     if (!e)
         return NULL;
-    archive_entry_set_pathname(e, name);
-    archive_entry_set_filetype(e, AE_IFREG);
-    archive_entry_set_perm(e, MEMBER_MODE);
-    archive_entry_set_size(e, (la_int64_t)size);
-    archive_entry_set_mtime(e, (time_t)mtime, 0);
-    archive_entry_set_uid(e, 0);
-    archive_entry_set_gid(e, 0);
+    sym_archive_entry_set_pathname(e, name);
+    sym_archive_entry_set_filetype(e, AE_IFREG);
+    sym_archive_entry_set_perm(e, MEMBER_MODE);
+    sym_archive_entry_set_size(e, (la_int64_t)size);
+    sym_archive_entry_set_mtime(e, (time_t)mtime, 0);
+    sym_archive_entry_set_uid(e, 0);
+    sym_archive_entry_set_gid(e, 0);
     return e;
 }
 
@@ -429,11 +428,11 @@ static int write_small_member(struct exporter *x, const char *name, const char *
     struct archive_entry *e = new_entry(name, len, x->mtime);
     if (!e)
         return -ENOMEM;
-    int r = archive_write_header(x->a, e);
-    archive_entry_free(e);
-    if (r < ARCHIVE_WARN || (len && archive_write_data(x->a, data, len) != (la_ssize_t)len) ||
-        archive_write_finish_entry(x->a) < ARCHIVE_WARN) {
-        snprintf(x->err, sizeof(x->err), "member %s: %s", name, archive_error_string(x->a));
+    int r = sym_archive_write_header(x->a, e);
+    sym_archive_entry_free(e);
+    if (r < ARCHIVE_WARN || (len && sym_archive_write_data(x->a, data, len) != (la_ssize_t)len) ||
+        sym_archive_write_finish_entry(x->a) < ARCHIVE_WARN) {
+        snprintf(x->err, sizeof(x->err), "member %s: %s", name, sym_archive_error_string(x->a));
         return -EIO;
     }
     if (in_manifest) {
@@ -471,16 +470,17 @@ static int write_disk_member(struct exporter *x, struct export_disk *d)
             while (j < m->n && !m->e[j].zero)
                 j++;
             uint64_t start = i * cs, end = j * cs < m->disk_size ? j * cs : m->disk_size;
-            archive_entry_sparse_add_entry(e, (la_int64_t)start, (la_int64_t)(end - start));
+            sym_archive_entry_sparse_add_entry(e, (la_int64_t)start, (la_int64_t)(end - start));
             i = j;
         }
         if (d->populated == 0) /* one empty data block at the end: all hole */
-            archive_entry_sparse_add_entry(e, (la_int64_t)m->disk_size, 0);
+            sym_archive_entry_sparse_add_entry(e, (la_int64_t)m->disk_size, 0);
     }
-    int r = archive_write_header(x->a, e);
-    archive_entry_free(e);
+    int r = sym_archive_write_header(x->a, e);
+    sym_archive_entry_free(e);
     if (r < ARCHIVE_WARN) {
-        snprintf(x->err, sizeof(x->err), "member %s: %s", d->member, archive_error_string(x->a));
+        snprintf(x->err, sizeof(x->err), "member %s: %s", d->member,
+                 sym_archive_error_string(x->a));
         return -EIO;
     }
     struct digest dg;
@@ -512,9 +512,9 @@ static int write_disk_member(struct exporter *x, struct export_disk *d)
             digest_discard(&dg);
             return -EIO;
         }
-        if (archive_write_data(x->a, data, want) != (la_ssize_t)want) {
+        if (sym_archive_write_data(x->a, data, want) != (la_ssize_t)want) {
             snprintf(x->err, sizeof(x->err), "member %s: %s", d->member,
-                     archive_error_string(x->a));
+                     sym_archive_error_string(x->a));
             digest_discard(&dg);
             return -EIO;
         }
@@ -523,8 +523,9 @@ static int write_disk_member(struct exporter *x, struct export_disk *d)
     uint8_t digest[HASH_SIZE];
     if (digest_end(&dg, digest) < 0)
         return -EIO;
-    if (archive_write_finish_entry(x->a) < ARCHIVE_WARN) {
-        snprintf(x->err, sizeof(x->err), "member %s: %s", d->member, archive_error_string(x->a));
+    if (sym_archive_write_finish_entry(x->a) < ARCHIVE_WARN) {
+        snprintf(x->err, sizeof(x->err), "member %s: %s", d->member,
+                 sym_archive_error_string(x->a));
         return -EIO;
     }
     add_mf_line(x, d->member, digest);
@@ -615,6 +616,16 @@ static int open_output(const char *out, char **tmp_out)
     return fd;
 }
 
+/* Load libarchive (archive_lib.h) for command cmd: 0, or -1 after saying why. */
+static int load_libarchive(const char *cmd)
+{
+    char why[512];
+    if (archive_lib_load(why, sizeof(why)) == 0)
+        return 0;
+    fprintf(stderr, "vmexport %s: cannot load libarchive: %s\n", cmd, why);
+    return -1;
+}
+
 static int export_run(int argc, char **argv)
 {
     static const struct option opts[] = {
@@ -695,6 +706,8 @@ static int export_run(int argc, char **argv)
             return EXIT_FAIL;
         }
     }
+    if (load_libarchive("export") < 0)
+        return EXIT_FAIL;
     s.repo = open_repository("export", repo_arg, pass_file);
     if (!s.repo)
         return EXIT_FAIL;
@@ -781,14 +794,14 @@ static int export_run(int argc, char **argv)
     x.buf = malloc(cs);
     x.zeros = calloc(1, cs);
     x.mf = open_memstream(&x.mf_text, &x.mf_len);
-    x.a = archive_write_new();
+    x.a = sym_archive_write_new();
     if (!x.buf || !x.zeros || !x.mf || !x.a) {
         fprintf(stderr, "vmexport export: out of memory\n");
         goto out;
     }
-    if (archive_write_set_format_pax(x.a) != ARCHIVE_OK ||
-        archive_write_open_fd(x.a, s.fd) != ARCHIVE_OK) {
-        fprintf(stderr, "vmexport export: %s: %s\n", out, archive_error_string(x.a));
+    if (sym_archive_write_set_format_pax(x.a) != ARCHIVE_OK ||
+        sym_archive_write_open_fd(x.a, s.fd) != ARCHIVE_OK) {
+        fprintf(stderr, "vmexport export: %s: %s\n", out, sym_archive_error_string(x.a));
         goto out;
     }
     progress_init(&x.prog, "export", total, json && !to_stdout);
@@ -803,8 +816,8 @@ static int export_run(int argc, char **argv)
         r = -ENOMEM;
     if (r == 0)
         r = write_small_member(&x, s.mf_name, x.mf_text, x.mf_len, false);
-    if (r == 0 && archive_write_close(x.a) != ARCHIVE_OK) {
-        snprintf(x.err, sizeof(x.err), "%s", archive_error_string(x.a));
+    if (r == 0 && sym_archive_write_close(x.a) != ARCHIVE_OK) {
+        snprintf(x.err, sizeof(x.err), "%s", sym_archive_error_string(x.a));
         r = -EIO;
     }
     progress_finish(&x.prog);
@@ -830,7 +843,7 @@ static int export_run(int argc, char **argv)
         free(s.tmp);
         s.tmp = NULL;
     }
-    uint64_t bytes = (uint64_t)archive_filter_bytes(x.a, -1);
+    uint64_t bytes = (uint64_t)sym_archive_filter_bytes(x.a, -1);
     if (json) {
         json_t *j =
             json_pack("{s:s, s:s, s:s, s:s, s:s, s:I, s:I, s:I, s:I, s:f}", "type", "summary",
@@ -854,7 +867,7 @@ static int export_run(int argc, char **argv)
 
 out:
     if (x.a)
-        archive_write_free(x.a);
+        sym_archive_write_free(x.a);
     if (x.mf)
         fclose(x.mf);
     free(x.mf_text);
@@ -987,11 +1000,12 @@ static int record_member(struct importer *im, const char *name, const uint8_t di
 static int read_small(struct importer *im, struct archive_entry *e, const char *name, bool record,
                       char **out, size_t *len)
 {
-    if (archive_entry_size_is_set(e) && archive_entry_size(e) > (la_int64_t)METADATA_MAX) {
+    if (sym_archive_entry_size_is_set(e) && sym_archive_entry_size(e) > (la_int64_t)METADATA_MAX) {
         imp_fail(im, "member %s is larger than %u MiB", name, METADATA_MAX >> 20);
         return -EFBIG;
     }
-    size_t cap = archive_entry_size_is_set(e) ? (size_t)archive_entry_size(e) + 1 : 4096, n = 0;
+    size_t cap = sym_archive_entry_size_is_set(e) ? (size_t)sym_archive_entry_size(e) + 1 : 4096,
+           n = 0;
     char *buf = malloc(cap);
     if (!buf)
         return -ENOMEM;
@@ -1010,10 +1024,10 @@ static int read_small(struct importer *im, struct archive_entry *e, const char *
             buf = t;
             cap *= 2;
         }
-        la_ssize_t got = archive_read_data(im->a, buf + n, cap - n - 1);
+        la_ssize_t got = sym_archive_read_data(im->a, buf + n, cap - n - 1);
         if (got < 0) {
             free(buf);
-            imp_fail(im, "member %s: %s", name, archive_error_string(im->a));
+            imp_fail(im, "member %s: %s", name, sym_archive_error_string(im->a));
             return -EIO;
         }
         if (got == 0)
@@ -1208,9 +1222,9 @@ static int store_chunk(struct importer *im, struct manifest *m, uint64_t i, cons
 static int import_disk(struct importer *im, struct archive_entry *e, struct import_disk *d,
                        const char *member)
 {
-    if (archive_entry_size(e) != (la_int64_t)d->size) {
+    if (sym_archive_entry_size(e) != (la_int64_t)d->size) {
         imp_fail(im, "member %s: size %" PRId64 " differs from vm.json's %" PRIu64, member,
-                 (int64_t)archive_entry_size(e), d->size);
+                 (int64_t)sym_archive_entry_size(e), d->size);
         return -EINVAL;
     }
     const uint32_t cs = repo_chunk_size(im->repo);
@@ -1237,11 +1251,11 @@ static int import_disk(struct importer *im, struct archive_entry *e, struct impo
         const void *block;
         size_t len;
         la_int64_t off;
-        int rr = archive_read_data_block(im->a, &block, &len, &off);
+        int rr = sym_archive_read_data_block(im->a, &block, &len, &off);
         if (rr == ARCHIVE_EOF)
             break;
         if (rr < ARCHIVE_WARN) {
-            imp_fail(im, "member %s: %s", member, archive_error_string(im->a));
+            imp_fail(im, "member %s: %s", member, sym_archive_error_string(im->a));
             r = -EIO;
             goto done;
         }
@@ -1395,23 +1409,25 @@ static int import_run(int argc, char **argv)
     CLEANUP_FREE char *vm_id = NULL;
     CLEANUP_FREE char *backup_id = NULL;
     struct backup *info = NULL;
+    if (load_libarchive("import") < 0)
+        return EXIT_FAIL;
     im.repo = open_repository("import", repo_arg, pass_file);
     if (!im.repo)
         return EXIT_FAIL;
     const uint32_t cs = repo_chunk_size(im.repo);
     im.buf = calloc(1, cs);
     im.zeros = calloc(1, cs);
-    im.a = archive_read_new();
+    im.a = sym_archive_read_new();
     if (!im.buf || !im.zeros || !im.a) {
         fprintf(stderr, "vmexport import: out of memory\n");
         goto out;
     }
-    archive_read_support_format_tar(im.a);
-    archive_read_support_filter_all(im.a);
-    r = from_stdin ? archive_read_open_fd(im.a, STDIN_FILENO, READ_BLOCK_SIZE)
-                   : archive_read_open_filename(im.a, file, READ_BLOCK_SIZE);
+    sym_archive_read_support_format_tar(im.a);
+    sym_archive_read_support_filter_all(im.a);
+    r = from_stdin ? sym_archive_read_open_fd(im.a, STDIN_FILENO, READ_BLOCK_SIZE)
+                   : sym_archive_read_open_filename(im.a, file, READ_BLOCK_SIZE);
     if (r != ARCHIVE_OK) {
-        fprintf(stderr, "vmexport import: %s: %s\n", im.src, archive_error_string(im.a));
+        fprintf(stderr, "vmexport import: %s: %s\n", im.src, sym_archive_error_string(im.a));
         goto out;
     }
 
@@ -1419,22 +1435,22 @@ static int import_run(int argc, char **argv)
     r = 0;
     for (size_t nmember = 0; r == 0; nmember++) {
         struct archive_entry *e;
-        int rr = archive_read_next_header(im.a, &e);
+        int rr = sym_archive_read_next_header(im.a, &e);
         if (rr == ARCHIVE_EOF)
             break;
         if (rr < ARCHIVE_WARN) {
-            imp_fail(&im, "%s", archive_error_string(im.a));
+            imp_fail(&im, "%s", sym_archive_error_string(im.a));
             r = -EIO;
             break;
         }
-        const char *name = member_name(archive_entry_pathname(e) ?: "");
+        const char *name = member_name(sym_archive_entry_pathname(e) ?: "");
         if (im.mf_name) {
             imp_fail(&im, "member %s follows the manifest %s, which must be last", name,
                      im.mf_name);
             r = -EINVAL;
             break;
         }
-        if (!*name || strchr(name, '/') || archive_entry_filetype(e) != AE_IFREG) {
+        if (!*name || strchr(name, '/') || sym_archive_entry_filetype(e) != AE_IFREG) {
             imp_fail(&im, "member %s is not a plain file at the top of the archive", name);
             r = -EINVAL;
             break;
@@ -1541,7 +1557,7 @@ static int import_run(int argc, char **argv)
                     : vm_text ? strdup(vm_text)
                               : NULL;
     info->time = (int64_t)json_integer_value(json_object_get(im.vmj, "time"));
-    info->bytes_read = (uint64_t)archive_filter_bytes(im.a, -1);
+    info->bytes_read = (uint64_t)sym_archive_filter_bytes(im.a, -1);
     info->bytes_written = im.bytes_written;
     info->chunks_new = im.chunks_new;
     info->chunks_reused = im.chunks_reused;
@@ -1586,7 +1602,7 @@ out:
         repo_backup_abort(im.w);
     backup_free(info);
     if (im.a)
-        archive_read_free(im.a);
+        sym_archive_read_free(im.a);
     for (size_t i = 0; i < im.nseen; i++)
         free(im.seen[i].name);
     free(im.seen);

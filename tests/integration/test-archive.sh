@@ -56,6 +56,24 @@ backups_in() {
 # --- export: tar ---
 check "export tar" "$VMEXPORT" export --repo "$REPO" "$ID" -o "$A/vm1.tar"
 tar -tvf "$A/vm1.tar" >"$WORK/list.tar" 2>"$WORK/tar.err"
+
+# libarchive is mapped only by export and import (dlopen, src/cli/archive_lib.c): other
+# commands start without it and its dependencies.
+LD_DEBUG=libs "$VMEXPORT" backups --repo "$REPO" >/dev/null 2>"$WORK/ld.backups"
+LD_DEBUG=libs "$VMEXPORT" export --repo "$REPO" "$ID" -o "$A/ld.tar" >/dev/null 2>"$WORK/ld.export"
+if ! grep -q 'calling init: .*libcrypto' "$WORK/ld.backups"; then
+    not_ok "LD_DEBUG=libs shows the libraries a command loads: $(head -c 300 "$WORK/ld.backups")"
+elif grep -q 'calling init: .*libarchive' "$WORK/ld.backups"; then
+    not_ok "backups does not load libarchive"
+else
+    ok "backups does not load libarchive"
+fi
+if grep -q 'calling init: .*libarchive' "$WORK/ld.export" && cmp -s "$A/ld.tar" "$A/vm1.tar"; then
+    ok "export loads libarchive on demand and writes the same archive"
+else
+    not_ok "export loads libarchive on demand and writes the same archive"
+fi
+rm -f "$A/ld.tar"
 check "tar -tvf lists the tar archive" test -s "$WORK/list.tar"
 members=$(tar -tf "$A/vm1.tar" | tr '\n' ' ')
 disks=$("$VMEXPORT" backups --repo "$REPO" --json | jq -r '.[0].disks[].name' | tr '\n' ' ')
