@@ -570,13 +570,6 @@ static void *fetch_worker(void *opaque)
         if (!it)
             break;
         it->idx = b->todo[k];
-        /* Read ahead the previous backup's chunk of a later item, the base it will need. */
-        const struct disk_plan *d = b->plan;
-        if (d->incremental && d->have_prev && k + b->jobs < b->ntodo) {
-            uint64_t ahead = b->todo[k + b->jobs];
-            if (ahead < d->prev.n && !d->prev.e[ahead].zero)
-                repo_chunk_prefetch(b->repo, &d->prev.e[ahead].id);
-        }
         uint64_t off = it->idx * cs;
         it->len = b->m->disk_size - off < cs ? (size_t)(b->m->disk_size - off) : cs;
         if (fetch_chunk(b, a->client, it) < 0) {
@@ -1451,10 +1444,6 @@ static void *restore_worker(void *opaque)
         const struct manifest_entry *e = &rr->m->e[i];
         uint64_t off = i * cs;
         uint64_t want = rr->m->disk_size - off < cs ? rr->m->disk_size - off : cs;
-        /* Read ahead: the chunk another thread will want next, while this one works. */
-        uint64_t ahead = i + rr->jobs;
-        if (ahead < rr->m->n && !rr->m->e[ahead].zero)
-            repo_chunk_prefetch(rr->repo, &rr->m->e[ahead].id);
         if (e->zero) {
             progress_add(&rr->prog, want);
             continue;

@@ -133,16 +133,18 @@ static int chunk_get(struct repo *r, const struct chunk_id *id, bool checksum, v
 {
     char dir[CHUNK_DIR_LEN], name[CHUNK_NAME_LEN], ident[CHUNK_IDENT_LEN];
     char rel[CHUNK_DIR_LEN + CHUNK_NAME_LEN];
-    CLEANUP_FREE uint8_t *file = NULL;
-    size_t flen;
+    size_t flen, fcap;
     struct chunk_id got;
+    const size_t max = (size_t)r->chunk_size + CONTAINER_MAX_OVERHEAD;
 
     *len = 0;
     chunk_names(id, dir, name);
     chunk_ident(name, ident);
     snprintf(rel, sizeof(rel), "%s/%s", dir, name);
-    int ret = repo_read_file(r->dirfd, rel, (uint64_t)r->chunk_size + CONTAINER_MAX_OVERHEAD, &file,
-                             &flen);
+    uint8_t *file = container_read_buffer_thread(max, &fcap);
+    if (!file)
+        return -ENOMEM;
+    int ret = repo_read_file_direct(r->dirfd, rel, max, file, fcap, &flen);
     if (ret < 0)
         return ret;
     ret = checksum ? container_unseal(r, ident, file, flen, r->chunk_size, buf, cap, len)
@@ -157,18 +159,6 @@ static int chunk_get(struct repo *r, const struct chunk_id *id, bool checksum, v
         return -EBADMSG;
     }
     return 0;
-}
-
-void repo_chunk_prefetch(struct repo *r, const struct chunk_id *id)
-{
-    char dir[CHUNK_DIR_LEN], name[CHUNK_NAME_LEN], rel[CHUNK_DIR_LEN + CHUNK_NAME_LEN];
-    chunk_names(id, dir, name);
-    snprintf(rel, sizeof(rel), "%s/%s", dir, name);
-    int fd = openat(r->dirfd, rel, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return; /* only a hint: repo_chunk_get() reports the problem */
-    posix_fadvise(fd, 0, 0, POSIX_FADV_WILLNEED);
-    close(fd);
 }
 
 int repo_chunk_get(struct repo *r, const struct chunk_id *id, void *buf, size_t cap, size_t *len)

@@ -44,13 +44,14 @@ static const uint8_t container_magic[4] = {'V', 'X', 'C', 'K'};
 
 /* Per-thread state, kept between containers and freed when the thread exits: zstd contexts,
  * one of each kind (creating one per container costs megabytes of fresh, page-faulting
- * workspace every time), and the sealing buffer of container_seal_thread (same reason). */
+ * workspace every time), the sealing buffer of container_seal_thread and the reading buffer
+ * of container_read_buffer_thread (same reason). */
 static pthread_once_t thread_keys_once = PTHREAD_ONCE_INIT;
-static pthread_key_t cctx_key, dctx_key, seal_key;
+static pthread_key_t cctx_key, dctx_key, seal_key, read_key;
 static bool thread_keys_ok;
 
-/* The calling thread's sealing buffer, grown on demand. */
-struct seal_buf {
+/* One of the calling thread's buffers, grown on demand. */
+struct thread_buf {
     uint8_t *p;
     size_t cap;
 };
@@ -65,20 +66,21 @@ static void dctx_free(void *p)
     ZSTD_freeDCtx(p);
 }
 
-static void seal_buf_free(void *p)
+static void thread_buf_free(void *p)
 {
-    struct seal_buf *sb = p;
-    free(sb->p);
-    free(sb);
+    struct thread_buf *tb = p;
+    free(tb->p);
+    free(tb);
 }
 
 static void thread_keys_create(void)
 {
-    /* Without keys the zstd getters below return NULL (a context per call) and
-     * container_seal_thread fails with -ENOMEM. */
+    /* Without keys the zstd getters below return NULL (a context per call) and the thread
+     * buffers cannot be had (-ENOMEM). */
     thread_keys_ok = pthread_key_create(&cctx_key, cctx_free) == 0 &&
                      pthread_key_create(&dctx_key, dctx_free) == 0 &&
-                     pthread_key_create(&seal_key, seal_buf_free) == 0;
+                     pthread_key_create(&seal_key, thread_buf_free) == 0 &&
+                     pthread_key_create(&read_key, thread_buf_free) == 0;
 }
 
 /* The calling thread's compression context (NULL on allocation failure). */
@@ -295,6 +297,35 @@ int container_seal(const struct repo *r, const char *ident, const void *plain, s
     return 0;
 }
 
+/* The calling thread's buffer under *key, CONTAINER_ALIGN-aligned and at least size bytes
+ * (rounded up to CONTAINER_ALIGN); NULL when memory runs out.  The key is passed by address:
+ * it is only set once thread_keys_create has run. */
+static struct thread_buf *thread_buffer(const pthread_key_t *key, size_t size)
+{
+    pthread_once(&thread_keys_once, thread_keys_create);
+    if (!thread_keys_ok)
+        return NULL;
+    struct thread_buf *tb = pthread_getspecific(*key);
+    if (!tb) {
+        if (!(tb = calloc(1, sizeof(*tb))))
+            return NULL;
+        if (pthread_setspecific(*key, tb) != 0) {
+            free(tb);
+            return NULL;
+        }
+    }
+    size = (size + CONTAINER_ALIGN - 1) / CONTAINER_ALIGN * CONTAINER_ALIGN;
+    if (tb->cap < size) {
+        uint8_t *p = aligned_alloc(CONTAINER_ALIGN, size);
+        if (!p)
+            return NULL;
+        free(tb->p);
+        tb->p = p;
+        tb->cap = size;
+    }
+    return tb;
+}
+
 int container_seal_thread(const struct repo *r, const char *ident, const void *plain, size_t len,
                           const uint8_t **out, size_t *outlen)
 {
@@ -303,30 +334,20 @@ int container_seal_thread(const struct repo *r, const char *ident, const void *p
     size_t alloc = seal_alloc_size(r, len);
     if (!alloc)
         return -EFBIG;
-    pthread_once(&thread_keys_once, thread_keys_create);
-    if (!thread_keys_ok)
+    struct thread_buf *sb = thread_buffer(&seal_key, alloc);
+    if (!sb)
         return -ENOMEM;
-    struct seal_buf *sb = pthread_getspecific(seal_key);
-    if (!sb) {
-        if (!(sb = calloc(1, sizeof(*sb))))
-            return -ENOMEM;
-        if (pthread_setspecific(seal_key, sb) != 0) {
-            free(sb);
-            return -ENOMEM;
-        }
-    }
-    if (sb->cap < alloc) {
-        uint8_t *p = aligned_alloc(CONTAINER_ALIGN, alloc);
-        if (!p)
-            return -ENOMEM;
-        free(sb->p);
-        sb->p = p;
-        sb->cap = alloc;
-    }
     int ret = seal_into(r, ident, plain, len, sb->p, sb->cap, outlen);
     if (ret == 0)
         *out = sb->p;
     return ret;
+}
+
+uint8_t *container_read_buffer_thread(size_t size, size_t *cap)
+{
+    struct thread_buf *rb = thread_buffer(&read_key, size);
+    *cap = rb ? rb->cap : 0;
+    return rb ? rb->p : NULL;
 }
 
 int container_plain_size(const uint8_t *file, size_t flen, uint64_t *len)

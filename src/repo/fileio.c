@@ -248,6 +248,60 @@ int repo_read_file(int dirfd, const char *name, uint64_t max, uint8_t **data, si
     return 0;
 }
 
+int repo_read_file_direct(int dirfd, const char *name, uint64_t max, uint8_t *buf, size_t cap,
+                          size_t *len)
+{
+    *len = 0;
+    bool direct = true;
+    CLEANUP_CLOSE int fd = openat(dirfd, name, O_RDONLY | O_CLOEXEC | O_DIRECT);
+    if (fd < 0 && errno == EINVAL) {
+        direct = false; /* a file system without O_DIRECT (tmpfs) */
+        fd = openat(dirfd, name, O_RDONLY | O_CLOEXEC);
+    }
+    struct stat st;
+    if (fd < 0)
+        return -errno;
+    if (fstat(fd, &st) < 0)
+        return -errno;
+    if (!S_ISREG(st.st_mode) || (uint64_t)st.st_size > max)
+        return -EBADMSG;
+    size_t size = (size_t)st.st_size;
+    /* Direct reads ask for whole blocks; the kernel stops them at the end of the file. */
+    size_t want = (size + CONTAINER_ALIGN - 1) / CONTAINER_ALIGN * CONTAINER_ALIGN;
+    if (want > cap || (uintptr_t)buf % CONTAINER_ALIGN)
+        return -ENOBUFS;
+    size_t got = 0;
+    while (got < size) {
+        size_t ask = want - got > IO_MAX_CHUNK ? IO_MAX_CHUNK : want - got;
+        ssize_t n = pread(fd, buf + got, ask, (off_t)got);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && errno == EINVAL && direct) {
+            /* O_DIRECT refused for this read after all: go through the page cache */
+            int fl = fcntl(fd, F_GETFL);
+            if (fl < 0 || fcntl(fd, F_SETFL, fl & ~O_DIRECT) < 0)
+                return -errno;
+            direct = false;
+            continue;
+        }
+        if (n < 0)
+            return -errno;
+        if (n == 0)
+            break;
+        got += (size_t)n;
+        if (direct && got % CONTAINER_ALIGN && got < size) {
+            int fl = fcntl(fd, F_GETFL); /* a short direct read: the rest is unaligned */
+            if (fl < 0 || fcntl(fd, F_SETFL, fl & ~O_DIRECT) < 0)
+                return -errno;
+            direct = false;
+        }
+    }
+    if (got != size)
+        return -EBADMSG; /* the file changed size under us */
+    *len = size;
+    return 0;
+}
+
 int repo_mkdir(int dirfd, const char *name)
 {
     if (mkdirat(dirfd, name, REPO_DIR_MODE) < 0)

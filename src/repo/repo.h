@@ -85,7 +85,9 @@ bool repo_chunk_exists(struct repo *r, const struct chunk_id *id);
 
 /* Read, decrypt, decompress and check a chunk into buf (capacity cap >= chunk size); *len its
  * length.  -ENOENT missing; -EBADMSG damaged (bad header, authentication failure, bad zstd
- * frame, or the data does not hash to its ID). */
+ * frame, or the data does not hash to its ID).  The file is read with O_DIRECT where the file
+ * system allows (a chunk is read once: the page cache would only add a copy) into a buffer the
+ * calling thread keeps, one container's worth, until it exits. */
 int repo_chunk_get(struct repo *r, const struct chunk_id *id, void *buf, size_t cap, size_t *len);
 /* The same for reading data (restore): the decoded data is still checked against the chunk ID
  * (and an encrypted container's tag), which covers every byte returned, but a plain
@@ -93,10 +95,6 @@ int repo_chunk_get(struct repo *r, const struct chunk_id *id, void *buf, size_t 
  * that leaves the data intact (in the checksum bytes themselves) goes unnoticed here; verify
  * (repo_chunk_get) finds it. */
 int repo_chunk_read(struct repo *r, const struct chunk_id *id, void *buf, size_t cap, size_t *len);
-
-/* Start reading a chunk's file into the page cache in the background, so that a later
- * repo_chunk_get() does not wait for the disk.  Only a hint: errors are ignored. */
-void repo_chunk_prefetch(struct repo *r, const struct chunk_id *id);
 
 /* Call fn for every chunk file present (order unspecified); stops at fn's negative return. */
 int repo_chunk_foreach(struct repo *r, int (*fn)(void *opaque, const struct chunk_id *id),

@@ -93,6 +93,13 @@ int repo_write_tmp_direct(int dirfd, const char *name, const uint8_t *data, size
                           char tmp[NAME_MAX + 1]);
 /* Read a whole regular file (at most max bytes, else -EBADMSG) into a new buffer. */
 int repo_read_file(int dirfd, const char *name, uint64_t max, uint8_t **data, size_t *len);
+/* Read the whole file name (at most max bytes, else -EBADMSG) into buf (cap bytes,
+ * CONTAINER_ALIGN-aligned; -ENOBUFS when the file rounded up to CONTAINER_ALIGN does not fit),
+ * bypassing the page cache (O_DIRECT) where the file system allows: a chunk is read once, so
+ * caching it costs a copy and the host's memory; where the cache holds newer data the kernel
+ * writes it first.  0 or a negative errno; *len is the file's size. */
+int repo_read_file_direct(int dirfd, const char *name, uint64_t max, uint8_t *buf, size_t cap,
+                          size_t *len);
 /* mkdirat with the repository mode; an existing directory is fine.  A new one is made durable
  * by fsyncing dirfd. */
 int repo_mkdir(int dirfd, const char *name);
@@ -137,6 +144,10 @@ int container_seal(const struct repo *r, const char *ident, const void *plain, s
  * each thread that writes chunks keeps one container's worth of memory until it exits. */
 int container_seal_thread(const struct repo *r, const char *ident, const void *plain, size_t len,
                           const uint8_t **out, size_t *outlen);
+/* The calling thread's buffer for reading containers: CONTAINER_ALIGN-aligned (for O_DIRECT),
+ * at least size bytes (*cap: its size), kept for the thread's next call and freed at its exit;
+ * NULL when memory runs out.  Chunk readers use it instead of a fresh allocation per chunk. */
+uint8_t *container_read_buffer_thread(size_t size, size_t *cap);
 /* Plain length a container's header announces (not yet authenticated). */
 int container_plain_size(const uint8_t *file, size_t flen, uint64_t *len);
 /* Check and open a container read into file (decrypted in place) into out: -EBADMSG when it is

@@ -1823,6 +1823,76 @@ static void test_seal_thread_encrypted(void **state)
     seal_thread_cases(f);
 }
 
+/* ---- direct whole-file reads (chunk files) ---- */
+
+#define RD_MAX ((size_t)(1 << 20) + CONTAINER_MAX_OVERHEAD) /* a 1 MiB chunk's container */
+
+/* repo_read_file_direct in directory dir: sizes around the block boundaries, data still dirty
+ * in the page cache (the kernel must write it before a direct read), an overwrite of a synced
+ * file, and the errors. */
+static void read_direct_cases(const char *dir)
+{
+    CLEANUP_CLOSE int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    assert_true(dfd >= 0);
+    size_t cap = 0;
+    uint8_t *buf = container_read_buffer_thread(RD_MAX, &cap);
+    assert_non_null(buf);
+    assert_true(cap >= RD_MAX && cap % CONTAINER_ALIGN == 0);
+    assert_int_equal((uintptr_t)buf % CONTAINER_ALIGN, 0);
+    CLEANUP_FREE uint8_t *data = malloc(RD_MAX);
+    assert_non_null(data);
+    char path[PATH_MAX + 16];
+    PATHF(path, "%s/f", dir);
+
+    static const size_t sizes[] = {0, 1, 4095, 4096, 4097, 65536 + 13, RD_MAX - 1, RD_MAX};
+    for (size_t k = 0; k < ARRAY_SIZE(sizes); k++) {
+        size_t n = sizes[k], len = 12345;
+        fill_random(data, RD_MAX, k + 1);
+        file_write(path, data, n); /* not synced: dirty in the page cache */
+        memset(buf, 0xa5, cap);
+        CHECK(repo_read_file_direct(dfd, "f", RD_MAX, buf, cap, &len) == 0, "size %zu", n);
+        CHECK(len == n && memcmp(buf, data, n) == 0, "size %zu: got %zu bytes", n, len);
+    }
+    /* Synced, dropped from the cache, then its middle overwritten through the cache. */
+    CLEANUP_CLOSE int fd = open(path, O_RDWR | O_CLOEXEC);
+    assert_true(fd >= 0);
+    assert_int_equal(fsync(fd), 0);
+    assert_int_equal(posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED), 0);
+    memset(data + 5000, 0x3c, 70000);
+    assert_int_equal(pwrite(fd, data + 5000, 70000, 5000), 70000);
+    size_t len = 0;
+    assert_int_equal(repo_read_file_direct(dfd, "f", RD_MAX, buf, cap, &len), 0);
+    assert_int_equal(len, RD_MAX);
+    assert_memory_equal(buf, data, RD_MAX);
+
+    /* Over the limit, a buffer too small or unaligned, not a regular file, missing. */
+    assert_int_equal(repo_read_file_direct(dfd, "f", RD_MAX - 1, buf, cap, &len), -EBADMSG);
+    assert_int_equal(repo_read_file_direct(dfd, "f", RD_MAX, buf, RD_MAX / 2, &len), -ENOBUFS);
+    assert_int_equal(repo_read_file_direct(dfd, "f", RD_MAX, buf + 1, cap - 4096, &len), -ENOBUFS);
+    assert_int_equal(mkdirat(dfd, "d", 0700), 0);
+    assert_int_equal(repo_read_file_direct(dfd, "d", RD_MAX, buf, cap, &len), -EBADMSG);
+    assert_int_equal(repo_read_file_direct(dfd, "missing", RD_MAX, buf, cap, &len), -ENOENT);
+    /* The thread keeps its buffer: asking for less returns the same one. */
+    size_t cap2 = 0;
+    assert_ptr_equal(container_read_buffer_thread(4096, &cap2), buf);
+    assert_int_equal(cap2, cap);
+}
+
+static void test_read_file_direct(void **state)
+{
+    struct fixture *f = *state;
+    read_direct_cases(f->base);
+    /* tmpfs has no O_DIRECT: the same through the page cache. */
+    PATHF(f->mnt, "%s/mnt", f->base);
+    assert_int_equal(mkdir(f->mnt, 0700), 0);
+    if (mount("tmpfs", f->mnt, "tmpfs", 0, "size=8m") < 0) {
+        print_message("# cannot mount a tmpfs (%s): tmpfs case skipped\n", strerror(errno));
+        f->mnt[0] = '\0';
+        return;
+    }
+    read_direct_cases(f->mnt);
+}
+
 /* Processes putting the same chunks: each child exits with how many it stored. */
 static void test_concurrent_puts_processes(void **state)
 {
@@ -2216,6 +2286,7 @@ int main(void)
         T(test_chunk_batch_tails),
         T(test_seal_thread_plain),
         T(test_seal_thread_encrypted),
+        T(test_read_file_direct),
         T(test_concurrent_puts_threads),
         T(test_concurrent_puts_processes),
         T(test_two_writers_threads),
