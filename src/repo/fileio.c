@@ -18,6 +18,7 @@
 #include <openssl/rand.h>
 
 #include "core/cleanup.h"
+#include "fs/fsinfo.h"
 
 #define TMP_RAND_BYTES 8          /* random bytes in a temporary file name */
 #define TMP_NAME_TRIES 16         /* attempts at an unused temporary name */
@@ -251,14 +252,10 @@ int repo_read_file(int dirfd, const char *name, uint64_t max, uint8_t **data, si
 int repo_read_file_direct(int dirfd, const char *name, uint64_t max, uint8_t *buf, size_t cap,
                           size_t *len)
 {
-    *len = 0;
-    bool direct = true;
-    CLEANUP_CLOSE int fd = openat(dirfd, name, O_RDONLY | O_CLOEXEC | O_DIRECT);
-    if (fd < 0 && errno == EINVAL) {
-        direct = false; /* a file system without O_DIRECT (tmpfs) */
-        fd = openat(dirfd, name, O_RDONLY | O_CLOEXEC);
-    }
+    CLEANUP_CLOSE int fd = openat(dirfd, name, O_RDONLY | O_CLOEXEC);
     struct stat st;
+
+    *len = 0;
     if (fd < 0)
         return -errno;
     if (fstat(fd, &st) < 0)
@@ -270,32 +267,11 @@ int repo_read_file_direct(int dirfd, const char *name, uint64_t max, uint8_t *bu
     size_t want = (size + CONTAINER_ALIGN - 1) / CONTAINER_ALIGN * CONTAINER_ALIGN;
     if (want > cap || (uintptr_t)buf % CONTAINER_ALIGN)
         return -ENOBUFS;
+    CLEANUP_CLOSE int dfd = fs_reopen_direct(fd, O_RDONLY); /* -1: buffered only */
     size_t got = 0;
-    while (got < size) {
-        size_t ask = want - got > IO_MAX_CHUNK ? IO_MAX_CHUNK : want - got;
-        ssize_t n = pread(fd, buf + got, ask, (off_t)got);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0 && errno == EINVAL && direct) {
-            /* O_DIRECT refused for this read after all: go through the page cache */
-            int fl = fcntl(fd, F_GETFL);
-            if (fl < 0 || fcntl(fd, F_SETFL, fl & ~O_DIRECT) < 0)
-                return -errno;
-            direct = false;
-            continue;
-        }
-        if (n < 0)
-            return -errno;
-        if (n == 0)
-            break;
-        got += (size_t)n;
-        if (direct && got % CONTAINER_ALIGN && got < size) {
-            int fl = fcntl(fd, F_GETFL); /* a short direct read: the rest is unaligned */
-            if (fl < 0 || fcntl(fd, F_SETFL, fl & ~O_DIRECT) < 0)
-                return -errno;
-            direct = false;
-        }
-    }
+    int r = fs_pread_direct(fd, dfd, buf, want, 0, &got);
+    if (r < 0)
+        return r;
     if (got != size)
         return -EBADMSG; /* the file changed size under us */
     *len = size;
