@@ -213,21 +213,35 @@ int repo_write_file(int dirfd, const char *name, const void *data, size_t len, b
     return 0;
 }
 
-int repo_read_file(int dirfd, const char *name, uint64_t max, uint8_t **data, size_t *len)
+/* Open dirfd/name for reading: a regular file of at most max bytes (else -EBADMSG), its
+ * size in *size.  The fd, or a negative errno. */
+static int open_regular(int dirfd, const char *name, uint64_t max, size_t *size)
 {
-    CLEANUP_CLOSE int fd = openat(dirfd, name, O_RDONLY | O_CLOEXEC);
+    int fd = openat(dirfd, name, O_RDONLY | O_CLOEXEC);
     struct stat st;
-
-    *data = NULL;
-    *len = 0;
     if (fd < 0)
         return -errno;
-    if (fstat(fd, &st) < 0)
-        return -errno;
-    if (!S_ISREG(st.st_mode) || (uint64_t)st.st_size > max || (uint64_t)st.st_size > SIZE_MAX)
+    if (fstat(fd, &st) < 0) {
+        int r = -errno;
+        close(fd);
+        return r;
+    }
+    if (!S_ISREG(st.st_mode) || (uint64_t)st.st_size > max || (uint64_t)st.st_size > SIZE_MAX) {
+        close(fd);
         return -EBADMSG;
+    }
+    *size = (size_t)st.st_size;
+    return fd;
+}
 
-    size_t size = (size_t)st.st_size;
+int repo_read_file(int dirfd, const char *name, uint64_t max, uint8_t **data, size_t *len)
+{
+    size_t size = 0;
+    *data = NULL;
+    *len = 0;
+    CLEANUP_CLOSE int fd = open_regular(dirfd, name, max, &size);
+    if (fd < 0)
+        return fd;
     CLEANUP_FREE uint8_t *buf = malloc(size ? size : 1);
     if (!buf)
         return -ENOMEM;
@@ -252,17 +266,11 @@ int repo_read_file(int dirfd, const char *name, uint64_t max, uint8_t **data, si
 int repo_read_file_direct(int dirfd, const char *name, uint64_t max, uint8_t *buf, size_t cap,
                           size_t *len)
 {
-    CLEANUP_CLOSE int fd = openat(dirfd, name, O_RDONLY | O_CLOEXEC);
-    struct stat st;
-
+    size_t size = 0;
     *len = 0;
+    CLEANUP_CLOSE int fd = open_regular(dirfd, name, max, &size);
     if (fd < 0)
-        return -errno;
-    if (fstat(fd, &st) < 0)
-        return -errno;
-    if (!S_ISREG(st.st_mode) || (uint64_t)st.st_size > max)
-        return -EBADMSG;
-    size_t size = (size_t)st.st_size;
+        return fd;
     /* Direct reads ask for whole blocks; the kernel stops them at the end of the file. */
     size_t want = (size + CONTAINER_ALIGN - 1) / CONTAINER_ALIGN * CONTAINER_ALIGN;
     if (want > cap || (uintptr_t)buf % CONTAINER_ALIGN)
