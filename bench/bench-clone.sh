@@ -4,8 +4,9 @@
 # Builds a loop filesystem without reflink (ext4 by default, or XFS with reflink=0), writes a
 # sparse raw image of SIZE bytes (default 8 GiB) holding a mix of pseudo-random data, written
 # zeros and holes (bench/mkfrag.c), and times on the same filesystem
-#     vmexport clone --mode copy SRC DST              (also SHA-256 of every 64 KiB block,
+#     vmexport clone --mode copy SRC DST              (also XXH3-128 of every 64 KiB block,
 #                                                      sidecar DST.vxhash, fsync, rename)
+#     vmexport clone --mode copy --hash sha256 SRC DST (the same with SHA-256 digests)
 #     cp --sparse=always --reflink=never SRC DST
 #     nbdcopy SRC DST
 #     qemu-img convert -f raw -O raw -S 4k SRC DST    (reference)
@@ -116,9 +117,10 @@ nonzero=$((stripes * (2 * region + region / 4 + region / 2)))
 allocated=$(($(stat -c '%b * %B' "$src")))
 
 # --- runs ------------------------------------------------------------------------------------
-tools=(vmexport cp nbdcopy qemu-img)
+tools=(vmexport vmexport-sha256 cp nbdcopy qemu-img)
 declare -A label=(
     [vmexport]="vmexport clone --mode copy SRC DST"
+    [vmexport-sha256]="vmexport clone --mode copy --hash sha256 SRC DST"
     [cp]="cp --sparse=always --reflink=never SRC DST"
     [nbdcopy]="nbdcopy SRC DST"
     [qemu-img]="qemu-img convert -f raw -O raw -S 4k SRC DST"
@@ -126,6 +128,7 @@ declare -A label=(
 run_tool() {
     case $1 in
         vmexport) "$VMEXPORT" clone --mode copy "$src" "$dst" ;;
+        vmexport-sha256) "$VMEXPORT" clone --mode copy --hash sha256 "$src" "$dst" ;;
         cp) cp --sparse=always --reflink=never "$src" "$dst" ;;
         nbdcopy) nbdcopy "$src" "$dst" ;;
         qemu-img) qemu-img convert -f raw -O raw -S 4k "$src" "$dst" ;;
@@ -144,7 +147,7 @@ one_run() {
     sync "$dst"
     t1=$EPOCHREALTIME
     cmp "$src" "$dst" || die "$tool: copy differs from source"
-    if [ "$tool" = vmexport ]; then [ -s "$dst.vxhash" ] || die "vmexport: no $dst.vxhash"; fi
+    case $tool in vmexport*) [ -s "$dst.vxhash" ] || die "$tool: no $dst.vxhash" ;; esac
     echo $(($(stat -c "%b * %B" "$dst"))) >"$work/alloc.$tool"
     secs=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }')
     echo "  $tool ($kind): $secs s" >&2
@@ -188,7 +191,9 @@ for t in "${tools[@]}"; do
             l, c, s / c / 1e6, d / c / 1e6, w, s / w / 1e6, d / w / 1e6, a / 1048576 }'
 done
 echo
-for o in cp nbdcopy qemu-img; do
-    awk -v o="$o" -v vc="${cb[vmexport]}" -v vw="${wb[vmexport]}" -v oc="${cb[$o]}" -v ow="${wb[$o]}" 'BEGIN {
-        printf "vmexport/%-8s  cold %.2fx   warm %.2fx\n", o, oc / vc, ow / vw }'
+for v in vmexport vmexport-sha256; do
+    for o in cp nbdcopy qemu-img; do
+        awk -v v="$v" -v o="$o" -v vc="${cb[$v]}" -v vw="${wb[$v]}" -v oc="${cb[$o]}" -v ow="${wb[$o]}" 'BEGIN {
+            printf "%s/%-8s  cold %.2fx   warm %.2fx\n", v, o, oc / vc, ow / vw }'
+    done
 done

@@ -8,6 +8,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "fs/blockhash.h"
 #include "provider/provider.h"
 
 /* Defaults (also in the --help text). */
@@ -41,6 +42,7 @@ struct daemon_config {
 
     char *freeze_command, *thaw_command;
     unsigned hook_timeout;
+    enum blockhash_algo block_hash; /* digest of copy-mode snapshots' sidecars */
 
     unsigned upload_idle_timeout, upload_max_writers;
 

@@ -8,12 +8,17 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <xxhash.h>
 
 #include "core/cleanup.h"
 
 static const char blockhash_magic[8] = {'V', 'X', 'H', 'A', 'S', 'H', '\0', '\n'};
-#define BLOCKHASH_VERSION     1
-#define BLOCKHASH_HEADER_SIZE 64 /* fixed; unused bytes are zero */
+/* Version 1: SHA-256 digests, the algorithm field is zero.  Version 2: the algorithm field names
+ * the digest; written for XXH3-128 (SHA-256 sidecars stay version 1, readable by older
+ * vmexport versions). */
+#define BLOCKHASH_VERSION_SHA256 1
+#define BLOCKHASH_VERSION_ALGO   2
+#define BLOCKHASH_HEADER_SIZE    64 /* fixed; unused bytes are zero */
 
 struct blockhash_header {
     char magic[8];
@@ -24,9 +29,61 @@ struct blockhash_header {
     int64_t mtime_sec;
     int64_t mtime_nsec;
     uint64_t nblocks;
-    uint8_t reserved[8];
+    uint32_t algo; /* version 2: enum blockhash_algo; version 1: 0 */
+    uint8_t reserved[4];
 };
 _Static_assert(sizeof(struct blockhash_header) == BLOCKHASH_HEADER_SIZE, "header layout");
+
+const char *blockhash_algo_name(enum blockhash_algo algo)
+{
+    switch (algo) {
+    case BLOCKHASH_SHA256:
+        return "sha256";
+    case BLOCKHASH_XXH128:
+        return "xxh128";
+    }
+    return "?";
+}
+
+int blockhash_algo_parse(const char *s, enum blockhash_algo *out)
+{
+    static const enum blockhash_algo algos[] = {BLOCKHASH_SHA256, BLOCKHASH_XXH128};
+    for (size_t i = 0; i < ARRAY_SIZE(algos); i++) {
+        if (strcmp(s, blockhash_algo_name(algos[i])) == 0) {
+            *out = algos[i];
+            return 0;
+        }
+    }
+    return -EINVAL;
+}
+
+size_t blockhash_digest_size(enum blockhash_algo algo)
+{
+    return algo == BLOCKHASH_XXH128 ? sizeof(XXH128_canonical_t) : HASH_SIZE;
+}
+
+int blockhash_digest(enum blockhash_algo algo, const void *data, size_t len,
+                     uint8_t out[BLOCKHASH_MAX_DIGEST])
+{
+    if (algo == BLOCKHASH_SHA256)
+        return hash_sha256(data, len, out);
+    if (algo != BLOCKHASH_XXH128)
+        return -EINVAL;
+    XXH128_canonical_t c;
+    XXH128_canonicalFromHash(&c, XXH3_128bits(data, len));
+    memcpy(out, c.digest, sizeof(c.digest));
+    return 0;
+}
+
+int blockhash_zero_digest(enum blockhash_algo algo, size_t len, uint8_t out[BLOCKHASH_MAX_DIGEST])
+{
+    if (algo == BLOCKHASH_SHA256)
+        return hash_sha256_zeros(len, out);
+    CLEANUP_FREE void *zeros = calloc(1, len ? len : 1);
+    if (!zeros)
+        return -ENOMEM;
+    return blockhash_digest(algo, zeros, len, out);
+}
 
 static char *sidecar_path(const char *data_path)
 {
@@ -34,9 +91,14 @@ static char *sidecar_path(const char *data_path)
     return asprintf(&p, "%s%s", data_path, BLOCKHASH_SUFFIX) < 0 ? NULL : p;
 }
 
-int blockhash_writer_open(struct blockhash_writer *w, const char *data_path, uint32_t block_size)
+int blockhash_writer_open(struct blockhash_writer *w, const char *data_path, uint32_t block_size,
+                          enum blockhash_algo algo)
 {
     memset(w, 0, sizeof(*w));
+    if (algo != BLOCKHASH_SHA256 && algo != BLOCKHASH_XXH128)
+        return -EINVAL;
+    w->algo = algo;
+    w->digest_size = blockhash_digest_size(algo);
     w->block_size = block_size;
     w->path = sidecar_path(data_path);
     if (!w->path || asprintf(&w->tmp_path, "%s" BLOCKHASH_TMP_SUFFIX "XXXXXX", w->path) < 0) {
@@ -68,9 +130,9 @@ int blockhash_writer_open(struct blockhash_writer *w, const char *data_path, uin
     return 0;
 }
 
-int blockhash_writer_add(struct blockhash_writer *w, const uint8_t digest[HASH_SIZE])
+int blockhash_writer_add(struct blockhash_writer *w, const uint8_t *digest)
 {
-    if (fwrite(digest, HASH_SIZE, 1, w->f) != 1)
+    if (fwrite(digest, w->digest_size, 1, w->f) != 1)
         return errno ? -errno : -EIO;
     w->nblocks++;
     return 0;
@@ -84,7 +146,12 @@ int blockhash_writer_commit(struct blockhash_writer *w, int data_fd)
 
     struct blockhash_header h = {0};
     memcpy(h.magic, blockhash_magic, sizeof(h.magic));
-    h.version = htole32(BLOCKHASH_VERSION);
+    if (w->algo == BLOCKHASH_SHA256) {
+        h.version = htole32(BLOCKHASH_VERSION_SHA256);
+    } else {
+        h.version = htole32(BLOCKHASH_VERSION_ALGO);
+        h.algo = htole32((uint32_t)w->algo);
+    }
     h.block_size = htole32(w->block_size);
     h.file_size = htole64((uint64_t)st.st_size);
     h.ino = htole64((uint64_t)st.st_ino);
@@ -136,21 +203,34 @@ int blockhash_reader_open(struct blockhash_reader *r, const char *data_path, int
     struct blockhash_header h;
     struct stat st, sst;
     if (fread(&h, sizeof(h), 1, f) != 1 || memcmp(h.magic, blockhash_magic, sizeof(h.magic)) ||
-        le32toh(h.version) != BLOCKHASH_VERSION || le32toh(h.block_size) == 0 ||
+        le32toh(h.block_size) == 0 || le32toh(h.block_size) > BLOCKHASH_MAX_BLOCK_SIZE ||
         fstat(fileno(f), &sst) < 0) {
         fclose(f);
         return -EBADMSG;
     }
-    r->block_size = le32toh(h.block_size);
-    r->nblocks = le64toh(h.nblocks);
-    uint64_t want_blocks = (le64toh(h.file_size) + r->block_size - 1) / r->block_size;
-    if (r->nblocks != want_blocks ||
-        (uint64_t)sst.st_size != BLOCKHASH_HEADER_SIZE + r->nblocks * HASH_SIZE) {
+    uint32_t version = le32toh(h.version), algo = le32toh(h.algo);
+    if (version == BLOCKHASH_VERSION_SHA256 && algo == 0)
+        r->algo = BLOCKHASH_SHA256;
+    else if (version == BLOCKHASH_VERSION_ALGO &&
+             (algo == BLOCKHASH_SHA256 || algo == BLOCKHASH_XXH128))
+        r->algo = (enum blockhash_algo)algo;
+    else {
         fclose(f);
         return -EBADMSG;
     }
-    if (fstat(data_fd, &st) < 0) {
-        int e = -errno;
+    r->digest_size = blockhash_digest_size(r->algo);
+    r->block_size = le32toh(h.block_size);
+    r->nblocks = le64toh(h.nblocks);
+    uint64_t want_blocks = (le64toh(h.file_size) + r->block_size - 1) / r->block_size;
+    if (r->nblocks != want_blocks || r->nblocks > (UINT64_MAX - BLOCKHASH_HEADER_SIZE) / r->digest_size ||
+        (uint64_t)sst.st_size != BLOCKHASH_HEADER_SIZE + r->nblocks * r->digest_size) {
+        fclose(f);
+        return -EBADMSG;
+    }
+    int e = fstat(data_fd, &st) < 0 ? -errno : 0;
+    if (e == 0)
+        e = blockhash_zero_digest(r->algo, r->block_size, r->zero_digest);
+    if (e < 0) {
         fclose(f);
         return e;
     }
@@ -164,16 +244,18 @@ int blockhash_reader_open(struct blockhash_reader *r, const char *data_path, int
     return 0;
 }
 
-int blockhash_reader_get(struct blockhash_reader *r, uint64_t i, uint8_t out[HASH_SIZE])
+int blockhash_reader_get(struct blockhash_reader *r, uint64_t i, uint8_t out[BLOCKHASH_MAX_DIGEST])
 {
-    if (i >= r->nblocks)
-        return hash_sha256_zeros(r->block_size, out);
+    if (i >= r->nblocks) {
+        memcpy(out, r->zero_digest, r->digest_size);
+        return 0;
+    }
     if (i != r->next) {
-        if (fseeko(r->f, (off_t)(BLOCKHASH_HEADER_SIZE + i * HASH_SIZE), SEEK_SET) < 0)
+        if (fseeko(r->f, (off_t)(BLOCKHASH_HEADER_SIZE + i * r->digest_size), SEEK_SET) < 0)
             return -errno;
         r->next = i;
     }
-    if (fread(out, HASH_SIZE, 1, r->f) != 1)
+    if (fread(out, r->digest_size, 1, r->f) != 1)
         return -EBADMSG;
     r->next++;
     return 0;

@@ -162,7 +162,7 @@ struct copy_slot {
     bool hole;        /* a run of whole hole blocks: no buffer, all digests are the zero one */
     uint64_t written; /* data bytes the worker wrote */
     int err;          /* the worker's failure, or 0 */
-    uint8_t digests[SLOT_BLOCKS][HASH_SIZE];
+    uint8_t digests[SLOT_BLOCKS][BLOCKHASH_MAX_DIGEST];
 };
 
 struct copy_pipe {
@@ -175,6 +175,8 @@ struct copy_pipe {
     bool stop;
     struct copy_source src;
     int out;
+    enum blockhash_algo algo;
+    size_t digest_size;
     const uint8_t *zero_digest;
 };
 
@@ -209,10 +211,10 @@ static void copy_slot_process(struct copy_pipe *p, struct copy_slot *s)
     for (uint64_t i = 0; i < s->nblocks && r == 0; i++) {
         const uint8_t *b = s->buf + i * hb;
         if (buf_is_zero(b, hb)) {
-            memcpy(s->digests[i], p->zero_digest, HASH_SIZE);
+            memcpy(s->digests[i], p->zero_digest, p->digest_size);
             continue;
         }
-        if ((r = hash_sha256(b, hb, s->digests[i])) < 0)
+        if ((r = blockhash_digest(p->algo, b, hb, s->digests[i])) < 0)
             break;
         uint64_t len = s->valid > i * hb ? s->valid - i * hb : 0;
         if (len > hb)
@@ -436,14 +438,18 @@ static int copy_feed_all(struct copy_feed *f, uint64_t size)
     return 0;
 }
 
-int fs_copy_hashed(int in, int out, const char *out_path, struct clone_result *res)
+int fs_copy_hashed(int in, int out, const char *out_path, enum blockhash_algo algo,
+                   struct clone_result *res)
 {
     const uint64_t hb = BLOCKHASH_BLOCK_SIZE;
     struct stat st;
-    uint8_t zero_digest[HASH_SIZE];
+    uint8_t zero_digest[BLOCKHASH_MAX_DIGEST];
     struct blockhash_writer hw;
-    struct copy_pipe pipe = {
-        .src = {.fd = in, .direct = -1}, .out = out, .zero_digest = zero_digest};
+    struct copy_pipe pipe = {.src = {.fd = in, .direct = -1},
+                             .out = out,
+                             .algo = algo,
+                             .digest_size = blockhash_digest_size(algo),
+                             .zero_digest = zero_digest};
     struct copy_feed feed = {.pipe = &pipe, .res = res};
     pthread_t workers[COPY_WORKERS];
     unsigned nworkers = 0;
@@ -452,11 +458,11 @@ int fs_copy_hashed(int in, int out, const char *out_path, struct clone_result *r
     if (fstat(in, &st) < 0)
         return -errno;
     uint64_t size = (uint64_t)st.st_size;
-    if ((r = hash_sha256_zeros(hb, zero_digest)) < 0)
+    if ((r = blockhash_zero_digest(algo, hb, zero_digest)) < 0)
         return r;
     if (ftruncate(out, (off_t)size) < 0)
         return -errno;
-    if ((r = blockhash_writer_open(&hw, out_path, BLOCKHASH_BLOCK_SIZE)) < 0)
+    if ((r = blockhash_writer_open(&hw, out_path, BLOCKHASH_BLOCK_SIZE, algo)) < 0)
         return r;
     posix_fadvise(in, 0, 0, POSIX_FADV_SEQUENTIAL);
     if (size && (pipe.src.direct = fs_reopen_direct(in, O_RDONLY)) >= 0) {
@@ -517,6 +523,7 @@ out:
     }
     res->size = size;
     res->mode = CLONE_COPY;
+    res->hash = algo;
     return blockhash_writer_commit(&hw, out);
 }
 
@@ -555,7 +562,8 @@ static int fsync_parent(const char *path)
     return 0;
 }
 
-int fs_clone(const char *src, const char *dst, enum clone_mode mode, struct clone_result *res)
+int fs_clone(const char *src, const char *dst, enum clone_mode mode, enum blockhash_algo hash,
+             struct clone_result *res)
 {
     struct stat st, dst_st;
     struct fs_info src_fs, dst_fs;
@@ -621,7 +629,7 @@ int fs_clone(const char *src, const char *dst, enum clone_mode mode, struct clon
             }
         }
     }
-    if (!done && (r = fs_copy_hashed(in, out, dst, res)) < 0)
+    if (!done && (r = fs_copy_hashed(in, out, dst, hash, res)) < 0)
         goto fail;
 
     if (fchmod(out, st.st_mode & 07777) < 0) {

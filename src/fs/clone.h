@@ -10,6 +10,8 @@
 
 #include <stdint.h>
 
+#include "fs/blockhash.h"
+
 /* The clone is built as DST + CLONE_TMP_SUFFIX + six random characters; a crash may leave it. */
 #define CLONE_TMP_SUFFIX ".vxtmp."
 
@@ -20,17 +22,20 @@ struct clone_result {
     uint64_t size;          /* file size */
     uint64_t bytes_read;    /* bytes read from the source (copy mode; short holes between data are read too) */
     uint64_t bytes_written; /* data bytes written (copy mode; zero blocks are left as holes) */
+    enum blockhash_algo hash; /* copy mode: the sidecar's digest */
 };
 
 const char *clone_mode_name(enum clone_mode mode);
 int clone_mode_parse(const char *s, enum clone_mode *out);
 
-/* Clone src to dst.  Errors: -EEXIST dst exists; -EOPNOTSUPP reflink requested where the
+/* Clone src to dst; a copy records hash digests in its sidecar.  Errors: -EEXIST dst exists; -EOPNOTSUPP reflink requested where the
  * filesystem cannot; -EXDEV reflink across filesystems; else the failing call's errno. */
-int fs_clone(const char *src, const char *dst, enum clone_mode mode, struct clone_result *res);
+int fs_clone(const char *src, const char *dst, enum clone_mode mode, enum blockhash_algo hash,
+             struct clone_result *res);
 
 /* Sparse, hashed copy from in to out (both open, out empty), recording digests in the sidecar
  * of out_path.  Exposed for the benchmarks and for snapshot code that owns its own files. */
-int fs_copy_hashed(int in, int out, const char *out_path, struct clone_result *res);
+int fs_copy_hashed(int in, int out, const char *out_path, enum blockhash_algo hash,
+                   struct clone_result *res);
 
 #endif

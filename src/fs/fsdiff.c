@@ -248,7 +248,9 @@ static int diff_hash(struct fs_diff *d, struct extent_sink *changed, struct exte
     if (r < 0)
         return r;
     const uint64_t bs = hr.block_size;
-    uint8_t zero_digest[HASH_SIZE], want[HASH_SIZE], got[HASH_SIZE];
+    const size_t ds = hr.digest_size;
+    const uint8_t *zero_digest = hr.zero_digest;
+    uint8_t want[BLOCKHASH_MAX_DIGEST], got[BLOCKHASH_MAX_DIGEST];
     struct range_out chg = {.sink = changed}, zer = {.sink = zeroed};
     CLEANUP_FREE uint8_t *buf = malloc(DIFF_BUFFER_SIZE > bs ? DIFF_BUFFER_SIZE : bs);
     if (!buf) {
@@ -256,8 +258,6 @@ static int diff_hash(struct fs_diff *d, struct extent_sink *changed, struct exte
         return -ENOMEM;
     }
     size_t per_read = DIFF_BUFFER_SIZE > bs ? DIFF_BUFFER_SIZE / bs * bs : bs;
-    if ((r = hash_sha256_zeros(bs, zero_digest)) < 0)
-        goto out;
 
     for (uint64_t pos = 0; pos < d->new_size;) {
         uint64_t data = next_data(d->new_fd, pos, d->new_size) / bs * bs;
@@ -266,7 +266,7 @@ static int diff_hash(struct fs_diff *d, struct extent_sink *changed, struct exte
             if ((r = blockhash_reader_get(&hr, pos / bs, want)) < 0)
                 goto out;
             uint64_t len = pos + bs > d->new_size ? d->new_size - pos : bs;
-            bool base_zero = memcmp(want, zero_digest, HASH_SIZE) == 0;
+            bool base_zero = memcmp(want, zero_digest, ds) == 0;
             if ((r = classify(&chg, &zer, base_zero, true, pos, len)) < 0)
                 goto out;
         }
@@ -281,12 +281,12 @@ static int diff_hash(struct fs_diff *d, struct extent_sink *changed, struct exte
             uint64_t len = off + bs > d->new_size ? d->new_size - off : bs;
             bool new_zero = buf_is_zero(buf + b, bs);
             if (new_zero)
-                memcpy(got, zero_digest, HASH_SIZE);
-            else if ((r = hash_sha256(buf + b, bs, got)) < 0)
+                memcpy(got, zero_digest, ds);
+            else if ((r = blockhash_digest(hr.algo, buf + b, bs, got)) < 0)
                 goto out;
             if ((r = blockhash_reader_get(&hr, off / bs, want)) < 0)
                 goto out;
-            if ((r = classify(&chg, &zer, memcmp(want, got, HASH_SIZE) == 0, new_zero, off, len)) <
+            if ((r = classify(&chg, &zer, memcmp(want, got, ds) == 0, new_zero, off, len)) <
                 0)
                 goto out;
         }

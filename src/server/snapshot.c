@@ -230,7 +230,7 @@ int snapshot_create(struct server *s, struct provider *p, const struct vm *vm,
             break;
         }
         enum clone_mode mode = !strcmp(d->mode, "reflink") ? CLONE_AUTO : CLONE_COPY;
-        if ((r = fs_clone(d->parent_path, d->path, mode, &res)) < 0) {
+        if ((r = fs_clone(d->parent_path, d->path, mode, s->cfg->block_hash, &res)) < 0) {
             snprintf(err, errlen, "snapshot %s: disk %s: cloning %s to %s: %s", id, d->name,
                      d->parent_path, d->path,
                      r == -ENOSPC ? "no space left on the repository" : strerror(-r));

@@ -75,21 +75,25 @@ check "copy has a sidecar" test -s "$EXT4/c2.vxhash"
 check "copy stays sparse" test "$(du -k "$EXT4/c2" | cut -f1)" -le 300
 
 # The copy hashes in worker threads and writes out of order; the sidecar must still hold the
-# digest of every block in file order.  Check each digest against Python's hashlib for layouts
-# that cross many pipeline slots: data runs, whole-block holes between them, a block that is
-# part hole, written zeros, a partial last block of data, and a tail that is a hole.
-check_sidecar() { # FILE: the sidecar of FILE has the SHA-256 of every 64 KiB block
-    python3 - "$1" <<'PY'
-import hashlib, struct, sys
-path = sys.argv[1]
+# digest of every block in file order.  Check each digest against Python's xxhash (Debian's
+# python3-xxhash, for Debian's /usr/bin/python3) or hashlib for layouts that cross many pipeline
+# slots: data runs, whole-block holes between them, a block that is part hole, written zeros, a
+# partial last block of data, and a tail that is a hole.
+check_sidecar() { # FILE [ALGO]: the sidecar of FILE has the ALGO (xxh128) of every 64 KiB block
+    /usr/bin/python3 - "$1" "${2:-xxh128}" <<'PY'
+import hashlib, struct, sys, xxhash
+path, algo = sys.argv[1], sys.argv[2]
 side = open(path + ".vxhash", "rb").read()
-magic, ver, bs, size, _ino, _s, _ns, n = struct.unpack("<8sIIQQqqQ", side[:56])
+magic, ver, bs, size, _ino, _s, _ns, n, alg = struct.unpack("<8sIIQQqqQI", side[:60])
 data = open(path, "rb").read()
-assert magic == b"VXHASH\0\n" and ver == 1 and bs == 65536 and size == len(data), "header"
-assert n == (size + bs - 1) // bs and len(side) == 64 + 32 * n, "block count"
+want = {"xxh128": (2, 2, 16, xxhash.xxh3_128_digest), "sha256": (1, 0, 32, lambda b: hashlib.sha256(b).digest())}
+wver, walg, ds, fn = want[algo]
+assert magic == b"VXHASH\0\n" and ver == wver and alg == walg, "header %r %d %d" % (magic, ver, alg)
+assert bs == 65536 and size == len(data) and side[60:64] == b"\0" * 4, "header fields"
+assert n == (size + bs - 1) // bs and len(side) == 64 + ds * n, "block count"
 for i in range(n):
     blk = data[i * bs:(i + 1) * bs].ljust(bs, b"\0")
-    if side[64 + 32 * i:96 + 32 * i] != hashlib.sha256(blk).digest():
+    if side[64 + ds * i:64 + ds * (i + 1)] != fn(blk):
         sys.exit("digest %d differs" % i)
 PY
 }
@@ -103,9 +107,18 @@ dd if=/dev/urandom of="$lay" bs=4K count=1 seek=$((25 * 256 + 3)) conv=notrunc s
 for ((k = 0; k < 64; k++)); do
     dd if=/dev/urandom of="$lay" bs=4K count=1 seek=$((28 * 256 + k * 4)) conv=notrunc status=none
 done
-expect_exit 0 "copy of a mixed layout (tail hole, odd size)" "$VMEXPORT" clone --mode copy "$lay" "$lay.c"
+expect_exit 0 "copy of a mixed layout (tail hole, odd size)" "$VMEXPORT" clone --json --mode copy "$lay" "$lay.c"
 check "mixed layout copy is identical" cmp -s "$lay" "$lay.c"
 check "mixed layout sidecar: every block's digest in order" check_sidecar "$lay.c"
+check "copy reports its block hash" jq -e '.hash == "xxh128"' "$WORK/out"
+expect_exit 0 "copy with --hash sha256" "$VMEXPORT" clone --json --hash sha256 --mode copy "$lay" "$lay.s"
+check "sha256 copy is identical" cmp -s "$lay" "$lay.s"
+check "sha256 sidecar: every block's SHA-256 in order (version 1)" check_sidecar "$lay.s" sha256
+check "sha256 copy reports its block hash" jq -e '.hash == "sha256"' "$WORK/out"
+expect_exit 2 "unknown --hash is a usage error" "$VMEXPORT" clone --hash md5 --mode copy "$lay" "$lay.x"
+check "message names the accepted digests" grep -q "xxh128 or sha256" "$WORK/err"
+check "no copy left after a usage error" test ! -e "$lay.x"
+rm -f "$lay.s" "$lay.s.vxhash"
 # Short holes between data (the 4 KiB fragments) are read with the data around them, but only
 # non-zero pages are written: 12 MiB + 4 KiB + 64 x 4 KiB of data, no written zeros, no holes.
 alloc_kib=$(du -k "$lay.c" | cut -f1)
@@ -152,6 +165,19 @@ check "punched range is zeroed, written block changed" \
 dd if=/dev/urandom of="$EXT4/img" bs=4K count=1 seek=3 conv=notrunc status=none
 expect_exit 0 "diff against a copy uses hashes" "$VMEXPORT" diff --json "$EXT4/c2" "$EXT4/img"
 check "hash mode, 64 KiB precision" jq -e '.mode == "hash" and .changed == [{"start":0,"length":65536}]' "$WORK/out"
+# A base whose sidecar holds SHA-256 digests (--hash sha256, or written by an older vmexport):
+# same answer.  A sidecar naming an unknown digest is refused as damaged, never half-used.
+expect_exit 0 "a sha256 copy of the base" "$VMEXPORT" clone --hash sha256 --mode copy "$EXT4/c2" "$EXT4/c2s"
+expect_exit 0 "diff against a sha256 sidecar" "$VMEXPORT" diff --json "$EXT4/c2s" "$EXT4/img"
+check "sha256 sidecar: hash mode, same ranges" jq -e '.mode == "hash" and .changed == [{"start":0,"length":65536}] and .zeroed == []' "$WORK/out"
+printf '\x02' | dd of="$EXT4/c2s.vxhash" bs=1 seek=8 conv=notrunc status=none
+expect_exit 1 "diff --mode hash with version 2 and no algorithm fails" "$VMEXPORT" diff --mode hash "$EXT4/c2s" "$EXT4/img"
+check "unknown digest: sidecar called damaged" grep -q "sidecar is damaged" "$WORK/err"
+printf '\x07' | dd of="$EXT4/c2s.vxhash" bs=1 seek=56 conv=notrunc status=none
+expect_exit 1 "diff --mode hash with an unknown algorithm field fails" "$VMEXPORT" diff --mode hash "$EXT4/c2s" "$EXT4/img"
+expect_exit 0 "auto mode falls back to reading" "$VMEXPORT" diff --json "$EXT4/c2s" "$EXT4/img"
+check "damaged sidecar: read mode, 4 KiB precision" jq -e '.mode == "read" and .changed == [{"start":12288,"length":4096}]' "$WORK/out"
+rm -f "$EXT4/c2s" "$EXT4/c2s.vxhash"
 expect_exit 0 "diff --mode read" "$VMEXPORT" diff --json --mode read "$EXT4/c2" "$EXT4/img"
 check "read mode, 4 KiB precision" jq -e '.mode == "read" and .changed == [{"start":12288,"length":4096}]' "$WORK/out"
 expect_exit 1 "diff --mode reflink on ext4 fails" "$VMEXPORT" diff --mode reflink "$EXT4/c2" "$EXT4/img"

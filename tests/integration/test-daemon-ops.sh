@@ -67,6 +67,8 @@ variant() { # NAME SED_SCRIPT: a copy of the good config changed by sed
 }
 config_fails "unknown key in [server]" "$(variant badkey '/^\[server\]/a frobnicate = 1')" \
     "unknown key 'frobnicate'"
+config_fails "block_hash = md5" "$(variant badhash '$a [snapshot]\nblock_hash = md5')" \
+    "block_hash: must be xxh128 or sha256, not 'md5'"
 cfg=$(variant badsect '$a [serverr]\nlisten = 127.0.0.1:1')
 config_fails "unknown section" "$cfg" "unknown section [serverr]"
 config_fails "missing certificate file" \
@@ -274,6 +276,42 @@ jq -r '.disks[0].zeroed[] | "\(.start) \(.length)"' "$WORK/diffAB.json" |
 check "incremental download reproduces snapshot B bit for bit" cmp -s "$WORK/big.dl" "$SB_PATH"
 check "snapshot B equals the disk" cmp -s "$SB_PATH" "$EVMS/big/disk.img"
 rm -f "$WORK/big.dl"
+
+# Sidecars: XXH3-128 by default (version 2, algorithm 2); with [snapshot] block_hash = sha256
+# the daemon writes SHA-256 ones (version 1, as older vmexport versions did), and a diff from
+# either kind finds exactly the changed blocks.
+sidecar_kind() { # DISK_PATH: "VERSION/ALGORITHM" from the header of DISK_PATH.vxhash
+    echo "$(od -An -tu4 -j8 -N4 "$1.vxhash" | tr -d ' ')/$(od -An -tu4 -j56 -N4 "$1.vxhash" | tr -d ' ')"
+}
+check "default sidecar: xxh128 (version 2, algorithm 2)" test "$(sidecar_kind "$SA_PATH")" = 2/2
+check "default sidecar: 16 bytes per 64 KiB block" test "$(stat -c %s "$SA_PATH.vxhash")" = $((64 + 16 * 5120))
+stop_daemon
+cp "$WORK/main.conf" "$WORK/sha.conf"
+printf '[snapshot]\nblock_hash = sha256\n' >>"$WORK/sha.conf"
+start_daemon "$WORK/sha.conf" "$PORT" && ok "daemon starts with block_hash = sha256" ||
+    not_ok "daemon starts with block_hash = sha256"
+expect_status 201 "snapshot C with SHA-256 sidecars" POST /api/v1/vms/big/snapshots
+SC=$(jq -r .id "$WORK/body")
+SC_PATH=$(jq -r '.disks[0].path' "$WORK/body")
+check "sha256 sidecar: version 1, no algorithm field" test "$(sidecar_kind "$SC_PATH")" = 1/0
+check "sha256 sidecar: 32 bytes per 64 KiB block" test "$(stat -c %s "$SC_PATH.vxhash")" = $((64 + 32 * 5120))
+dd if=/dev/urandom of="$EVMS/big/disk.img" bs=4K count=1 seek=$(( 700 * B64K / 4096 + 3 )) conv=notrunc,fsync status=none
+expect_status 201 "snapshot D after a 4 KiB write" POST /api/v1/vms/big/snapshots
+SD=$(jq -r .id "$WORK/body")
+expect_status 200 "compareTo from the sha256 snapshot" GET "/api/v1/vms/big/snapshots/$SD?compareTo=$SC"
+check "diff_mode is hash from a sha256 sidecar" jq -e '.disks[0].diff_mode == "hash"' "$WORK/body"
+got="$(blocks_of disk.img "$WORK/body" chunks)/$(blocks_of disk.img "$WORK/body" zeroed)"
+[ "$got" = "700 /" ] && ok "sha256 base: exactly the written block changed" ||
+    not_ok "sha256 base: got blocks '$got', want '700 /'"
+expect_status 200 "compareTo from the xxh128 snapshot A" GET "/api/v1/vms/big/snapshots/$SD?compareTo=$SA"
+got=$(blocks_of disk.img "$WORK/body" chunks)
+[ "$got" = "640 700 1601 1602 1603 " ] && ok "xxh128 base: the changes since A" ||
+    not_ok "xxh128 base: got blocks '$got'"
+expect_status 204 "delete snapshot C" DELETE "/api/v1/vms/big/snapshots/$SC"
+expect_status 204 "delete snapshot D" DELETE "/api/v1/vms/big/snapshots/$SD"
+stop_daemon
+start_daemon "$WORK/main.conf" "$PORT" && ok "daemon restarts with the default block_hash" ||
+    not_ok "daemon restarts with the default block_hash"
 
 # =============================================================================== 8. OVM provider
 expect_status 200 "GET /vms with the OVM provider" GET /api/v1/vms
