@@ -385,6 +385,8 @@ static int diff_run(int argc, char **argv)
         printf("{\"mode\":\"%s\",\"block_size\":%u,\"size\":%llu,\"base_size\":%llu,",
                diff_mode_name(d.mode), d.block_size, (unsigned long long)d.new_size,
                (unsigned long long)d.base_size);
+        if (d.mode == DIFF_HASH)
+            printf("\"hash\":\"%s\",", blockhash_algo_name(d.hash));
         struct json_sink cs, zs;
         memset(&cs, 0, sizeof(cs));
         memset(&zs, 0, sizeof(zs));
@@ -407,9 +409,10 @@ static int diff_run(int argc, char **argv)
         struct text_sink zs = {.tag = "zeroed", .f = stdout};
         struct extent_sink ck = {.emit = text_emit, .opaque = &cs};
         struct extent_sink zk = {.emit = text_emit, .opaque = &zs};
-        printf("# %s -> %s: mode %s, block size %u, size %llu (base %llu)\n", base, new,
-               diff_mode_name(d.mode), d.block_size, (unsigned long long)d.new_size,
-               (unsigned long long)d.base_size);
+        printf("# %s -> %s: mode %s%s%s, block size %u, size %llu (base %llu)\n", base, new,
+               diff_mode_name(d.mode), d.mode == DIFF_HASH ? " " : "",
+               d.mode == DIFF_HASH ? blockhash_algo_name(d.hash) : "", d.block_size,
+               (unsigned long long)d.new_size, (unsigned long long)d.base_size);
         r = fs_diff_run(&d, &ck, &zk);
         if (r == 0) {
             char b1[32], b2[32];
@@ -447,12 +450,13 @@ const struct cli_command cmd_diff = {
         "           the reverse): compare the FIEMAP extent maps; no data is read; precise\n"
         "           to the filesystem block.\n"
         "  hash     BASE was made by 'vmexport clone --mode copy' and has a fresh BASE.vxhash:\n"
-        "           read NEW only, compare 64 KiB block digests.\n"
+        "           read NEW only, compare 64 KiB block digests (with the sidecar's\n"
+        "           algorithm, xxh128 or sha256; see clone --hash).\n"
         "  read     read both files and compare 4 KiB blocks.\n"
         "\n"
         "Options:\n"
         "  -m, --mode MODE  force a mode; fails if it cannot be used (default auto)\n"
-        "  --json           {\"mode\",\"block_size\",\"size\",\"base_size\",\n"
+        "  --json           {\"mode\",\"block_size\",\"size\",\"base_size\",\"hash\" (hash mode),\n"
         "                    \"changed\":[{\"start\",\"length\"}],\"zeroed\":[...],\n"
         "                    \"changed_bytes\",\"zeroed_bytes\"}\n"
         "  -h, --help       this help\n"

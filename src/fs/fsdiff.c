@@ -119,6 +119,7 @@ int fs_diff_open(struct fs_diff *d, const char *base, const char *new, enum diff
         if (r == 0) {
             d->mode = DIFF_HASH;
             d->block_size = hr.block_size;
+            d->hash = hr.algo;
             blockhash_reader_close(&hr);
             return 0;
         }

@@ -11,6 +11,7 @@
 #include <stdint.h>
 
 #include "core/extent.h"
+#include "fs/blockhash.h"
 
 enum diff_mode { DIFF_AUTO, DIFF_REFLINK, DIFF_HASH, DIFF_READ };
 
@@ -19,6 +20,7 @@ struct fs_diff {
     char *base_path;
     enum diff_mode mode;
     uint32_t block_size; /* precision of the result */
+    enum blockhash_algo hash; /* DIFF_HASH: the base sidecar's digest */
     uint64_t base_size, new_size;
     const char *why; /* when a requested mode is impossible: the reason, for messages */
 };
