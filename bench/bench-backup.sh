@@ -19,7 +19,8 @@
 #       (1 MiB blocks) and zstd -b1 on a sample of the image's data, combined as
 #       1 / (1/sha + 1/zstd) over the allocated data (the bytes a backup must hash+compress)
 #     incremental backup after changing CHANGE_PCT % (default 1) of the logical size in
-#       1 MiB random writes, both transports; its time as a fraction of the full backup's
+#       1 MiB random writes, both transports; its time (median of INCR_REPS rounds) as a
+#       fraction of the full backup's
 #     vmexport restore BACKUP --to FILE vs cp --sparse=always SRC DST
 #     peak memory (Maximum resident set size from /usr/bin/time -v) of backup and restore
 # Every backup is restored once and compared with cmp (outside the timing).
@@ -30,7 +31,7 @@
 # Run as root (loop devices, mount, drop_caches): bench/bench-backup.sh
 #     SIZE=2G bench/bench-backup.sh                    # quick run
 # Environment: SIZE (multiple of 512M, default 8G), JOBS (backup --jobs, default 4),
-# CHANGE_PCT (1), CHUNK_SIZE (repo init --chunk-size, default 1M: the repository default), REPS (full backups and copies: best of REPS runs, default 3), VMEXPORT,
+# CHANGE_PCT (1), INCR_REPS (incremental rounds, median counts; default 3), CHUNK_SIZE (repo init --chunk-size, default 1M: the repository default), REPS (full backups and copies: best of REPS runs, default 3), VMEXPORT,
 # VMEXPORTD (default build/...), BENCH_TMPDIR (default /var/tmp).
 set -euo pipefail
 shopt -s inherit_errexit
@@ -44,6 +45,7 @@ JOBS=${JOBS:-4}
 CHANGE_PCT=${CHANGE_PCT:-1}
 CHUNK_SIZE=${CHUNK_SIZE:-1M}
 REPS=${REPS:-3}
+INCR_REPS=${INCR_REPS:-3}
 BENCH_TMPDIR=${BENCH_TMPDIR:-/var/tmp}
 
 die() { echo "bench-backup: $*" >&2; exit 1; }
@@ -239,24 +241,35 @@ cmp "$src" "$r" || die "restored full backup (local transport) differs"
 rm -f "$r"
 
 # --- incremental after CHANGE_PCT % ------------------------------------------------------------------
+# INCR_REPS rounds, each changing CHANGE_PCT % more and backing up over both transports (each
+# backup the base of the next); the median time counts.  One cold run moves by several points
+# of the full backup's time from run to run.
 nchange=$((size / MiB * CHANGE_PCT / 100))
 RANDOM=4242
-for ((i = 0; i < nchange; i++)); do
-    off=$(((RANDOM * 32768 + RANDOM) % (size / MiB)))
-    dd if=/dev/urandom of="$src" bs=1M count=1 seek="$off" conv=notrunc status=none
+incr_runs="" incr_l_runs=""
+for ((k = 0; k < INCR_REPS; k++)); do
+    for ((i = 0; i < nchange; i++)); do
+        off=$(((RANDOM * 32768 + RANDOM) % (size / MiB)))
+        dd if=/dev/urandom of="$src" bs=1M count=1 seek="$off" conv=notrunc status=none
+    done
+    sync
+    timed_v incr "$VMEXPORT" backup bench --repo "$repo" --jobs "$JOBS" --transport https --json
+    summary_incr=$(grep '"type":"summary"' "$work/incr.out" | tail -n1)
+    jq -e '.incremental == true' <<<"$summary_incr" >/dev/null || die "backup after the change was not incremental: $summary_incr"
+    timed_v incr_l "$VMEXPORT" backup bench --repo "$repo_l" --jobs "$JOBS" --transport local --json
+    summary_incr_l=$(grep '"type":"summary"' "$work/incr_l.out" | tail -n1)
+    jq -e '.incremental == true' <<<"$summary_incr_l" >/dev/null || die "local backup after the change was not incremental: $summary_incr_l"
+    incr_runs+="${T[incr]} "
+    incr_l_runs+="${T[incr_l]} "
+    for pair in "$repo:$summary_incr" "$repo_l:$summary_incr_l"; do
+        "$VMEXPORT" restore --repo "${pair%%:*}" "$(jq -r .backup <<<"${pair#*:}")" --disk disk.raw --to "$r" >/dev/null
+        cmp "$src" "$r" || die "restored incremental backup (${pair%%:*}) differs"
+        rm -f "$r"
+    done
 done
-sync
-timed_v incr "$VMEXPORT" backup bench --repo "$repo" --jobs "$JOBS" --transport https --json
-summary_incr=$(grep '"type":"summary"' "$work/incr.out" | tail -n1)
-jq -e '.incremental == true' <<<"$summary_incr" >/dev/null || die "second backup was not incremental: $summary_incr"
-timed_v incr_l "$VMEXPORT" backup bench --repo "$repo_l" --jobs "$JOBS" --transport local --json
-summary_incr_l=$(grep '"type":"summary"' "$work/incr_l.out" | tail -n1)
-jq -e '.incremental == true' <<<"$summary_incr_l" >/dev/null || die "second local backup was not incremental: $summary_incr_l"
-for pair in "$repo:$summary_incr" "$repo_l:$summary_incr_l"; do
-    "$VMEXPORT" restore --repo "${pair%%:*}" "$(jq -r .backup <<<"${pair#*:}")" --disk disk.raw --to "$r" >/dev/null
-    cmp "$src" "$r" || die "restored incremental backup (${pair%%:*}) differs"
-    rm -f "$r"
-done
+median() { tr ' ' '\n' | grep . | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+T[incr]=$(median <<<"$incr_runs")
+T[incr_l]=$(median <<<"$incr_l_runs")
 repo_bytes=$(du -sb "$repo" | cut -f1)
 
 # --- CPU limit: SHA-256 + zstd -1 on all cores ----------------------------------------------------------
@@ -296,8 +309,8 @@ row "nbdcopy SRC DST" nbdcopy
 row "qemu-img convert -f raw -O raw" qemu-img
 printf '| %-52s | %8s | %12s | %13s | %12s |\n' "SHA-256+zstd-1 limit ($sha_mbs + $zstd_mbs MB/s, $ncpu cores)" \
     "$(awk -v a="$allocated" -v l="$limit_mbs" 'BEGIN { printf "%.2f", a / l / 1e6 }')" "-" "$limit_mbs" "-"
-row "vmexport backup (incremental, ${CHANGE_PCT}% changed, https)" incr
-row "vmexport backup (incremental, ${CHANGE_PCT}% changed, local)" incr_l
+row "vmexport backup (incremental, ${CHANGE_PCT}% changed, https; median)" incr
+row "vmexport backup (incremental, ${CHANGE_PCT}% changed, local; median)" incr_l
 row "vmexport restore --to FILE (+ sync FILE)" restore
 echo
 for o in cp nbdcopy qemu-img; do
@@ -309,9 +322,10 @@ for b in backup backup_l; do
 done
 awk -v f="${T[backup]}" -v i="${T[incr]}" 'BEGIN { printf "incremental / full time, https: %.1f%%\n", 100 * i / f }'
 awk -v f="${T[backup_l]}" -v i="${T[incr_l]}" 'BEGIN { printf "incremental / full time, local: %.1f%%\n", 100 * i / f }'
+echo "incremental runs (s): https $incr_runs; local $incr_l_runs"
 awk -v r="${T[restore]}" -v c="${T[cp]}" 'BEGIN { printf "restore / cp --sparse=always (the copy above) %.2fx\n", c / r }'
 echo
 for sm in "$summary_full" "$summary_full_l" "$summary_incr" "$summary_incr_l"; do
     echo "summary: $(jq -c '{incremental, transport, bytes_read, bytes_written, chunks_new, chunks_reused, chunks_fetched, seconds}' <<<"$sm")"
 done
-echo "changed: $nchange x 1 MiB random writes; repository size after both: $((repo_bytes / MiB)) MiB; restored file allocated $((restored_alloc / MiB)) MiB"
+echo "changed: $INCR_REPS x $nchange x 1 MiB random writes; repository size after all: $((repo_bytes / MiB)) MiB; restored file allocated $((restored_alloc / MiB)) MiB"

@@ -21,8 +21,9 @@
 # Run as root (needs loop devices, mkfs, drop_caches, cc, qemu-img, nbdcopy):
 #     bench/bench-clone.sh
 #     SIZE=1G bench/bench-clone.sh                     # quick run
-# Environment: SIZE (multiple of 512M, default 8G), COLD_REPS (3: cp's own cold time varies
-# 2-3x between runs on a virtual machine, so one cold run decides little), WARM_REPS (2),
+# Environment: SIZE (multiple of 512M, default 8G), COLD_REPS (5: cp's own cold time varies
+# 2-3x between runs on a virtual machine, so one cold run decides little; best and median are
+# printed), WARM_REPS (2),
 # FS (ext4 | xfs, default ext4), VMEXPORT (default build/vmexport),
 # BENCH_TMPDIR (where the loop image lives; default /var/tmp), LOOP_DIO (1: direct I/O loop).
 set -euo pipefail
@@ -32,7 +33,7 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(dirname "$here")
 VMEXPORT=${VMEXPORT:-$root/build/vmexport}
 SIZE=${SIZE:-8G}
-COLD_REPS=${COLD_REPS:-3}
+COLD_REPS=${COLD_REPS:-5}
 WARM_REPS=${WARM_REPS:-2}
 FS=${FS:-ext4}
 BENCH_TMPDIR=${BENCH_TMPDIR:-/var/tmp}
@@ -165,10 +166,12 @@ done
 remove_outputs
 
 best() { tr ' ' '\n' | grep . | sort -g | head -n1; }
-declare -A cb wb dst_alloc
+median() { tr ' ' '\n' | grep . | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+declare -A cb wb cm dst_alloc
 for t in "${tools[@]}"; do
     cb[$t]=$(best <<<"${cold[$t]}")
     wb[$t]=$(best <<<"${warm[$t]}")
+    cm[$t]=$(median <<<"${cold[$t]}")
     dst_alloc[$t]=$(cat "$work/alloc.$t")
 done
 
@@ -191,9 +194,15 @@ for t in "${tools[@]}"; do
             l, c, s / c / 1e6, d / c / 1e6, w, s / w / 1e6, d / w / 1e6, a / 1048576 }'
 done
 echo
+# Cold times of one tool spread by 2-3x on a virtual machine (how much of the page cache the
+# guest must take anew from the host), so the median of the cold runs is shown beside the best.
+echo "cold runs (s), in order:"
+for t in "${tools[@]}"; do printf '  %-16s %s (median %s)\n' "$t" "${cold[$t]}" "${cm[$t]}"; done
+echo
 for v in vmexport vmexport-sha256; do
     for o in cp nbdcopy qemu-img; do
-        awk -v v="$v" -v o="$o" -v vc="${cb[$v]}" -v vw="${wb[$v]}" -v oc="${cb[$o]}" -v ow="${wb[$o]}" 'BEGIN {
-            printf "%s/%-8s  cold %.2fx   warm %.2fx\n", v, o, oc / vc, ow / vw }'
+        awk -v v="$v" -v o="$o" -v vc="${cb[$v]}" -v vw="${wb[$v]}" -v oc="${cb[$o]}" -v ow="${wb[$o]}" \
+            -v vm="${cm[$v]}" -v om="${cm[$o]}" 'BEGIN {
+            printf "%s/%-8s  cold %.2fx (median %.2fx)   warm %.2fx\n", v, o, oc / vc, om / vm, ow / vw }'
     done
 done
