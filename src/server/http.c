@@ -594,8 +594,11 @@ int server_start(struct server *s, char *err, size_t errlen)
     struct sockaddr_storage ss = {0};
     struct sockaddr_in *sin = (struct sockaddr_in *)&ss;
     struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)&ss;
+    /* poll(), not select(): select cannot watch a descriptor >= FD_SETSIZE (1024), so a busy
+     * daemon (max_connections of several hundred, each download holding a socket and two file
+     * descriptors) would silently drop every further connection. */
     unsigned flags = MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD |
-                     MHD_USE_ERROR_LOG | MHD_USE_ITC;
+                     MHD_USE_POLL | MHD_USE_ERROR_LOG | MHD_USE_ITC;
     if (inet_pton(AF_INET, cfg->listen_host, &sin->sin_addr) == 1) {
         sin->sin_family = AF_INET;
         sin->sin_port = htons(cfg->listen_port);

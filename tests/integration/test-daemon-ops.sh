@@ -502,3 +502,33 @@ for pw in "$CAROL_PW" "${wrong[@]}"; do grep -qF -- "$pw" "$WORK/daemon.log" && 
 [ -z "$leak" ] && ok "the daemon log never contains a password" || not_ok "passwords in the log:$leak"
 stop_daemon
 check "main daemon stops cleanly" test $? -eq 0
+
+# ============================================================ 10. descriptors beyond FD_SETSIZE
+# A busy daemon holds many descriptors (a socket and two file descriptors per download); those
+# past 1023 cannot be watched with select().  Start the daemon holding 1100 inherited ones, so
+# that every further socket is numbered above 1024: idle connections and requests must still be
+# served (with select, MHD dropped them without a word).
+(
+    ulimit -n 4096
+    for _ in $(seq 1100); do exec {_fd}</dev/null; done
+    exec "$VMEXPORTD" --config "$WORK/main.conf" >>"$WORK/daemon.log" 2>&1
+) &
+DAEMON_PID=$!
+at_exit "kill -9 $DAEMON_PID"
+for _ in $(seq 100); do curl -s --cacert "$WORK/certs/ca.crt" -o /dev/null "$URL/healthz" && break; sleep 0.1; done
+idle=()
+for _ in 1 2 3 4 5 6; do
+    (exec 3<>"/dev/tcp/127.0.0.1/$PORT"; sleep 6) &
+    idle+=($!)
+done
+sleep 0.5
+high=$(ls -l "/proc/$DAEMON_PID/fd" | awk '/socket:/ { n = $9 + 0; if (n >= 1024) c++ } END { print c + 0 }')
+check "the daemon holds sockets numbered >= 1024 ($high)" test "$high" -ge 1
+TOKEN=""
+expect_status 200 "login over a socket numbered >= 1024" POST /api/v1/auth/login \
+    -d '{"username":"admin","password":"secret"}'
+TOKEN=$(jq -r .token "$WORK/body" 2>/dev/null)
+expect_status 200 "GET /vms over a socket numbered >= 1024" GET /api/v1/vms
+kill "${idle[@]}" 2>/dev/null
+stop_daemon
+check "the daemon stops cleanly" test $? -eq 0
