@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 
 #include "core/log.h"
 #include "daemon/config.h"
@@ -40,6 +41,37 @@ static void usage(FILE *f)
 #define DAEMON_MMAP_THRESHOLD (32 << 20)
 /* Free heap memory above this much is given back to the system. */
 #define DAEMON_TRIM_THRESHOLD (64 << 20)
+
+/* Descriptors one connection may hold: its socket, a snapshot file opened twice (buffered and
+ * O_DIRECT), and one spare (an upload's file, a catalog read). */
+#define FDS_PER_CONNECTION 4
+#define FDS_RESERVED       64 /* listening socket, catalog, logs, hooks */
+
+/* Raise the soft limit on open descriptors to the hard one: the default soft limit (1024) is
+ * kept low for programs that use select(); this one polls, and each connection holds several
+ * descriptors.  Warn when even the hard limit is below what max_connections may need. */
+static void raise_nofile_limit(unsigned max_connections)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
+        return;
+    if (rl.rlim_cur < rl.rlim_max) {
+        rlim_t from = rl.rlim_cur;
+        rl.rlim_cur = rl.rlim_max;
+        if (setrlimit(RLIMIT_NOFILE, &rl) == 0)
+            log_info("open files limit raised from %llu to %llu", (unsigned long long)from,
+                     (unsigned long long)rl.rlim_cur);
+        else if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
+            return;
+    }
+    unsigned long long need =
+        (unsigned long long)max_connections * FDS_PER_CONNECTION + FDS_RESERVED;
+    if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < need)
+        log_warn("open files limit %llu is below the %llu that max_connections = %u may need; "
+                 "raise it (ulimit -n, or LimitNOFILE= in a systemd unit) or lower "
+                 "max_connections",
+                 (unsigned long long)rl.rlim_cur, need, max_connections);
+}
 
 int main(int argc, char **argv)
 {
@@ -104,6 +136,7 @@ int main(int argc, char **argv)
         config_free(&cfg);
         return 1;
     }
+    raise_nofile_limit(cfg.max_connections);
     struct server *srv = NULL;
     if (server_new(&cfg, &srv, err, sizeof(err)) < 0) {
         log_error("%s", err);

@@ -532,3 +532,24 @@ expect_status 200 "GET /vms over a socket numbered >= 1024" GET /api/v1/vms
 kill "${idle[@]}" 2>/dev/null
 stop_daemon
 check "the daemon stops cleanly" test $? -eq 0
+
+# The soft limit on open files (1024 by default, for select() users) is raised to the hard one;
+# a hard limit below what max_connections may need (256 x 4 + 64 here) is warned about.
+log_from=$(wc -l <"$WORK/daemon.log")
+( ulimit -Sn 1024; ulimit -Hn 4096; exec "$VMEXPORTD" --config "$WORK/main.conf" -v >>"$WORK/daemon.log" 2>&1 ) &
+DAEMON_PID=$!
+at_exit "kill -9 $DAEMON_PID"
+for _ in $(seq 100); do curl -s --cacert "$WORK/certs/ca.crt" -o /dev/null "$URL/healthz" && break; sleep 0.1; done
+check "soft open-files limit raised to the hard one (4096)" \
+    grep -Eq '^Max open files +4096 +4096 ' "/proc/$DAEMON_PID/limits"
+check "the raise is logged" bash -c "tail -n +$((log_from + 1)) '$WORK/daemon.log' | grep -q 'open files limit raised from 1024 to 4096'"
+stop_daemon
+log_from=$(wc -l <"$WORK/daemon.log")
+( ulimit -n 512; exec "$VMEXPORTD" --config "$WORK/main.conf" >>"$WORK/daemon.log" 2>&1 ) &
+DAEMON_PID=$!
+at_exit "kill -9 $DAEMON_PID"
+for _ in $(seq 100); do curl -s --cacert "$WORK/certs/ca.crt" -o /dev/null "$URL/healthz" && break; sleep 0.1; done
+check "a daemon with 512 open files at most still serves" curl -s --cacert "$WORK/certs/ca.crt" -o /dev/null "$URL/healthz"
+check "and warns that max_connections may need more" bash -c "tail -n +$((log_from + 1)) '$WORK/daemon.log' | grep -q 'open files limit 512 is below the 1088 that max_connections = 256 may need'"
+stop_daemon
+check "the daemon stops cleanly" test $? -eq 0
