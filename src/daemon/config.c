@@ -224,8 +224,7 @@ static int config_ini_handler(void *user, const char *section, const char *name,
     else if (KEY("snapshot", "block_hash")) {
         if (blockhash_algo_parse(value, &cfg->block_hash) < 0)
             return fail(ps, "[%s] %s: must be xxh128 or sha256, not '%s'", section, name, value);
-    }
-    else if (KEY("upload", "idle_timeout"))
+    } else if (KEY("upload", "idle_timeout"))
         r = parse_uint(value, 1, 86400, &cfg->upload_idle_timeout);
     else if (KEY("upload", "max_writers"))
         r = parse_uint(value, 1, 256, &cfg->upload_max_writers);

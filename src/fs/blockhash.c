@@ -11,6 +11,7 @@
 #include <xxhash.h>
 
 #include "core/cleanup.h"
+#include "core/names.h"
 
 static const char blockhash_magic[8] = {'V', 'X', 'H', 'A', 'S', 'H', '\0', '\n'};
 /* Version 1: SHA-256 digests, the algorithm field is zero.  Version 2: the algorithm field names
@@ -34,27 +35,21 @@ struct blockhash_header {
 };
 _Static_assert(sizeof(struct blockhash_header) == BLOCKHASH_HEADER_SIZE, "header layout");
 
-const char *blockhash_algo_name(enum blockhash_algo algo)
+static const struct enum_name blockhash_algo_names[] = {{BLOCKHASH_SHA256, "sha256"},
+                                                        {BLOCKHASH_XXH128, "xxh128"}};
+
+const char *blockhash_algo_name(enum blockhash_algo v)
 {
-    switch (algo) {
-    case BLOCKHASH_SHA256:
-        return "sha256";
-    case BLOCKHASH_XXH128:
-        return "xxh128";
-    }
-    return "?";
+    return enum_name(blockhash_algo_names, ARRAY_SIZE(blockhash_algo_names), (int)v);
 }
 
 int blockhash_algo_parse(const char *s, enum blockhash_algo *out)
 {
-    static const enum blockhash_algo algos[] = {BLOCKHASH_SHA256, BLOCKHASH_XXH128};
-    for (size_t i = 0; i < ARRAY_SIZE(algos); i++) {
-        if (strcmp(s, blockhash_algo_name(algos[i])) == 0) {
-            *out = algos[i];
-            return 0;
-        }
-    }
-    return -EINVAL;
+    int v = 0;
+    int r = enum_parse(blockhash_algo_names, ARRAY_SIZE(blockhash_algo_names), s, &v);
+    if (r == 0)
+        *out = (enum blockhash_algo)v;
+    return r;
 }
 
 size_t blockhash_digest_size(enum blockhash_algo algo)
@@ -222,7 +217,8 @@ int blockhash_reader_open(struct blockhash_reader *r, const char *data_path, int
     r->block_size = le32toh(h.block_size);
     r->nblocks = le64toh(h.nblocks);
     uint64_t want_blocks = (le64toh(h.file_size) + r->block_size - 1) / r->block_size;
-    if (r->nblocks != want_blocks || r->nblocks > (UINT64_MAX - BLOCKHASH_HEADER_SIZE) / r->digest_size ||
+    if (r->nblocks != want_blocks ||
+        r->nblocks > (UINT64_MAX - BLOCKHASH_HEADER_SIZE) / r->digest_size ||
         (uint64_t)sst.st_size != BLOCKHASH_HEADER_SIZE + r->nblocks * r->digest_size) {
         fclose(f);
         return -EBADMSG;

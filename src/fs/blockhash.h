@@ -18,12 +18,12 @@
 
 #include "core/hash.h"
 
-#define BLOCKHASH_SUFFIX     ".vxhash"
+#define BLOCKHASH_SUFFIX ".vxhash"
 /* A sidecar is written as its path + BLOCKHASH_TMP_SUFFIX + six random characters. */
-#define BLOCKHASH_TMP_SUFFIX ".tmp."
-#define BLOCKHASH_BLOCK_SIZE (64u * 1024) /* 64 KiB: 0.05% of the data in digests */
-#define BLOCKHASH_MAX_BLOCK_SIZE (16u << 20) /* readers refuse larger blocks */
-#define BLOCKHASH_MAX_DIGEST 32               /* bytes of the longest digest (SHA-256) */
+#define BLOCKHASH_TMP_SUFFIX     ".tmp."
+#define BLOCKHASH_BLOCK_SIZE     (64u * 1024) /* 64 KiB: 0.05% of the data in digests */
+#define BLOCKHASH_MAX_BLOCK_SIZE (16u << 20)  /* readers refuse larger blocks */
+#define BLOCKHASH_MAX_DIGEST     32           /* bytes of the longest digest (SHA-256) */
 
 enum blockhash_algo {
     BLOCKHASH_SHA256 = 1, /* 32 bytes; sidecar version 1 */
@@ -67,7 +67,7 @@ struct blockhash_reader {
     size_t digest_size;
     uint32_t block_size;
     uint64_t nblocks;
-    uint64_t next; /* index of the digest the stream is positioned at */
+    uint64_t next;                             /* index of the digest the stream is positioned at */
     uint8_t zero_digest[BLOCKHASH_MAX_DIGEST]; /* of a block of zeros */
 };
 

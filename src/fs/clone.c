@@ -17,6 +17,7 @@
 
 #include "core/cleanup.h"
 #include "core/hash.h"
+#include "core/names.h"
 #include "fs/blockhash.h"
 #include "fs/fsinfo.h"
 
@@ -33,29 +34,21 @@ struct ocfs2_reflink_args {
 /* Granularity at which zero data is left as a hole in the copy, like cp --sparse=always. */
 #define SPARSE_PAGE 4096
 
-const char *clone_mode_name(enum clone_mode mode)
+static const struct enum_name clone_mode_names[] = {
+    {CLONE_AUTO, "auto"}, {CLONE_REFLINK, "reflink"}, {CLONE_COPY, "copy"}};
+
+const char *clone_mode_name(enum clone_mode v)
 {
-    switch (mode) {
-    case CLONE_AUTO:
-        return "auto";
-    case CLONE_REFLINK:
-        return "reflink";
-    case CLONE_COPY:
-        return "copy";
-    }
-    return "?";
+    return enum_name(clone_mode_names, ARRAY_SIZE(clone_mode_names), (int)v);
 }
 
 int clone_mode_parse(const char *s, enum clone_mode *out)
 {
-    static const enum clone_mode modes[] = {CLONE_AUTO, CLONE_REFLINK, CLONE_COPY};
-    for (size_t i = 0; i < ARRAY_SIZE(modes); i++) {
-        if (strcmp(s, clone_mode_name(modes[i])) == 0) {
-            *out = modes[i];
-            return 0;
-        }
-    }
-    return -EINVAL;
+    int v = 0;
+    int r = enum_parse(clone_mode_names, ARRAY_SIZE(clone_mode_names), s, &v);
+    if (r == 0)
+        *out = (enum clone_mode)v;
+    return r;
 }
 
 static int pread_full(int fd, void *buf, size_t len, uint64_t off, size_t *got)

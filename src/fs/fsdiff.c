@@ -11,6 +11,7 @@
 
 #include "core/cleanup.h"
 #include "core/hash.h"
+#include "core/names.h"
 #include "fs/blockhash.h"
 #include "fs/fsinfo.h"
 #include "fs/fsmap.h"
@@ -20,31 +21,21 @@
 /* Bytes read per call in hash and read modes. */
 #define DIFF_BUFFER_SIZE (1024 * 1024)
 
-const char *diff_mode_name(enum diff_mode mode)
+static const struct enum_name diff_mode_names[] = {
+    {DIFF_AUTO, "auto"}, {DIFF_REFLINK, "reflink"}, {DIFF_HASH, "hash"}, {DIFF_READ, "read"}};
+
+const char *diff_mode_name(enum diff_mode v)
 {
-    switch (mode) {
-    case DIFF_AUTO:
-        return "auto";
-    case DIFF_REFLINK:
-        return "reflink";
-    case DIFF_HASH:
-        return "hash";
-    case DIFF_READ:
-        return "read";
-    }
-    return "?";
+    return enum_name(diff_mode_names, ARRAY_SIZE(diff_mode_names), (int)v);
 }
 
 int diff_mode_parse(const char *s, enum diff_mode *out)
 {
-    static const enum diff_mode modes[] = {DIFF_AUTO, DIFF_REFLINK, DIFF_HASH, DIFF_READ};
-    for (size_t i = 0; i < ARRAY_SIZE(modes); i++) {
-        if (strcmp(s, diff_mode_name(modes[i])) == 0) {
-            *out = modes[i];
-            return 0;
-        }
-    }
-    return -EINVAL;
+    int v = 0;
+    int r = enum_parse(diff_mode_names, ARRAY_SIZE(diff_mode_names), s, &v);
+    if (r == 0)
+        *out = (enum diff_mode)v;
+    return r;
 }
 
 static int file_size(int fd, uint64_t *size)
@@ -287,8 +278,7 @@ static int diff_hash(struct fs_diff *d, struct extent_sink *changed, struct exte
                 goto out;
             if ((r = blockhash_reader_get(&hr, off / bs, want)) < 0)
                 goto out;
-            if ((r = classify(&chg, &zer, memcmp(want, got, ds) == 0, new_zero, off, len)) <
-                0)
+            if ((r = classify(&chg, &zer, memcmp(want, got, ds) == 0, new_zero, off, len)) < 0)
                 goto out;
         }
         pos += n;

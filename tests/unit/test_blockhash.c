@@ -23,8 +23,8 @@
 #include "core/cleanup.h"
 #include "fs/blockhash.h"
 
-#define BS      4096u /* block size of the test sidecars */
-#define NBLOCKS 4     /* the data file: 3.5 blocks */
+#define BS        4096u /* block size of the test sidecars */
+#define NBLOCKS   4     /* the data file: 3.5 blocks */
 #define DATA_SIZE (3 * BS + BS / 2)
 
 /* Header field offsets (docs/repository-format.md; the code has its own struct). */
@@ -39,7 +39,7 @@ struct fixture {
     char dir[256];
     char data[PATH_MAX];
     char side[PATH_MAX];
-    int fd; /* the data file, open */
+    int fd;                      /* the data file, open */
     uint8_t bytes[NBLOCKS * BS]; /* the data, zero-padded to whole blocks */
 };
 
@@ -230,18 +230,18 @@ static void test_damaged(void **state)
     struct fixture *f = *state;
     const uint32_t u32s[][3] = {
         /* algo written, offset, value: each must be refused as damaged */
-        {BLOCKHASH_XXH128, H_VERSION, 1},          /* version 1 with an algorithm field */
-        {BLOCKHASH_XXH128, H_VERSION, 3},          /* unknown version */
-        {BLOCKHASH_XXH128, H_ALGO, 0},             /* version 2 without an algorithm */
-        {BLOCKHASH_XXH128, H_ALGO, 3},             /* unknown algorithm */
+        {BLOCKHASH_XXH128, H_VERSION, 1},             /* version 1 with an algorithm field */
+        {BLOCKHASH_XXH128, H_VERSION, 3},             /* unknown version */
+        {BLOCKHASH_XXH128, H_ALGO, 0},                /* version 2 without an algorithm */
+        {BLOCKHASH_XXH128, H_ALGO, 3},                /* unknown algorithm */
         {BLOCKHASH_XXH128, H_ALGO, BLOCKHASH_SHA256}, /* digests of the wrong size for it */
         {BLOCKHASH_SHA256, H_ALGO, BLOCKHASH_XXH128}, /* version 1 with an algorithm field */
         {BLOCKHASH_XXH128, H_BLOCK_SIZE, 0},
         {BLOCKHASH_XXH128, H_BLOCK_SIZE, BLOCKHASH_MAX_BLOCK_SIZE + 1},
-        {BLOCKHASH_XXH128, H_BLOCK_SIZE, 2 * BS},  /* block count no longer matches */
+        {BLOCKHASH_XXH128, H_BLOCK_SIZE, 2 * BS}, /* block count no longer matches */
         {BLOCKHASH_XXH128, H_NBLOCKS, NBLOCKS + 1},
         {BLOCKHASH_SHA256, H_NBLOCKS, NBLOCKS - 1},
-        {BLOCKHASH_XXH128, 0, 0x41485857},         /* magic "WXHA..." */
+        {BLOCKHASH_XXH128, 0, 0x41485857}, /* magic "WXHA..." */
     };
     for (size_t i = 0; i < ARRAY_SIZE(u32s); i++) {
         write_sidecar(f, (enum blockhash_algo)u32s[i][0]);
