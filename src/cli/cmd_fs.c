@@ -409,10 +409,10 @@ static int diff_run(int argc, char **argv)
         struct text_sink zs = {.tag = "zeroed", .f = stdout};
         struct extent_sink ck = {.emit = text_emit, .opaque = &cs};
         struct extent_sink zk = {.emit = text_emit, .opaque = &zs};
-        printf("# %s -> %s: mode %s%s%s, block size %u, size %llu (base %llu)\n", base, new,
-               diff_mode_name(d.mode), d.mode == DIFF_HASH ? " " : "",
-               d.mode == DIFF_HASH ? blockhash_algo_name(d.hash) : "", d.block_size,
-               (unsigned long long)d.new_size, (unsigned long long)d.base_size);
+        printf("# %s -> %s: mode %s, block size %u, size %llu (base %llu)%s%s\n", base, new,
+               diff_mode_name(d.mode), d.block_size, (unsigned long long)d.new_size,
+               (unsigned long long)d.base_size, d.mode == DIFF_HASH ? ", digest " : "",
+               d.mode == DIFF_HASH ? blockhash_algo_name(d.hash) : "");
         r = fs_diff_run(&d, &ck, &zk);
         if (r == 0) {
             char b1[32], b2[32];

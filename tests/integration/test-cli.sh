@@ -165,6 +165,9 @@ check "punched range is zeroed, written block changed" \
 dd if=/dev/urandom of="$EXT4/img" bs=4K count=1 seek=3 conv=notrunc status=none
 expect_exit 0 "diff against a copy uses hashes" "$VMEXPORT" diff --json "$EXT4/c2" "$EXT4/img"
 check "hash mode (xxh128), 64 KiB precision" jq -e '.mode == "hash" and .hash == "xxh128" and .changed == [{"start":0,"length":65536}]' "$WORK/out"
+expect_exit 0 "text diff against a copy" "$VMEXPORT" diff "$EXT4/c2" "$EXT4/img"
+check "text header: mode, then the digest at the end" grep -Eq '^# .*: mode hash, block size 65536, size [0-9]+ \(base [0-9]+\), digest xxh128$' "$WORK/out"
+check "text: the changed 64 KiB block" grep -Eq '^changed +0 +65536$' "$WORK/out"
 # A base whose sidecar holds SHA-256 digests (--hash sha256, or written by an older vmexport):
 # same answer.  A sidecar naming an unknown digest is refused as damaged, never half-used.
 expect_exit 0 "a sha256 copy of the base" "$VMEXPORT" clone --hash sha256 --mode copy "$EXT4/c2" "$EXT4/c2s"
