@@ -37,6 +37,8 @@ set -euo pipefail
 shopt -s inherit_errexit
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=bench/lib.sh
+source "$here/lib.sh"
 root=$(dirname "$here")
 VMEXPORT=${VMEXPORT:-$root/build/vmexport}
 VMEXPORTD=${VMEXPORTD:-$root/build/vmexportd}
@@ -267,7 +269,6 @@ for ((k = 0; k < INCR_REPS; k++)); do
         rm -f "$r"
     done
 done
-median() { tr ' ' '\n' | grep . | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 T[incr]=$(median <<<"$incr_runs")
 T[incr_l]=$(median <<<"$incr_l_runs")
 repo_bytes=$(du -sb "$repo" | cut -f1)

@@ -30,6 +30,8 @@ set -euo pipefail
 shopt -s inherit_errexit
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=bench/lib.sh
+source "$here/lib.sh"
 root=$(dirname "$here")
 VMEXPORT=${VMEXPORT:-$root/build/vmexport}
 SIZE=${SIZE:-8G}
@@ -165,8 +167,6 @@ for ((i = 0; i < WARM_REPS; i++)); do
 done
 remove_outputs
 
-best() { tr ' ' '\n' | grep . | sort -g | head -n1; }
-median() { tr ' ' '\n' | grep . | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 declare -A cb wb cm dst_alloc
 for t in "${tools[@]}"; do
     cb[$t]=$(best <<<"${cold[$t]}")

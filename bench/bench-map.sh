@@ -21,6 +21,8 @@ set -euo pipefail
 shopt -s inherit_errexit
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=bench/lib.sh
+source "$here/lib.sh"
 root=$(dirname "$here")
 VMEXPORT=${VMEXPORT:-$root/build/vmexport}
 EXTENTS=${EXTENTS:-200000}
@@ -60,8 +62,6 @@ time_cmd() {
     awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.6f\n", b - a }'
 }
 
-best() { sort -g | head -n1; }
-median() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
 # --- filesystem and fragmented file ------------------------------------------------------
 data_mib=$((EXTENTS * 4 / 1024))
@@ -112,10 +112,10 @@ done
 declare -A count=([vmexport]=$n_vmexport [xfs_io]=$n_xfs_io [qemu-img]=$n_qemu)
 declare -A wbest wmed cbest cmed
 for t in "${tools[@]}"; do
-    wbest[$t]=$(tr ' ' '\n' <<<"${warm[$t]}" | grep . | best)
-    wmed[$t]=$(tr ' ' '\n' <<<"${warm[$t]}" | grep . | median)
-    cbest[$t]=$(tr ' ' '\n' <<<"${cold[$t]}" | grep . | best)
-    cmed[$t]=$(tr ' ' '\n' <<<"${cold[$t]}" | grep . | median)
+    wbest[$t]=$(best <<<"${warm[$t]}")
+    wmed[$t]=$(median <<<"${warm[$t]}")
+    cbest[$t]=$(best <<<"${cold[$t]}")
+    cmed[$t]=$(median <<<"${cold[$t]}")
 done
 
 echo "# vmexport map benchmark — $(date)"

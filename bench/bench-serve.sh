@@ -35,6 +35,8 @@ set -euo pipefail
 shopt -s inherit_errexit
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=bench/lib.sh
+source "$here/lib.sh"
 root=$(dirname "$here")
 VMEXPORTD=${VMEXPORTD:-$root/build/vmexportd}
 SIZE=${SIZE:-1G}
@@ -92,8 +94,6 @@ ticks() { # ticks PID...: CPU time (user + system, all threads) of the processes
     for p in "$@"; do t=$((t + $(awk '{ print $14 + $15 }' "/proc/$p/stat"))); done
     echo "$t"
 }
-median() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
-best() { sort -g | head -n1; }
 
 # --- filesystem, VMs -------------------------------------------------------------------------
 fs_bytes=$((size + 4 * (SNAP_DATA_MIB << 20) + (1 << 30)))

@@ -34,6 +34,8 @@ set -euo pipefail
 shopt -s inherit_errexit
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=bench/lib.sh
+source "$here/lib.sh"
 root=$(dirname "$here")
 VMEXPORT=${VMEXPORT:-$root/build/vmexport}
 VMEXPORTD=${VMEXPORTD:-$root/build/vmexportd}
@@ -91,7 +93,6 @@ free_port() {
 }
 now() { echo "$EPOCHREALTIME"; }
 elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", b - a }'; }
-best() { sort -g | head -n1; }
 mbs() { awk -v b="$1" -v s="$2" 'BEGIN { printf "%.0f", b / 1e6 / s }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
 
@@ -265,7 +266,7 @@ echo
 echo "| transport | client | time s | disk MB/s | data MB/s | vs curl |"
 echo "| --- | --- | --: | --: | --: | --: |"
 for mode in plain tls; do
-    tc=$(tr ' ' '\n' <<<"${T[$mode-curl]}" | grep . | best)
+    tc=$(best <<<"${T[$mode-curl]}")
     for k in j1 j4 curl; do
         t=$(tr ' ' '\n' <<<"${T[$mode-$k]}" | grep . | best)
         case $k in
