@@ -4,7 +4,7 @@
 set -eu
 
 PACKAGES="
-  build-essential meson ninja-build pkg-config
+  build-essential clang meson ninja-build pkg-config
   libcmocka-dev libjansson-dev libssl-dev libzstd-dev libxxhash-dev
   libmicrohttpd-dev libcurl4-openssl-dev libjwt-dev libsqlite3-dev libinih-dev
   libcrypt-dev libpam0g-dev libgnutls28-dev libarchive-dev

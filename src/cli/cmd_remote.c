@@ -194,7 +194,7 @@ static int parse_json_flag(const struct cli_command *cmd, int argc, char **argv,
 static int vms_run(int argc, char **argv)
 {
     bool json = false;
-    int first;
+    int first = 0;
     int r = parse_json_flag(&cmd_vms, argc, argv, &json, &first);
     if (r >= 0)
         return r;
@@ -280,7 +280,7 @@ const struct cli_command cmd_vms = {
 static int snapshots_run(int argc, char **argv)
 {
     bool json = false;
-    int first;
+    int first = 0;
     int r = parse_json_flag(&cmd_snapshots, argc, argv, &json, &first);
     if (r >= 0)
         return r;
@@ -425,7 +425,7 @@ static int snapshot_delete(const char *vm, const char *snap)
 static int snapshot_run(int argc, char **argv)
 {
     bool json = false;
-    int first;
+    int first = 0;
     int r = parse_json_flag(&cmd_snapshot, argc, argv, &json, &first);
     if (r >= 0)
         return r;

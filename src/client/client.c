@@ -466,6 +466,7 @@ static CURLcode attempt(struct client *c, const char *method, const char *path, 
 {
     CLEANUP_FREE char *url = NULL;
     CLEANUP_FREE char *auth = NULL;
+    CLEANUP_FREE char *crange = NULL; /* before any goto: the cleanup runs at every exit */
     if (asprintf(&url, "%s%s", c->sh->server, path) < 0) {
         url = NULL;
         return CURLE_OUT_OF_MEMORY;
@@ -490,7 +491,6 @@ static CURLcode attempt(struct client *c, const char *method, const char *path, 
             goto oom;
         headers = h;
     }
-    CLEANUP_FREE char *crange = NULL;
     if (put) {
         if (asprintf(&crange, "Content-Range: %s", put->content_range) < 0) {
             crange = NULL;

@@ -298,7 +298,7 @@ int qcow2_info_read(int fd, struct qcow2_info *out)
         return r;
 
     uint8_t hdr[V3_HEADER_MIN_LENGTH];
-    size_t got;
+    size_t got = 0;
     if ((r = read_at(fd, hdr, sizeof(hdr), 0, &got)) < 0)
         return fail(why, r, "reading the header: %s", strerror(-r));
     if (got < MAGIC_LEN || be32_at(hdr) != QCOW2_MAGIC)
@@ -445,7 +445,7 @@ int image_probe_fd(int fd, struct image_info *out)
     if (r < 0)
         return r;
     uint8_t head[SNIFF_LEN];
-    size_t got;
+    size_t got = 0;
     if ((r = read_at(fd, head, sizeof(head), 0, &got)) < 0)
         return fail(out->why, r, "reading: %s", strerror(-r));
 

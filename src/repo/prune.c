@@ -88,7 +88,7 @@ void prune_select(const int64_t *times, size_t n, const struct prune_policy *p, 
     qsort(items, n, sizeof(*items), item_cmp);
 
     unsigned left[PERIOD_COUNT] = {p->keep_daily, p->keep_weekly, p->keep_monthly};
-    int64_t last[PERIOD_COUNT];
+    int64_t last[PERIOD_COUNT] = {0};
     bool have_last[PERIOD_COUNT] = {false};
     for (size_t k = 0; k < n; k++) {
         size_t i = items[k].index;

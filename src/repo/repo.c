@@ -448,6 +448,7 @@ int repo_open(const char *path, const char *passphrase, struct repo **out, char 
     r->lock_fd = -1;
     pthread_mutex_init(&r->lock_mutex, NULL);
     r->path = strdup(path);
+    CLEANUP_FREE uint8_t *text = NULL; /* before any goto: the cleanup runs at every exit */
     int ret = -ENOMEM;
     if (!r->path)
         goto fail;
@@ -458,7 +459,6 @@ int repo_open(const char *path, const char *passphrase, struct repo **out, char 
         repo_set_err(err, errlen, "%s: %s", path, strerror(-ret));
         goto fail;
     }
-    CLEANUP_FREE uint8_t *text = NULL;
     size_t len;
     ret = repo_read_file(r->dirfd, REPO_CONFIG_NAME, CONFIG_MAX_SIZE, &text, &len);
     if (ret == -ENOENT) {

@@ -562,7 +562,8 @@ static int read_pem(const char *path, char **out, char *err, size_t errlen, cons
     return 0;
 }
 
-static void mhd_log(void *cls, const char *fmt, va_list ap)
+/* MHD's log callback: a printf format from libmicrohttpd with its arguments. */
+__attribute__((format(printf, 2, 0))) static void mhd_log(void *cls, const char *fmt, va_list ap)
 {
     (void)cls;
     char msg[512];

@@ -409,6 +409,7 @@ static void test_open_errors(void **state)
     assert_int_equal(repo_open(f->base, NULL, &r, err, sizeof(err)), -ENOENT);
     CHECK(strstr(err, "not a vmexport repository (no config file)"), "err: %s", err);
     assert_int_equal(repo_open(f->path, NULL, &r, err, sizeof(err)), -ENOENT);
+    CHECK(strstr(err, f->path) && strstr(err, "No such file or directory"), "err: %s", err);
     assert_null(r);
 
     repo_make(f, NULL);
