@@ -1,0 +1,65 @@
+#!/bin/bash
+# Fuzzing of the parsers of untrusted input (tests/fuzz/fuzz_*.c, libFuzzer with ASan and
+# UBSan): repository manifests and containers, disk image headers (qcow2 and the formats told
+# apart from raw), HTTP Range headers and vmexportd's configuration file.  Each target starts
+# from its seed corpus (tests/fuzz/corpus/TARGET, copied: new inputs are not kept) and runs
+# FUZZ_RUNS inputs (default 500000) or FUZZ_SECONDS seconds (default 15), whichever ends first,
+# with a printed seed (FUZZ_SEED to replay one).  A crash, a leak, undefined behaviour or a
+# failed property (see each target) fails the check; the reproducer is kept in build/fuzz-crashes.
+# Built with clang under build-variant-fuzz (-Dfuzz=true).  Runs once, in the normal pass: the
+# targets are always sanitized, so the sanitizer pass skips them.
+source "$(dirname "$0")/lib.sh"
+
+if [[ $BUILD == *-asan ]]; then
+    skip "fuzz targets run in the normal pass (they are built with ASan and UBSan)"
+    exit 0
+fi
+dir="$VMEXPORT_ROOT/build-variant-fuzz"
+if ! command -v clang >/dev/null; then
+    not_ok "clang not installed (scripts/install-deps.sh installs it)"
+    exit 1
+fi
+if [ ! -f "$dir/build.ninja" ]; then
+    rm -rf "$dir"
+    CC=clang meson setup "$dir" -Dfuzz=true >"$WORK/setup.log" 2>&1 ||
+        { not_ok "meson setup -Dfuzz=true"; sed 's/^/# /' "$WORK/setup.log" | tail -20; exit 1; }
+fi
+if ! ninja -C "$dir" >"$WORK/build.log" 2>&1; then
+    not_ok "build of the fuzz targets"
+    grep -E 'error' "$WORK/build.log" | head -20 | sed 's/^/# /'
+    exit 1
+fi
+ok "fuzz targets build (clang, libFuzzer, ASan, UBSan)"
+
+RUNS=${FUZZ_RUNS:-500000}
+SECONDS_MAX=${FUZZ_SECONDS:-15}
+SEED=${FUZZ_SEED:-$(( (RANDOM << 15 | RANDOM) + 1 ))}
+diag "seed $SEED (FUZZ_SEED=$SEED to replay), $RUNS inputs or ${SECONDS_MAX}s per target"
+crashes="$VMEXPORT_ROOT/build/fuzz-crashes"
+export ASAN_OPTIONS=detect_leaks=1:abort_on_error=0
+export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+for src in "$VMEXPORT_ROOT"/tests/fuzz/fuzz_*.c; do
+    t=$(basename "$src" .c)
+    name=${t#fuzz_}
+    exe="$dir/tests/fuzz/$t"
+    [ -x "$exe" ] || { not_ok "$name: no fuzz target $exe"; continue; }
+    corpus="$WORK/corpus-$name"
+    mkdir -p "$corpus" "$crashes"
+    cp "$VMEXPORT_ROOT/tests/fuzz/corpus/$name"/* "$corpus"/ 2>/dev/null ||
+        { not_ok "$name: no seed corpus in tests/fuzz/corpus/$name"; continue; }
+    nseeds=$(find "$corpus" -type f | wc -l)
+    if "$exe" -seed="$SEED" -runs="$RUNS" -max_total_time="$SECONDS_MAX" -rss_limit_mb=2048 \
+        -artifact_prefix="$crashes/$name-" "$corpus" >"$WORK/$name.log" 2>&1; then
+        done_line=$(grep -E '^Done [0-9]+ runs' "$WORK/$name.log" | tail -n1)
+        if [ -n "$done_line" ]; then
+            ok "$name: $nseeds seeds, ${done_line#Done }, no crash, leak or failed property"
+        else
+            not_ok "$name: the fuzzer ended without its summary"
+            tail -n 5 "$WORK/$name.log" | sed 's/^/# /'
+        fi
+    else
+        not_ok "$name: the fuzzer found a failure (reproducer in $crashes)"
+        grep -E 'ERROR|SUMMARY|Assertion|runtime error|Test unit written' "$WORK/$name.log" |
+            head -n 10 | sed 's/^/# /'
+    fi
+done
