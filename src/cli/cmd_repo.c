@@ -1087,9 +1087,11 @@ static int backup_run_cmd(int argc, char **argv)
     }
     progress_finish(&b.prog);
 
-    uint64_t bytes_read = atomic_load(&b.local_bytes);
-    for (unsigned t = 0; t < o.jobs; t++)
+    uint64_t bytes_read = atomic_load(&b.local_bytes), bytes_transferred = 0;
+    for (unsigned t = 0; t < o.jobs; t++) {
         bytes_read += client_bytes_received(b.clients[t]);
+        bytes_transferred += client_bytes_on_wire(b.clients[t]);
+    }
     struct backup *info = calloc(1, sizeof(*info));
     if (!info)
         goto out;
@@ -1134,11 +1136,12 @@ static int backup_run_cmd(int argc, char **argv)
 
     if (o.json) {
         printf("{\"type\":\"summary\",\"backup\":\"%s\",\"vm\":\"%s\",\"snapshot\":\"%s\","
-               "\"incremental\":%s,\"bytes_read\":%" PRIu64 ",\"bytes_written\":%" PRIu64
+               "\"incremental\":%s,\"bytes_read\":%" PRIu64 ",\"bytes_transferred\":%" PRIu64
+               ",\"bytes_written\":%" PRIu64
                ",\"chunks_new\":%" PRIu64 ",\"chunks_reused\":%" PRIu64
                ",\"chunks_fetched\":%llu,\"transport\":\"%s\",\"seconds\":%.3f}\n",
                backup_id, vm, snap_id, prev ? "true" : "false", stats.bytes_read,
-               stats.bytes_written, stats.chunks_new, stats.chunks_reused,
+               bytes_transferred, stats.bytes_written, stats.chunks_new, stats.chunks_reused,
                (unsigned long long)atomic_load(&b.chunks_fetched), transport_used,
                progress_now() - t0);
     } else {
@@ -1230,10 +1233,11 @@ const struct cli_command cmd_backup = {
         "                          fails when a disk's file is not the server's), or auto\n"
         "                          (the default: local where possible, else https).  The\n"
         "                          server still takes the snapshot and says what changed.\n"
-        "  --json                  progress lines and a summary as JSON: bytes_read,\n"
-        "                          bytes_written, chunks_new, chunks_reused, transport\n"
-        "                          (local, https, or mixed across disks),\n"
-        "                          seconds\n"
+        "  --json                  progress lines and a summary as JSON: bytes_read (of\n"
+        "                          the disks), bytes_transferred (over https: blocks of\n"
+        "                          zeros are not sent), bytes_written, chunks_new,\n"
+        "                          chunks_reused, chunks_fetched, transport (local,\n"
+        "                          https, or mixed across disks), seconds\n"
         "  -h, --help              this help\n"
         "\n"
         "Connection options (also accepted before the command name):\n"

@@ -23,6 +23,7 @@
 #include "core/cleanup.h"
 #include "core/hash.h"
 #include "core/log.h"
+#include "core/sparse.h"
 
 /* Timeouts: connection set-up, and a transfer slower than 1 byte/s for a minute is dead. */
 #define CONNECT_TIMEOUT_S   10L
@@ -71,6 +72,7 @@ struct client {
     char error[CLIENT_ERROR_MAX];
     long os_errno; /* of the last failed connect, from curl */
     uint64_t bytes;      /* payload received by client_read_range */
+    uint64_t bytes_wire; /* its body bytes on the wire (less: blocks of zeros left out) */
     uint64_t bytes_sent; /* payload sent by client_put_range */
 };
 
@@ -84,9 +86,13 @@ struct sink {
     uint64_t want_off; /* fixed: the offset asked for */
     /* Per attempt: */
     long status; /* known from the first body byte on */
-    bool status_known, overflow, bad_range, too_large, no_memory;
+    bool status_known, overflow, bad_range, too_large, no_memory, bad_sparse;
     bool have_range;
-    uint64_t range_start;
+    uint64_t range_start, range_end;
+    /* fixed: the answer came in the sparse encoding (core/sparse.h), decoded into buf */
+    bool sparse;
+    struct sparse_decoder dec;
+    uint64_t wire; /* body bytes received */
     char errbody[ERROR_BODY_MAX + 1]; /* start of a non-2xx body */
     size_t errlen;
 };
@@ -345,7 +351,9 @@ static void sink_reset(struct sink *s)
     s->len = 0;
     s->status = 0;
     s->status_known = s->overflow = s->bad_range = s->too_large = s->no_memory = false;
+    s->bad_sparse = s->sparse = false;
     s->have_range = false;
+    s->wire = 0;
     s->errlen = 0;
     s->errbody[0] = '\0';
 }
@@ -371,6 +379,14 @@ static size_t on_body(char *data, size_t size, size_t nmemb, void *opaque)
             (s->status != 206 && s->want_off != 0)) {
             s->bad_range = true;
             return 0;
+        }
+        s->wire += n;
+        if (s->sparse) {
+            if (sparse_decode(&s->dec, (const uint8_t *)data, n) < 0) {
+                s->bad_sparse = true;
+                return 0;
+            }
+            return n;
         }
         if (n > s->cap - s->len) {
             s->overflow = true;
@@ -408,8 +424,21 @@ static size_t on_header(char *data, size_t size, size_t nmemb, void *opaque)
     size_t n = size * nmemb;
     static const char status_line[] = "HTTP/";
     static const char content_range[] = "content-range:";
+    static const char content_type[] = "content-type:";
     if (n >= sizeof(status_line) - 1 && !strncmp(data, status_line, sizeof(status_line) - 1)) {
         s->have_range = false; /* a new response (after 100 Continue, say) */
+        s->sparse = false;
+    } else if (s->fixed && n > sizeof(content_type) - 1 &&
+               !strncasecmp(data, content_type, sizeof(content_type) - 1)) {
+        const char *v = data + sizeof(content_type) - 1, *end = data + n;
+        while (v < end && (*v == ' ' || *v == '\t'))
+            v++;
+        size_t tlen = strlen(SPARSE_MEDIA_TYPE);
+        if ((size_t)(end - v) >= tlen && !strncasecmp(v, SPARSE_MEDIA_TYPE, tlen) &&
+            ((size_t)(end - v) == tlen || strchr(" \t;\r\n", v[tlen]))) {
+            s->sparse = true;
+            sparse_decoder_init(&s->dec, s->buf, s->cap);
+        }
     } else if (n > sizeof(content_range) - 1 &&
                !strncasecmp(data, content_range, sizeof(content_range) - 1)) {
         char line[128];
@@ -417,9 +446,10 @@ static size_t on_header(char *data, size_t size, size_t nmemb, void *opaque)
         memcpy(line, data, len);
         line[len] = '\0';
         unsigned long long a, b;
-        if (sscanf(line + sizeof(content_range) - 1, " bytes %llu-%llu/", &a, &b) == 2) {
+        if (sscanf(line + sizeof(content_range) - 1, " bytes %llu-%llu/", &a, &b) == 2 && a <= b) {
             s->have_range = true;
             s->range_start = a;
+            s->range_end = b;
         }
     }
     return n;
@@ -483,6 +513,12 @@ static CURLcode attempt(struct client *c, const char *method, const char *path, 
     }
     if (!range) {
         if (!(h = curl_slist_append(headers, "Accept: application/json")))
+            goto oom;
+        headers = h;
+    } else if (s->fixed) {
+        /* Blocks of zeros need not cross the network (vmexportd; other servers send all). */
+        if (!(h = curl_slist_append(headers, "Accept: " SPARSE_MEDIA_TYPE
+                                                ", application/octet-stream")))
             goto oom;
         headers = h;
     }
@@ -624,6 +660,11 @@ static int curl_failure(struct client *c, CURLcode cr, const struct sink *s, con
         if (s->overflow) {
             set_error(c, "%s: the server sent more than the %zu bytes asked for (Range ignored)",
                       path, s->cap);
+            return -EPROTO;
+        }
+        if (s->bad_sparse) {
+            set_error(c, "%s: malformed sparse answer (a segment out of order or past the range)",
+                      path);
             return -EPROTO;
         }
         if (s->bad_range) {
@@ -1010,8 +1051,23 @@ int client_read_range(struct client *c, const char *path, uint64_t off, uint64_t
             what = NULL;
         return http_failure(c, &s, what ? what : "");
     }
+    if (s.sparse) {
+        /* 206 with the range asked for (checked at the first body byte; an empty body has
+         * none, so again here). */
+        uint64_t n = s.have_range ? s.range_end - s.range_start + 1 : 0;
+        if (s.status != 206 || !s.have_range || s.range_start != off || n > len ||
+            sparse_decode_finish(&s.dec, n) < 0) {
+            set_error(c, "GET %s bytes %s: malformed sparse answer (%s)", path, range,
+                      s.status != 206 || !s.have_range ? "no Content-Range"
+                      : s.range_start != off || n > len ? "another range than asked for"
+                                                        : "it ends inside a segment");
+            return -EPROTO;
+        }
+        s.len = (size_t)n;
+    }
     *got = s.len;
     c->bytes += s.len;
+    c->bytes_wire += s.wire;
     return 0;
 }
 
@@ -1051,6 +1107,11 @@ uint64_t client_bytes_sent(const struct client *c)
 uint64_t client_bytes_received(const struct client *c)
 {
     return c->bytes;
+}
+
+uint64_t client_bytes_on_wire(const struct client *c)
+{
+    return c->bytes_wire;
 }
 
 char *client_escape(const char *segment)

@@ -59,6 +59,9 @@ uint64_t client_bytes_sent(const struct client *c);
 
 /* Bytes of payload received by this client so far. */
 uint64_t client_bytes_received(const struct client *c);
+/* The body bytes those reads took on the wire: fewer when the server left blocks of zeros out
+ * (sparse answers, docs/api.md). */
+uint64_t client_bytes_on_wire(const struct client *c);
 
 /* URL-escape one path segment (an ID) into a malloc'd string. */
 char *client_escape(const char *segment);

@@ -250,3 +250,53 @@ bool http_if_range_matches(const char *if_range, const char *etag)
         len--;
     return len == strlen(etag) && len >= 2 && memcmp(if_range, etag, len) == 0;
 }
+
+/* The q parameter of one media range's parameters (";q=0.5;x=y"): 1 when absent; 0 when it is
+ * "0", "0.", "0.0" ... (only zero matters: an excluded type). */
+static bool params_q_zero(const char *p, const char *end)
+{
+    while (p < end) {
+        const char *semi = memchr(p, ';', (size_t)(end - p));
+        if (!semi)
+            return false;
+        p = semi + 1;
+        while (p < end && is_ows(*p))
+            p++;
+        if (end - p >= 2 && (p[0] == 'q' || p[0] == 'Q') && p[1] == '=') {
+            p += 2;
+            if (p >= end || *p != '0')
+                return false;
+            p++;
+            if (p < end && *p == '.')
+                for (p++; p < end && *p == '0'; p++)
+                    ;
+            while (p < end && is_ows(*p))
+                p++;
+            return p >= end || *p == ';';
+        }
+    }
+    return false;
+}
+
+bool http_accepts(const char *accept, const char *media_type)
+{
+    if (!accept)
+        return false;
+    size_t tlen = strlen(media_type);
+    const char *p = accept;
+    while (*p) {
+        const char *end = strchr(p, ',');
+        if (!end)
+            end = p + strlen(p);
+        const char *s = p;
+        while (s < end && is_ows(*s))
+            s++;
+        const char *e = s;
+        while (e < end && *e != ';' && !is_ows(*e))
+            e++;
+        if ((size_t)(e - s) == tlen && !strncasecmp(s, media_type, tlen))
+            return !params_q_zero(e, end);
+        p = *end ? end + 1 : end;
+    }
+    return false;
+}

@@ -36,4 +36,9 @@ void http_etag(const char *snapshot_id, const char *disk, uint64_t size, char *o
  * absent or when it is exactly the strong ETag; false for any date or other tag. */
 bool http_if_range_matches(const char *if_range, const char *etag);
 
+/* Whether an Accept header (NULL: none) names media_type exactly (case-insensitive), without
+ * q=0.  Wildcard media ranges do not count: the caller offers a type only to clients that ask
+ * for it by name. */
+bool http_accepts(const char *accept, const char *media_type);
+
 #endif

@@ -1,6 +1,8 @@
 /* API routes that serve disk data: the bytes of a snapshot disk (Range, multipart/byteranges,
  * ETag, If-Range; short ranges read into memory, longer ones sent with sendfile on plain HTTP
- * and in 1 MiB blocks with TLS, read with O_DIRECT when not in the page cache) and VMware-style changed areas (QueryChangedDiskAreas).  Where
+ * and in 1 MiB blocks with TLS, read with O_DIRECT when not in the page cache; a single range
+ * without its blocks of zeros to clients that accept application/vnd.vmexport.sparse) and
+ * VMware-style changed areas (QueryChangedDiskAreas).  Where
  * each disk is comes from a small cache in front of the catalog (see below).
  */
 #include <errno.h>
@@ -18,6 +20,7 @@
 
 #include "core/cleanup.h"
 #include "core/log.h"
+#include "core/sparse.h"
 #include "fs/fsdiff.h"
 #include "fs/fsinfo.h"
 #include "fs/fsmap.h"
@@ -402,6 +405,111 @@ static struct MHD_Response *file_response(struct server *srv, struct disk_file *
     return r;
 }
 
+/* ---- sparse responses (application/vnd.vmexport.sparse, core/sparse.h) ---- */
+
+/* A range sent without its blocks of zeros: read in TLS_FILE_BLOCK blocks (O_DIRECT when not
+ * cached, as above), each scanned for runs of data, sent as segments.  The body's length is
+ * known only at its end: chunked transfer encoding. */
+struct sparse_range {
+    struct disk_file *file; /* a reference */
+    struct server *srv;
+    uint64_t start, len;
+    uint64_t next; /* offset (from start) of the next block to read */
+    uint8_t *blk;  /* TLS_FILE_BLOCK bytes, DIRECT_ALIGN-aligned */
+    uint64_t blk_off;
+    size_t blk_len, scan; /* bytes in blk; where the scan (or the current segment) is */
+    size_t seg_left;      /* bytes of the current segment still to send, from blk + scan */
+    uint8_t hdr[SPARSE_SEGMENT_HEADER];
+    size_t hdr_left; /* bytes of hdr still to send */
+};
+
+/* Read the next block into s->blk: 0, or -1 (read error, or the file ended early). */
+static int sparse_fill(struct sparse_range *s)
+{
+    const struct disk_file *d = s->file;
+    size_t n = s->len - s->next < TLS_FILE_BLOCK ? (size_t)(s->len - s->next) : TLS_FILE_BLOCK;
+    uint64_t off = s->start + s->next;
+    int dfd = d->direct_fd >= 0 && !fs_range_cached(d->map, d->map_len, off, n) ? d->direct_fd
+                                                                                : -1;
+    size_t got = 0;
+    if (fs_pread_direct(d->fd, dfd, s->blk, n, off, &got) < 0 || got != n)
+        return -1;
+    s->blk_off = s->next;
+    s->blk_len = n;
+    s->scan = 0;
+    s->next += n;
+    return 0;
+}
+
+static ssize_t sparse_read(void *cls, uint64_t pos, char *buf, size_t max)
+{
+    (void)pos;
+    struct sparse_range *s = cls;
+    size_t out = 0;
+    while (out < max) {
+        if (s->hdr_left) {
+            size_t k = s->hdr_left < max - out ? s->hdr_left : max - out;
+            memcpy(buf + out, s->hdr + SPARSE_SEGMENT_HEADER - s->hdr_left, k);
+            s->hdr_left -= k;
+            out += k;
+        } else if (s->seg_left) {
+            size_t k = s->seg_left < max - out ? s->seg_left : max - out;
+            memcpy(buf + out, s->blk + s->scan, k);
+            s->scan += k;
+            s->seg_left -= k;
+            out += k;
+            atomic_fetch_add(&s->srv->metrics.bytes_served, (unsigned long long)k);
+        } else if (s->scan < s->blk_len) {
+            size_t run;
+            if (sparse_next_run(s->blk, s->blk_len, s->start + s->blk_off, &s->scan, &run)) {
+                sparse_header_encode(s->hdr, s->blk_off + s->scan, run);
+                s->hdr_left = SPARSE_SEGMENT_HEADER;
+                s->seg_left = run;
+            }
+        } else if (s->next < s->len) {
+            if (sparse_fill(s) < 0)
+                return MHD_CONTENT_READER_END_WITH_ERROR;
+        } else {
+            break;
+        }
+    }
+    return out ? (ssize_t)out : MHD_CONTENT_READER_END_OF_STREAM;
+}
+
+static void sparse_free(void *cls)
+{
+    struct sparse_range *s = cls;
+    disk_file_unref(s->srv->disk_cache, s->file);
+    free(s->blk);
+    free(s);
+}
+
+static struct MHD_Response *sparse_response(struct server *srv, struct disk_file *file,
+                                            uint64_t start, uint64_t len)
+{
+    struct sparse_range *s = calloc(1, sizeof(*s));
+    if (!s)
+        return NULL;
+    s->blk = aligned_alloc(DIRECT_ALIGN, TLS_FILE_BLOCK);
+    if (!s->blk) {
+        free(s);
+        return NULL;
+    }
+    pthread_mutex_lock(&srv->disk_cache->lock);
+    file->refs++; /* the response's, dropped by sparse_free */
+    pthread_mutex_unlock(&srv->disk_cache->lock);
+    s->file = file;
+    s->srv = srv;
+    s->start = start;
+    s->len = len;
+    struct MHD_Response *r =
+        MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, TLS_FILE_BLOCK, sparse_read, s,
+                                          sparse_free);
+    if (!r)
+        sparse_free(s);
+    return r;
+}
+
 /* ---- multipart/byteranges ---- */
 
 struct part {
@@ -559,10 +667,16 @@ int route_disk_data(struct request *rq)
         uint64_t len = ranges.ptr[0].end - ranges.ptr[0].start + 1;
         snprintf(content_range, sizeof(content_range), "bytes %" PRIu64 "-%" PRIu64 "/%" PRIu64,
                  ranges.ptr[0].start, ranges.ptr[0].end, size);
-        resp = file_response(rq->srv, file, ranges.ptr[0].start, len, is_head);
         status = 206;
-        if (!is_head)
-            atomic_fetch_add(&rq->srv->metrics.bytes_served, len);
+        if (!is_head && http_accepts(request_header(rq, MHD_HTTP_HEADER_ACCEPT), SPARSE_MEDIA_TYPE)) {
+            /* counted as sent, without the zeros */
+            resp = sparse_response(rq->srv, file, ranges.ptr[0].start, len);
+            snprintf(content_type, sizeof(content_type), "%s", SPARSE_MEDIA_TYPE);
+        } else {
+            resp = file_response(rq->srv, file, ranges.ptr[0].start, len, is_head);
+            if (!is_head)
+                atomic_fetch_add(&rq->srv->metrics.bytes_served, len);
+        }
     } else if (r == 0) {
         int fd = fcntl(file->fd, F_DUPFD_CLOEXEC, 0); /* the response's own */
         resp = fd < 0 ? NULL
@@ -581,6 +695,7 @@ int route_disk_data(struct request *rq)
     if (!resp)
         return reply_error(rq, 500, "internal error", "cannot create the response");
     MHD_add_response_header(resp, MHD_HTTP_HEADER_ACCEPT_RANGES, "bytes");
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_VARY, "Accept"); /* a range may come sparse */
     MHD_add_response_header(resp, MHD_HTTP_HEADER_ETAG, etag);
     if (status != 416)
         MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, content_type);

@@ -1,5 +1,5 @@
 /* Fuzz target: the Range header parser and If-Range matching (src/server/range.c).  The first
- * 8 bytes are the resource size, the rest the header.  A parsed range set is never empty,
+ * 8 bytes are the resource size, the rest the header (also tried as If-Range and Accept).  A parsed range set is never empty,
  * holds at most HTTP_RANGE_MAX ranges, and every range lies inside the resource. */
 #include <assert.h>
 #include <stdint.h>
@@ -39,6 +39,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     http_etag("snap", "disk", rsize, etag);
     assert(http_if_range_matches(etag, etag));
     (void)http_if_range_matches(header, etag);
+    (void)http_accepts(header, "application/vnd.vmexport.sparse");
     free(header);
     return 0;
 }

@@ -198,6 +198,80 @@ expect_status 206 "If-Range with the ETag honours Range" GET "$DISK" -H "Range: 
 expect_status 200 "If-Range with another ETag sends everything" GET "$DISK" -H "Range: bytes=0-9" -H 'If-Range: "other"'
 curl -s -I --cacert "$WORK/certs/ca.crt" -H "Authorization: Bearer $TOKEN" "$URL$DISK" | tr -d '\r' >"$WORK/hdrs"
 check "HEAD gives Content-Length" grep -qi '^content-length: 83886080$' "$WORK/hdrs"
+
+# --- sparse answers (Accept: application/vnd.vmexport.sparse): blocks of zeros left out ---
+SPARSE=application/vnd.vmexport.sparse
+# sparse_get WHAT START END [ACCEPT]: one ranged GET asking for the sparse encoding; the body
+# decodes to exactly the disk's bytes and carries at most the data blocks.
+sparse_get() {
+    local what=$1 a=$2 b=$3 accept=${4:-$SPARSE}
+    curl -s -D "$WORK/hdrs" -o "$WORK/body" --cacert "$WORK/certs/ca.crt" -H "Authorization: Bearer $TOKEN" \
+        -H "Accept: $accept" -H "Range: bytes=$a-$b" "$URL$DISK"
+    tr -d '\r' <"$WORK/hdrs" >"$WORK/hdrs.txt"
+    dd if="$WORK/root.at2" bs=1 skip="$a" count=$((b - a + 1)) iflag=skip_bytes,count_bytes status=none >"$WORK/want"
+    if ! grep -qi "^content-type: $SPARSE\$" "$WORK/hdrs.txt" || ! grep -q '^HTTP/1.1 206' "$WORK/hdrs.txt" ||
+        ! grep -qi "^content-range: bytes $a-$b/83886080\$" "$WORK/hdrs.txt"; then
+        not_ok "$what: 206, sparse Content-Type and Content-Range: $(head -c 300 "$WORK/hdrs.txt")"
+        return
+    fi
+    local out
+    if out=$(/usr/bin/python3 "$VMEXPORT_ROOT/tests/tools/sparse_decode.py" "$WORK/body" $((b - a + 1)) "$WORK/got") &&
+        cmp -s "$WORK/got" "$WORK/want"; then
+        ok "$what: decodes to the disk's bytes ($out, body $(stat -c %s "$WORK/body") of $((b - a + 1)))"
+    else
+        not_ok "$what: sparse body does not decode to the disk's bytes: $out"
+    fi
+}
+# the layout of root.img at snapshot 2, for the expected sizes below
+nonzero4k() { # blocks of 4 KiB (disk-aligned) in [A, B] holding a non-zero byte
+    /usr/bin/python3 -c '
+import sys
+a, b = int(sys.argv[2]), int(sys.argv[3])
+f = open(sys.argv[1], "rb"); n = 0; pos = a
+while pos <= b:
+    e = min((pos // 4096 + 1) * 4096, b + 1); f.seek(pos)
+    n += any(f.read(e - pos)); pos = e
+print(n)' "$WORK/root.at2" "$1" "$2"
+}
+sparse_get "sparse range of 16 MiB" 0 $(((16 << 20) - 1))
+blocks=$(nonzero4k 0 $(((16 << 20) - 1)))
+body=$(stat -c %s "$WORK/body")
+check "sparse body: the data blocks and their headers only ($blocks blocks of data, body $body)" \
+    test "$body" -le $((blocks * 4096 + blocks * 16)) -a "$body" -lt $((16 << 20))
+check "sparse answer says Vary: Accept" grep -qi '^vary: accept' "$WORK/hdrs.txt"
+sparse_get "sparse range not aligned to 4 KiB" $(((4 << 20) - 1000)) $(((4 << 20) + 70000))
+sparse_get "sparse range of one byte" 8192000 8192000
+sparse_get "sparse range to the end" 83000000 83886079
+sparse_get "sparse range with other types listed" $((4 << 20)) $(((5 << 20) - 1)) "application/octet-stream;q=0.5, $SPARSE;q=0.9"
+# a range of zeros: an empty body
+zero_at=$(/usr/bin/python3 -c '
+import sys
+f = open(sys.argv[1], "rb"); pos = 0
+while True:
+    b = f.read(1 << 20)
+    if not b: print(-1); break
+    if not any(b): print(pos); break
+    pos += len(b)' "$WORK/root.at2")
+if [ "$zero_at" -ge 0 ]; then
+    sparse_get "sparse range of zeros" "$zero_at" $((zero_at + (1 << 20) - 1))
+    check "a range of zeros has an empty body" test "$(stat -c %s "$WORK/body")" -eq 0
+else
+    not_ok "root.img at snapshot 2 has no MiB of zeros to test with"
+fi
+for accept in "$SPARSE;q=0" "*/*" "application/*" "application/octet-stream"; do
+    curl -s -D "$WORK/hdrs" -o "$WORK/body" --cacert "$WORK/certs/ca.crt" -H "Authorization: Bearer $TOKEN" \
+        -H "Accept: $accept" -H "Range: bytes=0-1048575" "$URL$DISK"
+    check "Accept: $accept gives the plain bytes" bash -c "grep -qi '^content-type: application/octet-stream' '$WORK/hdrs' && cmp -s '$WORK/body' <(head -c 1048576 '$WORK/root.at2')"
+done
+curl -s -D "$WORK/hdrs" -o "$WORK/body" --cacert "$WORK/certs/ca.crt" -H "Authorization: Bearer $TOKEN" \
+    -H "Accept: $SPARSE" -H "Range: bytes=0-9,4194304-4194313" "$URL$DISK"
+check "several ranges stay multipart/byteranges with Accept: $SPARSE" grep -qi '^content-type: multipart/byteranges' "$WORK/hdrs"
+curl -s -D "$WORK/hdrs" -o "$WORK/body" --cacert "$WORK/certs/ca.crt" -H "Authorization: Bearer $TOKEN" \
+    -H "Accept: $SPARSE" "$URL$DISK"
+check "a GET without Range stays the plain disk with Accept: $SPARSE" bash -c "grep -q '^HTTP/1.1 200' '$WORK/hdrs' && cmp -s '$WORK/body' '$WORK/root.at2'"
+curl -s -I --cacert "$WORK/certs/ca.crt" -H "Authorization: Bearer $TOKEN" -H "Accept: $SPARSE" \
+    -H "Range: bytes=0-1048575" "$URL$DISK" | tr -d '\r' >"$WORK/hdrs"
+check "HEAD of a range with Accept: $SPARSE: Content-Length of the range" grep -qi '^content-length: 1048576$' "$WORK/hdrs"
 expect_status 404 "unknown disk is 404" GET "/api/v1/vms/web01/snapshots/$S2/disks/nope.img"
 
 # --- VMware-style changed areas ---

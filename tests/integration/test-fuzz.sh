@@ -9,6 +9,7 @@
 # Built with clang under build-variant-fuzz (-Dfuzz=true).  Runs once, in the normal pass: the
 # targets are always sanitized, so the sanitizer pass skips them.
 source "$(dirname "$0")/lib.sh"
+at_exit rm -rf /tmp/vmexport-fuzz-ovm # made by fuzz_ovm_cfg
 
 if [[ $BUILD == *-asan ]]; then
     skip "fuzz targets run in the normal pass (they are built with ASan and UBSan)"

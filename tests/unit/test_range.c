@@ -1,6 +1,6 @@
 /* Unit tests for HTTP Range handling (src/server/range.c): parsing of single, multiple, suffix and
  * open-ended ranges, unsatisfiable and invalid sets, coalescing of overlapping ranges, numbers
- * beyond 64 bits, empty resources, the range count limit, ETags and If-Range.
+ * beyond 64 bits, empty resources, the range count limit, ETags, If-Range and Accept.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -427,6 +427,33 @@ static void test_if_range(void **state)
     assert_false(http_if_range_matches("", ""));
 }
 
+static void test_accepts(void **state)
+{
+    (void)state;
+    const char *t = "application/vnd.vmexport.sparse";
+    assert_true(http_accepts("application/vnd.vmexport.sparse", t));
+    assert_true(http_accepts("Application/VND.vmexport.SPARSE", t));
+    assert_true(http_accepts("application/vnd.vmexport.sparse, application/octet-stream", t));
+    assert_true(http_accepts("text/html,  application/vnd.vmexport.sparse ;q=0.5", t));
+    assert_true(http_accepts("application/vnd.vmexport.sparse;q=0.001", t));
+    assert_true(http_accepts("application/vnd.vmexport.sparse;level=1;q=1", t));
+    assert_true(http_accepts(",,application/vnd.vmexport.sparse,", t));
+    /* not asked for by name, or excluded */
+    assert_false(http_accepts(NULL, t));
+    assert_false(http_accepts("", t));
+    assert_false(http_accepts("*/*", t));
+    assert_false(http_accepts("application/*", t));
+    assert_false(http_accepts("application/vnd.vmexport.sparsex", t));
+    assert_false(http_accepts("application/vnd.vmexport.spars", t));
+    assert_false(http_accepts("xapplication/vnd.vmexport.sparse", t));
+    assert_false(http_accepts("application/vnd.vmexport.sparse;q=0", t));
+    assert_false(http_accepts("application/vnd.vmexport.sparse; q=0.000", t));
+    assert_false(http_accepts("application/vnd.vmexport.sparse;Q=0.", t));
+    assert_false(http_accepts("application/vnd.vmexport.sparse;q=0 ;x=1", t));
+    assert_true(http_accepts("application/vnd.vmexport.sparse;q=0.01", t));
+    assert_true(http_accepts("application/vnd.vmexport.sparse;q=0x", t)); /* not zero */
+}
+
 int main(void)
 {
 #define T(fn) cmocka_unit_test_setup_teardown(fn, list_setup, list_teardown)
@@ -445,6 +472,7 @@ int main(void)
         T(test_list_limit),
         cmocka_unit_test(test_etag),
         cmocka_unit_test(test_if_range),
+        cmocka_unit_test(test_accepts),
     };
 #undef T
     return cmocka_run_group_tests_name("range", tests, NULL, NULL);
