@@ -133,6 +133,25 @@ LAST=$(jq -r .backup "$WORK/summary")
 rm -rf "$WORK/r"
 "$VMEXPORT" restore --repo "$REPO" "$LAST" --disk random.raw --to "$WORK/r.raw" >/dev/null
 check "the local incremental restores bit for bit" cmp -s "$WORK/r.raw" "$WORK/random.after"
+
+# --- written zeros do not cross the network (sparse answers) ---
+# A disk of 2 MiB data, 4 MiB of written zeros (data extents, not holes), 2 MiB data, and a
+# 4 KiB block of zeros inside the last MiB: over https only the data travels.
+mkdir -p "$VMS/vm4"
+{ head -c $((2 * MIB)) /dev/urandom; head -c $((4 * MIB)) /dev/zero; head -c $((2 * MIB)) /dev/urandom; } >"$VMS/vm4/zeros.img"
+dd if=/dev/zero of="$VMS/vm4/zeros.img" bs=4K count=1 seek=$((7 * 256 + 10)) conv=notrunc status=none
+sync
+if backup_json vm4 --transport https; then
+    check "https backup of written zeros: 8 MiB read, at most the 4 MiB of data on the wire ($(jq -c '{bytes_read, bytes_transferred}' "$WORK/summary"))" \
+        jq -e ".bytes_read == $((8 * MIB)) and .bytes_transferred > $((4 * MIB - 8192)) and .bytes_transferred <= $((4 * MIB - 4096 + 64 * 16))" "$WORK/summary"
+    "$VMEXPORT" restore --repo "$REPO" "$(jq -r .backup "$WORK/summary")" --disk zeros.img --to "$WORK/zeros.raw" >/dev/null 2>&1
+    check "  and restores bit for bit" cmp -s "$WORK/zeros.raw" "$VMS/vm4/zeros.img"
+else
+    not_ok "https backup of a disk with written zeros: $(tail -2 "$WORK/backup.err")"
+fi
+backup_json vm4 --transport local --full ||
+    not_ok "local backup of a disk with written zeros: $(tail -2 "$WORK/backup.err")"
+check "a local backup transfers nothing over the network" jq -e '.bytes_transferred == 0 and .transport == "local"' "$WORK/summary"
 rm -f "$WORK/r.raw"
 
 # Where the snapshot files are not the server's (here: hidden under a tmpfs in another mount

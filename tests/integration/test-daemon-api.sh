@@ -239,6 +239,9 @@ body=$(stat -c %s "$WORK/body")
 check "sparse body: the data blocks and their headers only ($blocks blocks of data, body $body)" \
     test "$body" -le $((blocks * 4096 + blocks * 16)) -a "$body" -lt $((16 << 20))
 check "sparse answer says Vary: Accept" grep -qi '^vary: accept' "$WORK/hdrs.txt"
+sparse_get "the sparse example of docs/api.md" 4190208 4202495
+check "  one segment at 4096 of 8192 bytes (the first 4 KiB are zeros), as documented" \
+    bash -c "[ \"\$(od -A n -t u8 -N 16 '$WORK/body' | xargs)\" = '4096 8192' ] && [ \$(stat -c %s '$WORK/body') = 8208 ]"
 sparse_get "sparse range not aligned to 4 KiB" $(((4 << 20) - 1000)) $(((4 << 20) + 70000))
 sparse_get "sparse range of one byte" 8192000 8192000
 sparse_get "sparse range to the end" 83000000 83886079
