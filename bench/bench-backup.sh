@@ -23,6 +23,9 @@
 #       fraction of the full backup's
 #     vmexport restore BACKUP --to FILE vs cp --sparse=always SRC DST
 #     peak memory (Maximum resident set size from /usr/bin/time -v) of backup and restore
+#     a thick disk (VM `thick`: 256 MiB of random data, then THICK_ZEROS of written zeros, as a
+#       preallocated raw disk holds): full backup over https (blocks of zeros are left out of
+#       the daemon's answers) and local, vs cp --sparse=always of the same file
 # Every backup is restored once and compared with cmp (outside the timing).
 # Throughput: MB/s (10^6 bytes/s) of the logical size and of the allocated data.
 # Ratios: vmexport throughput / other tool's (above 1: vmexport is faster).
@@ -31,7 +34,7 @@
 # Run as root (loop devices, mount, drop_caches): bench/bench-backup.sh
 #     SIZE=2G bench/bench-backup.sh                    # quick run
 # Environment: SIZE (multiple of 512M, default 8G), JOBS (backup --jobs, default 4),
-# CHANGE_PCT (1), INCR_REPS (incremental rounds, median counts; default 3), CHUNK_SIZE (repo init --chunk-size, default 1M: the repository default), REPS (full backups and copies: best of REPS runs, default 3), VMEXPORT,
+# CHANGE_PCT (1), THICK_ZEROS (2G; 0 skips the thick disk), INCR_REPS (incremental rounds, median counts; default 3), CHUNK_SIZE (repo init --chunk-size, default 1M: the repository default), REPS (full backups and copies: best of REPS runs, default 3), VMEXPORT,
 # VMEXPORTD (default build/...), BENCH_TMPDIR (default /var/tmp).
 set -euo pipefail
 shopt -s inherit_errexit
@@ -47,6 +50,7 @@ JOBS=${JOBS:-4}
 CHANGE_PCT=${CHANGE_PCT:-1}
 CHUNK_SIZE=${CHUNK_SIZE:-1M}
 REPS=${REPS:-3}
+THICK_ZEROS=${THICK_ZEROS:-2G}
 INCR_REPS=${INCR_REPS:-3}
 BENCH_TMPDIR=${BENCH_TMPDIR:-/var/tmp}
 
@@ -95,7 +99,8 @@ mkloop() { # mkloop NAME BYTES: a direct-I/O loop device on a sparse file; print
 }
 
 # --- filesystems ----------------------------------------------------------------------------------
-srcdev=$(mkloop src $((size * 3 / 4 + 1024 * MiB)))
+thick_zeros=$(to_bytes "$THICK_ZEROS")
+srcdev=$(mkloop src $((size * 3 / 4 + 1024 * MiB + thick_zeros + 256 * MiB)))
 loops+=("$srcdev")
 mkfs.xfs -q -f -m reflink=1 "$srcdev"
 mkdir "$work/src" && mount "$srcdev" "$work/src" && mounts+=("$work/src")
@@ -242,6 +247,28 @@ rm -f "$r"
 cmp "$src" "$r" || die "restored full backup (local transport) differs"
 rm -f "$r"
 
+# --- thick disk: written zeros ------------------------------------------------------------------------
+if [ "$thick_zeros" -gt 0 ]; then
+    mkdir -p "$work/src/vms/thick"
+    thick="$work/src/vms/thick/disk.raw"
+    { head -c $((256 * MiB)) /dev/urandom; head -c "$thick_zeros" /dev/zero; } >"$thick"
+    sync
+    for tr in https local; do
+        rm -rf "$work/dst/repo-thick"
+        "$VMEXPORT" repo init --chunk-size "$CHUNK_SIZE" "$work/dst/repo-thick" >/dev/null
+        timed_v "thick_$tr" "$VMEXPORT" backup thick --repo "$work/dst/repo-thick" --jobs "$JOBS" --transport "$tr" --json
+    done
+    summary_thick=$(grep '"type":"summary"' "$work/thick_https.out" | tail -n1)
+    "$VMEXPORT" restore --repo "$work/dst/repo-thick" "$(jq -r .backup <<<"$(grep '"type":"summary"' "$work/thick_local.out" | tail -n1)")" --disk disk.raw --to "$r" >/dev/null
+    cmp "$thick" "$r" || die "restored thick disk differs"
+    rm -f "$r"
+    rm -rf "$work/dst/repo-thick"
+    src_saved=$src
+    src=$thick # timed_copy compares with $src
+    timed_copy cp_thick "$d" cp --sparse=always --reflink=never "$thick" "$d"
+    src=$src_saved
+fi
+
 # --- incremental after CHANGE_PCT % ------------------------------------------------------------------
 # INCR_REPS rounds, each changing CHANGE_PCT % more and backing up over both transports (each
 # backup the base of the next); the median time counts.  One cold run moves by several points
@@ -314,6 +341,17 @@ row "vmexport backup (incremental, ${CHANGE_PCT}% changed, https; median)" incr
 row "vmexport backup (incremental, ${CHANGE_PCT}% changed, local; median)" incr_l
 row "vmexport restore --to FILE (+ sync FILE)" restore
 echo
+if [ "$thick_zeros" -gt 0 ]; then
+    thick_size=$((256 * MiB + thick_zeros))
+    echo "thick disk ($((thick_size / MiB)) MiB: 256 MiB random data, then written zeros), full backup:"
+    for n in thick_https thick_local cp_thick; do
+        printf '  %-12s %6.2f s  %5s MB/s\n' "$n" "${T[$n]}" "$(mbs "$thick_size" "${T[$n]}")"
+    done
+    awk -v h="${T[thick_https]}" -v l="${T[thick_local]}" -v c="${T[cp_thick]}" \
+        'BEGIN { printf "  backup / cp: https %.2fx, local %.2fx\n", c / h, c / l }'
+    echo "  https summary: $(jq -c '{bytes_read, bytes_transferred, bytes_written, seconds}' <<<"$summary_thick")"
+    echo
+fi
 for o in cp nbdcopy qemu-img; do
     awk -v o="$o" -v v="${T[backup]}" -v l="${T[backup_l]}" -v x="${T[$o]}" \
         'BEGIN { printf "backup / %-9s https %.2fx   local %.2fx\n", o, x / v, x / l }'
@@ -327,6 +365,6 @@ echo "incremental runs (s): https $incr_runs; local $incr_l_runs"
 awk -v r="${T[restore]}" -v c="${T[cp]}" 'BEGIN { printf "restore / cp --sparse=always (the copy above) %.2fx\n", c / r }'
 echo
 for sm in "$summary_full" "$summary_full_l" "$summary_incr" "$summary_incr_l"; do
-    echo "summary: $(jq -c '{incremental, transport, bytes_read, bytes_written, chunks_new, chunks_reused, chunks_fetched, seconds}' <<<"$sm")"
+    echo "summary: $(jq -c '{incremental, transport, bytes_read, bytes_transferred, bytes_written, chunks_new, chunks_reused, chunks_fetched, seconds}' <<<"$sm")"
 done
 echo "changed: $INCR_REPS x $nchange x 1 MiB random writes; repository size after all: $((repo_bytes / MiB)) MiB; restored file allocated $((restored_alloc / MiB)) MiB"
