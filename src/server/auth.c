@@ -141,7 +141,7 @@ static const char *log_field(const char *s, char *out)
     size_t n = 0, i = 0;
     if (!s)
         s = "";
-    for (; s[i] && i < AUTH_LOG_FIELD_MAX; i++) {
+    for (; i < AUTH_LOG_FIELD_MAX && s[i]; i++) {
         unsigned char c = (unsigned char)s[i];
         if (c >= 0x20 && c < 0x7f && c != '\\' && c != '\'') {
             out[n++] = (char)c;

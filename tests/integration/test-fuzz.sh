@@ -1,15 +1,18 @@
 #!/bin/bash
 # Fuzzing of the parsers of untrusted input (tests/fuzz/fuzz_*.c, libFuzzer with ASan and
 # UBSan): repository manifests and containers, disk image headers (qcow2 and the formats told
-# apart from raw), HTTP Range headers and vmexportd's configuration file.  Each target starts
+# apart from raw), HTTP Range and Accept headers, sparse answers, the OVM vm.cfg reader,
+# vmexportd's configuration file, and vmexportd's whole request handling (fuzz_http: raw
+# requests to a server in the fuzzer's process).  tests/fuzz/README.md lists each target's
+# property.  Each target starts
 # from its seed corpus (tests/fuzz/corpus/TARGET, copied: new inputs are not kept) and runs
-# FUZZ_RUNS inputs (default 500000) or FUZZ_SECONDS seconds (default 15), whichever ends first,
+# FUZZ_RUNS inputs (default 500000) or FUZZ_SECONDS seconds (default 10), whichever ends first,
 # with a printed seed (FUZZ_SEED to replay one).  A crash, a leak, undefined behaviour or a
 # failed property (see each target) fails the check; the reproducer is kept in build/fuzz-crashes.
 # Built with clang under build-variant-fuzz (-Dfuzz=true).  Runs once, in the normal pass: the
 # targets are always sanitized, so the sanitizer pass skips them.
 source "$(dirname "$0")/lib.sh"
-at_exit rm -rf /tmp/vmexport-fuzz-ovm # made by fuzz_ovm_cfg
+at_exit rm -rf /tmp/vmexport-fuzz-ovm /tmp/vmexport-fuzz-http-* # made by fuzz_ovm_cfg, fuzz_http (if killed)
 
 if [[ $BUILD == *-asan ]]; then
     skip "fuzz targets run in the normal pass (they are built with ASan and UBSan)"
@@ -33,7 +36,7 @@ fi
 ok "fuzz targets build (clang, libFuzzer, ASan, UBSan)"
 
 RUNS=${FUZZ_RUNS:-500000}
-SECONDS_MAX=${FUZZ_SECONDS:-15}
+SECONDS_MAX=${FUZZ_SECONDS:-10}
 SEED=${FUZZ_SEED:-$(( (RANDOM << 15 | RANDOM) + 1 ))}
 diag "seed $SEED (FUZZ_SEED=$SEED to replay), $RUNS inputs or ${SECONDS_MAX}s per target"
 crashes="$VMEXPORT_ROOT/build/fuzz-crashes"
