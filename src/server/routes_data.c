@@ -34,15 +34,15 @@
 #define MULTIPART_BLOCK (256 * 1024)
 
 /* Look up VM snapshot disk from the URL: 0 and *snap, *disk; or a reply was queued (< 0 ret). */
-static int lookup_disk(struct request *rq, struct snapshot **snap, const struct snapshot_disk **disk,
-                       int *ret)
+static int lookup_disk(struct request *rq, struct snapshot **snap,
+                       const struct snapshot_disk **disk, int *ret)
 {
     int r = catalog_snapshot_get(rq->srv->catalog, rq->segs[1], rq->segs[3], snap);
     if (r == -ENOENT || (r == 0 && strcmp((*snap)->status, "ready"))) {
         snapshot_free(*snap);
         *snap = NULL;
-        *ret = reply_error(rq, 404, "not found", "snapshot '%s' of VM '%s' not found",
-                           rq->segs[3], rq->segs[1]);
+        *ret = reply_error(rq, 404, "not found", "snapshot '%s' of VM '%s' not found", rq->segs[3],
+                           rq->segs[1]);
         return -1;
     }
     if (r < 0) {
@@ -81,8 +81,8 @@ static int lookup_disk(struct request *rq, struct snapshot **snap, const struct 
 /* An open snapshot disk. */
 struct disk_file {
     int fd;
-    int direct_fd;  /* the same file with O_DIRECT, or -1 */
-    void *map;      /* the file mapped read-only, never touched: for mincore; or NULL */
+    int direct_fd; /* the same file with O_DIRECT, or -1 */
+    void *map;     /* the file mapped read-only, never touched: for mincore; or NULL */
     uint64_t map_len;
     unsigned refs; /* the cache's and the requests'; guarded by the cache lock */
     char *path;    /* for error messages */
@@ -429,8 +429,7 @@ static int sparse_fill(struct sparse_range *s)
     const struct disk_file *d = s->file;
     size_t n = s->len - s->next < TLS_FILE_BLOCK ? (size_t)(s->len - s->next) : TLS_FILE_BLOCK;
     uint64_t off = s->start + s->next;
-    int dfd = d->direct_fd >= 0 && !fs_range_cached(d->map, d->map_len, off, n) ? d->direct_fd
-                                                                                : -1;
+    int dfd = d->direct_fd >= 0 && !fs_range_cached(d->map, d->map_len, off, n) ? d->direct_fd : -1;
     size_t got = 0;
     if (fs_pread_direct(d->fd, dfd, s->blk, n, off, &got) < 0 || got != n)
         return -1;
@@ -502,9 +501,8 @@ static struct MHD_Response *sparse_response(struct server *srv, struct disk_file
     s->srv = srv;
     s->start = start;
     s->len = len;
-    struct MHD_Response *r =
-        MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, TLS_FILE_BLOCK, sparse_read, s,
-                                          sparse_free);
+    struct MHD_Response *r = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, TLS_FILE_BLOCK,
+                                                               sparse_read, s, sparse_free);
     if (!r)
         sparse_free(s);
     return r;
@@ -513,7 +511,7 @@ static struct MHD_Response *sparse_response(struct server *srv, struct disk_file
 /* ---- multipart/byteranges ---- */
 
 struct part {
-    char *header;     /* boundary line and part headers */
+    char *header; /* boundary line and part headers */
     size_t header_len;
     uint64_t start, len;
 };
@@ -594,8 +592,7 @@ static struct MHD_Response *multipart_response(struct server *srv, int fd,
         int n = asprintf(&p->header,
                          "%s--%s\r\nContent-Type: application/octet-stream\r\n"
                          "Content-Range: bytes %" PRIu64 "-%" PRIu64 "/%" PRIu64 "\r\n\r\n",
-                         i ? "\r\n" : "", boundary, ranges->ptr[i].start, ranges->ptr[i].end,
-                         size);
+                         i ? "\r\n" : "", boundary, ranges->ptr[i].start, ranges->ptr[i].end, size);
         if (n < 0) {
             p->header = NULL;
             oom = true;
@@ -614,9 +611,8 @@ static struct MHD_Response *multipart_response(struct server *srv, int fd,
     }
     m->trailer_len = (size_t)n;
     total += m->trailer_len;
-    struct MHD_Response *resp = MHD_create_response_from_callback(total, MULTIPART_BLOCK,
-                                                                  multipart_read, m,
-                                                                  multipart_free);
+    struct MHD_Response *resp = MHD_create_response_from_callback(
+        total, MULTIPART_BLOCK, multipart_read, m, multipart_free);
     if (!resp) {
         m->fd = -1;
         multipart_free(m);
@@ -668,7 +664,8 @@ int route_disk_data(struct request *rq)
         snprintf(content_range, sizeof(content_range), "bytes %" PRIu64 "-%" PRIu64 "/%" PRIu64,
                  ranges.ptr[0].start, ranges.ptr[0].end, size);
         status = 206;
-        if (!is_head && http_accepts(request_header(rq, MHD_HTTP_HEADER_ACCEPT), SPARSE_MEDIA_TYPE)) {
+        if (!is_head &&
+            http_accepts(request_header(rq, MHD_HTTP_HEADER_ACCEPT), SPARSE_MEDIA_TYPE)) {
             /* counted as sent, without the zeros */
             resp = sparse_response(rq->srv, file, ranges.ptr[0].start, len);
             snprintf(content_type, sizeof(content_type), "%s", SPARSE_MEDIA_TYPE);
@@ -774,8 +771,9 @@ int route_disk_changes(struct request *rq)
     if (start > disk->size) {
         uint64_t size = disk->size; /* disk lives in snap */
         snapshot_free(snap);
-        return reply_error(rq, 400, "bad request", "startOffset %" PRIu64
-                           " is past the end of the disk (%" PRIu64 " bytes)", start, size);
+        return reply_error(
+            rq, 400, "bad request",
+            "startOffset %" PRIu64 " is past the end of the disk (%" PRIu64 " bytes)", start, size);
     }
 
     const struct snapshot_disk *bd = NULL;
@@ -818,7 +816,8 @@ int route_disk_changes(struct request *rq)
             size_t i = 0, j = 0;
             while (r == 0 && (i < chp.l.len || j < zeroed.l.len)) {
                 const struct extent *e;
-                if (j >= zeroed.l.len || (i < chp.l.len && chp.l.ptr[i].start < zeroed.l.ptr[j].start))
+                if (j >= zeroed.l.len ||
+                    (i < chp.l.len && chp.l.ptr[i].start < zeroed.l.ptr[j].start))
                     e = &chp.l.ptr[i++];
                 else
                     e = &zeroed.l.ptr[j++];

@@ -249,8 +249,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         }
     }
     static char body[4096];
-    int st = simple("GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", body,
-                    sizeof(body));
+    int st =
+        simple("GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", body, sizeof(body));
     if (st != 200) {
         fprintf(stderr, "fuzz_http: /healthz answered %d after the input\n", st);
         abort();

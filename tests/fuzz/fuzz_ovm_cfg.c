@@ -31,8 +31,9 @@ static void file_of(const char *path, size_t size)
 
 static struct provider *setup(void)
 {
-    const char *dirs[] = {FUZZ_OVM_ROOT, REPO, REPO "/VirtualMachines", REPO "/VirtualDisks",
-                          REPO "/ISOs", REPO "/VirtualMachines/fuzzvm", FUZZ_OVM_ROOT "/outside"};
+    const char *dirs[] = {FUZZ_OVM_ROOT,           REPO,         REPO "/VirtualMachines",
+                          REPO "/VirtualDisks",    REPO "/ISOs", REPO "/VirtualMachines/fuzzvm",
+                          FUZZ_OVM_ROOT "/outside"};
     for (size_t i = 0; i < sizeof(dirs) / sizeof(dirs[0]); i++)
         assert(mkdir(dirs[i], 0755) == 0 || errno == EEXIST);
     file_of(REPO "/VirtualDisks/a1.img", 4096);
@@ -58,8 +59,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     static struct provider *p;
     if (!p)
         p = setup();
-    int fd = open(REPO "/VirtualMachines/fuzzvm/vm.cfg", O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC,
-                  0644);
+    int fd =
+        open(REPO "/VirtualMachines/fuzzvm/vm.cfg", O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     assert(fd >= 0);
     assert(write(fd, data, size) == (ssize_t)size);
     close(fd);

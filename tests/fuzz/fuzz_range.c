@@ -1,6 +1,7 @@
 /* Fuzz target: the Range header parser and If-Range matching (src/server/range.c).  The first
- * 8 bytes are the resource size, the rest the header (also tried as If-Range and Accept).  A parsed range set is never empty,
- * holds at most HTTP_RANGE_MAX ranges, and every range lies inside the resource. */
+ * 8 bytes are the resource size, the rest the header (also tried as If-Range and Accept).  A parsed
+ * range set is never empty, holds at most HTTP_RANGE_MAX ranges, and every range lies inside the
+ * resource. */
 #include <assert.h>
 #include <stdint.h>
 #include <stdlib.h>

@@ -153,7 +153,7 @@ static void test_malformed(void **state)
 {
     (void)state;
     assert_int_equal(decode_segments(SEGS({0, 4}, {8, 4}), 0, 64), 0);
-    assert_int_equal(decode_segments(SEGS({0, 4}, {4, 4}), 0, 8), 0); /* adjacent: fine */
+    assert_int_equal(decode_segments(SEGS({0, 4}, {4, 4}), 0, 8), 0);         /* adjacent: fine */
     assert_int_equal(decode_segments(SEGS({8, 4}, {0, 4}), 0, 64), -EBADMSG); /* out of order */
     assert_int_equal(decode_segments(SEGS({0, 8}, {4, 8}), 0, 64), -EBADMSG); /* overlapping */
     assert_int_equal(decode_segments(SEGS({0, 0}), 0, 64), -EBADMSG);         /* empty */
@@ -161,10 +161,10 @@ static void test_malformed(void **state)
     assert_int_equal(decode_segments(SEGS({UINT64_MAX - 1, 4}), 0, 64), -EBADMSG);
     assert_int_equal(decode_segments(SEGS({4, UINT64_MAX}), 0, 64), -EBADMSG);
     assert_int_equal(decode_segments(SEGS({0, 4}, {8, 4}), 0, 10), -EBADMSG); /* past len */
-    assert_int_equal(decode_segments(SEGS({0, 4}), 1, 64), -EBADMSG);  /* data cut short */
-    assert_int_equal(decode_segments(SEGS({0, 4}), 6, 64), -EBADMSG);  /* header cut short */
-    assert_int_equal(decode_segments(SEGS({0, 4}), 0, 65), -EBADMSG);  /* len past cap */
-    assert_int_equal(decode_segments(SEGS({0, 4}), 20, 64), 0);        /* no body: all zeros */
+    assert_int_equal(decode_segments(SEGS({0, 4}), 1, 64), -EBADMSG);         /* data cut short */
+    assert_int_equal(decode_segments(SEGS({0, 4}), 6, 64), -EBADMSG);         /* header cut short */
+    assert_int_equal(decode_segments(SEGS({0, 4}), 0, 65), -EBADMSG);         /* len past cap */
+    assert_int_equal(decode_segments(SEGS({0, 4}), 20, 64), 0); /* no body: all zeros */
 }
 
 int main(void)
