@@ -19,6 +19,7 @@
 #include "core/cleanup.h"
 #include "fs/zero.h"
 #include "core/hash.h"
+#include "core/sparse.h"
 #include "core/vector.h"
 
 #define API "/api/v1"
@@ -554,6 +555,36 @@ static int zero_range(int fd, uint64_t off, uint64_t len)
     return fs_zero_range(fd, off, len);
 }
 
+/* Zeros between runs of data shorter than this are written over old data rather than punched
+ * out: a hole punch per small gap would cost more than the write (downloads with a base). */
+#define PUNCH_MIN ((size_t)64 << 10)
+
+/* Write a fetched piece: its runs of data (4 KiB blocks, core/sparse.h).  The blocks of zeros
+ * between them stay holes in a new file; over old data (a download with a base) they are
+ * punched out, or written when shorter than PUNCH_MIN. */
+static int write_piece(const struct dl_disk *d, const uint8_t *buf, size_t len, uint64_t off)
+{
+    size_t pos = 0, run, ws = 0, we = 0; /* [ws, we): data not written yet */
+    int r = 0;
+    for (;;) {
+        bool more = sparse_next_run(buf, len, off, &pos, &run);
+        size_t gap = pos - we; /* zeros since the data not written yet */
+        if (more && we > ws && !d->fresh && gap < PUNCH_MIN) {
+            we = pos + run; /* write the short gap with the data around it */
+        } else {
+            if (we > ws && (r = pwrite_all(d->fd, buf + ws, we - ws, off + ws)) < 0)
+                return r;
+            if (!d->fresh && gap && (r = zero_range(d->fd, off + we, gap)) < 0)
+                return r;
+            ws = pos;
+            we = pos + run;
+        }
+        if (!more)
+            return 0;
+        pos += run;
+    }
+}
+
 static void *worker_main(void *opaque)
 {
     struct worker *w = opaque;
@@ -582,11 +613,7 @@ static void *worker_main(void *opaque)
                     d->name, got, (unsigned long long)p->off, (unsigned long long)p->len);
             break;
         }
-        /* Zeros stay holes: skipped in a new file, punched over old data. */
-        if (buf_is_zero(buf, got))
-            r = d->fresh ? 0 : zero_range(d->fd, p->off, p->len);
-        else
-            r = pwrite_all(d->fd, buf, got, p->off);
+        r = write_piece(d, buf, got, p->off);
         if (r < 0) {
             dl_fail(dl, "%s/%s: writing %llu bytes at offset %llu: %s", dl->out_dir, d->name,
                     (unsigned long long)p->len, (unsigned long long)p->off, strerror(-r));
@@ -963,12 +990,15 @@ const struct cli_command cmd_download = {
         "\n"
         "Full download (no --diff-from): DIR is created if missing; each file is created (or\n"
         "truncated) to the disk's size and only the disk's data extents (the snapshot's chunks)\n"
-        "are fetched, with ranged GETs of at most 8 MiB; holes and all-zero data stay holes.\n"
+        "are fetched, with ranged GETs of at most 8 MiB; holes and 4 KiB blocks of zeros stay\n"
+        "holes.  vmexportd leaves blocks of zeros out of its answers (docs/api.md, \"Sparse\n"
+        "answers\"); other servers send them, and they are still not written.\n"
         "\n"
         "Incremental (--diff-from PREV): DIR must hold the disks as of the older snapshot PREV\n"
         "(a previous download).  Only what changed since PREV is fetched: each file is set to\n"
         "the new size, the ranges that became zeros are punched out (or overwritten with zeros\n"
-        "where the filesystem cannot punch holes) and the changed ranges are written in place.\n"
+        "where the filesystem cannot punch holes) and the changed ranges are written in place\n"
+        "(their blocks of zeros punched out too).\n"
         "Afterwards the files equal SNAPSHOT bit for bit.  A disk added since PREV is\n"
         "downloaded in full.  Keep PREV on the server until this has succeeded.\n"
         "\n"
