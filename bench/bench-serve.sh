@@ -80,14 +80,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-free_port() {
-    local p
-    for _ in $(seq 50); do
-        p=$((20000 + RANDOM % 40000))
-        if ! ss -ltn | grep -q ":$p "; then echo "$p"; return 0; fi
-    done
-    die "no free port"
-}
 hz=$(getconf CLK_TCK)
 ticks() { # ticks PID...: CPU time (user + system, all threads) of the processes, in clock ticks
     local t=0 p

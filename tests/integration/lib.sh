@@ -99,15 +99,8 @@ make_cert() {
     done
 }
 
-# free_port: a TCP port nobody listens on (best effort).
-free_port() {
-    local p
-    for _ in $(seq 50); do
-        p=$((20000 + RANDOM % 40000))
-        if ! ss -ltn 2>/dev/null | grep -q ":$p "; then echo "$p"; return 0; fi
-    done
-    echo 0
-}
+# free_port: a TCP port nothing uses, below the ephemeral range (scripts/free-port.sh).
+source "$VMEXPORT_ROOT/scripts/free-port.sh"
 
 # write_config FILE PORT STATE_DIR [EXTRA_INI...]: a daemon config with TLS, the test users
 # (admin:secret, alice:wonderland) and the sections given as extra arguments.
