@@ -48,6 +48,19 @@ done
 check "the downloaded disk keeps its 4 KiB blocks of zeros as holes ($(du -k "$WORK/out-good/d.img" | cut -f1) KiB allocated)" \
     test "$(du -k "$WORK/out-good/d.img" | cut -f1)" -lt 400
 
+# The summary tells the bytes of the disk from the bytes on the wire.
+for mode in good plain; do
+    echo "$mode" >"$WORK/mode"
+    rm -rf "$WORK/json-$mode"
+    "$VMEXPORT" download vm1 s1 --out-dir "$WORK/json-$mode" --json >"$WORK/$mode.json" 2>"$WORK/json.err" ||
+        not_ok "$mode: download --json: $(tail -1 "$WORK/json.err")"
+done
+size=$(stat -c %s "$WORK/disk.img")
+check "download --json, sparse answers: the whole disk fetched, less than half of it transferred" \
+    jq -e ".bytes_fetched == $size and .bytes_transferred < $size / 2" "$WORK/good.json"
+check "download --json, plain answers: every byte transferred" \
+    jq -e ".bytes_fetched == $size and .bytes_transferred == $size" "$WORK/plain.json"
+
 # Over old data (a download with a base): every block of zeros of the new answer must end up
 # zero, whether punched out (long runs) or written (short gaps between data).
 for mode in good plain; do
