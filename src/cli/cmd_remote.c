@@ -855,10 +855,10 @@ static int dl_report(const struct download *dl, const char *vm, const char *snap
                                                    "zeroed_bytes", (json_int_t)d->zeroed_bytes));
         }
         json_t *j =
-            json_pack("{s:s, s:s, s:s?, s:s, s:o, s:I, s:I, s:I, s:f}", "vm", vm, "snapshot",
-                      snap, "compared_to", prev, "out_dir", dl->out_dir, "disks", disks,
-                      "bytes_fetched", (json_int_t)fetched, "bytes_transferred",
-                      (json_int_t)transferred, "bytes_zeroed", (json_int_t)zeroed, "seconds", secs);
+            json_pack("{s:s, s:s, s:s?, s:s, s:o, s:I, s:I, s:I, s:f}", "vm", vm, "snapshot", snap,
+                      "compared_to", prev, "out_dir", dl->out_dir, "disks", disks, "bytes_fetched",
+                      (json_int_t)fetched, "bytes_transferred", (json_int_t)transferred,
+                      "bytes_zeroed", (json_int_t)zeroed, "seconds", secs);
         if (!j) {
             fprintf(stderr, "vmexport download: out of memory\n");
             return EXIT_FAIL;
