@@ -261,6 +261,11 @@ if [ "$zero_at" -ge 0 ]; then
 else
     not_ok "root.img at snapshot 2 has no MiB of zeros to test with"
 fi
+# HTTP/1.0 has no chunked encoding: the end of the connection ends the body.
+curl -s --http1.0 -D "$WORK/hdrs" -o "$WORK/body" --cacert "$WORK/certs/ca.crt" -H "Authorization: Bearer $TOKEN" \
+    -H "Accept: $SPARSE" -H "Range: bytes=4190208-4202495" "$URL$DISK"
+check "a sparse answer to HTTP/1.0: the same body, ended by closing the connection" \
+    bash -c "grep -qi '^content-type: $SPARSE' '$WORK/hdrs' && grep -qi '^connection: close' '$WORK/hdrs' && [ \$(stat -c %s '$WORK/body') = 8208 ]"
 for accept in "$SPARSE;q=0" "*/*" "application/*" "application/octet-stream"; do
     curl -s -D "$WORK/hdrs" -o "$WORK/body" --cacert "$WORK/certs/ca.crt" -H "Authorization: Bearer $TOKEN" \
         -H "Accept: $accept" -H "Range: bytes=0-1048575" "$URL$DISK"
