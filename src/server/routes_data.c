@@ -308,6 +308,21 @@ struct file_range {
     uint8_t *bounce; /* TLS_FILE_BLOCK bytes, 4 KiB-aligned: for O_DIRECT reads; or NULL */
 };
 
+/* Another reference to file (for a response; dropped by disk_file_unref). */
+static void disk_file_ref(struct disk_cache *c, struct disk_file *f)
+{
+    pthread_mutex_lock(&c->lock);
+    f->refs++;
+    pthread_mutex_unlock(&c->lock);
+}
+
+/* The fd to read [off, off + n) of d with: the O_DIRECT one when those bytes are not in the
+ * page cache (see file_range_read), else -1 (read through the cache), as fs_pread_direct takes. */
+static int direct_fd_if_uncached(const struct disk_file *d, uint64_t off, size_t n)
+{
+    return d->direct_fd >= 0 && !fs_range_cached(d->map, d->map_len, off, n) ? d->direct_fd : -1;
+}
+
 /* A block of a TLS response.  A backup reads each byte of a snapshot once, so bytes that are
  * not in the page cache are read with O_DIRECT into the bounce buffer and copied into
  * libmicrohttpd's block (not aligned for O_DIRECT): in a VM the page cache's fresh pages cost
@@ -319,13 +334,12 @@ static ssize_t file_range_read(void *cls, uint64_t pos, char *buf, size_t max)
     const struct disk_file *d = f->file;
     const uint64_t off = f->start + pos;
     size_t n = max > TLS_FILE_BLOCK ? TLS_FILE_BLOCK : max / DIRECT_ALIGN * DIRECT_ALIGN;
-    if (d->direct_fd >= 0 && n && off % DIRECT_ALIGN == 0 &&
-        !fs_range_cached(d->map, d->map_len, off, n)) {
+    int dfd = n && off % DIRECT_ALIGN == 0 ? direct_fd_if_uncached(d, off, n) : -1;
+    if (dfd >= 0) {
         if (!f->bounce)
             f->bounce = aligned_alloc(DIRECT_ALIGN, TLS_FILE_BLOCK);
         size_t got = 0;
-        if (f->bounce && fs_pread_direct(d->fd, d->direct_fd, f->bounce, n, off, &got) == 0 &&
-            got > 0) {
+        if (f->bounce && fs_pread_direct(d->fd, dfd, f->bounce, n, off, &got) == 0 && got > 0) {
             memcpy(buf, f->bounce, got);
             return (ssize_t)got;
         }
@@ -390,9 +404,7 @@ static struct MHD_Response *file_response(struct server *srv, struct disk_file *
     struct file_range *f = malloc(sizeof(*f));
     if (!f)
         return NULL;
-    pthread_mutex_lock(&srv->disk_cache->lock);
-    file->refs++; /* the response's, dropped by file_range_free */
-    pthread_mutex_unlock(&srv->disk_cache->lock);
+    disk_file_ref(srv->disk_cache, file); /* the response's, dropped by file_range_free */
     *f = (struct file_range){.file = file, .start = start, .srv = srv};
     /* libmicrohttpd allocates the block with the response: no more than a short range needs. */
     size_t block = len < TLS_FILE_BLOCK ? (size_t)len : TLS_FILE_BLOCK;
@@ -414,8 +426,9 @@ struct sparse_range {
     struct disk_file *file; /* a reference */
     struct server *srv;
     uint64_t start, len;
-    uint64_t next; /* offset (from start) of the next block to read */
-    uint8_t *blk;  /* TLS_FILE_BLOCK bytes, DIRECT_ALIGN-aligned */
+    uint64_t next;  /* offset (from start) of the next block to read */
+    uint8_t *blk;   /* blk_cap bytes, DIRECT_ALIGN-aligned */
+    size_t blk_cap; /* TLS_FILE_BLOCK, or the range rounded up to DIRECT_ALIGN if shorter */
     uint64_t blk_off;
     size_t blk_len, scan; /* bytes in blk; where the scan (or the current segment) is */
     size_t seg_left;      /* bytes of the current segment still to send, from blk + scan */
@@ -427,11 +440,11 @@ struct sparse_range {
 static int sparse_fill(struct sparse_range *s)
 {
     const struct disk_file *d = s->file;
-    size_t n = s->len - s->next < TLS_FILE_BLOCK ? (size_t)(s->len - s->next) : TLS_FILE_BLOCK;
+    size_t n = s->len - s->next < s->blk_cap ? (size_t)(s->len - s->next) : s->blk_cap;
     uint64_t off = s->start + s->next;
-    int dfd = d->direct_fd >= 0 && !fs_range_cached(d->map, d->map_len, off, n) ? d->direct_fd : -1;
     size_t got = 0;
-    if (fs_pread_direct(d->fd, dfd, s->blk, n, off, &got) < 0 || got != n)
+    if (fs_pread_direct(d->fd, direct_fd_if_uncached(d, off, n), s->blk, n, off, &got) < 0 ||
+        got != n)
         return -1;
     s->blk_off = s->next;
     s->blk_len = n;
@@ -489,14 +502,16 @@ static struct MHD_Response *sparse_response(struct server *srv, struct disk_file
     struct sparse_range *s = calloc(1, sizeof(*s));
     if (!s)
         return NULL;
-    s->blk = aligned_alloc(DIRECT_ALIGN, TLS_FILE_BLOCK);
+    /* a short range needs no more (a 4 KiB read must not fault in a 1 MiB buffer) */
+    s->blk_cap = len < TLS_FILE_BLOCK
+                     ? (size_t)(len + DIRECT_ALIGN - 1) / DIRECT_ALIGN * DIRECT_ALIGN
+                     : TLS_FILE_BLOCK;
+    s->blk = aligned_alloc(DIRECT_ALIGN, s->blk_cap);
     if (!s->blk) {
         free(s);
         return NULL;
     }
-    pthread_mutex_lock(&srv->disk_cache->lock);
-    file->refs++; /* the response's, dropped by sparse_free */
-    pthread_mutex_unlock(&srv->disk_cache->lock);
+    disk_file_ref(srv->disk_cache, file); /* the response's, dropped by sparse_free */
     s->file = file;
     s->srv = srv;
     s->start = start;
