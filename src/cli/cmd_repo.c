@@ -28,6 +28,7 @@
 #include "client/client.h"
 #include "core/cleanup.h"
 #include "core/hash.h"
+#include "core/sparse.h"
 #include "fs/fsinfo.h"
 #include "repo/repo.h"
 
@@ -1402,27 +1403,19 @@ static int write_run(struct restore_run *rr, const uint8_t *buf, size_t len, uin
     return len ? pwrite_all(rr->fd, buf, len, off) : 0;
 }
 
-/* Write buf at off leaving all-zero pages as holes (the file was truncated to size first). */
+/* Write buf at off leaving all-zero pages as holes (the file was truncated to size first).  off
+ * is a chunk offset, so the runs of data (core/sparse.h) start at page offsets, as write_run's
+ * O_DIRECT writes need. */
 static int write_sparse_pages(struct restore_run *rr, const uint8_t *buf, size_t len,
                               uint64_t off)
 {
-    size_t run = 0, run_len = 0;
-    for (size_t p = 0; p < len; p += RESTORE_PAGE) {
-        size_t n = len - p < RESTORE_PAGE ? len - p : RESTORE_PAGE;
-        if (!buf_is_zero(buf + p, n)) {
-            if (!run_len)
-                run = p;
-            run_len += n;
-            continue;
-        }
-        if (run_len) {
-            int r = write_run(rr, buf + run, run_len, off + run);
-            if (r < 0)
-                return r;
-            run_len = 0;
-        }
+    _Static_assert(SPARSE_ZERO_UNIT == RESTORE_PAGE, "runs of data are runs of whole pages");
+    size_t pos = 0, run;
+    int r = 0;
+    while (r == 0 && sparse_next_run(buf, len, off, &pos, &run)) {
+        r = write_run(rr, buf + pos, run, off + pos);
+        pos += run;
     }
-    int r = run_len ? write_run(rr, buf + run, run_len, off + run) : 0;
     /* Buffered data: start its writeback now rather than all of it at the final fsync. */
     if (r == 0 && !(rr->direct_fd >= 0 && atomic_load(&rr->direct_ok)))
         sync_file_range(rr->fd, (off_t)off, (off_t)len, SYNC_FILE_RANGE_WRITE);
