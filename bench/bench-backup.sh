@@ -185,7 +185,7 @@ timed_v() {
     echo "  $name: ${T[$name]} s, max RSS ${RSS[$name]} KiB" >&2
 }
 # timed_copy NAME DST COMMAND...: cold runs + sync DST inside the timing, best of REPS; cmp
-# (outside the timing) after the first
+# with COPY_SRC (default $src; outside the timing) after the first
 timed_copy() {
     local name=$1 dst=$2; shift 2
     local i t0 t1 t best=""
@@ -197,7 +197,7 @@ timed_copy() {
         sync "$dst"
         t1=$EPOCHREALTIME
         t=$(secs "$t0" "$t1")
-        if [ "$i" = 0 ]; then cmp "$src" "$dst" || die "$name: copy differs"; fi
+        if [ "$i" = 0 ]; then cmp "${COPY_SRC:-$src}" "$dst" || die "$name: copy differs"; fi
         rm -f "$dst"
         echo "  $name: $t s" >&2
         if [ -z "$best" ] || awk -v a="$t" -v b="$best" 'BEGIN { exit !(a < b) }'; then best=$t; fi
@@ -259,10 +259,7 @@ if [ "$thick_zeros" -gt 0 ]; then
     cmp "$thick" "$r" || die "restored thick disk differs"
     rm -f "$r"
     rm -rf "$work/dst/repo-thick"
-    src_saved=$src
-    src=$thick # timed_copy compares with $src
-    timed_copy cp_thick "$d" cp --sparse=always --reflink=never "$thick" "$d"
-    src=$src_saved
+    COPY_SRC=$thick timed_copy cp_thick "$d" cp --sparse=always --reflink=never "$thick" "$d"
 fi
 
 # --- incremental after CHANGE_PCT % ------------------------------------------------------------------
