@@ -138,6 +138,15 @@ check "cold copy read directly: $cached bytes of the source cached afterwards" t
 check "cold copy is identical" cmp -s "$lay" "$lay.d"
 check "cold copy sidecar: every block's digest in order" check_sidecar "$lay.d"
 rm -f "$lay" "$lay".[cd] "$lay".[cd].vxhash
+# The copy's written-back pages leave the page cache behind it (three 32 MiB writeback
+# windows here, so the wait-and-drop inside the copy runs too, not only the final drop).
+dd if=/dev/urandom of="$XFS/wb" bs=1M count=96 status=none
+expect_exit 0 "copy of 96 MiB of data" "$VMEXPORT" clone --mode copy "$XFS/wb" "$XFS/wb.c"
+cached=$(fincore --bytes --noheadings --output RES "$XFS/wb.c" | tr -d ' ')
+check "copy left $cached bytes of the destination in the page cache (of 96 MiB)" test "$cached" -lt 65536
+check "96 MiB copy is identical" cmp -s "$XFS/wb" "$XFS/wb.c"
+check "96 MiB copy sidecar: every block's digest in order" check_sidecar "$XFS/wb.c"
+rm -f "$XFS/wb" "$XFS/wb.c" "$XFS/wb.c.vxhash"
 
 expect_exit 1 "clone never overwrites" "$VMEXPORT" clone "$EXT4/img" "$EXT4/c2"
 check "message says DST exists" grep -q "already exists" "$WORK/err"
