@@ -17,6 +17,7 @@
 #include "cli/cli.h"
 #include "client/client.h"
 #include "core/cleanup.h"
+#include "fs/fsinfo.h"
 #include "fs/zero.h"
 #include "core/hash.h"
 #include "core/sparse.h"
@@ -514,6 +515,8 @@ struct worker {
     struct client *c;
     pthread_t thread;
     bool started;
+    int wb_fd; /* the worker's last piece, whose writeback is started (wb_len > 0) */
+    uint64_t wb_off, wb_len;
 };
 
 static void dl_fail(struct download *dl, const char *fmt, ...)
@@ -614,11 +617,21 @@ static void *worker_main(void *opaque)
             break;
         }
         r = write_piece(d, buf, got, p->off);
+        /* Writeback behind the download: the worker's previous piece leaves the page cache
+         * once on the disk, so a big disk does not flood it (the files are fsynced and
+         * dropped at the end). */
+        if (r == 0 && w->wb_len)
+            r = fs_writeback_behind(w->wb_fd, w->wb_off, w->wb_len, 0, 0);
+        if (r == 0)
+            r = fs_writeback_behind(d->fd, 0, 0, p->off, got);
         if (r < 0) {
             dl_fail(dl, "%s/%s: writing %llu bytes at offset %llu: %s", dl->out_dir, d->name,
                     (unsigned long long)p->len, (unsigned long long)p->off, strerror(-r));
             break;
         }
+        w->wb_fd = d->fd;
+        w->wb_off = p->off;
+        w->wb_len = got;
     }
     return NULL;
 }
@@ -812,6 +825,7 @@ static int dl_sync(struct download *dl, int dirfd)
             dl_fail(dl, "%s/%s: fsync: %s", dl->out_dir, dl->disks[i].name, strerror(errno));
             return -1;
         }
+        posix_fadvise(dl->disks[i].fd, 0, 0, POSIX_FADV_DONTNEED); /* the last pieces, clean now */
     }
     if (fsync(dirfd) < 0) {
         dl_fail(dl, "%s: fsync: %s", dl->out_dir, strerror(errno));

@@ -257,29 +257,18 @@ struct copy_feed {
     uint64_t dropped_to; /* written back and out of the page cache up to here */
 };
 
-/* Writeback of the destination, behind the copy: start it for what is copied since the last
- * call, after waiting for the previous window's and dropping those pages from the cache.  The
- * copy so keeps at most about two windows of the destination in the page cache instead of
- * all of it: it does not push other programs' data out of the cache, and on a guest whose
- * freed memory goes back to the host (virtio-balloon free page reporting) it reuses the same
- * pages rather than touching gigabytes anew (8 GiB bench image, cold: 7.1-8.3 s -> 4.7 s;
- * warm: 4.5-8.3 s -> 2.5 s, docs/benchmarks.md).  Errors of the writeback are returned here
- * (the final fsync would also report them). */
+/* Writeback of the destination behind the copy (fs_writeback_behind): wait for the previous
+ * window's and drop its pages, start the new one's.  At most about two windows of the
+ * destination stay in the page cache instead of all of it (8 GiB bench image on a guest with
+ * free page reporting, cold: 7.1-8.3 s -> 4.7 s; warm: 4.5-8.3 s -> 2.5 s; docs/benchmarks.md).
+ * Errors of the writeback are returned here (the final fsync would also report them). */
 static int copy_writeback(struct copy_feed *f)
 {
-    int out = f->pipe->out;
-    if (f->flushed_to > f->dropped_to) {
-        off_t off = (off_t)f->dropped_to, len = (off_t)(f->flushed_to - f->dropped_to);
-        if (sync_file_range(out, off, len,
-                            SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE |
-                                SYNC_FILE_RANGE_WAIT_AFTER) < 0 &&
-            errno != EINVAL && errno != ENOSYS && errno != ESPIPE)
-            return -errno;
-        posix_fadvise(out, off, len, POSIX_FADV_DONTNEED);
-        f->dropped_to = f->flushed_to;
-    }
-    sync_file_range(out, (off_t)f->flushed_to, (off_t)(f->copied_to - f->flushed_to),
-                    SYNC_FILE_RANGE_WRITE);
+    int r = fs_writeback_behind(f->pipe->out, f->dropped_to, f->flushed_to - f->dropped_to,
+                                f->flushed_to, f->copied_to - f->flushed_to);
+    if (r < 0)
+        return r;
+    f->dropped_to = f->flushed_to;
     f->flushed_to = f->copied_to;
     return 0;
 }

@@ -191,3 +191,18 @@ bool fs_range_cached(const void *map, uint64_t map_len, uint64_t off, uint64_t l
     }
     return true;
 }
+
+int fs_writeback_behind(int fd, uint64_t done_off, uint64_t done_len, uint64_t off, uint64_t len)
+{
+    if (done_len) {
+        if (sync_file_range(fd, (off_t)done_off, (off_t)done_len,
+                            SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE |
+                                SYNC_FILE_RANGE_WAIT_AFTER) < 0 &&
+            errno != EINVAL && errno != ENOSYS && errno != ESPIPE)
+            return -errno;
+        posix_fadvise(fd, (off_t)done_off, (off_t)done_len, POSIX_FADV_DONTNEED);
+    }
+    if (len)
+        sync_file_range(fd, (off_t)off, (off_t)len, SYNC_FILE_RANGE_WRITE);
+    return 0;
+}

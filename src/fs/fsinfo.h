@@ -43,6 +43,14 @@ int fs_pread_direct(int fd, int dfd, void *buf, size_t len, uint64_t off, size_t
  * read cold data with O_DIRECT (no copy through the cache, no eviction of others' pages) and
  * warm data from the cache.  Unknown (no mapping, mincore failure) counts as cached. */
 bool fs_range_cached(const void *map, uint64_t map_len, uint64_t off, uint64_t len);
+/* Writeback behind a writer, so that a big copy keeps only a window of its output in the page
+ * cache: wait until [done_off, done_off + done_len) (whose writeback an earlier call started;
+ * done_len 0: nothing) is on the disk and drop those clean pages from the cache, then start
+ * writeback of [off, off + len) without waiting.  Besides leaving other programs' cached data
+ * alone, the writer then reuses the pages it frees, where touching new memory is costly (a
+ * guest whose freed memory goes back to the host).  0, or the writeback's negative errno;
+ * file systems without sync_file_range are not an error. */
+int fs_writeback_behind(int fd, uint64_t done_off, uint64_t done_len, uint64_t off, uint64_t len);
 int fs_file_id_fd(int fd, char out[FS_FILE_ID_MAX]);
 int fs_file_id_path(const char *path, char out[FS_FILE_ID_MAX]);
 

@@ -202,6 +202,14 @@ check "--json: fetched exactly the chunks" jq -e --argjson t "$total1" \
     '.bytes_fetched == $t and .snapshot != null and .compared_to == null and (.disks | length == 2) and .seconds >= 0' "$WORK/out"
 check "all-zero data stays a hole" bash -c \
     "'$VMEXPORT' map --json '$WORK/full4/root.img' | jq -e 'all(.extents[]; .start + .length <= 20971520 or .start >= 22020096)'"
+# Written pieces leave the page cache behind the download (checked before anything reads them).
+expect_exit 0 "download onto XFS" "${R[@]}" download -J 4 -o "$XFS/dl" web01 "$S1"
+cached=$(fincore --bytes --noheadings --output RES "$XFS/dl/root.img" "$XFS/dl/data.raw" |
+    awk '{ s += $1 } END { print s + 0 }')
+check "download left $cached bytes of its disks in the page cache" test "$cached" -lt 65536
+check "root.img (XFS) equals the disk" cmp "$XFS/dl/root.img" "$WORK/root.at1"
+check "data.raw (XFS) equals the disk" cmp "$XFS/dl/data.raw" "$WORK/data.at1"
+rm -rf "$XFS/dl"
 expect_exit 0 "downloading again over the files" "${R[@]}" download -o "$WORK/full4" web01 "$S1"
 check "still identical" cmp "$WORK/full4/root.img" "$WORK/root.at1"
 
