@@ -22,6 +22,7 @@
 #       1 MiB random writes, both transports; its time (median of INCR_REPS rounds) as a
 #       fraction of the full backup's
 #     vmexport restore BACKUP --to FILE vs cp --sparse=always SRC DST
+#     vmexport download VM SNAP -o DIR (the disk as a sparse file over TLS, fsynced) vs cp
 #     peak memory (Maximum resident set size from /usr/bin/time -v) of backup and restore
 #     a thick disk (VM `thick`: 256 MiB of random data, then THICK_ZEROS of written zeros, as a
 #       preallocated raw disk holds): full backup over https (blocks of zeros are left out of
@@ -243,6 +244,21 @@ rm -f "$r"
 cmp "$src" "$r" || die "restored full backup (local transport) differs"
 rm -f "$r"
 
+# --- download: the snapshot's disk into a directory over TLS (the 004 client's job) ---------------------
+dl_snap=$("$VMEXPORT" snapshot create --json bench | jq -r .id)
+dl="$work/dst/dl"
+for ((i = 0; i < REPS; i++)); do
+    rm -rf "$dl"; sync
+    timed_v download "$VMEXPORT" download --jobs "$JOBS" -o "$dl" bench "$dl_snap"
+    if [ -z "${T[download_best]:-}" ] || awk -v a="${T[download]}" -v b="${T[download_best]}" 'BEGIN { exit !(a < b) }'; then
+        T[download_best]=${T[download]}
+    fi
+done
+cmp "$src" "$dl/disk.raw" || die "downloaded disk differs"
+rm -rf "$dl"
+"$VMEXPORT" snapshot delete bench "$dl_snap" >/dev/null
+T[download]=${T[download_best]}
+
 # --- thick disk: written zeros ------------------------------------------------------------------------
 if [ "$thick_zeros" -gt 0 ]; then
     mkdir -p "$work/src/vms/thick"
@@ -333,6 +349,7 @@ printf '| %-52s | %8s | %12s | %13s | %12s |\n' "SHA-256+zstd-1 limit ($sha_mbs 
 row "vmexport backup (incremental, ${CHANGE_PCT}% changed, https; median)" incr
 row "vmexport backup (incremental, ${CHANGE_PCT}% changed, local; median)" incr_l
 row "vmexport restore --to FILE (+ sync FILE)" restore
+row "vmexport download --jobs $JOBS (https, fsynced; best)" download
 echo
 if [ "$thick_zeros" -gt 0 ]; then
     thick_size=$((256 * MiB + thick_zeros))
@@ -356,6 +373,7 @@ awk -v f="${T[backup]}" -v i="${T[incr]}" 'BEGIN { printf "incremental / full ti
 awk -v f="${T[backup_l]}" -v i="${T[incr_l]}" 'BEGIN { printf "incremental / full time, local: %.1f%%\n", 100 * i / f }'
 echo "incremental runs (s): https $incr_runs; local $incr_l_runs"
 awk -v r="${T[restore]}" -v c="${T[cp]}" 'BEGIN { printf "restore / cp --sparse=always (the copy above) %.2fx\n", c / r }'
+awk -v d="${T[download]}" -v c="${T[cp]}" -v n="${T[nbdcopy]}" 'BEGIN { printf "download / cp %.2fx, / nbdcopy %.2fx\n", c / d, n / d }'
 echo
 for sm in "$summary_full" "$summary_full_l" "$summary_incr" "$summary_incr_l"; do
     echo "summary: $(jq -c '{incremental, transport, bytes_read, bytes_transferred, bytes_written, chunks_new, chunks_reused, chunks_fetched, seconds}' <<<"$sm")"

@@ -279,6 +279,7 @@ struct put_ctx {
     uint64_t offset;   /* where the body goes */
     uint64_t length;   /* bytes claimed */
     uint64_t received; /* bytes of the body written so far */
+    uint64_t wb_done;  /* bytes of the body whose writeback is started (upload_writeback) */
     bool exact;        /* the body must fill the claimed range (Content-Range given) */
     bool flush;
 };
@@ -292,6 +293,32 @@ static void put_release(struct request *rq)
     }
     free(c);
     rq->ctx = NULL;
+}
+
+/* A long body's writeback is started (and the part before dropped from the page cache) every
+ * this many bytes, not only at its end. */
+#define PUT_WRITEBACK ((uint64_t)32 << 20)
+
+/* Writeback behind the request's writes (upload_writeback) of what it wrote since the last
+ * call: 0 or a negative errno. */
+static int put_writeback(struct request *rq)
+{
+    struct put_ctx *c = rq->ctx;
+    if (c->received == c->wb_done)
+        return 0;
+    int r = upload_writeback(rq->srv->uploads, c->t, c->slot, c->offset + c->wb_done,
+                             c->received - c->wb_done);
+    if (r == 0)
+        c->wb_done = c->received;
+    return r;
+}
+
+static int reply_writeback_failed(struct request *rq, int r)
+{
+    struct put_ctx *c = rq->ctx;
+    char err[512];
+    snprintf(err, sizeof(err), "writing back %s: %s", c->t->partial_path, strerror(-r));
+    return reply_failure(rq, r, err);
 }
 
 static void put_body_write(struct request *rq, const char *data, size_t len)
@@ -313,6 +340,8 @@ static void put_body_write(struct request *rq, const char *data, size_t len)
     }
     c->received += len;
     atomic_fetch_add(&rq->srv->metrics.bytes_uploaded, (unsigned long long)len);
+    if (c->received - c->wb_done >= PUT_WRITEBACK && (r = put_writeback(rq)) < 0)
+        reply_writeback_failed(rq, r);
 }
 
 int route_transfer_put_begin(struct request *rq)
@@ -394,6 +423,9 @@ int route_transfer_put(struct request *rq)
     if (upload_is_gone(rq->srv->uploads, c->t))
         return reply_error(rq, 404, "not found", "transfer '%s' was cancelled during the write",
                            rq->segs[1]);
+    int wr = put_writeback(rq);
+    if (wr < 0)
+        return reply_writeback_failed(rq, wr);
     if (c->flush && c->received > 0) {
         int r = upload_flush(c->t);
         if (r < 0) {

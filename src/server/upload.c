@@ -23,6 +23,7 @@
 
 #include "core/cleanup.h"
 #include "core/clock.h"
+#include "fs/fsinfo.h"
 #include "fs/zero.h"
 #include "core/log.h"
 #include "server/server.h"
@@ -464,7 +465,10 @@ int upload_write_begin(struct uploads *u, struct transfer *t, uint64_t offset, u
     if (r == 0 && free_slot < 0)
         r = -EUSERS;
     if (r == 0) {
-        t->writers[free_slot] = (struct transfer_writer){.start = offset, .end = end, .used = true};
+        struct transfer_writer *w = &t->writers[free_slot];
+        w->start = offset;
+        w->end = end;
+        w->used = true;
         *slot = free_slot;
     }
     pthread_mutex_unlock(&u->lock);
@@ -505,7 +509,27 @@ int upload_zero(struct transfer *t, uint64_t offset, uint64_t length)
 
 int upload_flush(struct transfer *t)
 {
-    return fdatasync(t->fd) < 0 ? -errno : 0;
+    int r = atomic_load(&t->wb_err);
+    if (r == 0 && fdatasync(t->fd) < 0)
+        r = -errno;
+    return r;
+}
+
+int upload_writeback(struct uploads *u, struct transfer *t, int slot, uint64_t offset,
+                     uint64_t length)
+{
+    pthread_mutex_lock(&u->lock);
+    struct transfer_writer *w = &t->writers[slot];
+    uint64_t wb_start = w->wb_start, wb_len = w->wb_len;
+    w->wb_start = offset;
+    w->wb_len = length;
+    pthread_mutex_unlock(&u->lock);
+    int r = fs_writeback_behind(t->fd, wb_start, wb_len, offset, length);
+    if (r < 0) {
+        int none = 0;
+        atomic_compare_exchange_strong(&t->wb_err, &none, r);
+    }
+    return r;
 }
 
 /* Publish partial as final, failing with -EEXIST rather than replacing anything. */
@@ -568,12 +592,13 @@ int upload_finalize(struct uploads *u, struct transfer *t, char *err, size_t err
     if (r < 0)
         return r;
 
-    if (fsync(t->fd) < 0) {
-        r = -errno;
+    if ((r = atomic_load(&t->wb_err)) < 0 || fsync(t->fd) < 0) {
+        r = r < 0 ? r : -errno;
         snprintf(err, errlen, "flushing %s: %s", t->partial_path, strerror(-r));
         transfer_reactivate(u, t);
         return r;
     }
+    posix_fadvise(t->fd, 0, 0, POSIX_FADV_DONTNEED); /* clean now: leave the cache to the VMs */
     if ((r = rename_noreplace(t->partial_path, t->final_path)) < 0) {
         if (r == -EEXIST)
             snprintf(err, errlen,

@@ -11,6 +11,7 @@
 #ifndef VMEXPORT_SERVER_UPLOAD_H
 #define VMEXPORT_SERVER_UPLOAD_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -34,6 +35,9 @@ enum transfer_state {
 struct transfer_writer {
     uint64_t start, end;
     bool used;
+    /* The range the slot's last write finished with: its writeback is started, not yet waited
+     * for (upload_writeback).  Kept when the slot is claimed again. */
+    uint64_t wb_start, wb_len;
 };
 
 struct transfer {
@@ -46,6 +50,10 @@ struct transfer {
     char *final_path;
     uint64_t size;
     int fd; /* the partial file, read-write */
+    /* The first writeback failure upload_writeback saw (a negative errno), or 0.  Sticky: the
+     * kernel reports such an error once per file, and the write it concerns may have been
+     * answered already, so every later flush and the finalize fail with it. */
+    _Atomic int wb_err;
 
     /* upload.c only, under the registry's lock. */
     enum transfer_state state;
@@ -87,6 +95,12 @@ int upload_pwrite(struct transfer *t, const void *buf, size_t len, uint64_t offs
 /* Make a range read as zeros: punch a hole, else zero the range, else write zeros. */
 int upload_zero(struct transfer *t, uint64_t offset, uint64_t length);
 int upload_flush(struct transfer *t);
+/* After a write of [offset, offset + length) in slot: wait until the slot's previous write is
+ * on the disk and drop it from the page cache, and start writeback of this one, so an upload
+ * keeps only a window of the disk cached on the host (fs_writeback_behind).  0 or a negative
+ * errno of the earlier writeback. */
+int upload_writeback(struct uploads *u, struct transfer *t, int slot, uint64_t offset,
+                     uint64_t length);
 
 /* Flush the partial file and rename it to the disk (never over an existing file), then forget
  * the transfer.  -EBUSY while writers are in flight, -EEXIST when a file of the disk's name

@@ -117,6 +117,8 @@ check "OPTIONS body as imageio's" jq -e '.features == ["extents","zero","flush"]
 
 expect_status 200 "finalize" POST "$T/finalize"
 check "finalize answers vm, disk, path, size" jq -e --arg p "$VMS/newvm/disk0.img" '.vm == "newvm" and .disk == "disk0.img" and .path == $p and .size == 6291456' "$WORK/body"
+cached=$(fincore --bytes --noheadings --output RES "$VMS/newvm/disk0.img" | tr -d ' ')
+check "the uploaded disk is not left in the host's page cache ($cached bytes)" test "$cached" -lt 65536
 expect_status 200 "GET /vms/newvm" GET /api/v1/vms/newvm
 check "the disk is listed with its size" jq -e '.disks == [.disks[0]] and .disks[0].name == "disk0.img" and .disks[0].size == 6291456' "$WORK/body"
 check "the disk holds exactly the bytes uploaded" cmp "$VMS/newvm/disk0.img" "$EXPECTED"
@@ -151,6 +153,21 @@ expect_status 401 "POST uploads without a token is 401" POST /api/v1/vms/newvm/u
 expect_status 200 "/images finalize without a token" POST "$IMG/finalize"
 TOKEN=$SAVED
 check "the /images upload holds exactly the bytes sent" cmp "$VMS/newvm/disk1.raw" "$EXPECTED2"
+
+# ---- one long PUT: its writeback runs behind it, every 32 MiB, not only at its end ----
+SIZE3=$((80 * MIB))
+EXPECTED3=$WORK/expected3.img
+head -c $SIZE3 /dev/urandom >"$EXPECTED3"
+new_upload newvm disk2.raw $SIZE3 && ok "an 80 MiB upload" || not_ok "80 MiB upload: $(cat "$WORK/body")"
+got=$(put_range "/api/v1/transfers/$ID" "$EXPECTED3" 0 $SIZE3)
+check "one 80 MiB PUT is 200 ($got)" test "$got" = 200
+cached=$(fincore --bytes --noheadings --output RES "$(partials newvm)" | tr -d ' ')
+check "at most its last 32 MiB stay in the page cache after the PUT ($cached bytes)" test "$cached" -le $((32 * MIB))
+expect_status 200 "finalize the 80 MiB upload" POST "/api/v1/transfers/$ID/finalize"
+cached=$(fincore --bytes --noheadings --output RES "$VMS/newvm/disk2.raw" | tr -d ' ')
+check "none of it after the finalize ($cached bytes)" test "$cached" -lt 65536
+check "the 80 MiB upload holds exactly the bytes sent" cmp "$VMS/newvm/disk2.raw" "$EXPECTED3"
+rm -f "$EXPECTED3"
 
 # ---- refused uploads ----
 expect_status 409 "uploading over an existing disk is 409" POST /api/v1/vms/web01/uploads -d '{"disk":"root.img","size":1048576}'
