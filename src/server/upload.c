@@ -507,11 +507,21 @@ int upload_zero(struct transfer *t, uint64_t offset, uint64_t length)
     return fs_zero_range(t->fd, offset, length);
 }
 
+/* r, remembered in t->wb_err when it is the transfer's first failure to get data onto the
+ * disk. */
+static int wb_failed(struct transfer *t, int r)
+{
+    int none = 0;
+    if (r < 0)
+        atomic_compare_exchange_strong(&t->wb_err, &none, r);
+    return r;
+}
+
 int upload_flush(struct transfer *t)
 {
     int r = atomic_load(&t->wb_err);
     if (r == 0 && fdatasync(t->fd) < 0)
-        r = -errno;
+        r = wb_failed(t, -errno);
     return r;
 }
 
@@ -524,12 +534,7 @@ int upload_writeback(struct uploads *u, struct transfer *t, int slot, uint64_t o
     w->wb_start = offset;
     w->wb_len = length;
     pthread_mutex_unlock(&u->lock);
-    int r = fs_writeback_behind(t->fd, wb_start, wb_len, offset, length);
-    if (r < 0) {
-        int none = 0;
-        atomic_compare_exchange_strong(&t->wb_err, &none, r);
-    }
-    return r;
+    return wb_failed(t, fs_writeback_behind(t->fd, wb_start, wb_len, offset, length));
 }
 
 /* Publish partial as final, failing with -EEXIST rather than replacing anything. */
@@ -592,8 +597,7 @@ int upload_finalize(struct uploads *u, struct transfer *t, char *err, size_t err
     if (r < 0)
         return r;
 
-    if ((r = atomic_load(&t->wb_err)) < 0 || fsync(t->fd) < 0) {
-        r = r < 0 ? r : -errno;
+    if ((r = atomic_load(&t->wb_err)) < 0 || (fsync(t->fd) < 0 && (r = wb_failed(t, -errno)))) {
         snprintf(err, errlen, "flushing %s: %s", t->partial_path, strerror(-r));
         transfer_reactivate(u, t);
         return r;

@@ -50,9 +50,10 @@ struct transfer {
     char *final_path;
     uint64_t size;
     int fd; /* the partial file, read-write */
-    /* The first writeback failure upload_writeback saw (a negative errno), or 0.  Sticky: the
-     * kernel reports such an error once per file, and the write it concerns may have been
-     * answered already, so every later flush and the finalize fail with it. */
+    /* The transfer's first failure to get written data onto the disk (writeback, fdatasync or
+     * fsync: a negative errno), or 0.  Sticky: the kernel reports such an error once per file,
+     * and the data it concerns may belong to a write answered already, so every later flush
+     * and the finalize fail with it. */
     _Atomic int wb_err;
 
     /* upload.c only, under the registry's lock. */
