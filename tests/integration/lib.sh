@@ -148,6 +148,18 @@ start_daemon() {
     return 1
 }
 
+# start_dir_daemon NAME PATH: write $CONF (a free $PORT, state in $WORK/state, one `dir` provider
+# NAME over PATH), start the daemon and log in as admin, with a TAP line each; the test ends
+# when one fails.
+start_dir_daemon() {
+    PORT=$(free_port)
+    CONF=$WORK/vmexportd.conf
+    write_config "$CONF" "$PORT" "$WORK/state" "[provider.$1]" "type = dir" "path = $2" ||
+        { not_ok "write config"; exit 1; }
+    start_daemon "$CONF" "$PORT" && ok "daemon starts" || { not_ok "daemon starts"; exit 1; }
+    login admin secret && ok "login" || { not_ok "login"; exit 1; }
+}
+
 # stop_daemon: SIGTERM and wait for the exit status.
 stop_daemon() {
     kill -TERM "$DAEMON_PID" 2>/dev/null

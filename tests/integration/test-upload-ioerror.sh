@@ -24,12 +24,7 @@ mkdir -p "$THIN/vms"
 free_lower=$(($(stat -f -c '%a * %S' "$LOWER")))
 ok "an ext4 of 512 MiB over $((free_lower / MIB)) MiB of real space"
 
-PORT=$(free_port)
-CONF=$WORK/vmexportd.conf
-write_config "$CONF" "$PORT" "$WORK/state" "[provider.thin]" "type = dir" "path = $THIN/vms" ||
-    { not_ok "write config"; exit 1; }
-start_daemon "$CONF" "$PORT" && ok "daemon starts" || { not_ok "daemon starts"; exit 1; }
-login admin secret && ok "login" || { not_ok "login"; exit 1; }
+start_dir_daemon thin "$THIN/vms"
 
 # 160 MiB in five PUTs of 32 MiB (flush=n): more than the lower file system can hold.
 SIZE=$((160 * MIB))

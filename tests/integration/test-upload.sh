@@ -19,12 +19,7 @@ mkdir -p "$VMS/web01"
 truncate -s 8M "$VMS/web01/root.img"
 echo "not a disk" >"$VMS/web01/notes.txt"
 
-PORT=$(free_port)
-CONF=$WORK/vmexportd.conf
-write_config "$CONF" "$PORT" "$WORK/state" "[provider.local]" "type = dir" "path = $VMS" ||
-    { not_ok "write config"; exit 1; }
-start_daemon "$CONF" "$PORT" && ok "daemon starts" || { not_ok "daemon starts"; exit 1; }
-login admin secret && ok "login" || { not_ok "login"; exit 1; }
+start_dir_daemon local "$VMS"
 
 # tcurl ARGS...: curl with the CA and, when TOKEN is set, the token.
 tcurl() { curl -s --path-as-is --cacert "$CA" ${TOKEN:+-H "Authorization: Bearer $TOKEN"} "$@"; }
