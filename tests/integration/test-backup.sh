@@ -94,6 +94,13 @@ check "restored disks are sparse" test "$(du -k "$WORK/r/holes.img" | cut -f1)" 
 check_fails "restore refuses to overwrite without --force" "$VMEXPORT" restore --repo "$REPO" "${GEN_IDS[$GENS]}" --to "$WORK/r"
 check "restore --force overwrites" "$VMEXPORT" restore --repo "$REPO" "${GEN_IDS[$GENS]}" --to "$WORK/r" --force
 check "restore of one disk to a file" "$VMEXPORT" restore --repo "$REPO" "${GEN_IDS[3]}" --disk text.img --to "$WORK/one.img"
+if [ "$(stat -f -c %T "$WORK")" = tmpfs ]; then
+    skip "restored file leaves the page cache: $WORK is on tmpfs"
+else
+    cached=$(fincore --bytes --noheadings --output RES "$WORK/one.img" | tr -d ' ')
+    check "the restored file is not left in the page cache ($cached bytes of $(stat -c %s "$WORK/one.img"))" \
+        test "$cached" -lt 65536
+fi
 check "that file is generation 3's text.img" cmp -s "$WORK/one.img" "$WORK/gen3/text.img"
 check_fails "restore of an unknown backup fails" "$VMEXPORT" restore --repo "$REPO" nope --to "$WORK/x"
 
