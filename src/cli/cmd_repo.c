@@ -1667,6 +1667,8 @@ const struct cli_command cmd_restore = {
         "directory that receives one file per disk, named after the disk.  Every chunk's\n"
         "checksum (and, when encrypted, authentication tag) is checked; on any error nothing\n"
         "is left at the destination (the file is built under a temporary name and renamed).\n"
+        "What is written leaves the page cache once it is on the disk: restoring a big disk\n"
+        "does not push the host's cached data out.\n"
         "\n"
         "Options:\n" REPO_OPTIONS_HELP
         "  --disk NAME             only this disk\n"
