@@ -19,7 +19,6 @@
 #include "core/cleanup.h"
 #include "fs/fsinfo.h"
 #include "fs/zero.h"
-#include "core/hash.h"
 #include "core/sparse.h"
 #include "core/vector.h"
 
@@ -535,29 +534,6 @@ static void dl_fail(struct download *dl, const char *fmt, ...)
     pthread_mutex_unlock(&dl->lock);
 }
 
-static int pwrite_all(int fd, const void *buf, size_t len, uint64_t off)
-{
-    const char *p = buf;
-    while (len > 0) {
-        ssize_t n = pwrite(fd, p, len, (off_t)off);
-        if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            return -errno;
-        }
-        p += n;
-        len -= (size_t)n;
-        off += (uint64_t)n;
-    }
-    return 0;
-}
-
-/* Make [off, off + len) read as zeros. */
-static int zero_range(int fd, uint64_t off, uint64_t len)
-{
-    return fs_zero_range(fd, off, len);
-}
-
 /* Zeros between runs of data shorter than this are written over old data rather than punched
  * out: a hole punch per small gap would cost more than the write (downloads with a base). */
 #define PUNCH_MIN ((size_t)64 << 10)
@@ -575,9 +551,9 @@ static int write_piece(const struct dl_disk *d, const uint8_t *buf, size_t len, 
         if (more && we > ws && !d->fresh && gap < PUNCH_MIN) {
             we = pos + run; /* write the short gap with the data around it */
         } else {
-            if (we > ws && (r = pwrite_all(d->fd, buf + ws, we - ws, off + ws)) < 0)
+            if (we > ws && (r = fs_pwrite_all(d->fd, buf + ws, we - ws, off + ws)) < 0)
                 return r;
-            if (!d->fresh && gap && (r = zero_range(d->fd, off + we, gap)) < 0)
+            if (!d->fresh && gap && (r = fs_zero_range(d->fd, off + we, gap)) < 0)
                 return r;
             ws = pos;
             we = pos + run;
@@ -769,7 +745,7 @@ static int dl_prepare_files(struct download *dl, int dirfd, bool diff, const cha
                 continue;
             if (len > d->size - off)
                 len = d->size - off;
-            int r = zero_range(d->fd, off, len);
+            int r = fs_zero_range(d->fd, off, len);
             if (r < 0) {
                 dl_fail(dl, "%s/%s: zeroing %llu bytes at offset %llu: %s", dl->out_dir, d->name,
                         (unsigned long long)len, (unsigned long long)off, strerror(-r));

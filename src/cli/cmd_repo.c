@@ -28,8 +28,8 @@
 #include "client/client.h"
 #include "core/cleanup.h"
 #include "core/hash.h"
-#include "core/sparse.h"
 #include "fs/fsinfo.h"
+#include "fs/zero.h"
 #include "repo/repo.h"
 
 /* Parallel connections / threads unless --jobs says otherwise. */
@@ -1364,38 +1364,11 @@ struct restore_run {
     char err[512];
 };
 
-static int pwrite_all(int fd, const uint8_t *buf, size_t len, uint64_t off)
-{
-    while (len > 0) {
-        ssize_t n = pwrite(fd, buf, len, (off_t)off);
-        if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            return -errno;
-        }
-        buf += n;
-        len -= (size_t)n;
-        off += (uint64_t)n;
-    }
-    return 0;
-}
-
-/* Write buf at off leaving all-zero pages as holes (the file was truncated to size first). */
-static int write_sparse_pages(struct restore_run *rr, const uint8_t *buf, size_t len,
-                              uint64_t off)
-{
-    size_t pos = 0, run;
-    int r = 0;
-    while (r == 0 && sparse_next_run(buf, len, off, &pos, &run)) {
-        r = pwrite_all(rr->fd, buf + pos, run, off + pos);
-        pos += run;
-    }
-    return r;
-}
-
 /* Each thread reads, checks (container checksum or tag, then the chunk ID) and decompresses a
  * chunk, then writes it; with more threads than CPUs the writes of some overlap the decoding
- * of others.  Writes go through the page cache with the writeback behind them: each thread
+ * of others.  The runs of data are written (fs_write_data_runs: blocks of zeros stay holes in
+ * the file, which was truncated to its size), through the page cache with the writeback behind
+ * them: each thread
  * starts the writeback of the chunk it wrote, and waits for its previous chunk's and drops it
  * from the cache (fs_writeback_behind), so a restore keeps a few chunks per thread cached.
  * (Whole pages written with O_DIRECT instead were slower: 8 GiB image, 3 GiB of data, 3.2-3.7 s
@@ -1426,7 +1399,7 @@ static void *restore_worker(void *opaque)
         if (r == 0 && len > want)
             r = -EBADMSG;
         if (r == 0)
-            r = write_sparse_pages(rr, buf, len, off);
+            r = fs_write_data_runs(rr->fd, buf, len, off, NULL);
         if (r == 0 && (r = fs_writeback_behind(rr->fd, wb_off, wb_len, off, len)) == 0) {
             wb_off = off;
             wb_len = len;

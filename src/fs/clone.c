@@ -20,6 +20,7 @@
 #include "core/names.h"
 #include "fs/blockhash.h"
 #include "fs/fsinfo.h"
+#include "fs/zero.h"
 
 /* OCFS2's reflink ioctl (fs/ocfs2/ocfs2_ioctl.h): creates new_path sharing old_path's blocks. */
 struct ocfs2_reflink_args {
@@ -31,8 +32,8 @@ struct ocfs2_reflink_args {
 
 /* Copy buffer: 16 hash blocks (1 MiB), big enough to keep syscalls off the profile. */
 #define COPY_BUFFER_SIZE (16 * BLOCKHASH_BLOCK_SIZE)
-/* Granularity at which zero data is left as a hole in the copy, like cp --sparse=always. */
-#define SPARSE_PAGE 4096
+/* Alignment of the copy buffers: what O_DIRECT reads need. */
+#define COPY_ALIGN 4096
 
 static const struct enum_name clone_mode_names[] = {
     {CLONE_AUTO, "auto"}, {CLONE_REFLINK, "reflink"}, {CLONE_COPY, "copy"}};
@@ -51,73 +52,12 @@ int clone_mode_parse(const char *s, enum clone_mode *out)
     return r;
 }
 
-static int pread_full(int fd, void *buf, size_t len, uint64_t off, size_t *got)
-{
-    size_t done = 0;
-    while (done < len) {
-        ssize_t n = pread(fd, (char *)buf + done, len - done, (off_t)(off + done));
-        if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            return -errno;
-        }
-        if (n == 0)
-            break; /* end of file */
-        done += (size_t)n;
-    }
-    *got = done;
-    return 0;
-}
-
-static int pwrite_full(int fd, const void *buf, size_t len, uint64_t off)
-{
-    size_t done = 0;
-    while (done < len) {
-        ssize_t n = pwrite(fd, (const char *)buf + done, len - done, (off_t)(off + done));
-        if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            return -errno;
-        }
-        done += (size_t)n;
-    }
-    return 0;
-}
-
-/* Write the non-zero pages of buf (file offset off), leaving zero pages as holes.  (Through
- * the page cache: O_DIRECT writes from the workers, out of order, were 1.7x slower on ext4.) */
-static int write_sparse(int fd, const uint8_t *buf, size_t len, uint64_t off, uint64_t *written)
-{
-    size_t run = 0, run_len = 0;
-    for (size_t p = 0; p < len; p += SPARSE_PAGE) {
-        size_t n = len - p < SPARSE_PAGE ? len - p : SPARSE_PAGE;
-        if (!buf_is_zero(buf + p, n)) {
-            if (run_len == 0)
-                run = p;
-            run_len += n;
-            continue;
-        }
-        if (run_len) {
-            int r = pwrite_full(fd, buf + run, run_len, off + run);
-            if (r < 0)
-                return r;
-            *written += run_len;
-            run_len = 0;
-        }
-    }
-    if (run_len) {
-        int r = pwrite_full(fd, buf + run, run_len, off + run);
-        if (r < 0)
-            return r;
-        *written += run_len;
-    }
-    return 0;
-}
-
 /*
  * The hashed copy is a pipeline.  The calling thread walks the source's data extents and hands
  * them, in order, to a ring of COPY_SLOTS buffers; worker threads read any handed-out range,
- * hash its 64 KiB blocks and write its non-zero pages to the destination, in whatever order they
+ * hash its 64 KiB blocks and write its runs of data to the destination (fs_write_data_runs:
+ * 4 KiB blocks of zeros stay holes, like cp --sparse=always), through the page cache (O_DIRECT
+ * writes from the workers, out of order, were 1.7x slower on ext4), in whatever order they
  * finish; the calling thread then takes the buffers back in file order and appends their
  * digests to the sidecar, which must be sequential.  A run of whole hole blocks takes a slot
  * without a buffer, so holes keep their place in that order.  Writeback of the destination is
@@ -182,7 +122,7 @@ static int copy_read(const struct copy_source *src, uint8_t *buf, size_t len, ui
 {
     if (src->direct >= 0 && !fs_range_cached(src->map, src->map_len, off, len))
         return fs_pread_direct(src->fd, src->direct, buf, len, off, got);
-    return pread_full(src->fd, buf, len, off, got);
+    return fs_pread_direct(src->fd, -1, buf, len, off, got);
 }
 
 /* Read the range of a slot, hash its blocks and write its non-zero pages. */
@@ -213,7 +153,7 @@ static void copy_slot_process(struct copy_pipe *p, struct copy_slot *s)
         uint64_t len = s->valid > i * hb ? s->valid - i * hb : 0;
         if (len > hb)
             len = hb;
-        r = write_sparse(p->out, b, len, s->pos + i * hb, &s->written);
+        r = fs_write_data_runs(p->out, b, len, s->pos + i * hb, &s->written);
     }
     s->err = r;
 }
@@ -487,7 +427,7 @@ int fs_copy_hashed(int in, int out, const char *out_path, enum blockhash_algo al
     pthread_cond_init(&pipe.work, NULL);
     pthread_cond_init(&pipe.done, NULL);
     for (size_t i = 0; i < COPY_SLOTS; i++) {
-        pipe.slots[i].buf = aligned_alloc(SPARSE_PAGE, COPY_BUFFER_SIZE);
+        pipe.slots[i].buf = aligned_alloc(COPY_ALIGN, COPY_BUFFER_SIZE);
         if (!pipe.slots[i].buf) {
             r = -ENOMEM;
             goto out;

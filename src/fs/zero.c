@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "core/cleanup.h"
+#include "core/sparse.h"
 
 /* Size of the zero buffer written where no fallocate mode works (NFS v3, some FUSE). */
 #define ZERO_WRITE_BLOCK (1024 * 1024)
@@ -43,6 +44,37 @@ int fs_zero_range(int fd, uint64_t off, uint64_t len)
         }
         off += (uint64_t)w;
         len -= (uint64_t)w;
+    }
+    return 0;
+}
+
+int fs_pwrite_all(int fd, const void *buf, size_t len, uint64_t off)
+{
+    const char *p = buf;
+    while (len > 0) {
+        ssize_t n = pwrite(fd, p, len, (off_t)off);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return -errno;
+        }
+        p += n;
+        len -= (size_t)n;
+        off += (uint64_t)n;
+    }
+    return 0;
+}
+
+int fs_write_data_runs(int fd, const uint8_t *buf, size_t len, uint64_t off, uint64_t *written)
+{
+    size_t pos = 0, run;
+    while (sparse_next_run(buf, len, off, &pos, &run)) {
+        int r = fs_pwrite_all(fd, buf + pos, run, off + pos);
+        if (r < 0)
+            return r;
+        if (written)
+            *written += run;
+        pos += run;
     }
     return 0;
 }

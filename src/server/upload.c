@@ -487,19 +487,7 @@ void upload_write_end(struct uploads *u, struct transfer *t, int slot)
 
 int upload_pwrite(struct transfer *t, const void *buf, size_t len, uint64_t offset)
 {
-    const char *p = buf;
-    while (len > 0) {
-        ssize_t n = pwrite(t->fd, p, len, (off_t)offset);
-        if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            return -errno;
-        }
-        p += n;
-        len -= (size_t)n;
-        offset += (uint64_t)n;
-    }
-    return 0;
+    return fs_pwrite_all(t->fd, buf, len, offset);
 }
 
 int upload_zero(struct transfer *t, uint64_t offset, uint64_t length)
