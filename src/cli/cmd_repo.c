@@ -43,6 +43,8 @@
 #define UPLOAD_DEFAULT_JOBS  2
 /* Alignment of a restore thread's chunk buffer (a page). */
 #define RESTORE_PAGE 4096
+/* In the name of a disk being restored: DEST + this + a random mkostemp suffix. */
+#define RESTORE_TMP_MARK ".vxrestore.tmp."
 
 /* ---- shared option handling ---- */
 
@@ -1425,37 +1427,49 @@ static void *restore_worker(void *opaque)
     return NULL;
 }
 
-static int restore_disk(struct repo *repo, const struct backup *b, const char *disk,
-                        const char *dest, bool force, unsigned jobs, bool json)
+/* A disk restored under a temporary name next to its destination, waiting to be moved there. */
+struct staged_disk {
+    const char *disk;
+    char *dest;
+    char *tmp; /* the staged file; after an exchange, the destination's previous file */
+    uint64_t size;
+    int placed; /* STAGED, or how it was moved into place */
+};
+enum { STAGED, PLACED_NEW, PLACED_EXCHANGED, PLACED_REPLACED };
+
+/* Restore one disk of b into a new temporary file next to dest (mkostemp: 0600, O_EXCL, a
+ * random suffix, so nothing at dest or another writer's file is touched); the file is fsynced.
+ * On failure the temporary file is removed and s->tmp is NULL. */
+static int restore_stage(struct repo *repo, const struct backup *b, struct staged_disk *s,
+                         unsigned jobs, bool json)
 {
     struct manifest m = {0};
-    int r = repo_manifest_read(repo, b, disk, &m);
+    int r = repo_manifest_read(repo, b, s->disk, &m);
     if (r < 0) {
-        fprintf(stderr, "vmexport restore: backup %s: disk %s: manifest %s\n", b->id, disk,
+        fprintf(stderr, "vmexport restore: backup %s: disk %s: manifest %s\n", b->id, s->disk,
                 r == -EBADMSG ? "is damaged" : strerror(-r));
         return EXIT_FAIL;
     }
-    struct stat st;
-    if (!force && lstat(dest, &st) == 0) {
-        fprintf(stderr, "vmexport restore: %s exists (use --force to overwrite it)\n", dest);
+    if (asprintf(&s->tmp, "%s" RESTORE_TMP_MARK "XXXXXX", s->dest) < 0) {
+        s->tmp = NULL;
         manifest_free(&m);
         return EXIT_FAIL;
     }
-    CLEANUP_FREE char *tmp = NULL;
-    if (asprintf(&tmp, "%s.vxrestore.tmp.XXXXXX", dest) < 0) {
-        manifest_free(&m);
-        return EXIT_FAIL;
-    }
-    int fd = mkostemp(tmp, O_CLOEXEC);
+    int fd = mkostemp(s->tmp, O_CLOEXEC);
     if (fd < 0) {
-        fprintf(stderr, "vmexport restore: %s: %s\n", dest, strerror(errno));
+        fprintf(stderr, "vmexport restore: %s: %s\n", s->dest, strerror(errno));
+        free(s->tmp);
+        s->tmp = NULL;
         manifest_free(&m);
         return EXIT_FAIL;
     }
+    s->size = m.disk_size;
     struct restore_run rr = {.repo = repo, .m = &m, .fd = fd, .jobs = jobs};
     pthread_mutex_init(&rr.err_lock, NULL);
     if (ftruncate(fd, (off_t)m.disk_size) < 0) {
-        snprintf(rr.err, sizeof(rr.err), "%s", strerror(errno));
+        snprintf(rr.err, sizeof(rr.err), "%s",
+                 errno == ENOSPC || errno == EFBIG ? "no space left on the destination"
+                                                   : strerror(errno));
         atomic_store(&rr.failed, 1);
     }
     progress_init(&rr.prog, "restore", m.disk_size, json);
@@ -1475,26 +1489,90 @@ static int restore_disk(struct repo *repo, const struct backup *b, const char *d
     close(fd);
     int ret = EXIT_OK;
     if (atomic_load(&rr.failed)) {
-        fprintf(stderr, "vmexport restore: backup %s: disk %s: %s; nothing was written to %s\n",
-                b->id, disk, rr.err[0] ? rr.err : "failed", dest);
-        unlink(tmp);
+        fprintf(stderr, "vmexport restore: backup %s: disk %s: %s\n", b->id, s->disk,
+                rr.err[0] ? rr.err : "failed");
+        unlink(s->tmp);
+        free(s->tmp);
+        s->tmp = NULL;
         ret = EXIT_FAIL;
-    } else if ((force ? rename(tmp, dest)
-                      : renameat2(AT_FDCWD, tmp, AT_FDCWD, dest, RENAME_NOREPLACE)) < 0) {
-        fprintf(stderr, "vmexport restore: %s: %s\n", dest, strerror(errno));
-        unlink(tmp);
-        ret = EXIT_FAIL;
-    } else if (!json) {
-        char sz[32];
-        printf("restored disk %s of backup %s to %s (%s)\n", disk, b->id, dest,
-               cli_bytes(m.disk_size, sz, sizeof(sz)));
-    } else {
-        printf("{\"type\":\"restored\",\"backup\":\"%s\",\"disk\":\"%s\",\"to\":\"%s\","
-               "\"size\":%" PRIu64 "}\n", b->id, disk, dest, m.disk_size);
     }
     pthread_mutex_destroy(&rr.err_lock);
     manifest_free(&m);
     return ret;
+}
+
+/* fsync the directory holding path, so that the renames into it are durable. */
+static void dir_sync_of(const char *path)
+{
+    CLEANUP_FREE char *copy = strdup(path);
+    if (!copy)
+        return;
+    char *slash = strrchr(copy, '/');
+    const char *dir = slash ? (slash == copy ? "/" : (*slash = '\0', copy)) : ".";
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd >= 0) {
+        fsync(fd);
+        close(fd);
+    }
+}
+
+/* Move every staged disk to its destination, all or none.  A new name is taken with
+ * RENAME_NOREPLACE; with force an existing file is swapped with the staged one
+ * (RENAME_EXCHANGE), its old content kept under the temporary name until every disk is in
+ * place, so that a failure half-way puts every earlier destination back as it was. */
+static int restore_commit(struct staged_disk *s, size_t n, bool force)
+{
+    size_t i = 0;
+    int e = 0;
+    for (; i < n; i++) {
+        if (renameat2(AT_FDCWD, s[i].tmp, AT_FDCWD, s[i].dest, RENAME_NOREPLACE) == 0) {
+            s[i].placed = PLACED_NEW;
+            continue;
+        }
+        e = errno;
+        if (e == EEXIST && force) {
+            if (renameat2(AT_FDCWD, s[i].tmp, AT_FDCWD, s[i].dest, RENAME_EXCHANGE) == 0) {
+                s[i].placed = PLACED_EXCHANGED;
+                continue;
+            }
+            e = errno;
+            /* A filesystem without RENAME_EXCHANGE (NFS): replace, without a way back. */
+            if (e == EINVAL && rename(s[i].tmp, s[i].dest) == 0) {
+                s[i].placed = PLACED_REPLACED;
+                continue;
+            }
+            e = e == EINVAL ? errno : e;
+        }
+        fprintf(stderr, "vmexport restore: %s: %s\n", s[i].dest,
+                e == EEXIST ? "exists (use --force to overwrite it)" : strerror(e));
+        break;
+    }
+    if (i == n) {
+        for (size_t k = 0; k < n; k++) {
+            if (s[k].placed == PLACED_EXCHANGED)
+                unlink(s[k].tmp); /* the replaced file */
+            dir_sync_of(s[k].dest);
+        }
+        return EXIT_OK;
+    }
+    /* Undo, newest first: what was new is removed, what was swapped is swapped back (the
+     * restored file, at the temporary name again, is removed by the caller). */
+    while (i-- > 0) {
+        if (s[i].placed == PLACED_REPLACED) {
+            fprintf(stderr, "vmexport restore: %s: was replaced (the filesystem cannot swap "
+                            "files back)\n", s[i].dest);
+            continue;
+        }
+        int r = s[i].placed == PLACED_NEW
+                    ? unlink(s[i].dest)
+                    : renameat2(AT_FDCWD, s[i].tmp, AT_FDCWD, s[i].dest, RENAME_EXCHANGE);
+        if (r < 0)
+            fprintf(stderr, "vmexport restore: %s: cannot undo the restore: %s\n", s[i].dest,
+                    strerror(errno));
+        else
+            s[i].placed = STAGED;
+    }
+    return EXIT_FAIL;
 }
 
 static int restore_run_cmd(int argc, char **argv)
@@ -1559,6 +1637,9 @@ static int restore_run_cmd(int argc, char **argv)
     if (!repo)
         return EXIT_FAIL;
     struct backup *b = NULL;
+    struct staged_disk *staged = NULL;
+    size_t nstaged = 0;
+    bool made_dir = false, staging = false;
     int ret = EXIT_FAIL;
     char err[512] = "";
     int r = repo_lock(repo, false, VM_LOCK_TIMEOUT, err, sizeof(err));
@@ -1569,7 +1650,7 @@ static int restore_run_cmd(int argc, char **argv)
     r = repo_backup_get(repo, argv[optind], &b);
     if (r < 0) {
         fprintf(stderr, "vmexport restore: backup %s: %s\n", argv[optind],
-                r == -ENOENT ? "not found (see 'vmexport backups')"
+                r == -ENOENT    ? "not found (see 'vmexport backups')"
                 : r == -EBADMSG ? "its metadata is damaged"
                                 : strerror(-r));
         goto out;
@@ -1587,35 +1668,79 @@ static int restore_run_cmd(int argc, char **argv)
         ret = upload_backup("restore", repo, b, disk, upload_vm, o.jobs, o.json);
         goto out;
     }
+    /* Every disk is staged (restored under a temporary name next to its destination) before
+     * any is moved into place: a failure leaves the destination as it was. */
     struct stat st;
     bool to_dir = (!disk && b->disks.len != 1) || (stat(to, &st) == 0 && S_ISDIR(st.st_mode));
-    if (!to_dir) {
-        ret = restore_disk(repo, b, disk ? disk : b->disks.ptr[0].name, to, force, o.jobs,
-                           o.json);
+    staged = calloc(b->disks.len, sizeof(*staged));
+    if (!staged)
         goto out;
-    }
-    if (mkdir(to, 0755) < 0 && errno != EEXIST) {
-        fprintf(stderr, "vmexport restore: %s: %s\n", to, strerror(errno));
-        goto out;
-    }
-    ret = EXIT_OK;
-    for (size_t i = 0; i < b->disks.len && ret == EXIT_OK; i++) {
+    for (size_t i = 0; i < b->disks.len; i++) {
         const char *name = b->disks.ptr[i].name;
         if (disk && strcmp(name, disk))
             continue;
-        if (!safe_name(name)) {
+        struct staged_disk *s = &staged[nstaged++];
+        s->disk = name;
+        if (!to_dir) {
+            s->dest = strdup(to);
+        } else if (!safe_name(name)) {
             fprintf(stderr, "vmexport restore: disk name '%s' cannot be a file name\n", name);
-            ret = EXIT_FAIL;
-            break;
+            goto out;
+        } else if (asprintf(&s->dest, "%s/%s", to, name) < 0) {
+            s->dest = NULL;
         }
-        CLEANUP_FREE char *dest = NULL;
-        if (asprintf(&dest, "%s/%s", to, name) < 0) {
-            ret = EXIT_FAIL;
-            break;
+        if (!s->dest)
+            goto out;
+        /* Refuse before writing anything what the final rename would refuse. */
+        if (lstat(s->dest, &st) == 0 && (!force || S_ISDIR(st.st_mode))) {
+            fprintf(stderr, "vmexport restore: %s %s\n", s->dest,
+                    S_ISDIR(st.st_mode) ? "is a directory"
+                                        : "exists (use --force to overwrite it)");
+            goto out;
         }
-        ret = restore_disk(repo, b, name, dest, force, o.jobs, o.json);
     }
+    if (to_dir) {
+        if (mkdir(to, 0755) == 0)
+            made_dir = true;
+        else if (errno != EEXIST) {
+            fprintf(stderr, "vmexport restore: %s: %s\n", to, strerror(errno));
+            goto out;
+        }
+    }
+    staging = true;
+    for (size_t i = 0; i < nstaged; i++)
+        if (restore_stage(repo, b, &staged[i], o.jobs, o.json) != EXIT_OK)
+            goto out;
+    if (restore_commit(staged, nstaged, force) != EXIT_OK)
+        goto out;
+    for (size_t i = 0; i < nstaged; i++) {
+        free(staged[i].tmp);
+        staged[i].tmp = NULL;
+        if (!o.json) {
+            char sz[32];
+            printf("restored disk %s of backup %s to %s (%s)\n", staged[i].disk, b->id,
+                   staged[i].dest, cli_bytes(staged[i].size, sz, sizeof(sz)));
+        } else {
+            printf("{\"type\":\"restored\",\"backup\":\"%s\",\"disk\":\"%s\",\"to\":\"%s\","
+                   "\"size\":%" PRIu64 "}\n", b->id, staged[i].disk, staged[i].dest,
+                   staged[i].size);
+        }
+    }
+    ret = EXIT_OK;
 out:
+    if (staged) {
+        for (size_t i = 0; i < nstaged; i++) {
+            if (staged[i].tmp && staged[i].placed == STAGED)
+                unlink(staged[i].tmp);
+            free(staged[i].tmp);
+            free(staged[i].dest);
+        }
+        if (ret != EXIT_OK && made_dir)
+            rmdir(to);
+        if (ret != EXIT_OK && staging)
+            fprintf(stderr, "vmexport restore: nothing was written to %s\n", to);
+        free(staged);
+    }
     backup_free(b);
     repo_close(repo);
     return ret;
@@ -1639,7 +1764,10 @@ const struct cli_command cmd_restore = {
         "names the file (or an existing directory to put it in); otherwise --to is a\n"
         "directory that receives one file per disk, named after the disk.  Every chunk's\n"
         "checksum (and, when encrypted, authentication tag) is checked; on any error nothing\n"
-        "is left at the destination (the file is built under a temporary name and renamed).\n"
+        "is left at the destination: every disk is first written under a temporary name\n"
+        "next to its destination (DEST.vxrestore.tmp.XXXXXX, mode 0600), and only when all\n"
+        "are complete are they renamed into place; with --force an existing file is\n"
+        "swapped out and removed only then, so a failure leaves it as it was.\n"
         "What is written leaves the page cache once it is on the disk: restoring a big disk\n"
         "does not push the host's cached data out.\n"
         "\n"
