@@ -110,6 +110,31 @@ static bool safe_name(const char *s)
 
 /* ---- repo init ---- */
 
+/* repo upgrade: add the MAC to the config of an encrypted repository made by an older
+ * vmexport, after showing the settings it vouches for. */
+static int repo_upgrade(const char *path, const char *pfile)
+{
+    struct repo *r = cli_open_repo("repo upgrade", path, pfile);
+    if (!r)
+        return EXIT_FAIL;
+    int ret = EXIT_OK;
+    char err[512] = "";
+    if (!repo_encrypted(r)) {
+        printf("%s: not encrypted: its config has no MAC to add; nothing to do\n", path);
+    } else if (!repo_config_unsealed(r)) {
+        printf("%s: the config already carries its MAC; nothing to do\n", path);
+    } else if (repo_config_seal(r, err, sizeof(err)) < 0) {
+        fprintf(stderr, "vmexport repo upgrade: %s\n", err);
+        ret = EXIT_FAIL;
+    } else {
+        printf("%s: sealed the config (chunk size %u KiB, format version %u) with a MAC under "
+               "the repository key; check that these are the settings you chose\n",
+               path, repo_chunk_size(r) >> 10, repo_format_version(r));
+    }
+    repo_close(r);
+    return ret;
+}
+
 static int repo_run(int argc, char **argv)
 {
     static const struct option opts[] = {
@@ -154,8 +179,10 @@ static int repo_run(int argc, char **argv)
             return cli_usage_error(&cmd_repo, "unknown option");
         }
     }
+    if (argc - optind == 2 && !strcmp(argv[optind], "upgrade"))
+        return repo_upgrade(argv[optind + 1], pfile);
     if (argc - optind != 2 || strcmp(argv[optind], "init"))
-        return cli_usage_error(&cmd_repo, "expected 'init PATH'");
+        return cli_usage_error(&cmd_repo, "expected 'init PATH' or 'upgrade PATH'");
     const char *path = argv[optind + 1];
     CLEANUP_FREE char *pass = NULL;
     if (encrypt && !(pass = cli_read_passphrase("repo init", pfile, true)))
@@ -178,17 +205,24 @@ static int repo_run(int argc, char **argv)
 
 const struct cli_command cmd_repo = {
     .name = "repo",
-    .summary = "create a backup repository",
+    .summary = "create a backup repository, or upgrade one",
     .run = repo_run,
     .usage = "Usage: vmexport repo init PATH [--encrypt] [--chunk-size SIZE] "
              "[--compression-level N]\n"
              "                         [--passphrase-file FILE]\n"
+             "       vmexport repo upgrade PATH [--passphrase-file FILE]\n"
              "\n"
              "Create a backup repository in PATH (a new or empty directory).  Disks are split\n"
              "into fixed chunks of SIZE (default 1M, a power of two from 64K to 64M), named by\n"
              "their SHA-256, compressed with zstd and, with --encrypt, encrypted with\n"
              "AES-256-GCM under a random key that is stored wrapped by a key derived from the\n"
-             "passphrase (scrypt).  Losing the passphrase loses the backups.\n"
+             "passphrase (scrypt).  Losing the passphrase loses the backups.  The config of an\n"
+             "encrypted repository carries a MAC under its key: a config changed without the key\n"
+             "(say, to drop the encryption or change the chunk size) is refused, and so is a\n"
+             "passphrase given for a repository whose config says it is not encrypted.\n"
+             "\n"
+             "upgrade adds that MAC to the config of an encrypted repository made by an older\n"
+             "vmexport, which until then can be read but not written to (backup, prune, gc).\n"
              "\n"
              "Options:\n"
              "  --encrypt               encrypt (asks for the passphrase twice on a terminal)\n"

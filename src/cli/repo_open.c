@@ -65,17 +65,42 @@ struct repo *cli_open_repo(const char *cmd, const char *path, const char *passph
     }
     struct repo *r = NULL;
     char err[512] = "";
-    int rc = repo_open(path, NULL, &r, err, sizeof(err));
-    if (rc == -EACCES) {
+    int rc;
+    /* A passphrase given (file or environment) is always used, so that a repository whose
+     * config was changed to say "not encrypted" is refused rather than written in the clear.
+     * Without one, the terminal is asked only when the repository turns out to be encrypted. */
+    const char *env = getenv("VMEXPORT_PASSPHRASE");
+    if (passphrase_file || (env && *env)) {
         CLEANUP_FREE char *pass = cli_read_passphrase(cmd, passphrase_file, false);
         if (!pass)
             return NULL;
-        err[0] = '\0';
         rc = repo_open(path, pass, &r, err, sizeof(err));
+    } else {
+        rc = repo_open(path, NULL, &r, err, sizeof(err));
+        if (rc == -EACCES && isatty(STDIN_FILENO)) {
+            CLEANUP_FREE char *pass = cli_read_passphrase(cmd, NULL, false);
+            if (!pass)
+                return NULL;
+            err[0] = '\0';
+            rc = repo_open(path, pass, &r, err, sizeof(err));
+        } else if (rc == -EACCES) {
+            snprintf(err, sizeof(err),
+                     "the repository is encrypted: give its passphrase with "
+                     "--passphrase-file or VMEXPORT_PASSPHRASE");
+        }
     }
     if (rc < 0) {
-        fprintf(stderr, "vmexport %s: %s: %s\n", cmd, path, err[0] ? err : strerror(-rc));
+        if (err[0] && !strncmp(err, path, strlen(path))) /* the message names the path */
+            fprintf(stderr, "vmexport %s: %s\n", cmd, err);
+        else
+            fprintf(stderr, "vmexport %s: %s: %s\n", cmd, path, err[0] ? err : strerror(-rc));
         return NULL;
     }
+    if (repo_config_unsealed(r) && strcmp(cmd, "repo upgrade"))
+        fprintf(stderr,
+                "vmexport %s: warning: %s: the config of this encrypted repository has "
+                "no MAC (made by an older vmexport): it can be read, but nothing is "
+                "written to it until 'vmexport repo upgrade %s'\n",
+                cmd, path, path);
     return r;
 }

@@ -10,8 +10,10 @@ struct repo;
 /* A malloc'd passphrase, or NULL after printing why ("vmexport CMD: ..."). */
 char *cli_read_passphrase(const char *cmd, const char *file, bool confirm);
 
-/* Open the repository at path (NULL: VMEXPORT_REPO), asking for the passphrase only when it is
- * encrypted.  NULL after printing why. */
+/* Open the repository at path (NULL: VMEXPORT_REPO).  A passphrase given by file or
+ * environment is always used (a repository that says it is not encrypted is then refused);
+ * otherwise the terminal is asked only when the repository is encrypted.  NULL after printing
+ * why; a warning when the config of an encrypted repository has no MAC yet. */
 struct repo *cli_open_repo(const char *cmd, const char *path, const char *passphrase_file);
 
 #define REPO_OPTIONS_HELP                                                                          \

@@ -557,6 +557,9 @@ int repo_backup_begin(struct repo *r, const char *vm_id, int64_t time, unsigned 
     CLEANUP_FREE char *lock_name = NULL;
 
     *out = NULL;
+    int ret = repo_check_writable(r, err, errlen);
+    if (ret < 0)
+        return ret;
     if (time < 0 || time > BACKUP_TIME_MAX) {
         repo_set_err(err, errlen, "backup time %lld is out of range", (long long)time);
         return -EINVAL;
@@ -568,7 +571,7 @@ int repo_backup_begin(struct repo *r, const char *vm_id, int64_t time, unsigned 
     w->time = time;
     w->vm_dir_fd = w->dir_fd = w->repo_lock_fd = w->vm_lock_fd = -1;
 
-    int ret = vm_id ? repo_vm_dir_name(vm_id, &w->vm_dir) : -EINVAL;
+    ret = vm_id ? repo_vm_dir_name(vm_id, &w->vm_dir) : -EINVAL;
     if (ret < 0) {
         repo_set_err(err, errlen, "invalid VM ID (empty or containing '/')");
         goto fail;

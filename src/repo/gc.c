@@ -326,7 +326,10 @@ int repo_gc(struct repo *r, bool dry_run, struct gc_stats *st, char *err, size_t
     memset(g.st, 0, sizeof(*g.st));
     if (err && errlen)
         *err = '\0';
-    int ret = lock_hold_exclusive(r, &took, err, errlen);
+    int ret = dry_run ? 0 : repo_check_writable(r, err, errlen);
+    if (ret < 0)
+        return ret;
+    ret = lock_hold_exclusive(r, &took, err, errlen);
     if (ret < 0)
         return ret;
     ret = gc_backups(&g);

@@ -169,7 +169,10 @@ int repo_prune(struct repo *r, const char *vm_id, const struct prune_policy *p,
                      "backup");
         return -EINVAL;
     }
-    int ret = repo_lock(r, true, lock_timeout, err, errlen);
+    int ret = dry_run ? 0 : repo_check_writable(r, err, errlen);
+    if (ret < 0)
+        return ret;
+    ret = repo_lock(r, true, lock_timeout, err, errlen);
     if (ret < 0)
         return ret;
     ret = repo_backup_list(r, vm_id, &l);

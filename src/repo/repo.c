@@ -1,5 +1,11 @@
 /* Backup repository: creation and opening, the config file, and the keys of encrypted
  * repositories (scrypt key-encryption key wrapping the data and chunk-ID keys with AES-GCM).
+ *
+ * The config of an encrypted repository carries a MAC ("mac": HMAC-SHA-256 under a key
+ * derived from the two repository keys, over the canonical form of every other member), so
+ * that whoever lacks the keys cannot change it: flip the chunk size, the format version, the
+ * scrypt parameters, or drop the "encryption" section (which a passphrase given for a
+ * repository without one then exposes).
  */
 #include "repo_internal.h"
 
@@ -40,6 +46,11 @@
 #define SCRYPT_MEM_UNIT 128 /* bytes per N*r in scrypt's memory use */
 #define SALT_SIZE       32
 #define KEYS_LABEL      "vmexport-repository-keys:" /* AAD of the wrapped keys, then the ID */
+/* The config MAC: its key is HMAC-SHA-256(data key || ID key, this label), so that no key is
+ * used for two purposes; the MAC covers the config without "mac", serialized canonically. */
+#define CONFIG_MAC_LABEL "vmexport-repository-config-mac"
+#define CONFIG_MAC_FIELD "mac"
+#define CONFIG_CANONICAL (JSON_COMPACT | JSON_SORT_KEYS | JSON_ENSURE_ASCII)
 
 void repo_set_err(char *err, size_t errlen, const char *fmt, ...)
 {
@@ -95,6 +106,33 @@ const char *repo_path(const struct repo *r)
     return r->path;
 }
 
+const char *repo_id(const struct repo *r)
+{
+    return r->id;
+}
+
+unsigned repo_format_version(const struct repo *r)
+{
+    return r->format_version;
+}
+
+bool repo_config_unsealed(const struct repo *r)
+{
+    return r->config_unsealed;
+}
+
+int repo_check_writable(const struct repo *r, char *err, size_t errlen)
+{
+    if (!r->config_unsealed)
+        return 0;
+    repo_set_err(err, errlen,
+                 "%s/%s: the config of this encrypted repository carries no MAC (it was made by "
+                 "an older vmexport, or the MAC was removed): nothing is written until "
+                 "'vmexport repo upgrade %s' has checked and sealed it",
+                 r->path, REPO_CONFIG_NAME, r->path);
+    return -EPERM;
+}
+
 bool repo_chunk_size_valid(uint64_t n)
 {
     return n >= REPO_MIN_CHUNK_SIZE && n <= REPO_MAX_CHUNK_SIZE && (n & (n - 1)) == 0;
@@ -120,6 +158,60 @@ static int kek_derive(const char *passphrase, const uint8_t *salt, size_t salt_l
 static int keys_aad(const char *repo_id, char **out)
 {
     return asprintf(out, KEYS_LABEL "%s", repo_id) < 0 ? -ENOMEM : 0;
+}
+
+/* The config MAC of keys (data key then ID key) over cfg without its "mac" member. */
+static int config_mac(const uint8_t keys[2 * REPO_KEY_SIZE], json_t *cfg, uint8_t mac[HASH_SIZE])
+{
+    uint8_t mac_key[HASH_SIZE];
+    json_t *copy = json_copy(cfg);
+    if (!copy)
+        return -ENOMEM;
+    json_object_del(copy, CONFIG_MAC_FIELD);
+    char *text = json_dumps(copy, CONFIG_CANONICAL);
+    json_decref(copy);
+    if (!text)
+        return -ENOMEM;
+    int r = 0;
+    if (!EVP_Q_mac(NULL, "HMAC", NULL, "SHA256", NULL, keys, 2 * REPO_KEY_SIZE,
+                   (const uint8_t *)CONFIG_MAC_LABEL, strlen(CONFIG_MAC_LABEL), mac_key,
+                   sizeof(mac_key), NULL) ||
+        !EVP_Q_mac(NULL, "HMAC", NULL, "SHA256", NULL, mac_key, sizeof(mac_key),
+                   (const uint8_t *)text, strlen(text), mac, HASH_SIZE, NULL))
+        r = -EIO;
+    OPENSSL_cleanse(mac_key, sizeof(mac_key));
+    free(text);
+    return r;
+}
+
+/* Set cfg's "mac" member. */
+static int config_add_mac(const uint8_t keys[2 * REPO_KEY_SIZE], json_t *cfg)
+{
+    uint8_t mac[HASH_SIZE];
+    int r = config_mac(keys, cfg, mac);
+    if (r < 0)
+        return r;
+    char *b64 = repo_b64_encode(mac, sizeof(mac));
+    if (!b64)
+        return -ENOMEM;
+    r = json_object_set_new(cfg, CONFIG_MAC_FIELD, json_string(b64)) < 0 ? -ENOMEM : 0;
+    free(b64);
+    return r;
+}
+
+/* Write cfg as the config file (indented, a final newline), atomically; replace or create. */
+static int config_store(int dirfd, json_t *cfg, bool replace)
+{
+    CLEANUP_FREE char *text = json_dumps(cfg, JSON_INDENT(2));
+    if (!text)
+        return -ENOMEM;
+    size_t len = strlen(text);
+    CLEANUP_FREE char *line = malloc(len + 2);
+    if (!line)
+        return -ENOMEM;
+    memcpy(line, text, len);
+    line[len] = '\n';
+    return repo_write_file(dirfd, REPO_CONFIG_NAME, line, len + 1, replace, NULL);
 }
 
 /* ---- init ---- */
@@ -192,27 +284,23 @@ static int config_write(int dirfd, const char *path, uint32_t chunk_size, int le
         return r;
     if (passphrase) {
         r = encryption_new(passphrase, repo_id, keys, &enc, err, errlen);
-        OPENSSL_cleanse(keys, sizeof(keys)); /* open() unwraps them again */
-        if (r < 0)
+        if (r < 0) {
+            OPENSSL_cleanse(keys, sizeof(keys));
             return r;
+        }
     }
     json_t *cfg =
         json_pack("{s:s, s:i, s:I, s:s, s:i, s:s, s:o}", "format", CONFIG_FORMAT, "version",
                   REPO_FORMAT_VERSION, "chunk_size", (json_int_t)chunk_size, "compression",
                   CONFIG_COMPRESSION, "compression_level", level, "id", repo_id, "encryption", enc);
     if (!cfg)
-        return -ENOMEM;
-    CLEANUP_FREE char *text = json_dumps(cfg, JSON_INDENT(2));
+        r = -ENOMEM;
+    if (r == 0 && passphrase)
+        r = config_add_mac(keys, cfg);
+    OPENSSL_cleanse(keys, sizeof(keys)); /* open() unwraps them again */
+    if (r == 0)
+        r = config_store(dirfd, cfg, false);
     json_decref(cfg);
-    if (!text)
-        return -ENOMEM;
-    size_t len = strlen(text);
-    CLEANUP_FREE char *line = malloc(len + 2);
-    if (!line)
-        return -ENOMEM;
-    memcpy(line, text, len);
-    line[len] = '\n';
-    r = repo_write_file(dirfd, REPO_CONFIG_NAME, line, len + 1, false, NULL);
     if (r < 0)
         repo_set_err(err, errlen, "%s/%s: cannot write: %s", path, REPO_CONFIG_NAME, strerror(-r));
     return r;
@@ -314,8 +402,32 @@ static int b64_field(json_t *o, const char *key, uint8_t *out, size_t len)
     return 0;
 }
 
-static int keys_unwrap(struct repo *r, json_t *enc, const char *repo_id, const char *passphrase,
-                       const char *cfg_path, char *err, size_t errlen)
+/* Check cfg's MAC under keys: 0, or -EBADMSG with a message.  A missing MAC marks the
+ * repository unsealed (read-only until sealed). */
+static int config_mac_check(struct repo *r, json_t *cfg, const uint8_t keys[2 * REPO_KEY_SIZE],
+                            const char *cfg_path, char *err, size_t errlen)
+{
+    json_t *stored = json_object_get(cfg, CONFIG_MAC_FIELD);
+    if (!stored) {
+        r->config_unsealed = true;
+        return 0;
+    }
+    uint8_t want[HASH_SIZE], got[HASH_SIZE];
+    int ret = b64_field(cfg, CONFIG_MAC_FIELD, got, sizeof(got));
+    if (ret == 0 && (ret = config_mac(keys, cfg, want)) < 0)
+        return ret;
+    if (ret < 0 || CRYPTO_memcmp(want, got, sizeof(want)) != 0) {
+        repo_set_err(err, errlen,
+                     "%s: the config was changed by someone without the repository key (its "
+                     "MAC does not match): refusing to use it",
+                     cfg_path);
+        return -EBADMSG;
+    }
+    return 0;
+}
+
+static int keys_unwrap(struct repo *r, json_t *cfg, json_t *enc, const char *repo_id,
+                       const char *passphrase, const char *cfg_path, char *err, size_t errlen)
 {
     uint64_t n, rr, p;
     uint8_t salt[SALT_SIZE], nonce[CONTAINER_NONCE_SIZE], kek[REPO_KEY_SIZE];
@@ -350,11 +462,21 @@ static int keys_unwrap(struct repo *r, json_t *enc, const char *repo_id, const c
     }
     OPENSSL_cleanse(kek, sizeof(kek));
     if (ret == -EBADMSG) {
-        repo_set_err(err, errlen, "%s: wrong passphrase", r->path);
+        /* Changed scrypt parameters or salt derive another key too: say so when the config
+         * would have been checked. */
+        repo_set_err(err, errlen, "%s: wrong passphrase%s", r->path,
+                     json_object_get(cfg, CONFIG_MAC_FIELD)
+                         ? " (or the config's key-derivation settings were changed)"
+                         : "");
         return -EACCES;
     }
     if (ret < 0) {
         repo_set_err(err, errlen, "%s: cannot derive the keys: %s", r->path, strerror(-ret));
+        return ret;
+    }
+    ret = config_mac_check(r, cfg, keys, cfg_path, err, errlen);
+    if (ret < 0) {
+        OPENSSL_cleanse(keys, sizeof(keys));
         return ret;
     }
     memcpy(r->data_key, keys, REPO_KEY_SIZE);
@@ -425,17 +547,61 @@ static int config_parse(struct repo *r, const char *text, size_t len, const char
         repo_set_err(err, errlen, "%s: missing \"id\"", cfg_path);
         goto out;
     }
+    snprintf(r->id, sizeof(r->id), "%s", repo_id);
     json_t *enc = json_object_get(cfg, "encryption");
     if (json_is_object(enc)) {
-        ret = keys_unwrap(r, enc, repo_id, passphrase, cfg_path, err, errlen);
-    } else if (!enc || json_is_null(enc)) {
-        ret = 0;
-    } else {
+        ret = keys_unwrap(r, cfg, enc, repo_id, passphrase, cfg_path, err, errlen);
+    } else if (enc && !json_is_null(enc)) {
         repo_set_err(err, errlen, "%s: invalid \"encryption\"", cfg_path);
+    } else if (json_object_get(cfg, CONFIG_MAC_FIELD)) {
+        /* Only encrypted configs get a MAC: this one lost its encryption settings. */
+        repo_set_err(err, errlen,
+                     "%s: the config carries a MAC but no \"encryption\" settings: they were "
+                     "removed; refusing to use it",
+                     cfg_path);
+    } else if (passphrase) {
+        repo_set_err(err, errlen,
+                     "%s: a passphrase was given, but the repository's config says it is not "
+                     "encrypted: refusing to go on (if it was created without --encrypt, give "
+                     "no passphrase; otherwise its config was changed to downgrade it)",
+                     r->path);
+        ret = -EPERM;
+    } else {
+        ret = 0;
+    }
+    if (ret == 0) {
+        r->config = cfg;
+        cfg = NULL;
     }
 out:
     json_decref(cfg);
     return ret;
+}
+
+int repo_config_seal(struct repo *r, char *err, size_t errlen)
+{
+    if (!r->encrypted) {
+        repo_set_err(err, errlen, "%s: not encrypted: its config has no key to be sealed with",
+                     r->path);
+        return -EINVAL;
+    }
+    if (!r->config_unsealed)
+        return 0;
+    uint8_t keys[2 * REPO_KEY_SIZE];
+    memcpy(keys, r->data_key, REPO_KEY_SIZE);
+    memcpy(keys + REPO_KEY_SIZE, r->id_key, REPO_KEY_SIZE);
+    int ret = config_add_mac(keys, r->config);
+    OPENSSL_cleanse(keys, sizeof(keys));
+    if (ret == 0)
+        ret = config_store(r->dirfd, r->config, true);
+    if (ret < 0) {
+        json_object_del(r->config, CONFIG_MAC_FIELD);
+        repo_set_err(err, errlen, "%s/%s: cannot write: %s", r->path, REPO_CONFIG_NAME,
+                     strerror(-ret));
+        return ret;
+    }
+    r->config_unsealed = false;
+    return 0;
 }
 
 int repo_open(const char *path, const char *passphrase, struct repo **out, char *err, size_t errlen)
@@ -490,6 +656,7 @@ void repo_close(struct repo *r)
         close(r->dirfd);
     OPENSSL_cleanse(r->data_key, sizeof(r->data_key));
     OPENSSL_cleanse(r->id_key, sizeof(r->id_key));
+    json_decref(r->config);
     pthread_mutex_destroy(&r->lock_mutex);
     free(r->path);
     free(r);

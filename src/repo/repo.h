@@ -62,7 +62,10 @@ struct repo_init_options {
 int repo_init(const char *path, const struct repo_init_options *opt, char *err, size_t errlen);
 
 /* Open a repository.  Encrypted ones need the passphrase: -EACCES and err "wrong passphrase"
- * (or "passphrase required").  -EPROTONOSUPPORT for an unknown format version. */
+ * (or "passphrase required").  -EPROTONOSUPPORT for an unknown format version.  The config of
+ * an encrypted repository carries a MAC under the repository's keys: -EBADMSG when it does not
+ * match (the config was changed without the keys).  A passphrase given for a repository whose
+ * config says it is not encrypted is refused (-EPERM): the config may have been downgraded. */
 int repo_open(const char *path, const char *passphrase, struct repo **out, char *err,
               size_t errlen);
 void repo_close(struct repo *r);
@@ -70,6 +73,17 @@ void repo_close(struct repo *r);
 uint32_t repo_chunk_size(const struct repo *r);
 bool repo_encrypted(const struct repo *r);
 const char *repo_path(const struct repo *r);
+/* The repository's ID (hex), as its config records it. */
+const char *repo_id(const struct repo *r);
+unsigned repo_format_version(const struct repo *r);
+
+/* An encrypted repository whose config has no MAC (made by a vmexport before configs had
+ * one) opens for reading, but every write (backups, prune, gc) is refused with -EPERM until
+ * repo_config_seal() has added the MAC.  repo_config_unsealed() tells whether that is so. */
+bool repo_config_unsealed(const struct repo *r);
+/* Add the MAC to such a config (atomically replacing the file); 0 when it has one already.
+ * -EINVAL for an unencrypted repository (no key to compute one with). */
+int repo_config_seal(struct repo *r, char *err, size_t errlen);
 
 /* ---- chunks ---- */
 

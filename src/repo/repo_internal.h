@@ -50,6 +50,11 @@ struct repo {
     bool encrypted;
     uint8_t data_key[REPO_KEY_SIZE]; /* encrypts containers */
     uint8_t id_key[REPO_KEY_SIZE];   /* HMAC key of chunk IDs */
+    char id[2 * REPO_ID_BYTES + 1];  /* the config's "id" (hex; older configs: any, truncated) */
+    /* An encrypted repository whose config carries no MAC (written before configs had one):
+     * read, but not written to until repo_config_seal() adds the MAC. */
+    bool config_unsealed;
+    void *config; /* the parsed config (json_t), kept for repo_config_seal() */
 
     /* repo_lock() state: one repository-wide lock per handle, counted. */
     pthread_mutex_t lock_mutex;
@@ -64,6 +69,9 @@ void repo_set_err(char *err, size_t errlen, const char *fmt, ...)
 
 /* A power of two within REPO_MIN_CHUNK_SIZE .. REPO_MAX_CHUNK_SIZE (repo.c). */
 bool repo_chunk_size_valid(uint64_t n);
+/* 0 when the repository may be written to; -EPERM and a message in err for an encrypted
+ * repository whose config carries no MAC yet (repo.c).  Every writer checks this first. */
+int repo_check_writable(const struct repo *r, char *err, size_t errlen);
 
 /* ---- fileio.c ---- */
 

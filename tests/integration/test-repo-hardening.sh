@@ -93,3 +93,75 @@ check "restore of one disk to a file" \
 check "  is that disk" cmp -s "$WORK/one.img" "$VMS/vm1/a.img"
 check_fails "  again without --force is refused" \
     "$VMEXPORT" restore --repo "$REPO" "$BID" --disk a.img --to "$WORK/one.img"
+
+# ---------------------------------------------------------------------------------------------
+# An encrypted repository cannot be downgraded, nor its config changed without the key.
+printf 'hardening test passphrase\n' >"$WORK/pass"
+EREPO=$WORK/erepo
+check "repo init --encrypt" "$VMEXPORT" repo init "$EREPO" --encrypt --passphrase-file "$WORK/pass"
+check "  its config carries a MAC" jq -e '.mac | type == "string"' "$EREPO/config"
+check "encrypted backup" "$VMEXPORT" backup vm1 --repo "$EREPO" --passphrase-file "$WORK/pass"
+cp "$EREPO/config" "$WORK/config.good"
+
+# state DIR: every file of a repository with its size and modification time.
+state() { (cd "$1" && find . -printf '%p %s %T@\n' | sort); }
+# snapshots: the number of vm1's snapshots on the server.
+snapshots() { api GET /api/v1/vms/vm1/snapshots >/dev/null && jq length "$WORK/body"; }
+
+# tampered WHAT JQ-FILTER: write the filtered good config, back up with the passphrase, which
+# must fail with a message saying why, writing nothing in the repository or on the server.
+tampered() {
+    local what=$1 filter=$2
+    jq "$filter" "$WORK/config.good" >"$EREPO/config"
+    state "$EREPO" >"$WORK/state.before"
+    local n0; n0=$(snapshots)
+    if "$VMEXPORT" backup vm1 --repo "$EREPO" --passphrase-file "$WORK/pass" >/dev/null 2>"$WORK/t.err"; then
+        not_ok "config with $what: the backup was not refused"
+    elif grep -qE "changed by someone without the repository key|key-derivation settings were changed|settings: they were removed|says it is not encrypted" "$WORK/t.err"; then
+        ok "config with $what: backup refused"
+        diag "$(head -1 "$WORK/t.err")"
+    else
+        not_ok "config with $what: unclear message: $(head -2 "$WORK/t.err")"
+    fi
+    check "  nothing was written to the repository" cmp -s "$WORK/state.before" <(state "$EREPO")
+    check "  no snapshot was taken" test "$(snapshots)" = "$n0"
+}
+tampered "another chunk size" '.chunk_size = 4194304'
+tampered "another compression level" '.compression_level = 19'
+tampered "format version 1" '.version = 1'
+tampered "weaker scrypt parameters" '.encryption.N = 1024'
+tampered "the encryption section removed" '.encryption = null'
+tampered "encryption section and MAC removed" '.encryption = null | del(.mac)'
+cp "$WORK/config.good" "$EREPO/config"
+check "the untouched config works again" \
+    "$VMEXPORT" backups --repo "$EREPO" --passphrase-file "$WORK/pass"
+
+# A passphrase given for an unencrypted repository: refused, from a file or the environment.
+n0=$(jq length <("$VMEXPORT" backups --repo "$REPO" --json))
+state "$REPO" >"$WORK/state.before"
+"$VMEXPORT" backup vm1 --repo "$REPO" --passphrase-file "$WORK/pass" >/dev/null 2>"$WORK/t.err"
+rc=$?
+if [ $rc != 0 ] && grep -q "a passphrase was given, but the repository's config says it is not encrypted" "$WORK/t.err"
+then ok "backup with --passphrase-file into an unencrypted repository is refused"
+else not_ok "backup with --passphrase-file into an unencrypted repository: exit $rc: $(head -2 "$WORK/t.err")"; fi
+check_fails "  and with VMEXPORT_PASSPHRASE" env VMEXPORT_PASSPHRASE=x "$VMEXPORT" backup vm1 --repo "$REPO"
+check "  nothing was written" cmp -s "$WORK/state.before" <(state "$REPO")
+check "  no backup was added" test "$(jq length <("$VMEXPORT" backups --repo "$REPO" --json))" = "$n0"
+
+# An encrypted repository of an older vmexport (no MAC): read with a warning, not written to
+# until 'repo upgrade' seals its config.
+jq 'del(.mac)' "$WORK/config.good" >"$EREPO/config"
+"$VMEXPORT" backups --repo "$EREPO" --passphrase-file "$WORK/pass" --json >"$WORK/l.json" 2>"$WORK/l.err"
+check "a config without MAC (older vmexport) is read" jq -e 'length == 1' "$WORK/l.json"
+check "  with a warning naming 'repo upgrade'" grep -q "vmexport repo upgrade" "$WORK/l.err"
+state "$EREPO" >"$WORK/state.before"
+"$VMEXPORT" backup vm1 --repo "$EREPO" --passphrase-file "$WORK/pass" >/dev/null 2>"$WORK/t.err"
+rc=$?
+if [ $rc != 0 ] && grep -q "carries no MAC" "$WORK/t.err"; then ok "  a backup into it is refused until upgraded"
+else not_ok "  a backup into it: exit $rc: $(head -2 "$WORK/t.err")"; fi
+check "  nothing was written" cmp -s "$WORK/state.before" <(state "$EREPO")
+check "repo upgrade seals the config" "$VMEXPORT" repo upgrade "$EREPO" --passphrase-file "$WORK/pass"
+check "  the config carries a MAC again" jq -e '.mac | type == "string"' "$EREPO/config"
+check "  and backups work" "$VMEXPORT" backup vm1 --repo "$EREPO" --passphrase-file "$WORK/pass"
+check_fails "repo upgrade with a wrong passphrase fails" \
+    env VMEXPORT_PASSPHRASE=wrong "$VMEXPORT" repo upgrade "$EREPO"

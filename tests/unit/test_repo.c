@@ -330,7 +330,7 @@ static void test_init_open_plain(void **state)
     PATHF(p2, "%s/empty", f->base);
     assert_int_equal(mkdir(p2, 0700), 0);
     assert_int_equal(repo_init(p2, NULL, err, sizeof(err)), 0);
-    assert_int_equal(repo_open(p2, "ignored for plain repositories", &r2, err, sizeof(err)), 0);
+    assert_int_equal(repo_open(p2, NULL, &r2, err, sizeof(err)), 0);
     assert_int_equal(repo_chunk_size(r2), REPO_DEFAULT_CHUNK_SIZE);
     repo_close(r2);
     assert_int_equal(count_tmp_files(f->base), 0);
@@ -486,6 +486,160 @@ static void test_open_encrypted_tampered(void **state)
     assert_int_equal(repo_open(f->path, PASS, &r, err, sizeof(err)), -EBADMSG);
     free(salt);
     json_decref(cfg);
+}
+
+/* Open f->path with pass: the return code, the message in err. */
+static int reopen(struct fixture *f, const char *pass, char *err)
+{
+    struct repo *r = NULL;
+    err[0] = '\0';
+    int ret = repo_open(f->path, pass, &r, err, ERR_LEN);
+    assert_true((ret == 0) == (r != NULL));
+    repo_close(r);
+    return ret;
+}
+
+/* A passphrase given for a repository whose config says "not encrypted" is refused: the
+ * config may have been downgraded by someone who removed its encryption section. */
+static void test_open_plain_with_passphrase(void **state)
+{
+    struct fixture *f = *state;
+    char err[ERR_LEN];
+    repo_make(f, NULL);
+    assert_int_equal(reopen(f, PASS, err), -EPERM);
+    CHECK(strstr(err, "a passphrase was given, but the repository's config says it is not "
+                      "encrypted"),
+          "err: %s", err);
+    assert_int_equal(reopen(f, NULL, err), 0);
+    json_t *cfg = config_load(f);
+    assert_string_equal(repo_id(f->r), json_string_value(json_object_get(cfg, "id")));
+    json_decref(cfg);
+}
+
+/* Every change to an encrypted repository's config made without the key is refused, before
+ * anything is written; the untouched config still opens. */
+static void test_config_mac(void **state)
+{
+    struct fixture *f = *state;
+    char err[ERR_LEN], p[PATH_MAX + 16];
+    repo_make(f, PASS);
+    assert_false(repo_config_unsealed(f->r));
+    repo_close(f->r);
+    f->r = NULL;
+    PATHF(p, "%s/config", f->path);
+    json_t *orig = config_load(f);
+    CHECK(json_is_string(json_object_get(orig, "mac")), "a new encrypted config has a MAC");
+
+    struct {
+        const char *what, *key, *subkey;
+        json_t *value; /* NULL: remove the member */
+        int want;
+    } cases[] = {
+        {"chunk size", "chunk_size", NULL, json_integer(CS * 2), -EBADMSG},
+        {"compression level", "compression_level", NULL, json_integer(19), -EBADMSG},
+        {"format version", "version", NULL, json_integer(1), -EBADMSG},
+        {"an added member", "comment", NULL, json_string("x"), -EBADMSG},
+        {"the MAC itself", "mac", NULL, json_string("AAAA"), -EBADMSG},
+        {"the scrypt N", "encryption", "N", json_integer(1024), -EACCES},
+        {"the scrypt p", "encryption", "p", json_integer(2), -EACCES},
+        {"the encryption section (MAC kept)", "encryption", NULL, json_null(), -EBADMSG},
+        {"the encryption section (member removed)", "encryption", NULL, NULL, -EBADMSG},
+    };
+    for (size_t i = 0; i < ARRAY_SIZE(cases); i++) {
+        json_t *cfg = json_deep_copy(orig);
+        json_t *target = cases[i].subkey ? json_object_get(cfg, cases[i].key) : cfg;
+        const char *key = cases[i].subkey ? cases[i].subkey : cases[i].key;
+        if (cases[i].value)
+            json_object_set_new(target, key, cases[i].value);
+        else
+            json_object_del(target, key);
+        config_store(f, cfg);
+        json_decref(cfg);
+        struct stat before;
+        assert_int_equal(stat(p, &before), 0);
+        int ret = reopen(f, PASS, err);
+        CHECK(ret == cases[i].want, "%s changed: open gave %d (%s), want %d", cases[i].what, ret,
+              err, cases[i].want);
+        if (ret == -EBADMSG)
+            CHECK(strstr(err, "the config was changed by someone without the repository key") ||
+                      strstr(err, "no \"encryption\" settings: they were removed"),
+                  "%s: err: %s", cases[i].what, err);
+        else
+            CHECK(strstr(err, "key-derivation settings were changed"), "%s: err: %s", cases[i].what,
+                  err);
+        struct stat after;
+        assert_int_equal(stat(p, &after), 0);
+        CHECK(after.st_ino == before.st_ino && after.st_size == before.st_size,
+              "%s: the config was rewritten", cases[i].what);
+    }
+    /* Encryption section and MAC both removed: a plain config, which a passphrase exposes. */
+    json_t *cfg = json_deep_copy(orig);
+    json_object_set_new(cfg, "encryption", json_null());
+    json_object_del(cfg, "mac");
+    config_store(f, cfg);
+    json_decref(cfg);
+    assert_int_equal(reopen(f, PASS, err), -EPERM);
+
+    config_store(f, orig);
+    assert_int_equal(reopen(f, PASS, err), 0);
+    json_decref(orig);
+    assert_int_equal(count_tmp_files(f->base), 0);
+}
+
+/* The config of an encrypted repository from before configs had a MAC: read, not written to,
+ * until repo_config_seal(); then sealed like a new one. */
+static void test_config_legacy_unsealed(void **state)
+{
+    struct fixture *f = *state;
+    char err[ERR_LEN] = "";
+    repo_make(f, PASS);
+    struct chunk_id id = chunk_make(f->r, 7);
+    repo_close(f->r);
+    f->r = NULL;
+    json_t *cfg = config_load(f);
+    json_object_del(cfg, "mac");
+    config_store(f, cfg);
+    json_decref(cfg);
+
+    assert_int_equal(repo_open(f->path, PASS, &f->r, err, sizeof(err)), 0);
+    assert_true(repo_config_unsealed(f->r));
+    assert_true(chunk_ok(f->r, &id)); /* reading works */
+    struct backup_writer *w = NULL;
+    assert_int_equal(repo_backup_begin(f->r, "vm", 100, 0, &w, err, sizeof(err)), -EPERM);
+    assert_null(w);
+    CHECK(strstr(err, "carries no MAC") && strstr(err, "vmexport repo upgrade"), "err: %s", err);
+    assert_int_equal(repo_gc(f->r, false, NULL, err, sizeof(err)), -EPERM);
+    assert_int_equal(repo_gc(f->r, true, NULL, err, sizeof(err)), 0); /* dry run: reads only */
+    struct prune_policy keep1 = {.keep_last = 1};
+    assert_int_equal(repo_prune(f->r, NULL, &keep1, 0, false, NULL, err, sizeof(err)), -EPERM);
+
+    assert_int_equal(repo_config_seal(f->r, err, sizeof(err)), 0);
+    assert_false(repo_config_unsealed(f->r));
+    assert_int_equal(repo_backup_begin(f->r, "vm", 100, 0, &w, err, sizeof(err)), 0);
+    repo_backup_abort(w);
+    repo_close(f->r);
+    f->r = NULL;
+    cfg = config_load(f);
+    CHECK(json_is_string(json_object_get(cfg, "mac")), "sealed config has a MAC");
+    json_object_set_new(cfg, "chunk_size", json_integer(CS * 4));
+    config_store(f, cfg);
+    assert_int_equal(reopen(f, PASS, err), -EBADMSG); /* and is now checked */
+    json_object_set_new(cfg, "chunk_size", json_integer(CS));
+    config_store(f, cfg);
+    json_decref(cfg);
+    assert_int_equal(repo_open(f->path, PASS, &f->r, err, sizeof(err)), 0);
+    assert_true(chunk_ok(f->r, &id));
+    assert_int_equal(repo_config_seal(f->r, err, sizeof(err)), 0); /* nothing to do */
+
+    /* A plain repository has no key to seal with. */
+    char p2[PATH_MAX + 16];
+    struct repo *r2;
+    PATHF(p2, "%s/plain", f->base);
+    assert_int_equal(repo_init(p2, NULL, err, sizeof(err)), 0);
+    assert_int_equal(repo_open(p2, NULL, &r2, err, sizeof(err)), 0);
+    assert_false(repo_config_unsealed(r2));
+    assert_int_equal(repo_config_seal(r2, err, sizeof(err)), -EINVAL);
+    repo_close(r2);
 }
 
 /* ---- chunks ---- */
@@ -744,11 +898,16 @@ static void repo_make_v1(struct fixture *f, const char *pass)
     f->r = NULL;
     json_t *cfg = config_load(f);
     json_object_set_new(cfg, "version", json_integer(1));
+    json_object_del(cfg, "mac"); /* version 1 configs had none */
     config_store(f, cfg);
     json_decref(cfg);
     int r = repo_open(f->path, pass, &f->r, err, sizeof(err));
     CHECK(r == 0, "repo_open v1: %d %s", r, err);
     assert_int_equal(f->r->format_version, 1);
+    if (pass) { /* what 'vmexport repo upgrade' does, before anything is written */
+        r = repo_config_seal(f->r, err, sizeof(err));
+        CHECK(r == 0, "repo_config_seal v1: %d %s", r, err);
+    }
 }
 
 /* Version 1 repositories are still read and written, with their own container layout
@@ -2262,6 +2421,9 @@ int main(void)
         T(test_init_errors),
         T(test_open_errors),
         T(test_open_encrypted_tampered),
+        T(test_open_plain_with_passphrase),
+        T(test_config_mac),
+        T(test_config_legacy_unsealed),
         T(test_chunk_id_hex),
         T(test_chunk_roundtrip_plain),
         T(test_chunk_roundtrip_encrypted),
