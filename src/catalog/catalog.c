@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <pthread.h>
 #include <sqlite3.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -32,7 +33,8 @@ static const char catalog_schema[] =
     "  provider TEXT NOT NULL,"
     "  created_at TEXT NOT NULL,"
     "  parent_id TEXT,"
-    "  status TEXT NOT NULL);"
+    "  status TEXT NOT NULL,"
+    "  label TEXT);"
     "CREATE INDEX IF NOT EXISTS snapshots_vm ON snapshots(vm_id, seq);"
     "CREATE TABLE IF NOT EXISTS snapshot_disks ("
     "  snapshot_id TEXT NOT NULL REFERENCES snapshots(id) ON DELETE CASCADE,"
@@ -74,6 +76,7 @@ void snapshot_free(struct snapshot *s)
     free(s->created_at);
     free(s->parent_id);
     free(s->status);
+    free(s->label);
     free(s);
 }
 
@@ -119,6 +122,22 @@ static int exec_locked(struct catalog *c, const char *sql)
     return sqlite_errno(rc);
 }
 
+/* Catalogs made before snapshots had labels lack the column: add it.  The schema version
+ * stays: older daemons name their columns and never see it. */
+static int label_column_add(struct catalog *c, char **msg)
+{
+    sqlite3_stmt *st = NULL;
+    bool found = false;
+    int rc =
+        sqlite3_prepare_v2(c->db, "SELECT name FROM pragma_table_info('snapshots')", -1, &st, NULL);
+    while (rc == SQLITE_OK && sqlite3_step(st) == SQLITE_ROW)
+        found = found || !strcmp((const char *)sqlite3_column_text(st, 0), "label");
+    sqlite3_finalize(st);
+    if (rc != SQLITE_OK || found)
+        return rc;
+    return sqlite3_exec(c->db, "ALTER TABLE snapshots ADD COLUMN label TEXT", NULL, NULL, msg);
+}
+
 int catalog_open(struct catalog **out, const char *db_file, char *err, size_t errlen)
 {
     struct catalog *c = calloc(1, sizeof(*c));
@@ -140,6 +159,8 @@ int catalog_open(struct catalog **out, const char *db_file, char *err, size_t er
                       NULL, NULL, &msg);
     if (rc == SQLITE_OK)
         rc = sqlite3_exec(c->db, catalog_schema, NULL, NULL, &msg);
+    if (rc == SQLITE_OK)
+        rc = label_column_add(c, &msg);
     sqlite3_stmt *st = NULL;
     int version = 0;
     if (rc == SQLITE_OK && sqlite3_prepare_v2(c->db, "PRAGMA user_version", -1, &st, NULL) == 0 &&
@@ -220,7 +241,7 @@ static int load_disks(struct catalog *c, struct snapshot *s)
     return r;
 }
 
-#define SNAPSHOT_COLUMNS "seq, id, vm_id, provider, created_at, parent_id, status"
+#define SNAPSHOT_COLUMNS "seq, id, vm_id, provider, created_at, parent_id, status, label"
 
 static struct snapshot *row_to_snapshot(sqlite3_stmt *st)
 {
@@ -234,6 +255,7 @@ static struct snapshot *row_to_snapshot(sqlite3_stmt *st)
     s->created_at = col_strdup(st, 4);
     s->parent_id = col_strdup(st, 5);
     s->status = col_strdup(st, 6);
+    s->label = col_strdup(st, 7);
     if (!s->id || !s->vm_id || !s->provider || !s->created_at || !s->status) {
         snapshot_free(s);
         return NULL;
@@ -383,7 +405,7 @@ int catalog_snapshot_add(struct catalog *c, struct snapshot *s)
 
     rc = sqlite3_prepare_v2(c->db,
                             "INSERT INTO snapshots (id, vm_id, provider, created_at, parent_id, "
-                            "status) VALUES (?, ?, ?, ?, ?, ?)",
+                            "status, label) VALUES (?, ?, ?, ?, ?, ?, ?)",
                             -1, &st, NULL);
     if (rc != SQLITE_OK)
         goto fail_rc;
@@ -396,6 +418,10 @@ int catalog_snapshot_add(struct catalog *c, struct snapshot *s)
     else
         sqlite3_bind_null(st, 5);
     sqlite3_bind_text(st, 6, s->status, -1, SQLITE_STATIC);
+    if (s->label)
+        sqlite3_bind_text(st, 7, s->label, -1, SQLITE_STATIC);
+    else
+        sqlite3_bind_null(st, 7);
     if ((rc = sqlite3_step(st)) != SQLITE_DONE)
         goto fail_rc;
     s->seq = sqlite3_last_insert_rowid(c->db);

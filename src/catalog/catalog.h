@@ -31,6 +31,7 @@ struct snapshot {
     char *created_at; /* RFC 3339, UTC */
     char *parent_id;  /* previous snapshot of the VM, or NULL */
     char *status;     /* "creating", "ready", "deleting" */
+    char *label;      /* the client's label given at creation, or NULL */
     int64_t seq;      /* creation order across the catalog */
     snapshot_disk_list disks;
 };

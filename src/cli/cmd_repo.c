@@ -896,6 +896,64 @@ static void delete_snapshot(struct client *cl, const char *vm_path, const char *
                 client_error(cl));
 }
 
+/* The label this repository's backups give their snapshots on the server, so that the next
+ * backup recognises one left by a backup that was killed: "vmexport-backup:" and the
+ * repository ID (its SHA-256 when the ID is not plain hex). */
+#define SNAPSHOT_LABEL_PREFIX "vmexport-backup:"
+static char *snapshot_label(const struct repo *repo)
+{
+    const char *id = repo_id(repo);
+    char hex[2 * HASH_SIZE + 1];
+    if (!*id || strspn(id, "0123456789abcdef") != strlen(id)) {
+        uint8_t d[HASH_SIZE];
+        if (hash_sha256(id, strlen(id), d) < 0)
+            return NULL;
+        hash_to_hex(d, hex);
+        id = hex;
+    }
+    char *label = NULL;
+    return asprintf(&label, SNAPSHOT_LABEL_PREFIX "%s", id) < 0 ? NULL : label;
+}
+
+/* Delete the VM's snapshots that carry this repository's label but belong to no committed
+ * backup: a backup of this VM into this repository made them and was killed before its commit
+ * (one that failed deletes its own).  Called holding the VM's backup lock, so no backup of the
+ * VM into this repository is running. */
+static void delete_stale_snapshots(struct client *cl, struct repo *repo, const char *vm,
+                                   const char *vm_path, const char *label)
+{
+    CLEANUP_FREE char *list_path = NULL;
+    json_t *snaps = NULL;
+    backup_list all = VECTOR_INIT;
+    if (asprintf(&list_path, "%s/snapshots?chunks=false", vm_path) < 0)
+        return;
+    if (client_json(cl, "GET", list_path, NULL, &snaps, NULL) < 0) {
+        fprintf(stderr, "vmexport backup: warning: VM %s: listing snapshots: %s\n", vm,
+                client_error(cl));
+        return;
+    }
+    if (repo_backup_list(repo, vm, &all) < 0) {
+        json_decref(snaps);
+        return;
+    }
+    size_t i;
+    json_t *s;
+    json_array_foreach(snaps, i, s)
+    {
+        const char *sid = json_string_value(json_object_get(s, "id"));
+        const char *sl = json_string_value(json_object_get(s, "label"));
+        if (!sid || !sl || strcmp(sl, label))
+            continue;
+        bool used = false;
+        for (size_t k = 0; k < all.len && !used; k++)
+            used = all.ptr[k]->snapshot_id && !strcmp(all.ptr[k]->snapshot_id, sid);
+        if (!used)
+            delete_snapshot(cl, vm_path, sid, "stale (left by an interrupted backup)");
+    }
+    backup_list_free(&all);
+    json_decref(snaps);
+}
+
 static int backup_run_cmd(int argc, char **argv)
 {
     static const struct option opts[] = {
@@ -989,7 +1047,9 @@ static int backup_run_cmd(int argc, char **argv)
     CLEANUP_FREE char *vm_path = NULL;
     CLEANUP_FREE char *snaps_path = NULL;
     CLEANUP_FREE char *backup_id = NULL;
-    if (!vm_esc || asprintf(&vm_path, "/api/v1/vms/%s", vm_esc) < 0)
+    CLEANUP_FREE char *label = snapshot_label(repo);
+    CLEANUP_FREE char *label_esc = NULL;
+    if (!label || !vm_esc || asprintf(&vm_path, "/api/v1/vms/%s", vm_esc) < 0)
         goto out;
 
     if ((r = client_json(cl, "GET", vm_path, NULL, &vmj, NULL)) < 0) {
@@ -1007,8 +1067,11 @@ static int backup_run_cmd(int argc, char **argv)
     }
     if (!full && repo_backup_latest(repo, vm, &prev) < 0)
         prev = NULL;
+    delete_stale_snapshots(cl, repo, vm, vm_path, label);
 
-    if (asprintf(&snaps_path, "%s/snapshots?chunks=false", vm_path) < 0)
+    label_esc = client_escape(label);
+    if (!label_esc ||
+        asprintf(&snaps_path, "%s/snapshots?chunks=false&label=%s", vm_path, label_esc) < 0)
         goto out;
     if ((r = client_json(cl, "POST", snaps_path, NULL, &snapj, NULL)) < 0) {
         fprintf(stderr, "vmexport backup: VM %s: creating a snapshot: %s\n", vm, client_error(cl));
@@ -1257,7 +1320,9 @@ const struct cli_command cmd_backup = {
         "\n"
         "The new snapshot stays on the server as the base of the next backup; older snapshots\n"
         "this repository used as bases are deleted, keeping the newest N (--keep-snapshots,\n"
-        "default 1).\n"
+        "default 1).  Snapshots carry the label vmexport-backup:<repository ID>, so that\n"
+        "those of backups that were killed before they completed are deleted by the next\n"
+        "backup of the VM into the same repository; other snapshots are never touched.\n"
         "\n"
         "Options:\n" REPO_OPTIONS_HELP
         "  --full                  read every allocated chunk even if a base exists\n"

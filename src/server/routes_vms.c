@@ -283,6 +283,7 @@ static int write_snapshot(FILE *f, const struct snapshot *s, bool chunks, bool s
     jw_kv_str(f, &first, "created_at", s->created_at);
     jw_kv_str(f, &first, "parent_id", s->parent_id);
     jw_kv_str(f, &first, "status", s->status);
+    jw_kv_str(f, &first, "label", s->label);
     if (base)
         jw_kv_str(f, &first, "compared_to", base->id);
     jw_key(f, &first, "disks");
@@ -440,9 +441,16 @@ int route_snapshot_create(struct request *rq)
         vm_free(vm);
         return ret;
     }
+    const char *label = request_arg(rq, "label");
+    if (label && !snapshot_label_valid(label)) {
+        vm_free(vm);
+        return reply_error(rq, 400, "bad request",
+                           "label: 1 to %d characters of A-Z a-z 0-9 . _ : @ + = / -",
+                           SNAPSHOT_LABEL_MAX);
+    }
     char err[512] = "";
     struct snapshot *snap = NULL;
-    r = snapshot_create(rq->srv, p, vm, &snap, err, sizeof(err));
+    r = snapshot_create(rq->srv, p, vm, label, &snap, err, sizeof(err));
     vm_free(vm);
     if (r < 0)
         return reply_error(rq, r == -ENOSPC ? 507 : 500, "snapshot failed", "%s", err);

@@ -131,8 +131,12 @@ void disk_cache_clear(struct disk_cache *c);
 void disk_cache_free(struct disk_cache *c);
 
 /* snapshot.c */
-int snapshot_create(struct server *s, struct provider *p, const struct vm *vm,
+/* Snapshot every compatible disk of vm; label (NULL: none) is the client's, kept with it. */
+int snapshot_create(struct server *s, struct provider *p, const struct vm *vm, const char *label,
                     struct snapshot **out, char *err, size_t errlen);
+/* A snapshot label: 1 to SNAPSHOT_LABEL_MAX bytes of [A-Za-z0-9._:@+=/-]. */
+#define SNAPSHOT_LABEL_MAX 128
+bool snapshot_label_valid(const char *label);
 int snapshot_delete(struct server *s, struct snapshot *snap);
 int snapshot_recover(struct server *s);
 

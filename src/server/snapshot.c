@@ -157,7 +157,21 @@ static int run_hook(struct server *s, const char *cmd, const char *vm_id, const 
     return 0;
 }
 
-int snapshot_create(struct server *s, struct provider *p, const struct vm *vm,
+bool snapshot_label_valid(const char *label)
+{
+    size_t n = strnlen(label, SNAPSHOT_LABEL_MAX + 1);
+    if (n == 0 || n > SNAPSHOT_LABEL_MAX)
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        char c = label[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              strchr("._:@+=/-", c)))
+            return false;
+    }
+    return true;
+}
+
+int snapshot_create(struct server *s, struct provider *p, const struct vm *vm, const char *label,
                     struct snapshot **out, char *err, size_t errlen)
 {
     uint64_t t0 = now_us();
@@ -175,7 +189,9 @@ int snapshot_create(struct server *s, struct provider *p, const struct vm *vm,
     snap->provider = strdup(p->name);
     snap->created_at = clock_rfc3339_now();
     snap->status = strdup("creating");
-    if (!snap->id || !snap->vm_id || !snap->provider || !snap->created_at || !snap->status) {
+    snap->label = label ? strdup(label) : NULL;
+    if (!snap->id || !snap->vm_id || !snap->provider || !snap->created_at || !snap->status ||
+        (label && !snap->label)) {
         snapshot_free(snap);
         return -ENOMEM;
     }

@@ -9,7 +9,7 @@ source "$(dirname "$0")/lib.sh"
 require_root
 
 MIB=$((1 << 20))
-make_fs xfs 320 XFS || { not_ok "create xfs"; exit 1; }
+make_fs xfs 800 XFS || { not_ok "create xfs"; exit 1; }
 VMS=$XFS/vms
 mkdir -p "$VMS/vm1"
 # Two disks; the second restores after the first (disks are listed by name).
@@ -165,3 +165,74 @@ check "  the config carries a MAC again" jq -e '.mac | type == "string"' "$EREPO
 check "  and backups work" "$VMEXPORT" backup vm1 --repo "$EREPO" --passphrase-file "$WORK/pass"
 check_fails "repo upgrade with a wrong passphrase fails" \
     env VMEXPORT_PASSPHRASE=wrong "$VMEXPORT" repo upgrade "$EREPO"
+
+# ---------------------------------------------------------------------------------------------
+# Snapshots left on the server by killed backups are removed by the next backup of the VM
+# into the same repository; the user's own snapshots and other repositories' stay.
+mkdir -p "$VMS/big"
+# Big enough that a full backup over https with one connection is still running when its first
+# progress line appears (about 0.2 s in); compressible, so the repositories stay small.
+yes "vmexport stale snapshot test line" | head -c $((384 * MIB)) >"$VMS/big/big.img"
+sync
+KREPO=$WORK/krepo ORIG=$WORK/orepo
+check "repo init (this repository)" "$VMEXPORT" repo init "$KREPO"
+check "repo init (another repository)" "$VMEXPORT" repo init "$ORIG"
+LABEL="vmexport-backup:$(jq -r .id "$KREPO/config")"
+
+# snap_ids [LABEL]: IDs of the VM's snapshots (with that label; "-": without one), sorted.
+snap_ids() {
+    api GET "/api/v1/vms/big/snapshots?chunks=false" >/dev/null
+    case ${1:-} in
+        "") jq -r '.[].id' "$WORK/body" ;;
+        -) jq -r '.[] | select(.label == null) | .id' "$WORK/body" ;;
+        *) jq -r --arg l "$1" '.[] | select(.label == $l) | .id' "$WORK/body" ;;
+    esac | sort
+}
+# backup_snaps REPO: the snapshot IDs its backups of the VM were taken from.
+backup_snaps() { "$VMEXPORT" backups --repo "$1" big --json | jq -r '.[].snapshot' | sort -u; }
+
+expect_status 201 "a snapshot of the user's own (no label)" POST "/api/v1/vms/big/snapshots?chunks=false"
+USER_SNAP=$(jq -r .id "$WORK/body")
+check "  has label null" jq -e '.label == null' "$WORK/body"
+expect_status 400 "a label with a space is refused" POST "/api/v1/vms/big/snapshots?chunks=false&label=a%20b"
+check "  and no snapshot is taken" test "$(snap_ids | wc -l)" = 1
+
+check "backup into this repository" "$VMEXPORT" backup big --repo "$KREPO"
+check "backup into another repository" "$VMEXPORT" backup big --repo "$ORIG"
+S1=$(backup_snaps "$KREPO")
+OTHER_SNAP=$(backup_snaps "$ORIG")
+api GET "/api/v1/vms/big/snapshots/$S1?chunks=false" >/dev/null
+check "the backup's snapshot carries the repository's label" jq -e --arg l "$LABEL" '.label == $l' "$WORK/body"
+
+# Kill -9 a full backup once it is reading (its snapshot exists by then).
+snap_ids >"$WORK/snaps.before"
+"$VMEXPORT" backup big --repo "$KREPO" --full --jobs 1 --transport https --json >"$WORK/k.out" 2>"$WORK/k.err" &
+kpid=$!
+for _ in $(seq 1200); do
+    grep -q '"type":"progress"' "$WORK/k.out" 2>/dev/null && break
+    kill -0 $kpid 2>/dev/null || break
+    sleep 0.05
+done
+kill -9 $kpid 2>/dev/null
+wait $kpid 2>/dev/null
+killed_rc=$?
+check "the backup was killed while reading (exit 137)" test "$killed_rc" = 137
+comm -13 "$WORK/snaps.before" <(snap_ids) >"$WORK/stale"
+check "  it left a snapshot on the server" test "$(wc -l <"$WORK/stale")" = 1
+STALE=$(cat "$WORK/stale")
+check "  which carries this repository's label" grep -qx "$STALE" <(snap_ids "$LABEL")
+check "  and which no backup uses (only the completed one is listed)" \
+    test "$(backup_snaps "$KREPO")" = "$S1"
+
+check "the next backup (--keep-snapshots 2)" "$VMEXPORT" backup big --repo "$KREPO" --keep-snapshots 2
+ids=$(snap_ids)
+if ! grep -qx "$STALE" <<<"$ids"; then ok "  removed the stale snapshot"; else not_ok "  the stale snapshot $STALE is still there"; fi
+check "  kept the user's own snapshot" grep -qx "$USER_SNAP" <<<"$ids"
+check "  kept the other repository's snapshot" grep -qx "$OTHER_SNAP" <<<"$ids"
+check "  kept the previous backup's snapshot (within --keep-snapshots 2)" grep -qx "$S1" <<<"$ids"
+check "  and its own: 4 snapshots in all" test "$(wc -l <<<"$ids")" = 4
+check "a backup with --keep-snapshots 1" "$VMEXPORT" backup big --repo "$KREPO"
+ids=$(snap_ids)
+check "  keeps only its own of this repository's snapshots" test "$(snap_ids "$LABEL" | wc -l)" = 1
+check "  and the user's and the other repository's" \
+    test "$(grep -cxE "$USER_SNAP|$OTHER_SNAP" <<<"$ids")" = 2
