@@ -938,8 +938,7 @@ static void delete_stale_snapshots(struct client *cl, struct repo *repo, const c
     }
     size_t i;
     json_t *s;
-    json_array_foreach(snaps, i, s)
-    {
+    for (i = 0; i < json_array_size(snaps) && (s = json_array_get(snaps, i)); i++) {
         const char *sid = json_string_value(json_object_get(s, "id"));
         const char *sl = json_string_value(json_object_get(s, "label"));
         if (!sid || !sl || strcmp(sl, label))
