@@ -17,7 +17,21 @@ dd if=/dev/urandom of="$VMS/vm1/a.img" bs=1M count=4 status=none
 dd if=/dev/urandom of="$VMS/vm1/b.img" bs=1M count=12 status=none
 sync
 
+# The daemon starts on a catalog made before snapshots had labels (it adds the column).
+mkdir -p "$WORK/state"
+if command -v sqlite3 >/dev/null; then
+    sqlite3 "$WORK/state/catalog.db" "CREATE TABLE snapshots (seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL UNIQUE, vm_id TEXT NOT NULL, provider TEXT NOT NULL,
+        created_at TEXT NOT NULL, parent_id TEXT, status TEXT NOT NULL);
+        PRAGMA user_version=1;" && chmod 600 "$WORK/state/catalog.db"
+fi
 start_dir_daemon local "$VMS"
+if command -v sqlite3 >/dev/null; then
+    check "an older catalog gets the label column" \
+        grep -qx label <(sqlite3 "$WORK/state/catalog.db" "SELECT name FROM pragma_table_info('snapshots')")
+else
+    skip "an older catalog gets the label column: no sqlite3"
+fi
 export VMEXPORT_SERVER=$URL VMEXPORT_USER=admin VMEXPORT_PASSWORD=secret
 export VMEXPORT_CACERT=$WORK/certs/ca.crt
 export XDG_CACHE_HOME=$WORK/cache
