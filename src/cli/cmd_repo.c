@@ -13,6 +13,7 @@
 #include <inttypes.h>
 #include <jansson.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -1599,6 +1600,56 @@ static int restore_stage(struct repo *repo, const struct backup *b, struct stage
     return ret;
 }
 
+/* While disks are staged, SIGINT, SIGTERM and SIGHUP remove the staged files (and the
+ * directory the restore made) before the process dies of the signal as it would have; the
+ * moves into place run with those signals blocked, so that they complete or are undone. */
+static const int restore_signals[] = {SIGINT, SIGTERM, SIGHUP};
+static struct staged_disk *volatile restore_sig_staged;
+static volatile size_t restore_sig_n;
+static const char *volatile restore_sig_dir; /* made by this restore, or NULL */
+static struct sigaction restore_sig_saved[ARRAY_SIZE(restore_signals)];
+
+static void restore_on_signal(int sig)
+{
+    struct staged_disk *s = restore_sig_staged;
+    for (size_t i = 0; s && i < restore_sig_n; i++)
+        if (s[i].tmp && s[i].placed == STAGED)
+            unlink(s[i].tmp);
+    if (restore_sig_dir)
+        rmdir(restore_sig_dir);
+    struct sigaction dfl = {.sa_handler = SIG_DFL};
+    sigaction(sig, &dfl, NULL);
+    raise(sig);
+}
+
+static void restore_signals_arm(struct staged_disk *s, size_t n)
+{
+    restore_sig_n = n;
+    restore_sig_staged = s;
+    struct sigaction sa = {.sa_handler = restore_on_signal};
+    sigemptyset(&sa.sa_mask);
+    for (size_t i = 0; i < ARRAY_SIZE(restore_signals); i++)
+        sigaction(restore_signals[i], &sa, &restore_sig_saved[i]);
+}
+
+static void restore_signals_disarm(void)
+{
+    for (size_t i = 0; i < ARRAY_SIZE(restore_signals); i++)
+        sigaction(restore_signals[i], &restore_sig_saved[i], NULL);
+    restore_sig_staged = NULL;
+    restore_sig_dir = NULL;
+}
+
+/* Block (or unblock) the restore's signals in the calling thread. */
+static void restore_signals_block(bool block)
+{
+    sigset_t set;
+    sigemptyset(&set);
+    for (size_t i = 0; i < ARRAY_SIZE(restore_signals); i++)
+        sigaddset(&set, restore_signals[i]);
+    pthread_sigmask(block ? SIG_BLOCK : SIG_UNBLOCK, &set, NULL);
+}
+
 /* fsync the directory holding path, so that the renames into it are durable. */
 static void dir_sync_of(const char *path)
 {
@@ -1797,19 +1848,25 @@ static int restore_run_cmd(int argc, char **argv)
             goto out;
         }
     }
+    restore_signals_arm(staged, nstaged);
+    staging = true;
     if (to_dir) {
-        if (mkdir(to, 0755) == 0)
+        if (mkdir(to, 0755) == 0) {
             made_dir = true;
-        else if (errno != EEXIST) {
+            restore_sig_dir = to;
+        } else if (errno != EEXIST) {
             fprintf(stderr, "vmexport restore: %s: %s\n", to, strerror(errno));
             goto out;
         }
     }
-    staging = true;
     for (size_t i = 0; i < nstaged; i++)
         if (restore_stage(repo, b, &staged[i], o.jobs, o.json) != EXIT_OK)
             goto out;
-    if (restore_commit(staged, nstaged, force) != EXIT_OK)
+    restore_signals_block(true);
+    r = restore_commit(staged, nstaged, force);
+    restore_sig_dir = NULL; /* the disks are in place, or the caller removes what is left */
+    restore_signals_block(false);
+    if (r != EXIT_OK)
         goto out;
     for (size_t i = 0; i < nstaged; i++) {
         free(staged[i].tmp);
@@ -1826,6 +1883,8 @@ static int restore_run_cmd(int argc, char **argv)
     }
     ret = EXIT_OK;
 out:
+    if (staging)
+        restore_signals_disarm();
     if (staged) {
         for (size_t i = 0; i < nstaged; i++) {
             if (staged[i].tmp && staged[i].placed == STAGED)

@@ -250,3 +250,19 @@ ids=$(snap_ids)
 check "  keeps only its own of this repository's snapshots" test "$(snap_ids "$LABEL" | wc -l)" = 1
 check "  and the user's and the other repository's" \
     test "$(grep -cxE "$USER_SNAP|$OTHER_SNAP" <<<"$ids")" = 2
+
+# An interrupted restore (SIGTERM while a disk is written) leaves nothing either.
+BIG_BID=$("$VMEXPORT" backups --repo "$KREPO" big --json | jq -r '.[-1].id')
+mkdir "$WORK/sigdest"
+"$VMEXPORT" restore --repo "$KREPO" "$BIG_BID" --to "$WORK/sigdest" --jobs 1 >/dev/null 2>&1 &
+rpid=$!
+for _ in $(seq 1200); do
+    compgen -G "$WORK/sigdest/*.vxrestore.tmp.*" >/dev/null && break
+    kill -0 $rpid 2>/dev/null || break
+    sleep 0.05
+done
+kill -TERM $rpid 2>/dev/null
+wait $rpid
+rc=$?
+check "a restore stopped with SIGTERM while writing dies of it (exit 143)" test $rc = 143
+check "  and leaves nothing in the destination directory" test -z "$(ls -A "$WORK/sigdest")"
