@@ -99,6 +99,8 @@ int repo_chunk_put(struct repo *r, const struct chunk_id *id, const void *data, 
     char dir[CHUNK_DIR_LEN], name[CHUNK_NAME_LEN], ident[CHUNK_IDENT_LEN];
     bool created = false;
 
+    if (repo_check_writable(r, NULL, 0) < 0)
+        return -EPERM;
     if (stored)
         *stored = false;
     if (bytes_written)
@@ -280,8 +282,10 @@ struct chunk_batch {
 
 int repo_chunk_batch_new(struct repo *r, struct chunk_batch **out)
 {
-    struct chunk_batch *b = calloc(1, sizeof(*b));
     *out = NULL;
+    if (repo_check_writable(r, NULL, 0) < 0)
+        return -EPERM;
+    struct chunk_batch *b = calloc(1, sizeof(*b));
     if (!b)
         return -ENOMEM;
     b->r = r;

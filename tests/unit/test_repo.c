@@ -608,6 +608,12 @@ static void test_config_legacy_unsealed(void **state)
     assert_int_equal(repo_backup_begin(f->r, "vm", 100, 0, &w, err, sizeof(err)), -EPERM);
     assert_null(w);
     CHECK(strstr(err, "carries no MAC") && strstr(err, "vmexport repo upgrade"), "err: %s", err);
+    uint8_t data[SMALL] = {1};
+    struct chunk_id id2;
+    repo_chunk_id(f->r, data, sizeof(data), &id2);
+    assert_int_equal(repo_chunk_put(f->r, &id2, data, sizeof(data), NULL, NULL), -EPERM);
+    struct chunk_batch *batch = NULL;
+    assert_int_equal(repo_chunk_batch_new(f->r, &batch), -EPERM);
     assert_int_equal(repo_gc(f->r, false, NULL, err, sizeof(err)), -EPERM);
     assert_int_equal(repo_gc(f->r, true, NULL, err, sizeof(err)), 0); /* dry run: reads only */
     struct prune_policy keep1 = {.keep_last = 1};
