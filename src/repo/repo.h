@@ -1,8 +1,8 @@
 /* The backup repository: content-addressed chunks and per-backup manifests in a directory.
  *
  *   PATH/config                  repository parameters (JSON, plain): format version, chunk
- *                                size, compression, and when encrypted the scrypt parameters
- *                                and the wrapped keys
+ *                                size, compression, and when encrypted the scrypt parameters,
+ *                                the wrapped keys and a MAC of the whole config
  *   PATH/chunks/ab/<id hex>      one chunk in a container (zstd, optionally AES-256-GCM)
  *   PATH/backups/<vm>/<backup id>/disk-<n>.manifest   offset -> chunk id or zero (container)
  *   PATH/backups/<vm>/<backup id>/backup.json         the backup's metadata (container);
