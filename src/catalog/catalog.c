@@ -6,16 +6,22 @@
 #include "catalog.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
 #include <pthread.h>
 #include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "core/log.h"
 
 /* Schema version stored in PRAGMA user_version; bump with a migration when the schema changes. */
 #define CATALOG_SCHEMA_VERSION 1
+/* The catalog records transfer IDs, which are credentials. */
+#define CATALOG_FILE_MODE 0600
 /* How long a statement waits for another process holding the database (sqlite3 CLI, backup). */
 #define CATALOG_BUSY_TIMEOUT_MS 5000
 
@@ -119,8 +125,41 @@ static int exec_locked(struct catalog *c, const char *sql)
     return sqlite_errno(rc);
 }
 
+/* The catalog and its journals (SQLite gives them the database file's mode) are private to the
+ * daemon: make the file with mode CATALOG_FILE_MODE before SQLite does, and take group and
+ * other access away from one an earlier version left. */
+static int catalog_file_private(const char *db_file)
+{
+    static const char *const suffixes[] = {"", "-wal", "-shm", "-journal"};
+    for (size_t i = 0; i < sizeof(suffixes) / sizeof(suffixes[0]); i++) {
+        char path[PATH_MAX];
+        if (snprintf(path, sizeof(path), "%s%s", db_file, suffixes[i]) >= (int)sizeof(path))
+            return -ENAMETOOLONG;
+        int flags = O_RDONLY | O_NOFOLLOW | O_CLOEXEC | (i == 0 ? O_CREAT : 0);
+        int fd = open(path, flags, CATALOG_FILE_MODE);
+        if (fd < 0) {
+            if (errno == ENOENT && i > 0)
+                continue;
+            return -errno;
+        }
+        struct stat st;
+        int r = fstat(fd, &st) < 0 ? -errno : 0;
+        if (r == 0 && (st.st_mode & 077) && fchmod(fd, st.st_mode & 0700) < 0)
+            r = -errno;
+        close(fd);
+        if (r < 0)
+            return r;
+    }
+    return 0;
+}
+
 int catalog_open(struct catalog **out, const char *db_file, char *err, size_t errlen)
 {
+    int fr = catalog_file_private(db_file);
+    if (fr < 0) {
+        snprintf(err, errlen, "%s: %s", db_file, strerror(-fr));
+        return fr;
+    }
     struct catalog *c = calloc(1, sizeof(*c));
     if (!c)
         return -ENOMEM;

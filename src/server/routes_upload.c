@@ -23,6 +23,7 @@
 
 #include "core/log.h"
 #include "server/upload.h"
+#include "server/upload_range.h"
 #include "server/server.h"
 
 /* What OPTIONS announces, as ovirt-imageio does. */
@@ -94,7 +95,8 @@ static struct transfer *transfer_lookup(struct request *rq, int *ret)
 }
 
 /* A claim of [offset, offset + length) refused by upload_write_begin. */
-static int reply_claim_refused(struct request *rq, int r, uint64_t offset, uint64_t length)
+static int reply_claim_refused(struct request *rq, const struct transfer *t, int r, uint64_t offset,
+                               uint64_t length)
 {
     uint64_t last = offset + length - 1;
     switch (-r) {
@@ -108,45 +110,12 @@ static int reply_claim_refused(struct request *rq, int r, uint64_t offset, uint6
                            uploads_max_writers(rq->srv->uploads));
     case EALREADY:
         return reply_error(rq, 409, "conflict", "transfer '%s' is being finalized", rq->segs[1]);
+    case ERANGE:
+        return reply_out_of_range(
+            rq, t->size, "bytes %" PRIu64 "-%" PRIu64 " are not inside the disk", offset, last);
     default:
         return reply_no_transfer(rq);
     }
-}
-
-/* An unsigned decimal with no sign, space or overflow; advances *s. */
-static bool parse_u64(const char **s, uint64_t *out)
-{
-    const char *p = *s;
-    uint64_t v = 0;
-    if (*p < '0' || *p > '9')
-        return false;
-    for (; *p >= '0' && *p <= '9'; p++) {
-        unsigned d = (unsigned)(*p - '0');
-        if (v > (UINT64_MAX - d) / 10)
-            return false;
-        v = v * 10 + d;
-    }
-    *s = p;
-    *out = v;
-    return true;
-}
-
-/* "bytes FIRST-LAST/TOTAL", TOTAL a number or "*" (*total UINT64_MAX). */
-static bool parse_content_range(const char *v, uint64_t *first, uint64_t *last, uint64_t *total)
-{
-    static const char unit[] = "bytes ";
-    if (strncasecmp(v, unit, sizeof(unit) - 1))
-        return false;
-    const char *p = v + sizeof(unit) - 1;
-    while (*p == ' ')
-        p++;
-    if (!parse_u64(&p, first) || *p++ != '-' || !parse_u64(&p, last) || *p++ != '/')
-        return false;
-    if (p[0] == '*' && p[1] == '\0') {
-        *total = UINT64_MAX;
-        return true;
-    }
-    return parse_u64(&p, total) && *p == '\0' && *first <= *last;
 }
 
 /* imageio's "flush" query parameter (y/n), and the API's booleans. */
@@ -275,12 +244,10 @@ int route_upload_create(struct request *rq)
 
 struct put_ctx {
     struct transfer *t;
-    int slot;          /* claimed range, or -1 */
-    uint64_t offset;   /* where the body goes */
-    uint64_t length;   /* bytes claimed */
-    uint64_t received; /* bytes of the body written so far */
-    uint64_t wb_done;  /* bytes of the body whose writeback is started (upload_writeback) */
-    bool exact;        /* the body must fill the claimed range (Content-Range given) */
+    int slot;                  /* claimed range, or -1 */
+    struct upload_range range; /* where the body goes; claimed when not empty */
+    uint64_t received;         /* bytes of the body written so far */
+    uint64_t wb_done;          /* bytes of the body whose writeback is started (upload_writeback) */
     bool flush;
 };
 
@@ -306,7 +273,7 @@ static int put_writeback(struct request *rq)
     struct put_ctx *c = rq->ctx;
     if (c->received == c->wb_done)
         return 0;
-    int r = upload_writeback(rq->srv->uploads, c->t, c->slot, c->offset + c->wb_done,
+    int r = upload_writeback(rq->srv->uploads, c->t, c->slot, c->range.offset + c->wb_done,
                              c->received - c->wb_done);
     if (r == 0)
         c->wb_done = c->received;
@@ -324,17 +291,18 @@ static int reply_writeback_failed(struct request *rq, int r)
 static void put_body_write(struct request *rq, const char *data, size_t len)
 {
     struct put_ctx *c = rq->ctx;
-    if (len > c->length - c->received) {
+    /* Nothing of a piece that would reach past the range is written. */
+    if (!upload_range_fits(&c->range, c->received, len)) {
         reply_out_of_range(rq, c->t->size,
                            "the body is longer than the %" PRIu64 " bytes of its range at %" PRIu64,
-                           c->length, c->offset);
+                           c->range.length, c->range.offset);
         return;
     }
-    int r = upload_pwrite(c->t, data, len, c->offset + c->received);
+    int r = upload_pwrite(c->t, data, len, c->range.offset + c->received);
     if (r < 0) {
         char err[512];
         snprintf(err, sizeof(err), "writing %s at %" PRIu64 ": %s", c->t->partial_path,
-                 c->offset + c->received, strerror(-r));
+                 c->range.offset + c->received, strerror(-r));
         reply_failure(rq, r, err);
         return;
     }
@@ -359,55 +327,19 @@ int route_transfer_put_begin(struct request *rq)
     if (!arg_flush(rq, &c->flush))
         return reply_error(rq, 400, "bad request", "flush takes y or n");
 
-    const char *cl = request_header(rq, MHD_HTTP_HEADER_CONTENT_LENGTH);
     const char *te = request_header(rq, MHD_HTTP_HEADER_TRANSFER_ENCODING);
-    uint64_t body_len = 0;
-    bool chunked = te && strcasestr(te, "chunked");
-    if (cl && !parse_u64(&cl, &body_len))
-        return reply_error(rq, 400, "bad request", "malformed Content-Length");
-    bool known = !chunked; /* without Content-Length nor chunks, the body is empty */
-
-    const char *cr = request_header(rq, MHD_HTTP_HEADER_CONTENT_RANGE);
-    if (cr) {
-        uint64_t first, last, total;
-        if (!parse_content_range(cr, &first, &last, &total))
-            return reply_error(rq, 400, "bad request",
-                               "Content-Range must be 'bytes FIRST-LAST/SIZE' or "
-                               "'bytes FIRST-LAST/*'");
-        if (total != UINT64_MAX && total != size)
-            return reply_out_of_range(
-                rq, size, "Content-Range is for %" PRIu64 " bytes; the disk has %" PRIu64, total,
-                size);
-        if (last >= size)
-            return reply_out_of_range(
-                rq, size, "bytes %" PRIu64 "-%" PRIu64 " end beyond the disk's %" PRIu64, first,
-                last, size);
-        c->offset = first;
-        c->length = last - first + 1;
-        c->exact = true;
-        if (known && body_len > c->length)
-            return reply_out_of_range(rq, size,
-                                      "the body of %" PRIu64 " bytes is longer than its range of "
-                                      "%" PRIu64,
-                                      body_len, c->length);
-        if (known && body_len < c->length)
-            return reply_error(rq, 400, "bad request",
-                               "the body of %" PRIu64
-                               " bytes is shorter than its range of %" PRIu64,
-                               body_len, c->length);
-    } else {
-        /* imageio: without Content-Range, the body goes at offset 0. */
-        if (known && body_len > size)
-            return reply_out_of_range(rq, size,
-                                      "the body of %" PRIu64 " bytes is longer than the disk's "
-                                      "%" PRIu64,
-                                      body_len, size);
-        c->length = known ? body_len : size;
-    }
-    if (c->length > 0) {
-        int r = upload_write_begin(rq->srv->uploads, c->t, c->offset, c->length, &c->slot);
+    char err[512];
+    int r = upload_range_parse(request_header(rq, MHD_HTTP_HEADER_CONTENT_RANGE),
+                               request_header(rq, MHD_HTTP_HEADER_CONTENT_LENGTH),
+                               te && strcasestr(te, "chunked"), size, &c->range, err, sizeof(err));
+    if (r == -ERANGE)
+        return reply_out_of_range(rq, size, "%s", err);
+    if (r < 0)
+        return reply_error(rq, 400, "bad request", "%s", err);
+    if (c->range.length > 0) {
+        r = upload_write_begin(rq->srv->uploads, c->t, c->range.offset, c->range.length, &c->slot);
         if (r < 0)
-            return reply_claim_refused(rq, r, c->offset, c->length);
+            return reply_claim_refused(rq, c->t, r, c->range.offset, c->range.length);
     }
     rq->body_write = put_body_write;
     return MHD_YES;
@@ -416,10 +348,10 @@ int route_transfer_put_begin(struct request *rq)
 int route_transfer_put(struct request *rq)
 {
     struct put_ctx *c = rq->ctx;
-    if (c->exact && c->received < c->length)
+    if (c->range.exact && c->received < c->range.length)
         return reply_error(rq, 400, "bad request",
                            "the body of %" PRIu64 " bytes is shorter than its range of %" PRIu64,
-                           c->received, c->length);
+                           c->received, c->range.length);
     if (upload_is_gone(rq->srv->uploads, c->t))
         return reply_error(rq, 404, "not found", "transfer '%s' was cancelled during the write",
                            rq->segs[1]);
@@ -456,7 +388,7 @@ static int patch_zero(struct request *rq, struct transfer *t, json_t *body)
     int slot;
     int r = upload_write_begin(rq->srv->uploads, t, (uint64_t)offset, (uint64_t)size, &slot);
     if (r < 0)
-        return reply_claim_refused(rq, r, (uint64_t)offset, (uint64_t)size);
+        return reply_claim_refused(rq, t, r, (uint64_t)offset, (uint64_t)size);
     r = upload_zero(t, (uint64_t)offset, (uint64_t)size);
     if (r == 0 && flush)
         r = upload_flush(t);
