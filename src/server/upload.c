@@ -112,6 +112,7 @@ static void transfer_free(struct transfer *t)
     free(t->provider);
     free(t->vm_id);
     free(t->disk);
+    free(t->snapshot);
     free(t->partial_path);
     free(t->final_path);
     free(t->writers);
@@ -130,9 +131,15 @@ static void list_remove(struct uploads *u, struct transfer *t)
     }
 }
 
-/* Remove the partial file of a transfer that left the list, and its catalog record. */
+/* Remove the partial file of a transfer that left the list, and its catalog record (uploads);
+ * log the end of the transfer. */
 static void transfer_discard(struct uploads *u, struct transfer *t, const char *why)
 {
+    if (t->direction == TRANSFER_DOWNLOAD) {
+        log_info("download " LOG_ID " of VM %s snapshot %s disk %s %s", LOG_ID_ARG(t->id), t->vm_id,
+                 t->snapshot, t->disk, why);
+        return;
+    }
     if (unlink(t->partial_path) < 0 && errno != ENOENT)
         log_error("upload " LOG_ID " of VM %s disk %s: removing %s: %s", LOG_ID_ARG(t->id),
                   t->vm_id, t->disk, t->partial_path, strerror(errno));
@@ -289,12 +296,12 @@ void uploads_close(struct uploads *u)
         struct transfer *t = u->list;
         u->list = t->next;
         t->state = TRANSFER_GONE;
-        if (t->partial_path)
+        if (t->partial_path || t->direction == TRANSFER_DOWNLOAD)
             transfer_discard(u, t, "cancelled by the daemon's stop");
         if (t->refs == 0)
             transfer_free(t);
         else
-            log_warn("upload " LOG_ID ": still referenced at stop; not freed", LOG_ID_ARG(t->id));
+            log_warn("transfer " LOG_ID ": still referenced at stop; not freed", LOG_ID_ARG(t->id));
     }
     pthread_cond_destroy(&u->wake);
     pthread_mutex_destroy(&u->lock);
@@ -309,7 +316,7 @@ unsigned uploads_max_writers(const struct uploads *u)
 /* ---- transfers ---- */
 
 /* Reserve a place in the list for t (state CREATING), unless the same disk is being uploaded
- * already or too many transfers are open. */
+ * already (uploads) or too many transfers are open. */
 static int transfer_reserve(struct uploads *u, struct transfer *t, char *err, size_t errlen)
 {
     int r = 0;
@@ -317,7 +324,8 @@ static int transfer_reserve(struct uploads *u, struct transfer *t, char *err, si
     pthread_mutex_lock(&u->lock);
     for (struct transfer *o = u->list; o; o = o->next) {
         n++;
-        if (!strcmp(o->provider, t->provider) && !strcmp(o->vm_id, t->vm_id) &&
+        if (t->direction == TRANSFER_UPLOAD && o->direction == TRANSFER_UPLOAD &&
+            !strcmp(o->provider, t->provider) && !strcmp(o->vm_id, t->vm_id) &&
             !strcmp(o->disk, t->disk)) {
             /* The other transfer's ID is its client's secret: not told here. */
             snprintf(err, errlen, "an upload of disk '%s' of VM '%s' is already in progress",
@@ -327,7 +335,7 @@ static int transfer_reserve(struct uploads *u, struct transfer *t, char *err, si
         }
     }
     if (r == 0 && n >= UPLOAD_MAX_TRANSFERS) {
-        snprintf(err, errlen, "too many uploads in progress (%d); finish or cancel some",
+        snprintf(err, errlen, "too many transfers in progress (%d); finish or cancel some",
                  UPLOAD_MAX_TRANSFERS);
         r = -EMFILE;
     }
@@ -458,6 +466,45 @@ int upload_create(struct uploads *u, struct provider *p, const char *vm_id, cons
     return 0;
 }
 
+int download_create(struct uploads *u, const char *provider, const char *vm_id, const char *snap_id,
+                    const char *disk, uint64_t size, struct transfer **out, char *err,
+                    size_t errlen)
+{
+    struct transfer *t = calloc(1, sizeof(*t));
+    if (!t)
+        return -ENOMEM;
+    t->direction = TRANSFER_DOWNLOAD;
+    t->fd = -1;
+    t->size = size;
+    t->provider = strdup(provider);
+    t->vm_id = strdup(vm_id);
+    t->snapshot = strdup(snap_id);
+    t->disk = strdup(disk);
+    if (!t->provider || !t->vm_id || !t->snapshot || !t->disk) {
+        transfer_free(t);
+        return -ENOMEM;
+    }
+    int r = transfer_id_new(t->id);
+    if (r < 0) {
+        snprintf(err, errlen, "no random numbers for a transfer ID");
+        transfer_free(t);
+        return r;
+    }
+    if ((r = transfer_reserve(u, t, err, errlen)) < 0) {
+        transfer_free(t);
+        return r;
+    }
+    pthread_mutex_lock(&u->lock);
+    t->state = TRANSFER_ACTIVE;
+    t->refs = 1;
+    t->last_used_ms = now_ms();
+    pthread_mutex_unlock(&u->lock);
+    log_info("download " LOG_ID " of VM %s snapshot %s disk %s (%llu bytes) started",
+             LOG_ID_ARG(t->id), t->vm_id, t->snapshot, t->disk, (unsigned long long)t->size);
+    *out = t;
+    return 0;
+}
+
 struct transfer *upload_get(struct uploads *u, const char *id)
 {
     if (strlen(id) != UPLOAD_ID_LEN)
@@ -501,6 +548,8 @@ bool upload_is_gone(struct uploads *u, struct transfer *t)
 int upload_write_begin(struct uploads *u, struct transfer *t, uint64_t offset, uint64_t length,
                        int *slot)
 {
+    if (t->direction != TRANSFER_UPLOAD)
+        return -EBADF;
     if (length == 0 || offset >= t->size || length > t->size - offset)
         return -ERANGE;
     uint64_t end = offset + length;
@@ -630,6 +679,10 @@ static void transfer_reactivate(struct uploads *u, struct transfer *t)
 int upload_finalize(struct uploads *u, struct transfer *t, char *err, size_t errlen)
 {
     int r = 0;
+    if (t->direction != TRANSFER_UPLOAD) {
+        snprintf(err, errlen, "a download has nothing to finalize");
+        return -EBADF;
+    }
     pthread_mutex_lock(&u->lock);
     if (t->state == TRANSFER_FINALIZING) {
         r = -EALREADY;

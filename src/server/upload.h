@@ -1,5 +1,6 @@
-/* The registry of uploads of new disks (restore to a host): the transfers in progress, their
- * partial files, and the writers working in them.
+/* The registry of transfers: uploads of new disks (restore to a host), with their partial files
+ * and the writers working in them, and downloads of snapshot disks (imageio-style read tickets,
+ * for clients that cannot send a bearer token).
  *
  * A transfer is made by POST /api/v1/vms/{vm}/uploads and lives until it is finalized (its
  * partial file renamed to the disk), cancelled, or left without requests for [upload]
@@ -7,7 +8,9 @@
  * before its partial file exists until after it is gone, so that the next start removes what a
  * crash left (uploads_open).  Partial files are named by a digest of the ID, never the ID, in the
  * provider's private staging directory (provider.h).  Writers of one transfer run in parallel on
- * disjoint ranges; one whose range overlaps another's in flight is refused.  All functions are
+ * disjoint ranges; one whose range overlaps another's in flight is refused.  A download is made
+ * by POST /api/v1/vms/{vm}/downloads, names a snapshot's disk, has no file of its own and is not
+ * recorded in the catalog; it ends when cancelled or idle, as an upload.  All functions are
  * thread-safe.
  */
 #ifndef VMEXPORT_SERVER_UPLOAD_H
@@ -28,6 +31,11 @@ struct uploads;
 /* IDs are credentials: logs show only their first characters, enough to tell them apart. */
 #define UPLOAD_ID_LOGGED 8
 
+enum transfer_direction {
+    TRANSFER_UPLOAD,   /* writes a new disk */
+    TRANSFER_DOWNLOAD, /* reads a snapshot's disk */
+};
+
 enum transfer_state {
     TRANSFER_CREATING,   /* reserved while its file is made; not found by upload_get */
     TRANSFER_ACTIVE,     /* accepting writes */
@@ -47,10 +55,12 @@ struct transfer_writer {
 struct transfer {
     /* Fixed once created: read freely while holding a reference. */
     char id[UPLOAD_ID_LEN + 1];
+    enum transfer_direction direction;
     char *provider; /* instance name */
     char *vm_id;
     char *disk;
-    char *partial_path;
+    char *snapshot;     /* downloads: the snapshot whose disk is read */
+    char *partial_path; /* uploads only, as final_path, fd and the writers */
     char *final_path;
     uint64_t size;
     int fd; /* the partial file, read-write */
@@ -82,6 +92,12 @@ unsigned uploads_max_writers(const struct uploads *u);
  * -EFBIG size too large for the filesystem, others from the filesystem or the catalog. */
 int upload_create(struct uploads *u, struct provider *p, const char *vm_id, const char *disk,
                   uint64_t size, struct transfer **out, char *err, size_t errlen);
+/* A new download of disk `disk` (size bytes) of snapshot snap_id of VM vm_id, which the
+ * caller found ready.  *out holds a reference (upload_put).  -EMFILE too many transfers. */
+int download_create(struct uploads *u, const char *provider, const char *vm_id, const char *snap_id,
+                    const char *disk, uint64_t size, struct transfer **out, char *err,
+                    size_t errlen);
+
 /* The transfer with this ID, with a reference, or NULL (unknown, finished or expired).  Each
  * call counts as activity for the idle timeout. */
 struct transfer *upload_get(struct uploads *u, const char *id);
@@ -115,7 +131,8 @@ int upload_writeback(struct uploads *u, struct transfer *t, int slot, uint64_t o
  * appeared meanwhile (the transfer stays: cancel it), -EALREADY already finalizing, -ENOENT
  * gone. */
 int upload_finalize(struct uploads *u, struct transfer *t, char *err, size_t errlen);
-/* Remove the partial file and forget the transfer.  -EALREADY while finalizing, -ENOENT gone. */
+/* Remove the partial file (of an upload) and forget the transfer.  -EALREADY while finalizing,
+ * -ENOENT gone. */
 int upload_cancel(struct uploads *u, struct transfer *t);
 
 #endif
