@@ -138,6 +138,12 @@ expect_status 204 "delete the snapshot" DELETE "/api/v1/vms/web01/snapshots/$SNA
 expect_status 404 "GET of a download whose snapshot was deleted is 404" GET "/images/$ID"
 expect_status 404 "and its extents" GET "/images/$ID/extents"
 
+# A download open at the stop: the daemon stops cleanly (under ASan: without a leak).
+expect_status 201 "another snapshot" POST /api/v1/vms/web01/snapshots
+new_download "$(jq -r .id "$WORK/body")" root.img && ok "a download left open" || not_ok "download left open"
+stop_daemon
+check "the daemon stops cleanly with a download open" test $? -eq 0
+check "and logs its end" grep -q "download ${ID:0:8} .*cancelled by the daemon's stop" "$WORK/daemon.log"
 leaked=""
 for id in "${IDS[@]}"; do grep -qF "$id" "$WORK/daemon.log" && leaked="$leaked $id"; done
 check "the log holds none of the ${#IDS[@]} whole transfer IDs" test -z "$leaked"
