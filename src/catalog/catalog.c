@@ -127,7 +127,7 @@ static int exec_locked(struct catalog *c, const char *sql)
 
 /* The catalog and its journals (SQLite gives them the database file's mode) are private to the
  * daemon: make the file with mode CATALOG_FILE_MODE before SQLite does, and take group and
- * other access away from one an earlier version left. */
+ * other access away from files an earlier version left (a warning when that fails). */
 static int catalog_file_private(const char *db_file)
 {
     static const char *const suffixes[] = {"", "-wal", "-shm", "-journal"};
@@ -135,20 +135,17 @@ static int catalog_file_private(const char *db_file)
         char path[PATH_MAX];
         if (snprintf(path, sizeof(path), "%s%s", db_file, suffixes[i]) >= (int)sizeof(path))
             return -ENAMETOOLONG;
-        int flags = O_RDONLY | O_NOFOLLOW | O_CLOEXEC | (i == 0 ? O_CREAT : 0);
-        int fd = open(path, flags, CATALOG_FILE_MODE);
+        int fd = open(path, O_RDONLY | O_CLOEXEC | (i == 0 ? O_CREAT : 0), CATALOG_FILE_MODE);
         if (fd < 0) {
             if (errno == ENOENT && i > 0)
                 continue;
             return -errno;
         }
         struct stat st;
-        int r = fstat(fd, &st) < 0 ? -errno : 0;
-        if (r == 0 && (st.st_mode & 077) && fchmod(fd, st.st_mode & 0700) < 0)
-            r = -errno;
+        if (fstat(fd, &st) == 0 && (st.st_mode & 077) && fchmod(fd, st.st_mode & 0700) < 0)
+            log_warn("catalog: %s is mode %04o and cannot be made private: %s", path,
+                     (unsigned)(st.st_mode & 07777), strerror(errno));
         close(fd);
-        if (r < 0)
-            return r;
     }
     return 0;
 }
