@@ -179,7 +179,8 @@ static int uploads_recover(struct uploads *u)
     for (size_t i = 0; r == 0 && i < l.len; i++) {
         const struct upload_record *rec = &l.ptr[i];
         /* A damaged catalog must not make the daemon delete some other file: partial files
-         * are always named after their upload. */
+         * are always named after their upload.  (An old-style name holds the ID of a transfer
+         * the restart ended: logging it gives away no credential.) */
         if (!is_partial_of(rec->partial_path, rec->id)) {
             log_error("upload " LOG_ID ": recorded partial file %s is not named after the "
                       "upload; left alone",
@@ -742,6 +743,11 @@ int upload_finalize(struct uploads *u, struct transfer *t, char *err, size_t err
     if (e < 0)
         log_warn("upload " LOG_ID ": syncing the directory of %s: %s", LOG_ID_ARG(t->id),
                  t->final_path, strerror(-e));
+    /* The staging directory too: its partial file must not come back after a crash, when the
+     * catalog no longer knows of it. */
+    if ((e = fsync_parent(t->partial_path)) < 0)
+        log_warn("upload " LOG_ID ": syncing the directory of %s: %s", LOG_ID_ARG(t->id),
+                 t->partial_path, strerror(-e));
     e = catalog_upload_remove(u->srv->catalog, t->id);
     if (e < 0 && e != -ENOENT)
         log_error("upload " LOG_ID ": removing its catalog record: %s (removed at the next start)",

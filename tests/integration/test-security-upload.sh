@@ -183,6 +183,12 @@ VICTIM_ID=0123456789abcdef0123456789abcdef
 echo "precious" >"$VMS/web01/notes-$VICTIM_ID.txt"
 sqlite3 "$STATE/catalog.db" "INSERT INTO uploads VALUES ('$VICTIM_ID', 'web01', 'x.img',
     '$VMS/web01/notes-$VICTIM_ID.txt', '$VMS/web01/x.img', 1, '2026-01-01T00:00:00Z')"
+# A partial file of an earlier version (named after the ID, in the VM directory) is removed.
+LEGACY_ID=fedcba9876543210fedcba9876543210
+LEGACY=$VMS/web01/.vmexport-upload-$LEGACY_ID.partial
+echo "half an upload" >"$LEGACY"
+sqlite3 "$STATE/catalog.db" "INSERT INTO uploads VALUES ('$LEGACY_ID', 'web01', 'y.img',
+    '$LEGACY', '$VMS/web01/y.img', 1, '2026-01-01T00:00:00Z')"
 chmod 644 "$STATE/catalog.db" # as an earlier version left it
 umask 000
 start_daemon "$CONF" "$PORT" && ok "daemon restarts with umask 000" || { not_ok "restart"; exit 1; }
@@ -190,6 +196,8 @@ umask 022
 check "a catalog left readable by others is made 0600 at the start" test "$(stat -c %a "$STATE/catalog.db")" = 600
 check "the file named in the damaged record is left alone" grep -qx precious "$VMS/web01/notes-$VICTIM_ID.txt"
 check "and the refusal is logged" grep -q "recorded partial file .*notes-.* is not named after the upload; left alone" "$WORK/daemon.log"
+check "an earlier version's partial file is removed" test ! -e "$LEGACY"
+check "no upload is recorded any more" test "$(sqlite3 "$STATE/catalog.db" 'SELECT count(*) FROM uploads')" = 0
 login admin secret || not_ok "login after the restart"
 new_upload sec last.img $SIZE && ok "an upload after the restart" || not_ok "upload: $(cat "$WORK/body")"
 
