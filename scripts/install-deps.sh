@@ -9,7 +9,7 @@ PACKAGES="
   libmicrohttpd-dev libcurl4-openssl-dev libjwt-dev libsqlite3-dev libinih-dev
   libcrypt-dev libpam0g-dev libgnutls28-dev libarchive-dev
   xfsprogs btrfs-progs e2fsprogs util-linux
-  qemu-utils libnbd-bin curl openssl sqlite3 jq python3 python3-xxhash iproute2 libxml2-utils
+  qemu-utils qemu-block-extra libnbd-bin curl openssl sqlite3 jq python3 python3-xxhash iproute2 libxml2-utils
   nginx-light wrk time zstd
 "
 

@@ -6,17 +6,23 @@
 #include "catalog.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
 #include <pthread.h>
 #include <sqlite3.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "core/log.h"
 
 /* Schema version stored in PRAGMA user_version; bump with a migration when the schema changes. */
 #define CATALOG_SCHEMA_VERSION 1
+/* The catalog records transfer IDs, which are credentials. */
+#define CATALOG_FILE_MODE 0600
 /* How long a statement waits for another process holding the database (sqlite3 CLI, backup). */
 #define CATALOG_BUSY_TIMEOUT_MS 5000
 
@@ -138,8 +144,38 @@ static int label_column_add(struct catalog *c, char **msg)
     return sqlite3_exec(c->db, "ALTER TABLE snapshots ADD COLUMN label TEXT", NULL, NULL, msg);
 }
 
+/* The catalog and its journals (SQLite gives them the database file's mode) are private to the
+ * daemon: make the file with mode CATALOG_FILE_MODE before SQLite does, and take group and
+ * other access away from files an earlier version left (a warning when that fails). */
+static int catalog_file_private(const char *db_file)
+{
+    static const char *const suffixes[] = {"", "-wal", "-shm", "-journal"};
+    for (size_t i = 0; i < sizeof(suffixes) / sizeof(suffixes[0]); i++) {
+        char path[PATH_MAX];
+        if (snprintf(path, sizeof(path), "%s%s", db_file, suffixes[i]) >= (int)sizeof(path))
+            return -ENAMETOOLONG;
+        int fd = open(path, O_RDONLY | O_CLOEXEC | (i == 0 ? O_CREAT : 0), CATALOG_FILE_MODE);
+        if (fd < 0) {
+            if (errno == ENOENT && i > 0)
+                continue;
+            return -errno;
+        }
+        struct stat st;
+        if (fstat(fd, &st) == 0 && (st.st_mode & 077) && fchmod(fd, st.st_mode & 0700) < 0)
+            log_warn("catalog: %s is mode %04o and cannot be made private: %s", path,
+                     (unsigned)(st.st_mode & 07777), strerror(errno));
+        close(fd);
+    }
+    return 0;
+}
+
 int catalog_open(struct catalog **out, const char *db_file, char *err, size_t errlen)
 {
+    int fr = catalog_file_private(db_file);
+    if (fr < 0) {
+        snprintf(err, errlen, "%s: %s", db_file, strerror(-fr));
+        return fr;
+    }
     struct catalog *c = calloc(1, sizeof(*c));
     if (!c)
         return -ENOMEM;

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 
 #include "core/log.h"
 #include "daemon/config.h"
@@ -30,12 +31,20 @@ static void usage(FILE *f)
                "  -h, --help         this help\n"
                "  -V, --version      print the version\n"
                "\n"
+               "Everything the daemon creates (catalog, snapshots, uploads) is private to its\n"
+               "user: it runs with umask 077, whatever umask it was started with.\n"
+               "\n"
                "Signals: SIGHUP reloads the users file; SIGTERM and SIGINT stop accepting\n"
                "connections, let running requests finish (shutdown_grace) and exit.\n"
                "\n");
     fputs(config_help, f);
     fprintf(f, "\nExit status: 0 clean stop, 1 failure, 2 bad usage.\n");
 }
+
+/* Files and directories the daemon creates hold disks, credentials and transfer IDs: none is
+ * readable by other users, whatever the umask it was started with.  Each is also created with
+ * its own explicit mode. */
+#define DAEMON_UMASK 077
 
 /* Allocations from this size up get their own mapping (glibc's default: 128 KiB, adapting). */
 #define DAEMON_MMAP_THRESHOLD (32 << 20)
@@ -83,6 +92,7 @@ int main(int argc, char **argv)
     const char *config_file = NULL;
     bool check = false;
     int verbose = 0, c;
+    umask(DAEMON_UMASK);
     /* libmicrohttpd allocates each TLS response's 1 MiB block with the response; from glibc's
      * default mmap threshold up, every one is fresh memory, and in a VM touching fresh pages
      * cost the daemon most of its CPU time when serving whole disks (4 GiB in 1 MiB ranges:

@@ -8,8 +8,10 @@
  * The disks of a VM are the regular files *.img, *.raw and *.qcow2 of its directory (no
  * symlinks, nothing hidden), named sda, sdb ... in name order.  Snapshots go to
  * <snapshot_dir>/<vm>/<snapshot>/<disk>, so that a reflink clone stays on the disk's filesystem.
- * Uploads of new disks are written to the hidden <path>/<vm>/.vmexport-upload-<id>.partial and
- * renamed to <path>/<vm>/<disk> when finished; the VM directory is created when missing.
+ * Uploads of new disks are written to <path>/.vmexport-staging/<partial name> (a directory only
+ * the daemon can read, hidden, so not a VM) and renamed to <path>/<vm>/<disk> when finished; the
+ * VM directory is created when missing.  A VM directory on another filesystem than <path> gets
+ * its own <path>/<vm>/.vmexport-staging, as a rename cannot cross filesystems.
  */
 #include "provider.h"
 
@@ -27,9 +29,7 @@
 
 #define DIR_SNAPSHOT_DIR_DEFAULT ".vmexport-snapshots" /* under path; hidden, so not a VM */
 #define DIR_SNAPSHOT_DIR_MODE    0700                  /* snapshots hold whole disks */
-#define DIR_VM_DIR_MODE          0755                  /* VM directories made for uploads */
-#define DIR_UPLOAD_PREFIX        ".vmexport-upload-"   /* hidden, so never listed as a disk */
-#define DIR_UPLOAD_SUFFIX        ".partial"
+#define DIR_VM_DIR_MODE          0700                  /* VM directories made for uploads */
 
 /* Device names as the Linux sd driver gives them: sda ... sdz, sdaa ... */
 #define DIR_DEVICE_PREFIX   "sd"
@@ -286,15 +286,44 @@ static int dir_snapshot_path(struct provider *p, const struct vm *vm, const stru
     return 0;
 }
 
+/* The staging directory of uploads in the directory parentfd: made when missing; one that
+ * exists must be a directory of the daemon's user, not a link, and is made private again if its
+ * mode was changed.  Its device in *dev. */
+static int dir_staging(struct provider *p, int parentfd, const char *parent, dev_t *dev)
+{
+    if (mkdirat(parentfd, PROVIDER_UPLOAD_STAGING_DIR, PROVIDER_UPLOAD_STAGING_MODE) < 0 &&
+        errno != EEXIST)
+        return -errno;
+    CLEANUP_CLOSE int fd = openat(parentfd, PROVIDER_UPLOAD_STAGING_DIR,
+                                  O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    struct stat st;
+    if (fd < 0 || fstat(fd, &st) < 0) {
+        int r = errno == ELOOP || errno == ENOTDIR ? -EPERM : -errno;
+        log_error("[provider.%s] %s/%s: %s", p->name, parent, PROVIDER_UPLOAD_STAGING_DIR,
+                  r == -EPERM ? "not a directory (a link?); uploads refused" : strerror(errno));
+        return r;
+    }
+    if (st.st_uid != geteuid()) {
+        log_error("[provider.%s] %s/%s belongs to user %u, not to the daemon; uploads refused",
+                  p->name, parent, PROVIDER_UPLOAD_STAGING_DIR, (unsigned)st.st_uid);
+        return -EPERM;
+    }
+    if ((st.st_mode & 07777) != PROVIDER_UPLOAD_STAGING_MODE &&
+        fchmod(fd, PROVIDER_UPLOAD_STAGING_MODE) < 0)
+        return -errno;
+    *dev = st.st_dev;
+    return 0;
+}
+
 static int dir_upload_paths(struct provider *p, const char *vm_id, const char *disk,
-                            const char *upload_id, char **partial_path, char **final_path)
+                            const char *partial_name, char **partial_path, char **final_path)
 {
     const struct dir_priv *dp = p->priv;
     struct stat st;
 
     /* Hidden names would never be listed: a hidden VM or disk could never be read back. */
     if (!provider_id_is_safe(vm_id) || vm_id[0] == '.' || !provider_id_is_safe(disk) ||
-        !dir_is_disk_name(disk) || !provider_id_is_safe(upload_id))
+        !dir_is_disk_name(disk) || !provider_id_is_safe(partial_name))
         return -EINVAL;
     CLEANUP_CLOSE int rootfd = open(dp->root, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (rootfd < 0)
@@ -309,9 +338,29 @@ static int dir_upload_paths(struct provider *p, const char *vm_id, const char *d
         return -errno;
     if (!S_ISDIR(st.st_mode) || (st.st_dev == dp->snapshot_dev && st.st_ino == dp->snapshot_ino))
         return -ENOTDIR;
+    dev_t staging_dev;
+    int r = dir_staging(p, rootfd, dp->root, &staging_dev);
+    if (r < 0)
+        return r;
+    bool own_staging = staging_dev != st.st_dev; /* the VM directory is a mount point */
+    if (own_staging) {
+        CLEANUP_CLOSE int vmfd =
+            openat(rootfd, vm_id, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        if (vmfd < 0)
+            return -errno;
+        CLEANUP_FREE char *vm_dir = NULL;
+        if (asprintf(&vm_dir, "%s/%s", dp->root, vm_id) < 0) {
+            vm_dir = NULL;
+            return -ENOMEM;
+        }
+        if ((r = dir_staging(p, vmfd, vm_dir, &staging_dev)) < 0)
+            return r;
+    }
     char *partial = NULL, *final = NULL;
-    if (asprintf(&partial, "%s/%s/" DIR_UPLOAD_PREFIX "%s" DIR_UPLOAD_SUFFIX, dp->root, vm_id,
-                 upload_id) < 0)
+    if ((own_staging ? asprintf(&partial, "%s/%s/%s/%s", dp->root, vm_id,
+                                PROVIDER_UPLOAD_STAGING_DIR, partial_name)
+                     : asprintf(&partial, "%s/%s/%s", dp->root, PROVIDER_UPLOAD_STAGING_DIR,
+                                partial_name)) < 0)
         partial = NULL;
     if (asprintf(&final, "%s/%s/%s", dp->root, vm_id, disk) < 0)
         final = NULL;

@@ -68,12 +68,14 @@ struct provider_ops {
                          const char *snap_id, char **out);
     /* Optional (NULL: the provider cannot create disks).  Where an upload of the new disk
      * `disk` of VM vm_id goes, creating the VM when it does not exist yet: *partial_path, the
-     * file written while the upload runs, never listed as a disk and on the filesystem of
-     * *final_path, so that a rename publishes it; *final_path, the disk once finished.
-     * Neither file is created.  -EINVAL for a VM or disk name the provider cannot use,
-     * -ENOTDIR when the VM's place is taken by something that is not a VM. */
+     * file partial_name written while the upload runs, in a directory named
+     * PROVIDER_UPLOAD_STAGING_DIR that only the daemon can read (created, mode 0700), never
+     * listed as a disk and on the filesystem of *final_path, so that a rename publishes it;
+     * *final_path, the disk once finished.  Neither file is created.  -EINVAL for a VM or disk
+     * name the provider cannot use, -ENOTDIR when the VM's place is taken by something that is
+     * not a VM, -EPERM when the staging directory is not the daemon's own. */
     int (*upload_paths)(struct provider *p, const char *vm_id, const char *disk,
-                        const char *upload_id, char **partial_path, char **final_path);
+                        const char *partial_name, char **partial_path, char **final_path);
 };
 
 struct provider {
@@ -99,6 +101,10 @@ bool provider_id_is_safe(const char *id); /* non-empty, <= 255 bytes, no '/', no
 void provider_derive_uuid(const char *provider, const char *vm_id, char out[37]);
 
 /* ---- Helpers for provider implementations (provider.c) ---- */
+
+/* The directory of the partial files of uploads (upload_paths): hidden, so never a VM. */
+#define PROVIDER_UPLOAD_STAGING_DIR  ".vmexport-staging"
+#define PROVIDER_UPLOAD_STAGING_MODE 0700
 
 /* Values of vm_disk.snapshot_mode. */
 #define PROVIDER_SNAPSHOT_REFLINK "reflink"

@@ -74,6 +74,8 @@ static const struct route routes[] = {
     {"GET HEAD", "healthz", route_healthz, ROUTE_PUBLIC, "healthz"},
     {"GET", "metrics", route_metrics, 0, "metrics"},
     {"POST", "vms/*/uploads", route_upload_create, 0, "upload_create"},
+    {"POST", "vms/*/downloads", route_download_create, 0, "download_create"},
+    {"GET HEAD", "transfers/*", route_transfer_get, 0, "transfer_get"},
     {"PUT", "transfers/*", route_transfer_put, 0, "transfer_put", route_transfer_put_begin},
     {"PATCH", "transfers/*", route_transfer_patch, 0, "transfer_patch"},
     {"OPTIONS", "transfers/*", route_transfer_options, 0, "transfer_options"},
@@ -81,6 +83,7 @@ static const struct route routes[] = {
     {"GET", "transfers/*/extents", route_transfer_extents, 0, "transfer_extents"},
     {"POST", "transfers/*/finalize", route_transfer_finalize, 0, "transfer_finalize"},
     /* The same under /images/{id}: the unguessable transfer ID is the credential. */
+    {"GET HEAD", "images/*", route_transfer_get, ROUTE_PUBLIC | ROUTE_IMAGEIO, "image_get"},
     {"PUT", "images/*", route_transfer_put, ROUTE_PUBLIC | ROUTE_IMAGEIO, "image_put",
      route_transfer_put_begin},
     {"PATCH", "images/*", route_transfer_patch, ROUTE_PUBLIC | ROUTE_IMAGEIO, "image_patch"},

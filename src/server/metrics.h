@@ -7,7 +7,7 @@
 #include <stdint.h>
 #include <stdio.h>
 
-#define METRICS_ROUTES   32 /* route table size upper bound */
+#define METRICS_ROUTES   48 /* route table size upper bound */
 #define METRICS_STATUSES 13 /* distinct status codes tracked, see metrics.c */
 #define METRICS_BUCKETS  8  /* latency histogram buckets */
 

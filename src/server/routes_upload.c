@@ -1,15 +1,22 @@
-/* API routes that upload new disks (restore to a host), modelled on ovirt-imageio's images API:
+/* API routes of transfers, modelled on ovirt-imageio's images API: uploads of new disks
+ * (restore to a host) and downloads of snapshot disks.
  *
  *   POST /api/v1/vms/{vm}/uploads          make a transfer for a new disk (bearer token)
  *   PUT, PATCH, OPTIONS, DELETE  .../{id}  write data / zero or flush / capabilities / cancel
  *   GET .../{id}/extents                   data and holes of what was written so far
  *   POST .../{id}/finalize                 publish the disk
  *
+ *   POST /api/v1/vms/{vm}/downloads        make a transfer that reads a snapshot's disk
+ *   GET, HEAD, OPTIONS, DELETE  .../{id}   read (with Range) / capabilities / end it
+ *   GET .../{id}/extents                   data and holes of the snapshot's disk
+ *
  * where ... is /api/v1/transfers (bearer token) or /images (the transfer ID is the credential,
  * as an imageio ticket).  PUT bodies are streamed to the partial file as they arrive (see the
- * begin hook in http.c); everything else is small JSON.
+ * begin hook in http.c); a download's data is served as the snapshot disk route serves it;
+ * everything else is small JSON.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <jansson.h>
 #include <microhttpd.h>
@@ -21,17 +28,26 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "core/cleanup.h"
 #include "core/log.h"
 #include "server/upload.h"
+#include "server/upload_range.h"
 #include "server/server.h"
 
 /* What OPTIONS announces, as ovirt-imageio does. */
 #define TRANSFER_ALLOW       "OPTIONS, GET, PUT, PATCH, POST, DELETE"
 #define TRANSFER_MAX_READERS 1
+/* The methods of a download (its OPTIONS), and of an upload's data route (a 405). */
+#define DOWNLOAD_ALLOW       "OPTIONS, GET, HEAD, DELETE"
+#define UPLOAD_DATA_ALLOW    "OPTIONS, PUT, PATCH, POST, DELETE"
+#define DOWNLOAD_MAX_READERS 8 /* a hint to clients, as imageio's; not a limit */
+#define DOWNLOAD_PATH_SEGS   6 /* vms/{vm}/snapshots/{snap}/disks/{disk} */
 #define API_TRANSFERS_PREFIX "/api/v1/transfers/"
 #define IMAGEIO_PREFIX       "/images/"
 
 /* ---- helpers ---- */
+
+static int download_open(struct request *rq, const struct transfer *t, char **path, int *ret);
 
 /* A JSON reply with one extra header. */
 static int reply_json_header(struct request *rq, unsigned status, json_t *j, const char *header,
@@ -93,8 +109,22 @@ static struct transfer *transfer_lookup(struct request *rq, int *ret)
     return t;
 }
 
+/* 405 for a method the transfer's direction does not have (writing a download, reading an
+ * upload). */
+static int reply_wrong_direction(struct request *rq, const struct transfer *t)
+{
+    bool download = t->direction == TRANSFER_DOWNLOAD;
+    return reply_json_header(
+        rq, 405,
+        json_pack("{s:s, s:s+}", "error", "method not allowed", "details",
+                  download ? "transfer is a download: " : "transfer is an upload: ",
+                  download ? DOWNLOAD_ALLOW : UPLOAD_DATA_ALLOW),
+        "Allow", download ? DOWNLOAD_ALLOW : UPLOAD_DATA_ALLOW);
+}
+
 /* A claim of [offset, offset + length) refused by upload_write_begin. */
-static int reply_claim_refused(struct request *rq, int r, uint64_t offset, uint64_t length)
+static int reply_claim_refused(struct request *rq, const struct transfer *t, int r, uint64_t offset,
+                               uint64_t length)
 {
     uint64_t last = offset + length - 1;
     switch (-r) {
@@ -108,45 +138,12 @@ static int reply_claim_refused(struct request *rq, int r, uint64_t offset, uint6
                            uploads_max_writers(rq->srv->uploads));
     case EALREADY:
         return reply_error(rq, 409, "conflict", "transfer '%s' is being finalized", rq->segs[1]);
+    case ERANGE:
+        return reply_out_of_range(
+            rq, t->size, "bytes %" PRIu64 "-%" PRIu64 " are not inside the disk", offset, last);
     default:
         return reply_no_transfer(rq);
     }
-}
-
-/* An unsigned decimal with no sign, space or overflow; advances *s. */
-static bool parse_u64(const char **s, uint64_t *out)
-{
-    const char *p = *s;
-    uint64_t v = 0;
-    if (*p < '0' || *p > '9')
-        return false;
-    for (; *p >= '0' && *p <= '9'; p++) {
-        unsigned d = (unsigned)(*p - '0');
-        if (v > (UINT64_MAX - d) / 10)
-            return false;
-        v = v * 10 + d;
-    }
-    *s = p;
-    *out = v;
-    return true;
-}
-
-/* "bytes FIRST-LAST/TOTAL", TOTAL a number or "*" (*total UINT64_MAX). */
-static bool parse_content_range(const char *v, uint64_t *first, uint64_t *last, uint64_t *total)
-{
-    static const char unit[] = "bytes ";
-    if (strncasecmp(v, unit, sizeof(unit) - 1))
-        return false;
-    const char *p = v + sizeof(unit) - 1;
-    while (*p == ' ')
-        p++;
-    if (!parse_u64(&p, first) || *p++ != '-' || !parse_u64(&p, last) || *p++ != '/')
-        return false;
-    if (p[0] == '*' && p[1] == '\0') {
-        *total = UINT64_MAX;
-        return true;
-    }
-    return parse_u64(&p, total) && *p == '\0' && *first <= *last;
 }
 
 /* imageio's "flush" query parameter (y/n), and the API's booleans. */
@@ -275,12 +272,10 @@ int route_upload_create(struct request *rq)
 
 struct put_ctx {
     struct transfer *t;
-    int slot;          /* claimed range, or -1 */
-    uint64_t offset;   /* where the body goes */
-    uint64_t length;   /* bytes claimed */
-    uint64_t received; /* bytes of the body written so far */
-    uint64_t wb_done;  /* bytes of the body whose writeback is started (upload_writeback) */
-    bool exact;        /* the body must fill the claimed range (Content-Range given) */
+    int slot;                  /* claimed range, or -1 */
+    struct upload_range range; /* where the body goes; claimed when not empty */
+    uint64_t received;         /* bytes of the body written so far */
+    uint64_t wb_done;          /* bytes of the body whose writeback is started (upload_writeback) */
     bool flush;
 };
 
@@ -306,7 +301,7 @@ static int put_writeback(struct request *rq)
     struct put_ctx *c = rq->ctx;
     if (c->received == c->wb_done)
         return 0;
-    int r = upload_writeback(rq->srv->uploads, c->t, c->slot, c->offset + c->wb_done,
+    int r = upload_writeback(rq->srv->uploads, c->t, c->slot, c->range.offset + c->wb_done,
                              c->received - c->wb_done);
     if (r == 0)
         c->wb_done = c->received;
@@ -324,17 +319,18 @@ static int reply_writeback_failed(struct request *rq, int r)
 static void put_body_write(struct request *rq, const char *data, size_t len)
 {
     struct put_ctx *c = rq->ctx;
-    if (len > c->length - c->received) {
+    /* Nothing of a piece that would reach past the range is written. */
+    if (!upload_range_fits(&c->range, c->received, len)) {
         reply_out_of_range(rq, c->t->size,
                            "the body is longer than the %" PRIu64 " bytes of its range at %" PRIu64,
-                           c->length, c->offset);
+                           c->range.length, c->range.offset);
         return;
     }
-    int r = upload_pwrite(c->t, data, len, c->offset + c->received);
+    int r = upload_pwrite(c->t, data, len, c->range.offset + c->received);
     if (r < 0) {
         char err[512];
         snprintf(err, sizeof(err), "writing %s at %" PRIu64 ": %s", c->t->partial_path,
-                 c->offset + c->received, strerror(-r));
+                 c->range.offset + c->received, strerror(-r));
         reply_failure(rq, r, err);
         return;
     }
@@ -355,59 +351,25 @@ int route_transfer_put_begin(struct request *rq)
     int ret = MHD_NO;
     if (!(c->t = transfer_lookup(rq, &ret)))
         return ret;
+    if (c->t->direction != TRANSFER_UPLOAD)
+        return reply_wrong_direction(rq, c->t);
     uint64_t size = c->t->size;
     if (!arg_flush(rq, &c->flush))
         return reply_error(rq, 400, "bad request", "flush takes y or n");
 
-    const char *cl = request_header(rq, MHD_HTTP_HEADER_CONTENT_LENGTH);
     const char *te = request_header(rq, MHD_HTTP_HEADER_TRANSFER_ENCODING);
-    uint64_t body_len = 0;
-    bool chunked = te && strcasestr(te, "chunked");
-    if (cl && !parse_u64(&cl, &body_len))
-        return reply_error(rq, 400, "bad request", "malformed Content-Length");
-    bool known = !chunked; /* without Content-Length nor chunks, the body is empty */
-
-    const char *cr = request_header(rq, MHD_HTTP_HEADER_CONTENT_RANGE);
-    if (cr) {
-        uint64_t first, last, total;
-        if (!parse_content_range(cr, &first, &last, &total))
-            return reply_error(rq, 400, "bad request",
-                               "Content-Range must be 'bytes FIRST-LAST/SIZE' or "
-                               "'bytes FIRST-LAST/*'");
-        if (total != UINT64_MAX && total != size)
-            return reply_out_of_range(
-                rq, size, "Content-Range is for %" PRIu64 " bytes; the disk has %" PRIu64, total,
-                size);
-        if (last >= size)
-            return reply_out_of_range(
-                rq, size, "bytes %" PRIu64 "-%" PRIu64 " end beyond the disk's %" PRIu64, first,
-                last, size);
-        c->offset = first;
-        c->length = last - first + 1;
-        c->exact = true;
-        if (known && body_len > c->length)
-            return reply_out_of_range(rq, size,
-                                      "the body of %" PRIu64 " bytes is longer than its range of "
-                                      "%" PRIu64,
-                                      body_len, c->length);
-        if (known && body_len < c->length)
-            return reply_error(rq, 400, "bad request",
-                               "the body of %" PRIu64
-                               " bytes is shorter than its range of %" PRIu64,
-                               body_len, c->length);
-    } else {
-        /* imageio: without Content-Range, the body goes at offset 0. */
-        if (known && body_len > size)
-            return reply_out_of_range(rq, size,
-                                      "the body of %" PRIu64 " bytes is longer than the disk's "
-                                      "%" PRIu64,
-                                      body_len, size);
-        c->length = known ? body_len : size;
-    }
-    if (c->length > 0) {
-        int r = upload_write_begin(rq->srv->uploads, c->t, c->offset, c->length, &c->slot);
+    char err[512];
+    int r = upload_range_parse(request_header(rq, MHD_HTTP_HEADER_CONTENT_RANGE),
+                               request_header(rq, MHD_HTTP_HEADER_CONTENT_LENGTH),
+                               te && strcasestr(te, "chunked"), size, &c->range, err, sizeof(err));
+    if (r == -ERANGE)
+        return reply_out_of_range(rq, size, "%s", err);
+    if (r < 0)
+        return reply_error(rq, 400, "bad request", "%s", err);
+    if (c->range.length > 0) {
+        r = upload_write_begin(rq->srv->uploads, c->t, c->range.offset, c->range.length, &c->slot);
         if (r < 0)
-            return reply_claim_refused(rq, r, c->offset, c->length);
+            return reply_claim_refused(rq, c->t, r, c->range.offset, c->range.length);
     }
     rq->body_write = put_body_write;
     return MHD_YES;
@@ -416,10 +378,10 @@ int route_transfer_put_begin(struct request *rq)
 int route_transfer_put(struct request *rq)
 {
     struct put_ctx *c = rq->ctx;
-    if (c->exact && c->received < c->length)
+    if (c->range.exact && c->received < c->range.length)
         return reply_error(rq, 400, "bad request",
                            "the body of %" PRIu64 " bytes is shorter than its range of %" PRIu64,
-                           c->received, c->length);
+                           c->received, c->range.length);
     if (upload_is_gone(rq->srv->uploads, c->t))
         return reply_error(rq, 404, "not found", "transfer '%s' was cancelled during the write",
                            rq->segs[1]);
@@ -456,7 +418,7 @@ static int patch_zero(struct request *rq, struct transfer *t, json_t *body)
     int slot;
     int r = upload_write_begin(rq->srv->uploads, t, (uint64_t)offset, (uint64_t)size, &slot);
     if (r < 0)
-        return reply_claim_refused(rq, r, (uint64_t)offset, (uint64_t)size);
+        return reply_claim_refused(rq, t, r, (uint64_t)offset, (uint64_t)size);
     r = upload_zero(t, (uint64_t)offset, (uint64_t)size);
     if (r == 0 && flush)
         r = upload_flush(t);
@@ -479,6 +441,11 @@ int route_transfer_patch(struct request *rq)
     struct transfer *t = transfer_lookup(rq, &ret);
     if (!t)
         return ret;
+    if (t->direction != TRANSFER_UPLOAD) {
+        ret = reply_wrong_direction(rq, t);
+        upload_put(rq->srv->uploads, t);
+        return ret;
+    }
     json_error_t jerr;
     json_t *body = rq->body ? json_loadb(rq->body, rq->body_len, 0, &jerr) : NULL;
     const char *op = NULL;
@@ -512,7 +479,14 @@ int route_transfer_options(struct request *rq)
     struct transfer *t = transfer_lookup(rq, &ret);
     if (!t)
         return ret;
+    bool download = t->direction == TRANSFER_DOWNLOAD;
     upload_put(rq->srv->uploads, t);
+    if (download)
+        return reply_json_header(rq, 200,
+                                 json_pack("{s:[s], s:i, s:i, s:n}", "features", "extents",
+                                           "max_readers", DOWNLOAD_MAX_READERS, "max_writers", 0,
+                                           "unix_socket"),
+                                 "Allow", DOWNLOAD_ALLOW);
     json_t *j = json_pack("{s:[sss], s:i, s:i, s:n}", "features", "extents", "zero", "flush",
                           "max_readers", TRANSFER_MAX_READERS, "max_writers",
                           (int)uploads_max_writers(rq->srv->uploads), "unix_socket");
@@ -528,27 +502,28 @@ static void extent_write(FILE *f, bool *first, uint64_t start, uint64_t length, 
     *first = false;
 }
 
-/* Data and holes of the partial file, from SEEK_DATA/SEEK_HOLE, covering [0, size). */
-static int extents_write(FILE *f, struct transfer *t)
+/* Data and holes of a file (the partial file, a snapshot's disk), from SEEK_DATA/SEEK_HOLE,
+ * covering [0, size). */
+static int extents_write(FILE *f, int fd, uint64_t size)
 {
     bool first = true;
     uint64_t pos = 0;
     fputc('[', f);
-    while (pos < t->size) {
-        off_t data = lseek(t->fd, (off_t)pos, SEEK_DATA);
+    while (pos < size) {
+        off_t data = lseek(fd, (off_t)pos, SEEK_DATA);
         if (data < 0 && errno != ENXIO)
             return -errno;
-        uint64_t d = data < 0 || (uint64_t)data > t->size ? t->size : (uint64_t)data;
+        uint64_t d = data < 0 || (uint64_t)data > size ? size : (uint64_t)data;
         if (d > pos)
             extent_write(f, &first, pos, d - pos, true);
-        if (d >= t->size)
+        if (d >= size)
             break;
-        off_t hole = lseek(t->fd, (off_t)d, SEEK_HOLE);
+        off_t hole = lseek(fd, (off_t)d, SEEK_HOLE);
         if (hole < 0 && errno != ENXIO)
             return -errno;
-        uint64_t h = hole < 0 || (uint64_t)hole > t->size ? t->size : (uint64_t)hole;
+        uint64_t h = hole < 0 || (uint64_t)hole > size ? size : (uint64_t)hole;
         if (h <= d)
-            h = t->size; /* cannot happen; never loop forever on a strange filesystem */
+            h = size; /* cannot happen; never loop forever on a strange filesystem */
         extent_write(f, &first, d, h - d, false);
         pos = h;
     }
@@ -564,20 +539,26 @@ int route_transfer_extents(struct request *rq)
         return ret;
     const char *context = request_arg(rq, "context");
     FILE *f = NULL;
-    int r = 0;
+    int r = 0, fd = t->fd;
+    CLEANUP_FREE char *path = NULL;
     if (context && strcmp(context, "zero")) {
         ret = reply_error(rq, 400, "bad request", "context '%s' is not supported (only zero)",
                           context);
+    } else if (t->direction == TRANSFER_DOWNLOAD && (fd = download_open(rq, t, &path, &ret)) < 0) {
+        /* answered */
     } else if (!(f = tmpfile())) {
         ret = reply_errno(rq, -errno, "temporary file");
-    } else if ((r = extents_write(f, t)) < 0) {
+    } else if ((r = extents_write(f, fd, t->size)) < 0) {
         fclose(f);
         char err[512];
-        snprintf(err, sizeof(err), "extents of %s: %s", t->partial_path, strerror(-r));
+        snprintf(err, sizeof(err), "extents of %s: %s", path ? path : t->partial_path,
+                 strerror(-r));
         ret = reply_failure(rq, r, err);
     } else {
         ret = reply_json_file(rq, 200, f);
     }
+    if (t->direction == TRANSFER_DOWNLOAD && fd >= 0)
+        close(fd);
     upload_put(rq->srv->uploads, t);
     return ret;
 }
@@ -591,8 +572,11 @@ int route_transfer_finalize(struct request *rq)
     if (!t)
         return ret;
     char err[512] = "";
-    int r = upload_finalize(rq->srv->uploads, t, err, sizeof(err));
-    if (r == -ENOENT)
+    int r = t->direction == TRANSFER_UPLOAD ? upload_finalize(rq->srv->uploads, t, err, sizeof(err))
+                                            : -EBADF;
+    if (r == -EBADF)
+        ret = reply_wrong_direction(rq, t);
+    else if (r == -ENOENT)
         ret = reply_no_transfer(rq);
     else if (r == -EBUSY || r == -EALREADY || r == -EEXIST)
         ret = reply_error(rq, 409, "conflict", "%s", err);
@@ -605,6 +589,128 @@ int route_transfer_finalize(struct request *rq)
                                    t->provider));
     upload_put(rq->srv->uploads, t);
     return ret;
+}
+
+/* ---- downloads ---- */
+
+/* The snapshot of download t, ready, and its disk; NULL when a 404 or 500 was queued (*ret). */
+static struct snapshot *download_snapshot(struct request *rq, const char *vm_id,
+                                          const char *snap_id, const char *disk,
+                                          const struct snapshot_disk **d, int *ret)
+{
+    struct snapshot *snap = NULL;
+    int r = catalog_snapshot_get(rq->srv->catalog, vm_id, snap_id, &snap);
+    if (r == -ENOENT || (r == 0 && strcmp(snap->status, "ready"))) {
+        *ret =
+            reply_error(rq, 404, "not found", "snapshot '%s' of VM '%s' not found", snap_id, vm_id);
+    } else if (r < 0) {
+        *ret = reply_errno(rq, r, "catalog");
+        return NULL;
+    } else {
+        for (size_t i = 0; i < snap->disks.len; i++)
+            if (!strcmp(snap->disks.ptr[i].name, disk)) {
+                *d = &snap->disks.ptr[i];
+                return snap;
+            }
+        *ret = reply_error(rq, 404, "not found", "disk '%s' not in snapshot '%s'", disk, snap_id);
+    }
+    snapshot_free(snap);
+    return NULL;
+}
+
+/* The snapshot disk of download t, open read-only, and its path (*path, to free); negative when
+ * a reply was queued (*ret). */
+static int download_open(struct request *rq, const struct transfer *t, char **path, int *ret)
+{
+    const struct snapshot_disk *d = NULL;
+    struct snapshot *snap = download_snapshot(rq, t->vm_id, t->snapshot, t->disk, &d, ret);
+    if (!snap)
+        return -1;
+    int fd = open(d->path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0) {
+        *ret = reply_error(rq, 500, "internal error", "snapshot '%s' disk '%s': %s: %s", snap->id,
+                           d->name, d->path, strerror(errno));
+    } else if (!(*path = strdup(d->path))) {
+        close(fd);
+        fd = -1;
+        *ret = reply_error(rq, 500, "internal error", "out of memory");
+    }
+    snapshot_free(snap);
+    return fd;
+}
+
+int route_download_create(struct request *rq)
+{
+    const char *vm_id = rq->segs[1];
+    json_error_t jerr;
+    json_t *body = rq->body ? json_loadb(rq->body, rq->body_len, 0, &jerr) : NULL;
+    const char *snap_id = NULL, *disk = NULL;
+    int ret = MHD_NO;
+    const struct snapshot_disk *d = NULL;
+    struct snapshot *snap = NULL;
+    if (!body || json_unpack(body, "{s:s, s:s}", "snapshot", &snap_id, "disk", &disk) < 0) {
+        ret = reply_error(rq, 400, "bad request",
+                          "expected a JSON body {\"snapshot\": SNAPSHOT, \"disk\": DISK}");
+    } else if (!provider_id_is_safe(snap_id) || !provider_id_is_safe(disk)) {
+        ret = reply_error(rq, 400, "bad request", "unsafe snapshot or disk name");
+    } else if ((snap = download_snapshot(rq, vm_id, snap_id, disk, &d, &ret)) != NULL) {
+        struct transfer *t = NULL;
+        char err[512] = "";
+        int r = download_create(rq->srv->uploads, snap->provider, snap->vm_id, snap->id, d->name,
+                                d->size, &t, err, sizeof(err));
+        if (r == -EMFILE) {
+            ret = reply_error(rq, 409, "conflict", "%s", err);
+        } else if (r < 0) {
+            ret = reply_failure(rq, r, err[0] ? err : strerror(-r));
+        } else {
+            char expires[40];
+            rfc3339_in(rq->srv->cfg->upload_idle_timeout, expires, sizeof(expires));
+            json_t *j =
+                json_pack("{s:s, s:s+, s:s+, s:s, s:s, s:s, s:s, s:I, s:s, s:s, s:s}", "id", t->id,
+                          "url", API_TRANSFERS_PREFIX, t->id, "imageio_url", IMAGEIO_PREFIX, t->id,
+                          "direction", "download", "vm", t->vm_id, "snapshot", t->snapshot, "disk",
+                          t->disk, "size", (json_int_t)t->size, "format", "raw", "provider",
+                          t->provider, "expires_at", expires);
+            upload_put(rq->srv->uploads, t);
+            ret = reply_json(rq, 201, j);
+        }
+        snapshot_free(snap);
+    }
+    json_decref(body);
+    return ret;
+}
+
+/* GET and HEAD of a download: answered exactly as GET .../snapshots/{snap}/disks/{disk} (Range,
+ * multiple ranges, sparse answers, ETag and If-Range), by that route, with the request's path
+ * replaced by the snapshot disk's. */
+int route_transfer_get(struct request *rq)
+{
+    int ret = MHD_NO;
+    struct transfer *t = transfer_lookup(rq, &ret);
+    if (!t)
+        return ret;
+    if (t->direction != TRANSFER_DOWNLOAD) {
+        ret = reply_wrong_direction(rq, t);
+        upload_put(rq->srv->uploads, t);
+        return ret;
+    }
+    const char *path[DOWNLOAD_PATH_SEGS] = {"vms",       t->vm_id, "snapshots",
+                                            t->snapshot, "disks",  t->disk};
+    char *segs[DOWNLOAD_PATH_SEGS] = {NULL};
+    bool ok = true;
+    for (int i = 0; i < DOWNLOAD_PATH_SEGS; i++)
+        ok &= (segs[i] = strdup(path[i])) != NULL;
+    upload_put(rq->srv->uploads, t);
+    if (!ok) {
+        for (int i = 0; i < DOWNLOAD_PATH_SEGS; i++)
+            free(segs[i]);
+        return reply_error(rq, 500, "internal error", "out of memory");
+    }
+    for (int i = 0; i < rq->nsegs; i++)
+        free(rq->segs[i]);
+    memcpy(rq->segs, segs, sizeof(segs));
+    rq->nsegs = DOWNLOAD_PATH_SEGS;
+    return route_disk_data(rq);
 }
 
 /* ---- DELETE .../{id} ---- */

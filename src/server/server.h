@@ -108,8 +108,11 @@ int route_disk_data(struct request *rq);
 int route_disk_changes(struct request *rq);
 int route_healthz(struct request *rq);
 int route_metrics(struct request *rq);
-/* routes_upload.c: uploads of new disks, under /api/v1/transfers/{id} and /images/{id}. */
+/* routes_upload.c: uploads of new disks and downloads of snapshot disks, under
+ * /api/v1/transfers/{id} and /images/{id}. */
 int route_upload_create(struct request *rq);
+int route_download_create(struct request *rq);
+int route_transfer_get(struct request *rq);       /* GET and HEAD of a download's data */
 int route_transfer_put_begin(struct request *rq); /* when the headers arrive */
 int route_transfer_put(struct request *rq);       /* when the body has arrived */
 int route_transfer_patch(struct request *rq);

@@ -29,6 +29,8 @@
 
 /* Directories made for snapshots are private to the daemon. */
 #define SNAPSHOT_DIR_MODE 0700
+/* A clone takes its disk's mode; in the daemon's snapshot area it is the daemon's alone. */
+#define SNAPSHOT_FILE_MODE 0600
 
 static int uuid4(char out[37])
 {
@@ -250,6 +252,12 @@ int snapshot_create(struct server *s, struct provider *p, const struct vm *vm, c
             snprintf(err, errlen, "snapshot %s: disk %s: cloning %s to %s: %s", id, d->name,
                      d->parent_path, d->path,
                      r == -ENOSPC ? "no space left on the repository" : strerror(-r));
+            break;
+        }
+        if (chmod(d->path, SNAPSHOT_FILE_MODE) < 0) {
+            r = -errno;
+            snprintf(err, errlen, "snapshot %s: disk %s: making %s private: %s", id, d->name,
+                     d->path, strerror(-r));
             break;
         }
         d->size = res.size;

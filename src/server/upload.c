@@ -23,6 +23,7 @@
 
 #include "core/cleanup.h"
 #include "core/clock.h"
+#include "core/hash.h"
 #include "fs/fsinfo.h"
 #include "fs/zero.h"
 #include "core/log.h"
@@ -30,6 +31,18 @@
 
 /* Partial files hold whole disks: private to the daemon until renamed into place. */
 #define UPLOAD_FILE_MODE 0600
+/* Partial file names: "upload-" and the first hex digits of SHA-256(tag, ID), ".partial". */
+#define PARTIAL_NAME_TAG    "vmexport upload partial file\n"
+#define PARTIAL_NAME_PREFIX "upload-"
+#define PARTIAL_NAME_SUFFIX ".partial"
+#define PARTIAL_NAME_DIGITS 32
+#define PARTIAL_NAME_MAX                                                                           \
+    (sizeof(PARTIAL_NAME_PREFIX) + PARTIAL_NAME_DIGITS + sizeof(PARTIAL_NAME_SUFFIX))
+/* Names of partial files before they moved to the staging directory (recovery only). */
+#define LEGACY_PARTIAL_PREFIX ".vmexport-upload-"
+/* A transfer ID in a log line: its first UPLOAD_ID_LOGGED characters. */
+#define LOG_ID         "%.*s"
+#define LOG_ID_ARG(id) (int)UPLOAD_ID_LOGGED, (id)
 /* How often the reaper looks for idle transfers. */
 #define UPLOAD_REAP_INTERVAL_MS 500
 /* Transfers open at once, all VMs together (each holds a file descriptor). */
@@ -70,6 +83,26 @@ static int transfer_id_new(char out[UPLOAD_ID_LEN + 1])
     return 0;
 }
 
+/* The name of the partial file of upload id: a digest of the ID, so that whoever sees the name
+ * cannot get the ID from it, while the next start can tell that a recorded file is the
+ * upload's own (uploads_recover). */
+static int partial_name(const char *id, char out[PARTIAL_NAME_MAX])
+{
+    char tagged[sizeof(PARTIAL_NAME_TAG) + UPLOAD_ID_LEN];
+    int n = snprintf(tagged, sizeof(tagged), "%s%s", PARTIAL_NAME_TAG, id);
+    if (n < 0 || (size_t)n >= sizeof(tagged))
+        return -EINVAL;
+    uint8_t digest[HASH_SIZE];
+    char hex[2 * HASH_SIZE + 1];
+    int r = hash_sha256(tagged, (size_t)n, digest);
+    if (r < 0)
+        return r;
+    hash_to_hex(digest, hex);
+    snprintf(out, PARTIAL_NAME_MAX, "%s%.*s%s", PARTIAL_NAME_PREFIX, PARTIAL_NAME_DIGITS, hex,
+             PARTIAL_NAME_SUFFIX);
+    return 0;
+}
+
 static void transfer_free(struct transfer *t)
 {
     if (!t)
@@ -79,6 +112,7 @@ static void transfer_free(struct transfer *t)
     free(t->provider);
     free(t->vm_id);
     free(t->disk);
+    free(t->snapshot);
     free(t->partial_path);
     free(t->final_path);
     free(t->writers);
@@ -97,21 +131,44 @@ static void list_remove(struct uploads *u, struct transfer *t)
     }
 }
 
-/* Remove the partial file of a transfer that left the list, and its catalog record. */
+/* Remove the partial file of a transfer that left the list, and its catalog record (uploads);
+ * log the end of the transfer. */
 static void transfer_discard(struct uploads *u, struct transfer *t, const char *why)
 {
+    if (t->direction == TRANSFER_DOWNLOAD) {
+        log_info("download " LOG_ID " of VM %s snapshot %s disk %s %s", LOG_ID_ARG(t->id), t->vm_id,
+                 t->snapshot, t->disk, why);
+        return;
+    }
     if (unlink(t->partial_path) < 0 && errno != ENOENT)
-        log_error("upload %s of VM %s disk %s: removing %s: %s", t->id, t->vm_id, t->disk,
-                  t->partial_path, strerror(errno));
+        log_error("upload " LOG_ID " of VM %s disk %s: removing %s: %s", LOG_ID_ARG(t->id),
+                  t->vm_id, t->disk, t->partial_path, strerror(errno));
     int r = catalog_upload_remove(u->srv->catalog, t->id);
     if (r < 0 && r != -ENOENT)
-        log_error("upload %s: removing its catalog record: %s (removed at the next start)", t->id,
-                  strerror(-r));
-    log_info("upload %s of VM %s disk %s %s: removed %s", t->id, t->vm_id, t->disk, why,
-             t->partial_path);
+        log_error("upload " LOG_ID ": removing its catalog record: %s (removed at the next start)",
+                  LOG_ID_ARG(t->id), strerror(-r));
+    log_info("upload " LOG_ID " of VM %s disk %s %s: removed %s", LOG_ID_ARG(t->id), t->vm_id,
+             t->disk, why, t->partial_path);
 }
 
 /* ---- recovery and the reaper ---- */
+
+/* Whether path is the partial file upload id would have: named after its ID's digest in a
+ * staging directory, or (made by an earlier version) after the ID itself. */
+static bool is_partial_of(const char *path, const char *id)
+{
+    char name[PARTIAL_NAME_MAX],
+        legacy[sizeof(LEGACY_PARTIAL_PREFIX) + UPLOAD_ID_LEN + sizeof(PARTIAL_NAME_SUFFIX)];
+    const char *base = strrchr(path, '/');
+    if (!base || strlen(id) != UPLOAD_ID_LEN || partial_name(id, name) < 0)
+        return false;
+    size_t dir_len = (size_t)(base - path);
+    size_t staging_len = sizeof(PROVIDER_UPLOAD_STAGING_DIR) - 1;
+    bool in_staging = dir_len > staging_len && path[dir_len - staging_len - 1] == '/' &&
+                      !strncmp(base - staging_len, PROVIDER_UPLOAD_STAGING_DIR, staging_len);
+    snprintf(legacy, sizeof(legacy), "%s%s%s", LEGACY_PARTIAL_PREFIX, id, PARTIAL_NAME_SUFFIX);
+    return (in_staging && !strcmp(base + 1, name)) || !strcmp(base + 1, legacy);
+}
 
 /* Remove the partial files of uploads recorded by an earlier run: a crash or a stop ended
  * them, and nothing half-written may ever become a disk. */
@@ -122,23 +179,25 @@ static int uploads_recover(struct uploads *u)
     for (size_t i = 0; r == 0 && i < l.len; i++) {
         const struct upload_record *rec = &l.ptr[i];
         /* A damaged catalog must not make the daemon delete some other file: partial files
-         * are always named after their upload. */
-        const char *base = strrchr(rec->partial_path, '/');
-        if (!base || !strstr(base, rec->id)) {
-            log_error("upload %s: recorded partial file %s is not named after the upload; "
-                      "left alone",
-                      rec->id, rec->partial_path);
+         * are always named after their upload.  (An old-style name holds the ID of a transfer
+         * the restart ended: logging it gives away no credential.) */
+        if (!is_partial_of(rec->partial_path, rec->id)) {
+            log_error("upload " LOG_ID ": recorded partial file %s is not named after the "
+                      "upload; left alone",
+                      LOG_ID_ARG(rec->id), rec->partial_path);
         } else if (unlink(rec->partial_path) == 0) {
-            log_warn("upload %s of VM %s disk %s (%s) was interrupted by a restart: removed %s",
-                     rec->id, rec->vm_id, rec->disk, rec->created_at, rec->partial_path);
+            log_warn("upload " LOG_ID " of VM %s disk %s (%s) was interrupted by a restart: "
+                     "removed %s",
+                     LOG_ID_ARG(rec->id), rec->vm_id, rec->disk, rec->created_at,
+                     rec->partial_path);
         } else if (errno == ENOENT) {
-            log_warn("upload %s of VM %s disk %s (%s) was interrupted by a restart: no partial "
-                     "file left",
-                     rec->id, rec->vm_id, rec->disk, rec->created_at);
+            log_warn("upload " LOG_ID " of VM %s disk %s (%s) was interrupted by a restart: no "
+                     "partial file left",
+                     LOG_ID_ARG(rec->id), rec->vm_id, rec->disk, rec->created_at);
         } else {
             r = -errno;
-            log_error("upload %s: removing %s: %s (retried at the next start)", rec->id,
-                      rec->partial_path, strerror(-r));
+            log_error("upload " LOG_ID ": removing %s: %s (retried at the next start)",
+                      LOG_ID_ARG(rec->id), rec->partial_path, strerror(-r));
             break;
         }
         int cr = catalog_upload_remove(u->srv->catalog, rec->id);
@@ -238,12 +297,12 @@ void uploads_close(struct uploads *u)
         struct transfer *t = u->list;
         u->list = t->next;
         t->state = TRANSFER_GONE;
-        if (t->partial_path)
+        if (t->partial_path || t->direction == TRANSFER_DOWNLOAD)
             transfer_discard(u, t, "cancelled by the daemon's stop");
         if (t->refs == 0)
             transfer_free(t);
         else
-            log_warn("upload %s: still referenced at stop; not freed", t->id);
+            log_warn("transfer " LOG_ID ": still referenced at stop; not freed", LOG_ID_ARG(t->id));
     }
     pthread_cond_destroy(&u->wake);
     pthread_mutex_destroy(&u->lock);
@@ -258,7 +317,7 @@ unsigned uploads_max_writers(const struct uploads *u)
 /* ---- transfers ---- */
 
 /* Reserve a place in the list for t (state CREATING), unless the same disk is being uploaded
- * already or too many transfers are open. */
+ * already (uploads) or too many transfers are open. */
 static int transfer_reserve(struct uploads *u, struct transfer *t, char *err, size_t errlen)
 {
     int r = 0;
@@ -266,7 +325,8 @@ static int transfer_reserve(struct uploads *u, struct transfer *t, char *err, si
     pthread_mutex_lock(&u->lock);
     for (struct transfer *o = u->list; o; o = o->next) {
         n++;
-        if (!strcmp(o->provider, t->provider) && !strcmp(o->vm_id, t->vm_id) &&
+        if (t->direction == TRANSFER_UPLOAD && o->direction == TRANSFER_UPLOAD &&
+            !strcmp(o->provider, t->provider) && !strcmp(o->vm_id, t->vm_id) &&
             !strcmp(o->disk, t->disk)) {
             /* The other transfer's ID is its client's secret: not told here. */
             snprintf(err, errlen, "an upload of disk '%s' of VM '%s' is already in progress",
@@ -276,7 +336,7 @@ static int transfer_reserve(struct uploads *u, struct transfer *t, char *err, si
         }
     }
     if (r == 0 && n >= UPLOAD_MAX_TRANSFERS) {
-        snprintf(err, errlen, "too many uploads in progress (%d); finish or cancel some",
+        snprintf(err, errlen, "too many transfers in progress (%d); finish or cancel some",
                  UPLOAD_MAX_TRANSFERS);
         r = -EMFILE;
     }
@@ -322,7 +382,8 @@ static int transfer_make_file(struct uploads *u, struct transfer *t, bool *recor
         return r;
     }
     *recorded = true;
-    t->fd = open(t->partial_path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, UPLOAD_FILE_MODE);
+    t->fd =
+        open(t->partial_path, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, UPLOAD_FILE_MODE);
     if (t->fd < 0) {
         r = -errno;
         snprintf(err, errlen, "creating %s: %s", t->partial_path, strerror(-r));
@@ -370,7 +431,10 @@ int upload_create(struct uploads *u, struct provider *p, const char *vm_id, cons
         return r;
     }
     bool recorded = false;
-    r = p->ops->upload_paths(p, vm_id, disk, t->id, &t->partial_path, &t->final_path);
+    char name[PARTIAL_NAME_MAX];
+    r = partial_name(t->id, name);
+    if (r == 0)
+        r = p->ops->upload_paths(p, vm_id, disk, name, &t->partial_path, &t->final_path);
     if (r == -EINVAL)
         snprintf(err, errlen, "provider %s cannot use VM '%s' with disk '%s' (bad name)", p->name,
                  vm_id, disk);
@@ -397,8 +461,47 @@ int upload_create(struct uploads *u, struct provider *p, const char *vm_id, cons
         transfer_free(t);
         return r;
     }
-    log_info("upload %s of VM %s disk %s (%llu bytes) started in %s", t->id, t->vm_id, t->disk,
-             (unsigned long long)t->size, t->partial_path);
+    log_info("upload " LOG_ID " of VM %s disk %s (%llu bytes) started in %s", LOG_ID_ARG(t->id),
+             t->vm_id, t->disk, (unsigned long long)t->size, t->partial_path);
+    *out = t;
+    return 0;
+}
+
+int download_create(struct uploads *u, const char *provider, const char *vm_id, const char *snap_id,
+                    const char *disk, uint64_t size, struct transfer **out, char *err,
+                    size_t errlen)
+{
+    struct transfer *t = calloc(1, sizeof(*t));
+    if (!t)
+        return -ENOMEM;
+    t->direction = TRANSFER_DOWNLOAD;
+    t->fd = -1;
+    t->size = size;
+    t->provider = strdup(provider);
+    t->vm_id = strdup(vm_id);
+    t->snapshot = strdup(snap_id);
+    t->disk = strdup(disk);
+    if (!t->provider || !t->vm_id || !t->snapshot || !t->disk) {
+        transfer_free(t);
+        return -ENOMEM;
+    }
+    int r = transfer_id_new(t->id);
+    if (r < 0) {
+        snprintf(err, errlen, "no random numbers for a transfer ID");
+        transfer_free(t);
+        return r;
+    }
+    if ((r = transfer_reserve(u, t, err, errlen)) < 0) {
+        transfer_free(t);
+        return r;
+    }
+    pthread_mutex_lock(&u->lock);
+    t->state = TRANSFER_ACTIVE;
+    t->refs = 1;
+    t->last_used_ms = now_ms();
+    pthread_mutex_unlock(&u->lock);
+    log_info("download " LOG_ID " of VM %s snapshot %s disk %s (%llu bytes) started",
+             LOG_ID_ARG(t->id), t->vm_id, t->snapshot, t->disk, (unsigned long long)t->size);
     *out = t;
     return 0;
 }
@@ -446,6 +549,10 @@ bool upload_is_gone(struct uploads *u, struct transfer *t)
 int upload_write_begin(struct uploads *u, struct transfer *t, uint64_t offset, uint64_t length,
                        int *slot)
 {
+    if (t->direction != TRANSFER_UPLOAD)
+        return -EBADF;
+    if (length == 0 || offset >= t->size || length > t->size - offset)
+        return -ERANGE;
     uint64_t end = offset + length;
     int r = 0, free_slot = -1;
     pthread_mutex_lock(&u->lock);
@@ -485,13 +592,23 @@ void upload_write_end(struct uploads *u, struct transfer *t, int slot)
     pthread_mutex_unlock(&u->lock);
 }
 
+/* Whether [offset, offset + length) lies inside the disk. */
+static bool in_disk(const struct transfer *t, uint64_t offset, uint64_t length)
+{
+    return offset <= t->size && length <= t->size - offset;
+}
+
 int upload_pwrite(struct transfer *t, const void *buf, size_t len, uint64_t offset)
 {
+    if (!in_disk(t, offset, len))
+        return -ERANGE;
     return fs_pwrite_all(t->fd, buf, len, offset);
 }
 
 int upload_zero(struct transfer *t, uint64_t offset, uint64_t length)
 {
+    if (!in_disk(t, offset, length))
+        return -ERANGE;
     return fs_zero_range(t->fd, offset, length);
 }
 
@@ -563,6 +680,10 @@ static void transfer_reactivate(struct uploads *u, struct transfer *t)
 int upload_finalize(struct uploads *u, struct transfer *t, char *err, size_t errlen)
 {
     int r = 0;
+    if (t->direction != TRANSFER_UPLOAD) {
+        snprintf(err, errlen, "a download has nothing to finalize");
+        return -EBADF;
+    }
     pthread_mutex_lock(&u->lock);
     if (t->state == TRANSFER_FINALIZING) {
         r = -EALREADY;
@@ -590,6 +711,21 @@ int upload_finalize(struct uploads *u, struct transfer *t, char *err, size_t err
         transfer_reactivate(u, t);
         return r;
     }
+    /* Writes never reach past the disk, but something else may have changed the file. */
+    struct stat st;
+    if (fstat(t->fd, &st) < 0) {
+        r = -errno;
+        snprintf(err, errlen, "%s: %s", t->partial_path, strerror(-r));
+        transfer_reactivate(u, t);
+        return r;
+    }
+    if ((uint64_t)st.st_size != t->size) {
+        snprintf(err, errlen,
+                 "%s is %llu bytes, not the disk's %llu; not published (cancel the transfer)",
+                 t->partial_path, (unsigned long long)st.st_size, (unsigned long long)t->size);
+        transfer_reactivate(u, t);
+        return -EFBIG;
+    }
     posix_fadvise(t->fd, 0, 0, POSIX_FADV_DONTNEED); /* clean now: leave the cache to the VMs */
     if ((r = rename_noreplace(t->partial_path, t->final_path)) < 0) {
         if (r == -EEXIST)
@@ -605,17 +741,23 @@ int upload_finalize(struct uploads *u, struct transfer *t, char *err, size_t err
     }
     int e = fsync_parent(t->final_path);
     if (e < 0)
-        log_warn("upload %s: syncing the directory of %s: %s", t->id, t->final_path, strerror(-e));
+        log_warn("upload " LOG_ID ": syncing the directory of %s: %s", LOG_ID_ARG(t->id),
+                 t->final_path, strerror(-e));
+    /* The staging directory too: its partial file must not come back after a crash, when the
+     * catalog no longer knows of it. */
+    if ((e = fsync_parent(t->partial_path)) < 0)
+        log_warn("upload " LOG_ID ": syncing the directory of %s: %s", LOG_ID_ARG(t->id),
+                 t->partial_path, strerror(-e));
     e = catalog_upload_remove(u->srv->catalog, t->id);
     if (e < 0 && e != -ENOENT)
-        log_error("upload %s: removing its catalog record: %s (removed at the next start)", t->id,
-                  strerror(-e));
+        log_error("upload " LOG_ID ": removing its catalog record: %s (removed at the next start)",
+                  LOG_ID_ARG(t->id), strerror(-e));
     pthread_mutex_lock(&u->lock);
     t->state = TRANSFER_GONE;
     list_remove(u, t);
     pthread_mutex_unlock(&u->lock);
-    log_info("upload %s finished: VM %s disk %s (%llu bytes) is %s", t->id, t->vm_id, t->disk,
-             (unsigned long long)t->size, t->final_path);
+    log_info("upload " LOG_ID " finished: VM %s disk %s (%llu bytes) is %s", LOG_ID_ARG(t->id),
+             t->vm_id, t->disk, (unsigned long long)t->size, t->final_path);
     return 0;
 }
 

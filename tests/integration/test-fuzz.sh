@@ -1,7 +1,7 @@
 #!/bin/bash
 # Fuzzing of the parsers of untrusted input (tests/fuzz/fuzz_*.c, libFuzzer with ASan and
 # UBSan): repository manifests and containers, disk image headers (qcow2 and the formats told
-# apart from raw), HTTP Range and Accept headers, sparse answers, the OVM vm.cfg reader,
+# apart from raw), HTTP Range and Accept headers, upload Content-Ranges and body lengths, sparse answers, the OVM vm.cfg reader,
 # vmexportd's configuration file, and vmexportd's whole request handling (fuzz_http: raw
 # requests to a server in the fuzzer's process).  tests/fuzz/README.md lists each target's
 # property.  Each target starts

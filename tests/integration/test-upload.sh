@@ -41,8 +41,9 @@ put_range() {
             -o /dev/null -w '%{http_code}' "$@" "$URL$path"
 }
 
-# partials VM: the hidden partial files in the VM's directory.
-partials() { find "$VMS/$1" -maxdepth 1 -name '.vmexport-upload-*' 2>/dev/null; }
+# partials: the partial files of the uploads in progress, in the provider's staging directory
+# (tests/integration/test-security-upload.sh checks their names and modes).
+partials() { find "$VMS/.vmexport-staging" -maxdepth 1 -name '*.partial' 2>/dev/null; }
 
 # upload_rows: uploads recorded in the catalog.
 upload_rows() { sqlite3 "$WORK/state/catalog.db" 'SELECT count(*) FROM uploads'; }
@@ -58,9 +59,8 @@ if new_upload newvm disk0.img $SIZE; then ok "POST uploads is 201 Created"; else
 check "upload fields" jq -e --arg id "$ID" '(.id | test("^[0-9a-f]{32}$")) and .url == "/api/v1/transfers/\($id)" and .imageio_url == "/images/\($id)" and .vm == "newvm" and .disk == "disk0.img" and .size == 6291456 and (.expires_at | test("^[0-9-]+T[0-9:]+Z$"))' "$WORK/body"
 T=/api/v1/transfers/$ID
 check "the VM directory was created" test -d "$VMS/newvm"
-check "a hidden partial file of the disk's size" \
-    bash -c "[ \"\$(stat -c %s '$VMS/newvm/.vmexport-upload-$ID.partial')\" = $SIZE ]"
-check "the partial file is sparse" bash -c "[ \"\$(stat -c %b '$VMS/newvm/.vmexport-upload-$ID.partial')\" -eq 0 ]"
+check "a partial file of the disk's size" test "$(stat -c %s "$(partials)")" = $SIZE
+check "the partial file is sparse" test "$(stat -c %b "$(partials)")" -eq 0
 check "the upload is recorded in the catalog" test "$(upload_rows)" = 1
 expect_status 200 "the new VM is listed during the upload" GET /api/v1/vms/newvm
 check "the partial file is not a disk" jq -e '.disks == []' "$WORK/body"
@@ -117,7 +117,7 @@ check "the uploaded disk is not left in the host's page cache ($cached bytes)" t
 expect_status 200 "GET /vms/newvm" GET /api/v1/vms/newvm
 check "the disk is listed with its size" jq -e '.disks == [.disks[0]] and .disks[0].name == "disk0.img" and .disks[0].size == 6291456' "$WORK/body"
 check "the disk holds exactly the bytes uploaded" cmp "$VMS/newvm/disk0.img" "$EXPECTED"
-check "no partial file is left" test -z "$(partials newvm)"
+check "no partial file is left" test -z "$(partials)"
 check "the catalog record is gone" test "$(upload_rows)" = 0
 expect_status 404 "PUT after finalize is 404" PUT "$T" -H "Content-Range: bytes 0-3/*" --data-binary abcd
 expect_status 404 "PATCH after finalize is 404" PATCH "$T" -d '{"op":"flush"}'
@@ -156,7 +156,7 @@ head -c $SIZE3 /dev/urandom >"$EXPECTED3"
 new_upload newvm disk2.raw $SIZE3 && ok "an 80 MiB upload" || not_ok "80 MiB upload: $(cat "$WORK/body")"
 got=$(put_range "/api/v1/transfers/$ID" "$EXPECTED3" 0 $SIZE3)
 check "one 80 MiB PUT is 200 ($got)" test "$got" = 200
-cached=$(fincore --bytes --noheadings --output RES "$(partials newvm)" | tr -d ' ')
+cached=$(fincore --bytes --noheadings --output RES "$(partials)" | tr -d ' ')
 check "at most its last 32 MiB stay in the page cache after the PUT ($cached bytes)" test "$cached" -le $((32 * MIB))
 expect_status 200 "finalize the 80 MiB upload" POST "/api/v1/transfers/$ID/finalize"
 cached=$(fincore --bytes --noheadings --output RES "$VMS/newvm/disk2.raw" | tr -d ' ')
@@ -185,8 +185,7 @@ expect_status 400 "format qcow2 is 400" POST /api/v1/vms/web01/uploads -d '{"dis
 expect_status 400 "a body that is not JSON is 400" POST /api/v1/vms/web01/uploads -d 'disk=z.img'
 expect_status 400 "an unknown provider is 400" POST /api/v1/vms/vmx/uploads -d '{"disk":"z.img","size":1,"provider":"nope"}'
 check "refused uploads left nothing behind (only data.img's partial file, no new VM)" \
-    test "$(partials web01)$(ls -A "$VMS" | grep -v -e '^newvm$' -e '^web01$' -e '^.vmexport-snapshots$')" = \
-    "$VMS/web01/.vmexport-upload-$D.partial"
+    test "$(partials | wc -l)$(ls -A "$VMS" | grep -v -e '^newvm$' -e '^web01$' -e '^.vmexport-snapshots$' -e '^.vmexport-staging$')" = 1
 
 # ---- writes refused ----
 DT=/api/v1/transfers/$D
@@ -225,9 +224,9 @@ check "web01/data.img holds the bytes of both writers" cmp "$VMS/web01/data.img"
 # ---- cancel ----
 new_upload web01 cancelled.img $MIB && ok "upload to cancel" || not_ok "upload to cancel"
 got=$(put_range "/api/v1/transfers/$ID" "$WORK/expected3.img" 0 4096)
-check "a partial file exists before cancel" test -n "$(partials web01)"
+check "a partial file exists before cancel" test -n "$(partials)"
 expect_status 204 "DELETE cancels" DELETE "/api/v1/transfers/$ID"
-check "cancel removed the partial file" test -z "$(partials web01)"
+check "cancel removed the partial file" test -z "$(partials)"
 check "cancel removed no disk" test ! -e "$VMS/web01/cancelled.img"
 check "cancel removed the catalog record" test "$(upload_rows)" = 0
 expect_status 404 "PUT after cancel is 404" PUT "/api/v1/transfers/$ID" -H "Content-Range: bytes 0-3/*" --data-binary abcd
@@ -247,12 +246,12 @@ write_config "$WORK/idle.conf" "$PORT" "$WORK/state" "[provider.local]" "type = 
 start_daemon "$WORK/idle.conf" "$PORT" && ok "daemon starts with idle_timeout = 2" || { not_ok "restart"; exit 1; }
 new_upload web01 idle.img $MIB && ok "upload to leave idle" || not_ok "upload to leave idle"
 got=$(put_range "/images/$ID" "$WORK/expected3.img" 0 65536)
-check "partial file before expiry" test -n "$(partials web01)"
+check "partial file before expiry" test -n "$(partials)"
 sleep 4
 expect_status 404 "an idle transfer expires (404)" PUT "/images/$ID" -H "Content-Range: bytes 0-3/*" --data-binary abcd
-check "expiry removed the partial file" test -z "$(partials web01)"
+check "expiry removed the partial file" test -z "$(partials)"
 check "expiry removed the catalog record" test "$(upload_rows)" = 0
-check "expiry is logged" grep -q "upload $ID .*expired" "$WORK/daemon.log"
+check "expiry is logged" grep -q "upload ${ID:0:8} .*expired" "$WORK/daemon.log"
 
 # ---- kill -9 in the middle of an upload, restart ----
 new_upload crashvm disk.img $MIB && ok "upload into a new VM before the crash" || not_ok "upload before crash"
@@ -260,15 +259,15 @@ CRASH_ID=$ID
 put_range "/images/$ID" "$WORK/expected3.img" 0 $MIB --limit-rate 100K >/dev/null &
 CURL_PID=$!
 sleep 1
-check "the partial file exists mid-upload" test -n "$(partials crashvm)"
+check "the partial file exists mid-upload" test -n "$(partials)"
 exec 3>&2 2>/dev/null # no "Killed" notice from bash
 kill -9 "$DAEMON_PID"
 wait "$DAEMON_PID" "$CURL_PID"
 exec 2>&3 3>&-
 start_daemon "$CONF" "$PORT" && ok "daemon restarts after kill -9" || { not_ok "restart after kill -9"; exit 1; }
-check "no partial file after the restart" test -z "$(partials crashvm)"
+check "no partial file after the restart" test -z "$(partials)"
 check "no catalog record after the restart" test "$(upload_rows)" = 0
-check "the cleanup is logged" grep -q "upload $CRASH_ID .*interrupted by a restart: removed" "$WORK/daemon.log"
+check "the cleanup is logged" grep -q "upload ${CRASH_ID:0:8} .*interrupted by a restart: removed" "$WORK/daemon.log"
 expect_status 200 "the VM is there" GET /api/v1/vms/crashvm
 check "with no disk" jq -e '.disks == []' "$WORK/body"
 expect_status 404 "the old transfer is gone" PUT "/images/$CRASH_ID" -H "Content-Range: bytes 0-3/*" --data-binary abcd
@@ -282,5 +281,5 @@ check "the retried disk holds exactly the bytes sent" cmp "$VMS/crashvm/disk.img
 new_upload web01 open-at-stop.img $MIB && ok "upload left open" || not_ok "upload left open"
 stop_daemon
 check "daemon stops cleanly with an upload open" test $? -eq 0
-check "the stop removed the partial file" test -z "$(partials web01)"
+check "the stop removed the partial file" test -z "$(partials)"
 check "the stop removed the catalog record" test "$(upload_rows)" = 0
