@@ -3,7 +3,8 @@
 # \xff\xfe, a disk file named d\xff.img, a catalog entry from an older version, a query
 # argument) never give invalid JSON or a dropped connection; boolean query parameters take Go's
 # strconv.ParseBool spellings and nothing else; Range requests at and past the end of a
-# 1000-byte disk.
+# 1000-byte disk; compareTo lists zeroed ranges in chunks (merged with a changed range they
+# touch) unless zeroedInChunks=false.
 source "$(dirname "$0")/lib.sh"
 require_root
 
@@ -131,6 +132,26 @@ hdr=$(curl -s --cacert "$WORK/certs/ca.crt" -H "Authorization: Bearer $TOKEN" -H
     -D - -o "$WORK/part" -w '%{http_code}' "$URL$DISK" | tr -d '\r')
 check "bytes=1000-1000 (starts at the size): 416" grep -qx 416 <<<"${hdr##*$'\n'}"
 check "bytes=1000-1000: Content-Range: bytes */1000" grep -qix 'content-range: bytes \*/1000' <<<"$hdr"
+
+# ---- compareTo: zeroed ranges in chunks, merged with a changed range they touch ----
+mkdir -p "$VMS/diffvm"
+head -c $((1 << 20)) /dev/urandom >"$VMS/diffvm/d.img"
+sync
+answered_json "snapshot D1" 201 POST /api/v1/vms/diffvm/snapshots
+D1=$(jq -r .id "$WORK/body")
+dd if=/dev/urandom of="$VMS/diffvm/d.img" bs=4K count=1 seek=64 conv=notrunc,fsync status=none
+fallocate --punch-hole -o $((260 << 10)) -l $((64 << 10)) "$VMS/diffvm/d.img"
+sync
+answered_json "snapshot D2 after a 4 KiB write at 256 KiB and a 64 KiB discard right after it" 201 POST /api/v1/vms/diffvm/snapshots
+D2=$(jq -r .id "$WORK/body")
+answered_json "compareTo (defaults)" 200 GET "/api/v1/vms/diffvm/snapshots/$D2?compareTo=$D1"
+check "one squashed chunk: the write and the discard, at the write's physical address" \
+    jq -e '.disks[0] | (.chunks | map([.start, .length])) == [[262144, 69632]] and .chunks[0].physical_start > 0 and (.zeroed | map([.start, .length])) == [[266240, 65536]]' "$WORK/body"
+answered_json "compareTo&squashChunks=false" 200 GET "/api/v1/vms/diffvm/snapshots/$D2?compareTo=$D1&squashChunks=false"
+check "two chunks: the write, then the discard (physical_start 0)" \
+    jq -e '.disks[0].chunks | map([.start, .length, (.physical_start > 0)]) == [[262144, 4096, true], [266240, 65536, false]]' "$WORK/body"
+answered_json "compareTo&zeroedInChunks=false" 200 GET "/api/v1/vms/diffvm/snapshots/$D2?compareTo=$D1&zeroedInChunks=false"
+check "the write only" jq -e '.disks[0] | (.chunks | map([.start, .length])) == [[262144, 4096]] and (.zeroed | length) == 1' "$WORK/body"
 
 check "every JSON body is valid for Python's json.loads (strict UTF-8)" python3 -c '
 import json, pathlib, sys
