@@ -4,7 +4,9 @@
 # Everything lives in $VMEXPORT_DEMO_DIR (default /var/tmp/vmexport-demo): a reflink XFS
 # filesystem in a loop file (when run as root; a plain directory otherwise) holding one demo VM,
 # a self-signed certificate, a users file with the demo user (demo / demo), the SQLite catalog
-# and the JWT key.  The daemon listens on https://127.0.0.1:5544 until Ctrl-C.
+# and the JWT key.  The daemon listens on https://127.0.0.1:$VMEXPORT_DEMO_PORT (default 5544)
+# until Ctrl-C.  A second run skips apt (install-deps.sh's stamp) and rebuilds only what
+# changed (ninja).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -64,7 +66,8 @@ CONF
 
 cat <<EOF2
 vmexportd demo: https://127.0.0.1:$PORT  (user demo, password demo; CA: $DEMO/server.crt)
-Try, in another shell:
+Try, in another shell (the README's first backup starts from the same two settings:
+VMEXPORT_DEMO_DIR=$DEMO VMEXPORT_DEMO_PORT=$PORT):
   TOKEN=\$(curl -s --cacert $DEMO/server.crt -d '{"username":"demo","password":"demo"}' https://127.0.0.1:$PORT/api/v1/auth/login | jq -r .token)
   curl -s --cacert $DEMO/server.crt -H "Authorization: Bearer \$TOKEN" https://127.0.0.1:$PORT/api/v1/vms | jq
   curl -s --cacert $DEMO/server.crt -H "Authorization: Bearer \$TOKEN" -X POST https://127.0.0.1:$PORT/api/v1/vms/demo-vm/snapshots | jq

@@ -920,7 +920,9 @@ static int download_run(int argc, char **argv)
     clock_gettime(CLOCK_MONOTONIC, &t0);
     CLEANUP_FREE char *prev_esc = prev ? client_escape(prev) : NULL;
     CLEANUP_FREE char *query = NULL;
-    if (prev && (!prev_esc || asprintf(&query, "?compareTo=%s", prev_esc) < 0))
+    /* zeroedInChunks=false: the zeroed ranges are written as zeros here, not fetched (the
+     * daemon lists them in "chunks" too for clients that read only "chunks"). */
+    if (prev && (!prev_esc || asprintf(&query, "?compareTo=%s&zeroedInChunks=false", prev_esc) < 0))
         query = NULL;
     CLEANUP_FREE char *path = (!prev || query) ? vm_path(vm, snap, prev ? query : "") : NULL;
     if (!path) {

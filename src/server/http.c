@@ -30,6 +30,7 @@
 
 #include "core/cleanup.h"
 #include "core/log.h"
+#include "core/text.h"
 #include "server/server.h"
 #include "server/upload.h"
 
@@ -127,8 +128,18 @@ int reply_json(struct request *rq, unsigned status, void *json)
     json_t *j = json;
     char *text = j ? json_dumps(j, JSON_COMPACT) : NULL;
     json_decref(j);
-    if (!text)
-        return MHD_NO;
+    if (!text) {
+        /* json_pack refuses strings that are not UTF-8: answer rather than drop the
+         * connection. */
+        static const char fallback[] = "{\"error\":\"internal error\",\"details\":\"the answer "
+                                       "could not be written as JSON\"}";
+        log_error("%s: an answer could not be written as JSON", rq->method);
+        struct MHD_Response *resp = MHD_create_response_from_buffer(
+            sizeof(fallback) - 1, (void *)fallback, MHD_RESPMEM_PERSISTENT);
+        if (resp)
+            MHD_add_response_header(resp, "Content-Type", "application/json");
+        return reply(rq, 500, resp);
+    }
     size_t len = strlen(text);
     text[len] = '\0';
     struct MHD_Response *resp = MHD_create_response_from_buffer(len, text, MHD_RESPMEM_MUST_FREE);
@@ -170,9 +181,14 @@ int reply_error(struct request *rq, unsigned status, const char *error, const ch
     va_start(ap, fmt);
     vsnprintf(details, sizeof(details), fmt, ap);
     va_end(ap);
+    /* Details may quote a name from a disk or a request argument, neither of them UTF-8 for
+     * sure; JSON strings must be. */
+    CLEANUP_FREE char *clean = utf8_scrub(details);
     if (status >= 500)
-        log_error("%s %s: %s: %s", rq->method, rq->nsegs ? rq->segs[0] : "/", error, details);
-    return reply_json(rq, status, json_pack("{s:s, s:s}", "error", error, "details", details));
+        log_error("%s %s: %s: %s", rq->method, rq->nsegs ? rq->segs[0] : "/", error,
+                  clean ? clean : details);
+    return reply_json(rq, status,
+                      clean ? json_pack("{s:s, s:s}", "error", error, "details", clean) : NULL);
 }
 
 int reply_errno(struct request *rq, int r, const char *what)
@@ -192,6 +208,19 @@ int reply_errno(struct request *rq, int r, const char *what)
 const char *request_arg(struct request *rq, const char *name)
 {
     return MHD_lookup_connection_value(rq->conn, MHD_GET_ARGUMENT_KIND, name);
+}
+
+int request_arg_bool(struct request *rq, const char *name, bool dflt, bool *out)
+{
+    return bool_parse(request_arg(rq, name), dflt, out);
+}
+
+int reply_bad_bool(struct request *rq, const char *name)
+{
+    return reply_error(rq, 400, "bad request",
+                       "query parameter '%s' takes a boolean: 1, t, T, TRUE, true, True, 0, f, F, "
+                       "FALSE, false or False",
+                       name);
 }
 
 const char *request_header(struct request *rq, const char *name)
@@ -279,13 +308,13 @@ static bool method_listed(const char *methods, const char *method)
     return false;
 }
 
-/* IDs from URLs: bounded, printable, never "." or "..", no NUL or control bytes. */
+/* IDs from URLs: bounded, printable UTF-8, never "." or "..", no NUL or control bytes. */
 static bool ids_are_sane(struct request *rq)
 {
     for (int i = 0; i < rq->nsegs; i++) {
         const char *s = rq->segs[i];
         size_t len = strlen(s);
-        if (len > ID_MAX || !strcmp(s, ".") || !strcmp(s, ".."))
+        if (len > ID_MAX || !strcmp(s, ".") || !strcmp(s, "..") || !utf8_valid(s))
             return false;
         for (const unsigned char *c = (const unsigned char *)s; *c; c++)
             if (*c < 0x20 || *c == 0x7f || *c == '\\')

@@ -3,6 +3,8 @@
 
 #include <inttypes.h>
 
+#include "core/text.h"
+
 void jw_string(FILE *f, const char *s)
 {
     if (!s) {
@@ -10,13 +12,21 @@ void jw_string(FILE *f, const char *s)
         return;
     }
     fputc('"', f);
-    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-        if (*p == '"' || *p == '\\')
-            fprintf(f, "\\%c", *p);
-        else if (*p < 0x20)
-            fprintf(f, "\\u%04x", *p);
-        else
-            fputc(*p, f);
+    while (*s) {
+        unsigned char c = (unsigned char)*s;
+        size_t n = utf8_char_len(s);
+        if (n == 0) {
+            /* Names on disk need not be UTF-8; JSON must be. */
+            fputs(UTF8_REPLACEMENT, f);
+            n = 1;
+        } else if (c == '"' || c == '\\') {
+            fprintf(f, "\\%c", c);
+        } else if (c < 0x20) {
+            fprintf(f, "\\u%04x", c);
+        } else {
+            fwrite(s, 1, n, f);
+        }
+        s += n;
     }
     fputc('"', f);
 }

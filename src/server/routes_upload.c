@@ -146,19 +146,16 @@ static int reply_claim_refused(struct request *rq, const struct transfer *t, int
     }
 }
 
-/* imageio's "flush" query parameter (y/n), and the API's booleans. */
+/* imageio's "flush" query parameter: y or n, or a boolean as request_arg_bool reads it; absent
+ * or empty, *flush keeps its value. */
 static bool arg_flush(struct request *rq, bool *flush)
 {
     const char *v = request_arg(rq, "flush");
-    if (!v)
-        return true; /* imageio's default: flush */
-    if (!strcmp(v, "y") || !strcmp(v, "true") || !strcmp(v, "True") || !strcmp(v, "1"))
-        *flush = true;
-    else if (!strcmp(v, "n") || !strcmp(v, "false") || !strcmp(v, "False") || !strcmp(v, "0"))
-        *flush = false;
-    else
-        return false;
-    return true;
+    if (v && (!strcmp(v, "y") || !strcmp(v, "n"))) {
+        *flush = v[0] == 'y';
+        return true;
+    }
+    return request_arg_bool(rq, "flush", *flush, flush) == 0;
 }
 
 /* RFC 3339 UTC time, seconds from now. */
@@ -355,7 +352,9 @@ int route_transfer_put_begin(struct request *rq)
         return reply_wrong_direction(rq, c->t);
     uint64_t size = c->t->size;
     if (!arg_flush(rq, &c->flush))
-        return reply_error(rq, 400, "bad request", "flush takes y or n");
+        return reply_error(rq, 400, "bad request",
+                           "query parameter 'flush' takes y or n, or a boolean: 1, t, T, TRUE, "
+                           "true, True, 0, f, F, FALSE, false or False");
 
     const char *te = request_header(rq, MHD_HTTP_HEADER_TRANSFER_ENCODING);
     char err[512];

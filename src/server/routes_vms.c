@@ -15,6 +15,7 @@
 
 #include "core/cleanup.h"
 #include "core/log.h"
+#include "core/text.h"
 #include "fs/fsdiff.h"
 #include "fs/fsinfo.h"
 #include "fs/fsmap.h"
@@ -86,10 +87,46 @@ static json_t *vm_to_json(struct server *s, const struct vm *vm)
                      vm->snapshot_compatible, "snapshots", snaps, "provider", vm->provider);
 }
 
+static bool text_ok(const char *s)
+{
+    return !s || utf8_valid(s);
+}
+
+/* Whether every string of vm that an answer carries is UTF-8: JSON strings must be, names on
+ * disk need not be.  When one is not, the VM is left out of the API (escaping would give it an
+ * ID that names nothing) and a warning names it. */
+static bool vm_is_utf8(const struct vm *vm, const char *provider)
+{
+    const char *what = NULL;
+    if (!text_ok(vm->id))
+        what = "its name";
+    else if (!text_ok(vm->friendly_name) || !text_ok(vm->uuid))
+        what = "its friendly name or UUID";
+    for (size_t i = 0; !what && i < vm->disks.len; i++) {
+        const struct vm_disk *d = &vm->disks.ptr[i];
+        if (!text_ok(d->name) || !text_ok(d->path) || !text_ok(d->repo_mountpoint))
+            what = "the name or path of a disk";
+        else if (!text_ok(d->device_name) || !text_ok(d->mode) || !text_ok(d->snapshot_mode))
+            what = "a disk's device name or mode";
+    }
+    if (!what)
+        return true;
+    CLEANUP_FREE char *shown = utf8_scrub(vm->id);
+    log_warn("provider %s: VM '%s': %s is not UTF-8 (shown here with U+FFFD); the VM is left "
+             "out of the API until it is renamed",
+             provider, shown ? shown : "?", what);
+    return false;
+}
+
 int server_vm_get(struct server *s, const char *vm_id, struct vm **vm, struct provider **p)
 {
     for (size_t i = 0; i < s->n_providers; i++) {
         int r = s->providers[i]->ops->get(s->providers[i], vm_id, vm);
+        if (r == 0 && !vm_is_utf8(*vm, s->providers[i]->name)) {
+            vm_free(*vm);
+            *vm = NULL;
+            return -ENOENT;
+        }
         if (r == 0) {
             (*vm)->provider = s->providers[i]->name;
             if (p)
@@ -123,6 +160,8 @@ int route_vms_list(struct request *rq)
             return reply_errno(rq, r, s->providers[i]->name);
         }
         for (size_t j = 0; j < l.len; j++) {
+            if (!vm_is_utf8(l.ptr[j], s->providers[i]->name))
+                continue;
             l.ptr[j]->provider = s->providers[i]->name;
             json_array_append_new(arr, vm_to_json(s, l.ptr[j]));
         }
@@ -180,13 +219,6 @@ static void chunk_write(struct chunk_writer *w, uint64_t start, uint64_t length,
     w->count++;
 }
 
-static int chunk_emit(void *opaque, uint64_t start, uint64_t length)
-{
-    struct chunk_writer *w = opaque;
-    chunk_write(w, start, length, w->phys ? phys_at(w->phys, start) : 0);
-    return ferror(w->f) ? -EIO : 0;
-}
-
 /* "chunks": the data extents of path, squashed (004 squashChunks) when asked. */
 static int write_chunks_full(FILE *f, const char *path, uint64_t size, bool squash)
 {
@@ -218,46 +250,105 @@ static int write_chunks_full(FILE *f, const char *path, uint64_t size, bool squa
     return r;
 }
 
-/* "chunks" (changed) and "zeroed" of disk against base_path, and the "diff_mode" used. */
-static int write_chunks_diff(FILE *f, const struct snapshot_disk *d, const char *base_path)
+/* What a snapshot body lists: query arguments chunks, squashChunks and zeroedInChunks. */
+struct chunk_opts {
+    bool chunks;           /* list extents at all */
+    bool squash;           /* merge chunks that touch */
+    bool zeroed_in_chunks; /* with compareTo, "chunks" covers "zeroed" too (see below) */
+};
+
+/* The ranges a diff emits into one sink, kept in order in a temporary file (memory stays
+ * bounded however many there are) and read back as {start, length} pairs. */
+static int spool_emit(void *opaque, uint64_t start, uint64_t length)
+{
+    const uint64_t range[2] = {start, length};
+    return fwrite(range, sizeof(range), 1, opaque) == 1 ? 0 : -EIO;
+}
+
+static bool spool_next(FILE *f, uint64_t range[2])
+{
+    return f && fread(range, 2 * sizeof(uint64_t), 1, f) == 1;
+}
+
+/* "chunks", "zeroed" and "diff_mode" of disk against base_path.
+ *
+ * The 004 client reads only "chunks" of a compareTo answer: listing just the changed ranges
+ * would leave the data of discarded ranges in its copy.  So by default "chunks" also covers the
+ * "zeroed" ranges (a GET of them returns zeros), merged in order; a client that writes zeros
+ * over "zeroed" itself asks zeroedInChunks=false and gets the changed ranges only. */
+static int write_chunks_diff(FILE *f, const struct snapshot_disk *d, const char *base_path,
+                             const struct chunk_opts *o)
 {
     struct fs_diff diff;
     int r = fs_diff_open(&diff, base_path, d->path, DIFF_AUTO);
     if (r < 0)
         return r;
-    FILE *zf = tmpfile();
-    if (!zf) {
+    CLEANUP_CLOSE int fd = -1;
+    FILE *cf = tmpfile(), *zf = tmpfile();
+    if (!cf || !zf) {
         r = -errno;
-        fs_diff_close(&diff);
-        return r;
+        goto out;
     }
+    struct extent_sink cs = {.emit = spool_emit, .opaque = cf};
+    struct extent_sink zs = {.emit = spool_emit, .opaque = zf};
+    r = fs_diff_run(&diff, &cs, &zs);
+    if (r == 0 && (fflush(cf) != 0 || fflush(zf) != 0))
+        r = -EIO;
+    if (r < 0)
+        goto out;
+    rewind(cf);
+    rewind(zf);
+
     struct phys_cursor pc = {0};
-    CLEANUP_CLOSE int fd = open(d->path, O_RDONLY | O_CLOEXEC);
+    fd = open(d->path, O_RDONLY | O_CLOEXEC);
     if (fd >= 0 && fs_map_open(&pc.map, fd, d->size, 0) == 0)
         pc.open = true;
     else
         pc.done = true;
     struct chunk_writer cw = {.f = f, .first = true, .phys = &pc};
-    struct chunk_writer zw = {.f = zf, .first = true};
-    struct extent_sink cs = {.emit = chunk_emit, .opaque = &cw};
-    struct extent_sink zs = {.emit = chunk_emit, .opaque = &zw};
+    uint64_t c[2], z[2];
+    bool have_c = spool_next(cf, c), have_z = o->zeroed_in_chunks && spool_next(zf, z);
+    uint64_t pend[3] = {0}; /* start, length, physical */
+    bool have_pend = false;
     fputs("\"chunks\":[", f);
-    r = fs_diff_run(&diff, &cs, &zs);
-    fputs("],\"zeroed\":[", f);
-    if (r == 0) {
-        char buf[65536];
-        size_t n;
-        rewind(zf);
-        /* zeroed ranges have no data, so no physical address: "physical_start" is 0 */
-        while ((n = fread(buf, 1, sizeof(buf), zf)) > 0)
-            fwrite(buf, 1, n, f);
+    while (have_c || have_z) {
+        bool changed = have_c && (!have_z || c[0] < z[0]);
+        const uint64_t *next = changed ? c : z;
+        if (have_pend && o->squash && pend[0] + pend[1] == next[0]) {
+            pend[1] += next[1];
+        } else {
+            if (have_pend)
+                chunk_write(&cw, pend[0], pend[1], pend[2]);
+            /* zeroed ranges have no data, so no physical address: "physical_start" is 0 */
+            pend[0] = next[0];
+            pend[1] = next[1];
+            pend[2] = changed ? phys_at(&pc, next[0]) : 0;
+            have_pend = true;
+        }
+        if (changed)
+            have_c = spool_next(cf, c);
+        else
+            have_z = spool_next(zf, z);
     }
+    if (have_pend)
+        chunk_write(&cw, pend[0], pend[1], pend[2]);
+    if (pc.open)
+        fs_map_close(&pc.map);
+    fputs("],\"zeroed\":[", f);
+    rewind(zf);
+    struct chunk_writer zw = {.f = f, .first = true};
+    while (spool_next(zf, z))
+        chunk_write(&zw, z[0], z[1], 0);
     fputs("]", f);
     bool first = false;
     jw_kv_str(f, &first, "diff_mode", diff_mode_name(diff.mode));
-    fclose(zf);
-    if (pc.open)
-        fs_map_close(&pc.map);
+    if (ferror(cf) || ferror(zf))
+        r = -EIO;
+out:
+    if (cf)
+        fclose(cf);
+    if (zf)
+        fclose(zf);
     fs_diff_close(&diff);
     return r;
 }
@@ -271,7 +362,7 @@ static const struct snapshot_disk *snapshot_disk_find(const struct snapshot *s, 
 }
 
 /* One snapshot object.  base: compareTo snapshot or NULL. */
-static int write_snapshot(FILE *f, const struct snapshot *s, bool chunks, bool squash,
+static int write_snapshot(FILE *f, const struct snapshot *s, const struct chunk_opts *o,
                           const struct snapshot *base)
 {
     bool first = true;
@@ -304,15 +395,15 @@ static int write_snapshot(FILE *f, const struct snapshot *s, bool chunks, bool s
         char file_id[FS_FILE_ID_MAX];
         if (fs_file_id_path(d->path, file_id) == 0)
             jw_kv_str(f, &df, "file_id", file_id);
-        if (chunks) {
+        if (o->chunks) {
             fputc(',', f);
             int r;
             const struct snapshot_disk *bd = base ? snapshot_disk_find(base, d->name) : NULL;
             if (base && bd) {
-                r = write_chunks_diff(f, d, bd->path);
+                r = write_chunks_diff(f, d, bd->path, o);
             } else {
                 fputs("\"chunks\":[", f);
-                r = write_chunks_full(f, d->path, d->size, squash);
+                r = write_chunks_full(f, d->path, d->size, o->squash);
                 fputs(base ? "],\"zeroed\":[]" : "]", f);
             }
             if (r < 0) {
@@ -327,17 +418,16 @@ static int write_snapshot(FILE *f, const struct snapshot *s, bool chunks, bool s
     return ferror(f) ? -EIO : 0;
 }
 
-static bool arg_bool(struct request *rq, const char *name, bool dflt, bool *bad)
+/* A boolean query argument (request_arg_bool); *bad names the first one that is not. */
+static bool arg_bool(struct request *rq, const char *name, bool dflt, const char **bad)
 {
-    const char *v = request_arg(rq, name);
-    if (!v)
+    bool v;
+    if (request_arg_bool(rq, name, dflt, &v) < 0) {
+        if (!*bad)
+            *bad = name;
         return dflt;
-    if (!strcmp(v, "true") || !strcmp(v, "1") || !strcmp(v, "True"))
-        return true;
-    if (!strcmp(v, "false") || !strcmp(v, "0") || !strcmp(v, "False"))
-        return false;
-    *bad = true;
-    return dflt;
+    }
+    return v;
 }
 
 /* The VM must exist, or at least have snapshots in the catalog (VM deleted since). */
@@ -358,11 +448,12 @@ static int vm_known(struct request *rq, const char *vm_id)
 
 static int reply_snapshot_list(struct request *rq, snapshot_list *l)
 {
-    bool bad = false;
+    const char *bad = NULL;
     bool chunks = arg_bool(rq, "chunks", true, &bad);
     bool squash = arg_bool(rq, "squashChunks", true, &bad);
     if (bad)
-        return reply_error(rq, 400, "bad request", "chunks and squashChunks take true or false");
+        return reply_bad_bool(rq, bad);
+    struct chunk_opts opts = {.chunks = chunks, .squash = squash};
     FILE *f = tmpfile();
     if (!f)
         return reply_errno(rq, -errno, "temporary file");
@@ -371,7 +462,7 @@ static int reply_snapshot_list(struct request *rq, snapshot_list *l)
     for (size_t i = 0; r == 0 && i < l->len; i++) {
         if (i)
             fputc(',', f);
-        r = write_snapshot(f, l->ptr[i], chunks, squash, NULL);
+        r = write_snapshot(f, l->ptr[i], &opts, NULL);
     }
     fputc(']', f);
     if (r < 0) {
@@ -396,10 +487,10 @@ int route_snapshots_list(struct request *rq)
 
 int route_orphans_list(struct request *rq)
 {
-    bool bad = false;
+    const char *bad = NULL;
     bool orphaned = arg_bool(rq, "orphaned", false, &bad);
     if (bad)
-        return reply_error(rq, 400, "bad request", "orphaned takes true or false");
+        return reply_bad_bool(rq, bad);
     snapshot_list all = VECTOR_INIT, out = VECTOR_INIT;
     int r = catalog_snapshot_list(rq->srv->catalog, NULL, "ready", &all);
     for (size_t i = 0; r == 0 && i < all.len; i++) {
@@ -424,6 +515,10 @@ int route_orphans_list(struct request *rq)
 
 int route_snapshot_create(struct request *rq)
 {
+    const char *bad = NULL;
+    bool chunks = arg_bool(rq, "chunks", true, &bad);
+    if (bad)
+        return reply_bad_bool(rq, bad); /* before a snapshot is taken for nothing */
     struct vm *vm = NULL;
     struct provider *p = NULL;
     int r = server_vm_get(rq->srv, rq->segs[1], &vm, &p);
@@ -454,14 +549,13 @@ int route_snapshot_create(struct request *rq)
     vm_free(vm);
     if (r < 0)
         return reply_error(rq, r == -ENOSPC ? 507 : 500, "snapshot failed", "%s", err);
-    bool bad = false;
-    bool chunks = arg_bool(rq, "chunks", true, &bad);
     FILE *f = tmpfile();
     if (!f) {
         snapshot_free(snap);
         return reply_errno(rq, -errno, "temporary file");
     }
-    r = write_snapshot(f, snap, chunks, true, NULL);
+    struct chunk_opts opts = {.chunks = chunks, .squash = true};
+    r = write_snapshot(f, snap, &opts, NULL);
     snapshot_free(snap);
     if (r < 0) {
         fclose(f);
@@ -481,12 +575,13 @@ int route_snapshot_get(struct request *rq)
     }
     if (r < 0)
         return reply_errno(rq, r, "catalog");
-    bool bad = false;
+    const char *bad = NULL;
     bool squash = arg_bool(rq, "squashChunks", true, &bad);
     bool chunks = arg_bool(rq, "chunks", true, &bad);
+    bool zeroed_in_chunks = arg_bool(rq, "zeroedInChunks", true, &bad);
     if (bad) {
         snapshot_free(snap);
-        return reply_error(rq, 400, "bad request", "squashChunks and chunks take true or false");
+        return reply_bad_bool(rq, bad);
     }
     const char *cmp = request_arg(rq, "compareTo");
     if (cmp && *cmp) {
@@ -514,7 +609,9 @@ int route_snapshot_get(struct request *rq)
         snapshot_free(base);
         return reply_errno(rq, -errno, "temporary file");
     }
-    r = write_snapshot(f, snap, chunks, squash, base);
+    struct chunk_opts opts = {
+        .chunks = chunks, .squash = squash, .zeroed_in_chunks = zeroed_in_chunks};
+    r = write_snapshot(f, snap, &opts, base);
     snapshot_free(snap);
     snapshot_free(base);
     if (r < 0) {

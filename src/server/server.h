@@ -92,6 +92,11 @@ int reply_error(struct request *rq, unsigned status, const char *error, const ch
 int reply_errno(struct request *rq, int r, const char *what);
 
 const char *request_arg(struct request *rq, const char *name);
+/* A boolean query argument, as the 004 exporter's Go strconv.ParseBool read it (1 t T TRUE true
+ * True, 0 f F FALSE false False); absent or empty: dflt.  0 with *out set, or -EINVAL. */
+int request_arg_bool(struct request *rq, const char *name, bool dflt, bool *out);
+/* 400 naming a boolean query argument that request_arg_bool refused. */
+int reply_bad_bool(struct request *rq, const char *name);
 const char *request_header(struct request *rq, const char *name);
 
 /* Route handlers (routes_vms.c, routes_data.c). */

@@ -158,6 +158,34 @@ else
 fi
 backup_json vm4 --transport local --full ||
     not_ok "local backup of a disk with written zeros: $(tail -2 "$WORK/backup.err")"
+
+# --- a disk whose size is not a multiple of the chunk size ---
+# 3 MiB + 12345 bytes with a hole inside: the last chunk is partial, with data up to the last
+# byte.  A full backup over https, then a write across the end that grows the disk by 2000
+# bytes and a local incremental; each restores bit for bit, at its exact size.
+mkdir -p "$VMS/vm5"
+head -c $((3 * MIB + 12345)) /dev/urandom >"$VMS/vm5/odd.img"
+fallocate --punch-hole -o $MIB -l $((64 * 1024)) "$VMS/vm5/odd.img"
+sync
+cp --sparse=always "$VMS/vm5/odd.img" "$WORK/odd.1"
+backup_json vm5 --transport https --full || not_ok "full backup of a disk of 3 MiB + 12345 bytes: $(tail -2 "$WORK/backup.err")"
+ODD1=$(jq -r .backup "$WORK/summary")
+head -c 4000 /dev/urandom |
+    dd of="$VMS/vm5/odd.img" bs=4000 oflag=seek_bytes seek=$((3 * MIB + 10345)) conv=notrunc status=none
+sync
+cp --sparse=always "$VMS/vm5/odd.img" "$WORK/odd.2"
+backup_json vm5 --transport local || not_ok "incremental backup of the grown odd-sized disk: $(tail -2 "$WORK/backup.err")"
+check "the odd-sized disk's second backup is incremental" jq -e '.incremental == true' "$WORK/summary"
+ODD2=$(jq -r .backup "$WORK/summary")
+for i in 1 2; do
+    id=ODD$i
+    rm -f "$WORK/odd.r$i"
+    "$VMEXPORT" restore --repo "$REPO" "${!id}" --disk odd.img --to "$WORK/odd.r$i" >/dev/null 2>"$WORK/restore.err" ||
+        not_ok "restore of the odd-sized disk, backup $i: $(tail -1 "$WORK/restore.err")"
+    check "odd-sized disk, backup $i: restored size $(stat -c %s "$WORK/odd.$i") exactly" \
+        test "$(stat -c %s "$WORK/odd.r$i" 2>/dev/null)" = "$(stat -c %s "$WORK/odd.$i")"
+    check "odd-sized disk, backup $i: restored bit for bit" cmp -s "$WORK/odd.r$i" "$WORK/odd.$i"
+done
 check "a local backup transfers nothing over the network" jq -e '.bytes_transferred == 0 and .transport == "local"' "$WORK/summary"
 rm -f "$WORK/r.raw"
 

@@ -156,7 +156,18 @@ sync
 expect_status 201 "second snapshot" POST /api/v1/vms/web01/snapshots
 S2=$(jq -r .id "$WORK/body")
 cp --sparse=always "$VMS/web01/root.img" "$WORK/root.at2"
-expect_status 200 "GET with compareTo" GET "/api/v1/vms/web01/snapshots/$S2?compareTo=$S1"
+# The 004 client reads only "chunks": by default they cover the zeroed ranges too, in order.
+expect_status 200 "GET with compareTo (004 default: chunks cover zeroed ranges)" GET "/api/v1/vms/web01/snapshots/$S2?compareTo=$S1"
+cp "$WORK/body" "$WORK/diff12-004.json"
+check "compareTo default: the discard is in chunks (physical_start 0) and in zeroed" \
+    jq -e '.disks[] | select(.name == "root.img") | [.chunks[] | [.start, .length]] == [[6291456,1048576],[8192000,4096],[78643200,131072]] and .chunks[0].physical_start == 0 and .zeroed == [{"start":6291456,"length":1048576,"physical_start":0}]' "$WORK/diff12-004.json"
+cp --sparse=always "$WORK/root.at1" "$WORK/root.img.004"
+truncate -s 83886080 "$WORK/root.img.004"
+download_chunks "$WORK/diff12-004.json" root.img "$WORK/root.img.004"
+check "004 client (chunks only, zeroed ignored) reproduces snapshot 2 bit for bit" cmp -s "$WORK/root.img.004" "$WORK/root.at2"
+expect_status 200 "zeroedInChunks=False keeps the ranges apart" GET "/api/v1/vms/web01/snapshots/$S2?compareTo=$S1&zeroedInChunks=False"
+check "zeroedInChunks=False: chunks without the discard" jq -e '.disks[] | select(.name == "root.img") | [.chunks[] | .start] == [8192000,78643200]' "$WORK/body"
+expect_status 200 "GET with compareTo&zeroedInChunks=false (vmexport's own client)" GET "/api/v1/vms/web01/snapshots/$S2?compareTo=$S1&zeroedInChunks=false"
 cp "$WORK/body" "$WORK/diff12.json"
 check "compareTo: only the 4 KiB write and the growth are chunks, the discard is zeroed" \
     jq -e '.disks[] | select(.name == "root.img") | .chunks == [{"start":8192000,"length":4096,"physical_start":.chunks[0].physical_start},{"start":78643200,"length":131072,"physical_start":.chunks[1].physical_start}] and .zeroed == [{"start":6291456,"length":1048576,"physical_start":0}] and .size == 83886080' "$WORK/diff12.json"

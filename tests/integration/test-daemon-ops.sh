@@ -249,7 +249,12 @@ sync
 expect_status 201 "second snapshot of the ext4 VM" POST /api/v1/vms/big/snapshots
 SB=$(jq -r .id "$WORK/body")
 SB_PATH=$(jq -r '.disks[0].path' "$WORK/body")
-expect_status 200 "GET with compareTo on copy-mode snapshots" GET "/api/v1/vms/big/snapshots/$SB?compareTo=$SA"
+expect_status 200 "GET with compareTo on copy-mode snapshots (004 default)" GET "/api/v1/vms/big/snapshots/$SB?compareTo=$SA"
+got=$(blocks_of disk.img "$WORK/body" chunks)
+want="640 1601 1602 1603 $(seq -s ' ' 2400 2415) "
+[ "$got" = "$want" ] && ok "by default chunks also cover the discarded blocks" ||
+    not_ok "default chunks: got blocks '$got', want '$want'"
+expect_status 200 "GET with compareTo&zeroedInChunks=0 on copy-mode snapshots" GET "/api/v1/vms/big/snapshots/$SB?compareTo=$SA&zeroedInChunks=0"
 cp "$WORK/body" "$WORK/diffAB.json"
 check "diff_mode is hash" jq -e '.disks[0].diff_mode == "hash"' "$WORK/diffAB.json"
 got=$(blocks_of disk.img "$WORK/diffAB.json" chunks)
@@ -303,7 +308,7 @@ check "diff_mode is hash from a sha256 sidecar" jq -e '.disks[0].diff_mode == "h
 got="$(blocks_of disk.img "$WORK/body" chunks)/$(blocks_of disk.img "$WORK/body" zeroed)"
 [ "$got" = "700 /" ] && ok "sha256 base: exactly the written block changed" ||
     not_ok "sha256 base: got blocks '$got', want '700 /'"
-expect_status 200 "compareTo from the xxh128 snapshot A" GET "/api/v1/vms/big/snapshots/$SD?compareTo=$SA"
+expect_status 200 "compareTo from the xxh128 snapshot A" GET "/api/v1/vms/big/snapshots/$SD?compareTo=$SA&zeroedInChunks=false"
 got=$(blocks_of disk.img "$WORK/body" chunks)
 [ "$got" = "640 700 1601 1602 1603 " ] && ok "xxh128 base: the changes since A" ||
     not_ok "xxh128 base: got blocks '$got'"
