@@ -669,6 +669,22 @@ static int fsync_parent(const char *path)
     return 0;
 }
 
+/* A disk published into a set-group-ID directory gets the directory's group, as a file made
+ * there would have (it was made in the staging directory, which may not be set-group-ID): a
+ * daemon running as its own user with group access to the VM directories keeps the disks in
+ * that group.  Best effort: a failure is logged, the disk is still published. */
+static void inherit_setgid_group(struct transfer *t)
+{
+    CLEANUP_FREE char *copy = strdup(t->final_path);
+    struct stat dir, st;
+    if (!copy || lstat(dirname(copy), &dir) < 0 || !S_ISDIR(dir.st_mode) ||
+        !(dir.st_mode & S_ISGID) || fstat(t->fd, &st) < 0 || st.st_gid == dir.st_gid)
+        return;
+    if (fchown(t->fd, (uid_t)-1, dir.st_gid) < 0)
+        log_warn("upload %.8s: giving %s the group %u of its set-group-ID directory: %s", t->id,
+                 t->final_path, (unsigned)dir.st_gid, strerror(errno));
+}
+
 /* Back to ACTIVE after a finalize that could not publish the disk. */
 static void transfer_reactivate(struct uploads *u, struct transfer *t)
 {
@@ -727,6 +743,7 @@ int upload_finalize(struct uploads *u, struct transfer *t, char *err, size_t err
         return -EFBIG;
     }
     posix_fadvise(t->fd, 0, 0, POSIX_FADV_DONTNEED); /* clean now: leave the cache to the VMs */
+    inherit_setgid_group(t);
     if ((r = rename_noreplace(t->partial_path, t->final_path)) < 0) {
         if (r == -EEXIST)
             snprintf(err, errlen,
