@@ -1085,8 +1085,13 @@ int client_put_range(struct client *c, const char *path, uint64_t off, const voi
              (unsigned long long)(off + len - 1), (unsigned long long)total);
     struct put_body put = {.data = buf, .len = len, .content_range = range};
     struct sink s = {.max = JSON_RESPONSE_MAX};
+    /* Each PUT's data need not be on the disk before the answer: the caller flushes once at the
+     * end (imageio's default is a flush per PUT). */
+    CLEANUP_FREE char *url = NULL;
+    if (asprintf(&url, "%s?flush=n", path) < 0)
+        return -ENOMEM;
     /* A PUT of a range is idempotent: retried like a read. */
-    int r = request(c, "PUT", path, NULL, NULL, REQ_AUTH | REQ_IDEMPOTENT, &s, &put);
+    int r = request(c, "PUT", url, NULL, NULL, REQ_AUTH | REQ_IDEMPOTENT, &s, &put);
     if (r == 0 && (s.status < 200 || s.status >= 300)) {
         CLEANUP_FREE char *what = NULL;
         if (asprintf(&what, "PUT %s %s: ", path, range) < 0)

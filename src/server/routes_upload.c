@@ -351,6 +351,7 @@ int route_transfer_put_begin(struct request *rq)
     if (c->t->direction != TRANSFER_UPLOAD)
         return reply_wrong_direction(rq, c->t);
     uint64_t size = c->t->size;
+    c->flush = true; /* imageio's default */
     if (!arg_flush(rq, &c->flush))
         return reply_error(rq, 400, "bad request",
                            "query parameter 'flush' takes y or n, or a boolean: 1, t, T, TRUE, "
