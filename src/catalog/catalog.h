@@ -97,4 +97,13 @@ int catalog_upload_remove(struct catalog *c, const char *id);
 /* Every recorded upload, oldest first. */
 int catalog_upload_list(struct catalog *c, upload_record_list *out);
 
+/* ---- login tokens revoked at logout ----
+ *
+ * A row per revoked token (id: a digest of the token, never the token) until it expires. */
+int catalog_token_revoke(struct catalog *c, const char *id, int64_t exp);
+/* Removes the rows that expired by now, then calls fn for every other one; stops at the first
+ * negative return of fn and returns it. */
+int catalog_token_revoked_list(struct catalog *c, int64_t now,
+                               int (*fn)(void *arg, const char *id, int64_t exp), void *arg);
+
 #endif
