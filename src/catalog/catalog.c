@@ -630,12 +630,20 @@ int catalog_upload_list(struct catalog *c, upload_record_list *out)
 
 /* ---- revoked tokens ---- */
 
-int catalog_token_revoke(struct catalog *c, const char *id, int64_t exp)
+int catalog_token_revoke(struct catalog *c, const char *id, int64_t exp, int64_t now)
 {
     sqlite3_stmt *st;
     pthread_mutex_lock(&c->lock);
-    int rc = sqlite3_prepare_v2(c->db, "INSERT OR IGNORE INTO revoked_tokens (id, exp) VALUES (?, ?)",
-                                -1, &st, NULL);
+    /* Rows of tokens expired by now are of no use: drop them on the way. */
+    int rc = sqlite3_prepare_v2(c->db, "DELETE FROM revoked_tokens WHERE exp <= ?", -1, &st, NULL);
+    if (rc == SQLITE_OK) {
+        sqlite3_bind_int64(st, 1, (sqlite3_int64)now);
+        rc = sqlite3_step(st);
+        sqlite3_finalize(st);
+    }
+    if (rc == SQLITE_DONE)
+        rc = sqlite3_prepare_v2(
+            c->db, "INSERT OR IGNORE INTO revoked_tokens (id, exp) VALUES (?, ?)", -1, &st, NULL);
     if (rc == SQLITE_OK) {
         sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
         sqlite3_bind_int64(st, 2, (sqlite3_int64)exp);

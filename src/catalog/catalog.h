@@ -101,7 +101,8 @@ int catalog_upload_list(struct catalog *c, upload_record_list *out);
 /* ---- login tokens revoked at logout ----
  *
  * A row per revoked token (id: a digest of the token, never the token) until it expires. */
-int catalog_token_revoke(struct catalog *c, const char *id, int64_t exp);
+/* Records a revoked token (exp: when it expires, Unix time) and drops the rows expired by now. */
+int catalog_token_revoke(struct catalog *c, const char *id, int64_t exp, int64_t now);
 /* Removes the rows that expired by now, then calls fn for every other one; stops at the first
  * negative return of fn and returns it. */
 int catalog_token_revoked_list(struct catalog *c, int64_t now,

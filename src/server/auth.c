@@ -558,7 +558,9 @@ out:
     return r;
 }
 
-/* Adds one row of the catalog's revoked tokens to the set (auth_open). */
+/* Adds one row of the catalog's revoked tokens to the set (auth_open).  Every unexpired one is
+ * kept, even beyond AUTH_REVOKED_MAX (concurrent logouts may overshoot it a little): forgetting
+ * one would make its token valid again. */
 static int revoked_load_one(void *arg, const char *id_hex, int64_t exp)
 {
     struct auth *a = arg;
@@ -571,8 +573,6 @@ static int revoked_load_one(void *arg, const char *id_hex, int64_t exp)
             return 0;
         rv.id[i] = (unsigned char)(hi << 4 | lo);
     }
-    if (a->revoked.len >= AUTH_REVOKED_MAX)
-        return -ENOSPC;
     return revoked_list_append(&a->revoked, rv);
 }
 
@@ -640,11 +640,6 @@ int auth_open(struct auth **out, const struct auth_config *cfg, char *err, size_
     }
     if (a->catalog) {
         r = catalog_token_revoked_list(a->catalog, (int64_t)time(NULL), revoked_load_one, a);
-        if (r == -ENOSPC) {
-            log_warn("more than %d revoked tokens in the catalog; the rest are forgotten",
-                     AUTH_REVOKED_MAX);
-            r = 0;
-        }
         if (r < 0) {
             err_set(err, errlen, "cannot read the revoked tokens from the catalog: %s",
                     strerror(-r));
@@ -970,10 +965,11 @@ int auth_login(struct auth *a, const char *user, const char *password, const cha
     if (retry_after)
         *retry_after = 0;
     const char *addr = client_addr && client_addr[0] ? client_addr : "unknown";
-    bool usable = user && user[0] && password && password[0];
+    const char *name = user ? user : "";
+    bool usable = name[0] && password && password[0];
 
     struct login_limit l;
-    if (limit_begin(a, addr, user ? user : "", &l, &wait) < 0) {
+    if (limit_begin(a, addr, name, &l, &wait) < 0) {
         if (retry_after)
             *retry_after = wait;
         return -EAGAIN;
@@ -987,7 +983,7 @@ int auth_login(struct auth *a, const char *user, const char *password, const cha
         ok = pam = pam_verify(a, user, password, addr);
 
     int r = ok ? token_make(a, user, (int64_t)time(NULL), pam ? NULL : bind, token) : -EACCES;
-    limit_end(a, &l, addr, user, !ok);
+    limit_end(a, &l, addr, name, !ok);
     if (!ok) {
         char user_log[LOG_FIELD_SIZE], addr_log[LOG_FIELD_SIZE];
         log_warn("login failed for user '%s' from %s", log_field(user, user_log),
@@ -1296,7 +1292,7 @@ int auth_revoke(struct auth *a, const char *authorization)
         char hex[2 * SHA256_DIGEST_LENGTH + 1];
         for (size_t i = 0; i < sizeof(rv.id); i++)
             snprintf(hex + 2 * i, 3, "%02x", rv.id[i]);
-        r = catalog_token_revoke(a->catalog, hex, (int64_t)exp);
+        r = catalog_token_revoke(a->catalog, hex, (int64_t)exp, (int64_t)time(NULL));
         if (r < 0)
             return r;
     }

@@ -1301,7 +1301,7 @@ static void test_revoke(void **state)
     f->a = NULL;
 
     /* Rows of expired tokens are dropped when the catalog is read. */
-    assert_int_equal(catalog_token_revoke(cat, "00", (int64_t)time(NULL) - 10), 0);
+    assert_int_equal(catalog_token_revoke(cat, "00", (int64_t)time(NULL) - 10, 0), 0);
     cfg.catalog = cat;
     assert_int_equal(auth_open(&f->a, &cfg, err, sizeof(err)), 0);
     int rows = 0;
