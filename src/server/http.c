@@ -60,6 +60,7 @@ struct route {
     enum auth_role role;
 };
 
+/* The least privileged role of a route, in the table below (none: admin only). */
 #define READER   .role = AUTH_ROLE_READER
 #define OPERATOR .role = AUTH_ROLE_OPERATOR
 
