@@ -139,6 +139,7 @@ printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\n' >"$c/server.ext"
 openssl x509 -req -in "$c/server.csr" -CA "$c/ca.crt" -CAkey "$c/ca.key" -CAcreateserial \
     -days 2 -extfile "$c/server.ext" -out "$c/server.crt" 2>/dev/null
 echo "admin:$(openssl passwd -6 secret)" >"$work/state/users"
+chmod 600 "$work/state/users"
 port=$(free_port)
 cat >"$work/vmexportd.conf" <<EOF
 [server]

@@ -45,6 +45,7 @@ if [ ! -f "$DEMO/server.crt" ]; then
     chmod 600 "$DEMO/server.key"
 fi
 [ -f "$DEMO/users" ] || echo "demo:$(openssl passwd -6 demo)" >"$DEMO/users"
+chmod 600 "$DEMO/users" # vmexportd refuses a users file that others can read
 cat >"$DEMO/vmexportd.conf" <<CONF
 [server]
 listen = 127.0.0.1:$PORT

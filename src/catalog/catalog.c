@@ -62,6 +62,13 @@ static const char catalog_schema[] =
     "  size INTEGER NOT NULL,"
     "  created_at TEXT NOT NULL);";
 
+/* Tokens revoked at logout, kept until they expire (exp, Unix time).  Created apart from the
+ * schema above so that older catalogs gain it without a version change; older daemons ignore
+ * it. */
+static const char catalog_schema_tokens[] = "CREATE TABLE IF NOT EXISTS revoked_tokens ("
+                                            "  id TEXT PRIMARY KEY,"
+                                            "  exp INTEGER NOT NULL);";
+
 void snapshot_free(struct snapshot *s)
 {
     if (!s)
@@ -197,6 +204,8 @@ int catalog_open(struct catalog **out, const char *db_file, char *err, size_t er
         rc = sqlite3_exec(c->db, catalog_schema, NULL, NULL, &msg);
     if (rc == SQLITE_OK)
         rc = label_column_add(c, &msg);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_exec(c->db, catalog_schema_tokens, NULL, NULL, &msg);
     sqlite3_stmt *st = NULL;
     int version = 0;
     if (rc == SQLITE_OK && sqlite3_prepare_v2(c->db, "PRAGMA user_version", -1, &st, NULL) == 0 &&
@@ -676,6 +685,67 @@ int catalog_upload_list(struct catalog *c, upload_record_list *out)
     }
     if (r == 0 && rc != SQLITE_DONE)
         r = sqlite_errno(rc) ? sqlite_errno(rc) : -EIO;
+    sqlite3_finalize(st);
+    pthread_mutex_unlock(&c->lock);
+    return r;
+}
+
+/* ---- revoked tokens ---- */
+
+int catalog_token_revoke(struct catalog *c, const char *id, int64_t exp, int64_t now)
+{
+    sqlite3_stmt *st;
+    pthread_mutex_lock(&c->lock);
+    /* Rows of tokens expired by now are of no use: drop them on the way. */
+    int rc = sqlite3_prepare_v2(c->db, "DELETE FROM revoked_tokens WHERE exp <= ?", -1, &st, NULL);
+    if (rc == SQLITE_OK) {
+        sqlite3_bind_int64(st, 1, (sqlite3_int64)now);
+        rc = sqlite3_step(st);
+        sqlite3_finalize(st);
+    }
+    if (rc == SQLITE_DONE)
+        rc = sqlite3_prepare_v2(
+            c->db, "INSERT OR IGNORE INTO revoked_tokens (id, exp) VALUES (?, ?)", -1, &st, NULL);
+    if (rc == SQLITE_OK) {
+        sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 2, (sqlite3_int64)exp);
+        rc = sqlite3_step(st);
+        sqlite3_finalize(st);
+    }
+    if (rc != SQLITE_DONE)
+        log_error("catalog: recording a revoked token: %s", sqlite3_errmsg(c->db));
+    pthread_mutex_unlock(&c->lock);
+    return rc == SQLITE_DONE ? 0 : sqlite_errno(rc) ? sqlite_errno(rc) : -EIO;
+}
+
+int catalog_token_revoked_list(struct catalog *c, int64_t now,
+                               int (*fn)(void *arg, const char *id, int64_t exp), void *arg)
+{
+    sqlite3_stmt *st = NULL;
+    pthread_mutex_lock(&c->lock);
+    int rc = sqlite3_prepare_v2(c->db, "DELETE FROM revoked_tokens WHERE exp <= ?", -1, &st, NULL);
+    if (rc == SQLITE_OK) {
+        sqlite3_bind_int64(st, 1, (sqlite3_int64)now);
+        rc = sqlite3_step(st);
+        sqlite3_finalize(st);
+        st = NULL;
+    }
+    if (rc == SQLITE_DONE || rc == SQLITE_OK)
+        rc = sqlite3_prepare_v2(c->db, "SELECT id, exp FROM revoked_tokens", -1, &st, NULL);
+    int r = 0;
+    if (rc == SQLITE_OK) {
+        while ((rc = sqlite3_step(st)) == SQLITE_ROW && r == 0) {
+            const unsigned char *id = sqlite3_column_text(st, 0);
+            if (id)
+                r = fn(arg, (const char *)id, (int64_t)sqlite3_column_int64(st, 1));
+        }
+        if (r == 0 && rc != SQLITE_DONE && rc != SQLITE_ROW)
+            r = sqlite_errno(rc) ? sqlite_errno(rc) : -EIO;
+    } else {
+        r = sqlite_errno(rc) ? sqlite_errno(rc) : -EIO;
+    }
+    if (r < 0 && r != -ENOMEM && r != -ENOSPC)
+        log_error("catalog: reading revoked tokens: %s", sqlite3_errmsg(c->db));
     sqlite3_finalize(st);
     pthread_mutex_unlock(&c->lock);
     return r;

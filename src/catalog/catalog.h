@@ -1,5 +1,6 @@
-/* The snapshot catalog: which snapshots exist, of which VM, with which disk files; and which
- * uploads of new disks are in progress (so that a restart can remove their partial files).
+/* The snapshot catalog: which snapshots exist, of which VM, with which disk files; which
+ * uploads of new disks are in progress (so that a restart can remove their partial files); and
+ * which login tokens were revoked at logout (so that a restart does not revive them).
  *
  * SQLite in WAL mode with synchronous=FULL, so the catalog survives kill -9 and power loss at any
  * point.  A snapshot is recorded as "creating" before its files are made and "ready" after; one
@@ -97,5 +98,15 @@ int catalog_upload_add(struct catalog *c, const struct upload_record *u);
 int catalog_upload_remove(struct catalog *c, const char *id);
 /* Every recorded upload, oldest first. */
 int catalog_upload_list(struct catalog *c, upload_record_list *out);
+
+/* ---- login tokens revoked at logout ----
+ *
+ * A row per revoked token (id: a digest of the token, never the token) until it expires. */
+/* Records a revoked token (exp: when it expires, Unix time) and drops the rows expired by now. */
+int catalog_token_revoke(struct catalog *c, const char *id, int64_t exp, int64_t now);
+/* Removes the rows that expired by now, then calls fn for every other one; stops at the first
+ * negative return of fn and returns it. */
+int catalog_token_revoked_list(struct catalog *c, int64_t now,
+                               int (*fn)(void *arg, const char *id, int64_t exp), void *arg);
 
 #endif

@@ -717,10 +717,14 @@ static int status_errno(long status, const char *details)
         return -EINVAL;
     case 401:
         return -EACCES;
+    case 403:
+        return -EPERM;
     case 404:
         return -ENOENT;
     case 409:
         return strstr(details, "busy") ? -EBUSY : -EEXIST;
+    case 429:
+        return -EAGAIN;
     default:
         return -EIO;
     }

@@ -29,14 +29,27 @@ const char config_help[] =
     "  shutdown_grace = 30           seconds running downloads may finish after SIGTERM\n"
     "\n"
     "  [auth]\n"
-    "  users_file = FILE             lines \"name:HASH\", HASH any crypt(3) hash\n"
-    "                                (make one with: openssl passwd -6)\n"
+    "  users_file = FILE             lines \"name:HASH\" or \"name:HASH:ROLE\", HASH any\n"
+    "                                crypt(3) hash (make one with: openssl passwd -6),\n"
+    "                                ROLE admin (everything; the default), operator\n"
+    "                                (snapshots, downloads, uploads) or reader (lists and\n"
+    "                                downloads); e.g. backup:$6$...:operator.  Must not be\n"
+    "                                accessible by others nor writable by its group\n"
+    "                                (chmod 600).  SIGHUP reloads it: tokens of users\n"
+    "                                removed or whose hash changed stop working\n"
     "  pam_service =                 when set, PAM is tried too (e.g. login)\n"
+    "  pam_role = admin              role of users who log in through PAM\n"
     "  token_ttl = 3600              seconds a login token is valid\n"
     "  jwt_secret_file = FILE        HS256 key; created (0600, random) when missing\n"
+    "  login_failures_per_address = 5\n"
+    "                                failed logins an address (IPv6: its /64) may have\n"
+    "  login_failures_per_user = 10  failed logins a user name may have, from any address\n"
+    "  login_failure_window = 60     seconds those counts last (from the first failure);\n"
+    "                                beyond either count, logins get 429 until it ends\n"
     "\n"
     "  [catalog]\n"
-    "  db_file = FILE                SQLite catalog of snapshots (created when missing)\n"
+    "  db_file = FILE                SQLite catalog of snapshots, uploads and logged-out\n"
+    "                                tokens (created when missing)\n"
     "\n"
     "  [snapshot]\n"
     "  freeze_command =              shell command run before snapshotting a VM; the VM ID\n"
@@ -214,6 +227,16 @@ static int config_ini_handler(void *user, const char *section, const char *name,
         r = parse_uint(value, 1, 30 * 86400, &cfg->token_ttl);
     else if (KEY("auth", "jwt_secret_file"))
         r = set_str(&cfg->jwt_secret_file, value);
+    else if (KEY("auth", "pam_role")) {
+        if (auth_role_parse(value, &cfg->pam_role) < 0)
+            return fail(ps, "[%s] %s: must be admin, operator or reader, not '%s'", section, name,
+                        value);
+    } else if (KEY("auth", "login_failures_per_address"))
+        r = parse_uint(value, 1, 1000000, &cfg->login_failures_per_address);
+    else if (KEY("auth", "login_failures_per_user"))
+        r = parse_uint(value, 1, 1000000, &cfg->login_failures_per_user);
+    else if (KEY("auth", "login_failure_window"))
+        r = parse_uint(value, 1, 86400, &cfg->login_failure_window);
     else if (KEY("catalog", "db_file"))
         r = set_str(&cfg->db_file, value);
     else if (KEY("snapshot", "freeze_command"))
@@ -260,6 +283,10 @@ int config_load(struct daemon_config *cfg, const char *path, char *err, size_t e
     cfg->block_hash = BLOCKHASH_DEFAULT;
     cfg->upload_idle_timeout = CONFIG_DEFAULT_UPLOAD_IDLE;
     cfg->upload_max_writers = CONFIG_DEFAULT_UPLOAD_WRITERS;
+    cfg->pam_role = AUTH_ROLE_ADMIN;
+    cfg->login_failures_per_address = CONFIG_DEFAULT_LOGIN_PER_ADDR;
+    cfg->login_failures_per_user = CONFIG_DEFAULT_LOGIN_PER_USER;
+    cfg->login_failure_window = CONFIG_DEFAULT_LOGIN_WINDOW;
     if (!(cfg->file = strdup(path)) || parse_listen(cfg, CONFIG_DEFAULT_LISTEN) < 0)
         return -ENOMEM;
 

@@ -10,6 +10,7 @@
 
 #include "fs/blockhash.h"
 #include "provider/provider.h"
+#include "server/auth.h"
 
 /* Defaults (also in the --help text). */
 #define CONFIG_DEFAULT_LISTEN          "127.0.0.1:5544"
@@ -20,6 +21,9 @@
 #define CONFIG_DEFAULT_HOOK_TIMEOUT    60  /* seconds for freeze/thaw commands */
 #define CONFIG_DEFAULT_UPLOAD_IDLE     300 /* seconds an upload may go without requests */
 #define CONFIG_DEFAULT_UPLOAD_WRITERS  8   /* parallel writers of one upload */
+#define CONFIG_DEFAULT_LOGIN_PER_ADDR  5   /* failed logins per address per window */
+#define CONFIG_DEFAULT_LOGIN_PER_USER  10  /* failed logins per user name per window */
+#define CONFIG_DEFAULT_LOGIN_WINDOW    60  /* seconds */
 
 struct config_provider {
     char *name;
@@ -37,6 +41,8 @@ struct daemon_config {
 
     char *users_file, *pam_service, *jwt_secret_file;
     unsigned token_ttl;
+    enum auth_role pam_role;
+    unsigned login_failures_per_address, login_failures_per_user, login_failure_window;
 
     char *db_file;
 

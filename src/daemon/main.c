@@ -34,8 +34,10 @@ static void usage(FILE *f)
                "Everything the daemon creates (catalog, snapshots, uploads) is private to its\n"
                "user: it runs with umask 077, whatever umask it was started with.\n"
                "\n"
-               "Signals: SIGHUP reloads the users file; SIGTERM and SIGINT stop accepting\n"
-               "connections, let running requests finish (shutdown_grace) and exit.\n"
+               "Signals: SIGHUP reloads the users file (the tokens of users removed from it,\n"
+               "or whose password hash changed, stop working; roles apply at once); SIGTERM\n"
+               "and SIGINT stop accepting connections, let running requests finish\n"
+               "(shutdown_grace) and exit.\n"
                "\n");
     fputs(config_help, f);
     fprintf(f, "\nExit status: 0 clean stop, 1 failure, 2 bad usage.\n");

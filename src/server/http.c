@@ -57,32 +57,42 @@ struct route {
     /* Streaming routes: called when the headers arrive (after authentication); answers at once
      * or sets rq->body_write.  handler then runs when the body has arrived. */
     int (*begin)(struct request *rq);
+    /* Least privileged role that may use the route (not public ones); unset: admin only. */
+    enum auth_role role;
 };
+
+/* The least privileged role of a route, in the table below (none: admin only). */
+#define READER   .role = AUTH_ROLE_READER
+#define OPERATOR .role = AUTH_ROLE_OPERATOR
 
 /* Handlers by method for one path shape; the first matching path decides 405 vs dispatch. */
 static const struct route routes[] = {
     {"POST", "auth/login", route_login, ROUTE_PUBLIC, "login"},
-    {"GET", "vms", route_vms_list, 0, "vms"},
-    {"GET", "vms/*", route_vm_get, 0, "vm"},
-    {"GET", "vms/*/snapshots", route_snapshots_list, 0, "snapshots"},
-    {"POST", "vms/*/snapshots", route_snapshot_create, 0, "snapshot_create"},
-    {"DELETE", "vms/*/snapshots", route_snapshots_purge, 0, "snapshots_purge"},
-    {"GET", "vms/*/snapshots/*", route_snapshot_get, 0, "snapshot"},
-    {"DELETE", "vms/*/snapshots/*", route_snapshot_delete, 0, "snapshot_delete"},
-    {"GET HEAD", "vms/*/snapshots/*/disks/*", route_disk_data, 0, "disk"},
-    {"GET", "vms/*/snapshots/*/disks/*/changes", route_disk_changes, 0, "disk_changes"},
-    {"GET", "snapshots", route_orphans_list, 0, "all_snapshots"},
+    {"POST", "auth/logout", route_logout, 0, "logout", READER},
+    {"GET", "vms", route_vms_list, 0, "vms", READER},
+    {"GET", "vms/*", route_vm_get, 0, "vm", READER},
+    {"GET", "vms/*/snapshots", route_snapshots_list, 0, "snapshots", READER},
+    {"POST", "vms/*/snapshots", route_snapshot_create, 0, "snapshot_create", OPERATOR},
+    {"DELETE", "vms/*/snapshots", route_snapshots_purge, 0, "snapshots_purge", OPERATOR},
+    {"GET", "vms/*/snapshots/*", route_snapshot_get, 0, "snapshot", READER},
+    {"DELETE", "vms/*/snapshots/*", route_snapshot_delete, 0, "snapshot_delete", OPERATOR},
+    {"GET HEAD", "vms/*/snapshots/*/disks/*", route_disk_data, 0, "disk", READER},
+    {"GET", "vms/*/snapshots/*/disks/*/changes", route_disk_changes, 0, "disk_changes", READER},
+    {"GET", "snapshots", route_orphans_list, 0, "all_snapshots", READER},
     {"GET HEAD", "healthz", route_healthz, ROUTE_PUBLIC, "healthz"},
     {"GET", "metrics", route_metrics, 0, "metrics"},
-    {"POST", "vms/*/uploads", route_upload_create, 0, "upload_create"},
-    {"POST", "vms/*/downloads", route_download_create, 0, "download_create"},
-    {"GET HEAD", "transfers/*", route_transfer_get, 0, "transfer_get"},
-    {"PUT", "transfers/*", route_transfer_put, 0, "transfer_put", route_transfer_put_begin},
-    {"PATCH", "transfers/*", route_transfer_patch, 0, "transfer_patch"},
-    {"OPTIONS", "transfers/*", route_transfer_options, 0, "transfer_options"},
-    {"DELETE", "transfers/*", route_transfer_cancel, 0, "transfer_cancel"},
-    {"GET", "transfers/*/extents", route_transfer_extents, 0, "transfer_extents"},
-    {"POST", "transfers/*/finalize", route_transfer_finalize, 0, "transfer_finalize"},
+    {"POST", "vms/*/uploads", route_upload_create, 0, "upload_create", OPERATOR},
+    {"POST", "vms/*/downloads", route_download_create, 0, "download_create", READER},
+    /* Shared by uploads and downloads: a reader may use its downloads only (routes_upload.c
+     * answers 403 for an upload). */
+    {"GET HEAD", "transfers/*", route_transfer_get, 0, "transfer_get", READER},
+    {"PUT", "transfers/*", route_transfer_put, 0, "transfer_put", route_transfer_put_begin,
+     OPERATOR},
+    {"PATCH", "transfers/*", route_transfer_patch, 0, "transfer_patch", OPERATOR},
+    {"OPTIONS", "transfers/*", route_transfer_options, 0, "transfer_options", READER},
+    {"DELETE", "transfers/*", route_transfer_cancel, 0, "transfer_cancel", READER},
+    {"GET", "transfers/*/extents", route_transfer_extents, 0, "transfer_extents", READER},
+    {"POST", "transfers/*/finalize", route_transfer_finalize, 0, "transfer_finalize", OPERATOR},
     /* The same under /images/{id}: the unguessable transfer ID is the credential. */
     {"GET HEAD", "images/*", route_transfer_get, ROUTE_PUBLIC | ROUTE_IMAGEIO, "image_get"},
     {"PUT", "images/*", route_transfer_put, ROUTE_PUBLIC | ROUTE_IMAGEIO, "image_put",
@@ -342,17 +352,26 @@ static bool client_cert_ok(struct request *rq)
     return status == 0;
 }
 
-/* Public routes pass; others need a valid bearer token (rq->user is set from it). */
+/* Public routes pass; others need a valid bearer token (rq->user and rq->role are set from it)
+ * and then, for rq->denied, a role the route allows. */
 static bool request_authorized(struct request *rq, const struct route *rt)
 {
     if (rt->flags & ROUTE_PUBLIC)
         return true;
     const char *authz = request_header(rq, MHD_HTTP_HEADER_AUTHORIZATION);
-    return authz && auth_check_bearer(rq->srv->auth, authz, &rq->user) == 0;
+    if (!authz || auth_check_bearer(rq->srv->auth, authz, &rq->user, &rq->role) != 0)
+        return false;
+    rq->denied = !auth_role_allows(rq->role, rt->role);
+    return true;
 }
 
+/* 401 without a valid token, 403 when the token's role may not use the route. */
 static int reply_unauthorized(struct request *rq)
 {
+    if (rq->denied)
+        return reply_error(rq, 403, "forbidden",
+                           "user '%s' has role %s, which may not use this route", rq->user,
+                           auth_role_name(rq->role));
     return reply_error(rq, 401, "unauthorized",
                        "a valid 'Authorization: Bearer <token>' header is required "
                        "(POST /api/v1/auth/login)");
@@ -378,7 +397,7 @@ static int dispatch(struct request *rq)
         if (!method_listed(routes[i].methods, rq->method))
             continue;
         rq->route = i;
-        if (!request_authorized(rq, &routes[i]))
+        if (!request_authorized(rq, &routes[i]) || rq->denied)
             return reply_unauthorized(rq);
         return routes[i].handler(rq);
     }
@@ -435,7 +454,8 @@ static int request_begin(struct request *rq, const char *url)
      * client is already sending it, so the answer waits until the body has been read (and
      * discarded) rather than cutting the connection under the client's feet. */
     rq->defer_replies = !expects_continue(rq);
-    int ret = request_authorized(rq, &routes[i]) ? routes[i].begin(rq) : reply_unauthorized(rq);
+    int ret = request_authorized(rq, &routes[i]) && !rq->denied ? routes[i].begin(rq)
+                                                                : reply_unauthorized(rq);
     rq->defer_replies = true; /* no response can be queued while the body arrives */
     return ret;
 }

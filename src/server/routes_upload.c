@@ -104,8 +104,19 @@ static int reply_no_transfer(struct request *rq)
 static struct transfer *transfer_lookup(struct request *rq, int *ret)
 {
     struct transfer *t = upload_get(rq->srv->uploads, rq->segs[1]);
-    if (!t)
+    if (!t) {
         *ret = reply_no_transfer(rq);
+        return NULL;
+    }
+    /* The /api/v1/transfers routes a reader may use serve its downloads only. */
+    if (!rq->imageio && t->direction == TRANSFER_UPLOAD &&
+        !auth_role_allows(rq->role, AUTH_ROLE_OPERATOR)) {
+        upload_put(rq->srv->uploads, t);
+        *ret = reply_error(rq, 403, "forbidden",
+                           "user '%s' has role %s, which may not use an upload", rq->user,
+                           auth_role_name(rq->role));
+        return NULL;
+    }
     return t;
 }
 

@@ -45,12 +45,29 @@ int route_login(struct request *rq)
             inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, addr, sizeof(addr));
     }
     char *token = NULL;
-    int r = auth_login(rq->srv->auth, user, password, addr, &token);
+    unsigned retry_after = 0;
+    int r = auth_login(rq->srv->auth, user, password, addr, &token, &retry_after);
     json_decref(body);
     if (r == -EAGAIN) {
         atomic_fetch_add(&rq->srv->metrics.login_failures, 1);
-        return reply_error(rq, 401, "unauthorized",
-                           "invalid credentials (too many failed attempts; wait a minute)");
+        char details[128], seconds[16];
+        snprintf(details, sizeof(details),
+                 "too many failed logins from this address or for this user; retry in %u s",
+                 retry_after);
+        snprintf(seconds, sizeof(seconds), "%u", retry_after);
+        json_t *j = json_pack("{s:s, s:s}", "error", "too many requests", "details", details);
+        char *text = j ? json_dumps(j, JSON_COMPACT) : NULL;
+        json_decref(j);
+        struct MHD_Response *resp =
+            text ? MHD_create_response_from_buffer(strlen(text), text, MHD_RESPMEM_MUST_FREE)
+                 : NULL;
+        if (!resp) {
+            free(text);
+            return MHD_NO;
+        }
+        MHD_add_response_header(resp, "Content-Type", "application/json");
+        MHD_add_response_header(resp, "Retry-After", seconds);
+        return reply(rq, 429, resp);
     }
     if (r < 0) {
         atomic_fetch_add(&rq->srv->metrics.login_failures, 1);
@@ -59,6 +76,24 @@ int route_login(struct request *rq)
     json_t *j = json_pack("{s:s, s:i}", "token", token, "expires_in", (json_int_t)rq->srv->cfg->token_ttl);
     free(token);
     return reply_json(rq, 200, j);
+}
+
+/* The token that authenticated this request stops working now rather than at its exp. */
+int route_logout(struct request *rq)
+{
+    const char *authz = request_header(rq, MHD_HTTP_HEADER_AUTHORIZATION);
+    int r = auth_revoke(rq->srv->auth, authz);
+    if (r == -EACCES) /* revoked or expired since the route was authorized */
+        return reply_error(rq, 401, "unauthorized", "the token is no longer valid");
+    if (r == -ENOSPC)
+        return reply_error(rq, 503, "service unavailable",
+                           "too many revoked tokens are still unexpired; the token stays valid "
+                           "until it expires");
+    if (r < 0)
+        return reply_errno(rq, r, "recording the revoked token");
+    log_info("user '%s' logged out", rq->user);
+    struct MHD_Response *resp = MHD_create_response_from_buffer(0, NULL, MHD_RESPMEM_PERSISTENT);
+    return reply(rq, 204, resp);
 }
 
 /* ---- VMs ---- */

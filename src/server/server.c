@@ -46,8 +46,13 @@ int server_new(const struct daemon_config *cfg, struct server **out, char *err, 
     struct auth_config ac = {
         .users_file = cfg->users_file,
         .pam_service = cfg->pam_service,
+        .pam_role = cfg->pam_role,
         .token_ttl = cfg->token_ttl,
         .jwt_secret_file = cfg->jwt_secret_file,
+        .max_failures = cfg->login_failures_per_address,
+        .max_user_failures = cfg->login_failures_per_user,
+        .failure_window = cfg->login_failure_window,
+        .catalog = s->catalog,
     };
     char aerr[512] = "";
     if ((r = auth_open(&s->auth, &ac, aerr, sizeof(aerr))) < 0) {

@@ -62,6 +62,8 @@ struct request {
     int route;     /* index into the route table, for metrics */
     unsigned status;
     char *user;
+    enum auth_role role; /* of user, from the users file (or pam_role) */
+    bool denied;         /* user's role may not use the route: 403 */
     char *body;
     size_t body_len;
     bool body_too_large;
@@ -101,6 +103,7 @@ const char *request_header(struct request *rq, const char *name);
 
 /* Route handlers (routes_vms.c, routes_data.c). */
 int route_login(struct request *rq);
+int route_logout(struct request *rq);
 int route_vms_list(struct request *rq);
 int route_vm_get(struct request *rq);
 int route_snapshots_list(struct request *rq);

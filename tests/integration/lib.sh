@@ -111,6 +111,7 @@ write_config() {
         echo "admin:$(openssl passwd -6 secret)"
         echo "alice:$(openssl passwd -6 wonderland)"
     } >"$state/users"
+    chmod 600 "$state/users" # vmexportd refuses a users file that others can read
     [ -f "$WORK/certs/server.crt" ] || make_cert "$WORK/certs" || return 1
     {
         echo "[server]"

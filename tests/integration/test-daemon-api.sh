@@ -62,10 +62,17 @@ sign() { # sign HEADER.PAYLOAD: the key is the secret file's content without its
 }
 hs_header=$(printf '{"alg":"HS256","typ":"JWT"}' | b64url)
 now=$(date +%s)
-valid_payload=$(printf '{"sub":"admin","iat":%d,"exp":%d,"iss":"vmexportd"}' "$now" $((now + 600)) | b64url)
+b64url_decode() { local s=${1//-/+}; s=${s//_//}; while (( ${#s} % 4 )); do s+="="; done; printf '%s' "$s" | base64 -d; }
+# The claims of a real token (sub, iss, and pwh: the digest of admin's password hash) with
+# another iat and exp.
+claims() { b64url_decode "$p" | jq -c --argjson iat "$1" --argjson exp "$2" '.iat = $iat | .exp = $exp'; }
+valid_payload=$(claims "$now" $((now + 600)) | b64url)
 TOKEN="$hs_header.$valid_payload.$(sign "$hs_header.$valid_payload")" \
     expect_status 200 "a token we sign with the daemon key works (the signing check is real)" GET /api/v1/vms
-expired_payload=$(printf '{"sub":"admin","iat":%d,"exp":%d,"iss":"vmexportd"}' $((now - 7200)) $((now - 3600)) | b64url)
+nopwh_payload=$(claims "$now" $((now + 600)) | jq -c 'del(.pwh)' | b64url)
+TOKEN="$hs_header.$nopwh_payload.$(sign "$hs_header.$nopwh_payload")" \
+    expect_status 401 "a token without the password-hash digest (pwh) is refused" GET /api/v1/vms
+expired_payload=$(claims $((now - 7200)) $((now - 3600)) | b64url)
 TOKEN="$hs_header.$expired_payload.$(sign "$hs_header.$expired_payload")" \
     expect_status 401 "expired token is refused" GET /api/v1/vms
 TOKEN=$good

@@ -494,10 +494,10 @@ for i in 1 2 3 4 5; do
     expect_status 401 "wrong password $i is 401" POST /api/v1/auth/login \
         -d "{\"username\":\"carol\",\"password\":\"${wrong[-1]}\"}"
 done
-expect_status 401 "after 5 failures the right password is refused" POST /api/v1/auth/login \
+expect_status 429 "after 5 failures the right password is refused" POST /api/v1/auth/login \
     -d "{\"username\":\"carol\",\"password\":\"$CAROL_PW\"}"
-check "the refusal says to wait" grep -q 'too many failed attempts' "$WORK/body"
-expect_status 401 "another user from the same address is refused too" POST /api/v1/auth/login \
+check "the refusal says to wait" grep -q 'too many failed logins.*retry in' "$WORK/body"
+expect_status 429 "another user from the same address is refused too" POST /api/v1/auth/login \
     -d '{"username":"admin","password":"secret"}'
 tail -n +"$((log_from + 1))" "$WORK/daemon.log" >"$WORK/limit.log"
 check "log names the failed logins" grep -q "login failed for user 'carol' from 127.0.0.1" "$WORK/limit.log"

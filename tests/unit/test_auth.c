@@ -27,7 +27,9 @@
 #include <unistd.h>
 
 #include <openssl/evp.h>
+#include <openssl/hmac.h>
 
+#include "catalog/catalog.h"
 #include "core/log.h"
 #include "server/auth.h"
 
@@ -190,7 +192,7 @@ static void assert_login_at(const char *file, int line, struct auth *a, const ch
                             const char *pw, const char *addr, int want)
 {
     char *token = (char *)"garbage";
-    int r = auth_login(a, user, pw, addr, &token);
+    int r = auth_login(a, user, pw, addr, &token, NULL);
     if (r != want) {
         print_message("# login of '%s' from %s: %d, want %d\n", user ? user : "(null)",
                       addr ? addr : "(null)", r, want);
@@ -207,7 +209,7 @@ static void assert_login_at(const char *file, int line, struct auth *a, const ch
     char header[8192], *who = NULL;
     snprintf(header, sizeof(header), "Bearer %s", token);
     free(token);
-    if (auth_check_bearer(a, header, &who) != 0 || !who || strcmp(who, user) != 0) {
+    if (auth_check_bearer(a, header, &who, NULL) != 0 || !who || strcmp(who, user) != 0) {
         print_message("# token of '%s' did not verify\n", user);
         free(who);
         _fail(file, line);
@@ -220,7 +222,7 @@ static void assert_login_at(const char *file, int line, struct auth *a, const ch
 static void assert_bearer_refused_at(const char *file, int line, struct auth *a, const char *header)
 {
     char *who = (char *)"garbage";
-    int r = auth_check_bearer(a, header, &who);
+    int r = auth_check_bearer(a, header, &who, NULL);
     if (r != -EACCES || who != NULL) {
         print_message("# bearer \"%s\": %d, want -EACCES\n", header ? header : "(null)", r);
         free(r == 0 ? who : NULL);
@@ -233,7 +235,7 @@ static void assert_bearer_ok(struct auth *a, const char *token, const char *user
 {
     char header[8192], *who = NULL;
     snprintf(header, sizeof(header), "Bearer %s", token);
-    assert_int_equal(auth_check_bearer(a, header, &who), 0);
+    assert_int_equal(auth_check_bearer(a, header, &who, NULL), 0);
     assert_non_null(who);
     assert_string_equal(who, user);
     free(who);
@@ -264,12 +266,30 @@ static char *token_craft(const char *header_json, const char *payload_json, cons
     return t;
 }
 
+/* The pwh claim for a user with hash under key, as documented in auth.c: base64url of the first
+ * 16 bytes of HMAC-SHA256(key, "pwh\0" name "\0" hash). */
+static char *pwh_of(const char *key, const char *name, const char *hash)
+{
+    unsigned char msg[1024], mac[EVP_MAX_MD_SIZE];
+    unsigned mac_len = 0;
+    size_t nl = strlen(name), hl = strlen(hash);
+    assert_true(4 + nl + 1 + hl <= sizeof(msg));
+    memcpy(msg, "pwh", 4);
+    memcpy(msg + 4, name, nl + 1);
+    memcpy(msg + 4 + nl + 1, hash, hl);
+    assert_non_null(HMAC(EVP_sha256(), key, (int)strlen(key), msg, 4 + nl + 1 + hl, mac, &mac_len));
+    return b64url(mac, 16);
+}
+
 /* A token signed by libjwt with alg and the given key, with the given claims (NULL or <0:
  * absent). */
-static char *token_sign(jwt_alg_t alg, const char *key, const char *sub, const char *iss, long exp)
+static char *token_sign_pwh(jwt_alg_t alg, const char *key, const char *sub, const char *iss,
+                            long exp, const char *pwh)
 {
     jwt_t *j = NULL;
     assert_int_equal(jwt_new(&j), 0);
+    if (pwh)
+        assert_int_equal(jwt_add_grant(j, "pwh", pwh), 0);
     if (sub)
         assert_int_equal(jwt_add_grant(j, "sub", sub), 0);
     if (iss)
@@ -282,6 +302,12 @@ static char *token_sign(jwt_alg_t alg, const char *key, const char *sub, const c
     assert_non_null(t);
     jwt_free(j);
     return t;
+}
+
+/* The same, without pwh. */
+static char *token_sign(jwt_alg_t alg, const char *key, const char *sub, const char *iss, long exp)
+{
+    return token_sign_pwh(alg, key, sub, iss, exp, NULL);
 }
 
 /* The HMAC key: the secret file without its newline. */
@@ -360,7 +386,7 @@ static double login_time(struct auth *a, const char *user, int n, int *addr_seq)
         char addr[32], *token = NULL;
         snprintf(addr, sizeof(addr), "198.51.100.%d", (*addr_seq)++);
         double t0 = seconds_now();
-        assert_int_equal(auth_login(a, user, "not the password", addr, &token), -EACCES);
+        assert_int_equal(auth_login(a, user, "not the password", addr, &token, NULL), -EACCES);
         t[i] = seconds_now() - t0;
     }
     qsort(t, (size_t)n, sizeof(t[0]), double_cmp);
@@ -399,11 +425,15 @@ static void test_rate_limit(void **state)
     assert_login(f->a, "alice", ALICE_PW, "2001:db8::1", 0);
     assert_login(f->a, "alice", "wrong", "2001:db8::1", -EACCES);
     assert_login(f->a, "alice", "wrong", "2001:db8::1", -EACCES);
-    /* A success clears an address's failures. */
-    assert_login(f->a, "alice", ALICE_PW, "2001:db8::1", 0);
+    /* A success clears nothing: whoever holds one account cannot reset a count with it. */
+    assert_login(f->a, "bob", BOB_PW, "2001:db8::1", 0);
     assert_login(f->a, "alice", "wrong", "2001:db8::1", -EACCES);
-    assert_login(f->a, "alice", "wrong", "2001:db8::1", -EACCES);
-    assert_login(f->a, "alice", ALICE_PW, "2001:db8::1", 0);
+    assert_login(f->a, "alice", ALICE_PW, "2001:db8::1", -EAGAIN);
+    /* IPv6 addresses count by their /64. */
+    assert_login(f->a, "bob", BOB_PW, "2001:db8::ffff:1", -EAGAIN);
+    assert_login(f->a, "bob", BOB_PW, "2001:db8:0:1::1", 0);
+    /* An IPv4-mapped IPv6 address is its IPv4 address. */
+    assert_login(f->a, "bob", BOB_PW, "::ffff:203.0.113.7", -EAGAIN);
 
     /* Bearer tokens are not subject to the login limit. */
     char *token = NULL;
@@ -447,26 +477,74 @@ static void test_rate_limit_window(void **state)
     assert_login(f->a, "alice", ALICE_PW, "203.0.113.1", 0);
 }
 
-static void test_rate_limit_table_full(void **state)
+/* Failing from hundreds of other addresses cannot push a blocked address out of the tables
+ * (the old fixed table of 256 addresses evicted the least recently used one). */
+static void test_rate_limit_no_eviction(void **state)
 {
     struct fixture *f = *state;
     struct auth_config cfg;
     char err[256];
     config_init(f, &cfg);
     cfg.max_failures = 1;
+    cfg.max_user_failures = 100000; /* this test is about addresses */
     assert_int_equal(auth_open(&f->a, &cfg, err, sizeof(err)), 0);
 
     assert_login(f->a, "alice", "wrong", "10.0.0.1", -EACCES);
     assert_login(f->a, "alice", ALICE_PW, "10.0.0.1", -EAGAIN);
-    /* Many other failing addresses push the oldest entry out of the fixed table ... */
-    for (int i = 0; i < 300; i++) {
-        char addr[32];
+    int refused = 0;
+    for (int i = 0; i < 600; i++) {
+        char addr[32], *token = NULL;
         snprintf(addr, sizeof(addr), "10.1.%d.%d", i / 250, i % 250);
-        assert_login(f->a, "nobody", "wrong", addr, -EACCES);
+        int r = auth_login(f->a, "nobody", "wrong", addr, &token, NULL);
+        assert_true(r == -EACCES || r == -EAGAIN); /* -EAGAIN: a bucket shared with another */
+        refused += r == -EAGAIN;
     }
-    /* ... while the most recent ones are still blocked. */
-    assert_login(f->a, "alice", ALICE_PW, "10.1.1.49", -EAGAIN);
-    assert_login(f->a, "alice", ALICE_PW, "10.0.0.1", 0);
+    print_message("# %d of 600 fresh addresses shared a full bucket\n", refused);
+    assert_true(refused < 300);
+    assert_login(f->a, "alice", ALICE_PW, "10.0.0.1", -EAGAIN);
+}
+
+/* Spraying one user from 300 addresses gets no more password checks than the user's limit; the
+ * right password is then refused from anywhere, and the time to wait is told. */
+static void test_rate_limit_per_user(void **state)
+{
+    struct fixture *f = *state;
+    struct auth_config cfg;
+    char err[256];
+    config_init(f, &cfg);
+    cfg.max_failures = 5;
+    cfg.max_user_failures = 10;
+    cfg.failure_window = 60;
+    assert_int_equal(auth_open(&f->a, &cfg, err, sizeof(err)), 0);
+
+    int checked = 0, refused = 0;
+    for (int i = 0; i < 300; i++) {
+        char addr[32], *token = NULL;
+        unsigned wait = 12345;
+        snprintf(addr, sizeof(addr), "172.16.%d.%d", i / 200, i % 200 + 1);
+        int r = auth_login(f->a, "alice", "guess", addr, &token, &wait);
+        assert_true(r == -EACCES || r == -EAGAIN);
+        if (r == -EACCES) {
+            checked++;
+            assert_int_equal(wait, 0);
+        } else {
+            refused++;
+            assert_true(wait >= 1 && wait <= 60);
+        }
+    }
+    assert_int_equal(checked, 10);
+    assert_int_equal(refused, 290);
+    assert_login(f->a, "alice", ALICE_PW, "192.0.2.200", -EAGAIN);
+    /* Other users are not affected. */
+    assert_login(f->a, "bob", BOB_PW, "192.0.2.201", 0);
+
+    /* Names that are not users are limited the same way. */
+    for (int i = 0; i < 10; i++) {
+        char addr[32];
+        snprintf(addr, sizeof(addr), "172.17.0.%d", i + 1);
+        assert_login(f->a, "ghost", "guess", addr, -EACCES);
+    }
+    assert_login(f->a, "ghost", "guess", "172.17.1.1", -EAGAIN);
 }
 
 static void test_token_verifies(void **state)
@@ -474,30 +552,50 @@ static void test_token_verifies(void **state)
     struct fixture *f = *state;
     auth_open_default(f);
     char *token = NULL;
-    assert_int_equal(auth_token_issue(f->a, "dave", (int64_t)time(NULL), &token), 0);
+    assert_int_equal(auth_token_issue(f->a, "dave", (int64_t)time(NULL), &token), -ENOENT);
+    assert_null(token);
+    assert_int_equal(auth_token_issue(f->a, "alice", (int64_t)time(NULL), &token), 0);
     assert_non_null(token);
-    assert_bearer_ok(f->a, token, "dave");
+    assert_bearer_ok(f->a, token, "alice");
     free(token);
 
     /* Names needing JSON escapes round-trip. */
+    char extra[CRYPT_OUTPUT_SIZE + 64];
+    snprintf(extra, sizeof(extra), "a \"quoted\" \\ name:%s\n", f->bob_hash);
+    users_write(f, extra);
+    assert_int_equal(auth_reload(f->a), 0);
     assert_int_equal(auth_token_issue(f->a, "a \"quoted\" \\ name", (int64_t)time(NULL), &token),
                      0);
     assert_bearer_ok(f->a, token, "a \"quoted\" \\ name");
     free(token);
 
     /* The claims are the documented ones. */
-    assert_int_equal(auth_token_issue(f->a, "dave", 1700000000, &token), 0);
+    assert_int_equal(auth_token_issue(f->a, "alice", 1700000000, &token), 0);
     char *key = secret_key(f);
     jwt_t *j = NULL;
     assert_int_equal(jwt_decode(&j, token, (unsigned char *)key, (int)strlen(key)), 0);
+    char *pwh = pwh_of(key, "alice", f->alice_hash);
     free(key);
     assert_int_equal(jwt_get_alg(j), JWT_ALG_HS256);
-    assert_string_equal(jwt_get_grant(j, "sub"), "dave");
+    assert_string_equal(jwt_get_grant(j, "sub"), "alice");
     assert_string_equal(jwt_get_grant(j, "iss"), "vmexportd");
     assert_int_equal(jwt_get_grant_int(j, "iat"), 1700000000);
     assert_int_equal(jwt_get_grant_int(j, "exp"), 1700000000 + 3600);
+    assert_string_equal(jwt_get_grant(j, "pwh"), pwh);
+    assert_int_equal(strlen(jwt_get_grant(j, "jti")), 22);
+    assert_null(jwt_get_grant(j, "auth"));
+    assert_null(strstr(token, f->alice_hash));
+    free(pwh);
     jwt_free(j);
     free(token);
+
+    /* Two tokens of the same second differ (jti). */
+    char *t2 = NULL;
+    assert_int_equal(auth_token_issue(f->a, "alice", 1700000000, &token), 0);
+    assert_int_equal(auth_token_issue(f->a, "alice", 1700000000, &t2), 0);
+    assert_string_not_equal(token, t2);
+    free(token);
+    free(t2);
 
     /* No token for nobody. */
     token = NULL;
@@ -694,8 +792,32 @@ static void test_token_claims(void **state)
 
     /* Signed with the real key by libjwt: accepted when the claims are right (this checks the
      * forging below is otherwise sound) ... */
-    char *t = token_sign(JWT_ALG_HS256, key, "alice", "vmexportd", now + 600);
+    char *pwh = pwh_of(key, "alice", f->alice_hash);
+    char *t = token_sign_pwh(JWT_ALG_HS256, key, "alice", "vmexportd", now + 600, pwh);
     assert_bearer_ok(f->a, t, "alice");
+    free(t);
+
+    /* ... refused without pwh, with another user's, or with a PAM claim and no PAM, */
+    t = token_sign(JWT_ALG_HS256, key, "alice", "vmexportd", now + 600);
+    snprintf(header, sizeof(header), "Bearer %s", t);
+    assert_bearer_refused(f->a, header);
+    free(t);
+    t = token_sign_pwh(JWT_ALG_HS256, key, "bob", "vmexportd", now + 600, pwh);
+    snprintf(header, sizeof(header), "Bearer %s", t);
+    assert_bearer_refused(f->a, header);
+    free(t);
+    free(pwh);
+    jwt_t *jp = NULL;
+    assert_int_equal(jwt_new(&jp), 0);
+    assert_int_equal(jwt_add_grants_json(jp, "{\"sub\":\"alice\",\"iss\":\"vmexportd\","
+                                             "\"auth\":\"pam\",\"exp\":99999999999}"),
+                     0);
+    assert_int_equal(jwt_set_alg(jp, JWT_ALG_HS256, (unsigned char *)key, (int)strlen(key)), 0);
+    t = jwt_encode_str(jp);
+    assert_non_null(t);
+    jwt_free(jp);
+    snprintf(header, sizeof(header), "Bearer %s", t);
+    assert_bearer_refused(f->a, header);
     free(t);
 
     /* ... refused with another HMAC algorithm, even with the right key, */
@@ -892,8 +1014,10 @@ static void test_secret_short(void **state)
     file_write(f->secret, "0123456789abcdef0123456789abcdef", 0600); /* 32 */
     auth_open_default(f);
     /* That key is used as is. */
-    char *t = token_sign(JWT_ALG_HS256, "0123456789abcdef0123456789abcdef", "alice", "vmexportd",
-                         (long)time(NULL) + 60);
+    char *pwh = pwh_of("0123456789abcdef0123456789abcdef", "alice", f->alice_hash);
+    char *t = token_sign_pwh(JWT_ALG_HS256, "0123456789abcdef0123456789abcdef", "alice",
+                             "vmexportd", (long)time(NULL) + 60, pwh);
+    free(pwh);
     assert_bearer_ok(f->a, t, "alice");
     free(t);
 }
@@ -942,9 +1066,8 @@ static void test_no_users_file(void **state)
     assert_login(f->a, "nobody", "", "192.0.2.2", -EACCES);
     assert_int_equal(auth_reload(f->a), 0);
     char *token = NULL;
-    assert_int_equal(auth_token_issue(f->a, "alice", (int64_t)time(NULL), &token), 0);
-    assert_bearer_ok(f->a, token, "alice");
-    free(token);
+    assert_int_equal(auth_token_issue(f->a, "alice", (int64_t)time(NULL), &token), -ENOENT);
+    assert_null(token);
     auth_close(f->a);
     f->a = NULL;
 
@@ -971,17 +1094,224 @@ static void test_reload(void **state)
     assert_int_equal(auth_reload(f->a), -ENOENT);
     assert_login(f->a, "erin", ALICE_PW, "192.0.2.3", 0);
 
-    /* Removing a user takes effect, tokens already issued are unaffected. */
-    char *token = NULL;
+    /* Removing a user takes effect, also for the tokens already issued (cached or not); the
+     * tokens of users still listed with the same hash keep working. */
+    char *token = NULL, *kept = NULL, header[8192];
     assert_int_equal(auth_token_issue(f->a, "bob", (int64_t)time(NULL), &token), 0);
+    assert_int_equal(auth_token_issue(f->a, "alice", (int64_t)time(NULL), &kept), 0);
+    assert_bearer_ok(f->a, token, "bob"); /* now in the cache */
+    assert_bearer_ok(f->a, kept, "alice");
     snprintf(extra, sizeof(extra), "alice:%s\n", f->alice_hash);
     file_write(f->users, extra, 0600);
     assert_int_equal(auth_reload(f->a), 0);
     assert_login(f->a, "bob", BOB_PW, "192.0.2.4", -EACCES);
     assert_login(f->a, "erin", ALICE_PW, "192.0.2.5", -EACCES);
     assert_login(f->a, "alice", ALICE_PW, "192.0.2.6", 0);
-    assert_bearer_ok(f->a, token, "bob");
+    snprintf(header, sizeof(header), "Bearer %s", token);
+    assert_bearer_refused(f->a, header);
+    assert_bearer_ok(f->a, kept, "alice");
     free(token);
+
+    /* A new password hash for alice ends her tokens; logging in with the new one works. */
+    snprintf(extra, sizeof(extra), "alice:%s\n", f->bob_hash);
+    file_write(f->users, extra, 0600);
+    assert_int_equal(auth_reload(f->a), 0);
+    snprintf(header, sizeof(header), "Bearer %s", kept);
+    assert_bearer_refused(f->a, header);
+    assert_login(f->a, "alice", ALICE_PW, "192.0.2.7", -EACCES);
+    assert_login(f->a, "alice", BOB_PW, "192.0.2.8", 0);
+    /* The same hash again (a rewrite of the file that changes nothing) keeps tokens working. */
+    assert_int_equal(auth_token_issue(f->a, "alice", (int64_t)time(NULL), &token), 0);
+    assert_int_equal(auth_reload(f->a), 0);
+    assert_bearer_ok(f->a, token, "alice");
+    free(token);
+    free(kept);
+}
+
+/* The users file must not be accessible by others nor writable by its group: refused at open
+ * and at reload (which keeps the previous users). */
+static void test_users_file_permissions(void **state)
+{
+    struct fixture *f = *state;
+    static const mode_t refused[] = {0644, 0604, 0602, 0601, 0620, 0660, 0666};
+    for (size_t i = 0; i < sizeof(refused) / sizeof(refused[0]); i++) {
+        assert_int_equal(chmod(f->users, refused[i]), 0);
+        struct auth_config cfg;
+        char err[512] = "";
+        config_init(f, &cfg);
+        struct auth *a = NULL;
+        assert_int_equal(auth_open(&a, &cfg, err, sizeof(err)), -EPERM);
+        assert_null(a);
+        assert_non_null(strstr(err, f->users));
+        assert_non_null(strstr(err, "accessible by others"));
+    }
+    assert_int_equal(chmod(f->users, 0640), 0);
+    auth_open_default(f);
+    assert_login(f->a, "alice", ALICE_PW, "192.0.2.1", 0);
+
+    char extra[CRYPT_OUTPUT_SIZE + 16];
+    snprintf(extra, sizeof(extra), "erin:%s\n", f->alice_hash);
+    users_write(f, extra);
+    assert_int_equal(chmod(f->users, 0644), 0);
+    assert_int_equal(auth_reload(f->a), -EPERM);
+    assert_login(f->a, "erin", ALICE_PW, "192.0.2.2", -EACCES);
+    assert_login(f->a, "alice", ALICE_PW, "192.0.2.3", 0);
+    assert_int_equal(chmod(f->users, 0600), 0);
+    assert_int_equal(auth_reload(f->a), 0);
+    assert_login(f->a, "erin", ALICE_PW, "192.0.2.4", 0);
+}
+
+/* A role per users-file line (admin when none), taken from the current file at every check. */
+static void test_roles(void **state)
+{
+    struct fixture *f = *state;
+    char extra[8 * CRYPT_OUTPUT_SIZE];
+    snprintf(extra, sizeof(extra),
+             "rd:%s:reader\n"
+             "op:%s:operator\n"
+             "ad:%s:admin\n"
+             "bad:%s:root\n"
+             "empty:%s:\n",
+             f->alice_hash, f->alice_hash, f->alice_hash, f->alice_hash, f->alice_hash);
+    users_write(f, extra);
+    auth_open_default(f);
+    static const struct {
+        const char *user;
+        enum auth_role role;
+    } want[] = {{"alice", AUTH_ROLE_ADMIN},
+                {"rd", AUTH_ROLE_READER},
+                {"op", AUTH_ROLE_OPERATOR},
+                {"ad", AUTH_ROLE_ADMIN}};
+    char *tokens[4] = {NULL};
+    for (size_t i = 0; i < 4; i++) {
+        char header[8192], *who = NULL;
+        enum auth_role role = (enum auth_role)99;
+        assert_int_equal(auth_login(f->a, want[i].user, ALICE_PW, "192.0.2.1", &tokens[i], NULL),
+                         0);
+        snprintf(header, sizeof(header), "Bearer %s", tokens[i]);
+        assert_int_equal(auth_check_bearer(f->a, header, &who, &role), 0);
+        assert_string_equal(who, want[i].user);
+        assert_int_equal(role, want[i].role);
+        free(who);
+        /* again, from the cache */
+        assert_int_equal(auth_check_bearer(f->a, header, &who, &role), 0);
+        assert_int_equal(role, want[i].role);
+        free(who);
+    }
+    /* Unknown or empty roles make the line unusable, not an admin. */
+    assert_login(f->a, "bad", ALICE_PW, "192.0.2.2", -EACCES);
+    assert_login(f->a, "empty", ALICE_PW, "192.0.2.3", -EACCES);
+
+    /* A changed role applies to the tokens already issued after the reload. */
+    snprintf(extra, sizeof(extra), "rd:%s:admin\nop:%s:reader\n", f->alice_hash, f->alice_hash);
+    file_write(f->users, extra, 0600);
+    assert_int_equal(auth_reload(f->a), 0);
+    char header[8192], *who = NULL;
+    enum auth_role role;
+    snprintf(header, sizeof(header), "Bearer %s", tokens[1]);
+    assert_int_equal(auth_check_bearer(f->a, header, &who, &role), 0);
+    assert_int_equal(role, AUTH_ROLE_ADMIN);
+    free(who);
+    snprintf(header, sizeof(header), "Bearer %s", tokens[2]);
+    assert_int_equal(auth_check_bearer(f->a, header, &who, &role), 0);
+    assert_int_equal(role, AUTH_ROLE_READER);
+    free(who);
+    for (size_t i = 0; i < 4; i++)
+        free(tokens[i]);
+
+    enum auth_role r;
+    assert_int_equal(auth_role_parse("operator", &r), 0);
+    assert_int_equal(r, AUTH_ROLE_OPERATOR);
+    assert_int_equal(auth_role_parse("Admin", &r), -EINVAL);
+    assert_int_equal(auth_role_parse("", &r), -EINVAL);
+    assert_true(auth_role_allows(AUTH_ROLE_ADMIN, AUTH_ROLE_READER));
+    assert_true(auth_role_allows(AUTH_ROLE_OPERATOR, AUTH_ROLE_OPERATOR));
+    assert_false(auth_role_allows(AUTH_ROLE_READER, AUTH_ROLE_OPERATOR));
+    assert_false(auth_role_allows(AUTH_ROLE_OPERATOR, AUTH_ROLE_ADMIN));
+    assert_string_equal(auth_role_name(AUTH_ROLE_READER), "reader");
+}
+
+/* A user's own failed-login count survives reloads. */
+static void test_rate_limit_reload(void **state)
+{
+    struct fixture *f = *state;
+    struct auth_config cfg;
+    char err[256];
+    config_init(f, &cfg);
+    cfg.max_user_failures = 2;
+    assert_int_equal(auth_open(&f->a, &cfg, err, sizeof(err)), 0);
+    assert_login(f->a, "alice", "wrong", "192.0.2.1", -EACCES);
+    assert_login(f->a, "alice", "wrong", "192.0.2.2", -EACCES);
+    assert_login(f->a, "alice", ALICE_PW, "192.0.2.3", -EAGAIN);
+    assert_int_equal(auth_reload(f->a), 0);
+    assert_login(f->a, "alice", ALICE_PW, "192.0.2.4", -EAGAIN);
+    assert_login(f->a, "bob", BOB_PW, "192.0.2.5", 0);
+}
+
+/* Logout: a revoked token is refused (also when it was cached), others are not; with a catalog
+ * the revocation survives a restart. */
+static int count_row(void *arg, const char *id, int64_t exp)
+{
+    (void)id;
+    (void)exp;
+    (*(int *)arg)++;
+    return 0;
+}
+
+static void test_revoke(void **state)
+{
+    struct fixture *f = *state;
+    char db[160], err[256];
+    snprintf(db, sizeof(db), "%s/catalog.db", f->dir);
+    struct catalog *cat = NULL;
+    assert_int_equal(catalog_open(&cat, db, err, sizeof(err)), 0);
+    struct auth_config cfg;
+    config_init(f, &cfg);
+    cfg.catalog = cat;
+    assert_int_equal(auth_open(&f->a, &cfg, err, sizeof(err)), 0);
+
+    char *t1 = NULL, *t2 = NULL, h1[8192], h2[8192];
+    assert_int_equal(auth_token_issue(f->a, "alice", (int64_t)time(NULL), &t1), 0);
+    assert_int_equal(auth_token_issue(f->a, "alice", (int64_t)time(NULL), &t2), 0);
+    snprintf(h1, sizeof(h1), "Bearer %s", t1);
+    snprintf(h2, sizeof(h2), "Bearer %s", t2);
+    assert_bearer_ok(f->a, t1, "alice"); /* cached */
+    assert_bearer_ok(f->a, t2, "alice");
+    assert_int_equal(auth_revoke(f->a, h1), 0);
+    assert_bearer_refused(f->a, h1);
+    assert_bearer_ok(f->a, t2, "alice");
+    /* A revoked, forged or missing token cannot be revoked (again). */
+    assert_int_equal(auth_revoke(f->a, h1), -EACCES);
+    assert_int_equal(auth_revoke(f->a, "Bearer a.b.c"), -EACCES);
+    assert_int_equal(auth_revoke(f->a, NULL), -EACCES);
+
+    /* Restart on the same catalog and secret. */
+    auth_close(f->a);
+    f->a = NULL;
+    assert_int_equal(auth_open(&f->a, &cfg, err, sizeof(err)), 0);
+    assert_bearer_refused(f->a, h1);
+    assert_bearer_ok(f->a, t2, "alice");
+    /* Without the catalog the revocation would be forgotten: the catalog is what keeps it. */
+    auth_close(f->a);
+    f->a = NULL;
+    cfg.catalog = NULL;
+    assert_int_equal(auth_open(&f->a, &cfg, err, sizeof(err)), 0);
+    assert_bearer_ok(f->a, t1, "alice");
+    auth_close(f->a);
+    f->a = NULL;
+
+    /* Rows of expired tokens are dropped when the catalog is read. */
+    assert_int_equal(catalog_token_revoke(cat, "00", (int64_t)time(NULL) - 10, 0), 0);
+    cfg.catalog = cat;
+    assert_int_equal(auth_open(&f->a, &cfg, err, sizeof(err)), 0);
+    int rows = 0;
+    assert_int_equal(catalog_token_revoked_list(cat, 0, count_row, &rows), 0);
+    assert_int_equal(rows, 1); /* t1's */
+    auth_close(f->a);
+    f->a = NULL;
+    catalog_close(cat);
+    free(t1);
+    free(t2);
 }
 
 static void test_pam_fallback(void **state)
@@ -1023,9 +1353,9 @@ static void test_log_failed_login(void **state)
     close(fd);
 
     char *token = NULL;
-    int r1 = auth_login(f->a, "alice", "hunter2-secret", "192.0.2.77", &token);
-    int r2 = auth_login(f->a, "eve\nvmexport: login ok", "pw-secret-2", "192.0.2.78", &token);
-    int r3 = auth_login(f->a, "alice", ALICE_PW, "192.0.2.79", &token);
+    int r1 = auth_login(f->a, "alice", "hunter2-secret", "192.0.2.77", &token, NULL);
+    int r2 = auth_login(f->a, "eve\nvmexport: login ok", "pw-secret-2", "192.0.2.78", &token, NULL);
+    int r3 = auth_login(f->a, "alice", ALICE_PW, "192.0.2.79", &token, NULL);
     free(token);
 
     fflush(stderr);
@@ -1066,11 +1396,11 @@ static void *thread_main(void *p)
         int r;
         switch (i % 4) {
         case 0:
-            r = auth_login(t->a, "alice", ALICE_PW, addr, &token);
+            r = auth_login(t->a, "alice", ALICE_PW, addr, &token, NULL);
             t->errors += r != 0;
             break;
         case 1:
-            r = auth_login(t->a, "bob", "wrong", addr, &token);
+            r = auth_login(t->a, "bob", "wrong", addr, &token, NULL);
             t->errors += r != -EACCES;
             break;
         case 2:
@@ -1083,7 +1413,7 @@ static void *thread_main(void *p)
         }
         if (token) {
             snprintf(header, sizeof(header), "Bearer %s", token);
-            t->errors += auth_check_bearer(t->a, header, &who) != 0;
+            t->errors += auth_check_bearer(t->a, header, &who, NULL) != 0;
             free(who);
             free(token);
         }
@@ -1098,6 +1428,7 @@ static void test_threads(void **state)
     char err[256];
     config_init(f, &cfg);
     cfg.max_failures = 100;
+    cfg.max_user_failures = 100;
     assert_int_equal(auth_open(&f->a, &cfg, err, sizeof(err)), 0);
 
     enum { N = 8 };
@@ -1126,7 +1457,8 @@ int main(void)
         T(test_rate_limit),
         T(test_rate_limit_defaults),
         T(test_rate_limit_window),
-        T(test_rate_limit_table_full),
+        T(test_rate_limit_no_eviction),
+        T(test_rate_limit_per_user),
         T(test_token_verifies),
         T(test_token_tampered),
         T(test_token_foreign_secret),
@@ -1141,6 +1473,10 @@ int main(void)
         T(test_open_errors),
         T(test_no_users_file),
         T(test_reload),
+        T(test_users_file_permissions),
+        T(test_roles),
+        T(test_rate_limit_reload),
+        T(test_revoke),
         T(test_pam_fallback),
         T(test_log_failed_login),
         T(test_threads),
