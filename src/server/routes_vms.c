@@ -18,6 +18,7 @@
 #include "fs/fsdiff.h"
 #include "fs/fsinfo.h"
 #include "fs/fsmap.h"
+#include "fs/safeopen.h"
 #include "server/jsonw.h"
 #include "server/server.h"
 
@@ -190,9 +191,9 @@ static int chunk_emit(void *opaque, uint64_t start, uint64_t length)
 /* "chunks": the data extents of path, squashed (004 squashChunks) when asked. */
 static int write_chunks_full(FILE *f, const char *path, uint64_t size, bool squash)
 {
-    CLEANUP_CLOSE int fd = open(path, O_RDONLY | O_CLOEXEC);
+    CLEANUP_CLOSE int fd = fs_open_nofollow(path, O_RDONLY, 0);
     if (fd < 0)
-        return -errno;
+        return fd;
     struct fs_map m;
     int r = fs_map_open(&m, fd, size, 0);
     if (r < 0)
@@ -222,17 +223,17 @@ static int write_chunks_full(FILE *f, const char *path, uint64_t size, bool squa
 static int write_chunks_diff(FILE *f, const struct snapshot_disk *d, const char *base_path)
 {
     struct fs_diff diff;
-    int r = fs_diff_open(&diff, base_path, d->path, DIFF_AUTO);
+    int r = fs_diff_open_nofollow(&diff, base_path, d->path, DIFF_AUTO);
     if (r < 0)
         return r;
-    FILE *zf = tmpfile();
+    FILE *zf = server_tmpfile();
     if (!zf) {
         r = -errno;
         fs_diff_close(&diff);
         return r;
     }
     struct phys_cursor pc = {0};
-    CLEANUP_CLOSE int fd = open(d->path, O_RDONLY | O_CLOEXEC);
+    CLEANUP_CLOSE int fd = fs_open_nofollow(d->path, O_RDONLY, 0);
     if (fd >= 0 && fs_map_open(&pc.map, fd, d->size, 0) == 0)
         pc.open = true;
     else
@@ -301,7 +302,8 @@ static int write_snapshot(FILE *f, const struct snapshot *s, bool chunks, bool s
         jw_kv_str(f, &df, "change_id", d->change_id);
         jw_kv_str(f, &df, "snapshot_mode", d->mode);
         char file_id[FS_FILE_ID_MAX];
-        if (fs_file_id_path(d->path, file_id) == 0)
+        CLEANUP_CLOSE int id_fd = fs_open_nofollow(d->path, O_PATH, 0);
+        if (id_fd >= 0 && fs_file_id_fd(id_fd, file_id) == 0)
             jw_kv_str(f, &df, "file_id", file_id);
         if (chunks) {
             fputc(',', f);
@@ -362,7 +364,7 @@ static int reply_snapshot_list(struct request *rq, snapshot_list *l)
     bool squash = arg_bool(rq, "squashChunks", true, &bad);
     if (bad)
         return reply_error(rq, 400, "bad request", "chunks and squashChunks take true or false");
-    FILE *f = tmpfile();
+    FILE *f = server_tmpfile();
     if (!f)
         return reply_errno(rq, -errno, "temporary file");
     fputc('[', f);
@@ -448,7 +450,7 @@ int route_snapshot_create(struct request *rq)
         return reply_error(rq, r == -ENOSPC ? 507 : 500, "snapshot failed", "%s", err);
     bool bad = false;
     bool chunks = arg_bool(rq, "chunks", true, &bad);
-    FILE *f = tmpfile();
+    FILE *f = server_tmpfile();
     if (!f) {
         snapshot_free(snap);
         return reply_errno(rq, -errno, "temporary file");
@@ -500,7 +502,7 @@ int route_snapshot_get(struct request *rq)
             return ret;
         }
     }
-    FILE *f = tmpfile();
+    FILE *f = server_tmpfile();
     if (!f) {
         snapshot_free(snap);
         snapshot_free(base);
