@@ -3,7 +3,7 @@
 # `$(touch pwned)`) reaches the hook as exactly one argument, after the configured ones; the
 # hook starts with only descriptors 0 (/dev/null), 1 and 2 and a minimal environment; a hook that
 # sleeps is killed, with its children, at hook_timeout; commands that need a shell are refused
-# when the configuration is loaded.
+# when the configuration is loaded; every descriptor the daemon opens is close-on-exec.
 source "$(dirname "$0")/lib.sh"
 for tool in curl jq openssl; do
     command -v "$tool" >/dev/null || { skip "$TEST_NAME needs $tool"; exit 0; }
@@ -60,6 +60,25 @@ for vm in "$VM1" "$VM2"; do
     probe_ok "$WORK/thaw.out" thaw "$vm" 1 "$vm"
 done
 check "no command in a VM name was run" test ! -e "$WORK/pwned"
+
+# Every descriptor the daemon opened itself is close-on-exec, looked at while a download is
+# running (0, 1, 2 and what it inherited from this shell aside).
+snap=$(jq -r .id "$WORK/body")
+curl -s --cacert "$WORK/certs/ca.crt" -H "Authorization: Bearer $TOKEN" --limit-rate 1K -o /dev/null \
+    "$URL/api/v1/vms/$(vm_url "$VM2")/snapshots/$snap/disks/disk.img" &
+slow=$!
+sleep 1
+inherited=" $(ls /proc/$$/fd | tr '\n' ' ') "
+leaky=""
+for f in /proc/$DAEMON_PID/fdinfo/*; do
+    fd=${f##*/}
+    [[ "$inherited" == *" $fd "* ]] && continue
+    flags=$(awk '/^flags:/ {print $2}' "$f")
+    [ -n "$flags" ] && (((8#$flags & 8#2000000) == 0)) && leaky+=" $fd->$(readlink "/proc/$DAEMON_PID/fd/$fd")"
+done
+check "every descriptor the daemon opened is close-on-exec ($(ls /proc/$DAEMON_PID/fd | wc -l) open)${leaky:+; not:$leaky}" test -z "$leaky"
+kill "$slow" 2>/dev/null
+wait "$slow" 2>/dev/null
 stop_daemon
 
 # ============================================================================ the timeout
