@@ -69,7 +69,11 @@ const char config_help[] =
     "  snapshot_dir = DIR            default DIR/.vmexport-snapshots (same filesystem)\n"
     "\n"
     "  type = ovm                    Oracle VM: <repo>/VirtualMachines/<id>/vm.cfg; snapshots\n"
-    "  repositories = DIR [DIR...]   in <repo>/CoriolisSnapshots/<snapshot>/\n";
+    "  repositories = DIR [DIR...]   in <repo>/CoriolisSnapshots/<snapshot>/\n"
+    "\n"
+    "  Symlinks are never followed below a provider's directories: a disk, VM directory or\n"
+    "  vm.cfg disk path with a symlink on the way is not snapshotted, nor is a disk replaced\n"
+    "  between the listing and the clone.\n";
 
 /* Parser state while inih walks the file. */
 struct parse_state {

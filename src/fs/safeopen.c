@@ -27,6 +27,8 @@
 /* fs_create_unique_at: random characters after the prefix, and tries before giving up. */
 #define UNIQUE_CHARS 6
 #define UNIQUE_TRIES 100
+/* openat2 calls interrupted (EINTR) or raced by renames (EAGAIN) before the walk is used. */
+#define OPENAT2_TRIES 16
 
 /* Set once openat2 said ENOSYS: the walk is used from then on. */
 static atomic_bool openat2_missing;
@@ -113,12 +115,14 @@ int fs_openat_beneath(int dirfd, const char *rel, int flags, mode_t mode)
     if (!fs_rel_path_is_beneath(rel))
         return -EXDEV;
     if (!atomic_load(&openat2_missing)) {
+        /* openat2 refuses a mode without O_CREAT or O_TMPFILE (which includes O_DIRECTORY). */
+        bool creates = (flags & O_CREAT) || (flags & O_TMPFILE) == O_TMPFILE;
         struct open_how how = {
             .flags = (uint64_t)(flags | O_NOFOLLOW | O_CLOEXEC),
-            .mode = (flags & (O_CREAT | O_TMPFILE)) ? mode : 0,
+            .mode = creates ? mode : 0,
             .resolve = SAFEOPEN_RESOLVE,
         };
-        for (;;) {
+        for (int tries = 0; tries < OPENAT2_TRIES; tries++) {
             long fd = syscall(SYS_openat2, dirfd, rel, &how, sizeof(how));
             if (fd >= 0)
                 return (int)fd;
@@ -132,6 +136,7 @@ int fs_openat_beneath(int dirfd, const char *rel, int flags, mode_t mode)
             break;
         }
     }
+    /* No openat2, or renames kept racing it: the walk gives the same guarantees. */
     return walk(dirfd, rel, flags, mode, 0);
 }
 
