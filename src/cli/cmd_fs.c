@@ -257,7 +257,7 @@ const struct cli_command cmd_clone = {
         "\n"
         "Make DST a point-in-time copy of SRC.\n"
         "\n"
-        "  reflink  share SRC's blocks (FICLONE on XFS and btrfs, OCFS2_IOC_REFLINK on OCFS2):\n"
+        "  reflink  share SRC's blocks (FICLONE on XFS, btrfs and OCFS2):\n"
         "           instant, no data copied; later diffs compare extent maps and read no data.\n"
         "  copy     sparse copy: holes and all-zero blocks stay holes; a digest per 64 KiB\n"
         "           block (--hash) is recorded in DST.vxhash so a later diff against DST reads\n"

@@ -10,6 +10,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "core/argv.h"
 #include "core/cleanup.h"
 
 const char config_help[] =
@@ -52,11 +53,18 @@ const char config_help[] =
     "                                tokens (created when missing)\n"
     "\n"
     "  [snapshot]\n"
-    "  freeze_command =              shell command run before snapshotting a VM; the VM ID\n"
-    "                                is $1 and $VMEXPORT_VM_ID (e.g. /etc/vmexport/freeze $1); a failure\n"
-    "                                aborts the snapshot\n"
-    "  thaw_command =                run after, whatever happened (VM ID as $1)\n"
-    "  hook_timeout = 60             seconds each command may take\n"
+    "  freeze_command =              command run before snapshotting a VM, e.g.\n"
+    "                                /etc/vmexport/freeze --quiet; a failure aborts the\n"
+    "                                snapshot.  No shell runs it: the words (split as sh\n"
+    "                                would, with '' \"\" and \\, nothing expanded; $ ` | & ;\n"
+    "                                < > ( ) must be quoted) are the program, an absolute\n"
+    "                                path, and its arguments; the VM ID is appended as one\n"
+    "                                more argument.  Environment: only PATH=/usr/sbin:\n"
+    "                                /usr/bin:/sbin:/bin, VMEXPORT_VM_ID and VMEXPORT_HOOK\n"
+    "                                (freeze or thaw); descriptors: only 0 (/dev/null), 1, 2\n"
+    "  thaw_command =                run after, whatever happened; the same way\n"
+    "  hook_timeout = 60             seconds each command may take; then it is killed\n"
+    "                                (SIGKILL to its process group) and counts as failed\n"
     "  block_hash = xxh128           digest per 64 KiB block that a copy-mode snapshot (a\n"
     "                                filesystem without reflink) records for later diffs:\n"
     "                                xxh128 (fast; detects any accidental change) or sha256\n"
@@ -75,7 +83,11 @@ const char config_help[] =
     "  snapshot_dir = DIR            default DIR/.vmexport-snapshots (same filesystem)\n"
     "\n"
     "  type = ovm                    Oracle VM: <repo>/VirtualMachines/<id>/vm.cfg; snapshots\n"
-    "  repositories = DIR [DIR...]   in <repo>/CoriolisSnapshots/<snapshot>/\n";
+    "  repositories = DIR [DIR...]   in <repo>/CoriolisSnapshots/<snapshot>/\n"
+    "\n"
+    "  Symlinks are never followed below a provider's directories: a disk, VM directory or\n"
+    "  vm.cfg disk path with a symlink on the way is not snapshotted, nor is a disk replaced\n"
+    "  between the listing and the clone.\n";
 
 /* Parser state while inih walks the file. */
 struct parse_state {
@@ -90,6 +102,26 @@ static int set_str(char **dst, const char *value)
     free(*dst);
     *dst = *value ? strdup(value) : NULL;
     return *value && !*dst ? -ENOMEM : 0;
+}
+
+/* A hook command: kept as written and split into words; an empty value means none.  The
+ * program must be an absolute path: hooks run with a minimal PATH, and no shell looks it up. */
+static int set_hook(char **cmd, char ***argv, const char *value, char *msg, size_t msglen)
+{
+    size_t argc;
+    argv_free(*argv);
+    *argv = NULL;
+    int r = set_str(cmd, value);
+    if (r < 0 || !*cmd)
+        return r;
+    r = argv_split(value, argv, &argc, msg, msglen);
+    if (r < 0)
+        return r;
+    if ((*argv)[0][0] != '/') {
+        snprintf(msg, msglen, "the program must be an absolute path, not '%.80s'", (*argv)[0]);
+        return -EINVAL;
+    }
+    return 0;
 }
 
 static int parse_bool(const char *v, bool *out)
@@ -239,11 +271,14 @@ static int config_ini_handler(void *user, const char *section, const char *name,
         r = parse_uint(value, 1, 86400, &cfg->login_failure_window);
     else if (KEY("catalog", "db_file"))
         r = set_str(&cfg->db_file, value);
-    else if (KEY("snapshot", "freeze_command"))
-        r = set_str(&cfg->freeze_command, value);
-    else if (KEY("snapshot", "thaw_command"))
-        r = set_str(&cfg->thaw_command, value);
-    else if (KEY("snapshot", "hook_timeout"))
+    else if (KEY("snapshot", "freeze_command") || KEY("snapshot", "thaw_command")) {
+        bool freeze = !strcmp(name, "freeze_command");
+        char msg[160] = "";
+        r = set_hook(freeze ? &cfg->freeze_command : &cfg->thaw_command,
+                     freeze ? &cfg->freeze_argv : &cfg->thaw_argv, value, msg, sizeof(msg));
+        if (r == -EINVAL)
+            return fail(ps, "[%s] %s: %s", section, name, msg);
+    } else if (KEY("snapshot", "hook_timeout"))
         r = parse_uint(value, 1, 86400, &cfg->hook_timeout);
     else if (KEY("snapshot", "block_hash")) {
         if (blockhash_algo_parse(value, &cfg->block_hash) < 0)
@@ -342,6 +377,17 @@ int config_load(struct daemon_config *cfg, const char *path, char *err, size_t e
         snprintf(err, errlen, "%s: [catalog] db_file is required", path);
         return -EINVAL;
     }
+    const char *const hooks[][2] = {
+        {"freeze_command", cfg->freeze_argv ? cfg->freeze_argv[0] : NULL},
+        {"thaw_command", cfg->thaw_argv ? cfg->thaw_argv[0] : NULL}};
+    for (size_t i = 0; i < ARRAY_SIZE(hooks); i++) {
+        if (hooks[i][1] && access(hooks[i][1], X_OK) < 0) {
+            int e = errno;
+            snprintf(err, errlen, "%s: [snapshot] %s: %s: %s", path, hooks[i][0], hooks[i][1],
+                     strerror(e));
+            return -e;
+        }
+    }
     if (cfg->n_providers == 0) {
         snprintf(err, errlen, "%s: no [provider.NAME] section: nothing to export", path);
         return -EINVAL;
@@ -362,6 +408,8 @@ void config_free(struct daemon_config *cfg)
     free(cfg->db_file);
     free(cfg->freeze_command);
     free(cfg->thaw_command);
+    argv_free(cfg->freeze_argv);
+    argv_free(cfg->thaw_argv);
     for (size_t i = 0; i < cfg->n_providers; i++) {
         struct config_provider *p = &cfg->providers[i];
         for (size_t j = 0; j < p->n_settings; j++) {

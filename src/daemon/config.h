@@ -46,7 +46,10 @@ struct daemon_config {
 
     char *db_file;
 
+    /* Hooks: the command lines as written, and split into words (core/argv.h) at load; run
+     * without a shell, with the VM ID appended as one more argument. */
     char *freeze_command, *thaw_command;
+    char **freeze_argv, **thaw_argv;
     unsigned hook_timeout;
     enum blockhash_algo block_hash; /* digest of copy-mode snapshots' sidecars */
 

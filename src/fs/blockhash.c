@@ -4,6 +4,7 @@
 #include <endian.h>
 #include <fcntl.h>
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -12,6 +13,7 @@
 
 #include "core/cleanup.h"
 #include "core/names.h"
+#include "fs/safeopen.h"
 
 static const char blockhash_magic[8] = {'V', 'X', 'H', 'A', 'S', 'H', '\0', '\n'};
 /* Version 1: SHA-256 digests, the algorithm field is zero.  Version 2: the algorithm field names
@@ -80,40 +82,71 @@ int blockhash_zero_digest(enum blockhash_algo algo, size_t len, uint8_t out[BLOC
     return blockhash_digest(algo, zeros, len, out);
 }
 
-static char *sidecar_path(const char *data_path)
+char *blockhash_sidecar_path(const char *data_path)
 {
     char *p = NULL;
     return asprintf(&p, "%s%s", data_path, BLOCKHASH_SUFFIX) < 0 ? NULL : p;
 }
 
+/* The directory of path, open, and its last component in *name (or -EINVAL). */
+static int open_dir_of(const char *path, const char **name)
+{
+    const char *slash = strrchr(path, '/');
+    *name = slash ? slash + 1 : path;
+    if (!**name)
+        return -EINVAL;
+    CLEANUP_FREE char *dir =
+        !slash ? strdup(".") : strndup(path, slash == path ? 1 : (size_t)(slash - path));
+    if (!dir)
+        return -ENOMEM;
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    return fd < 0 ? -errno : fd;
+}
+
 int blockhash_writer_open(struct blockhash_writer *w, const char *data_path, uint32_t block_size,
                           enum blockhash_algo algo)
 {
+    const char *name;
+    CLEANUP_CLOSE int dfd = open_dir_of(data_path, &name);
     memset(w, 0, sizeof(*w));
+    if (dfd < 0)
+        return dfd;
+    return blockhash_writer_openat(w, dfd, name, block_size, algo);
+}
+
+int blockhash_writer_openat(struct blockhash_writer *w, int dirfd, const char *data_name,
+                            uint32_t block_size, enum blockhash_algo algo)
+{
+    CLEANUP_FREE char *prefix = NULL;
+    memset(w, 0, sizeof(*w));
+    w->dirfd = -1;
     if (algo != BLOCKHASH_SHA256 && algo != BLOCKHASH_XXH128)
         return -EINVAL;
     w->algo = algo;
     w->digest_size = blockhash_digest_size(algo);
     w->block_size = block_size;
-    w->path = sidecar_path(data_path);
-    if (!w->path || asprintf(&w->tmp_path, "%s" BLOCKHASH_TMP_SUFFIX "XXXXXX", w->path) < 0) {
-        free(w->path);
+    w->name = blockhash_sidecar_path(data_name);
+    if (!w->name || asprintf(&prefix, "%s" BLOCKHASH_TMP_SUFFIX, w->name) < 0) {
+        prefix = NULL;
+        blockhash_writer_abort(w);
         return -ENOMEM;
     }
-    int fd = mkostemp(w->tmp_path, O_CLOEXEC);
-    if (fd < 0) {
+    w->dirfd = fcntl(dirfd, F_DUPFD_CLOEXEC, 0);
+    if (w->dirfd < 0) {
         int r = -errno;
-        free(w->path);
-        free(w->tmp_path);
+        blockhash_writer_abort(w);
         return r;
+    }
+    int fd = fs_create_unique_at(w->dirfd, prefix, O_WRONLY, BLOCKHASH_FILE_MODE, &w->tmp_name);
+    if (fd < 0) {
+        blockhash_writer_abort(w);
+        return fd;
     }
     w->f = fdopen(fd, "w");
     if (!w->f) {
         int r = -errno;
         close(fd);
-        unlink(w->tmp_path);
-        free(w->path);
-        free(w->tmp_path);
+        blockhash_writer_abort(w);
         return r;
     }
     /* Room for the header, filled in at commit when the data file's identity is final. */
@@ -160,16 +193,16 @@ int blockhash_writer_commit(struct blockhash_writer *w, int data_fd)
         blockhash_writer_abort(w);
         return r;
     }
-    if (rename(w->tmp_path, w->path) < 0) {
+    if (renameat(w->dirfd, w->tmp_name, w->dirfd, w->name) < 0) {
         int r = -errno;
         blockhash_writer_abort(w);
         return r;
     }
     fclose(w->f);
     w->f = NULL;
-    free(w->tmp_path);
-    free(w->path);
-    w->tmp_path = w->path = NULL;
+    free(w->tmp_name);
+    w->tmp_name = NULL;
+    blockhash_writer_abort(w); /* only frees now */
     return 0;
 }
 
@@ -177,23 +210,40 @@ void blockhash_writer_abort(struct blockhash_writer *w)
 {
     if (w->f) {
         fclose(w->f);
-        unlink(w->tmp_path);
+        if (w->tmp_name)
+            unlinkat(w->dirfd, w->tmp_name, 0);
     }
     w->f = NULL;
-    free(w->tmp_path);
-    free(w->path);
-    w->tmp_path = w->path = NULL;
+    if (w->dirfd >= 0)
+        close(w->dirfd);
+    w->dirfd = -1;
+    free(w->tmp_name);
+    free(w->name);
+    w->tmp_name = w->name = NULL;
 }
 
 int blockhash_reader_open(struct blockhash_reader *r, const char *data_path, int data_fd)
 {
     memset(r, 0, sizeof(*r));
-    CLEANUP_FREE char *path = sidecar_path(data_path);
+    CLEANUP_FREE char *path = blockhash_sidecar_path(data_path);
     if (!path)
         return -ENOMEM;
-    FILE *f = fopen(path, "re");
-    if (!f)
+    /* A sidecar is never a symlink; one that is was not written here. */
+    int fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0)
         return -errno;
+    return blockhash_reader_open_fd(r, fd, data_fd);
+}
+
+int blockhash_reader_open_fd(struct blockhash_reader *r, int sidecar_fd, int data_fd)
+{
+    memset(r, 0, sizeof(*r));
+    FILE *f = fdopen(sidecar_fd, "r");
+    if (!f) {
+        int e = -errno;
+        close(sidecar_fd);
+        return e;
+    }
 
     struct blockhash_header h;
     struct stat st, sst;
@@ -266,10 +316,20 @@ void blockhash_reader_close(struct blockhash_reader *r)
 
 int blockhash_remove(const char *data_path)
 {
-    CLEANUP_FREE char *path = sidecar_path(data_path);
+    CLEANUP_FREE char *path = blockhash_sidecar_path(data_path);
     if (!path)
         return -ENOMEM;
     if (unlink(path) < 0 && errno != ENOENT)
+        return -errno;
+    return 0;
+}
+
+int blockhash_remove_at(int dirfd, const char *data_name)
+{
+    CLEANUP_FREE char *name = blockhash_sidecar_path(data_name);
+    if (!name)
+        return -ENOMEM;
+    if (unlinkat(dirfd, name, 0) < 0 && errno != ENOENT)
         return -errno;
     return 0;
 }

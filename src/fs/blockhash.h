@@ -41,10 +41,17 @@ int blockhash_digest(enum blockhash_algo algo, const void *data, size_t len,
 /* Digest of len zero bytes. */
 int blockhash_zero_digest(enum blockhash_algo algo, size_t len, uint8_t out[BLOCKHASH_MAX_DIGEST]);
 
+/* Sidecars hold only digests, but of the daemon's private snapshots: owner only. */
+#define BLOCKHASH_FILE_MODE 0600
+
+/* data_path + BLOCKHASH_SUFFIX (free()), or NULL when out of memory. */
+char *blockhash_sidecar_path(const char *data_path);
+
 struct blockhash_writer {
     FILE *f;
-    char *tmp_path;
-    char *path;
+    int dirfd;      /* the directory of the data file */
+    char *tmp_name; /* in dirfd: written, then renamed to name */
+    char *name;
     enum blockhash_algo algo;
     size_t digest_size;
     uint32_t block_size;
@@ -54,6 +61,10 @@ struct blockhash_writer {
 /* Start a sidecar for the file that will be at data_path. */
 int blockhash_writer_open(struct blockhash_writer *w, const char *data_path, uint32_t block_size,
                           enum blockhash_algo algo);
+/* The same for the file that will be data_name in the directory dirfd (a single component; the
+ * sidecar is created without following symlinks). */
+int blockhash_writer_openat(struct blockhash_writer *w, int dirfd, const char *data_name,
+                            uint32_t block_size, enum blockhash_algo algo);
 /* Append the next block's digest (the writer's digest size). */
 int blockhash_writer_add(struct blockhash_writer *w, const uint8_t *digest);
 /* Record data_fd's identity, fsync and move the sidecar into place. */
@@ -74,11 +85,14 @@ struct blockhash_reader {
 /* Open the sidecar of data_path and check it against data_fd.  -ENOENT: none; -ESTALE: the file
  * changed since; -EBADMSG: not a valid sidecar. */
 int blockhash_reader_open(struct blockhash_reader *r, const char *data_path, int data_fd);
+/* The same with the sidecar already open (sidecar_fd is the reader's, even on failure). */
+int blockhash_reader_open_fd(struct blockhash_reader *r, int sidecar_fd, int data_fd);
 /* Digest of block i (digest_size bytes); blocks past the recorded ones read as zero blocks. */
 int blockhash_reader_get(struct blockhash_reader *r, uint64_t i, uint8_t out[BLOCKHASH_MAX_DIGEST]);
 void blockhash_reader_close(struct blockhash_reader *r);
 
-/* Remove the sidecar of data_path if there is one. */
+/* Remove the sidecar of data_path, or of data_name in dirfd, if there is one. */
 int blockhash_remove(const char *data_path);
+int blockhash_remove_at(int dirfd, const char *data_name);
 
 #endif

@@ -20,15 +20,12 @@
 #include "core/names.h"
 #include "fs/blockhash.h"
 #include "fs/fsinfo.h"
+#include "fs/safeopen.h"
 #include "fs/zero.h"
 
-/* OCFS2's reflink ioctl (fs/ocfs2/ocfs2_ioctl.h): creates new_path sharing old_path's blocks. */
-struct ocfs2_reflink_args {
-    uint64_t old_path;
-    uint64_t new_path;
-    uint64_t preserve; /* keep owner, mode and timestamps */
-};
-#define OCFS2_IOC_REFLINK _IOW('o', 4, struct ocfs2_reflink_args)
+/* Clones are private to the daemon whatever the source's mode: the source's permission bits
+ * are kept within owner-only ones. */
+#define CLONE_FILE_MODE 0600
 
 /* Copy buffer: 16 hash blocks (1 MiB), big enough to keep syscalls off the profile. */
 #define COPY_BUFFER_SIZE (16 * BLOCKHASH_BLOCK_SIZE)
@@ -385,7 +382,7 @@ static int copy_feed_all(struct copy_feed *f, uint64_t size)
     return 0;
 }
 
-int fs_copy_hashed(int in, int out, const char *out_path, enum blockhash_algo algo,
+int fs_copy_hashed(int in, int out, int out_dir, const char *out_name, enum blockhash_algo algo,
                    struct clone_result *res)
 {
     const uint64_t hb = BLOCKHASH_BLOCK_SIZE;
@@ -409,7 +406,7 @@ int fs_copy_hashed(int in, int out, const char *out_path, enum blockhash_algo al
         return r;
     if (ftruncate(out, (off_t)size) < 0)
         return -errno;
-    if ((r = blockhash_writer_open(&hw, out_path, BLOCKHASH_BLOCK_SIZE, algo)) < 0)
+    if ((r = blockhash_writer_openat(&hw, out_dir, out_name, BLOCKHASH_BLOCK_SIZE, algo)) < 0)
         return r;
     posix_fadvise(in, 0, 0, POSIX_FADV_SEQUENTIAL);
     if (size && (pipe.src.direct = fs_reopen_direct(in, O_RDONLY)) >= 0) {
@@ -481,83 +478,41 @@ static bool reflink_unsupported(int err)
     return err == EOPNOTSUPP || err == ENOTTY || err == EINVAL || err == ENOSYS;
 }
 
-/* OCFS2 creates the new file itself, from paths. */
-static int clone_ocfs2(const char *src, const char *tmp_path)
-{
-    struct ocfs2_reflink_args args = {
-        .old_path = (uint64_t)(uintptr_t)src,
-        .new_path = (uint64_t)(uintptr_t)tmp_path,
-        .preserve = 1,
-    };
-    CLEANUP_FREE char *dir_copy = strdup(tmp_path);
-    if (!dir_copy)
-        return -ENOMEM;
-    CLEANUP_CLOSE int dfd = open(dirname(dir_copy), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dfd < 0)
-        return -errno;
-    if (ioctl(dfd, OCFS2_IOC_REFLINK, &args) < 0)
-        return -errno;
-    return 0;
-}
-
-static int fsync_parent(const char *path)
-{
-    CLEANUP_FREE char *copy = strdup(path);
-    if (!copy)
-        return -ENOMEM;
-    CLEANUP_CLOSE int dfd = open(dirname(copy), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dfd < 0 || fsync(dfd) < 0)
-        return -errno;
-    return 0;
-}
-
-int fs_clone(const char *src, const char *dst, enum clone_mode mode, enum blockhash_algo hash,
-             struct clone_result *res)
+int fs_clone_at(int in, int dst_dir, const char *dst_name, enum clone_mode mode,
+                enum blockhash_algo hash, struct clone_result *res)
 {
     struct stat st, dst_st;
     struct fs_info src_fs, dst_fs;
     int r;
 
     memset(res, 0, sizeof(*res));
-    CLEANUP_CLOSE int in = open(src, O_RDONLY | O_CLOEXEC);
-    if (in < 0)
-        return -errno;
+    if (!dst_name[0] || strchr(dst_name, '/'))
+        return -EINVAL;
     if (fstat(in, &st) < 0)
         return -errno;
     if (!S_ISREG(st.st_mode))
         return S_ISDIR(st.st_mode) ? -EISDIR : -EINVAL;
-    if (lstat(dst, &dst_st) == 0)
+    if (fstatat(dst_dir, dst_name, &dst_st, AT_SYMLINK_NOFOLLOW) == 0)
         return -EEXIST;
     if ((r = fs_info_fd(in, &src_fs)) < 0)
         return r;
 
-    CLEANUP_FREE char *tmp = NULL;
-    if (asprintf(&tmp, "%s" CLONE_TMP_SUFFIX "XXXXXX", dst) < 0)
+    CLEANUP_FREE char *prefix = NULL, *tmp = NULL;
+    if (asprintf(&prefix, "%s" CLONE_TMP_SUFFIX, dst_name) < 0) {
+        prefix = NULL;
         return -ENOMEM;
-    CLEANUP_CLOSE int out = mkostemp(tmp, O_CLOEXEC);
+    }
+    CLEANUP_CLOSE int out = fs_create_unique_at(dst_dir, prefix, O_RDWR, CLONE_FILE_MODE, &tmp);
     if (out < 0)
-        return -errno;
+        return out;
     if ((r = fs_info_fd(out, &dst_fs)) < 0)
         goto fail;
 
     bool done = false;
     if (mode != CLONE_COPY) {
-        if (src_fs.dev != dst_fs.dev && mode == CLONE_REFLINK) {
-            r = -EXDEV;
-            goto fail;
-        }
-        if (dst_fs.kind == FS_OCFS2 && src_fs.dev == dst_fs.dev) {
-            close(TAKE_FD(out));
-            unlink(tmp); /* OCFS2 insists on creating the file itself */
-            r = clone_ocfs2(src, tmp);
-            if (r == 0)
-                done = true;
-            out = open(tmp, O_RDWR | O_CLOEXEC | (r == 0 ? 0 : O_CREAT | O_EXCL), 0600);
-            if (out < 0) {
-                r = -errno;
-                goto fail;
-            }
-        } else if (src_fs.dev == dst_fs.dev) {
+        /* FICLONE on the open files, OCFS2 included (Linux 4.10 and later): OCFS2's own
+         * OCFS2_IOC_REFLINK takes paths, which a symlink could redirect. */
+        if (src_fs.dev == dst_fs.dev) {
             r = ioctl(out, FICLONE, in) == 0 ? 0 : -errno;
             if (r == 0)
                 done = true;
@@ -578,23 +533,39 @@ int fs_clone(const char *src, const char *dst, enum clone_mode mode, enum blockh
             }
         }
     }
-    if (!done && (r = fs_copy_hashed(in, out, dst, hash, res)) < 0)
+    if (!done && (r = fs_copy_hashed(in, out, dst_dir, dst_name, hash, res)) < 0)
         goto fail;
 
-    if (fchmod(out, st.st_mode & 07777) < 0) {
+    if (fchmod(out, st.st_mode & CLONE_FILE_MODE) < 0) {
         r = -errno;
         goto fail;
     }
-    if (renameat2(AT_FDCWD, tmp, AT_FDCWD, dst, RENAME_NOREPLACE) < 0) {
+    if (renameat2(dst_dir, tmp, dst_dir, dst_name, RENAME_NOREPLACE) < 0) {
         r = -errno;
         goto fail;
     }
-    return fsync_parent(dst);
+    return fsync(dst_dir) < 0 ? -errno : 0;
 
 fail:
-    unlink(tmp);
+    unlinkat(dst_dir, tmp, 0);
     if (res->mode == CLONE_COPY)
-        blockhash_remove(dst);
+        blockhash_remove_at(dst_dir, dst_name);
     memset(res, 0, sizeof(*res));
     return r;
+}
+
+int fs_clone(const char *src, const char *dst, enum clone_mode mode, enum blockhash_algo hash,
+             struct clone_result *res)
+{
+    memset(res, 0, sizeof(*res));
+    CLEANUP_CLOSE int in = open(src, O_RDONLY | O_CLOEXEC);
+    if (in < 0)
+        return -errno;
+    CLEANUP_FREE char *dir_copy = strdup(dst), *name_copy = strdup(dst);
+    if (!dir_copy || !name_copy)
+        return -ENOMEM;
+    CLEANUP_CLOSE int dfd = open(dirname(dir_copy), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd < 0)
+        return -errno;
+    return fs_clone_at(in, dfd, basename(name_copy), mode, hash, res);
 }

@@ -1,5 +1,5 @@
-/* Snapshot a file: a reflink clone where the filesystem shares blocks (FICLONE on XFS and btrfs,
- * OCFS2_IOC_REFLINK on OCFS2), else a sparse copy that records a block-hash sidecar.
+/* Snapshot a file: a reflink clone where the filesystem shares blocks (FICLONE on XFS, btrfs and
+ * OCFS2), else a sparse copy that records a block-hash sidecar.
  *
  * The destination appears atomically: the clone is built under a temporary name in the
  * destination's directory, fsynced and renamed into place without replacing an existing file.
@@ -28,14 +28,23 @@ struct clone_result {
 const char *clone_mode_name(enum clone_mode mode);
 int clone_mode_parse(const char *s, enum clone_mode *out);
 
-/* Clone src to dst; a copy records hash digests in its sidecar.  Errors: -EEXIST dst exists; -EOPNOTSUPP reflink requested where the
- * filesystem cannot; -EXDEV reflink across filesystems; else the failing call's errno. */
+/* Clone the regular file open as in to dst_name in the directory dst_dir; a copy records hash
+ * digests in its sidecar.  The clone is made under a temporary name created in dst_dir (no
+ * symlink followed) and renamed to dst_name, never replacing a file; it reads only from in.
+ * Errors: -EEXIST dst exists; -EOPNOTSUPP reflink requested where the filesystem cannot;
+ * -EXDEV reflink across filesystems; -EINVAL in is not a regular file; else the failing call's
+ * errno. */
+int fs_clone_at(int in, int dst_dir, const char *dst_name, enum clone_mode mode,
+                enum blockhash_algo hash, struct clone_result *res);
+
+/* The same from paths, as given on a command line (symlinks are followed). */
 int fs_clone(const char *src, const char *dst, enum clone_mode mode, enum blockhash_algo hash,
              struct clone_result *res);
 
 /* Sparse, hashed copy from in to out (both open, out empty), recording digests in the sidecar
- * of out_path.  Exposed for the benchmarks and for snapshot code that owns its own files. */
-int fs_copy_hashed(int in, int out, const char *out_path, enum blockhash_algo hash,
+ * of out_name in the directory out_dir.  Exposed for the benchmarks and for snapshot code that
+ * owns its own files. */
+int fs_copy_hashed(int in, int out, int out_dir, const char *out_name, enum blockhash_algo hash,
                    struct clone_result *res);
 
 #endif

@@ -15,6 +15,7 @@
 #include "fs/blockhash.h"
 #include "fs/fsinfo.h"
 #include "fs/fsmap.h"
+#include "fs/safeopen.h"
 
 /* Block size for read mode comparisons: the common filesystem block. */
 #define READ_COMPARE_BLOCK 4096
@@ -77,17 +78,46 @@ static bool reflink_usable(struct fs_diff *d, uint32_t *block_size)
     return true;
 }
 
-int fs_diff_open(struct fs_diff *d, const char *base, const char *new, enum diff_mode want)
+/* A file of the diff, by path: as given, or with no symlink in any component. */
+static int diff_open_file(const struct fs_diff *d, const char *path)
+{
+    if (d->nofollow)
+        return fs_open_nofollow(path, O_RDONLY, 0);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    return fd < 0 ? -errno : fd;
+}
+
+/* The sidecar of the base file, checked against it. */
+static int diff_sidecar_open(const struct fs_diff *d, struct blockhash_reader *hr)
+{
+    if (!d->nofollow)
+        return blockhash_reader_open(hr, d->base_path, d->base_fd);
+    CLEANUP_FREE char *path = blockhash_sidecar_path(d->base_path);
+    if (!path)
+        return -ENOMEM;
+    int fd = fs_open_nofollow(path, O_RDONLY, 0);
+    if (fd < 0)
+        return fd;
+    return blockhash_reader_open_fd(hr, fd, d->base_fd);
+}
+
+static int diff_open(struct fs_diff *d, const char *base, const char *new, enum diff_mode want,
+                     bool nofollow)
 {
     int r;
     memset(d, 0, sizeof(*d));
+    d->nofollow = nofollow;
     d->base_fd = d->new_fd = -1;
-    d->base_fd = open(base, O_RDONLY | O_CLOEXEC);
-    if (d->base_fd < 0)
-        return -errno;
-    d->new_fd = open(new, O_RDONLY | O_CLOEXEC);
+    d->base_fd = diff_open_file(d, base);
+    if (d->base_fd < 0) {
+        r = d->base_fd;
+        d->base_fd = -1;
+        return r;
+    }
+    d->new_fd = diff_open_file(d, new);
     if (d->new_fd < 0) {
-        r = -errno;
+        r = d->new_fd;
+        d->new_fd = -1;
         fs_diff_close(d);
         return r;
     }
@@ -106,7 +136,7 @@ int fs_diff_open(struct fs_diff *d, const char *base, const char *new, enum diff
      * so comparing digests beats comparing maps.  Otherwise maps, where they are comparable. */
     if (want == DIFF_AUTO || want == DIFF_HASH) {
         struct blockhash_reader hr;
-        r = blockhash_reader_open(&hr, base, d->base_fd);
+        r = diff_sidecar_open(d, &hr);
         if (r == 0) {
             d->mode = DIFF_HASH;
             d->block_size = hr.block_size;
@@ -139,6 +169,16 @@ int fs_diff_open(struct fs_diff *d, const char *base, const char *new, enum diff
     d->mode = DIFF_READ;
     d->block_size = READ_COMPARE_BLOCK;
     return 0;
+}
+
+int fs_diff_open(struct fs_diff *d, const char *base, const char *new, enum diff_mode want)
+{
+    return diff_open(d, base, new, want, false);
+}
+
+int fs_diff_open_nofollow(struct fs_diff *d, const char *base, const char *new, enum diff_mode want)
+{
+    return diff_open(d, base, new, want, true);
 }
 
 void fs_diff_close(struct fs_diff *d)
@@ -236,7 +276,7 @@ static int classify(struct range_out *chg, struct range_out *zer, bool equal, bo
 static int diff_hash(struct fs_diff *d, struct extent_sink *changed, struct extent_sink *zeroed)
 {
     struct blockhash_reader hr;
-    int r = blockhash_reader_open(&hr, d->base_path, d->base_fd);
+    int r = diff_sidecar_open(d, &hr);
     if (r < 0)
         return r;
     const uint64_t bs = hr.block_size;

@@ -8,6 +8,7 @@
 #ifndef VMEXPORT_FS_FSDIFF_H
 #define VMEXPORT_FS_FSDIFF_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "core/extent.h"
@@ -23,6 +24,7 @@ struct fs_diff {
     enum blockhash_algo hash; /* DIFF_HASH: the base sidecar's digest */
     uint64_t base_size, new_size;
     const char *why; /* when a requested mode is impossible: the reason, for messages */
+    bool nofollow;   /* opened by fs_diff_open_nofollow */
 };
 
 const char *diff_mode_name(enum diff_mode mode);
@@ -31,6 +33,10 @@ int diff_mode_parse(const char *s, enum diff_mode *out);
 /* Open both files and choose the mode (want = DIFF_AUTO: the best available).  A mode that was
  * asked for but cannot be used fails with -EOPNOTSUPP and d->why set. */
 int fs_diff_open(struct fs_diff *d, const char *base, const char *new, enum diff_mode want);
+/* The same for absolute paths in which no component may be a symlink, the base's sidecar
+ * included (fs/safeopen.h): for the daemon, which opens files in directories others write. */
+int fs_diff_open_nofollow(struct fs_diff *d, const char *base, const char *new,
+                          enum diff_mode want);
 int fs_diff_run(struct fs_diff *d, struct extent_sink *changed, struct extent_sink *zeroed);
 void fs_diff_close(struct fs_diff *d);
 

@@ -113,17 +113,6 @@ int fs_file_id_fd(int fd, char out[FS_FILE_ID_MAX])
     return 0;
 }
 
-int fs_file_id_path(const char *path, char out[FS_FILE_ID_MAX])
-{
-    out[0] = '\0';
-    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
-    if (fd < 0)
-        return -errno;
-    int r = fs_file_id_fd(fd, out);
-    close(fd);
-    return r;
-}
-
 int fs_reopen_direct(int fd, int flags)
 {
     char path[64];

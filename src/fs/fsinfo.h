@@ -52,6 +52,5 @@ bool fs_range_cached(const void *map, uint64_t map_len, uint64_t off, uint64_t l
  * file systems without sync_file_range are not an error. */
 int fs_writeback_behind(int fd, uint64_t done_off, uint64_t done_len, uint64_t off, uint64_t len);
 int fs_file_id_fd(int fd, char out[FS_FILE_ID_MAX]);
-int fs_file_id_path(const char *path, char out[FS_FILE_ID_MAX]);
 
 #endif

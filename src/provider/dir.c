@@ -26,6 +26,7 @@
 
 #include "core/cleanup.h"
 #include "core/log.h"
+#include "fs/safeopen.h"
 
 #define DIR_SNAPSHOT_DIR_DEFAULT ".vmexport-snapshots" /* under path; hidden, so not a VM */
 #define DIR_SNAPSHOT_DIR_MODE    0700                  /* snapshots hold whole disks */
@@ -169,8 +170,12 @@ static int dir_disk_add(const struct dir_priv *dp, struct vm *vm, const char *na
     d.snapshot_compatible = true;
     d.snapshot_mode = strdup(dp->reflink ? PROVIDER_SNAPSHOT_REFLINK : PROVIDER_SNAPSHOT_COPY);
     d.repo_mountpoint = strdup(dp->root);
+    d.real_path = d.path ? strdup(d.path) : NULL; /* root is canonical, names are components */
+    d.dev = (uint64_t)st->st_dev;
+    d.ino = (uint64_t)st->st_ino;
     int r = -ENOMEM;
-    if (d.name && d.path && d.device_name && d.mode && d.snapshot_mode && d.repo_mountpoint)
+    if (d.name && d.path && d.device_name && d.mode && d.snapshot_mode && d.repo_mountpoint &&
+        d.real_path)
         r = vm_disk_list_append(&vm->disks, d);
     if (r < 0)
         vm_disk_clear(&d);
@@ -221,9 +226,9 @@ static int dir_list(struct provider *p, vm_list *out)
     CLEANUP_NAMES provider_name_list names = VECTOR_INIT;
     vm_list vms = VECTOR_INIT;
 
-    CLEANUP_CLOSE int rootfd = open(dp->root, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    CLEANUP_CLOSE int rootfd = fs_open_nofollow(dp->root, O_RDONLY | O_DIRECTORY, 0);
     if (rootfd < 0) {
-        int r = -errno;
+        int r = rootfd;
         log_warn("[provider.%s] %s: %s", p->name, dp->root, strerror(-r));
         return r;
     }
@@ -263,9 +268,9 @@ static int dir_get(struct provider *p, const char *vm_id, struct vm **out)
     /* Checked before vm_id comes near a path; hidden names are never listed. */
     if (!provider_id_is_safe(vm_id) || vm_id[0] == '.')
         return -ENOENT;
-    CLEANUP_CLOSE int rootfd = open(dp->root, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    CLEANUP_CLOSE int rootfd = fs_open_nofollow(dp->root, O_RDONLY | O_DIRECTORY, 0);
     if (rootfd < 0)
-        return -errno;
+        return rootfd;
     int r = dir_vm_load(p, rootfd, vm_id, out);
     /* Whatever list would skip is not found. */
     return r == -ENOMEM ? r : r < 0 ? -ENOENT : 0;

@@ -10,7 +10,9 @@
  * uuid and disk = ['file:/path,xvda,w', 'phy:/dev/mapper/x,xvdb,w', ...].
  *
  * A disk can be snapshotted when it is a writable "file:" disk (not a cdrom) whose file is a
- * regular file inside one of the configured repositories, on that repository's filesystem;
+ * regular file inside one of the configured repositories, on that repository's filesystem, and
+ * reached from the repository's root with no symlink on the way (the path is the repository's,
+ * as configured or canonical, followed by the rest: it is never resolved with realpath);
  * snapshots go to <repo>/CoriolisSnapshots/<snapshot>/<disk> as in 004.  A vm.cfg that does not
  * parse is skipped with a warning naming the file and line; it never stops the listing.
  */
@@ -28,6 +30,7 @@
 
 #include "core/cleanup.h"
 #include "core/log.h"
+#include "fs/safeopen.h"
 
 #define OVM_VMS_DIR         "VirtualMachines"
 #define OVM_VM_CFG          "vm.cfg"
@@ -50,7 +53,8 @@
 static const char *const ovm_keys[] = {"repositories", NULL};
 
 struct ovm_repo {
-    char *root; /* canonical path */
+    char *root;  /* canonical path */
+    char *given; /* as configured, without trailing slashes: vm.cfg files may spell it so */
     dev_t dev;
     bool reflink; /* probed once at open */
 };
@@ -64,8 +68,10 @@ static void ovm_priv_free(struct ovm_priv *op)
 {
     if (!op)
         return;
-    for (size_t i = 0; i < op->repos.len; i++)
+    for (size_t i = 0; i < op->repos.len; i++) {
         free(op->repos.ptr[i].root);
+        free(op->repos.ptr[i].given);
+    }
     ovm_repo_list_reset(&op->repos);
     free(op);
 }
@@ -444,22 +450,42 @@ static bool ovm_has_suffix(const char *s, const char *suffix)
     return n >= m && strcmp(s + n - m, suffix) == 0;
 }
 
-/* The repository holding the canonical path real (the innermost one), or NULL. */
-static const struct ovm_repo *ovm_repo_find(const struct ovm_priv *op, const char *real)
+/* path with prefix and a '/' before the rest: the rest (slashes skipped), or NULL. */
+static const char *ovm_path_under(const char *path, const char *prefix)
+{
+    size_t n = strlen(prefix);
+    while (n > 0 && prefix[n - 1] == '/')
+        n--;
+    if (strncmp(path, prefix, n) != 0 || path[n] != '/')
+        return NULL;
+    path += n;
+    while (*path == '/')
+        path++;
+    return path;
+}
+
+/* The repository whose root path (canonical or as configured) the absolute path starts with,
+ * the innermost one, and in *rel the rest of path.  Only the spelling counts: the rest is then
+ * opened beneath the repository without following symlinks, so it names exactly that file.  NULL
+ * when none, or when the rest could leave the repository (".."). */
+static const struct ovm_repo *ovm_repo_holding(const struct ovm_priv *op, const char *path,
+                                               const char **rel)
 {
     const struct ovm_repo *best = NULL;
     size_t best_len = 0;
     for (size_t i = 0; i < op->repos.len; i++) {
         const struct ovm_repo *repo = &op->repos.ptr[i];
-        size_t n = strlen(repo->root);
-        bool under = strncmp(real, repo->root, n) == 0 &&
-                     (real[n] == '/' || (repo->root[n - 1] == '/' && real[n] != '\0'));
-        if (under && n > best_len) {
-            best = repo;
-            best_len = n;
+        const char *prefixes[] = {repo->root, repo->given};
+        for (size_t j = 0; j < ARRAY_SIZE(prefixes); j++) {
+            const char *rest = ovm_path_under(path, prefixes[j]);
+            if (rest && (size_t)(rest - path) > best_len) {
+                best = repo;
+                best_len = (size_t)(rest - path);
+                *rel = rest;
+            }
         }
     }
-    return best;
+    return best && fs_rel_path_is_beneath(*rel) ? best : NULL;
 }
 
 /* Fills d from one disk spec; -EINVAL with msg when malformed, 1 for an empty drive (no disk). */
@@ -546,29 +572,42 @@ static int ovm_disk_parse(const struct ovm_priv *op, const char *spec, struct vm
     /* A relative path would depend on our working directory: it names nothing we can use. */
     if (path[0] != '/')
         return 0;
+    const char *rel = NULL;
+    const struct ovm_repo *repo = ovm_repo_holding(op, path, &rel);
     struct stat st;
-    if (stat(path, &st) == 0 && S_ISREG(st.st_mode))
-        d->size = st.st_size > 0 ? (uint64_t)st.st_size : 0;
-
-    /* Where the file really is: symlinks are followed before asking which repository holds it. */
-    CLEANUP_FREE char *real = realpath(path, NULL);
-    if (!real && errno == ENOMEM)
-        return -ENOMEM;
-    const struct ovm_repo *repo = real ? ovm_repo_find(op, real) : NULL;
-    if (!repo)
+    if (!repo) {
+        /* Outside the repositories (phy: devices, files elsewhere): listed, never opened. */
+        if (lstat(path, &st) == 0 && S_ISREG(st.st_mode))
+            d->size = st.st_size > 0 ? (uint64_t)st.st_size : 0;
         return 0;
+    }
+    /* O_PATH: looked at, not opened for reading (no side effects on a FIFO or device). */
+    CLEANUP_CLOSE int fd = fs_open_beneath(repo->root, rel, O_PATH, 0);
+    if (fd < 0) {
+        if (fd == -ENOMEM)
+            return fd;
+        log_debug("%s: %s%s; it cannot be snapshotted", path, strerror(-fd),
+                  fd == -ELOOP ? " (a symlink on the way)" : "");
+        return 0;
+    }
+    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode))
+        return 0;
+    d->size = st.st_size > 0 ? (uint64_t)st.st_size : 0;
     d->repo_mountpoint = strdup(repo->root);
     if (!d->repo_mountpoint)
         return -ENOMEM;
     bool writable = strcmp(norm_mode, "w") == 0;
     bool cdrom = ovm_has_suffix(device, OVM_DISK_CDROM_SUFFIX);
     /* Same st_dev as the repository: a filesystem mounted inside it could not take the clone. */
-    d->snapshot_compatible = is_file && writable && !cdrom && stat(real, &st) == 0 &&
-                             S_ISREG(st.st_mode) && st.st_dev == repo->dev;
+    d->snapshot_compatible = is_file && writable && !cdrom && st.st_dev == repo->dev;
     if (d->snapshot_compatible) {
+        d->dev = (uint64_t)st.st_dev;
+        d->ino = (uint64_t)st.st_ino;
+        if (asprintf(&d->real_path, "%s/%s", repo->root, rel) < 0)
+            d->real_path = NULL;
         d->snapshot_mode =
             strdup(repo->reflink ? PROVIDER_SNAPSHOT_REFLINK : PROVIDER_SNAPSHOT_COPY);
-        if (!d->snapshot_mode)
+        if (!d->snapshot_mode || !d->real_path)
             return -ENOMEM;
     }
     return 0;
@@ -726,11 +765,12 @@ static int ovm_scan(struct provider *p, const char *want_id, vm_list *out)
             vms_path = NULL;
             return -ENOMEM;
         }
-        CLEANUP_CLOSE int vmsfd = open(vms_path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        CLEANUP_CLOSE int vmsfd =
+            fs_open_beneath(repo->root, OVM_VMS_DIR, O_RDONLY | O_DIRECTORY, 0);
         if (vmsfd < 0) {
-            if (errno != ENOENT) /* a repository with no VMs has none */
+            if (vmsfd != -ENOENT) /* a repository with no VMs has none */
                 log_warn("[provider.%s] %s: %s; repository skipped", p->name, vms_path,
-                         strerror(errno));
+                         strerror(-vmsfd));
             continue;
         }
         r = provider_names_read(vmsfd, &names);
@@ -899,11 +939,20 @@ static int ovm_open(struct provider *p, const struct provider_config *cfg, char 
             r = provider_fail_setting(err, errlen, -errno, cfg->name, "repositories", tok);
             goto fail;
         }
+        repo.given = strdup(tok);
+        if (!repo.given) {
+            free(repo.root);
+            r = -ENOMEM;
+            goto fail;
+        }
+        for (size_t n = strlen(repo.given); n > 1 && repo.given[n - 1] == '/'; n--)
+            repo.given[n - 1] = '\0';
         for (size_t i = 0; i < op->repos.len; i++) {
             if (strcmp(op->repos.ptr[i].root, repo.root) == 0) {
                 r = provider_fail(err, errlen, -EINVAL,
                                   "[provider.%s] repositories: %s is listed twice", cfg->name, tok);
                 free(repo.root);
+                free(repo.given);
                 goto fail;
             }
         }
@@ -911,6 +960,7 @@ static int ovm_open(struct provider *p, const struct provider_config *cfg, char 
         r = ovm_repo_list_append(&op->repos, repo);
         if (r < 0) {
             free(repo.root);
+            free(repo.given);
             goto fail;
         }
         log_debug("[provider.%s] repository %s (%s snapshots)", cfg->name, repo.root,

@@ -12,12 +12,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "core/cleanup.h"
 #include "core/hash.h"
 #include "core/log.h"
 #include "fs/fsinfo.h"
+#include "fs/safeopen.h"
 
 /* Longest ID accepted: NAME_MAX, so that an ID can always be one path component. */
 #define PROVIDER_ID_MAX 255
@@ -46,6 +48,7 @@ void vm_disk_clear(struct vm_disk *disk)
     free(disk->mode);
     free(disk->snapshot_mode);
     free(disk->repo_mountpoint);
+    free(disk->real_path);
     memset(disk, 0, sizeof(*disk));
 }
 
@@ -317,7 +320,7 @@ bool provider_probe_reflink(const char *dir)
 
     /* The probe could not run; the filesystem type is the next best answer. */
     struct fs_info info;
-    CLEANUP_CLOSE int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    CLEANUP_CLOSE int fd = fs_open_nofollow(dir, O_RDONLY | O_DIRECTORY, 0);
     bool guess = fd >= 0 && fs_info_fd(fd, &info) == 0 && fs_kind_may_reflink(info.kind);
     log_warn("%s: cannot probe reflink support (%s); assuming %s snapshots", dir, strerror(-r),
              guess ? PROVIDER_SNAPSHOT_REFLINK : PROVIDER_SNAPSHOT_COPY);
@@ -382,4 +385,30 @@ int provider_names_read(int dirfd, provider_name_list *out)
     provider_name_list_sort(&names, name_cmp);
     *out = names;
     return 0;
+}
+
+int provider_disk_open(const struct vm_disk *disk)
+{
+    struct stat st;
+    if (!disk->real_path)
+        return -EOPNOTSUPP;
+    /* O_NONBLOCK: a FIFO swapped in must not hang the caller before the type check. */
+    int fd = fs_open_nofollow(disk->real_path, O_RDONLY | O_NONBLOCK | O_NOCTTY, 0);
+    if (fd < 0)
+        return fd;
+    if (fstat(fd, &st) < 0) {
+        int r = -errno;
+        close(fd);
+        return r;
+    }
+    if (!S_ISREG(st.st_mode) || (uint64_t)st.st_dev != disk->dev ||
+        (uint64_t)st.st_ino != disk->ino) {
+        close(fd);
+        return -ESTALE;
+    }
+    /* Regular files ignore O_NONBLOCK; cleared all the same, for whoever reads the fd. */
+    int fl = fcntl(fd, F_GETFL);
+    if (fl >= 0)
+        fcntl(fd, F_SETFL, fl & ~O_NONBLOCK);
+    return fd;
 }

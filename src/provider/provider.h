@@ -22,6 +22,11 @@ struct vm_disk {
     bool snapshot_compatible;
     char *snapshot_mode;   /* "reflink" or "copy" (NULL when not compatible) */
     char *repo_mountpoint; /* repository / provider root that holds the disk */
+    /* Where the daemon opens the disk: an absolute path with no symlink in any component
+     * (NULL when the disk cannot be snapshotted); and the file's identity when it was listed:
+     * a snapshot clones this file or nothing (provider_disk_open). */
+    char *real_path;
+    uint64_t dev, ino;
 };
 DEFINE_VECTOR_TYPE(vm_disk_list, struct vm_disk);
 
@@ -136,6 +141,12 @@ int provider_fail_setting(char *err, size_t errlen, int r, const char *provider,
 /* Whether snapshots in dir can be reflink clones: a real FICLONE probe, or when the probe
  * cannot run (read-only directory, no O_TMPFILE), a guess from the filesystem type. */
 bool provider_probe_reflink(const char *dir);
+
+/* The disk's file, open read-only: opened by its real_path without following symlinks, and
+ * still the regular file that was listed (same st_dev and st_ino).  A descriptor, -ELOOP when
+ * a symlink is on the way, -ESTALE when the file is no longer the listed one (replaced, or not
+ * a regular file), -ENOENT, or another negative errno. */
+int provider_disk_open(const struct vm_disk *disk);
 
 /* Non-hidden names in a directory (not "." or ".."), sorted with strcmp. */
 DEFINE_VECTOR_TYPE(provider_name_list, char *);

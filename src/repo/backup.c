@@ -454,7 +454,7 @@ static void writer_free(struct backup_writer *w)
 static bool backup_id_in_use(int backups_fd, const char *id)
 {
     DIR *d;
-    int fd = dup(backups_fd);
+    int fd = fcntl(backups_fd, F_DUPFD_CLOEXEC, 0);
     if (fd < 0 || !(d = fdopendir(fd))) {
         if (fd >= 0)
             close(fd);
@@ -481,7 +481,7 @@ static bool backup_id_in_use(int backups_fd, const char *id)
  * changes: it is drawn above the greatest one in use, when there is room. */
 static int backup_id_order(int vm_dir_fd, char id[BACKUP_ID_LEN + 1])
 {
-    int fd = dup(vm_dir_fd);
+    int fd = fcntl(vm_dir_fd, F_DUPFD_CLOEXEC, 0);
     DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
     if (!d) {
         if (fd >= 0)

@@ -161,6 +161,27 @@ int reply_json(struct request *rq, unsigned status, void *json)
     return reply(rq, status, resp);
 }
 
+FILE *server_tmpfile(void)
+{
+    /* tmpfile() leaves its descriptor open across exec (glibc opens it without O_CLOEXEC). */
+    int fd = open(P_tmpdir, O_TMPFILE | O_RDWR | O_EXCL | O_CLOEXEC, 0600);
+    if (fd < 0 && (errno == EOPNOTSUPP || errno == EISDIR || errno == EINVAL)) {
+        char path[] = P_tmpdir "/vmexportd-XXXXXX"; /* no O_TMPFILE there: a name, at once gone */
+        fd = mkostemp(path, O_CLOEXEC);
+        if (fd >= 0)
+            unlink(path);
+    }
+    if (fd < 0)
+        return NULL;
+    FILE *f = fdopen(fd, "w+");
+    if (!f) {
+        int e = errno;
+        close(fd);
+        errno = e;
+    }
+    return f;
+}
+
 int reply_json_file(struct request *rq, unsigned status, FILE *f)
 {
     if (fflush(f) != 0) {
@@ -168,7 +189,7 @@ int reply_json_file(struct request *rq, unsigned status, FILE *f)
         return reply_error(rq, 500, "internal error", "cannot write a temporary file");
     }
     struct stat st;
-    int fd = dup(fileno(f));
+    int fd = fcntl(fileno(f), F_DUPFD_CLOEXEC, 0);
     fclose(f);
     if (fd < 0 || fstat(fd, &st) < 0) {
         if (fd >= 0)
@@ -725,7 +746,7 @@ int route_healthz(struct request *rq)
 
 int route_metrics(struct request *rq)
 {
-    FILE *f = tmpfile();
+    FILE *f = server_tmpfile();
     if (!f)
         return reply_errno(rq, -errno, "metrics");
     int64_t ready = 0, creating = 0;
@@ -737,7 +758,7 @@ int route_metrics(struct request *rq)
         return reply_error(rq, 500, "internal error", "metrics: cannot write");
     }
     struct stat st;
-    int fd = dup(fileno(f));
+    int fd = fcntl(fileno(f), F_DUPFD_CLOEXEC, 0);
     fclose(f);
     if (fd < 0 || fstat(fd, &st) < 0)
         return reply_error(rq, 500, "internal error", "metrics");

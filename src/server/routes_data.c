@@ -24,6 +24,7 @@
 #include "fs/fsdiff.h"
 #include "fs/fsinfo.h"
 #include "fs/fsmap.h"
+#include "fs/safeopen.h"
 #include "server/jsonw.h"
 #include "server/range.h"
 #include "server/server.h"
@@ -259,10 +260,11 @@ static int disk_file_get(struct request *rq, struct disk_file **out, int *ret)
     }
     f->refs = 1;
     f->direct_fd = -1;
-    f->fd = open(f->path, O_RDONLY | O_CLOEXEC);
+    /* No symlink anywhere in the path: one planted in the snapshot area serves nothing. */
+    f->fd = fs_open_nofollow(f->path, O_RDONLY, 0);
     struct stat st;
-    if (f->fd < 0 || fstat(f->fd, &st) < 0) {
-        int e = errno;
+    int e = f->fd < 0 ? -f->fd : fstat(f->fd, &st) < 0 ? errno : S_ISREG(st.st_mode) ? 0 : EINVAL;
+    if (e) {
         *ret = reply_error(rq, 500, "internal error", "snapshot '%s' disk '%s': %s: %s", snap->id,
                            disk->name, disk->path, strerror(e));
         if (f->fd >= 0)
@@ -819,7 +821,7 @@ int route_disk_changes(struct request *rq)
     int r = 0;
     if (bd) {
         struct fs_diff d;
-        r = fs_diff_open(&d, bd->path, disk->path, DIFF_AUTO);
+        r = fs_diff_open_nofollow(&d, bd->path, disk->path, DIFF_AUTO);
         if (r == 0) {
             extent_list ch = VECTOR_INIT;
             struct area_page chp = {.l = VECTOR_INIT, .from = start, .dropped = UINT64_MAX};
@@ -843,9 +845,9 @@ int route_disk_changes(struct request *rq)
             complete_below = chp.dropped < zeroed.dropped ? chp.dropped : zeroed.dropped;
         }
     } else {
-        CLEANUP_CLOSE int fd = open(disk->path, O_RDONLY | O_CLOEXEC);
+        CLEANUP_CLOSE int fd = fs_open_nofollow(disk->path, O_RDONLY, 0);
         struct fs_map m;
-        r = fd < 0 ? -errno : fs_map_open(&m, fd, disk->size, 0);
+        r = fd < 0 ? fd : fs_map_open(&m, fd, disk->size, 0);
         if (r == 0) {
             struct extent e;
             while ((r = fs_map_next(&m, &e)) > 0)
@@ -864,7 +866,7 @@ int route_disk_changes(struct request *rq)
     uint64_t upto = disk->size < complete_below ? disk->size : complete_below;
     if (changed.l.len > CHANGES_PAGE_MAX && changed.l.ptr[CHANGES_PAGE_MAX].start < upto)
         upto = changed.l.ptr[CHANGES_PAGE_MAX].start;
-    FILE *f = tmpfile();
+    FILE *f = server_tmpfile();
     if (!f) {
         ret = reply_errno(rq, -errno, "temporary file");
         goto out;

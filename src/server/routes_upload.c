@@ -557,7 +557,7 @@ int route_transfer_extents(struct request *rq)
                           context);
     } else if (t->direction == TRANSFER_DOWNLOAD && (fd = download_open(rq, t, &path, &ret)) < 0) {
         /* answered */
-    } else if (!(f = tmpfile())) {
+    } else if (!(f = server_tmpfile())) {
         ret = reply_errno(rq, -errno, "temporary file");
     } else if ((r = extents_write(f, fd, t->size)) < 0) {
         fclose(f);

@@ -19,6 +19,7 @@
 #include "fs/fsdiff.h"
 #include "fs/fsinfo.h"
 #include "fs/fsmap.h"
+#include "fs/safeopen.h"
 #include "server/jsonw.h"
 #include "server/server.h"
 
@@ -257,9 +258,9 @@ static void chunk_write(struct chunk_writer *w, uint64_t start, uint64_t length,
 /* "chunks": the data extents of path, squashed (004 squashChunks) when asked. */
 static int write_chunks_full(FILE *f, const char *path, uint64_t size, bool squash)
 {
-    CLEANUP_CLOSE int fd = open(path, O_RDONLY | O_CLOEXEC);
+    CLEANUP_CLOSE int fd = fs_open_nofollow(path, O_RDONLY, 0);
     if (fd < 0)
-        return -errno;
+        return fd;
     struct fs_map m;
     int r = fs_map_open(&m, fd, size, 0);
     if (r < 0)
@@ -315,11 +316,11 @@ static int write_chunks_diff(FILE *f, const struct snapshot_disk *d, const char 
                              const struct chunk_opts *o)
 {
     struct fs_diff diff;
-    int r = fs_diff_open(&diff, base_path, d->path, DIFF_AUTO);
+    int r = fs_diff_open_nofollow(&diff, base_path, d->path, DIFF_AUTO);
     if (r < 0)
         return r;
     CLEANUP_CLOSE int fd = -1;
-    FILE *cf = tmpfile(), *zf = tmpfile();
+    FILE *cf = server_tmpfile(), *zf = server_tmpfile();
     if (!cf || !zf) {
         r = -errno;
         goto out;
@@ -335,7 +336,7 @@ static int write_chunks_diff(FILE *f, const struct snapshot_disk *d, const char 
     rewind(zf);
 
     struct phys_cursor pc = {0};
-    fd = open(d->path, O_RDONLY | O_CLOEXEC);
+    fd = fs_open_nofollow(d->path, O_RDONLY, 0);
     if (fd >= 0 && fs_map_open(&pc.map, fd, d->size, 0) == 0)
         pc.open = true;
     else
@@ -428,7 +429,8 @@ static int write_snapshot(FILE *f, const struct snapshot *s, const struct chunk_
         jw_kv_str(f, &df, "change_id", d->change_id);
         jw_kv_str(f, &df, "snapshot_mode", d->mode);
         char file_id[FS_FILE_ID_MAX];
-        if (fs_file_id_path(d->path, file_id) == 0)
+        CLEANUP_CLOSE int id_fd = fs_open_nofollow(d->path, O_PATH, 0);
+        if (id_fd >= 0 && fs_file_id_fd(id_fd, file_id) == 0)
             jw_kv_str(f, &df, "file_id", file_id);
         if (o->chunks) {
             fputc(',', f);
@@ -489,7 +491,7 @@ static int reply_snapshot_list(struct request *rq, snapshot_list *l)
     if (bad)
         return reply_bad_bool(rq, bad);
     struct chunk_opts opts = {.chunks = chunks, .squash = squash};
-    FILE *f = tmpfile();
+    FILE *f = server_tmpfile();
     if (!f)
         return reply_errno(rq, -errno, "temporary file");
     fputc('[', f);
@@ -584,7 +586,7 @@ int route_snapshot_create(struct request *rq)
     vm_free(vm);
     if (r < 0)
         return reply_error(rq, r == -ENOSPC ? 507 : 500, "snapshot failed", "%s", err);
-    FILE *f = tmpfile();
+    FILE *f = server_tmpfile();
     if (!f) {
         snapshot_free(snap);
         return reply_errno(rq, -errno, "temporary file");
@@ -638,7 +640,7 @@ int route_snapshot_get(struct request *rq)
             return ret;
         }
     }
-    FILE *f = tmpfile();
+    FILE *f = server_tmpfile();
     if (!f) {
         snapshot_free(snap);
         snapshot_free(base);

@@ -87,6 +87,9 @@ int reply(struct request *rq, unsigned status, struct MHD_Response *resp);
 int reply_json(struct request *rq, unsigned status, void *json);
 /* JSON body from a finished temporary file (taken). */
 int reply_json_file(struct request *rq, unsigned status, FILE *f);
+/* An anonymous temporary file as tmpfile() makes, but close-on-exec like every descriptor of the
+ * daemon (hooks must not inherit one).  NULL with errno set. */
+FILE *server_tmpfile(void);
 /* {"error": error, "details": printf(...)} */
 int reply_error(struct request *rq, unsigned status, const char *error, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
@@ -140,6 +143,11 @@ struct provider *server_provider(struct server *s, const char *name);
 int disk_cache_new(struct disk_cache **out);
 void disk_cache_clear(struct disk_cache *c);
 void disk_cache_free(struct disk_cache *c);
+
+/* hook.c: run the hook cmd (words, NULL-terminated; NULL: none) with vm_id appended, what
+ * ("freeze" or "thaw") in $VMEXPORT_HOOK, killed after timeout_s.  0; -ETIMEDOUT; -ECANCELED
+ * when it failed (logged); or the errno of what could not be set up. */
+int hook_run(char *const *cmd, const char *vm_id, const char *what, unsigned timeout_s);
 
 /* snapshot.c */
 /* Snapshot every compatible disk of vm; label (NULL: none) is the client's, kept with it. */

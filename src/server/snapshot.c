@@ -3,20 +3,21 @@
  * A snapshot is all of a VM's snapshot-compatible disks or none: it is recorded as "creating",
  * each disk is cloned (reflink or hashed copy), and any failure removes the clones made so far
  * and the record.  A crash mid-way leaves a "creating" record that snapshot_recover() cleans at
- * the next start.  Freeze/thaw commands, when configured, run around the clones.
+ * the next start.  Freeze/thaw commands, when configured, run around the clones (hook.c).
+ *
+ * Other users may write to VM directories and even plant links in snapshot areas: every file
+ * here is opened without following symlinks (fs/safeopen.h), and a disk is cloned from the file
+ * the provider listed (same st_dev and st_ino) or not at all.
  */
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
-#include <libgen.h>
 #include <openssl/rand.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -25,12 +26,11 @@
 #include "core/log.h"
 #include "fs/blockhash.h"
 #include "fs/clone.h"
+#include "fs/safeopen.h"
 #include "server/server.h"
 
 /* Directories made for snapshots are private to the daemon. */
 #define SNAPSHOT_DIR_MODE 0700
-/* A clone takes its disk's mode; in the daemon's snapshot area it is the daemon's alone. */
-#define SNAPSHOT_FILE_MODE 0600
 
 static int uuid4(char out[37])
 {
@@ -53,110 +53,134 @@ static uint64_t now_us(void)
     return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
 }
 
-/* mkdir -p of path's parent directory. */
-static int make_parents(const char *path)
-{
-    CLEANUP_FREE char *dir = strdup(path);
-    if (!dir)
-        return -ENOMEM;
-    char *d = dirname(dir);
-    for (char *p = d + 1; *p; p++) {
-        if (*p != '/')
-            continue;
-        *p = '\0';
-        if (mkdir(d, SNAPSHOT_DIR_MODE) < 0 && errno != EEXIST)
-            return -errno;
-        *p = '/';
-    }
-    if (mkdir(d, SNAPSHOT_DIR_MODE) < 0 && errno != EEXIST)
-        return -errno;
-    return 0;
-}
-
-/* Remove the temporary files of an unfinished clone of path that a crash left beside it: the
- * clone's "<disk>.vxtmp.XXXXXX" and its sidecar's "<disk>.vxhash.tmp.XXXXXX".  The directory
- * belongs to one snapshot, so nothing else there has those names. */
-static void remove_clone_temps(const char *path)
+/* The directory that is to hold the snapshot disk path, created (mkdir -p, SNAPSHOT_DIR_MODE)
+ * with no symlink followed, open; *name: path's last component. */
+static int open_disk_dir(const char *path, const char **name)
 {
     const char *slash = strrchr(path, '/');
-    if (!slash || slash == path)
-        return;
+    if (!slash || slash == path || !slash[1])
+        return -EINVAL;
     CLEANUP_FREE char *dir = strndup(path, (size_t)(slash - path));
+    if (!dir)
+        return -ENOMEM;
+    *name = slash + 1;
+    return fs_mkdirs_nofollow(dir, SNAPSHOT_DIR_MODE);
+}
+
+/* Remove the temporary files of an unfinished clone of name in dfd that a crash left beside
+ * it: the clone's "<disk>.vxtmp.XXXXXX" and its sidecar's "<disk>.vxhash.tmp.XXXXXX".  The
+ * directory belongs to one snapshot, so nothing else there has those names. */
+static void remove_clone_temps(int dfd, const char *dir, const char *name)
+{
     CLEANUP_FREE char *clone_tmp = NULL, *hash_tmp = NULL;
-    if (asprintf(&clone_tmp, "%s" CLONE_TMP_SUFFIX, slash + 1) < 0)
+    if (asprintf(&clone_tmp, "%s" CLONE_TMP_SUFFIX, name) < 0)
         clone_tmp = NULL;
-    if (asprintf(&hash_tmp, "%s" BLOCKHASH_SUFFIX BLOCKHASH_TMP_SUFFIX, slash + 1) < 0)
+    if (asprintf(&hash_tmp, "%s" BLOCKHASH_SUFFIX BLOCKHASH_TMP_SUFFIX, name) < 0)
         hash_tmp = NULL;
-    if (!dir || !clone_tmp || !hash_tmp)
+    if (!clone_tmp || !hash_tmp)
         return;
-    DIR *d = opendir(dir);
-    if (!d)
+    int fd = fcntl(dfd, F_DUPFD_CLOEXEC, 0); /* fdopendir takes it */
+    DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
+    if (!d) {
+        if (fd >= 0)
+            close(fd);
         return;
+    }
     struct dirent *e;
     while ((e = readdir(d)) != NULL) {
         if (!strncmp(e->d_name, clone_tmp, strlen(clone_tmp)) ||
             !strncmp(e->d_name, hash_tmp, strlen(hash_tmp))) {
-            if (unlinkat(dirfd(d), e->d_name, 0) == 0)
+            if (unlinkat(dfd, e->d_name, 0) == 0)
                 log_warn("removed %s/%s, left by an interrupted snapshot", dir, e->d_name);
         }
     }
     closedir(d);
 }
 
+/* rmdir of the absolute path dir when empty, without following symlinks; 0 when removed. */
+static int remove_empty_dir(const char *dir)
+{
+    const char *name;
+    CLEANUP_CLOSE int pfd = fs_open_parent_nofollow(dir, &name);
+    if (pfd < 0)
+        return pfd;
+    return unlinkat(pfd, name, AT_REMOVEDIR) < 0 ? -errno : 0;
+}
+
 /* Remove a snapshot disk file, its sidecar, temporary files of an interrupted clone and its
- * now-empty parent directories (up to two levels: <snapshot>/ and, for dir providers, <vm>/). */
+ * now-empty parent directories (up to two levels: <snapshot>/ and, for dir providers, <vm>/),
+ * all without following a symlink: one planted in the snapshot area leads nowhere. */
 static int remove_disk_file(const char *path)
 {
+    const char *name;
+    CLEANUP_CLOSE int dfd = fs_open_parent_nofollow(path, &name);
+    if (dfd == -ENOENT)
+        return 0;
+    if (dfd < 0)
+        return dfd;
     int r = 0;
-    if (unlink(path) < 0 && errno != ENOENT)
+    if (unlinkat(dfd, name, 0) < 0 && errno != ENOENT)
         r = -errno;
-    blockhash_remove(path);
-    remove_clone_temps(path);
-    CLEANUP_FREE char *copy = strdup(path);
-    if (copy) {
-        char *d = dirname(copy);
-        if (rmdir(d) == 0)
-            rmdir(dirname(d)); /* fails harmlessly when not empty */
+    blockhash_remove_at(dfd, name);
+    CLEANUP_FREE char *dir = strndup(path, (size_t)(name - 1 - path));
+    if (!dir)
+        return r;
+    remove_clone_temps(dfd, dir, name);
+    if (remove_empty_dir(dir) == 0) {
+        char *slash = strrchr(dir, '/');
+        if (slash && slash != dir) {
+            *slash = '\0';
+            remove_empty_dir(dir); /* fails harmlessly when not empty */
+        }
     }
     return r;
 }
 
-/* Run a hook command with the VM ID as $1, bounded by the configured timeout. */
-static int run_hook(struct server *s, const char *cmd, const char *vm_id, const char *what)
+/* Clone the VM disk vd into the snapshot disk d: from vd's file as listed, opened without
+ * following symlinks, into d's directory made the same way. */
+static int clone_disk(struct server *s, const struct vm_disk *vd, struct snapshot_disk *d,
+                      const char *snap_id, char *err, size_t errlen)
 {
-    if (!cmd)
-        return 0;
-    pid_t pid = fork();
-    if (pid < 0)
-        return -errno;
-    if (pid == 0) {
-        setenv("VMEXPORT_VM_ID", vm_id, 1);
-        execl("/bin/sh", "sh", "-c", cmd, "vmexport-hook", vm_id, (char *)NULL);
-        _exit(127);
+    struct clone_result res;
+    const char *name;
+    CLEANUP_CLOSE int in = vd ? provider_disk_open(vd) : -ENOENT;
+    if (in < 0) {
+        snprintf(err, errlen, "snapshot %s: disk %s: opening %s: %s", snap_id, d->name,
+                 d->parent_path,
+                 in == -ELOOP    ? "a symlink is on the way; symlinks are not followed"
+                 : in == -ESTALE ? "it is no longer the file that was listed (replaced meanwhile)"
+                                 : strerror(-in));
+        return in;
     }
-    int status;
-    for (unsigned waited = 0;; waited++) {
-        pid_t w = waitpid(pid, &status, WNOHANG);
-        if (w == pid)
-            break;
-        if (w < 0)
-            return -errno;
-        if (waited >= s->cfg->hook_timeout * 10) {
-            kill(pid, SIGKILL);
-            waitpid(pid, &status, 0);
-            log_error("%s command for VM %s timed out after %u s", what, vm_id,
-                      s->cfg->hook_timeout);
-            return -ETIMEDOUT;
-        }
-        struct timespec step = {0, 100 * 1000 * 1000};
-        nanosleep(&step, NULL);
+    CLEANUP_CLOSE int dfd = open_disk_dir(d->path, &name);
+    if (dfd < 0) {
+        snprintf(err, errlen, "snapshot %s: disk %s: creating the directory of %s: %s%s", snap_id,
+                 d->name, d->path, strerror(-dfd),
+                 dfd == -ELOOP ? " (a symlink in the snapshot area; symlinks are not followed)"
+                               : "");
+        return dfd;
     }
-    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
-        log_error("%s command for VM %s failed (status %d)", what, vm_id,
-                  WIFEXITED(status) ? WEXITSTATUS(status) : -1);
-        return -ECANCELED;
+    enum clone_mode mode = !strcmp(d->mode, "reflink") ? CLONE_AUTO : CLONE_COPY;
+    int r = fs_clone_at(in, dfd, name, mode, s->cfg->block_hash, &res);
+    if (r < 0) {
+        snprintf(err, errlen, "snapshot %s: disk %s: cloning %s to %s: %s", snap_id, d->name,
+                 d->parent_path, d->path,
+                 r == -ENOSPC ? "no space left on the repository" : strerror(-r));
+        return r;
     }
-    return 0;
+    d->size = res.size;
+    free(d->mode);
+    d->mode = strdup(res.mode == CLONE_REFLINK ? "reflink" : "copy");
+    return d->mode ? 0 : -ENOMEM;
+}
+
+/* The disk of vm named name: snapshot disks are made from the VM's, one per name. */
+static const struct vm_disk *vm_disk_of(const struct vm *vm, const char *name)
+{
+    for (size_t i = 0; i < vm->disks.len; i++)
+        if (!strcmp(vm->disks.ptr[i].name, name))
+            return &vm->disks.ptr[i];
+    return NULL; /* not reached: snapshot_create made every snapshot disk from one of vm's */
 }
 
 bool snapshot_label_valid(const char *label)
@@ -234,37 +258,17 @@ int snapshot_create(struct server *s, struct provider *p, const struct vm *vm, c
         snapshot_free(snap);
         return r;
     }
-    if ((r = run_hook(s, s->cfg->freeze_command, vm->id, "freeze")) < 0) {
+    if ((r = hook_run(s->cfg->freeze_argv, vm->id, "freeze", s->cfg->hook_timeout)) < 0) {
         snprintf(err, errlen, "VM %s: freeze command failed; no snapshot taken", vm->id);
         goto rollback;
     }
     size_t done = 0;
     for (; done < snap->disks.len; done++) {
         struct snapshot_disk *d = &snap->disks.ptr[done];
-        struct clone_result res;
-        if ((r = make_parents(d->path)) < 0) {
-            snprintf(err, errlen, "snapshot %s: disk %s: creating the directory of %s: %s", id,
-                     d->name, d->path, strerror(-r));
+        if ((r = clone_disk(s, vm_disk_of(vm, d->name), d, id, err, errlen)) < 0)
             break;
-        }
-        enum clone_mode mode = !strcmp(d->mode, "reflink") ? CLONE_AUTO : CLONE_COPY;
-        if ((r = fs_clone(d->parent_path, d->path, mode, s->cfg->block_hash, &res)) < 0) {
-            snprintf(err, errlen, "snapshot %s: disk %s: cloning %s to %s: %s", id, d->name,
-                     d->parent_path, d->path,
-                     r == -ENOSPC ? "no space left on the repository" : strerror(-r));
-            break;
-        }
-        if (chmod(d->path, SNAPSHOT_FILE_MODE) < 0) {
-            r = -errno;
-            snprintf(err, errlen, "snapshot %s: disk %s: making %s private: %s", id, d->name,
-                     d->path, strerror(-r));
-            break;
-        }
-        d->size = res.size;
-        free(d->mode);
-        d->mode = strdup(res.mode == CLONE_REFLINK ? "reflink" : "copy");
     }
-    int tr = run_hook(s, s->cfg->thaw_command, vm->id, "thaw");
+    int tr = hook_run(s->cfg->thaw_argv, vm->id, "thaw", s->cfg->hook_timeout);
     if (r == 0 && tr < 0) {
         /* The data is consistent (frozen while cloned); a failed thaw is the operator's to see. */
         log_warn("VM %s: thaw command failed after snapshot %s", vm->id, id);

@@ -16,12 +16,12 @@ dd if=/dev/zero of="$VMS/src/sparse.img" bs=1M count=8 seek=80 conv=notrunc stat
 dd if=/dev/urandom of="$VMS/src/full.raw" bs=1M count=40 status=none
 sync
 printf '#!/bin/sh\necho "freeze $1" >>%s\n' "$WORK/hooks.log" >"$WORK/freeze.sh"
-printf '#!/bin/sh\necho "thaw $1" >>%s\n' "$WORK/hooks.log" >"$WORK/thaw.sh"
+printf '#!/bin/sh\necho "thaw $VMEXPORT_VM_ID" >>%s\n' "$WORK/hooks.log" >"$WORK/thaw.sh"
 chmod +x "$WORK/freeze.sh" "$WORK/thaw.sh"
 
 PORT=$(free_port)
 write_config "$WORK/vmexportd.conf" "$PORT" "$WORK/state" \
-    "[snapshot]" "freeze_command = $WORK/freeze.sh \$1" "thaw_command = $WORK/thaw.sh \$VMEXPORT_VM_ID" \
+    "[snapshot]" "freeze_command = $WORK/freeze.sh" "thaw_command = $WORK/thaw.sh" \
     "[upload]" "idle_timeout = 3" \
     "[provider.local]" "type = dir" "path = $VMS" || { not_ok "write config"; exit 1; }
 start_daemon "$WORK/vmexportd.conf" "$PORT" || { not_ok "daemon starts"; exit 1; }

@@ -702,6 +702,42 @@ static void test_align_limit(void **state)
     assert_int_equal(f->a.len, 0);
 }
 
+/* A limit that is not a multiple of the chunk (a disk whose size is not): an extent that ends
+ * exactly at it is kept as it is, address included; one that starts exactly at it is dropped,
+ * even though rounding its start down would land below the limit; one that ends a byte short
+ * of it, or crosses it, is rounded to end at it. */
+static void test_align_unaligned_limit(void **state)
+{
+    struct fixture *f = *state;
+    const uint64_t limit = 10000; /* 2 * 4096 + 1808 */
+    list_fill(&f->a, EXTENTS({0, 4096, P, 0}, {8192, 1808, Q, 0}));
+    assert_int_equal(extent_list_align(&f->a, 4096, limit), 0);
+    assert_extents(&f->a, EXTENTS({0, 4096, P, 0}, {8192, 1808, Q, 0}));
+
+    list_fill(&f->a, EXTENTS({0, 4096, P, 0}, {limit, 100, Q, 0}));
+    assert_int_equal(extent_list_align(&f->a, 4096, limit), 0);
+    assert_extents(&f->a, EXTENTS({0, 4096, P, 0}));
+    list_fill(&f->a, EXTENTS({limit, 1, Q, 0}));
+    assert_int_equal(extent_list_align(&f->a, 4096, limit), 0);
+    assert_int_equal(f->a.len, 0);
+
+    list_fill(&f->a, EXTENTS({8192, 1807, Q, 0}));
+    assert_int_equal(extent_list_align(&f->a, 4096, limit), 0);
+    assert_extents(&f->a, EXTENTS({8192, 1808, 0, UK}));
+
+    list_fill(&f->a, EXTENTS({9000, 2000, Q, 0}));
+    assert_int_equal(extent_list_align(&f->a, 4096, limit), 0);
+    assert_extents(&f->a, EXTENTS({8192, 1808, 0, UK}));
+
+    /* Ending at the limit after an extent that rounds up onto it: merged, ending at it. */
+    list_fill(&f->a, EXTENTS({4000, 96, P, 0}, {8192, 1808, Q, 0}));
+    assert_int_equal(extent_list_align(&f->a, 4096, limit), 0);
+    assert_extents(&f->a, EXTENTS({0, 4096, 0, UK}, {8192, 1808, Q, 0}));
+    list_fill(&f->a, EXTENTS({4000, 200, P, 0}, {9000, 1000, Q, 0}));
+    assert_int_equal(extent_list_align(&f->a, 4096, limit), 0);
+    assert_extents(&f->a, EXTENTS({0, limit, 0, UK}));
+}
+
 static void test_align_near_max(void **state)
 {
     struct fixture *f = *state;
@@ -1699,6 +1735,7 @@ int main(void)
         T(test_align_aligned),
         T(test_align_round),
         T(test_align_limit),
+        T(test_align_unaligned_limit),
         T(test_align_near_max),
         T(test_align_invalid),
         T(test_bytes),

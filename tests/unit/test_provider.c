@@ -513,6 +513,42 @@ static void test_dir_list(void **state)
         assert_string_equal(alpha->disks.ptr[i].snapshot_mode, mode);
 }
 
+/* A listed disk opens as long as it is the file that was listed: not once it is replaced by
+ * another file or a symlink, nor through a VM directory replaced by a symlink. */
+static void test_dir_disk_open(void **state)
+{
+    struct fixture *f = *state;
+    dir_tree(f);
+    dir_open_at(f, fx(f, "root"));
+    assert_int_equal(f->p->ops->get(f->p, "alpha", &f->vm), 0);
+    const struct vm_disk *d = find_disk(f->vm, "a.img");
+    struct stat st;
+    assert_int_equal(lstat(fx(f, "root/alpha/a.img"), &st), 0);
+    assert_string_equal(d->real_path, fx(f, "root/alpha/a.img"));
+    assert_int_equal(d->dev, (uint64_t)st.st_dev);
+    assert_int_equal(d->ino, (uint64_t)st.st_ino);
+
+    int fd = provider_disk_open(d);
+    assert_true(fd >= 0);
+    assert_int_equal(fcntl(fd, F_GETFL) & (O_ACCMODE | O_NONBLOCK), O_RDONLY);
+    close(fd);
+
+    /* the same name, another file */
+    assert_int_equal(rename(fx(f, "root/alpha/a.img"), fx(f, "root/alpha/a.old")), 0);
+    make_file(fx(f, "root/alpha/a.img"), KIB);
+    assert_int_equal(provider_disk_open(d), -ESTALE);
+    /* a symlink to the listed file itself */
+    assert_int_equal(unlink(fx(f, "root/alpha/a.img")), 0);
+    make_symlink("a.old", fx(f, "root/alpha/a.img"));
+    assert_int_equal(provider_disk_open(d), -ELOOP);
+    /* the VM directory a symlink to where the file now is */
+    assert_int_equal(unlink(fx(f, "root/alpha/a.img")), 0);
+    assert_int_equal(rename(fx(f, "root/alpha/a.old"), fx(f, "root/alpha/a.img")), 0);
+    assert_int_equal(rename(fx(f, "root/alpha"), fx(f, "alpha.moved")), 0);
+    make_symlink("../alpha.moved", fx(f, "root/alpha"));
+    assert_int_equal(provider_disk_open(d), -ELOOP);
+}
+
 static void test_dir_device_names(void **state)
 {
     struct fixture *f = *state;
@@ -839,8 +875,8 @@ static void test_ovm_list(void **state)
     assert_disk(&vm->disks.ptr[0], fx(f, "A/VirtualDisks/gone.img"), "xvda", "w", 0, false, NULL);
     vm = find_vm(&f->vms, "vm-escape");
     assert_false(vm->snapshot_compatible);
-    assert_disk(&vm->disks.ptr[0], fx(f, "A/VirtualDisks/escape.img"), "xvda", "w", KIB, false,
-                NULL);
+    /* A symlink is not followed, not even for the size. */
+    assert_disk(&vm->disks.ptr[0], fx(f, "A/VirtualDisks/escape.img"), "xvda", "w", 0, false, NULL);
 
     /* No name, OVM_simple_name or uuid: the directory name and a derived UUID. */
     vm = find_vm(&f->vms, "vm-noname");
@@ -1160,6 +1196,40 @@ static void test_ovm_nested_repos(void **state)
                 fx(f, "A/inner"));
 }
 
+/* Disk paths are taken as spelled: a symlink inside the repository (even to another disk of
+ * it) or a ".." keeps a disk from being snapshotted; a repository configured through a
+ * symlink matches vm.cfg paths spelled either way, and the disk is opened at its canonical
+ * place. */
+static void test_ovm_symlinks(void **state)
+{
+    struct fixture *f = *state;
+    char repos[PATH_MAX];
+    ovm_tree(f);
+    make_symlink("a4.img", fx(f, "A/VirtualDisks/inlink.img"));
+    make_symlink("VirtualDisks", fx(f, "A/LinkedDisks"));
+    make_symlink("A", fx(f, "Alink"));
+    VM_CFG(f, "A", "s",
+           "disk = ['file:%s,xvda,w', 'file:%s,xvdb,w', 'file:%s,xvdc,w', 'file:%s,xvdd,w']\n",
+           fx(f, "A/VirtualDisks/inlink.img"), fx(f, "A/LinkedDisks/a2.img"),
+           fx(f, "A/ISOs/../VirtualDisks/a3.img"), fx(f, "Alink/VirtualDisks/a1.img"));
+    snprintf(repos, sizeof(repos), "%s", fx(f, "Alink"));
+    ovm_open_repos(f, repos);
+
+    assert_int_equal(f->p->ops->get(f->p, "s", &f->vm), 0);
+    assert_int_equal(f->vm->disks.len, 4);
+    for (size_t i = 0; i < 3; i++) {
+        assert_false(f->vm->disks.ptr[i].snapshot_compatible);
+        assert_null(f->vm->disks.ptr[i].real_path);
+    }
+    const struct vm_disk *d = &f->vm->disks.ptr[3];
+    assert_true(d->snapshot_compatible);
+    assert_string_equal(d->real_path, fx(f, "A/VirtualDisks/a1.img"));
+    assert_string_equal(d->repo_mountpoint, fx(f, "A"));
+    int fd = provider_disk_open(d);
+    assert_true(fd >= 0);
+    close(fd);
+}
+
 int main(void)
 {
 #define T(fn) cmocka_unit_test_setup_teardown(fn, fixture_setup, fixture_teardown)
@@ -1170,6 +1240,7 @@ int main(void)
         cmocka_unit_test(test_config_get),
         T(test_config_errors),
         T(test_dir_list),
+        T(test_dir_disk_open),
         T(test_dir_device_names),
         T(test_dir_get),
         T(test_dir_snapshot_path),
@@ -1181,6 +1252,7 @@ int main(void)
         T(test_ovm_syntax),
         T(test_ovm_duplicates),
         T(test_ovm_nested_repos),
+        T(test_ovm_symlinks),
     };
 #undef T
     return cmocka_run_group_tests(tests, NULL, NULL);
