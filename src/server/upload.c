@@ -10,7 +10,6 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <libgen.h>
 #include <openssl/crypto.h>
 #include <openssl/rand.h>
 #include <pthread.h>
@@ -25,6 +24,7 @@
 #include "core/clock.h"
 #include "core/hash.h"
 #include "fs/fsinfo.h"
+#include "fs/safeopen.h"
 #include "fs/zero.h"
 #include "core/log.h"
 #include "server/server.h"
@@ -61,6 +61,16 @@ struct uploads {
     uint64_t idle_ms;
     unsigned max_writers;
 };
+
+/* unlink(path), without following a symlink on the way to it: 0 or a negative errno. */
+static int unlink_nofollow(const char *path)
+{
+    const char *name;
+    CLEANUP_CLOSE int dirfd = fs_open_parent_nofollow(path, &name);
+    if (dirfd < 0)
+        return dirfd;
+    return unlinkat(dirfd, name, 0) < 0 ? -errno : 0;
+}
 
 static uint64_t now_ms(void)
 {
@@ -140,9 +150,10 @@ static void transfer_discard(struct uploads *u, struct transfer *t, const char *
                  t->snapshot, t->disk, why);
         return;
     }
-    if (unlink(t->partial_path) < 0 && errno != ENOENT)
+    int e = unlink_nofollow(t->partial_path);
+    if (e < 0 && e != -ENOENT)
         log_error("upload " LOG_ID " of VM %s disk %s: removing %s: %s", LOG_ID_ARG(t->id),
-                  t->vm_id, t->disk, t->partial_path, strerror(errno));
+                  t->vm_id, t->disk, t->partial_path, strerror(-e));
     int r = catalog_upload_remove(u->srv->catalog, t->id);
     if (r < 0 && r != -ENOENT)
         log_error("upload " LOG_ID ": removing its catalog record: %s (removed at the next start)",
@@ -181,21 +192,23 @@ static int uploads_recover(struct uploads *u)
         /* A damaged catalog must not make the daemon delete some other file: partial files
          * are always named after their upload.  (An old-style name holds the ID of a transfer
          * the restart ended: logging it gives away no credential.) */
-        if (!is_partial_of(rec->partial_path, rec->id)) {
+        bool ours = is_partial_of(rec->partial_path, rec->id);
+        int e = ours ? unlink_nofollow(rec->partial_path) : 0;
+        if (!ours) {
             log_error("upload " LOG_ID ": recorded partial file %s is not named after the "
                       "upload; left alone",
                       LOG_ID_ARG(rec->id), rec->partial_path);
-        } else if (unlink(rec->partial_path) == 0) {
+        } else if (e == 0) {
             log_warn("upload " LOG_ID " of VM %s disk %s (%s) was interrupted by a restart: "
                      "removed %s",
                      LOG_ID_ARG(rec->id), rec->vm_id, rec->disk, rec->created_at,
                      rec->partial_path);
-        } else if (errno == ENOENT) {
+        } else if (e == -ENOENT) {
             log_warn("upload " LOG_ID " of VM %s disk %s (%s) was interrupted by a restart: no "
                      "partial file left",
                      LOG_ID_ARG(rec->id), rec->vm_id, rec->disk, rec->created_at);
         } else {
-            r = -errno;
+            r = e;
             log_error("upload " LOG_ID ": removing %s: %s (retried at the next start)",
                       LOG_ID_ARG(rec->id), rec->partial_path, strerror(-r));
             break;
@@ -355,14 +368,26 @@ static int transfer_make_file(struct uploads *u, struct transfer *t, bool *recor
                               size_t errlen)
 {
     struct stat st;
-    if (lstat(t->final_path, &st) == 0) {
-        snprintf(err, errlen, "VM '%s' already has a file named '%s'", t->vm_id, t->disk);
-        return -EEXIST;
+    const char *final_name, *partial_name;
+    CLEANUP_CLOSE int vmfd = fs_open_parent_nofollow(t->final_path, &final_name);
+    if (vmfd < 0 || fstatat(vmfd, final_name, &st, AT_SYMLINK_NOFOLLOW) == 0) {
+        int r = vmfd < 0 ? vmfd : -EEXIST;
+        if (r == -EEXIST)
+            snprintf(err, errlen, "VM '%s' already has a file named '%s'", t->vm_id, t->disk);
+        else
+            snprintf(err, errlen, "%s: %s%s", t->final_path, strerror(-r),
+                     r == -ELOOP ? " (a symlink on the way; symlinks are not followed)" : "");
+        return r;
     }
     if (errno != ENOENT) {
         int r = -errno;
         snprintf(err, errlen, "%s: %s", t->final_path, strerror(-r));
         return r;
+    }
+    CLEANUP_CLOSE int stagefd = fs_open_parent_nofollow(t->partial_path, &partial_name);
+    if (stagefd < 0) {
+        snprintf(err, errlen, "%s: %s", t->partial_path, strerror(-stagefd));
+        return stagefd;
     }
     CLEANUP_FREE char *created_at = clock_rfc3339_now();
     if (!created_at)
@@ -382,8 +407,8 @@ static int transfer_make_file(struct uploads *u, struct transfer *t, bool *recor
         return r;
     }
     *recorded = true;
-    t->fd =
-        open(t->partial_path, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, UPLOAD_FILE_MODE);
+    t->fd = openat(stagefd, partial_name, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
+                   UPLOAD_FILE_MODE);
     if (t->fd < 0) {
         r = -errno;
         snprintf(err, errlen, "creating %s: %s", t->partial_path, strerror(-r));
@@ -394,7 +419,7 @@ static int transfer_make_file(struct uploads *u, struct transfer *t, bool *recor
         snprintf(err, errlen, "making %s %llu bytes long: %s", t->partial_path,
                  (unsigned long long)t->size,
                  r == -EFBIG || r == -EINVAL ? "too large for the filesystem" : strerror(-r));
-        unlink(t->partial_path);
+        unlinkat(stagefd, partial_name, 0);
         return r == -EINVAL ? -EFBIG : r;
     }
     return 0;
@@ -645,28 +670,33 @@ int upload_writeback(struct uploads *u, struct transfer *t, int slot, uint64_t o
 /* Publish partial as final, failing with -EEXIST rather than replacing anything. */
 static int rename_noreplace(const char *partial, const char *final)
 {
-    if (renameat2(AT_FDCWD, partial, AT_FDCWD, final, RENAME_NOREPLACE) == 0)
+    const char *pname, *fname;
+    CLEANUP_CLOSE int pfd = fs_open_parent_nofollow(partial, &pname);
+    if (pfd < 0)
+        return pfd;
+    CLEANUP_CLOSE int ffd = fs_open_parent_nofollow(final, &fname);
+    if (ffd < 0)
+        return ffd;
+    if (renameat2(pfd, pname, ffd, fname, RENAME_NOREPLACE) == 0)
         return 0;
     if (errno != EINVAL && errno != ENOSYS)
         return -errno;
     /* No RENAME_NOREPLACE here: link() never replaces either.  A crash between the two steps
      * leaves both names; the next start removes the partial one. */
-    if (link(partial, final) < 0)
+    if (linkat(pfd, pname, ffd, fname, 0) < 0)
         return -errno;
-    if (unlink(partial) < 0)
+    if (unlinkat(pfd, pname, 0) < 0)
         log_warn("%s: removing after publishing it as %s: %s", partial, final, strerror(errno));
     return 0;
 }
 
 static int fsync_parent(const char *path)
 {
-    CLEANUP_FREE char *copy = strdup(path);
-    if (!copy)
-        return -ENOMEM;
-    CLEANUP_CLOSE int fd = open(dirname(copy), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd < 0 || fsync(fd) < 0)
-        return -errno;
-    return 0;
+    const char *name;
+    CLEANUP_CLOSE int fd = fs_open_parent_nofollow(path, &name);
+    if (fd < 0)
+        return fd;
+    return fsync(fd) < 0 ? -errno : 0;
 }
 
 /* A disk published into a set-group-ID directory gets the directory's group, as a file made
@@ -675,9 +705,10 @@ static int fsync_parent(const char *path)
  * that group.  Best effort: a failure is logged, the disk is still published. */
 static void inherit_setgid_group(struct transfer *t)
 {
-    CLEANUP_FREE char *copy = strdup(t->final_path);
+    const char *name;
+    CLEANUP_CLOSE int dirfd = fs_open_parent_nofollow(t->final_path, &name);
     struct stat dir, st;
-    if (!copy || lstat(dirname(copy), &dir) < 0 || !S_ISDIR(dir.st_mode) ||
+    if (dirfd < 0 || fstat(dirfd, &dir) < 0 || !S_ISDIR(dir.st_mode) ||
         !(dir.st_mode & S_ISGID) || fstat(t->fd, &st) < 0 || st.st_gid == dir.st_gid)
         return;
     if (fchown(t->fd, (uid_t)-1, dir.st_gid) < 0)

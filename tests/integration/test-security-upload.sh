@@ -217,6 +217,26 @@ done <<<"$created")
 if [ -z "$loose" ]; then ok "every file the daemon made is 0600 and every directory 0700"; else
     not_ok "made with other modes: $(tr '\n' ';' <<<"$loose")"; fi
 
+# ---- a VM directory swapped for a symlink during an upload ----
+# A local user who can write the VM root swaps the VM's directory for a link to somewhere else
+# before the finalize: the disk must not be published through the link.
+new_upload swap disk.img $SIZE && ok "an upload into VM swap" || not_ok "upload: $(cat "$WORK/body")"
+head -c $SIZE /dev/urandom >"$WORK/swap.bin"
+got=$(put "/api/v1/transfers/$ID" "bytes 0-$((SIZE - 1))/$SIZE" "$WORK/swap.bin" length)
+check "its data is written (HTTP $got)" test "$got" = 200
+mkdir -p "$WORK/elsewhere"
+mv "$VMS/swap" "$VMS/swap.moved"
+ln -s "$WORK/elsewhere" "$VMS/swap"
+got=$(api POST "/api/v1/transfers/$ID/finalize")
+check "the finalize through a symlinked VM directory is refused (HTTP $got)" test "$got" != 200
+check "nothing is published where the link points" test ! -e "$WORK/elsewhere/disk.img"
+check "nor in the moved VM directory" test ! -e "$VMS/swap.moved/disk.img"
+rm "$VMS/swap"
+mv "$VMS/swap.moved" "$VMS/swap"
+got=$(api POST "/api/v1/transfers/$ID/finalize")
+check "once the directory is back the finalize succeeds (HTTP $got)" test "$got" = 200
+check "and the disk holds the data" cmp -s "$VMS/swap/disk.img" "$WORK/swap.bin"
+
 # ---- the log ----
 check "the log names uploads by their IDs' first 8 characters" grep -q "upload ${IDS[0]:0:8} " "$WORK/daemon.log"
 leaked=""
