@@ -224,12 +224,12 @@ new_upload swap disk.img $SIZE && ok "an upload into VM swap" || not_ok "upload:
 head -c $SIZE /dev/urandom >"$WORK/swap.bin"
 got=$(put "/api/v1/transfers/$ID" "bytes 0-$((SIZE - 1))/$SIZE" "$WORK/swap.bin" length)
 check "its data is written (HTTP $got)" test "$got" = 200
-mkdir -p "$WORK/elsewhere"
+mkdir -p "$FS/elsewhere" # on the same filesystem, so a rename through the link would work
 mv "$VMS/swap" "$VMS/swap.moved"
-ln -s "$WORK/elsewhere" "$VMS/swap"
+ln -s "$FS/elsewhere" "$VMS/swap"
 got=$(api POST "/api/v1/transfers/$ID/finalize")
 check "the finalize through a symlinked VM directory is refused (HTTP $got)" test "$got" != 200
-check "nothing is published where the link points" test ! -e "$WORK/elsewhere/disk.img"
+check "nothing is published where the link points" test ! -e "$FS/elsewhere/disk.img"
 check "nor in the moved VM directory" test ! -e "$VMS/swap.moved/disk.img"
 rm "$VMS/swap"
 mv "$VMS/swap.moved" "$VMS/swap"
