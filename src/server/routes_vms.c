@@ -45,6 +45,8 @@ int route_login(struct request *rq)
     }
     char *token = NULL;
     int r = auth_login(rq->srv->auth, user, password, addr, &token);
+    if (r == 0 && !rq->user)
+        rq->user = strdup(user); /* for the access log */
     json_decref(body);
     if (r == -EAGAIN) {
         atomic_fetch_add(&rq->srv->metrics.login_failures, 1);

@@ -534,7 +534,8 @@ stop_daemon
 check "the daemon stops cleanly" test $? -eq 0
 
 # The soft limit on open files (1024 by default, for select() users) is raised to the hard one;
-# a hard limit below what max_connections may need (256 x 4 + 64 here) is warned about.
+# a hard limit below what max_connections may need ((1024 + its 144 margin) x 4 + 64 here) is
+# warned about.
 log_from=$(wc -l <"$WORK/daemon.log")
 ( ulimit -Sn 1024; ulimit -Hn 4096; exec "$VMEXPORTD" --config "$WORK/main.conf" -v >>"$WORK/daemon.log" 2>&1 ) &
 DAEMON_PID=$!
@@ -550,6 +551,6 @@ DAEMON_PID=$!
 at_exit "kill -9 $DAEMON_PID"
 for _ in $(seq 100); do curl -s --cacert "$WORK/certs/ca.crt" -o /dev/null "$URL/healthz" && break; sleep 0.1; done
 check "a daemon with 512 open files at most still serves" curl -s --cacert "$WORK/certs/ca.crt" -o /dev/null "$URL/healthz"
-check "and warns that max_connections may need more" bash -c "tail -n +$((log_from + 1)) '$WORK/daemon.log' | grep -q 'open files limit 512 is below the 1088 that max_connections = 256 may need'"
+check "and warns that max_connections may need more" bash -c "tail -n +$((log_from + 1)) '$WORK/daemon.log' | grep -q 'open files limit 512 is below the 4736 that max_connections = 1024 may need'"
 stop_daemon
 check "the daemon stops cleanly" test $? -eq 0
