@@ -80,6 +80,36 @@ config_fails "provider of an unknown type" "$(variant badtype 's|^type = dir|typ
     "unknown provider type 'vmware'"
 config_fails "dir provider path that does not exist" \
     "$(variant nopath "s|^path = .*|path = $WORK/no-such-vms|")" "$WORK/no-such-vms"
+# --check refuses what the start would refuse, with the same message: check_fails WHAT CONFIG TEXT.
+check_and_start_fail() {
+    local what=$1 cfg=$2 text=$3 rc
+    timeout 20 "$VMEXPORTD" --config "$cfg" --check >"$WORK/cfg.out" 2>"$WORK/cfg.err"
+    rc=$?
+    if [ "$rc" = 1 ] && grep -qF -- "$text" "$WORK/cfg.err" && ! grep -q 'configuration OK' "$WORK/cfg.out"; then
+        ok "--check: $what (exit 1, message names '$text')"
+    else
+        not_ok "--check: $what (exit $rc, want 1 and '$text' in: $(head -c 300 "$WORK/cfg.err"))"
+    fi
+    config_fails "$what" "$cfg" "$text"
+}
+check_and_start_fail "listen with a host name" "$(variant listenname '/^listen = /s/127.0.0.1/localhost/')" \
+    "listen: 'localhost:$CFG_PORT' is not ADDRESS:PORT"
+check_and_start_fail "listen without a port" "$(variant listennoport 's/^listen = .*/listen = 127.0.0.1/')" \
+    "listen: '127.0.0.1' is not ADDRESS:PORT"
+check_and_start_fail "listen with a bad IPv4 address" "$(variant listenbad 's/^listen = .*/listen = 127.0.0.300:5544/')" \
+    "listen: '127.0.0.300:5544' is not ADDRESS:PORT"
+check_and_start_fail "a key that is not the certificate's" \
+    "$(variant wrongkey "s|^key = .*|key = $WORK/certs/client.key|")" \
+    "key: $WORK/certs/client.key is not the key of the certificate $WORK/certs/server.crt"
+echo "not a key" >"$WORK/garbage.key"
+check_and_start_fail "a key file that is no key" "$(variant garbagekey "s|^key = .*|key = $WORK/garbage.key|")" \
+    "$WORK/garbage.key"
+check_and_start_fail "a key given twice" "$(variant twice '/^\[server\]/a shutdown_grace = 5')" \
+    "[server] shutdown_grace given twice"
+check_and_start_fail "a listen given twice" "$(variant twicelisten '/^\[server\]/a listen = 127.0.0.1:1')" \
+    "[server] listen given twice"
+check_and_start_fail "a malformed tls_priorities" "$(variant badprio '/^\[server\]/a tls_priorities = NORMAL:+NOPE')" \
+    "tls_priorities:"
 timeout 20 "$VMEXPORTD" --config "$WORK/good.conf" --check >"$WORK/cfg.out" 2>"$WORK/cfg.err"
 rc=$?
 if [ "$rc" = 0 ] && grep -q 'configuration OK' "$WORK/cfg.out"; then
