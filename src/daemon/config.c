@@ -242,8 +242,7 @@ static int config_ini_handler(void *user, const char *section, const char *name,
                         "[%s] %s: '%s' is not ADDRESS:PORT with a numeric IPv4 address or "
                         "[IPv6] address (e.g. 0.0.0.0:5544, [::]:5544)",
                         section, name, value);
-    }
-    else if (KEY("server", "certificate"))
+    } else if (KEY("server", "certificate"))
         r = set_str(&cfg->certificate, value);
     else if (KEY("server", "key"))
         r = set_str(&cfg->key, value);

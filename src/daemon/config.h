@@ -22,8 +22,8 @@
 #define CONFIG_DEFAULT_JOB_THREADS     8   /* slow requests (snapshots, diffs, fsync) at once */
 /* TLS 1.2 and 1.3 only; forward-secret key exchange (ECDHE; TLS 1.3's own) and AEAD ciphers
  * only: no RSA key exchange, no CBC, no SHA-1 MACs. */
-#define CONFIG_DEFAULT_TLS_PRIORITIES                                                            \
-    "SECURE:-VERS-ALL:+VERS-TLS1.3:+VERS-TLS1.2:-KX-ALL:+ECDHE-ECDSA:+ECDHE-RSA:-CIPHER-ALL:"   \
+#define CONFIG_DEFAULT_TLS_PRIORITIES                                                              \
+    "SECURE:-VERS-ALL:+VERS-TLS1.3:+VERS-TLS1.2:-KX-ALL:+ECDHE-ECDSA:+ECDHE-RSA:-CIPHER-ALL:"      \
     "+AES-256-GCM:+AES-128-GCM:+CHACHA20-POLY1305:-MAC-ALL:+AEAD"
 #define CONFIG_DEFAULT_SHUTDOWN_GRACE  30  /* seconds running downloads get after SIGTERM */
 #define CONFIG_DEFAULT_HOOK_TIMEOUT    60  /* seconds for freeze/thaw commands */

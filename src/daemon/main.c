@@ -69,8 +69,7 @@ static void raise_nofile_limit(const struct daemon_config *cfg)
         else if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
             return;
     }
-    unsigned long long need =
-        (unsigned long long)connections * FDS_PER_CONNECTION + FDS_RESERVED;
+    unsigned long long need = (unsigned long long)connections * FDS_PER_CONNECTION + FDS_RESERVED;
     if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < need)
         log_warn("open files limit %llu is below the %llu that max_connections = %u may need; "
                  "raise it (ulimit -n, or LimitNOFILE= in a systemd unit) or lower "

@@ -75,8 +75,8 @@ enum job_state {
 
 /* Per connection (libmicrohttpd's socket context). */
 struct conn_state {
-    bool over_limit;      /* accepted beyond max_connections: answered 503 */
-    bool timeout_raised;  /* a request arrived: header_timeout gave way to connection_timeout */
+    bool over_limit;     /* accepted beyond max_connections: answered 503 */
+    bool timeout_raised; /* a request arrived: header_timeout gave way to connection_timeout */
 };
 
 struct route {
@@ -584,8 +584,8 @@ static void log_append(char *buf, size_t *n, const char *s, size_t max)
 /* Query arguments whose values are credentials and never logged. */
 static bool arg_is_secret(const char *key)
 {
-    static const char *const secret_words[] = {"token", "key",  "secret", "pass",
-                                               "auth",  "sig",  "cred",   "ticket"};
+    static const char *const secret_words[] = {"token", "key", "secret", "pass",
+                                               "auth",  "sig", "cred",   "ticket"};
     for (size_t i = 0; i < ARRAY_SIZE(secret_words); i++)
         if (strcasestr(key, secret_words[i]))
             return true;
@@ -882,8 +882,8 @@ int server_tls_check(const struct daemon_config *cfg, char *err, size_t errlen)
     gnutls_certificate_credentials_t cred;
     if (gnutls_certificate_allocate_credentials(&cred) < 0)
         return -ENOMEM;
-    r = gnutls_certificate_set_x509_key_file2(cred, cfg->certificate, cfg->key,
-                                              GNUTLS_X509_FMT_PEM, NULL, 0);
+    r = gnutls_certificate_set_x509_key_file2(cred, cfg->certificate, cfg->key, GNUTLS_X509_FMT_PEM,
+                                              NULL, 0);
     if (r == GNUTLS_E_CERTIFICATE_KEY_MISMATCH)
         snprintf(err, errlen, "%s: [server] key: %s is not the key of the certificate %s",
                  cfg->file, cfg->key, cfg->certificate);
@@ -942,8 +942,8 @@ int server_start(struct server *s, char *err, size_t errlen)
     struct sockaddr_storage ss = {0};
     struct sockaddr_in *sin = (struct sockaddr_in *)&ss;
     struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)&ss;
-    unsigned flags = MHD_USE_EPOLL_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME |
-                     MHD_USE_ERROR_LOG | MHD_USE_ITC;
+    unsigned flags =
+        MHD_USE_EPOLL_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG | MHD_USE_ITC;
     if (inet_pton(AF_INET, cfg->listen_host, &sin->sin_addr) == 1) {
         sin->sin_family = AF_INET;
         sin->sin_port = htons(cfg->listen_port);
@@ -975,15 +975,14 @@ int server_start(struct server *s, char *err, size_t errlen)
         {MHD_OPTION_END, 0, NULL},
     };
     s->mhd = MHD_start_daemon(
-        flags, cfg->listen_port, NULL, NULL, access_handler, s, MHD_OPTION_EXTERNAL_LOGGER,
-        mhd_log, NULL, MHD_OPTION_SOCK_ADDR, &ss, MHD_OPTION_THREAD_POOL_SIZE, worker_count(cfg),
+        flags, cfg->listen_port, NULL, NULL, access_handler, s, MHD_OPTION_EXTERNAL_LOGGER, mhd_log,
+        NULL, MHD_OPTION_SOCK_ADDR, &ss, MHD_OPTION_THREAD_POOL_SIZE, worker_count(cfg),
         MHD_OPTION_CONNECTION_LIMIT, server_connection_hard_limit(cfg),
         MHD_OPTION_PER_IP_CONNECTION_LIMIT, cfg->max_connections_per_address,
-        MHD_OPTION_CONNECTION_TIMEOUT, cfg->header_timeout,
-        MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)CONNECTION_MEMORY_LIMIT,
-        MHD_OPTION_NOTIFY_COMPLETED, request_completed, s, MHD_OPTION_NOTIFY_CONNECTION,
-        notify_connection, s, MHD_OPTION_UNESCAPE_CALLBACK, unescape, NULL, MHD_OPTION_ARRAY,
-        tls_opts, MHD_OPTION_END);
+        MHD_OPTION_CONNECTION_TIMEOUT, cfg->header_timeout, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
+        (size_t)CONNECTION_MEMORY_LIMIT, MHD_OPTION_NOTIFY_COMPLETED, request_completed, s,
+        MHD_OPTION_NOTIFY_CONNECTION, notify_connection, s, MHD_OPTION_UNESCAPE_CALLBACK, unescape,
+        NULL, MHD_OPTION_ARRAY, tls_opts, MHD_OPTION_END);
     if (!s->mhd) {
         snprintf(err, errlen,
                  "cannot listen on %s:%u%s (address in use, not local, or a bad certificate/key "
