@@ -44,7 +44,7 @@ struct daemon_config {
     bool insecure_http;
     unsigned max_connections, connection_timeout, shutdown_grace;
     unsigned max_connections_per_address, header_timeout;
-    unsigned worker_threads; /* 0: one per CPU, at least 2 */
+    unsigned worker_threads; /* 0: two per CPU, at least 4 */
     unsigned job_threads;
     char *tls_priorities;
 

@@ -906,13 +906,16 @@ unsigned server_connection_hard_limit(const struct daemon_config *cfg)
     return cfg->max_connections + CONNECTION_MARGIN(cfg->max_connections);
 }
 
-/* Event-loop workers: worker_threads, or one per CPU and at least WORKERS_MIN. */
-#define WORKERS_MIN 2
+/* Event-loop workers: worker_threads, or WORKERS_PER_CPU per CPU and at least WORKERS_MIN.  More
+ * than one per CPU: a worker also reads the disk for the responses it sends, and a read that
+ * waits for the disk stalls the other connections of its worker meanwhile. */
+#define WORKERS_MIN     4
+#define WORKERS_PER_CPU 2
 static unsigned worker_count(const struct daemon_config *cfg)
 {
     if (cfg->worker_threads)
         return cfg->worker_threads;
-    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    long n = sysconf(_SC_NPROCESSORS_ONLN) * WORKERS_PER_CPU;
     return n > WORKERS_MIN ? (unsigned)n : WORKERS_MIN;
 }
 
