@@ -8,7 +8,8 @@
 #  2. header_timeout closes silent and half-open TLS connections; a connection whose request
 #     has arrived may then idle longer (connection_timeout); a request beyond max_connections
 #     is answered 503 with Retry-After and Connection: close, and the daemon serves again once
-#     connections close;
+#     connections close; with one event-loop worker, a snapshot create stuck in its freeze hook
+#     does not hold up /healthz or a ranged GET (slow routes run on the job pool);
 #  3. TLS: 1.1, CBC suites and RSA key exchange are refused, ECDHE with AES-GCM works (an RSA
 #     certificate, so that RSA key exchange would be possible); tls_priorities is checked;
 #  4. the access log (-v): one line per request, transfer IDs and secret query values cut.
@@ -106,6 +107,39 @@ for _ in $(seq 50); do
     sleep 0.1
 done
 check "the daemon answers 200 again once the connections are closed" test -n "$back"
+stop_daemon
+check "the daemon stops cleanly" test $? -eq 0
+
+# A slow route runs on the job pool: with a single event-loop worker, /healthz and a ranged GET
+# are answered while a snapshot create waits in its (sleeping) freeze hook.
+printf '#!/bin/sh\ntouch "%s"\nsleep 4\ntouch "%s"\n' "$WORK/freeze.started" "$WORK/freeze.done" \
+    >"$WORK/freeze.sh"
+chmod +x "$WORK/freeze.sh"
+sed -i '/^\[server\]/a worker_threads = 1' "$WORK/limits.conf"
+printf '[snapshot]\nfreeze_command = %s\n' "$WORK/freeze.sh" >>"$WORK/limits.conf"
+start_daemon "$WORK/limits.conf" "$PORT" && ok "daemon starts with one worker and a slow freeze hook" ||
+    { not_ok "daemon starts"; exit 1; }
+login admin secret || { not_ok "login"; exit 1; }
+api POST /api/v1/vms/web01/snapshots --max-time 30 >"$WORK/slow.code" &
+slow_pid=$!
+for _ in $(seq 100); do [ -e "$WORK/freeze.started" ] && break; sleep 0.1; done
+check "the snapshot's freeze hook is running" test -e "$WORK/freeze.started"
+got=$(curl -s --max-time 10 --cacert "$CA" -o /dev/null -w '%{http_code}' "$URL/healthz")
+if [ "$got" = 200 ] && [ ! -e "$WORK/freeze.done" ]; then
+    ok "/healthz answers while the snapshot create is in its hook"
+else
+    not_ok "/healthz during the snapshot create: $got (hook finished first: $(ls "$WORK/freeze.done" 2>/dev/null))"
+fi
+got=$(curl -s --max-time 10 --cacert "$CA" -H "Authorization: Bearer $TOKEN" -H "Range: bytes=4096-8191" \
+    -o "$WORK/range.dl" -w '%{http_code}' "$URL/api/v1/vms/web01/snapshots/$SNAP/disks/root.img")
+if [ "$got" = 206 ] && [ ! -e "$WORK/freeze.done" ]; then
+    ok "a ranged GET is answered while the snapshot create is in its hook"
+else
+    not_ok "ranged GET during the snapshot create: $got (hook finished first: $(ls "$WORK/freeze.done" 2>/dev/null))"
+fi
+check "the ranged GET's bytes are the snapshot's" cmp -s "$WORK/range.dl" <(tail -c +4097 "$SNAP_PATH" | head -c 4096)
+wait "$slow_pid"
+check "the slow snapshot create completes with 201" grep -qx 201 "$WORK/slow.code"
 stop_daemon
 check "the daemon stops cleanly" test $? -eq 0
 
