@@ -19,7 +19,7 @@
 #define CONFIG_DEFAULT_MAX_PER_ADDRESS 64  /* connections from one client address */
 #define CONFIG_DEFAULT_CONN_TIMEOUT    60  /* seconds a connection may stay idle */
 #define CONFIG_DEFAULT_HEADER_TIMEOUT  10  /* seconds for the TLS handshake and first headers */
-#define CONFIG_DEFAULT_JOB_THREADS     8   /* slow requests (snapshots, diffs, fsync) at once */
+#define CONFIG_DEFAULT_JOB_THREADS     8   /* blocking requests at once, per pool (http.c) */
 /* TLS 1.2 and 1.3 only; forward-secret key exchange (ECDHE; TLS 1.3's own) and AEAD ciphers
  * only: no RSA key exchange, no CBC, no SHA-1 MACs. */
 #define CONFIG_DEFAULT_TLS_PRIORITIES                                                              \

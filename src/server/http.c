@@ -11,8 +11,10 @@
  * connection costs a socket and no thread.  The workers run the fast routes (disk data, whose
  * responses read the file as they are sent; upload bodies; health) themselves.  Every other
  * route may block for long (a copy-mode snapshot copies whole disks; diffs, fsync, crypt(3) and
- * PAM), which would stall every connection of its worker: those run on the job pool (jobs.h)
+ * PAM), which would stall every connection of its worker: those run on a job pool (jobs.h)
  * while their connection is suspended, and the worker sends the answer when the job resumes it.
+ * Operations that may take minutes (ROUTE_LONG) have a pool of their own, so that a storm of
+ * copy-mode snapshots never holds up logins and listings.
  * Handlers share only the catalog (its own lock), the upload registry (its own lock), the token
  * and disk caches (their own locks) and atomics.
  *
@@ -64,8 +66,10 @@
 enum route_flags {
     ROUTE_PUBLIC = 1u << 0,  /* no token needed */
     ROUTE_IMAGEIO = 1u << 1, /* under /images/ (ovirt-imageio style), not under /api/v1 */
-    /* Answers without blocking: runs on the event-loop worker, not on the job pool. */
+    /* Answers without blocking: runs on the event-loop worker, not on a job pool. */
     ROUTE_INLINE = 1u << 2,
+    /* May take minutes (copies, diffs, fsync, unlinking big files): on the pool of long jobs. */
+    ROUTE_LONG = 1u << 3,
 };
 
 enum job_state {
@@ -91,39 +95,42 @@ struct route {
 };
 
 /* Handlers by method for one path shape; the first matching path decides 405 vs dispatch.
- * Routes without ROUTE_INLINE run on the job pool. */
+ * Routes without ROUTE_INLINE run on a job pool: ROUTE_LONG ones on the pool of long jobs. */
 static const struct route routes[] = {
     {"POST", "auth/login", route_login, ROUTE_PUBLIC, "login"},
     {"GET", "vms", route_vms_list, 0, "vms"},
     {"GET", "vms/*", route_vm_get, 0, "vm"},
     {"GET", "vms/*/snapshots", route_snapshots_list, 0, "snapshots"},
-    {"POST", "vms/*/snapshots", route_snapshot_create, 0, "snapshot_create"},
-    {"DELETE", "vms/*/snapshots", route_snapshots_purge, 0, "snapshots_purge"},
-    {"GET", "vms/*/snapshots/*", route_snapshot_get, 0, "snapshot"},
-    {"DELETE", "vms/*/snapshots/*", route_snapshot_delete, 0, "snapshot_delete"},
+    {"POST", "vms/*/snapshots", route_snapshot_create, ROUTE_LONG, "snapshot_create"},
+    {"DELETE", "vms/*/snapshots", route_snapshots_purge, ROUTE_LONG, "snapshots_purge"},
+    {"GET", "vms/*/snapshots/*", route_snapshot_get, ROUTE_LONG, "snapshot"},
+    {"DELETE", "vms/*/snapshots/*", route_snapshot_delete, ROUTE_LONG, "snapshot_delete"},
     {"GET HEAD", "vms/*/snapshots/*/disks/*", route_disk_data, ROUTE_INLINE, "disk"},
-    {"GET", "vms/*/snapshots/*/disks/*/changes", route_disk_changes, 0, "disk_changes"},
+    {"GET", "vms/*/snapshots/*/disks/*/changes", route_disk_changes, ROUTE_LONG, "disk_changes"},
     {"GET", "snapshots", route_orphans_list, 0, "all_snapshots"},
     {"GET HEAD", "healthz", route_healthz, ROUTE_PUBLIC | ROUTE_INLINE, "healthz"},
     {"GET", "metrics", route_metrics, ROUTE_INLINE, "metrics"},
     {"POST", "vms/*/uploads", route_upload_create, 0, "upload_create"},
-    {"PUT", "transfers/*", route_transfer_put, 0, "transfer_put", route_transfer_put_begin},
-    {"PATCH", "transfers/*", route_transfer_patch, 0, "transfer_patch"},
-    {"OPTIONS", "transfers/*", route_transfer_options, ROUTE_INLINE, "transfer_options"},
-    {"DELETE", "transfers/*", route_transfer_cancel, 0, "transfer_cancel"},
-    {"GET", "transfers/*/extents", route_transfer_extents, 0, "transfer_extents"},
-    {"POST", "transfers/*/finalize", route_transfer_finalize, 0, "transfer_finalize"},
-    /* The same under /images/{id}: the unguessable transfer ID is the credential. */
-    {"PUT", "images/*", route_transfer_put, ROUTE_PUBLIC | ROUTE_IMAGEIO, "image_put",
+    {"PUT", "transfers/*", route_transfer_put, ROUTE_LONG, "transfer_put",
      route_transfer_put_begin},
-    {"PATCH", "images/*", route_transfer_patch, ROUTE_PUBLIC | ROUTE_IMAGEIO, "image_patch"},
+    {"PATCH", "transfers/*", route_transfer_patch, ROUTE_LONG, "transfer_patch"},
+    {"OPTIONS", "transfers/*", route_transfer_options, ROUTE_INLINE, "transfer_options"},
+    {"DELETE", "transfers/*", route_transfer_cancel, ROUTE_LONG, "transfer_cancel"},
+    {"GET", "transfers/*/extents", route_transfer_extents, ROUTE_LONG, "transfer_extents"},
+    {"POST", "transfers/*/finalize", route_transfer_finalize, ROUTE_LONG, "transfer_finalize"},
+    /* The same under /images/{id}: the unguessable transfer ID is the credential. */
+    {"PUT", "images/*", route_transfer_put, ROUTE_PUBLIC | ROUTE_IMAGEIO | ROUTE_LONG, "image_put",
+     route_transfer_put_begin},
+    {"PATCH", "images/*", route_transfer_patch, ROUTE_PUBLIC | ROUTE_IMAGEIO | ROUTE_LONG,
+     "image_patch"},
     {"OPTIONS", "images/*", route_transfer_options, ROUTE_PUBLIC | ROUTE_IMAGEIO | ROUTE_INLINE,
      "image_options"},
-    {"DELETE", "images/*", route_transfer_cancel, ROUTE_PUBLIC | ROUTE_IMAGEIO, "image_cancel"},
-    {"GET", "images/*/extents", route_transfer_extents, ROUTE_PUBLIC | ROUTE_IMAGEIO,
+    {"DELETE", "images/*", route_transfer_cancel, ROUTE_PUBLIC | ROUTE_IMAGEIO | ROUTE_LONG,
+     "image_cancel"},
+    {"GET", "images/*/extents", route_transfer_extents, ROUTE_PUBLIC | ROUTE_IMAGEIO | ROUTE_LONG,
      "image_extents"},
-    {"POST", "images/*/finalize", route_transfer_finalize, ROUTE_PUBLIC | ROUTE_IMAGEIO,
-     "image_finalize"},
+    {"POST", "images/*/finalize", route_transfer_finalize,
+     ROUTE_PUBLIC | ROUTE_IMAGEIO | ROUTE_LONG, "image_finalize"},
 };
 #define N_ROUTES ((int)ARRAY_SIZE(routes))
 _Static_assert(ARRAY_SIZE(routes) < METRICS_ROUTES, "metrics has room for every route");
@@ -386,23 +393,25 @@ static void request_job(void *opaque)
     MHD_resume_connection(conn);
 }
 
-/* Run handler on the job pool; the connection sleeps meanwhile (no timeout, no reads), and
- * access_handler sends the answer when the job resumes it. */
-static int request_offload(struct request *rq, int (*handler)(struct request *rq))
+/* Run the route's handler on a job pool; the connection sleeps meanwhile (no timeout, no
+ * reads), and access_handler sends the answer when the job resumes it. */
+static int request_offload(struct request *rq, const struct route *rt)
 {
+    struct job_pool *pool = rt->flags & ROUTE_LONG ? rq->srv->jobs_long : rq->srv->jobs;
     rq->defer_replies = true;
-    rq->job_handler = handler;
+    rq->job_handler = rt->handler;
     rq->job_state = JOB_QUEUED;
     MHD_suspend_connection(rq->conn);
-    int r = job_pool_submit(rq->srv->jobs, request_job, rq);
+    int r = job_pool_submit(pool, request_job, rq);
     if (r == 0)
         return MHD_YES; /* rq is the job's until it resumes the connection */
-    MHD_resume_connection(rq->conn);
-    rq->job_state = JOB_NONE;
-    rq->defer_replies = false;
+    /* Not queued: the refusal goes the way of a job's answer. */
     if (r == -ESHUTDOWN)
-        return reply_error(rq, 503, "service unavailable", "the daemon is stopping");
-    return reply_errno(rq, r, "queueing the request");
+        reply_error(rq, 503, "service unavailable", "the daemon is stopping");
+    else
+        reply_errno(rq, r, "queueing the request");
+    MHD_resume_connection(rq->conn);
+    return MHD_YES;
 }
 
 /* The answer of a job (or of a streaming route's body): queue it, or close the connection when
@@ -422,7 +431,7 @@ static int request_send_deferred(struct request *rq)
 
 static int route_run(struct request *rq, const struct route *rt)
 {
-    return rt->flags & ROUTE_INLINE ? rt->handler(rq) : request_offload(rq, rt->handler);
+    return rt->flags & ROUTE_INLINE ? rt->handler(rq) : request_offload(rq, rt);
 }
 
 static int dispatch(struct request *rq)
@@ -934,8 +943,10 @@ int server_start(struct server *s, char *err, size_t errlen)
         return r;
     }
     r = job_pool_new(cfg->job_threads, &s->jobs);
+    if (r == 0)
+        r = job_pool_new(cfg->job_threads, &s->jobs_long);
     if (r < 0) {
-        snprintf(err, errlen, "starting %u job threads: %s", cfg->job_threads, strerror(-r));
+        snprintf(err, errlen, "starting 2 x %u job threads: %s", cfg->job_threads, strerror(-r));
         return r;
     }
     for (int i = 0; i < N_ROUTES; i++)
@@ -1013,6 +1024,7 @@ void server_stop(struct server *s, unsigned grace)
     /* libmicrohttpd must not stop with suspended connections: every job resumes its own, and
      * jobs that run already cannot be interrupted (a snapshot in the middle of its copy). */
     job_pool_drain(s->jobs);
+    job_pool_drain(s->jobs_long);
     MHD_stop_daemon(s->mhd);
     s->mhd = NULL;
 }

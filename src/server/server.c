@@ -70,6 +70,7 @@ void server_free(struct server *s)
     if (!s)
         return;
     job_pool_free(s->jobs); /* no request runs any more */
+    job_pool_free(s->jobs_long);
     for (size_t i = 0; i < s->n_providers; i++)
         provider_free(s->providers[i]);
     uploads_close(s->uploads); /* before the catalog: it removes the uploads' records */

@@ -38,7 +38,9 @@ struct server {
      * catalog said the snapshot was ready. */
     struct disk_cache *disk_cache;
     atomic_ullong snapshots_gen; /* bumped whenever a ready snapshot stops being ready */
-    struct job_pool *jobs;       /* http.c: where slow routes run (jobs.h) */
+    /* http.c: where routes that may block run (jobs.h): long operations (snapshots, diffs,
+     * fsync) on their own pool, so that they never hold up logins and listings. */
+    struct job_pool *jobs, *jobs_long;
     atomic_uint connections;     /* open connections (libmicrohttpd's notifications) */
 };
 
