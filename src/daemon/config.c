@@ -1,6 +1,7 @@
 /* Parsing and checking of the vmexportd INI file; see config.h. */
 #include "config.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <ini.h>
 #include <limits.h>
@@ -23,10 +24,29 @@ const char config_help[] =
     "  ca_certificate = FILE         when set, clients must present a certificate signed by\n"
     "                                this CA (mutual TLS)\n"
     "  insecure_http = false         serve plain HTTP (demos and tests only)\n"
-    "  max_connections = 256         concurrent connections (each holds up to 4 open files;\n"
-    "                                the daemon raises its soft open-files limit to the hard\n"
-    "                                one and warns when that is still too low)\n"
-    "  connection_timeout = 60       seconds an idle connection is kept\n"
+    "  max_connections = 1024        concurrent connections; requests on connections beyond\n"
+    "                                it are answered 503 (Retry-After) and closed (each holds\n"
+    "                                up to 4 open files; the daemon raises its soft open-files\n"
+    "                                limit to the hard one and warns when that is still too low)\n"
+    "  max_connections_per_address = 64\n"
+    "                                connections from one client IP address; more are closed\n"
+    "                                at once\n"
+    "  header_timeout = 10           seconds a new connection may stay silent during its TLS\n"
+    "                                handshake and first request's headers before it is closed\n"
+    "  connection_timeout = 60       seconds a connection may stay silent once its first\n"
+    "                                request has arrived: between keep-alive requests and while\n"
+    "                                a body or an answer is under way\n"
+    "  worker_threads = 0            threads serving connections (event loop); 0: two per\n"
+    "                                CPU, at least 4\n"
+    "  job_threads = 8               requests that may block run at once, on each of two\n"
+    "                                pools: long operations (snapshot create and delete, diffs,\n"
+    "                                upload writes, flushes, finalize) and the rest (logins,\n"
+    "                                listings); more wait their turn\n"
+    "  tls_priorities = STRING       GnuTLS priority string (checked at start and by --check);\n"
+    "                                default: TLS 1.2 and 1.3, forward-secret key exchange\n"
+    "                                (ECDHE) and AEAD ciphers only (no RSA key exchange, no\n"
+    "                                CBC):\n"
+    "                                " CONFIG_DEFAULT_TLS_PRIORITIES "\n"
     "  shutdown_grace = 30           seconds running downloads may finish after SIGTERM\n"
     "\n"
     "  [auth]\n"
@@ -89,13 +109,31 @@ const char config_help[] =
     "  vm.cfg disk path with a symlink on the way is not snapshotted, nor is a disk replaced\n"
     "  between the listing and the clone.\n";
 
+/* Most distinct keys a file may set outside [provider.*] sections (there are fewer). */
+#define CONFIG_KEYS_MAX 64
+
 /* Parser state while inih walks the file. */
 struct parse_state {
     struct daemon_config *cfg;
     char *err;
     size_t errlen;
     bool failed;
+    char *seen[CONFIG_KEYS_MAX]; /* "section.key" of the keys set so far */
+    size_t n_seen;
 };
+
+/* Whether section.key was set before (a second value would silently win); records it. */
+static bool key_seen_twice(struct parse_state *ps, const char *section, const char *name)
+{
+    char key[256];
+    snprintf(key, sizeof(key), "%s.%s", section, name);
+    for (size_t i = 0; i < ps->n_seen; i++)
+        if (!strcmp(ps->seen[i], key))
+            return true;
+    if (ps->n_seen < CONFIG_KEYS_MAX)
+        ps->seen[ps->n_seen++] = strdup(key);
+    return false;
+}
 
 static int set_str(char **dst, const char *value)
 {
@@ -146,6 +184,7 @@ static int parse_uint(const char *v, unsigned min, unsigned max, unsigned *out)
     return 0;
 }
 
+/* "ADDRESS:PORT" or "[IPV6]:PORT", ADDRESS a numeric IPv4 or IPv6 address. */
 static int parse_listen(struct daemon_config *cfg, const char *v)
 {
     const char *colon = strrchr(v, ':');
@@ -161,10 +200,18 @@ static int parse_listen(struct daemon_config *cfg, const char *v)
         v++;
         hl -= 2;
     }
+    char *host = strndup(v, hl);
+    if (!host)
+        return -ENOMEM;
+    struct in6_addr a;
+    if (inet_pton(AF_INET, host, &a) != 1 && inet_pton(AF_INET6, host, &a) != 1) {
+        free(host);
+        return -EINVAL;
+    }
     free(cfg->listen_host);
-    cfg->listen_host = strndup(v, hl);
+    cfg->listen_host = host;
     cfg->listen_port = (uint16_t)port;
-    return cfg->listen_host ? 0 : -ENOMEM;
+    return 0;
 }
 
 static int fail(struct parse_state *ps, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -234,10 +281,16 @@ static int config_ini_handler(void *user, const char *section, const char *name,
         strcmp(section, "snapshot") && strcmp(section, "upload"))
         return fail(ps, "unknown section [%s]", section);
 
+    if (key_seen_twice(ps, section, name))
+        return fail(ps, "[%s] %s given twice", section, name);
 #define KEY(s, k) (!strcmp(section, s) && !strcmp(name, k))
-    if (KEY("server", "listen"))
-        r = parse_listen(cfg, value);
-    else if (KEY("server", "certificate"))
+    if (KEY("server", "listen")) {
+        if (parse_listen(cfg, value) < 0)
+            return fail(ps,
+                        "[%s] %s: '%s' is not ADDRESS:PORT with a numeric IPv4 address or "
+                        "[IPv6] address (e.g. 0.0.0.0:5544, [::]:5544)",
+                        section, name, value);
+    } else if (KEY("server", "certificate"))
         r = set_str(&cfg->certificate, value);
     else if (KEY("server", "key"))
         r = set_str(&cfg->key, value);
@@ -249,6 +302,16 @@ static int config_ini_handler(void *user, const char *section, const char *name,
         r = parse_uint(value, 1, 100000, &cfg->max_connections);
     else if (KEY("server", "connection_timeout"))
         r = parse_uint(value, 1, 86400, &cfg->connection_timeout);
+    else if (KEY("server", "max_connections_per_address"))
+        r = parse_uint(value, 1, 100000, &cfg->max_connections_per_address);
+    else if (KEY("server", "header_timeout"))
+        r = parse_uint(value, 1, 3600, &cfg->header_timeout);
+    else if (KEY("server", "worker_threads"))
+        r = parse_uint(value, 0, 256, &cfg->worker_threads);
+    else if (KEY("server", "job_threads"))
+        r = parse_uint(value, 1, 256, &cfg->job_threads);
+    else if (KEY("server", "tls_priorities"))
+        r = set_str(&cfg->tls_priorities, value);
     else if (KEY("server", "shutdown_grace"))
         r = parse_uint(value, 0, 86400, &cfg->shutdown_grace);
     else if (KEY("auth", "users_file"))
@@ -313,6 +376,9 @@ int config_load(struct daemon_config *cfg, const char *path, char *err, size_t e
     cfg->token_ttl = CONFIG_DEFAULT_TOKEN_TTL;
     cfg->max_connections = CONFIG_DEFAULT_MAX_CONNECTIONS;
     cfg->connection_timeout = CONFIG_DEFAULT_CONN_TIMEOUT;
+    cfg->max_connections_per_address = CONFIG_DEFAULT_MAX_PER_ADDRESS;
+    cfg->header_timeout = CONFIG_DEFAULT_HEADER_TIMEOUT;
+    cfg->job_threads = CONFIG_DEFAULT_JOB_THREADS;
     cfg->shutdown_grace = CONFIG_DEFAULT_SHUTDOWN_GRACE;
     cfg->hook_timeout = CONFIG_DEFAULT_HOOK_TIMEOUT;
     cfg->block_hash = BLOCKHASH_DEFAULT;
@@ -335,6 +401,8 @@ int config_load(struct daemon_config *cfg, const char *path, char *err, size_t e
     struct parse_state ps = {.cfg = cfg, .err = msg, .errlen = sizeof(msg)};
     int line = ini_parse_file(f, config_ini_handler, &ps);
     fclose(f);
+    for (size_t i = 0; i < ps.n_seen; i++)
+        free(ps.seen[i]);
     if (line != 0) {
         snprintf(err, errlen, "%s:%d: %s", path, line,
                  ps.failed ? msg : "syntax error (expected [section] or key = value)");
@@ -358,6 +426,8 @@ int config_load(struct daemon_config *cfg, const char *path, char *err, size_t e
         (r = check_readable(cfg->ca_certificate, "server", "ca_certificate", err, errlen, path)) <
             0)
         return r;
+    if (!cfg->tls_priorities && !(cfg->tls_priorities = strdup(CONFIG_DEFAULT_TLS_PRIORITIES)))
+        return -ENOMEM;
     if (cfg->ca_certificate && cfg->insecure_http) {
         snprintf(err, errlen, "%s: [server] ca_certificate needs TLS (insecure_http = false)", path);
         return -EINVAL;
@@ -402,6 +472,7 @@ void config_free(struct daemon_config *cfg)
     free(cfg->certificate);
     free(cfg->key);
     free(cfg->ca_certificate);
+    free(cfg->tls_priorities);
     free(cfg->users_file);
     free(cfg->pam_service);
     free(cfg->jwt_secret_file);

@@ -15,8 +15,17 @@
 /* Defaults (also in the --help text). */
 #define CONFIG_DEFAULT_LISTEN          "127.0.0.1:5544"
 #define CONFIG_DEFAULT_TOKEN_TTL       3600
-#define CONFIG_DEFAULT_MAX_CONNECTIONS 256
+/* Idle connections cost no thread (event loop), only a socket and a little memory. */
+#define CONFIG_DEFAULT_MAX_CONNECTIONS 1024
+#define CONFIG_DEFAULT_MAX_PER_ADDRESS 64  /* connections from one client address */
 #define CONFIG_DEFAULT_CONN_TIMEOUT    60  /* seconds a connection may stay idle */
+#define CONFIG_DEFAULT_HEADER_TIMEOUT  10  /* seconds for the TLS handshake and first headers */
+#define CONFIG_DEFAULT_JOB_THREADS     8   /* blocking requests at once, per pool (http.c) */
+/* TLS 1.2 and 1.3 only; forward-secret key exchange (ECDHE; TLS 1.3's own) and AEAD ciphers
+ * only: no RSA key exchange, no CBC, no SHA-1 MACs. */
+#define CONFIG_DEFAULT_TLS_PRIORITIES                                                              \
+    "SECURE:-VERS-ALL:+VERS-TLS1.3:+VERS-TLS1.2:-KX-ALL:+ECDHE-ECDSA:+ECDHE-RSA:-CIPHER-ALL:"      \
+    "+AES-256-GCM:+AES-128-GCM:+CHACHA20-POLY1305:-MAC-ALL:+AEAD"
 #define CONFIG_DEFAULT_SHUTDOWN_GRACE  30  /* seconds running downloads get after SIGTERM */
 #define CONFIG_DEFAULT_HOOK_TIMEOUT    60  /* seconds for freeze/thaw commands */
 #define CONFIG_DEFAULT_UPLOAD_IDLE     300 /* seconds an upload may go without requests */
@@ -38,6 +47,10 @@ struct daemon_config {
     char *certificate, *key, *ca_certificate;
     bool insecure_http;
     unsigned max_connections, connection_timeout, shutdown_grace;
+    unsigned max_connections_per_address, header_timeout;
+    unsigned worker_threads; /* 0: two per CPU, at least 4 */
+    unsigned job_threads;
+    char *tls_priorities;
 
     char *users_file, *pam_service, *jwt_secret_file;
     unsigned token_ttl;

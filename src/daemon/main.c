@@ -26,8 +26,11 @@ static void usage(FILE *f)
                "\n"
                "Options:\n"
                "  -c, --config FILE  configuration file (required)\n"
-               "  -v, --verbose      log requests and decisions (repeat for debug)\n"
-               "      --check        check the configuration, open the catalog and exit\n"
+               "  -v, --verbose      log each request (address, method and path with transfer\n"
+               "                     IDs and credentials cut, status, bytes, milliseconds,\n"
+               "                     user) and decisions (repeat for debug)\n"
+               "      --check        check the configuration (listen address, TLS certificate,\n"
+               "                     key and priorities too), open the catalog and exit\n"
                "  -h, --help         this help\n"
                "  -V, --version      print the version\n"
                "\n"
@@ -56,13 +59,15 @@ static void usage(FILE *f)
 /* Descriptors one connection may hold: its socket, a snapshot file opened twice (buffered and
  * O_DIRECT), and one spare (an upload's file, a catalog read). */
 #define FDS_PER_CONNECTION 4
-#define FDS_RESERVED       64 /* listening socket, catalog, logs, hooks */
+#define FDS_RESERVED       64 /* listening socket, catalog, logs, hooks, epoll and wake-up fds */
 
 /* Raise the soft limit on open descriptors to the hard one: the default soft limit (1024) is
  * kept low for programs that use select(); this one polls, and each connection holds several
  * descriptors.  Warn when even the hard limit is below what max_connections may need. */
-static void raise_nofile_limit(unsigned max_connections)
+static void raise_nofile_limit(const struct daemon_config *cfg)
 {
+    /* libmicrohttpd accepts a margin above max_connections (to answer 503). */
+    unsigned connections = server_connection_hard_limit(cfg);
     struct rlimit rl;
     if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
         return;
@@ -75,13 +80,12 @@ static void raise_nofile_limit(unsigned max_connections)
         else if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
             return;
     }
-    unsigned long long need =
-        (unsigned long long)max_connections * FDS_PER_CONNECTION + FDS_RESERVED;
+    unsigned long long need = (unsigned long long)connections * FDS_PER_CONNECTION + FDS_RESERVED;
     if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < need)
         log_warn("open files limit %llu is below the %llu that max_connections = %u may need; "
                  "raise it (ulimit -n, or LimitNOFILE= in a systemd unit) or lower "
                  "max_connections",
-                 (unsigned long long)rl.rlim_cur, need, max_connections);
+                 (unsigned long long)rl.rlim_cur, need, cfg->max_connections);
 }
 
 int main(int argc, char **argv)
@@ -148,7 +152,7 @@ int main(int argc, char **argv)
         config_free(&cfg);
         return 1;
     }
-    raise_nofile_limit(cfg.max_connections);
+    raise_nofile_limit(&cfg);
     struct server *srv = NULL;
     if (server_new(&cfg, &srv, err, sizeof(err)) < 0) {
         log_error("%s", err);

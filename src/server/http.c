@@ -1,17 +1,29 @@
 /* vmexportd's HTTP layer: libmicrohttpd set-up (TLS 1.2+, optional client certificates),
- * request bodies, routing of /api/v1 and /images paths, authentication, replies and metrics.
+ * connection limits and timeouts, request bodies, routing of /api/v1 and /images paths,
+ * authentication, replies, the access log and metrics.
  *
  * Bodies are collected in memory (64 KiB at most) and the route runs once they are complete,
  * except for streaming routes (upload data): those are routed and authenticated as soon as the
  * headers arrive, their begin hook checks the request, and the body goes to the route piece by
  * piece without any size limit.
  *
- * Threads: one per connection (MHD_USE_THREAD_PER_CONNECTION), so a long download never waits
- * for another; handlers share only the catalog (its own lock), the upload registry (its own
- * lock), the token and disk caches (their own locks) and atomics.  An epoll thread pool was
- * measured against it (docs/benchmarks.md, section 4): about a quarter less CPU per 4 KiB
- * request, no clear gain in requests per second, and every slow handler (copy-mode snapshots,
- * diffs, upload bodies, logins) would stall all the connections of its pool thread.
+ * Threads: libmicrohttpd's event loop (epoll) on a pool of worker threads, so an idle or silent
+ * connection costs a socket and no thread.  The workers run the fast routes (disk data, whose
+ * responses read the file as they are sent; upload bodies; health) themselves.  Every other
+ * route may block for long (a copy-mode snapshot copies whole disks; diffs, fsync, crypt(3) and
+ * PAM), which would stall every connection of its worker: those run on a job pool (jobs.h)
+ * while their connection is suspended, and the worker sends the answer when the job resumes it.
+ * Operations that may take minutes (ROUTE_LONG) have a pool of their own, so that a storm of
+ * copy-mode snapshots never holds up logins and listings.
+ * Handlers share only the catalog (its own lock), the upload registry (its own lock), the token
+ * and disk caches (their own locks) and atomics.
+ *
+ * Connections: at most max_connections_per_address from one address (libmicrohttpd closes
+ * more at once); libmicrohttpd accepts a margin above max_connections, and a request on a
+ * connection beyond max_connections is answered 503 with Retry-After and closed, so a full
+ * daemon says so instead of dropping clients.  A new connection has header_timeout seconds of
+ * silence for its TLS handshake and its request headers; once a request has arrived, its
+ * connection may stay silent for connection_timeout (a slow answer, keep-alive).
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -31,6 +43,7 @@
 #include "core/cleanup.h"
 #include "core/log.h"
 #include "core/text.h"
+#include "server/jobs.h"
 #include "server/server.h"
 #include "server/upload.h"
 
@@ -38,14 +51,37 @@
 #define REQUEST_BODY_MAX (64 * 1024)
 /* Per-connection memory for headers and buffers inside libmicrohttpd. */
 #define CONNECTION_MEMORY_LIMIT (256 * 1024)
-/* TLS 1.2 minimum, GnuTLS's secure defaults otherwise. */
-#define TLS_PRIORITIES "SECURE:-VERS-ALL:+VERS-TLS1.3:+VERS-TLS1.2"
 /* Largest PEM file read (certificate chains included). */
 #define PEM_MAX (1024 * 1024)
+/* Connections libmicrohttpd accepts beyond max_connections, to answer them 503: an eighth more
+ * and a few. */
+#define CONNECTION_MARGIN(max) ((max) / 8 + 16)
+/* Retry-After of a 503 when the daemon is full (seconds). */
+#define BUSY_RETRY_AFTER "5"
+/* Access log: longest path and query logged, and longest query value. */
+#define LOG_PATH_MAX  512
+#define LOG_VALUE_MAX 64
+/* Characters of a transfer ID the logs keep (the ID is a credential). */
+#define LOG_ID_KEEP 8
 
 enum route_flags {
     ROUTE_PUBLIC = 1u << 0,  /* no token needed */
     ROUTE_IMAGEIO = 1u << 1, /* under /images/ (ovirt-imageio style), not under /api/v1 */
+    /* Answers without blocking: runs on the event-loop worker, not on a job pool. */
+    ROUTE_INLINE = 1u << 2,
+    /* May take minutes (copies, diffs, fsync, unlinking big files): on the pool of long jobs. */
+    ROUTE_LONG = 1u << 3,
+};
+
+enum job_state {
+    JOB_NONE,
+    JOB_QUEUED, /* the connection is suspended until the job has answered */
+};
+
+/* Per connection (libmicrohttpd's socket context). */
+struct conn_state {
+    bool over_limit;     /* accepted beyond max_connections: answered 503 */
+    bool timeout_raised; /* a request arrived: header_timeout gave way to connection_timeout */
 };
 
 struct route {
@@ -65,45 +101,54 @@ struct route {
 #define READER   .role = AUTH_ROLE_READER
 #define OPERATOR .role = AUTH_ROLE_OPERATOR
 
-/* Handlers by method for one path shape; the first matching path decides 405 vs dispatch. */
+/* Handlers by method for one path shape; the first matching path decides 405 vs dispatch.
+ * Routes without ROUTE_INLINE run on a job pool: ROUTE_LONG ones on the pool of long jobs. */
 static const struct route routes[] = {
     {"POST", "auth/login", route_login, ROUTE_PUBLIC, "login"},
     {"POST", "auth/logout", route_logout, 0, "logout", READER},
     {"GET", "vms", route_vms_list, 0, "vms", READER},
     {"GET", "vms/*", route_vm_get, 0, "vm", READER},
     {"GET", "vms/*/snapshots", route_snapshots_list, 0, "snapshots", READER},
-    {"POST", "vms/*/snapshots", route_snapshot_create, 0, "snapshot_create", OPERATOR},
-    {"DELETE", "vms/*/snapshots", route_snapshots_purge, 0, "snapshots_purge", OPERATOR},
-    {"GET", "vms/*/snapshots/*", route_snapshot_get, 0, "snapshot", READER},
-    {"DELETE", "vms/*/snapshots/*", route_snapshot_delete, 0, "snapshot_delete", OPERATOR},
-    {"GET HEAD", "vms/*/snapshots/*/disks/*", route_disk_data, 0, "disk", READER},
-    {"GET", "vms/*/snapshots/*/disks/*/changes", route_disk_changes, 0, "disk_changes", READER},
+    {"POST", "vms/*/snapshots", route_snapshot_create, ROUTE_LONG, "snapshot_create", OPERATOR},
+    {"DELETE", "vms/*/snapshots", route_snapshots_purge, ROUTE_LONG, "snapshots_purge", OPERATOR},
+    {"GET", "vms/*/snapshots/*", route_snapshot_get, ROUTE_LONG, "snapshot", READER},
+    {"DELETE", "vms/*/snapshots/*", route_snapshot_delete, ROUTE_LONG, "snapshot_delete",
+     OPERATOR},
+    {"GET HEAD", "vms/*/snapshots/*/disks/*", route_disk_data, ROUTE_INLINE, "disk", READER},
+    {"GET", "vms/*/snapshots/*/disks/*/changes", route_disk_changes, ROUTE_LONG, "disk_changes",
+     READER},
     {"GET", "snapshots", route_orphans_list, 0, "all_snapshots", READER},
-    {"GET HEAD", "healthz", route_healthz, ROUTE_PUBLIC, "healthz"},
-    {"GET", "metrics", route_metrics, 0, "metrics"},
+    {"GET HEAD", "healthz", route_healthz, ROUTE_PUBLIC | ROUTE_INLINE, "healthz"},
+    {"GET", "metrics", route_metrics, ROUTE_INLINE, "metrics"},
     {"POST", "vms/*/uploads", route_upload_create, 0, "upload_create", OPERATOR},
     {"POST", "vms/*/downloads", route_download_create, 0, "download_create", READER},
     /* Shared by uploads and downloads: a reader may use its downloads only (routes_upload.c
      * answers 403 for an upload). */
-    {"GET HEAD", "transfers/*", route_transfer_get, 0, "transfer_get", READER},
-    {"PUT", "transfers/*", route_transfer_put, 0, "transfer_put", route_transfer_put_begin,
+    {"GET HEAD", "transfers/*", route_transfer_get, ROUTE_INLINE, "transfer_get", READER},
+    {"PUT", "transfers/*", route_transfer_put, ROUTE_LONG, "transfer_put",
+     route_transfer_put_begin, OPERATOR},
+    {"PATCH", "transfers/*", route_transfer_patch, ROUTE_LONG, "transfer_patch", OPERATOR},
+    {"OPTIONS", "transfers/*", route_transfer_options, ROUTE_INLINE, "transfer_options", READER},
+    {"DELETE", "transfers/*", route_transfer_cancel, ROUTE_LONG, "transfer_cancel", READER},
+    {"GET", "transfers/*/extents", route_transfer_extents, ROUTE_LONG, "transfer_extents",
+     READER},
+    {"POST", "transfers/*/finalize", route_transfer_finalize, ROUTE_LONG, "transfer_finalize",
      OPERATOR},
-    {"PATCH", "transfers/*", route_transfer_patch, 0, "transfer_patch", OPERATOR},
-    {"OPTIONS", "transfers/*", route_transfer_options, 0, "transfer_options", READER},
-    {"DELETE", "transfers/*", route_transfer_cancel, 0, "transfer_cancel", READER},
-    {"GET", "transfers/*/extents", route_transfer_extents, 0, "transfer_extents", READER},
-    {"POST", "transfers/*/finalize", route_transfer_finalize, 0, "transfer_finalize", OPERATOR},
     /* The same under /images/{id}: the unguessable transfer ID is the credential. */
-    {"GET HEAD", "images/*", route_transfer_get, ROUTE_PUBLIC | ROUTE_IMAGEIO, "image_get"},
-    {"PUT", "images/*", route_transfer_put, ROUTE_PUBLIC | ROUTE_IMAGEIO, "image_put",
+    {"GET HEAD", "images/*", route_transfer_get, ROUTE_PUBLIC | ROUTE_IMAGEIO | ROUTE_INLINE,
+     "image_get"},
+    {"PUT", "images/*", route_transfer_put, ROUTE_PUBLIC | ROUTE_IMAGEIO | ROUTE_LONG, "image_put",
      route_transfer_put_begin},
-    {"PATCH", "images/*", route_transfer_patch, ROUTE_PUBLIC | ROUTE_IMAGEIO, "image_patch"},
-    {"OPTIONS", "images/*", route_transfer_options, ROUTE_PUBLIC | ROUTE_IMAGEIO, "image_options"},
-    {"DELETE", "images/*", route_transfer_cancel, ROUTE_PUBLIC | ROUTE_IMAGEIO, "image_cancel"},
-    {"GET", "images/*/extents", route_transfer_extents, ROUTE_PUBLIC | ROUTE_IMAGEIO,
+    {"PATCH", "images/*", route_transfer_patch, ROUTE_PUBLIC | ROUTE_IMAGEIO | ROUTE_LONG,
+     "image_patch"},
+    {"OPTIONS", "images/*", route_transfer_options, ROUTE_PUBLIC | ROUTE_IMAGEIO | ROUTE_INLINE,
+     "image_options"},
+    {"DELETE", "images/*", route_transfer_cancel, ROUTE_PUBLIC | ROUTE_IMAGEIO | ROUTE_LONG,
+     "image_cancel"},
+    {"GET", "images/*/extents", route_transfer_extents, ROUTE_PUBLIC | ROUTE_IMAGEIO | ROUTE_LONG,
      "image_extents"},
-    {"POST", "images/*/finalize", route_transfer_finalize, ROUTE_PUBLIC | ROUTE_IMAGEIO,
-     "image_finalize"},
+    {"POST", "images/*/finalize", route_transfer_finalize,
+     ROUTE_PUBLIC | ROUTE_IMAGEIO | ROUTE_LONG, "image_finalize"},
 };
 #define N_ROUTES ((int)ARRAY_SIZE(routes))
 _Static_assert(ARRAY_SIZE(routes) < METRICS_ROUTES, "metrics has room for every route");
@@ -113,7 +158,7 @@ static const char *route_metric_names[METRICS_ROUTES];
 
 /* ---- replies ---- */
 
-int reply(struct request *rq, unsigned status, struct MHD_Response *resp)
+int reply_sized(struct request *rq, unsigned status, struct MHD_Response *resp, uint64_t bytes)
 {
     if (!resp)
         return MHD_NO;
@@ -123,6 +168,7 @@ int reply(struct request *rq, unsigned status, struct MHD_Response *resp)
         return MHD_YES;
     }
     rq->status = status;
+    rq->resp_bytes = bytes;
     MHD_add_response_header(resp, "Server", "vmexportd/" VMEXPORT_VERSION);
     if (rq->defer_replies) {
         rq->deferred = resp;
@@ -131,6 +177,11 @@ int reply(struct request *rq, unsigned status, struct MHD_Response *resp)
     int ret = MHD_queue_response(rq->conn, status, resp);
     MHD_destroy_response(resp);
     return ret;
+}
+
+int reply(struct request *rq, unsigned status, struct MHD_Response *resp)
+{
+    return reply_sized(rq, status, resp, REQUEST_BYTES_UNKNOWN);
 }
 
 int reply_json(struct request *rq, unsigned status, void *json)
@@ -158,7 +209,7 @@ int reply_json(struct request *rq, unsigned status, void *json)
         return MHD_NO;
     }
     MHD_add_response_header(resp, "Content-Type", "application/json");
-    return reply(rq, status, resp);
+    return reply_sized(rq, status, resp, len);
 }
 
 FILE *server_tmpfile(void)
@@ -202,7 +253,7 @@ int reply_json_file(struct request *rq, unsigned status, FILE *f)
         return MHD_NO;
     }
     MHD_add_response_header(resp, "Content-Type", "application/json");
-    return reply(rq, status, resp);
+    return reply_sized(rq, status, resp, (uint64_t)st.st_size);
 }
 
 int reply_error(struct request *rq, unsigned status, const char *error, const char *fmt, ...)
@@ -407,6 +458,58 @@ static int route_find(struct request *rq)
     return -1;
 }
 
+/* ---- slow routes on the job pool ---- */
+
+static void request_job(void *opaque)
+{
+    struct request *rq = opaque;
+    struct MHD_Connection *conn = rq->conn;
+    rq->job_handler(rq); /* its answer goes to rq->deferred (defer_replies) */
+    /* rq belongs to libmicrohttpd again from here: it may end the request at once. */
+    MHD_resume_connection(conn);
+}
+
+/* Run the route's handler on a job pool; the connection sleeps meanwhile (no timeout, no
+ * reads), and access_handler sends the answer when the job resumes it. */
+static int request_offload(struct request *rq, const struct route *rt)
+{
+    struct job_pool *pool = rt->flags & ROUTE_LONG ? rq->srv->jobs_long : rq->srv->jobs;
+    rq->defer_replies = true;
+    rq->job_handler = rt->handler;
+    rq->job_state = JOB_QUEUED;
+    MHD_suspend_connection(rq->conn);
+    int r = job_pool_submit(pool, request_job, rq);
+    if (r == 0)
+        return MHD_YES; /* rq is the job's until it resumes the connection */
+    /* Not queued: the refusal goes the way of a job's answer. */
+    if (r == -ESHUTDOWN)
+        reply_error(rq, 503, "service unavailable", "the daemon is stopping");
+    else
+        reply_errno(rq, r, "queueing the request");
+    MHD_resume_connection(rq->conn);
+    return MHD_YES;
+}
+
+/* The answer of a job (or of a streaming route's body): queue it, or close the connection when
+ * the route gave none. */
+static int request_send_deferred(struct request *rq)
+{
+    rq->job_state = JOB_NONE;
+    rq->defer_replies = false;
+    struct MHD_Response *resp = rq->deferred;
+    rq->deferred = NULL;
+    if (!resp)
+        return MHD_NO;
+    int ret = MHD_queue_response(rq->conn, rq->status, resp);
+    MHD_destroy_response(resp);
+    return ret;
+}
+
+static int route_run(struct request *rq, const struct route *rt)
+{
+    return rt->flags & ROUTE_INLINE ? rt->handler(rq) : request_offload(rq, rt);
+}
+
 static int dispatch(struct request *rq)
 {
     const struct route *path_match = NULL;
@@ -420,7 +523,7 @@ static int dispatch(struct request *rq)
         rq->route = i;
         if (!request_authorized(rq, &routes[i]) || rq->denied)
             return reply_unauthorized(rq);
-        return routes[i].handler(rq);
+        return route_run(rq, &routes[i]);
     }
     if (path_match) {
         /* Only authenticated callers learn which methods a path has. */
@@ -485,15 +588,192 @@ static int request_begin(struct request *rq, const char *url)
  * route. */
 static int request_end_streaming(struct request *rq)
 {
+    if (rq->deferred)
+        return request_send_deferred(rq);
     rq->defer_replies = false;
-    if (!rq->deferred)
-        return routes[rq->route].handler(rq);
-    struct MHD_Response *resp = rq->deferred;
-    rq->deferred = NULL;
-    int ret = MHD_queue_response(rq->conn, rq->status, resp);
-    MHD_destroy_response(resp);
-    return ret;
+    return route_run(rq, &routes[rq->route]);
 }
+
+/* ---- connection limits ---- */
+
+static void notify_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
+                              enum MHD_ConnectionNotificationCode toe)
+{
+    (void)conn;
+    struct server *srv = cls;
+    if (toe == MHD_CONNECTION_NOTIFY_STARTED) {
+        struct conn_state *cs = calloc(1, sizeof(*cs));
+        unsigned n = atomic_fetch_add(&srv->connections, 1) + 1;
+        if (cs)
+            cs->over_limit = n > srv->cfg->max_connections;
+        *socket_context = cs;
+    } else {
+        atomic_fetch_sub(&srv->connections, 1);
+        free(*socket_context);
+        *socket_context = NULL;
+    }
+}
+
+static struct conn_state *conn_state_of(struct MHD_Connection *conn)
+{
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    return ci ? ci->socket_context : NULL;
+}
+
+/* 503 and close: the daemon has max_connections open. */
+static int reply_busy(struct request *rq)
+{
+    json_t *j = json_pack("{s:s, s:s}", "error", "service unavailable", "details",
+                          "too many connections ([server] max_connections); try again later");
+    char *text = j ? json_dumps(j, JSON_COMPACT) : NULL;
+    json_decref(j);
+    struct MHD_Response *resp =
+        text ? MHD_create_response_from_buffer(strlen(text), text, MHD_RESPMEM_MUST_FREE) : NULL;
+    if (!resp) {
+        free(text);
+        return MHD_NO;
+    }
+    MHD_add_response_header(resp, "Content-Type", "application/json");
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_RETRY_AFTER, BUSY_RETRY_AFTER);
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, "close");
+    return reply_sized(rq, 503, resp, strlen(text));
+}
+
+/* ---- access log ---- */
+
+static int64_t monotonic_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+/* Append s to buf (size LOG_PATH_MAX + 1, used *n), at most max bytes of it, with bytes that
+ * could forge or garble a log line (controls, spaces, quotes, non-ASCII) as %XX. */
+static void log_append(char *buf, size_t *n, const char *s, size_t max)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    for (size_t i = 0; s[i] && i < max && *n + 3 < LOG_PATH_MAX; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c > 0x20 && c < 0x7f && c != '"' && c != '%') {
+            buf[(*n)++] = (char)c;
+        } else {
+            buf[(*n)++] = '%';
+            buf[(*n)++] = hex[c >> 4];
+            buf[(*n)++] = hex[c & 15];
+        }
+    }
+    buf[*n] = '\0';
+}
+
+/* Query arguments whose values are credentials and never logged. */
+static bool arg_is_secret(const char *key)
+{
+    static const char *const secret_words[] = {"token", "key", "secret", "pass",
+                                               "auth",  "sig", "cred",   "ticket"};
+    for (size_t i = 0; i < ARRAY_SIZE(secret_words); i++)
+        if (strcasestr(key, secret_words[i]))
+            return true;
+    return false;
+}
+
+struct log_args {
+    char *buf;
+    size_t *n;
+    bool first;
+};
+
+static enum MHD_Result log_arg(void *cls, enum MHD_ValueKind kind, const char *key,
+                               const char *value)
+{
+    (void)kind;
+    struct log_args *la = cls;
+    log_append(la->buf, la->n, la->first ? "?" : "&", 1);
+    la->first = false;
+    log_append(la->buf, la->n, key, LOG_VALUE_MAX);
+    if (!value)
+        return MHD_YES;
+    log_append(la->buf, la->n, "=", 1);
+    if (arg_is_secret(key))
+        log_append(la->buf, la->n, "...", 3);
+    else
+        log_append(la->buf, la->n, value, LOG_VALUE_MAX);
+    return MHD_YES;
+}
+
+/* The path of the request as the access log shows it: transfer IDs (credentials under /images/
+ * and bearer-protected under /api/v1/transfers/) cut to their first LOG_ID_KEEP characters,
+ * query values that look like credentials replaced by "...". */
+static char *log_path_of(struct MHD_Connection *conn, const char *url)
+{
+    static const char *const id_prefixes[] = {"/images/", "/api/v1/transfers/"};
+    char *buf = malloc(LOG_PATH_MAX + 1);
+    if (!buf)
+        return NULL;
+    size_t n = 0;
+    buf[0] = '\0';
+    const char *rest = url;
+    for (size_t i = 0; i < ARRAY_SIZE(id_prefixes); i++) {
+        size_t pl = strlen(id_prefixes[i]);
+        if (strncmp(url, id_prefixes[i], pl))
+            continue;
+        log_append(buf, &n, url, pl);
+        const char *id = url + pl;
+        size_t idl = strcspn(id, "/");
+        log_append(buf, &n, id, idl < LOG_ID_KEEP ? idl : LOG_ID_KEEP);
+        if (idl > LOG_ID_KEEP)
+            log_append(buf, &n, "...", 3);
+        rest = id + idl;
+        break;
+    }
+    log_append(buf, &n, rest, LOG_PATH_MAX);
+    struct log_args la = {.buf = buf, .n = &n, .first = true};
+    MHD_get_connection_values(conn, MHD_GET_ARGUMENT_KIND, log_arg, &la);
+    return buf;
+}
+
+static void client_address(struct MHD_Connection *conn, char *addr, size_t len)
+{
+    snprintf(addr, len, "-");
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+    if (!ci || !ci->client_addr)
+        return;
+    const struct sockaddr *sa = ci->client_addr;
+    if (sa->sa_family == AF_INET)
+        inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, addr, (socklen_t)len);
+    else if (sa->sa_family == AF_INET6)
+        inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, addr, (socklen_t)len);
+}
+
+/* One line per request: address, method and path, status (or "-": no answer was sent), body
+ * bytes ("-": not known in advance), milliseconds from the headers to the end, user. */
+static void access_log(struct request *rq, enum MHD_RequestTerminationCode toe)
+{
+    char addr[INET6_ADDRSTRLEN + 1], status[16], bytes[24];
+    client_address(rq->conn, addr, sizeof(addr));
+    if (rq->status)
+        snprintf(status, sizeof(status), "%u", rq->status);
+    else
+        snprintf(status, sizeof(status), "-");
+    if (!strcmp(rq->method, "HEAD"))
+        snprintf(bytes, sizeof(bytes), "0");
+    else if (rq->resp_bytes == REQUEST_BYTES_UNKNOWN)
+        snprintf(bytes, sizeof(bytes), "-");
+    else
+        snprintf(bytes, sizeof(bytes), "%llu", (unsigned long long)rq->resp_bytes);
+    double ms = (double)(monotonic_us() - rq->start_us) / 1000.0;
+    char user[LOG_PATH_MAX + 1] = "-";
+    size_t user_len = 0;
+    if (rq->user)
+        log_append(user, &user_len, rq->user, ID_MAX);
+    log_info("access: %s \"%s %s\" %s %s %.1f ms %s%s", addr, rq->method,
+             rq->log_path ? rq->log_path : "-", status, bytes, ms, user,
+             toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? "" : " (connection closed early)");
+}
+
+/* ---- requests ---- */
 
 static enum MHD_Result access_handler(void *cls, struct MHD_Connection *conn, const char *url,
                                       const char *method, const char *version,
@@ -512,9 +792,31 @@ static enum MHD_Result access_handler(void *cls, struct MHD_Connection *conn, co
         rq->conn = conn;
         rq->method = method;
         rq->route = ROUTE_NONE;
+        rq->resp_bytes = REQUEST_BYTES_UNKNOWN;
+        rq->start_us = monotonic_us();
         *con_cls = rq;
         atomic_fetch_add(&srv->active_requests, 1);
+        if (log_get_level() >= LOG_LEVEL_INFO)
+            rq->log_path = log_path_of(conn, url);
+        struct conn_state *cs = conn_state_of(conn);
+        if (!cs || cs->over_limit) {
+            rq->answered_busy = true;
+            return reply_busy(rq);
+        }
+        if (!cs->timeout_raised) {
+            /* The client has spoken: from now on, silence is allowed for connection_timeout
+             * (a slow answer, keep-alive), no longer just header_timeout. */
+            MHD_set_connection_option(conn, MHD_CONNECTION_OPTION_TIMEOUT,
+                                      (unsigned)srv->cfg->connection_timeout);
+            cs->timeout_raised = true;
+        }
         return request_begin(rq, url); /* headers seen; body (if any) follows */
+    }
+    if (rq->job_state == JOB_QUEUED)
+        return request_send_deferred(rq); /* the job has answered and resumed us */
+    if (rq->answered_busy) {
+        *upload_data_size = 0; /* any body is discarded */
+        return MHD_YES;
     }
     if (rq->streaming && *upload_data_size > 0) {
         size_t len = *upload_data_size;
@@ -564,6 +866,8 @@ static void request_completed(void *cls, struct MHD_Connection *conn, void **con
     if (!rq)
         return;
     metrics_request(&srv->metrics, rq->route, rq->status ? rq->status : 500);
+    if (log_get_level() >= LOG_LEVEL_INFO)
+        access_log(rq, toe);
     if (rq->release)
         rq->release(rq);
     if (rq->deferred)
@@ -572,6 +876,7 @@ static void request_completed(void *cls, struct MHD_Connection *conn, void **con
         free(rq->segs[i]);
     free(rq->user);
     free(rq->body);
+    free(rq->log_path);
     free(rq);
     *con_cls = NULL;
     atomic_fetch_sub(&srv->active_requests, 1);
@@ -647,6 +952,59 @@ __attribute__((format(printf, 2, 0))) static void mhd_log(void *cls, const char 
     log_info("http: %s", msg);
 }
 
+int server_tls_check(const struct daemon_config *cfg, char *err, size_t errlen)
+{
+    gnutls_priority_t prio;
+    const char *where = NULL;
+    int r = gnutls_priority_init(&prio, cfg->tls_priorities, &where);
+    if (r < 0) {
+        snprintf(err, errlen, "%s: [server] tls_priorities: %s at '%.40s'", cfg->file,
+                 gnutls_strerror(r), where ? where : "");
+        return -EINVAL;
+    }
+    gnutls_priority_deinit(prio);
+    if (cfg->insecure_http)
+        return 0;
+    gnutls_certificate_credentials_t cred;
+    if (gnutls_certificate_allocate_credentials(&cred) < 0)
+        return -ENOMEM;
+    r = gnutls_certificate_set_x509_key_file2(cred, cfg->certificate, cfg->key, GNUTLS_X509_FMT_PEM,
+                                              NULL, 0);
+    if (r == GNUTLS_E_CERTIFICATE_KEY_MISMATCH)
+        snprintf(err, errlen, "%s: [server] key: %s is not the key of the certificate %s",
+                 cfg->file, cfg->key, cfg->certificate);
+    else if (r < 0)
+        snprintf(err, errlen, "%s: [server] certificate %s and key %s: %s", cfg->file,
+                 cfg->certificate, cfg->key, gnutls_strerror(r));
+    if (r >= 0 && cfg->ca_certificate) {
+        r = gnutls_certificate_set_x509_trust_file(cred, cfg->ca_certificate, GNUTLS_X509_FMT_PEM);
+        if (r <= 0)
+            snprintf(err, errlen, "%s: [server] ca_certificate: %s: %s", cfg->file,
+                     cfg->ca_certificate, r < 0 ? gnutls_strerror(r) : "no certificate in it");
+        r = r <= 0 ? -1 : 0;
+    }
+    gnutls_certificate_free_credentials(cred);
+    return r < 0 ? -EINVAL : 0;
+}
+
+unsigned server_connection_hard_limit(const struct daemon_config *cfg)
+{
+    return cfg->max_connections + CONNECTION_MARGIN(cfg->max_connections);
+}
+
+/* Event-loop workers: worker_threads, or WORKERS_PER_CPU per CPU and at least WORKERS_MIN.  More
+ * than one per CPU: a worker also reads the disk for the responses it sends, and a read that
+ * waits for the disk stalls the other connections of its worker meanwhile. */
+#define WORKERS_MIN     4
+#define WORKERS_PER_CPU 2
+static unsigned worker_count(const struct daemon_config *cfg)
+{
+    if (cfg->worker_threads)
+        return cfg->worker_threads;
+    long n = sysconf(_SC_NPROCESSORS_ONLN) * WORKERS_PER_CPU;
+    return n > WORKERS_MIN ? (unsigned)n : WORKERS_MIN;
+}
+
 int server_start(struct server *s, char *err, size_t errlen)
 {
     const struct daemon_config *cfg = s->cfg;
@@ -661,6 +1019,13 @@ int server_start(struct server *s, char *err, size_t errlen)
         snprintf(err, errlen, "starting the upload registry: %s", strerror(-r));
         return r;
     }
+    r = job_pool_new(cfg->job_threads, &s->jobs);
+    if (r == 0)
+        r = job_pool_new(cfg->job_threads, &s->jobs_long);
+    if (r < 0) {
+        snprintf(err, errlen, "starting 2 x %u job threads: %s", cfg->job_threads, strerror(-r));
+        return r;
+    }
     for (int i = 0; i < N_ROUTES; i++)
         route_metric_names[i] = routes[i].name;
     route_metric_names[ROUTE_NONE] = "unmatched";
@@ -668,11 +1033,8 @@ int server_start(struct server *s, char *err, size_t errlen)
     struct sockaddr_storage ss = {0};
     struct sockaddr_in *sin = (struct sockaddr_in *)&ss;
     struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)&ss;
-    /* poll(), not select(): select cannot watch a descriptor >= FD_SETSIZE (1024), so a busy
-     * daemon (max_connections of several hundred, each download holding a socket and two file
-     * descriptors) would silently drop every further connection. */
-    unsigned flags = MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD |
-                     MHD_USE_POLL | MHD_USE_ERROR_LOG | MHD_USE_ITC;
+    unsigned flags =
+        MHD_USE_EPOLL_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG | MHD_USE_ITC;
     if (inet_pton(AF_INET, cfg->listen_host, &sin->sin_addr) == 1) {
         sin->sin_family = AF_INET;
         sin->sin_port = htons(cfg->listen_port);
@@ -699,17 +1061,18 @@ int server_start(struct server *s, char *err, size_t errlen)
     struct MHD_OptionItem tls_opts[] = {
         {s->cert_pem ? MHD_OPTION_HTTPS_MEM_CERT : MHD_OPTION_END, 0, s->cert_pem},
         {MHD_OPTION_HTTPS_MEM_KEY, 0, s->key_pem},
-        {MHD_OPTION_HTTPS_PRIORITIES, 0, (void *)TLS_PRIORITIES},
+        {MHD_OPTION_HTTPS_PRIORITIES, 0, cfg->tls_priorities},
         {s->ca_pem ? MHD_OPTION_HTTPS_MEM_TRUST : MHD_OPTION_END, 0, s->ca_pem},
         {MHD_OPTION_END, 0, NULL},
     };
     s->mhd = MHD_start_daemon(
-        flags, cfg->listen_port, NULL, NULL, access_handler, s, MHD_OPTION_EXTERNAL_LOGGER,
-        mhd_log, NULL, MHD_OPTION_SOCK_ADDR, &ss,
-        MHD_OPTION_CONNECTION_LIMIT, (unsigned)cfg->max_connections,
-        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)cfg->connection_timeout,
-        MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)CONNECTION_MEMORY_LIMIT,
-        MHD_OPTION_NOTIFY_COMPLETED, request_completed, s, MHD_OPTION_UNESCAPE_CALLBACK, unescape,
+        flags, cfg->listen_port, NULL, NULL, access_handler, s, MHD_OPTION_EXTERNAL_LOGGER, mhd_log,
+        NULL, MHD_OPTION_SOCK_ADDR, &ss, MHD_OPTION_THREAD_POOL_SIZE, worker_count(cfg),
+        MHD_OPTION_CONNECTION_LIMIT, server_connection_hard_limit(cfg),
+        MHD_OPTION_PER_IP_CONNECTION_LIMIT, cfg->max_connections_per_address,
+        MHD_OPTION_CONNECTION_TIMEOUT, cfg->header_timeout, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
+        (size_t)CONNECTION_MEMORY_LIMIT, MHD_OPTION_NOTIFY_COMPLETED, request_completed, s,
+        MHD_OPTION_NOTIFY_CONNECTION, notify_connection, s, MHD_OPTION_UNESCAPE_CALLBACK, unescape,
         NULL, MHD_OPTION_ARRAY, tls_opts, MHD_OPTION_END);
     if (!s->mhd) {
         snprintf(err, errlen,
@@ -735,6 +1098,10 @@ void server_stop(struct server *s, unsigned grace)
     if (atomic_load(&s->active_requests) > 0)
         log_warn("stopping with %u requests still running after %u s",
                  atomic_load(&s->active_requests), grace);
+    /* libmicrohttpd must not stop with suspended connections: every job resumes its own, and
+     * jobs that run already cannot be interrupted (a snapshot in the middle of its copy). */
+    job_pool_drain(s->jobs);
+    job_pool_drain(s->jobs_long);
     MHD_stop_daemon(s->mhd);
     s->mhd = NULL;
 }
@@ -764,5 +1131,5 @@ int route_metrics(struct request *rq)
         return reply_error(rq, 500, "internal error", "metrics");
     struct MHD_Response *resp = MHD_create_response_from_fd_at_offset64((uint64_t)st.st_size, fd, 0);
     MHD_add_response_header(resp, "Content-Type", "text/plain; version=0.0.4");
-    return reply(rq, 200, resp);
+    return reply_sized(rq, 200, resp, (uint64_t)st.st_size);
 }

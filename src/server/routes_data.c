@@ -670,12 +670,14 @@ int route_disk_data(struct request *rq)
 
     struct MHD_Response *resp = NULL;
     unsigned status = 200;
+    uint64_t body_bytes = REQUEST_BYTES_UNKNOWN; /* for the access log */
     char content_range[96] = "";
     char content_type[96] = "application/octet-stream";
     if (r == -ERANGE) {
         snprintf(content_range, sizeof(content_range), "bytes */%" PRIu64, size);
         resp = MHD_create_response_from_buffer(0, NULL, MHD_RESPMEM_PERSISTENT);
         status = 416;
+        body_bytes = 0;
     } else if (r == 0 && ranges.len == 1) {
         uint64_t len = ranges.ptr[0].end - ranges.ptr[0].start + 1;
         snprintf(content_range, sizeof(content_range), "bytes %" PRIu64 "-%" PRIu64 "/%" PRIu64,
@@ -688,6 +690,7 @@ int route_disk_data(struct request *rq)
             snprintf(content_type, sizeof(content_type), "%s", SPARSE_MEDIA_TYPE);
         } else {
             resp = file_response(rq->srv, file, ranges.ptr[0].start, len, is_head);
+            body_bytes = len;
             if (!is_head)
                 atomic_fetch_add(&rq->srv->metrics.bytes_served, len);
         }
@@ -701,6 +704,7 @@ int route_disk_data(struct request *rq)
         status = 206;
     } else {
         resp = file_response(rq->srv, file, 0, size, is_head);
+        body_bytes = size;
         if (!is_head)
             atomic_fetch_add(&rq->srv->metrics.bytes_served, size);
     }
@@ -715,7 +719,7 @@ int route_disk_data(struct request *rq)
         MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, content_type);
     if (content_range[0])
         MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_RANGE, content_range);
-    return reply(rq, status, resp);
+    return reply_sized(rq, status, resp, body_bytes);
 }
 
 /* ---- changed areas ---- */

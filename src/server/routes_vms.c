@@ -48,6 +48,8 @@ int route_login(struct request *rq)
     char *token = NULL;
     unsigned retry_after = 0;
     int r = auth_login(rq->srv->auth, user, password, addr, &token, &retry_after);
+    if (r == 0 && !rq->user)
+        rq->user = strdup(user); /* for the access log */
     json_decref(body);
     if (r == -EAGAIN) {
         atomic_fetch_add(&rq->srv->metrics.login_failures, 1);

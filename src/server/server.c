@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "core/log.h"
+#include "server/jobs.h"
 #include "server/server.h"
 #include "server/upload.h"
 
@@ -15,7 +16,12 @@ int server_new(const struct daemon_config *cfg, struct server **out, char *err, 
     if (!s)
         return -ENOMEM;
     s->cfg = cfg;
-    int r = disk_cache_new(&s->disk_cache);
+    int r = server_tls_check(cfg, err, errlen);
+    if (r < 0) {
+        free(s);
+        return r;
+    }
+    r = disk_cache_new(&s->disk_cache);
     if (r < 0) {
         server_free(s);
         return r;
@@ -68,6 +74,8 @@ void server_free(struct server *s)
 {
     if (!s)
         return;
+    job_pool_free(s->jobs); /* no request runs any more */
+    job_pool_free(s->jobs_long);
     for (size_t i = 0; i < s->n_providers; i++)
         provider_free(s->providers[i]);
     uploads_close(s->uploads); /* before the catalog: it removes the uploads' records */

@@ -20,6 +20,7 @@ struct MHD_Connection;
 struct MHD_Response;
 struct uploads;
 struct disk_cache;
+struct job_pool;
 
 struct server {
     const struct daemon_config *cfg;
@@ -37,6 +38,10 @@ struct server {
      * catalog said the snapshot was ready. */
     struct disk_cache *disk_cache;
     atomic_ullong snapshots_gen; /* bumped whenever a ready snapshot stops being ready */
+    /* http.c: where routes that may block run (jobs.h): long operations (snapshots, diffs,
+     * fsync) on their own pool, so that they never hold up logins and listings. */
+    struct job_pool *jobs, *jobs_long;
+    atomic_uint connections;     /* open connections (libmicrohttpd's notifications) */
 };
 
 /* Set up everything from the configuration (providers, catalog, auth) without changing any
@@ -45,6 +50,12 @@ int server_new(const struct daemon_config *cfg, struct server **out, char *err, 
 /* Finish or remove the snapshots a crash left half-done, remove the partial files of uploads
  * that a crash or stop interrupted, start the upload registry, and listen. */
 int server_start(struct server *s, char *err, size_t errlen);
+/* Check what server_start would refuse in the TLS set-up without listening: the priority
+ * string, the certificate and key files (parsable, the key matching the certificate), the CA. */
+int server_tls_check(const struct daemon_config *cfg, char *err, size_t errlen);
+/* The number of connections libmicrohttpd accepts at most: max_connections and a margin, on
+ * which requests are answered 503 rather than the connection being dropped unanswered. */
+unsigned server_connection_hard_limit(const struct daemon_config *cfg);
 /* Stop accepting; wait up to grace seconds for running requests; stop. */
 void server_stop(struct server *s, unsigned grace);
 void server_free(struct server *s);
@@ -79,10 +90,22 @@ struct request {
     /* Called once when the request ends, however it ends, to release what ctx holds. */
     void (*release)(struct request *rq);
     void *ctx;
+    /* Slow routes run on the job pool while the connection is suspended (http.c). */
+    int (*job_handler)(struct request *rq);
+    int job_state;      /* http.c: JOB_NONE, JOB_QUEUED; the answer is in deferred */
+    bool answered_busy; /* 503 at the headers (too many connections); the rest is ignored */
+    /* Access log (with -v): the path with secrets cut, when the headers arrived, body size. */
+    char *log_path;
+    int64_t start_us;
+    uint64_t resp_bytes; /* REQUEST_BYTES_UNKNOWN unless the route said */
 };
+
+#define REQUEST_BYTES_UNKNOWN UINT64_MAX
 
 /* Queue a response; take ownership of resp.  Returns the MHD result. */
 int reply(struct request *rq, unsigned status, struct MHD_Response *resp);
+/* The same, with the size of the body for the access log. */
+int reply_sized(struct request *rq, unsigned status, struct MHD_Response *resp, uint64_t bytes);
 /* JSON body from a jansson value (stolen). */
 int reply_json(struct request *rq, unsigned status, void *json);
 /* JSON body from a finished temporary file (taken). */

@@ -80,6 +80,36 @@ config_fails "provider of an unknown type" "$(variant badtype 's|^type = dir|typ
     "unknown provider type 'vmware'"
 config_fails "dir provider path that does not exist" \
     "$(variant nopath "s|^path = .*|path = $WORK/no-such-vms|")" "$WORK/no-such-vms"
+# --check refuses what the start would refuse, with the same message: check_fails WHAT CONFIG TEXT.
+check_and_start_fail() {
+    local what=$1 cfg=$2 text=$3 rc
+    timeout 20 "$VMEXPORTD" --config "$cfg" --check >"$WORK/cfg.out" 2>"$WORK/cfg.err"
+    rc=$?
+    if [ "$rc" = 1 ] && grep -qF -- "$text" "$WORK/cfg.err" && ! grep -q 'configuration OK' "$WORK/cfg.out"; then
+        ok "--check: $what (exit 1, message names '$text')"
+    else
+        not_ok "--check: $what (exit $rc, want 1 and '$text' in: $(head -c 300 "$WORK/cfg.err"))"
+    fi
+    config_fails "$what" "$cfg" "$text"
+}
+check_and_start_fail "listen with a host name" "$(variant listenname '/^listen = /s/127.0.0.1/localhost/')" \
+    "listen: 'localhost:$CFG_PORT' is not ADDRESS:PORT"
+check_and_start_fail "listen without a port" "$(variant listennoport 's/^listen = .*/listen = 127.0.0.1/')" \
+    "listen: '127.0.0.1' is not ADDRESS:PORT"
+check_and_start_fail "listen with a bad IPv4 address" "$(variant listenbad 's/^listen = .*/listen = 127.0.0.300:5544/')" \
+    "listen: '127.0.0.300:5544' is not ADDRESS:PORT"
+check_and_start_fail "a key that is not the certificate's" \
+    "$(variant wrongkey "s|^key = .*|key = $WORK/certs/client.key|")" \
+    "key: $WORK/certs/client.key is not the key of the certificate $WORK/certs/server.crt"
+echo "not a key" >"$WORK/garbage.key"
+check_and_start_fail "a key file that is no key" "$(variant garbagekey "s|^key = .*|key = $WORK/garbage.key|")" \
+    "$WORK/garbage.key"
+check_and_start_fail "a key given twice" "$(variant twice '/^\[server\]/a shutdown_grace = 5')" \
+    "[server] shutdown_grace given twice"
+check_and_start_fail "a listen given twice" "$(variant twicelisten '/^\[server\]/a listen = 127.0.0.1:1')" \
+    "[server] listen given twice"
+check_and_start_fail "a malformed tls_priorities" "$(variant badprio '/^\[server\]/a tls_priorities = NORMAL:+NOPE')" \
+    "tls_priorities:"
 timeout 20 "$VMEXPORTD" --config "$WORK/good.conf" --check >"$WORK/cfg.out" 2>"$WORK/cfg.err"
 rc=$?
 if [ "$rc" = 0 ] && grep -q 'configuration OK' "$WORK/cfg.out"; then
@@ -539,7 +569,8 @@ stop_daemon
 check "the daemon stops cleanly" test $? -eq 0
 
 # The soft limit on open files (1024 by default, for select() users) is raised to the hard one;
-# a hard limit below what max_connections may need (256 x 4 + 64 here) is warned about.
+# a hard limit below what max_connections may need ((1024 + its 144 margin) x 4 + 64 here) is
+# warned about.
 log_from=$(wc -l <"$WORK/daemon.log")
 ( ulimit -Sn 1024; ulimit -Hn 4096; exec "$VMEXPORTD" --config "$WORK/main.conf" -v >>"$WORK/daemon.log" 2>&1 ) &
 DAEMON_PID=$!
@@ -555,6 +586,6 @@ DAEMON_PID=$!
 at_exit "kill -9 $DAEMON_PID"
 for _ in $(seq 100); do curl -s --cacert "$WORK/certs/ca.crt" -o /dev/null "$URL/healthz" && break; sleep 0.1; done
 check "a daemon with 512 open files at most still serves" curl -s --cacert "$WORK/certs/ca.crt" -o /dev/null "$URL/healthz"
-check "and warns that max_connections may need more" bash -c "tail -n +$((log_from + 1)) '$WORK/daemon.log' | grep -q 'open files limit 512 is below the 1088 that max_connections = 256 may need'"
+check "and warns that max_connections may need more" bash -c "tail -n +$((log_from + 1)) '$WORK/daemon.log' | grep -q 'open files limit 512 is below the 4736 that max_connections = 1024 may need'"
 stop_daemon
 check "the daemon stops cleanly" test $? -eq 0
