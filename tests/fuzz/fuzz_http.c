@@ -151,6 +151,7 @@ static void setup(void)
     snprintf(users, sizeof(users), "admin:%s\n", crypt("secret", "$6$fuzzfuzzfuzz$"));
     snprintf(p, sizeof(p), "%s/users", dir);
     put_file(p, users);
+    assert(chmod(p, 0600) == 0); /* the daemon refuses a users file others may read */
 
     srandom((unsigned)getpid());
     for (int attempt = 0;; attempt++) {
