@@ -692,17 +692,26 @@ int catalog_upload_list(struct catalog *c, upload_record_list *out)
 
 /* ---- revoked tokens ---- */
 
-int catalog_token_revoke(struct catalog *c, const char *id, int64_t exp, int64_t now)
+/* Drop the rows of tokens expired by now: of no use any more.  With c->lock held; an SQLite
+ * result code (SQLITE_DONE on success). */
+static int revoked_prune_locked(struct catalog *c, int64_t now)
 {
     sqlite3_stmt *st;
-    pthread_mutex_lock(&c->lock);
-    /* Rows of tokens expired by now are of no use: drop them on the way. */
     int rc = sqlite3_prepare_v2(c->db, "DELETE FROM revoked_tokens WHERE exp <= ?", -1, &st, NULL);
     if (rc == SQLITE_OK) {
         sqlite3_bind_int64(st, 1, (sqlite3_int64)now);
         rc = sqlite3_step(st);
         sqlite3_finalize(st);
     }
+    return rc;
+}
+
+int catalog_token_revoke(struct catalog *c, const char *id, int64_t exp, int64_t now)
+{
+    sqlite3_stmt *st;
+    pthread_mutex_lock(&c->lock);
+    /* Rows of tokens expired by now are of no use: drop them on the way. */
+    int rc = revoked_prune_locked(c, now);
     if (rc == SQLITE_DONE)
         rc = sqlite3_prepare_v2(
             c->db, "INSERT OR IGNORE INTO revoked_tokens (id, exp) VALUES (?, ?)", -1, &st, NULL);
@@ -723,13 +732,7 @@ int catalog_token_revoked_list(struct catalog *c, int64_t now,
 {
     sqlite3_stmt *st = NULL;
     pthread_mutex_lock(&c->lock);
-    int rc = sqlite3_prepare_v2(c->db, "DELETE FROM revoked_tokens WHERE exp <= ?", -1, &st, NULL);
-    if (rc == SQLITE_OK) {
-        sqlite3_bind_int64(st, 1, (sqlite3_int64)now);
-        rc = sqlite3_step(st);
-        sqlite3_finalize(st);
-        st = NULL;
-    }
+    int rc = revoked_prune_locked(c, now);
     if (rc == SQLITE_DONE || rc == SQLITE_OK)
         rc = sqlite3_prepare_v2(c->db, "SELECT id, exp FROM revoked_tokens", -1, &st, NULL);
     int r = 0;

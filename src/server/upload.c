@@ -362,6 +362,19 @@ static int transfer_reserve(struct uploads *u, struct transfer *t, char *err, si
     return r;
 }
 
+/* Give t its ID and reserve its place in the list (transfer_reserve); on failure t is freed. */
+static int transfer_register(struct uploads *u, struct transfer *t, char *err, size_t errlen)
+{
+    int r = transfer_id_new(t->id);
+    if (r < 0)
+        snprintf(err, errlen, "no random numbers for a transfer ID");
+    else
+        r = transfer_reserve(u, t, err, errlen);
+    if (r < 0)
+        transfer_free(t);
+    return r;
+}
+
 /* Make the partial file: recorded in the catalog first, so that no crash can leave a file
  * the next start does not know of. */
 static int transfer_make_file(struct uploads *u, struct transfer *t, bool *recorded, char *err,
@@ -445,16 +458,9 @@ int upload_create(struct uploads *u, struct provider *p, const char *vm_id, cons
         transfer_free(t);
         return -ENOMEM;
     }
-    int r = transfer_id_new(t->id);
-    if (r < 0) {
-        snprintf(err, errlen, "no random numbers for a transfer ID");
-        transfer_free(t);
+    int r = transfer_register(u, t, err, errlen);
+    if (r < 0)
         return r;
-    }
-    if ((r = transfer_reserve(u, t, err, errlen)) < 0) {
-        transfer_free(t);
-        return r;
-    }
     bool recorded = false;
     char name[PARTIAL_NAME_MAX];
     r = partial_name(t->id, name);
@@ -510,16 +516,9 @@ int download_create(struct uploads *u, const char *provider, const char *vm_id, 
         transfer_free(t);
         return -ENOMEM;
     }
-    int r = transfer_id_new(t->id);
-    if (r < 0) {
-        snprintf(err, errlen, "no random numbers for a transfer ID");
-        transfer_free(t);
+    int r = transfer_register(u, t, err, errlen);
+    if (r < 0)
         return r;
-    }
-    if ((r = transfer_reserve(u, t, err, errlen)) < 0) {
-        transfer_free(t);
-        return r;
-    }
     pthread_mutex_lock(&u->lock);
     t->state = TRANSFER_ACTIVE;
     t->refs = 1;

@@ -21,6 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <openssl/crypto.h>
 #include <sys/stat.h>
 #include <sys/time.h>
 #include <unistd.h>
@@ -138,6 +139,9 @@ static void setup(void)
     char dir[] = "/tmp/vmexport-fuzz-http-XXXXXX";
     assert(mkdtemp(dir));
     snprintf(workdir, sizeof(workdir), "%s", dir);
+    /* OpenSSL's own exit handler must run after teardown (atexit runs the last registered
+     * first): it frees the per-thread state of the server's threads only while they exist. */
+    OPENSSL_init_crypto(0, NULL);
     atexit(teardown);
     char p[512], cfgtext[2048];
     snprintf(p, sizeof(p), "%s/vms", dir);
@@ -159,6 +163,10 @@ static void setup(void)
         port = 10000 + (unsigned)(random() % 20000); /* below the ephemeral ports */
         snprintf(cfgtext, sizeof(cfgtext),
                  "[server]\nlisten = 127.0.0.1:%u\ninsecure_http = true\nshutdown_grace = 1\n"
+                 /* An input that stops inside its headers or body is answered by a close
+                  * after these (the event loop does not end a connection at the client's
+                  * half-close while it waits for more of a request). */
+                 "header_timeout = 1\nconnection_timeout = 1\n"
                  "[auth]\nusers_file = %s/users\njwt_secret_file = %s/jwt.key\n"
                  "[catalog]\ndb_file = %s/catalog.db\n"
                  "[provider.local]\ntype = dir\npath = %s/vms\n",
