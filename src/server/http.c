@@ -23,7 +23,11 @@
  * connection beyond max_connections is answered 503 with Retry-After and closed, so a full
  * daemon says so instead of dropping clients.  A new connection has header_timeout seconds of
  * silence for its TLS handshake and its request headers; once a request has arrived, its
- * connection may stay silent for connection_timeout (a slow answer, keep-alive).
+ * connection may stay silent for connection_timeout (a slow answer, keep-alive).  Silence alone
+ * does not stop a client that trickles a byte now and then, so the headers also have a total
+ * time limit (deadline.h): header_timeout from the accept for the first request, and
+ * connection_timeout + header_timeout from the end of the previous answer for the next ones on
+ * a keep-alive connection.
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -43,6 +47,7 @@
 #include "core/cleanup.h"
 #include "core/log.h"
 #include "core/text.h"
+#include "server/deadline.h"
 #include "server/jobs.h"
 #include "server/server.h"
 #include "server/upload.h"
@@ -82,6 +87,8 @@ enum job_state {
 struct conn_state {
     bool over_limit;     /* accepted beyond max_connections: answered 503 */
     bool timeout_raised; /* a request arrived: header_timeout gave way to connection_timeout */
+    /* On srv->deadlines from the accept to the close; a deadline while headers are awaited. */
+    struct deadline_entry deadline;
 };
 
 struct route {
@@ -596,20 +603,30 @@ static int request_end_streaming(struct request *rq)
 
 /* ---- connection limits ---- */
 
+/* libmicrohttpd (0.9.75, daemon.c) sends MHD_CONNECTION_NOTIFY_CLOSED before it closes the
+ * socket, which deadline.c relies on: the entry leaves the watch while its fd is still open. */
 static void notify_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
                               enum MHD_ConnectionNotificationCode toe)
 {
-    (void)conn;
     struct server *srv = cls;
     if (toe == MHD_CONNECTION_NOTIFY_STARTED) {
         struct conn_state *cs = calloc(1, sizeof(*cs));
         unsigned n = atomic_fetch_add(&srv->connections, 1) + 1;
-        if (cs)
+        if (cs) {
             cs->over_limit = n > srv->cfg->max_connections;
+            const union MHD_ConnectionInfo *ci =
+                MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+            if (ci && srv->deadlines)
+                deadline_watch_add(srv->deadlines, &cs->deadline, ci->connect_fd,
+                                   srv->cfg->header_timeout);
+        }
         *socket_context = cs;
     } else {
         atomic_fetch_sub(&srv->connections, 1);
-        free(*socket_context);
+        struct conn_state *cs = *socket_context;
+        if (cs && cs->deadline.next)
+            deadline_watch_remove(srv->deadlines, &cs->deadline);
+        free(cs);
         *socket_context = NULL;
     }
 }
@@ -799,6 +816,8 @@ static enum MHD_Result access_handler(void *cls, struct MHD_Connection *conn, co
         if (log_get_level() >= LOG_LEVEL_INFO)
             rq->log_path = log_path_of(conn, url);
         struct conn_state *cs = conn_state_of(conn);
+        if (cs && cs->deadline.next) /* the headers have arrived in time */
+            deadline_watch_set(srv->deadlines, &cs->deadline, 0);
         if (!cs || cs->over_limit) {
             rq->answered_busy = true;
             return reply_busy(rq);
@@ -859,10 +878,16 @@ static enum MHD_Result access_handler(void *cls, struct MHD_Connection *conn, co
 static void request_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
                               enum MHD_RequestTerminationCode toe)
 {
-    (void)conn;
-    (void)toe;
     struct server *srv = cls;
     struct request *rq = *con_cls;
+    if (toe == MHD_REQUEST_TERMINATED_COMPLETED_OK) {
+        /* Keep-alive: the next request's headers are due within connection_timeout (silence
+         * allowed) and header_timeout (to send them). */
+        struct conn_state *cs = conn_state_of(conn);
+        if (cs && cs->deadline.next)
+            deadline_watch_set(srv->deadlines, &cs->deadline,
+                               srv->cfg->connection_timeout + srv->cfg->header_timeout);
+    }
     if (!rq)
         return;
     metrics_request(&srv->metrics, rq->route, rq->status ? rq->status : 500);
@@ -1058,6 +1083,13 @@ int server_start(struct server *s, char *err, size_t errlen)
             return r;
     }
 
+    /* Before the daemon: connections are registered from the first accept on. */
+    r = deadline_watch_new(&s->deadlines);
+    if (r < 0) {
+        snprintf(err, errlen, "starting the header deadline thread: %s", strerror(-r));
+        return r;
+    }
+
     struct MHD_OptionItem tls_opts[] = {
         {s->cert_pem ? MHD_OPTION_HTTPS_MEM_CERT : MHD_OPTION_END, 0, s->cert_pem},
         {MHD_OPTION_HTTPS_MEM_KEY, 0, s->key_pem},
@@ -1079,6 +1111,8 @@ int server_start(struct server *s, char *err, size_t errlen)
                  "cannot listen on %s:%u%s (address in use, not local, or a bad certificate/key "
                  "pair; run with -v for details)",
                  cfg->listen_host, cfg->listen_port, cfg->insecure_http ? "" : " with TLS");
+        deadline_watch_free(s->deadlines);
+        s->deadlines = NULL;
         return -EADDRINUSE;
     }
     return 0;
@@ -1102,8 +1136,10 @@ void server_stop(struct server *s, unsigned grace)
      * jobs that run already cannot be interrupted (a snapshot in the middle of its copy). */
     job_pool_drain(s->jobs);
     job_pool_drain(s->jobs_long);
-    MHD_stop_daemon(s->mhd);
+    MHD_stop_daemon(s->mhd); /* closes every connection: none is watched any more */
     s->mhd = NULL;
+    deadline_watch_free(s->deadlines);
+    s->deadlines = NULL;
 }
 
 int route_healthz(struct request *rq)

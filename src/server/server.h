@@ -21,6 +21,7 @@ struct MHD_Response;
 struct uploads;
 struct disk_cache;
 struct job_pool;
+struct deadline_watch;
 
 struct server {
     const struct daemon_config *cfg;
@@ -42,6 +43,8 @@ struct server {
      * fsync) on their own pool, so that they never hold up logins and listings. */
     struct job_pool *jobs, *jobs_long;
     atomic_uint connections;     /* open connections (libmicrohttpd's notifications) */
+    /* http.c: total time limits for TLS handshakes and request headers (deadline.h). */
+    struct deadline_watch *deadlines;
 };
 
 /* Set up everything from the configuration (providers, catalog, auth) without changing any
