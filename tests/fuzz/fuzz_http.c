@@ -21,7 +21,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <openssl/crypto.h>
 #include <sys/stat.h>
 #include <sys/time.h>
 #include <unistd.h>
@@ -139,9 +138,6 @@ static void setup(void)
     char dir[] = "/tmp/vmexport-fuzz-http-XXXXXX";
     assert(mkdtemp(dir));
     snprintf(workdir, sizeof(workdir), "%s", dir);
-    /* OpenSSL's own exit handler must run after teardown (atexit runs the last registered
-     * first): it frees the per-thread state of the server's threads only while they exist. */
-    OPENSSL_init_crypto(0, NULL);
     atexit(teardown);
     char p[512], cfgtext[2048];
     snprintf(p, sizeof(p), "%s/vms", dir);
