@@ -24,13 +24,11 @@ import sys
 import threading
 import time
 
+from slow_clients import cmd_keepalive, tls_context  # shared with test-security-conn
+
 INTERVAL = 1.0  # seconds between two bytes
 # Request headers that never end (no empty line).
 ENDLESS_HEADERS = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Trickle: " + b"a" * 4096
-
-
-def tls_context(ca):
-    return ssl.create_default_context(cafile=ca)
 
 
 def client_hello():
@@ -132,22 +130,6 @@ def cmd_trickle(port, ca, duration):
             print("%s %s" % (v, kind))
         else:
             print("closed %s %.1f" % (kind, v))
-
-
-def cmd_keepalive(port, ca, pause):
-    c = http.client.HTTPSConnection("127.0.0.1", port, context=tls_context(ca), timeout=10)
-    c.request("GET", "/healthz")
-    r = c.getresponse()
-    r.read()
-    print("first %d" % r.status)
-    time.sleep(pause)
-    try:
-        c.request("GET", "/healthz")
-        r = c.getresponse()
-        r.read()
-        print("second %d" % r.status)
-    except (OSError, http.client.HTTPException):
-        print("second closed")
 
 
 def main():
