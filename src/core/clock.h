@@ -2,6 +2,7 @@
 #ifndef VMEXPORT_CORE_CLOCK_H
 #define VMEXPORT_CORE_CLOCK_H
 
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
@@ -21,6 +22,14 @@ static inline __attribute__((unused)) char *clock_rfc3339_now(void)
     if (s)
         snprintf(s, n + 9, "%s", buf);
     return s;
+}
+
+/* Nanoseconds of CLOCK_MONOTONIC: for timeouts, expiry and durations. */
+static inline __attribute__((unused)) int64_t clock_monotonic_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
 #endif

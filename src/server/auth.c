@@ -82,6 +82,7 @@
 
 #include "catalog/catalog.h"
 #include "core/cleanup.h"
+#include "core/clock.h"
 #include "core/log.h"
 #include "core/vector.h"
 
@@ -239,9 +240,7 @@ static const char *log_field(const char *s, char *out)
 
 static int64_t monotonic_ms(void)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    return clock_monotonic_ns() / 1000000;
 }
 
 static void users_free(auth_user_list *users)

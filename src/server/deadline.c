@@ -12,6 +12,7 @@
 #include <sys/socket.h>
 #include <time.h>
 
+#include "core/clock.h"
 #include "core/log.h"
 #include "server/deadline.h"
 
@@ -28,9 +29,7 @@ struct deadline_watch {
 
 static int64_t now_us(void)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+    return clock_monotonic_ns() / 1000;
 }
 
 /* Shut down every socket past its deadline; the number shut down. */

@@ -24,6 +24,7 @@
 #include <unistd.h>
 
 #include "core/cleanup.h"
+#include "core/clock.h"
 #include "core/log.h"
 #include "server/server.h"
 
@@ -36,9 +37,7 @@
 
 static int64_t monotonic_ns(void)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+    return clock_monotonic_ns();
 }
 
 /* Close every descriptor above 2; close_range where the kernel has it (5.9). */

@@ -45,6 +45,7 @@
 #include <unistd.h>
 
 #include "core/cleanup.h"
+#include "core/clock.h"
 #include "core/log.h"
 #include "core/text.h"
 #include "server/deadline.h"
@@ -661,9 +662,7 @@ static int reply_busy(struct request *rq)
 
 static int64_t monotonic_us(void)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+    return clock_monotonic_ns() / 1000;
 }
 
 /* Append s to buf (size LOG_PATH_MAX + 1, used *n), at most max bytes of it, with bytes that

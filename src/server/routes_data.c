@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "core/cleanup.h"
+#include "core/clock.h"
 #include "core/log.h"
 #include "core/sparse.h"
 #include "fs/fsdiff.h"
@@ -163,9 +164,7 @@ void disk_cache_free(struct disk_cache *c)
 
 static int64_t monotonic_ms(void)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    return clock_monotonic_ns() / 1000000;
 }
 
 /* The key of the disk named by the URL: VM, snapshot and disk IDs, each with its NUL. */

@@ -48,9 +48,7 @@ static int uuid4(char out[37])
 
 static uint64_t now_us(void)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+    return (uint64_t)clock_monotonic_ns() / 1000u;
 }
 
 /* The directory that is to hold the snapshot disk path, created (mkdir -p, SNAPSHOT_DIR_MODE)

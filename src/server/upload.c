@@ -74,9 +74,7 @@ static int unlink_nofollow(const char *path)
 
 static uint64_t now_ms(void)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * MS_PER_S + (uint64_t)ts.tv_nsec / NS_PER_MS;
+    return (uint64_t)clock_monotonic_ns() / NS_PER_MS;
 }
 
 static int transfer_id_new(char out[UPLOAD_ID_LEN + 1])
