@@ -20,7 +20,7 @@
 #include "fs/fsinfo.h"
 #include "fs/fsmap.h"
 #include "fs/safeopen.h"
-#include "server/jsonw.h"
+#include "core/jsonw.h"
 #include "server/server.h"
 
 /* ---- login ---- */

@@ -1,5 +1,5 @@
 /* Streaming JSON writer; see jsonw.h. */
-#include "jsonw.h"
+#include "core/jsonw.h"
 
 #include <inttypes.h>
 

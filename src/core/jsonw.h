@@ -1,8 +1,8 @@
 /* Streaming JSON writing to a FILE, for responses too large to build in memory (extent lists
  * of any length).  Keys and strings are escaped, bytes that are not UTF-8 written as U+FFFD;
  * numbers are written as integers. */
-#ifndef VMEXPORT_SERVER_JSONW_H
-#define VMEXPORT_SERVER_JSONW_H
+#ifndef VMEXPORT_CORE_JSONW_H
+#define VMEXPORT_CORE_JSONW_H
 
 #include <stdbool.h>
 #include <stdint.h>
