@@ -1,7 +1,6 @@
 /* Local file commands: map (extent map of a file), clone (reflink or hashed sparse copy) and
  * diff (changed and zeroed ranges between two files). */
 #include <errno.h>
-#include <getopt.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -37,32 +36,25 @@ static int finish_stdout(void)
 
 /* ---- map ---------------------------------------------------------------------------------- */
 
+static const struct cli_option map_options[] = {
+    {"all", 'a', NULL, "also list unwritten extents (marked \"unwritten\":true)"},
+    {NULL, 0, NULL, NULL},
+};
+
 static int map_run(int argc, char **argv)
 {
-    static const struct option opts[] = {
-        {"json", no_argument, NULL, 'j'}, {"all", no_argument, NULL, 'a'},
-        {"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0},
-    };
-    bool json = false, all = false;
+    bool all = false;
+    struct cli_args a = {0};
     int c;
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "jah", opts, NULL)) != -1) {
-        switch (c) {
-        case 'j':
-            json = true;
-            break;
-        case 'a':
-            all = true;
-            break;
-        case 'h':
-            return cli_help(&cmd_map);
-        default:
-            return cli_usage_error(&cmd_map, "unknown option");
-        }
-    }
-    if (argc - optind != 1)
+    while ((c = cli_next(&a, &cmd_map, argc, argv)) > 0)
+        all = true; /* --all, the only option of its own */
+    if (c == CLI_EXIT)
+        return a.status;
+    bool json = a.json;
+    int first = a.first;
+    if (argc - first != 1)
         return cli_usage_error(&cmd_map, "expected one FILE");
-    const char *path = argv[optind];
+    const char *path = argv[first];
 
     CLEANUP_CLOSE int fd = open(path, O_RDONLY | O_CLOEXEC);
     struct stat st;
@@ -139,15 +131,14 @@ const struct cli_command cmd_map = {
              "(a reflink clone).  The map comes from FIEMAP (after flushing delayed allocations)\n"
              "or, on filesystems without it, from SEEK_DATA/SEEK_HOLE, which gives no physical\n"
              "offsets.  Holes and preallocated (unwritten) ranges read as zeros and are not data.\n"
-             "\n"
-             "Options:\n"
-             "  --json     one JSON object: {\"size\":N,\"block_size\":N,\"method\":\"fiemap\"|\"seek\",\n"
-             "             \"extents\":[{\"start\":N,\"length\":N,\"physical_start\":N,\"shared\":B}]}\n"
-             "  --all      also list unwritten extents (marked \"unwritten\":true)\n"
-             "  -h, --help this help\n"
-             "\n"
-             "The map is streamed: files with millions of extents use constant memory.\n"
-             "Exit status: 0 success, 1 failure, 2 bad usage.\n",
+             "\n",
+    .common = CLI_JSON,
+    .options = map_options,
+    .json_short = 'j',
+    .json_help = "one JSON object: {\"size\":N,\"block_size\":N,\"method\":\"fiemap\"|\"seek\",\n"
+                 "\"extents\":[{\"start\":N,\"length\":N,\"physical_start\":N,\"shared\":B}]}",
+    .epilog = "The map is streamed: files with millions of extents use constant memory.\n"
+              "Exit status: 0 success, 1 failure, 2 bad usage.\n",
 };
 
 /* ---- clone -------------------------------------------------------------------------------- */
@@ -182,44 +173,39 @@ static void clone_explain(const char *src, const char *dst, int r, enum clone_mo
         fprintf(stderr, "%s\n", strerror(-r));
 }
 
+/* Key of --hash, which has no short form. */
+#define KEY_HASH CLI_LONG_ONLY
+
+static const struct cli_option clone_options[] = {
+    {"mode", 'm', "MODE", "auto, reflink or copy (default auto)"},
+    {"hash", KEY_HASH, "ALGO",
+     "digest of a copy's blocks: xxh128 (default; XXH3-128, hashes far\n"
+     "faster than the disk reads, detects any accidental change) or\n"
+     "sha256 (about 10x the CPU; also resists blocks crafted to collide,\n"
+     "for disks written by someone you do not trust)"},
+    {NULL, 0, NULL, NULL},
+};
+
 static int clone_run(int argc, char **argv)
 {
-    static const struct option opts[] = {
-        {"mode", required_argument, NULL, 'm'},
-        {"hash", required_argument, NULL, 'H'},
-        {"json", no_argument, NULL, 'j'},
-        {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0},
-    };
     enum clone_mode mode = CLONE_AUTO;
     enum blockhash_algo hash = BLOCKHASH_DEFAULT;
-    bool json = false;
+    struct cli_args a = {0};
     int c;
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "m:jh", opts, NULL)) != -1) {
-        switch (c) {
-        case 'm':
-            if (clone_mode_parse(optarg, &mode) < 0)
-                return cli_usage_error(&cmd_clone, "--mode must be auto, reflink or copy, not '%s'",
-                                       optarg);
-            break;
-        case 'H':
-            if (blockhash_algo_parse(optarg, &hash) < 0)
-                return cli_usage_error(&cmd_clone, "--hash must be xxh128 or sha256, not '%s'",
-                                       optarg);
-            break;
-        case 'j':
-            json = true;
-            break;
-        case 'h':
-            return cli_help(&cmd_clone);
-        default:
-            return cli_usage_error(&cmd_clone, "unknown option");
-        }
+    while ((c = cli_next(&a, &cmd_clone, argc, argv)) > 0) {
+        if (c == 'm' && clone_mode_parse(a.arg, &mode) < 0)
+            return cli_usage_error(&cmd_clone, "--mode must be auto, reflink or copy, not '%s'",
+                                   a.arg);
+        if (c == KEY_HASH && blockhash_algo_parse(a.arg, &hash) < 0)
+            return cli_usage_error(&cmd_clone, "--hash must be xxh128 or sha256, not '%s'", a.arg);
     }
-    if (argc - optind != 2)
+    if (c == CLI_EXIT)
+        return a.status;
+    bool json = a.json;
+    int first = a.first;
+    if (argc - first != 2)
         return cli_usage_error(&cmd_clone, "expected SRC and DST");
-    const char *src = argv[optind], *dst = argv[optind + 1];
+    const char *src = argv[first], *dst = argv[first + 1];
 
     struct clone_result res;
     int r = fs_clone(src, dst, mode, hash, &res);
@@ -268,18 +254,13 @@ const struct cli_command cmd_clone = {
         "\n"
         "DST must not exist.  It appears atomically (temporary file, fsync, rename); on any\n"
         "failure nothing is left at DST.\n"
-        "\n"
-        "Options:\n"
-        "  -m, --mode MODE  auto, reflink or copy (default auto)\n"
-        "  --hash ALGO      digest of a copy's blocks: xxh128 (default; XXH3-128, hashes far\n"
-        "                   faster than the disk reads, detects any accidental change) or\n"
-        "                   sha256 (about 10x the CPU; also resists blocks crafted to collide,\n"
-        "                   for disks written by someone you do not trust)\n"
-        "  --json           print {\"mode\",\"size\",\"bytes_read\",\"bytes_written\"} and, for\n"
-        "                   a copy, \"hash\"\n"
-        "  -h, --help       this help\n"
-        "\n"
-        "Exit status: 0 success, 1 failure (e.g. reflink not supported), 2 bad usage.\n",
+        "\n",
+    .common = CLI_JSON,
+    .options = clone_options,
+    .json_short = 'j',
+    .json_help = "print {\"mode\",\"size\",\"bytes_read\",\"bytes_written\"} and, for\n"
+                 "a copy, \"hash\"",
+    .epilog = "Exit status: 0 success, 1 failure (e.g. reflink not supported), 2 bad usage.\n",
 };
 
 /* ---- diff --------------------------------------------------------------------------------- */
@@ -326,38 +307,27 @@ static int copy_stream(FILE *from, FILE *to)
     return ferror(from) ? -EIO : 0;
 }
 
+static const struct cli_option diff_options[] = {
+    {"mode", 'm', "MODE", "force a mode; fails if it cannot be used (default auto)"},
+    {NULL, 0, NULL, NULL},
+};
+
 static int diff_run(int argc, char **argv)
 {
-    static const struct option opts[] = {
-        {"mode", required_argument, NULL, 'm'},
-        {"json", no_argument, NULL, 'j'},
-        {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0},
-    };
     enum diff_mode mode = DIFF_AUTO;
-    bool json = false;
+    struct cli_args a = {0};
     int c;
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "m:jh", opts, NULL)) != -1) {
-        switch (c) {
-        case 'm':
-            if (diff_mode_parse(optarg, &mode) < 0)
-                return cli_usage_error(&cmd_diff,
-                                       "--mode must be auto, reflink, hash or read, not '%s'",
-                                       optarg);
-            break;
-        case 'j':
-            json = true;
-            break;
-        case 'h':
-            return cli_help(&cmd_diff);
-        default:
-            return cli_usage_error(&cmd_diff, "unknown option");
-        }
-    }
-    if (argc - optind != 2)
+    while ((c = cli_next(&a, &cmd_diff, argc, argv)) > 0)
+        if (diff_mode_parse(a.arg, &mode) < 0) /* --mode, the only option of its own */
+            return cli_usage_error(&cmd_diff,
+                                   "--mode must be auto, reflink, hash or read, not '%s'", a.arg);
+    if (c == CLI_EXIT)
+        return a.status;
+    bool json = a.json;
+    int first = a.first;
+    if (argc - first != 2)
         return cli_usage_error(&cmd_diff, "expected BASE and NEW");
-    const char *base = argv[optind], *new = argv[optind + 1];
+    const char *base = argv[first], *new = argv[first + 1];
 
     struct fs_diff d;
     int r = fs_diff_open(&d, base, new, mode);
@@ -455,13 +425,12 @@ const struct cli_command cmd_diff = {
         "           read NEW only, compare 64 KiB block digests (with the sidecar's\n"
         "           algorithm, xxh128 or sha256; see clone --hash).\n"
         "  read     read both files and compare 4 KiB blocks.\n"
-        "\n"
-        "Options:\n"
-        "  -m, --mode MODE  force a mode; fails if it cannot be used (default auto)\n"
-        "  --json           {\"mode\",\"block_size\",\"size\",\"base_size\",\"hash\" (hash mode),\n"
-        "                    \"changed\":[{\"start\",\"length\"}],\"zeroed\":[...],\n"
-        "                    \"changed_bytes\",\"zeroed_bytes\"}\n"
-        "  -h, --help       this help\n"
-        "\n"
-        "Exit status: 0 success, 1 failure, 2 bad usage.\n",
+        "\n",
+    .common = CLI_JSON,
+    .options = diff_options,
+    .json_short = 'j',
+    .json_help = "{\"mode\",\"block_size\",\"size\",\"base_size\",\"hash\" (hash mode),\n"
+                 " \"changed\":[{\"start\",\"length\"}],\"zeroed\":[...],\n"
+                 " \"changed_bytes\",\"zeroed_bytes\"}",
+    .epilog = "Exit status: 0 success, 1 failure, 2 bad usage.\n",
 };

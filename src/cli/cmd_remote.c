@@ -3,7 +3,6 @@
  * the changes since an earlier snapshot, over parallel connections). */
 #include <errno.h>
 #include <fcntl.h>
-#include <getopt.h>
 #include <jansson.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -27,29 +26,11 @@
 /* Largest ranged GET of a download; bigger chunks are split. */
 #define DOWNLOAD_PIECE_SIZE   (8u << 20)
 #define DOWNLOAD_JOBS_DEFAULT 4
-#define DOWNLOAD_JOBS_MAX     64
 /* Length of an error message of a download. */
 #define DOWNLOAD_ERROR_MAX 1024
 /* "2026-11-23T09:10:49" of an RFC 3339 time: the CREATED column. */
 #define CREATED_SECONDS_LEN 19
 #define NS_PER_S            1e9
-
-#define CONNECTION_HELP                                                                            \
-    "Connection options (before or after the command name):\n"                                     \
-    "  --server URL          the daemon, https://HOST:PORT (or $VMEXPORT_SERVER)\n"                \
-    "  --user NAME           log in as NAME (or $VMEXPORT_USER)\n"                                 \
-    "  --password-file FILE  the password is FILE's first line (else $VMEXPORT_PASSWORD)\n"        \
-    "  --cacert FILE         CA certificate that signed the server's (or $VMEXPORT_CACERT;\n"      \
-    "                        default: the system trust store)\n"                                   \
-    "  --cert FILE           client certificate, for servers that require one\n"                   \
-    "  --key FILE            its private key\n"                                                    \
-    "  --insecure            do not verify the server's certificate (tests only)\n"                \
-    "  -v, --verbose         log every request\n"                                                  \
-    "The login token is cached, readable only by you, in $XDG_CACHE_HOME/vmexport (default\n"      \
-    "~/.cache/vmexport) and reused until a minute before it expires.  Failed connections and\n"    \
-    "server errors are retried 5 times (100 ms, doubling, at most 5 s apart).\n"
-
-const char cli_connection_help[] = CONNECTION_HELP;
 
 DEFINE_VECTOR_TYPE(str_vector, char *);
 
@@ -163,42 +144,15 @@ static void table_free(struct table *t)
     str_vector_reset(&t->cells);
 }
 
-/* Options of the listing commands: --json and --help only.  Returns -1 to go on, else an exit
- * status; *first is the index of the first operand. */
-static int parse_json_flag(const struct cli_command *cmd, int argc, char **argv, bool *json,
-                           int *first)
-{
-    static const struct option opts[] = {
-        {"json", no_argument, NULL, 'j'},
-        {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0},
-    };
-    int c;
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "jh", opts, NULL)) != -1) {
-        switch (c) {
-        case 'j':
-            *json = true;
-            break;
-        case 'h':
-            return cli_help(cmd);
-        default:
-            return cli_usage_error(cmd, "unknown option");
-        }
-    }
-    *first = optind;
-    return -1;
-}
-
 /* ---- vms ---- */
 
 static int vms_run(int argc, char **argv)
 {
-    bool json = false;
-    int first = 0;
-    int r = parse_json_flag(&cmd_vms, argc, argv, &json, &first);
-    if (r >= 0)
-        return r;
+    struct cli_args a = {0};
+    if (cli_parse(&a, &cmd_vms, argc, argv) == CLI_EXIT)
+        return a.status;
+    bool json = a.json;
+    int first = a.first, r;
     if (argc != first)
         return cli_usage_error(&cmd_vms, "unexpected argument '%s'", argv[first]);
 
@@ -267,27 +221,27 @@ const struct cli_command cmd_vms = {
              "List the VMs of every provider of the server: name, provider, number of disks,\n"
              "their total size, number of snapshots, and whether the VM can be snapshotted\n"
              "(every writable disk is a file in a known repository).\n"
-             "\n"
-             "Options:\n"
-             "  --json      print the server's JSON (GET /api/v1/vms) instead of a table\n"
-             "  -h, --help  this help\n"
-             "\n" CONNECTION_HELP "\n"
-             "Exit status: 0 success, 1 failure (server unreachable, login refused ...),\n"
-             "2 bad usage.\n",
+             "\n",
+    .common = CLI_JSON | CLI_CONNECTION,
+    .json_short = 'j',
+    .json_help = "print the server's JSON (GET /api/v1/vms) instead of a table",
+    .epilog = "Exit status: 0 success, 1 failure (server unreachable, login refused ...),\n"
+              "2 bad usage.\n",
 };
 
 /* ---- snapshots ---- */
 
 static int snapshots_run(int argc, char **argv)
 {
-    bool json = false;
-    int first = 0;
-    int r = parse_json_flag(&cmd_snapshots, argc, argv, &json, &first);
-    if (r >= 0)
-        return r;
+    struct cli_args a = {0};
+    if (cli_parse(&a, &cmd_snapshots, argc, argv) == CLI_EXIT)
+        return a.status;
+    bool json = a.json;
+    int first = a.first;
     if (argc - first != 1)
         return cli_usage_error(&cmd_snapshots, "expected one VM");
     const char *vm = argv[first];
+    int r;
 
     CLEANUP_FREE char *path = vm_path(vm, NULL, "/snapshots?chunks=false");
     if (!path) {
@@ -356,13 +310,12 @@ const struct cli_command cmd_snapshots = {
              "disks and their total size.  Snapshots of a VM that no longer exists (orphans)\n"
              "are listed too.  The extent lists are not asked for, so this stays quick for VMs\n"
              "with many snapshots.\n"
-             "\n"
-             "Options:\n"
-             "  --json      print the server's JSON (GET /api/v1/vms/VM/snapshots?chunks=false)\n"
-             "  -h, --help  this help\n"
-             "\n" CONNECTION_HELP "\n"
-             "Exit status: 0 success, 1 failure (unknown VM, server unreachable ...),\n"
-             "2 bad usage.\n",
+             "\n",
+    .common = CLI_JSON | CLI_CONNECTION,
+    .json_short = 'j',
+    .json_help = "print the server's JSON\n(GET /api/v1/vms/VM/snapshots?chunks=false)",
+    .epilog = "Exit status: 0 success, 1 failure (unknown VM, server unreachable ...),\n"
+              "2 bad usage.\n",
 };
 
 /* ---- snapshot create | delete | purge ---- */
@@ -425,11 +378,11 @@ static int snapshot_delete(const char *vm, const char *snap)
 
 static int snapshot_run(int argc, char **argv)
 {
-    bool json = false;
-    int first = 0;
-    int r = parse_json_flag(&cmd_snapshot, argc, argv, &json, &first);
-    if (r >= 0)
-        return r;
+    struct cli_args a = {0};
+    if (cli_parse(&a, &cmd_snapshot, argc, argv) == CLI_EXIT)
+        return a.status;
+    bool json = a.json;
+    int first = a.first;
     int n = argc - first;
     if (n < 1)
         return cli_usage_error(&cmd_snapshot, "expected create, delete or purge");
@@ -470,13 +423,12 @@ const struct cli_command cmd_snapshot = {
         "purge   delete every snapshot of VM, also when the VM no longer exists.\n"
         "\n"
         "Keep the last snapshot you downloaded: 'vmexport download --diff-from' needs it.\n"
-        "\n"
-        "Options:\n"
-        "  --json      create: print the new snapshot's JSON (with its chunks)\n"
-        "  -h, --help  this help\n"
-        "\n" CONNECTION_HELP "\n"
-        "Exit status: 0 success, 1 failure (unknown VM or snapshot, VM not snapshot\n"
-        "compatible, server unreachable ...), 2 bad usage.\n",
+        "\n",
+    .common = CLI_JSON | CLI_CONNECTION,
+    .json_short = 'j',
+    .json_help = "create: print the new snapshot's JSON (with its chunks)",
+    .epilog = "Exit status: 0 success, 1 failure (unknown VM or snapshot, VM not snapshot\n"
+              "compatible, server unreachable ...), 2 bad usage.\n",
 };
 
 /* ---- download ---- */
@@ -868,53 +820,35 @@ static int dl_report(const struct download *dl, const char *vm, const char *snap
     return finish_stdout();
 }
 
+static const struct cli_option download_options[] = {
+    {"out-dir", 'o', "DIR", "where the disk files go (required)"},
+    {"diff-from", 'd', "PREV", "apply the changes since snapshot PREV to the files in DIR"},
+    {NULL, 0, NULL, NULL},
+};
+
 static int download_run(int argc, char **argv)
 {
-    static const struct option opts[] = {
-        {"out-dir", required_argument, NULL, 'o'}, {"diff-from", required_argument, NULL, 'd'},
-        {"jobs", required_argument, NULL, 'J'},    {"json", no_argument, NULL, 'j'},
-        {"help", no_argument, NULL, 'h'},          {NULL, 0, NULL, 0},
-    };
     const char *out_dir = NULL, *prev = NULL;
-    unsigned jobs = DOWNLOAD_JOBS_DEFAULT;
-    bool json = false;
+    struct cli_args a = {0};
     int c;
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "o:d:J:jh", opts, NULL)) != -1) {
-        switch (c) {
-        case 'o':
-            out_dir = optarg;
-            break;
-        case 'd':
-            prev = optarg;
-            break;
-        case 'J': {
-            char *end;
-            errno = 0;
-            unsigned long n = strtoul(optarg, &end, 10);
-            if (errno || end == optarg || *end || optarg[0] == '-' || n < 1 ||
-                n > DOWNLOAD_JOBS_MAX)
-                return cli_usage_error(&cmd_download, "--jobs must be 1 to %d, not '%s'",
-                                       DOWNLOAD_JOBS_MAX, optarg);
-            jobs = (unsigned)n;
-            break;
-        }
-        case 'j':
-            json = true;
-            break;
-        case 'h':
-            return cli_help(&cmd_download);
-        default:
-            return cli_usage_error(&cmd_download, "unknown option");
-        }
+    while ((c = cli_next(&a, &cmd_download, argc, argv)) > 0) {
+        if (c == 'o')
+            out_dir = a.arg;
+        else if (c == 'd')
+            prev = a.arg;
     }
-    if (argc - optind != 2)
+    if (c == CLI_EXIT)
+        return a.status;
+    unsigned jobs = a.jobs ? a.jobs : DOWNLOAD_JOBS_DEFAULT;
+    bool json = a.json;
+    int first = a.first;
+    if (argc - first != 2)
         return cli_usage_error(&cmd_download, "expected VM and SNAPSHOT");
     if (!out_dir || !out_dir[0])
         return cli_usage_error(&cmd_download, "--out-dir DIR is required");
     if (prev && !prev[0])
         return cli_usage_error(&cmd_download, "--diff-from needs a snapshot ID");
-    const char *vm = argv[optind], *snap = argv[optind + 1];
+    const char *vm = argv[first], *snap = argv[first + 1];
 
     struct timespec t0;
     clock_gettime(CLOCK_MONOTONIC, &t0);
@@ -1002,20 +936,18 @@ const struct cli_command cmd_download = {
         "The files are fsynced at the end; what is written leaves the page cache once it is on\n"
         "the disk.  A failed download leaves them incomplete: repeat it (a full one for a\n"
         "failed full download).\n"
-        "\n"
-        "Options:\n"
-        "  -o, --out-dir DIR     where the disk files go (required)\n"
-        "  -d, --diff-from PREV  apply the changes since snapshot PREV to the files in DIR\n"
-        "  -J, --jobs N          parallel connections, 1 to 64 (default 4)\n"
-        "  --json                print {\"vm\",\"snapshot\",\"compared_to\",\"out_dir\",\n"
-        "                        \"disks\":[{\"name\",\"size\",\"created\",\"chunk_bytes\",\n"
-        "                        "
-        "\"zeroed_bytes\"}],\"bytes_fetched\",\"bytes_transferred\",\n"
-        "                        \"bytes_zeroed\",\"seconds\"}: bytes_fetched counts the disk\n"
-        "                        bytes read, bytes_transferred the body bytes that came\n"
-        "                        over the network (fewer when the server left zeros out)\n"
-        "  -h, --help            this help\n"
-        "\n" CONNECTION_HELP "\n"
-        "Exit status: 0 success, 1 failure (unknown VM or snapshot, PREV not older, a file\n"
-        "missing for --diff-from, server unreachable, write error ...), 2 bad usage.\n",
+        "\n",
+    .common = CLI_JSON | CLI_JOBS | CLI_CONNECTION,
+    .options = download_options,
+    .json_short = 'j',
+    .jobs_short = 'J',
+    .json_help = "print {\"vm\",\"snapshot\",\"compared_to\",\"out_dir\",\n"
+                 "\"disks\":[{\"name\",\"size\",\"created\",\"chunk_bytes\",\n"
+                 "\"zeroed_bytes\"}],\"bytes_fetched\",\"bytes_transferred\",\n"
+                 "\"bytes_zeroed\",\"seconds\"}: bytes_fetched counts the disk\n"
+                 "bytes read, bytes_transferred the body bytes that came\n"
+                 "over the network (fewer when the server left zeros out)",
+    .jobs_help = "parallel connections, 1 to 64 (default 4)",
+    .epilog = "Exit status: 0 success, 1 failure (unknown VM or snapshot, PREV not older, a file\n"
+              "missing for --diff-from, server unreachable, write error ...), 2 bad usage.\n",
 };

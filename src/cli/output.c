@@ -1,4 +1,4 @@
-/* Output helpers of the command line: usage errors, help, byte counts, streamed JSON ranges. */
+/* Output helpers of the command line: usage errors, byte counts, streamed JSON ranges. */
 #include <errno.h>
 #include <stdarg.h>
 #include <string.h>
@@ -18,12 +18,6 @@ int cli_usage_error(const struct cli_command *cmd, const char *fmt, ...)
     int len = end ? (int)(end - cmd->usage) : (int)strlen(cmd->usage);
     fprintf(stderr, "%.*s\nTry 'vmexport %s --help' for more.\n", len, cmd->usage, cmd->name);
     return EXIT_USAGE;
-}
-
-int cli_help(const struct cli_command *cmd)
-{
-    fputs(cmd->usage, stdout);
-    return EXIT_OK;
 }
 
 const char *cli_bytes(uint64_t n, char *buf, size_t len)
