@@ -14,8 +14,6 @@
 /* Longest password read from --password-file. */
 #define PASSWORD_MAX 4096
 
-struct cli_globals cli_globals;
-
 /* The first line of path (without its line end) into buf. */
 static int read_password_file(const char *path, char *buf, size_t len)
 {

@@ -156,7 +156,7 @@ int cli_next(struct cli_args *a, const struct cli_command *cmd, int argc, char *
 {
     if (!a->started) {
         table_build(a, cmd);
-        optind = 1;
+        optind = 0; /* a full restart of getopt, also after another command line */
     }
     for (;;) {
         int c = getopt_long(argc, argv, a->shortopts, a->table, NULL);
@@ -261,6 +261,8 @@ static void print_options(FILE *f, const struct cli_command *cmd)
     }
     print_option(f, &common_help, 'h');
 }
+
+struct cli_globals cli_globals;
 
 /* The connection options, accepted before or after the command name: where each is stored. */
 static const struct {
