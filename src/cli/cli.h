@@ -72,6 +72,11 @@ int cli_usage_error(const struct cli_command *cmd, const char *fmt, ...)
  * epilog.  Returns EXIT_OK. */
 int cli_help(const struct cli_command *cmd);
 
+/* A large buffer for stdout (long listings). */
+void cli_buffer_stdout(void);
+/* Flush stdout: EXIT_OK, or EXIT_FAIL after saying that writing the output failed. */
+int cli_finish_stdout(void);
+
 /* Human-readable byte count ("1.5 GiB") into buf. */
 const char *cli_bytes(uint64_t n, char *buf, size_t len);
 

@@ -15,25 +15,6 @@
 #include "fs/fsinfo.h"
 #include "fs/fsmap.h"
 
-/* stdout buffer for long listings: fewer write(2) calls for maps of millions of extents. */
-#define OUTPUT_BUFFER_SIZE (256 * 1024)
-
-static char output_buffer[OUTPUT_BUFFER_SIZE];
-
-static void buffer_stdout(void)
-{
-    setvbuf(stdout, output_buffer, _IOFBF, sizeof(output_buffer));
-}
-
-static int finish_stdout(void)
-{
-    if (fflush(stdout) != 0 || ferror(stdout)) {
-        fprintf(stderr, "vmexport: writing output: %s\n", strerror(errno ? errno : EIO));
-        return EXIT_FAIL;
-    }
-    return EXIT_OK;
-}
-
 /* ---- map ---------------------------------------------------------------------------------- */
 
 static const struct cli_option map_options[] = {
@@ -74,7 +55,7 @@ static int map_run(int argc, char **argv)
         return EXIT_FAIL;
     }
 
-    buffer_stdout();
+    cli_buffer_stdout();
     const char *method = fs_map_has_physical(&m) ? "fiemap" : "seek";
     if (json)
         printf("{\"size\":%llu,\"block_size\":%u,\"method\":\"%s\",\"extents\":[",
@@ -117,7 +98,7 @@ static int map_run(int argc, char **argv)
         char b[32];
         printf("# %llu extents, %s of data\n", (unsigned long long)n, cli_bytes(data, b, sizeof(b)));
     }
-    return finish_stdout();
+    return cli_finish_stdout();
 }
 
 const struct cli_command cmd_map = {
@@ -231,7 +212,7 @@ static int clone_run(int argc, char **argv)
                    cli_bytes(res.bytes_written, b2, sizeof(b2)), blockhash_algo_name(res.hash), dst,
                    BLOCKHASH_SUFFIX);
     }
-    return finish_stdout();
+    return cli_finish_stdout();
 }
 
 const struct cli_command cmd_clone = {
@@ -344,7 +325,7 @@ static int diff_run(int argc, char **argv)
         return EXIT_FAIL;
     }
 
-    buffer_stdout();
+    cli_buffer_stdout();
     if (json) {
         /* Changed ranges go straight out; zeroed ones wait in a temporary file so that both
          * arrays stream in constant memory. */
@@ -401,7 +382,7 @@ static int diff_run(int argc, char **argv)
                 diff_mode_name(used), strerror(-r));
         return EXIT_FAIL;
     }
-    return finish_stdout();
+    return cli_finish_stdout();
 }
 
 const struct cli_command cmd_diff = {
