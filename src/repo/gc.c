@@ -17,95 +17,7 @@
 #include <unistd.h>
 
 #include "core/cleanup.h"
-
-#define ID_SET_MIN_CAP 1024 /* slots of a new set; a power of two */
-#define ID_SET_LOAD    2    /* grow when more than 1 / ID_SET_LOAD of the slots are used */
-
-/* An open-addressing hash set of chunk IDs.  IDs are uniformly distributed digests, so their
- * first bytes serve as the hash. */
-struct id_set {
-    struct chunk_id *slots;
-    bool *used;
-    size_t cap;
-    size_t len;
-};
-
-static size_t id_hash(const struct chunk_id *id)
-{
-    size_t h;
-    memcpy(&h, id->b, sizeof(h));
-    return h;
-}
-
-static bool id_set_find(const struct id_set *s, const struct chunk_id *id, size_t *slot)
-{
-    size_t mask = s->cap - 1;
-    for (size_t i = id_hash(id) & mask;; i = (i + 1) & mask) {
-        if (!s->used[i]) {
-            *slot = i;
-            return false;
-        }
-        if (!memcmp(s->slots[i].b, id->b, HASH_SIZE)) {
-            *slot = i;
-            return true;
-        }
-    }
-}
-
-static bool id_set_has(const struct id_set *s, const struct chunk_id *id)
-{
-    size_t slot;
-    return s->cap && id_set_find(s, id, &slot);
-}
-
-static int id_set_grow(struct id_set *s)
-{
-    size_t cap = s->cap ? s->cap * 2 : ID_SET_MIN_CAP;
-    if (cap > SIZE_MAX / sizeof(struct chunk_id) || cap < s->cap)
-        return -ENOMEM;
-    struct id_set n = {.slots = malloc(cap * sizeof(*n.slots)), .used = calloc(cap, 1), .cap = cap};
-    if (!n.slots || !n.used) {
-        free(n.slots);
-        free(n.used);
-        return -ENOMEM;
-    }
-    for (size_t i = 0; i < s->cap; i++) {
-        size_t slot;
-        if (!s->used[i])
-            continue;
-        id_set_find(&n, &s->slots[i], &slot);
-        n.slots[slot] = s->slots[i];
-        n.used[slot] = true;
-        n.len++;
-    }
-    free(s->slots);
-    free(s->used);
-    *s = n;
-    return 0;
-}
-
-static int id_set_add(struct id_set *s, const struct chunk_id *id)
-{
-    size_t slot;
-    if ((s->len + 1) * ID_SET_LOAD > s->cap) {
-        int r = id_set_grow(s);
-        if (r < 0)
-            return r;
-    }
-    if (id_set_find(s, id, &slot))
-        return 0;
-    s->slots[slot] = *id;
-    s->used[slot] = true;
-    s->len++;
-    return 0;
-}
-
-static void id_set_free(struct id_set *s)
-{
-    free(s->slots);
-    free(s->used);
-    memset(s, 0, sizeof(*s));
-}
+#include "repo/chunkset.h"
 
 /* ---- the walk ---- */
 
@@ -113,7 +25,7 @@ struct gc {
     struct repo *r;
     bool dry_run;
     struct gc_stats *st;
-    struct id_set refs;
+    struct chunk_set refs; /* chunks the committed backups reference */
     char *err;
     size_t errlen;
 };
@@ -191,7 +103,7 @@ static int gc_committed(struct gc *g, int vm_fd, const char *vm_dir, const char 
         }
         for (uint64_t i = 0; ret == 0 && i < m.n; i++)
             if (!m.e[i].zero)
-                ret = id_set_add(&g->refs, &m.e[i].id);
+                ret = chunk_set_add(&g->refs, &m.e[i].id);
         manifest_free(&m);
     }
     closedir(d);
@@ -277,7 +189,7 @@ static int gc_chunk_subdir(struct gc *g, int chunks_fd, const char *sub)
             chunk_id_from_hex(de->d_name, &id) < 0)
             continue;
         g->st->chunks_total++;
-        if (id_set_has(&g->refs, &id))
+        if (chunk_set_has(&g->refs, &id))
             continue;
         if (fstatat(dirfd(d), de->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0) {
             ret = errno == ENOENT ? 0 : -errno;
@@ -339,7 +251,7 @@ int repo_gc(struct repo *r, bool dry_run, struct gc_stats *st, char *err, size_t
         ret = gc_tmp_in_dir(&g, r->dirfd, ".");
     if (ret < 0 && err && errlen && !*err)
         repo_set_err(err, errlen, "%s: gc: %s", r->path, strerror(-ret));
-    id_set_free(&g.refs);
+    chunk_set_free(&g.refs);
     if (took)
         repo_unlock(r);
     return ret;
