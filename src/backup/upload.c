@@ -5,7 +5,6 @@
 
 #include <errno.h>
 #include <inttypes.h>
-#include <jansson.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,6 +13,7 @@
 #include <unistd.h>
 
 #include "client/client.h"
+#include "client/rest.h"
 #include "core/cleanup.h"
 #include "core/hash.h"
 #include "core/lock.h"
@@ -88,38 +88,21 @@ static void *worker_main(void *opaque)
     return NULL;
 }
 
-/* Start the transfer of disk into vm: its URL, or NULL with res->error set. */
+/* Start the transfer of disk into vm: its URL, or NULL with res->error and *err set. */
 static char *transfer_start(struct client *c, const struct upload_source *src, const char *vm,
                             const char *disk, struct upload_result *res, int *err)
 {
-    CLEANUP_FREE char *vm_esc = client_escape(vm);
-    CLEANUP_FREE char *path = NULL;
-    json_t *req =
-        json_pack("{s:s, s:I, s:s}", "disk", disk, "size", (json_int_t)src->size, "format", "raw");
-    CLEANUP_FREE char *body = req ? json_dumps(req, JSON_COMPACT) : NULL;
-    json_decref(req);
-    if (!vm_esc || !body || asprintf(&path, "/api/v1/vms/%s/uploads", vm_esc) < 0) {
-        path = NULL;
+    char *url = NULL;
+    int r = client_upload_start(c, vm, disk, src->size, "raw", &url);
+    if (r == -EPROTO && !url)
+        snprintf(res->error, sizeof(res->error), "the server gave no transfer URL");
+    else if (r == -ENOMEM)
         snprintf(res->error, sizeof(res->error), "out of memory");
-        *err = -ENOMEM;
-        return NULL;
-    }
-    json_t *t = NULL;
-    int r = client_json(c, "POST", path, body, &t, NULL);
-    if (r < 0) {
+    else if (r < 0)
         snprintf(res->error, sizeof(res->error), "VM %s: disk %s: starting the upload: %s", vm,
                  disk, client_error(c));
-        *err = r;
-        return NULL;
-    }
-    const char *url = json_string_value(json_object_get(t, "url"));
-    char *copy = url && *url ? strdup(url) : NULL;
-    json_decref(t);
-    if (!copy) {
-        snprintf(res->error, sizeof(res->error), "the server gave no transfer URL");
-        *err = -EPROTO;
-    }
-    return copy;
+    *err = r;
+    return r < 0 ? NULL : url;
 }
 
 /* The runs of zero chunks as PATCH zero, coalesced; then flush and finalize. */
@@ -137,25 +120,16 @@ static void transfer_finish(struct client *c, struct upload_job *j, struct uploa
             k++;
         uint64_t off = i * src->chunk;
         uint64_t end = k * src->chunk < src->size ? k * src->chunk : src->size;
-        char zb[128];
-        snprintf(zb, sizeof(zb), "{\"op\":\"zero\",\"offset\":%" PRIu64 ",\"size\":%" PRIu64 "}",
-                 off, end - off);
-        int r = client_json(c, "PATCH", j->url, zb, NULL, NULL);
+        int r = client_upload_zero(c, j->url, off, end - off);
         if (r < 0)
             first_error_set(&j->fe, r, "%s", client_error(c));
         res->zero_requests++;
         i = k;
     }
     int r;
-    if (!first_error_failed(&j->fe) &&
-        (r = client_json(c, "PATCH", j->url, "{\"op\":\"flush\"}", NULL, NULL)) < 0)
+    if (!first_error_failed(&j->fe) && (r = client_upload_flush(c, j->url)) < 0)
         first_error_set(&j->fe, r, "%s", client_error(c));
-    CLEANUP_FREE char *fin = NULL;
-    if (!first_error_failed(&j->fe) && asprintf(&fin, "%s/finalize", j->url) < 0) {
-        fin = NULL;
-        first_error_set(&j->fe, -ENOMEM, "out of memory");
-    }
-    if (fin && (r = client_json(c, "POST", fin, NULL, NULL, NULL)) < 0)
+    if (!first_error_failed(&j->fe) && (r = client_upload_finalize(c, j->url)) < 0)
         first_error_set(&j->fe, r, "finalize: %s", client_error(c));
 }
 
@@ -209,7 +183,7 @@ static int upload_one(struct client *c, const struct upload_source *src, const c
     res->zero_bytes = atomic_load(&j.zero_bytes);
     r = first_error_code(&j.fe);
     if (r < 0) {
-        client_json(c, "DELETE", url, NULL, NULL, NULL); /* cancel: nothing half-written stays */
+        client_upload_cancel(c, url); /* nothing half-written stays */
         snprintf(res->error, sizeof(res->error), "VM %s: disk %s: %s (upload cancelled)", vm, disk,
                  first_error_message(&j.fe));
     }
