@@ -17,6 +17,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "core/cleanup.h"
 #include "core/log.h"
 
 /* Schema version stored in PRAGMA user_version; bump with a migration when the schema changes. */
@@ -60,7 +61,8 @@ static const char catalog_schema[] =
     "  partial_path TEXT NOT NULL,"
     "  final_path TEXT NOT NULL,"
     "  size INTEGER NOT NULL,"
-    "  created_at TEXT NOT NULL);";
+    "  created_at TEXT NOT NULL,"
+    "  provider TEXT);";
 
 /* Tokens revoked at logout, kept until they expire (exp, Unix time).  Created apart from the
  * schema above so that older catalogs gain it without a version change; older daemons ignore
@@ -76,7 +78,7 @@ void snapshot_free(struct snapshot *s)
     for (size_t i = 0; i < s->disks.len; i++) {
         struct snapshot_disk *d = &s->disks.ptr[i];
         free(d->name);
-        free(d->path);
+        free(d->locator);
         free(d->parent_path);
         free(d->repo_mountpoint);
         free(d->change_id);
@@ -135,20 +137,25 @@ static int exec_locked(struct catalog *c, const char *sql)
     return sqlite_errno(rc);
 }
 
-/* Catalogs made before snapshots had labels lack the column: add it.  The schema version
- * stays: older daemons name their columns and never see it. */
-static int label_column_add(struct catalog *c, char **msg)
+/* Catalogs made by earlier versions lack some columns: add column (with its SQL declaration
+ * decl) to table when missing.  Snapshots' label and uploads' provider came so.  The schema
+ * version stays: older daemons name their columns and never see the new ones. */
+static int column_add(struct catalog *c, const char *table, const char *column, const char *decl,
+                      char **msg)
 {
     sqlite3_stmt *st = NULL;
     bool found = false;
-    int rc =
-        sqlite3_prepare_v2(c->db, "SELECT name FROM pragma_table_info('snapshots')", -1, &st, NULL);
+    CLEANUP_FREE char *info = NULL, *alter = NULL;
+    if (asprintf(&info, "SELECT name FROM pragma_table_info('%s')", table) < 0 ||
+        asprintf(&alter, "ALTER TABLE %s ADD COLUMN %s %s", table, column, decl) < 0)
+        return SQLITE_NOMEM;
+    int rc = sqlite3_prepare_v2(c->db, info, -1, &st, NULL);
     while (rc == SQLITE_OK && sqlite3_step(st) == SQLITE_ROW)
-        found = found || !strcmp((const char *)sqlite3_column_text(st, 0), "label");
+        found = found || !strcmp((const char *)sqlite3_column_text(st, 0), column);
     sqlite3_finalize(st);
     if (rc != SQLITE_OK || found)
         return rc;
-    return sqlite3_exec(c->db, "ALTER TABLE snapshots ADD COLUMN label TEXT", NULL, NULL, msg);
+    return sqlite3_exec(c->db, alter, NULL, NULL, msg);
 }
 
 /* The catalog and its journals (SQLite gives them the database file's mode) are private to the
@@ -203,7 +210,9 @@ int catalog_open(struct catalog **out, const char *db_file, char *err, size_t er
     if (rc == SQLITE_OK)
         rc = sqlite3_exec(c->db, catalog_schema, NULL, NULL, &msg);
     if (rc == SQLITE_OK)
-        rc = label_column_add(c, &msg);
+        rc = column_add(c, "snapshots", "label", "TEXT", &msg);
+    if (rc == SQLITE_OK)
+        rc = column_add(c, "uploads", "provider", "TEXT", &msg);
     if (rc == SQLITE_OK)
         rc = sqlite3_exec(c->db, catalog_schema_tokens, NULL, NULL, &msg);
     sqlite3_stmt *st = NULL;
@@ -263,7 +272,7 @@ static int load_disks(struct catalog *c, struct snapshot *s)
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
         struct snapshot_disk d = {
             .name = col_strdup(st, 0),
-            .path = col_strdup(st, 1),
+            .locator = col_strdup(st, 1),
             .parent_path = col_strdup(st, 2),
             .repo_mountpoint = col_strdup(st, 3),
             .change_id = col_strdup(st, 4),
@@ -272,7 +281,7 @@ static int load_disks(struct catalog *c, struct snapshot *s)
         };
         if ((r = snapshot_disk_list_append(&s->disks, d)) < 0) {
             free(d.name);
-            free(d.path);
+            free(d.locator);
             free(d.parent_path);
             free(d.repo_mountpoint);
             free(d.change_id);
@@ -485,7 +494,7 @@ int catalog_snapshot_add(struct catalog *c, struct snapshot *s)
         sqlite3_bind_text(st, 1, s->id, -1, SQLITE_STATIC);
         sqlite3_bind_int64(st, 2, (sqlite3_int64)i);
         sqlite3_bind_text(st, 3, d->name, -1, SQLITE_STATIC);
-        sqlite3_bind_text(st, 4, d->path, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 4, d->locator, -1, SQLITE_STATIC);
         sqlite3_bind_text(st, 5, d->parent_path, -1, SQLITE_STATIC);
         sqlite3_bind_text(st, 6, d->repo_mountpoint, -1, SQLITE_STATIC);
         sqlite3_bind_text(st, 7, d->change_id, -1, SQLITE_STATIC);
@@ -610,6 +619,7 @@ void upload_record_clear(struct upload_record *u)
     free(u->partial_path);
     free(u->final_path);
     free(u->created_at);
+    free(u->provider);
     memset(u, 0, sizeof(*u));
 }
 
@@ -626,7 +636,7 @@ int catalog_upload_add(struct catalog *c, const struct upload_record *u)
     pthread_mutex_lock(&c->lock);
     int rc = sqlite3_prepare_v2(c->db,
                                 "INSERT INTO uploads (id, vm_id, disk, partial_path, final_path, "
-                                "size, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                                "size, created_at, provider) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                                 -1, &st, NULL);
     if (rc == SQLITE_OK) {
         sqlite3_bind_text(st, 1, u->id, -1, SQLITE_STATIC);
@@ -636,6 +646,7 @@ int catalog_upload_add(struct catalog *c, const struct upload_record *u)
         sqlite3_bind_text(st, 5, u->final_path, -1, SQLITE_STATIC);
         sqlite3_bind_int64(st, 6, (sqlite3_int64)u->size);
         sqlite3_bind_text(st, 7, u->created_at, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 8, u->provider, -1, SQLITE_STATIC);
         rc = sqlite3_step(st);
         sqlite3_finalize(st);
     }
@@ -656,7 +667,7 @@ int catalog_upload_list(struct catalog *c, upload_record_list *out)
     pthread_mutex_lock(&c->lock);
     int rc = sqlite3_prepare_v2(c->db,
                                 "SELECT id, vm_id, disk, partial_path, final_path, size, "
-                                "created_at FROM uploads ORDER BY created_at, id",
+                                "created_at, provider FROM uploads ORDER BY created_at, id",
                                 -1, &st, NULL);
     if (rc != SQLITE_OK) {
         log_error("catalog: listing uploads: %s", sqlite3_errmsg(c->db));
@@ -673,8 +684,10 @@ int catalog_upload_list(struct catalog *c, upload_record_list *out)
             .final_path = col_strdup(st, 4),
             .size = (uint64_t)sqlite3_column_int64(st, 5),
             .created_at = col_strdup(st, 6),
+            .provider = col_strdup(st, 7),
         };
-        if (!u.id || !u.vm_id || !u.disk || !u.partial_path || !u.final_path || !u.created_at)
+        if (!u.id || !u.vm_id || !u.disk || !u.partial_path || !u.final_path || !u.created_at ||
+            (sqlite3_column_type(st, 7) != SQLITE_NULL && !u.provider))
             r = -ENOMEM;
         else
             r = upload_record_list_append(out, u);

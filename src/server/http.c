@@ -976,7 +976,7 @@ __attribute__((format(printf, 2, 0))) static void mhd_log(void *cls, const char 
     log_info("http: %s", msg);
 }
 
-int server_tls_check(const struct daemon_config *cfg, char *err, size_t errlen)
+int server_tls_check(const struct server_config *cfg, char *err, size_t errlen)
 {
     gnutls_priority_t prio;
     const char *where = NULL;
@@ -1011,7 +1011,7 @@ int server_tls_check(const struct daemon_config *cfg, char *err, size_t errlen)
     return r < 0 ? -EINVAL : 0;
 }
 
-unsigned server_connection_hard_limit(const struct daemon_config *cfg)
+unsigned server_connection_hard_limit(const struct server_config *cfg)
 {
     return cfg->max_connections + CONNECTION_MARGIN(cfg->max_connections);
 }
@@ -1021,7 +1021,7 @@ unsigned server_connection_hard_limit(const struct daemon_config *cfg)
  * waits for the disk stalls the other connections of its worker meanwhile. */
 #define WORKERS_MIN     4
 #define WORKERS_PER_CPU 2
-static unsigned worker_count(const struct daemon_config *cfg)
+static unsigned worker_count(const struct server_config *cfg)
 {
     if (cfg->worker_threads)
         return cfg->worker_threads;
@@ -1031,7 +1031,7 @@ static unsigned worker_count(const struct daemon_config *cfg)
 
 int server_start(struct server *s, char *err, size_t errlen)
 {
-    const struct daemon_config *cfg = s->cfg;
+    const struct server_config *cfg = s->cfg;
     /* Here rather than in server_new: 'vmexportd --check' must not remove the half-made
      * snapshots or partial uploads of a daemon that is running. */
     int r = snapshot_recover(s);
