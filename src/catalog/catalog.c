@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "core/cleanup.h"
+#include "core/lock.h"
 #include "core/log.h"
 
 /* Schema version stored in PRAGMA user_version; bump with a migration when the schema changes. */
@@ -61,8 +62,7 @@ static const char catalog_schema[] =
     "  partial_path TEXT NOT NULL,"
     "  final_path TEXT NOT NULL,"
     "  size INTEGER NOT NULL,"
-    "  created_at TEXT NOT NULL,"
-    "  provider TEXT);";
+    "  created_at TEXT NOT NULL);";
 
 /* Tokens revoked at logout, kept until they expire (exp, Unix time).  Created apart from the
  * schema above so that older catalogs gain it without a version change; older daemons ignore
@@ -138,7 +138,7 @@ static int exec_locked(struct catalog *c, const char *sql)
 }
 
 /* Catalogs made by earlier versions lack some columns: add column (with its SQL declaration
- * decl) to table when missing.  Snapshots' label and uploads' provider came so.  The schema
+ * decl) to table when missing.  Snapshots' label came so.  The schema
  * version stays: older daemons name their columns and never see the new ones. */
 static int column_add(struct catalog *c, const char *table, const char *column, const char *decl,
                       char **msg)
@@ -211,8 +211,7 @@ int catalog_open(struct catalog **out, const char *db_file, char *err, size_t er
         rc = sqlite3_exec(c->db, catalog_schema, NULL, NULL, &msg);
     if (rc == SQLITE_OK)
         rc = column_add(c, "snapshots", "label", "TEXT", &msg);
-    if (rc == SQLITE_OK)
-        rc = column_add(c, "uploads", "provider", "TEXT", &msg);
+
     if (rc == SQLITE_OK)
         rc = sqlite3_exec(c->db, catalog_schema_tokens, NULL, NULL, &msg);
     sqlite3_stmt *st = NULL;
@@ -416,20 +415,18 @@ int catalog_snapshot_list(struct catalog *c, const char *vm_id, const char *stat
     else
         sql = "SELECT " SNAPSHOT_COLUMNS " FROM snapshots ORDER BY seq";
     /* Numbered parameters: ?1 is always vm_id, ?2 always status. */
-    pthread_mutex_lock(&c->lock);
+    ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&c->lock);
     int r = query_snapshots(c, sql, vm_id, status, NULL, out);
-    pthread_mutex_unlock(&c->lock);
     return r;
 }
 
 int catalog_recover(struct catalog *c, snapshot_list *out)
 {
-    pthread_mutex_lock(&c->lock);
+    ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&c->lock);
     int r = query_snapshots(c,
                             "SELECT " SNAPSHOT_COLUMNS " FROM snapshots WHERE status IN "
                             "('creating', 'deleting') ORDER BY seq",
                             NULL, NULL, NULL, out);
-    pthread_mutex_unlock(&c->lock);
     return r;
 }
 
@@ -437,7 +434,7 @@ int catalog_snapshot_add(struct catalog *c, struct snapshot *s)
 {
     sqlite3_stmt *st = NULL;
     int rc, r;
-    pthread_mutex_lock(&c->lock);
+    ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&c->lock);
     if ((r = exec_locked(c, "BEGIN IMMEDIATE")) < 0)
         goto out;
 
@@ -514,7 +511,6 @@ fail_rc:
     sqlite3_finalize(st);
     exec_locked(c, "ROLLBACK");
 out:
-    pthread_mutex_unlock(&c->lock);
     return r;
 }
 
@@ -522,7 +518,7 @@ int catalog_snapshot_finish(struct catalog *c, const struct snapshot *s)
 {
     sqlite3_stmt *st = NULL;
     int rc = SQLITE_OK, r;
-    pthread_mutex_lock(&c->lock);
+    ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&c->lock);
     if ((r = exec_locked(c, "BEGIN IMMEDIATE")) < 0)
         goto out;
     rc = sqlite3_prepare_v2(c->db,
@@ -555,7 +551,6 @@ int catalog_snapshot_finish(struct catalog *c, const struct snapshot *s)
     }
     r = exec_locked(c, "COMMIT");
 out:
-    pthread_mutex_unlock(&c->lock);
     return r;
 }
 
@@ -563,12 +558,10 @@ out:
 static int exec_change(struct catalog *c, const char *sql, const char *p1, const char *p2)
 {
     sqlite3_stmt *st;
-    pthread_mutex_lock(&c->lock);
+    ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&c->lock);
     int rc = sqlite3_prepare_v2(c->db, sql, -1, &st, NULL);
-    if (rc != SQLITE_OK) {
-        pthread_mutex_unlock(&c->lock);
+    if (rc != SQLITE_OK)
         return sqlite_errno(rc);
-    }
     sqlite3_bind_text(st, 1, p1, -1, SQLITE_STATIC);
     if (p2)
         sqlite3_bind_text(st, 2, p2, -1, SQLITE_STATIC);
@@ -577,7 +570,6 @@ static int exec_change(struct catalog *c, const char *sql, const char *p1, const
     if (rc != SQLITE_DONE)
         log_error("catalog: %s", sqlite3_errmsg(c->db));
     sqlite3_finalize(st);
-    pthread_mutex_unlock(&c->lock);
     return r;
 }
 
@@ -595,7 +587,7 @@ int catalog_snapshot_remove(struct catalog *c, const char *id)
 int catalog_count(struct catalog *c, const char *status, int64_t *n)
 {
     sqlite3_stmt *st;
-    pthread_mutex_lock(&c->lock);
+    ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&c->lock);
     int rc = sqlite3_prepare_v2(c->db, "SELECT count(*) FROM snapshots WHERE status = ?", -1, &st,
                                 NULL);
     if (rc == SQLITE_OK) {
@@ -605,7 +597,6 @@ int catalog_count(struct catalog *c, const char *status, int64_t *n)
             *n = sqlite3_column_int64(st, 0);
         sqlite3_finalize(st);
     }
-    pthread_mutex_unlock(&c->lock);
     return rc == SQLITE_ROW ? 0 : sqlite_errno(rc) ? sqlite_errno(rc) : -EIO;
 }
 
@@ -619,7 +610,6 @@ void upload_record_clear(struct upload_record *u)
     free(u->partial_path);
     free(u->final_path);
     free(u->created_at);
-    free(u->provider);
     memset(u, 0, sizeof(*u));
 }
 
@@ -633,10 +623,10 @@ void upload_record_list_free(upload_record_list *l)
 int catalog_upload_add(struct catalog *c, const struct upload_record *u)
 {
     sqlite3_stmt *st;
-    pthread_mutex_lock(&c->lock);
+    ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&c->lock);
     int rc = sqlite3_prepare_v2(c->db,
                                 "INSERT INTO uploads (id, vm_id, disk, partial_path, final_path, "
-                                "size, created_at, provider) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                                "size, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
                                 -1, &st, NULL);
     if (rc == SQLITE_OK) {
         sqlite3_bind_text(st, 1, u->id, -1, SQLITE_STATIC);
@@ -646,13 +636,11 @@ int catalog_upload_add(struct catalog *c, const struct upload_record *u)
         sqlite3_bind_text(st, 5, u->final_path, -1, SQLITE_STATIC);
         sqlite3_bind_int64(st, 6, (sqlite3_int64)u->size);
         sqlite3_bind_text(st, 7, u->created_at, -1, SQLITE_STATIC);
-        sqlite3_bind_text(st, 8, u->provider, -1, SQLITE_STATIC);
         rc = sqlite3_step(st);
         sqlite3_finalize(st);
     }
     if (rc != SQLITE_DONE)
         log_error("catalog: recording upload %s: %s", u->id, sqlite3_errmsg(c->db));
-    pthread_mutex_unlock(&c->lock);
     return rc == SQLITE_DONE ? 0 : sqlite_errno(rc) ? sqlite_errno(rc) : -EIO;
 }
 
@@ -664,14 +652,13 @@ int catalog_upload_remove(struct catalog *c, const char *id)
 int catalog_upload_list(struct catalog *c, upload_record_list *out)
 {
     sqlite3_stmt *st;
-    pthread_mutex_lock(&c->lock);
+    ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&c->lock);
     int rc = sqlite3_prepare_v2(c->db,
                                 "SELECT id, vm_id, disk, partial_path, final_path, size, "
-                                "created_at, provider FROM uploads ORDER BY created_at, id",
+                                "created_at FROM uploads ORDER BY created_at, id",
                                 -1, &st, NULL);
     if (rc != SQLITE_OK) {
         log_error("catalog: listing uploads: %s", sqlite3_errmsg(c->db));
-        pthread_mutex_unlock(&c->lock);
         return sqlite_errno(rc);
     }
     int r = 0;
@@ -684,10 +671,8 @@ int catalog_upload_list(struct catalog *c, upload_record_list *out)
             .final_path = col_strdup(st, 4),
             .size = (uint64_t)sqlite3_column_int64(st, 5),
             .created_at = col_strdup(st, 6),
-            .provider = col_strdup(st, 7),
         };
-        if (!u.id || !u.vm_id || !u.disk || !u.partial_path || !u.final_path || !u.created_at ||
-            (sqlite3_column_type(st, 7) != SQLITE_NULL && !u.provider))
+        if (!u.id || !u.vm_id || !u.disk || !u.partial_path || !u.final_path || !u.created_at)
             r = -ENOMEM;
         else
             r = upload_record_list_append(out, u);
@@ -699,7 +684,6 @@ int catalog_upload_list(struct catalog *c, upload_record_list *out)
     if (r == 0 && rc != SQLITE_DONE)
         r = sqlite_errno(rc) ? sqlite_errno(rc) : -EIO;
     sqlite3_finalize(st);
-    pthread_mutex_unlock(&c->lock);
     return r;
 }
 
@@ -722,7 +706,7 @@ static int revoked_prune_locked(struct catalog *c, int64_t now)
 int catalog_token_revoke(struct catalog *c, const char *id, int64_t exp, int64_t now)
 {
     sqlite3_stmt *st;
-    pthread_mutex_lock(&c->lock);
+    ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&c->lock);
     /* Rows of tokens expired by now are of no use: drop them on the way. */
     int rc = revoked_prune_locked(c, now);
     if (rc == SQLITE_DONE)
@@ -736,7 +720,6 @@ int catalog_token_revoke(struct catalog *c, const char *id, int64_t exp, int64_t
     }
     if (rc != SQLITE_DONE)
         log_error("catalog: recording a revoked token: %s", sqlite3_errmsg(c->db));
-    pthread_mutex_unlock(&c->lock);
     return rc == SQLITE_DONE ? 0 : sqlite_errno(rc) ? sqlite_errno(rc) : -EIO;
 }
 
@@ -744,7 +727,7 @@ int catalog_token_revoked_list(struct catalog *c, int64_t now,
                                int (*fn)(void *arg, const char *id, int64_t exp), void *arg)
 {
     sqlite3_stmt *st = NULL;
-    pthread_mutex_lock(&c->lock);
+    ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&c->lock);
     int rc = revoked_prune_locked(c, now);
     if (rc == SQLITE_DONE || rc == SQLITE_OK)
         rc = sqlite3_prepare_v2(c->db, "SELECT id, exp FROM revoked_tokens", -1, &st, NULL);
@@ -763,6 +746,5 @@ int catalog_token_revoked_list(struct catalog *c, int64_t now,
     if (r < 0 && r != -ENOMEM && r != -ENOSPC)
         log_error("catalog: reading revoked tokens: %s", sqlite3_errmsg(c->db));
     sqlite3_finalize(st);
-    pthread_mutex_unlock(&c->lock);
     return r;
 }

@@ -90,7 +90,6 @@ struct upload_record {
     char *final_path;
     uint64_t size;
     char *created_at; /* RFC 3339, UTC */
-    char *provider;   /* instance name; NULL in rows of earlier versions */
 };
 DEFINE_VECTOR_TYPE(upload_record_list, struct upload_record);
 

@@ -46,6 +46,7 @@
 
 #include "core/cleanup.h"
 #include "core/clock.h"
+#include "core/hex.h"
 #include "core/log.h"
 #include "core/text.h"
 #include "server/deadline.h"
@@ -910,17 +911,6 @@ static void request_completed(void *cls, struct MHD_Connection *conn, void **con
  * ("web01%00x" read as "web01"), so it becomes a control byte that ids_are_sane() rejects. */
 #define DECODED_NUL_MARKER '\x01'
 
-static int hexval(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 static size_t unescape(void *cls, struct MHD_Connection *conn, char *s)
 {
     (void)cls;
@@ -928,7 +918,7 @@ static size_t unescape(void *cls, struct MHD_Connection *conn, char *s)
     char *w = s;
     for (const char *r = s; *r; r++) {
         int hi, lo;
-        if (r[0] == '%' && (hi = hexval(r[1])) >= 0 && (lo = hexval(r[2])) >= 0) {
+        if (r[0] == '%' && (hi = hex_digit(r[1])) >= 0 && (lo = hex_digit(r[2])) >= 0) {
             char c = (char)(hi * 16 + lo);
             *w++ = c ? c : DECODED_NUL_MARKER;
             r += 2;

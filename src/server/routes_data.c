@@ -20,6 +20,7 @@
 
 #include "core/cleanup.h"
 #include "core/clock.h"
+#include "core/hex.h"
 #include "core/log.h"
 #include "core/sparse.h"
 #include "core/jsonw.h"
@@ -396,8 +397,7 @@ static struct MHD_Response *multipart_response(struct server *srv, struct disk_f
     char boundary[32];
     if (RAND_bytes(rnd, sizeof(rnd)) != 1)
         return NULL;
-    for (size_t i = 0; i < sizeof(rnd); i++)
-        sprintf(boundary + 2 * i, "%02x", rnd[i]);
+    hex_encode(rnd, sizeof(rnd), boundary);
     snprintf(content_type, ct_len, "multipart/byteranges; boundary=%s", boundary);
 
     struct multipart *m = calloc(1, sizeof(*m));

@@ -23,6 +23,7 @@
 #include "core/cleanup.h"
 #include "core/clock.h"
 #include "core/hash.h"
+#include "core/hex.h"
 #include "core/log.h"
 #include "server/server.h"
 
@@ -62,15 +63,10 @@ static uint64_t now_ms(void)
 
 static int transfer_id_new(char out[UPLOAD_ID_LEN + 1])
 {
-    static const char hex[] = "0123456789abcdef";
     uint8_t b[UPLOAD_ID_BYTES];
     if (RAND_bytes(b, sizeof(b)) != 1)
         return -EIO;
-    for (size_t i = 0; i < sizeof(b); i++) {
-        out[2 * i] = hex[b[i] >> 4];
-        out[2 * i + 1] = hex[b[i] & 0xf];
-    }
-    out[UPLOAD_ID_LEN] = '\0';
+    hex_encode(b, sizeof(b), out);
     return 0;
 }
 
@@ -144,17 +140,24 @@ static void transfer_discard(struct uploads *u, struct transfer *t, const char *
 
 /* ---- recovery and the reaper ---- */
 
-/* The provider that can remove the partial disk of rec: its own, or for rows of earlier
- * versions (no provider recorded; every provider then kept its disks as files) the first that
- * takes uploads. */
-static struct provider *upload_provider(struct server *s, const struct upload_record *rec)
+/* Remove the partial disk of rec with the providers that take uploads (records name no
+ * provider: each provider removes only partial disks of its own, named after their upload, and
+ * refuses others with -EPERM).  -ENOENT when no provider takes uploads. */
+static int upload_discard(struct server *s, const struct upload_record *rec)
 {
-    if (rec->provider)
-        return server_provider(s, rec->provider);
-    for (size_t i = 0; i < s->n_providers; i++)
-        if (s->providers[i]->ops->upload_discard)
-            return s->providers[i];
-    return NULL;
+    char name[PARTIAL_NAME_MAX];
+    if (strlen(rec->id) != UPLOAD_ID_LEN || partial_name(rec->id, name) < 0)
+        return -EPERM;
+    int r = -ENOENT;
+    for (size_t i = 0; i < s->n_providers; i++) {
+        struct provider *p = s->providers[i];
+        if (!p->ops->upload_discard)
+            continue;
+        r = p->ops->upload_discard(p, rec->partial_path, rec->id, name);
+        if (r != -EPERM)
+            break;
+    }
+    return r;
 }
 
 /* Remove the partial files of uploads recorded by an earlier run: a crash or a stop ended
@@ -168,18 +171,7 @@ static int uploads_recover(struct uploads *u)
         /* A damaged catalog must not make the daemon delete some other file: the provider
          * removes only partial disks named after their upload.  (An old-style name holds the
          * ID of a transfer the restart ended: logging it gives away no credential.) */
-        char name[PARTIAL_NAME_MAX];
-        struct provider *p = upload_provider(u->srv, rec);
-        if (!p || !p->ops->upload_discard) {
-            log_error("upload " LOG_ID ": provider %s is not configured or takes no uploads; "
-                      "partial disk %s left alone",
-                      LOG_ID_ARG(rec->id), rec->provider ? rec->provider : "(none)",
-                      rec->partial_path);
-            continue; /* kept for when the provider is configured again */
-        }
-        int e = -EPERM;
-        if (strlen(rec->id) == UPLOAD_ID_LEN && partial_name(rec->id, name) == 0)
-            e = p->ops->upload_discard(p, rec->partial_path, rec->id, name);
+        int e = upload_discard(u->srv, rec);
         if (e == -EPERM) {
             log_error("upload " LOG_ID ": recorded partial file %s is not named after the "
                       "upload; left alone",
@@ -377,7 +369,6 @@ static int transfer_make_file(struct uploads *u, struct transfer *t, bool *recor
         .final_path = t->final_path,
         .size = t->size,
         .created_at = created_at,
-        .provider = t->provider,
     };
     int r = catalog_upload_add(u->srv->catalog, &rec);
     if (r < 0) {
