@@ -283,8 +283,8 @@ static int dir_get(struct provider *p, const char *vm_id, struct vm **out)
     return r == -ENOMEM ? r : r < 0 ? -ENOENT : 0;
 }
 
-static int dir_snapshot_locate(struct provider *p, const struct vm *vm,
-                               const struct vm_disk *disk, const char *snap_id, char **out)
+static int dir_snapshot_locate(struct provider *p, const struct vm *vm, const struct vm_disk *disk,
+                               const char *snap_id, char **out)
 {
     const struct dir_priv *dp = p->priv;
 

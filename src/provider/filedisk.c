@@ -42,13 +42,13 @@
 
 _Static_assert(DISK_IDENTITY_MAX >= FS_FILE_ID_MAX, "a file ID fits a disk identity");
 
-int filedisk_init(struct filedisk *fd, const struct provider_config *cfg, char *err,
-                  size_t errlen)
+int filedisk_init(struct filedisk *fd, const struct provider_config *cfg, char *err, size_t errlen)
 {
     fd->hash = BLOCKHASH_DEFAULT;
     if (cfg->block_hash && blockhash_algo_parse(cfg->block_hash, &fd->hash) < 0)
-        return provider_fail(err, errlen, -EINVAL, "[snapshot] block_hash: '%s' is not sha256 "
-                                                   "or xxh128",
+        return provider_fail(err, errlen, -EINVAL,
+                             "[snapshot] block_hash: '%s' is not sha256 "
+                             "or xxh128",
                              cfg->block_hash);
     return 0;
 }
@@ -189,8 +189,8 @@ static int clone_disk(const struct filedisk *fdk, struct provider_snapshot_disk 
     }
     d->size = res.size;
     free(d->mode);
-    d->mode = strdup(res.mode == CLONE_REFLINK ? PROVIDER_SNAPSHOT_REFLINK
-                                               : PROVIDER_SNAPSHOT_COPY);
+    d->mode =
+        strdup(res.mode == CLONE_REFLINK ? PROVIDER_SNAPSHOT_REFLINK : PROVIDER_SNAPSHOT_COPY);
     return d->mode ? 0 : -ENOMEM;
 }
 
@@ -198,6 +198,7 @@ int filedisk_snapshot_create(struct provider *p, const struct vm *vm, const char
                              struct provider_snapshot_disk *disks, size_t n,
                              const struct provider_quiesce *q, char *err, size_t errlen)
 {
+    (void)vm; /* each disk names its file */
     const struct filedisk *fdk = p->priv;
     int r = q && q->freeze ? q->freeze(q->opaque, err, errlen) : 0;
     if (r < 0)
@@ -209,7 +210,6 @@ int filedisk_snapshot_create(struct provider *p, const struct vm *vm, const char
     if (q && q->thaw)
         q->thaw(q->opaque, r);
     if (r < 0) {
-        (void)vm;
         /* The disk that failed too: its temporary files and the directories made for it. */
         for (size_t i = 0; i <= done && i < n; i++)
             filedisk_remove(disks[i].locator);
@@ -396,8 +396,7 @@ static int fw_create(struct disk_writer *w, uint64_t size, char *err, size_t err
     }
     if (ftruncate(f->fd, (off_t)size) < 0) {
         int r = -errno;
-        snprintf(err, errlen, "making %s %llu bytes long: %s", w->partial,
-                 (unsigned long long)size,
+        snprintf(err, errlen, "making %s %llu bytes long: %s", w->partial, (unsigned long long)size,
                  r == -EFBIG || r == -EINVAL ? "too large for the filesystem" : strerror(-r));
         unlinkat(f->stagefd, f->partial_name, 0);
         return r == -EINVAL ? -EFBIG : r;
@@ -425,8 +424,8 @@ static int fw_sync(struct disk_writer *w)
     return fsync(((struct file_writer *)w)->fd) < 0 ? -errno : 0;
 }
 
-static int fw_writeback(struct disk_writer *w, uint64_t done_off, uint64_t done_len,
-                        uint64_t off, uint64_t len)
+static int fw_writeback(struct disk_writer *w, uint64_t done_off, uint64_t done_len, uint64_t off,
+                        uint64_t len)
 {
     return fs_writeback_behind(((struct file_writer *)w)->fd, done_off, done_len, off, len);
 }
@@ -482,12 +481,12 @@ static void inherit_setgid_group(struct file_writer *f)
     const char *name;
     CLEANUP_CLOSE int dirfd = fs_open_parent_nofollow(f->base.final, &name);
     struct stat dir, st;
-    if (dirfd < 0 || fstat(dirfd, &dir) < 0 || !S_ISDIR(dir.st_mode) ||
-        !(dir.st_mode & S_ISGID) || fstat(f->fd, &st) < 0 || st.st_gid == dir.st_gid)
+    if (dirfd < 0 || fstat(dirfd, &dir) < 0 || !S_ISDIR(dir.st_mode) || !(dir.st_mode & S_ISGID) ||
+        fstat(f->fd, &st) < 0 || st.st_gid == dir.st_gid)
         return;
     if (fchown(f->fd, (uid_t)-1, dir.st_gid) < 0)
-        log_warn("upload: giving %s the group %u of its set-group-ID directory: %s",
-                 f->base.final, (unsigned)dir.st_gid, strerror(errno));
+        log_warn("upload: giving %s the group %u of its set-group-ID directory: %s", f->base.final,
+                 (unsigned)dir.st_gid, strerror(errno));
 }
 
 static int fw_publish(struct disk_writer *w)

@@ -21,8 +21,7 @@ struct filedisk {
 };
 
 /* Settings shared by file-disk providers (cfg->block_hash); err names the cause. */
-int filedisk_init(struct filedisk *fd, const struct provider_config *cfg, char *err,
-                  size_t errlen);
+int filedisk_init(struct filedisk *fd, const struct provider_config *cfg, char *err, size_t errlen);
 
 /* The provider_ops functions, for p whose priv starts with struct filedisk. */
 int filedisk_snapshot_create(struct provider *p, const struct vm *vm, const char *snap_id,

@@ -887,8 +887,8 @@ static int ovm_get(struct provider *p, const char *vm_id, struct vm **out)
     return r;
 }
 
-static int ovm_snapshot_locate(struct provider *p, const struct vm *vm,
-                               const struct vm_disk *disk, const char *snap_id, char **out)
+static int ovm_snapshot_locate(struct provider *p, const struct vm *vm, const struct vm_disk *disk,
+                               const char *snap_id, char **out)
 {
     const struct ovm_priv *op = p->priv;
 

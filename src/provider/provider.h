@@ -2,9 +2,9 @@
  *
  * One file per provider type implements struct provider_ops (dir.c, ovm.c; both keep their
  * disks as files and share filedisk.c for snapshots, reads, diffs and uploads).  The layers
- * above see snapshot disks only as locators, readers (struct disk_reader) and change sinks.  A provider
- * instance is configured by one [provider.NAME] section.  VM and disk IDs seen in URLs are only
- * ever compared with what a provider lists; they are never joined into paths.
+ * above see snapshot disks only as locators, readers (struct disk_reader) and change sinks.  A
+ * provider instance is configured by one [provider.NAME] section.  VM and disk IDs seen in URLs are
+ * only ever compared with what a provider lists; they are never joined into paths.
  */
 #ifndef VMEXPORT_PROVIDER_PROVIDER_H
 #define VMEXPORT_PROVIDER_PROVIDER_H
@@ -83,9 +83,9 @@ struct provider_quiesce {
 
 /* disk_open flags. */
 #define DISK_OPEN_STREAM 1u /* the reader will stream data: set up reads that skip the cache */
-/* disk_reader_ops.pread flags. */
-#define DISK_READ_ONCE 1u /* the bytes are read once: where not cached, read past the cache (then
-                           * buf, off and n must be multiples of direct_align to do so) */
+/* disk_reader_ops.pread flags.  DISK_READ_ONCE: the bytes are read once, so where they are not
+ * cached they are read past the cache (when buf, off and n are multiples of direct_align). */
+#define DISK_READ_ONCE 1u
 /* disk_reader_ops.map flags. */
 #define DISK_MAP_LOGICAL 1u /* data and holes only, as reads see them (no physical addresses) */
 

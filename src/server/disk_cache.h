@@ -26,9 +26,9 @@ struct disk_cache;
 /* An open snapshot disk. */
 struct disk_file {
     struct disk_reader *reader;
-    unsigned refs;  /* the cache's and the requests'; guarded by the cache lock */
-    char *locator;  /* for error messages */
-    uint64_t size;  /* when opened; etag is for this size */
+    unsigned refs; /* the cache's and the requests'; guarded by the cache lock */
+    char *locator; /* for error messages */
+    uint64_t size; /* when opened; etag is for this size */
     char etag[HTTP_ETAG_MAX];
 };
 

@@ -499,8 +499,7 @@ int route_disk_data(struct request *rq)
                 atomic_fetch_add(&rq->srv->metrics.bytes_served, len);
         }
     } else if (r == 0) {
-        resp = multipart_response(rq->srv, file, &ranges, size, content_type,
-                                  sizeof(content_type));
+        resp = multipart_response(rq->srv, file, &ranges, size, content_type, sizeof(content_type));
         status = 206;
     } else {
         resp = file_response(rq->srv, file, 0, size, is_head);

@@ -646,9 +646,9 @@ static struct disk_reader *download_open(struct request *rq, const struct transf
     struct disk_reader *rd = NULL;
     int r = p ? p->ops->disk_open(p, d->locator, 0, &rd) : -ENOENT;
     if (r < 0) {
-        *ret = reply_error(rq, 500, "internal error", "snapshot '%s' disk '%s': %s: %s", snap->id,
-                           d->name, d->locator,
-                           p ? strerror(-r) : "its provider is not configured");
+        *ret =
+            reply_error(rq, 500, "internal error", "snapshot '%s' disk '%s': %s: %s", snap->id,
+                        d->name, d->locator, p ? strerror(-r) : "its provider is not configured");
     } else if (!(*locator = strdup(d->locator))) {
         disk_reader_close(rd);
         rd = NULL;

@@ -338,8 +338,7 @@ static bool spool_next(FILE *f, uint64_t range[2])
  * "zeroed" ranges (a GET of them returns zeros), merged in order; a client that writes zeros
  * over "zeroed" itself asks zeroedInChunks=false and gets the changed ranges only. */
 static int write_chunks_diff(FILE *f, struct provider *p, const struct snapshot_disk *d,
-                             struct disk_reader *rd, const char *base,
-                             const struct chunk_opts *o)
+                             struct disk_reader *rd, const char *base, const struct chunk_opts *o)
 {
     const char *method = NULL;
     int r = 0;
@@ -463,8 +462,8 @@ static int write_snapshot(struct server *srv, FILE *f, const struct snapshot *s,
                 fputs(base ? "],\"zeroed\":[]" : "]", f);
             }
             if (r < 0) {
-                log_error("snapshot %s: disk %s: extent map of %s: %s", s->id, d->name,
-                          d->locator, p ? strerror(-r) : "its provider is not configured");
+                log_error("snapshot %s: disk %s: extent map of %s: %s", s->id, d->name, d->locator,
+                          p ? strerror(-r) : "its provider is not configured");
                 disk_reader_close(rd);
                 return r;
             }

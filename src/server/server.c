@@ -34,11 +34,10 @@ int server_new(const struct server_config *cfg, struct server **out, char *err, 
     }
     for (size_t i = 0; i < cfg->n_providers; i++) {
         const struct config_provider *cp = &cfg->providers[i];
-        struct provider_config pc = {
-            .name = cp->name,
-            .settings = cp->settings,
-            .n_settings = cp->n_settings,
-            .block_hash = cfg->block_hash};
+        struct provider_config pc = {.name = cp->name,
+                                     .settings = cp->settings,
+                                     .n_settings = cp->n_settings,
+                                     .block_hash = cfg->block_hash};
         char perr[512] = "";
         if ((r = provider_new(&pc, &s->providers[i], perr, sizeof(perr))) < 0) {
             snprintf(err, errlen, "%s: %s", cfg->file, perr[0] ? perr : strerror(-r));

@@ -148,8 +148,8 @@ int snapshot_create(struct server *s, struct provider *p, const struct vm *vm, c
         if (asprintf(&d.change_id, "%s/%zu", id, i) < 0)
             d.change_id = NULL;
         r = p->ops->snapshot_locate(p, vm, vd, id, &d.locator);
-        if (r < 0 || !d.name || !d.parent_path || !d.mode ||
-            !d.change_id || snapshot_disk_list_append(&snap->disks, d) < 0) {
+        if (r < 0 || !d.name || !d.parent_path || !d.mode || !d.change_id ||
+            snapshot_disk_list_append(&snap->disks, d) < 0) {
             free(d.name);
             free(d.parent_path);
             free(d.repo_mountpoint);
@@ -184,8 +184,7 @@ int snapshot_create(struct server *s, struct provider *p, const struct vm *vm, c
         return r;
     }
     struct quiesce qs = {.s = s, .vm_id = vm->id, .snap_id = id};
-    struct provider_quiesce q = {
-        .freeze = quiesce_freeze, .thaw = quiesce_thaw, .opaque = &qs};
+    struct provider_quiesce q = {.freeze = quiesce_freeze, .thaw = quiesce_thaw, .opaque = &qs};
     r = p->ops->snapshot_create(p, vm, id, pd, snap->disks.len, &q, err, errlen);
     for (size_t i = 0; r == 0 && i < snap->disks.len; i++) {
         /* Sizes and modes became known while snapshotting. */

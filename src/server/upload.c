@@ -637,7 +637,8 @@ int upload_finalize(struct uploads *u, struct transfer *t, char *err, size_t err
     if (r < 0)
         return r;
 
-    if ((r = atomic_load(&t->wb_err)) < 0 || (r = wb_failed(t, t->writer->ops->sync(t->writer))) < 0) {
+    if ((r = atomic_load(&t->wb_err)) < 0 ||
+        (r = wb_failed(t, t->writer->ops->sync(t->writer))) < 0) {
         snprintf(err, errlen, "flushing %s: %s", t->partial_path, strerror(-r));
         transfer_reactivate(u, t);
         return r;

@@ -7,11 +7,11 @@
  * idle_timeout seconds (a reaper thread then removes it).  Each is recorded in the catalog from
  * before its partial file exists until after it is gone, so that the next start removes what a
  * crash left (uploads_open).  Partial disks are named by a digest of the ID, never the ID, in the
- * provider's private staging area; the provider writes them (provider.h, disk_writer).  Writers of one transfer run in parallel on
- * disjoint ranges; one whose range overlaps another's in flight is refused.  A download is made
- * by POST /api/v1/vms/{vm}/downloads, names a snapshot's disk, has no file of its own and is not
- * recorded in the catalog; it ends when cancelled or idle, as an upload.  All functions are
- * thread-safe.
+ * provider's private staging area; the provider writes them (provider.h, disk_writer).  Writers of
+ * one transfer run in parallel on disjoint ranges; one whose range overlaps another's in flight is
+ * refused.  A download is made by POST /api/v1/vms/{vm}/downloads, names a snapshot's disk, has no
+ * file of its own and is not recorded in the catalog; it ends when cancelled or idle, as an upload.
+ * All functions are thread-safe.
  */
 #ifndef VMEXPORT_SERVER_UPLOAD_H
 #define VMEXPORT_SERVER_UPLOAD_H

@@ -53,7 +53,8 @@ static int rm_visit(const char *path, const struct stat *st, int flag, struct FT
     return 0;
 }
 
-static const char *at(struct fixture *f, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static const char *at(struct fixture *f, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
 static const char *at(struct fixture *f, const char *fmt, ...)
 {
     static char ring[8][PATH_MAX];
@@ -244,8 +245,8 @@ static int snap(struct fixture *f, const char *id, char *loc[2], struct hooks *h
             char dir[PATH_MAX];
             snprintf(dir, sizeof(dir), "%s", loc[i]);
             *strrchr(dir, '/') = '\0';
-            const char *want = fs_probe_reflink(dir) == 1 ? PROVIDER_SNAPSHOT_REFLINK
-                                                          : PROVIDER_SNAPSHOT_COPY;
+            const char *want =
+                fs_probe_reflink(dir) == 1 ? PROVIDER_SNAPSHOT_REFLINK : PROVIDER_SNAPSHOT_COPY;
             assert_non_null(d[i].mode);
             assert_string_equal(d[i].mode, want);
             print_message("# snapshot mode %s\n", d[i].mode);
@@ -531,8 +532,7 @@ static void test_upload_writer(void **state)
         assert_true(f->ovm); /* ovm takes no uploads */
         return;
     }
-    assert_int_equal(f->p->ops->upload_open(f->p, "vm1", "a.img", name, &w, err, ERR_LEN),
-                     -EEXIST);
+    assert_int_equal(f->p->ops->upload_open(f->p, "vm1", "a.img", name, &w, err, ERR_LEN), -EEXIST);
     assert_int_equal(f->p->ops->upload_open(f->p, "vm2", "new.img", name, &w, err, ERR_LEN), 0);
     assert_false(exists(w->partial));
     assert_int_equal(w->ops->create(w, SMALL, err, ERR_LEN), 0);
@@ -588,10 +588,14 @@ int main(void)
 {
 #define T(fn, s) cmocka_unit_test_setup_teardown(fn, s, teardown)
     const struct CMUnitTest tests[] = {
-        T(test_snapshot_read_diff_delete, setup_dir), T(test_snapshot_read_diff_delete, setup_ovm),
-        T(test_snapshot_all_or_nothing, setup_dir),   T(test_snapshot_all_or_nothing, setup_ovm),
-        T(test_reader_no_symlinks, setup_dir),        T(test_reader_no_symlinks, setup_ovm),
-        T(test_upload_writer, setup_dir),             T(test_upload_writer, setup_ovm),
+        T(test_snapshot_read_diff_delete, setup_dir),
+        T(test_snapshot_read_diff_delete, setup_ovm),
+        T(test_snapshot_all_or_nothing, setup_dir),
+        T(test_snapshot_all_or_nothing, setup_ovm),
+        T(test_reader_no_symlinks, setup_dir),
+        T(test_reader_no_symlinks, setup_ovm),
+        T(test_upload_writer, setup_dir),
+        T(test_upload_writer, setup_ovm),
     };
 #undef T
     return cmocka_run_group_tests(tests, NULL, NULL);
