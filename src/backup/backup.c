@@ -811,6 +811,8 @@ int backup_run(const struct backup_options *o, struct backup_result *res)
     pthread_cond_init(&b.flush_cv, NULL);
 
     struct client *cl = o->client;
+    /* The caller's connection may have served earlier runs: count only this one's bytes. */
+    const uint64_t wire_before = client_bytes_on_wire(cl);
     struct backup_writer *w = NULL;
     struct backup *prev = NULL;
     struct disk_plan *plans = NULL;
@@ -902,6 +904,7 @@ int backup_run(const struct backup_options *o, struct backup_result *res)
         }
     }
     res->bytes_read = atomic_load(&b.bytes_read);
+    res->bytes_transferred = 0 - wire_before;
     for (unsigned t = 0; t < b.jobs; t++)
         res->bytes_transferred += client_bytes_on_wire(b.clients[t]);
     res->chunks_fetched = atomic_load(&b.chunks_fetched);
