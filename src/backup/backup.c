@@ -59,7 +59,7 @@
 
 /* One disk: what to read and where to read it from. */
 struct disk_plan {
-    const char *name;      /* in the snapshot answer */
+    const char *name; /* in the snapshot answer */
     uint64_t size;
     const char *change_id; /* in the snapshot answer */
     uint8_t *touched;      /* bitmap of the chunks to rebuild */
@@ -195,7 +195,8 @@ static int fetch_range(struct backup_ctx *b, unsigned worker, uint64_t off, uint
     char why[WHY_MAX];
     int r = source_pread(b->plan->src, worker, buf, len, off, why, sizeof(why));
     if (r < 0)
-        return first_error_set(&b->fe, r, "VM %s: disk %s: reading %" PRIu64 " bytes at %" PRIu64 ": %s",
+        return first_error_set(&b->fe, r,
+                               "VM %s: disk %s: reading %" PRIu64 " bytes at %" PRIu64 ": %s",
                                b->o->vm, b->m->disk, len, off, why);
     atomic_fetch_add(&b->bytes_read, len);
     return 0;
@@ -265,8 +266,9 @@ static int fetch_chunk(struct backup_ctx *b, unsigned worker, struct chunk_item 
             /* A damaged or missing base chunk: read the whole chunk again instead. */
             char hex[2 * HASH_SIZE + 1];
             chunk_id_to_hex(&d->prev.e[i].id, hex);
-            warn(b, "disk %s: previous chunk %s is %s; reading the whole chunk at %" PRIu64
-                    " again", b->m->disk, hex, r == -ENOENT ? "missing" : "damaged", off);
+            warn(b,
+                 "disk %s: previous chunk %s is %s; reading the whole chunk at %" PRIu64 " again",
+                 b->m->disk, hex, r == -ENOENT ? "missing" : "damaged", off);
             nwant = 1;
             want[0] = (struct extent){.start = 0, .length = it->len};
         } else {
@@ -283,8 +285,8 @@ static int fetch_chunk(struct backup_ctx *b, unsigned worker, struct chunk_item 
     }
     /* A range merged across a gap may cover zeroed bytes: they read as zeros. */
     for (size_t k = 0; k < nwant; k++) {
-        int r = fetch_range(b, worker, off + want[k].start, want[k].length,
-                            it->buf + want[k].start);
+        int r =
+            fetch_range(b, worker, off + want[k].start, want[k].length, it->buf + want[k].start);
         if (r < 0)
             return r;
     }
@@ -463,8 +465,7 @@ static int backup_disk(struct backup_ctx *b, struct disk_plan *d, struct manifes
                (r = worker_pool_start(&procs, nproc, process_worker, b, 0)) < 0) {
         first_error_set(&b->fe, r, "cannot start worker threads: %s", strerror(-r));
         fetchers_done(b, nfetch);
-    } else if ((r = worker_pool_start(&fetchers, nfetch, fetch_worker, args, sizeof(*args))) <
-               0) {
+    } else if ((r = worker_pool_start(&fetchers, nfetch, fetch_worker, args, sizeof(*args))) < 0) {
         fetchers_done(b, nfetch - fetchers.started);
         if (fetchers.started == 0)
             first_error_set(&b->fe, r, "cannot start worker threads: %s", strerror(-r));
@@ -475,8 +476,8 @@ static int backup_disk(struct backup_ctx *b, struct disk_plan *d, struct manifes
     worker_pool_join(&flusher);
     /* Everything the manifest names must be in place before it is written. */
     if (!first_error_failed(&b->fe) && (r = repo_chunk_batch_flush(b->batch)) < 0)
-        first_error_set(&b->fe, r, "VM %s: disk %s: making chunks durable: %s", b->o->vm,
-                        m->disk, store_error(r));
+        first_error_set(&b->fe, r, "VM %s: disk %s: making chunks durable: %s", b->o->vm, m->disk,
+                        store_error(r));
     queue_free(b);
     b->todo = NULL;
     return first_error_failed(&b->fe) ? first_error_code(&b->fe) : 0;
@@ -504,7 +505,8 @@ static int ranges_from_json(const json_t *arr, uint64_t size, extent_list *l)
 {
     size_t idx;
     const json_t *a;
-    json_array_foreach(arr, idx, a) {
+    json_array_foreach(arr, idx, a)
+    {
         json_int_t s = json_integer_value(json_object_get(a, "start"));
         json_int_t n = json_integer_value(json_object_get(a, "length"));
         if (s < 0 || n <= 0 || (uint64_t)s >= size)
@@ -522,7 +524,8 @@ static const json_t *answer_disk(const json_t *snap, const char *name)
 {
     size_t i;
     const json_t *dj;
-    json_array_foreach(json_object_get(snap, "disks"), i, dj) {
+    json_array_foreach(json_object_get(snap, "disks"), i, dj)
+    {
         const char *n = json_string_value(json_object_get(dj, "name"));
         if (n && !strcmp(n, name))
             return dj;
@@ -634,7 +637,8 @@ static void delete_stale_snapshots(struct backup_ctx *b, const char *label)
     }
     size_t i;
     json_t *s;
-    json_array_foreach(snaps, i, s) {
+    json_array_foreach(snaps, i, s)
+    {
         const char *sid = json_string_value(json_object_get(s, "id"));
         const char *sl = json_string_value(json_object_get(s, "label"));
         if (!sid || !sl || strcmp(sl, label))
@@ -671,8 +675,7 @@ static void delete_old_snapshots(struct backup_ctx *b, unsigned keep)
 /* ---- the run ---- */
 
 /* The previous backup's manifest of disk d, when that backup has the disk with a change ID. */
-static void read_prev_manifest(struct backup_ctx *b, const struct backup *prev,
-                               struct disk_plan *d)
+static void read_prev_manifest(struct backup_ctx *b, const struct backup *prev, struct disk_plan *d)
 {
     for (size_t k = 0; prev && k < prev->disks.len && !d->have_prev; k++) {
         if (strcmp(prev->disks.ptr[k].name, d->name) || !prev->disks.ptr[k].change_id)
@@ -705,8 +708,8 @@ static int plan_disks(struct backup_ctx *b, const json_t *snapj, const char *sna
         d->size = (uint64_t)json_integer_value(json_object_get(dj, "size"));
         d->change_id = json_string_value(json_object_get(dj, "change_id"));
         if (!d->name)
-            return first_error_set(&b->fe, -EPROTO, "VM %s: the server names no disk %zu",
-                                   b->o->vm, i);
+            return first_error_set(&b->fe, -EPROTO, "VM %s: the server names no disk %zu", b->o->vm,
+                                   i);
         if (!(d->touched = calloc((d->size + cs - 1) / cs / 8 + 1, 1)))
             return first_error_set(&b->fe, -ENOMEM, "out of memory");
         read_prev_manifest(b, prev, d);
@@ -789,7 +792,7 @@ static int commit(struct backup_ctx *b, struct backup_writer *w, const char *sna
     backup_free(info);
     if (r < 0)
         return first_error_set(&b->fe, r, "VM %s: committing the backup: %s", b->o->vm,
-                                store_error(r));
+                               store_error(r));
     return 0;
 }
 
@@ -800,7 +803,9 @@ int backup_run(const struct backup_options *o, struct backup_result *res)
     struct backup_ctx b = {
         .o = o,
         .repo = o->repo,
-        .jobs = o->jobs < 1 ? 1 : o->jobs > BACKUP_MAX_JOBS ? BACKUP_MAX_JOBS : o->jobs,
+        .jobs = o->jobs < 1                 ? 1
+                : o->jobs > BACKUP_MAX_JOBS ? BACKUP_MAX_JOBS
+                                            : o->jobs,
         .nprocess = worker_pool_cpu_threads(MAX_PROCESS_THREADS / PROCESS_THREADS_PER_CPU) *
                     PROCESS_THREADS_PER_CPU,
     };
@@ -881,8 +886,8 @@ int backup_run(const struct backup_options *o, struct backup_result *res)
     size_t nlocal = 0;
     for (size_t i = 0; i < nplans; i++) {
         bool local;
-        if (open_source(&b, snap_id, json_array_get(json_object_get(snapj, "disks"), i),
-                        &plans[i], &local) < 0)
+        if (open_source(&b, snap_id, json_array_get(json_object_get(snapj, "disks"), i), &plans[i],
+                        &local) < 0)
             goto out;
         nlocal += local;
     }
@@ -898,8 +903,8 @@ int backup_run(const struct backup_options *o, struct backup_result *res)
         if (backup_disk(&b, &plans[i], &mans[i]) < 0)
             goto out;
         if ((r = repo_backup_add_disk(w, &mans[i])) < 0) {
-            first_error_set(&b.fe, r, "VM %s: disk %s: writing the manifest: %s", o->vm, plans[i].name,
-                            store_error(r));
+            first_error_set(&b.fe, r, "VM %s: disk %s: writing the manifest: %s", o->vm,
+                            plans[i].name, store_error(r));
             goto out;
         }
     }

@@ -40,11 +40,11 @@ struct backup_options {
     struct client *client; /* to the server; duplicated for the fetch threads */
     const char *server;    /* the server's URL, recorded in the backup; may be NULL */
     const char *vm;
-    bool full;                /* read every allocated range even when a base exists */
-    unsigned jobs;            /* fetch threads and connections, 1 .. BACKUP_MAX_JOBS */
-    unsigned keep_snapshots;  /* server snapshots this repository keeps as bases */
+    bool full;               /* read every allocated range even when a base exists */
+    unsigned jobs;           /* fetch threads and connections, 1 .. BACKUP_MAX_JOBS */
+    unsigned keep_snapshots; /* server snapshots this repository keeps as bases */
     enum backup_transport transport;
-    int64_t now;              /* the backup's time (seconds since the epoch) */
+    int64_t now; /* the backup's time (seconds since the epoch) */
     /* Optional.  start: the bytes the backup will read (called once, before reading);
      * progress: bytes done, from any worker thread; warn: a message (the backup goes on). */
     void (*start)(void *opaque, uint64_t total);
@@ -54,10 +54,10 @@ struct backup_options {
 };
 
 struct backup_result {
-    char *backup_id;   /* malloc'd: the committed backup */
-    char *snapshot_id; /* malloc'd: the server snapshot it was read from */
-    bool incremental;  /* it had a previous backup of the VM as its base */
-    const char *transport; /* "https", "local", or "mixed" across disks */
+    char *backup_id;            /* malloc'd: the committed backup */
+    char *snapshot_id;          /* malloc'd: the server snapshot it was read from */
+    bool incremental;           /* it had a previous backup of the VM as its base */
+    const char *transport;      /* "https", "local", or "mixed" across disks */
     uint64_t bytes_read;        /* of the disks */
     uint64_t bytes_transferred; /* over https (blocks of zeros are not sent) */
     uint64_t bytes_written;     /* into the repository */

@@ -57,13 +57,12 @@ static inline void source_close(struct source *s)
 
 /* Read through the daemon: fetch thread i uses clients[i] (nclients of them, owned by the
  * caller, alive until the source is closed). */
-int source_https_open(const struct source_disk *d, struct client *const *clients,
-                      unsigned nclients, struct source **out, char *why, size_t whylen);
+int source_https_open(const struct source_disk *d, struct client *const *clients, unsigned nclients,
+                      struct source **out, char *why, size_t whylen);
 
 /* Read the snapshot file on this host; fails (-ENOENT, -ESTALE ...) with the reason in why when
  * the daemon named no file, it cannot be opened, or it is not the daemon's (another identity,
  * another size). */
-int source_local_open(const struct source_disk *d, struct source **out, char *why,
-                      size_t whylen);
+int source_local_open(const struct source_disk *d, struct source **out, char *why, size_t whylen);
 
 #endif

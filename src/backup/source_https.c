@@ -47,8 +47,8 @@ static const struct source_ops https_ops = {
     .close = https_close,
 };
 
-int source_https_open(const struct source_disk *d, struct client *const *clients,
-                      unsigned nclients, struct source **out, char *why, size_t whylen)
+int source_https_open(const struct source_disk *d, struct client *const *clients, unsigned nclients,
+                      struct source **out, char *why, size_t whylen)
 {
     if (nclients == 0)
         return -EINVAL;

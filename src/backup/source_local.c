@@ -51,8 +51,7 @@ static const struct source_ops local_ops = {
     .close = local_close,
 };
 
-int source_local_open(const struct source_disk *d, struct source **out, char *why,
-                      size_t whylen)
+int source_local_open(const struct source_disk *d, struct source **out, char *why, size_t whylen)
 {
     if (!d->path || !d->file_id) {
         snprintf(why, whylen, "the server gives no file identity for the disk");

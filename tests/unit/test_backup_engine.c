@@ -35,10 +35,10 @@
 #include "fs/fsinfo.h"
 #include "repo/repo.h"
 
-#define KIB    1024ull
-#define MIB    (1024ull * KIB)
-#define VM     "vmeng"
-#define CHUNK  (256 * KIB) /* small chunks: several per changed region */
+#define KIB   1024ull
+#define MIB   (1024ull * KIB)
+#define VM    "vmeng"
+#define CHUNK (256 * KIB) /* small chunks: several per changed region */
 
 /* ---- without a daemon ---- */
 
@@ -88,8 +88,8 @@ static void test_source_local(void **state)
     close(fd);
     assert_int_equal(symlink(path, link), 0);
 
-    struct source_disk d = {.vm = VM, .snapshot = "s", .name = "disk.img", .size = size,
-                            .path = path, .file_id = id};
+    struct source_disk d = {
+        .vm = VM, .snapshot = "s", .name = "disk.img", .size = size, .path = path, .file_id = id};
     struct source *s = NULL;
     char why[256] = "";
     assert_int_equal(source_local_open(&d, &s, why, sizeof(why)), 0);
@@ -320,8 +320,8 @@ static void disk_punch(struct daemon_env *e, const char *name, uint64_t off, uin
     snprintf(path, sizeof(path), "%s/%s/%s", e->vms, VM, name);
     int fd = open(path, O_WRONLY | O_CLOEXEC);
     assert_true(fd >= 0);
-    assert_int_equal(fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)off,
-                               (off_t)len), 0);
+    assert_int_equal(
+        fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)off, (off_t)len), 0);
     assert_int_equal(fsync(fd), 0);
     close(fd);
 }
