@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "core/cleanup.h"
+#include "fs/fsinfo.h"
 #include "fs/zero.h"
 
 /* Alignment of a worker's chunk buffer (a page). */
