@@ -7,7 +7,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
-#include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdatomic.h>
@@ -18,6 +17,7 @@
 #include <unistd.h>
 
 #include "core/cleanup.h"
+#include "core/pool.h"
 #include "fs/fsinfo.h"
 #include "fs/zero.h"
 
@@ -71,25 +71,8 @@ struct stage_run {
     const struct restore_progress *progress;
     int fd; /* the temporary file */
     atomic_ullong next;
-    atomic_int failed; /* the first error (negative errno), or 0 */
-    pthread_mutex_t err_lock;
-    char err[256];
+    struct first_error fe;
 };
-
-static void stage_fail(struct stage_run *s, int r, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static void stage_fail(struct stage_run *s, int r, const char *fmt, ...)
-{
-    pthread_mutex_lock(&s->err_lock);
-    if (!atomic_load(&s->failed)) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(s->err, sizeof(s->err), fmt, ap);
-        va_end(ap);
-        atomic_store(&s->failed, r);
-    }
-    pthread_mutex_unlock(&s->err_lock);
-}
 
 static void stage_advance(struct stage_run *s, uint64_t bytes)
 {
@@ -112,12 +95,12 @@ static void *stage_worker(void *opaque)
     uint64_t wb_off = 0, wb_len = 0;
     uint8_t *buf = NULL;
     if (posix_memalign((void **)&buf, RESTORE_PAGE, cs) != 0) {
-        stage_fail(s, -ENOMEM, "a chunk buffer: %s", strerror(ENOMEM));
+        first_error_set(&s->fe, -ENOMEM, "a chunk buffer: %s", strerror(ENOMEM));
         return NULL;
     }
     for (;;) {
         uint64_t i = atomic_fetch_add(&s->next, 1);
-        if (i >= s->m->n || atomic_load(&s->failed))
+        if (i >= s->m->n || first_error_failed(&s->fe))
             break;
         const struct manifest_entry *e = &s->m->e[i];
         uint64_t off = i * cs;
@@ -139,7 +122,8 @@ static void *stage_worker(void *opaque)
         if (r < 0) {
             char hex[2 * HASH_SIZE + 1];
             chunk_id_to_hex(&e->id, hex);
-            stage_fail(s, r, "chunk %s at offset %" PRIu64 ": %s", hex, off, chunk_error(r));
+            first_error_set(&s->fe, r, "chunk %s at offset %" PRIu64 ": %s", hex, off,
+                            chunk_error(r));
             break;
         }
         stage_advance(s, want);
@@ -163,25 +147,17 @@ static int stage_write(struct stage_run *s, unsigned jobs)
 {
     if (ftruncate(s->fd, (off_t)s->m->disk_size) < 0) {
         int e = errno == EFBIG ? ENOSPC : errno;
-        stage_fail(s, -e, "%s", chunk_error(-e));
-        return -e;
+        return first_error_set(&s->fe, -e, "%s", chunk_error(-e));
     }
-    pthread_t th[RESTORE_MAX_JOBS];
-    unsigned started = 0;
-    for (unsigned t = 0; t < jobs && t < RESTORE_MAX_JOBS; t++)
-        if (pthread_create(&th[t], NULL, stage_worker, s) == 0)
-            started++;
-    if (!started)
-        stage_fail(s, -EAGAIN, "no worker thread could be started");
-    for (unsigned t = 0; t < started; t++)
-        pthread_join(th[t], NULL);
-    int r = atomic_load(&s->failed);
-    if (r == 0 && fsync(s->fd) < 0) {
-        r = -errno;
-        stage_fail(s, r, "fsync: %s", strerror(errno));
-    }
+    struct worker_pool pool;
+    int r = worker_pool_start(&pool, jobs, stage_worker, s, 0);
+    if (r < 0)
+        first_error_set(&s->fe, r, "starting a restore thread: %s", strerror(-r));
+    worker_pool_join(&pool);
+    if (!first_error_failed(&s->fe) && fsync(s->fd) < 0)
+        first_error_set(&s->fe, -errno, "fsync: %s", strerror(errno));
     posix_fadvise(s->fd, 0, 0, POSIX_FADV_DONTNEED); /* the last chunks, clean now */
-    return r;
+    return first_error_code(&s->fe);
 }
 
 /* Restore one disk of b into a new temporary file next to its destination (mkostemp: 0600,
@@ -215,7 +191,7 @@ static int stage_disk(const struct restore_options *o, struct staged_disk *d, ch
     }
     d->size = m.disk_size;
     struct stage_run s = {.repo = o->repo, .m = &m, .progress = &o->progress, .fd = fd};
-    pthread_mutex_init(&s.err_lock, NULL);
+    first_error_init(&s.fe, NULL, NULL);
     if (o->progress.disk_begin)
         o->progress.disk_begin(o->progress.opaque, d->disk, m.disk_size);
     r = stage_write(&s, o->jobs ? o->jobs : 1);
@@ -224,12 +200,12 @@ static int stage_disk(const struct restore_options *o, struct staged_disk *d, ch
     close(fd);
     if (r < 0) {
         set_err(err, errlen, "backup %s: disk %s: %s", b->id, d->disk,
-                s.err[0] ? s.err : strerror(-r));
+                first_error_message(&s.fe));
         unlink(d->tmp);
         free(d->tmp);
         d->tmp = NULL;
     }
-    pthread_mutex_destroy(&s.err_lock);
+    first_error_destroy(&s.fe);
     manifest_free(&m);
     return r;
 }

@@ -9,76 +9,16 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "core/cleanup.h"
+#include "repo/chunkset.h"
 
-/* A chunk's verdict, once read. */
-enum { CHUNK_UNSEEN = 0, CHUNK_GOOD = 1, CHUNK_DAMAGED = -1, CHUNK_MISSING = -2 };
-
-/* Set of chunk IDs already checked, with the verdict: open addressing, grows by doubling. */
-struct idset {
-    struct chunk_id *ids;
-    int8_t *state; /* CHUNK_UNSEEN marks an empty slot */
-    size_t cap, len;
-};
-
-/* First allocation of the set, in slots (a power of two); it stays at most half full. */
-#define IDSET_MIN_CAP 1024
-
-static size_t idset_slot(const struct idset *s, const struct chunk_id *id)
-{
-    uint64_t h;
-    memcpy(&h, id->b, sizeof(h)); /* IDs are uniformly distributed hashes */
-    size_t i = (size_t)h & (s->cap - 1);
-    while (s->state[i] && memcmp(&s->ids[i], id, sizeof(*id)))
-        i = (i + 1) & (s->cap - 1);
-    return i;
-}
-
-static int idset_put(struct idset *s, const struct chunk_id *id, int8_t v)
-{
-    if ((s->len + 1) * 2 > s->cap) {
-        struct idset n = {.cap = s->cap ? s->cap * 2 : IDSET_MIN_CAP};
-        n.ids = calloc(n.cap, sizeof(*n.ids));
-        n.state = calloc(n.cap, 1);
-        if (!n.ids || !n.state) {
-            free(n.ids);
-            free(n.state);
-            return -ENOMEM;
-        }
-        for (size_t i = 0; i < s->cap; i++)
-            if (s->state[i]) {
-                size_t k = idset_slot(&n, &s->ids[i]);
-                n.ids[k] = s->ids[i];
-                n.state[k] = s->state[i];
-                n.len++;
-            }
-        free(s->ids);
-        free(s->state);
-        *s = n;
-    }
-    size_t k = idset_slot(s, id);
-    if (!s->state[k])
-        s->len++;
-    s->ids[k] = *id;
-    s->state[k] = v;
-    return 0;
-}
-
-static int8_t idset_get(const struct idset *s, const struct chunk_id *id)
-{
-    return s->cap ? s->state[idset_slot(s, id)] : CHUNK_UNSEEN;
-}
-
-static void idset_free(struct idset *s)
-{
-    free(s->ids);
-    free(s->state);
-}
+/* A chunk's verdict, once read: the set holds CHUNK_STATE_OK or CHUNK_STATE_BAD, or this
+ * (another non-zero value) for a chunk that is not in the repository. */
+#define CHUNK_STATE_MISSING ((int8_t)-2)
 
 struct verify_run {
     const struct verify_options *o;
     struct verify_result *res;
-    struct idset seen;
+    struct chunk_set seen;
     uint8_t *buf;       /* one chunk */
     uint32_t threshold; /* a chunk is sampled when its pick value is at most this */
     bool sampling;
@@ -116,22 +56,22 @@ static int verify_disk(struct verify_run *v, const struct backup *b, const char 
         const struct chunk_id *id = &m.e[e].id;
         if (m.e[e].zero || !sampled(v, id))
             continue;
-        int8_t st = idset_get(&v->seen, id);
-        if (st == CHUNK_UNSEEN) {
+        int8_t st = chunk_set_get(&v->seen, id);
+        if (st == CHUNK_STATE_UNKNOWN) {
             size_t len;
             int g = repo_chunk_get(repo, id, v->buf, cs, &len);
-            st = g == 0 ? CHUNK_GOOD : g == -ENOENT ? CHUNK_MISSING : CHUNK_DAMAGED;
-            r = idset_put(&v->seen, id, st);
+            st = g == 0 ? CHUNK_STATE_OK : g == -ENOENT ? CHUNK_STATE_MISSING : CHUNK_STATE_BAD;
+            r = chunk_set_put(&v->seen, id, st);
             if (r < 0)
                 break;
             v->res->chunks_checked++;
-            if (st != CHUNK_GOOD)
+            if (st != CHUNK_STATE_OK)
                 v->res->chunks_damaged++;
         }
-        if (st != CHUNK_GOOD) {
+        if (st != CHUNK_STATE_OK) {
             report(v, &(struct verify_finding){
-                          .kind = st == CHUNK_MISSING ? VERIFY_CHUNK_MISSING
-                                                      : VERIFY_CHUNK_DAMAGED,
+                          .kind = st == CHUNK_STATE_MISSING ? VERIFY_CHUNK_MISSING
+                                                            : VERIFY_CHUNK_DAMAGED,
                           .backup = b->id, .disk = m.disk, .offset = e * (uint64_t)m.chunk_size,
                           .id = *id});
             *bad = true;
@@ -191,6 +131,7 @@ int verify_run(const struct verify_options *o, struct verify_result *res)
         return -EINVAL;
     }
     struct verify_run v = {.o = o,
+                           .seen = CHUNK_SET_INIT,
                            .res = res,
                            .sampling = sample < 100,
                            .threshold = (uint32_t)(sample / 100.0 * (double)UINT32_MAX)};
@@ -223,7 +164,7 @@ int verify_run(const struct verify_options *o, struct verify_result *res)
             report(&v, &(struct verify_finding){.kind = VERIFY_BACKUP_OK, .backup = b->id});
     }
     free(v.buf);
-    idset_free(&v.seen);
+    chunk_set_free(&v.seen);
     backup_list_free(&l);
     repo_unlock(o->repo);
     return r;

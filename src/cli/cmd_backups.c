@@ -1,5 +1,4 @@
 /* vmexport backups: list the backups of a repository, as a table or a JSON array. */
-#include <getopt.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -66,38 +65,14 @@ static void print_table(const backup_list *l)
 
 static int backups_cmd(int argc, char **argv)
 {
-    static const struct option opts[] = {
-        {"repo", required_argument, NULL, 'r'},
-        {"passphrase-file", required_argument, NULL, 'P'},
-        {"json", no_argument, NULL, 'J'},
-        {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0},
-    };
-    const char *repo_arg = NULL, *pfile = NULL;
-    bool json = false;
-    int c;
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "r:P:Jh", opts, NULL)) != -1) {
-        switch (c) {
-        case 'r':
-            repo_arg = optarg;
-            break;
-        case 'P':
-            pfile = optarg;
-            break;
-        case 'J':
-            json = true;
-            break;
-        case 'h':
-            return cli_help(&cmd_backups);
-        default:
-            return cli_usage_error(&cmd_backups, "unknown option");
-        }
-    }
-    if (argc - optind > 1)
+    struct cli_args a = {0};
+    if (cli_parse(&a, &cmd_backups, argc, argv) == CLI_EXIT)
+        return a.status;
+    bool json = a.json;
+    if (argc - a.first > 1)
         return cli_usage_error(&cmd_backups, "expected at most one VM");
-    const char *vm = optind < argc ? argv[optind] : NULL;
-    struct repo *repo = cli_open_repo("backups", repo_arg, pfile);
+    const char *vm = a.first < argc ? argv[a.first] : NULL;
+    struct repo *repo = cli_open_repo("backups", a.repo, a.passphrase_file);
     if (!repo)
         return EXIT_FAIL;
     backup_list l = VECTOR_INIT;
@@ -131,10 +106,9 @@ const struct cli_command cmd_backups = {
              "\n"
              "List the backups in the repository (of VM only, when given), oldest first, with\n"
              "their time (UTC), disks and total disk size.  \"incremental\" backups read only\n"
-             "changed chunks from the server but, like full ones, restore on their own.\n"
-             "\n"
-             "Options:\n" REPO_OPTIONS_HELP
-             "  --json                  a JSON array with every field\n"
-             "\n"
-             "Exit status: 0 success, 1 failure, 2 bad usage.\n",
+             "changed chunks from the server but, like full ones, restore on their own.\n",
+    .common = CLI_REPO | CLI_PASSPHRASE | CLI_JSON,
+    .json_short = 'J',
+    .json_help = "a JSON array with every field",
+    .epilog = "Exit status: 0 success, 1 failure, 2 bad usage.\n",
 };

@@ -1,6 +1,5 @@
 /* vmexport gc: free the chunks no backup uses (repo_gc() in repo/gc.c does the work); this
  * file parses the options and prints the counts. */
-#include <getopt.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <string.h>
@@ -33,43 +32,25 @@ static void print_stats(const struct gc_stats *st, bool dry, bool json)
            st->temp_files_removed, st->partial_backups_removed, dry ? "found" : "removed");
 }
 
+static const struct cli_option gc_options[] = {
+    {"dry-run", 'n', NULL, "count only"},
+    {NULL, 0, NULL, NULL},
+};
+
 static int gc_cmd(int argc, char **argv)
 {
-    static const struct option opts[] = {
-        {"repo", required_argument, NULL, 'r'},
-        {"passphrase-file", required_argument, NULL, 'P'},
-        {"dry-run", no_argument, NULL, 'n'},
-        {"json", no_argument, NULL, 'J'},
-        {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0},
-    };
-    const char *repo_arg = NULL, *pfile = NULL;
-    bool dry = false, json = false;
+    bool dry = false;
+    struct cli_args a = {0};
     int c;
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "r:P:nJh", opts, NULL)) != -1) {
-        switch (c) {
-        case 'r':
-            repo_arg = optarg;
-            break;
-        case 'P':
-            pfile = optarg;
-            break;
-        case 'n':
+    while ((c = cli_next(&a, &cmd_gc, argc, argv)) > 0)
+        if (c == 'n')
             dry = true;
-            break;
-        case 'J':
-            json = true;
-            break;
-        case 'h':
-            return cli_help(&cmd_gc);
-        default:
-            return cli_usage_error(&cmd_gc, "unknown option");
-        }
-    }
-    if (argc != optind)
+    if (c == CLI_EXIT)
+        return a.status;
+    bool json = a.json;
+    if (argc != a.first)
         return cli_usage_error(&cmd_gc, "unexpected argument");
-    struct repo *repo = cli_open_repo("gc", repo_arg, pfile);
+    struct repo *repo = cli_open_repo("gc", a.repo, a.passphrase_file);
     if (!repo)
         return EXIT_FAIL;
     struct gc_stats st = {0};
@@ -92,11 +73,10 @@ const struct cli_command cmd_gc = {
              "\n"
              "Delete the chunks that no backup references (after prune), the temporary files\n"
              "and the partial backups that interrupted runs left.  Waits for running backups\n"
-             "and holds the repository exclusively while it works.\n"
-             "\n"
-             "Options:\n" REPO_OPTIONS_HELP
-             "  -n, --dry-run           count only\n"
-             "  --json                  a JSON summary\n"
-             "\n"
-             "Exit status: 0 success, 1 failure, 2 bad usage.\n",
+             "and holds the repository exclusively while it works.\n",
+    .common = CLI_REPO | CLI_PASSPHRASE | CLI_JSON,
+    .options = gc_options,
+    .json_short = 'J',
+    .json_help = "a JSON summary",
+    .epilog = "Exit status: 0 success, 1 failure, 2 bad usage.\n",
 };

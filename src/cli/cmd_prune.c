@@ -1,6 +1,5 @@
 /* vmexport prune: remove old backups by a retention policy (applied by repo_prune() in
  * repo/prune.c); this file parses the policy and reports what was removed. */
-#include <getopt.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -31,73 +30,48 @@ static void print_removed(const struct backup *b, bool dry, bool json)
     puts("}");
 }
 
+static const struct cli_option prune_options[] = {
+    {"keep-last", 'l', "N", "keep the newest N backups"},
+    {"keep-daily", 'd', "N", "keep the newest backup of each of the newest N days"},
+    {"keep-weekly", 'w', "N", "... of each of the newest N ISO weeks"},
+    {"keep-monthly", 'm', "N", "... of each of the newest N calendar months"},
+    {"dry-run", 'n', NULL, "show what would be removed"},
+    {NULL, 0, NULL, NULL},
+};
+
 static int prune_cmd(int argc, char **argv)
 {
-    static const struct option opts[] = {
-        {"repo", required_argument, NULL, 'r'},
-        {"passphrase-file", required_argument, NULL, 'P'},
-        {"keep-last", required_argument, NULL, 'l'},
-        {"keep-daily", required_argument, NULL, 'd'},
-        {"keep-weekly", required_argument, NULL, 'w'},
-        {"keep-monthly", required_argument, NULL, 'm'},
-        {"dry-run", no_argument, NULL, 'n'},
-        {"json", no_argument, NULL, 'J'},
-        {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0},
-    };
-    const char *repo_arg = NULL, *pfile = NULL;
     struct prune_policy p = {0};
-    bool dry = false, json = false, any = false;
+    bool dry = false, any = false;
+    struct cli_args a = {0};
     int c;
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "r:P:l:d:w:m:nJh", opts, NULL)) != -1) {
-        unsigned *dst = NULL;
-        switch (c) {
-        case 'r':
-            repo_arg = optarg;
-            break;
-        case 'P':
-            pfile = optarg;
-            break;
-        case 'l':
-            dst = &p.keep_last;
-            break;
-        case 'd':
-            dst = &p.keep_daily;
-            break;
-        case 'w':
-            dst = &p.keep_weekly;
-            break;
-        case 'm':
-            dst = &p.keep_monthly;
-            break;
-        case 'n':
+    while ((c = cli_next(&a, &cmd_prune, argc, argv)) > 0) {
+        unsigned *dst = c == 'l'   ? &p.keep_last
+                        : c == 'd' ? &p.keep_daily
+                        : c == 'w' ? &p.keep_weekly
+                        : c == 'm' ? &p.keep_monthly
+                                   : NULL;
+        if (c == 'n')
             dry = true;
-            break;
-        case 'J':
-            json = true;
-            break;
-        case 'h':
-            return cli_help(&cmd_prune);
-        default:
-            return cli_usage_error(&cmd_prune, "unknown option");
-        }
         if (dst) {
             char *end;
-            unsigned long v = strtoul(optarg, &end, 10);
-            if (end == optarg || *end || optarg[0] == '-' || v > MAX_KEEP)
+            unsigned long v = strtoul(a.arg, &end, 10);
+            if (end == a.arg || *end || a.arg[0] == '-' || v > MAX_KEEP)
                 return cli_usage_error(&cmd_prune, "keep counts are whole numbers");
             *dst = (unsigned)v;
             any = true;
         }
     }
-    if (argc - optind > 1)
+    if (c == CLI_EXIT)
+        return a.status;
+    bool json = a.json;
+    if (argc - a.first > 1)
         return cli_usage_error(&cmd_prune, "expected at most one VM");
     if (!any || (!p.keep_last && !p.keep_daily && !p.keep_weekly && !p.keep_monthly))
         return cli_usage_error(&cmd_prune, "give at least one non-zero --keep-* option "
                                            "(prune never removes every backup)");
-    const char *only_vm = optind < argc ? argv[optind] : NULL;
-    struct repo *repo = cli_open_repo("prune", repo_arg, pfile);
+    const char *only_vm = a.first < argc ? argv[a.first] : NULL;
+    struct repo *repo = cli_open_repo("prune", a.repo, a.passphrase_file);
     if (!repo)
         return EXIT_FAIL;
     /* The repository applies the policy per VM under its exclusive lock; we report. */
@@ -136,12 +110,12 @@ const struct cli_command cmd_prune = {
              "of the newest N days that have one; --keep-weekly and --keep-monthly likewise per\n"
              "ISO week and calendar month (UTC).  A backup kept by any rule is kept.  Every\n"
              "backup is self-contained, so any of them can go.  Chunks are freed by\n"
-             "'vmexport gc'.\n"
-             "\n"
-             "Options:\n" REPO_OPTIONS_HELP
-             "  --keep-last/daily/weekly/monthly N   the policy (at least one, non-zero)\n"
-             "  -n, --dry-run           show what would be removed\n"
-             "  --json                  one JSON line per backup removed\n"
-             "\n"
-             "Exit status: 0 success, 1 failure, 2 bad usage.\n",
+             "'vmexport gc'.\n",
+    .common = CLI_REPO | CLI_PASSPHRASE | CLI_JSON,
+    .options = prune_options,
+    .json_short = 'J',
+    .json_help = "one JSON line per backup removed",
+    .epilog = "At least one --keep-* option, non-zero, is required.\n"
+              "\n"
+              "Exit status: 0 success, 1 failure, 2 bad usage.\n",
 };

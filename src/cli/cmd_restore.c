@@ -1,7 +1,5 @@
 /* vmexport restore: the disks of a backup back to files (the engine in backup/restore.c) or,
  * with --upload, to a host through vmexportd's upload API (cli/upload.c). */
-#include <errno.h>
-#include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,16 +15,6 @@
  * connections unless --jobs says otherwise. */
 #define RESTORE_DEFAULT_JOBS 4
 #define UPLOAD_DEFAULT_JOBS  2
-
-static int parse_jobs(const char *s, unsigned *out)
-{
-    char *end;
-    unsigned long v = strtoul(s, &end, 10);
-    if (end == s || *end || v < 1 || v > RESTORE_MAX_JOBS)
-        return -EINVAL;
-    *out = (unsigned)v;
-    return 0;
-}
 
 /* The engine's progress on the command line's bar (or JSON progress lines). */
 static void on_disk_begin(void *opaque, const char *disk, uint64_t size)
@@ -65,70 +53,47 @@ static void print_restored(const struct backup *b, const struct restored_disk *d
     puts("}");
 }
 
+static const struct cli_option restore_options[] = {
+    {"disk", 'd', "NAME", "only this disk"},
+    {"to", 't', "FILE|DIR", "destination file or directory"},
+    {"upload", 'u', "VM", "upload to the server instead (connection options below)"},
+    {"force", 'f', NULL, "replace existing files"},
+    {NULL, 0, NULL, NULL},
+};
+
 static int restore_cmd(int argc, char **argv)
 {
-    static const struct option opts[] = {
-        {"repo", required_argument, NULL, 'r'},
-        {"passphrase-file", required_argument, NULL, 'P'},
-        {"disk", required_argument, NULL, 'd'},
-        {"to", required_argument, NULL, 't'},
-        {"upload", required_argument, NULL, 'u'},
-        {"force", no_argument, NULL, 'f'},
-        {"jobs", required_argument, NULL, 'j'},
-        {"json", no_argument, NULL, 'J'},
-        {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0},
-    };
-    const char *repo_arg = NULL, *pfile = NULL, *disk = NULL, *to = NULL, *upload_vm = NULL;
-    bool force = false, json = false;
-    unsigned jobs = 0;
+    const char *disk = NULL, *to = NULL, *upload_vm = NULL;
+    bool force = false;
+    struct cli_args a = {0};
     int c;
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "r:P:d:t:u:fj:Jh", opts, NULL)) != -1) {
-        switch (c) {
-        case 'r':
-            repo_arg = optarg;
-            break;
-        case 'P':
-            pfile = optarg;
-            break;
-        case 'd':
-            disk = optarg;
-            break;
-        case 't':
-            to = optarg;
-            break;
-        case 'u':
-            upload_vm = optarg;
-            break;
-        case 'f':
+    while ((c = cli_next(&a, &cmd_restore, argc, argv)) > 0) {
+        if (c == 'd')
+            disk = a.arg;
+        else if (c == 't')
+            to = a.arg;
+        else if (c == 'u')
+            upload_vm = a.arg;
+        else if (c == 'f')
             force = true;
-            break;
-        case 'j':
-            if (parse_jobs(optarg, &jobs) < 0)
-                return cli_usage_error(&cmd_restore, "--jobs takes 1 to %d", RESTORE_MAX_JOBS);
-            break;
-        case 'J':
-            json = true;
-            break;
-        case 'h':
-            return cli_help(&cmd_restore);
-        default:
-            return cli_usage_error(&cmd_restore, "unknown option");
-        }
     }
-    if (argc - optind != 1)
+    if (c == CLI_EXIT)
+        return a.status;
+    bool json = a.json;
+    unsigned jobs = a.jobs;
+    int first = a.first;
+    if (argc - first != 1)
         return cli_usage_error(&cmd_restore, "expected one BACKUP id");
     if (!to == !upload_vm)
         return cli_usage_error(&cmd_restore, "give one of --to FILE|DIR and --upload VM");
     if (!jobs)
         jobs = upload_vm ? UPLOAD_DEFAULT_JOBS : RESTORE_DEFAULT_JOBS;
-    struct repo *repo = cli_open_repo("restore", repo_arg, pfile);
+    struct repo *repo = cli_open_repo("restore", a.repo, a.passphrase_file);
     if (!repo)
         return EXIT_FAIL;
     struct backup *b = NULL;
     char err[512];
-    if (restore_find_backup(repo, argv[optind], disk, CLI_LOCK_TIMEOUT, &b, err,
+    if (restore_find_backup(repo, argv[first], disk, CLI_LOCK_TIMEOUT, &b, err,
                             sizeof(err)) < 0) {
         fprintf(stderr, "vmexport restore: %s\n", err);
         repo_close(repo);
@@ -189,15 +154,14 @@ const struct cli_command cmd_restore = {
         "are complete are they renamed into place; with --force an existing file is\n"
         "swapped out and removed only then, so a failure leaves it as it was.\n"
         "What is written leaves the page cache once it is on the disk: restoring a big disk\n"
-        "does not push the host's cached data out.\n"
-        "\n"
-        "Options:\n" REPO_OPTIONS_HELP
-        "  --disk NAME             only this disk\n"
-        "  --to FILE|DIR           destination file or directory\n"
-        "  --upload VM             upload to the server instead (connection options below)\n"
-        "  --force                 replace existing files\n"
-        "  -j, --jobs N            parallel readers (default 4 with --to, 2 with --upload)\n"
-        "  --json                  progress and results as JSON lines\n"
-        "\n"
-        "Exit status: 0 success, 1 failure (damaged or missing data, existing file), 2 usage.\n",
+        "does not push the host's cached data out.\n",
+    .common = CLI_REPO | CLI_PASSPHRASE | CLI_JSON | CLI_JOBS | CLI_CONNECTION,
+    .options = restore_options,
+    .json_short = 'J',
+    .jobs_short = 'j',
+    .jobs_max = RESTORE_MAX_JOBS,
+    .json_help = "progress and results as JSON lines",
+    .jobs_help = "parallel readers (default 4 with --to, 2 with --upload)",
+    .epilog = "Exit status: 0 success, 1 failure (damaged or missing data, existing file), 2 "
+              "usage.\n",
 };

@@ -1,7 +1,6 @@
 /* vmexport verify: check that backups can be restored (the engine in backup/verify.c); this
  * file parses the options and prints what the engine finds. */
 #include <errno.h>
-#include <getopt.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -70,53 +69,35 @@ static void on_finding(void *opaque, const struct verify_finding *f)
         print_json(f);
 }
 
+static const struct cli_option verify_options[] = {
+    {"sample", 's', "PCT", "check only this percentage of the chunks"},
+    {NULL, 0, NULL, NULL},
+};
+
 static int verify_cmd(int argc, char **argv)
 {
-    static const struct option opts[] = {
-        {"repo", required_argument, NULL, 'r'},
-        {"passphrase-file", required_argument, NULL, 'P'},
-        {"sample", required_argument, NULL, 's'},
-        {"json", no_argument, NULL, 'J'},
-        {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0},
-    };
-    const char *repo_arg = NULL, *pfile = NULL;
-    bool json = false;
     double sample = 100;
+    struct cli_args a = {0};
     int c;
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "r:P:s:Jh", opts, NULL)) != -1) {
-        switch (c) {
-        case 'r':
-            repo_arg = optarg;
-            break;
-        case 'P':
-            pfile = optarg;
-            break;
-        case 's': {
+    while ((c = cli_next(&a, &cmd_verify, argc, argv)) > 0) {
+        if (c == 's') {
             char *end;
-            sample = strtod(optarg, &end);
-            if (end == optarg || (*end && strcmp(end, "%")) || sample <= 0 || sample > 100)
+            sample = strtod(a.arg, &end);
+            if (end == a.arg || (*end && strcmp(end, "%")) || sample <= 0 || sample > 100)
                 return cli_usage_error(&cmd_verify, "--sample takes a percentage in (0, 100]");
-            break;
-        }
-        case 'J':
-            json = true;
-            break;
-        case 'h':
-            return cli_help(&cmd_verify);
-        default:
-            return cli_usage_error(&cmd_verify, "unknown option");
         }
     }
-    if (argc - optind > 1)
+    if (c == CLI_EXIT)
+        return a.status;
+    bool json = a.json;
+    if (argc - a.first > 1)
         return cli_usage_error(&cmd_verify, "expected at most one BACKUP");
-    struct repo *repo = cli_open_repo("verify", repo_arg, pfile);
+    struct repo *repo = cli_open_repo("verify", a.repo, a.passphrase_file);
     if (!repo)
         return EXIT_FAIL;
     struct verify_options o = {
         .repo = repo,
-        .backup_id = optind < argc ? argv[optind] : NULL,
+        .backup_id = a.first < argc ? argv[a.first] : NULL,
         .sample = sample,
         .lock_timeout = CLI_LOCK_TIMEOUT,
         .report = on_finding,
@@ -156,13 +137,12 @@ const struct cli_command cmd_verify = {
              "decompress and check each against its ID.  Damaged or missing chunks are named\n"
              "with the backups, disks and offsets that need them.  Each chunk is read once\n"
              "however many backups share it.  --sample checks a deterministic PCT% of the\n"
-             "chunks (by ID), for quick periodic checks.\n"
-             "\n"
-             "Options:\n" REPO_OPTIONS_HELP
-             "  --sample PCT            check only this percentage of the chunks\n"
-             "  --json                  JSON lines: one per damaged or missing thing (type\n"
-             "                          damaged_metadata, damaged_manifest, damaged_chunk or\n"
-             "                          missing_chunk), then a summary\n"
-             "\n"
-             "Exit status: 0 all good, 1 damage found or failure, 2 bad usage.\n",
+             "chunks (by ID), for quick periodic checks.\n",
+    .common = CLI_REPO | CLI_PASSPHRASE | CLI_JSON,
+    .options = verify_options,
+    .json_short = 'J',
+    .json_help = "JSON lines: one per damaged or missing thing (type\n"
+                 "damaged_metadata, damaged_manifest, damaged_chunk or\n"
+                 "missing_chunk), then a summary",
+    .epilog = "Exit status: 0 all good, 1 damage found or failure, 2 bad usage.\n",
 };
