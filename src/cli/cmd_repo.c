@@ -64,29 +64,6 @@ static int parse_jobs(const char *s, unsigned *out)
     return 0;
 }
 
-static int parse_size(const char *s, uint64_t *out)
-{
-    char *end;
-    errno = 0;
-    unsigned long long v = strtoull(s, &end, 10);
-    if (errno || end == s || s[0] == '-')
-        return -EINVAL;
-    switch (*end) {
-    case 'k': case 'K': v <<= 10; end++; break;
-    case 'm': case 'M': v <<= 20; end++; break;
-    case 'g': case 'G': v <<= 30; end++; break;
-    default: break;
-    }
-    if (*end == 'i')
-        end++;
-    if (*end == 'B' || *end == 'b')
-        end++;
-    if (*end)
-        return -EINVAL;
-    *out = v;
-    return 0;
-}
-
 /* ---- repo init ---- */
 
 /* repo upgrade: add the MAC to the config of an encrypted repository made by an older
@@ -114,55 +91,56 @@ static int repo_upgrade(const char *path, const char *pfile)
     return ret;
 }
 
+static const struct cli_option repo_options[] = {
+    {"encrypt", 'e', NULL, "encrypt (asks for the passphrase twice on a terminal)"},
+    {"chunk-size", 'c', "SIZE",
+     "chunk size, e.g. 256K, 1M (default), 4M; an incremental\n"
+     "backup rewrites every chunk a change touches, so\n"
+     "small chunks make small incrementals"},
+    {"compression-level", 'L', "N",
+     "zstd level of what is written: 1 (default: fastest,\n"
+     "about as small as 3 on disk images) to 19 (smallest,\n"
+     "slow), or -7 to -1 (faster, larger)"},
+    {NULL, 0, NULL, NULL},
+};
+
 static int repo_run(int argc, char **argv)
 {
-    static const struct option opts[] = {
-        {"encrypt", no_argument, NULL, 'e'},
-        {"chunk-size", required_argument, NULL, 'c'},
-        {"passphrase-file", required_argument, NULL, 'P'},
-        {"compression-level", required_argument, NULL, 'L'},
-        {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0},
-    };
     bool encrypt = false;
     uint64_t chunk = REPO_DEFAULT_CHUNK_SIZE;
     int level = 0;
-    const char *pfile = NULL;
+    struct cli_args a = {0};
     int c;
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "ec:P:L:h", opts, NULL)) != -1) {
+    while ((c = cli_next(&a, &cmd_repo, argc, argv)) > 0) {
         switch (c) {
         case 'e':
             encrypt = true;
             break;
         case 'c':
-            if (parse_size(optarg, &chunk) < 0 || chunk < REPO_MIN_CHUNK_SIZE ||
+            if (cli_parse_size(a.arg, &chunk) < 0 || chunk < REPO_MIN_CHUNK_SIZE ||
                 chunk > REPO_MAX_CHUNK_SIZE || (chunk & (chunk - 1)))
                 return cli_usage_error(&cmd_repo,
                                        "--chunk-size must be a power of two from 64K to 64M");
             break;
-        case 'P':
-            pfile = optarg;
-            break;
         case 'L': {
             char *end;
-            long v = strtol(optarg, &end, 10);
-            if (end == optarg || *end || v < -7 || v > 19 || v == 0)
+            long v = strtol(a.arg, &end, 10);
+            if (end == a.arg || *end || v < -7 || v > 19 || v == 0)
                 return cli_usage_error(&cmd_repo, "--compression-level takes -7 to -1 or 1 to 19");
             level = (int)v;
             break;
         }
-        case 'h':
-            return cli_help(&cmd_repo);
-        default:
-            return cli_usage_error(&cmd_repo, "unknown option");
         }
     }
-    if (argc - optind == 2 && !strcmp(argv[optind], "upgrade"))
-        return repo_upgrade(argv[optind + 1], pfile);
-    if (argc - optind != 2 || strcmp(argv[optind], "init"))
+    if (c == CLI_EXIT)
+        return a.status;
+    const char *pfile = a.passphrase_file;
+    int first = a.first;
+    if (argc - first == 2 && !strcmp(argv[first], "upgrade"))
+        return repo_upgrade(argv[first + 1], pfile);
+    if (argc - first != 2 || strcmp(argv[first], "init"))
         return cli_usage_error(&cmd_repo, "expected 'init PATH' or 'upgrade PATH'");
-    const char *path = argv[optind + 1];
+    const char *path = argv[first + 1];
     CLEANUP_FREE char *pass = NULL;
     if (encrypt && !(pass = cli_read_passphrase("repo init", pfile, true)))
         return EXIT_FAIL;
@@ -201,19 +179,10 @@ const struct cli_command cmd_repo = {
              "passphrase given for a repository whose config says it is not encrypted.\n"
              "\n"
              "upgrade adds that MAC to the config of an encrypted repository made by an older\n"
-             "vmexport, which until then can be read but not written to (backup, prune, gc).\n"
-             "\n"
-             "Options:\n"
-             "  --encrypt               encrypt (asks for the passphrase twice on a terminal)\n"
-             "  --chunk-size SIZE       chunk size, e.g. 256K, 1M (default), 4M; an incremental\n"
-             "                          backup rewrites every chunk a change touches, so\n"
-             "                          small chunks make small incrementals\n"
-             "  --compression-level N   zstd level of what is written: 1 (default: fastest,\n"
-             "                          about as small as 3 on disk images) to 19 (smallest,\n"
-             "                          slow), or -7 to -1 (faster, larger)\n"
-             "  --passphrase-file FILE  read the passphrase from FILE (or VMEXPORT_PASSPHRASE)\n"
-             "\n"
-             "Exit status: 0 success, 1 failure, 2 bad usage.\n",
+             "vmexport, which until then can be read but not written to (backup, prune, gc).\n",
+    .common = CLI_PASSPHRASE,
+    .options = repo_options,
+    .epilog = "Exit status: 0 success, 1 failure, 2 bad usage.\n",
 };
 
 /* ---- backup ----
