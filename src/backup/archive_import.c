@@ -33,6 +33,11 @@
 #define READ_BLOCK_SIZE (64u << 10)
 /* First buffer for a metadata member whose size the header does not give. */
 #define METADATA_FIRST_CAP 4096
+/* Most disks a vm.json may list: far above what any hypervisor gives a VM (VMware: 256), and
+ * low enough that comparing names pairwise stays instant (a 16 MiB vm.json could list 500,000). */
+#define MAX_DISKS 4096u
+/* Members besides the disks that a manifest lists: the OVF descriptor and vm.json. */
+#define MAX_METADATA_MEMBERS 2u
 
 static int parse_hex_digest(const char *s, uint8_t out[HASH_SIZE])
 {
@@ -54,8 +59,6 @@ static int parse_hex_digest(const char *s, uint8_t out[HASH_SIZE])
     }
     return 0;
 }
-
-/* Streaming SHA-256 of a member. */
 
 struct member_sum {
     char *name;
@@ -121,12 +124,15 @@ static int record_member(struct importer *im, const char *name, const uint8_t di
 static int read_small(struct importer *im, struct archive_entry *e, const char *name, bool record,
                       char **out, size_t *len)
 {
-    if (sym_archive_entry_size_is_set(e) && sym_archive_entry_size(e) > (la_int64_t)METADATA_MAX) {
-        imp_fail(im, "member %s is larger than %u MiB", name, METADATA_MAX >> 20);
+    bool sized = sym_archive_entry_size_is_set(e);
+    la_int64_t declared = sym_archive_entry_size(e);
+    if (sized && (declared < 0 || declared > (la_int64_t)METADATA_MAX)) {
+        imp_fail(im, "member %s: size %" PRId64 " is not within 0 to %u MiB", name,
+                 (int64_t)declared, METADATA_MAX >> 20);
         return -EFBIG;
     }
-    size_t cap = sym_archive_entry_size_is_set(e) ? (size_t)sym_archive_entry_size(e) + 1 : 4096,
-           n = 0;
+    /* at least 1, so that doubling grows it */
+    size_t cap = sized ? (size_t)declared + 1 : METADATA_FIRST_CAP, n = 0;
     char *buf = malloc(cap);
     if (!buf)
         return -ENOMEM;
@@ -213,6 +219,10 @@ static int parse_mf(struct importer *im, const char *name, char *text)
                 imp_fail(im, "manifest %s lists %s twice", name, member);
                 return -EINVAL;
             }
+        if (im->nlisted >= MAX_DISKS + MAX_METADATA_MEMBERS) {
+            imp_fail(im, "manifest %s lists more members than an archive holds", name);
+            return -EINVAL;
+        }
         struct member_sum *t = realloc(im->listed, (im->nlisted + 1) * sizeof(*t));
         if (!t)
             return -ENOMEM;
@@ -256,6 +266,11 @@ static int parse_vm_json(struct importer *im, const char *text)
     json_t *disks = json_object_get(im->vmj, "disks");
     if (!json_is_array(disks)) {
         imp_fail(im, "vm.json: no disks");
+        return -EINVAL;
+    }
+    if (json_array_size(disks) > MAX_DISKS) {
+        imp_fail(im, "vm.json: %zu disks, more than the %u a VM may have", json_array_size(disks),
+                 MAX_DISKS);
         return -EINVAL;
     }
     im->ndisks = json_array_size(disks);

@@ -1,8 +1,8 @@
 /* Unit tests of the archive engines (src/backup/archive_export.c, archive_import.c), called
  * directly: a backup written through the repository API is exported as tar and OVA, imported
  * into a repository of another chunk size and read back bit for bit; truncated, tampered,
- * reordered and oversized archives are refused with a message naming the problem and no backup
- * (nor a manifest of one) visible in the repository; progress callbacks see every byte.
+ * reordered, malformed and oversized archives are refused with a message naming the problem and no
+ * backup (nor a manifest of one) visible in the repository; progress callbacks see every byte.
  *
  * Every test works in its own mkdtemp() directory in $TMPDIR (default /tmp), removed after.
  */
@@ -25,6 +25,7 @@
 
 #include "backup/archive_export.h"
 #include "backup/archive_import.h"
+#include "backup/archive_lib.h"
 #include "repo/repo.h"
 
 #define ERR_LEN   2048
@@ -399,6 +400,123 @@ static void test_tampered(void **state)
     }
 }
 
+/* A member of a hand-made archive: a regular file unless type is set. */
+struct member {
+    const char *name;
+    const char *data;
+    unsigned type; /* AE_IFREG when 0 */
+};
+
+/* A pax tar of the members, in order, into *out (malloc'd). */
+static size_t make_tar(const struct member *m, size_t n, uint8_t **out)
+{
+    char err[ERR_LEN];
+    assert_int_equal(archive_lib_load(err, sizeof(err)), 0);
+    int fd = memfd_create("tar", MFD_CLOEXEC);
+    assert_true(fd >= 0);
+    struct archive *a = sym_archive_write_new();
+    assert_int_equal(sym_archive_write_set_format_pax(a), ARCHIVE_OK);
+    assert_int_equal(sym_archive_write_open_fd(a, fd), ARCHIVE_OK);
+    for (size_t i = 0; i < n; i++) {
+        struct archive_entry *e = sym_archive_entry_new();
+        size_t len = m[i].data ? strlen(m[i].data) : 0;
+        sym_archive_entry_set_pathname(e, m[i].name);
+        sym_archive_entry_set_filetype(e, m[i].type ? m[i].type : AE_IFREG);
+        sym_archive_entry_set_perm(e, 0644);
+        sym_archive_entry_set_size(e, (la_int64_t)len);
+        assert_true(sym_archive_write_header(a, e) >= ARCHIVE_WARN);
+        if (len)
+            assert_int_equal(sym_archive_write_data(a, m[i].data, len), (la_ssize_t)len);
+        sym_archive_entry_free(e);
+    }
+    assert_int_equal(sym_archive_write_close(a), ARCHIVE_OK);
+    sym_archive_write_free(a);
+    struct stat st;
+    assert_int_equal(fstat(fd, &st), 0);
+    *out = malloc((size_t)st.st_size);
+    assert_int_equal(pread(fd, *out, (size_t)st.st_size, 0), st.st_size);
+    close(fd);
+    return (size_t)st.st_size;
+}
+
+#define VM_JSON_ONE_DISK                                                                           \
+    "{\"format\":\"vmexport-archive\",\"version\":1,\"vm_id\":\"v\",\"time\":1,"                   \
+    "\"disks\":[{\"name\":\"d\",\"file\":\"d.img\",\"size\":4}]}"
+
+/* Archives out of order or with foreign members: refused naming the member, nothing visible. */
+static void test_malformed(void **state)
+{
+    struct fixture *f = *state;
+    static const struct member disk_first[] = {{"d.img", "abcd"}, {"vm.json", VM_JSON_ONE_DISK}};
+    static const struct member after_mf[] = {
+        {"vm.json", VM_JSON_ONE_DISK}, {"d.img", "abcd"}, {"SHA256SUMS", ""}, {"late.txt", "x"}};
+    static const struct member dir[] = {{"vm.json", VM_JSON_ONE_DISK}, {"sub", NULL, AE_IFDIR}};
+    static const struct member twice[] = {{"vm.json", VM_JSON_ONE_DISK}, {"vm.json", "{}"}};
+    static const struct member escape[] = {{"vm.json", VM_JSON_ONE_DISK}, {"../d.img", "abcd"}};
+    static const struct member other_version[] = {
+        {"vm.json", "{\"format\":\"vmexport-archive\",\"version\":2}"}};
+    static const struct member short_disk[] = {{"vm.json", VM_JSON_ONE_DISK}, {"d.img", "abc"}};
+    static const struct member bad_mf[] = {
+        {"vm.json", VM_JSON_ONE_DISK}, {"d.img", "abcd"}, {"SHA256SUMS", "MD5(d.img)= 00\n"}};
+    const struct {
+        const struct member *m;
+        size_t n;
+        int code;
+        const char *says;
+    } cases[] = {
+        {disk_first, 2, -EINVAL, "member d.img comes before vm.json"},
+        {after_mf, 4, -EINVAL, "member late.txt follows the manifest SHA256SUMS"},
+        {dir, 2, -EINVAL, "member sub/ is not a plain file"},
+        {twice, 2, -EINVAL, "member vm.json appears twice"},
+        {escape, 2, -EINVAL, "member ../d.img is not a plain file at the top"},
+        {other_version, 1, -EPROTONOSUPPORT, "archive version 2 is not supported"},
+        {short_disk, 2, -EINVAL, "member d.img: size 3 differs from vm.json's 4"},
+        {bad_mf, 3, -EINVAL, "manifest SHA256SUMS, line 1: only SHA256"},
+    };
+    for (size_t k = 0; k < sizeof(cases) / sizeof(cases[0]); k++) {
+        uint8_t *tar = NULL;
+        size_t len = make_tar(cases[k].m, cases[k].n, &tar);
+        struct archive_import_result res;
+        struct seen seen = {0};
+        char err[ERR_LEN] = "";
+        int r = import_memory(f->dst, tar, len, NULL, &res, err, &seen);
+        if (r != cases[k].code || !strstr(err, cases[k].says))
+            print_message("# case %zu: %d: %s\n", k, r, err);
+        assert_int_equal(r, cases[k].code);
+        assert_non_null(strstr(err, cases[k].says));
+        assert_nothing_visible(f);
+        free(tar);
+    }
+}
+
+/* A vm.json listing more disks than a VM may have is refused before any pairwise check. */
+static void test_too_many_disks(void **state)
+{
+    struct fixture *f = *state;
+    enum { N = 4097 };
+    size_t cap = 100 + N * 64, used = 0;
+    char *json = malloc(cap);
+    used += (size_t)snprintf(json + used, cap - used,
+                             "{\"format\":\"vmexport-archive\",\"version\":1,\"vm_id\":\"v\","
+                             "\"time\":1,\"disks\":[");
+    for (int i = 0; i < N; i++)
+        used += (size_t)snprintf(json + used, cap - used,
+                                 "%s{\"name\":\"d%d\",\"file\":\"f%d\",\"size\":0}", i ? "," : "",
+                                 i, i);
+    snprintf(json + used, cap - used, "]}");
+    const struct member m[] = {{"vm.json", json}};
+    uint8_t *tar = NULL;
+    size_t len = make_tar(m, 1, &tar);
+    struct archive_import_result res;
+    struct seen seen = {0};
+    char err[ERR_LEN] = "";
+    assert_int_equal(import_memory(f->dst, tar, len, NULL, &res, err, &seen), -EINVAL);
+    assert_non_null(strstr(err, "4097 disks"));
+    assert_nothing_visible(f);
+    free(tar);
+    free(json);
+}
+
 /* Not an archive, and an archive with a disk larger than the limit. */
 static void test_refused(void **state)
 {
@@ -442,6 +560,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_vm_override, setup, teardown),
         cmocka_unit_test_setup_teardown(test_truncated, setup, teardown),
         cmocka_unit_test_setup_teardown(test_tampered, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_malformed, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_too_many_disks, setup, teardown),
         cmocka_unit_test_setup_teardown(test_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(test_export_unknown, setup, teardown),
     };
