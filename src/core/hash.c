@@ -8,6 +8,8 @@
 
 #include <openssl/evp.h>
 
+#include "core/hex.h"
+
 static EVP_MD *sha256_md;
 static pthread_once_t sha256_once = PTHREAD_ONCE_INIT;
 
@@ -65,10 +67,5 @@ bool buf_is_zero(const void *data, size_t len)
 
 void hash_to_hex(const uint8_t digest[HASH_SIZE], char *out)
 {
-    static const char hex[] = "0123456789abcdef";
-    for (int i = 0; i < HASH_SIZE; i++) {
-        out[2 * i] = hex[digest[i] >> 4];
-        out[2 * i + 1] = hex[digest[i] & 0xf];
-    }
-    out[2 * HASH_SIZE] = '\0';
+    hex_encode(digest, HASH_SIZE, out);
 }
