@@ -26,6 +26,7 @@
 #include "backup/archive_lib.h"
 #include "core/cleanup.h"
 #include "core/hash.h"
+#include "core/pool.h"
 #include "repo/repo.h"
 
 /* Longest member name written: the ustar name field holds 100 bytes with its terminator, and
@@ -83,21 +84,8 @@ struct exporter {
     const struct archive_progress *prog;
     uint8_t *buf, *zeros; /* chunk buffers */
     uint64_t data_bytes;  /* bytes of disk data written (holes excluded) */
-    char err[512];        /* the first error */
+    struct first_error fe;
 };
-
-static void exp_fail(struct exporter *x, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
-
-static void exp_fail(struct exporter *x, const char *fmt, ...)
-{
-    if (x->err[0])
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(x->err, sizeof(x->err), fmt, ap);
-    va_end(ap);
-}
 
 /* XML text or attribute value: escaped, control characters and invalid UTF-8 replaced. */
 static void xml_put(FILE *f, const char *s)
@@ -339,8 +327,7 @@ static int write_small_member(struct exporter *x, const char *name, const char *
     sym_archive_entry_free(e);
     if (r < ARCHIVE_WARN || (len && sym_archive_write_data(x->a, data, len) != (la_ssize_t)len) ||
         sym_archive_write_finish_entry(x->a) < ARCHIVE_WARN) {
-        exp_fail(x, "member %s: %s", name, sym_archive_error_string(x->a));
-        return -EIO;
+        return first_error_set(&x->fe, -EIO, "member %s: %s", name, sym_archive_error_string(x->a));
     }
     if (in_manifest) {
         uint8_t digest[HASH_SIZE];
@@ -386,8 +373,8 @@ static int write_disk_member(struct exporter *x, struct export_disk *d)
     int r = sym_archive_write_header(x->a, e);
     sym_archive_entry_free(e);
     if (r < ARCHIVE_WARN) {
-        exp_fail(x, "member %s: %s", d->member, sym_archive_error_string(x->a));
-        return -EIO;
+        return first_error_set(&x->fe, -EIO, "member %s: %s", d->member,
+                               sym_archive_error_string(x->a));
     }
     struct member_digest dg;
     if (member_digest_begin(&dg) < 0)
@@ -406,8 +393,8 @@ static int write_disk_member(struct exporter *x, struct export_disk *d)
             if (r < 0) {
                 char hex[ARCHIVE_HEX_DIGEST_LEN + 1];
                 chunk_id_to_hex(&m->e[i].id, hex);
-                exp_fail(x, "disk %s: chunk %s at offset %" PRIu64 ": %s", d->name, hex, off,
-                         chunk_error(r));
+                first_error_set(&x->fe, r, "disk %s: chunk %s at offset %" PRIu64 ": %s", d->name,
+                                hex, off, chunk_error(r));
                 member_digest_discard(&dg);
                 return r;
             }
@@ -419,7 +406,8 @@ static int write_disk_member(struct exporter *x, struct export_disk *d)
             return -EIO;
         }
         if (sym_archive_write_data(x->a, data, want) != (la_ssize_t)want) {
-            exp_fail(x, "member %s: %s", d->member, sym_archive_error_string(x->a));
+            first_error_set(&x->fe, -EIO, "member %s: %s", d->member,
+                            sym_archive_error_string(x->a));
             member_digest_discard(&dg);
             return -EIO;
         }
@@ -430,8 +418,8 @@ static int write_disk_member(struct exporter *x, struct export_disk *d)
     if (member_digest_end(&dg, digest) < 0)
         return -EIO;
     if (sym_archive_write_finish_entry(x->a) < ARCHIVE_WARN) {
-        exp_fail(x, "member %s: %s", d->member, sym_archive_error_string(x->a));
-        return -EIO;
+        return first_error_set(&x->fe, -EIO, "member %s: %s", d->member,
+                               sym_archive_error_string(x->a));
     }
     add_mf_line(x, d->member, digest);
     return 0;
@@ -552,18 +540,18 @@ static int export_describe(struct exporter *x, struct export_state *s, enum arch
         s->d[i].name = s->b->disks.ptr[i].name;
         int r = repo_manifest_read(x->repo, s->b, s->d[i].name, &s->d[i].m);
         if (r < 0) {
-            exp_fail(x, "disk %s: manifest %s", s->d[i].name,
-                     r == -EBADMSG ? "is damaged" : strerror(-r));
-            return r;
+            return first_error_set(&x->fe, r, "disk %s: manifest %s", s->d[i].name,
+                                   r == -EBADMSG ? "is damaged" : strerror(-r));
         }
         s->d[i].populated = populated_bytes(&s->d[i].m);
         *total += s->d[i].m.disk_size;
     }
     if (assign_members(s->d, s->n, s->ovf_name, s->mf_name) < 0 ||
         build_vm_json(s->b, s->d, s->n, repo_chunk_size(x->repo), &s->vmj) < 0) {
-        exp_fail(x, "cannot describe the backup in vm.json (out of memory or names that are not "
-                    "UTF-8)");
-        return -ENOMEM;
+        return first_error_set(
+            &x->fe, -ENOMEM,
+            "cannot describe the backup in vm.json (out of memory or names that are not "
+            "UTF-8)");
     }
     if (kind == ARCHIVE_KIND_OVA) {
         const char *vm_name = s->b->vm_id;
@@ -594,8 +582,7 @@ static int export_write(struct exporter *x, struct export_state *s, enum archive
     if (r == 0)
         r = write_small_member(x, s->mf_name, x->mf_text, x->mf_len, false);
     if (r == 0 && sym_archive_write_close(x->a) != ARCHIVE_OK) {
-        exp_fail(x, "%s", sym_archive_error_string(x->a));
-        r = -EIO;
+        r = first_error_set(&x->fe, -EIO, "%s", sym_archive_error_string(x->a));
     }
     return r;
 }
@@ -617,6 +604,7 @@ int archive_export(const struct archive_export_options *o, struct archive_export
         snprintf(err, errlen, "%s: %s", repo_path(o->repo), why[0] ? why : strerror(-r));
         return r;
     }
+    first_error_init(&x.fe, NULL, NULL);
     r = repo_backup_get(o->repo, o->backup_id, &s.b);
     if (r < 0) {
         snprintf(err, errlen, "backup %s: %s", o->backup_id,
@@ -642,8 +630,7 @@ int archive_export(const struct archive_export_options *o, struct archive_export
     }
     if (sym_archive_write_set_format_pax(x.a) != ARCHIVE_OK ||
         sym_archive_write_open_fd(x.a, o->fd) != ARCHIVE_OK) {
-        exp_fail(&x, "the output: %s", sym_archive_error_string(x.a));
-        r = -EIO;
+        r = first_error_set(&x.fe, -EIO, "the output: %s", sym_archive_error_string(x.a));
         goto out;
     }
     if (o->progress.begin)
@@ -664,7 +651,8 @@ int archive_export(const struct archive_export_options *o, struct archive_export
 
 out:
     if (r < 0 && s.b)
-        snprintf(err, errlen, "backup %s: %s", s.b->id, x.err[0] ? x.err : strerror(-r));
+        snprintf(err, errlen, "backup %s: %s", s.b->id,
+                 *first_error_message(&x.fe) ? first_error_message(&x.fe) : strerror(-r));
     if (r < 0)
         archive_export_result_free(res);
     if (x.a)
@@ -675,6 +663,7 @@ out:
     free(x.buf);
     free(x.zeros);
     export_state_free(&s);
+    first_error_destroy(&x.fe);
     repo_unlock(o->repo);
     return r;
 }

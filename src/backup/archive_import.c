@@ -25,6 +25,8 @@
 #include "core/cleanup.h"
 #include "core/clock.h"
 #include "core/hash.h"
+#include "core/hex.h"
+#include "core/pool.h"
 #include "repo/repo.h"
 
 /* Metadata members (descriptor, vm.json, manifest) are read whole: at most this big. */
@@ -38,27 +40,6 @@
 #define MAX_DISKS 4096u
 /* Members besides the disks that a manifest lists: the OVF descriptor and vm.json. */
 #define MAX_METADATA_MEMBERS 2u
-
-static int parse_hex_digest(const char *s, uint8_t out[HASH_SIZE])
-{
-    for (size_t i = 0; i < HASH_SIZE; i++) {
-        unsigned v = 0;
-        for (size_t k = 0; k < 2; k++) {
-            char c = s[2 * i + k];
-            v <<= 4;
-            if (c >= '0' && c <= '9')
-                v |= (unsigned)(c - '0');
-            else if (c >= 'a' && c <= 'f')
-                v |= (unsigned)(c - 'a' + 10);
-            else if (c >= 'A' && c <= 'F')
-                v |= (unsigned)(c - 'A' + 10);
-            else
-                return -EINVAL;
-        }
-        out[i] = (uint8_t)v;
-    }
-    return 0;
-}
 
 struct member_sum {
     char *name;
@@ -89,21 +70,8 @@ struct importer {
     uint64_t max_disk_size; /* 0: no limit */
     uint8_t *buf, *zeros;
     uint64_t bytes_written, chunks_new, chunks_reused;
-    char err[1024]; /* the first error, or every mismatch with the manifest */
+    struct first_error fe; /* the first failure, or every mismatch with the manifest */
 };
-
-static void imp_fail(struct importer *im, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
-
-static void imp_fail(struct importer *im, const char *fmt, ...)
-{
-    if (im->err[0])
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(im->err, sizeof(im->err), fmt, ap);
-    va_end(ap);
-}
 
 static int record_member(struct importer *im, const char *name, const uint8_t digest[HASH_SIZE])
 {
@@ -127,9 +95,9 @@ static int read_small(struct importer *im, struct archive_entry *e, const char *
     bool sized = sym_archive_entry_size_is_set(e);
     la_int64_t declared = sym_archive_entry_size(e);
     if (sized && (declared < 0 || declared > (la_int64_t)METADATA_MAX)) {
-        imp_fail(im, "member %s: size %" PRId64 " is not within 0 to %u MiB", name,
-                 (int64_t)declared, METADATA_MAX >> 20);
-        return -EFBIG;
+        return first_error_set(&im->fe, -EFBIG,
+                               "member %s: size %" PRId64 " is not within 0 to %u MiB", name,
+                               (int64_t)declared, METADATA_MAX >> 20);
     }
     /* at least 1, so that doubling grows it */
     size_t cap = sized ? (size_t)declared + 1 : METADATA_FIRST_CAP, n = 0;
@@ -140,8 +108,8 @@ static int read_small(struct importer *im, struct archive_entry *e, const char *
         if (n + 1 >= cap) {
             if (cap > METADATA_MAX) {
                 free(buf);
-                imp_fail(im, "member %s is larger than %u MiB", name, METADATA_MAX >> 20);
-                return -EFBIG;
+                return first_error_set(&im->fe, -EFBIG, "member %s is larger than %u MiB", name,
+                                       METADATA_MAX >> 20);
             }
             char *t = realloc(buf, cap * 2);
             if (!t) {
@@ -154,8 +122,8 @@ static int read_small(struct importer *im, struct archive_entry *e, const char *
         la_ssize_t got = sym_archive_read_data(im->a, buf + n, cap - n - 1);
         if (got < 0) {
             free(buf);
-            imp_fail(im, "member %s: %s", name, sym_archive_error_string(im->a));
-            return -EIO;
+            return first_error_set(&im->fe, -EIO, "member %s: %s", name,
+                                   sym_archive_error_string(im->a));
         }
         if (got == 0)
             break;
@@ -188,8 +156,9 @@ static int parse_mf(struct importer *im, const char *name, char *text)
             continue;
         static const char algo[] = "SHA256";
         if (strncmp(line, algo, strlen(algo))) {
-            imp_fail(im, "manifest %s, line %u: only SHA256 digests are supported", name, lineno);
-            return -EINVAL;
+            return first_error_set(&im->fe, -EINVAL,
+                                   "manifest %s, line %u: only SHA256 digests are supported", name,
+                                   lineno);
         }
         char *p = line + strlen(algo);
         while (*p == ' ')
@@ -199,7 +168,7 @@ static int parse_mf(struct importer *im, const char *name, char *text)
         uint8_t digest[HASH_SIZE];
         if (ok) {
             q -= ARCHIVE_HEX_DIGEST_LEN;
-            ok = parse_hex_digest(q, digest) == 0;
+            ok = hex_decode(q, digest, HASH_SIZE) == 0;
             while (ok && q > p && q[-1] == ' ')
                 q--;
             ok = ok && q > p && q[-1] == '=';
@@ -209,19 +178,20 @@ static int parse_mf(struct importer *im, const char *name, char *text)
             ok = ok && q > p + 1 && q[-1] == ')';
         }
         if (!ok) {
-            imp_fail(im, "manifest %s, line %u: expected 'SHA256(NAME)= HEX'", name, lineno);
-            return -EINVAL;
+            return first_error_set(&im->fe, -EINVAL,
+                                   "manifest %s, line %u: expected 'SHA256(NAME)= HEX'", name,
+                                   lineno);
         }
         q[-1] = '\0';
         const char *member = p + 1;
         for (size_t i = 0; i < im->nlisted; i++)
             if (!strcmp(im->listed[i].name, member)) {
-                imp_fail(im, "manifest %s lists %s twice", name, member);
-                return -EINVAL;
+                return first_error_set(&im->fe, -EINVAL, "manifest %s lists %s twice", name,
+                                       member);
             }
         if (im->nlisted >= MAX_DISKS + MAX_METADATA_MEMBERS) {
-            imp_fail(im, "manifest %s lists more members than an archive holds", name);
-            return -EINVAL;
+            return first_error_set(&im->fe, -EINVAL,
+                                   "manifest %s lists more members than an archive holds", name);
         }
         struct member_sum *t = realloc(im->listed, (im->nlisted + 1) * sizeof(*t));
         if (!t)
@@ -243,35 +213,32 @@ static int parse_vm_json(struct importer *im, const char *text)
     json_error_t jerr;
     im->vmj = json_loads(text, 0, &jerr);
     if (!im->vmj) {
-        imp_fail(im, "vm.json: line %d: %s", jerr.line, jerr.text);
-        return -EINVAL;
+        return first_error_set(&im->fe, -EINVAL, "vm.json: line %d: %s", jerr.line, jerr.text);
     }
     const char *fmt = json_string_value(json_object_get(im->vmj, "format"));
     json_t *ver = json_object_get(im->vmj, "version");
     if (!fmt || strcmp(fmt, ARCHIVE_FORMAT_NAME) || !json_is_integer(ver)) {
-        imp_fail(im, "vm.json: not a vmexport archive (format is not \"%s\")", ARCHIVE_FORMAT_NAME);
-        return -EINVAL;
+        return first_error_set(&im->fe, -EINVAL,
+                               "vm.json: not a vmexport archive (format is not \"%s\")",
+                               ARCHIVE_FORMAT_NAME);
     }
     if (json_integer_value(ver) != ARCHIVE_FORMAT_VERSION) {
-        imp_fail(im,
-                 "vm.json: archive version %" JSON_INTEGER_FORMAT " is not supported "
-                 "(supports %d)",
-                 json_integer_value(ver), ARCHIVE_FORMAT_VERSION);
-        return -EPROTONOSUPPORT;
+        return first_error_set(&im->fe, -EPROTONOSUPPORT,
+                               "vm.json: archive version %" JSON_INTEGER_FORMAT " is not supported "
+                               "(supports %d)",
+                               json_integer_value(ver), ARCHIVE_FORMAT_VERSION);
     }
     if (!json_is_integer(json_object_get(im->vmj, "time"))) {
-        imp_fail(im, "vm.json: no time");
-        return -EINVAL;
+        return first_error_set(&im->fe, -EINVAL, "vm.json: no time");
     }
     json_t *disks = json_object_get(im->vmj, "disks");
     if (!json_is_array(disks)) {
-        imp_fail(im, "vm.json: no disks");
-        return -EINVAL;
+        return first_error_set(&im->fe, -EINVAL, "vm.json: no disks");
     }
     if (json_array_size(disks) > MAX_DISKS) {
-        imp_fail(im, "vm.json: %zu disks, more than the %u a VM may have", json_array_size(disks),
-                 MAX_DISKS);
-        return -EINVAL;
+        return first_error_set(&im->fe, -EINVAL,
+                               "vm.json: %zu disks, more than the %u a VM may have",
+                               json_array_size(disks), MAX_DISKS);
     }
     im->ndisks = json_array_size(disks);
     im->disks = calloc(im->ndisks ? im->ndisks : 1, sizeof(*im->disks));
@@ -285,13 +252,13 @@ static int parse_vm_json(struct importer *im, const char *text)
         json_t *size = json_object_get(d, "size");
         if (!name || !*name || !file || !*file || !json_is_integer(size) ||
             json_integer_value(size) < 0) {
-            imp_fail(im, "vm.json: disk %zu lacks a name, file or size", i);
-            return -EINVAL;
+            return first_error_set(&im->fe, -EINVAL, "vm.json: disk %zu lacks a name, file or size",
+                                   i);
         }
         for (size_t k = 0; k < i; k++)
             if (!strcmp(im->disks[k].name, name) || !strcmp(im->disks[k].file, file)) {
-                imp_fail(im, "vm.json: disk %s or member %s appears twice", name, file);
-                return -EINVAL;
+                return first_error_set(&im->fe, -EINVAL,
+                                       "vm.json: disk %s or member %s appears twice", name, file);
             }
         im->disks[i].name = strdup(name);
         im->disks[i].file = strdup(file);
@@ -341,10 +308,9 @@ static int store_chunk(struct importer *im, struct manifest *m, uint64_t i, cons
     m->e[i].zero = false;
     int r = repo_chunk_put(im->repo, &m->e[i].id, data, len, &stored, &written);
     if (r < 0) {
-        imp_fail(im, "disk %s: storing the chunk at offset %" PRIu64 ": %s", m->disk,
-                 i * m->chunk_size,
-                 r == -ENOSPC ? "no space left in the repository" : strerror(-r));
-        return r;
+        return first_error_set(&im->fe, r, "disk %s: storing the chunk at offset %" PRIu64 ": %s",
+                               m->disk, i * m->chunk_size,
+                               r == -ENOSPC ? "no space left in the repository" : strerror(-r));
     }
     im->bytes_written += written;
     if (stored)
@@ -359,16 +325,15 @@ static int import_disk(struct importer *im, struct archive_entry *e, struct impo
                        const char *member)
 {
     if (sym_archive_entry_size(e) != (la_int64_t)d->size) {
-        imp_fail(im, "member %s: size %" PRId64 " differs from vm.json's %" PRIu64, member,
-                 (int64_t)sym_archive_entry_size(e), d->size);
-        return -EINVAL;
+        return first_error_set(&im->fe, -EINVAL,
+                               "member %s: size %" PRId64 " differs from vm.json's %" PRIu64,
+                               member, (int64_t)sym_archive_entry_size(e), d->size);
     }
     const uint32_t cs = repo_chunk_size(im->repo);
     struct manifest m;
     int r = manifest_new(&m, d->name, d->size, cs);
     if (r < 0) {
-        imp_fail(im, "disk %s: %s", d->name, strerror(-r));
-        return r;
+        return first_error_set(&im->fe, r, "disk %s: %s", d->name, strerror(-r));
     }
     if (d->change_id && !(m.change_id = strdup(d->change_id))) {
         manifest_free(&m);
@@ -391,17 +356,16 @@ static int import_disk(struct importer *im, struct archive_entry *e, struct impo
         if (rr == ARCHIVE_EOF)
             break;
         if (rr < ARCHIVE_WARN) {
-            imp_fail(im, "member %s: %s", member, sym_archive_error_string(im->a));
-            r = -EIO;
+            r = first_error_set(&im->fe, -EIO, "member %s: %s", member,
+                                sym_archive_error_string(im->a));
             goto done;
         }
         if (off < 0 || (uint64_t)off < pos || (uint64_t)off > d->size ||
             len > d->size - (uint64_t)off) {
-            imp_fail(im,
-                     "member %s: data at offset %" PRId64 " is out of order or beyond its "
-                     "size",
-                     member, (int64_t)off);
-            r = -EINVAL;
+            r = first_error_set(&im->fe, -EINVAL,
+                                "member %s: data at offset %" PRId64
+                                " is out of order or beyond its size",
+                                member, (int64_t)off);
             goto done;
         }
         const uint8_t *p = block;
@@ -448,8 +412,8 @@ static int import_disk(struct importer *im, struct archive_entry *e, struct impo
         goto done;
     r = repo_backup_add_disk(im->w, &m);
     if (r < 0)
-        imp_fail(im, "disk %s: writing the manifest: %s", d->name,
-                 r == -ENOSPC ? "no space left in the repository" : strerror(-r));
+        first_error_set(&im->fe, r, "disk %s: writing the manifest: %s", d->name,
+                        r == -ENOSPC ? "no space left in the repository" : strerror(-r));
     d->done = r == 0;
 done:
     member_digest_discard(&dg);
@@ -465,27 +429,33 @@ static const char *member_name(const char *path)
     return path;
 }
 
-/* Add a problem to the message: one after the other, separated by "; ". */
-static void imp_note(struct importer *im, const char *fmt, ...)
+/* Problems found with the manifest, listed one after the other, separated by "; ". */
+struct problems {
+    char text[FIRST_ERROR_MSG_MAX];
+    unsigned n;
+};
+
+static void problem_add(struct problems *p, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 
-static void imp_note(struct importer *im, const char *fmt, ...)
+static void problem_add(struct problems *p, const char *fmt, ...)
 {
-    size_t used = strlen(im->err);
-    if (used && used + 2 < sizeof(im->err)) {
-        memcpy(im->err + used, "; ", 3);
+    size_t used = strlen(p->text);
+    if (used && used + 2 < sizeof(p->text)) {
+        memcpy(p->text + used, "; ", 3);
         used += 2;
     }
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(im->err + used, sizeof(im->err) - used, fmt, ap);
+    vsnprintf(p->text + used, sizeof(p->text) - used, fmt, ap);
     va_end(ap);
+    p->n++;
 }
 
-/* Compare the digests of the members read with the manifest; note every difference. */
+/* Compare the digests of the members read with the manifest; report every difference. */
 static int check_manifest(struct importer *im)
 {
-    int bad = 0;
+    struct problems p = {""};
     for (size_t i = 0; i < im->nseen; i++) {
         struct member_sum *s = &im->seen[i];
         struct member_sum *l = NULL;
@@ -493,31 +463,24 @@ static int check_manifest(struct importer *im)
             if (!strcmp(im->listed[k].name, s->name))
                 l = &im->listed[k];
         if (!l) {
-            imp_note(im, "member %s is not in the manifest %s", s->name, im->mf_name);
-            bad++;
+            problem_add(&p, "member %s is not in the manifest %s", s->name, im->mf_name);
             continue;
         }
         l->matched = true;
-        if (memcmp(l->digest, s->digest, HASH_SIZE)) {
-            imp_note(im,
-                     "member %s does not match its SHA-256 in the manifest %s (damaged or "
-                     "tampered with)",
-                     s->name, im->mf_name);
-            bad++;
-        }
+        if (memcmp(l->digest, s->digest, HASH_SIZE))
+            problem_add(&p,
+                        "member %s does not match its SHA-256 in the manifest %s (damaged or "
+                        "tampered with)",
+                        s->name, im->mf_name);
     }
     for (size_t k = 0; k < im->nlisted; k++)
-        if (!im->listed[k].matched) {
-            imp_note(im, "member %s is in the manifest %s but missing from the archive",
-                     im->listed[k].name, im->mf_name);
-            bad++;
-        }
+        if (!im->listed[k].matched)
+            problem_add(&p, "member %s is in the manifest %s but missing from the archive",
+                        im->listed[k].name, im->mf_name);
     for (size_t k = 0; k < im->ndisks; k++)
-        if (!im->disks[k].done) {
-            imp_note(im, "disk %s (member %s) is missing", im->disks[k].name, im->disks[k].file);
-            bad++;
-        }
-    return bad ? -EBADMSG : 0;
+        if (!im->disks[k].done)
+            problem_add(&p, "disk %s (member %s) is missing", im->disks[k].name, im->disks[k].file);
+    return p.n ? first_error_set(&im->fe, -EBADMSG, "%s", p.text) : 0;
 }
 
 /* vm.json: parse it, choose the VM and begin the backup. */
@@ -529,15 +492,15 @@ static int begin_from_vm_json(struct importer *im, const char *text, const char 
         return r;
     im->vm_id = import_vm_id(im, vm_opt);
     if (!im->vm_id) {
-        imp_fail(im, "vm.json names no VM: use --vm NAME");
-        return -EINVAL;
+        return first_error_set(&im->fe, -EINVAL, "vm.json names no VM: use --vm NAME");
     }
     uint64_t total = 0;
     for (size_t k = 0; k < im->ndisks; k++) {
         if (im->max_disk_size && im->disks[k].size > im->max_disk_size) {
-            imp_fail(im, "vm.json: disk %s: %" PRIu64 " bytes, more than the %" PRIu64 " allowed",
-                     im->disks[k].name, im->disks[k].size, im->max_disk_size);
-            return -EFBIG;
+            return first_error_set(&im->fe, -EFBIG,
+                                   "vm.json: disk %s: %" PRIu64 " bytes, more than the %" PRIu64
+                                   " allowed",
+                                   im->disks[k].name, im->disks[k].size, im->max_disk_size);
         }
         total += im->disks[k].size;
     }
@@ -545,8 +508,8 @@ static int begin_from_vm_json(struct importer *im, const char *text, const char 
     json_int_t t = json_integer_value(json_object_get(im->vmj, "time"));
     r = repo_backup_begin(im->repo, im->vm_id, (int64_t)t, lock_timeout, &im->w, err, sizeof(err));
     if (r < 0) {
-        imp_fail(im, "%s: %s", repo_path(im->repo), err[0] ? err : strerror(-r));
-        return r;
+        return first_error_set(&im->fe, r, "%s: %s", repo_path(im->repo),
+                               err[0] ? err : strerror(-r));
     }
     if (im->prog->begin)
         im->prog->begin(im->prog->opaque, total);
@@ -559,17 +522,17 @@ static int import_member(struct importer *im, struct archive_entry *e, size_t nm
 {
     const char *name = member_name(sym_archive_entry_pathname(e) ?: "");
     if (im->mf_name) {
-        imp_fail(im, "member %s follows the manifest %s, which must be last", name, im->mf_name);
-        return -EINVAL;
+        return first_error_set(&im->fe, -EINVAL,
+                               "member %s follows the manifest %s, which must be last", name,
+                               im->mf_name);
     }
     if (!*name || strchr(name, '/') || sym_archive_entry_filetype(e) != AE_IFREG) {
-        imp_fail(im, "member %s is not a plain file at the top of the archive", name);
-        return -EINVAL;
+        return first_error_set(&im->fe, -EINVAL,
+                               "member %s is not a plain file at the top of the archive", name);
     }
     for (size_t k = 0; k < im->nseen; k++)
         if (!strcmp(im->seen[k].name, name)) {
-            imp_fail(im, "member %s appears twice", name);
-            return -EINVAL;
+            return first_error_set(&im->fe, -EINVAL, "member %s appears twice", name);
         }
     struct import_disk *disk = NULL;
     for (size_t k = 0; k < im->ndisks && !disk; k++)
@@ -594,11 +557,11 @@ static int import_member(struct importer *im, struct archive_entry *e, size_t nm
         if (r == 0)
             r = parse_mf(im, name, text);
     } else if (!im->w) {
-        imp_fail(im, "member %s comes before vm.json (not a vmexport archive?)", name);
-        r = -EINVAL;
+        r = first_error_set(&im->fe, -EINVAL,
+                            "member %s comes before vm.json (not a vmexport archive?)", name);
     } else {
-        imp_fail(im, "unexpected member %s (not a disk listed in vm.json)", name);
-        r = -EINVAL;
+        r = first_error_set(&im->fe, -EINVAL, "unexpected member %s (not a disk listed in vm.json)",
+                            name);
     }
     return r;
 }
@@ -613,21 +576,18 @@ static int import_members(struct importer *im, const struct archive_import_optio
         if (rr == ARCHIVE_EOF)
             break;
         if (rr < ARCHIVE_WARN) {
-            imp_fail(im, "%s", sym_archive_error_string(im->a));
-            return -EIO;
+            return first_error_set(&im->fe, -EIO, "%s", sym_archive_error_string(im->a));
         }
         int r = import_member(im, e, nmember, o->vm_id, lock_timeout);
         if (r < 0)
             return r;
     }
     if (!im->w) {
-        imp_fail(im, "no vm.json (not a vmexport archive?)");
-        return -EINVAL;
+        return first_error_set(&im->fe, -EINVAL, "no vm.json (not a vmexport archive?)");
     }
     if (!im->mf_name) {
-        imp_fail(im, "no manifest (VM%s or %s) at its end", ARCHIVE_MF_SUFFIX,
-                 ARCHIVE_TAR_MANIFEST);
-        return -EINVAL;
+        return first_error_set(&im->fe, -EINVAL, "no manifest (VM%s or %s) at its end",
+                               ARCHIVE_MF_SUFFIX, ARCHIVE_TAR_MANIFEST);
     }
     return check_manifest(im);
 }
@@ -663,8 +623,8 @@ static int import_commit(struct importer *im, struct archive_import_result *res,
     if (r == 0) {
         r = repo_backup_commit(im->w, info);
         if (r < 0)
-            imp_fail(im, "%s: committing the backup: %s", repo_path(im->repo),
-                     r == -ENOSPC ? "no space left in the repository" : strerror(-r));
+            first_error_set(&im->fe, r, "%s: committing the backup: %s", repo_path(im->repo),
+                            r == -ENOSPC ? "no space left in the repository" : strerror(-r));
     }
     if (r == 0) {
         im->w = NULL;
@@ -714,6 +674,7 @@ int archive_import(const struct archive_import_options *o, struct archive_import
         return -ELIBACC;
     }
     struct importer im = {.repo = o->repo, .prog = &o->progress, .max_disk_size = o->max_disk_size};
+    first_error_init(&im.fe, NULL, NULL);
     const uint32_t cs = repo_chunk_size(o->repo);
     int r = -ENOMEM;
     im.buf = calloc(1, cs);
@@ -726,8 +687,7 @@ int archive_import(const struct archive_import_options *o, struct archive_import
     r = o->data ? sym_archive_read_open_memory(im.a, o->data, o->size)
                 : sym_archive_read_open_fd(im.a, o->fd, READ_BLOCK_SIZE);
     if (r != ARCHIVE_OK) {
-        imp_fail(&im, "%s", sym_archive_error_string(im.a));
-        r = -EIO;
+        r = first_error_set(&im.fe, -EIO, "%s", sym_archive_error_string(im.a));
         goto out;
     }
     r = import_members(&im, o);
@@ -735,10 +695,12 @@ int archive_import(const struct archive_import_options *o, struct archive_import
         r = import_commit(&im, res, t0);
 out:
     if (r < 0) {
-        snprintf(err, errlen, "%s", im.err[0] ? im.err : strerror(-r));
+        const char *msg = first_error_message(&im.fe);
+        snprintf(err, errlen, "%s", *msg ? msg : strerror(-r));
         archive_import_result_free(res);
     }
     importer_free(&im);
+    first_error_destroy(&im.fe);
     return r;
 }
 
