@@ -7,7 +7,10 @@
  * left behind, so the repository stays small.  Disks are limited to MAX_DISK bytes: the
  * importer hashes every byte of a disk, holes included, so a size is a cost in time.
  *
- * The seeds (corpus/archive/) were written by `vmexport export` from small backups. */
+ * A custom mutator recomputes the checksum of every tar header after libFuzzer's mutation, so
+ * that mutated header fields (sizes, types, names) reach the importer instead of stopping at
+ * libarchive's checksum test.  The seeds (corpus/archive/) were written by `vmexport export`
+ * from small backups. */
 #include <assert.h>
 #include <errno.h>
 #include <ftw.h>
@@ -26,8 +29,43 @@
 #define ERR_LEN      2048
 #define LOCK_TIMEOUT 1
 #define TMP_TEMPLATE "vmexport-fuzz-archive-XXXXXX"
+/* ustar header: 512 bytes, "ustar" at 257, the checksum field (8 bytes) at 148, which counts as
+ * spaces while the sum of the header's bytes is taken and holds it as 6 octal digits, NUL, space.
+ */
+#define TAR_BLOCK         512
+#define TAR_MAGIC_OFFSET  257
+#define TAR_CHKSUM_OFFSET 148
+#define TAR_CHKSUM_LEN    8
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+size_t LLVMFuzzerMutate(uint8_t *data, size_t size, size_t max_size);
+size_t LLVMFuzzerCustomMutator(uint8_t *data, size_t size, size_t max_size, unsigned int seed);
+
+/* Give every block that looks like a ustar header its correct checksum. */
+static void tar_fix_checksums(uint8_t *data, size_t size)
+{
+    for (size_t at = 0; at + TAR_BLOCK <= size; at += TAR_BLOCK) {
+        uint8_t *h = data + at;
+        if (memcmp(h + TAR_MAGIC_OFFSET, "ustar", 5))
+            continue;
+        memset(h + TAR_CHKSUM_OFFSET, ' ', TAR_CHKSUM_LEN);
+        unsigned sum = 0;
+        for (size_t i = 0; i < TAR_BLOCK; i++)
+            sum += h[i];
+        char field[TAR_CHKSUM_LEN + 1];
+        snprintf(field, sizeof(field), "%06o", sum & 0777777);
+        memcpy(h + TAR_CHKSUM_OFFSET, field, 6);
+        h[TAR_CHKSUM_OFFSET + 6] = '\0';
+    }
+}
+
+size_t LLVMFuzzerCustomMutator(uint8_t *data, size_t size, size_t max_size, unsigned int seed)
+{
+    (void)seed;
+    size = LLVMFuzzerMutate(data, size, max_size);
+    tar_fix_checksums(data, size);
+    return size;
+}
 
 static char base[4096];
 static struct repo *repo;
