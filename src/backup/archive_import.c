@@ -212,9 +212,8 @@ static int parse_vm_json(struct importer *im, const char *text)
 {
     json_error_t jerr;
     im->vmj = json_loads(text, 0, &jerr);
-    if (!im->vmj) {
+    if (!im->vmj)
         return first_error_set(&im->fe, -EINVAL, "vm.json: line %d: %s", jerr.line, jerr.text);
-    }
     const char *fmt = json_string_value(json_object_get(im->vmj, "format"));
     json_t *ver = json_object_get(im->vmj, "version");
     if (!fmt || strcmp(fmt, ARCHIVE_FORMAT_NAME) || !json_is_integer(ver)) {
@@ -228,13 +227,11 @@ static int parse_vm_json(struct importer *im, const char *text)
                                "(supports %d)",
                                json_integer_value(ver), ARCHIVE_FORMAT_VERSION);
     }
-    if (!json_is_integer(json_object_get(im->vmj, "time"))) {
+    if (!json_is_integer(json_object_get(im->vmj, "time")))
         return first_error_set(&im->fe, -EINVAL, "vm.json: no time");
-    }
     json_t *disks = json_object_get(im->vmj, "disks");
-    if (!json_is_array(disks)) {
+    if (!json_is_array(disks))
         return first_error_set(&im->fe, -EINVAL, "vm.json: no disks");
-    }
     if (json_array_size(disks) > MAX_DISKS) {
         return first_error_set(&im->fe, -EINVAL,
                                "vm.json: %zu disks, more than the %u a VM may have",
@@ -332,9 +329,8 @@ static int import_disk(struct importer *im, struct archive_entry *e, struct impo
     const uint32_t cs = repo_chunk_size(im->repo);
     struct manifest m;
     int r = manifest_new(&m, d->name, d->size, cs);
-    if (r < 0) {
+    if (r < 0)
         return first_error_set(&im->fe, r, "disk %s: %s", d->name, strerror(-r));
-    }
     if (d->change_id && !(m.change_id = strdup(d->change_id))) {
         manifest_free(&m);
         return -ENOMEM;
@@ -491,9 +487,8 @@ static int begin_from_vm_json(struct importer *im, const char *text, const char 
     if (r < 0)
         return r;
     im->vm_id = import_vm_id(im, vm_opt);
-    if (!im->vm_id) {
+    if (!im->vm_id)
         return first_error_set(&im->fe, -EINVAL, "vm.json names no VM: use --vm NAME");
-    }
     uint64_t total = 0;
     for (size_t k = 0; k < im->ndisks; k++) {
         if (im->max_disk_size && im->disks[k].size > im->max_disk_size) {
@@ -531,9 +526,8 @@ static int import_member(struct importer *im, struct archive_entry *e, size_t nm
                                "member %s is not a plain file at the top of the archive", name);
     }
     for (size_t k = 0; k < im->nseen; k++)
-        if (!strcmp(im->seen[k].name, name)) {
+        if (!strcmp(im->seen[k].name, name))
             return first_error_set(&im->fe, -EINVAL, "member %s appears twice", name);
-        }
     struct import_disk *disk = NULL;
     for (size_t k = 0; k < im->ndisks && !disk; k++)
         if (!strcmp(im->disks[k].file, name))
@@ -575,16 +569,14 @@ static int import_members(struct importer *im, const struct archive_import_optio
         int rr = sym_archive_read_next_header(im->a, &e);
         if (rr == ARCHIVE_EOF)
             break;
-        if (rr < ARCHIVE_WARN) {
+        if (rr < ARCHIVE_WARN)
             return first_error_set(&im->fe, -EIO, "%s", sym_archive_error_string(im->a));
-        }
         int r = import_member(im, e, nmember, o->vm_id, lock_timeout);
         if (r < 0)
             return r;
     }
-    if (!im->w) {
+    if (!im->w)
         return first_error_set(&im->fe, -EINVAL, "no vm.json (not a vmexport archive?)");
-    }
     if (!im->mf_name) {
         return first_error_set(&im->fe, -EINVAL, "no manifest (VM%s or %s) at its end",
                                ARCHIVE_MF_SUFFIX, ARCHIVE_TAR_MANIFEST);
