@@ -3,7 +3,6 @@
  * output); the archive itself is written by the exporter, backup/archive_export.c. */
 #include <errno.h>
 #include <fcntl.h>
-#include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,46 +25,34 @@ struct export_args {
     bool force, json, to_stdout;
 };
 
+static const struct cli_option export_options[] = {
+    {"output", 'o', "FILE", "the archive to write, or '-' for standard output"},
+    {"format", 'F', "tar|ova", "archive layout (default: ova when FILE ends in .ova,\nelse tar)"},
+    {"force", 'f', NULL, "replace FILE if it exists"},
+    {NULL, 0, NULL, NULL},
+};
+
 /* Options into a; EXIT_OK, or the exit status of a usage error or --help (*done set). */
 static int parse_args(int argc, char **argv, struct export_args *a, bool *done)
 {
-    static const struct option opts[] = {
-        {"repo", required_argument, NULL, 'r'},   {"passphrase-file", required_argument, NULL, 'P'},
-        {"output", required_argument, NULL, 'o'}, {"format", required_argument, NULL, 'F'},
-        {"force", no_argument, NULL, 'f'},        {"json", no_argument, NULL, 'J'},
-        {"help", no_argument, NULL, 'h'},         {NULL, 0, NULL, 0},
-    };
     const char *format = NULL;
+    struct cli_args ca = {0};
     int c;
     *done = true;
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "r:P:o:F:fJh", opts, NULL)) != -1) {
-        switch (c) {
-        case 'r':
-            a->repo = optarg;
-            break;
-        case 'P':
-            a->pass_file = optarg;
-            break;
-        case 'o':
-            a->out = optarg;
-            break;
-        case 'F':
-            format = optarg;
-            break;
-        case 'f':
+    while ((c = cli_next(&ca, &cmd_export, argc, argv)) > 0) {
+        if (c == 'o')
+            a->out = ca.arg;
+        else if (c == 'F')
+            format = ca.arg;
+        else if (c == 'f')
             a->force = true;
-            break;
-        case 'J':
-            a->json = true;
-            break;
-        case 'h':
-            return cli_help(&cmd_export);
-        default:
-            return cli_usage_error(&cmd_export, "unknown option");
-        }
     }
-    if (argc - optind != 1)
+    if (c == CLI_EXIT)
+        return ca.status;
+    a->repo = ca.repo;
+    a->pass_file = ca.passphrase_file;
+    a->json = ca.json;
+    if (argc - ca.first != 1)
         return cli_usage_error(&cmd_export, "expected one BACKUP id");
     if (!a->out || !*a->out)
         return cli_usage_error(&cmd_export, "-o FILE is required ('-' for standard output)");
@@ -77,7 +64,7 @@ static int parse_args(int argc, char **argv, struct export_args *a, bool *done)
         return cli_usage_error(&cmd_export, "--format takes tar or ova, not '%s'", format);
     else
         a->kind = archive_ends_with(a->out, ".ova") ? ARCHIVE_KIND_OVA : ARCHIVE_KIND_TAR;
-    a->backup_id = argv[optind];
+    a->backup_id = argv[ca.first];
     a->to_stdout = !strcmp(a->out, "-");
     *done = false;
     return EXIT_OK;
@@ -238,17 +225,12 @@ const struct cli_command cmd_export = {
              "Data is read from the repository chunk by chunk, checked, and streamed; checksums\n"
              "are computed on the way, so the archive is written in one pass.  FILE is built\n"
              "under a temporary name and renamed when complete; '-' writes to standard output\n"
-             "(then the summary goes to standard error).\n"
-             "\n"
-             "Options:\n" REPO_OPTIONS_HELP
-             "  -o, --output FILE       the archive to write, or '-' for standard output\n"
-             "  --format tar|ova        archive layout (default: ova when FILE ends in .ova,\n"
-             "                          else tar)\n"
-             "  --force                 replace FILE if it exists\n"
-             "  --json                  progress lines and a JSON summary: backup, file, format,\n"
-             "                          disks, disk_bytes, data_bytes, archive_bytes, seconds\n"
-             "  -h, --help              this help\n"
-             "\n"
-             "Exit status: 0 success, 1 failure (unknown backup, damaged data, existing FILE),\n"
-             "2 bad usage.\n",
+             "(then the summary goes to standard error).\n",
+    .common = CLI_REPO | CLI_PASSPHRASE | CLI_JSON,
+    .options = export_options,
+    .json_short = 'J',
+    .json_help = "progress lines and a JSON summary: backup, file, format,\n"
+                 "disks, disk_bytes, data_bytes, archive_bytes, seconds",
+    .epilog = "Exit status: 0 success, 1 failure (unknown backup, damaged data, existing FILE),\n"
+              "2 bad usage.\n",
 };

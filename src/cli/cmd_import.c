@@ -3,7 +3,6 @@
  * stored by the importer, backup/archive_import.c. */
 #include <errno.h>
 #include <fcntl.h>
-#include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -44,42 +43,29 @@ static void print_summary(const struct archive_import_result *res, const char *s
            (unsigned long long)res->chunks_reused, seconds);
 }
 
+static const struct cli_option import_options[] = {
+    {"vm", 'm', "NAME", "store the backup under this VM ID"},
+    {NULL, 0, NULL, NULL},
+};
+
 static int import_run(int argc, char **argv)
 {
-    static const struct option opts[] = {
-        {"repo", required_argument, NULL, 'r'}, {"passphrase-file", required_argument, NULL, 'P'},
-        {"vm", required_argument, NULL, 'm'},   {"json", no_argument, NULL, 'J'},
-        {"help", no_argument, NULL, 'h'},       {NULL, 0, NULL, 0},
-    };
-    const char *repo_arg = NULL, *pass_file = NULL, *vm_opt = NULL;
-    bool json = false;
+    const char *vm_opt = NULL;
+    struct cli_args ca = {0};
     int c;
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "r:P:m:Jh", opts, NULL)) != -1) {
-        switch (c) {
-        case 'r':
-            repo_arg = optarg;
-            break;
-        case 'P':
-            pass_file = optarg;
-            break;
-        case 'm':
-            vm_opt = optarg;
-            break;
-        case 'J':
-            json = true;
-            break;
-        case 'h':
-            return cli_help(&cmd_import);
-        default:
-            return cli_usage_error(&cmd_import, "unknown option");
-        }
-    }
-    if (argc - optind != 1)
+    while ((c = cli_next(&ca, &cmd_import, argc, argv)) > 0)
+        if (c == 'm')
+            vm_opt = ca.arg;
+    if (c == CLI_EXIT)
+        return ca.status;
+    const char *repo_arg = ca.repo, *pass_file = ca.passphrase_file;
+    bool json = ca.json;
+    int first = ca.first;
+    if (argc - first != 1)
         return cli_usage_error(&cmd_import, "expected one FILE ('-' for standard input)");
     if (vm_opt && (!*vm_opt || strchr(vm_opt, '/')))
         return cli_usage_error(&cmd_import, "--vm NAME must be non-empty and without '/'");
-    const char *file = argv[optind];
+    const char *file = argv[first];
     bool from_stdin = !strcmp(file, "-");
     const char *src = from_stdin ? "standard input" : file;
     double t0 = progress_now();
@@ -131,15 +117,13 @@ const struct cli_command cmd_import = {
         "Every member is checked against the manifest (VM.mf or SHA256SUMS, the last\n"
         "member).  A member that is missing, extra, repeated or whose SHA-256 differs fails\n"
         "the import, naming the member, and no backup is created (chunks already stored\n"
-        "are left for 'vmexport gc').\n"
-        "\n"
-        "Options:\n" REPO_OPTIONS_HELP
-        "  --vm NAME               store the backup under this VM ID\n"
-        "  --json                  progress lines and a JSON summary: backup, vm,\n"
-        "                          source_backup, disks, bytes_read, bytes_written,\n"
-        "                          chunks_new, chunks_reused, seconds\n"
-        "  -h, --help              this help\n"
-        "\n"
-        "Exit status: 0 success, 1 failure (unreadable, damaged or tampered archive), 2 bad\n"
-        "usage.\n",
+        "are left for 'vmexport gc').\n",
+    .common = CLI_REPO | CLI_PASSPHRASE | CLI_JSON,
+    .options = import_options,
+    .json_short = 'J',
+    .json_help = "progress lines and a JSON summary: backup, vm,\n"
+                 "source_backup, disks, bytes_read, bytes_written,\n"
+                 "chunks_new, chunks_reused, seconds",
+    .epilog = "Exit status: 0 success, 1 failure (unreadable, damaged or tampered archive), 2 bad\n"
+              "usage.\n",
 };

@@ -27,6 +27,7 @@
 #include "cli/repo_open.h"
 #include "cli/upload.h"
 #include "client/client.h"
+#include "client/rest.h"
 #include "core/cleanup.h"
 #include "core/hash.h"
 #include "fs/fsinfo.h"
@@ -683,23 +684,16 @@ static void *flush_worker(void *opaque)
 /* Mark chunks touched by the changed areas of a disk, page by page, and collect the changed
  * and zeroed areas.  change_id: "*" or the previous backup's.  Returns -ESTALE when the server
  * no longer knows change_id. */
-static int mark_changes(struct client *c, struct disk_plan *d, const char *change_id, uint32_t cs)
+static int mark_changes(struct client *c, const char *vm, const char *snap, struct disk_plan *d,
+                        const char *change_id, uint32_t cs)
 {
     const uint64_t size = d->size;
     uint64_t start = 0;
-    CLEANUP_FREE char *cid = client_escape(change_id);
-    if (!cid)
-        return -ENOMEM;
     for (;;) {
-        CLEANUP_FREE char *path = NULL;
-        if (asprintf(&path, "%s/changes?changeId=%s&startOffset=%" PRIu64, d->data_path, cid,
-                     start) < 0)
-            return -ENOMEM;
         json_t *j = NULL;
-        long status = 0;
-        int r = client_json(c, "GET", path, NULL, &j, &status);
+        int r = client_get_disk_changes(c, vm, snap, d->name, change_id, start, &j);
         if (r < 0)
-            return status == 400 && strcmp(change_id, "*") ? -ESTALE : r;
+            return r == -EINVAL && strcmp(change_id, "*") ? -ESTALE : r;
         uint64_t len = (uint64_t)json_integer_value(json_object_get(j, "length"));
         static const char *const kinds[] = {"changedArea", "zeroedArea"};
         for (size_t kind = 0; kind < ARRAY_SIZE(kinds) && r == 0; kind++) {
@@ -883,16 +877,12 @@ static int open_local(const json_t *dj, struct disk_plan *d, char *why, size_t w
     return -1;
 }
 
-/* Delete snapshot sid of the VM at vm_path on the server; a failure (other than "already
+/* Delete snapshot sid of the VM vm on the server; a failure (other than "already
  * gone") is a warning, since the backup itself is done or failed already.  what: "old" ... */
-static void delete_snapshot(struct client *cl, const char *vm_path, const char *sid,
-                            const char *what)
+static void delete_snapshot(struct client *cl, const char *vm, const char *sid, const char *what)
 {
-    CLEANUP_FREE char *se = client_escape(sid);
-    CLEANUP_FREE char *dp = NULL;
-    long st = 0;
-    if (se && asprintf(&dp, "%s/snapshots/%s", vm_path, se) >= 0 &&
-        client_json(cl, "DELETE", dp, NULL, NULL, &st) < 0 && st != 404)
+    int r = client_delete_snapshot(cl, vm, sid);
+    if (r < 0 && r != -ENOENT)
         fprintf(stderr, "vmexport backup: warning: deleting the %s snapshot %s: %s\n", what, sid,
                 client_error(cl));
 }
@@ -921,14 +911,11 @@ static char *snapshot_label(const struct repo *repo)
  * (one that failed deletes its own).  Called holding the VM's backup lock, so no backup of the
  * VM into this repository is running. */
 static void delete_stale_snapshots(struct client *cl, struct repo *repo, const char *vm,
-                                   const char *vm_path, const char *label)
+                                   const char *label)
 {
-    CLEANUP_FREE char *list_path = NULL;
     json_t *snaps = NULL;
     backup_list all = VECTOR_INIT;
-    if (asprintf(&list_path, "%s/snapshots?chunks=false", vm_path) < 0)
-        return;
-    if (client_json(cl, "GET", list_path, NULL, &snaps, NULL) < 0) {
+    if (client_list_snapshots(cl, vm, false, &snaps) < 0) {
         fprintf(stderr, "vmexport backup: warning: VM %s: listing snapshots: %s\n", vm,
                 client_error(cl));
         return;
@@ -948,7 +935,7 @@ static void delete_stale_snapshots(struct client *cl, struct repo *repo, const c
         for (size_t k = 0; k < all.len && !used; k++)
             used = all.ptr[k]->snapshot_id && !strcmp(all.ptr[k]->snapshot_id, sid);
         if (!used)
-            delete_snapshot(cl, vm_path, sid, "stale (left by an interrupted backup)");
+            delete_snapshot(cl, vm, sid, "stale (left by an interrupted backup)");
     }
     backup_list_free(&all);
     json_decref(snaps);
@@ -1043,16 +1030,12 @@ static int backup_run_cmd(int argc, char **argv)
     pthread_cond_init(&b.q_full_cv, NULL);
     pthread_cond_init(&b.q_free_cv, NULL);
     pthread_cond_init(&b.flush_cv, NULL);
-    CLEANUP_FREE char *vm_esc = client_escape(vm);
-    CLEANUP_FREE char *vm_path = NULL;
-    CLEANUP_FREE char *snaps_path = NULL;
     CLEANUP_FREE char *backup_id = NULL;
     CLEANUP_FREE char *label = snapshot_label(repo);
-    CLEANUP_FREE char *label_esc = NULL;
-    if (!label || !vm_esc || asprintf(&vm_path, "/api/v1/vms/%s", vm_esc) < 0)
+    if (!label)
         goto out;
 
-    if ((r = client_json(cl, "GET", vm_path, NULL, &vmj, NULL)) < 0) {
+    if ((r = client_get_vm(cl, vm, &vmj)) < 0) {
         fprintf(stderr, "vmexport backup: VM %s: %s\n", vm, client_error(cl));
         goto out;
     }
@@ -1067,13 +1050,9 @@ static int backup_run_cmd(int argc, char **argv)
     }
     if (!full && repo_backup_latest(repo, vm, &prev) < 0)
         prev = NULL;
-    delete_stale_snapshots(cl, repo, vm, vm_path, label);
+    delete_stale_snapshots(cl, repo, vm, label);
 
-    label_esc = client_escape(label);
-    if (!label_esc ||
-        asprintf(&snaps_path, "%s/snapshots?chunks=false&label=%s", vm_path, label_esc) < 0)
-        goto out;
-    if ((r = client_json(cl, "POST", snaps_path, NULL, &snapj, NULL)) < 0) {
+    if ((r = client_create_snapshot(cl, vm, label, false, &snapj)) < 0) {
         fprintf(stderr, "vmexport backup: VM %s: creating a snapshot: %s\n", vm, client_error(cl));
         goto out;
     }
@@ -1097,10 +1076,7 @@ static int backup_run_cmd(int argc, char **argv)
         d->name = json_string_value(json_object_get(dj, "name"));
         d->size = (uint64_t)json_integer_value(json_object_get(dj, "size"));
         d->change_id = json_string_value(json_object_get(dj, "change_id"));
-        CLEANUP_FREE char *sid = client_escape(snap_id);
-        CLEANUP_FREE char *did = d->name ? client_escape(d->name) : NULL;
-        if (!d->name || !sid || !did ||
-            asprintf(&d->data_path, "%s/snapshots/%s/disks/%s", vm_path, sid, did) < 0)
+        if (!d->name || !(d->data_path = client_disk_data_path(vm, snap_id, d->name)))
             goto out;
         uint64_t n = (d->size + cs - 1) / cs;
         d->touched = calloc(n / 8 + 1, 1);
@@ -1117,13 +1093,13 @@ static int backup_run_cmd(int argc, char **argv)
                 }
             }
         }
-        r = mark_changes(cl, d, since, cs);
+        r = mark_changes(cl, vm, snap_id, d, since, cs);
         if (r == -ESTALE) { /* the previous snapshot is gone from the server */
             memset(d->touched, 0, n / 8 + 1);
             d->touched_bytes = 0;
             area_list_clear(&d->changed);
             area_list_clear(&d->zeroed);
-            r = mark_changes(cl, d, "*", cs);
+            r = mark_changes(cl, vm, snap_id, d, "*", cs);
         } else if (r == 0 && strcmp(since, "*")) {
             d->incremental = true;
             /* The last chunk changes length when the size changes: read it again. */
@@ -1229,7 +1205,7 @@ static int backup_run_cmd(int argc, char **argv)
                 continue;
             if (kept++ < keep_snapshots)
                 continue;
-            delete_snapshot(cl, vm_path, sid, "old");
+            delete_snapshot(cl, vm, sid, "old");
         }
     }
     backup_list_free(&all);
@@ -1260,8 +1236,8 @@ out:
     if (w)
         repo_backup_abort(w);
     /* No backup uses the snapshot a failed run made: do not leave it on the server. */
-    if (ret != EXIT_OK && snap_id && *snap_id && vm_path)
-        delete_snapshot(cl, vm_path, snap_id, "unused");
+    if (ret != EXIT_OK && snap_id && *snap_id)
+        delete_snapshot(cl, vm, snap_id, "unused");
     if (b.clients) {
         for (unsigned t = 1; t < o.jobs; t++)
             if (b.clients[t])
