@@ -83,3 +83,24 @@ void progress_finish(struct progress *p)
     pthread_mutex_unlock(&p->lock);
     pthread_mutex_destroy(&p->lock);
 }
+
+void progress_sink_begin(void *sink, uint64_t total)
+{
+    struct progress_sink *s = sink;
+    progress_init(&s->p, s->what, total, s->json);
+    s->started = true;
+}
+
+void progress_sink_add(void *sink, uint64_t bytes)
+{
+    struct progress_sink *s = sink;
+    if (s->started)
+        progress_add(&s->p, bytes);
+}
+
+void progress_sink_finish(struct progress_sink *s)
+{
+    if (s->started)
+        progress_finish(&s->p);
+    s->started = false;
+}
