@@ -199,8 +199,7 @@ static int stage_disk(const struct restore_options *o, struct staged_disk *d, ch
         o->progress.disk_end(o->progress.opaque, d->disk);
     close(fd);
     if (r < 0) {
-        set_err(err, errlen, "backup %s: disk %s: %s", b->id, d->disk,
-                first_error_message(&s.fe));
+        set_err(err, errlen, "backup %s: disk %s: %s", b->id, d->disk, first_error_message(&s.fe));
         unlink(d->tmp);
         free(d->tmp);
         d->tmp = NULL;
@@ -330,8 +329,7 @@ static int restore_commit(struct staged_disk *s, size_t n, bool force, char *err
                     ? unlink(s[i].dest)
                     : renameat2(AT_FDCWD, s[i].tmp, AT_FDCWD, s[i].dest, RENAME_EXCHANGE);
         if (r < 0)
-            add_note(err, errlen, "%s: cannot undo the restore: %s", s[i].dest,
-                     strerror(errno));
+            add_note(err, errlen, "%s: cannot undo the restore: %s", s[i].dest, strerror(errno));
         else
             s[i].placed = STAGED;
     }
@@ -346,8 +344,8 @@ static bool safe_name(const char *s)
     return s && *s && s[0] != '.' && !strchr(s, '/') && strlen(s) <= 255;
 }
 
-int restore_find_backup(struct repo *repo, const char *id, const char *disk,
-                        unsigned lock_timeout, struct backup **out, char *err, size_t errlen)
+int restore_find_backup(struct repo *repo, const char *id, const char *disk, unsigned lock_timeout,
+                        struct backup **out, char *err, size_t errlen)
 {
     *out = NULL;
     char why[256] = "";
@@ -424,8 +422,7 @@ int restore_run(const struct restore_options *o, struct restore_result *res)
         return -EINVAL;
     }
     struct stat st;
-    bool to_dir =
-        (!o->disk && b->disks.len != 1) || (stat(o->to, &st) == 0 && S_ISDIR(st.st_mode));
+    bool to_dir = (!o->disk && b->disks.len != 1) || (stat(o->to, &st) == 0 && S_ISDIR(st.st_mode));
     bool made_dir = false;
     size_t n = 0;
     struct staged_disk *s = calloc(b->disks.len ? b->disks.len : 1, sizeof(*s));

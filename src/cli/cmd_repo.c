@@ -1,4 +1,5 @@
-/* Repository commands: repo init, backup, backups, restore, verify, prune, gc.
+/* vmexport repo (init, upgrade) and vmexport backup; backups, restore, verify, prune and gc
+ * have a file each (cmd_<name>.c).
  *
  * backup pulls a new snapshot from vmexportd.  For each disk it asks which areas changed since
  * the disk's state in the previous backup (the /changes API with that backup's change ID; "*"
