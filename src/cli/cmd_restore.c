@@ -1,5 +1,5 @@
 /* vmexport restore: the disks of a backup back to files (the engine in backup/restore.c) or,
- * with --upload, to a host through vmexportd's upload API (cli/upload.c). */
+ * with --upload, to a host through vmexportd's upload API (cli/upload.c over backup/upload.c). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
