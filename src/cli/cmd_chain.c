@@ -4,7 +4,6 @@
  * checked here), "chain upload" flattens to a temporary file and uploads it to a VM. */
 #include <errno.h>
 #include <fcntl.h>
-#include <getopt.h>
 #include <inttypes.h>
 #include <jansson.h>
 #include <limits.h>
@@ -25,7 +24,6 @@
 
 /* Parallel upload connections unless --jobs says otherwise. */
 #define DEFAULT_JOBS 4
-#define MAX_JOBS     64
 /* flatten builds FILE + this (mkstemp fills the X's) next to FILE; a crash may leave it. */
 #define FLATTEN_TMP_SUFFIX ".vxtmp.XXXXXX"
 /* upload flattens into this file of $TMPDIR or of the directory containing DIR. */
@@ -472,63 +470,45 @@ static int info(const char *dir, bool json)
 
 /* ---- command line ------------------------------------------------------------------------- */
 
-static int parse_jobs(const char *s, unsigned *out)
-{
-    char *end;
-    errno = 0;
-    unsigned long v = strtoul(s, &end, 10);
-    if (errno || end == s || *end || v < 1 || v > MAX_JOBS)
-        return -EINVAL;
-    *out = (unsigned)v;
-    return 0;
-}
+static const struct cli_option chain_options[] = {
+    {"output", 'o', "FILE", "flatten: the raw file to write"},
+    {"force", 'f', NULL, "flatten: replace FILE if it exists (never an image of the chain)"},
+    {"to", 't', "VM", "upload: the VM to upload to"},
+    {"disk", 'd', "NAME", "upload: the name of the disk in VM"},
+    {NULL, 0, NULL, NULL},
+};
 
 static int chain_run(int argc, char **argv)
 {
-    static const struct option opts[] = {
-        {"json", no_argument, NULL, 'J'},       {"output", required_argument, NULL, 'o'},
-        {"force", no_argument, NULL, 'f'},      {"to", required_argument, NULL, 't'},
-        {"disk", required_argument, NULL, 'd'}, {"jobs", required_argument, NULL, 'j'},
-        {"help", no_argument, NULL, 'h'},       {NULL, 0, NULL, 0},
-    };
-    bool json = false, force = false;
-    const char *out = NULL, *vm = NULL, *disk = NULL, *jobs_arg = NULL;
-    unsigned jobs = DEFAULT_JOBS;
+    bool force = false;
+    const char *out = NULL, *vm = NULL, *disk = NULL;
+    struct cli_args a = {0};
     int c;
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "o:ft:d:j:h", opts, NULL)) != -1) {
+    while ((c = cli_next(&a, &cmd_chain, argc, argv)) > 0) {
         switch (c) {
-        case 'J':
-            json = true;
-            break;
         case 'o':
-            out = optarg;
+            out = a.arg;
             break;
         case 'f':
             force = true;
             break;
         case 't':
-            vm = optarg;
+            vm = a.arg;
             break;
         case 'd':
-            disk = optarg;
+            disk = a.arg;
             break;
-        case 'j':
-            jobs_arg = optarg;
-            if (parse_jobs(optarg, &jobs) < 0)
-                return cli_usage_error(&cmd_chain, "--jobs takes 1 to %d, not '%s'", MAX_JOBS,
-                                       optarg);
-            break;
-        case 'h':
-            return cli_help(&cmd_chain);
-        default:
-            return cli_usage_error(&cmd_chain, "unknown option");
         }
     }
-    int n = argc - optind;
+    if (c == CLI_EXIT)
+        return a.status;
+    bool json = a.json;
+    unsigned jobs = a.jobs ? a.jobs : DEFAULT_JOBS;
+    int first = a.first;
+    int n = argc - first;
     if (n < 1)
         return cli_usage_error(&cmd_chain, "expected info, flatten or upload");
-    const char *sub = argv[optind];
+    const char *sub = argv[first];
     bool is_info = !strcmp(sub, "info"), is_flatten = !strcmp(sub, "flatten"),
          is_upload = !strcmp(sub, "upload");
     if (!is_info && !is_flatten && !is_upload)
@@ -536,16 +516,16 @@ static int chain_run(int argc, char **argv)
                                sub);
     if (n != 2)
         return cli_usage_error(&cmd_chain, "%s: expected one DIR", sub);
-    const char *dir = argv[optind + 1];
+    const char *dir = argv[first + 1];
 
     /* Options of the other subcommands are mistakes, not something to ignore. */
-    const char *stray = json && !is_info         ? "--json"
-                        : out && !is_flatten     ? "--output"
-                        : force && !is_flatten   ? "--force"
-                        : vm && !is_upload       ? "--to"
-                        : disk && !is_upload     ? "--disk"
-                        : jobs_arg && !is_upload ? "--jobs"
-                                                 : NULL;
+    const char *stray = json && !is_info       ? "--json"
+                        : out && !is_flatten   ? "--output"
+                        : force && !is_flatten ? "--force"
+                        : vm && !is_upload     ? "--to"
+                        : disk && !is_upload   ? "--disk"
+                        : a.jobs && !is_upload ? "--jobs"
+                                               : NULL;
     if (stray)
         return cli_usage_error(&cmd_chain, "%s does not go with chain %s", stray, sub);
     if (is_info)
@@ -598,30 +578,26 @@ const struct cli_command cmd_chain = {
         "         vmexportd's upload API, and remove it.  The temporary file is made in\n"
         "         $TMPDIR if set, else in the directory that contains DIR (the chain's own\n"
         "         storage: /tmp is often too small); it needs as much space as the disk has\n"
-        "         data.  Connection options: see 'vmexport --help'.\n"
+        "         data (connection options below).\n"
         "\n"
         "Encrypted images and images qemu marked corrupt cannot be flattened or uploaded.\n"
         "Interrupting flatten or upload removes the temporary file.\n"
-        "\n"
-        "Options:\n"
-        "  --json           info: one JSON object {\"directory\",\"top\",\"virtual_size\",\n"
-        "                   \"layers\":[{\"name\",\"path\",\"format\",\"virtual_size\",\n"
-        "                   \"file_size\",\"backing_file\",\"backing_format\",\"backing\",\n"
-        "                   \"backing_found_by_name\"}]}, layers base first; qcow2 layers add\n"
-        "                   \"version\",\"cluster_size\",\"encrypted\",\"dirty\",\"corrupt\",\n"
-        "                   \"internal_snapshots\"\n"
-        "  -o, --output FILE  flatten: the raw file to write\n"
-        "  -f, --force      flatten: replace FILE if it exists (never an image of the chain)\n"
-        "  -t, --to VM      upload: the VM to upload to\n"
-        "  -d, --disk NAME  upload: the name of the disk in VM\n"
-        "  -j, --jobs N     upload: parallel connections, 1 to 64 (default 4)\n"
-        "  -h, --help       this help\n"
-        "\n"
-        "Environment:\n"
-        "  VMEXPORT_QEMU_IMG  the qemu-img to run (default: qemu-img from PATH, package\n"
-        "                     qemu-utils)\n"
-        "  TMPDIR             where upload writes its temporary file\n"
-        "\n"
-        "Exit status: 0 success, 1 failure (broken chain, qemu-img or upload failed), 2 bad\n"
-        "usage.\n",
+        "\n",
+    .common = CLI_JSON | CLI_JOBS | CLI_CONNECTION,
+    .options = chain_options,
+    .jobs_short = 'j',
+    .json_help = "info: one JSON object {\"directory\",\"top\",\"virtual_size\",\n"
+                 "\"layers\":[{\"name\",\"path\",\"format\",\"virtual_size\",\n"
+                 "\"file_size\",\"backing_file\",\"backing_format\",\"backing\",\n"
+                 "\"backing_found_by_name\"}]}, layers base first; qcow2 layers add\n"
+                 "\"version\",\"cluster_size\",\"encrypted\",\"dirty\",\"corrupt\",\n"
+                 "\"internal_snapshots\"",
+    .jobs_help = "upload: parallel connections, 1 to 64 (default 4)",
+    .epilog = "Environment:\n"
+              "  VMEXPORT_QEMU_IMG  the qemu-img to run (default: qemu-img from PATH, package\n"
+              "                     qemu-utils)\n"
+              "  TMPDIR             where upload writes its temporary file\n"
+              "\n"
+              "Exit status: 0 success, 1 failure (broken chain, qemu-img or upload failed), 2 bad\n"
+              "usage.\n",
 };
