@@ -31,6 +31,7 @@
 #include "core/hash.h"
 #include "core/hex.h"
 #include "core/lock.h"
+#include "core/names.h"
 #include "core/pool.h"
 #include "repo/repo.h"
 
@@ -744,19 +745,19 @@ static int plan_disks(struct backup_ctx *b, const json_t *snapj, const char *sna
     return r < 0 ? r : 0;
 }
 
+static const struct enum_name transport_names[] = {
+    {BACKUP_TRANSPORT_AUTO, "auto"},
+    {BACKUP_TRANSPORT_HTTPS, "https"},
+    {BACKUP_TRANSPORT_LOCAL, "local"},
+};
+
 int backup_transport_parse(const char *s, enum backup_transport *out)
 {
-    static const char *const names[] = {
-        [BACKUP_TRANSPORT_AUTO] = "auto",
-        [BACKUP_TRANSPORT_HTTPS] = "https",
-        [BACKUP_TRANSPORT_LOCAL] = "local",
-    };
-    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
-        if (!strcmp(s, names[i])) {
-            *out = (enum backup_transport)i;
-            return 0;
-        }
-    return -EINVAL;
+    int v;
+    int r = enum_parse(transport_names, ARRAY_SIZE(transport_names), s, &v);
+    if (r == 0)
+        *out = (enum backup_transport)v;
+    return r;
 }
 
 void backup_result_free(struct backup_result *res)
