@@ -726,9 +726,13 @@ static int plan_disks(struct backup_ctx *b, const json_t *snapj, const char *sna
     }
     for (size_t i = 0; i < nplans && r >= 0; i++) {
         struct disk_plan *d = &plans[i];
-        const json_t *dj = diff && d->have_prev ? answer_disk(diff, d->name) : NULL;
-        bool incremental = dj && json_object_get(dj, "diff_mode");
-        if (!incremental) {
+        /* A disk the base does not have is listed without diff_mode, with all its data. */
+        const json_t *dj = diff ? answer_disk(diff, d->name) : NULL;
+        bool diffed = dj && json_object_get(dj, "diff_mode");
+        bool incremental = diffed && d->have_prev;
+        if (diffed && !incremental)
+            dj = NULL; /* changes against a base this repository lacks: the data is needed */
+        if (!dj) {
             if (!extents && (r = client_get_snapshot(cl, b->o->vm, snap_id, NULL, &extents)) < 0)
                 r = first_error_set(&b->fe, r, "VM %s: disk %s: changed areas: %s", b->o->vm,
                                     d->name, client_error(cl));
