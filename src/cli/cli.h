@@ -36,7 +36,7 @@ extern const struct cli_command cmd_vms, cmd_snapshots, cmd_snapshot, cmd_downlo
 /* Repository commands (cmd_repo.c). */
 extern const struct cli_command cmd_repo, cmd_backup, cmd_backups, cmd_restore, cmd_verify,
     cmd_prune, cmd_gc;
-/* qcow2 chains (cmd_chain.c) and portable archives (cmd_archive.c). */
+/* qcow2 chains (cmd_chain.c) and portable archives (cmd_export.c, cmd_import.c). */
 extern const struct cli_command cmd_chain, cmd_export, cmd_import;
 
 /* Options accepted anywhere on the command line (before or after the command name); main.c
