@@ -1,5 +1,5 @@
-/* Global options of the command line (connection settings, verbosity), accepted before or after
- * the command name, and the logged-in client the remote commands build from them and from the
+/* Global options of the command line (connection settings, verbosity; their table is in
+ * options.c) and the logged-in client the remote commands build from them and from the
  * environment. */
 #include <errno.h>
 #include <stdio.h>
@@ -13,81 +13,6 @@
 
 /* Longest password read from --password-file. */
 #define PASSWORD_MAX 4096
-
-struct cli_globals cli_globals;
-
-/* Options with a value: "--name VALUE" or "--name=VALUE". */
-static const struct {
-    const char *name;
-    const char **value;
-} valued_options[] = {
-    {"--server", &cli_globals.server},
-    {"--user", &cli_globals.user},
-    {"--password-file", &cli_globals.password_file},
-    {"--cacert", &cli_globals.cacert},
-    {"--cert", &cli_globals.cert},
-    {"--key", &cli_globals.key},
-};
-
-/* 1: argv[*i] was a valued global option (consumed, *i advanced), 0: it is not one, -1: error. */
-static int take_valued(int argc, char **argv, int *i)
-{
-    const char *arg = argv[*i];
-    for (size_t o = 0; o < sizeof(valued_options) / sizeof(valued_options[0]); o++) {
-        const char *name = valued_options[o].name;
-        size_t len = strlen(name);
-        if (strncmp(arg, name, len) != 0)
-            continue;
-        const char *value;
-        if (arg[len] == '=') {
-            value = arg + len + 1;
-        } else if (arg[len] == '\0') {
-            if (*i + 1 >= argc) {
-                fprintf(stderr, "vmexport: option '%s' needs a value\n", name);
-                return -1;
-            }
-            value = argv[++*i];
-        } else {
-            continue; /* a longer option that merely starts like this one */
-        }
-        if (!value[0]) {
-            fprintf(stderr, "vmexport: option '%s' needs a non-empty value\n", name);
-            return -1;
-        }
-        *valued_options[o].value = value;
-        return 1;
-    }
-    return 0;
-}
-
-int cli_globals_extract(int argc, char **argv)
-{
-    int out = argc > 0 ? 1 : 0;
-    for (int i = 1; i < argc; i++) {
-        const char *arg = argv[i];
-        if (!strcmp(arg, "--")) {
-            /* Everything from here on belongs to the command. */
-            while (i < argc)
-                argv[out++] = argv[i++];
-            break;
-        }
-        if (!strcmp(arg, "--insecure")) {
-            cli_globals.insecure = true;
-            continue;
-        }
-        if (!strcmp(arg, "-v") || !strcmp(arg, "--verbose")) {
-            cli_globals.verbose = true;
-            continue;
-        }
-        int r = take_valued(argc, argv, &i);
-        if (r < 0)
-            return -1;
-        if (r == 0)
-            argv[out++] = argv[i];
-    }
-    argv[out] = NULL; /* argv has argc + 1 slots */
-    return out;
-}
 
 /* The first line of path (without its line end) into buf. */
 static int read_password_file(const char *path, char *buf, size_t len)

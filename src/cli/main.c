@@ -24,17 +24,15 @@ static void usage(FILE *f)
                "Commands:\n");
     for (size_t i = 0; i < N_COMMANDS; i++)
         fprintf(f, "  %-10s %s\n", commands[i]->name, commands[i]->summary);
-    fprintf(f,
-            "\n"
-            "Options:\n"
-            "  -v, --verbose  log what is being done\n"
-            "  -h, --help     this help; 'vmexport COMMAND --help' for a command's\n"
-            "  -V, --version  print the version\n"
-            "\n"
-            "%s"
-            "\n"
-            "Exit status: 0 success, 1 failure, 2 bad usage.\n",
-            cli_connection_help);
+    fprintf(f, "\n"
+               "Options:\n"
+               "  -v, --verbose  log what is being done\n"
+               "  -h, --help     this help; 'vmexport COMMAND --help' for a command's\n"
+               "  -V, --version  print the version\n"
+               "\n");
+    cli_print_connection_help(f);
+    fprintf(f, "\n"
+               "Exit status: 0 success, 1 failure, 2 bad usage.\n");
 }
 
 static const struct cli_command *find_command(const char *name)

@@ -21,6 +21,18 @@ void progress_init(struct progress *p, const char *what, uint64_t total, bool js
 void progress_add(struct progress *p, uint64_t bytes);
 void progress_finish(struct progress *p);
 
+/* A progress driven by an engine's callbacks (begin with the total, then add): give
+ * progress_sink_begin/progress_sink_add with the sink as opaque; progress_sink_finish() ends
+ * the bar if begin was called. */
+struct progress_sink {
+    struct progress p;
+    const char *what;
+    bool json, started;
+};
+void progress_sink_begin(void *sink, uint64_t total);
+void progress_sink_add(void *sink, uint64_t bytes);
+void progress_sink_finish(struct progress_sink *s);
+
 /* Seconds since an arbitrary start, monotonic. */
 double progress_now(void);
 

@@ -204,6 +204,19 @@ int extent_list_align(extent_list *l, uint64_t chunk, uint64_t limit)
     return 0;
 }
 
+size_t extent_list_find(const extent_list *l, uint64_t off)
+{
+    size_t lo = 0, hi = l->len;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (extent_end(&l->ptr[mid]) <= off)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
 uint64_t extent_list_bytes(const extent_list *l)
 {
     uint64_t total = 0;

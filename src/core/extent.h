@@ -13,6 +13,7 @@
 #define VMEXPORT_CORE_EXTENT_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "vector.h"
@@ -84,6 +85,10 @@ int extent_list_subtract(const extent_list *a, const extent_list *b, extent_list
  * none) and extents starting at or past limit are dropped.  Physical addresses become unknown
  * where an extent moved. */
 int extent_list_align(extent_list *l, uint64_t chunk, uint64_t limit);
+
+/* Index of the first extent ending after off (l->len when none): where a walk over the extents
+ * overlapping [off, ...) starts.  Binary search, O(log n). */
+size_t extent_list_find(const extent_list *l, uint64_t off);
 
 /* Total number of bytes covered. */
 uint64_t extent_list_bytes(const extent_list *l);

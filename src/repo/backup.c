@@ -8,19 +8,16 @@
  */
 #include "repo_internal.h"
 
-#include <dirent.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <jansson.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <time.h>
-#include <unistd.h>
 
 #include "core/cleanup.h"
+#include "core/hex.h"
 #include "core/log.h"
 
 #define BACKUP_FORMAT       "vmexport-backup"
@@ -42,10 +39,8 @@ struct backup_writer {
     char *id;
     char *rel_dir; /* backups/<vm dir>/<id> */
     int64_t time;
-    int vm_dir_fd; /* backups/<vm dir> */
-    int dir_fd;    /* backups/<vm dir>/<id> */
-    int repo_lock_fd;
-    int vm_lock_fd;
+    struct store_lease *repo_lock; /* shared */
+    struct store_lease *vm_lock;   /* exclusive */
     backup_disk_list disks;
 };
 
@@ -435,12 +430,8 @@ static int backup_load(struct repo *r, const char *vm_dir, const char *id, struc
 
 static void writer_free(struct backup_writer *w)
 {
-    if (w->dir_fd >= 0)
-        close(w->dir_fd);
-    if (w->vm_dir_fd >= 0)
-        close(w->vm_dir_fd);
-    lock_file_release(w->vm_lock_fd);
-    lock_file_release(w->repo_lock_fd);
+    lock_file_release(w->r, w->vm_lock);
+    lock_file_release(w->r, w->repo_lock);
     disks_reset(&w->disks);
     free(w->vm_id);
     free(w->vm_dir);
@@ -451,100 +442,101 @@ static void writer_free(struct backup_writer *w)
 
 /* Whether some VM already has a backup directory of this ID (IDs are unique repository-wide
  * so that repo_backup_get() finds one backup). */
-static bool backup_id_in_use(int backups_fd, const char *id)
+struct id_use_walk {
+    struct repo *r;
+    const char *id;
+};
+
+static int id_use_entry(void *opaque, const struct store_entry *e)
 {
-    DIR *d;
-    int fd = fcntl(backups_fd, F_DUPFD_CLOEXEC, 0);
-    if (fd < 0 || !(d = fdopendir(fd))) {
-        if (fd >= 0)
-            close(fd);
-        return false; /* the mkdir below still refuses a clash within the VM */
-    }
-    rewinddir(d);
-    struct dirent *de;
-    bool used = false;
-    while (!used && (de = readdir(d))) {
-        char rel[NAME_MAX + 1 + BACKUP_ID_LEN + 1];
-        struct stat st;
-        if (de->d_name[0] == '.')
-            continue;
-        snprintf(rel, sizeof(rel), "%s/%s", de->d_name, id);
-        used = fstatat(backups_fd, rel, &st, AT_SYMLINK_NOFOLLOW) == 0;
-    }
-    closedir(d);
-    return used;
+    struct id_use_walk *w = opaque;
+    char key[NAME_MAX + sizeof(REPO_BACKUPS_DIR) + BACKUP_ID_LEN + 3];
+    if (e->name[0] == '.' || !e->prefix)
+        return 0;
+    snprintf(key, sizeof(key), REPO_BACKUPS_DIR "/%s/%s", e->name, w->id);
+    return store_exists(w->r->store, key, NULL) == 0 ? 1 : 0;
+}
+
+static bool backup_id_in_use(struct repo *r, const char *id)
+{
+    struct id_use_walk w = {.r = r, .id = id};
+    /* A listing that fails says "not in use": making the directory still refuses a clash
+     * within the VM. */
+    return store_list(r->store, REPO_BACKUPS_DIR, id_use_entry, &w) > 0;
+}
+
+struct id_order_walk {
+    const char *id;
+    long max; /* greatest random part of the same second, -1 when none */
+};
+
+static int id_order_entry(void *opaque, const struct store_entry *e)
+{
+    struct id_order_walk *w = opaque;
+    if (!backup_id_valid(e->name) || strncmp(e->name, w->id, BACKUP_ID_TIME_LEN))
+        return 0;
+    long v = strtol(e->name + BACKUP_ID_TIME_LEN + 1, NULL, 16);
+    if (v > w->max)
+        w->max = v;
+    return 0;
 }
 
 /* Make id (just made by backup_id_make) sort after every backup of the same second already in
  * the VM directory, so that "the latest backup" (the greatest ID) is the one made last even
  * for several backups within one second (the VM lock serialises them).  Only the random part
  * changes: it is drawn above the greatest one in use, when there is room. */
-static int backup_id_order(int vm_dir_fd, char id[BACKUP_ID_LEN + 1])
+static int backup_id_order(struct repo *r, const char *vm_prefix, char id[BACKUP_ID_LEN + 1])
 {
-    int fd = fcntl(vm_dir_fd, F_DUPFD_CLOEXEC, 0);
-    DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
-    if (!d) {
-        if (fd >= 0)
-            close(fd);
+    struct id_order_walk w = {.id = id, .max = -1};
+    if (store_list(r->store, vm_prefix, id_order_entry, &w) < 0)
         return 0; /* ordering is best effort; uniqueness is checked by the caller */
-    }
-    rewinddir(d);
-    struct dirent *de;
-    long max = -1;
-    while ((de = readdir(d))) {
-        if (!backup_id_valid(de->d_name) || strncmp(de->d_name, id, BACKUP_ID_TIME_LEN))
-            continue;
-        long v = strtol(de->d_name + BACKUP_ID_TIME_LEN + 1, NULL, 16);
-        if (v > max)
-            max = v;
-    }
-    closedir(d);
     const long top = (1L << (8 * BACKUP_ID_RAND_BYTES)) - 1;
-    if (max < 0 || max >= top)
+    if (w.max < 0 || w.max >= top)
         return 0;
     uint32_t rnd = 0;
     int ret = repo_random_bytes(&rnd, sizeof(rnd));
     if (ret < 0)
         return ret;
-    unsigned long v = (unsigned long)(max + 1 + (long)(rnd % (uint32_t)(top - max)));
-    static const char hex[] = "0123456789abcdef";
-    for (int i = 2 * BACKUP_ID_RAND_BYTES - 1; i >= 0; i--, v >>= 4)
-        id[BACKUP_ID_TIME_LEN + 1 + i] = hex[v & 0xf];
+    unsigned long v = (unsigned long)(w.max + 1 + (long)(rnd % (uint32_t)(top - w.max)));
+    uint8_t raw[BACKUP_ID_RAND_BYTES];
+    for (int i = BACKUP_ID_RAND_BYTES - 1; i >= 0; i--, v >>= 8)
+        raw[i] = (uint8_t)(v & 0xff);
+    hex_encode(raw, sizeof(raw), id + BACKUP_ID_TIME_LEN + 1);
     return 0;
 }
 
 static int writer_make_dir(struct backup_writer *w, char *err, size_t errlen)
 {
     struct repo *r = w->r;
-    CLEANUP_CLOSE int backups_fd = -1;
+    CLEANUP_FREE char *vm_prefix = NULL;
     char id[BACKUP_ID_LEN + 1];
 
-    int ret = repo_open_dir(r->dirfd, REPO_BACKUPS_DIR, &backups_fd);
-    if (ret == 0)
-        ret = repo_mkdir(backups_fd, w->vm_dir);
-    if (ret == 0)
-        ret = repo_open_dir(backups_fd, w->vm_dir, &w->vm_dir_fd);
+    if (asprintf(&vm_prefix, REPO_BACKUPS_DIR "/%s", w->vm_dir) < 0)
+        return -ENOMEM;
+    int ret = store_make_prefix(r->store, vm_prefix, false);
     for (int i = 0; ret == 0 && i < BACKUP_ID_TRIES; i++) {
         ret = backup_id_make(w->time, id);
         if (ret == 0)
-            ret = backup_id_order(w->vm_dir_fd, id);
-        if (ret < 0 || backup_id_in_use(backups_fd, id))
+            ret = backup_id_order(r, vm_prefix, id);
+        if (ret < 0 || backup_id_in_use(r, id))
             continue;
-        if (mkdirat(w->vm_dir_fd, id, REPO_DIR_MODE) == 0) {
-            w->id = strdup(id);
+        free(w->rel_dir);
+        if (asprintf(&w->rel_dir, "%s/%s", vm_prefix, id) < 0) {
+            w->rel_dir = NULL;
+            ret = -ENOMEM;
             break;
         }
-        if (errno != EEXIST)
-            ret = repo_write_errno(errno);
+        ret = store_make_prefix(r->store, w->rel_dir, true);
+        if (ret == 0) {
+            w->id = strdup(id);
+            ret = w->id ? 0 : -ENOMEM;
+            break;
+        }
+        if (ret == -EEXIST)
+            ret = 0;
     }
     if (ret == 0 && !w->id)
         ret = -EEXIST;
-    if (ret == 0 && fsync(w->vm_dir_fd) < 0)
-        ret = repo_write_errno(errno);
-    if (ret == 0)
-        ret = repo_open_dir(w->vm_dir_fd, w->id, &w->dir_fd);
-    if (ret == 0 && asprintf(&w->rel_dir, REPO_BACKUPS_DIR "/%s/%s", w->vm_dir, w->id) < 0)
-        ret = -ENOMEM;
     if (ret < 0)
         repo_set_err(err, errlen, "%s/%s/%s: cannot create the backup directory: %s", r->path,
                      REPO_BACKUPS_DIR, w->vm_dir, strerror(-ret));
@@ -569,7 +561,6 @@ int repo_backup_begin(struct repo *r, const char *vm_id, int64_t time, unsigned 
         return -ENOMEM;
     w->r = r;
     w->time = time;
-    w->vm_dir_fd = w->dir_fd = w->repo_lock_fd = w->vm_lock_fd = -1;
 
     ret = vm_id ? repo_vm_dir_name(vm_id, &w->vm_dir) : -EINVAL;
     if (ret < 0) {
@@ -580,8 +571,8 @@ int repo_backup_begin(struct repo *r, const char *vm_id, int64_t time, unsigned 
     if (!(w->vm_id = strdup(vm_id)))
         goto fail;
 
-    int64_t deadline = lock_deadline(lock_timeout);
-    ret = lock_file_acquire(r, REPO_LOCK_NAME, false, deadline, &w->repo_lock_fd);
+    int64_t deadline = store_deadline(lock_timeout);
+    ret = lock_file_acquire(r, REPO_LOCK_NAME, false, deadline, &w->repo_lock);
     if (ret < 0) {
         if (ret == -EBUSY)
             repo_set_err(err, errlen, "%s: the repository is locked for maintenance (gc or prune)",
@@ -594,7 +585,7 @@ int repo_backup_begin(struct repo *r, const char *vm_id, int64_t time, unsigned 
     ret = -ENOMEM;
     if (asprintf(&lock_name, VM_LOCK_PREFIX "%s" VM_LOCK_SUFFIX, w->vm_dir) < 0)
         goto fail;
-    ret = lock_file_acquire(r, lock_name, true, deadline, &w->vm_lock_fd);
+    ret = lock_file_acquire(r, lock_name, true, deadline, &w->vm_lock);
     if (ret < 0) {
         if (ret == -EBUSY)
             repo_set_err(err, errlen, "%s: a backup of VM %s is already running", r->path,
@@ -611,6 +602,19 @@ int repo_backup_begin(struct repo *r, const char *vm_id, int64_t time, unsigned 
     return 0;
 fail:
     writer_free(w);
+    return ret;
+}
+
+/* Extend the writer's leases: -ETIMEDOUT when one expired (gc may have run meanwhile, so what
+ * the backup references can no longer be trusted to exist). */
+static int writer_renew(struct backup_writer *w)
+{
+    int ret = store_renew(w->r->store, w->repo_lock, REPO_LEASE_SECONDS);
+    if (ret == 0)
+        ret = store_renew(w->r->store, w->vm_lock, REPO_LEASE_SECONDS);
+    if (ret < 0)
+        log_warn("%s/%s: the backup's lock lease was lost: %s", w->r->path, w->rel_dir,
+                 strerror(-ret));
     return ret;
 }
 
@@ -636,9 +640,11 @@ int repo_backup_add_disk(struct backup_writer *w, const struct manifest *m)
     snprintf(name, sizeof(name), "disk-%zu.manifest", w->disks.len);
     if (asprintf(&rel, "%s/%s", w->rel_dir, name) < 0)
         return -ENOMEM;
-    int ret = manifest_encode(m, &data, &len);
+    int ret = writer_renew(w);
     if (ret == 0)
-        ret = repo_meta_write(w->r, w->dir_fd, name, rel, data, len);
+        ret = manifest_encode(m, &data, &len);
+    if (ret == 0)
+        ret = repo_meta_write(w->r, rel, data, len);
     if (ret < 0)
         return ret;
 
@@ -675,10 +681,12 @@ int repo_backup_commit(struct backup_writer *w, struct backup *b)
     if (ret < 0)
         return ret;
     /* Everything this backup references (its chunks, possibly written by other processes whose
-     * directory fsyncs we cannot see) must be durable before backup.json makes it exist. */
-    if (syncfs(w->dir_fd) < 0)
-        return repo_write_errno(errno);
-    ret = repo_meta_write(w->r, w->dir_fd, REPO_BACKUP_JSON, rel, text, strlen(text));
+     * directory syncs we cannot see) must be durable before backup.json makes it exist. */
+    ret = store_barrier(w->r->store);
+    if (ret == 0)
+        ret = writer_renew(w);
+    if (ret == 0)
+        ret = repo_meta_write(w->r, rel, text, strlen(text));
     if (ret < 0)
         return ret;
     writer_free(w);
@@ -689,12 +697,14 @@ void repo_backup_abort(struct backup_writer *w)
 {
     if (!w)
         return;
-    if (w->dir_fd >= 0) {
+    if (w->id) {
         /* A commit that failed after its rename may have left backup.json: it goes first. */
-        if (unlinkat(w->dir_fd, REPO_BACKUP_JSON, 0) == 0)
-            fsync(w->dir_fd);
-        int ret = repo_remove_dir(w->vm_dir_fd, w->id, NULL);
-        if (ret < 0)
+        CLEANUP_FREE char *json = NULL;
+        if (asprintf(&json, "%s/" REPO_BACKUP_JSON, w->rel_dir) >= 0 &&
+            store_del(w->r->store, json, NULL) == 0)
+            store_sync_prefix(w->r->store, w->rel_dir);
+        int ret = repo_remove_dir(w->r, w->rel_dir, NULL);
+        if (ret < 0 && ret != -ENOENT) /* ENOENT: gc removed it (the writer's lease was lost) */
             log_warn("%s/%s: cannot remove the aborted backup: %s", w->r->path, w->rel_dir,
                      strerror(-ret));
     }
@@ -709,6 +719,48 @@ void repo_backup_abandon(struct backup_writer *w)
 
 /* ---- listing ---- */
 
+struct vm_dir_walk {
+    struct repo *r;
+    const char *vm_dir;
+    const char *prefix; /* backups/<vm dir> */
+    const char *vm_id;
+    backup_list *out;
+    string_list *damaged;
+};
+
+static int vm_dir_entry(void *opaque, const struct store_entry *e)
+{
+    struct vm_dir_walk *w = opaque;
+    struct backup *b;
+    if (!backup_id_valid(e->name))
+        return 0;
+    int ret = backup_load(w->r, w->vm_dir, e->name, &b);
+    if (ret == -ENOMEM)
+        return ret;
+    if (ret == -ENOENT) /* being written, or a crash left it: not a backup */
+        return 0;
+    if (ret < 0 && w->damaged) {
+        char *s = NULL;
+        ret = asprintf(&s, "%s/%s", w->vm_dir, e->name) < 0 ? -ENOMEM : 0;
+        if (ret == 0 && (ret = string_list_append(w->damaged, s)) < 0)
+            free(s);
+        return ret;
+    }
+    if (ret < 0) {
+        log_warn("%s/%s/%s/%s: skipped: %s", w->r->path, w->prefix, e->name, REPO_BACKUP_JSON,
+                 ret == -EBADMSG ? "damaged" : strerror(-ret));
+        return 0;
+    }
+    if (!w->out || (w->vm_id && strcmp(b->vm_id, w->vm_id))) {
+        backup_free(b);
+        return 0;
+    }
+    ret = backup_list_append(w->out, b);
+    if (ret < 0)
+        backup_free(b);
+    return ret;
+}
+
 /* The committed backups of one VM directory into out (may be NULL), only those of vm_id when it
  * is given.  Damaged ones go to damaged as "<vm dir>/<id>" when it is given, else they are
  * skipped with a warning. */
@@ -716,78 +768,33 @@ static int list_vm_dir(struct repo *r, const char *vm_dir, const char *vm_id, ba
                        string_list *damaged)
 {
     CLEANUP_FREE char *rel = NULL;
-    int fd;
     if (asprintf(&rel, REPO_BACKUPS_DIR "/%s", vm_dir) < 0)
         return -ENOMEM;
-    int ret = repo_open_dir(r->dirfd, rel, &fd);
-    if (ret == -ENOENT || ret == -ENOTDIR)
+    struct vm_dir_walk w = {
+        .r = r, .vm_dir = vm_dir, .prefix = rel, .vm_id = vm_id, .out = out, .damaged = damaged};
+    int ret = store_list(r->store, rel, vm_dir_entry, &w);
+    return ret == -ENOENT || ret == -ENOTDIR ? 0 : ret;
+}
+
+struct all_walk {
+    struct repo *r;
+    backup_list *out;
+    string_list *damaged;
+};
+
+static int all_entry(void *opaque, const struct store_entry *e)
+{
+    struct all_walk *w = opaque;
+    if (e->name[0] == '.' || repo_is_tmp_name(e->name))
         return 0;
-    if (ret < 0)
-        return ret;
-    DIR *d = fdopendir(fd);
-    if (!d) {
-        close(fd);
-        return -ENOMEM;
-    }
-    struct dirent *de;
-    while ((de = readdir(d))) {
-        struct backup *b;
-        if (!backup_id_valid(de->d_name))
-            continue;
-        ret = backup_load(r, vm_dir, de->d_name, &b);
-        if (ret == -ENOMEM)
-            break;
-        if (ret == -ENOENT) { /* being written, or a crash left it: not a backup */
-            ret = 0;
-            continue;
-        }
-        if (ret < 0 && damaged) {
-            char *s = NULL;
-            ret = asprintf(&s, "%s/%s", vm_dir, de->d_name) < 0 ? -ENOMEM : 0;
-            if (ret == 0 && (ret = string_list_append(damaged, s)) < 0)
-                free(s);
-            if (ret < 0)
-                break;
-            continue;
-        }
-        if (ret < 0) {
-            log_warn("%s/%s/%s/%s: skipped: %s", r->path, rel, de->d_name, REPO_BACKUP_JSON,
-                     ret == -EBADMSG ? "damaged" : strerror(-ret));
-            ret = 0;
-            continue;
-        }
-        if (!out || (vm_id && strcmp(b->vm_id, vm_id))) {
-            backup_free(b);
-            continue;
-        }
-        ret = backup_list_append(out, b);
-        if (ret < 0) {
-            backup_free(b);
-            break;
-        }
-    }
-    closedir(d);
-    return ret;
+    return list_vm_dir(w->r, e->name, NULL, w->out, w->damaged);
 }
 
 /* list_vm_dir() over every VM directory. */
 static int list_all(struct repo *r, backup_list *out, string_list *damaged)
 {
-    int fd;
-    int ret = repo_open_dir(r->dirfd, REPO_BACKUPS_DIR, &fd);
-    if (ret < 0)
-        return ret;
-    DIR *d = fdopendir(fd);
-    if (!d) {
-        close(fd);
-        return -ENOMEM;
-    }
-    struct dirent *de;
-    while (ret == 0 && (de = readdir(d)))
-        if (de->d_name[0] != '.' && !repo_is_tmp_name(de->d_name))
-            ret = list_vm_dir(r, de->d_name, NULL, out, damaged);
-    closedir(d);
-    return ret;
+    struct all_walk w = {.r = r, .out = out, .damaged = damaged};
+    return store_list(r->store, REPO_BACKUPS_DIR, all_entry, &w);
 }
 
 int repo_backup_list(struct repo *r, const char *vm_id, backup_list *out)
@@ -829,37 +836,39 @@ int repo_backup_list_damaged(struct repo *r, string_list *out)
     return 0;
 }
 
+struct find_walk {
+    struct repo *r;
+    const char *id;
+    char *vm_dir; /* found */
+};
+
+static int find_entry(void *opaque, const struct store_entry *e)
+{
+    struct find_walk *w = opaque;
+    char key[sizeof(REPO_BACKUPS_DIR) + NAME_MAX + BACKUP_ID_LEN + sizeof(REPO_BACKUP_JSON) + 3];
+    if (e->name[0] == '.')
+        return 0;
+    snprintf(key, sizeof(key), REPO_BACKUPS_DIR "/%s/%s/" REPO_BACKUP_JSON, e->name, w->id);
+    if (store_exists(w->r->store, key, NULL) < 0)
+        return 0;
+    w->vm_dir = strdup(e->name);
+    return w->vm_dir ? 1 : -ENOMEM;
+}
+
 /* The VM directory holding a committed backup of this ID: -ENOENT when none does. */
 static int backup_find(struct repo *r, const char *id, char **vm_dir)
 {
     *vm_dir = NULL;
     if (!backup_id_valid(id))
         return -ENOENT;
-    int fd;
-    int ret = repo_open_dir(r->dirfd, REPO_BACKUPS_DIR, &fd);
+    struct find_walk w = {.r = r, .id = id};
+    int ret = store_list(r->store, REPO_BACKUPS_DIR, find_entry, &w);
     if (ret < 0)
         return ret;
-    DIR *d = fdopendir(fd);
-    if (!d) {
-        close(fd);
-        return -ENOMEM;
-    }
-    struct dirent *de;
-    ret = -ENOENT;
-    while ((de = readdir(d))) {
-        char rel[NAME_MAX + BACKUP_ID_LEN + sizeof(REPO_BACKUP_JSON) + 2];
-        struct stat st;
-        if (de->d_name[0] == '.')
-            continue;
-        snprintf(rel, sizeof(rel), "%s/%s/" REPO_BACKUP_JSON, de->d_name, id);
-        if (fstatat(fd, rel, &st, 0) == 0) {
-            *vm_dir = strdup(de->d_name);
-            ret = *vm_dir ? 0 : -ENOMEM;
-            break;
-        }
-    }
-    closedir(d);
-    return ret;
+    if (!w.vm_dir)
+        return -ENOENT;
+    *vm_dir = w.vm_dir;
+    return 0;
 }
 
 int repo_backup_get(struct repo *r, const char *id, struct backup **out)
@@ -870,12 +879,24 @@ int repo_backup_get(struct repo *r, const char *id, struct backup **out)
     return ret < 0 ? ret : backup_load(r, vm_dir, id, out);
 }
 
+static int id_collect(void *opaque, const struct store_entry *e)
+{
+    string_list *ids = opaque;
+    if (!backup_id_valid(e->name))
+        return 0;
+    char *s = strdup(e->name);
+    if (!s || string_list_append(ids, s) < 0) {
+        free(s);
+        return -ENOMEM;
+    }
+    return 0;
+}
+
 int repo_backup_latest(struct repo *r, const char *vm_id, struct backup **out)
 {
     CLEANUP_FREE char *vm_dir = NULL;
     CLEANUP_FREE char *rel = NULL;
     string_list ids = VECTOR_INIT;
-    int fd;
 
     *out = NULL;
     if (!vm_id)
@@ -885,25 +906,9 @@ int repo_backup_latest(struct repo *r, const char *vm_id, struct backup **out)
         return ret == -EINVAL ? -ENOENT : ret;
     if (asprintf(&rel, REPO_BACKUPS_DIR "/%s", vm_dir) < 0)
         return -ENOMEM;
-    ret = repo_open_dir(r->dirfd, rel, &fd);
-    if (ret < 0)
-        return ret == -ENOTDIR ? -ENOENT : ret;
-    DIR *d = fdopendir(fd);
-    if (!d) {
-        close(fd);
-        return -ENOMEM;
-    }
-    struct dirent *de;
-    while (ret == 0 && (de = readdir(d))) {
-        if (!backup_id_valid(de->d_name))
-            continue;
-        char *s = strdup(de->d_name);
-        if (!s || string_list_append(&ids, s) < 0) {
-            free(s);
-            ret = -ENOMEM;
-        }
-    }
-    closedir(d);
+    ret = store_list(r->store, rel, id_collect, &ids);
+    if (ret == -ENOTDIR)
+        ret = -ENOENT;
 
     /* IDs start with the time in a fixed-width form: the greatest ID is the newest backup. */
     string_list_sort(&ids, str_cmp_desc);
@@ -964,23 +969,19 @@ int repo_backup_delete(struct repo *r, const char *id)
 {
     CLEANUP_FREE char *vm_dir = NULL;
     CLEANUP_FREE char *rel = NULL;
-    CLEANUP_CLOSE int vm_fd = -1;
-    CLEANUP_CLOSE int dir_fd = -1;
+    CLEANUP_FREE char *json = NULL;
 
     int ret = backup_find(r, id, &vm_dir);
     if (ret < 0)
         return ret;
-    if (asprintf(&rel, REPO_BACKUPS_DIR "/%s", vm_dir) < 0)
+    if (asprintf(&rel, REPO_BACKUPS_DIR "/%s/%s", vm_dir, id) < 0 ||
+        asprintf(&json, "%s/" REPO_BACKUP_JSON, rel) < 0)
         return -ENOMEM;
-    ret = repo_open_dir(r->dirfd, rel, &vm_fd);
-    if (ret == 0)
-        ret = repo_open_dir(vm_fd, id, &dir_fd);
-    if (ret < 0)
-        return ret;
     /* backup.json first and durably: from then on the backup does not exist. */
-    if (unlinkat(dir_fd, REPO_BACKUP_JSON, 0) < 0)
-        return -errno;
-    if (fsync(dir_fd) < 0)
-        return -errno;
-    return repo_remove_dir(vm_fd, id, NULL);
+    ret = store_del(r->store, json, NULL);
+    if (ret == 0)
+        ret = store_sync_prefix(r->store, rel);
+    if (ret == 0)
+        ret = repo_remove_dir(r, rel, NULL);
+    return ret;
 }

@@ -4,20 +4,18 @@
  */
 #include "repo_internal.h"
 
-#include <dirent.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #include <openssl/core_names.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 
 #include "core/cleanup.h"
+#include "core/hex.h"
+#include "core/lock.h"
 #include "core/log.h"
 
 #define CHUNK_IDENT_PREFIX "chunk:"
@@ -56,14 +54,18 @@ void chunk_names(const struct chunk_id *id, char dir[CHUNK_DIR_LEN], char name[C
     snprintf(dir, CHUNK_DIR_LEN, REPO_CHUNKS_DIR "/%.2s", name);
 }
 
+/* Whether name is exactly n lower-case hex digits (names are written in lower case only). */
+static bool lower_hex(const char *name, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (hex_digit(name[i]) < 0 || (name[i] >= 'A' && name[i] <= 'F'))
+            return false;
+    return name[n] == '\0';
+}
+
 bool chunk_name_valid(const char *name)
 {
-    for (size_t i = 0; i < 2 * HASH_SIZE; i++) {
-        char c = name[i];
-        if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f')))
-            return false;
-    }
-    return name[2 * HASH_SIZE] == '\0';
+    return lower_hex(name, 2 * HASH_SIZE);
 }
 
 static void chunk_ident(const char *hex, char out[CHUNK_IDENT_LEN])
@@ -71,32 +73,26 @@ static void chunk_ident(const char *hex, char out[CHUNK_IDENT_LEN])
     snprintf(out, CHUNK_IDENT_LEN, CHUNK_IDENT_PREFIX "%s", hex);
 }
 
-/* Open chunks/ab, creating it (durably) when it is missing. */
-static int chunk_dir_open(struct repo *r, const char *dir, int *fd)
+/* The chunk's key: "chunks/ab/<id hex>". */
+static void chunk_key(const struct chunk_id *id, char key[CHUNK_DIR_LEN + CHUNK_NAME_LEN])
 {
-    int ret = repo_open_dir(r->dirfd, dir, fd);
-    if (ret != -ENOENT)
-        return ret;
-    CLEANUP_CLOSE int chunks = -1;
-    ret = repo_open_dir(r->dirfd, REPO_CHUNKS_DIR, &chunks);
-    if (ret == 0)
-        ret = repo_mkdir(chunks, dir + sizeof(REPO_CHUNKS_DIR));
-    return ret < 0 ? ret : repo_open_dir(r->dirfd, dir, fd);
+    char dir[CHUNK_DIR_LEN], name[CHUNK_NAME_LEN];
+    chunk_names(id, dir, name);
+    snprintf(key, CHUNK_DIR_LEN + CHUNK_NAME_LEN, "%s/%s", dir, name);
 }
 
 bool repo_chunk_exists(struct repo *r, const struct chunk_id *id)
 {
-    char dir[CHUNK_DIR_LEN], name[CHUNK_NAME_LEN], rel[CHUNK_DIR_LEN + CHUNK_NAME_LEN];
-    struct stat st;
-    chunk_names(id, dir, name);
-    snprintf(rel, sizeof(rel), "%s/%s", dir, name);
-    return fstatat(r->dirfd, rel, &st, 0) == 0;
+    char key[CHUNK_DIR_LEN + CHUNK_NAME_LEN];
+    chunk_key(id, key);
+    return store_exists(r->store, key, NULL) == 0;
 }
 
 int repo_chunk_put(struct repo *r, const struct chunk_id *id, const void *data, size_t len,
                    bool *stored, uint64_t *bytes_written)
 {
     char dir[CHUNK_DIR_LEN], name[CHUNK_NAME_LEN], ident[CHUNK_IDENT_LEN];
+    char key[CHUNK_DIR_LEN + CHUNK_NAME_LEN];
     bool created = false;
 
     if (repo_check_writable(r, NULL, 0) < 0)
@@ -112,15 +108,13 @@ int repo_chunk_put(struct repo *r, const struct chunk_id *id, const void *data, 
 
     chunk_names(id, dir, name);
     chunk_ident(name, ident);
+    snprintf(key, sizeof(key), "%s/%s", dir, name);
     const uint8_t *file = NULL;
     size_t flen;
     int ret = container_seal_thread(r, ident, data, len, &file, &flen);
     if (ret < 0)
         return ret;
-    CLEANUP_CLOSE int dfd = -1;
-    ret = chunk_dir_open(r, dir, &dfd);
-    if (ret == 0)
-        ret = repo_write_file(dfd, name, file, flen, false, &created);
+    ret = store_put(r->store, key, file, flen, STORE_PUT_CREATE, &created);
     if (ret < 0)
         return ret;
     if (stored)
@@ -135,7 +129,7 @@ static int chunk_get(struct repo *r, const struct chunk_id *id, bool checksum, v
 {
     char dir[CHUNK_DIR_LEN], name[CHUNK_NAME_LEN], ident[CHUNK_IDENT_LEN];
     char rel[CHUNK_DIR_LEN + CHUNK_NAME_LEN];
-    size_t flen, fcap;
+    size_t flen = 0, fcap;
     struct chunk_id got;
     const size_t max = (size_t)r->chunk_size + CONTAINER_MAX_OVERHEAD;
 
@@ -146,7 +140,7 @@ static int chunk_get(struct repo *r, const struct chunk_id *id, bool checksum, v
     uint8_t *file = container_read_buffer_thread(max, &fcap);
     if (!file)
         return -ENOMEM;
-    int ret = repo_read_file_direct(r->dirfd, rel, max, file, fcap, &flen);
+    int ret = store_get_into(r->store, rel, max, file, fcap, &flen);
     if (ret < 0)
         return ret;
     ret = checksum ? container_unseal(r, ident, file, flen, r->chunk_size, buf, cap, len)
@@ -175,106 +169,73 @@ int repo_chunk_read(struct repo *r, const struct chunk_id *id, void *buf, size_t
 
 bool chunk_subdir_valid(const char *name)
 {
-    return strlen(name) == CHUNK_SUBDIR_LEN && strspn(name, "0123456789abcdef") == CHUNK_SUBDIR_LEN;
+    return lower_hex(name, CHUNK_SUBDIR_LEN);
 }
 
-static int chunk_subdir_foreach(int subfd, const char *sub,
-                                int (*fn)(void *opaque, const struct chunk_id *id), void *opaque)
+struct chunk_walk {
+    struct repo *r;
+    int (*fn)(void *opaque, const struct chunk_id *id);
+    void *opaque;
+    const char *sub; /* the chunks/ subdirectory being walked */
+};
+
+static int chunk_walk_file(void *opaque, const struct store_entry *e)
 {
-    DIR *d = fdopendir(subfd);
-    if (!d) {
-        int ret = -errno;
-        close(subfd);
-        return ret;
-    }
-    struct dirent *de;
-    int ret = 0;
-    errno = 0;
-    while ((de = readdir(d))) {
-        struct chunk_id id;
-        if (!chunk_name_valid(de->d_name) || strncmp(de->d_name, sub, CHUNK_SUBDIR_LEN) ||
-            chunk_id_from_hex(de->d_name, &id) < 0)
-            continue;
-        ret = fn(opaque, &id);
-        if (ret < 0)
-            break;
-        errno = 0;
-    }
-    if (ret == 0 && errno)
-        ret = -errno;
-    closedir(d);
-    return ret;
+    struct chunk_walk *w = opaque;
+    struct chunk_id id;
+    if (e->prefix || !chunk_name_valid(e->name) || strncmp(e->name, w->sub, CHUNK_SUBDIR_LEN) ||
+        chunk_id_from_hex(e->name, &id) < 0)
+        return 0;
+    return w->fn(w->opaque, &id);
+}
+
+static int chunk_walk_subdir(void *opaque, const struct store_entry *e)
+{
+    struct chunk_walk *w = opaque;
+    char prefix[CHUNK_DIR_LEN];
+    if (!e->prefix || !chunk_subdir_valid(e->name))
+        return 0;
+    snprintf(prefix, sizeof(prefix), REPO_CHUNKS_DIR "/%s", e->name);
+    w->sub = e->name;
+    int ret = store_list(w->r->store, prefix, chunk_walk_file, w);
+    return ret == -ENOENT || ret == -ENOTDIR ? 0 : ret;
 }
 
 int repo_chunk_foreach(struct repo *r, int (*fn)(void *opaque, const struct chunk_id *id),
                        void *opaque)
 {
-    int fd;
-    int ret = repo_open_dir(r->dirfd, REPO_CHUNKS_DIR, &fd);
-    if (ret < 0)
-        return ret;
-    DIR *d = fdopendir(fd);
-    if (!d) {
-        ret = -errno;
-        close(fd);
-        return ret;
-    }
-    struct dirent *de;
-    while ((de = readdir(d))) {
-        int subfd;
-        if (!chunk_subdir_valid(de->d_name))
-            continue;
-        ret = repo_open_dir(fd, de->d_name, &subfd);
-        if (ret == -ENOENT || ret == -ENOTDIR) {
-            ret = 0;
-            continue;
-        }
-        if (ret < 0)
-            break;
-        ret = chunk_subdir_foreach(subfd, de->d_name, fn, opaque);
-        if (ret < 0)
-            break;
-    }
-    closedir(d);
-    return ret;
+    struct chunk_walk w = {.r = r, .fn = fn, .opaque = opaque};
+    return store_list(r->store, REPO_CHUNKS_DIR, chunk_walk_subdir, &w);
 }
 
 int repo_chunk_delete(struct repo *r, const struct chunk_id *id)
 {
-    char dir[CHUNK_DIR_LEN], name[CHUNK_NAME_LEN];
-    CLEANUP_CLOSE int dfd = -1;
+    char dir[CHUNK_DIR_LEN], name[CHUNK_NAME_LEN], key[CHUNK_DIR_LEN + CHUNK_NAME_LEN];
     chunk_names(id, dir, name);
-    int ret = repo_open_dir(r->dirfd, dir, &dfd);
-    if (ret < 0)
-        return ret;
-    if (unlinkat(dfd, name, 0) < 0)
-        return -errno;
-    return fsync(dfd) < 0 ? -errno : 0;
+    snprintf(key, sizeof(key), "%s/%s", dir, name);
+    int ret = store_del(r->store, key, NULL);
+    return ret < 0 ? ret : store_sync_prefix(r->store, dir);
 }
 
 /* ---- batches ----
  *
- * A chunk put into a batch goes to a temporary file in its chunks/ab directory without an
- * fsync.  A flush makes every pending file durable with one syncfs and only then renames them
- * into place, so that a chunk name can never point at data that is not on disk (a later
- * backup trusts an existing name without reading it).  Their directory entries become durable
- * with the syncfs of repo_backup_commit() before backup.json is written.  This replaces two
- * fsyncs (file and directory) per chunk by one syncfs per flush. */
-
-#define CHUNK_SUBDIRS 256 /* chunks/00 .. chunks/ff */
+ * A chunk put into a batch is staged in the store (the local store: a temporary file in its
+ * chunks/ab directory, not synced).  A flush commits every staged chunk: one barrier
+ * makes them durable (the local store: one filesystem sync) and only then do they appear under
+ * their names, so that a chunk name can never point at data that is not on disk (a later backup
+ * trusts an existing name without reading it).  Their names become durable with the barrier
+ * of repo_backup_commit() before backup.json is written.  This replaces two syncs (file and
+ * directory) per chunk by one filesystem sync per flush. */
 
 struct chunk_pending {
-    uint8_t subdir;            /* first ID byte: chunks/<subdir> */
-    char name[CHUNK_NAME_LEN]; /* the chunk's file name */
-    char tmp[NAME_MAX + 1];    /* its temporary file */
-    uint64_t bytes;            /* container size */
+    struct store_staged *staged;
+    uint64_t bytes; /* container size */
 };
 DEFINE_VECTOR_TYPE(chunk_pending_list, struct chunk_pending);
 
 struct chunk_batch {
     struct repo *r;
-    pthread_mutex_t lock;         /* the fields below */
-    int subdir_fd[CHUNK_SUBDIRS]; /* opened on demand; -1 before */
+    pthread_mutex_t lock; /* the fields below */
     chunk_pending_list pending;
     uint64_t pending_bytes;
     uint64_t chunks_new, chunks_existing, bytes_written;
@@ -290,33 +251,8 @@ int repo_chunk_batch_new(struct repo *r, struct chunk_batch **out)
         return -ENOMEM;
     b->r = r;
     pthread_mutex_init(&b->lock, NULL);
-    for (size_t i = 0; i < CHUNK_SUBDIRS; i++)
-        b->subdir_fd[i] = -1;
     b->pending = (chunk_pending_list)VECTOR_INIT;
     *out = b;
-    return 0;
-}
-
-/* The fd of chunks/<sub>, created (not yet durably: the flush's syncfs does that) when
- * missing.  Called with b->lock held. */
-static int batch_subdir_locked(struct chunk_batch *b, uint8_t sub, int *fd)
-{
-    if (b->subdir_fd[sub] >= 0) {
-        *fd = b->subdir_fd[sub];
-        return 0;
-    }
-    char name[CHUNK_SUBDIR_LEN + 1];
-    snprintf(name, sizeof(name), "%02x", sub);
-    CLEANUP_CLOSE int chunks = -1;
-    int ret = repo_open_dir(b->r->dirfd, REPO_CHUNKS_DIR, &chunks);
-    if (ret < 0)
-        return ret;
-    if (mkdirat(chunks, name, REPO_DIR_MODE) < 0 && errno != EEXIST)
-        return repo_write_errno(errno);
-    ret = repo_open_dir(chunks, name, &b->subdir_fd[sub]);
-    if (ret < 0)
-        return ret;
-    *fd = b->subdir_fd[sub];
     return 0;
 }
 
@@ -324,96 +260,94 @@ int repo_chunk_batch_put(struct chunk_batch *b, const struct chunk_id *id, const
                          size_t len, uint64_t *pending_bytes)
 {
     struct repo *r = b->r;
-    char dir[CHUNK_DIR_LEN], ident[CHUNK_IDENT_LEN];
-    struct chunk_pending p = {.subdir = id->b[0]};
+    char dir[CHUNK_DIR_LEN], name[CHUNK_NAME_LEN], ident[CHUNK_IDENT_LEN];
+    char key[CHUNK_DIR_LEN + CHUNK_NAME_LEN];
+    struct chunk_pending p = {0};
 
     if (pending_bytes)
         *pending_bytes = 0;
     if (len > r->chunk_size)
         return -EINVAL;
     if (repo_chunk_exists(r, id)) {
-        pthread_mutex_lock(&b->lock);
+        ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&b->lock);
         b->chunks_existing++;
-        pthread_mutex_unlock(&b->lock);
         return 0;
     }
-    chunk_names(id, dir, p.name);
-    chunk_ident(p.name, ident);
+    chunk_names(id, dir, name);
+    chunk_ident(name, ident);
+    snprintf(key, sizeof(key), "%s/%s", dir, name);
     const uint8_t *file = NULL;
     size_t flen;
     int ret = container_seal_thread(r, ident, data, len, &file, &flen);
     if (ret < 0)
         return ret;
-    int dfd = -1;
-    pthread_mutex_lock(&b->lock);
-    ret = batch_subdir_locked(b, p.subdir, &dfd);
-    pthread_mutex_unlock(&b->lock);
-    if (ret < 0)
-        return ret;
-    ret = repo_write_tmp_direct(dfd, p.name, file, flen, p.tmp);
+    ret = store_stage(r->store, key, file, flen, &p.staged);
     if (ret < 0)
         return ret;
     p.bytes = flen;
-    pthread_mutex_lock(&b->lock);
-    ret = chunk_pending_list_append(&b->pending, p);
-    if (ret == 0) {
-        b->pending_bytes += flen;
-        if (pending_bytes)
-            *pending_bytes = b->pending_bytes;
+    {
+        ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&b->lock);
+        ret = chunk_pending_list_append(&b->pending, p);
+        if (ret == 0) {
+            b->pending_bytes += flen;
+            if (pending_bytes)
+                *pending_bytes = b->pending_bytes;
+        }
     }
-    pthread_mutex_unlock(&b->lock);
     if (ret < 0)
-        unlinkat(dfd, p.tmp, 0);
+        store_discard(r->store, p.staged);
     return ret;
 }
 
 int repo_chunk_batch_flush(struct chunk_batch *b)
 {
-    pthread_mutex_lock(&b->lock);
-    chunk_pending_list list = b->pending;
-    b->pending = (chunk_pending_list)VECTOR_INIT;
-    b->pending_bytes = 0;
-    pthread_mutex_unlock(&b->lock);
+    chunk_pending_list list;
+    {
+        ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&b->lock);
+        list = b->pending;
+        b->pending = (chunk_pending_list)VECTOR_INIT;
+        b->pending_bytes = 0;
+    }
+    if (!list.len)
+        return 0;
 
     int ret = 0;
-    if (list.len && syncfs(b->r->dirfd) < 0)
-        ret = repo_write_errno(errno);
+    CLEANUP_FREE struct store_staged **staged = calloc(list.len, sizeof(*staged));
+    CLEANUP_FREE bool *created = calloc(list.len, sizeof(*created));
+    if (!staged || !created) {
+        ret = -ENOMEM;
+        for (size_t i = 0; i < list.len; i++)
+            store_discard(b->r->store, list.ptr[i].staged);
+        chunk_pending_list_reset(&list);
+        return ret;
+    }
+    for (size_t i = 0; i < list.len; i++)
+        staged[i] = list.ptr[i].staged;
+    ret = store_commit(b->r->store, staged, list.len, created);
     uint64_t created_n = 0, existing_n = 0, bytes = 0;
     for (size_t i = 0; i < list.len; i++) {
-        struct chunk_pending *p = &list.ptr[i];
-        int dfd = b->subdir_fd[p->subdir]; /* opened by the put that queued p */
-        if (ret < 0) {
-            unlinkat(dfd, p->tmp, 0);
-            continue;
-        }
-        bool created = false;
-        ret = repo_rename_tmp(dfd, p->tmp, p->name, false, &created);
-        if (ret < 0)
-            continue;
-        if (created) {
+        if (created[i]) {
             created_n++;
-            bytes += p->bytes;
-        } else {
+            bytes += list.ptr[i].bytes;
+        } else if (ret == 0) {
             existing_n++;
         }
     }
     chunk_pending_list_reset(&list);
-    pthread_mutex_lock(&b->lock);
+    ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&b->lock);
     b->chunks_new += created_n;
     b->chunks_existing += existing_n;
     b->bytes_written += bytes;
-    pthread_mutex_unlock(&b->lock);
     return ret;
 }
 
 void repo_chunk_batch_stats(struct chunk_batch *b, uint64_t *chunks_new, uint64_t *chunks_existing,
                             uint64_t *bytes_written)
 {
-    pthread_mutex_lock(&b->lock);
+    ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&b->lock);
     *chunks_new = b->chunks_new;
     *chunks_existing = b->chunks_existing;
     *bytes_written = b->bytes_written;
-    pthread_mutex_unlock(&b->lock);
 }
 
 void repo_chunk_batch_free(struct chunk_batch *b)
@@ -421,11 +355,8 @@ void repo_chunk_batch_free(struct chunk_batch *b)
     if (!b)
         return;
     for (size_t i = 0; i < b->pending.len; i++)
-        unlinkat(b->subdir_fd[b->pending.ptr[i].subdir], b->pending.ptr[i].tmp, 0);
+        store_discard(b->r->store, b->pending.ptr[i].staged);
     chunk_pending_list_reset(&b->pending);
-    for (size_t i = 0; i < CHUNK_SUBDIRS; i++)
-        if (b->subdir_fd[i] >= 0)
-            close(b->subdir_fd[i]);
     pthread_mutex_destroy(&b->lock);
     free(b);
 }

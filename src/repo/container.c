@@ -466,8 +466,7 @@ static char *file_ident(const char *relpath)
     return asprintf(&s, IDENT_FILE_PREFIX "%s", relpath) < 0 ? NULL : s;
 }
 
-int repo_meta_write(struct repo *r, int dirfd, const char *name, const char *relpath,
-                    const void *plain, size_t len)
+int repo_meta_write(struct repo *r, const char *relpath, const void *plain, size_t len)
 {
     CLEANUP_FREE char *ident = file_ident(relpath);
     CLEANUP_FREE uint8_t *file = NULL;
@@ -477,7 +476,7 @@ int repo_meta_write(struct repo *r, int dirfd, const char *name, const char *rel
     int ret = container_seal(r, ident, plain, len, &file, &flen);
     if (ret < 0)
         return ret;
-    return repo_write_file(dirfd, name, file, flen, true, NULL);
+    return store_put(r->store, relpath, file, flen, STORE_PUT_REPLACE, NULL);
 }
 
 int repo_meta_read(struct repo *r, const char *relpath, uint8_t **plain, size_t *len)
@@ -493,8 +492,8 @@ int repo_meta_read(struct repo *r, const char *relpath, uint8_t **plain, size_t 
         return -ENOMEM;
     /* A payload is never larger than its plain data (compression is used only when it shrinks
      * it), so the plain limit bounds the file too. */
-    int ret = repo_read_file(r->dirfd, relpath, REPO_MAX_META_SIZE + CONTAINER_MAX_OVERHEAD, &file,
-                             &flen);
+    int ret =
+        store_get(r->store, relpath, REPO_MAX_META_SIZE + CONTAINER_MAX_OVERHEAD, &file, &flen);
     if (ret < 0)
         return ret;
     ret = container_verify(r, ident, file, flen, REPO_MAX_META_SIZE, true, &v);

@@ -6,106 +6,13 @@
  */
 #include "repo_internal.h"
 
-#include <dirent.h>
 #include <errno.h>
-#include <fcntl.h>
-#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #include "core/cleanup.h"
-
-#define ID_SET_MIN_CAP 1024 /* slots of a new set; a power of two */
-#define ID_SET_LOAD    2    /* grow when more than 1 / ID_SET_LOAD of the slots are used */
-
-/* An open-addressing hash set of chunk IDs.  IDs are uniformly distributed digests, so their
- * first bytes serve as the hash. */
-struct id_set {
-    struct chunk_id *slots;
-    bool *used;
-    size_t cap;
-    size_t len;
-};
-
-static size_t id_hash(const struct chunk_id *id)
-{
-    size_t h;
-    memcpy(&h, id->b, sizeof(h));
-    return h;
-}
-
-static bool id_set_find(const struct id_set *s, const struct chunk_id *id, size_t *slot)
-{
-    size_t mask = s->cap - 1;
-    for (size_t i = id_hash(id) & mask;; i = (i + 1) & mask) {
-        if (!s->used[i]) {
-            *slot = i;
-            return false;
-        }
-        if (!memcmp(s->slots[i].b, id->b, HASH_SIZE)) {
-            *slot = i;
-            return true;
-        }
-    }
-}
-
-static bool id_set_has(const struct id_set *s, const struct chunk_id *id)
-{
-    size_t slot;
-    return s->cap && id_set_find(s, id, &slot);
-}
-
-static int id_set_grow(struct id_set *s)
-{
-    size_t cap = s->cap ? s->cap * 2 : ID_SET_MIN_CAP;
-    if (cap > SIZE_MAX / sizeof(struct chunk_id) || cap < s->cap)
-        return -ENOMEM;
-    struct id_set n = {.slots = malloc(cap * sizeof(*n.slots)), .used = calloc(cap, 1), .cap = cap};
-    if (!n.slots || !n.used) {
-        free(n.slots);
-        free(n.used);
-        return -ENOMEM;
-    }
-    for (size_t i = 0; i < s->cap; i++) {
-        size_t slot;
-        if (!s->used[i])
-            continue;
-        id_set_find(&n, &s->slots[i], &slot);
-        n.slots[slot] = s->slots[i];
-        n.used[slot] = true;
-        n.len++;
-    }
-    free(s->slots);
-    free(s->used);
-    *s = n;
-    return 0;
-}
-
-static int id_set_add(struct id_set *s, const struct chunk_id *id)
-{
-    size_t slot;
-    if ((s->len + 1) * ID_SET_LOAD > s->cap) {
-        int r = id_set_grow(s);
-        if (r < 0)
-            return r;
-    }
-    if (id_set_find(s, id, &slot))
-        return 0;
-    s->slots[slot] = *id;
-    s->used[slot] = true;
-    s->len++;
-    return 0;
-}
-
-static void id_set_free(struct id_set *s)
-{
-    free(s->slots);
-    free(s->used);
-    memset(s, 0, sizeof(*s));
-}
+#include "repo/chunkset.h"
 
 /* ---- the walk ---- */
 
@@ -113,204 +20,199 @@ struct gc {
     struct repo *r;
     bool dry_run;
     struct gc_stats *st;
-    struct id_set refs;
+    struct chunk_set refs; /* chunks the committed backups reference */
     char *err;
     size_t errlen;
 };
 
-static DIR *dir_open(int parentfd, const char *name)
+/* A walk of one prefix: the gc and the prefix (the callbacks make keys from it). */
+struct gc_walk {
+    struct gc *g;
+    const char *prefix;
+    const char *vm_dir; /* in a VM directory and below */
+    const char *id;     /* in a backup directory */
+    bool removed;       /* something was deleted: sync the prefix */
+};
+
+/* "prefix/name" into a new string. */
+static char *key_join(const char *prefix, const char *name)
 {
-    int fd;
-    if (repo_open_dir(parentfd, name, &fd) < 0)
-        return NULL;
-    DIR *d = fdopendir(fd);
-    if (!d)
-        close(fd);
-    return d;
+    char *s = NULL;
+    return asprintf(&s, "%s%s%s", prefix, *prefix ? "/" : "", name) < 0 ? NULL : s;
 }
 
-static bool is_dot(const char *name)
+/* Delete the object key (count only with dry_run), adding its size to bytes_freed. */
+static int gc_delete(struct gc *g, const char *key)
 {
-    return !strcmp(name, ".") || !strcmp(name, "..");
+    if (g->dry_run) {
+        struct store_stat st;
+        int ret = store_stat(g->r->store, key, &st);
+        if (ret == 0)
+            g->st->bytes_freed += st.size;
+        return ret;
+    }
+    return store_del(g->r->store, key, &g->st->bytes_freed);
 }
 
 /* Remove a temporary file left by an interrupted write. */
-static int gc_remove_tmp(struct gc *g, int dirfd, const char *name)
+static int gc_remove_tmp(struct gc_walk *w, const struct store_entry *e)
 {
-    struct stat st;
-    if (fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW) < 0 || S_ISDIR(st.st_mode))
+    if (e->prefix)
         return 0;
-    if (!g->dry_run && unlinkat(dirfd, name, 0) < 0)
-        return errno == ENOENT ? 0 : -errno;
-    g->st->temp_files_removed++;
-    g->st->bytes_freed += (uint64_t)st.st_size;
+    CLEANUP_FREE char *key = key_join(w->prefix, e->name);
+    if (!key)
+        return -ENOMEM;
+    int ret = gc_delete(w->g, key);
+    if (ret == -ENOENT)
+        return 0;
+    if (ret < 0)
+        return ret;
+    w->g->st->temp_files_removed++;
+    w->removed = true;
     return 0;
 }
 
-static int gc_tmp_in_dir(struct gc *g, int parentfd, const char *name)
+static int gc_tmp_entry(void *opaque, const struct store_entry *e)
 {
-    DIR *d = dir_open(parentfd, name);
-    if (!d)
-        return errno == ENOENT ? 0 : -errno;
-    struct dirent *de;
-    int ret = 0;
-    while (ret == 0 && (de = readdir(d)))
-        if (repo_is_tmp_name(de->d_name))
-            ret = gc_remove_tmp(g, dirfd(d), de->d_name);
-    closedir(d);
-    return ret;
+    return repo_is_tmp_name(e->name) ? gc_remove_tmp(opaque, e) : 0;
 }
 
 /* Collect the references of a committed backup: every manifest in its directory. */
-static int gc_committed(struct gc *g, int vm_fd, const char *vm_dir, const char *id)
+static int gc_manifest_entry(void *opaque, const struct store_entry *e)
 {
-    DIR *d = dir_open(vm_fd, id);
-    if (!d)
-        return -errno;
-    struct dirent *de;
-    int ret = 0;
-    while (ret == 0 && (de = readdir(d))) {
-        if (repo_is_tmp_name(de->d_name)) {
-            ret = gc_remove_tmp(g, dirfd(d), de->d_name);
-            continue;
-        }
-        if (!manifest_name_valid(de->d_name))
-            continue;
-        CLEANUP_FREE char *rel = NULL;
-        struct manifest m;
-        if (asprintf(&rel, REPO_BACKUPS_DIR "/%s/%s/%s", vm_dir, id, de->d_name) < 0) {
-            ret = -ENOMEM;
-            break;
-        }
-        ret = manifest_load(g->r, rel, &m);
-        if (ret < 0) {
-            repo_set_err(g->err, g->errlen,
-                         "%s/%s: cannot read the manifest (%s); no chunk was deleted", g->r->path,
-                         rel, ret == -EBADMSG ? "damaged" : strerror(-ret));
-            break;
-        }
-        for (uint64_t i = 0; ret == 0 && i < m.n; i++)
-            if (!m.e[i].zero)
-                ret = id_set_add(&g->refs, &m.e[i].id);
-        manifest_free(&m);
+    struct gc_walk *w = opaque;
+    struct gc *g = w->g;
+    if (repo_is_tmp_name(e->name))
+        return gc_remove_tmp(w, e);
+    if (e->prefix || !manifest_name_valid(e->name))
+        return 0;
+    CLEANUP_FREE char *rel = key_join(w->prefix, e->name);
+    struct manifest m;
+    if (!rel)
+        return -ENOMEM;
+    int ret = manifest_load(g->r, rel, &m);
+    if (ret < 0) {
+        repo_set_err(g->err, g->errlen,
+                     "%s/%s: cannot read the manifest (%s); no chunk was deleted", g->r->path, rel,
+                     ret == -EBADMSG ? "damaged" : strerror(-ret));
+        return ret;
     }
-    closedir(d);
+    for (uint64_t i = 0; ret == 0 && i < m.n; i++)
+        if (!m.e[i].zero)
+            ret = chunk_set_add(&g->refs, &m.e[i].id);
+    manifest_free(&m);
     return ret;
 }
 
-static int gc_vm_dir(struct gc *g, int backups_fd, const char *vm_dir)
+static int gc_backup_entry(void *opaque, const struct store_entry *e)
 {
-    DIR *d = dir_open(backups_fd, vm_dir);
-    if (!d)
-        return errno == ENOENT || errno == ENOTDIR ? 0 : -errno;
-    int vm_fd = dirfd(d);
-    struct dirent *de;
-    int ret = 0;
-    while (ret == 0 && (de = readdir(d))) {
-        char rel[NAME_MAX + sizeof(REPO_BACKUP_JSON) + 1];
-        struct stat st;
-        if (repo_is_tmp_name(de->d_name)) {
-            ret = gc_remove_tmp(g, vm_fd, de->d_name);
-            continue;
-        }
-        if (!backup_id_valid(de->d_name) ||
-            fstatat(vm_fd, de->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0 || !S_ISDIR(st.st_mode))
-            continue;
-        snprintf(rel, sizeof(rel), "%s/" REPO_BACKUP_JSON, de->d_name);
-        if (fstatat(vm_fd, rel, &st, AT_SYMLINK_NOFOLLOW) == 0) {
-            ret = gc_committed(g, vm_fd, vm_dir, de->d_name);
-            continue;
-        }
-        if (errno != ENOENT) {
-            ret = -errno;
-            break;
-        }
-        /* No backup.json: a writer crashed (writers hold the lock we hold exclusively). */
-        g->st->partial_backups_removed++;
-        if (!g->dry_run)
-            ret = repo_remove_dir(vm_fd, de->d_name, &g->st->bytes_freed);
+    struct gc_walk *w = opaque;
+    struct gc *g = w->g;
+    if (repo_is_tmp_name(e->name))
+        return gc_remove_tmp(w, e);
+    if (!backup_id_valid(e->name) || !e->prefix)
+        return 0;
+    CLEANUP_FREE char *dir = key_join(w->prefix, e->name);
+    CLEANUP_FREE char *json = dir ? key_join(dir, REPO_BACKUP_JSON) : NULL;
+    if (!json)
+        return -ENOMEM;
+    int ret = store_exists(g->r->store, json, NULL);
+    if (ret == 0) {
+        struct gc_walk sub = {.g = g, .prefix = dir, .vm_dir = w->vm_dir, .id = e->name};
+        return store_list(g->r->store, dir, gc_manifest_entry, &sub);
     }
-    closedir(d);
-    if (ret == 0 && !g->dry_run && unlinkat(backups_fd, vm_dir, AT_REMOVEDIR) == 0)
-        fsync(backups_fd); /* it was empty */
+    if (ret != -ENOENT)
+        return ret;
+    /* No backup.json: a writer crashed (writers hold the lock we hold exclusively). */
+    g->st->partial_backups_removed++;
+    if (g->dry_run)
+        return 0;
+    return repo_remove_dir(g->r, dir, &g->st->bytes_freed);
+}
+
+static int gc_vm_entry(void *opaque, const struct store_entry *e)
+{
+    struct gc_walk *w = opaque;
+    struct gc *g = w->g;
+    if (repo_is_tmp_name(e->name))
+        return gc_remove_tmp(w, e);
+    if (!e->prefix)
+        return 0;
+    CLEANUP_FREE char *dir = key_join(w->prefix, e->name);
+    if (!dir)
+        return -ENOMEM;
+    struct gc_walk sub = {.g = g, .prefix = dir, .vm_dir = e->name};
+    int ret = store_list(g->r->store, dir, gc_backup_entry, &sub);
+    if (ret == -ENOENT || ret == -ENOTDIR)
+        return 0;
+    if (ret == 0 && !g->dry_run)
+        store_remove_prefix(g->r->store, dir); /* when it was left empty */
     return ret;
 }
 
 static int gc_backups(struct gc *g)
 {
-    DIR *d = dir_open(g->r->dirfd, REPO_BACKUPS_DIR);
-    if (!d)
-        return errno == ENOENT ? 0 : -errno;
-    struct dirent *de;
-    int ret = 0;
-    while (ret == 0 && (de = readdir(d))) {
-        if (is_dot(de->d_name))
-            continue;
-        if (repo_is_tmp_name(de->d_name))
-            ret = gc_remove_tmp(g, dirfd(d), de->d_name);
-        else
-            ret = gc_vm_dir(g, dirfd(d), de->d_name);
-    }
-    closedir(d);
+    struct gc_walk w = {.g = g, .prefix = REPO_BACKUPS_DIR};
+    int ret = store_list(g->r->store, REPO_BACKUPS_DIR, gc_vm_entry, &w);
+    if (ret == -ENOENT)
+        return 0;
     if (ret < 0 && g->err && !*g->err)
         repo_set_err(g->err, g->errlen, "%s/%s: %s", g->r->path, REPO_BACKUPS_DIR, strerror(-ret));
     return ret;
 }
 
-static int gc_chunk_subdir(struct gc *g, int chunks_fd, const char *sub)
+static int gc_chunk_entry(void *opaque, const struct store_entry *e)
 {
-    DIR *d = dir_open(chunks_fd, sub);
-    if (!d)
-        return errno == ENOENT || errno == ENOTDIR ? 0 : -errno;
-    struct dirent *de;
-    bool removed = false;
-    int ret = 0;
-    while (ret == 0 && (de = readdir(d))) {
-        struct chunk_id id;
-        struct stat st;
-        if (repo_is_tmp_name(de->d_name)) {
-            ret = gc_remove_tmp(g, dirfd(d), de->d_name);
-            removed = true;
-            continue;
-        }
-        if (!chunk_name_valid(de->d_name) || strncmp(de->d_name, sub, strlen(sub)) ||
-            chunk_id_from_hex(de->d_name, &id) < 0)
-            continue;
-        g->st->chunks_total++;
-        if (id_set_has(&g->refs, &id))
-            continue;
-        if (fstatat(dirfd(d), de->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0) {
-            ret = errno == ENOENT ? 0 : -errno;
-            continue;
-        }
-        if (!g->dry_run && unlinkat(dirfd(d), de->d_name, 0) < 0) {
-            ret = -errno;
-            break;
-        }
-        removed = true;
-        g->st->chunks_deleted++;
-        g->st->bytes_freed += (uint64_t)st.st_size;
-    }
-    if (ret == 0 && removed && !g->dry_run && fsync(dirfd(d)) < 0)
-        ret = -errno;
-    closedir(d);
+    struct gc_walk *w = opaque;
+    struct gc *g = w->g;
+    struct chunk_id id;
+    if (repo_is_tmp_name(e->name))
+        return gc_remove_tmp(w, e);
+    if (e->prefix || !chunk_name_valid(e->name) || strncmp(e->name, w->id, strlen(w->id)) ||
+        chunk_id_from_hex(e->name, &id) < 0)
+        return 0;
+    g->st->chunks_total++;
+    if (chunk_set_has(&g->refs, &id))
+        return 0;
+    CLEANUP_FREE char *key = key_join(w->prefix, e->name);
+    if (!key)
+        return -ENOMEM;
+    int ret = gc_delete(g, key);
+    if (ret == -ENOENT)
+        return 0;
+    if (ret < 0)
+        return ret;
+    w->removed = true;
+    g->st->chunks_deleted++;
+    return 0;
+}
+
+static int gc_chunk_subdir(void *opaque, const struct store_entry *e)
+{
+    struct gc_walk *w = opaque;
+    struct gc *g = w->g;
+    if (repo_is_tmp_name(e->name))
+        return gc_remove_tmp(w, e);
+    if (!e->prefix || !chunk_subdir_valid(e->name))
+        return 0;
+    CLEANUP_FREE char *dir = key_join(w->prefix, e->name);
+    if (!dir)
+        return -ENOMEM;
+    struct gc_walk sub = {.g = g, .prefix = dir, .id = e->name};
+    int ret = store_list(g->r->store, dir, gc_chunk_entry, &sub);
+    if (ret == -ENOENT || ret == -ENOTDIR)
+        return 0;
+    if (ret == 0 && sub.removed && !g->dry_run)
+        ret = store_sync_prefix(g->r->store, dir);
     return ret;
 }
 
 static int gc_chunks(struct gc *g)
 {
-    DIR *d = dir_open(g->r->dirfd, REPO_CHUNKS_DIR);
-    if (!d)
-        return errno == ENOENT ? 0 : -errno;
-    struct dirent *de;
-    int ret = 0;
-    while (ret == 0 && (de = readdir(d))) {
-        if (repo_is_tmp_name(de->d_name))
-            ret = gc_remove_tmp(g, dirfd(d), de->d_name);
-        else if (chunk_subdir_valid(de->d_name))
-            ret = gc_chunk_subdir(g, dirfd(d), de->d_name);
-    }
-    closedir(d);
+    struct gc_walk w = {.g = g, .prefix = REPO_CHUNKS_DIR};
+    int ret = store_list(g->r->store, REPO_CHUNKS_DIR, gc_chunk_subdir, &w);
+    if (ret == -ENOENT)
+        return 0;
     if (ret < 0)
         repo_set_err(g->err, g->errlen, "%s/%s: %s", g->r->path, REPO_CHUNKS_DIR, strerror(-ret));
     return ret;
@@ -335,11 +237,13 @@ int repo_gc(struct repo *r, bool dry_run, struct gc_stats *st, char *err, size_t
     ret = gc_backups(&g);
     if (ret == 0)
         ret = gc_chunks(&g);
-    if (ret == 0)
-        ret = gc_tmp_in_dir(&g, r->dirfd, ".");
+    if (ret == 0) {
+        struct gc_walk w = {.g = &g, .prefix = ""};
+        ret = store_list(r->store, "", gc_tmp_entry, &w);
+    }
     if (ret < 0 && err && errlen && !*err)
         repo_set_err(err, errlen, "%s: gc: %s", r->path, strerror(-ret));
-    id_set_free(&g.refs);
+    chunk_set_free(&g.refs);
     if (took)
         repo_unlock(r);
     return ret;

@@ -9,11 +9,9 @@
  */
 #include "repo_internal.h"
 
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <jansson.h>
-#include <libgen.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -26,6 +24,7 @@
 #include <zstd.h>
 
 #include "core/cleanup.h"
+#include "core/hex.h"
 
 #define CONFIG_FORMAT      "vmexport-repository"
 #define CONFIG_COMPRESSION "zstd"
@@ -67,28 +66,13 @@ void chunk_id_to_hex(const struct chunk_id *id, char out[2 * HASH_SIZE + 1])
     hash_to_hex(id->b, out);
 }
 
-static int hex_value(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 int chunk_id_from_hex(const char *hex, struct chunk_id *id)
 {
-    if (strnlen(hex, 2 * HASH_SIZE + 1) != 2 * HASH_SIZE)
-        return -EINVAL;
-    for (size_t i = 0; i < HASH_SIZE; i++) {
-        int hi = hex_value(hex[2 * i]), lo = hex_value(hex[2 * i + 1]);
-        if (hi < 0 || lo < 0)
-            return -EINVAL;
-        id->b[i] = (uint8_t)(hi << 4 | lo);
-    }
-    return 0;
+    struct chunk_id tmp;
+    int r = hex_decode(hex, tmp.b, HASH_SIZE);
+    if (r == 0)
+        *id = tmp;
+    return r;
 }
 
 uint32_t repo_chunk_size(const struct repo *r)
@@ -200,7 +184,7 @@ static int config_add_mac(const uint8_t keys[2 * REPO_KEY_SIZE], json_t *cfg)
 }
 
 /* Write cfg as the config file (indented, a final newline), atomically; replace or create. */
-static int config_store(int dirfd, json_t *cfg, bool replace)
+static int config_store(struct store *st, json_t *cfg, bool replace)
 {
     CLEANUP_FREE char *text = json_dumps(cfg, JSON_INDENT(2));
     if (!text)
@@ -211,26 +195,11 @@ static int config_store(int dirfd, json_t *cfg, bool replace)
         return -ENOMEM;
     memcpy(line, text, len);
     line[len] = '\n';
-    return repo_write_file(dirfd, REPO_CONFIG_NAME, line, len + 1, replace, NULL);
+    return store_put(st, REPO_CONFIG_NAME, line, len + 1,
+                     replace ? STORE_PUT_REPLACE : STORE_PUT_CREATE, NULL);
 }
 
 /* ---- init ---- */
-
-static int dir_check_empty(const char *path)
-{
-    DIR *d = opendir(path);
-    if (!d)
-        return -errno;
-    struct dirent *de;
-    int r = 0;
-    while ((de = readdir(d)))
-        if (strcmp(de->d_name, ".") && strcmp(de->d_name, "..")) {
-            r = -EEXIST;
-            break;
-        }
-    closedir(d);
-    return r;
-}
 
 /* The "encryption" object of a new config; fills in the two keys. */
 static int encryption_new(const char *passphrase, const char *repo_id, uint8_t *keys, json_t **out,
@@ -272,7 +241,7 @@ static int encryption_new(const char *passphrase, const char *repo_id, uint8_t *
     return *out ? 0 : -ENOMEM;
 }
 
-static int config_write(int dirfd, const char *path, uint32_t chunk_size, int level,
+static int config_write(struct store *st, const char *path, uint32_t chunk_size, int level,
                         const char *passphrase, char *err, size_t errlen)
 {
     char repo_id[2 * REPO_ID_BYTES + 1];
@@ -299,22 +268,63 @@ static int config_write(int dirfd, const char *path, uint32_t chunk_size, int le
         r = config_add_mac(keys, cfg);
     OPENSSL_cleanse(keys, sizeof(keys)); /* open() unwraps them again */
     if (r == 0)
-        r = config_store(dirfd, cfg, false);
+        r = config_store(st, cfg, false);
     json_decref(cfg);
     if (r < 0)
         repo_set_err(err, errlen, "%s/%s: cannot write: %s", path, REPO_CONFIG_NAME, strerror(-r));
     return r;
 }
 
-/* Make the new repository directory's entry durable in its parent. */
-static void parent_sync(const char *path)
+/* Check the options of repo_init: 0, or -EINVAL with a message. */
+static int init_options(const struct repo_init_options *opt, uint32_t *chunk_size, int *level,
+                        char *err, size_t errlen)
 {
-    CLEANUP_FREE char *copy = strdup(path);
-    if (!copy)
-        return;
-    CLEANUP_CLOSE int fd = open(dirname(copy), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd >= 0)
-        fsync(fd);
+    *chunk_size = opt->chunk_size ? opt->chunk_size : REPO_DEFAULT_CHUNK_SIZE;
+    *level = opt->zstd_level ? opt->zstd_level : REPO_DEFAULT_ZSTD;
+    if (!repo_chunk_size_valid(*chunk_size)) {
+        repo_set_err(err, errlen, "chunk size %u is not a power of two between %u and %u",
+                     *chunk_size, REPO_MIN_CHUNK_SIZE, REPO_MAX_CHUNK_SIZE);
+        return -EINVAL;
+    }
+    if (*level < ZSTD_minCLevel() || *level > ZSTD_maxCLevel()) {
+        repo_set_err(err, errlen, "zstd level %d is not between %d and %d", *level,
+                     ZSTD_minCLevel(), ZSTD_maxCLevel());
+        return -EINVAL;
+    }
+    if (opt->passphrase && !*opt->passphrase) {
+        repo_set_err(err, errlen, "the passphrase is empty");
+        return -EINVAL;
+    }
+    return 0;
+}
+
+/* The layout of a new repository in an empty store; the config comes last: a store without
+ * one is not a repository. */
+static int init_layout(struct store *st, uint32_t chunk_size, int level, const char *passphrase,
+                       char *err, size_t errlen)
+{
+    static const char *const subdirs[] = {REPO_CHUNKS_DIR, REPO_BACKUPS_DIR, REPO_LOCKS_DIR};
+    for (size_t i = 0; i < ARRAY_SIZE(subdirs); i++) {
+        int r = store_make_prefix(st, subdirs[i], false);
+        if (r < 0) {
+            repo_set_err(err, errlen, "%s/%s: %s", store_name(st), subdirs[i], strerror(-r));
+            return r;
+        }
+    }
+    return config_write(st, store_name(st), chunk_size, level, passphrase, err, errlen);
+}
+
+int repo_init_store(struct store *st, const struct repo_init_options *opt, char *err, size_t errlen)
+{
+    static const struct repo_init_options defaults = {0};
+    if (!opt)
+        opt = &defaults;
+    uint32_t chunk_size;
+    int level;
+    int r = init_options(opt, &chunk_size, &level, err, errlen);
+    if (r < 0)
+        return r;
+    return init_layout(st, chunk_size, level, opt->passphrase, err, errlen);
 }
 
 int repo_init(const char *path, const struct repo_init_options *opt, char *err, size_t errlen)
@@ -322,56 +332,25 @@ int repo_init(const char *path, const struct repo_init_options *opt, char *err, 
     static const struct repo_init_options defaults = {0};
     if (!opt)
         opt = &defaults;
-    uint32_t chunk_size = opt->chunk_size ? opt->chunk_size : REPO_DEFAULT_CHUNK_SIZE;
-    int level = opt->zstd_level ? opt->zstd_level : REPO_DEFAULT_ZSTD;
+    uint32_t chunk_size;
+    int level;
+    int r = init_options(opt, &chunk_size, &level, err, errlen);
+    if (r < 0)
+        return r;
 
-    if (!repo_chunk_size_valid(chunk_size)) {
-        repo_set_err(err, errlen, "chunk size %u is not a power of two between %u and %u",
-                     chunk_size, REPO_MIN_CHUNK_SIZE, REPO_MAX_CHUNK_SIZE);
-        return -EINVAL;
+    struct store *st = NULL;
+    r = store_local_create(path, &st);
+    if (r == -EEXIST) {
+        repo_set_err(err, errlen, "%s: exists and is not an empty directory", path);
+        return r;
     }
-    if (level < ZSTD_minCLevel() || level > ZSTD_maxCLevel()) {
-        repo_set_err(err, errlen, "zstd level %d is not between %d and %d", level, ZSTD_minCLevel(),
-                     ZSTD_maxCLevel());
-        return -EINVAL;
-    }
-    if (opt->passphrase && !*opt->passphrase) {
-        repo_set_err(err, errlen, "the passphrase is empty");
-        return -EINVAL;
-    }
-
-    if (mkdir(path, REPO_DIR_MODE) < 0) {
-        int r = -errno;
-        if (r == -EEXIST)
-            r = dir_check_empty(path);
-        if (r == -EEXIST || r == -ENOTDIR) {
-            repo_set_err(err, errlen, "%s: exists and is not an empty directory", path);
-            return -EEXIST;
-        }
-        if (r < 0) {
-            repo_set_err(err, errlen, "%s: %s", path, strerror(-r));
-            return r;
-        }
-    } else {
-        parent_sync(path);
-    }
-
-    CLEANUP_CLOSE int dirfd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dirfd < 0) {
-        int r = -errno;
+    if (r < 0) {
         repo_set_err(err, errlen, "%s: %s", path, strerror(-r));
         return r;
     }
-    static const char *const subdirs[] = {REPO_CHUNKS_DIR, REPO_BACKUPS_DIR, REPO_LOCKS_DIR};
-    for (size_t i = 0; i < ARRAY_SIZE(subdirs); i++) {
-        int r = repo_mkdir(dirfd, subdirs[i]);
-        if (r < 0) {
-            repo_set_err(err, errlen, "%s/%s: %s", path, subdirs[i], strerror(-r));
-            return r;
-        }
-    }
-    /* The config comes last: a directory without one is not a repository. */
-    return config_write(dirfd, path, chunk_size, level, opt->passphrase, err, errlen);
+    r = init_layout(st, chunk_size, level, opt->passphrase, err, errlen);
+    store_close(st);
+    return r;
 }
 
 /* ---- open ---- */
@@ -593,7 +572,7 @@ int repo_config_seal(struct repo *r, char *err, size_t errlen)
     int ret = config_add_mac(keys, r->config);
     OPENSSL_cleanse(keys, sizeof(keys));
     if (ret == 0)
-        ret = config_store(r->dirfd, r->config, true);
+        ret = config_store(r->store, r->config, true);
     if (ret < 0) {
         json_object_del(r->config, CONFIG_MAC_FIELD);
         repo_set_err(err, errlen, "%s/%s: cannot write: %s", r->path, REPO_CONFIG_NAME,
@@ -604,45 +583,62 @@ int repo_config_seal(struct repo *r, char *err, size_t errlen)
     return 0;
 }
 
-int repo_open(const char *path, const char *passphrase, struct repo **out, char *err, size_t errlen)
+/* Open a repository in st; on success the handle owns st when owns. */
+static int open_store(struct store *st, bool owns, const char *passphrase, struct repo **out,
+                      char *err, size_t errlen)
 {
     *out = NULL;
     struct repo *r = calloc(1, sizeof(*r));
     if (!r)
         return -ENOMEM;
-    r->dirfd = -1;
-    r->lock_fd = -1;
     pthread_mutex_init(&r->lock_mutex, NULL);
-    r->path = strdup(path);
+    r->store = st;
+    r->path = strdup(store_name(st));
     CLEANUP_FREE uint8_t *text = NULL; /* before any goto: the cleanup runs at every exit */
     int ret = -ENOMEM;
     if (!r->path)
         goto fail;
 
-    r->dirfd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (r->dirfd < 0) {
-        ret = -errno;
-        repo_set_err(err, errlen, "%s: %s", path, strerror(-ret));
-        goto fail;
-    }
     size_t len;
-    ret = repo_read_file(r->dirfd, REPO_CONFIG_NAME, CONFIG_MAX_SIZE, &text, &len);
+    ret = store_get(st, REPO_CONFIG_NAME, CONFIG_MAX_SIZE, &text, &len);
     if (ret == -ENOENT) {
-        repo_set_err(err, errlen, "%s: not a vmexport repository (no config file)", path);
+        repo_set_err(err, errlen, "%s: not a vmexport repository (no config file)", r->path);
         goto fail;
     }
     if (ret < 0) {
-        repo_set_err(err, errlen, "%s/%s: %s", path, REPO_CONFIG_NAME,
+        repo_set_err(err, errlen, "%s/%s: %s", r->path, REPO_CONFIG_NAME,
                      ret == -EBADMSG ? "not a vmexport repository config" : strerror(-ret));
         goto fail;
     }
     ret = config_parse(r, (const char *)text, len, passphrase, err, errlen);
     if (ret < 0)
         goto fail;
+    r->owns_store = owns;
     *out = r;
     return 0;
 fail:
-    repo_close(r);
+    repo_close(r); /* does not own st yet */
+    return ret;
+}
+
+int repo_open_store(struct store *st, const char *passphrase, struct repo **out, char *err,
+                    size_t errlen)
+{
+    return open_store(st, false, passphrase, out, err, errlen);
+}
+
+int repo_open(const char *path, const char *passphrase, struct repo **out, char *err, size_t errlen)
+{
+    struct store *st = NULL;
+    *out = NULL;
+    int ret = store_local_open(path, &st);
+    if (ret < 0) {
+        repo_set_err(err, errlen, "%s: %s", path, strerror(-ret));
+        return ret;
+    }
+    ret = open_store(st, true, passphrase, out, err, errlen);
+    if (ret < 0)
+        store_close(st);
     return ret;
 }
 
@@ -650,10 +646,10 @@ void repo_close(struct repo *r)
 {
     if (!r)
         return;
-    if (r->lock_fd >= 0)
-        lock_file_release(r->lock_fd);
-    if (r->dirfd >= 0)
-        close(r->dirfd);
+    if (r->lock_lease)
+        lock_file_release(r, r->lock_lease);
+    if (r->owns_store)
+        store_close(r->store);
     OPENSSL_cleanse(r->data_key, sizeof(r->data_key));
     OPENSSL_cleanse(r->id_key, sizeof(r->id_key));
     json_decref(r->config);

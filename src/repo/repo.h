@@ -7,13 +7,15 @@
  *   PATH/backups/<vm>/<backup id>/disk-<n>.manifest   offset -> chunk id or zero (container)
  *   PATH/backups/<vm>/<backup id>/backup.json         the backup's metadata (container);
  *                                written last: a backup exists only once this file does
- *   PATH/locks/                  flock files: repo.lock (shared by backups, restores and
+ *   PATH/locks/                  lock files: repo.lock (shared by backups, restores and
  *                                verify; exclusive for gc and prune) and vm-<vm>.lock
  *                                (exclusive while backing that VM up)
  *
- * Every file is written to a temporary name (".tmp." in it), fsynced and renamed, then its
- * directory fsynced; chunk batches (backups) replace the fsyncs by one syncfs per flush, still
- * before the rename.  The format is documented in docs/repository-format.md; a repository of
+ * All storage goes through a store (store.h): a directory (store_local.c) by default.  Every
+ * object is put atomically and durably; chunk batches (backups) stage their chunks and make a
+ * flush's worth durable with one commit (one filesystem sync for a directory) before they
+ * appear.
+ * The format is documented in docs/repository-format.md; a repository of
  * another format version is refused.  Functions return 0 or a negative errno and, where an
  * err buffer is given, a message naming the file and the cause.  All functions on an open
  * repository are thread-safe.
@@ -70,6 +72,15 @@ int repo_open(const char *path, const char *passphrase, struct repo **out, char 
               size_t errlen);
 void repo_close(struct repo *r);
 
+/* The same on a given store (store.h: a store_mem for tests, another backend), which the
+ * caller keeps: it stays open after repo_close() and is closed by the caller.  repo_init and
+ * repo_open are these on store_local. */
+struct store;
+int repo_init_store(struct store *st, const struct repo_init_options *opt, char *err,
+                    size_t errlen);
+int repo_open_store(struct store *st, const char *passphrase, struct repo **out, char *err,
+                    size_t errlen);
+
 uint32_t repo_chunk_size(const struct repo *r);
 bool repo_encrypted(const struct repo *r);
 const char *repo_path(const struct repo *r);
@@ -90,7 +101,7 @@ int repo_config_seal(struct repo *r, char *err, size_t errlen);
 /* ID of plain data (keyed when encrypted). */
 void repo_chunk_id(const struct repo *r, const void *data, size_t len, struct chunk_id *id);
 
-/* Store a chunk unless it exists (compress, encrypt, temp + fsync + rename).  *stored tells
+/* Store a chunk unless it exists (compress, encrypt, one atomic durable store_put).  *stored tells
  * whether it was written, *bytes_written how many bytes hit the disk (either may be NULL).
  * -ENOSPC when the filesystem is full (nothing half-written is left). */
 int repo_chunk_put(struct repo *r, const struct chunk_id *id, const void *data, size_t len,
@@ -117,19 +128,20 @@ int repo_chunk_delete(struct repo *r, const struct chunk_id *id);
 
 /* ---- chunk batches: many chunks made durable at once (for backups) ---- */
 
-/* A chunk put into a batch is written to a temporary file without an fsync (nothing when it
- * exists already); repo_chunk_batch_flush() makes every pending one durable with one syncfs and
- * only then moves them into place, so a chunk name never points at data that is not on disk.
- * Until flushed, a batch's chunks are not in the repository (repo_chunk_exists() is false).
- * Thread-safe; the caller holds a backup writer (whose commit makes the names durable). */
+/* A chunk put into a batch is staged in the store, not yet durable (nothing when it exists
+ * already); repo_chunk_batch_flush() makes every pending one durable with one store commit (one
+ * filesystem sync for a directory) and only then moves them into place, so a chunk name never
+ * points at data that is not on disk. Until flushed, a batch's chunks are not in the repository
+ * (repo_chunk_exists() is false). Thread-safe; the caller holds a backup writer (whose commit makes
+ * the names durable). */
 struct chunk_batch;
 int repo_chunk_batch_new(struct repo *r, struct chunk_batch **out);
 /* *pending_bytes (may be NULL): container bytes waiting for the flush after this put, to
  * decide when to flush. */
 int repo_chunk_batch_put(struct chunk_batch *b, const struct chunk_id *id, const void *data,
                          size_t len, uint64_t *pending_bytes);
-/* syncfs, then rename every pending file into place.  On failure the pending files are
- * removed.  Other threads may keep putting while a flush runs. */
+/* Commit: make every pending chunk durable, then move each into place.  On failure the pending
+ * files are removed.  Other threads may keep putting while a flush runs. */
 int repo_chunk_batch_flush(struct chunk_batch *b);
 /* Chunks moved into place by flushes, found existing (at put or at flush), container bytes
  * written by the former. */
@@ -147,7 +159,7 @@ struct manifest_entry {
 };
 
 struct manifest {
-    char *disk;          /* disk name */
+    char *disk; /* disk name */
     uint64_t disk_size;
     uint32_t chunk_size;
     char *change_id;     /* the disk's change ID on the server, or NULL */
@@ -171,7 +183,7 @@ struct backup_disk {
 DEFINE_VECTOR_TYPE(backup_disk_list, struct backup_disk);
 
 struct backup {
-    char *id;          /* e.g. "20261123T091500Z-5f3a9c" (time + random): unique, sortable */
+    char *id; /* e.g. "20261123T091500Z-5f3a9c" (time + random): unique, sortable */
     char *vm_id;
     char *snapshot_id; /* server snapshot it was taken from */
     char *server;      /* server URL */
@@ -181,7 +193,7 @@ struct backup {
     /* statistics of the run that made it */
     uint64_t bytes_read, bytes_written, chunks_new, chunks_reused;
     double seconds;
-    char *parent_id;   /* backup it was incremental against, or NULL */
+    char *parent_id; /* backup it was incremental against, or NULL */
 };
 DEFINE_VECTOR_TYPE(backup_list, struct backup *);
 void backup_free(struct backup *b);
@@ -233,7 +245,6 @@ struct gc_stats {
  * Takes the repository lock exclusively.  dry_run: count only. */
 int repo_gc(struct repo *r, bool dry_run, struct gc_stats *st, char *err, size_t errlen);
 
-
 /* ---- prune policy ---- */
 
 struct prune_policy {
@@ -254,7 +265,6 @@ void prune_select(const int64_t *times, size_t n, const struct prune_policy *p, 
  * NULL) receives the backups deleted, or that would be with dry_run; the caller frees it with
  * backup_list_free() also on failure. */
 int repo_prune(struct repo *r, const char *vm_id, const struct prune_policy *p,
-               unsigned lock_timeout, bool dry_run, backup_list *removed, char *err,
-               size_t errlen);
+               unsigned lock_timeout, bool dry_run, backup_list *removed, char *err, size_t errlen);
 
 #endif

@@ -13,6 +13,7 @@
 #include <sys/uio.h>
 
 #include "repo.h"
+#include "store.h"
 
 /* ---- layout ---- */
 
@@ -42,8 +43,9 @@
 #define BACKUP_ID_LEN        (BACKUP_ID_TIME_LEN + 1 + 2 * BACKUP_ID_RAND_BYTES)
 
 struct repo {
-    char *path;
-    int dirfd; /* the repository's root directory */
+    char *path;          /* the store's name, for messages */
+    struct store *store; /* where everything is kept (store.h) */
+    bool owns_store;     /* repo_close() closes it (repo_open); else the caller does */
     uint32_t chunk_size;
     int zstd_level;
     unsigned format_version; /* REPO_MIN_FORMAT_VERSION .. REPO_FORMAT_VERSION */
@@ -58,7 +60,7 @@ struct repo {
 
     /* repo_lock() state: one repository-wide lock per handle, counted. */
     pthread_mutex_t lock_mutex;
-    int lock_fd;
+    struct store_lease *lock_lease;
     unsigned lock_depth;
     bool lock_exclusive;
 };
@@ -75,46 +77,15 @@ int repo_check_writable(const struct repo *r, char *err, size_t errlen);
 
 /* ---- fileio.c ---- */
 
-/* -errno of a failed write, with EDQUOT folded into -ENOSPC. */
-int repo_write_errno(int e);
 int repo_random_bytes(void *buf, size_t len);
 /* 2 * nbytes hex digits of random data and a NUL into out. */
 int repo_random_hex(char *out, size_t nbytes);
 bool repo_is_tmp_name(const char *name);
 
-/* Write a file atomically: a temporary name in dirfd, write, fsync, rename over name (replace)
- * or only if name does not exist yet (!replace: *created false when it did), fsync dirfd.  On
- * any failure the temporary file is removed. */
-int repo_write_file(int dirfd, const char *name, const void *data, size_t len, bool replace,
-                    bool *created);
-/* The two halves of repo_write_file: write data to a new temporary name in dirfd (returned
- * in tmp; fsynced when sync), removed again on failure; then move it into place (the temporary
- * file is removed on failure, and when !replace finds name existing: *created false).  Neither
- * fsyncs dirfd. */
-int repo_write_tmp(int dirfd, const char *name, const void *data, size_t len, bool sync,
-                   char tmp[NAME_MAX + 1]);
-int repo_rename_tmp(int dirfd, const char *tmp, const char *name, bool replace, bool *created);
-/* repo_write_tmp (no fsync) of a buffer from container_seal, bypassing the page cache where
- * the filesystem allows O_DIRECT (the CONTAINER_ALIGN multiples; the tail is written through
- * it): a chunk is written once and not read back soon, so caching it only costs a copy. */
-int repo_write_tmp_direct(int dirfd, const char *name, const uint8_t *data, size_t len,
-                          char tmp[NAME_MAX + 1]);
-/* Read a whole regular file (at most max bytes, else -EBADMSG) into a new buffer. */
-int repo_read_file(int dirfd, const char *name, uint64_t max, uint8_t **data, size_t *len);
-/* Read the whole file name (at most max bytes, else -EBADMSG) into buf (cap bytes,
- * CONTAINER_ALIGN-aligned; -ENOBUFS when the file rounded up to CONTAINER_ALIGN does not fit),
- * bypassing the page cache (O_DIRECT) where the file system allows: a chunk is read once, so
- * caching it costs a copy and the host's memory; where the cache holds newer data the kernel
- * writes it first.  0 or a negative errno; *len is the file's size. */
-int repo_read_file_direct(int dirfd, const char *name, uint64_t max, uint8_t *buf, size_t cap,
-                          size_t *len);
-/* mkdirat with the repository mode; an existing directory is fine.  A new one is made durable
- * by fsyncing dirfd. */
-int repo_mkdir(int dirfd, const char *name);
-int repo_open_dir(int dirfd, const char *name, int *out);
-/* Remove every non-directory entry of directory name in parentfd, then the directory itself;
- * *bytes (may be NULL) accumulates the sizes removed. */
-int repo_remove_dir(int parentfd, const char *name, uint64_t *bytes);
+/* Remove every object directly under prefix (sub-prefixes are left: removing the prefix then
+ * fails), make that durable, then remove the prefix itself; *bytes (may be NULL) accumulates
+ * the sizes removed. */
+int repo_remove_dir(struct repo *r, const char *prefix, uint64_t *bytes);
 
 /* Directory-name form of a VM ID: bytes outside [A-Za-z0-9._-] and a leading '.' become %XX;
  * a name longer than the limit keeps a prefix and gets "~" and the SHA-256 of the ID. */
@@ -142,8 +113,8 @@ int repo_gcm_decrypt(const uint8_t key[REPO_KEY_SIZE], const uint8_t nonce[CONTA
 
 /* Build a container of plain data bound to ident (compressed when that helps, encrypted when
  * the repository is) into a new buffer (free()).  The buffer is CONTAINER_ALIGN-aligned, so
- * that its aligned head can be written with O_DIRECT (repo_write_tmp_direct). */
-#define CONTAINER_ALIGN 4096
+ * that its aligned head can be written with O_DIRECT (store_stage). */
+#define CONTAINER_ALIGN STORE_ALIGN
 int container_seal(const struct repo *r, const char *ident, const void *plain, size_t len,
                    uint8_t **out, size_t *outlen);
 /* container_seal into the calling thread's own buffer, kept for its next call: *out (not to be
@@ -169,10 +140,9 @@ int container_unseal(const struct repo *r, const char *ident, uint8_t *file, siz
 int container_unseal_data(const struct repo *r, const char *ident, uint8_t *file, size_t flen,
                           uint64_t max_plain, void *out, size_t cap, size_t *len);
 
-/* Metadata containers, bound to their path relative to the repository root: written into
- * dirfd/name, read from relpath (the result is NUL-terminated). */
-int repo_meta_write(struct repo *r, int dirfd, const char *name, const char *relpath,
-                    const void *plain, size_t len);
+/* Metadata containers, bound to their key (path relative to the repository root): written
+ * atomically and durably (replacing), read back (the result is NUL-terminated). */
+int repo_meta_write(struct repo *r, const char *relpath, const void *plain, size_t len);
 int repo_meta_read(struct repo *r, const char *relpath, uint8_t **plain, size_t *len);
 
 /* ---- chunk.c ---- */
@@ -200,12 +170,15 @@ bool backup_id_valid(const char *id);
 
 /* ---- lock.c ---- */
 
-/* Take a flock on locks/name, shared or exclusive, polling until deadline_ms (CLOCK_MONOTONIC
- * milliseconds; -1 waits forever).  -EBUSY when the deadline passes. */
+/* How long a lease lasts unrenewed (stores whose locks can outlive their holder): longer
+ * than any pause between the renewals of a backup writer (each manifest, the commit). */
+#define REPO_LEASE_SECONDS 3600
+
+/* Take locks/name, shared or exclusive, waiting until deadline_ms (store_deadline();
+ * STORE_WAIT_FOREVER).  -EBUSY when the deadline passes. */
 int lock_file_acquire(struct repo *r, const char *name, bool exclusive, int64_t deadline_ms,
-                      int *fd_out);
-void lock_file_release(int fd);
-int64_t lock_deadline(unsigned timeout_seconds);
+                      struct store_lease **out);
+void lock_file_release(struct repo *r, struct store_lease *l);
 /* Make sure the handle holds the repository lock exclusively, waiting as long as it takes; *took
  * tells whether it was taken here (release with repo_unlock). */
 int lock_hold_exclusive(struct repo *r, bool *took, char *err, size_t errlen);

@@ -57,7 +57,7 @@ backups_in() {
 check "export tar" "$VMEXPORT" export --repo "$REPO" "$ID" -o "$A/vm1.tar"
 tar -tvf "$A/vm1.tar" >"$WORK/list.tar" 2>"$WORK/tar.err"
 
-# libarchive is mapped only by export and import (dlopen, src/cli/archive_lib.c): other
+# libarchive is mapped only by export and import (dlopen, src/backup/archive_lib.c): other
 # commands start without it and its dependencies.
 LD_DEBUG=libs "$VMEXPORT" backups --repo "$REPO" >/dev/null 2>"$WORK/ld.backups"
 LD_DEBUG=libs "$VMEXPORT" export --repo "$REPO" "$ID" -o "$A/ld.tar" >/dev/null 2>"$WORK/ld.export"

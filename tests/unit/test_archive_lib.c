@@ -1,4 +1,4 @@
-/* Unit tests of the on-demand libarchive loader (src/cli/archive_lib.c).  The order matters:
+/* Unit tests of the on-demand libarchive loader (src/backup/archive_lib.c).  The order matters:
  * failed loads first, then the real one, which stays loaded. */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -7,7 +7,7 @@
 #include <string.h>
 #include <cmocka.h>
 
-#include "cli/archive_lib.h"
+#include "backup/archive_lib.h"
 
 static void assert_no_symbols(void)
 {

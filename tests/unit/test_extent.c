@@ -796,6 +796,36 @@ static void test_bytes(void **state)
     assert_int_equal(extent_list_bytes(&f->a), OMAX);
 }
 
+/* ---- extent_list_find ------------------------------------------------------------------- */
+
+static void test_find(void **state)
+{
+    struct fixture *f = *state;
+    assert_int_equal(extent_list_find(&f->a, 0), 0);
+    assert_int_equal(extent_list_find(&f->a, OMAX), 0);
+    list_fill(&f->a, EXTENTS({4096, 4096, P, 0}, {16384, 100, Q, 0}, {20000, 1, 0, UK}));
+    assert_int_equal(extent_list_find(&f->a, 0), 0);     /* before the first */
+    assert_int_equal(extent_list_find(&f->a, 4096), 0);  /* its start */
+    assert_int_equal(extent_list_find(&f->a, 8191), 0);  /* its last byte */
+    assert_int_equal(extent_list_find(&f->a, 8192), 1);  /* its end: the next one */
+    assert_int_equal(extent_list_find(&f->a, 12000), 1); /* in a gap */
+    assert_int_equal(extent_list_find(&f->a, 16483), 1);
+    assert_int_equal(extent_list_find(&f->a, 16484), 2);
+    assert_int_equal(extent_list_find(&f->a, 20000), 2);
+    assert_int_equal(extent_list_find(&f->a, 20001), 3); /* past the last */
+    assert_int_equal(extent_list_find(&f->a, OMAX), 3);
+    /* Against a linear scan, on every offset around every boundary of a longer list. */
+    extent_list_clear(&f->a);
+    for (uint64_t i = 0; i < 100; i++)
+        assert_int_equal(extent_list_add_range(&f->a, i * 3 * KIB, (i % 2 + 1) * KIB), 0);
+    for (uint64_t off = 0; off < 310 * KIB; off += KIB / 2) {
+        size_t want = 0;
+        while (want < f->a.len && extent_end(&f->a.ptr[want]) <= off)
+            want++;
+        assert_int_equal(extent_list_find(&f->a, off), want);
+    }
+}
+
 /* ---- The diff model --------------------------------------------------------------------- */
 
 /* What a file reads at some offset: zeros, or the data of a physical address (equal physical
@@ -1739,6 +1769,7 @@ int main(void)
         T(test_align_near_max),
         T(test_align_invalid),
         T(test_bytes),
+        T(test_find),
         T(test_diff_empty),
         T(test_diff_identical),
         T(test_diff_new_data),

@@ -1993,12 +1993,14 @@ static void test_seal_thread_encrypted(void **state)
 
 #define RD_MAX ((size_t)(1 << 20) + CONTAINER_MAX_OVERHEAD) /* a 1 MiB chunk's container */
 
-/* repo_read_file_direct in directory dir: sizes around the block boundaries, data still dirty
- * in the page cache (the kernel must write it before a direct read), an overwrite of a synced
+/* store_get_into of the local store on directory dir: sizes around the block boundaries, data still
+ * dirty in the page cache (the kernel must write it before a direct read), an overwrite of a synced
  * file, and the errors. */
 static void read_direct_cases(const char *dir)
 {
-    CLEANUP_CLOSE int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    struct store *st = NULL;
+    assert_int_equal(store_local_open(dir, &st), 0);
+    int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     assert_true(dfd >= 0);
     size_t cap = 0;
     uint8_t *buf = container_read_buffer_thread(RD_MAX, &cap);
@@ -2016,7 +2018,7 @@ static void read_direct_cases(const char *dir)
         fill_random(data, RD_MAX, k + 1);
         file_write(path, data, n); /* not synced: dirty in the page cache */
         memset(buf, 0xa5, cap);
-        CHECK(repo_read_file_direct(dfd, "f", RD_MAX, buf, cap, &len) == 0, "size %zu", n);
+        CHECK(store_get_into(st, "f", RD_MAX, buf, cap, &len) == 0, "size %zu", n);
         CHECK(len == n && memcmp(buf, data, n) == 0, "size %zu: got %zu bytes", n, len);
     }
     /* Synced, dropped from the cache, then its middle overwritten through the cache. */
@@ -2027,21 +2029,23 @@ static void read_direct_cases(const char *dir)
     memset(data + 5000, 0x3c, 70000);
     assert_int_equal(pwrite(fd, data + 5000, 70000, 5000), 70000);
     size_t len = 0;
-    assert_int_equal(repo_read_file_direct(dfd, "f", RD_MAX, buf, cap, &len), 0);
+    assert_int_equal(store_get_into(st, "f", RD_MAX, buf, cap, &len), 0);
     assert_int_equal(len, RD_MAX);
     assert_memory_equal(buf, data, RD_MAX);
 
     /* Over the limit, a buffer too small or unaligned, not a regular file, missing. */
-    assert_int_equal(repo_read_file_direct(dfd, "f", RD_MAX - 1, buf, cap, &len), -EBADMSG);
-    assert_int_equal(repo_read_file_direct(dfd, "f", RD_MAX, buf, RD_MAX / 2, &len), -ENOBUFS);
-    assert_int_equal(repo_read_file_direct(dfd, "f", RD_MAX, buf + 1, cap - 4096, &len), -ENOBUFS);
+    assert_int_equal(store_get_into(st, "f", RD_MAX - 1, buf, cap, &len), -EBADMSG);
+    assert_int_equal(store_get_into(st, "f", RD_MAX, buf, RD_MAX / 2, &len), -ENOBUFS);
+    assert_int_equal(store_get_into(st, "f", RD_MAX, buf + 1, cap - 4096, &len), -ENOBUFS);
     assert_int_equal(mkdirat(dfd, "d", 0700), 0);
-    assert_int_equal(repo_read_file_direct(dfd, "d", RD_MAX, buf, cap, &len), -EBADMSG);
-    assert_int_equal(repo_read_file_direct(dfd, "missing", RD_MAX, buf, cap, &len), -ENOENT);
+    assert_int_equal(store_get_into(st, "d", RD_MAX, buf, cap, &len), -EBADMSG);
+    assert_int_equal(store_get_into(st, "missing", RD_MAX, buf, cap, &len), -ENOENT);
     /* The thread keeps its buffer: asking for less returns the same one. */
     size_t cap2 = 0;
     assert_ptr_equal(container_read_buffer_thread(4096, &cap2), buf);
     assert_int_equal(cap2, cap);
+    close(dfd);
+    store_close(st);
 }
 
 static void test_read_file_direct(void **state)

@@ -1,5 +1,5 @@
 /* libarchive loaded with dlopen on first use: see archive_lib.h for why. */
-#include "cli/archive_lib.h"
+#include "backup/archive_lib.h"
 
 #include <dlfcn.h>
 #include <pthread.h>

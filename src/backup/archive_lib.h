@@ -6,8 +6,8 @@
  * backup.  So the archive commands call archive_lib_load() first and then libarchive through
  * the sym_archive_* pointers below, which have the types of the functions in <archive.h>.
  */
-#ifndef VMEXPORT_CLI_ARCHIVE_LIB_H
-#define VMEXPORT_CLI_ARCHIVE_LIB_H
+#ifndef VMEXPORT_BACKUP_ARCHIVE_LIB_H
+#define VMEXPORT_BACKUP_ARCHIVE_LIB_H
 
 #include <archive.h>
 #include <archive_entry.h>
@@ -39,7 +39,7 @@
     X(archive_read_support_filter_all)                                                             \
     X(archive_read_support_format_tar)                                                             \
     X(archive_read_open_fd)                                                                        \
-    X(archive_read_open_filename)                                                                  \
+    X(archive_read_open_memory)                                                                    \
     X(archive_read_next_header)                                                                    \
     X(archive_read_data)                                                                           \
     X(archive_read_data_block)                                                                     \

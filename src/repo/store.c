@@ -1,0 +1,152 @@
+/* The store interface's dispatch (store.h) and what every store shares: the monotonic clock of
+ * lock deadlines and the poll of a waiting lock.
+ */
+#include "repo/store.h"
+
+#include <errno.h>
+#include <time.h>
+
+#include "core/clock.h"
+
+#define LOCK_POLL_MS 50 /* how often a waiting lock retries */
+#define NS_PER_MS    1000000
+#define MS_PER_SEC   1000
+
+int store_put(struct store *s, const char *key, const void *data, size_t len,
+              enum store_put_mode mode, bool *created)
+{
+    bool dummy;
+    return s->ops->put(s, key, data, len, mode, created ? created : &dummy);
+}
+
+int store_stage(struct store *s, const char *key, const void *data, size_t len,
+                struct store_staged **out)
+{
+    *out = NULL;
+    return s->ops->stage(s, key, data, len, out);
+}
+
+int store_commit(struct store *s, struct store_staged **staged, size_t n, bool *created)
+{
+    return s->ops->commit(s, staged, n, created);
+}
+
+void store_discard(struct store *s, struct store_staged *st)
+{
+    if (st)
+        s->ops->discard(s, st);
+}
+
+int store_get(struct store *s, const char *key, uint64_t max, uint8_t **data, size_t *len)
+{
+    *data = NULL;
+    *len = 0;
+    return s->ops->get(s, key, max, data, len);
+}
+
+int store_get_into(struct store *s, const char *key, uint64_t max, uint8_t *buf, size_t cap,
+                   size_t *len)
+{
+    *len = 0;
+    return s->ops->get_into(s, key, max, buf, cap, len);
+}
+
+int store_exists(struct store *s, const char *key, bool *prefix)
+{
+    struct store_stat st;
+    int r = s->ops->stat(s, key, &st);
+    if (r == 0 && prefix)
+        *prefix = st.prefix;
+    return r;
+}
+
+int store_stat(struct store *s, const char *key, struct store_stat *st)
+{
+    *st = (struct store_stat){0};
+    return s->ops->stat(s, key, st);
+}
+
+int store_list(struct store *s, const char *prefix, store_list_fn fn, void *opaque)
+{
+    return s->ops->list(s, prefix, fn, opaque);
+}
+
+int store_del(struct store *s, const char *key, uint64_t *bytes)
+{
+    uint64_t dummy = 0;
+    return s->ops->del(s, key, bytes ? bytes : &dummy);
+}
+
+int store_sync_prefix(struct store *s, const char *prefix)
+{
+    return s->ops->sync_prefix(s, prefix);
+}
+
+int store_make_prefix(struct store *s, const char *prefix, bool exclusive)
+{
+    return s->ops->make_prefix(s, prefix, exclusive);
+}
+
+int store_remove_prefix(struct store *s, const char *prefix)
+{
+    return s->ops->remove_prefix(s, prefix);
+}
+
+int store_barrier(struct store *s)
+{
+    return s->ops->barrier(s);
+}
+
+int store_lock(struct store *s, const char *name, bool exclusive, unsigned lease_seconds,
+               int64_t deadline_ms, struct store_lease **out)
+{
+    *out = NULL;
+    return s->ops->lock(s, name, exclusive, lease_seconds, deadline_ms, out);
+}
+
+int store_renew(struct store *s, struct store_lease *l, unsigned lease_seconds)
+{
+    return s->ops->renew(s, l, lease_seconds);
+}
+
+void store_unlock(struct store *s, struct store_lease *l)
+{
+    if (l)
+        s->ops->unlock(s, l);
+}
+
+void store_close(struct store *s)
+{
+    if (s)
+        s->ops->close(s);
+}
+
+const char *store_name(const struct store *s)
+{
+    return s->name;
+}
+
+int64_t store_now_ms(void)
+{
+    return (int64_t)(clock_monotonic_ns() / NS_PER_MS);
+}
+
+int64_t store_deadline(unsigned timeout_seconds)
+{
+    return store_now_ms() + (int64_t)timeout_seconds * MS_PER_SEC;
+}
+
+int store_lock_wait(int64_t deadline_ms)
+{
+    int64_t nap = LOCK_POLL_MS;
+    if (deadline_ms != STORE_WAIT_FOREVER) {
+        int64_t left = deadline_ms - store_now_ms();
+        if (left <= 0)
+            return -EBUSY;
+        if (left < nap)
+            nap = left;
+    }
+    struct timespec ts = {.tv_sec = 0, .tv_nsec = nap * NS_PER_MS};
+    nanosleep(&ts, NULL);
+    return 0;
+}

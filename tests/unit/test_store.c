@@ -1,0 +1,509 @@
+/* Unit tests for the repository's store interface (src/repo/store.h): the contract run with the
+ * same body on the local store (a mkdtemp() directory) and on the memory store (put, create
+ * without replacing, staged puts invisible until committed, listings longer than a page with
+ * deletions during the walk, prefixes, locks and leases), the memory store's own faults and
+ * lease expiry, and a repository on the memory store: init, open, a backup, gc.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <errno.h>
+#include <ftw.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "core/cleanup.h"
+#include "repo/repo.h"
+#include "repo/repo_internal.h" /* REPO_LEASE_SECONDS, REPO_TMP_MARK */
+#include "repo/store.h"
+#include "repo/store_mem.h"
+
+#define MANY_KEYS  150 /* more than two pages of a memory store listing */
+#define LEASE      30  /* seconds of the test leases */
+#define NFTW_FDS   16
+#define TEST_ALIGN STORE_ALIGN
+
+struct fixture {
+    char dir[PATH_MAX];
+    struct store *s;
+    bool local;
+};
+
+static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
+{
+    (void)sb;
+    (void)flag;
+    (void)ftw;
+    return remove(path);
+}
+
+static int setup_local(void **state)
+{
+    struct fixture *f = calloc(1, sizeof(*f));
+    assert_non_null(f);
+    const char *tmp = getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp";
+    snprintf(f->dir, sizeof(f->dir), "%s/vmexport-store-XXXXXX", tmp);
+    assert_non_null(mkdtemp(f->dir));
+    assert_int_equal(store_local_open(f->dir, &f->s), 0);
+    f->local = true;
+    *state = f;
+    return 0;
+}
+
+static int setup_mem(void **state)
+{
+    struct fixture *f = calloc(1, sizeof(*f));
+    assert_non_null(f);
+    assert_int_equal(store_mem_new("test", &f->s), 0);
+    *state = f;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    struct fixture *f = *state;
+    store_close(f->s);
+    if (f->local)
+        nftw(f->dir, rm_entry, NFTW_FDS, FTW_DEPTH | FTW_PHYS);
+    free(f);
+    return 0;
+}
+
+static void get_equal(struct store *s, const char *key, const char *want)
+{
+    CLEANUP_FREE uint8_t *data = NULL;
+    size_t len = 0;
+    assert_int_equal(store_get(s, key, 1 << 20, &data, &len), 0);
+    assert_int_equal(len, strlen(want));
+    assert_memory_equal(data, want, len);
+}
+
+/* ---- the contract, on both stores ---- */
+
+static void test_put_get(void **state)
+{
+    struct store *s = ((struct fixture *)*state)->s;
+    bool created = false, prefix = true;
+    CLEANUP_FREE uint8_t *data = NULL;
+    size_t len;
+
+    assert_int_equal(store_make_prefix(s, "d", false), 0);
+    assert_int_equal(store_put(s, "d/a", "one", 3, STORE_PUT_CREATE, &created), 0);
+    assert_true(created);
+    /* Create never replaces: the first object wins. */
+    assert_int_equal(store_put(s, "d/a", "two", 3, STORE_PUT_CREATE, &created), 0);
+    assert_false(created);
+    get_equal(s, "d/a", "one");
+    assert_int_equal(store_put(s, "d/a", "three", 5, STORE_PUT_REPLACE, &created), 0);
+    get_equal(s, "d/a", "three");
+    assert_int_equal(store_exists(s, "d/a", &prefix), 0);
+    assert_false(prefix);
+    assert_int_equal(store_exists(s, "d", &prefix), 0);
+    assert_true(prefix);
+    assert_int_equal(store_exists(s, "d/b", NULL), -ENOENT);
+    assert_int_equal(store_get(s, "d/b", 100, &data, &len), -ENOENT);
+    /* Too big for the caller's limit. */
+    assert_int_equal(store_get(s, "d/a", 4, &data, &len), -EBADMSG);
+    /* One missing level is made; two are not. */
+    assert_int_equal(store_put(s, "d/e/f", "x", 1, STORE_PUT_REPLACE, NULL), 0);
+    get_equal(s, "d/e/f", "x");
+    assert_int_equal(store_put(s, "g/h/i", "x", 1, STORE_PUT_REPLACE, NULL), -ENOENT);
+    /* Into an aligned buffer. */
+    uint8_t *buf = aligned_alloc(TEST_ALIGN, TEST_ALIGN);
+    assert_non_null(buf);
+    assert_int_equal(store_get_into(s, "d/a", 100, buf, TEST_ALIGN, &len), 0);
+    assert_int_equal(len, 5);
+    assert_memory_equal(buf, "three", 5);
+    assert_int_equal(store_get_into(s, "d/a", 100, buf + 1, TEST_ALIGN - 1, &len), -ENOBUFS);
+    free(buf);
+
+    struct store_stat st;
+    assert_int_equal(store_stat(s, "d/a", &st), 0);
+    assert_int_equal(st.size, 5);
+    uint64_t bytes = 0;
+    assert_int_equal(store_del(s, "d/a", &bytes), 0);
+    assert_int_equal(bytes, 5);
+    assert_int_equal(store_sync_prefix(s, "d"), 0);
+    assert_int_equal(store_exists(s, "d/a", NULL), -ENOENT);
+    assert_int_equal(store_del(s, "d/a", NULL), -ENOENT);
+}
+
+static void test_staged(void **state)
+{
+    struct store *s = ((struct fixture *)*state)->s;
+    struct store_staged *st[3];
+    bool created[3];
+
+    assert_int_equal(store_make_prefix(s, "c", false), 0);
+    assert_int_equal(store_put(s, "c/exists", "old", 3, STORE_PUT_REPLACE, NULL), 0);
+    assert_int_equal(store_stage(s, "c/exists", "new", 3, &st[0]), 0);
+    assert_int_equal(store_stage(s, "c/sub/x", "x", 1, &st[1]), 0); /* a missing level */
+    assert_int_equal(store_stage(s, "c/y", "y", 1, &st[2]), 0);
+    /* Not visible until committed. */
+    assert_int_equal(store_exists(s, "c/sub/x", NULL), -ENOENT);
+    assert_int_equal(store_exists(s, "c/y", NULL), -ENOENT);
+    assert_int_equal(store_commit(s, st, 3, created), 0);
+    assert_false(created[0]); /* never replaces */
+    assert_true(created[1]);
+    assert_true(created[2]);
+    get_equal(s, "c/exists", "old");
+    get_equal(s, "c/sub/x", "x");
+    get_equal(s, "c/y", "y");
+    /* A discarded one never appears. */
+    struct store_staged *gone;
+    assert_int_equal(store_stage(s, "c/z", "z", 1, &gone), 0);
+    store_discard(s, gone);
+    assert_int_equal(store_exists(s, "c/z", NULL), -ENOENT);
+    assert_int_equal(store_commit(s, NULL, 0, NULL), 0);
+}
+
+struct walk {
+    struct store *s;
+    unsigned seen[MANY_KEYS];
+    unsigned prefixes, others;
+    bool delete_odd;
+};
+
+static int walk_entry(void *opaque, const struct store_entry *e)
+{
+    struct walk *w = opaque;
+    unsigned i;
+    char key[64];
+    if (e->prefix) {
+        w->prefixes++;
+        return 0;
+    }
+    if (sscanf(e->name, "k%u", &i) != 1 || i >= MANY_KEYS) {
+        w->others++;
+        return 0;
+    }
+    w->seen[i]++;
+    if (w->delete_odd && i % 2) {
+        snprintf(key, sizeof(key), "l/%s", e->name);
+        assert_int_equal(store_del(w->s, key, NULL), 0);
+    }
+    return 0;
+}
+
+static int walk_stop_at(void *opaque, const struct store_entry *e)
+{
+    unsigned *left = opaque;
+    (void)e;
+    return --*left ? 0 : 7;
+}
+
+static void test_list(void **state)
+{
+    struct store *s = ((struct fixture *)*state)->s;
+    char key[64];
+
+    assert_int_equal(store_make_prefix(s, "l", false), 0);
+    for (unsigned i = 0; i < MANY_KEYS; i++) {
+        snprintf(key, sizeof(key), "l/k%u", i);
+        assert_int_equal(store_put(s, key, key, strlen(key), STORE_PUT_REPLACE, NULL), 0);
+    }
+    assert_int_equal(store_make_prefix(s, "l/sub", false), 0);
+    assert_int_equal(store_put(s, "l/sub/deep", "d", 1, STORE_PUT_REPLACE, NULL), 0);
+
+    /* Every entry once, deletions during the walk included. */
+    struct walk w = {.s = s, .delete_odd = true};
+    assert_int_equal(store_list(s, "l", walk_entry, &w), 0);
+    for (unsigned i = 0; i < MANY_KEYS; i++)
+        assert_int_equal(w.seen[i], 1);
+    assert_int_equal(w.prefixes, 1);
+    assert_int_equal(w.others, 0);
+    struct walk again = {.s = s};
+    assert_int_equal(store_list(s, "l", walk_entry, &again), 0);
+    for (unsigned i = 0; i < MANY_KEYS; i++)
+        assert_int_equal(again.seen[i], i % 2 ? 0 : 1);
+
+    /* A callback's non-zero return stops the walk and is returned. */
+    unsigned left = 3;
+    assert_int_equal(store_list(s, "l", walk_stop_at, &left), 7);
+    assert_int_equal(left, 0);
+    assert_int_equal(store_list(s, "nothing", walk_entry, &w), -ENOENT);
+    assert_int_equal(store_list(s, "l/k0", walk_entry, &w), -ENOTDIR);
+}
+
+static void test_prefixes(void **state)
+{
+    struct store *s = ((struct fixture *)*state)->s;
+    assert_int_equal(store_make_prefix(s, "p", true), 0);
+    assert_int_equal(store_make_prefix(s, "p", true), -EEXIST);
+    assert_int_equal(store_make_prefix(s, "p", false), 0);
+    assert_int_equal(store_make_prefix(s, "q/r", false), -ENOENT);
+    assert_int_equal(store_make_prefix(s, "p/r", true), 0);
+    assert_int_equal(store_put(s, "p/r/o", "o", 1, STORE_PUT_REPLACE, NULL), 0);
+    assert_int_equal(store_remove_prefix(s, "p/r"), -ENOTEMPTY);
+    assert_int_equal(store_del(s, "p/r/o", NULL), 0);
+    assert_int_equal(store_remove_prefix(s, "p/r"), 0);
+    assert_int_equal(store_exists(s, "p/r", NULL), -ENOENT);
+    assert_int_equal(store_remove_prefix(s, "p/r"), -ENOENT);
+    assert_int_equal(store_barrier(s), 0);
+}
+
+static void test_locks(void **state)
+{
+    struct store *s = ((struct fixture *)*state)->s;
+    struct store_lease *a, *b, *c;
+    int64_t now = store_deadline(0);
+
+    /* The lock space is made on demand. */
+    assert_int_equal(store_lock(s, "locks/l", false, LEASE, now, &a), 0);
+    assert_int_equal(store_lock(s, "locks/l", false, LEASE, store_deadline(0), &b), 0);
+    assert_int_equal(store_lock(s, "locks/l", true, LEASE, store_deadline(0), &c), -EBUSY);
+    assert_null(c);
+    assert_int_equal(store_renew(s, a, LEASE), 0);
+    store_unlock(s, a);
+    assert_int_equal(store_lock(s, "locks/l", true, LEASE, store_deadline(0), &c), -EBUSY);
+    store_unlock(s, b);
+    assert_int_equal(store_lock(s, "locks/l", true, LEASE, store_deadline(0), &c), 0);
+    assert_int_equal(store_lock(s, "locks/l", false, LEASE, store_deadline(0), &a), -EBUSY);
+    /* Another name is another lock. */
+    assert_int_equal(store_lock(s, "locks/m", true, LEASE, store_deadline(0), &b), 0);
+    store_unlock(s, b);
+    store_unlock(s, c);
+    store_unlock(s, NULL);
+}
+
+/* ---- the memory store's own behaviour ---- */
+
+static void test_mem_lease_expiry(void **state)
+{
+    struct store *s = ((struct fixture *)*state)->s;
+    struct store_lease *a, *b;
+    assert_int_equal(store_lock(s, "locks/l", true, LEASE, store_deadline(0), &a), 0);
+    assert_int_equal(store_lock(s, "locks/l", true, LEASE, store_deadline(0), &b), -EBUSY);
+    store_mem_advance(s, LEASE / 2);
+    assert_int_equal(store_renew(s, a, LEASE), 0);
+    store_mem_advance(s, LEASE / 2 + 1);
+    assert_int_equal(store_lock(s, "locks/l", true, LEASE, store_deadline(0), &b), -EBUSY);
+    /* Unrenewed past its lease: another holder may take it, and the first learns it lost it. */
+    store_mem_advance(s, LEASE);
+    assert_int_equal(store_lock(s, "locks/l", true, LEASE, store_deadline(0), &b), 0);
+    assert_int_equal(store_renew(s, a, LEASE), -ETIMEDOUT);
+    store_unlock(s, a); /* releases nothing of b's */
+    struct store_lease *c;
+    assert_int_equal(store_lock(s, "locks/l", false, LEASE, store_deadline(0), &c), -EBUSY);
+    store_unlock(s, b);
+}
+
+/* Whether any key under prefix (recursively) holds REPO_TMP_MARK. */
+static int tmp_walk(struct store *s, const char *prefix, unsigned *found);
+
+struct tmp_ctx {
+    struct store *s;
+    const char *prefix;
+    unsigned *found;
+};
+
+static int tmp_entry(void *opaque, const struct store_entry *e)
+{
+    struct tmp_ctx *t = opaque;
+    char key[PATH_MAX];
+    snprintf(key, sizeof(key), "%s%s%s", t->prefix, *t->prefix ? "/" : "", e->name);
+    if (strstr(e->name, REPO_TMP_MARK))
+        (*t->found)++;
+    return e->prefix ? tmp_walk(t->s, key, t->found) : 0;
+}
+
+static int tmp_walk(struct store *s, const char *prefix, unsigned *found)
+{
+    struct tmp_ctx t = {.s = s, .prefix = prefix, .found = found};
+    return store_list(s, prefix, tmp_entry, &t);
+}
+
+static void test_mem_faults(void **state)
+{
+    struct store *s = ((struct fixture *)*state)->s;
+    struct store_staged *st[2];
+    bool created[2];
+    unsigned tmp = 0;
+
+    assert_int_equal(store_make_prefix(s, "f", false), 0);
+    store_mem_fault(s, STORE_FAULT_PUT, 2);
+    assert_int_equal(store_put(s, "f/a", "a", 1, STORE_PUT_REPLACE, NULL), 0);
+    assert_false(store_mem_fault_fired(s));
+    assert_int_equal(store_put(s, "f/b", "b", 1, STORE_PUT_REPLACE, NULL), -EIO);
+    assert_true(store_mem_fault_fired(s));
+    assert_int_equal(store_exists(s, "f/b", NULL), -ENOENT);
+    assert_int_equal(store_put(s, "f/b", "b", 1, STORE_PUT_REPLACE, NULL), 0); /* one-off */
+
+    store_mem_fault(s, STORE_FAULT_GET, 1);
+    CLEANUP_FREE uint8_t *data = NULL;
+    size_t len;
+    assert_int_equal(store_get(s, "f/a", 10, &data, &len), -EIO);
+
+    /* A commit failing halfway: what it published is whole. */
+    store_mem_fault(s, STORE_FAULT_COMMIT, 1);
+    assert_int_equal(store_stage(s, "f/c", "c", 1, &st[0]), 0);
+    assert_int_equal(store_stage(s, "f/d", "d", 1, &st[1]), 0);
+    assert_int_equal(store_commit(s, st, 2, created), -EIO);
+    assert_true(created[0]);
+    assert_false(created[1]);
+    get_equal(s, "f/c", "c");
+    assert_int_equal(store_exists(s, "f/d", NULL), -ENOENT);
+
+    /* No space: every write until disarmed; deletes still work. */
+    store_mem_fault(s, STORE_FAULT_NOSPC, 1);
+    assert_int_equal(store_put(s, "f/e", "e", 1, STORE_PUT_REPLACE, NULL), -ENOSPC);
+    assert_int_equal(store_stage(s, "f/e", "e", 1, &st[0]), -ENOSPC);
+    assert_int_equal(store_del(s, "f/c", NULL), 0);
+    store_mem_fault(s, STORE_FAULT_NONE, 0);
+    assert_int_equal(store_put(s, "f/e", "e", 1, STORE_PUT_REPLACE, NULL), 0);
+
+    /* A torn put: half its bytes under a temporary name, never under its key; then the
+     * process is dead until restarted, and the staged object it had stays as a temporary. */
+    assert_int_equal(store_stage(s, "f/g", "gg", 2, &st[0]), 0);
+    store_mem_fault(s, STORE_FAULT_TEAR, 1);
+    assert_int_equal(store_put(s, "f/h", "hhhh", 4, STORE_PUT_REPLACE, NULL), -EIO);
+    assert_int_equal(store_get(s, "f/a", 10, &data, &len), -EIO);
+    assert_int_equal(store_commit(s, st, 1, NULL), -EIO);
+    store_mem_restart(s);
+    assert_int_equal(store_exists(s, "f/h", NULL), -ENOENT);
+    assert_int_equal(store_exists(s, "f/g", NULL), -ENOENT);
+    assert_int_equal(tmp_walk(s, "", &tmp), 0);
+    assert_int_equal(tmp, 2);
+    get_equal(s, "f/a", "a");
+}
+
+/* ---- a repository on the memory store ---- */
+
+static void test_mem_repo(void **state)
+{
+    struct store *s = ((struct fixture *)*state)->s;
+    struct repo *r = NULL;
+    struct backup_writer *w = NULL;
+    char err[256] = "";
+    static uint8_t data[REPO_MIN_CHUNK_SIZE];
+    struct repo_init_options opt = {.chunk_size = REPO_MIN_CHUNK_SIZE};
+
+    assert_int_equal(repo_open_store(s, NULL, &r, err, sizeof(err)), -ENOENT);
+    assert_non_null(strstr(err, "no config file"));
+    assert_int_equal(repo_init_store(s, &opt, err, sizeof(err)), 0);
+    assert_int_equal(repo_open_store(s, NULL, &r, err, sizeof(err)), 0);
+    assert_string_equal(repo_path(r), "mem:test");
+
+    memset(data, 0x5a, sizeof(data));
+    struct manifest m;
+    assert_int_equal(manifest_new(&m, "sda", sizeof(data), REPO_MIN_CHUNK_SIZE), 0);
+    repo_chunk_id(r, data, sizeof(data), &m.e[0].id);
+    m.e[0].zero = false;
+    assert_int_equal(repo_backup_begin(r, "vm 1", 1700000000, 0, &w, err, sizeof(err)), 0);
+    bool stored = false;
+    assert_int_equal(repo_chunk_put(r, &m.e[0].id, data, sizeof(data), &stored, NULL), 0);
+    assert_true(stored);
+    assert_int_equal(repo_backup_add_disk(w, &m), 0);
+    struct backup info = {0};
+    assert_int_equal(repo_backup_commit(w, &info), 0);
+
+    struct backup *b = NULL;
+    assert_int_equal(repo_backup_latest(r, "vm 1", &b), 0);
+    assert_string_equal(b->id, info.id);
+    struct manifest back;
+    assert_int_equal(repo_manifest_read(r, b, "sda", &back), 0);
+    static uint8_t got[REPO_MIN_CHUNK_SIZE];
+    size_t len = 0;
+    assert_int_equal(repo_chunk_get(r, &back.e[0].id, got, sizeof(got), &len), 0);
+    assert_int_equal(len, sizeof(data));
+    assert_memory_equal(got, data, len);
+    /* The same object keys as a directory repository. */
+    char hex[2 * HASH_SIZE + 1], key[PATH_MAX];
+    chunk_id_to_hex(&m.e[0].id, hex);
+    snprintf(key, sizeof(key), "chunks/%.2s/%s", hex, hex);
+    assert_int_equal(store_exists(s, key, NULL), 0);
+    snprintf(key, sizeof(key), "backups/vm%%201/%s/backup.json", info.id);
+    assert_int_equal(store_exists(s, key, NULL), 0);
+
+    struct gc_stats gs;
+    assert_int_equal(repo_gc(r, false, &gs, err, sizeof(err)), 0);
+    assert_int_equal(gs.chunks_total, 1);
+    assert_int_equal(gs.chunks_deleted, 0);
+    assert_int_equal(repo_backup_delete(r, info.id), 0);
+    assert_int_equal(repo_gc(r, false, &gs, err, sizeof(err)), 0);
+    assert_int_equal(gs.chunks_deleted, 1);
+    assert_false(repo_chunk_exists(r, &m.e[0].id));
+
+    manifest_free(&m);
+    manifest_free(&back);
+    backup_free(b);
+    free(info.id);
+    free(info.vm_id);
+    for (size_t i = 0; i < info.disks.len; i++) {
+        free(info.disks.ptr[i].name);
+        free(info.disks.ptr[i].change_id);
+        free(info.disks.ptr[i].manifest);
+    }
+    backup_disk_list_reset(&info.disks);
+    repo_close(r);
+}
+
+/* A backup writer whose lease ran out (a stalled process on a store without process-death
+ * detection) must not commit: gc may have taken the lock meanwhile and deleted chunks the
+ * backup references.  Its manifests and commit renew the lease while it is alive. */
+static void test_mem_repo_lease_lost(void **state)
+{
+    struct store *s = ((struct fixture *)*state)->s;
+    struct repo *r = NULL;
+    struct backup_writer *w = NULL;
+    char err[256] = "";
+    struct repo_init_options opt = {.chunk_size = REPO_MIN_CHUNK_SIZE};
+    struct manifest m;
+
+    assert_int_equal(repo_init_store(s, &opt, err, sizeof(err)), 0);
+    assert_int_equal(repo_open_store(s, NULL, &r, err, sizeof(err)), 0);
+    assert_int_equal(manifest_new(&m, "sda", 100, REPO_MIN_CHUNK_SIZE), 0);
+
+    /* Alive: each manifest renews, so a run longer than one lease commits. */
+    assert_int_equal(repo_backup_begin(r, "vm", 1700000000, 0, &w, err, sizeof(err)), 0);
+    store_mem_advance(s, REPO_LEASE_SECONDS - 1);
+    assert_int_equal(repo_backup_add_disk(w, &m), 0);
+    store_mem_advance(s, REPO_LEASE_SECONDS - 1);
+    struct backup info = {0};
+    assert_int_equal(repo_backup_commit(w, &info), 0);
+    free(info.id);
+    free(info.vm_id);
+    for (size_t i = 0; i < info.disks.len; i++) {
+        free(info.disks.ptr[i].name);
+        free(info.disks.ptr[i].change_id);
+        free(info.disks.ptr[i].manifest);
+    }
+    backup_disk_list_reset(&info.disks);
+
+    /* Stalled past its lease: gc gets the lock, and the writer may no longer write. */
+    assert_int_equal(repo_backup_begin(r, "vm", 1700000100, 0, &w, err, sizeof(err)), 0);
+    assert_int_equal(repo_lock(r, true, 0, err, sizeof(err)), -EBUSY);
+    store_mem_advance(s, REPO_LEASE_SECONDS + 1);
+    struct gc_stats gs;
+    assert_int_equal(repo_gc(r, false, &gs, err, sizeof(err)), 0);
+    assert_int_equal(gs.partial_backups_removed, 1);
+    assert_int_equal(repo_backup_add_disk(w, &m), -ETIMEDOUT);
+    repo_backup_abort(w);
+    backup_list l = VECTOR_INIT;
+    assert_int_equal(repo_backup_list(r, "vm", &l), 0);
+    assert_int_equal(l.len, 1);
+    backup_list_free(&l);
+
+    manifest_free(&m);
+    repo_close(r);
+}
+
+int main(void)
+{
+#define BOTH(fn)                                                                                   \
+    cmocka_unit_test_prestate_setup_teardown(fn, setup_local, teardown, NULL),                     \
+        cmocka_unit_test_prestate_setup_teardown(fn, setup_mem, teardown, NULL)
+#define MEM(fn) cmocka_unit_test_prestate_setup_teardown(fn, setup_mem, teardown, NULL)
+    const struct CMUnitTest tests[] = {
+        BOTH(test_put_get),   BOTH(test_staged),  BOTH(test_list),
+        BOTH(test_prefixes),  BOTH(test_locks),   MEM(test_mem_lease_expiry),
+        MEM(test_mem_faults), MEM(test_mem_repo), MEM(test_mem_repo_lease_lost),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
