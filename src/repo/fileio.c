@@ -1,6 +1,6 @@
 /* Helpers of the backup repository: removing a directory-like prefix through the store, the
- * escaping of VM IDs into directory names, random names and strict base64.  (The file I/O
- * itself is the store's: store_local.c.)
+ * escaping of VM IDs into directory names and random names.  (The file I/O itself is the
+ * store's: store_local.c; strict base64 is core/base64.c.)
  */
 #include "repo_internal.h"
 
