@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "client/client.h"
+#include "client/rest.h"
 #include "core/cleanup.h"
 #include "core/sparse.h"
 #include "core/vector.h"
@@ -267,25 +268,13 @@ static int dl_prepare_files(struct download *dl)
     return 0;
 }
 
-/* The API path of a snapshot disk, its IDs escaped. */
-static char *disk_path(const char *vm, const char *snap, const char *disk)
-{
-    CLEANUP_FREE char *v = client_escape(vm);
-    CLEANUP_FREE char *s = client_escape(snap);
-    CLEANUP_FREE char *d = client_escape(disk);
-    char *p = NULL;
-    if (!v || !s || !d || asprintf(&p, "/api/v1/vms/%s/snapshots/%s/disks/%s", v, s, d) < 0)
-        return NULL;
-    return p;
-}
-
 /* Cut every chunk into pieces of at most DOWNLOAD_PIECE_SIZE. */
 static int dl_plan(struct download *dl)
 {
     for (size_t i = 0; i < dl->res->ndisks; i++) {
         struct download_disk *rd = &dl->res->disks[i];
         struct dl_disk *d = &dl->disks[i];
-        d->url = disk_path(dl->rq->vm, dl->rq->snapshot, rd->name);
+        d->url = client_disk_data_path(dl->rq->vm, dl->rq->snapshot, rd->name);
         if (!d->url)
             return first_error_set(&dl->fe, -ENOMEM, "out of memory");
         for (size_t k = 0; k < json_array_size(d->chunks); k++) {

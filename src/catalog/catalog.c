@@ -17,6 +17,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "core/cleanup.h"
+#include "core/lock.h"
 #include "core/log.h"
 
 /* Schema version stored in PRAGMA user_version; bump with a migration when the schema changes. */
@@ -76,7 +78,7 @@ void snapshot_free(struct snapshot *s)
     for (size_t i = 0; i < s->disks.len; i++) {
         struct snapshot_disk *d = &s->disks.ptr[i];
         free(d->name);
-        free(d->path);
+        free(d->locator);
         free(d->parent_path);
         free(d->repo_mountpoint);
         free(d->change_id);
@@ -135,20 +137,25 @@ static int exec_locked(struct catalog *c, const char *sql)
     return sqlite_errno(rc);
 }
 
-/* Catalogs made before snapshots had labels lack the column: add it.  The schema version
- * stays: older daemons name their columns and never see it. */
-static int label_column_add(struct catalog *c, char **msg)
+/* Catalogs made by earlier versions lack some columns: add column (with its SQL declaration
+ * decl) to table when missing.  Snapshots' label came so.  The schema
+ * version stays: older daemons name their columns and never see the new ones. */
+static int column_add(struct catalog *c, const char *table, const char *column, const char *decl,
+                      char **msg)
 {
     sqlite3_stmt *st = NULL;
     bool found = false;
-    int rc =
-        sqlite3_prepare_v2(c->db, "SELECT name FROM pragma_table_info('snapshots')", -1, &st, NULL);
+    CLEANUP_FREE char *info = NULL, *alter = NULL;
+    if (asprintf(&info, "SELECT name FROM pragma_table_info('%s')", table) < 0 ||
+        asprintf(&alter, "ALTER TABLE %s ADD COLUMN %s %s", table, column, decl) < 0)
+        return SQLITE_NOMEM;
+    int rc = sqlite3_prepare_v2(c->db, info, -1, &st, NULL);
     while (rc == SQLITE_OK && sqlite3_step(st) == SQLITE_ROW)
-        found = found || !strcmp((const char *)sqlite3_column_text(st, 0), "label");
+        found = found || !strcmp((const char *)sqlite3_column_text(st, 0), column);
     sqlite3_finalize(st);
     if (rc != SQLITE_OK || found)
         return rc;
-    return sqlite3_exec(c->db, "ALTER TABLE snapshots ADD COLUMN label TEXT", NULL, NULL, msg);
+    return sqlite3_exec(c->db, alter, NULL, NULL, msg);
 }
 
 /* The catalog and its journals (SQLite gives them the database file's mode) are private to the
@@ -203,7 +210,8 @@ int catalog_open(struct catalog **out, const char *db_file, char *err, size_t er
     if (rc == SQLITE_OK)
         rc = sqlite3_exec(c->db, catalog_schema, NULL, NULL, &msg);
     if (rc == SQLITE_OK)
-        rc = label_column_add(c, &msg);
+        rc = column_add(c, "snapshots", "label", "TEXT", &msg);
+
     if (rc == SQLITE_OK)
         rc = sqlite3_exec(c->db, catalog_schema_tokens, NULL, NULL, &msg);
     sqlite3_stmt *st = NULL;
@@ -263,7 +271,7 @@ static int load_disks(struct catalog *c, struct snapshot *s)
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
         struct snapshot_disk d = {
             .name = col_strdup(st, 0),
-            .path = col_strdup(st, 1),
+            .locator = col_strdup(st, 1),
             .parent_path = col_strdup(st, 2),
             .repo_mountpoint = col_strdup(st, 3),
             .change_id = col_strdup(st, 4),
@@ -272,7 +280,7 @@ static int load_disks(struct catalog *c, struct snapshot *s)
         };
         if ((r = snapshot_disk_list_append(&s->disks, d)) < 0) {
             free(d.name);
-            free(d.path);
+            free(d.locator);
             free(d.parent_path);
             free(d.repo_mountpoint);
             free(d.change_id);
@@ -407,20 +415,18 @@ int catalog_snapshot_list(struct catalog *c, const char *vm_id, const char *stat
     else
         sql = "SELECT " SNAPSHOT_COLUMNS " FROM snapshots ORDER BY seq";
     /* Numbered parameters: ?1 is always vm_id, ?2 always status. */
-    pthread_mutex_lock(&c->lock);
+    ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&c->lock);
     int r = query_snapshots(c, sql, vm_id, status, NULL, out);
-    pthread_mutex_unlock(&c->lock);
     return r;
 }
 
 int catalog_recover(struct catalog *c, snapshot_list *out)
 {
-    pthread_mutex_lock(&c->lock);
+    ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&c->lock);
     int r = query_snapshots(c,
                             "SELECT " SNAPSHOT_COLUMNS " FROM snapshots WHERE status IN "
                             "('creating', 'deleting') ORDER BY seq",
                             NULL, NULL, NULL, out);
-    pthread_mutex_unlock(&c->lock);
     return r;
 }
 
@@ -428,7 +434,7 @@ int catalog_snapshot_add(struct catalog *c, struct snapshot *s)
 {
     sqlite3_stmt *st = NULL;
     int rc, r;
-    pthread_mutex_lock(&c->lock);
+    ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&c->lock);
     if ((r = exec_locked(c, "BEGIN IMMEDIATE")) < 0)
         goto out;
 
@@ -485,7 +491,7 @@ int catalog_snapshot_add(struct catalog *c, struct snapshot *s)
         sqlite3_bind_text(st, 1, s->id, -1, SQLITE_STATIC);
         sqlite3_bind_int64(st, 2, (sqlite3_int64)i);
         sqlite3_bind_text(st, 3, d->name, -1, SQLITE_STATIC);
-        sqlite3_bind_text(st, 4, d->path, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 4, d->locator, -1, SQLITE_STATIC);
         sqlite3_bind_text(st, 5, d->parent_path, -1, SQLITE_STATIC);
         sqlite3_bind_text(st, 6, d->repo_mountpoint, -1, SQLITE_STATIC);
         sqlite3_bind_text(st, 7, d->change_id, -1, SQLITE_STATIC);
@@ -505,7 +511,6 @@ fail_rc:
     sqlite3_finalize(st);
     exec_locked(c, "ROLLBACK");
 out:
-    pthread_mutex_unlock(&c->lock);
     return r;
 }
 
@@ -513,7 +518,7 @@ int catalog_snapshot_finish(struct catalog *c, const struct snapshot *s)
 {
     sqlite3_stmt *st = NULL;
     int rc = SQLITE_OK, r;
-    pthread_mutex_lock(&c->lock);
+    ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&c->lock);
     if ((r = exec_locked(c, "BEGIN IMMEDIATE")) < 0)
         goto out;
     rc = sqlite3_prepare_v2(c->db,
@@ -546,7 +551,6 @@ int catalog_snapshot_finish(struct catalog *c, const struct snapshot *s)
     }
     r = exec_locked(c, "COMMIT");
 out:
-    pthread_mutex_unlock(&c->lock);
     return r;
 }
 
@@ -554,12 +558,10 @@ out:
 static int exec_change(struct catalog *c, const char *sql, const char *p1, const char *p2)
 {
     sqlite3_stmt *st;
-    pthread_mutex_lock(&c->lock);
+    ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&c->lock);
     int rc = sqlite3_prepare_v2(c->db, sql, -1, &st, NULL);
-    if (rc != SQLITE_OK) {
-        pthread_mutex_unlock(&c->lock);
+    if (rc != SQLITE_OK)
         return sqlite_errno(rc);
-    }
     sqlite3_bind_text(st, 1, p1, -1, SQLITE_STATIC);
     if (p2)
         sqlite3_bind_text(st, 2, p2, -1, SQLITE_STATIC);
@@ -568,7 +570,6 @@ static int exec_change(struct catalog *c, const char *sql, const char *p1, const
     if (rc != SQLITE_DONE)
         log_error("catalog: %s", sqlite3_errmsg(c->db));
     sqlite3_finalize(st);
-    pthread_mutex_unlock(&c->lock);
     return r;
 }
 
@@ -586,7 +587,7 @@ int catalog_snapshot_remove(struct catalog *c, const char *id)
 int catalog_count(struct catalog *c, const char *status, int64_t *n)
 {
     sqlite3_stmt *st;
-    pthread_mutex_lock(&c->lock);
+    ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&c->lock);
     int rc = sqlite3_prepare_v2(c->db, "SELECT count(*) FROM snapshots WHERE status = ?", -1, &st,
                                 NULL);
     if (rc == SQLITE_OK) {
@@ -596,7 +597,6 @@ int catalog_count(struct catalog *c, const char *status, int64_t *n)
             *n = sqlite3_column_int64(st, 0);
         sqlite3_finalize(st);
     }
-    pthread_mutex_unlock(&c->lock);
     return rc == SQLITE_ROW ? 0 : sqlite_errno(rc) ? sqlite_errno(rc) : -EIO;
 }
 
@@ -623,7 +623,7 @@ void upload_record_list_free(upload_record_list *l)
 int catalog_upload_add(struct catalog *c, const struct upload_record *u)
 {
     sqlite3_stmt *st;
-    pthread_mutex_lock(&c->lock);
+    ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&c->lock);
     int rc = sqlite3_prepare_v2(c->db,
                                 "INSERT INTO uploads (id, vm_id, disk, partial_path, final_path, "
                                 "size, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -641,7 +641,6 @@ int catalog_upload_add(struct catalog *c, const struct upload_record *u)
     }
     if (rc != SQLITE_DONE)
         log_error("catalog: recording upload %s: %s", u->id, sqlite3_errmsg(c->db));
-    pthread_mutex_unlock(&c->lock);
     return rc == SQLITE_DONE ? 0 : sqlite_errno(rc) ? sqlite_errno(rc) : -EIO;
 }
 
@@ -653,14 +652,13 @@ int catalog_upload_remove(struct catalog *c, const char *id)
 int catalog_upload_list(struct catalog *c, upload_record_list *out)
 {
     sqlite3_stmt *st;
-    pthread_mutex_lock(&c->lock);
+    ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&c->lock);
     int rc = sqlite3_prepare_v2(c->db,
                                 "SELECT id, vm_id, disk, partial_path, final_path, size, "
                                 "created_at FROM uploads ORDER BY created_at, id",
                                 -1, &st, NULL);
     if (rc != SQLITE_OK) {
         log_error("catalog: listing uploads: %s", sqlite3_errmsg(c->db));
-        pthread_mutex_unlock(&c->lock);
         return sqlite_errno(rc);
     }
     int r = 0;
@@ -686,7 +684,6 @@ int catalog_upload_list(struct catalog *c, upload_record_list *out)
     if (r == 0 && rc != SQLITE_DONE)
         r = sqlite_errno(rc) ? sqlite_errno(rc) : -EIO;
     sqlite3_finalize(st);
-    pthread_mutex_unlock(&c->lock);
     return r;
 }
 
@@ -709,7 +706,7 @@ static int revoked_prune_locked(struct catalog *c, int64_t now)
 int catalog_token_revoke(struct catalog *c, const char *id, int64_t exp, int64_t now)
 {
     sqlite3_stmt *st;
-    pthread_mutex_lock(&c->lock);
+    ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&c->lock);
     /* Rows of tokens expired by now are of no use: drop them on the way. */
     int rc = revoked_prune_locked(c, now);
     if (rc == SQLITE_DONE)
@@ -723,7 +720,6 @@ int catalog_token_revoke(struct catalog *c, const char *id, int64_t exp, int64_t
     }
     if (rc != SQLITE_DONE)
         log_error("catalog: recording a revoked token: %s", sqlite3_errmsg(c->db));
-    pthread_mutex_unlock(&c->lock);
     return rc == SQLITE_DONE ? 0 : sqlite_errno(rc) ? sqlite_errno(rc) : -EIO;
 }
 
@@ -731,7 +727,7 @@ int catalog_token_revoked_list(struct catalog *c, int64_t now,
                                int (*fn)(void *arg, const char *id, int64_t exp), void *arg)
 {
     sqlite3_stmt *st = NULL;
-    pthread_mutex_lock(&c->lock);
+    ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&c->lock);
     int rc = revoked_prune_locked(c, now);
     if (rc == SQLITE_DONE || rc == SQLITE_OK)
         rc = sqlite3_prepare_v2(c->db, "SELECT id, exp FROM revoked_tokens", -1, &st, NULL);
@@ -750,6 +746,5 @@ int catalog_token_revoked_list(struct catalog *c, int64_t now,
     if (r < 0 && r != -ENOMEM && r != -ENOSPC)
         log_error("catalog: reading revoked tokens: %s", sqlite3_errmsg(c->db));
     sqlite3_finalize(st);
-    pthread_mutex_unlock(&c->lock);
     return r;
 }

@@ -16,11 +16,14 @@
 
 struct snapshot_disk {
     char *name;            /* disk ID (file name) */
-    char *path;            /* snapshot file */
+    /* Where the provider keeps this snapshot disk, in its own words (provider.h): only the
+     * provider interprets it.  File-disk providers' locators are the snapshot files' paths,
+     * as earlier versions stored them (column "path"). */
+    char *locator;
     char *parent_path;     /* the VM's disk it was taken from */
     char *repo_mountpoint;
     char *change_id;       /* "<snapshot id>/<n>": VMware-style change ID of this disk state */
-    char *mode;            /* "reflink" or "copy" */
+    char *mode;            /* how the provider took it ("reflink", "copy" ...), shown */
     uint64_t size;
 };
 DEFINE_VECTOR_TYPE(snapshot_disk_list, struct snapshot_disk);
@@ -83,7 +86,7 @@ struct upload_record {
     char *id;
     char *vm_id;
     char *disk;
-    char *partial_path;
+    char *partial_path; /* the provider's locators (disk_writer): partial disk, final disk */
     char *final_path;
     uint64_t size;
     char *created_at; /* RFC 3339, UTC */

@@ -5,191 +5,39 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
-#include <jansson.h>
 #include <limits.h>
 #include <signal.h>
-#include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
+#include "backup/flatten.h"
 #include "cli/cli.h"
+#include "cli/signals.h"
 #include "cli/upload.h"
 #include "core/cleanup.h"
+#include "core/jsonw.h"
 #include "core/log.h"
 #include "fs/chain.h"
 
 /* Parallel upload connections unless --jobs says otherwise. */
 #define DEFAULT_JOBS 4
-/* flatten builds FILE + this (mkstemp fills the X's) next to FILE; a crash may leave it. */
-#define FLATTEN_TMP_SUFFIX ".vxtmp.XXXXXX"
 /* upload flattens into this file of $TMPDIR or of the directory containing DIR. */
 #define UPLOAD_TMP_NAME "vmexport-chain-upload.XXXXXX"
-/* qemu-img writes runs of zeros this long (and aligned) as holes. */
-#define SPARSE_GRANULE "4k"
-/* The qemu-img to run, unless the environment names another. */
-#define QEMU_IMG_DEFAULT "qemu-img"
-#define QEMU_IMG_ENV     "VMEXPORT_QEMU_IMG"
-/* Guest disks are private: flattened files are readable by their owner only. */
-#define OUTPUT_MODE 0600
-/* st_blocks counts 512-byte units. */
-#define STAT_BLOCK_SIZE 512
-
-extern char **environ;
-
-/* ---- cleanup on signals ------------------------------------------------------------------- */
-
-/* While a temporary file exists, SIGINT, SIGTERM and SIGHUP remove it (and stop qemu-img)
- * before the process dies of the signal as it would have. */
-static const int cleanup_signals[] = {SIGINT, SIGTERM, SIGHUP};
-static char cleanup_path[PATH_MAX];
-static volatile sig_atomic_t cleanup_armed;
-static volatile sig_atomic_t cleanup_child; /* qemu-img's pid, or 0 */
-static struct sigaction cleanup_saved[ARRAY_SIZE(cleanup_signals)];
-
-static void cleanup_on_signal(int sig)
-{
-    if (cleanup_child > 0)
-        kill((pid_t)cleanup_child, SIGTERM);
-    if (cleanup_armed)
-        unlink(cleanup_path);
-    struct sigaction dfl = {.sa_handler = SIG_DFL};
-    sigaction(sig, &dfl, NULL);
-    raise(sig);
-}
-
-static void cleanup_arm(const char *path)
-{
-    snprintf(cleanup_path, sizeof(cleanup_path), "%s", path);
-    cleanup_armed = 1;
-    struct sigaction sa = {.sa_handler = cleanup_on_signal};
-    sigemptyset(&sa.sa_mask);
-    for (size_t i = 0; i < ARRAY_SIZE(cleanup_signals); i++)
-        sigaction(cleanup_signals[i], &sa, &cleanup_saved[i]);
-}
-
-static void cleanup_disarm(void)
-{
-    for (size_t i = 0; i < ARRAY_SIZE(cleanup_signals); i++)
-        sigaction(cleanup_signals[i], &cleanup_saved[i], NULL);
-    cleanup_armed = 0;
-}
 
 /* ---- flattening --------------------------------------------------------------------------- */
 
-/* Append s to the qemu option string f, doubling commas (QemuOpts' escape). */
-static void put_opt_value(FILE *f, const char *s)
-{
-    for (; *s; s++) {
-        if (*s == ',')
-            fputc(',', f);
-        fputc(*s, f);
-    }
-}
+/* The temporary file of upload while it exists, removed by an interrupting signal. */
+static char upload_tmp[PATH_MAX];
+static volatile sig_atomic_t upload_tmp_set;
 
-/* qemu-img --image-opts description of the whole chain: every layer's file and format are
- * given, so qemu reads exactly the files checked here and never follows (or probes) the names
- * stored in the images, which may be stale paths of a copied chain. */
-static char *chain_image_opts(const struct chain *c)
+static void on_interrupt(void)
 {
-    char *text = NULL;
-    size_t len = 0;
-    FILE *f = open_memstream(&text, &len);
-    if (!f)
-        return NULL;
-    for (size_t depth = 0; depth < c->len; depth++) {
-        const struct chain_layer *l = &c->layers[c->len - 1 - depth];
-        const char *sep = depth ? "," : "";
-        fputs(sep, f);
-        for (size_t k = 0; k < depth; k++)
-            fputs("backing.", f);
-        fprintf(f, "driver=%s,", image_format_name(l->info.format));
-        for (size_t k = 0; k < depth; k++)
-            fputs("backing.", f);
-        fputs("file.driver=file,", f);
-        for (size_t k = 0; k < depth; k++)
-            fputs("backing.", f);
-        fputs("file.filename=", f);
-        put_opt_value(f, l->path);
-    }
-    if (fclose(f) != 0) {
-        free(text);
-        return NULL;
-    }
-    return text;
-}
-
-/* Run qemu-img convert: the chain's guest-visible content into the raw file tmp. */
-static int run_convert(const char *cmd, const struct chain *c, const char *tmp)
-{
-    const char *qemu_img = getenv(QEMU_IMG_ENV);
-    if (!qemu_img || !*qemu_img)
-        qemu_img = QEMU_IMG_DEFAULT;
-    CLEANUP_FREE char *opts = chain_image_opts(c);
-    if (!opts) {
-        fprintf(stderr, "vmexport %s: out of memory\n", cmd);
-        return -ENOMEM;
-    }
-    char *argv[] = {(char *)qemu_img, "convert",      "-O", "raw",       "-S",
-                    SPARSE_GRANULE,   "--image-opts", opts, (char *)tmp, NULL};
-    log_debug("running %s convert -O raw -S %s --image-opts '%s' %s", qemu_img, SPARSE_GRANULE,
-              opts, tmp);
-    pid_t pid;
-    int r = posix_spawnp(&pid, qemu_img, NULL, NULL, argv, environ);
-    if (r != 0) {
-        fprintf(stderr, "vmexport %s: cannot run %s: %s%s\n", cmd, qemu_img, strerror(r),
-                r == ENOENT ? " (install qemu-utils, or set " QEMU_IMG_ENV ")" : "");
-        return -r;
-    }
-    cleanup_child = pid;
-    int status;
-    while (waitpid(pid, &status, 0) < 0) {
-        if (errno != EINTR) {
-            r = -errno;
-            cleanup_child = 0;
-            fprintf(stderr, "vmexport %s: waiting for %s: %s\n", cmd, qemu_img, strerror(-r));
-            return r;
-        }
-    }
-    cleanup_child = 0;
-    if (WIFEXITED(status) && WEXITSTATUS(status) == 0)
-        return 0;
-    if (WIFEXITED(status))
-        fprintf(stderr, "vmexport %s: %s convert of %s failed (exit status %d)\n", cmd, qemu_img,
-                chain_top(c)->path, WEXITSTATUS(status));
-    else
-        fprintf(stderr, "vmexport %s: %s convert of %s killed by signal %d\n", cmd, qemu_img,
-                chain_top(c)->path, WTERMSIG(status));
-    return -EIO;
-}
-
-/* Flatten the chain into tmp (created by the caller) and make it durable; *data gets the bytes
- * allocated. */
-static int flatten_into(const char *cmd, const struct chain *c, const char *tmp, uint64_t *data)
-{
-    int r = run_convert(cmd, c, tmp);
-    if (r < 0)
-        return r;
-    CLEANUP_CLOSE int fd = open(tmp, O_RDWR | O_CLOEXEC);
-    struct stat st;
-    if (fd < 0 || fstat(fd, &st) < 0 || fchmod(fd, OUTPUT_MODE) < 0 || fsync(fd) < 0) {
-        r = -errno;
-        fprintf(stderr, "vmexport %s: %s: %s\n", cmd, tmp, strerror(-r));
-        return r;
-    }
-    if ((uint64_t)st.st_size != chain_top(c)->info.virtual_size) {
-        fprintf(stderr,
-                "vmexport %s: %s: qemu-img wrote %" PRIu64
-                " bytes, the virtual size of %s is %" PRIu64 "\n",
-                cmd, tmp, (uint64_t)st.st_size, chain_top(c)->name,
-                chain_top(c)->info.virtual_size);
-        return -EIO;
-    }
-    *data = (uint64_t)st.st_blocks * STAT_BLOCK_SIZE;
-    return 0;
+    flatten_interrupted();
+    if (upload_tmp_set)
+        unlink(upload_tmp);
 }
 
 /* Build the chain of dir and check that qemu-img can read it; prints why not. */
@@ -203,34 +51,6 @@ static int load_chain(const char *cmd, const char *dir, struct chain *c, bool re
     return r;
 }
 
-/* Put tmp in place at out: replacing it with force, else only if out does not exist. */
-static int install(const char *tmp, const char *out, bool force)
-{
-    if (force)
-        return rename(tmp, out) < 0 ? -errno : 0;
-    if (renameat2(AT_FDCWD, tmp, AT_FDCWD, out, RENAME_NOREPLACE) == 0)
-        return 0;
-    if (errno != EINVAL && errno != ENOSYS)
-        return -errno;
-    /* A filesystem without RENAME_NOREPLACE: link() refuses an existing name as well. */
-    if (link(tmp, out) < 0)
-        return -errno;
-    unlink(tmp);
-    return 0;
-}
-
-static void fsync_parent(const char *path)
-{
-    CLEANUP_FREE char *copy = strdup(path);
-    if (!copy)
-        return;
-    char *slash = strrchr(copy, '/');
-    const char *dir = slash ? (slash == copy ? "/" : (*slash = '\0', copy)) : ".";
-    CLEANUP_CLOSE int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd >= 0)
-        fsync(fd);
-}
-
 static int flatten(const char *dir, const char *out, bool force)
 {
     const char *cmd = "chain flatten";
@@ -239,47 +59,14 @@ static int flatten(const char *dir, const char *out, bool force)
         chain_free(&c);
         return EXIT_FAIL;
     }
-    struct stat st;
-    if (stat(out, &st) == 0) {
-        bool is_layer = false;
-        for (size_t i = 0; i < c.len; i++)
-            is_layer |= c.layers[i].dev == st.st_dev && c.layers[i].ino == st.st_ino;
-        const char *why = is_layer              ? "is an image of the chain"
-                          : S_ISDIR(st.st_mode) ? "is a directory"
-                          : !force              ? "exists (use --force to replace it)"
-                                                : NULL;
-        if (why) {
-            fprintf(stderr, "vmexport %s: %s %s\n", cmd, out, why);
-            chain_free(&c);
-            return EXIT_FAIL;
-        }
-    }
-    CLEANUP_FREE char *tmp = NULL;
-    int fd = -1;
-    if (asprintf(&tmp, "%s%s", out, FLATTEN_TMP_SUFFIX) < 0) {
-        tmp = NULL;
-        errno = ENOMEM;
-    } else {
-        fd = mkostemp(tmp, O_CLOEXEC);
-    }
-    if (fd < 0) {
-        fprintf(stderr, "vmexport %s: %s: creating a temporary file next to it: %s\n", cmd, out,
-                strerror(errno));
-        chain_free(&c);
-        return EXIT_FAIL;
-    }
-    close(fd);
-    cleanup_arm(tmp);
     uint64_t data = 0;
-    int r = flatten_into(cmd, &c, tmp, &data);
-    if (r == 0 && (r = install(tmp, out, force)) < 0)
-        fprintf(stderr, "vmexport %s: %s: %s\n", cmd, out,
-                r == -EEXIST ? "exists (use --force to replace it)" : strerror(-r));
+    char err[FLATTEN_ERROR_MAX];
+    cli_signals_arm(on_interrupt);
+    int r = chain_flatten_file(&c, out, force, &data, err, sizeof(err));
+    cli_signals_disarm();
     if (r < 0)
-        unlink(tmp);
-    cleanup_disarm();
+        fprintf(stderr, "vmexport %s: %s\n", cmd, err);
     if (r == 0) {
-        fsync_parent(out);
         char b1[32], b2[32];
         printf("%s: flattened %zu image%s (top %s) into %s: %s, %s of data\n", dir, c.len,
                c.len == 1 ? "" : "s", chain_top(&c)->name, out,
@@ -290,27 +77,32 @@ static int flatten(const char *dir, const char *out, bool force)
     return r == 0 ? EXIT_OK : EXIT_FAIL;
 }
 
-/* Where upload puts its temporary file: $TMPDIR, else the directory that contains dir. */
-static char *upload_tmp_template(const char *dir)
+/* Where upload puts its temporary file: $TMPDIR, else the directory that contains dir.  0,
+ * or -1 with errno set. */
+static int upload_tmp_make(const char *dir)
 {
     const char *tmpdir = getenv("TMPDIR");
-    char *t = NULL;
-    if (tmpdir && *tmpdir) {
-        if (asprintf(&t, "%s/%s", tmpdir, UPLOAD_TMP_NAME) < 0)
-            return NULL;
-        return t;
-    }
-    CLEANUP_FREE char *real = realpath(dir, NULL);
-    if (!real)
-        return NULL;
-    char *slash = strrchr(real, '/');
-    if (slash == real)
+    CLEANUP_FREE char *real = tmpdir && *tmpdir ? NULL : realpath(dir, NULL);
+    if (!(tmpdir && *tmpdir) && !real)
+        return -1;
+    char *slash = real ? strrchr(real, '/') : NULL;
+    if (slash == real && slash)
         slash[1] = '\0'; /* dir is a directory of / */
     else if (slash)
         *slash = '\0';
-    if (asprintf(&t, "%s%s%s", real, slash == real ? "" : "/", UPLOAD_TMP_NAME) < 0)
-        return NULL;
-    return t;
+    const char *parent = real ? real : tmpdir;
+    size_t n = (size_t)snprintf(upload_tmp, sizeof(upload_tmp), "%s%s%s", parent,
+                                !strcmp(parent, "/") ? "" : "/", UPLOAD_TMP_NAME);
+    if (n >= sizeof(upload_tmp)) {
+        errno = ENAMETOOLONG;
+        return -1;
+    }
+    int fd = mkostemp(upload_tmp, O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    close(fd);
+    upload_tmp_set = 1;
+    return 0;
 }
 
 static int upload(const char *dir, const char *vm, const char *disk, unsigned jobs)
@@ -321,91 +113,80 @@ static int upload(const char *dir, const char *vm, const char *disk, unsigned jo
         chain_free(&c);
         return EXIT_FAIL;
     }
-    CLEANUP_FREE char *tmp = upload_tmp_template(dir);
-    int fd = tmp ? mkostemp(tmp, O_CLOEXEC) : -1;
-    if (fd < 0) {
+    cli_signals_arm(on_interrupt);
+    if (upload_tmp_make(dir) < 0) {
         fprintf(stderr, "vmexport %s: creating a temporary file in %s: %s\n", cmd,
                 getenv("TMPDIR") && *getenv("TMPDIR") ? "$TMPDIR" : "the directory above DIR",
                 strerror(errno));
+        cli_signals_disarm();
         chain_free(&c);
         return EXIT_FAIL;
     }
-    close(fd);
-    cleanup_arm(tmp);
     uint64_t data = 0;
+    char err[FLATTEN_ERROR_MAX];
     int ret = EXIT_FAIL;
-    if (flatten_into(cmd, &c, tmp, &data) == 0) {
+    if (chain_flatten(&c, upload_tmp, &data, err, sizeof(err)) < 0) {
+        fprintf(stderr, "vmexport %s: %s\n", cmd, err);
+    } else {
         char b1[32], b2[32];
-        log_info("%s: flattened %zu images into %s (%s, %s of data)", dir, c.len, tmp,
+        log_info("%s: flattened %zu images into %s (%s, %s of data)", dir, c.len, upload_tmp,
                  cli_bytes(chain_top(&c)->info.virtual_size, b1, sizeof(b1)),
                  cli_bytes(data, b2, sizeof(b2)));
-        ret = upload_sparse_file(cmd, tmp, vm, disk, jobs);
+        ret = upload_sparse_file(cmd, upload_tmp, vm, disk, jobs);
     }
-    unlink(tmp);
-    cleanup_disarm();
+    unlink(upload_tmp);
+    upload_tmp_set = 0;
+    cli_signals_disarm();
     chain_free(&c);
     return ret;
 }
 
 /* ---- info --------------------------------------------------------------------------------- */
 
-static json_t *layer_json(const struct chain_layer *l, const struct chain_layer *backing)
+static void layer_json(FILE *f, const struct chain_layer *l, const struct chain_layer *backing)
 {
     const struct qcow2_info *q = &l->info.qcow2;
-    bool qcow2 = l->info.format == IMAGE_FORMAT_QCOW2;
-    json_t *o = json_object();
-    if (!o)
-        return NULL;
-    int r = 0;
-    r |= json_object_set_new(o, "name", json_string(l->name));
-    r |= json_object_set_new(o, "path", json_string(l->path));
-    r |= json_object_set_new(o, "format", json_string(image_format_name(l->info.format)));
-    r |= json_object_set_new(o, "virtual_size", json_integer((json_int_t)l->info.virtual_size));
-    r |= json_object_set_new(o, "file_size", json_integer((json_int_t)l->info.file_size));
-    r |= json_object_set_new(o, "backing_file",
-                             q->backing_file ? json_string(q->backing_file) : json_null());
-    r |= json_object_set_new(o, "backing_format",
-                             q->backing_format ? json_string(q->backing_format) : json_null());
-    r |= json_object_set_new(o, "backing", backing ? json_string(backing->name) : json_null());
-    r |= json_object_set_new(o, "backing_found_by_name", json_boolean(l->backing_by_name));
-    if (qcow2) {
-        r |= json_object_set_new(o, "version", json_integer(q->version));
-        r |= json_object_set_new(o, "cluster_size", json_integer((json_int_t)q->cluster_size));
-        r |= json_object_set_new(o, "encrypted",
-                                 q->encrypted ? json_string(qcow2_crypt_name(q->crypt_method))
-                                              : json_false());
-        r |= json_object_set_new(o, "dirty",
-                                 json_boolean(q->incompatible_features & QCOW2_INCOMPAT_DIRTY));
-        r |= json_object_set_new(o, "corrupt",
-                                 json_boolean(q->incompatible_features & QCOW2_INCOMPAT_CORRUPT));
-        r |= json_object_set_new(o, "internal_snapshots", json_integer(q->nb_snapshots));
+    bool first = true;
+    fputc('{', f);
+    jw_kv_str(f, &first, "name", l->name);
+    jw_kv_str(f, &first, "path", l->path);
+    jw_kv_str(f, &first, "format", image_format_name(l->info.format));
+    jw_kv_u64(f, &first, "virtual_size", l->info.virtual_size);
+    jw_kv_u64(f, &first, "file_size", l->info.file_size);
+    jw_kv_str(f, &first, "backing_file", q->backing_file); /* null when none */
+    jw_kv_str(f, &first, "backing_format", q->backing_format);
+    jw_kv_str(f, &first, "backing", backing ? backing->name : NULL);
+    jw_kv_bool(f, &first, "backing_found_by_name", l->backing_by_name);
+    if (l->info.format == IMAGE_FORMAT_QCOW2) {
+        jw_kv_u64(f, &first, "version", q->version);
+        jw_kv_u64(f, &first, "cluster_size", q->cluster_size);
+        if (q->encrypted)
+            jw_kv_str(f, &first, "encrypted", qcow2_crypt_name(q->crypt_method));
+        else
+            jw_kv_bool(f, &first, "encrypted", false);
+        jw_kv_bool(f, &first, "dirty", q->incompatible_features & QCOW2_INCOMPAT_DIRTY);
+        jw_kv_bool(f, &first, "corrupt", q->incompatible_features & QCOW2_INCOMPAT_CORRUPT);
+        jw_kv_u64(f, &first, "internal_snapshots", q->nb_snapshots);
     }
-    if (r) {
-        json_decref(o);
-        return NULL;
-    }
-    return o;
+    fputc('}', f);
 }
 
-static int info_json(const char *dir, const struct chain *c)
+static void info_json(const char *dir, const struct chain *c)
 {
-    json_t *layers = json_array();
-    json_t *root = json_object();
-    int r = !layers || !root;
-    for (size_t i = 0; !r && i < c->len; i++)
-        r = json_array_append_new(layers, layer_json(&c->layers[i], i ? &c->layers[i - 1] : NULL));
-    if (!r) {
-        r |= json_object_set_new(root, "directory", json_string(dir));
-        r |= json_object_set_new(root, "top", json_string(chain_top(c)->name));
-        r |= json_object_set_new(root, "virtual_size",
-                                 json_integer((json_int_t)chain_top(c)->info.virtual_size));
-        r |= json_object_set(root, "layers", layers);
+    FILE *f = stdout;
+    bool first = true;
+    fputc('{', f);
+    jw_kv_str(f, &first, "directory", dir);
+    jw_kv_str(f, &first, "top", chain_top(c)->name);
+    jw_kv_u64(f, &first, "virtual_size", chain_top(c)->info.virtual_size);
+    jw_key(f, &first, "layers");
+    fputc('[', f);
+    for (size_t i = 0; i < c->len; i++) {
+        if (i)
+            fputc(',', f);
+        layer_json(f, &c->layers[i], i ? &c->layers[i - 1] : NULL);
     }
-    if (!r && (json_dumpf(root, stdout, JSON_COMPACT) < 0 || putchar('\n') == EOF))
-        r = 1;
-    json_decref(layers);
-    json_decref(root);
-    return r ? -EIO : 0;
+    fputs("]}\n", f);
 }
 
 static void info_text(const char *dir, const struct chain *c)
@@ -455,17 +236,12 @@ static int info(const char *dir, bool json)
         chain_free(&c);
         return EXIT_FAIL;
     }
-    int r = 0;
     if (json)
-        r = info_json(dir, &c);
+        info_json(dir, &c);
     else
         info_text(dir, &c);
     chain_free(&c);
-    if (r < 0 || fflush(stdout) != 0 || ferror(stdout)) {
-        fprintf(stderr, "vmexport chain info: writing output: %s\n", strerror(errno ? errno : EIO));
-        return EXIT_FAIL;
-    }
-    return EXIT_OK;
+    return cli_finish_stdout();
 }
 
 /* ---- command line ------------------------------------------------------------------------- */

@@ -13,6 +13,7 @@
 #include "cli/cli.h"
 #include "cli/remote.h"
 #include "client/client.h"
+#include "client/rest.h"
 #include "core/clock.h"
 #include "core/cleanup.h"
 #include "core/jsonw.h"
@@ -96,17 +97,6 @@ static int download_run(int argc, char **argv)
     const char *vm = argv[first], *snap = argv[first + 1];
 
     int64_t t0 = clock_monotonic_ns();
-    CLEANUP_FREE char *prev_esc = prev ? client_escape(prev) : NULL;
-    CLEANUP_FREE char *query = NULL;
-    /* zeroedInChunks=false: the zeroed ranges are written as zeros here, not fetched (the
-     * daemon lists them in "chunks" too for clients that read only "chunks"). */
-    if (prev && (!prev_esc || asprintf(&query, "?compareTo=%s&zeroedInChunks=false", prev_esc) < 0))
-        query = NULL;
-    CLEANUP_FREE char *path = (!prev || query) ? remote_vm_path(vm, snap, prev ? query : "") : NULL;
-    if (!path) {
-        fprintf(stderr, "vmexport download: out of memory\n");
-        return EXIT_FAIL;
-    }
     /* The output directory first: no need to ask the server when it cannot be written. */
     if (!prev && mkdir(out_dir, S_IRWXU | S_IRGRP | S_IXGRP | S_IROTH | S_IXOTH) < 0 &&
         errno != EEXIST) {
@@ -122,8 +112,13 @@ static int download_run(int argc, char **argv)
     struct client *cl = cli_client_connect("download");
     if (!cl)
         return EXIT_FAIL;
+    /* zeroed_in_chunks false: the zeroed ranges are written as zeros here, not fetched (the
+     * daemon lists them in "chunks" too for clients that read only "chunks"). */
+    struct client_snapshot_query q = CLIENT_SNAPSHOT_QUERY_DEFAULT;
+    q.compare_to = prev;
+    q.zeroed_in_chunks = false;
     json_t *snapshot;
-    if (client_json(cl, "GET", path, NULL, &snapshot, NULL) < 0)
+    if (client_get_snapshot(cl, vm, snap, &q, &snapshot) < 0)
         return remote_fail("download", cl);
 
     struct download_request rq = {.vm = vm,

@@ -7,6 +7,7 @@
 #include "cli/cli.h"
 #include "cli/remote.h"
 #include "client/client.h"
+#include "client/rest.h"
 #include "core/cleanup.h"
 
 /* "2026-11-23T09:10:49" of an RFC 3339 time: the CREATED column. */
@@ -24,16 +25,11 @@ static int snapshots_run(int argc, char **argv)
     const char *vm = argv[first];
     int r;
 
-    CLEANUP_FREE char *path = remote_vm_path(vm, NULL, "/snapshots?chunks=false");
-    if (!path) {
-        fprintf(stderr, "vmexport snapshots: out of memory\n");
-        return EXIT_FAIL;
-    }
     struct client *c = cli_client_connect("snapshots");
     if (!c)
         return EXIT_FAIL;
     json_t *snaps;
-    if (client_json(c, "GET", path, NULL, &snaps, NULL) < 0)
+    if (client_list_snapshots(c, vm, false, &snaps) < 0)
         return remote_fail("snapshots", c);
     client_free(c);
     if (!json_is_array(snaps)) {
@@ -103,16 +99,11 @@ const struct cli_command cmd_snapshots = {
 
 static int snapshot_create(const char *vm, bool json)
 {
-    CLEANUP_FREE char *path = remote_vm_path(vm, NULL, "/snapshots");
-    if (!path) {
-        fprintf(stderr, "vmexport snapshot: out of memory\n");
-        return EXIT_FAIL;
-    }
     struct client *c = cli_client_connect("snapshot");
     if (!c)
         return EXIT_FAIL;
     json_t *snap;
-    if (client_json(c, "POST", path, NULL, &snap, NULL) < 0)
+    if (client_create_snapshot(c, vm, NULL, true, &snap) < 0)
         return remote_fail("snapshot", c);
     client_free(c);
     int r;
@@ -137,20 +128,12 @@ static int snapshot_create(const char *vm, bool json)
 /* DELETE of one snapshot (snap) or of all of the VM's (snap NULL). */
 static int snapshot_delete(const char *vm, const char *snap)
 {
-    CLEANUP_FREE char *path =
-        snap ? remote_vm_path(vm, snap, "") : remote_vm_path(vm, NULL, "/snapshots");
-    if (!path) {
-        fprintf(stderr, "vmexport snapshot: out of memory\n");
-        return EXIT_FAIL;
-    }
     struct client *c = cli_client_connect("snapshot");
     if (!c)
         return EXIT_FAIL;
-    json_t *answer;
-    if (client_json(c, "DELETE", path, NULL, &answer, NULL) < 0)
+    if ((snap ? client_delete_snapshot(c, vm, snap) : client_purge_snapshots(c, vm)) < 0)
         return remote_fail("snapshot", c);
     client_free(c);
-    json_decref(answer);
     if (snap)
         printf("deleted snapshot %s of %s\n", snap, vm);
     else

@@ -5,6 +5,7 @@
 #include "cli/cli.h"
 #include "cli/remote.h"
 #include "client/client.h"
+#include "client/rest.h"
 #include "core/cleanup.h"
 
 static int vms_run(int argc, char **argv)
@@ -21,7 +22,7 @@ static int vms_run(int argc, char **argv)
     if (!c)
         return EXIT_FAIL;
     json_t *vms;
-    if (client_json(c, "GET", API "/vms", NULL, &vms, NULL) < 0)
+    if (client_list_vms(c, &vms) < 0)
         return remote_fail("vms", c);
     client_free(c);
     if (!json_is_array(vms)) {

@@ -5,6 +5,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "core/jsonw.h"
+
 /* Redraw at most this often (seconds). */
 #define PROGRESS_INTERVAL 0.2
 #define BAR_WIDTH         30
@@ -36,9 +38,14 @@ static void draw(struct progress *p, double now, bool final)
     if (frac > 1)
         frac = 1;
     if (p->json) {
-        printf("{\"type\":\"progress\",\"what\":\"%s\",\"bytes_done\":%llu,\"bytes_total\":%llu,"
-               "\"seconds\":%.3f}\n",
-               p->what, (unsigned long long)done, (unsigned long long)p->total, secs);
+        bool first = true;
+        putchar('{');
+        jw_kv_str(stdout, &first, "type", "progress");
+        jw_kv_str(stdout, &first, "what", p->what);
+        jw_kv_u64(stdout, &first, "bytes_done", done);
+        jw_kv_u64(stdout, &first, "bytes_total", p->total);
+        jw_key(stdout, &first, "seconds");
+        printf("%.3f}\n", secs);
         fflush(stdout);
         return;
     }

@@ -26,18 +26,6 @@ int remote_fail(const char *cmd, struct client *c)
     return EXIT_FAIL;
 }
 
-char *remote_vm_path(const char *vm, const char *snap, const char *tail)
-{
-    CLEANUP_FREE char *v = client_escape(vm);
-    CLEANUP_FREE char *s = snap ? client_escape(snap) : NULL;
-    char *p = NULL;
-    if (!v || (snap && !s))
-        return NULL;
-    if (asprintf(&p, API "/vms/%s%s%s%s", v, snap ? "/snapshots/" : "", snap ? s : "", tail) < 0)
-        return NULL;
-    return p;
-}
-
 static uint64_t json_u64(const json_t *obj, const char *key)
 {
     json_int_t v = json_integer_value(json_object_get(obj, key));

@@ -1,5 +1,5 @@
 /* What the commands that talk to vmexportd share: printing the server's JSON, a failed
- * request's message, API paths of VMs and snapshots, text tables. */
+ * request's message, text tables.  The requests themselves are client/rest.h's. */
 #ifndef VMEXPORT_CLI_REMOTE_H
 #define VMEXPORT_CLI_REMOTE_H
 
@@ -12,18 +12,12 @@
 
 struct client;
 
-#define API "/api/v1"
-
 /* The server's JSON on one line of stdout (jansson escapes every string).  An exit status. */
 int remote_print_json(const json_t *j);
 
 /* Report a failed request of command cmd ("vmexport CMD: ...") and free the client; returns
  * EXIT_FAIL. */
 int remote_fail(const char *cmd, struct client *c);
-
-/* API path "/api/v1/vms/VM" + "/snapshots/SNAP" (snap not NULL) + tail, IDs escaped; NULL
- * when out of memory. */
-char *remote_vm_path(const char *vm, const char *snap, const char *tail);
 
 /* Sum of the integer member key of the objects in array (negative values count 0). */
 uint64_t remote_json_sum(const json_t *array, const char *key);

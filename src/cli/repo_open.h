@@ -16,6 +16,10 @@ char *cli_read_passphrase(const char *cmd, const char *file, bool confirm);
  * why; a warning when the config of an encrypted repository has no MAC yet. */
 struct repo *cli_open_repo(const char *cmd, const char *path, const char *passphrase_file);
 
+/* Seconds a command waits for a lock on the repository another command holds (a gc or prune
+ * for restore and verify, a backup of the same VM for backup). */
+#define CLI_LOCK_TIMEOUT 600
+
 #define REPO_OPTIONS_HELP                                                                          \
     "  --repo PATH             the repository (env VMEXPORT_REPO)\n"                               \
     "  --passphrase-file FILE  passphrase of an encrypted repository (env VMEXPORT_PASSPHRASE\n"   \

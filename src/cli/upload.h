@@ -1,7 +1,5 @@
-/* Uploading disks to vmexportd (restore to a host): one transfer per disk through the upload
- * API, data chunks as PUT with Content-Range from N parallel connections, zero and hole ranges
- * as PATCH zero (never as bytes), then flush and finalize.  A failure cancels the transfer, so
- * nothing half-written becomes a disk. */
+/* Uploading disks to vmexportd from the command line (restore --upload, chain upload): the
+ * connection, progress and report around the upload engine (backup/upload.c). */
 #ifndef VMEXPORT_CLI_UPLOAD_H
 #define VMEXPORT_CLI_UPLOAD_H
 

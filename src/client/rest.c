@@ -13,11 +13,10 @@
 /* CLIENT_API_ROOT "/vms/{vm}" + ("/snapshots/{snap}" when snap) + ("/disks/{disk}" when disk)
  * + the formatted tail (starting with '/' or '?', or empty).  IDs are escaped.  malloc'd;
  * NULL when out of memory. */
-static char *api_path(const char *vm, const char *snap, const char *disk, const char *tail_fmt,
-                      ...) __attribute__((format(printf, 4, 5)));
+static char *api_path(const char *vm, const char *snap, const char *disk, const char *tail_fmt, ...)
+    __attribute__((format(printf, 4, 5)));
 
-static char *api_path(const char *vm, const char *snap, const char *disk, const char *tail_fmt,
-                      ...)
+static char *api_path(const char *vm, const char *snap, const char *disk, const char *tail_fmt, ...)
 {
     CLEANUP_FREE char *v = client_escape(vm);
     CLEANUP_FREE char *s = snap ? client_escape(snap) : NULL;
@@ -53,7 +52,8 @@ int client_get_vm(struct client *c, const char *vm, json_t **out)
 
 int client_list_snapshots(struct client *c, const char *vm, bool chunks, json_t **out)
 {
-    CLEANUP_FREE char *path = api_path(vm, NULL, NULL, "/snapshots%s", chunks ? "" : "?chunks=false");
+    CLEANUP_FREE char *path =
+        api_path(vm, NULL, NULL, "/snapshots%s", chunks ? "" : "?chunks=false");
     return path ? client_json(c, "GET", path, NULL, out, NULL) : -ENOMEM;
 }
 
@@ -65,7 +65,10 @@ int client_create_snapshot(struct client *c, const char *vm, const char *label, 
         return -ENOMEM;
     CLEANUP_FREE char *path =
         api_path(vm, NULL, NULL, "/snapshots%s%s%s", chunks ? "" : "?chunks=false",
-                 !label ? "" : chunks ? "?label=" : "&label=", le ? le : "");
+                 !label   ? ""
+                 : chunks ? "?label="
+                          : "&label=",
+                 le ? le : "");
     return path ? client_json(c, "POST", path, NULL, out, NULL) : -ENOMEM;
 }
 
@@ -87,10 +90,10 @@ int client_get_snapshot(struct client *c, const char *vm, const char *snap,
         args[n++] = "squashChunks=false";
     if (q->compare_to && !q->zeroed_in_chunks)
         args[n++] = "zeroedInChunks=false";
-    CLEANUP_FREE char *path = api_path(
-        vm, snap, NULL, "%s%s%s%s%s%s%s%s", ce ? "?compareTo=" : "", ce ? ce : "",
-        n > 0 ? (ce ? "&" : "?") : "", n > 0 ? args[0] : "", n > 1 ? "&" : "",
-        n > 1 ? args[1] : "", n > 2 ? "&" : "", n > 2 ? args[2] : "");
+    CLEANUP_FREE char *path =
+        api_path(vm, snap, NULL, "%s%s%s%s%s%s%s%s", ce ? "?compareTo=" : "", ce ? ce : "",
+                 n > 0 ? (ce ? "&" : "?") : "", n > 0 ? args[0] : "", n > 1 ? "&" : "",
+                 n > 1 ? args[1] : "", n > 2 ? "&" : "", n > 2 ? args[2] : "");
     return path ? client_json(c, "GET", path, NULL, out, NULL) : -ENOMEM;
 }
 
@@ -106,15 +109,14 @@ int client_purge_snapshots(struct client *c, const char *vm)
     return path ? client_json(c, "DELETE", path, NULL, NULL, NULL) : -ENOMEM;
 }
 
-int client_get_disk_changes(struct client *c, const char *vm, const char *snap,
-                            const char *disk, const char *change_id, uint64_t start_offset,
-                            json_t **out)
+int client_get_disk_changes(struct client *c, const char *vm, const char *snap, const char *disk,
+                            const char *change_id, uint64_t start_offset, json_t **out)
 {
     CLEANUP_FREE char *ce = client_escape(change_id);
     if (!ce)
         return -ENOMEM;
-    CLEANUP_FREE char *path = api_path(vm, snap, disk, "/changes?changeId=%s&startOffset=%" PRIu64,
-                                       ce, start_offset);
+    CLEANUP_FREE char *path =
+        api_path(vm, snap, disk, "/changes?changeId=%s&startOffset=%" PRIu64, ce, start_offset);
     return path ? client_json(c, "GET", path, NULL, out, NULL) : -ENOMEM;
 }
 
@@ -127,8 +129,8 @@ int client_upload_start(struct client *c, const char *vm, const char *disk, uint
                         const char *format, char **url)
 {
     *url = NULL;
-    json_t *req = json_pack("{s:s, s:I, s:s}", "disk", disk, "size", (json_int_t)size, "format",
-                            format);
+    json_t *req =
+        json_pack("{s:s, s:I, s:s}", "disk", disk, "size", (json_int_t)size, "format", format);
     CLEANUP_FREE char *body = req ? json_dumps(req, JSON_COMPACT) : NULL;
     json_decref(req);
     CLEANUP_FREE char *path = api_path(vm, NULL, NULL, "/uploads");

@@ -56,9 +56,8 @@ int client_purge_snapshots(struct client *c, const char *vm);
 
 /* GET /vms/{vm}/snapshots/{snap}/disks/{disk}/changes (the VMware-style areas, one page from
  * start_offset).  change_id: "*" or the change ID of the disk in an older snapshot. */
-int client_get_disk_changes(struct client *c, const char *vm, const char *snap,
-                            const char *disk, const char *change_id, uint64_t start_offset,
-                            json_t **out);
+int client_get_disk_changes(struct client *c, const char *vm, const char *snap, const char *disk,
+                            const char *change_id, uint64_t start_offset, json_t **out);
 
 /* The path of a snapshot disk's data (GET/HEAD with Range), for client_read_range(): built
  * once per disk, used for every read.  malloc'd; NULL when out of memory. */

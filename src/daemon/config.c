@@ -13,6 +13,7 @@
 
 #include "core/argv.h"
 #include "core/cleanup.h"
+#include "fs/blockhash.h"
 
 const char config_help[] =
     "Configuration file (INI; ';' or '#' start comments):\n"
@@ -118,7 +119,7 @@ const char config_help[] =
 
 /* Parser state while inih walks the file. */
 struct parse_state {
-    struct daemon_config *cfg;
+    struct server_config *cfg;
     char *err;
     size_t errlen;
     bool failed;
@@ -189,7 +190,7 @@ static int parse_uint(const char *v, unsigned min, unsigned max, unsigned *out)
 }
 
 /* "ADDRESS:PORT" or "[IPV6]:PORT", ADDRESS a numeric IPv4 or IPv6 address. */
-static int parse_listen(struct daemon_config *cfg, const char *v)
+static int parse_listen(struct server_config *cfg, const char *v)
 {
     const char *colon = strrchr(v, ':');
     if (!colon || colon == v)
@@ -235,7 +236,7 @@ static int fail(struct parse_state *ps, const char *fmt, ...)
 static int add_provider_setting(struct parse_state *ps, const char *name, const char *key,
                                 const char *value)
 {
-    struct daemon_config *cfg = ps->cfg;
+    struct server_config *cfg = ps->cfg;
     struct config_provider *p = NULL;
     for (size_t i = 0; i < cfg->n_providers; i++)
         if (!strcmp(cfg->providers[i].name, name))
@@ -269,7 +270,7 @@ static int add_provider_setting(struct parse_state *ps, const char *name, const 
 static int config_ini_handler(void *user, const char *section, const char *name, const char *value)
 {
     struct parse_state *ps = user;
-    struct daemon_config *cfg = ps->cfg;
+    struct server_config *cfg = ps->cfg;
     int r = 0;
 
     if (!strncmp(section, "provider.", 9)) {
@@ -348,8 +349,10 @@ static int config_ini_handler(void *user, const char *section, const char *name,
     } else if (KEY("snapshot", "hook_timeout"))
         r = parse_uint(value, 1, 86400, &cfg->hook_timeout);
     else if (KEY("snapshot", "block_hash")) {
-        if (blockhash_algo_parse(value, &cfg->block_hash) < 0)
+        enum blockhash_algo algo;
+        if (blockhash_algo_parse(value, &algo) < 0)
             return fail(ps, "[%s] %s: must be xxh128 or sha256, not '%s'", section, name, value);
+        cfg->block_hash = blockhash_algo_name(algo);
     } else if (KEY("upload", "idle_timeout"))
         r = parse_uint(value, 1, 86400, &cfg->upload_idle_timeout);
     else if (KEY("upload", "max_writers"))
@@ -374,7 +377,7 @@ static int check_readable(const char *path, const char *section, const char *key
     return -e;
 }
 
-int config_load(struct daemon_config *cfg, const char *path, char *err, size_t errlen)
+int config_load(struct server_config *cfg, const char *path, char *err, size_t errlen)
 {
     memset(cfg, 0, sizeof(*cfg));
     cfg->token_ttl = CONFIG_DEFAULT_TOKEN_TTL;
@@ -385,7 +388,7 @@ int config_load(struct daemon_config *cfg, const char *path, char *err, size_t e
     cfg->job_threads = CONFIG_DEFAULT_JOB_THREADS;
     cfg->shutdown_grace = CONFIG_DEFAULT_SHUTDOWN_GRACE;
     cfg->hook_timeout = CONFIG_DEFAULT_HOOK_TIMEOUT;
-    cfg->block_hash = BLOCKHASH_DEFAULT;
+    cfg->block_hash = NULL;
     cfg->upload_idle_timeout = CONFIG_DEFAULT_UPLOAD_IDLE;
     cfg->upload_max_writers = CONFIG_DEFAULT_UPLOAD_WRITERS;
     cfg->pam_role = AUTH_ROLE_ADMIN;
@@ -469,7 +472,7 @@ int config_load(struct daemon_config *cfg, const char *path, char *err, size_t e
     return 0;
 }
 
-void config_free(struct daemon_config *cfg)
+void config_free(struct server_config *cfg)
 {
     free(cfg->file);
     free(cfg->listen_host);

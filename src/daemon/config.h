@@ -1,4 +1,5 @@
-/* vmexportd configuration: an INI file (inih), every key documented in 'vmexportd --help'.
+/* vmexportd configuration: an INI file (inih), every key documented in 'vmexportd --help', read
+ * into the server's configuration (server/config.h).
  * Unknown sections or keys, bad values and missing files stop the daemon at start with a
  * message naming the file, the line or key, and the cause. */
 #ifndef VMEXPORT_DAEMON_CONFIG_H
@@ -8,9 +9,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "fs/blockhash.h"
-#include "provider/provider.h"
-#include "server/auth.h"
+#include "server/config.h"
 
 /* Defaults (also in the --help text). */
 #define CONFIG_DEFAULT_LISTEN          "127.0.0.1:5544"
@@ -34,47 +33,9 @@
 #define CONFIG_DEFAULT_LOGIN_PER_USER  10  /* failed logins per user name per window */
 #define CONFIG_DEFAULT_LOGIN_WINDOW    60  /* seconds */
 
-struct config_provider {
-    char *name;
-    struct provider_setting *settings; /* keys and values owned here */
-    size_t n_settings;
-};
-
-struct daemon_config {
-    char *file;
-    char *listen_host;
-    uint16_t listen_port;
-    char *certificate, *key, *ca_certificate;
-    bool insecure_http;
-    unsigned max_connections, connection_timeout, shutdown_grace;
-    unsigned max_connections_per_address, header_timeout;
-    unsigned worker_threads; /* 0: two per CPU, at least 4 */
-    unsigned job_threads;
-    char *tls_priorities;
-
-    char *users_file, *pam_service, *jwt_secret_file;
-    unsigned token_ttl;
-    enum auth_role pam_role;
-    unsigned login_failures_per_address, login_failures_per_user, login_failure_window;
-
-    char *db_file;
-
-    /* Hooks: the command lines as written, and split into words (core/argv.h) at load; run
-     * without a shell, with the VM ID appended as one more argument. */
-    char *freeze_command, *thaw_command;
-    char **freeze_argv, **thaw_argv;
-    unsigned hook_timeout;
-    enum blockhash_algo block_hash; /* digest of copy-mode snapshots' sidecars */
-
-    unsigned upload_idle_timeout, upload_max_writers;
-
-    struct config_provider *providers;
-    size_t n_providers;
-};
-
 /* Parse and check path.  On failure err holds "FILE:LINE: ..." or "FILE: [section] key: ...". */
-int config_load(struct daemon_config *cfg, const char *path, char *err, size_t errlen);
-void config_free(struct daemon_config *cfg);
+int config_load(struct server_config *cfg, const char *path, char *err, size_t errlen);
+void config_free(struct server_config *cfg);
 
 /* The documented keys, for --help. */
 extern const char config_help[];

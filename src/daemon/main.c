@@ -64,7 +64,7 @@ static void usage(FILE *f)
 /* Raise the soft limit on open descriptors to the hard one: the default soft limit (1024) is
  * kept low for programs that use select(); this one polls, and each connection holds several
  * descriptors.  Warn when even the hard limit is below what max_connections may need. */
-static void raise_nofile_limit(const struct daemon_config *cfg)
+static void raise_nofile_limit(const struct server_config *cfg)
 {
     /* libmicrohttpd accepts a margin above max_connections (to answer 503). */
     unsigned connections = server_connection_hard_limit(cfg);
@@ -145,7 +145,7 @@ int main(int argc, char **argv)
     pthread_sigmask(SIG_BLOCK, &set, NULL);
     signal(SIGPIPE, SIG_IGN);
 
-    struct daemon_config cfg;
+    struct server_config cfg;
     char err[1024] = "";
     if (config_load(&cfg, config_file, err, sizeof(err)) < 0) {
         log_error("%s", err);

@@ -14,6 +14,7 @@
  * its own <path>/<vm>/.vmexport-staging, as a rename cannot cross filesystems.
  */
 #include "provider.h"
+#include "provider/filedisk.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -41,6 +42,7 @@ static const char *const dir_keys[] = {"path", "snapshot_dir", NULL};
 static const char *const dir_disk_suffixes[] = {".img", ".raw", ".qcow2"};
 
 struct dir_priv {
+    struct filedisk fdk; /* first: filedisk.c's */
     char *root;         /* canonical path of "path" */
     char *snapshot_dir; /* canonical */
     dev_t snapshot_dev; /* to keep snapshot_dir out of the VM list when it lies under root */
@@ -104,9 +106,14 @@ static int dir_open(struct provider *p, const struct provider_config *cfg, char 
     if (!snap)
         return provider_fail_setting(err, errlen, -errno, cfg->name, "snapshot_dir", snapshot_dir);
 
+    struct filedisk fdk;
+    int r = filedisk_init(&fdk, cfg, err, errlen);
+    if (r < 0)
+        return r;
     struct dir_priv *dp = calloc(1, sizeof(*dp));
     if (!dp)
         return -ENOMEM;
+    dp->fdk = fdk;
     dp->root = TAKE_PTR(root);
     dp->snapshot_dir = TAKE_PTR(snap);
     dp->snapshot_dev = sst.st_dev;
@@ -276,19 +283,20 @@ static int dir_get(struct provider *p, const char *vm_id, struct vm **out)
     return r == -ENOMEM ? r : r < 0 ? -ENOENT : 0;
 }
 
-static int dir_snapshot_path(struct provider *p, const struct vm *vm, const struct vm_disk *disk,
-                             const char *snap_id, char **out)
+static int dir_snapshot_locate(struct provider *p, const struct vm *vm, const struct vm_disk *disk,
+                               const char *snap_id, char **out)
 {
     const struct dir_priv *dp = p->priv;
 
     if (!provider_id_is_safe(vm->id) || !provider_id_is_safe(disk->name) ||
         !provider_id_is_safe(snap_id))
         return -EINVAL;
-    if (asprintf(out, "%s/%s/%s/%s", dp->snapshot_dir, vm->id, snap_id, disk->name) < 0) {
-        *out = NULL;
+    CLEANUP_FREE char *vm_dir = NULL;
+    if (asprintf(&vm_dir, "%s/%s", dp->snapshot_dir, vm->id) < 0) {
+        vm_dir = NULL;
         return -ENOMEM;
     }
-    return 0;
+    return filedisk_locate(vm_dir, snap_id, disk->name, out);
 }
 
 /* The staging directory of uploads in the directory parentfd: made when missing; one that
@@ -379,6 +387,25 @@ static int dir_upload_paths(struct provider *p, const char *vm_id, const char *d
     return 0;
 }
 
+static int dir_upload_open(struct provider *p, const char *vm_id, const char *disk,
+                           const char *partial_name, struct disk_writer **out, char *err,
+                           size_t errlen)
+{
+    CLEANUP_FREE char *partial = NULL, *final = NULL;
+    int r = dir_upload_paths(p, vm_id, disk, partial_name, &partial, &final);
+    if (r == -EINVAL)
+        snprintf(err, errlen, "provider %s cannot use VM '%s' with disk '%s' (bad name)", p->name,
+                 vm_id, disk);
+    else if (r == -ENOTDIR)
+        snprintf(err, errlen, "provider %s: VM '%s' is taken by something that is not a VM",
+                 p->name, vm_id);
+    else if (r < 0)
+        snprintf(err, errlen, "provider %s: VM '%s': %s", p->name, vm_id, strerror(-r));
+    if (r < 0)
+        return r;
+    return filedisk_upload_open(partial, final, vm_id, disk, out, err, errlen);
+}
+
 const struct provider_ops provider_dir_ops = {
     .type = "dir",
     .keys = dir_keys,
@@ -386,6 +413,11 @@ const struct provider_ops provider_dir_ops = {
     .close = dir_close,
     .list = dir_list,
     .get = dir_get,
-    .snapshot_path = dir_snapshot_path,
-    .upload_paths = dir_upload_paths,
+    .snapshot_locate = dir_snapshot_locate,
+    .snapshot_create = filedisk_snapshot_create,
+    .snapshot_delete = filedisk_snapshot_delete,
+    .disk_open = filedisk_disk_open,
+    .disk_changes = filedisk_disk_changes,
+    .upload_open = dir_upload_open,
+    .upload_discard = filedisk_upload_discard,
 };

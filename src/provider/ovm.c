@@ -17,6 +17,7 @@
  * parse is skipped with a warning naming the file and line; it never stops the listing.
  */
 #include "provider.h"
+#include "provider/filedisk.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -61,6 +62,7 @@ struct ovm_repo {
 DEFINE_VECTOR_TYPE(ovm_repo_list, struct ovm_repo);
 
 struct ovm_priv {
+    struct filedisk fdk; /* first: filedisk.c's */
     ovm_repo_list repos;
 };
 
@@ -885,8 +887,8 @@ static int ovm_get(struct provider *p, const char *vm_id, struct vm **out)
     return r;
 }
 
-static int ovm_snapshot_path(struct provider *p, const struct vm *vm, const struct vm_disk *disk,
-                             const char *snap_id, char **out)
+static int ovm_snapshot_locate(struct provider *p, const struct vm *vm, const struct vm_disk *disk,
+                               const char *snap_id, char **out)
 {
     const struct ovm_priv *op = p->priv;
 
@@ -900,12 +902,12 @@ static int ovm_snapshot_path(struct provider *p, const struct vm *vm, const stru
         ours = strcmp(op->repos.ptr[i].root, disk->repo_mountpoint) == 0;
     if (!ours)
         return -EINVAL;
-    if (asprintf(out, "%s/%s/%s/%s", disk->repo_mountpoint, OVM_SNAPSHOTS_DIR, snap_id,
-                 disk->name) < 0) {
-        *out = NULL;
+    CLEANUP_FREE char *dir = NULL;
+    if (asprintf(&dir, "%s/%s", disk->repo_mountpoint, OVM_SNAPSHOTS_DIR) < 0) {
+        dir = NULL;
         return -ENOMEM;
     }
-    return 0;
+    return filedisk_locate(dir, snap_id, disk->name, out);
 }
 
 static int ovm_open(struct provider *p, const struct provider_config *cfg, char *err, size_t errlen)
@@ -920,12 +922,16 @@ static int ovm_open(struct provider *p, const struct provider_config *cfg, char 
                              "[provider.%s] repositories: missing (space-separated Oracle VM "
                              "repository roots such as /OVS/Repositories/<id>)",
                              cfg->name);
+    struct filedisk fdk;
+    if ((r = filedisk_init(&fdk, cfg, err, errlen)) < 0)
+        return r;
     copy = strdup(value);
     struct ovm_priv *op = calloc(1, sizeof(*op));
     if (!copy || !op) {
         free(op);
         return -ENOMEM;
     }
+    op->fdk = fdk;
     for (char *tok = strtok_r(copy, OVM_REPO_SEPARATORS, &save); tok;
          tok = strtok_r(NULL, OVM_REPO_SEPARATORS, &save)) {
         struct stat st;
@@ -990,5 +996,9 @@ const struct provider_ops provider_ovm_ops = {
     .close = ovm_close,
     .list = ovm_list,
     .get = ovm_get,
-    .snapshot_path = ovm_snapshot_path,
+    .snapshot_locate = ovm_snapshot_locate,
+    .snapshot_create = filedisk_snapshot_create,
+    .snapshot_delete = filedisk_snapshot_delete,
+    .disk_open = filedisk_disk_open,
+    .disk_changes = filedisk_disk_changes,
 };

@@ -17,6 +17,7 @@
 
 #include "core/cleanup.h"
 #include "core/hash.h"
+#include "core/hex.h"
 #include "core/log.h"
 #include "fs/fsinfo.h"
 #include "fs/safeopen.h"
@@ -257,7 +258,6 @@ bool provider_id_is_safe(const char *id)
 
 void provider_derive_uuid(const char *provider, const char *vm_id, char out[37])
 {
-    static const char hex[] = "0123456789abcdef";
     size_t lp = strlen(provider), lv = strlen(vm_id), n = lp + 1 + lv;
     uint8_t stack[UUID_INPUT_STACK], digest[HASH_SIZE];
     CLEANUP_FREE uint8_t *heap = NULL;
@@ -288,8 +288,8 @@ void provider_derive_uuid(const char *provider, const char *vm_id, char out[37])
     for (int i = 0; i < UUID_BYTES; i++) {
         if (i == 4 || i == 6 || i == 8 || i == 10) /* 8-4-4-4-12 */
             *o++ = '-';
-        *o++ = hex[digest[i] >> 4];
-        *o++ = hex[digest[i] & 0xf];
+        hex_encode(&digest[i], 1, o);
+        o += 2;
     }
     *o = '\0';
 }

@@ -1,8 +1,10 @@
-/* Providers: where VMs and their disks come from, and where their snapshots go.
+/* Providers: where VMs and their disks come from; their snapshots, reads and changes.
  *
- * One file per provider type implements struct provider_ops (dir.c, ovm.c).  A provider
- * instance is configured by one [provider.NAME] section.  VM and disk IDs seen in URLs are only
- * ever compared with what a provider lists; they are never joined into paths.
+ * One file per provider type implements struct provider_ops (dir.c, ovm.c; both keep their
+ * disks as files and share filedisk.c for snapshots, reads, diffs and uploads).  The layers
+ * above see snapshot disks only as locators, readers (struct disk_reader) and change sinks.  A
+ * provider instance is configured by one [provider.NAME] section.  VM and disk IDs seen in URLs are
+ * only ever compared with what a provider lists; they are never joined into paths.
  */
 #ifndef VMEXPORT_PROVIDER_PROVIDER_H
 #define VMEXPORT_PROVIDER_PROVIDER_H
@@ -11,6 +13,7 @@
 #include <stdint.h>
 #include <stddef.h>
 
+#include "core/extent.h"
 #include "core/vector.h"
 
 struct vm_disk {
@@ -51,10 +54,122 @@ struct provider_config {
     const char *name; /* NAME of [provider.NAME] */
     const struct provider_setting *settings;
     size_t n_settings;
+    /* Daemon-wide [snapshot] block_hash: the digest of copy-mode snapshots' block hashes
+     * (NULL: the default). */
+    const char *block_hash;
 };
 const char *provider_config_get(const struct provider_config *cfg, const char *key);
 
 struct provider;
+
+/* One disk of a snapshot being made (snapshot_create). */
+struct provider_snapshot_disk {
+    const struct vm_disk *disk; /* in: the VM's disk */
+    const char *locator;        /* in: from snapshot_locate */
+    uint64_t size;              /* out: bytes */
+    char *mode;                 /* out: how it was taken, in the provider's words (shown) */
+};
+
+/* Called around the snapshot of a VM's disks (freeze/thaw hooks): freeze returns 0 or a
+ * negative errno and says why in err (no snapshot is taken then); thaw gets the result of the
+ * snapshot so far. */
+struct provider_quiesce {
+    int (*freeze)(void *opaque, char *err, size_t errlen);
+    void (*thaw)(void *opaque, int result);
+    void *opaque;
+};
+
+/* ---- reading snapshot disks ---- */
+
+/* disk_open flags. */
+#define DISK_OPEN_STREAM 1u /* the reader will stream data: set up reads that skip the cache */
+/* disk_reader_ops.pread flags.  DISK_READ_ONCE: the bytes are read once, so where they are not
+ * cached they are read past the cache (when buf, off and n are multiples of direct_align). */
+#define DISK_READ_ONCE 1u
+/* disk_reader_ops.map flags. */
+#define DISK_MAP_LOGICAL 1u /* data and holes only, as reads see them (no physical addresses) */
+
+/* Receives a disk's allocated extents in order (data, or EXTENT_UNWRITTEN for ranges that are
+ * allocated but read as zeros); 0 or a negative errno that stops the map. */
+struct disk_map_sink {
+    int (*emit)(void *opaque, const struct extent *e);
+    void *opaque;
+};
+
+#define DISK_IDENTITY_MAX 96 /* bytes of disk_reader.identity, its NUL included */
+
+struct disk_reader;
+struct disk_reader_ops {
+    /* Read n bytes at off into buf: 0 and *got (fewer only at the end of the disk). */
+    int (*pread)(struct disk_reader *r, void *buf, size_t n, uint64_t off, unsigned flags,
+                 size_t *got);
+    /* Whether reading [off, off + n) would come from the page cache (true when unknown or
+     * when the reader has no cache): callers skip their bounce buffers then. */
+    bool (*cached)(struct disk_reader *r, uint64_t off, size_t n);
+    /* The disk's size now. */
+    int (*size)(struct disk_reader *r, uint64_t *size);
+    /* The extents of [0, size) into sink (flags: DISK_MAP_*). */
+    int (*map)(struct disk_reader *r, unsigned flags, struct disk_map_sink *sink);
+    /* A new descriptor of the data that sendfile(2) can send from (the caller closes it), or
+     * -EOPNOTSUPP. */
+    int (*dup_fd)(struct disk_reader *r);
+    void (*close)(struct disk_reader *r);
+};
+
+/* An open snapshot disk.  Thread-safe: reads may run in parallel. */
+struct disk_reader {
+    const struct disk_reader_ops *ops;
+    uint64_t size;                    /* at open */
+    size_t direct_align;              /* see DISK_READ_ONCE; 0: reads never skip the cache */
+    char identity[DISK_IDENTITY_MAX]; /* names the data on this host ("" unknown): a client
+                                       * on the same host may read it directly */
+};
+
+static inline void disk_reader_close(struct disk_reader *r)
+{
+    if (r)
+        r->ops->close(r);
+}
+
+/* ---- writing uploaded disks ---- */
+
+struct disk_writer;
+struct disk_writer_ops {
+    /* Create the partial disk, size bytes long, reading as zeros.  err says why not (-EFBIG:
+     * too large for the provider). */
+    int (*create)(struct disk_writer *w, uint64_t size, char *err, size_t errlen);
+    int (*pwrite)(struct disk_writer *w, const void *buf, size_t len, uint64_t off);
+    /* Make a range read as zeros, as cheaply as the provider can. */
+    int (*zero)(struct disk_writer *w, uint64_t off, uint64_t len);
+    /* Data written so far is durable (fdatasync). */
+    int (*flush)(struct disk_writer *w);
+    /* Everything is durable, metadata included (fsync). */
+    int (*sync)(struct disk_writer *w);
+    /* Keep a writer's window of the page cache: wait for [done_off, +done_len) to be written
+     * and drop it from the cache, start writing [off, +len). */
+    int (*writeback)(struct disk_writer *w, uint64_t done_off, uint64_t done_len, uint64_t off,
+                     uint64_t len);
+    int (*size)(struct disk_writer *w, uint64_t *size);
+    /* The data and holes of the partial disk, as disk_reader_ops.map with DISK_MAP_LOGICAL. */
+    int (*map)(struct disk_writer *w, uint64_t size, struct disk_map_sink *sink);
+    /* Publish the partial disk as the VM's disk, never replacing one (-EEXIST). */
+    int (*publish)(struct disk_writer *w);
+    /* Remove the partial disk (0 when gone already). */
+    int (*remove)(struct disk_writer *w);
+    void (*close)(struct disk_writer *w);
+};
+
+struct disk_writer {
+    const struct disk_writer_ops *ops;
+    char *partial; /* locator of the partial disk: recorded in the catalog, shown in messages */
+    char *final;   /* locator of the disk once published */
+};
+
+static inline void disk_writer_close(struct disk_writer *w)
+{
+    if (w)
+        w->ops->close(w);
+}
 
 struct provider_ops {
     const char *type; /* value of "type =" */
@@ -67,20 +182,55 @@ struct provider_ops {
     int (*list)(struct provider *p, vm_list *out);
     /* One VM by ID: 0, or -ENOENT. */
     int (*get)(struct provider *p, const char *vm_id, struct vm **out);
-    /* Path where the snapshot snap_id of disk should be created (parents created by the
-     * caller); must be on the same filesystem as the disk so that reflinks work. */
-    int (*snapshot_path)(struct provider *p, const struct vm *vm, const struct vm_disk *disk,
-                         const char *snap_id, char **out);
-    /* Optional (NULL: the provider cannot create disks).  Where an upload of the new disk
-     * `disk` of VM vm_id goes, creating the VM when it does not exist yet: *partial_path, the
-     * file partial_name written while the upload runs, in a directory named
-     * PROVIDER_UPLOAD_STAGING_DIR that only the daemon can read (created, mode 0700), never
-     * listed as a disk and on the filesystem of *final_path, so that a rename publishes it;
-     * *final_path, the disk once finished.  Neither file is created.  -EINVAL for a VM or disk
-     * name the provider cannot use, -ENOTDIR when the VM's place is taken by something that is
-     * not a VM, -EPERM when the staging directory is not the daemon's own. */
-    int (*upload_paths)(struct provider *p, const char *vm_id, const char *disk,
-                        const char *partial_name, char **partial_path, char **final_path);
+    /* ---- snapshots (each provider owns its snapshots; the catalog keeps only locators) ----
+     *
+     * A locator is the provider's string for one snapshot disk: stored by the catalog, given
+     * back to the provider, never interpreted elsewhere.  Where the snapshot snap_id of disk is
+     * to be: *out, before anything is made (so that a crash leaves a record that can be
+     * cleaned up).  -EINVAL for IDs the provider cannot use, -EOPNOTSUPP for a disk it cannot
+     * snapshot. */
+    int (*snapshot_locate)(struct provider *p, const struct vm *vm, const struct vm_disk *disk,
+                           const char *snap_id, char **out);
+    /* Snapshot the n disks of vm at their locators (snapshot_locate), all or none: when one
+     * fails, those made are removed.  q (NULL: none) is called around the disks' snapshots:
+     * freeze before the first (its failure takes no snapshot), thaw after the last.  Fills
+     * each disk's size and mode.  err says which disk failed and why (-ENOSPC: no space). */
+    int (*snapshot_create)(struct provider *p, const struct vm *vm, const char *snap_id,
+                           struct provider_snapshot_disk *disks, size_t n,
+                           const struct provider_quiesce *q, char *err, size_t errlen);
+    /* Remove one snapshot disk and whatever an interrupted snapshot_create left of it; 0 when
+     * it is already gone. */
+    int (*snapshot_delete)(struct provider *p, const char *locator);
+    /* The snapshot disk at locator, open for reading (flags: DISK_OPEN_*). */
+    int (*disk_open)(struct provider *p, const char *locator, unsigned flags,
+                     struct disk_reader **out);
+    /* The changes from the snapshot disk base to the later one new (both locators of this
+     * provider, snapshots of the same disk): ranges whose data may differ into changed, ranges
+     * that were data in base and read as zeros now into zeroed, both in order, at the
+     * provider's block precision; may over-report, never under-report.  *method (static)
+     * names how they were found. */
+    int (*disk_changes)(struct provider *p, const char *base, const char *new,
+                        struct extent_sink *changed, struct extent_sink *zeroed,
+                        const char **method);
+
+    /* ---- uploads of new disks (optional: NULL when the provider cannot create disks) ----
+     *
+     * Prepare the upload of the new disk `disk` of VM vm_id, creating the VM when it does not
+     * exist yet: *out knows where the partial disk partial_name goes (private to the daemon,
+     * never listed as a disk) and where it is published, but nothing is created yet
+     * (disk_writer_ops.create).  -EINVAL for a VM or disk name the provider cannot use,
+     * -ENOTDIR when the VM's place is taken by something that is not a VM, -EPERM when the
+     * staging area is not the daemon's own, -EEXIST when the VM has such a disk; err says
+     * which. */
+    int (*upload_open)(struct provider *p, const char *vm_id, const char *disk,
+                       const char *partial_name, struct disk_writer **out, char *err,
+                       size_t errlen);
+    /* Remove the partial disk at partial (a writer's partial locator, recorded by an earlier
+     * run of the daemon) if it is the partial disk of upload id (named partial_name, or after
+     * the ID by older versions): 0 removed, -ENOENT gone already, -EPERM when it is not the
+     * upload's own (left alone). */
+    int (*upload_discard)(struct provider *p, const char *partial, const char *id,
+                          const char *partial_name);
 };
 
 struct provider {
@@ -107,7 +257,7 @@ void provider_derive_uuid(const char *provider, const char *vm_id, char out[37])
 
 /* ---- Helpers for provider implementations (provider.c) ---- */
 
-/* The directory of the partial files of uploads (upload_paths): hidden, so never a VM. */
+/* The directory of the partial files of uploads (upload_open): hidden, so never a VM. */
 #define PROVIDER_UPLOAD_STAGING_DIR  ".vmexport-staging"
 #define PROVIDER_UPLOAD_STAGING_MODE 0700
 

@@ -704,7 +704,7 @@ void repo_backup_abort(struct backup_writer *w)
             store_del(w->r->store, json, NULL) == 0)
             store_sync_prefix(w->r->store, w->rel_dir);
         int ret = repo_remove_dir(w->r, w->rel_dir, NULL);
-        if (ret < 0)
+        if (ret < 0 && ret != -ENOENT) /* ENOENT: gc removed it (the writer's lease was lost) */
             log_warn("%s/%s: cannot remove the aborted backup: %s", w->r->path, w->rel_dir,
                      strerror(-ret));
     }

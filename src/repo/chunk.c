@@ -14,6 +14,7 @@
 #include <openssl/evp.h>
 
 #include "core/cleanup.h"
+#include "core/hex.h"
 #include "core/lock.h"
 #include "core/log.h"
 
@@ -53,14 +54,18 @@ void chunk_names(const struct chunk_id *id, char dir[CHUNK_DIR_LEN], char name[C
     snprintf(dir, CHUNK_DIR_LEN, REPO_CHUNKS_DIR "/%.2s", name);
 }
 
+/* Whether name is exactly n lower-case hex digits (names are written in lower case only). */
+static bool lower_hex(const char *name, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (hex_digit(name[i]) < 0 || (name[i] >= 'A' && name[i] <= 'F'))
+            return false;
+    return name[n] == '\0';
+}
+
 bool chunk_name_valid(const char *name)
 {
-    for (size_t i = 0; i < 2 * HASH_SIZE; i++) {
-        char c = name[i];
-        if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f')))
-            return false;
-    }
-    return name[2 * HASH_SIZE] == '\0';
+    return lower_hex(name, 2 * HASH_SIZE);
 }
 
 static void chunk_ident(const char *hex, char out[CHUNK_IDENT_LEN])
@@ -164,7 +169,7 @@ int repo_chunk_read(struct repo *r, const struct chunk_id *id, void *buf, size_t
 
 bool chunk_subdir_valid(const char *name)
 {
-    return strlen(name) == CHUNK_SUBDIR_LEN && strspn(name, "0123456789abcdef") == CHUNK_SUBDIR_LEN;
+    return lower_hex(name, CHUNK_SUBDIR_LEN);
 }
 
 struct chunk_walk {

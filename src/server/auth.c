@@ -83,6 +83,7 @@
 #include "catalog/catalog.h"
 #include "core/cleanup.h"
 #include "core/clock.h"
+#include "core/hex.h"
 #include "core/log.h"
 #include "core/vector.h"
 
@@ -215,7 +216,6 @@ static void err_set(char *err, size_t errlen, const char *fmt, ...)
 #define LOG_FIELD_SIZE (4 * AUTH_LOG_FIELD_MAX + 4)
 static const char *log_field(const char *s, char *out)
 {
-    static const char hex[] = "0123456789abcdef";
     size_t n = 0, i = 0;
     if (!s)
         s = "";
@@ -226,8 +226,8 @@ static const char *log_field(const char *s, char *out)
         } else {
             out[n++] = '\\';
             out[n++] = 'x';
-            out[n++] = hex[c >> 4];
-            out[n++] = hex[c & 0xf];
+            hex_encode(&c, 1, out + n);
+            n += 2;
         }
     }
     if (s[i]) {
@@ -430,7 +430,6 @@ static int users_load(const struct auth *a, const char *path, auth_user_list *ou
 /* Writes a new random secret to path, atomically: fails with -EEXIST if path exists. */
 static int secret_create(const char *path, char *err, size_t errlen)
 {
-    static const char hex[] = "0123456789abcdef";
     unsigned char raw[AUTH_SECRET_RANDOM];
     char text[2 * AUTH_SECRET_RANDOM + 1];
     int r = 0;
@@ -439,10 +438,7 @@ static int secret_create(const char *path, char *err, size_t errlen)
         err_set(err, errlen, "%s: cannot generate a JWT secret: no random bytes", path);
         return -EIO;
     }
-    for (size_t i = 0; i < sizeof(raw); i++) {
-        text[2 * i] = hex[raw[i] >> 4];
-        text[2 * i + 1] = hex[raw[i] & 0xf];
-    }
+    hex_encode(raw, sizeof(raw), text);
     text[sizeof(text) - 1] = '\n';
     OPENSSL_cleanse(raw, sizeof(raw));
 
@@ -1289,8 +1285,7 @@ int auth_revoke(struct auth *a, const char *authorization)
     }
     if (a->catalog) {
         char hex[2 * SHA256_DIGEST_LENGTH + 1];
-        for (size_t i = 0; i < sizeof(rv.id); i++)
-            snprintf(hex + 2 * i, 3, "%02x", rv.id[i]);
+        hex_encode(rv.id, sizeof(rv.id), hex);
         r = catalog_token_revoke(a->catalog, hex, (int64_t)exp, (int64_t)time(NULL));
         if (r < 0)
             return r;

@@ -46,6 +46,7 @@
 
 #include "core/cleanup.h"
 #include "core/clock.h"
+#include "core/hex.h"
 #include "core/log.h"
 #include "core/text.h"
 #include "server/deadline.h"
@@ -910,17 +911,6 @@ static void request_completed(void *cls, struct MHD_Connection *conn, void **con
  * ("web01%00x" read as "web01"), so it becomes a control byte that ids_are_sane() rejects. */
 #define DECODED_NUL_MARKER '\x01'
 
-static int hexval(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 static size_t unescape(void *cls, struct MHD_Connection *conn, char *s)
 {
     (void)cls;
@@ -928,7 +918,7 @@ static size_t unescape(void *cls, struct MHD_Connection *conn, char *s)
     char *w = s;
     for (const char *r = s; *r; r++) {
         int hi, lo;
-        if (r[0] == '%' && (hi = hexval(r[1])) >= 0 && (lo = hexval(r[2])) >= 0) {
+        if (r[0] == '%' && (hi = hex_digit(r[1])) >= 0 && (lo = hex_digit(r[2])) >= 0) {
             char c = (char)(hi * 16 + lo);
             *w++ = c ? c : DECODED_NUL_MARKER;
             r += 2;
@@ -976,7 +966,7 @@ __attribute__((format(printf, 2, 0))) static void mhd_log(void *cls, const char 
     log_info("http: %s", msg);
 }
 
-int server_tls_check(const struct daemon_config *cfg, char *err, size_t errlen)
+int server_tls_check(const struct server_config *cfg, char *err, size_t errlen)
 {
     gnutls_priority_t prio;
     const char *where = NULL;
@@ -1011,7 +1001,7 @@ int server_tls_check(const struct daemon_config *cfg, char *err, size_t errlen)
     return r < 0 ? -EINVAL : 0;
 }
 
-unsigned server_connection_hard_limit(const struct daemon_config *cfg)
+unsigned server_connection_hard_limit(const struct server_config *cfg)
 {
     return cfg->max_connections + CONNECTION_MARGIN(cfg->max_connections);
 }
@@ -1021,7 +1011,7 @@ unsigned server_connection_hard_limit(const struct daemon_config *cfg)
  * waits for the disk stalls the other connections of its worker meanwhile. */
 #define WORKERS_MIN     4
 #define WORKERS_PER_CPU 2
-static unsigned worker_count(const struct daemon_config *cfg)
+static unsigned worker_count(const struct server_config *cfg)
 {
     if (cfg->worker_threads)
         return cfg->worker_threads;
@@ -1031,7 +1021,7 @@ static unsigned worker_count(const struct daemon_config *cfg)
 
 int server_start(struct server *s, char *err, size_t errlen)
 {
-    const struct daemon_config *cfg = s->cfg;
+    const struct server_config *cfg = s->cfg;
     /* Here rather than in server_new: 'vmexportd --check' must not remove the half-made
      * snapshots or partial uploads of a daemon that is running. */
     int r = snapshot_recover(s);

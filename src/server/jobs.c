@@ -8,6 +8,8 @@
 #include <stdbool.h>
 #include <stdlib.h>
 
+#include "core/lock.h"
+
 struct job {
     job_fn fn;
     void *arg;
@@ -81,9 +83,8 @@ int job_pool_submit(struct job_pool *p, job_fn fn, void *arg)
     if (!j)
         return -ENOMEM;
     *j = (struct job){.fn = fn, .arg = arg};
-    pthread_mutex_lock(&p->lock);
+    ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&p->lock);
     if (p->draining) {
-        pthread_mutex_unlock(&p->lock);
         free(j);
         return -ESHUTDOWN;
     }
@@ -93,7 +94,6 @@ int job_pool_submit(struct job_pool *p, job_fn fn, void *arg)
         p->head = j;
     p->tail = j;
     pthread_cond_signal(&p->wake);
-    pthread_mutex_unlock(&p->lock);
     return 0;
 }
 

@@ -20,13 +20,11 @@
 
 #include "core/cleanup.h"
 #include "core/clock.h"
+#include "core/hex.h"
 #include "core/log.h"
 #include "core/sparse.h"
-#include "fs/fsdiff.h"
-#include "fs/fsinfo.h"
-#include "fs/fsmap.h"
-#include "fs/safeopen.h"
 #include "core/jsonw.h"
+#include "server/disk_cache.h"
 #include "server/range.h"
 #include "server/server.h"
 
@@ -64,110 +62,8 @@ static int lookup_disk(struct request *rq, struct snapshot **snap,
     return -1;
 }
 
-/* ---- cache of open snapshot disks ----
- *
- * A download of a disk in small ranges asks the catalog the same question for every request,
- * and a catalog lookup (two SQL statements under the catalog's lock) costs more than the rest of
- * a 4 KiB request; opening the file again costs a path walk.  The answer -- the VM's snapshot is
- * ready and has this disk -- stays true until the snapshot is deleted, so the disk stays open in
- * a small cache, shared (reference-counted) by the requests that read it.  snapshot_delete()
- * marks the snapshot "deleting", bumps srv->snapshots_gen and empties the cache before it removes
- * any file: an entry is stored only if the generation read before its catalog lookup is still
- * current, so no entry can outlive a deletion and hold a removed file's space.  An entry is also
- * used for DISK_CACHE_TTL_MS at most (a bound should anything else edit the catalog).  Misses and
- * errors go to the catalog. */
-
-#define DISK_CACHE_SLOTS  64   /* direct-mapped entries, so at most as many open files */
-#define DISK_CACHE_TTL_MS 2000 /* longest an entry is trusted without asking the catalog */
-
-/* An open snapshot disk. */
-struct disk_file {
-    int fd;
-    int direct_fd; /* the same file with O_DIRECT, or -1 */
-    void *map;     /* the file mapped read-only, never touched: for mincore; or NULL */
-    uint64_t map_len;
-    unsigned refs; /* the cache's and the requests'; guarded by the cache lock */
-    char *path;    /* for error messages */
-    uint64_t size; /* when opened; etag is for this size */
-    char etag[HTTP_ETAG_MAX];
-};
-
-struct disk_cache_entry {
-    char *key; /* "vm\0snapshot\0disk"; NULL: free */
-    size_t key_len;
-    struct disk_file *file;
-    unsigned long long gen;
-    int64_t expires_ms; /* CLOCK_MONOTONIC */
-};
-
-struct disk_cache {
-    pthread_mutex_t lock;
-    struct disk_cache_entry e[DISK_CACHE_SLOTS];
-};
-
-int disk_cache_new(struct disk_cache **out)
-{
-    struct disk_cache *c = calloc(1, sizeof(*c));
-    if (!c)
-        return -ENOMEM;
-    int r = pthread_mutex_init(&c->lock, NULL);
-    if (r) {
-        free(c);
-        return -r;
-    }
-    *out = c;
-    return 0;
-}
-
-/* Drop a reference; the last one closes the file. */
-static void disk_file_unref(struct disk_cache *c, struct disk_file *f)
-{
-    if (!f)
-        return;
-    pthread_mutex_lock(&c->lock);
-    bool last = --f->refs == 0;
-    pthread_mutex_unlock(&c->lock);
-    if (last) {
-        close(f->fd);
-        if (f->direct_fd >= 0)
-            close(f->direct_fd);
-        if (f->map)
-            munmap(f->map, f->map_len);
-        free(f->path);
-        free(f);
-    }
-}
-
-void disk_cache_clear(struct disk_cache *c)
-{
-    if (!c)
-        return;
-    struct disk_cache_entry old[DISK_CACHE_SLOTS];
-    pthread_mutex_lock(&c->lock);
-    memcpy(old, c->e, sizeof(old));
-    memset(c->e, 0, sizeof(c->e));
-    pthread_mutex_unlock(&c->lock);
-    for (size_t i = 0; i < DISK_CACHE_SLOTS; i++) {
-        free(old[i].key);
-        disk_file_unref(c, old[i].file);
-    }
-}
-
-void disk_cache_free(struct disk_cache *c)
-{
-    if (!c)
-        return;
-    disk_cache_clear(c);
-    pthread_mutex_destroy(&c->lock);
-    free(c);
-}
-
-static int64_t monotonic_ms(void)
-{
-    return clock_monotonic_ns() / 1000000;
-}
-
-/* The key of the disk named by the URL: VM, snapshot and disk IDs, each with its NUL. */
+/* The key of the disk named by the URL in the cache of open disks (disk_cache.h): VM, snapshot
+ * and disk IDs, each with its NUL. */
 static size_t disk_key(struct request *rq, char *key, size_t size)
 {
     size_t n = 0;
@@ -181,60 +77,6 @@ static size_t disk_key(struct request *rq, char *key, size_t size)
     return n;
 }
 
-static size_t disk_slot(const char *key, size_t len)
-{
-    uint32_t h = 2166136261u; /* FNV-1a */
-    for (size_t i = 0; i < len; i++)
-        h = (h ^ (unsigned char)key[i]) * 16777619u;
-    return h % DISK_CACHE_SLOTS;
-}
-
-/* The cached file of key, with a reference for the caller; NULL when not cached or no longer
- * valid. */
-static struct disk_file *disk_cache_get(struct server *srv, const char *key, size_t len)
-{
-    struct disk_cache *c = srv->disk_cache;
-    struct disk_cache_entry *e = &c->e[disk_slot(key, len)];
-    int64_t now = monotonic_ms();
-    struct disk_file *f = NULL;
-    pthread_mutex_lock(&c->lock);
-    if (e->key && e->key_len == len && !memcmp(e->key, key, len) &&
-        e->gen == atomic_load(&srv->snapshots_gen) && now < e->expires_ms) {
-        f = e->file;
-        f->refs++;
-    }
-    pthread_mutex_unlock(&c->lock);
-    return f;
-}
-
-/* Cache f for key if the generation is still gen (read before the catalog said the snapshot was
- * ready).  Best effort. */
-static void disk_cache_put(struct server *srv, const char *key, size_t len, struct disk_file *f,
-                           unsigned long long gen)
-{
-    struct disk_cache *c = srv->disk_cache;
-    struct disk_cache_entry n = {.key = malloc(len),
-                                 .key_len = len,
-                                 .file = f,
-                                 .gen = gen,
-                                 .expires_ms = monotonic_ms() + DISK_CACHE_TTL_MS};
-    if (!n.key)
-        return;
-    memcpy(n.key, key, len);
-    struct disk_cache_entry *e = &c->e[disk_slot(key, len)], old = {0};
-    pthread_mutex_lock(&c->lock);
-    if (gen == atomic_load(&srv->snapshots_gen)) {
-        f->refs++;
-        old = *e;
-        *e = n;
-        n.key = NULL;
-    }
-    pthread_mutex_unlock(&c->lock);
-    free(n.key);
-    free(old.key);
-    disk_file_unref(c, old.file);
-}
-
 /* The snapshot disk the URL names, open, from the cache or the catalog: 0 and *out (release
  * with disk_file_unref); or a reply was queued (-1, *ret). */
 static int disk_file_get(struct request *rq, struct disk_file **out, int *ret)
@@ -242,50 +84,36 @@ static int disk_file_get(struct request *rq, struct disk_file **out, int *ret)
     struct server *srv = rq->srv;
     char key[3 * (ID_MAX + 1)];
     size_t len = disk_key(rq, key, sizeof(key));
-    if (len && (*out = disk_cache_get(srv, key, len)))
+    if (len && (*out = disk_cache_get(srv->disk_cache, key, len)))
         return 0;
 
-    unsigned long long gen = atomic_load(&srv->snapshots_gen);
+    unsigned long long gen = disk_cache_gen(srv->disk_cache);
     struct snapshot *snap = NULL;
     const struct snapshot_disk *disk = NULL;
     if (lookup_disk(rq, &snap, &disk, ret) < 0)
         return -1;
-    struct disk_file *f = calloc(1, sizeof(*f));
-    if (!f || !(f->path = strdup(disk->path))) {
-        free(f);
+    struct provider *p = server_provider(srv, snap->provider);
+    struct disk_reader *reader = NULL;
+    int r = p ? p->ops->disk_open(p, disk->locator, DISK_OPEN_STREAM, &reader) : -ENOENT;
+    if (r < 0) {
+        *ret = p ? reply_error(rq, 500, "internal error", "snapshot '%s' disk '%s': %s: %s",
+                               snap->id, disk->name, disk->locator, strerror(-r))
+                 : reply_error(rq, 500, "internal error",
+                               "snapshot '%s': provider '%s' is not configured", snap->id,
+                               snap->provider);
+        snapshot_free(snap);
+        return -1;
+    }
+    struct disk_file *f = disk_file_new(reader, disk->locator);
+    if (!f) {
         snapshot_free(snap);
         *ret = reply_error(rq, 500, "internal error", "out of memory");
         return -1;
     }
-    f->refs = 1;
-    f->direct_fd = -1;
-    /* No symlink anywhere in the path: one planted in the snapshot area serves nothing. */
-    f->fd = fs_open_nofollow(f->path, O_RDONLY, 0);
-    struct stat st;
-    int e = f->fd < 0 ? -f->fd : fstat(f->fd, &st) < 0 ? errno : S_ISREG(st.st_mode) ? 0 : EINVAL;
-    if (e) {
-        *ret = reply_error(rq, 500, "internal error", "snapshot '%s' disk '%s': %s: %s", snap->id,
-                           disk->name, disk->path, strerror(e));
-        if (f->fd >= 0)
-            close(f->fd);
-        free(f->path);
-        free(f);
-        snapshot_free(snap);
-        return -1;
-    }
-    f->size = (uint64_t)st.st_size;
-    f->direct_fd = fs_reopen_direct(f->fd, O_RDONLY);
-    if (f->direct_fd >= 0 && f->size) {
-        void *m = mmap(NULL, f->size, PROT_READ, MAP_SHARED, f->fd, 0);
-        if (m != MAP_FAILED) {
-            f->map = m;
-            f->map_len = f->size;
-        }
-    }
     http_etag(snap->id, disk->name, f->size, f->etag);
     snapshot_free(snap);
     if (len)
-        disk_cache_put(srv, key, len, f, gen);
+        disk_cache_put(srv->disk_cache, key, len, f, gen);
     *out = f;
     return 0;
 }
@@ -299,7 +127,8 @@ static int disk_file_get(struct request *rq, struct disk_file **out, int *ret)
 #define TLS_FILE_BLOCK_MIN 4096 /* for empty and tiny responses */
 /* Ranges up to this size are read into memory when the request is answered. */
 #define SMALL_RANGE_MAX (64 * 1024)
-/* Alignment of O_DIRECT reads: offset, length and buffer. */
+/* Alignment of the buffers of reads that may skip the page cache (DISK_READ_ONCE): at least
+ * any reader's direct_align (4 KiB for files). */
 #define DIRECT_ALIGN 4096
 
 struct file_range {
@@ -309,48 +138,33 @@ struct file_range {
     uint8_t *bounce; /* TLS_FILE_BLOCK bytes, 4 KiB-aligned: for O_DIRECT reads; or NULL */
 };
 
-/* Another reference to file (for a response; dropped by disk_file_unref). */
-static void disk_file_ref(struct disk_cache *c, struct disk_file *f)
-{
-    pthread_mutex_lock(&c->lock);
-    f->refs++;
-    pthread_mutex_unlock(&c->lock);
-}
-
-/* The fd to read [off, off + n) of d with: the O_DIRECT one when those bytes are not in the
- * page cache (see file_range_read), else -1 (read through the cache), as fs_pread_direct takes. */
-static int direct_fd_if_uncached(const struct disk_file *d, uint64_t off, size_t n)
-{
-    return d->direct_fd >= 0 && !fs_range_cached(d->map, d->map_len, off, n) ? d->direct_fd : -1;
-}
-
 /* A block of a TLS response.  A backup reads each byte of a snapshot once, so bytes that are
- * not in the page cache are read with O_DIRECT into the bounce buffer and copied into
- * libmicrohttpd's block (not aligned for O_DIRECT): in a VM the page cache's fresh pages cost
- * more than the copy (an 8 GiB backup over TLS spent a fifth of its CPU time copying from the
- * page cache).  Cached bytes and unaligned pieces are read through the cache. */
+ * not in the page cache are read with DISK_READ_ONCE (past the cache) into the bounce buffer,
+ * aligned as the reader needs, and copied into libmicrohttpd's block (not aligned): in a VM the
+ * page cache's fresh pages cost more than the copy (an 8 GiB backup over TLS spent a fifth of
+ * its CPU time copying from the page cache).  Cached bytes and unaligned pieces are read
+ * through the cache. */
 static ssize_t file_range_read(void *cls, uint64_t pos, char *buf, size_t max)
 {
     struct file_range *f = cls;
-    const struct disk_file *d = f->file;
+    struct disk_reader *rd = f->file->reader;
     const uint64_t off = f->start + pos;
-    size_t n = max > TLS_FILE_BLOCK ? TLS_FILE_BLOCK : max / DIRECT_ALIGN * DIRECT_ALIGN;
-    int dfd = n && off % DIRECT_ALIGN == 0 ? direct_fd_if_uncached(d, off, n) : -1;
-    if (dfd >= 0) {
+    size_t align = rd->direct_align;
+    size_t n = max > TLS_FILE_BLOCK ? TLS_FILE_BLOCK : align ? max / align * align : 0;
+    if (align && n && off % align == 0 && !rd->ops->cached(rd, off, n)) {
         if (!f->bounce)
             f->bounce = aligned_alloc(DIRECT_ALIGN, TLS_FILE_BLOCK);
         size_t got = 0;
-        if (f->bounce && fs_pread_direct(d->fd, dfd, f->bounce, n, off, &got) == 0 && got > 0) {
+        if (f->bounce && rd->ops->pread(rd, f->bounce, n, off, DISK_READ_ONCE, &got) == 0 &&
+            got > 0) {
             memcpy(buf, f->bounce, got);
             return (ssize_t)got;
         }
     }
-    ssize_t got = pread(d->fd, buf, max, (off_t)off);
-    if (got < 0 && errno == EINTR)
-        got = pread(d->fd, buf, max, (off_t)off);
-    if (got <= 0)
+    size_t got = 0;
+    if (rd->ops->pread(rd, buf, max, off, 0, &got) < 0 || got == 0)
         return MHD_CONTENT_READER_END_WITH_ERROR;
-    return got;
+    return (ssize_t)got;
 }
 
 static void file_range_free(void *cls)
@@ -364,21 +178,15 @@ static void file_range_free(void *cls)
 /* A response of len bytes of fd from start, read now into memory: for short ranges, where
  * libmicrohttpd's fd and callback responses cost more than the data.  NULL when the read fails
  * or comes short. */
-static struct MHD_Response *small_response(int fd, uint64_t start, size_t len)
+static struct MHD_Response *small_response(struct disk_reader *rd, uint64_t start, size_t len)
 {
     char *buf = malloc(len ? len : 1);
     if (!buf)
         return NULL;
-    size_t done = 0;
-    while (done < len) {
-        ssize_t got = pread(fd, buf + done, len - done, (off_t)(start + done));
-        if (got < 0 && errno == EINTR)
-            continue;
-        if (got <= 0) {
-            free(buf);
-            return NULL;
-        }
-        done += (size_t)got;
+    size_t got = 0;
+    if (rd->ops->pread(rd, buf, len, start, 0, &got) < 0 || got != len) {
+        free(buf);
+        return NULL;
     }
     struct MHD_Response *r = MHD_create_response_from_buffer(len, buf, MHD_RESPMEM_MUST_FREE);
     if (!r)
@@ -391,17 +199,17 @@ static struct MHD_Response *file_response(struct server *srv, struct disk_file *
                                           uint64_t start, uint64_t len, bool head)
 {
     if (len <= SMALL_RANGE_MAX && !head)
-        return small_response(file->fd, start, (size_t)len);
-    if (!srv->cert_pem) {
-        /* libmicrohttpd closes the fd of the response: its own. */
-        int fd = fcntl(file->fd, F_DUPFD_CLOEXEC, 0);
-        if (fd < 0)
-            return NULL;
+        return small_response(file->reader, start, (size_t)len);
+    /* libmicrohttpd closes the fd of the response: its own. */
+    int fd = srv->cert_pem ? -EOPNOTSUPP : file->reader->ops->dup_fd(file->reader);
+    if (fd >= 0) {
         struct MHD_Response *r = MHD_create_response_from_fd_at_offset64(len, fd, start);
         if (!r)
             close(fd);
         return r;
     }
+    if (fd != -EOPNOTSUPP)
+        return NULL;
     struct file_range *f = malloc(sizeof(*f));
     if (!f)
         return NULL;
@@ -440,12 +248,11 @@ struct sparse_range {
 /* Read the next block into s->blk: 0, or -1 (read error, or the file ended early). */
 static int sparse_fill(struct sparse_range *s)
 {
-    const struct disk_file *d = s->file;
+    struct disk_reader *rd = s->file->reader;
     size_t n = s->len - s->next < s->blk_cap ? (size_t)(s->len - s->next) : s->blk_cap;
     uint64_t off = s->start + s->next;
     size_t got = 0;
-    if (fs_pread_direct(d->fd, direct_fd_if_uncached(d, off, n), s->blk, n, off, &got) < 0 ||
-        got != n)
+    if (rd->ops->pread(rd, s->blk, n, off, DISK_READ_ONCE, &got) < 0 || got != n)
         return -1;
     s->blk_off = s->next;
     s->blk_len = n;
@@ -533,7 +340,7 @@ struct part {
 };
 
 struct multipart {
-    int fd;
+    struct disk_file *file; /* a reference */
     struct part *parts;
     size_t n;
     char *trailer; /* closing boundary */
@@ -554,8 +361,9 @@ static ssize_t multipart_read(void *cls, uint64_t pos, char *buf, size_t max)
         pos -= p->header_len;
         if (pos < p->len) {
             size_t n = p->len - pos < max ? (size_t)(p->len - pos) : max;
-            ssize_t got = pread(m->fd, buf, n, (off_t)(p->start + pos));
-            if (got <= 0)
+            size_t got = 0;
+            struct disk_reader *rd = m->file->reader;
+            if (rd->ops->pread(rd, buf, n, p->start + pos, 0, &got) < 0 || got == 0)
                 return MHD_CONTENT_READER_END_WITH_ERROR;
             atomic_fetch_add(&m->srv->metrics.bytes_served, (unsigned long long)got);
             return got;
@@ -577,11 +385,11 @@ static void multipart_free(void *cls)
         free(m->parts[i].header);
     free(m->parts);
     free(m->trailer);
-    close(m->fd);
+    disk_file_unref(m->srv->disk_cache, m->file);
     free(m);
 }
 
-static struct MHD_Response *multipart_response(struct server *srv, int fd,
+static struct MHD_Response *multipart_response(struct server *srv, struct disk_file *file,
                                                const byte_range_list *ranges, uint64_t size,
                                                char *content_type, size_t ct_len)
 {
@@ -589,14 +397,14 @@ static struct MHD_Response *multipart_response(struct server *srv, int fd,
     char boundary[32];
     if (RAND_bytes(rnd, sizeof(rnd)) != 1)
         return NULL;
-    for (size_t i = 0; i < sizeof(rnd); i++)
-        sprintf(boundary + 2 * i, "%02x", rnd[i]);
+    hex_encode(rnd, sizeof(rnd), boundary);
     snprintf(content_type, ct_len, "multipart/byteranges; boundary=%s", boundary);
 
     struct multipart *m = calloc(1, sizeof(*m));
     if (!m)
         return NULL;
-    m->fd = fd;
+    disk_file_ref(srv->disk_cache, file); /* the response's, dropped by multipart_free */
+    m->file = file;
     m->srv = srv;
     m->parts = calloc(ranges->len, sizeof(*m->parts));
     uint64_t total = 0;
@@ -621,7 +429,6 @@ static struct MHD_Response *multipart_response(struct server *srv, int fd,
     int n = oom ? -1 : asprintf(&m->trailer, "\r\n--%s--\r\n", boundary);
     if (n < 0) {
         m->trailer = NULL;
-        m->fd = -1;
         multipart_free(m);
         return NULL;
     }
@@ -629,10 +436,8 @@ static struct MHD_Response *multipart_response(struct server *srv, int fd,
     total += m->trailer_len;
     struct MHD_Response *resp = MHD_create_response_from_callback(
         total, MULTIPART_BLOCK, multipart_read, m, multipart_free);
-    if (!resp) {
-        m->fd = -1;
+    if (!resp)
         multipart_free(m);
-    }
     return resp;
 }
 
@@ -645,14 +450,14 @@ int route_disk_data(struct request *rq)
     if (disk_file_get(rq, &file, &ret) < 0)
         return ret;
 
-    struct stat st;
-    if (fstat(file->fd, &st) < 0) {
+    uint64_t size;
+    int r = file->reader->ops->size(file->reader, &size);
+    if (r < 0) {
         ret = reply_error(rq, 500, "internal error", "snapshot '%s' disk '%s': %s: %s", snap_id,
-                          disk_name, file->path, strerror(errno));
+                          disk_name, file->locator, strerror(-r));
         disk_file_unref(rq->srv->disk_cache, file);
         return ret;
     }
-    uint64_t size = (uint64_t)st.st_size;
     char etag[HTTP_ETAG_MAX];
     if (size == file->size)
         memcpy(etag, file->etag, sizeof(etag));
@@ -663,7 +468,7 @@ int route_disk_data(struct request *rq)
     const char *if_range = request_header(rq, MHD_HTTP_HEADER_IF_RANGE);
     bool is_head = !strcmp(rq->method, "HEAD");
     byte_range_list ranges = VECTOR_INIT;
-    int r = -ENOENT;
+    r = -ENOENT;
     if (range && http_if_range_matches(if_range, etag))
         r = http_range_parse(range, size, &ranges);
 
@@ -694,12 +499,7 @@ int route_disk_data(struct request *rq)
                 atomic_fetch_add(&rq->srv->metrics.bytes_served, len);
         }
     } else if (r == 0) {
-        int fd = fcntl(file->fd, F_DUPFD_CLOEXEC, 0); /* the response's own */
-        resp = fd < 0 ? NULL
-                      : multipart_response(rq->srv, fd, &ranges, size, content_type,
-                                           sizeof(content_type));
-        if (!resp && fd >= 0)
-            close(fd);
+        resp = multipart_response(rq->srv, file, &ranges, size, content_type, sizeof(content_type));
         status = 206;
     } else {
         resp = file_response(rq->srv, file, 0, size, is_head);
@@ -744,6 +544,12 @@ static int area_emit(void *opaque, uint64_t start, uint64_t length)
     if (start < p->from)
         start = p->from;
     return extent_list_add_range(&p->l, start, end - start);
+}
+
+/* area_emit of the data extents of a disk's map. */
+static int area_emit_data(void *opaque, const struct extent *e)
+{
+    return extent_is_data(e) ? area_emit(opaque, e->start, e->length) : 0;
 }
 
 static void write_areas(FILE *f, const char *key, const extent_list *l, uint64_t upto, bool *first)
@@ -822,41 +628,35 @@ int route_disk_changes(struct request *rq)
     struct area_page zeroed = {.l = VECTOR_INIT, .from = start, .dropped = UINT64_MAX};
     uint64_t complete_below = UINT64_MAX; /* every area below this offset is in the lists */
     int r = 0;
-    if (bd) {
-        struct fs_diff d;
-        r = fs_diff_open_nofollow(&d, bd->path, disk->path, DIFF_AUTO);
-        if (r == 0) {
-            extent_list ch = VECTOR_INIT;
-            struct area_page chp = {.l = VECTOR_INIT, .from = start, .dropped = UINT64_MAX};
-            struct extent_sink cs = {.emit = area_emit, .opaque = &chp};
-            struct extent_sink zs = {.emit = area_emit, .opaque = &zeroed};
-            r = fs_diff_run(&d, &cs, &zs);
-            fs_diff_close(&d);
-            /* union of the two sorted lists */
-            size_t i = 0, j = 0;
-            while (r == 0 && (i < chp.l.len || j < zeroed.l.len)) {
-                const struct extent *e;
-                if (j >= zeroed.l.len ||
-                    (i < chp.l.len && chp.l.ptr[i].start < zeroed.l.ptr[j].start))
-                    e = &chp.l.ptr[i++];
-                else
-                    e = &zeroed.l.ptr[j++];
-                r = extent_list_add_range(&ch, e->start, e->length);
-            }
-            extent_list_reset(&chp.l);
-            changed.l = ch;
-            complete_below = chp.dropped < zeroed.dropped ? chp.dropped : zeroed.dropped;
+    struct provider *p = server_provider(rq->srv, snap->provider);
+    if (!p) {
+        r = -ENOENT;
+    } else if (bd) {
+        extent_list ch = VECTOR_INIT;
+        struct area_page chp = {.l = VECTOR_INIT, .from = start, .dropped = UINT64_MAX};
+        struct extent_sink cs = {.emit = area_emit, .opaque = &chp};
+        struct extent_sink zs = {.emit = area_emit, .opaque = &zeroed};
+        r = p->ops->disk_changes(p, bd->locator, disk->locator, &cs, &zs, NULL);
+        /* union of the two sorted lists */
+        size_t i = 0, j = 0;
+        while (r == 0 && (i < chp.l.len || j < zeroed.l.len)) {
+            const struct extent *e;
+            if (j >= zeroed.l.len || (i < chp.l.len && chp.l.ptr[i].start < zeroed.l.ptr[j].start))
+                e = &chp.l.ptr[i++];
+            else
+                e = &zeroed.l.ptr[j++];
+            r = extent_list_add_range(&ch, e->start, e->length);
         }
+        extent_list_reset(&chp.l);
+        changed.l = ch;
+        complete_below = chp.dropped < zeroed.dropped ? chp.dropped : zeroed.dropped;
     } else {
-        CLEANUP_CLOSE int fd = fs_open_nofollow(disk->path, O_RDONLY, 0);
-        struct fs_map m;
-        r = fd < 0 ? fd : fs_map_open(&m, fd, disk->size, 0);
+        struct disk_reader *rd = NULL;
+        r = p->ops->disk_open(p, disk->locator, 0, &rd);
         if (r == 0) {
-            struct extent e;
-            while ((r = fs_map_next(&m, &e)) > 0)
-                if (extent_is_data(&e) && (r = area_emit(&changed, e.start, e.length)) < 0)
-                    break;
-            fs_map_close(&m);
+            struct disk_map_sink sink = {.emit = area_emit_data, .opaque = &changed};
+            r = rd->ops->map(rd, 0, &sink);
+            disk_reader_close(rd);
         }
         complete_below = changed.dropped;
     }

@@ -47,7 +47,8 @@
 
 /* ---- helpers ---- */
 
-static int download_open(struct request *rq, const struct transfer *t, char **path, int *ret);
+static struct disk_reader *download_open(struct request *rq, const struct transfer *t,
+                                         char **locator, int *ret);
 
 /* A JSON reply with one extra header. */
 static int reply_json_header(struct request *rq, unsigned status, json_t *j, const char *header,
@@ -201,7 +202,7 @@ static struct provider *upload_provider(struct request *rq, const char *vm_id, c
         if (wanted && strcmp(wanted, p->name))
             *ret = reply_error(rq, 409, "conflict", "VM '%s' belongs to provider %s, not %s", vm_id,
                                p->name, wanted);
-        else if (!p->ops->upload_paths)
+        else if (!p->ops->upload_open)
             *ret = reply_error(rq, 409, "conflict", "provider %s cannot create disks", p->name);
         else if (exists)
             *ret = reply_error(rq, 409, "conflict", "VM '%s' already has a disk '%s'", vm_id, disk);
@@ -213,12 +214,12 @@ static struct provider *upload_provider(struct request *rq, const char *vm_id, c
         p = server_provider(s, wanted);
         if (!p)
             *ret = reply_error(rq, 400, "bad request", "no provider named '%s'", wanted);
-        else if (!p->ops->upload_paths)
+        else if (!p->ops->upload_open)
             *ret = reply_error(rq, 409, "conflict", "provider %s cannot create disks", p->name);
-        return p && p->ops->upload_paths ? p : NULL;
+        return p && p->ops->upload_open ? p : NULL;
     }
     for (size_t i = 0; i < s->n_providers; i++)
-        if (s->providers[i]->ops->upload_paths)
+        if (s->providers[i]->ops->upload_open)
             return s->providers[i];
     *ret = reply_error(rq, 409, "conflict", "provider %s cannot create disks",
                        s->n_providers ? s->providers[0]->name : "(none)");
@@ -513,33 +514,24 @@ static void extent_write(FILE *f, bool *first, uint64_t start, uint64_t length, 
     *first = false;
 }
 
-/* Data and holes of a file (the partial file, a snapshot's disk), from SEEK_DATA/SEEK_HOLE,
- * covering [0, size). */
-static int extents_write(FILE *f, int fd, uint64_t size)
+/* Data and holes of a disk (the partial disk, a snapshot's disk) covering [0, size), from
+ * their maps (DISK_MAP_LOGICAL: data and holes as reads see them). */
+struct extents_out {
+    FILE *f;
+    bool first;
+    uint64_t pos; /* end of what was written */
+};
+
+static int extents_emit(void *opaque, const struct extent *e)
 {
-    bool first = true;
-    uint64_t pos = 0;
-    fputc('[', f);
-    while (pos < size) {
-        off_t data = lseek(fd, (off_t)pos, SEEK_DATA);
-        if (data < 0 && errno != ENXIO)
-            return -errno;
-        uint64_t d = data < 0 || (uint64_t)data > size ? size : (uint64_t)data;
-        if (d > pos)
-            extent_write(f, &first, pos, d - pos, true);
-        if (d >= size)
-            break;
-        off_t hole = lseek(fd, (off_t)d, SEEK_HOLE);
-        if (hole < 0 && errno != ENXIO)
-            return -errno;
-        uint64_t h = hole < 0 || (uint64_t)hole > size ? size : (uint64_t)hole;
-        if (h <= d)
-            h = size; /* cannot happen; never loop forever on a strange filesystem */
-        extent_write(f, &first, d, h - d, false);
-        pos = h;
-    }
-    fputc(']', f);
-    return ferror(f) ? -EIO : 0;
+    struct extents_out *o = opaque;
+    if (!extent_is_data(e) || e->start < o->pos)
+        return 0;
+    if (e->start > o->pos)
+        extent_write(o->f, &o->first, o->pos, e->start - o->pos, true);
+    extent_write(o->f, &o->first, e->start, e->length, false);
+    o->pos = extent_end(e);
+    return 0;
 }
 
 int route_transfer_extents(struct request *rq)
@@ -550,26 +542,38 @@ int route_transfer_extents(struct request *rq)
         return ret;
     const char *context = request_arg(rq, "context");
     FILE *f = NULL;
-    int r = 0, fd = t->fd;
-    CLEANUP_FREE char *path = NULL;
+    int r = 0;
+    struct disk_reader *rd = NULL;
+    CLEANUP_FREE char *locator = NULL;
     if (context && strcmp(context, "zero")) {
         ret = reply_error(rq, 400, "bad request", "context '%s' is not supported (only zero)",
                           context);
-    } else if (t->direction == TRANSFER_DOWNLOAD && (fd = download_open(rq, t, &path, &ret)) < 0) {
+    } else if (t->direction == TRANSFER_DOWNLOAD && !(rd = download_open(rq, t, &locator, &ret))) {
         /* answered */
     } else if (!(f = server_tmpfile())) {
         ret = reply_errno(rq, -errno, "temporary file");
-    } else if ((r = extents_write(f, fd, t->size)) < 0) {
-        fclose(f);
-        char err[512];
-        snprintf(err, sizeof(err), "extents of %s: %s", path ? path : t->partial_path,
-                 strerror(-r));
-        ret = reply_failure(rq, r, err);
     } else {
-        ret = reply_json_file(rq, 200, f);
+        struct extents_out o = {.f = f, .first = true};
+        struct disk_map_sink sink = {.emit = extents_emit, .opaque = &o};
+        fputc('[', f);
+        r = rd ? rd->ops->map(rd, DISK_MAP_LOGICAL, &sink)
+               : t->writer->ops->map(t->writer, t->size, &sink);
+        if (r == 0 && o.pos < t->size)
+            extent_write(f, &o.first, o.pos, t->size - o.pos, true);
+        fputc(']', f);
+        if (r == 0 && ferror(f))
+            r = -EIO;
+        if (r < 0) {
+            fclose(f);
+            char err[512];
+            snprintf(err, sizeof(err), "extents of %s: %s", locator ? locator : t->partial_path,
+                     strerror(-r));
+            ret = reply_failure(rq, r, err);
+        } else {
+            ret = reply_json_file(rq, 200, f);
+        }
     }
-    if (t->direction == TRANSFER_DOWNLOAD && fd >= 0)
-        close(fd);
+    disk_reader_close(rd);
     upload_put(rq->srv->uploads, t);
     return ret;
 }
@@ -629,25 +633,29 @@ static struct snapshot *download_snapshot(struct request *rq, const char *vm_id,
     return NULL;
 }
 
-/* The snapshot disk of download t, open read-only, and its path (*path, to free); negative when
- * a reply was queued (*ret). */
-static int download_open(struct request *rq, const struct transfer *t, char **path, int *ret)
+/* The snapshot disk of download t, open, and its locator (*locator, to free); NULL when a reply
+ * was queued (*ret). */
+static struct disk_reader *download_open(struct request *rq, const struct transfer *t,
+                                         char **locator, int *ret)
 {
     const struct snapshot_disk *d = NULL;
     struct snapshot *snap = download_snapshot(rq, t->vm_id, t->snapshot, t->disk, &d, ret);
     if (!snap)
-        return -1;
-    int fd = open(d->path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
-    if (fd < 0) {
-        *ret = reply_error(rq, 500, "internal error", "snapshot '%s' disk '%s': %s: %s", snap->id,
-                           d->name, d->path, strerror(errno));
-    } else if (!(*path = strdup(d->path))) {
-        close(fd);
-        fd = -1;
+        return NULL;
+    struct provider *p = server_provider(rq->srv, snap->provider);
+    struct disk_reader *rd = NULL;
+    int r = p ? p->ops->disk_open(p, d->locator, 0, &rd) : -ENOENT;
+    if (r < 0) {
+        *ret =
+            reply_error(rq, 500, "internal error", "snapshot '%s' disk '%s': %s: %s", snap->id,
+                        d->name, d->locator, p ? strerror(-r) : "its provider is not configured");
+    } else if (!(*locator = strdup(d->locator))) {
+        disk_reader_close(rd);
+        rd = NULL;
         *ret = reply_error(rq, 500, "internal error", "out of memory");
     }
     snapshot_free(snap);
-    return fd;
+    return rd;
 }
 
 int route_download_create(struct request *rq)

@@ -16,10 +16,6 @@
 #include "core/cleanup.h"
 #include "core/log.h"
 #include "core/text.h"
-#include "fs/fsdiff.h"
-#include "fs/fsinfo.h"
-#include "fs/fsmap.h"
-#include "fs/safeopen.h"
 #include "core/jsonw.h"
 #include "server/server.h"
 
@@ -222,19 +218,47 @@ int route_vm_get(struct request *rq)
 
 /* ---- snapshot bodies ---- */
 
-/* Physical address lookups along a file's map, for ranges given in ascending order. */
+/* Physical address lookups along a disk's map, spooled to a temporary file (memory stays
+ * bounded however many extents there are), for ranges given in ascending order. */
 struct phys_cursor {
-    struct fs_map map;
+    FILE *map; /* struct extent records; NULL: no addresses known */
     struct extent cur;
-    bool have, done, open;
+    bool have, done;
 };
+
+static int spool_extent(void *opaque, const struct extent *e)
+{
+    return fwrite(e, sizeof(*e), 1, opaque) == 1 ? 0 : -EIO;
+}
+
+/* Spool the map of rd into c (no addresses when that fails: they are informative only). */
+static void phys_open(struct phys_cursor *c, struct disk_reader *rd)
+{
+    *c = (struct phys_cursor){.done = true};
+    FILE *m = rd ? server_tmpfile() : NULL;
+    if (!m)
+        return;
+    struct disk_map_sink sink = {.emit = spool_extent, .opaque = m};
+    if (rd->ops->map(rd, 0, &sink) < 0 || fflush(m) != 0) {
+        fclose(m);
+        return;
+    }
+    rewind(m);
+    c->map = m;
+    c->done = false;
+}
+
+static void phys_close(struct phys_cursor *c)
+{
+    if (c->map)
+        fclose(c->map);
+}
 
 static uint64_t phys_at(struct phys_cursor *c, uint64_t pos)
 {
     while (!c->done && (!c->have || extent_end(&c->cur) <= pos)) {
-        int r = fs_map_next(&c->map, &c->cur);
-        c->have = r > 0;
-        c->done = r <= 0;
+        c->have = fread(&c->cur, sizeof(c->cur), 1, c->map) == 1;
+        c->done = !c->have;
     }
     if (c->have && c->cur.start <= pos && !(c->cur.flags & EXTENT_PHYS_UNKNOWN))
         return c->cur.physical + (pos - c->cur.start);
@@ -245,7 +269,9 @@ struct chunk_writer {
     FILE *f;
     bool first;
     uint64_t count;
-    struct phys_cursor *phys;
+    /* write_chunks_full: the chunk not written yet, and whether chunks that touch merge */
+    struct extent pend;
+    bool have, squash;
 };
 
 static void chunk_write(struct chunk_writer *w, uint64_t start, uint64_t length, uint64_t phys)
@@ -257,34 +283,30 @@ static void chunk_write(struct chunk_writer *w, uint64_t start, uint64_t length,
     w->count++;
 }
 
-/* "chunks": the data extents of path, squashed (004 squashChunks) when asked. */
-static int write_chunks_full(FILE *f, const char *path, uint64_t size, bool squash)
+static int chunk_emit(void *opaque, const struct extent *e)
 {
-    CLEANUP_CLOSE int fd = fs_open_nofollow(path, O_RDONLY, 0);
-    if (fd < 0)
-        return fd;
-    struct fs_map m;
-    int r = fs_map_open(&m, fd, size, 0);
-    if (r < 0)
-        return r;
-    struct chunk_writer w = {.f = f, .first = true};
-    struct extent e, pend = {0};
-    bool have = false;
-    while ((r = fs_map_next(&m, &e)) > 0) {
-        if (!extent_is_data(&e))
-            continue;
-        if (have && squash && extent_end(&pend) == e.start) {
-            pend.length += e.length;
-            continue;
-        }
-        if (have)
-            chunk_write(&w, pend.start, pend.length, pend.physical);
-        pend = e;
-        have = true;
+    struct chunk_writer *w = opaque;
+    if (!extent_is_data(e))
+        return 0;
+    if (w->have && w->squash && extent_end(&w->pend) == e->start) {
+        w->pend.length += e->length;
+        return 0;
     }
-    if (have && r == 0)
-        chunk_write(&w, pend.start, pend.length, pend.physical);
-    fs_map_close(&m);
+    if (w->have)
+        chunk_write(w, w->pend.start, w->pend.length, w->pend.physical);
+    w->pend = *e;
+    w->have = true;
+    return 0;
+}
+
+/* "chunks": the data extents of the disk rd, squashed (004 squashChunks) when asked. */
+static int write_chunks_full(FILE *f, struct disk_reader *rd, bool squash)
+{
+    struct chunk_writer w = {.f = f, .first = true, .squash = squash};
+    struct disk_map_sink sink = {.emit = chunk_emit, .opaque = &w};
+    int r = rd->ops->map(rd, 0, &sink);
+    if (w.have && r == 0)
+        chunk_write(&w, w.pend.start, w.pend.length, w.pend.physical);
     return r;
 }
 
@@ -308,20 +330,18 @@ static bool spool_next(FILE *f, uint64_t range[2])
     return f && fread(range, 2 * sizeof(uint64_t), 1, f) == 1;
 }
 
-/* "chunks", "zeroed" and "diff_mode" of disk against base_path.
+/* "chunks", "zeroed" and "diff_mode" of disk d (open as rd, or NULL) of provider p against
+ * the snapshot disk base of the same disk.
  *
  * The 004 client reads only "chunks" of a compareTo answer: listing just the changed ranges
  * would leave the data of discarded ranges in its copy.  So by default "chunks" also covers the
  * "zeroed" ranges (a GET of them returns zeros), merged in order; a client that writes zeros
  * over "zeroed" itself asks zeroedInChunks=false and gets the changed ranges only. */
-static int write_chunks_diff(FILE *f, const struct snapshot_disk *d, const char *base_path,
-                             const struct chunk_opts *o)
+static int write_chunks_diff(FILE *f, struct provider *p, const struct snapshot_disk *d,
+                             struct disk_reader *rd, const char *base, const struct chunk_opts *o)
 {
-    struct fs_diff diff;
-    int r = fs_diff_open_nofollow(&diff, base_path, d->path, DIFF_AUTO);
-    if (r < 0)
-        return r;
-    CLEANUP_CLOSE int fd = -1;
+    const char *method = NULL;
+    int r = 0;
     FILE *cf = server_tmpfile(), *zf = server_tmpfile();
     if (!cf || !zf) {
         r = -errno;
@@ -329,7 +349,7 @@ static int write_chunks_diff(FILE *f, const struct snapshot_disk *d, const char 
     }
     struct extent_sink cs = {.emit = spool_emit, .opaque = cf};
     struct extent_sink zs = {.emit = spool_emit, .opaque = zf};
-    r = fs_diff_run(&diff, &cs, &zs);
+    r = p->ops->disk_changes(p, base, d->locator, &cs, &zs, &method);
     if (r == 0 && (fflush(cf) != 0 || fflush(zf) != 0))
         r = -EIO;
     if (r < 0)
@@ -337,13 +357,9 @@ static int write_chunks_diff(FILE *f, const struct snapshot_disk *d, const char 
     rewind(cf);
     rewind(zf);
 
-    struct phys_cursor pc = {0};
-    fd = fs_open_nofollow(d->path, O_RDONLY, 0);
-    if (fd >= 0 && fs_map_open(&pc.map, fd, d->size, 0) == 0)
-        pc.open = true;
-    else
-        pc.done = true;
-    struct chunk_writer cw = {.f = f, .first = true, .phys = &pc};
+    struct phys_cursor pc;
+    phys_open(&pc, rd);
+    struct chunk_writer cw = {.f = f, .first = true};
     uint64_t c[2], z[2];
     bool have_c = spool_next(cf, c), have_z = o->zeroed_in_chunks && spool_next(zf, z);
     uint64_t pend[3] = {0}; /* start, length, physical */
@@ -370,8 +386,7 @@ static int write_chunks_diff(FILE *f, const struct snapshot_disk *d, const char 
     }
     if (have_pend)
         chunk_write(&cw, pend[0], pend[1], pend[2]);
-    if (pc.open)
-        fs_map_close(&pc.map);
+    phys_close(&pc);
     fputs("],\"zeroed\":[", f);
     rewind(zf);
     struct chunk_writer zw = {.f = f, .first = true};
@@ -379,7 +394,7 @@ static int write_chunks_diff(FILE *f, const struct snapshot_disk *d, const char 
         chunk_write(&zw, z[0], z[1], 0);
     fputs("]", f);
     bool first = false;
-    jw_kv_str(f, &first, "diff_mode", diff_mode_name(diff.mode));
+    jw_kv_str(f, &first, "diff_mode", method);
     if (ferror(cf) || ferror(zf))
         r = -EIO;
 out:
@@ -387,7 +402,6 @@ out:
         fclose(cf);
     if (zf)
         fclose(zf);
-    fs_diff_close(&diff);
     return r;
 }
 
@@ -400,9 +414,10 @@ static const struct snapshot_disk *snapshot_disk_find(const struct snapshot *s, 
 }
 
 /* One snapshot object.  base: compareTo snapshot or NULL. */
-static int write_snapshot(FILE *f, const struct snapshot *s, const struct chunk_opts *o,
-                          const struct snapshot *base)
+static int write_snapshot(struct server *srv, FILE *f, const struct snapshot *s,
+                          const struct chunk_opts *o, const struct snapshot *base)
 {
+    struct provider *p = server_provider(srv, s->provider);
     bool first = true;
     fputc('{', f);
     jw_kv_str(f, &first, "id", s->id);
@@ -422,7 +437,7 @@ static int write_snapshot(FILE *f, const struct snapshot *s, const struct chunk_
         bool df = true;
         fputs(i ? ",{" : "{", f);
         jw_kv_str(f, &df, "name", d->name);
-        jw_kv_str(f, &df, "path", d->path);
+        jw_kv_str(f, &df, "path", d->locator); /* 004: where the snapshot is */
         jw_kv_str(f, &df, "parent_path", d->parent_path);
         jw_kv_str(f, &df, "snapshot_id", s->id);
         jw_kv_str(f, &df, "snapshotID", s->id);
@@ -430,27 +445,30 @@ static int write_snapshot(FILE *f, const struct snapshot *s, const struct chunk_
         jw_kv_u64(f, &df, "size", d->size);
         jw_kv_str(f, &df, "change_id", d->change_id);
         jw_kv_str(f, &df, "snapshot_mode", d->mode);
-        char file_id[FS_FILE_ID_MAX];
-        CLEANUP_CLOSE int id_fd = fs_open_nofollow(d->path, O_PATH, 0);
-        if (id_fd >= 0 && fs_file_id_fd(id_fd, file_id) == 0)
-            jw_kv_str(f, &df, "file_id", file_id);
+        struct disk_reader *rd = NULL;
+        int r = p ? p->ops->disk_open(p, d->locator, 0, &rd) : -ENOENT;
+        if (r == 0 && rd->identity[0])
+            jw_kv_str(f, &df, "file_id", rd->identity);
         if (o->chunks) {
             fputc(',', f);
-            int r;
             const struct snapshot_disk *bd = base ? snapshot_disk_find(base, d->name) : NULL;
-            if (base && bd) {
-                r = write_chunks_diff(f, d, bd->path, o);
+            if (r < 0) {
+                /* reported below */
+            } else if (base && bd) {
+                r = write_chunks_diff(f, p, d, rd, bd->locator, o);
             } else {
                 fputs("\"chunks\":[", f);
-                r = write_chunks_full(f, d->path, d->size, o->squash);
+                r = write_chunks_full(f, rd, o->squash);
                 fputs(base ? "],\"zeroed\":[]" : "]", f);
             }
             if (r < 0) {
-                log_error("snapshot %s: disk %s: extent map of %s: %s", s->id, d->name, d->path,
-                          strerror(-r));
+                log_error("snapshot %s: disk %s: extent map of %s: %s", s->id, d->name, d->locator,
+                          p ? strerror(-r) : "its provider is not configured");
+                disk_reader_close(rd);
                 return r;
             }
         }
+        disk_reader_close(rd);
         fputc('}', f);
     }
     fputs("]}", f);
@@ -501,7 +519,7 @@ static int reply_snapshot_list(struct request *rq, snapshot_list *l)
     for (size_t i = 0; r == 0 && i < l->len; i++) {
         if (i)
             fputc(',', f);
-        r = write_snapshot(f, l->ptr[i], &opts, NULL);
+        r = write_snapshot(rq->srv, f, l->ptr[i], &opts, NULL);
     }
     fputc(']', f);
     if (r < 0) {
@@ -594,7 +612,7 @@ int route_snapshot_create(struct request *rq)
         return reply_errno(rq, -errno, "temporary file");
     }
     struct chunk_opts opts = {.chunks = chunks, .squash = true};
-    r = write_snapshot(f, snap, &opts, NULL);
+    r = write_snapshot(rq->srv, f, snap, &opts, NULL);
     snapshot_free(snap);
     if (r < 0) {
         fclose(f);
@@ -650,7 +668,7 @@ int route_snapshot_get(struct request *rq)
     }
     struct chunk_opts opts = {
         .chunks = chunks, .squash = squash, .zeroed_in_chunks = zeroed_in_chunks};
-    r = write_snapshot(f, snap, &opts, base);
+    r = write_snapshot(rq->srv, f, snap, &opts, base);
     snapshot_free(snap);
     snapshot_free(base);
     if (r < 0) {

@@ -6,11 +6,12 @@
 #include <string.h>
 
 #include "core/log.h"
+#include "server/disk_cache.h"
 #include "server/jobs.h"
 #include "server/server.h"
 #include "server/upload.h"
 
-int server_new(const struct daemon_config *cfg, struct server **out, char *err, size_t errlen)
+int server_new(const struct server_config *cfg, struct server **out, char *err, size_t errlen)
 {
     struct server *s = calloc(1, sizeof(*s));
     if (!s)
@@ -33,8 +34,10 @@ int server_new(const struct daemon_config *cfg, struct server **out, char *err, 
     }
     for (size_t i = 0; i < cfg->n_providers; i++) {
         const struct config_provider *cp = &cfg->providers[i];
-        struct provider_config pc = {
-            .name = cp->name, .settings = cp->settings, .n_settings = cp->n_settings};
+        struct provider_config pc = {.name = cp->name,
+                                     .settings = cp->settings,
+                                     .n_settings = cp->n_settings,
+                                     .block_hash = cfg->block_hash};
         char perr[512] = "";
         if ((r = provider_new(&pc, &s->providers[i], perr, sizeof(perr))) < 0) {
             snprintf(err, errlen, "%s: %s", cfg->file, perr[0] ? perr : strerror(-r));

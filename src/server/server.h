@@ -1,7 +1,8 @@
 /* The HTTP API server of vmexportd: state shared by the route handlers, and the entry points
  * the daemon calls.  http.c owns libmicrohttpd and routing; routes_*.c answer requests;
- * snapshot.c creates and deletes snapshots; upload.c keeps the uploads of new disks; metrics.c
- * counts. */
+ * snapshot.c creates and deletes snapshots through the providers; disk_cache.c keeps snapshot
+ * disks open between data requests; upload.c keeps the uploads of new disks; metrics.c counts.
+ * The server reaches disk data only through the providers (provider.h). */
 #ifndef VMEXPORT_SERVER_SERVER_H
 #define VMEXPORT_SERVER_SERVER_H
 
@@ -11,8 +12,8 @@
 #include <stdio.h>
 
 #include "catalog/catalog.h"
-#include "daemon/config.h"
 #include "provider/provider.h"
+#include "server/config.h"
 #include "server/auth.h"
 #include "server/metrics.h"
 
@@ -24,7 +25,7 @@ struct job_pool;
 struct deadline_watch;
 
 struct server {
-    const struct daemon_config *cfg;
+    const struct server_config *cfg;
     struct provider **providers;
     size_t n_providers;
     struct catalog *catalog;
@@ -34,11 +35,9 @@ struct server {
     char *cert_pem, *key_pem, *ca_pem;
     atomic_uint active_requests;
     struct uploads *uploads; /* upload.c */
-    /* routes_data.c: the disks of recently read snapshots, open, so that data requests skip
-     * the catalog.  An entry is used only while snapshots_gen has the value it had before the
-     * catalog said the snapshot was ready. */
+    /* disk_cache.h: the disks of recently read snapshots, open, so that data requests skip
+     * the catalog; emptied whenever a ready snapshot stops being ready. */
     struct disk_cache *disk_cache;
-    atomic_ullong snapshots_gen; /* bumped whenever a ready snapshot stops being ready */
     /* http.c: where routes that may block run (jobs.h): long operations (snapshots, diffs,
      * fsync) on their own pool, so that they never hold up logins and listings. */
     struct job_pool *jobs, *jobs_long;
@@ -49,16 +48,16 @@ struct server {
 
 /* Set up everything from the configuration (providers, catalog, auth) without changing any
  * snapshot or upload; err explains a failure. */
-int server_new(const struct daemon_config *cfg, struct server **out, char *err, size_t errlen);
+int server_new(const struct server_config *cfg, struct server **out, char *err, size_t errlen);
 /* Finish or remove the snapshots a crash left half-done, remove the partial files of uploads
  * that a crash or stop interrupted, start the upload registry, and listen. */
 int server_start(struct server *s, char *err, size_t errlen);
 /* Check what server_start would refuse in the TLS set-up without listening: the priority
  * string, the certificate and key files (parsable, the key matching the certificate), the CA. */
-int server_tls_check(const struct daemon_config *cfg, char *err, size_t errlen);
+int server_tls_check(const struct server_config *cfg, char *err, size_t errlen);
 /* The number of connections libmicrohttpd accepts at most: max_connections and a margin, on
  * which requests are answered 503 rather than the connection being dropped unanswered. */
-unsigned server_connection_hard_limit(const struct daemon_config *cfg);
+unsigned server_connection_hard_limit(const struct server_config *cfg);
 /* Stop accepting; wait up to grace seconds for running requests; stop. */
 void server_stop(struct server *s, unsigned grace);
 void server_free(struct server *s);
@@ -163,12 +162,6 @@ int route_transfer_cancel(struct request *rq);
 /* Find a VM among the providers: 0 and *vm (free with vm_free), -ENOENT. */
 int server_vm_get(struct server *s, const char *vm_id, struct vm **vm, struct provider **p);
 struct provider *server_provider(struct server *s, const char *name);
-
-/* routes_data.c: the cache of open snapshot disks.  new: 0 or a negative errno.  clear: forget
- * (and close, once no request reads them) every cached disk. */
-int disk_cache_new(struct disk_cache **out);
-void disk_cache_clear(struct disk_cache *c);
-void disk_cache_free(struct disk_cache *c);
 
 /* hook.c: run the hook cmd (words, NULL-terminated; NULL: none) with vm_id appended, what
  * ("freeze" or "thaw") in $VMEXPORT_HOOK, killed after timeout_s.  0; -ETIMEDOUT; -ECANCELED

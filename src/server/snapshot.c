@@ -1,36 +1,24 @@
 /* Taking and removing snapshots of whole VMs.
  *
- * A snapshot is all of a VM's snapshot-compatible disks or none: it is recorded as "creating",
- * each disk is cloned (reflink or hashed copy), and any failure removes the clones made so far
- * and the record.  A crash mid-way leaves a "creating" record that snapshot_recover() cleans at
- * the next start.  Freeze/thaw commands, when configured, run around the clones (hook.c).
- *
- * Other users may write to VM directories and even plant links in snapshot areas: every file
- * here is opened without following symlinks (fs/safeopen.h), and a disk is cloned from the file
- * the provider listed (same st_dev and st_ino) or not at all.
+ * A snapshot is all of a VM's snapshot-compatible disks or none: it is recorded as "creating"
+ * with the locators the provider gives its disks, the provider snapshots them (all or none,
+ * provider.h), and any failure removes the record.  A crash mid-way leaves a "creating" record
+ * that snapshot_recover() cleans at the next start.  Freeze/thaw commands, when configured, run
+ * around the provider's work (hook.c).  Removing a snapshot's disks, for a rollback, a
+ * deletion or a recovery, is snapshot_disks_remove() and the provider's snapshot_delete.
  */
-#include <dirent.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <inttypes.h>
 #include <openssl/rand.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <time.h>
-#include <unistd.h>
 
 #include "core/cleanup.h"
 #include "core/clock.h"
 #include "core/log.h"
-#include "fs/blockhash.h"
-#include "fs/clone.h"
-#include "fs/safeopen.h"
+#include "server/disk_cache.h"
 #include "server/server.h"
-
-/* Directories made for snapshots are private to the daemon. */
-#define SNAPSHOT_DIR_MODE 0700
 
 static int uuid4(char out[37])
 {
@@ -51,127 +39,6 @@ static uint64_t now_us(void)
     return (uint64_t)clock_monotonic_ns() / 1000u;
 }
 
-/* The directory that is to hold the snapshot disk path, created (mkdir -p, SNAPSHOT_DIR_MODE)
- * with no symlink followed, open; *name: path's last component. */
-static int open_disk_dir(const char *path, const char **name)
-{
-    const char *slash = strrchr(path, '/');
-    if (!slash || slash == path || !slash[1])
-        return -EINVAL;
-    CLEANUP_FREE char *dir = strndup(path, (size_t)(slash - path));
-    if (!dir)
-        return -ENOMEM;
-    *name = slash + 1;
-    return fs_mkdirs_nofollow(dir, SNAPSHOT_DIR_MODE);
-}
-
-/* Remove the temporary files of an unfinished clone of name in dfd that a crash left beside
- * it: the clone's "<disk>.vxtmp.XXXXXX" and its sidecar's "<disk>.vxhash.tmp.XXXXXX".  The
- * directory belongs to one snapshot, so nothing else there has those names. */
-static void remove_clone_temps(int dfd, const char *dir, const char *name)
-{
-    CLEANUP_FREE char *clone_tmp = NULL, *hash_tmp = NULL;
-    if (asprintf(&clone_tmp, "%s" CLONE_TMP_SUFFIX, name) < 0)
-        clone_tmp = NULL;
-    if (asprintf(&hash_tmp, "%s" BLOCKHASH_SUFFIX BLOCKHASH_TMP_SUFFIX, name) < 0)
-        hash_tmp = NULL;
-    if (!clone_tmp || !hash_tmp)
-        return;
-    int fd = fcntl(dfd, F_DUPFD_CLOEXEC, 0); /* fdopendir takes it */
-    DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
-    if (!d) {
-        if (fd >= 0)
-            close(fd);
-        return;
-    }
-    struct dirent *e;
-    while ((e = readdir(d)) != NULL) {
-        if (!strncmp(e->d_name, clone_tmp, strlen(clone_tmp)) ||
-            !strncmp(e->d_name, hash_tmp, strlen(hash_tmp))) {
-            if (unlinkat(dfd, e->d_name, 0) == 0)
-                log_warn("removed %s/%s, left by an interrupted snapshot", dir, e->d_name);
-        }
-    }
-    closedir(d);
-}
-
-/* rmdir of the absolute path dir when empty, without following symlinks; 0 when removed. */
-static int remove_empty_dir(const char *dir)
-{
-    const char *name;
-    CLEANUP_CLOSE int pfd = fs_open_parent_nofollow(dir, &name);
-    if (pfd < 0)
-        return pfd;
-    return unlinkat(pfd, name, AT_REMOVEDIR) < 0 ? -errno : 0;
-}
-
-/* Remove a snapshot disk file, its sidecar, temporary files of an interrupted clone and its
- * now-empty parent directories (up to two levels: <snapshot>/ and, for dir providers, <vm>/),
- * all without following a symlink: one planted in the snapshot area leads nowhere. */
-static int remove_disk_file(const char *path)
-{
-    const char *name;
-    CLEANUP_CLOSE int dfd = fs_open_parent_nofollow(path, &name);
-    if (dfd == -ENOENT)
-        return 0;
-    if (dfd < 0)
-        return dfd;
-    int r = 0;
-    if (unlinkat(dfd, name, 0) < 0 && errno != ENOENT)
-        r = -errno;
-    blockhash_remove_at(dfd, name);
-    CLEANUP_FREE char *dir = strndup(path, (size_t)(name - 1 - path));
-    if (!dir)
-        return r;
-    remove_clone_temps(dfd, dir, name);
-    if (remove_empty_dir(dir) == 0) {
-        char *slash = strrchr(dir, '/');
-        if (slash && slash != dir) {
-            *slash = '\0';
-            remove_empty_dir(dir); /* fails harmlessly when not empty */
-        }
-    }
-    return r;
-}
-
-/* Clone the VM disk vd into the snapshot disk d: from vd's file as listed, opened without
- * following symlinks, into d's directory made the same way. */
-static int clone_disk(struct server *s, const struct vm_disk *vd, struct snapshot_disk *d,
-                      const char *snap_id, char *err, size_t errlen)
-{
-    struct clone_result res;
-    const char *name;
-    CLEANUP_CLOSE int in = vd ? provider_disk_open(vd) : -ENOENT;
-    if (in < 0) {
-        snprintf(err, errlen, "snapshot %s: disk %s: opening %s: %s", snap_id, d->name,
-                 d->parent_path,
-                 in == -ELOOP    ? "a symlink is on the way; symlinks are not followed"
-                 : in == -ESTALE ? "it is no longer the file that was listed (replaced meanwhile)"
-                                 : strerror(-in));
-        return in;
-    }
-    CLEANUP_CLOSE int dfd = open_disk_dir(d->path, &name);
-    if (dfd < 0) {
-        snprintf(err, errlen, "snapshot %s: disk %s: creating the directory of %s: %s%s", snap_id,
-                 d->name, d->path, strerror(-dfd),
-                 dfd == -ELOOP ? " (a symlink in the snapshot area; symlinks are not followed)"
-                               : "");
-        return dfd;
-    }
-    enum clone_mode mode = !strcmp(d->mode, "reflink") ? CLONE_AUTO : CLONE_COPY;
-    int r = fs_clone_at(in, dfd, name, mode, s->cfg->block_hash, &res);
-    if (r < 0) {
-        snprintf(err, errlen, "snapshot %s: disk %s: cloning %s to %s: %s", snap_id, d->name,
-                 d->parent_path, d->path,
-                 r == -ENOSPC ? "no space left on the repository" : strerror(-r));
-        return r;
-    }
-    d->size = res.size;
-    free(d->mode);
-    d->mode = strdup(res.mode == CLONE_REFLINK ? "reflink" : "copy");
-    return d->mode ? 0 : -ENOMEM;
-}
-
 /* The disk of vm named name: snapshot disks are made from the VM's, one per name. */
 static const struct vm_disk *vm_disk_of(const struct vm *vm, const char *name)
 {
@@ -179,6 +46,55 @@ static const struct vm_disk *vm_disk_of(const struct vm *vm, const char *name)
         if (!strcmp(vm->disks.ptr[i].name, name))
             return &vm->disks.ptr[i];
     return NULL; /* not reached: snapshot_create made every snapshot disk from one of vm's */
+}
+
+/* The freeze/thaw hooks of the server, around the provider's snapshot (provider_quiesce). */
+struct quiesce {
+    struct server *s;
+    const char *vm_id;
+    const char *snap_id;
+};
+
+static int quiesce_freeze(void *opaque, char *err, size_t errlen)
+{
+    struct quiesce *q = opaque;
+    const struct server_config *cfg = q->s->cfg;
+    int r = hook_run(cfg->freeze_argv, q->vm_id, "freeze", cfg->hook_timeout);
+    if (r < 0)
+        snprintf(err, errlen, "VM %s: freeze command failed; no snapshot taken", q->vm_id);
+    return r;
+}
+
+static void quiesce_thaw(void *opaque, int result)
+{
+    struct quiesce *q = opaque;
+    const struct server_config *cfg = q->s->cfg;
+    int tr = hook_run(cfg->thaw_argv, q->vm_id, "thaw", cfg->hook_timeout);
+    if (result == 0 && tr < 0) {
+        /* The data is consistent (frozen while taken); a failed thaw is the operator's to see. */
+        log_warn("VM %s: thaw command failed after snapshot %s", q->vm_id, q->snap_id);
+    }
+}
+
+/* Remove the disks of snap with its provider p (-ENOENT: p is NULL, no longer configured);
+ * the first error, each logged. */
+static int snapshot_disks_remove(struct provider *p, const struct snapshot *snap)
+{
+    if (!p) {
+        log_error("snapshot %s: provider %s is not configured; its disks are left", snap->id,
+                  snap->provider);
+        return -ENOENT;
+    }
+    int first_err = 0;
+    for (size_t i = 0; i < snap->disks.len; i++) {
+        int e = p->ops->snapshot_delete(p, snap->disks.ptr[i].locator);
+        if (e < 0 && !first_err) {
+            first_err = e;
+            log_error("snapshot %s: removing %s: %s", snap->id, snap->disks.ptr[i].locator,
+                      strerror(-e));
+        }
+    }
+    return first_err;
 }
 
 bool snapshot_label_valid(const char *label)
@@ -227,10 +143,11 @@ int snapshot_create(struct server *s, struct provider *p, const struct vm *vm, c
         d.name = strdup(vd->name);
         d.parent_path = strdup(vd->path);
         d.repo_mountpoint = vd->repo_mountpoint ? strdup(vd->repo_mountpoint) : NULL;
-        d.mode = strdup(vd->snapshot_mode ? vd->snapshot_mode : "copy");
+        /* what the provider listed; its snapshot_create says what it did */
+        d.mode = strdup(vd->snapshot_mode ? vd->snapshot_mode : "");
         if (asprintf(&d.change_id, "%s/%zu", id, i) < 0)
             d.change_id = NULL;
-        r = p->ops->snapshot_path(p, vm, vd, id, &d.path);
+        r = p->ops->snapshot_locate(p, vm, vd, id, &d.locator);
         if (r < 0 || !d.name || !d.parent_path || !d.mode || !d.change_id ||
             snapshot_disk_list_append(&snap->disks, d) < 0) {
             free(d.name);
@@ -238,7 +155,7 @@ int snapshot_create(struct server *s, struct provider *p, const struct vm *vm, c
             free(d.repo_mountpoint);
             free(d.mode);
             free(d.change_id);
-            free(d.path);
+            free(d.locator);
             snprintf(err, errlen, "VM %s: disk %s: no snapshot location: %s", vm->id, vd->name,
                      strerror(r < 0 ? -r : ENOMEM));
             snapshot_free(snap);
@@ -250,41 +167,45 @@ int snapshot_create(struct server *s, struct provider *p, const struct vm *vm, c
         snapshot_free(snap);
         return -EINVAL;
     }
+    struct provider_snapshot_disk *pd = calloc(snap->disks.len, sizeof(*pd));
+    if (!pd) {
+        snapshot_free(snap);
+        return -ENOMEM;
+    }
+    for (size_t i = 0; i < snap->disks.len; i++) {
+        pd[i].disk = vm_disk_of(vm, snap->disks.ptr[i].name);
+        pd[i].locator = snap->disks.ptr[i].locator;
+    }
 
     if ((r = catalog_snapshot_add(s->catalog, snap)) < 0) {
         snprintf(err, errlen, "catalog: %s", strerror(-r));
+        free(pd);
         snapshot_free(snap);
         return r;
     }
-    if ((r = hook_run(s->cfg->freeze_argv, vm->id, "freeze", s->cfg->hook_timeout)) < 0) {
-        snprintf(err, errlen, "VM %s: freeze command failed; no snapshot taken", vm->id);
+    struct quiesce qs = {.s = s, .vm_id = vm->id, .snap_id = id};
+    struct provider_quiesce q = {.freeze = quiesce_freeze, .thaw = quiesce_thaw, .opaque = &qs};
+    r = p->ops->snapshot_create(p, vm, id, pd, snap->disks.len, &q, err, errlen);
+    for (size_t i = 0; r == 0 && i < snap->disks.len; i++) {
+        /* Sizes and modes became known while snapshotting. */
+        snap->disks.ptr[i].size = pd[i].size;
+        if (pd[i].mode) {
+            free(snap->disks.ptr[i].mode);
+            snap->disks.ptr[i].mode = TAKE_PTR(pd[i].mode);
+        }
+    }
+    for (size_t i = 0; i < snap->disks.len; i++)
+        free(pd[i].mode);
+    free(pd);
+    if (r < 0)
         goto rollback;
-    }
-    size_t done = 0;
-    for (; done < snap->disks.len; done++) {
-        struct snapshot_disk *d = &snap->disks.ptr[done];
-        if ((r = clone_disk(s, vm_disk_of(vm, d->name), d, id, err, errlen)) < 0)
-            break;
-    }
-    int tr = hook_run(s->cfg->thaw_argv, vm->id, "thaw", s->cfg->hook_timeout);
-    if (r == 0 && tr < 0) {
-        /* The data is consistent (frozen while cloned); a failed thaw is the operator's to see. */
-        log_warn("VM %s: thaw command failed after snapshot %s", vm->id, id);
-    }
-    if (r < 0) {
-        /* The disk that failed too: its temporary files and the directories made for it. */
-        for (size_t i = 0; i <= done && i < snap->disks.len; i++)
-            remove_disk_file(snap->disks.ptr[i].path);
-        goto rollback;
-    }
-    /* Sizes became known while cloning: record them with the final status, in one step. */
+    /* Record sizes and modes with the final status, in one step. */
     free(snap->status);
     snap->status = strdup("ready");
     r = snap->status ? catalog_snapshot_finish(s->catalog, snap) : -ENOMEM;
     if (r < 0) {
         snprintf(err, errlen, "catalog: %s", strerror(-r));
-        for (size_t i = 0; i < snap->disks.len; i++)
-            remove_disk_file(snap->disks.ptr[i].path);
+        snapshot_disks_remove(p, snap);
         goto rollback;
     }
     metrics_snapshot_created(&s->metrics, now_us() - t0);
@@ -307,20 +228,11 @@ int snapshot_delete(struct server *s, struct snapshot *snap)
     if (r < 0)
         return r;
     /* After the status change, so that no lookup from now on can cache it as ready; before the
-     * files go, so that the cache holds none of them open. */
-    atomic_fetch_add(&s->snapshots_gen, 1);
-    disk_cache_clear(s->disk_cache);
-    int first_err = 0;
-    for (size_t i = 0; i < snap->disks.len; i++) {
-        int e = remove_disk_file(snap->disks.ptr[i].path);
-        if (e < 0 && !first_err) {
-            first_err = e;
-            log_error("snapshot %s: removing %s: %s", snap->id, snap->disks.ptr[i].path,
-                      strerror(-e));
-        }
-    }
-    if (first_err)
-        return first_err; /* stays "deleting"; retried by the next delete or start */
+     * disks go, so that the cache holds none of them open. */
+    disk_cache_invalidate(s->disk_cache);
+    r = snapshot_disks_remove(server_provider(s, snap->provider), snap);
+    if (r < 0)
+        return r; /* stays "deleting"; retried by the next delete or start */
     if ((r = catalog_snapshot_remove(s->catalog, snap->id)) < 0)
         return r;
     atomic_fetch_add(&s->metrics.snapshots_deleted, 1);
@@ -335,6 +247,8 @@ int snapshot_recover(struct server *s)
         log_warn("snapshot %s of VM %s was left '%s' by a crash: removing it", l.ptr[i]->id,
                  l.ptr[i]->vm_id, l.ptr[i]->status);
         r = snapshot_delete(s, l.ptr[i]);
+        if (r == -ENOENT && !server_provider(s, l.ptr[i]->provider))
+            r = 0; /* logged; kept for when the provider is configured again */
     }
     snapshot_list_free(&l);
     return r;

@@ -23,14 +23,10 @@
 #include "core/cleanup.h"
 #include "core/clock.h"
 #include "core/hash.h"
-#include "fs/fsinfo.h"
-#include "fs/safeopen.h"
-#include "fs/zero.h"
+#include "core/hex.h"
 #include "core/log.h"
 #include "server/server.h"
 
-/* Partial files hold whole disks: private to the daemon until renamed into place. */
-#define UPLOAD_FILE_MODE 0600
 /* Partial file names: "upload-" and the first hex digits of SHA-256(tag, ID), ".partial". */
 #define PARTIAL_NAME_TAG    "vmexport upload partial file\n"
 #define PARTIAL_NAME_PREFIX "upload-"
@@ -38,8 +34,6 @@
 #define PARTIAL_NAME_DIGITS 32
 #define PARTIAL_NAME_MAX                                                                           \
     (sizeof(PARTIAL_NAME_PREFIX) + PARTIAL_NAME_DIGITS + sizeof(PARTIAL_NAME_SUFFIX))
-/* Names of partial files before they moved to the staging directory (recovery only). */
-#define LEGACY_PARTIAL_PREFIX ".vmexport-upload-"
 /* A transfer ID in a log line: its first UPLOAD_ID_LOGGED characters. */
 #define LOG_ID         "%.*s"
 #define LOG_ID_ARG(id) (int)UPLOAD_ID_LOGGED, (id)
@@ -62,16 +56,6 @@ struct uploads {
     unsigned max_writers;
 };
 
-/* unlink(path), without following a symlink on the way to it: 0 or a negative errno. */
-static int unlink_nofollow(const char *path)
-{
-    const char *name;
-    CLEANUP_CLOSE int dirfd = fs_open_parent_nofollow(path, &name);
-    if (dirfd < 0)
-        return dirfd;
-    return unlinkat(dirfd, name, 0) < 0 ? -errno : 0;
-}
-
 static uint64_t now_ms(void)
 {
     return (uint64_t)clock_monotonic_ns() / NS_PER_MS;
@@ -79,15 +63,10 @@ static uint64_t now_ms(void)
 
 static int transfer_id_new(char out[UPLOAD_ID_LEN + 1])
 {
-    static const char hex[] = "0123456789abcdef";
     uint8_t b[UPLOAD_ID_BYTES];
     if (RAND_bytes(b, sizeof(b)) != 1)
         return -EIO;
-    for (size_t i = 0; i < sizeof(b); i++) {
-        out[2 * i] = hex[b[i] >> 4];
-        out[2 * i + 1] = hex[b[i] & 0xf];
-    }
-    out[UPLOAD_ID_LEN] = '\0';
+    hex_encode(b, sizeof(b), out);
     return 0;
 }
 
@@ -115,8 +94,7 @@ static void transfer_free(struct transfer *t)
 {
     if (!t)
         return;
-    if (t->fd >= 0)
-        close(t->fd);
+    disk_writer_close(t->writer);
     free(t->provider);
     free(t->vm_id);
     free(t->disk);
@@ -148,8 +126,8 @@ static void transfer_discard(struct uploads *u, struct transfer *t, const char *
                  t->snapshot, t->disk, why);
         return;
     }
-    int e = unlink_nofollow(t->partial_path);
-    if (e < 0 && e != -ENOENT)
+    int e = t->writer->ops->remove(t->writer);
+    if (e < 0)
         log_error("upload " LOG_ID " of VM %s disk %s: removing %s: %s", LOG_ID_ARG(t->id),
                   t->vm_id, t->disk, t->partial_path, strerror(-e));
     int r = catalog_upload_remove(u->srv->catalog, t->id);
@@ -162,21 +140,24 @@ static void transfer_discard(struct uploads *u, struct transfer *t, const char *
 
 /* ---- recovery and the reaper ---- */
 
-/* Whether path is the partial file upload id would have: named after its ID's digest in a
- * staging directory, or (made by an earlier version) after the ID itself. */
-static bool is_partial_of(const char *path, const char *id)
+/* Remove the partial disk of rec with the providers that take uploads (records name no
+ * provider: each provider removes only partial disks of its own, named after their upload, and
+ * refuses others with -EPERM).  -ENOENT when no provider takes uploads. */
+static int upload_discard(struct server *s, const struct upload_record *rec)
 {
-    char name[PARTIAL_NAME_MAX],
-        legacy[sizeof(LEGACY_PARTIAL_PREFIX) + UPLOAD_ID_LEN + sizeof(PARTIAL_NAME_SUFFIX)];
-    const char *base = strrchr(path, '/');
-    if (!base || strlen(id) != UPLOAD_ID_LEN || partial_name(id, name) < 0)
-        return false;
-    size_t dir_len = (size_t)(base - path);
-    size_t staging_len = sizeof(PROVIDER_UPLOAD_STAGING_DIR) - 1;
-    bool in_staging = dir_len > staging_len && path[dir_len - staging_len - 1] == '/' &&
-                      !strncmp(base - staging_len, PROVIDER_UPLOAD_STAGING_DIR, staging_len);
-    snprintf(legacy, sizeof(legacy), "%s%s%s", LEGACY_PARTIAL_PREFIX, id, PARTIAL_NAME_SUFFIX);
-    return (in_staging && !strcmp(base + 1, name)) || !strcmp(base + 1, legacy);
+    char name[PARTIAL_NAME_MAX];
+    if (strlen(rec->id) != UPLOAD_ID_LEN || partial_name(rec->id, name) < 0)
+        return -EPERM;
+    int r = -ENOENT;
+    for (size_t i = 0; i < s->n_providers; i++) {
+        struct provider *p = s->providers[i];
+        if (!p->ops->upload_discard)
+            continue;
+        r = p->ops->upload_discard(p, rec->partial_path, rec->id, name);
+        if (r != -EPERM)
+            break;
+    }
+    return r;
 }
 
 /* Remove the partial files of uploads recorded by an earlier run: a crash or a stop ended
@@ -187,12 +168,11 @@ static int uploads_recover(struct uploads *u)
     int r = catalog_upload_list(u->srv->catalog, &l);
     for (size_t i = 0; r == 0 && i < l.len; i++) {
         const struct upload_record *rec = &l.ptr[i];
-        /* A damaged catalog must not make the daemon delete some other file: partial files
-         * are always named after their upload.  (An old-style name holds the ID of a transfer
-         * the restart ended: logging it gives away no credential.) */
-        bool ours = is_partial_of(rec->partial_path, rec->id);
-        int e = ours ? unlink_nofollow(rec->partial_path) : 0;
-        if (!ours) {
+        /* A damaged catalog must not make the daemon delete some other file: the provider
+         * removes only partial disks named after their upload.  (An old-style name holds the
+         * ID of a transfer the restart ended: logging it gives away no credential.) */
+        int e = upload_discard(u->srv, rec);
+        if (e == -EPERM) {
             log_error("upload " LOG_ID ": recorded partial file %s is not named after the "
                       "upload; left alone",
                       LOG_ID_ARG(rec->id), rec->partial_path);
@@ -373,33 +353,11 @@ static int transfer_register(struct uploads *u, struct transfer *t, char *err, s
     return r;
 }
 
-/* Make the partial file: recorded in the catalog first, so that no crash can leave a file
+/* Make the partial disk: recorded in the catalog first, so that no crash can leave a file
  * the next start does not know of. */
 static int transfer_make_file(struct uploads *u, struct transfer *t, bool *recorded, char *err,
                               size_t errlen)
 {
-    struct stat st;
-    const char *final_name, *partial_name;
-    CLEANUP_CLOSE int vmfd = fs_open_parent_nofollow(t->final_path, &final_name);
-    if (vmfd < 0 || fstatat(vmfd, final_name, &st, AT_SYMLINK_NOFOLLOW) == 0) {
-        int r = vmfd < 0 ? vmfd : -EEXIST;
-        if (r == -EEXIST)
-            snprintf(err, errlen, "VM '%s' already has a file named '%s'", t->vm_id, t->disk);
-        else
-            snprintf(err, errlen, "%s: %s%s", t->final_path, strerror(-r),
-                     r == -ELOOP ? " (a symlink on the way; symlinks are not followed)" : "");
-        return r;
-    }
-    if (errno != ENOENT) {
-        int r = -errno;
-        snprintf(err, errlen, "%s: %s", t->final_path, strerror(-r));
-        return r;
-    }
-    CLEANUP_CLOSE int stagefd = fs_open_parent_nofollow(t->partial_path, &partial_name);
-    if (stagefd < 0) {
-        snprintf(err, errlen, "%s: %s", t->partial_path, strerror(-stagefd));
-        return stagefd;
-    }
     CLEANUP_FREE char *created_at = clock_rfc3339_now();
     if (!created_at)
         return -ENOMEM;
@@ -418,35 +376,19 @@ static int transfer_make_file(struct uploads *u, struct transfer *t, bool *recor
         return r;
     }
     *recorded = true;
-    t->fd = openat(stagefd, partial_name, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
-                   UPLOAD_FILE_MODE);
-    if (t->fd < 0) {
-        r = -errno;
-        snprintf(err, errlen, "creating %s: %s", t->partial_path, strerror(-r));
-        return r;
-    }
-    if (ftruncate(t->fd, (off_t)t->size) < 0) {
-        r = -errno;
-        snprintf(err, errlen, "making %s %llu bytes long: %s", t->partial_path,
-                 (unsigned long long)t->size,
-                 r == -EFBIG || r == -EINVAL ? "too large for the filesystem" : strerror(-r));
-        unlinkat(stagefd, partial_name, 0);
-        return r == -EINVAL ? -EFBIG : r;
-    }
-    return 0;
+    return t->writer->ops->create(t->writer, t->size, err, errlen);
 }
 
 int upload_create(struct uploads *u, struct provider *p, const char *vm_id, const char *disk,
                   uint64_t size, struct transfer **out, char *err, size_t errlen)
 {
-    if (!p->ops->upload_paths) {
+    if (!p->ops->upload_open) {
         snprintf(err, errlen, "provider %s cannot create disks", p->name);
         return -EOPNOTSUPP;
     }
     struct transfer *t = calloc(1, sizeof(*t));
     if (!t)
         return -ENOMEM;
-    t->fd = -1;
     t->size = size;
     t->provider = strdup(p->name);
     t->vm_id = strdup(vm_id);
@@ -463,15 +405,10 @@ int upload_create(struct uploads *u, struct provider *p, const char *vm_id, cons
     char name[PARTIAL_NAME_MAX];
     r = partial_name(t->id, name);
     if (r == 0)
-        r = p->ops->upload_paths(p, vm_id, disk, name, &t->partial_path, &t->final_path);
-    if (r == -EINVAL)
-        snprintf(err, errlen, "provider %s cannot use VM '%s' with disk '%s' (bad name)", p->name,
-                 vm_id, disk);
-    else if (r == -ENOTDIR)
-        snprintf(err, errlen, "provider %s: VM '%s' is taken by something that is not a VM",
-                 p->name, vm_id);
-    else if (r < 0)
-        snprintf(err, errlen, "provider %s: VM '%s': %s", p->name, vm_id, strerror(-r));
+        r = p->ops->upload_open(p, vm_id, disk, name, &t->writer, err, errlen);
+    if (r == 0 && (!(t->partial_path = strdup(t->writer->partial)) ||
+                   !(t->final_path = strdup(t->writer->final))))
+        r = -ENOMEM;
     if (r == 0)
         r = transfer_make_file(u, t, &recorded, err, errlen);
 
@@ -504,7 +441,6 @@ int download_create(struct uploads *u, const char *provider, const char *vm_id, 
     if (!t)
         return -ENOMEM;
     t->direction = TRANSFER_DOWNLOAD;
-    t->fd = -1;
     t->size = size;
     t->provider = strdup(provider);
     t->vm_id = strdup(vm_id);
@@ -624,14 +560,14 @@ int upload_pwrite(struct transfer *t, const void *buf, size_t len, uint64_t offs
 {
     if (!in_disk(t, offset, len))
         return -ERANGE;
-    return fs_pwrite_all(t->fd, buf, len, offset);
+    return t->writer->ops->pwrite(t->writer, buf, len, offset);
 }
 
 int upload_zero(struct transfer *t, uint64_t offset, uint64_t length)
 {
     if (!in_disk(t, offset, length))
         return -ERANGE;
-    return fs_zero_range(t->fd, offset, length);
+    return t->writer->ops->zero(t->writer, offset, length);
 }
 
 /* r, remembered in t->wb_err when it is the transfer's first failure to get data onto the
@@ -647,8 +583,8 @@ static int wb_failed(struct transfer *t, int r)
 int upload_flush(struct transfer *t)
 {
     int r = atomic_load(&t->wb_err);
-    if (r == 0 && fdatasync(t->fd) < 0)
-        r = wb_failed(t, -errno);
+    if (r == 0)
+        r = wb_failed(t, t->writer->ops->flush(t->writer));
     return r;
 }
 
@@ -661,56 +597,7 @@ int upload_writeback(struct uploads *u, struct transfer *t, int slot, uint64_t o
     w->wb_start = offset;
     w->wb_len = length;
     pthread_mutex_unlock(&u->lock);
-    return wb_failed(t, fs_writeback_behind(t->fd, wb_start, wb_len, offset, length));
-}
-
-/* Publish partial as final, failing with -EEXIST rather than replacing anything. */
-static int rename_noreplace(const char *partial, const char *final)
-{
-    const char *pname, *fname;
-    CLEANUP_CLOSE int pfd = fs_open_parent_nofollow(partial, &pname);
-    if (pfd < 0)
-        return pfd;
-    CLEANUP_CLOSE int ffd = fs_open_parent_nofollow(final, &fname);
-    if (ffd < 0)
-        return ffd;
-    if (renameat2(pfd, pname, ffd, fname, RENAME_NOREPLACE) == 0)
-        return 0;
-    if (errno != EINVAL && errno != ENOSYS)
-        return -errno;
-    /* No RENAME_NOREPLACE here: link() never replaces either.  A crash between the two steps
-     * leaves both names; the next start removes the partial one. */
-    if (linkat(pfd, pname, ffd, fname, 0) < 0)
-        return -errno;
-    if (unlinkat(pfd, pname, 0) < 0)
-        log_warn("%s: removing after publishing it as %s: %s", partial, final, strerror(errno));
-    return 0;
-}
-
-static int fsync_parent(const char *path)
-{
-    const char *name;
-    CLEANUP_CLOSE int fd = fs_open_parent_nofollow(path, &name);
-    if (fd < 0)
-        return fd;
-    return fsync(fd) < 0 ? -errno : 0;
-}
-
-/* A disk published into a set-group-ID directory gets the directory's group, as a file made
- * there would have (it was made in the staging directory, which may not be set-group-ID): a
- * daemon running as its own user with group access to the VM directories keeps the disks in
- * that group.  Best effort: a failure is logged, the disk is still published. */
-static void inherit_setgid_group(struct transfer *t)
-{
-    const char *name;
-    CLEANUP_CLOSE int dirfd = fs_open_parent_nofollow(t->final_path, &name);
-    struct stat dir, st;
-    if (dirfd < 0 || fstat(dirfd, &dir) < 0 || !S_ISDIR(dir.st_mode) ||
-        !(dir.st_mode & S_ISGID) || fstat(t->fd, &st) < 0 || st.st_gid == dir.st_gid)
-        return;
-    if (fchown(t->fd, (uid_t)-1, dir.st_gid) < 0)
-        log_warn("upload %.8s: giving %s the group %u of its set-group-ID directory: %s", t->id,
-                 t->final_path, (unsigned)dir.st_gid, strerror(errno));
+    return wb_failed(t, t->writer->ops->writeback(t->writer, wb_start, wb_len, offset, length));
 }
 
 /* Back to ACTIVE after a finalize that could not publish the disk. */
@@ -750,29 +637,27 @@ int upload_finalize(struct uploads *u, struct transfer *t, char *err, size_t err
     if (r < 0)
         return r;
 
-    if ((r = atomic_load(&t->wb_err)) < 0 || (fsync(t->fd) < 0 && (r = wb_failed(t, -errno)))) {
+    if ((r = atomic_load(&t->wb_err)) < 0 ||
+        (r = wb_failed(t, t->writer->ops->sync(t->writer))) < 0) {
         snprintf(err, errlen, "flushing %s: %s", t->partial_path, strerror(-r));
         transfer_reactivate(u, t);
         return r;
     }
     /* Writes never reach past the disk, but something else may have changed the file. */
-    struct stat st;
-    if (fstat(t->fd, &st) < 0) {
-        r = -errno;
+    uint64_t size;
+    if ((r = t->writer->ops->size(t->writer, &size)) < 0) {
         snprintf(err, errlen, "%s: %s", t->partial_path, strerror(-r));
         transfer_reactivate(u, t);
         return r;
     }
-    if ((uint64_t)st.st_size != t->size) {
+    if (size != t->size) {
         snprintf(err, errlen,
                  "%s is %llu bytes, not the disk's %llu; not published (cancel the transfer)",
-                 t->partial_path, (unsigned long long)st.st_size, (unsigned long long)t->size);
+                 t->partial_path, (unsigned long long)size, (unsigned long long)t->size);
         transfer_reactivate(u, t);
         return -EFBIG;
     }
-    posix_fadvise(t->fd, 0, 0, POSIX_FADV_DONTNEED); /* clean now: leave the cache to the VMs */
-    inherit_setgid_group(t);
-    if ((r = rename_noreplace(t->partial_path, t->final_path)) < 0) {
+    if ((r = t->writer->ops->publish(t->writer)) < 0) {
         if (r == -EEXIST)
             snprintf(err, errlen,
                      "a file named '%s' appeared in VM '%s' during the upload; cancel this "
@@ -784,16 +669,7 @@ int upload_finalize(struct uploads *u, struct transfer *t, char *err, size_t err
         transfer_reactivate(u, t);
         return r;
     }
-    int e = fsync_parent(t->final_path);
-    if (e < 0)
-        log_warn("upload " LOG_ID ": syncing the directory of %s: %s", LOG_ID_ARG(t->id),
-                 t->final_path, strerror(-e));
-    /* The staging directory too: its partial file must not come back after a crash, when the
-     * catalog no longer knows of it. */
-    if ((e = fsync_parent(t->partial_path)) < 0)
-        log_warn("upload " LOG_ID ": syncing the directory of %s: %s", LOG_ID_ARG(t->id),
-                 t->partial_path, strerror(-e));
-    e = catalog_upload_remove(u->srv->catalog, t->id);
+    int e = catalog_upload_remove(u->srv->catalog, t->id);
     if (e < 0 && e != -ENOENT)
         log_error("upload " LOG_ID ": removing its catalog record: %s (removed at the next start)",
                   LOG_ID_ARG(t->id), strerror(-e));

@@ -6,12 +6,12 @@
  * partial file renamed to the disk), cancelled, or left without requests for [upload]
  * idle_timeout seconds (a reaper thread then removes it).  Each is recorded in the catalog from
  * before its partial file exists until after it is gone, so that the next start removes what a
- * crash left (uploads_open).  Partial files are named by a digest of the ID, never the ID, in the
- * provider's private staging directory (provider.h).  Writers of one transfer run in parallel on
- * disjoint ranges; one whose range overlaps another's in flight is refused.  A download is made
- * by POST /api/v1/vms/{vm}/downloads, names a snapshot's disk, has no file of its own and is not
- * recorded in the catalog; it ends when cancelled or idle, as an upload.  All functions are
- * thread-safe.
+ * crash left (uploads_open).  Partial disks are named by a digest of the ID, never the ID, in the
+ * provider's private staging area; the provider writes them (provider.h, disk_writer).  Writers of
+ * one transfer run in parallel on disjoint ranges; one whose range overlaps another's in flight is
+ * refused.  A download is made by POST /api/v1/vms/{vm}/downloads, names a snapshot's disk, has no
+ * file of its own and is not recorded in the catalog; it ends when cancelled or idle, as an upload.
+ * All functions are thread-safe.
  */
 #ifndef VMEXPORT_SERVER_UPLOAD_H
 #define VMEXPORT_SERVER_UPLOAD_H
@@ -60,10 +60,10 @@ struct transfer {
     char *vm_id;
     char *disk;
     char *snapshot;     /* downloads: the snapshot whose disk is read */
-    char *partial_path; /* uploads only, as final_path, fd and the writers */
-    char *final_path;
+    char *partial_path; /* uploads only, as final_path, writer and the writers: the */
+    char *final_path;   /* provider's locators of the partial disk and of the disk */
     uint64_t size;
-    int fd; /* the partial file, read-write */
+    struct disk_writer *writer; /* the provider's, of the partial disk */
     /* The transfer's first failure to get written data onto the disk (writeback, fdatasync or
      * fsync: a negative errno), or 0.  Sticky: the kernel reports such an error once per file,
      * and the data it concerns may belong to a write answered already, so every later flush
@@ -120,7 +120,7 @@ int upload_zero(struct transfer *t, uint64_t offset, uint64_t length);
 int upload_flush(struct transfer *t);
 /* After a write of [offset, offset + length) in slot: wait until the slot's previous write is
  * on the disk and drop it from the page cache, and start writeback of this one, so an upload
- * keeps only a window of the disk cached on the host (fs_writeback_behind).  0 or a negative
+ * keeps only a window of the disk cached on the host (disk_writer_ops.writeback).  0 or a negative
  * errno of the earlier writeback. */
 int upload_writeback(struct uploads *u, struct transfer *t, int slot, uint64_t offset,
                      uint64_t length);

@@ -18,7 +18,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     assert(write(fd, data, size) == (ssize_t)size);
     char path[64];
     snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
-    struct daemon_config cfg;
+    struct server_config cfg;
     char err[512] = "";
     int r = config_load(&cfg, path, err, sizeof(err));
     if (r < 0)

@@ -32,7 +32,7 @@
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 static struct server *srv;
-static struct daemon_config cfg; /* the server's (it keeps pointers into it) */
+static struct server_config cfg; /* the server's (it keeps pointers into it) */
 static unsigned port;
 static char workdir[64]; /* the server's files, removed at exit */
 static char token[2048], snap[64], xfer[128];

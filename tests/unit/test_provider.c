@@ -618,22 +618,22 @@ static void test_dir_snapshot_path(void **state)
     assert_int_equal(f->p->ops->get(f->p, "alpha", &f->vm), 0);
     const struct vm_disk *d = find_disk(f->vm, "b.raw");
     assert_non_null(d);
-    assert_int_equal(f->p->ops->snapshot_path(f->p, f->vm, d, "snap-1", &f->path), 0);
+    assert_int_equal(f->p->ops->snapshot_locate(f->p, f->vm, d, "snap-1", &f->path), 0);
     assert_string_equal(f->path, fx(f, "root/%s/alpha/snap-1/b.raw", DEFAULT_SNAPSHOT_DIR));
 
     char *out = NULL;
     const char *bad_snaps[] = {"", ".", "..", "a/b", "../../x"};
     for (size_t i = 0; i < sizeof(bad_snaps) / sizeof(bad_snaps[0]); i++) {
-        assert_int_equal(f->p->ops->snapshot_path(f->p, f->vm, d, bad_snaps[i], &out), -EINVAL);
+        assert_int_equal(f->p->ops->snapshot_locate(f->p, f->vm, d, bad_snaps[i], &out), -EINVAL);
         assert_null(out);
     }
     /* A VM or disk that list could not have returned. */
     struct vm forged = *f->vm;
     forged.id = "..";
-    assert_int_equal(f->p->ops->snapshot_path(f->p, &forged, d, "s", &out), -EINVAL);
+    assert_int_equal(f->p->ops->snapshot_locate(f->p, &forged, d, "s", &out), -EINVAL);
     struct vm_disk forged_disk = *d;
     forged_disk.name = "../b.raw";
-    assert_int_equal(f->p->ops->snapshot_path(f->p, f->vm, &forged_disk, "s", &out), -EINVAL);
+    assert_int_equal(f->p->ops->snapshot_locate(f->p, f->vm, &forged_disk, "s", &out), -EINVAL);
     assert_null(out);
 
     /* Only a path: nothing was created. */
@@ -658,7 +658,7 @@ static void test_dir_snapshot_dir(void **state)
     assert_false(is_dir(fx(f, "root/%s", DEFAULT_SNAPSHOT_DIR)));
 
     assert_int_equal(f->p->ops->get(f->p, "alpha", &f->vm), 0);
-    assert_int_equal(f->p->ops->snapshot_path(f->p, f->vm, &f->vm->disks.ptr[0], "s", &f->path), 0);
+    assert_int_equal(f->p->ops->snapshot_locate(f->p, f->vm, &f->vm->disks.ptr[0], "s", &f->path), 0);
     assert_string_equal(f->path, fx(f, "root/snaps/alpha/s/a.img"));
     assert_string_equal(f->vm->disks.ptr[0].snapshot_mode, expected_mode(fx(f, "root/snaps")));
 
@@ -943,33 +943,33 @@ static void test_ovm_snapshot_path(void **state)
 
     assert_int_equal(f->p->ops->get(f->p, "vm-multi", &f->vm), 0);
     const struct vm_disk *b1 = find_disk(f->vm, "b1.img"), *a3 = find_disk(f->vm, "a3.img");
-    assert_int_equal(f->p->ops->snapshot_path(f->p, f->vm, b1, "snap-1", &out), 0);
+    assert_int_equal(f->p->ops->snapshot_locate(f->p, f->vm, b1, "snap-1", &out), 0);
     assert_string_equal(out, fx(f, "B/CoriolisSnapshots/snap-1/b1.img"));
     free(out);
-    assert_int_equal(f->p->ops->snapshot_path(f->p, f->vm, a3, "snap-1", &out), 0);
+    assert_int_equal(f->p->ops->snapshot_locate(f->p, f->vm, a3, "snap-1", &out), 0);
     assert_string_equal(out, fx(f, "A/CoriolisSnapshots/snap-1/a3.img"));
     free(out);
     out = NULL;
 
     const char *bad_snaps[] = {"", ".", "..", "a/b"};
     for (size_t i = 0; i < sizeof(bad_snaps) / sizeof(bad_snaps[0]); i++)
-        assert_int_equal(f->p->ops->snapshot_path(f->p, f->vm, b1, bad_snaps[i], &out), -EINVAL);
+        assert_int_equal(f->p->ops->snapshot_locate(f->p, f->vm, b1, bad_snaps[i], &out), -EINVAL);
     struct vm forged = *f->vm;
     forged.id = "../x";
-    assert_int_equal(f->p->ops->snapshot_path(f->p, &forged, b1, "s", &out), -EINVAL);
+    assert_int_equal(f->p->ops->snapshot_locate(f->p, &forged, b1, "s", &out), -EINVAL);
     struct vm_disk forged_disk = *b1;
     forged_disk.repo_mountpoint = "/tmp";
-    assert_int_equal(f->p->ops->snapshot_path(f->p, f->vm, &forged_disk, "s", &out), -EINVAL);
+    assert_int_equal(f->p->ops->snapshot_locate(f->p, f->vm, &forged_disk, "s", &out), -EINVAL);
     forged_disk = *b1;
     forged_disk.name = "..";
-    assert_int_equal(f->p->ops->snapshot_path(f->p, f->vm, &forged_disk, "s", &out), -EINVAL);
+    assert_int_equal(f->p->ops->snapshot_locate(f->p, f->vm, &forged_disk, "s", &out), -EINVAL);
     assert_null(out);
 
     /* A disk that cannot be snapshotted has no snapshot path. */
     vm_free(f->vm);
     f->vm = NULL;
     assert_int_equal(f->p->ops->get(f->p, "vm-phy", &f->vm), 0);
-    assert_int_equal(f->p->ops->snapshot_path(f->p, f->vm, find_disk(f->vm, "x"), "s", &out),
+    assert_int_equal(f->p->ops->snapshot_locate(f->p, f->vm, find_disk(f->vm, "x"), "s", &out),
                      -EOPNOTSUPP);
     assert_null(out);
     assert_false(is_dir(fx(f, "A/CoriolisSnapshots")));

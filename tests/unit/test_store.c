@@ -444,6 +444,56 @@ static void test_mem_repo(void **state)
     repo_close(r);
 }
 
+/* A backup writer whose lease ran out (a stalled process on a store without process-death
+ * detection) must not commit: gc may have taken the lock meanwhile and deleted chunks the
+ * backup references.  Its manifests and commit renew the lease while it is alive. */
+static void test_mem_repo_lease_lost(void **state)
+{
+    struct store *s = ((struct fixture *)*state)->s;
+    struct repo *r = NULL;
+    struct backup_writer *w = NULL;
+    char err[256] = "";
+    struct repo_init_options opt = {.chunk_size = REPO_MIN_CHUNK_SIZE};
+    struct manifest m;
+
+    assert_int_equal(repo_init_store(s, &opt, err, sizeof(err)), 0);
+    assert_int_equal(repo_open_store(s, NULL, &r, err, sizeof(err)), 0);
+    assert_int_equal(manifest_new(&m, "sda", 100, REPO_MIN_CHUNK_SIZE), 0);
+
+    /* Alive: each manifest renews, so a run longer than one lease commits. */
+    assert_int_equal(repo_backup_begin(r, "vm", 1700000000, 0, &w, err, sizeof(err)), 0);
+    store_mem_advance(s, REPO_LEASE_SECONDS - 1);
+    assert_int_equal(repo_backup_add_disk(w, &m), 0);
+    store_mem_advance(s, REPO_LEASE_SECONDS - 1);
+    struct backup info = {0};
+    assert_int_equal(repo_backup_commit(w, &info), 0);
+    free(info.id);
+    free(info.vm_id);
+    for (size_t i = 0; i < info.disks.len; i++) {
+        free(info.disks.ptr[i].name);
+        free(info.disks.ptr[i].change_id);
+        free(info.disks.ptr[i].manifest);
+    }
+    backup_disk_list_reset(&info.disks);
+
+    /* Stalled past its lease: gc gets the lock, and the writer may no longer write. */
+    assert_int_equal(repo_backup_begin(r, "vm", 1700000100, 0, &w, err, sizeof(err)), 0);
+    assert_int_equal(repo_lock(r, true, 0, err, sizeof(err)), -EBUSY);
+    store_mem_advance(s, REPO_LEASE_SECONDS + 1);
+    struct gc_stats gs;
+    assert_int_equal(repo_gc(r, false, &gs, err, sizeof(err)), 0);
+    assert_int_equal(gs.partial_backups_removed, 1);
+    assert_int_equal(repo_backup_add_disk(w, &m), -ETIMEDOUT);
+    repo_backup_abort(w);
+    backup_list l = VECTOR_INIT;
+    assert_int_equal(repo_backup_list(r, "vm", &l), 0);
+    assert_int_equal(l.len, 1);
+    backup_list_free(&l);
+
+    manifest_free(&m);
+    repo_close(r);
+}
+
 int main(void)
 {
 #define BOTH(fn)                                                                                   \
@@ -451,8 +501,9 @@ int main(void)
         cmocka_unit_test_prestate_setup_teardown(fn, setup_mem, teardown, NULL)
 #define MEM(fn) cmocka_unit_test_prestate_setup_teardown(fn, setup_mem, teardown, NULL)
     const struct CMUnitTest tests[] = {
-        BOTH(test_put_get), BOTH(test_staged),          BOTH(test_list),      BOTH(test_prefixes),
-        BOTH(test_locks),   MEM(test_mem_lease_expiry), MEM(test_mem_faults), MEM(test_mem_repo),
+        BOTH(test_put_get),   BOTH(test_staged),  BOTH(test_list),
+        BOTH(test_prefixes),  BOTH(test_locks),   MEM(test_mem_lease_expiry),
+        MEM(test_mem_faults), MEM(test_mem_repo), MEM(test_mem_repo_lease_lost),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,0 +1,77 @@
+/* The backup engine: one VM from vmexportd into a repository, as a function.
+ *
+ * backup_run() takes a snapshot of the VM on the server, asks the server what changed since
+ * the snapshot of the VM's previous backup in the repository (GET snapshot with compareTo and
+ * zeroedInChunks=false: the changed data, and apart from it the ranges that became zeros), or
+ * for a first or full backup which ranges hold data at all, reads only those through a source
+ * (source.h: https or local), lays them over the previous backup's chunks (or zeros), and
+ * stores every touched chunk; every other chunk comes from the previous manifest.  Each backup
+ * is thus a synthetic full: it restores on its own and can be pruned independently.
+ *
+ * It prints nothing and never exits: it returns 0 or a negative errno, fills a result (figures,
+ * IDs, and on failure a message naming the thing and the cause), and reports progress and
+ * warnings through optional callbacks, so that tests can drive it without a terminal.
+ */
+#ifndef VMEXPORT_BACKUP_BACKUP_H
+#define VMEXPORT_BACKUP_BACKUP_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+struct client;
+struct repo;
+
+/* Parallel connections / fetch threads: at most this many. */
+#define BACKUP_MAX_JOBS 64
+/* Seconds a backup waits for another backup of the same VM to finish. */
+#define BACKUP_VM_LOCK_TIMEOUT 600
+/* Size of the result's message buffer. */
+#define BACKUP_ERROR_MAX 1024
+
+/* How a backup reads the snapshot's bytes. */
+enum backup_transport {
+    BACKUP_TRANSPORT_AUTO,  /* local where the snapshot file is the server's, else https */
+    BACKUP_TRANSPORT_HTTPS, /* through the server */
+    BACKUP_TRANSPORT_LOCAL, /* the snapshot files on this host; fails where that is not possible */
+};
+
+struct backup_options {
+    struct repo *repo;
+    struct client *client; /* to the server; duplicated for the fetch threads */
+    const char *server;    /* the server's URL, recorded in the backup; may be NULL */
+    const char *vm;
+    bool full;               /* read every allocated range even when a base exists */
+    unsigned jobs;           /* fetch threads and connections, 1 .. BACKUP_MAX_JOBS */
+    unsigned keep_snapshots; /* server snapshots this repository keeps as bases */
+    enum backup_transport transport;
+    int64_t now; /* the backup's time (seconds since the epoch) */
+    /* Optional.  start: the bytes the backup will read (called once, before reading);
+     * progress: bytes done, from any worker thread; warn: a message (the backup goes on). */
+    void (*start)(void *opaque, uint64_t total);
+    void (*progress)(void *opaque, uint64_t bytes);
+    void (*warn)(void *opaque, const char *msg);
+    void *opaque;
+};
+
+struct backup_result {
+    char *backup_id;            /* malloc'd: the committed backup */
+    char *snapshot_id;          /* malloc'd: the server snapshot it was read from */
+    bool incremental;           /* it had a previous backup of the VM as its base */
+    const char *transport;      /* "https", "local", or "mixed" across disks */
+    uint64_t bytes_read;        /* of the disks */
+    uint64_t bytes_transferred; /* over https (blocks of zeros are not sent) */
+    uint64_t bytes_written;     /* into the repository */
+    uint64_t chunks_new, chunks_reused, chunks_fetched;
+    double seconds;
+    char error[BACKUP_ERROR_MAX]; /* on failure: what failed and why */
+};
+
+/* Back up o->vm.  0, or a negative errno with res->error set.  Free res with
+ * backup_result_free either way. */
+int backup_run(const struct backup_options *o, struct backup_result *res);
+void backup_result_free(struct backup_result *res);
+
+/* A --transport argument ("auto", "https", "local"): 0, or -EINVAL. */
+int backup_transport_parse(const char *s, enum backup_transport *out);
+
+#endif

@@ -1,0 +1,68 @@
+/* A source: how the backup engine reads the bytes of one snapshot disk, like nbdcopy's rw_ops.
+ *
+ * The daemon always takes the snapshot and reports what changed (backup.c asks it through
+ * client/); a source only reads.  It is opened from what the daemon said about the disk
+ * (struct source_disk), reads ranges into the engine's buffers from several fetch threads at
+ * once (thread i passes worker i, below the number of workers it was opened for), and closes.
+ * Each way of reading is one file:
+ *   - source_https.c: Range requests through the daemon, one connection per fetch thread;
+ *   - source_local.c: the snapshot file itself, on the daemon's host (O_DIRECT), only when its
+ *     identity and size are the daemon's.
+ * NBD (a QEMU export) and RBD come next, each one more file.
+ */
+#ifndef VMEXPORT_BACKUP_SOURCE_H
+#define VMEXPORT_BACKUP_SOURCE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct client;
+
+/* What the daemon said about one disk of a snapshot. */
+struct source_disk {
+    const char *vm, *snapshot, *name;
+    uint64_t size;
+    const char *path;    /* the disk's file on the daemon's host; NULL when not said */
+    const char *file_id; /* that file's identity (fs_file_id_fd); NULL when not said */
+};
+
+struct source;
+
+struct source_ops {
+    const char *name; /* "https", "local": the transport a backup reports */
+    /* Read exactly len bytes at off into buf, on behalf of fetch thread worker.  0, or a
+     * negative errno (-ENODATA: the disk ended early) with the cause in why. */
+    int (*pread)(struct source *s, unsigned worker, void *buf, uint64_t len, uint64_t off,
+                 char *why, size_t whylen);
+    void (*close)(struct source *s);
+};
+
+/* The part every source shares; each implementation embeds it first. */
+struct source {
+    const struct source_ops *ops;
+    uint64_t size;
+};
+
+static inline int source_pread(struct source *s, unsigned worker, void *buf, uint64_t len,
+                               uint64_t off, char *why, size_t whylen)
+{
+    return s->ops->pread(s, worker, buf, len, off, why, whylen);
+}
+
+static inline void source_close(struct source *s)
+{
+    if (s)
+        s->ops->close(s);
+}
+
+/* Read through the daemon: fetch thread i uses clients[i] (nclients of them, owned by the
+ * caller, alive until the source is closed). */
+int source_https_open(const struct source_disk *d, struct client *const *clients, unsigned nclients,
+                      struct source **out, char *why, size_t whylen);
+
+/* Read the snapshot file on this host; fails (-ENOENT, -ESTALE ...) with the reason in why when
+ * the daemon named no file, it cannot be opened, or it is not the daemon's (another identity,
+ * another size). */
+int source_local_open(const struct source_disk *d, struct source **out, char *why, size_t whylen);
+
+#endif

@@ -1,0 +1,167 @@
+/* vmexport restore: the disks of a backup back to files (the engine in backup/restore.c) or,
+ * with --upload, to a host through vmexportd's upload API (cli/upload.c). */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backup/restore.h"
+#include "cli/cli.h"
+#include "cli/progress.h"
+#include "cli/repo_open.h"
+#include "cli/upload.h"
+#include "core/jsonw.h"
+
+/* Restore threads (reading, checking, decompressing and writing chunks) and upload
+ * connections unless --jobs says otherwise. */
+#define RESTORE_DEFAULT_JOBS 4
+#define UPLOAD_DEFAULT_JOBS  2
+
+/* The engine's progress on the command line's bar (or JSON progress lines). */
+static void on_disk_begin(void *opaque, const char *disk, uint64_t size)
+{
+    struct progress *p = opaque;
+    (void)disk;
+    progress_init(p, "restore", size, p->json);
+}
+
+static void on_advance(void *opaque, uint64_t bytes)
+{
+    progress_add(opaque, bytes);
+}
+
+static void on_disk_end(void *opaque, const char *disk)
+{
+    (void)disk;
+    progress_finish(opaque);
+}
+
+static void print_restored(const struct backup *b, const struct restored_disk *d, bool json)
+{
+    if (!json) {
+        char sz[32];
+        printf("restored disk %s of backup %s to %s (%s)\n", d->disk, b->id, d->dest,
+               cli_bytes(d->size, sz, sizeof(sz)));
+        return;
+    }
+    bool first = true;
+    putchar('{');
+    jw_kv_str(stdout, &first, "type", "restored");
+    jw_kv_str(stdout, &first, "backup", b->id);
+    jw_kv_str(stdout, &first, "disk", d->disk);
+    jw_kv_str(stdout, &first, "to", d->dest);
+    jw_kv_u64(stdout, &first, "size", d->size);
+    puts("}");
+}
+
+static const struct cli_option restore_options[] = {
+    {"disk", 'd', "NAME", "only this disk"},
+    {"to", 't', "FILE|DIR", "destination file or directory"},
+    {"upload", 'u', "VM", "upload to the server instead (connection options below)"},
+    {"force", 'f', NULL, "replace existing files"},
+    {NULL, 0, NULL, NULL},
+};
+
+static int restore_cmd(int argc, char **argv)
+{
+    const char *disk = NULL, *to = NULL, *upload_vm = NULL;
+    bool force = false;
+    struct cli_args a = {0};
+    int c;
+    while ((c = cli_next(&a, &cmd_restore, argc, argv)) > 0) {
+        if (c == 'd')
+            disk = a.arg;
+        else if (c == 't')
+            to = a.arg;
+        else if (c == 'u')
+            upload_vm = a.arg;
+        else if (c == 'f')
+            force = true;
+    }
+    if (c == CLI_EXIT)
+        return a.status;
+    bool json = a.json;
+    unsigned jobs = a.jobs;
+    int first = a.first;
+    if (argc - first != 1)
+        return cli_usage_error(&cmd_restore, "expected one BACKUP id");
+    if (!to == !upload_vm)
+        return cli_usage_error(&cmd_restore, "give one of --to FILE|DIR and --upload VM");
+    if (!jobs)
+        jobs = upload_vm ? UPLOAD_DEFAULT_JOBS : RESTORE_DEFAULT_JOBS;
+    struct repo *repo = cli_open_repo("restore", a.repo, a.passphrase_file);
+    if (!repo)
+        return EXIT_FAIL;
+    struct backup *b = NULL;
+    char err[512];
+    if (restore_find_backup(repo, argv[first], disk, CLI_LOCK_TIMEOUT, &b, err,
+                            sizeof(err)) < 0) {
+        fprintf(stderr, "vmexport restore: %s\n", err);
+        repo_close(repo);
+        return EXIT_FAIL;
+    }
+    int ret;
+    if (upload_vm) {
+        ret = upload_backup("restore", repo, b, disk, upload_vm, jobs, json);
+    } else {
+        struct progress bar = {.json = json};
+        struct restore_options o = {
+            .repo = repo,
+            .backup = b,
+            .disk = disk,
+            .to = to,
+            .force = force,
+            .jobs = jobs,
+            .handle_signals = true,
+            .progress = {.disk_begin = on_disk_begin, .advance = on_advance,
+                         .disk_end = on_disk_end, .opaque = &bar},
+        };
+        struct restore_result res;
+        ret = restore_run(&o, &res) < 0 ? EXIT_FAIL : EXIT_OK;
+        if (ret != EXIT_OK) {
+            fprintf(stderr, "vmexport restore: %s\n", res.err);
+            if (res.started)
+                fprintf(stderr, "vmexport restore: nothing was written to %s\n", to);
+        }
+        for (size_t i = 0; i < res.disks.len; i++)
+            print_restored(b, &res.disks.ptr[i], json);
+        restore_result_free(&res);
+    }
+    backup_free(b);
+    repo_close(repo);
+    return ret;
+}
+
+const struct cli_command cmd_restore = {
+    .name = "restore",
+    .summary = "restore a backup's disks to files",
+    .run = restore_cmd,
+    .usage =
+        "Usage: vmexport restore --repo PATH BACKUP [--disk NAME] --to FILE|DIR [--force]\n"
+        "                        [--jobs N] [--json]\n"
+        "       vmexport restore --repo PATH BACKUP [--disk NAME] --upload VM [--jobs N]\n"
+        "\n"
+        "With --upload, the disks are written back to a host through vmexportd's upload API\n"
+        "into VM (created when missing; existing disks are never overwritten): data chunks\n"
+        "as ranged PUTs from N connections, zero ranges as PATCH zero requests, then the\n"
+        "transfer is finalized; on failure it is cancelled and no disk appears.\n"
+        "\n"
+        "Write the disks of BACKUP as sparse raw files.  With one disk (or --disk), --to\n"
+        "names the file (or an existing directory to put it in); otherwise --to is a\n"
+        "directory that receives one file per disk, named after the disk.  Every chunk's\n"
+        "checksum (and, when encrypted, authentication tag) is checked; on any error nothing\n"
+        "is left at the destination: every disk is first written under a temporary name\n"
+        "next to its destination (DEST.vxrestore.tmp.XXXXXX, mode 0600), and only when all\n"
+        "are complete are they renamed into place; with --force an existing file is\n"
+        "swapped out and removed only then, so a failure leaves it as it was.\n"
+        "What is written leaves the page cache once it is on the disk: restoring a big disk\n"
+        "does not push the host's cached data out.\n",
+    .common = CLI_REPO | CLI_PASSPHRASE | CLI_JSON | CLI_JOBS | CLI_CONNECTION,
+    .options = restore_options,
+    .json_short = 'J',
+    .jobs_short = 'j',
+    .jobs_max = RESTORE_MAX_JOBS,
+    .json_help = "progress and results as JSON lines",
+    .jobs_help = "parallel readers (default 4 with --to, 2 with --upload)",
+    .epilog = "Exit status: 0 success, 1 failure (damaged or missing data, existing file), 2 "
+              "usage.\n",
+};
