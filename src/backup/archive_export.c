@@ -14,8 +14,6 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <jansson.h>
-#include <openssl/evp.h>
-#include <stdarg.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -24,9 +22,11 @@
 #include <time.h>
 
 #include "backup/archive_lib.h"
+#include "core/base64.h"
 #include "core/cleanup.h"
 #include "core/hash.h"
 #include "core/pool.h"
+#include "core/text.h"
 #include "repo/repo.h"
 
 /* Longest member name written: the ustar name field holds 100 bytes with its terminator, and
@@ -90,18 +90,11 @@ struct exporter {
 /* XML text or attribute value: escaped, control characters and invalid UTF-8 replaced. */
 static void xml_put(FILE *f, const char *s)
 {
-    const unsigned char *p = (const unsigned char *)s;
+    const char *p = s;
     while (*p) {
-        unsigned char c = *p;
-        size_t n = c < 0x80             ? 1
-                   : (c & 0xe0) == 0xc0 ? 2
-                   : (c & 0xf0) == 0xe0 ? 3
-                   : (c & 0xf8) == 0xf0 ? 4
-                                        : 0;
-        bool valid = n > 0 && !(n == 2 && c < 0xc2);
-        for (size_t k = 1; valid && k < n; k++)
-            valid = (p[k] & 0xc0) == 0x80;
-        if (!valid) {
+        unsigned char c = (unsigned char)*p;
+        size_t n = utf8_char_len(p);
+        if (n == 0) {
             fputc('?', f);
             p++;
             continue;
@@ -215,13 +208,6 @@ static int build_ovf(const struct backup *b, const char *vm_name, struct export_
     return fclose(f) == 0 ? 0 : -ENOMEM;
 }
 
-static bool valid_utf8(const char *s)
-{
-    json_t *j = json_string(s);
-    json_decref(j);
-    return j != NULL;
-}
-
 /* vm.json: the backup's metadata (text into *out). */
 static int build_vm_json(const struct backup *b, struct export_disk *d, size_t n,
                          uint32_t chunk_size, char **out)
@@ -237,38 +223,36 @@ static int build_vm_json(const struct backup *b, struct export_disk *d, size_t n
     }
     json_object_set_new(o, "format", json_string(ARCHIVE_FORMAT_NAME));
     json_object_set_new(o, "version", json_integer(ARCHIVE_FORMAT_VERSION));
-    if (valid_utf8(b->vm_id)) {
+    if (utf8_valid(b->vm_id)) {
         json_object_set_new(o, "vm_id", json_string(b->vm_id));
     } else {
-        size_t len = strlen(b->vm_id);
-        CLEANUP_FREE char *b64 = malloc(4 * ((len + 2) / 3) + 1);
+        CLEANUP_FREE char *b64 = base64_encode(b->vm_id, strlen(b->vm_id));
         if (!b64) {
             json_decref(o);
             json_decref(disks);
             return -ENOMEM;
         }
-        EVP_EncodeBlock((unsigned char *)b64, (const unsigned char *)b->vm_id, (int)len);
         json_object_set_new(o, "vm_id_base64", json_string(b64));
     }
     json_t *vm = b->vm_json ? json_loads(b->vm_json, JSON_DECODE_ANY, NULL) : NULL;
     if (vm)
         json_object_set_new(o, "vm", vm);
-    else if (b->vm_json && valid_utf8(b->vm_json))
+    else if (b->vm_json && utf8_valid(b->vm_json))
         json_object_set_new(o, "vm_json", json_string(b->vm_json));
     json_object_set_new(o, "backup_id", json_string(b->id));
     json_object_set_new(o, "time", json_integer(b->time));
     json_object_set_new(o, "time_utc", json_string(utc));
     json_object_set_new(o, "snapshot_id",
-                        b->snapshot_id && valid_utf8(b->snapshot_id) ? json_string(b->snapshot_id)
+                        b->snapshot_id && utf8_valid(b->snapshot_id) ? json_string(b->snapshot_id)
                                                                      : json_null());
     json_object_set_new(o, "server",
-                        b->server && valid_utf8(b->server) ? json_string(b->server) : json_null());
+                        b->server && utf8_valid(b->server) ? json_string(b->server) : json_null());
     json_object_set_new(o, "chunk_size", json_integer(chunk_size));
     for (size_t i = 0; i < n; i++) {
         json_t *dj = json_pack(
             "{s:s, s:s, s:I, s:I, s:o}", "name", d[i].name, "file", d[i].member, "size",
             (json_int_t)d[i].m.disk_size, "populated_size", (json_int_t)d[i].populated, "change_id",
-            d[i].m.change_id && valid_utf8(d[i].m.change_id) ? json_string(d[i].m.change_id)
+            d[i].m.change_id && utf8_valid(d[i].m.change_id) ? json_string(d[i].m.change_id)
                                                              : json_null());
         if (!dj || json_array_append_new(disks, dj) < 0) {
             json_decref(o);

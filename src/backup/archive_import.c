@@ -13,7 +13,6 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <jansson.h>
-#include <openssl/evp.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -22,6 +21,7 @@
 #include <string.h>
 
 #include "backup/archive_lib.h"
+#include "core/base64.h"
 #include "core/cleanup.h"
 #include "core/clock.h"
 #include "core/hash.h"
@@ -278,17 +278,14 @@ static char *import_vm_id(struct importer *im, const char *vm_opt)
     const char *b64 = json_string_value(json_object_get(im->vmj, "vm_id_base64"));
     if (!b64 || !*b64)
         return NULL;
-    size_t len = strlen(b64);
-    unsigned char *out = calloc(1, len + 1);
-    if (!out)
-        return NULL;
-    int n = EVP_DecodeBlock(out, (const unsigned char *)b64, (int)len);
-    if (n <= 0) {
-        free(out);
-        return NULL;
+    uint8_t *raw = NULL;
+    size_t n = 0;
+    if (base64_decode(b64, &raw, &n) < 0 || n == 0 || memchr(raw, '\0', n)) {
+        free(raw);
+        return NULL; /* not canonical base64 of an ID: no VM named */
     }
-    /* EVP_DecodeBlock counts the padding as zero bytes; the ID holds no NUL. */
-    return (char *)out;
+    raw[n] = '\0'; /* base64_decode leaves a spare byte */
+    return (char *)raw;
 }
 
 /* Store a chunk-sized piece (or mark it zero) into entry i of m. */

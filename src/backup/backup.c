@@ -31,6 +31,7 @@
 #include "core/hash.h"
 #include "core/hex.h"
 #include "core/lock.h"
+#include "core/names.h"
 #include "core/pool.h"
 #include "repo/repo.h"
 
@@ -725,9 +726,13 @@ static int plan_disks(struct backup_ctx *b, const json_t *snapj, const char *sna
     }
     for (size_t i = 0; i < nplans && r >= 0; i++) {
         struct disk_plan *d = &plans[i];
-        const json_t *dj = diff && d->have_prev ? answer_disk(diff, d->name) : NULL;
-        bool incremental = dj && json_object_get(dj, "diff_mode");
-        if (!incremental) {
+        /* A disk the base does not have is listed without diff_mode, with all its data. */
+        const json_t *dj = diff ? answer_disk(diff, d->name) : NULL;
+        bool diffed = dj && json_object_get(dj, "diff_mode");
+        bool incremental = diffed && d->have_prev;
+        if (diffed && !incremental)
+            dj = NULL; /* changes against a base this repository lacks: the data is needed */
+        if (!dj) {
             if (!extents && (r = client_get_snapshot(cl, b->o->vm, snap_id, NULL, &extents)) < 0)
                 r = first_error_set(&b->fe, r, "VM %s: disk %s: changed areas: %s", b->o->vm,
                                     d->name, client_error(cl));
@@ -744,19 +749,19 @@ static int plan_disks(struct backup_ctx *b, const json_t *snapj, const char *sna
     return r < 0 ? r : 0;
 }
 
+static const struct enum_name transport_names[] = {
+    {BACKUP_TRANSPORT_AUTO, "auto"},
+    {BACKUP_TRANSPORT_HTTPS, "https"},
+    {BACKUP_TRANSPORT_LOCAL, "local"},
+};
+
 int backup_transport_parse(const char *s, enum backup_transport *out)
 {
-    static const char *const names[] = {
-        [BACKUP_TRANSPORT_AUTO] = "auto",
-        [BACKUP_TRANSPORT_HTTPS] = "https",
-        [BACKUP_TRANSPORT_LOCAL] = "local",
-    };
-    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
-        if (!strcmp(s, names[i])) {
-            *out = (enum backup_transport)i;
-            return 0;
-        }
-    return -EINVAL;
+    int v;
+    int r = enum_parse(transport_names, ARRAY_SIZE(transport_names), s, &v);
+    if (r == 0)
+        *out = (enum backup_transport)v;
+    return r;
 }
 
 void backup_result_free(struct backup_result *res)

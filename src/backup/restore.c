@@ -7,7 +7,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
-#include <signal.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -18,6 +17,7 @@
 
 #include "core/cleanup.h"
 #include "core/pool.h"
+#include "core/signals.h"
 #include "fs/fsinfo.h"
 #include "fs/zero.h"
 
@@ -199,8 +199,7 @@ static int stage_disk(const struct restore_options *o, struct staged_disk *d, ch
         o->progress.disk_end(o->progress.opaque, d->disk);
     close(fd);
     if (r < 0) {
-        set_err(err, errlen, "backup %s: disk %s: %s", b->id, d->disk,
-                first_error_message(&s.fe));
+        set_err(err, errlen, "backup %s: disk %s: %s", b->id, d->disk, first_error_message(&s.fe));
         unlink(d->tmp);
         free(d->tmp);
         d->tmp = NULL;
@@ -213,15 +212,14 @@ static int stage_disk(const struct restore_options *o, struct staged_disk *d, ch
 /* ---- signals: staged files do not outlive an interrupted restore ---- */
 
 /* While disks are staged, SIGINT, SIGTERM and SIGHUP remove the staged files (and the
- * directory the restore made) before the process dies of the signal as it would have; the
- * moves into place run with those signals blocked, so that they complete or are undone. */
-static const int restore_signals[] = {SIGINT, SIGTERM, SIGHUP};
+ * directory the restore made) before the process dies of the signal as it would have
+ * (core/signals.h); the moves into place run with those signals blocked, so that they complete
+ * or are undone.  The handler reads what to remove from here. */
 static struct staged_disk *volatile restore_sig_staged;
 static volatile size_t restore_sig_n;
 static const char *volatile restore_sig_dir; /* made by this restore, or NULL */
-static struct sigaction restore_sig_saved[ARRAY_SIZE(restore_signals)];
 
-static void restore_on_signal(int sig)
+static void restore_on_signal(void)
 {
     struct staged_disk *s = restore_sig_staged;
     for (size_t i = 0; s && i < restore_sig_n; i++)
@@ -229,37 +227,20 @@ static void restore_on_signal(int sig)
             unlink(s[i].tmp);
     if (restore_sig_dir)
         rmdir(restore_sig_dir);
-    struct sigaction dfl = {.sa_handler = SIG_DFL};
-    sigaction(sig, &dfl, NULL);
-    raise(sig);
 }
 
 static void restore_signals_arm(struct staged_disk *s, size_t n)
 {
     restore_sig_n = n;
     restore_sig_staged = s;
-    struct sigaction sa = {.sa_handler = restore_on_signal};
-    sigemptyset(&sa.sa_mask);
-    for (size_t i = 0; i < ARRAY_SIZE(restore_signals); i++)
-        sigaction(restore_signals[i], &sa, &restore_sig_saved[i]);
+    signals_cleanup_arm(restore_on_signal);
 }
 
 static void restore_signals_disarm(void)
 {
-    for (size_t i = 0; i < ARRAY_SIZE(restore_signals); i++)
-        sigaction(restore_signals[i], &restore_sig_saved[i], NULL);
+    signals_cleanup_disarm();
     restore_sig_staged = NULL;
     restore_sig_dir = NULL;
-}
-
-/* Block (or unblock) the restore's signals in the calling thread. */
-static void restore_signals_block(bool block)
-{
-    sigset_t set;
-    sigemptyset(&set);
-    for (size_t i = 0; i < ARRAY_SIZE(restore_signals); i++)
-        sigaddset(&set, restore_signals[i]);
-    pthread_sigmask(block ? SIG_BLOCK : SIG_UNBLOCK, &set, NULL);
 }
 
 /* ---- commit: every staged disk into place, all or none ---- */
@@ -330,8 +311,7 @@ static int restore_commit(struct staged_disk *s, size_t n, bool force, char *err
                     ? unlink(s[i].dest)
                     : renameat2(AT_FDCWD, s[i].tmp, AT_FDCWD, s[i].dest, RENAME_EXCHANGE);
         if (r < 0)
-            add_note(err, errlen, "%s: cannot undo the restore: %s", s[i].dest,
-                     strerror(errno));
+            add_note(err, errlen, "%s: cannot undo the restore: %s", s[i].dest, strerror(errno));
         else
             s[i].placed = STAGED;
     }
@@ -346,8 +326,8 @@ static bool safe_name(const char *s)
     return s && *s && s[0] != '.' && !strchr(s, '/') && strlen(s) <= 255;
 }
 
-int restore_find_backup(struct repo *repo, const char *id, const char *disk,
-                        unsigned lock_timeout, struct backup **out, char *err, size_t errlen)
+int restore_find_backup(struct repo *repo, const char *id, const char *disk, unsigned lock_timeout,
+                        struct backup **out, char *err, size_t errlen)
 {
     *out = NULL;
     char why[256] = "";
@@ -424,8 +404,7 @@ int restore_run(const struct restore_options *o, struct restore_result *res)
         return -EINVAL;
     }
     struct stat st;
-    bool to_dir =
-        (!o->disk && b->disks.len != 1) || (stat(o->to, &st) == 0 && S_ISDIR(st.st_mode));
+    bool to_dir = (!o->disk && b->disks.len != 1) || (stat(o->to, &st) == 0 && S_ISDIR(st.st_mode));
     bool made_dir = false;
     size_t n = 0;
     struct staged_disk *s = calloc(b->disks.len ? b->disks.len : 1, sizeof(*s));
@@ -457,11 +436,11 @@ int restore_run(const struct restore_options *o, struct restore_result *res)
     if (r < 0)
         goto out;
     if (o->handle_signals)
-        restore_signals_block(true);
+        signals_cleanup_block(true);
     r = restore_commit(s, n, o->force, res->err, sizeof(res->err));
     if (o->handle_signals) {
         restore_sig_dir = NULL; /* the disks are in place, or what is left is removed below */
-        restore_signals_block(false);
+        signals_cleanup_block(false);
     }
     for (size_t i = 0; r == 0 && i < n; i++) /* reserved: cannot fail */
         res->disks.ptr[res->disks.len++] = (struct restored_disk){

@@ -69,8 +69,8 @@ struct restore_result {
 /* Take the repository lock (shared, waiting up to lock_timeout seconds for a gc or prune),
  * then find backup id and check that it has disk (when not NULL).  -ENOENT for an unknown
  * backup or disk, -EBADMSG for damaged metadata; err says which. */
-int restore_find_backup(struct repo *repo, const char *id, const char *disk,
-                        unsigned lock_timeout, struct backup **out, char *err, size_t errlen);
+int restore_find_backup(struct repo *repo, const char *id, const char *disk, unsigned lock_timeout,
+                        struct backup **out, char *err, size_t errlen);
 
 /* Restore the disks.  0, or a negative errno (-EEXIST: a destination exists and force is
  * off; -EBADMSG: damaged data; -ENOENT: a chunk is missing; -ENOSPC) with res->err set.  Free

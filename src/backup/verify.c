@@ -47,8 +47,8 @@ static int verify_disk(struct verify_run *v, const struct backup *b, const char 
     struct manifest m = {0};
     int r = repo_manifest_read(repo, b, disk, &m);
     if (r < 0) {
-        report(v, &(struct verify_finding){.kind = VERIFY_MANIFEST_DAMAGED, .backup = b->id,
-                                           .disk = disk, .error = r});
+        report(v, &(struct verify_finding){
+                      .kind = VERIFY_MANIFEST_DAMAGED, .backup = b->id, .disk = disk, .error = r});
         *bad = true;
         return 0;
     }
@@ -69,11 +69,13 @@ static int verify_disk(struct verify_run *v, const struct backup *b, const char 
                 v->res->chunks_damaged++;
         }
         if (st != CHUNK_STATE_OK) {
-            report(v, &(struct verify_finding){
-                          .kind = st == CHUNK_STATE_MISSING ? VERIFY_CHUNK_MISSING
-                                                            : VERIFY_CHUNK_DAMAGED,
-                          .backup = b->id, .disk = m.disk, .offset = e * (uint64_t)m.chunk_size,
-                          .id = *id});
+            report(v, &(struct verify_finding){.kind = st == CHUNK_STATE_MISSING
+                                                           ? VERIFY_CHUNK_MISSING
+                                                           : VERIFY_CHUNK_DAMAGED,
+                                               .backup = b->id,
+                                               .disk = m.disk,
+                                               .offset = e * (uint64_t)m.chunk_size,
+                                               .id = *id});
             *bad = true;
         }
     }
@@ -114,8 +116,8 @@ static int verify_collect(struct verify_run *v, backup_list *l)
     string_list bad = VECTOR_INIT;
     if (repo_backup_list_damaged(repo, &bad) == 0)
         for (size_t i = 0; i < bad.len; i++) {
-            report(v, &(struct verify_finding){.kind = VERIFY_METADATA_DAMAGED,
-                                               .backup = bad.ptr[i]});
+            report(v,
+                   &(struct verify_finding){.kind = VERIFY_METADATA_DAMAGED, .backup = bad.ptr[i]});
             res->damaged_backups++;
         }
     string_list_free(&bad);

@@ -14,21 +14,21 @@
 #include "repo/repo.h"
 
 enum verify_finding_kind {
-    VERIFY_BACKUP_OK,         /* a backup whose manifests and chunks all passed */
-    VERIFY_METADATA_DAMAGED,  /* backup.json cannot be read or checked */
-    VERIFY_MANIFEST_DAMAGED,  /* a disk's manifest cannot be read (error: why) */
-    VERIFY_CHUNK_DAMAGED,     /* a chunk fails its checks */
-    VERIFY_CHUNK_MISSING,     /* a chunk is not in the repository */
+    VERIFY_BACKUP_OK,        /* a backup whose manifests and chunks all passed */
+    VERIFY_METADATA_DAMAGED, /* backup.json cannot be read or checked */
+    VERIFY_MANIFEST_DAMAGED, /* a disk's manifest cannot be read (error: why) */
+    VERIFY_CHUNK_DAMAGED,    /* a chunk fails its checks */
+    VERIFY_CHUNK_MISSING,    /* a chunk is not in the repository */
 };
 
 /* One thing found.  Strings are valid during the callback only. */
 struct verify_finding {
     enum verify_finding_kind kind;
-    const char *backup;   /* its ID ("VM/ID" as stored, for damaged metadata found by listing) */
-    const char *disk;     /* the disk, for manifests and chunks */
-    uint64_t offset;      /* the chunk's offset in the disk */
-    struct chunk_id id;   /* the chunk */
-    int error;            /* negative errno, for a damaged manifest */
+    const char *backup; /* its ID ("VM/ID" as stored, for damaged metadata found by listing) */
+    const char *disk;   /* the disk, for manifests and chunks */
+    uint64_t offset;    /* the chunk's offset in the disk */
+    struct chunk_id id; /* the chunk */
+    int error;          /* negative errno, for a damaged manifest */
 };
 
 struct verify_options {

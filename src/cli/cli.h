@@ -33,7 +33,7 @@ struct cli_command {
 extern const struct cli_command cmd_map, cmd_clone, cmd_diff;
 /* Remote commands (cmd_remote.c). */
 extern const struct cli_command cmd_vms, cmd_snapshots, cmd_snapshot, cmd_download;
-/* Repository commands (cmd_repo.c). */
+/* Repository commands (one cmd_<name>.c each). */
 extern const struct cli_command cmd_repo, cmd_backup, cmd_backups, cmd_restore, cmd_verify,
     cmd_prune, cmd_gc;
 /* qcow2 chains (cmd_chain.c) and portable archives (cmd_export.c, cmd_import.c). */

@@ -1,7 +1,6 @@
 /* vmexport backup: parse the options, run the backup engine (backup/backup.h), print its
  * progress and its summary (text, or one JSON line through core/jsonw.h). */
 #include <errno.h>
-#include <getopt.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -10,6 +9,7 @@
 
 #include "backup/backup.h"
 #include "cli/cli.h"
+#include "cli/options.h"
 #include "cli/progress.h"
 #include "cli/repo_open.h"
 #include "client/client.h"
@@ -78,71 +78,59 @@ static void print_text_summary(const char *vm, const struct backup_result *res)
            res->seconds);
 }
 
+static const struct cli_option backup_options[] = {
+    {"full", 'f', NULL, "read every allocated chunk even if a base exists"},
+    {"keep-snapshots", 'k', "N", "server snapshots to keep as bases (default 1)"},
+    {"transport", 't', "MODE",
+     "how the disks' bytes are read: https (from the server),\n"
+     "local (the snapshot files themselves, when this runs on\n"
+     "the server's host: no TLS, no copies through the daemon,\n"
+     "no page cache (O_DIRECT) where the filesystem allows;\n"
+     "fails when a disk's file is not the server's), or auto\n"
+     "(the default: local where possible, else https).  The\n"
+     "server still takes the snapshot and says what changed."},
+    {NULL, 0, NULL, NULL},
+};
+
 static int backup_cmd(int argc, char **argv)
 {
-    static const struct option opts[] = {
-        {"repo", required_argument, NULL, 'r'},
-        {"passphrase-file", required_argument, NULL, 'P'},
-        {"full", no_argument, NULL, 'f'},
-        {"jobs", required_argument, NULL, 'j'},
-        {"keep-snapshots", required_argument, NULL, 'k'},
-        {"transport", required_argument, NULL, 't'},
-        {"json", no_argument, NULL, 'J'},
-        {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0},
-    };
-    const char *repo_path = NULL, *passphrase_file = NULL;
-    bool json = false;
-    struct backup_options o = {.jobs = DEFAULT_JOBS, .keep_snapshots = 1};
+    struct backup_options o = {.keep_snapshots = 1};
+    struct cli_args a = {0};
     int c;
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "r:P:fj:k:t:Jh", opts, NULL)) != -1) {
+    while ((c = cli_next(&a, &cmd_backup, argc, argv)) > 0) {
         char *end;
         unsigned long v;
         switch (c) {
-        case 'r':
-            repo_path = optarg;
-            break;
-        case 'P':
-            passphrase_file = optarg;
-            break;
         case 'f':
             o.full = true;
             break;
-        case 'j':
-            v = strtoul(optarg, &end, 10);
-            if (end == optarg || *end || v < 1 || v > BACKUP_MAX_JOBS)
-                return cli_usage_error(&cmd_backup, "--jobs takes 1 to %d", BACKUP_MAX_JOBS);
-            o.jobs = (unsigned)v;
-            break;
         case 'k':
-            v = strtoul(optarg, &end, 10);
-            if (end == optarg || *end || v > MAX_KEEP_SNAPSHOTS)
+            v = strtoul(a.arg, &end, 10);
+            if (end == a.arg || *end || v > MAX_KEEP_SNAPSHOTS)
                 return cli_usage_error(&cmd_backup, "--keep-snapshots takes 0 to %d",
                                        MAX_KEEP_SNAPSHOTS);
             o.keep_snapshots = (unsigned)v;
             break;
         case 't':
-            if (backup_transport_parse(optarg, &o.transport) < 0)
+            if (backup_transport_parse(a.arg, &o.transport) < 0)
                 return cli_usage_error(&cmd_backup, "--transport takes auto, https or local");
             break;
-        case 'J':
-            json = true;
-            break;
-        case 'h':
-            return cli_help(&cmd_backup);
         default:
-            return cli_usage_error(&cmd_backup, "unknown option");
+            break;
         }
     }
-    if (argc - optind != 1)
+    if (c == CLI_EXIT)
+        return a.status;
+    o.jobs = a.jobs ? a.jobs : DEFAULT_JOBS;
+    const bool json = a.json;
+    if (argc - a.first != 1)
         return cli_usage_error(&cmd_backup, "expected one VM");
-    o.vm = argv[optind];
+    o.vm = argv[a.first];
     /* VMEXPORT_NOW: the backup's time, for tests of retention. */
     const char *now = getenv("VMEXPORT_NOW");
     o.now = now ? strtoll(now, NULL, 10) : (int64_t)time(NULL);
 
-    if (!(o.repo = cli_open_repo("backup", repo_path, passphrase_file)))
+    if (!(o.repo = cli_open_repo("backup", a.repo, a.passphrase_file)))
         return EXIT_FAIL;
     if (!(o.client = cli_client_connect("backup"))) {
         repo_close(o.repo);
@@ -194,29 +182,17 @@ const struct cli_command cmd_backup = {
         "default 1).  Snapshots carry the label vmexport-backup:<repository ID>, so that\n"
         "those of backups that were killed before they completed are deleted by the next\n"
         "backup of the VM into the same repository; other snapshots are never touched.\n"
-        "\n"
-        "Options:\n" REPO_OPTIONS_HELP
-        "  --full                  read every allocated chunk even if a base exists\n"
-        "  -j, --jobs N            parallel connections (default 4)\n"
-        "  --keep-snapshots N      server snapshots to keep as bases (default 1)\n"
-        "  --transport MODE        how the disks' bytes are read: https (from the server),\n"
-        "                          local (the snapshot files themselves, when this runs on\n"
-        "                          the server's host: no TLS, no copies through the daemon,\n"
-        "                          no page cache (O_DIRECT) where the filesystem allows;\n"
-        "                          fails when a disk's file is not the server's), or auto\n"
-        "                          (the default: local where possible, else https).  The\n"
-        "                          server still takes the snapshot and says what changed.\n"
-        "  --json                  progress lines and a summary as JSON: bytes_read (of\n"
-        "                          the disks), bytes_transferred (over https: blocks of\n"
-        "                          zeros are not sent), bytes_written, chunks_new,\n"
-        "                          chunks_reused, chunks_fetched, transport (local,\n"
-        "                          https, or mixed across disks), seconds\n"
-        "  -h, --help              this help\n"
-        "\n"
-        "Connection options (also accepted before the command name):\n"
-        "  --server URL  --user NAME  --password-file FILE  --cacert FILE\n"
-        "  --cert FILE --key FILE  --insecure   (env VMEXPORT_SERVER, VMEXPORT_USER,\n"
-        "  VMEXPORT_PASSWORD, VMEXPORT_CACERT)\n"
-        "\n"
-        "Exit status: 0 success, 1 failure, 2 bad usage.\n",
+        "\n",
+    .common = CLI_REPO | CLI_PASSPHRASE | CLI_CONNECTION | CLI_JSON | CLI_JOBS,
+    .options = backup_options,
+    .json_short = 'J',
+    .jobs_short = 'j',
+    .jobs_max = BACKUP_MAX_JOBS,
+    .json_help = "progress lines and a summary as JSON: bytes_read (of\n"
+                 "the disks), bytes_transferred (over https: blocks of\n"
+                 "zeros are not sent), bytes_written, chunks_new,\n"
+                 "chunks_reused, chunks_fetched, transport (local,\n"
+                 "https, or mixed across disks), seconds",
+    .jobs_help = "parallel connections (default 4)",
+    .epilog = "Exit status: 0 success, 1 failure, 2 bad usage.\n",
 };

@@ -15,7 +15,7 @@
 
 #include "backup/flatten.h"
 #include "cli/cli.h"
-#include "cli/signals.h"
+#include "core/signals.h"
 #include "cli/upload.h"
 #include "core/cleanup.h"
 #include "core/jsonw.h"
@@ -61,9 +61,9 @@ static int flatten(const char *dir, const char *out, bool force)
     }
     uint64_t data = 0;
     char err[FLATTEN_ERROR_MAX];
-    cli_signals_arm(on_interrupt);
+    signals_cleanup_arm(on_interrupt);
     int r = chain_flatten_file(&c, out, force, &data, err, sizeof(err));
-    cli_signals_disarm();
+    signals_cleanup_disarm();
     if (r < 0)
         fprintf(stderr, "vmexport %s: %s\n", cmd, err);
     if (r == 0) {
@@ -113,12 +113,12 @@ static int upload(const char *dir, const char *vm, const char *disk, unsigned jo
         chain_free(&c);
         return EXIT_FAIL;
     }
-    cli_signals_arm(on_interrupt);
+    signals_cleanup_arm(on_interrupt);
     if (upload_tmp_make(dir) < 0) {
         fprintf(stderr, "vmexport %s: creating a temporary file in %s: %s\n", cmd,
                 getenv("TMPDIR") && *getenv("TMPDIR") ? "$TMPDIR" : "the directory above DIR",
                 strerror(errno));
-        cli_signals_disarm();
+        signals_cleanup_disarm();
         chain_free(&c);
         return EXIT_FAIL;
     }
@@ -136,7 +136,7 @@ static int upload(const char *dir, const char *vm, const char *disk, unsigned jo
     }
     unlink(upload_tmp);
     upload_tmp_set = 0;
-    cli_signals_disarm();
+    signals_cleanup_disarm();
     chain_free(&c);
     return ret;
 }

@@ -1,5 +1,5 @@
 /* vmexport restore: the disks of a backup back to files (the engine in backup/restore.c) or,
- * with --upload, to a host through vmexportd's upload API (cli/upload.c). */
+ * with --upload, to a host through vmexportd's upload API (cli/upload.c over backup/upload.c). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -93,8 +93,7 @@ static int restore_cmd(int argc, char **argv)
         return EXIT_FAIL;
     struct backup *b = NULL;
     char err[512];
-    if (restore_find_backup(repo, argv[first], disk, CLI_LOCK_TIMEOUT, &b, err,
-                            sizeof(err)) < 0) {
+    if (restore_find_backup(repo, argv[first], disk, CLI_LOCK_TIMEOUT, &b, err, sizeof(err)) < 0) {
         fprintf(stderr, "vmexport restore: %s\n", err);
         repo_close(repo);
         return EXIT_FAIL;
@@ -112,8 +111,10 @@ static int restore_cmd(int argc, char **argv)
             .force = force,
             .jobs = jobs,
             .handle_signals = true,
-            .progress = {.disk_begin = on_disk_begin, .advance = on_advance,
-                         .disk_end = on_disk_end, .opaque = &bar},
+            .progress = {.disk_begin = on_disk_begin,
+                         .advance = on_advance,
+                         .disk_end = on_disk_end,
+                         .opaque = &bar},
         };
         struct restore_result res;
         ret = restore_run(&o, &res) < 0 ? EXIT_FAIL : EXIT_OK;
@@ -135,26 +136,25 @@ const struct cli_command cmd_restore = {
     .name = "restore",
     .summary = "restore a backup's disks to files",
     .run = restore_cmd,
-    .usage =
-        "Usage: vmexport restore --repo PATH BACKUP [--disk NAME] --to FILE|DIR [--force]\n"
-        "                        [--jobs N] [--json]\n"
-        "       vmexport restore --repo PATH BACKUP [--disk NAME] --upload VM [--jobs N]\n"
-        "\n"
-        "With --upload, the disks are written back to a host through vmexportd's upload API\n"
-        "into VM (created when missing; existing disks are never overwritten): data chunks\n"
-        "as ranged PUTs from N connections, zero ranges as PATCH zero requests, then the\n"
-        "transfer is finalized; on failure it is cancelled and no disk appears.\n"
-        "\n"
-        "Write the disks of BACKUP as sparse raw files.  With one disk (or --disk), --to\n"
-        "names the file (or an existing directory to put it in); otherwise --to is a\n"
-        "directory that receives one file per disk, named after the disk.  Every chunk's\n"
-        "checksum (and, when encrypted, authentication tag) is checked; on any error nothing\n"
-        "is left at the destination: every disk is first written under a temporary name\n"
-        "next to its destination (DEST.vxrestore.tmp.XXXXXX, mode 0600), and only when all\n"
-        "are complete are they renamed into place; with --force an existing file is\n"
-        "swapped out and removed only then, so a failure leaves it as it was.\n"
-        "What is written leaves the page cache once it is on the disk: restoring a big disk\n"
-        "does not push the host's cached data out.\n",
+    .usage = "Usage: vmexport restore --repo PATH BACKUP [--disk NAME] --to FILE|DIR [--force]\n"
+             "                        [--jobs N] [--json]\n"
+             "       vmexport restore --repo PATH BACKUP [--disk NAME] --upload VM [--jobs N]\n"
+             "\n"
+             "With --upload, the disks are written back to a host through vmexportd's upload API\n"
+             "into VM (created when missing; existing disks are never overwritten): data chunks\n"
+             "as ranged PUTs from N connections, zero ranges as PATCH zero requests, then the\n"
+             "transfer is finalized; on failure it is cancelled and no disk appears.\n"
+             "\n"
+             "Write the disks of BACKUP as sparse raw files.  With one disk (or --disk), --to\n"
+             "names the file (or an existing directory to put it in); otherwise --to is a\n"
+             "directory that receives one file per disk, named after the disk.  Every chunk's\n"
+             "checksum (and, when encrypted, authentication tag) is checked; on any error nothing\n"
+             "is left at the destination: every disk is first written under a temporary name\n"
+             "next to its destination (DEST.vxrestore.tmp.XXXXXX, mode 0600), and only when all\n"
+             "are complete are they renamed into place; with --force an existing file is\n"
+             "swapped out and removed only then, so a failure leaves it as it was.\n"
+             "What is written leaves the page cache once it is on the disk: restoring a big disk\n"
+             "does not push the host's cached data out.\n",
     .common = CLI_REPO | CLI_PASSPHRASE | CLI_JSON | CLI_JOBS | CLI_CONNECTION,
     .options = restore_options,
     .json_short = 'J',

@@ -182,7 +182,7 @@ static int json_set_vm_id(json_t *o, const char *vm_id)
     json_t *v = json_string(vm_id);
     if (v)
         return json_object_set_new(o, "vm_id", v) < 0 ? -ENOMEM : 0;
-    CLEANUP_FREE char *b64 = repo_b64_encode(vm_id, strlen(vm_id));
+    CLEANUP_FREE char *b64 = base64_encode(vm_id, strlen(vm_id));
     if (!b64)
         return -ENOMEM;
     return json_set_str(o, "vm_id_base64", b64);
@@ -306,7 +306,7 @@ static int vm_id_from_json(json_t *o, char **out)
     const char *b64 = json_string_value(json_object_get(o, "vm_id_base64"));
     CLEANUP_FREE uint8_t *raw = NULL;
     size_t n;
-    if (!b64 || repo_b64_decode(b64, &raw, &n) < 0 || memchr(raw, '\0', n))
+    if (!b64 || base64_decode(b64, &raw, &n) < 0 || memchr(raw, '\0', n))
         return -EBADMSG;
     char *s = malloc(n + 1);
     if (!s)

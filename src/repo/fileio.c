@@ -1,6 +1,6 @@
 /* Helpers of the backup repository: removing a directory-like prefix through the store, the
- * escaping of VM IDs into directory names, random names and strict base64.  (The file I/O
- * itself is the store's: store_local.c.)
+ * escaping of VM IDs into directory names and random names.  (The file I/O itself is the
+ * store's: store_local.c; strict base64 is core/base64.c.)
  */
 #include "repo_internal.h"
 
@@ -14,7 +14,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <openssl/evp.h>
 #include <openssl/rand.h>
 
 #include "core/cleanup.h"
@@ -135,38 +134,3 @@ int repo_vm_dir_name(const char *vm_id, char **out)
     return 0;
 }
 
-char *repo_b64_encode(const void *data, size_t len)
-{
-    if (len > INT_MAX / 2)
-        return NULL;
-    char *s = malloc(4 * ((len + 2) / 3) + 1);
-    if (s)
-        EVP_EncodeBlock((unsigned char *)s, data, (int)len);
-    return s;
-}
-
-int repo_b64_decode(const char *s, uint8_t **out, size_t *len)
-{
-    size_t n = strlen(s);
-    *out = NULL;
-    *len = 0;
-    if (n % 4 || n > INT_MAX / 2)
-        return -EBADMSG;
-    size_t pad = (n && s[n - 1] == '=') + (n > 1 && s[n - 2] == '=');
-    CLEANUP_FREE uint8_t *buf = malloc(n / 4 * 3 + 1);
-    if (!buf)
-        return -ENOMEM;
-    int got = EVP_DecodeBlock(buf, (const unsigned char *)s, (int)n);
-    if (got < 0 || (size_t)got != n / 4 * 3)
-        return -EBADMSG;
-    size_t dlen = (size_t)got - pad;
-    /* Only the canonical spelling: re-encoding must give the input back. */
-    CLEANUP_FREE char *again = repo_b64_encode(buf, dlen);
-    if (!again)
-        return -ENOMEM;
-    if (strcmp(again, s))
-        return -EBADMSG;
-    *out = TAKE_PTR(buf);
-    *len = dlen;
-    return 0;
-}

@@ -175,7 +175,7 @@ static int config_add_mac(const uint8_t keys[2 * REPO_KEY_SIZE], json_t *cfg)
     int r = config_mac(keys, cfg, mac);
     if (r < 0)
         return r;
-    char *b64 = repo_b64_encode(mac, sizeof(mac));
+    char *b64 = base64_encode(mac, sizeof(mac));
     if (!b64)
         return -ENOMEM;
     r = json_object_set_new(cfg, CONFIG_MAC_FIELD, json_string(b64)) < 0 ? -ENOMEM : 0;
@@ -229,9 +229,9 @@ static int encryption_new(const char *passphrase, const char *repo_id, uint8_t *
         return r;
     }
 
-    CLEANUP_FREE char *salt_b64 = repo_b64_encode(salt, sizeof(salt));
-    CLEANUP_FREE char *nonce_b64 = repo_b64_encode(nonce, sizeof(nonce));
-    CLEANUP_FREE char *wrapped_b64 = repo_b64_encode(wrapped, sizeof(wrapped));
+    CLEANUP_FREE char *salt_b64 = base64_encode(salt, sizeof(salt));
+    CLEANUP_FREE char *nonce_b64 = base64_encode(nonce, sizeof(nonce));
+    CLEANUP_FREE char *wrapped_b64 = base64_encode(wrapped, sizeof(wrapped));
     if (!salt_b64 || !nonce_b64 || !wrapped_b64)
         return -ENOMEM;
     *out = json_pack("{s:s, s:s, s:I, s:I, s:I, s:s, s:s, s:s}", "cipher", CONFIG_CIPHER, "kdf",
@@ -375,7 +375,7 @@ static int b64_field(json_t *o, const char *key, uint8_t *out, size_t len)
     const char *s = json_get_str(o, key);
     CLEANUP_FREE uint8_t *buf = NULL;
     size_t n;
-    if (!s || repo_b64_decode(s, &buf, &n) < 0 || n != len)
+    if (!s || base64_decode(s, &buf, &n) < 0 || n != len)
         return -EBADMSG;
     memcpy(out, buf, len);
     return 0;

@@ -91,9 +91,8 @@ int repo_remove_dir(struct repo *r, const char *prefix, uint64_t *bytes);
  * a name longer than the limit keeps a prefix and gets "~" and the SHA-256 of the ID. */
 int repo_vm_dir_name(const char *vm_id, char **out);
 
-/* Strict base64 (canonical, padded). */
-char *repo_b64_encode(const void *data, size_t len);
-int repo_b64_decode(const char *s, uint8_t **out, size_t *len);
+/* Strict base64 (canonical, padded): core/base64.h. */
+#include "core/base64.h"
 
 /* ---- container.c ---- */
 

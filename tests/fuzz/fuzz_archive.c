@@ -1,11 +1,11 @@
 /* Fuzz target: the archive importer (src/backup/archive_import.c), which reads UNTRUSTED tar and
  * OVA files, possibly compressed.  Each input is imported from memory into one repository (64
- * KiB chunks) in a temporary directory.  Properties: an import that fails says why, with one of
- * the documented codes, and leaves no backup visible; one that succeeds leaves exactly one
- * backup, whose disks are those it reported and whose manifests read back with the sizes
- * vm.json gave.  The backup is then deleted and, every GC_EVERY inputs, gc removes the chunks
- * left behind, so the repository stays small.  Disks are limited to MAX_DISK bytes: the
- * importer hashes every byte of a disk, holes included, so a size is a cost in time.
+ * KiB chunks) on the in-memory store (repo/store_mem.c), so no file is written.  Properties: an
+ * import that fails says why, with one of the documented codes, and leaves no backup visible; one
+ * that succeeds leaves exactly one backup, whose disks are those it reported and whose manifests
+ * read back with the sizes vm.json gave.  The backup is then deleted and, every GC_EVERY inputs, gc
+ * removes the chunks left behind, so the repository stays small.  Disks are limited to MAX_DISK
+ * bytes: the importer hashes every byte of a disk, holes included, so a size is a cost in time.
  *
  * A custom mutator recomputes the checksum of every tar header after libFuzzer's mutation, so
  * that mutated header fields (sizes, types, names) reach the importer instead of stopping at
@@ -13,22 +13,19 @@
  * from small backups. */
 #include <assert.h>
 #include <errno.h>
-#include <ftw.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "backup/archive_import.h"
 #include "repo/repo.h"
+#include "repo/store_mem.h"
 
 #define MAX_DISK     (4u << 20)
 #define GC_EVERY     256
-#define NFTW_FDS     16
 #define ERR_LEN      2048
 #define LOCK_TIMEOUT 1
-#define TMP_TEMPLATE "vmexport-fuzz-archive-XXXXXX"
 /* ustar header: 512 bytes, "ustar" at 257, the checksum field (8 bytes) at 148, which counts as
  * spaces while the sum of the header's bytes is taken and holds it as 6 octal digits, NUL, space.
  */
@@ -67,38 +64,28 @@ size_t LLVMFuzzerCustomMutator(uint8_t *data, size_t size, size_t max_size, unsi
     return size;
 }
 
-static char base[4096];
+static struct store *store;
 static struct repo *repo;
-
-static int rm_visit(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st, (void)flag, (void)ftw;
-    remove(path);
-    return 0;
-}
 
 static void cleanup(void)
 {
     repo_close(repo);
     repo = NULL;
-    if (base[0])
-        nftw(base, rm_visit, NFTW_FDS, FTW_DEPTH | FTW_PHYS);
+    store_close(store);
+    store = NULL;
 }
 
 static void setup(void)
 {
-    const char *tmp = getenv("TMPDIR");
-    snprintf(base, sizeof(base), "%s/" TMP_TEMPLATE, tmp && *tmp ? tmp : "/tmp");
-    assert(mkdtemp(base));
+    char err[ERR_LEN] = "";
+    assert(store_mem_new("fuzz", &store) == 0);
     atexit(cleanup);
-    char path[sizeof(base) + 16], err[ERR_LEN] = "";
-    snprintf(path, sizeof(path), "%s/repo", base);
     struct repo_init_options io = {.chunk_size = REPO_MIN_CHUNK_SIZE};
-    int r = repo_init(path, &io, err, sizeof(err));
+    int r = repo_init_store(store, &io, err, sizeof(err));
     if (r == 0)
-        r = repo_open(path, NULL, &repo, err, sizeof(err));
+        r = repo_open_store(store, NULL, &repo, err, sizeof(err));
     if (r < 0)
-        fprintf(stderr, "fuzz_archive: repository %s: %s\n", path, err);
+        fprintf(stderr, "fuzz_archive: repository in memory: %s\n", err);
     assert(r == 0);
 }
 

@@ -20,6 +20,10 @@ dd if=/dev/urandom of="$VMS/vmeng/a.img" bs=1M count=2 seek=4 conv=notrunc statu
 dd if=/dev/urandom of="$VMS/vmeng/a.img" bs=1M count=1 seek=20 conv=notrunc status=none
 # b.raw: 3 MiB + 12345 bytes of data (an odd size: a short last chunk).
 head -c $((3 * MIB + 12345)) /dev/urandom >"$VMS/vmeng/b.raw"
+# A VM whose ID holds a quote and a non-ASCII letter: the --json summary must stay valid JSON.
+QVM='vm"q-é'
+mkdir -p "$VMS/$QVM"
+head -c $((2 * MIB)) /dev/urandom >"$VMS/$QVM/d.img"
 sync
 
 PORT=$(free_port)
@@ -46,3 +50,14 @@ login admin secret || { not_ok "login"; exit 1; }
 expect_status 200 "list the snapshots of vmeng" GET "/api/v1/vms/vmeng/snapshots?chunks=false"
 check "one snapshot of vmeng is left on the server (the newest base: --keep-snapshots 1)" \
     jq -e 'length == 1 and (.[0].label | startswith("vmexport-backup:"))' "$WORK/body"
+
+# vmexport backup --json writes its summary through the JSON writer (core/jsonw.h).
+export VMEXPORT_SERVER=$URL VMEXPORT_USER=admin VMEXPORT_PASSWORD=secret
+export VMEXPORT_CACERT=$WORK/certs/ca.crt XDG_CACHE_HOME=$WORK/cache
+"$VMEXPORT" repo init "$WORK/qrepo" >/dev/null || not_ok "repo init"
+if "$VMEXPORT" backup "$QVM" --repo "$WORK/qrepo" --json >"$WORK/q.out" 2>"$WORK/q.err"; then
+    check "the summary of a backup of VM $QVM is valid JSON naming it" \
+        jq -e --arg vm "$QVM" 'select(.type == "summary") | .vm == $vm and .bytes_read == 2097152' "$WORK/q.out"
+else
+    not_ok "backup of VM $QVM: $(tail -2 "$WORK/q.err")"
+fi

@@ -4,8 +4,8 @@
 # apart from raw), HTTP Range and Accept headers, upload Content-Ranges and body lengths, sparse answers, the OVM vm.cfg reader,
 # vmexportd's configuration file, vmexportd's whole request handling (fuzz_http: raw
 # requests to a server in the fuzzer's process), and the archive importer (fuzz_archive: tar
-# and OVA files into a repository in /dev/shm, for FUZZ_ARCHIVE_SECONDS, default 3: the suite's time
-# budget).  tests/fuzz/README.md lists each target's
+# and OVA files into a repository on the in-memory store, for FUZZ_ARCHIVE_SECONDS, default 3:
+# the suite's time budget).  tests/fuzz/README.md lists each target's
 # property.  Each target starts
 # from its seed corpus (tests/fuzz/corpus/TARGET, copied: new inputs are not kept) and runs
 # FUZZ_RUNS inputs (default 500000) or FUZZ_SECONDS seconds (default 10), whichever ends first,
@@ -14,8 +14,7 @@
 # Built with clang under build-variant-fuzz (-Dfuzz=true).  Runs once, in the normal pass: the
 # targets are always sanitized, so the sanitizer pass skips them.
 source "$(dirname "$0")/lib.sh"
-at_exit rm -rf /tmp/vmexport-fuzz-ovm /tmp/vmexport-fuzz-http-* /tmp/vmexport-fuzz-archive-* \
-    /dev/shm/vmexport-fuzz-archive-* # made by fuzz_ovm_cfg, fuzz_http, fuzz_archive (if killed)
+at_exit rm -rf /tmp/vmexport-fuzz-ovm /tmp/vmexport-fuzz-http-* # made by fuzz_ovm_cfg, fuzz_http (if killed)
 
 if [[ $BUILD == *-asan ]]; then
     skip "fuzz targets run in the normal pass (they are built with ASan and UBSan)"
@@ -58,17 +57,15 @@ for src in "$VMEXPORT_ROOT"/tests/fuzz/fuzz_*.c; do
     nseeds=$(find "$corpus" -type f | wc -l)
     # fuzz_http: OpenSSL's per-thread state is suppressed by function name, which needs full
     # stacks through libcrypto (built without frame pointers).
-    lsan="" asan=$ASAN_OPTIONS secs=$SECONDS_MAX tmp=${TMPDIR:-/tmp}
+    lsan="" asan=$ASAN_OPTIONS secs=$SECONDS_MAX
     if [ "$name" = http ]; then
         lsan="suppressions=$VMEXPORT_ROOT/tests/fuzz/lsan-openssl-threads.supp"
         asan="$asan:fast_unwind_on_malloc=0"
     fi
-    # fuzz_archive: each input is an import into a repository, whose fsyncs are free on tmpfs.
-    if [ "$name" = archive ]; then
-        [ "$ARCHIVE_SECONDS" -lt "$secs" ] && secs=$ARCHIVE_SECONDS
-        [ -d /dev/shm ] && [ -w /dev/shm ] && tmp=/dev/shm
+    if [ "$name" = archive ] && [ "$ARCHIVE_SECONDS" -lt "$secs" ]; then
+        secs=$ARCHIVE_SECONDS
     fi
-    if TMPDIR=$tmp LSAN_OPTIONS=$lsan ASAN_OPTIONS=$asan "$exe" -seed="$SEED" -runs="$RUNS" -max_total_time="$secs" -rss_limit_mb=2048 \
+    if LSAN_OPTIONS=$lsan ASAN_OPTIONS=$asan "$exe" -seed="$SEED" -runs="$RUNS" -max_total_time="$secs" -rss_limit_mb=2048 \
         -artifact_prefix="$crashes/$name-" "$corpus" >"$WORK/$name.log" 2>&1; then
         done_line=$(grep -E '^Done [0-9]+ runs' "$WORK/$name.log" | tail -n1)
         if [ -n "$done_line" ]; then

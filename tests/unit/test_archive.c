@@ -85,12 +85,13 @@ static struct repo *new_repo(const char *base, const char *name, uint32_t cs)
     return r;
 }
 
-/* A backup of the fixture's disks in f->src, as a backup run would write it. */
-static void write_backup(struct fixture *f)
+/* A backup of the fixture's disks in f->src under vm, as a backup run would write it; its ID
+ * (malloc'd). */
+static char *write_backup(struct fixture *f, const char *vm)
 {
     char err[ERR_LEN] = "";
     struct backup_writer *w = NULL;
-    assert_int_equal(repo_backup_begin(f->src, VM, TIME, LOCK_WAIT, &w, err, sizeof(err)), 0);
+    assert_int_equal(repo_backup_begin(f->src, vm, TIME, LOCK_WAIT, &w, err, sizeof(err)), 0);
     for (size_t d = 0; d < 2; d++) {
         struct manifest m;
         assert_int_equal(manifest_new(&m, f->disks[d].name, f->disks[d].size, SRC_CS), 0);
@@ -111,13 +112,14 @@ static void write_backup(struct fixture *f)
         assert_int_equal(repo_backup_add_disk(w, &m), 0);
         manifest_free(&m);
     }
-    f->backup_id = strdup(repo_backup_writer_id(w));
+    char *id = strdup(repo_backup_writer_id(w));
     struct backup *b = calloc(1, sizeof(*b));
     b->snapshot_id = strdup("snap-1");
     b->server = strdup("https://h:8443");
     b->vm_json = strdup("{\"name\":\"web 01\",\"friendly_name\":\"Web <01>\"}");
     assert_int_equal(repo_backup_commit(w, b), 0);
     backup_free(b);
+    return id;
 }
 
 /* Export the fixture's backup as kind into memory (through a memfd). */
@@ -134,7 +136,6 @@ static int export_to_memory(struct fixture *f, const char *id, enum archive_kind
         assert_int_equal(fstat(fd, &st), 0);
         assert_int_equal((uint64_t)st.st_size, res.archive_bytes);
         assert_string_equal(res.backup_id, id);
-        assert_string_equal(res.vm_id, VM);
         assert_int_equal(res.disks, 2);
         assert_int_equal(res.disk_bytes, SPARSE_SIZE + FULL_SIZE);
         /* sparse.img stores chunks 1, 4 and the last (4096 bytes); full.img all */
@@ -164,7 +165,7 @@ static int setup(void **state)
     /* a disk named like a reserved member: stored as member disk-1.img */
     f->disks[1] = (struct disk){"SHA256SUMS", FULL_SIZE, malloc(FULL_SIZE)};
     fill_random(f->disks[1].data, FULL_SIZE, 47);
-    write_backup(f);
+    f->backup_id = write_backup(f, VM);
     char err[ERR_LEN] = "";
     assert_int_equal(export_to_memory(f, f->backup_id, ARCHIVE_KIND_TAR, &f->tar, &f->tar_len, err),
                      0);
@@ -286,6 +287,8 @@ static void assert_same_disks(struct fixture *f, struct repo *r, const char *id)
     backup_free(b);
 }
 
+static size_t find_once(const uint8_t *hay, size_t len, const uint8_t *needle, size_t n);
+
 /* Both layouts round trip bit-exact into a repository of another chunk size. */
 static void test_round_trip(void **state)
 {
@@ -315,6 +318,28 @@ static void test_round_trip(void **state)
     assert_int_equal(backups_in(f->dst), 2);
 }
 
+/* A VM ID that is not UTF-8 travels as vm_id_base64 and comes back byte for byte. */
+static void test_vm_not_utf8(void **state)
+{
+    struct fixture *f = *state;
+    static const char odd[] = "\xff\xfe odd";
+    char *id = write_backup(f, odd);
+    uint8_t *tar = NULL;
+    size_t len = 0;
+    char err[ERR_LEN] = "";
+    assert_int_equal(export_to_memory(f, id, ARCHIVE_KIND_OVA, &tar, &len, err), 0);
+    static const char b64[] = "\"vm_id_base64\": \"//4gb2Rk\"";
+    find_once(tar, len, (const uint8_t *)b64, strlen(b64));
+    struct archive_import_result res;
+    struct seen seen = {0};
+    assert_int_equal(import_memory(f->dst, tar, len, NULL, &res, err, &seen), 0);
+    assert_string_equal(res.vm_id, odd);
+    assert_same_disks(f, f->dst, res.backup_id);
+    archive_import_result_free(&res);
+    free(tar);
+    free(id);
+}
+
 /* --vm stores the backup under another VM. */
 static void test_vm_override(void **state)
 {
@@ -330,8 +355,6 @@ static void test_vm_override(void **state)
     backup_list_free(&l);
     archive_import_result_free(&res);
 }
-
-static size_t find_once(const uint8_t *hay, size_t len, const uint8_t *needle, size_t n);
 
 /* Every truncation point up to the manifest's last line fails, with a message and nothing
  * visible.  (Past it only the end-of-archive blocks are lost, which tar readers accept.) */
@@ -558,6 +581,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_round_trip, setup, teardown),
         cmocka_unit_test_setup_teardown(test_vm_override, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_vm_not_utf8, setup, teardown),
         cmocka_unit_test_setup_teardown(test_truncated, setup, teardown),
         cmocka_unit_test_setup_teardown(test_tampered, setup, teardown),
         cmocka_unit_test_setup_teardown(test_malformed, setup, teardown),

@@ -7,10 +7,10 @@
  * VMEXPORT_PASSWORD, VMEXPORT_CACERT, VMEXPORT_TEST_VMS: the `dir` provider's directory holding
  * VM "vmeng", and VMEXPORT_TEST_WORK: a scratch directory): backup_run() through the https and
  * the local source in turn, the disks changed between runs (new data, a discarded range that
- * must come back as zeros, a grown disk), the base snapshot deleted on the server; after each
- * run the repository's manifests are compared bit for bit with the disk files, the result's
- * figures and the progress callback are checked, and the engine must not have written to
- * stdout or stderr.  Without those variables these tests are skipped.
+ * must come back as zeros, a grown disk, a new disk), the base snapshot deleted on the server;
+ * after each run the repository's manifests are compared bit for bit with the disk files, the
+ * result's figures and the progress callback are checked, and the engine must not have written
+ * to stdout or stderr.  Without those variables these tests are skipped.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -328,7 +328,8 @@ static void disk_punch(struct daemon_env *e, const char *name, uint64_t off, uin
 
 /* One run: succeeds over transport t, prints nothing, reports what it read, restores exactly. */
 static void backup_and_check(struct daemon_env *e, enum backup_transport t, bool full,
-                             bool want_incremental, uint64_t max_read, struct backup_result *res)
+                             bool want_incremental, uint64_t max_read, size_t ndisks,
+                             struct backup_result *res)
 {
     struct seen seen = {0};
     int r = run_quiet(e, t, full, &seen, res, VM);
@@ -348,7 +349,7 @@ static void backup_and_check(struct daemon_env *e, enum backup_transport t, bool
         fail_msg("read %" PRIu64 " bytes, expected at most %" PRIu64, res->bytes_read, max_read);
     if (t == BACKUP_TRANSPORT_LOCAL)
         assert_int_equal(res->bytes_transferred, 0);
-    assert_backup_matches_disks(e, 2);
+    assert_backup_matches_disks(e, ndisks);
 }
 
 static void test_engine_sources(void **state)
@@ -359,7 +360,7 @@ static void test_engine_sources(void **state)
     struct backup_result res;
 
     /* 1: full, over https.  a.img: 64 MiB with 3 MiB of data; b.raw: 3 MiB + 12345 bytes. */
-    backup_and_check(e, BACKUP_TRANSPORT_HTTPS, false, false, 8 * MIB, &res);
+    backup_and_check(e, BACKUP_TRANSPORT_HTTPS, false, false, 8 * MIB, 2, &res);
     assert_true(res.bytes_read >= 3 * MIB);
     assert_true(res.bytes_transferred > 0);
     backup_result_free(&res);
@@ -368,14 +369,22 @@ static void test_engine_sources(void **state)
      * a discarded MiB of old data that must come back as zeros without being read. */
     disk_write(e, "a.img", 5 * MIB - 50 * KIB, 100 * KIB, 21);
     disk_punch(e, "a.img", 20 * MIB, MIB);
-    backup_and_check(e, BACKUP_TRANSPORT_LOCAL, false, true, 2 * CHUNK, &res);
+    backup_and_check(e, BACKUP_TRANSPORT_LOCAL, false, true, 2 * CHUNK, 2, &res);
     assert_true(res.chunks_reused > 0);
     backup_result_free(&res);
 
-    /* 3: incremental over https: b.raw grows by 1 MiB + 7 bytes of data. */
+    /* 3: incremental over https: b.raw grows by 1 MiB + 7 bytes of data; a new disk c.img
+     * (not in the base: read in full, 1 MiB of data in 8 MiB). */
     disk_write(e, "b.raw", 3 * MIB + 12345, MIB + 7, 33);
     disk_write(e, "a.img", 40 * MIB + 3, 5, 34); /* 5 bytes inside a hole */
-    backup_and_check(e, BACKUP_TRANSPORT_HTTPS, false, true, 2 * MIB + 2 * CHUNK, &res);
+    char cpath[4096];
+    snprintf(cpath, sizeof(cpath), "%s/%s/c.img", e->vms, VM);
+    int cfd = open(cpath, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    assert_true(cfd >= 0);
+    assert_int_equal(ftruncate(cfd, 8 * MIB), 0);
+    close(cfd);
+    disk_write(e, "c.img", 3 * MIB, MIB, 35);
+    backup_and_check(e, BACKUP_TRANSPORT_HTTPS, false, true, 3 * MIB + 2 * CHUNK, 3, &res);
     char *base = res.snapshot_id;
     res.snapshot_id = NULL;
     backup_result_free(&res);
@@ -384,13 +393,13 @@ static void test_engine_sources(void **state)
     assert_int_equal(client_delete_snapshot(e->client, VM, base), 0);
     free(base);
     disk_write(e, "a.img", 0, 4096, 45);
-    backup_and_check(e, BACKUP_TRANSPORT_LOCAL, false, true, 16 * MIB, &res);
+    backup_and_check(e, BACKUP_TRANSPORT_LOCAL, false, true, 16 * MIB, 3, &res);
     assert_true(res.bytes_read >= 4 * MIB);
     backup_result_free(&res);
 
     /* 5: --full over https reads everything allocated even with a base. */
     disk_punch(e, "a.img", 0, 64 * KIB);
-    backup_and_check(e, BACKUP_TRANSPORT_HTTPS, true, false, 16 * MIB, &res);
+    backup_and_check(e, BACKUP_TRANSPORT_HTTPS, true, false, 16 * MIB, 3, &res);
     assert_true(res.bytes_read >= 4 * MIB);
     backup_result_free(&res);
 }
@@ -414,12 +423,15 @@ static void test_engine_failure(void **state)
 int main(void)
 {
     /* One group: its setup connects to the daemon when the environment names one (the tests
-     * without a daemon ignore the state). */
+     * without a daemon ignore the state).  Without a daemon (the suite's plain run of the unit
+     * tests) only those run: the daemon tests run from tests/integration/test-backup-engine.sh,
+     * which fails on any of them skipped. */
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_transport_parse),
         cmocka_unit_test(test_source_local),
         cmocka_unit_test(test_engine_sources),
         cmocka_unit_test(test_engine_failure),
     };
-    return cmocka_run_group_tests_name("backup_engine", tests, daemon_setup, daemon_teardown);
+    size_t n = getenv("VMEXPORT_SERVER") ? sizeof(tests) / sizeof(tests[0]) : 2;
+    return _cmocka_run_group_tests("backup_engine", tests, n, daemon_setup, daemon_teardown);
 }

@@ -34,10 +34,10 @@
 #define NFTW_FDS  16
 #define VM        "vm-\"quoted\""
 /* Disk a.img: chunks 0 random, 1 zero, 2 half random then zeros, 3 equal to 0, 4 random. */
-#define A_CHUNKS  5
-#define A_SIZE    ((uint64_t)A_CHUNKS * CS)
+#define A_CHUNKS 5
+#define A_SIZE   ((uint64_t)A_CHUNKS * CS)
 /* Disk b.img: an odd size, its last chunk short. */
-#define B_SIZE    ((uint64_t)2 * CS + 12345)
+#define B_SIZE ((uint64_t)2 * CS + 12345)
 
 #define PATHF(buf, ...) assert_true((size_t)snprintf(buf, sizeof(buf), __VA_ARGS__) < sizeof(buf))
 
@@ -130,8 +130,7 @@ static int fixture_setup(void **state)
     assert_non_null(b);
     assert_int_equal(repo_backup_commit(w, b), 0);
     backup_free(b);
-    assert_int_equal(restore_find_backup(f->r, id, NULL, LOCK_WAIT, &f->backup, err,
-                                         sizeof(err)),
+    assert_int_equal(restore_find_backup(f->r, id, NULL, LOCK_WAIT, &f->backup, err, sizeof(err)),
                      0);
     free(id);
     *state = f;
@@ -249,8 +248,8 @@ static void restore_all(struct fixture *f, unsigned jobs)
     PATHF(b, "%s/b.img", dir);
     struct counts c = {0};
     struct restore_options o = options(f, dir, jobs);
-    o.progress = (struct restore_progress){.disk_begin = count_begin, .advance = count_advance,
-                                           .disk_end = count_end, .opaque = &c};
+    o.progress = (struct restore_progress){
+        .disk_begin = count_begin, .advance = count_advance, .disk_end = count_end, .opaque = &c};
     struct restore_result res;
     int r = restore_run(&o, &res);
     if (r != 0)
@@ -399,13 +398,12 @@ static void test_restore_find_backup(void **state)
                      -ENOENT);
     assert_null(b);
     assert_non_null(strstr(err, "backup nope: not found"));
-    assert_int_equal(restore_find_backup(f->r, f->backup->id, "c.img", LOCK_WAIT, &b, err,
-                                         sizeof(err)),
-                     -ENOENT);
+    assert_int_equal(
+        restore_find_backup(f->r, f->backup->id, "c.img", LOCK_WAIT, &b, err, sizeof(err)),
+        -ENOENT);
     assert_non_null(strstr(err, "no disk 'c.img'"));
-    assert_int_equal(restore_find_backup(f->r, f->backup->id, "a.img", LOCK_WAIT, &b, err,
-                                         sizeof(err)),
-                     0);
+    assert_int_equal(
+        restore_find_backup(f->r, f->backup->id, "a.img", LOCK_WAIT, &b, err, sizeof(err)), 0);
     assert_string_equal(b->vm_id, VM);
     backup_free(b);
     repo_unlock(f->r);

@@ -170,8 +170,7 @@ static void collect(void *opaque, const struct verify_finding *vf)
     struct findings *fs = opaque;
     assert_true(fs->n < MAX_FINDINGS);
     struct finding *f = &fs->f[fs->n++];
-    *f = (struct finding){.kind = vf->kind, .offset = vf->offset, .id = vf->id,
-                          .error = vf->error};
+    *f = (struct finding){.kind = vf->kind, .offset = vf->offset, .id = vf->id, .error = vf->error};
     snprintf(f->backup, sizeof(f->backup), "%s", vf->backup);
     snprintf(f->disk, sizeof(f->disk), "%s", vf->disk ? vf->disk : "");
 }
@@ -180,8 +179,12 @@ static int run(struct fixture *f, const char *backup, double sample, struct find
                struct verify_result *res)
 {
     memset(fs, 0, sizeof(*fs));
-    struct verify_options o = {.repo = f->r, .backup_id = backup, .sample = sample,
-                               .lock_timeout = LOCK_WAIT, .report = collect, .opaque = fs};
+    struct verify_options o = {.repo = f->r,
+                               .backup_id = backup,
+                               .sample = sample,
+                               .lock_timeout = LOCK_WAIT,
+                               .report = collect,
+                               .opaque = fs};
     return verify_run(&o, res);
 }
 
@@ -197,8 +200,7 @@ static const struct finding *find(const struct findings *fs, enum verify_finding
                                   const char *backup, const char *disk)
 {
     for (size_t i = 0; i < fs->n; i++)
-        if (fs->f[i].kind == k && !strcmp(fs->f[i].backup, backup) &&
-            !strcmp(fs->f[i].disk, disk))
+        if (fs->f[i].kind == k && !strcmp(fs->f[i].backup, backup) && !strcmp(fs->f[i].disk, disk))
             return &fs->f[i];
     return NULL;
 }
@@ -225,11 +227,9 @@ static void file_flip(const char *path, long pos)
 }
 
 /* The path of a file in a backup's directory. */
-static void backup_file(struct fixture *f, const char *id, const char *name, char *out,
-                        size_t size)
+static void backup_file(struct fixture *f, const char *id, const char *name, char *out, size_t size)
 {
-    assert_true((size_t)snprintf(out, size, "%s/backups/%s/%s/%s", f->path, VM, id, name) <
-                size);
+    assert_true((size_t)snprintf(out, size, "%s/backups/%s/%s/%s", f->path, VM, id, name) < size);
 }
 
 /* ---- tests ---- */
@@ -385,9 +385,12 @@ int main(void)
     log_set_level(LOG_LEVEL_ERROR); /* damaged-file warnings are expected */
 #define T(fn) cmocka_unit_test_setup_teardown(fn, fixture_setup, fixture_teardown)
     const struct CMUnitTest tests[] = {
-        T(test_verify_sound),           T(test_verify_corrupted_chunk),
-        T(test_verify_missing_chunk),   T(test_verify_damaged_manifest),
-        T(test_verify_damaged_metadata), T(test_verify_one_backup),
+        T(test_verify_sound),
+        T(test_verify_corrupted_chunk),
+        T(test_verify_missing_chunk),
+        T(test_verify_damaged_manifest),
+        T(test_verify_damaged_metadata),
+        T(test_verify_one_backup),
         T(test_verify_sample),
     };
     return cmocka_run_group_tests_name("verify", tests, NULL, NULL);

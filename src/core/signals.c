@@ -1,6 +1,7 @@
 /* Cleanup on interrupting signals; see signals.h. */
-#include "cli/signals.h"
+#include "core/signals.h"
 
+#include <pthread.h>
 #include <signal.h>
 #include <stddef.h>
 
@@ -20,7 +21,7 @@ static void on_signal(int sig)
     raise(sig);
 }
 
-void cli_signals_arm(void (*cleanup)(void))
+void signals_cleanup_arm(void (*cleanup)(void))
 {
     cleanup_fn = cleanup;
     struct sigaction sa = {.sa_handler = on_signal};
@@ -29,9 +30,18 @@ void cli_signals_arm(void (*cleanup)(void))
         sigaction(cleanup_signals[i], &sa, &saved[i]);
 }
 
-void cli_signals_disarm(void)
+void signals_cleanup_disarm(void)
 {
     for (size_t i = 0; i < ARRAY_SIZE(cleanup_signals); i++)
         sigaction(cleanup_signals[i], &saved[i], NULL);
     cleanup_fn = NULL;
+}
+
+void signals_cleanup_block(bool block)
+{
+    sigset_t set;
+    sigemptyset(&set);
+    for (size_t i = 0; i < ARRAY_SIZE(cleanup_signals); i++)
+        sigaddset(&set, cleanup_signals[i]);
+    pthread_sigmask(block ? SIG_BLOCK : SIG_UNBLOCK, &set, NULL);
 }
