@@ -5,7 +5,6 @@
 
 #include <errno.h>
 #include <inttypes.h>
-#include <jansson.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -89,40 +88,19 @@ static void *worker_main(void *opaque)
     return NULL;
 }
 
-/* Start the transfer of disk into vm: its URL, or NULL with res->error and *err set.
- * client_upload_start() would do this, but it reads the answer's "url" after freeing the
- * answer (client/rest.c); until that is fixed the POST is made here. */
+/* Start the transfer of disk into vm: its URL, or NULL with res->error and *err set. */
 static char *transfer_start(struct client *c, const struct upload_source *src, const char *vm,
                             const char *disk, struct upload_result *res, int *err)
 {
-    CLEANUP_FREE char *vm_esc = client_escape(vm);
-    CLEANUP_FREE char *path = NULL;
-    json_t *req =
-        json_pack("{s:s, s:I, s:s}", "disk", disk, "size", (json_int_t)src->size, "format", "raw");
-    CLEANUP_FREE char *body = req ? json_dumps(req, JSON_COMPACT) : NULL;
-    json_decref(req);
-    if (!vm_esc || !body || asprintf(&path, CLIENT_API_ROOT "/vms/%s/uploads", vm_esc) < 0) {
-        path = NULL;
-        snprintf(res->error, sizeof(res->error), "out of memory");
-        *err = -ENOMEM;
-        return NULL;
-    }
-    json_t *t = NULL;
-    int r = client_json(c, "POST", path, body, &t, NULL);
-    if (r < 0) {
-        snprintf(res->error, sizeof(res->error), "VM %s: disk %s: starting the upload: %s", vm,
-                 disk, client_error(c));
-        *err = r;
-        return NULL;
-    }
-    const char *url = json_string_value(json_object_get(t, "url"));
-    char *copy = url && *url ? strdup(url) : NULL;
-    json_decref(t);
-    if (!copy) {
+    char *url = NULL;
+    int r = client_upload_start(c, vm, disk, src->size, "raw", &url);
+    if (r == -EPROTO)
         snprintf(res->error, sizeof(res->error), "the server gave no transfer URL");
-        *err = -EPROTO;
-    }
-    return copy;
+    else if (r < 0)
+        snprintf(res->error, sizeof(res->error), "VM %s: disk %s: starting the upload: %s", vm,
+                 disk, r == -ENOMEM ? "out of memory" : client_error(c));
+    *err = r;
+    return url;
 }
 
 /* The runs of zero chunks as PATCH zero, coalesced; then flush and finalize. */

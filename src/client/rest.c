@@ -141,9 +141,10 @@ int client_upload_start(struct client *c, const char *vm, const char *disk, uint
     if (r < 0)
         return r;
     const char *u = json_string_value(json_object_get(t, "url"));
-    *url = u && *u ? strdup(u) : NULL;
+    bool have_url = u && *u; /* u points into t: decided before t is freed */
+    *url = have_url ? strdup(u) : NULL;
     json_decref(t);
-    if (!u || !*u)
+    if (!have_url)
         return -EPROTO; /* the server gave no transfer URL */
     return *url ? 0 : -ENOMEM;
 }
