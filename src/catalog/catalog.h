@@ -1,6 +1,7 @@
-/* The snapshot catalog: which snapshots exist, of which VM, with which disk files; which
- * uploads of new disks are in progress (so that a restart can remove their partial files); and
- * which login tokens were revoked at logout (so that a restart does not revive them).
+/* The snapshot catalog: which snapshots exist, of which VM, with which disks (the providers'
+ * locators); which uploads of new disks are in progress (so that a restart can remove their
+ * partial files); and which login tokens were revoked at logout (so that a restart does not
+ * revive them).
  *
  * SQLite in WAL mode with synchronous=FULL, so the catalog survives kill -9 and power loss at any
  * point.  A snapshot is recorded as "creating" before its files are made and "ready" after; one

@@ -1,4 +1,5 @@
-/* Time helpers shared by the daemon's parts. */
+/* Time helpers: an RFC 3339 timestamp of now, and CLOCK_MONOTONIC nanoseconds (timeouts,
+ * deadlines and durations of the server, the store's locks and the engines). */
 #ifndef VMEXPORT_CORE_CLOCK_H
 #define VMEXPORT_CORE_CLOCK_H
 

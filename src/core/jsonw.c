@@ -1,4 +1,4 @@
-/* Streaming JSON writer; see jsonw.h. */
+/* Streaming JSON writer (escaping, U+FFFD for bytes that are not UTF-8); see jsonw.h. */
 #include "core/jsonw.h"
 
 #include <inttypes.h>

@@ -1,6 +1,7 @@
-/* Streaming JSON writing to a FILE, for responses too large to build in memory (extent lists
- * of any length).  Keys and strings are escaped, bytes that are not UTF-8 written as U+FFFD;
- * numbers are written as integers. */
+/* Streaming JSON writing to a FILE: the server's responses too large to build in memory
+ * (extent lists of any length), and the --json output of the command line's commands, so that
+ * no ID or name can break it.  Keys and strings are escaped, bytes that are not UTF-8 written as
+ * U+FFFD; numbers are written as integers. */
 #ifndef VMEXPORT_CORE_JSONW_H
 #define VMEXPORT_CORE_JSONW_H
 

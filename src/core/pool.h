@@ -1,10 +1,11 @@
 /* Worker threads and the first error among them.
  *
- * Every engine that runs work in parallel (backup, restore, download, upload, archive import)
- * starts its threads with worker_pool_start and joins them with worker_pool_join, and records
- * failures in one struct first_error: the first failure wins (its errno and message are what
- * the user sees), later ones are dropped, and every thread polls first_error_failed() to stop
- * early.  A wake callback lets threads blocked on a queue see the failure at once.
+ * Every engine that runs work in parallel (backup, restore, download, upload) starts its
+ * threads with worker_pool_start and joins them with worker_pool_join, and records failures in
+ * one struct first_error (the archive engines use it too, without threads): the first failure
+ * wins (its errno and message are what the user sees), later ones are dropped, and every thread
+ * polls first_error_failed() to stop early.  A wake callback lets threads blocked on a queue
+ * see the failure at once.
  */
 #ifndef VMEXPORT_CORE_POOL_H
 #define VMEXPORT_CORE_POOL_H

@@ -1,6 +1,7 @@
 /* Provider plumbing shared by every provider type: VM lists, the config section check that
  * turns a [provider.NAME] section into an open provider, safe IDs, derived UUIDs and the
- * reflink probe.  The provider types themselves live in one file each (dir.c, ovm.c).
+ * reflink probe; and the provider table, which maps a section's "type =" to its provider_ops
+ * (provider_ops_find).  The provider types themselves live in one file each (dir.c, ovm.c).
  */
 #include "provider.h"
 

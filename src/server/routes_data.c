@@ -1,9 +1,10 @@
 /* API routes that serve disk data: the bytes of a snapshot disk (Range, multipart/byteranges,
  * ETag, If-Range; short ranges read into memory, longer ones sent with sendfile on plain HTTP
- * and in 1 MiB blocks with TLS, read with O_DIRECT when not in the page cache; a single range
- * without its blocks of zeros to clients that accept application/vnd.vmexport.sparse) and
- * VMware-style changed areas (QueryChangedDiskAreas).  Where
- * each disk is comes from a small cache in front of the catalog (see below).
+ * and in 1 MiB blocks with TLS, past the page cache where the provider's reader allows; a
+ * single range without its blocks of zeros to clients that accept
+ * application/vnd.vmexport.sparse) and VMware-style changed areas (QueryChangedDiskAreas, from
+ * the provider's disk_changes).  Every disk is read through its provider's struct disk_reader,
+ * opened from the catalog's locator and kept in the cache of open disks (disk_cache.h).
  */
 #include <errno.h>
 #include <fcntl.h>
