@@ -140,11 +140,6 @@ const struct cli_command cmd_restore = {
              "                        [--jobs N] [--json]\n"
              "       vmexport restore --repo PATH BACKUP [--disk NAME] --upload VM [--jobs N]\n"
              "\n"
-             "With --upload, the disks are written back to a host through vmexportd's upload API\n"
-             "into VM (created when missing; existing disks are never overwritten): data chunks\n"
-             "as ranged PUTs from N connections, zero ranges as PATCH zero requests, then the\n"
-             "transfer is finalized; on failure it is cancelled and no disk appears.\n"
-             "\n"
              "Write the disks of BACKUP as sparse raw files.  With one disk (or --disk), --to\n"
              "names the file (or an existing directory to put it in); otherwise --to is a\n"
              "directory that receives one file per disk, named after the disk.  Every chunk's\n"
@@ -154,14 +149,19 @@ const struct cli_command cmd_restore = {
              "are complete are they renamed into place; with --force an existing file is\n"
              "swapped out and removed only then, so a failure leaves it as it was.\n"
              "What is written leaves the page cache once it is on the disk: restoring a big disk\n"
-             "does not push the host's cached data out.\n",
+             "does not push the host's cached data out.\n"
+             "\n"
+             "With --upload, the disks are written back to a host through vmexportd's upload API\n"
+             "into VM (created when missing; existing disks are never overwritten): data chunks\n"
+             "as ranged PUTs from N connections, zero ranges as PATCH zero requests, then the\n"
+             "transfer is finalized; on failure it is cancelled and no disk appears.\n",
     .common = CLI_REPO | CLI_PASSPHRASE | CLI_JSON | CLI_JOBS | CLI_CONNECTION,
     .options = restore_options,
     .json_short = 'J',
     .jobs_short = 'j',
     .jobs_max = RESTORE_MAX_JOBS,
     .json_help = "progress and results as JSON lines",
-    .jobs_help = "parallel readers (default 4 with --to, 2 with --upload)",
-    .epilog = "Exit status: 0 success, 1 failure (damaged or missing data, existing file), 2 "
+    .jobs_help = "readers with --to (default 4), connections with --upload (2)",
+    .epilog = "Exit status: 0 success, 1 failure (damaged or missing data, existing file), 2 bad "
               "usage.\n",
 };

@@ -174,7 +174,7 @@ static int snapshot_run(int argc, char **argv)
 
 const struct cli_command cmd_snapshot = {
     .name = "snapshot",
-    .summary = "create or delete snapshots on a vmexportd server",
+    .summary = "create, delete or purge snapshots on a vmexportd server",
     .run = snapshot_run,
     .usage =
         "Usage: vmexport snapshot create [--json] VM\n"

@@ -82,7 +82,7 @@ const struct cli_command cmd_vms = {
              "\n"
              "List the VMs of every provider of the server: name, provider, number of disks,\n"
              "their total size, number of snapshots, and whether the VM can be snapshotted\n"
-             "(every writable disk is a file in a known repository).\n"
+             "(its provider can snapshot every writable disk).\n"
              "\n",
     .common = CLI_JSON | CLI_CONNECTION,
     .json_short = 'j',

@@ -131,7 +131,9 @@ static struct cli_option jobs_option(const struct cli_command *cmd)
 static void table_build(struct cli_args *a, const struct cli_command *cmd)
 {
     size_t n = 0;
-    a->shortopts[0] = '\0';
+    /* A leading ':' makes getopt answer ':' for a missing value, '?' for an unknown option. */
+    a->shortopts[0] = ':';
+    a->shortopts[1] = '\0';
     if (cmd->options)
         for (const struct cli_option *o = cmd->options; o->name; o++)
             table_add(a, &n, o, o->key, o->key < CLI_LONG_ONLY ? o->key : 0);
@@ -157,6 +159,7 @@ int cli_next(struct cli_args *a, const struct cli_command *cmd, int argc, char *
     if (!a->started) {
         table_build(a, cmd);
         optind = 0; /* a full restart of getopt, also after another command line */
+        opterr = 0; /* errors are reported below, once */
     }
     for (;;) {
         int c = getopt_long(argc, argv, a->shortopts, a->table, NULL);
@@ -197,9 +200,17 @@ int cli_next(struct cli_args *a, const struct cli_command *cmd, int argc, char *
             a->status = cli_help(cmd);
             return CLI_EXIT;
         case '?':
-        case ':':
-            a->status = cli_usage_error(cmd, "unknown option");
+        case ':': {
+            /* getopt is silent (opterr = 0): one message, naming the option. */
+            const char *word = optind > 0 && optind <= argc ? argv[optind - 1] : "?";
+            char shortname[3] = {'-', (char)optopt, '\0'};
+            /* optopt is the letter of a short option, or a long option's key (or 0) */
+            const char *name =
+                optopt > 0 && optopt < CLI_LONG_ONLY && word[1] != '-' ? shortname : word;
+            a->status = c == ':' ? cli_usage_error(cmd, "option '%s' needs a value", name)
+                                 : cli_usage_error(cmd, "unknown option '%s'", name);
             return CLI_EXIT;
+        }
         default:
             return c; /* the command's own */
         }

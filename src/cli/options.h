@@ -70,7 +70,7 @@ struct cli_args {
     /* private: the merged getopt_long table */
     bool started;
     struct option table[CLI_OPTIONS_MAX + 1];
-    char shortopts[3 * CLI_OPTIONS_MAX + 1];
+    char shortopts[3 * CLI_OPTIONS_MAX + 2]; /* ":", then "k:" or "k" per option */
 };
 
 /* The next option of argv (argv[0] is the command name) for cmd: its key when it is one of

@@ -20,6 +20,14 @@ done
 expect_exit 0 "vmexport --help" "$VMEXPORT" --help
 check "--help lists the commands" grep -q "clone" "$WORK/out"
 expect_exit 2 "unknown command is a usage error" "$VMEXPORT" frobnicate
+# An option error is said once, by vmexport, naming the option (getopt stays silent).
+expect_exit 2 "an option a command does not take is a usage error" "$VMEXPORT" backups --jobs 2
+check "one message naming the unknown option" \
+    test "$(grep -c "option" "$WORK/err")" = 1 -a "$(grep -c "unknown option '--jobs'" "$WORK/err")" = 1
+expect_exit 2 "a missing value is a usage error" "$VMEXPORT" backups --repo
+check "the message names the option that needs a value" grep -q "option '--repo' needs a value" "$WORK/err"
+expect_exit 2 "an unknown short option is a usage error" "$VMEXPORT" map -Z x
+check "the message names the short option" grep -q "unknown option '-Z'" "$WORK/err"
 expect_exit 2 "bad --mode is a usage error" "$VMEXPORT" clone --mode fast a b
 check "bad --mode message names the choices" grep -q "auto, reflink or copy" "$WORK/err"
 
