@@ -1,8 +1,10 @@
 /* The backup engine (backup.h): snapshot, plan, read, chunk, store, commit.
  *
- * Planning: the server says, per disk, which ranges hold changed data ("chunks") and which
- * became zeros ("zeroed") since the base snapshot, or which hold data at all for a first or
- * full backup.  Every chunk either touches is rebuilt; the others are the previous manifest's.
+ * Planning: the server says, per disk, which ranges hold changed data ("changedArea" with
+ * zeroedInChanged=false) and which became zeros ("zeroedArea") since the disk's change ID in the
+ * base snapshot, or which hold data at all ("*") for a first or full backup, a page of areas per
+ * request (GET .../changes), so a very fragmented disk never needs one huge answer in memory.
+ * Every chunk either list touches is rebuilt; the others are the previous manifest's.
  *
  * Reading: per disk, --jobs fetch threads read the touched chunks through the disk's source
  * (only the changed ranges, laid over the previous backup's chunk, or zeros), and hand them
@@ -68,8 +70,9 @@ struct disk_plan {
     extent_list changed; /* ranges whose data must be read from the new snapshot */
     extent_list zeroed;  /* ranges that read as zeros now (an incremental disk's only) */
     struct manifest prev;
-    bool have_prev;   /* prev holds the previous backup's manifest of the disk */
-    bool incremental; /* the lists are the changes since prev's snapshot */
+    bool have_prev;    /* prev holds the previous backup's manifest of the disk */
+    const char *since; /* with have_prev: the disk's change ID in the previous backup */
+    bool incremental;  /* the lists are the changes since prev's snapshot */
     struct source *src;
 };
 
@@ -520,27 +523,47 @@ static int ranges_from_json(const json_t *arr, uint64_t size, extent_list *l)
     return 0;
 }
 
-/* The disk named name in a snapshot answer, or NULL. */
-static const json_t *answer_disk(const json_t *snap, const char *name)
+/* Page through the server's changed areas of disk d since change_id ("*": its data extents)
+ * into d->changed (the changed data only: zeroedInChanged=false) and d->zeroed; one page in
+ * memory at a time.  0, -EPROTO for an answer that does not page through the disk, or the
+ * client's error (-EINVAL: the server knows no such older snapshot of the disk). */
+static int read_changes(struct client *cl, const char *vm, const char *snap_id, struct disk_plan *d,
+                        const char *change_id)
 {
-    size_t i;
-    const json_t *dj;
-    json_array_foreach(json_object_get(snap, "disks"), i, dj)
-    {
-        const char *n = json_string_value(json_object_get(dj, "name"));
-        if (n && !strcmp(n, name))
-            return dj;
+    for (uint64_t start = 0; start < d->size;) {
+        json_t *j = NULL;
+        int r = client_get_disk_changes(cl, vm, snap_id, d->name, change_id, start, false, &j);
+        if (r < 0)
+            return r;
+        json_int_t len = json_integer_value(json_object_get(j, "length"));
+        if (len <= 0 || (uint64_t)len > d->size - start)
+            r = -EPROTO; /* every page before the end covers some of the disk */
+        if (r == 0)
+            r = ranges_from_json(json_object_get(j, "changedArea"), d->size, &d->changed);
+        if (r == 0)
+            r = ranges_from_json(json_object_get(j, "zeroedArea"), d->size, &d->zeroed);
+        json_decref(j);
+        if (r < 0)
+            return r;
+        start += (uint64_t)len;
     }
-    return NULL;
+    return 0;
 }
 
-/* The ranges to read of disk d from its entry dj of a snapshot answer: the changes since the
- * base when incremental, else its data extents; and the chunks they touch. */
-static int plan_disk(struct disk_plan *d, const json_t *dj, bool incremental, uint32_t cs)
+/* The ranges to read of disk d from the server: the changes since its change ID in the previous
+ * backup when the server still has that snapshot, else its data extents; and the chunks they
+ * touch.  0 or a negative errno (the client's message in client_error()). */
+static int plan_disk(struct client *cl, const char *vm, const char *snap_id, struct disk_plan *d,
+                     uint32_t cs)
 {
-    int r = ranges_from_json(json_object_get(dj, "chunks"), d->size, &d->changed);
-    if (r == 0 && incremental)
-        r = ranges_from_json(json_object_get(dj, "zeroed"), d->size, &d->zeroed);
+    bool incremental = d->have_prev;
+    int r = read_changes(cl, vm, snap_id, d, incremental ? d->since : "*");
+    if (r == -EINVAL && incremental) { /* the base snapshot is gone from the server */
+        extent_list_reset(&d->changed);
+        extent_list_reset(&d->zeroed);
+        incremental = false;
+        r = read_changes(cl, vm, snap_id, d, "*");
+    }
     if (r < 0)
         return r;
     d->incremental = incremental;
@@ -682,6 +705,7 @@ static void read_prev_manifest(struct backup_ctx *b, const struct backup *prev, 
         if (strcmp(prev->disks.ptr[k].name, d->name) || !prev->disks.ptr[k].change_id)
             continue;
         d->have_prev = repo_manifest_read(b->repo, prev, d->name, &d->prev) == 0;
+        d->since = prev->disks.ptr[k].change_id;
     }
 }
 
@@ -692,16 +716,9 @@ static int plan_disks(struct backup_ctx *b, const json_t *snapj, const char *sna
                       const struct backup *prev, struct disk_plan *plans, size_t nplans,
                       uint64_t *total)
 {
-    const struct client_snapshot_query diff_q = {.compare_to = prev ? prev->snapshot_id : NULL,
-                                                 .chunks = true,
-                                                 .squash = true,
-                                                 .zeroed_in_chunks = false};
     const uint32_t cs = repo_chunk_size(b->repo);
     struct client *cl = b->o->client;
-    json_t *diff = NULL, *extents = NULL;
-    int r = 0;
     *total = 0;
-    bool want_diff = false;
     for (size_t i = 0; i < nplans; i++) {
         const json_t *dj = json_array_get(json_object_get(snapj, "disks"), i);
         struct disk_plan *d = &plans[i];
@@ -714,39 +731,16 @@ static int plan_disks(struct backup_ctx *b, const json_t *snapj, const char *sna
         if (!(d->touched = calloc((d->size + cs - 1) / cs / 8 + 1, 1)))
             return first_error_set(&b->fe, -ENOMEM, "out of memory");
         read_prev_manifest(b, prev, d);
-        want_diff = want_diff || d->have_prev;
-    }
-    /* One question for all disks; -ENOENT: the base snapshot is gone from the server. */
-    if (want_diff && diff_q.compare_to &&
-        (r = client_get_snapshot(cl, b->o->vm, snap_id, &diff_q, &diff)) < 0) {
-        if (r != -ENOENT)
-            return first_error_set(&b->fe, r, "VM %s: changes since snapshot %s: %s", b->o->vm,
-                                   diff_q.compare_to, client_error(cl));
-        r = 0;
-    }
-    for (size_t i = 0; i < nplans && r >= 0; i++) {
-        struct disk_plan *d = &plans[i];
-        /* A disk the base does not have is listed without diff_mode, with all its data. */
-        const json_t *dj = diff ? answer_disk(diff, d->name) : NULL;
-        bool diffed = dj && json_object_get(dj, "diff_mode");
-        bool incremental = diffed && d->have_prev;
-        if (diffed && !incremental)
-            dj = NULL; /* changes against a base this repository lacks: the data is needed */
-        if (!dj) {
-            if (!extents && (r = client_get_snapshot(cl, b->o->vm, snap_id, NULL, &extents)) < 0)
-                r = first_error_set(&b->fe, r, "VM %s: disk %s: changed areas: %s", b->o->vm,
-                                    d->name, client_error(cl));
-            dj = extents ? answer_disk(extents, d->name) : NULL;
-        }
-        if (r >= 0 && (r = dj ? plan_disk(d, dj, incremental, cs) : -EPROTO) < 0)
-            first_error_set(&b->fe, r, "VM %s: disk %s: changed areas: %s", b->o->vm, d->name,
-                            r == -EPROTO ? "the server's answer lists no valid ranges"
-                                         : strerror(-r));
+        int r = plan_disk(cl, b->o->vm, snap_id, d, cs);
+        if (r < 0)
+            return first_error_set(&b->fe, r, "VM %s: disk %s: changed areas: %s", b->o->vm,
+                                   d->name,
+                                   r == -EPROTO   ? "the server's answer is no valid page of areas"
+                                   : r == -ENOMEM ? "out of memory"
+                                                  : client_error(cl));
         *total += d->touched_bytes;
     }
-    json_decref(diff);
-    json_decref(extents);
-    return r < 0 ? r : 0;
+    return 0;
 }
 
 static const struct enum_name transport_names[] = {

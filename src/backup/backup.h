@@ -1,9 +1,10 @@
 /* The backup engine: one VM from vmexportd into a repository, as a function.
  *
- * backup_run() takes a snapshot of the VM on the server, asks the server what changed since
- * the snapshot of the VM's previous backup in the repository (GET snapshot with compareTo and
- * zeroedInChunks=false: the changed data, and apart from it the ranges that became zeros), or
- * for a first or full backup which ranges hold data at all, reads only those through a source
+ * backup_run() takes a snapshot of the VM on the server, asks the server what changed on each
+ * disk since its change ID in the VM's previous backup in the repository (GET .../changes with
+ * zeroedInChanged=false, page by page: the changed data, and apart from it the ranges that
+ * became zeros), or for a first or full backup, or when the server no longer has that
+ * snapshot, which ranges hold data at all (changeId=*), reads only those through a source
  * (source.h: https or local), lays them over the previous backup's chunks (or zeros), and
  * stores every touched chunk; every other chunk comes from the previous manifest.  Each backup
  * is thus a synthetic full: it restores on its own and can be pruned independently.

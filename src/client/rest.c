@@ -110,13 +110,15 @@ int client_purge_snapshots(struct client *c, const char *vm)
 }
 
 int client_get_disk_changes(struct client *c, const char *vm, const char *snap, const char *disk,
-                            const char *change_id, uint64_t start_offset, json_t **out)
+                            const char *change_id, uint64_t start_offset, bool zeroed_in_changed,
+                            json_t **out)
 {
     CLEANUP_FREE char *ce = client_escape(change_id);
     if (!ce)
         return -ENOMEM;
     CLEANUP_FREE char *path =
-        api_path(vm, snap, disk, "/changes?changeId=%s&startOffset=%" PRIu64, ce, start_offset);
+        api_path(vm, snap, disk, "/changes?changeId=%s&startOffset=%" PRIu64 "%s", ce, start_offset,
+                 zeroed_in_changed ? "" : "&zeroedInChanged=false");
     return path ? client_json(c, "GET", path, NULL, out, NULL) : -ENOMEM;
 }
 

@@ -55,9 +55,12 @@ int client_delete_snapshot(struct client *c, const char *vm, const char *snap);
 int client_purge_snapshots(struct client *c, const char *vm);
 
 /* GET /vms/{vm}/snapshots/{snap}/disks/{disk}/changes (the VMware-style areas, one page from
- * start_offset).  change_id: "*" or the change ID of the disk in an older snapshot. */
+ * start_offset).  change_id: "*" or the change ID of the disk in an older snapshot (-EINVAL
+ * when the server knows no such older snapshot of the disk).  zeroed_in_changed: the server's
+ * default, "changedArea" also covers the "zeroedArea" ranges; false: only the changed data. */
 int client_get_disk_changes(struct client *c, const char *vm, const char *snap, const char *disk,
-                            const char *change_id, uint64_t start_offset, json_t **out);
+                            const char *change_id, uint64_t start_offset, bool zeroed_in_changed,
+                            json_t **out);
 
 /* The path of a snapshot disk's data (GET/HEAD with Range), for client_read_range(): built
  * once per disk, used for every read.  malloc'd; NULL when out of memory. */

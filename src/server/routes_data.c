@@ -578,6 +578,11 @@ int route_disk_changes(struct request *rq)
 
     const char *change_id = request_arg(rq, "changeId");
     const char *so = request_arg(rq, "startOffset");
+    bool zeroed_in_changed;
+    if (request_arg_bool(rq, "zeroedInChanged", true, &zeroed_in_changed) < 0) {
+        snapshot_free(snap);
+        return reply_bad_bool(rq, "zeroedInChanged");
+    }
     uint64_t start = 0;
     if (so) {
         char *end;
@@ -624,7 +629,8 @@ int route_disk_changes(struct request *rq)
 
     /* changed = areas a VMware-style client must copy (new data and zeroed ranges: reading a
      * zeroed range gives zeros, so a client unaware of zeroedArea still restores correctly);
-     * zeroed = the subset it may write as zeros without reading. */
+     * zeroed = the subset it may write as zeros without reading.  zeroedInChanged=false: changed
+     * holds the new data only, for a client that writes zeroed itself. */
     struct area_page changed = {.l = VECTOR_INIT, .from = start, .dropped = UINT64_MAX};
     struct area_page zeroed = {.l = VECTOR_INIT, .from = start, .dropped = UINT64_MAX};
     uint64_t complete_below = UINT64_MAX; /* every area below this offset is in the lists */
@@ -633,23 +639,28 @@ int route_disk_changes(struct request *rq)
     if (!p) {
         r = -ENOENT;
     } else if (bd) {
-        extent_list ch = VECTOR_INIT;
         struct area_page chp = {.l = VECTOR_INIT, .from = start, .dropped = UINT64_MAX};
         struct extent_sink cs = {.emit = area_emit, .opaque = &chp};
         struct extent_sink zs = {.emit = area_emit, .opaque = &zeroed};
         r = p->ops->disk_changes(p, bd->locator, disk->locator, &cs, &zs, NULL);
-        /* union of the two sorted lists */
-        size_t i = 0, j = 0;
-        while (r == 0 && (i < chp.l.len || j < zeroed.l.len)) {
-            const struct extent *e;
-            if (j >= zeroed.l.len || (i < chp.l.len && chp.l.ptr[i].start < zeroed.l.ptr[j].start))
-                e = &chp.l.ptr[i++];
-            else
-                e = &zeroed.l.ptr[j++];
-            r = extent_list_add_range(&ch, e->start, e->length);
+        if (zeroed_in_changed) {
+            /* union of the two sorted lists */
+            extent_list ch = VECTOR_INIT;
+            size_t i = 0, j = 0;
+            while (r == 0 && (i < chp.l.len || j < zeroed.l.len)) {
+                const struct extent *e;
+                if (j >= zeroed.l.len ||
+                    (i < chp.l.len && chp.l.ptr[i].start < zeroed.l.ptr[j].start))
+                    e = &chp.l.ptr[i++];
+                else
+                    e = &zeroed.l.ptr[j++];
+                r = extent_list_add_range(&ch, e->start, e->length);
+            }
+            extent_list_reset(&chp.l);
+            changed.l = ch;
+        } else {
+            changed.l = chp.l; /* the changed data only */
         }
-        extent_list_reset(&chp.l);
-        changed.l = ch;
         complete_below = chp.dropped < zeroed.dropped ? chp.dropped : zeroed.dropped;
     } else {
         struct disk_reader *rd = NULL;
@@ -666,10 +677,13 @@ int route_disk_changes(struct request *rq)
         goto out;
     }
 
-    /* The page ends before the first area that did not fit, else at the end of the disk. */
+    /* The page ends before the first area of either list that did not fit, else at the end of
+     * the disk. */
     uint64_t upto = disk->size < complete_below ? disk->size : complete_below;
     if (changed.l.len > CHANGES_PAGE_MAX && changed.l.ptr[CHANGES_PAGE_MAX].start < upto)
         upto = changed.l.ptr[CHANGES_PAGE_MAX].start;
+    if (zeroed.l.len > CHANGES_PAGE_MAX && zeroed.l.ptr[CHANGES_PAGE_MAX].start < upto)
+        upto = zeroed.l.ptr[CHANGES_PAGE_MAX].start;
     FILE *f = server_tmpfile();
     if (!f) {
         ret = reply_errno(rq, -errno, "temporary file");

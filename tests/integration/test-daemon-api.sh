@@ -312,6 +312,21 @@ check "changedArea covers write, discard and growth; zeroedArea the discard" \
 expect_status 200 "changes from a startOffset" GET "$CH?changeId=$CID1&startOffset=8000000"
 check "startOffset skips earlier areas" jq -e '.startOffset == 8000000 and .changedArea[0].start == 8192000 and .length == 75886080' "$WORK/body"
 expect_status 400 "a change ID of another disk is 400" GET "$CH?changeId=$(jq -r '.disks[] | select(.name == "data.raw") | .change_id' "$WORK/snap1.json")"
+# zeroedInChanged=false: changedArea is the new data only, zeroedArea stays; true is the default.
+expect_status 200 "changes with zeroedInChanged=false" GET "$CH?changeId=$CID1&zeroedInChanged=false"
+check "  changedArea leaves the zeroed MiB out, zeroedArea has it" \
+    jq -e '.changedArea == [{"start":8192000,"length":4096},{"start":78643200,"length":131072}] and .zeroedArea == [{"start":6291456,"length":1048576}] and .startOffset == 0 and .length == 83886080' "$WORK/body"
+expect_status 200 "  from a startOffset inside the zeroed MiB" GET "$CH?changeId=$CID1&zeroedInChanged=false&startOffset=6815744"
+check "  the zeroed area is clipped to it, the changed data follows" \
+    jq -e '.changedArea == [{"start":8192000,"length":4096},{"start":78643200,"length":131072}] and .zeroedArea == [{"start":6815744,"length":524288}] and .length == 77070336' "$WORK/body"
+api GET "$CH?changeId=$CID1" >/dev/null && cp "$WORK/body" "$WORK/changes-default"
+expect_status 200 "changes with zeroedInChanged=true" GET "$CH?changeId=$CID1&zeroedInChanged=true"
+check "  is the default answer" cmp -s "$WORK/body" "$WORK/changes-default"
+api GET "$CH?changeId=*" >/dev/null && cp "$WORK/body" "$WORK/changes-all"
+expect_status 200 "changeId=* with zeroedInChanged=false" GET "$CH?changeId=*&zeroedInChanged=false"
+check "  lists the same data areas" cmp -s "$WORK/body" "$WORK/changes-all"
+expect_status 400 "zeroedInChanged=maybe is 400" GET "$CH?changeId=$CID1&zeroedInChanged=maybe"
+check "  naming the parameter" jq -e '.details | test("zeroedInChanged")' "$WORK/body"
 expect_status 400 "startOffset past the end is 400" GET "$CH?changeId=*&startOffset=999999999999"
 
 # --- delete, purge, orphans ---
