@@ -275,33 +275,40 @@ static int config_write(struct store *st, const char *path, uint32_t chunk_size,
     return r;
 }
 
-/* Check the options of repo_init: 0, or -EINVAL with a message. */
-static int init_options(const struct repo_init_options *opt, uint32_t *chunk_size, int *level,
+/* Check the options of repo_init (NULL: the defaults) and fill in their defaults: 0, or
+ * -EINVAL with a message. */
+static int init_options(const struct repo_init_options *opt, struct repo_init_options *out,
                         char *err, size_t errlen)
 {
-    *chunk_size = opt->chunk_size ? opt->chunk_size : REPO_DEFAULT_CHUNK_SIZE;
-    *level = opt->zstd_level ? opt->zstd_level : REPO_DEFAULT_ZSTD;
-    if (!repo_chunk_size_valid(*chunk_size)) {
+    static const struct repo_init_options defaults = {0};
+    if (!opt)
+        opt = &defaults;
+    *out = *opt;
+    if (!out->chunk_size)
+        out->chunk_size = REPO_DEFAULT_CHUNK_SIZE;
+    if (!out->zstd_level)
+        out->zstd_level = REPO_DEFAULT_ZSTD;
+    if (!repo_chunk_size_valid(out->chunk_size)) {
         repo_set_err(err, errlen, "chunk size %u is not a power of two between %u and %u",
-                     *chunk_size, REPO_MIN_CHUNK_SIZE, REPO_MAX_CHUNK_SIZE);
+                     out->chunk_size, REPO_MIN_CHUNK_SIZE, REPO_MAX_CHUNK_SIZE);
         return -EINVAL;
     }
-    if (*level < ZSTD_minCLevel() || *level > ZSTD_maxCLevel()) {
-        repo_set_err(err, errlen, "zstd level %d is not between %d and %d", *level,
+    if (out->zstd_level < ZSTD_minCLevel() || out->zstd_level > ZSTD_maxCLevel()) {
+        repo_set_err(err, errlen, "zstd level %d is not between %d and %d", out->zstd_level,
                      ZSTD_minCLevel(), ZSTD_maxCLevel());
         return -EINVAL;
     }
-    if (opt->passphrase && !*opt->passphrase) {
+    if (out->passphrase && !*out->passphrase) {
         repo_set_err(err, errlen, "the passphrase is empty");
         return -EINVAL;
     }
     return 0;
 }
 
-/* The layout of a new repository in an empty store; the config comes last: a store without
- * one is not a repository. */
-static int init_layout(struct store *st, uint32_t chunk_size, int level, const char *passphrase,
-                       char *err, size_t errlen)
+/* The layout of a new repository in an empty store (opt checked by init_options); the config
+ * comes last: a store without one is not a repository. */
+static int init_layout(struct store *st, const struct repo_init_options *opt, char *err,
+                       size_t errlen)
 {
     static const char *const subdirs[] = {REPO_CHUNKS_DIR, REPO_BACKUPS_DIR, REPO_LOCKS_DIR};
     for (size_t i = 0; i < ARRAY_SIZE(subdirs); i++) {
@@ -311,30 +318,22 @@ static int init_layout(struct store *st, uint32_t chunk_size, int level, const c
             return r;
         }
     }
-    return config_write(st, store_name(st), chunk_size, level, passphrase, err, errlen);
+    return config_write(st, store_name(st), opt->chunk_size, opt->zstd_level, opt->passphrase, err,
+                        errlen);
 }
 
 int repo_init_store(struct store *st, const struct repo_init_options *opt, char *err, size_t errlen)
 {
-    static const struct repo_init_options defaults = {0};
-    if (!opt)
-        opt = &defaults;
-    uint32_t chunk_size;
-    int level;
-    int r = init_options(opt, &chunk_size, &level, err, errlen);
-    if (r < 0)
-        return r;
-    return init_layout(st, chunk_size, level, opt->passphrase, err, errlen);
+    struct repo_init_options o;
+    int r = init_options(opt, &o, err, errlen);
+    return r < 0 ? r : init_layout(st, &o, err, errlen);
 }
 
 int repo_init(const char *path, const struct repo_init_options *opt, char *err, size_t errlen)
 {
-    static const struct repo_init_options defaults = {0};
-    if (!opt)
-        opt = &defaults;
-    uint32_t chunk_size;
-    int level;
-    int r = init_options(opt, &chunk_size, &level, err, errlen);
+    /* Checked before anything is created: bad options leave no directory behind. */
+    struct repo_init_options o;
+    int r = init_options(opt, &o, err, errlen);
     if (r < 0)
         return r;
 
@@ -348,7 +347,7 @@ int repo_init(const char *path, const struct repo_init_options *opt, char *err, 
         repo_set_err(err, errlen, "%s: %s", path, strerror(-r));
         return r;
     }
-    r = init_layout(st, chunk_size, level, opt->passphrase, err, errlen);
+    r = init_layout(st, &o, err, errlen);
     store_close(st);
     return r;
 }
