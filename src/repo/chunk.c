@@ -20,8 +20,10 @@
 
 #define CHUNK_IDENT_PREFIX "chunk:"
 #define CHUNK_IDENT_LEN    (sizeof(CHUNK_IDENT_PREFIX) + 2 * HASH_SIZE)
-#define CHUNK_SUBDIR_LEN   2                                /* hex digits of the first ID byte */
-#define CHUNK_KEY_LEN      (CHUNK_DIR_LEN + CHUNK_NAME_LEN) /* "chunks/ab" '/' "<id hex>" NUL */
+#define CHUNK_SUBDIR_LEN   2 /* hex digits of the first ID byte */
+
+/* "chunks/ab/<id hex>" and its NUL: the directory's size counts the slash's place. */
+#define CHUNK_KEY_LEN (CHUNK_DIR_LEN + CHUNK_NAME_LEN)
 
 static int hmac_sha256(const uint8_t key[REPO_KEY_SIZE], const void *data, size_t len,
                        uint8_t out[HASH_SIZE])
