@@ -238,17 +238,9 @@ static int range_out_flush(struct range_out *o)
 static int read_padded(int fd, uint8_t *buf, size_t len, uint64_t off)
 {
     size_t done = 0;
-    while (done < len) {
-        ssize_t n = pread(fd, buf + done, len - done, (off_t)(off + done));
-        if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            return -errno;
-        }
-        if (n == 0)
-            break;
-        done += (size_t)n;
-    }
+    int r = fs_pread_direct(fd, -1, buf, len, off, &done); /* no O_DIRECT fd: plain reads */
+    if (r < 0)
+        return r;
     memset(buf + done, 0, len - done);
     return 0;
 }
