@@ -88,21 +88,26 @@ static void chunk_key(const struct chunk_id *id, char key[CHUNK_KEY_LEN],
         chunk_ident(name, ident);
 }
 
-/* Seal data as the container of chunk id (in the calling thread's buffer: *file, *flen) and
- * say under which key it goes. */
-static int chunk_seal(struct repo *r, const struct chunk_id *id, const void *data, size_t len,
-                      char key[CHUNK_KEY_LEN], const uint8_t **file, size_t *flen)
-{
-    char ident[CHUNK_IDENT_LEN];
-    chunk_key(id, key, ident);
-    return container_seal_thread(r, ident, data, len, file, flen);
-}
-
 bool repo_chunk_exists(struct repo *r, const struct chunk_id *id)
 {
     char key[CHUNK_KEY_LEN];
     chunk_key(id, key, NULL);
     return store_exists(r->store, key, NULL) == 0;
+}
+
+/* The first steps of writing chunk id: 1 when the repository has it already (nothing to
+ * write), else 0 with its container sealed (in the calling thread's buffer: *file, *flen) and
+ * the key it goes under; or a negative errno. */
+static int chunk_prepare(struct repo *r, const struct chunk_id *id, const void *data, size_t len,
+                         char key[CHUNK_KEY_LEN], const uint8_t **file, size_t *flen)
+{
+    char ident[CHUNK_IDENT_LEN];
+    if (len > r->chunk_size)
+        return -EINVAL;
+    if (repo_chunk_exists(r, id))
+        return 1;
+    chunk_key(id, key, ident);
+    return container_seal_thread(r, ident, data, len, file, flen);
 }
 
 int repo_chunk_put(struct repo *r, const struct chunk_id *id, const void *data, size_t len,
@@ -117,16 +122,12 @@ int repo_chunk_put(struct repo *r, const struct chunk_id *id, const void *data, 
         *stored = false;
     if (bytes_written)
         *bytes_written = 0;
-    if (len > r->chunk_size)
-        return -EINVAL;
-    if (repo_chunk_exists(r, id))
-        return 0;
 
     const uint8_t *file = NULL;
     size_t flen;
-    int ret = chunk_seal(r, id, data, len, key, &file, &flen);
-    if (ret < 0)
-        return ret;
+    int ret = chunk_prepare(r, id, data, len, key, &file, &flen);
+    if (ret != 0)
+        return ret < 0 ? ret : 0;
     ret = store_put(r->store, key, file, flen, STORE_PUT_CREATE, &created);
     if (ret < 0)
         return ret;
@@ -275,16 +276,14 @@ int repo_chunk_batch_put(struct chunk_batch *b, const struct chunk_id *id, const
 
     if (pending_bytes)
         *pending_bytes = 0;
-    if (len > r->chunk_size)
-        return -EINVAL;
-    if (repo_chunk_exists(r, id)) {
+    const uint8_t *file = NULL;
+    size_t flen;
+    int ret = chunk_prepare(r, id, data, len, key, &file, &flen);
+    if (ret > 0) {
         ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&b->lock);
         b->chunks_existing++;
         return 0;
     }
-    const uint8_t *file = NULL;
-    size_t flen;
-    int ret = chunk_seal(r, id, data, len, key, &file, &flen);
     if (ret < 0)
         return ret;
     ret = store_stage(r->store, key, file, flen, &p.staged);
