@@ -25,19 +25,7 @@
 static const struct enum_name diff_mode_names[] = {
     {DIFF_AUTO, "auto"}, {DIFF_REFLINK, "reflink"}, {DIFF_HASH, "hash"}, {DIFF_READ, "read"}};
 
-const char *diff_mode_name(enum diff_mode v)
-{
-    return enum_name(diff_mode_names, ARRAY_SIZE(diff_mode_names), (int)v);
-}
-
-int diff_mode_parse(const char *s, enum diff_mode *out)
-{
-    int v = 0;
-    int r = enum_parse(diff_mode_names, ARRAY_SIZE(diff_mode_names), s, &v);
-    if (r == 0)
-        *out = (enum diff_mode)v;
-    return r;
-}
+DEFINE_ENUM_NAMES(diff_mode, enum diff_mode, diff_mode_names)
 
 static int file_size(int fd, uint64_t *size)
 {
