@@ -1,6 +1,6 @@
 /* Helpers of the backup repository: removing a directory-like prefix through the store, the
- * escaping of VM IDs into directory names, random names and strict base64.  (The file I/O
- * itself is the store's: store_local.c.)
+ * escaping of VM IDs into directory names, random names, strict base64 and reading integers
+ * out of its JSON files.  (The file I/O itself is the store's: store_local.c.)
  */
 #include "repo_internal.h"
 
@@ -168,5 +168,17 @@ int repo_b64_decode(const char *s, uint8_t **out, size_t *len)
         return -EBADMSG;
     *out = TAKE_PTR(buf);
     *len = dlen;
+    return 0;
+}
+
+int repo_json_get_uint(json_t *o, const char *key, bool optional, uint64_t *out)
+{
+    json_t *v = json_object_get(o, key);
+    *out = 0;
+    if (!v && optional)
+        return 0;
+    if (!json_is_integer(v) || json_integer_value(v) < 0)
+        return -EBADMSG;
+    *out = (uint64_t)json_integer_value(v);
     return 0;
 }

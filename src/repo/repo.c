@@ -354,15 +354,6 @@ int repo_init(const char *path, const struct repo_init_options *opt, char *err, 
 
 /* ---- open ---- */
 
-static int json_get_uint(json_t *o, const char *key, uint64_t *out)
-{
-    json_t *v = json_object_get(o, key);
-    if (!json_is_integer(v) || json_integer_value(v) < 0)
-        return -EBADMSG;
-    *out = (uint64_t)json_integer_value(v);
-    return 0;
-}
-
 static const char *json_get_str(json_t *o, const char *key)
 {
     return json_string_value(json_object_get(o, key));
@@ -416,8 +407,9 @@ static int keys_unwrap(struct repo *r, json_t *cfg, json_t *enc, const char *rep
         repo_set_err(err, errlen, "%s: unsupported cipher or key derivation", cfg_path);
         return -EBADMSG;
     }
-    if (json_get_uint(enc, "N", &n) < 0 || json_get_uint(enc, "r", &rr) < 0 ||
-        json_get_uint(enc, "p", &p) < 0 || !scrypt_params_valid(n, rr, p) ||
+    if (repo_json_get_uint(enc, "N", false, &n) < 0 ||
+        repo_json_get_uint(enc, "r", false, &rr) < 0 ||
+        repo_json_get_uint(enc, "p", false, &p) < 0 || !scrypt_params_valid(n, rr, p) ||
         b64_field(enc, "salt", salt, sizeof(salt)) < 0 ||
         b64_field(enc, "nonce", nonce, sizeof(nonce)) < 0 ||
         b64_field(enc, "wrapped_keys", wrapped, sizeof(wrapped)) < 0) {
@@ -486,7 +478,7 @@ static int config_parse(struct repo *r, const char *text, size_t len, const char
                      cfg_path, CONFIG_FORMAT);
         goto out;
     }
-    if (json_get_uint(cfg, "version", &version) < 0) {
+    if (repo_json_get_uint(cfg, "version", false, &version) < 0) {
         repo_set_err(err, errlen, "%s: invalid \"version\"", cfg_path);
         goto out;
     }
@@ -500,7 +492,8 @@ static int config_parse(struct repo *r, const char *text, size_t len, const char
         goto out;
     }
     r->format_version = (unsigned)version;
-    if (json_get_uint(cfg, "chunk_size", &chunk_size) < 0 || !repo_chunk_size_valid(chunk_size)) {
+    if (repo_json_get_uint(cfg, "chunk_size", false, &chunk_size) < 0 ||
+        !repo_chunk_size_valid(chunk_size)) {
         repo_set_err(err, errlen, "%s: invalid \"chunk_size\"", cfg_path);
         goto out;
     }
