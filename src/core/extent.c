@@ -106,7 +106,20 @@ static struct extent extent_slice(const struct extent *e, uint64_t start, uint64
     return s;
 }
 
-int extent_list_intersect(const extent_list *a, const extent_list *b, extent_list *out)
+/* Append the piece [start, end) of e to out; an empty piece adds nothing. */
+static int extent_list_add_slice(extent_list *out, const struct extent *e, uint64_t start,
+                                 uint64_t end)
+{
+    if (start >= end)
+        return 0;
+    struct extent piece = extent_slice(e, start, end);
+    return extent_list_add(out, &piece);
+}
+
+/* out = the pieces of a that b covers (covered) or those it does not (!covered), attributes
+ * taken from a: one merge walk serves intersection and difference. */
+static int extent_list_overlay(const extent_list *a, const extent_list *b, bool covered,
+                               extent_list *out)
 {
     int r;
     if ((r = extent_list_validate(a)) < 0 || (r = extent_list_validate(b)) < 0)
@@ -115,49 +128,33 @@ int extent_list_intersect(const extent_list *a, const extent_list *b, extent_lis
     size_t j = 0;
     for (size_t i = 0; i < a->len; i++) {
         const struct extent *ea = &a->ptr[i];
+        uint64_t pos = ea->start; /* where the part of ea not yet passed on starts */
         while (j < b->len && extent_end(&b->ptr[j]) <= ea->start)
             j++;
         for (size_t k = j; k < b->len && b->ptr[k].start < extent_end(ea); k++) {
             const struct extent *eb = &b->ptr[k];
             uint64_t s = ea->start > eb->start ? ea->start : eb->start;
             uint64_t e = extent_end(ea) < extent_end(eb) ? extent_end(ea) : extent_end(eb);
-            struct extent piece = extent_slice(ea, s, e);
-            if ((r = extent_list_add(out, &piece)) < 0)
+            /* [pos, s) is a gap in b, [s, e) covered by eb. */
+            if ((r = extent_list_add_slice(out, ea, covered ? s : pos, covered ? e : s)) < 0)
                 return r;
+            if (e > pos)
+                pos = e;
         }
+        if (!covered && (r = extent_list_add_slice(out, ea, pos, extent_end(ea))) < 0)
+            return r;
     }
     return 0;
 }
 
+int extent_list_intersect(const extent_list *a, const extent_list *b, extent_list *out)
+{
+    return extent_list_overlay(a, b, true, out);
+}
+
 int extent_list_subtract(const extent_list *a, const extent_list *b, extent_list *out)
 {
-    int r;
-    if ((r = extent_list_validate(a)) < 0 || (r = extent_list_validate(b)) < 0)
-        return r;
-
-    size_t j = 0;
-    for (size_t i = 0; i < a->len; i++) {
-        const struct extent *ea = &a->ptr[i];
-        uint64_t pos = ea->start;
-        while (j < b->len && extent_end(&b->ptr[j]) <= ea->start)
-            j++;
-        for (size_t k = j; k < b->len && b->ptr[k].start < extent_end(ea); k++) {
-            const struct extent *eb = &b->ptr[k];
-            if (eb->start > pos) {
-                struct extent piece = extent_slice(ea, pos, eb->start);
-                if ((r = extent_list_add(out, &piece)) < 0)
-                    return r;
-            }
-            if (extent_end(eb) > pos)
-                pos = extent_end(eb);
-        }
-        if (pos < extent_end(ea)) {
-            struct extent piece = extent_slice(ea, pos, extent_end(ea));
-            if ((r = extent_list_add(out, &piece)) < 0)
-                return r;
-        }
-    }
-    return 0;
+    return extent_list_overlay(a, b, false, out);
 }
 
 int extent_list_align(extent_list *l, uint64_t chunk, uint64_t limit)

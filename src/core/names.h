@@ -32,4 +32,22 @@ static inline int enum_parse(const struct enum_name *t, size_t n, const char *s,
     return -EINVAL;
 }
 
+/* prefix_name() and prefix_parse() for the enum type, over the table t (an array of struct
+ * enum_name): enum_name() and enum_parse() with the enum's own type.  Declare them in the
+ * enum's header; this defines them in its source file. */
+#define DEFINE_ENUM_NAMES(prefix, type, t)                                                         \
+    const char *prefix##_name(type v)                                                              \
+    {                                                                                              \
+        return enum_name(t, sizeof(t) / sizeof((t)[0]), (int)v);                                   \
+    }                                                                                              \
+                                                                                                   \
+    int prefix##_parse(const char *s, type *out)                                                   \
+    {                                                                                              \
+        int v = 0;                                                                                 \
+        int r = enum_parse(t, sizeof(t) / sizeof((t)[0]), s, &v);                                  \
+        if (r == 0)                                                                                \
+            *out = (type)v;                                                                        \
+        return r;                                                                                  \
+    }
+
 #endif

@@ -40,19 +40,7 @@ _Static_assert(sizeof(struct blockhash_header) == BLOCKHASH_HEADER_SIZE, "header
 static const struct enum_name blockhash_algo_names[] = {{BLOCKHASH_SHA256, "sha256"},
                                                         {BLOCKHASH_XXH128, "xxh128"}};
 
-const char *blockhash_algo_name(enum blockhash_algo v)
-{
-    return enum_name(blockhash_algo_names, ARRAY_SIZE(blockhash_algo_names), (int)v);
-}
-
-int blockhash_algo_parse(const char *s, enum blockhash_algo *out)
-{
-    int v = 0;
-    int r = enum_parse(blockhash_algo_names, ARRAY_SIZE(blockhash_algo_names), s, &v);
-    if (r == 0)
-        *out = (enum blockhash_algo)v;
-    return r;
-}
+DEFINE_ENUM_NAMES(blockhash_algo, enum blockhash_algo, blockhash_algo_names)
 
 size_t blockhash_digest_size(enum blockhash_algo algo)
 {

@@ -35,19 +35,7 @@
 static const struct enum_name clone_mode_names[] = {
     {CLONE_AUTO, "auto"}, {CLONE_REFLINK, "reflink"}, {CLONE_COPY, "copy"}};
 
-const char *clone_mode_name(enum clone_mode v)
-{
-    return enum_name(clone_mode_names, ARRAY_SIZE(clone_mode_names), (int)v);
-}
-
-int clone_mode_parse(const char *s, enum clone_mode *out)
-{
-    int v = 0;
-    int r = enum_parse(clone_mode_names, ARRAY_SIZE(clone_mode_names), s, &v);
-    if (r == 0)
-        *out = (enum clone_mode)v;
-    return r;
-}
+DEFINE_ENUM_NAMES(clone_mode, enum clone_mode, clone_mode_names)
 
 /*
  * The hashed copy is a pipeline.  The calling thread walks the source's data extents and hands

@@ -25,19 +25,7 @@
 static const struct enum_name diff_mode_names[] = {
     {DIFF_AUTO, "auto"}, {DIFF_REFLINK, "reflink"}, {DIFF_HASH, "hash"}, {DIFF_READ, "read"}};
 
-const char *diff_mode_name(enum diff_mode v)
-{
-    return enum_name(diff_mode_names, ARRAY_SIZE(diff_mode_names), (int)v);
-}
-
-int diff_mode_parse(const char *s, enum diff_mode *out)
-{
-    int v = 0;
-    int r = enum_parse(diff_mode_names, ARRAY_SIZE(diff_mode_names), s, &v);
-    if (r == 0)
-        *out = (enum diff_mode)v;
-    return r;
-}
+DEFINE_ENUM_NAMES(diff_mode, enum diff_mode, diff_mode_names)
 
 static int file_size(int fd, uint64_t *size)
 {
@@ -238,17 +226,9 @@ static int range_out_flush(struct range_out *o)
 static int read_padded(int fd, uint8_t *buf, size_t len, uint64_t off)
 {
     size_t done = 0;
-    while (done < len) {
-        ssize_t n = pread(fd, buf + done, len - done, (off_t)(off + done));
-        if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            return -errno;
-        }
-        if (n == 0)
-            break;
-        done += (size_t)n;
-    }
+    int r = fs_pread_direct(fd, -1, buf, len, off, &done); /* no O_DIRECT fd: plain reads */
+    if (r < 0)
+        return r;
     memset(buf + done, 0, len - done);
     return 0;
 }

@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "core/cleanup.h"
+#include "fs/fsinfo.h"
 
 /* "QFI\xfb", the first four bytes of every qcow image. */
 #define QCOW2_MAGIC 0x514649fbU
@@ -102,20 +103,7 @@ static int fail(char *why, int err, const char *fmt, ...)
 /* Read up to len bytes at off, stopping early only at end of file; *got says how many. */
 static int read_at(int fd, void *buf, size_t len, uint64_t off, size_t *got)
 {
-    size_t done = 0;
-    while (done < len) {
-        ssize_t n = pread(fd, (uint8_t *)buf + done, len - done, (off_t)(off + done));
-        if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            return -errno;
-        }
-        if (n == 0)
-            break;
-        done += (size_t)n;
-    }
-    *got = done;
-    return 0;
+    return fs_pread_direct(fd, -1, buf, len, off, got); /* no O_DIRECT fd: plain reads */
 }
 
 /* Size of a regular file or block device. */

@@ -283,18 +283,6 @@ static int json_get_opt_str(json_t *o, const char *key, char **out)
     return *out ? 0 : -ENOMEM;
 }
 
-static int json_get_uint(json_t *o, const char *key, bool optional, uint64_t *out)
-{
-    json_t *v = json_object_get(o, key);
-    *out = 0;
-    if (!v && optional)
-        return 0;
-    if (!json_is_integer(v) || json_integer_value(v) < 0)
-        return -EBADMSG;
-    *out = (uint64_t)json_integer_value(v);
-    return 0;
-}
-
 static int vm_id_from_json(json_t *o, char **out)
 {
     json_t *v = json_object_get(o, "vm_id");
@@ -324,7 +312,7 @@ static int disk_from_json(json_t *o, struct backup_disk *d)
     if (r == 0)
         r = json_get_opt_str(o, "name", &d->name);
     if (r == 0)
-        r = json_get_uint(o, "size", false, &d->size);
+        r = repo_json_get_uint(o, "size", false, &d->size);
     if (r == 0)
         r = json_get_opt_str(o, "change_id", &d->change_id);
     if (r == 0)
@@ -349,7 +337,7 @@ static int backup_from_json(const char *text, size_t len, struct backup **out)
 
     if (r == 0 &&
         (!format || strcmp(format, BACKUP_FORMAT) ||
-         json_get_uint(o, "version", false, &version) < 0 || version != BACKUP_JSON_VERSION ||
+         repo_json_get_uint(o, "version", false, &version) < 0 || version != BACKUP_JSON_VERSION ||
          !json_is_integer(time) || !json_is_array(disks) || (stats && !json_is_object(stats))))
         r = -EBADMSG;
     if (r == 0)
@@ -378,10 +366,10 @@ static int backup_from_json(const char *text, size_t len, struct backup **out)
     }
     if (r == 0 && stats) {
         json_t *secs = json_object_get(stats, "seconds");
-        if (json_get_uint(stats, "bytes_read", true, &b->bytes_read) < 0 ||
-            json_get_uint(stats, "bytes_written", true, &b->bytes_written) < 0 ||
-            json_get_uint(stats, "chunks_new", true, &b->chunks_new) < 0 ||
-            json_get_uint(stats, "chunks_reused", true, &b->chunks_reused) < 0 ||
+        if (repo_json_get_uint(stats, "bytes_read", true, &b->bytes_read) < 0 ||
+            repo_json_get_uint(stats, "bytes_written", true, &b->bytes_written) < 0 ||
+            repo_json_get_uint(stats, "chunks_new", true, &b->chunks_new) < 0 ||
+            repo_json_get_uint(stats, "chunks_reused", true, &b->chunks_reused) < 0 ||
             (secs && !json_is_number(secs)))
             r = -EBADMSG;
         else

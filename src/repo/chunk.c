@@ -22,6 +22,9 @@
 #define CHUNK_IDENT_LEN    (sizeof(CHUNK_IDENT_PREFIX) + 2 * HASH_SIZE)
 #define CHUNK_SUBDIR_LEN   2 /* hex digits of the first ID byte */
 
+/* "chunks/ab/<id hex>" and its NUL: the directory's size counts the slash's place. */
+#define CHUNK_KEY_LEN (CHUNK_DIR_LEN + CHUNK_NAME_LEN)
+
 static int hmac_sha256(const uint8_t key[REPO_KEY_SIZE], const void *data, size_t len,
                        uint8_t out[HASH_SIZE])
 {
@@ -73,26 +76,44 @@ static void chunk_ident(const char *hex, char out[CHUNK_IDENT_LEN])
     snprintf(out, CHUNK_IDENT_LEN, CHUNK_IDENT_PREFIX "%s", hex);
 }
 
-/* The chunk's key: "chunks/ab/<id hex>". */
-static void chunk_key(const struct chunk_id *id, char key[CHUNK_DIR_LEN + CHUNK_NAME_LEN])
+/* The chunk's key, "chunks/ab/<id hex>", and (unless NULL) the identity its container is
+ * sealed with. */
+static void chunk_key(const struct chunk_id *id, char key[CHUNK_KEY_LEN],
+                      char ident[CHUNK_IDENT_LEN])
 {
     char dir[CHUNK_DIR_LEN], name[CHUNK_NAME_LEN];
     chunk_names(id, dir, name);
-    snprintf(key, CHUNK_DIR_LEN + CHUNK_NAME_LEN, "%s/%s", dir, name);
+    snprintf(key, CHUNK_KEY_LEN, "%s/%s", dir, name);
+    if (ident)
+        chunk_ident(name, ident);
 }
 
 bool repo_chunk_exists(struct repo *r, const struct chunk_id *id)
 {
-    char key[CHUNK_DIR_LEN + CHUNK_NAME_LEN];
-    chunk_key(id, key);
+    char key[CHUNK_KEY_LEN];
+    chunk_key(id, key, NULL);
     return store_exists(r->store, key, NULL) == 0;
+}
+
+/* The first steps of writing chunk id: 1 when the repository has it already (nothing to
+ * write), else 0 with its container sealed (in the calling thread's buffer: *file, *flen) and
+ * the key it goes under; or a negative errno. */
+static int chunk_prepare(struct repo *r, const struct chunk_id *id, const void *data, size_t len,
+                         char key[CHUNK_KEY_LEN], const uint8_t **file, size_t *flen)
+{
+    char ident[CHUNK_IDENT_LEN];
+    if (len > r->chunk_size)
+        return -EINVAL;
+    if (repo_chunk_exists(r, id))
+        return 1;
+    chunk_key(id, key, ident);
+    return container_seal_thread(r, ident, data, len, file, flen);
 }
 
 int repo_chunk_put(struct repo *r, const struct chunk_id *id, const void *data, size_t len,
                    bool *stored, uint64_t *bytes_written)
 {
-    char dir[CHUNK_DIR_LEN], name[CHUNK_NAME_LEN], ident[CHUNK_IDENT_LEN];
-    char key[CHUNK_DIR_LEN + CHUNK_NAME_LEN];
+    char key[CHUNK_KEY_LEN];
     bool created = false;
 
     if (repo_check_writable(r, NULL, 0) < 0)
@@ -101,19 +122,12 @@ int repo_chunk_put(struct repo *r, const struct chunk_id *id, const void *data, 
         *stored = false;
     if (bytes_written)
         *bytes_written = 0;
-    if (len > r->chunk_size)
-        return -EINVAL;
-    if (repo_chunk_exists(r, id))
-        return 0;
 
-    chunk_names(id, dir, name);
-    chunk_ident(name, ident);
-    snprintf(key, sizeof(key), "%s/%s", dir, name);
     const uint8_t *file = NULL;
     size_t flen;
-    int ret = container_seal_thread(r, ident, data, len, &file, &flen);
-    if (ret < 0)
-        return ret;
+    int ret = chunk_prepare(r, id, data, len, key, &file, &flen);
+    if (ret != 0)
+        return ret < 0 ? ret : 0;
     ret = store_put(r->store, key, file, flen, STORE_PUT_CREATE, &created);
     if (ret < 0)
         return ret;
@@ -127,16 +141,13 @@ int repo_chunk_put(struct repo *r, const struct chunk_id *id, const void *data, 
 static int chunk_get(struct repo *r, const struct chunk_id *id, bool checksum, void *buf,
                      size_t cap, size_t *len)
 {
-    char dir[CHUNK_DIR_LEN], name[CHUNK_NAME_LEN], ident[CHUNK_IDENT_LEN];
-    char rel[CHUNK_DIR_LEN + CHUNK_NAME_LEN];
+    char ident[CHUNK_IDENT_LEN], rel[CHUNK_KEY_LEN];
     size_t flen = 0, fcap;
     struct chunk_id got;
     const size_t max = (size_t)r->chunk_size + CONTAINER_MAX_OVERHEAD;
 
     *len = 0;
-    chunk_names(id, dir, name);
-    chunk_ident(name, ident);
-    snprintf(rel, sizeof(rel), "%s/%s", dir, name);
+    chunk_key(id, rel, ident);
     uint8_t *file = container_read_buffer_thread(max, &fcap);
     if (!file)
         return -ENOMEM;
@@ -210,7 +221,7 @@ int repo_chunk_foreach(struct repo *r, int (*fn)(void *opaque, const struct chun
 
 int repo_chunk_delete(struct repo *r, const struct chunk_id *id)
 {
-    char dir[CHUNK_DIR_LEN], name[CHUNK_NAME_LEN], key[CHUNK_DIR_LEN + CHUNK_NAME_LEN];
+    char dir[CHUNK_DIR_LEN], name[CHUNK_NAME_LEN], key[CHUNK_KEY_LEN];
     chunk_names(id, dir, name);
     snprintf(key, sizeof(key), "%s/%s", dir, name);
     int ret = store_del(r->store, key, NULL);
@@ -260,25 +271,19 @@ int repo_chunk_batch_put(struct chunk_batch *b, const struct chunk_id *id, const
                          size_t len, uint64_t *pending_bytes)
 {
     struct repo *r = b->r;
-    char dir[CHUNK_DIR_LEN], name[CHUNK_NAME_LEN], ident[CHUNK_IDENT_LEN];
-    char key[CHUNK_DIR_LEN + CHUNK_NAME_LEN];
+    char key[CHUNK_KEY_LEN];
     struct chunk_pending p = {0};
 
     if (pending_bytes)
         *pending_bytes = 0;
-    if (len > r->chunk_size)
-        return -EINVAL;
-    if (repo_chunk_exists(r, id)) {
+    const uint8_t *file = NULL;
+    size_t flen;
+    int ret = chunk_prepare(r, id, data, len, key, &file, &flen);
+    if (ret > 0) {
         ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&b->lock);
         b->chunks_existing++;
         return 0;
     }
-    chunk_names(id, dir, name);
-    chunk_ident(name, ident);
-    snprintf(key, sizeof(key), "%s/%s", dir, name);
-    const uint8_t *file = NULL;
-    size_t flen;
-    int ret = container_seal_thread(r, ident, data, len, &file, &flen);
     if (ret < 0)
         return ret;
     ret = store_stage(r->store, key, file, flen, &p.staged);

@@ -56,14 +56,29 @@ struct thread_buf {
     size_t cap;
 };
 
+static void *cctx_new(void)
+{
+    return ZSTD_createCCtx();
+}
+
 static void cctx_free(void *p)
 {
     ZSTD_freeCCtx(p);
 }
 
+static void *dctx_new(void)
+{
+    return ZSTD_createDCtx();
+}
+
 static void dctx_free(void *p)
 {
     ZSTD_freeDCtx(p);
+}
+
+static void *thread_buf_new(void)
+{
+    return calloc(1, sizeof(struct thread_buf));
 }
 
 static void thread_buf_free(void *p)
@@ -83,31 +98,31 @@ static void thread_keys_create(void)
                      pthread_key_create(&read_key, thread_buf_free) == 0;
 }
 
-/* The calling thread's compression context (NULL on allocation failure). */
-static ZSTD_CCtx *thread_cctx(void)
+/* The calling thread's object under *key, made by make() on its first use (and given to
+ * drop() when it cannot be kept); NULL on allocation failure.  The key is passed by address: it
+ * is only set once thread_keys_create has run. */
+static void *thread_object(const pthread_key_t *key, void *(*make)(void), void (*drop)(void *))
 {
     pthread_once(&thread_keys_once, thread_keys_create);
     if (!thread_keys_ok)
         return NULL;
-    ZSTD_CCtx *c = pthread_getspecific(cctx_key);
-    if (!c && (c = ZSTD_createCCtx()) && pthread_setspecific(cctx_key, c) != 0) {
-        ZSTD_freeCCtx(c);
-        c = NULL;
+    void *p = pthread_getspecific(*key);
+    if (!p && (p = make()) && pthread_setspecific(*key, p) != 0) {
+        drop(p);
+        p = NULL;
     }
-    return c;
+    return p;
+}
+
+/* The calling thread's compression context (NULL on allocation failure). */
+static ZSTD_CCtx *thread_cctx(void)
+{
+    return thread_object(&cctx_key, cctx_new, cctx_free);
 }
 
 static ZSTD_DCtx *thread_dctx(void)
 {
-    pthread_once(&thread_keys_once, thread_keys_create);
-    if (!thread_keys_ok)
-        return NULL;
-    ZSTD_DCtx *d = pthread_getspecific(dctx_key);
-    if (!d && (d = ZSTD_createDCtx()) && pthread_setspecific(dctx_key, d) != 0) {
-        ZSTD_freeDCtx(d);
-        d = NULL;
-    }
-    return d;
+    return thread_object(&dctx_key, dctx_new, dctx_free);
 }
 
 static int gcm_run(bool enc, const uint8_t *key, const uint8_t *nonce, const struct iovec *aad,
@@ -298,22 +313,12 @@ int container_seal(const struct repo *r, const char *ident, const void *plain, s
 }
 
 /* The calling thread's buffer under *key, CONTAINER_ALIGN-aligned and at least size bytes
- * (rounded up to CONTAINER_ALIGN); NULL when memory runs out.  The key is passed by address:
- * it is only set once thread_keys_create has run. */
+ * (rounded up to CONTAINER_ALIGN); NULL when memory runs out. */
 static struct thread_buf *thread_buffer(const pthread_key_t *key, size_t size)
 {
-    pthread_once(&thread_keys_once, thread_keys_create);
-    if (!thread_keys_ok)
+    struct thread_buf *tb = thread_object(key, thread_buf_new, thread_buf_free);
+    if (!tb)
         return NULL;
-    struct thread_buf *tb = pthread_getspecific(*key);
-    if (!tb) {
-        if (!(tb = calloc(1, sizeof(*tb))))
-            return NULL;
-        if (pthread_setspecific(*key, tb) != 0) {
-            free(tb);
-            return NULL;
-        }
-    }
     size = (size + CONTAINER_ALIGN - 1) / CONTAINER_ALIGN * CONTAINER_ALIGN;
     if (tb->cap < size) {
         uint8_t *p = aligned_alloc(CONTAINER_ALIGN, size);

@@ -1,6 +1,6 @@
 /* Helpers of the backup repository: removing a directory-like prefix through the store, the
- * escaping of VM IDs into directory names and random names.  (The file I/O itself is the
- * store's: store_local.c; strict base64 is core/base64.c.)
+ * escaping of VM IDs into directory names, random names and reading integers out of its JSON
+ * files.  (The file I/O itself is the store's: store_local.c; strict base64 is core/base64.c.)
  */
 #include "repo_internal.h"
 
@@ -134,3 +134,14 @@ int repo_vm_dir_name(const char *vm_id, char **out)
     return 0;
 }
 
+int repo_json_get_uint(json_t *o, const char *key, bool optional, uint64_t *out)
+{
+    json_t *v = json_object_get(o, key);
+    *out = 0;
+    if (!v && optional)
+        return 0;
+    if (!json_is_integer(v) || json_integer_value(v) < 0)
+        return -EBADMSG;
+    *out = (uint64_t)json_integer_value(v);
+    return 0;
+}

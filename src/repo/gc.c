@@ -130,6 +130,18 @@ static int gc_backup_entry(void *opaque, const struct store_entry *e)
     return repo_remove_dir(g->r, dir, &g->st->bytes_freed);
 }
 
+/* Walk the sub-prefix dir of the walk w with fn, sub filled in but for its gc and prefix: 1
+ * when walked, 0 when it vanished meanwhile (a walk finds it empty), or a negative errno. */
+static int gc_descend(struct gc_walk *w, const char *dir, store_list_fn fn, struct gc_walk *sub)
+{
+    sub->g = w->g;
+    sub->prefix = dir;
+    int ret = store_list(w->g->r->store, dir, fn, sub);
+    if (ret == -ENOENT || ret == -ENOTDIR)
+        return 0;
+    return ret < 0 ? ret : 1;
+}
+
 static int gc_vm_entry(void *opaque, const struct store_entry *e)
 {
     struct gc_walk *w = opaque;
@@ -141,23 +153,23 @@ static int gc_vm_entry(void *opaque, const struct store_entry *e)
     CLEANUP_FREE char *dir = key_join(w->prefix, e->name);
     if (!dir)
         return -ENOMEM;
-    struct gc_walk sub = {.g = g, .prefix = dir, .vm_dir = e->name};
-    int ret = store_list(g->r->store, dir, gc_backup_entry, &sub);
-    if (ret == -ENOENT || ret == -ENOTDIR)
-        return 0;
-    if (ret == 0 && !g->dry_run)
+    struct gc_walk sub = {.vm_dir = e->name};
+    int ret = gc_descend(w, dir, gc_backup_entry, &sub);
+    if (ret > 0 && !g->dry_run)
         store_remove_prefix(g->r->store, dir); /* when it was left empty */
-    return ret;
+    return ret < 0 ? ret : 0;
 }
 
-static int gc_backups(struct gc *g)
+/* Walk the top-level prefix dir with fn; a missing one is empty.  The error names dir unless
+ * a callback left a more precise one. */
+static int gc_top(struct gc *g, const char *dir, store_list_fn fn)
 {
-    struct gc_walk w = {.g = g, .prefix = REPO_BACKUPS_DIR};
-    int ret = store_list(g->r->store, REPO_BACKUPS_DIR, gc_vm_entry, &w);
+    struct gc_walk w = {.g = g, .prefix = dir};
+    int ret = store_list(g->r->store, dir, fn, &w);
     if (ret == -ENOENT)
         return 0;
     if (ret < 0 && g->err && !*g->err)
-        repo_set_err(g->err, g->errlen, "%s/%s: %s", g->r->path, REPO_BACKUPS_DIR, strerror(-ret));
+        repo_set_err(g->err, g->errlen, "%s/%s: %s", g->r->path, dir, strerror(-ret));
     return ret;
 }
 
@@ -198,24 +210,11 @@ static int gc_chunk_subdir(void *opaque, const struct store_entry *e)
     CLEANUP_FREE char *dir = key_join(w->prefix, e->name);
     if (!dir)
         return -ENOMEM;
-    struct gc_walk sub = {.g = g, .prefix = dir, .id = e->name};
-    int ret = store_list(g->r->store, dir, gc_chunk_entry, &sub);
-    if (ret == -ENOENT || ret == -ENOTDIR)
-        return 0;
-    if (ret == 0 && sub.removed && !g->dry_run)
-        ret = store_sync_prefix(g->r->store, dir);
-    return ret;
-}
-
-static int gc_chunks(struct gc *g)
-{
-    struct gc_walk w = {.g = g, .prefix = REPO_CHUNKS_DIR};
-    int ret = store_list(g->r->store, REPO_CHUNKS_DIR, gc_chunk_subdir, &w);
-    if (ret == -ENOENT)
-        return 0;
-    if (ret < 0)
-        repo_set_err(g->err, g->errlen, "%s/%s: %s", g->r->path, REPO_CHUNKS_DIR, strerror(-ret));
-    return ret;
+    struct gc_walk sub = {.id = e->name};
+    int ret = gc_descend(w, dir, gc_chunk_entry, &sub);
+    if (ret > 0 && sub.removed && !g->dry_run)
+        return store_sync_prefix(g->r->store, dir);
+    return ret < 0 ? ret : 0;
 }
 
 int repo_gc(struct repo *r, bool dry_run, struct gc_stats *st, char *err, size_t errlen)
@@ -234,9 +233,9 @@ int repo_gc(struct repo *r, bool dry_run, struct gc_stats *st, char *err, size_t
     ret = lock_hold_exclusive(r, &took, err, errlen);
     if (ret < 0)
         return ret;
-    ret = gc_backups(&g);
+    ret = gc_top(&g, REPO_BACKUPS_DIR, gc_vm_entry);
     if (ret == 0)
-        ret = gc_chunks(&g);
+        ret = gc_top(&g, REPO_CHUNKS_DIR, gc_chunk_subdir);
     if (ret == 0) {
         struct gc_walk w = {.g = &g, .prefix = ""};
         ret = store_list(r->store, "", gc_tmp_entry, &w);

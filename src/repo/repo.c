@@ -275,33 +275,40 @@ static int config_write(struct store *st, const char *path, uint32_t chunk_size,
     return r;
 }
 
-/* Check the options of repo_init: 0, or -EINVAL with a message. */
-static int init_options(const struct repo_init_options *opt, uint32_t *chunk_size, int *level,
+/* Check the options of repo_init (NULL: the defaults) and fill in their defaults: 0, or
+ * -EINVAL with a message. */
+static int init_options(const struct repo_init_options *opt, struct repo_init_options *out,
                         char *err, size_t errlen)
 {
-    *chunk_size = opt->chunk_size ? opt->chunk_size : REPO_DEFAULT_CHUNK_SIZE;
-    *level = opt->zstd_level ? opt->zstd_level : REPO_DEFAULT_ZSTD;
-    if (!repo_chunk_size_valid(*chunk_size)) {
+    static const struct repo_init_options defaults = {0};
+    if (!opt)
+        opt = &defaults;
+    *out = *opt;
+    if (!out->chunk_size)
+        out->chunk_size = REPO_DEFAULT_CHUNK_SIZE;
+    if (!out->zstd_level)
+        out->zstd_level = REPO_DEFAULT_ZSTD;
+    if (!repo_chunk_size_valid(out->chunk_size)) {
         repo_set_err(err, errlen, "chunk size %u is not a power of two between %u and %u",
-                     *chunk_size, REPO_MIN_CHUNK_SIZE, REPO_MAX_CHUNK_SIZE);
+                     out->chunk_size, REPO_MIN_CHUNK_SIZE, REPO_MAX_CHUNK_SIZE);
         return -EINVAL;
     }
-    if (*level < ZSTD_minCLevel() || *level > ZSTD_maxCLevel()) {
-        repo_set_err(err, errlen, "zstd level %d is not between %d and %d", *level,
+    if (out->zstd_level < ZSTD_minCLevel() || out->zstd_level > ZSTD_maxCLevel()) {
+        repo_set_err(err, errlen, "zstd level %d is not between %d and %d", out->zstd_level,
                      ZSTD_minCLevel(), ZSTD_maxCLevel());
         return -EINVAL;
     }
-    if (opt->passphrase && !*opt->passphrase) {
+    if (out->passphrase && !*out->passphrase) {
         repo_set_err(err, errlen, "the passphrase is empty");
         return -EINVAL;
     }
     return 0;
 }
 
-/* The layout of a new repository in an empty store; the config comes last: a store without
- * one is not a repository. */
-static int init_layout(struct store *st, uint32_t chunk_size, int level, const char *passphrase,
-                       char *err, size_t errlen)
+/* The layout of a new repository in an empty store (opt checked by init_options); the config
+ * comes last: a store without one is not a repository. */
+static int init_layout(struct store *st, const struct repo_init_options *opt, char *err,
+                       size_t errlen)
 {
     static const char *const subdirs[] = {REPO_CHUNKS_DIR, REPO_BACKUPS_DIR, REPO_LOCKS_DIR};
     for (size_t i = 0; i < ARRAY_SIZE(subdirs); i++) {
@@ -311,30 +318,22 @@ static int init_layout(struct store *st, uint32_t chunk_size, int level, const c
             return r;
         }
     }
-    return config_write(st, store_name(st), chunk_size, level, passphrase, err, errlen);
+    return config_write(st, store_name(st), opt->chunk_size, opt->zstd_level, opt->passphrase, err,
+                        errlen);
 }
 
 int repo_init_store(struct store *st, const struct repo_init_options *opt, char *err, size_t errlen)
 {
-    static const struct repo_init_options defaults = {0};
-    if (!opt)
-        opt = &defaults;
-    uint32_t chunk_size;
-    int level;
-    int r = init_options(opt, &chunk_size, &level, err, errlen);
-    if (r < 0)
-        return r;
-    return init_layout(st, chunk_size, level, opt->passphrase, err, errlen);
+    struct repo_init_options o;
+    int r = init_options(opt, &o, err, errlen);
+    return r < 0 ? r : init_layout(st, &o, err, errlen);
 }
 
 int repo_init(const char *path, const struct repo_init_options *opt, char *err, size_t errlen)
 {
-    static const struct repo_init_options defaults = {0};
-    if (!opt)
-        opt = &defaults;
-    uint32_t chunk_size;
-    int level;
-    int r = init_options(opt, &chunk_size, &level, err, errlen);
+    /* Checked before anything is created: bad options leave no directory behind. */
+    struct repo_init_options o;
+    int r = init_options(opt, &o, err, errlen);
     if (r < 0)
         return r;
 
@@ -348,21 +347,12 @@ int repo_init(const char *path, const struct repo_init_options *opt, char *err, 
         repo_set_err(err, errlen, "%s: %s", path, strerror(-r));
         return r;
     }
-    r = init_layout(st, chunk_size, level, opt->passphrase, err, errlen);
+    r = init_layout(st, &o, err, errlen);
     store_close(st);
     return r;
 }
 
 /* ---- open ---- */
-
-static int json_get_uint(json_t *o, const char *key, uint64_t *out)
-{
-    json_t *v = json_object_get(o, key);
-    if (!json_is_integer(v) || json_integer_value(v) < 0)
-        return -EBADMSG;
-    *out = (uint64_t)json_integer_value(v);
-    return 0;
-}
 
 static const char *json_get_str(json_t *o, const char *key)
 {
@@ -417,8 +407,9 @@ static int keys_unwrap(struct repo *r, json_t *cfg, json_t *enc, const char *rep
         repo_set_err(err, errlen, "%s: unsupported cipher or key derivation", cfg_path);
         return -EBADMSG;
     }
-    if (json_get_uint(enc, "N", &n) < 0 || json_get_uint(enc, "r", &rr) < 0 ||
-        json_get_uint(enc, "p", &p) < 0 || !scrypt_params_valid(n, rr, p) ||
+    if (repo_json_get_uint(enc, "N", false, &n) < 0 ||
+        repo_json_get_uint(enc, "r", false, &rr) < 0 ||
+        repo_json_get_uint(enc, "p", false, &p) < 0 || !scrypt_params_valid(n, rr, p) ||
         b64_field(enc, "salt", salt, sizeof(salt)) < 0 ||
         b64_field(enc, "nonce", nonce, sizeof(nonce)) < 0 ||
         b64_field(enc, "wrapped_keys", wrapped, sizeof(wrapped)) < 0) {
@@ -487,7 +478,7 @@ static int config_parse(struct repo *r, const char *text, size_t len, const char
                      cfg_path, CONFIG_FORMAT);
         goto out;
     }
-    if (json_get_uint(cfg, "version", &version) < 0) {
+    if (repo_json_get_uint(cfg, "version", false, &version) < 0) {
         repo_set_err(err, errlen, "%s: invalid \"version\"", cfg_path);
         goto out;
     }
@@ -501,7 +492,8 @@ static int config_parse(struct repo *r, const char *text, size_t len, const char
         goto out;
     }
     r->format_version = (unsigned)version;
-    if (json_get_uint(cfg, "chunk_size", &chunk_size) < 0 || !repo_chunk_size_valid(chunk_size)) {
+    if (repo_json_get_uint(cfg, "chunk_size", false, &chunk_size) < 0 ||
+        !repo_chunk_size_valid(chunk_size)) {
         repo_set_err(err, errlen, "%s: invalid \"chunk_size\"", cfg_path);
         goto out;
     }

@@ -12,6 +12,8 @@
 #include <stdint.h>
 #include <sys/uio.h>
 
+#include <jansson.h>
+
 #include "repo.h"
 #include "store.h"
 
@@ -93,6 +95,10 @@ int repo_vm_dir_name(const char *vm_id, char **out);
 
 /* Strict base64 (canonical, padded): core/base64.h. */
 #include "core/base64.h"
+
+/* The non-negative integer member key of the JSON object o into *out (0 unless found): 0, or
+ * -EBADMSG when it is missing (unless optional) or not such an integer. */
+int repo_json_get_uint(json_t *o, const char *key, bool optional, uint64_t *out);
 
 /* ---- container.c ---- */
 

@@ -13,6 +13,7 @@
 
 #include "core/cleanup.h"
 #include "core/lock.h"
+#include "core/vector.h"
 #include "repo/repo_internal.h"
 
 #define LIST_PAGE  64   /* entries a listing gathers per visit of the table */
@@ -44,15 +45,16 @@ struct store_lease {
     unsigned gen; /* the process generation that took it */
 };
 
+DEFINE_VECTOR_TYPE(mem_obj_list, struct mem_obj);
+DEFINE_VECTOR_TYPE(mem_lock_list, struct mem_lock);
+DEFINE_VECTOR_TYPE(mem_staged_list, struct store_staged *);
+
 struct mem_store {
     struct store s;
     pthread_mutex_t mu; /* everything below */
-    struct mem_obj *objs;
-    size_t n, cap;
-    struct mem_lock *locks;
-    size_t nlocks, locks_cap;
-    struct store_staged **staged; /* live staged objects, left as temporary ones by a crash */
-    size_t nstaged, staged_cap;
+    mem_obj_list objs;
+    mem_lock_list locks;
+    mem_staged_list staged; /* live staged objects, left as temporary ones by a crash */
     enum store_fault fault;
     unsigned countdown; /* matching calls until the fault fires */
     bool fired, crashed, full;
@@ -91,8 +93,8 @@ static int write_check(struct mem_store *m, enum store_fault f);
 
 static ssize_t find(const struct mem_store *m, const char *key)
 {
-    for (size_t i = 0; i < m->n; i++)
-        if (!strcmp(m->objs[i].key, key))
+    for (size_t i = 0; i < m->objs.len; i++)
+        if (!strcmp(m->objs.ptr[i].key, key))
             return (ssize_t)i;
     return -1;
 }
@@ -108,8 +110,8 @@ static const char *under(const char *key, const char *prefix)
 
 static bool has_children(const struct mem_store *m, const char *prefix)
 {
-    for (size_t i = 0; i < m->n; i++)
-        if (under(m->objs[i].key, prefix))
+    for (size_t i = 0; i < m->objs.len; i++)
+        if (under(m->objs.ptr[i].key, prefix))
             return true;
     return false;
 }
@@ -121,38 +123,36 @@ static int kind_of(const struct mem_store *m, const char *key)
         return 1;
     ssize_t i = find(m, key);
     if (i >= 0)
-        return m->objs[i].prefix ? 1 : 0;
+        return m->objs.ptr[i].prefix ? 1 : 0;
     return has_children(m, key) ? 1 : -ENOENT;
+}
+
+/* A copy of the len bytes at data (never NULL unless out of memory, also for len 0). */
+static uint8_t *bytes_dup(const void *data, size_t len)
+{
+    uint8_t *copy = malloc(len ? len : 1);
+    if (copy && len)
+        memcpy(copy, data, len);
+    return copy;
 }
 
 static int insert(struct mem_store *m, const char *key, const void *data, size_t len, bool prefix)
 {
-    if (m->n == m->cap) {
-        size_t cap = m->cap ? 2 * m->cap : 64;
-        struct mem_obj *o = realloc(m->objs, cap * sizeof(*o));
-        if (!o)
-            return -ENOMEM;
-        m->objs = o;
-        m->cap = cap;
-    }
     struct mem_obj o = {
-        .key = strdup(key), .data = malloc(len ? len : 1), .len = len, .prefix = prefix};
-    if (!o.key || !o.data) {
+        .key = strdup(key), .data = bytes_dup(data, len), .len = len, .prefix = prefix};
+    if (!o.key || !o.data || mem_obj_list_append(&m->objs, o) < 0) {
         free(o.key);
         free(o.data);
         return -ENOMEM;
     }
-    if (len)
-        memcpy(o.data, data, len);
-    m->objs[m->n++] = o;
     return 0;
 }
 
 static void remove_at(struct mem_store *m, size_t i)
 {
-    free(m->objs[i].key);
-    free(m->objs[i].data);
-    m->objs[i] = m->objs[--m->n];
+    free(m->objs.ptr[i].key);
+    free(m->objs.ptr[i].data);
+    m->objs.ptr[i] = m->objs.ptr[--m->objs.len];
 }
 
 /* The directory part of key into a new string ("" for the root). */
@@ -162,22 +162,28 @@ static char *parent_of(const char *key)
     return strndup(key, slash ? (size_t)(slash - key) : 0);
 }
 
-/* Make key's parent prefix when missing, one level only (as a directory store does). */
+/* Make prefix, one level only (its parent must be one, as in a directory store); an existing
+ * one is fine unless exclusive.  Called locked. */
+static int make_prefix(struct mem_store *m, const char *prefix, bool exclusive)
+{
+    int kind = kind_of(m, prefix);
+    if (kind == 0)
+        return -ENOTDIR;
+    if (kind == 1)
+        return exclusive ? -EEXIST : 0;
+    CLEANUP_FREE char *parent = parent_of(prefix);
+    if (!parent)
+        return -ENOMEM;
+    if (kind_of(m, parent) != 1)
+        return -ENOENT;
+    return insert(m, prefix, NULL, 0, true);
+}
+
+/* Make key's parent prefix when missing. */
 static int make_parent(struct mem_store *m, const char *key)
 {
     CLEANUP_FREE char *parent = parent_of(key);
-    if (!parent)
-        return -ENOMEM;
-    if (kind_of(m, parent) == 1)
-        return 0;
-    if (kind_of(m, parent) == 0)
-        return -ENOTDIR;
-    CLEANUP_FREE char *grand = parent_of(parent);
-    if (!grand)
-        return -ENOMEM;
-    if (kind_of(m, grand) != 1)
-        return -ENOENT;
-    return insert(m, parent, NULL, 0, true);
+    return parent ? make_prefix(m, parent, false) : -ENOMEM;
 }
 
 /* Put data under key (create or replace).  Called locked. */
@@ -186,19 +192,17 @@ static int store_object(struct mem_store *m, const char *key, const void *data, 
 {
     *created = false;
     ssize_t i = find(m, key);
-    if (i >= 0 && m->objs[i].prefix)
+    if (i >= 0 && m->objs.ptr[i].prefix)
         return -EISDIR;
     if (i >= 0 && !replace)
         return 0;
     if (i >= 0) {
-        uint8_t *copy = malloc(len ? len : 1);
+        uint8_t *copy = bytes_dup(data, len);
         if (!copy)
             return -ENOMEM;
-        if (len)
-            memcpy(copy, data, len);
-        free(m->objs[i].data);
-        m->objs[i].data = copy;
-        m->objs[i].len = len;
+        free(m->objs.ptr[i].data);
+        m->objs.ptr[i].data = copy;
+        m->objs.ptr[i].len = len;
         *created = true;
         return 0;
     }
@@ -223,11 +227,11 @@ static void leave_tmp(struct mem_store *m, const char *key, const void *data, si
 static void crash_locked(struct mem_store *m)
 {
     m->crashed = true;
-    for (size_t i = 0; i < m->nstaged; i++) {
-        leave_tmp(m, m->staged[i]->key, m->staged[i]->data, m->staged[i]->len);
-        m->staged[i]->live = false;
+    for (size_t i = 0; i < m->staged.len; i++) {
+        leave_tmp(m, m->staged.ptr[i]->key, m->staged.ptr[i]->data, m->staged.ptr[i]->len);
+        m->staged.ptr[i]->live = false;
     }
-    m->nstaged = 0;
+    m->staged.len = 0;
 }
 
 static int write_check(struct mem_store *m, enum store_fault f)
@@ -245,6 +249,19 @@ static int write_check(struct mem_store *m, enum store_fault f)
     return fault_hits(m, f) ? -EIO : 0;
 }
 
+/* The error a put or a stage of data under key gets before it acts: write_check's, or -EIO
+ * for a torn put, which leaves half of data behind as a temporary object and crashes.  Called
+ * locked. */
+static int put_check(struct mem_store *m, const char *key, const void *data, size_t len)
+{
+    if (!m->crashed && fault_hits(m, STORE_FAULT_TEAR)) {
+        leave_tmp(m, key, data, len / 2);
+        crash_locked(m);
+        return -EIO;
+    }
+    return write_check(m, STORE_FAULT_PUT);
+}
+
 /* ---- objects ---- */
 
 static int mem_put(struct store *s, const char *key, const void *data, size_t len,
@@ -253,12 +270,7 @@ static int mem_put(struct store *s, const char *key, const void *data, size_t le
     struct mem_store *m = mem(s);
     ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&m->mu);
     *created = false;
-    if (!m->crashed && fault_hits(m, STORE_FAULT_TEAR)) {
-        leave_tmp(m, key, data, len / 2);
-        crash_locked(m);
-        return -EIO;
-    }
-    int r = write_check(m, STORE_FAULT_PUT);
+    int r = put_check(m, key, data, len);
     if (r < 0)
         return r;
     return store_object(m, key, data, len, mode == STORE_PUT_REPLACE, created);
@@ -274,9 +286,9 @@ static void staged_free(struct store_staged *st)
 /* Take st out of the list of live staged objects.  Called locked. */
 static void unlist_staged(struct mem_store *m, struct store_staged *st)
 {
-    for (size_t i = 0; st->live && i < m->nstaged; i++)
-        if (m->staged[i] == st) {
-            m->staged[i] = m->staged[--m->nstaged];
+    for (size_t i = 0; st->live && i < m->staged.len; i++)
+        if (m->staged.ptr[i] == st) {
+            m->staged.ptr[i] = m->staged.ptr[--m->staged.len];
             st->live = false;
         }
 }
@@ -286,36 +298,20 @@ static int mem_stage(struct store *s, const char *key, const void *data, size_t 
 {
     struct mem_store *m = mem(s);
     ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&m->mu);
-    if (!m->crashed && fault_hits(m, STORE_FAULT_TEAR)) {
-        leave_tmp(m, key, data, len / 2);
-        crash_locked(m);
-        return -EIO;
-    }
-    int r = write_check(m, STORE_FAULT_PUT);
+    int r = put_check(m, key, data, len);
     if (r < 0)
         return r;
-    if (m->nstaged == m->staged_cap) {
-        size_t cap = m->staged_cap ? 2 * m->staged_cap : 64;
-        struct store_staged **v = realloc(m->staged, cap * sizeof(*v));
-        if (!v)
-            return -ENOMEM;
-        m->staged = v;
-        m->staged_cap = cap;
-    }
     struct store_staged *st = calloc(1, sizeof(*st));
     if (!st)
         return -ENOMEM;
     st->key = strdup(key);
-    st->data = malloc(len ? len : 1);
+    st->data = bytes_dup(data, len);
     st->len = len;
-    if (!st->key || !st->data) {
+    if (!st->key || !st->data || mem_staged_list_append(&m->staged, st) < 0) {
         staged_free(st);
         return -ENOMEM;
     }
-    if (len)
-        memcpy(st->data, data, len);
     st->live = true;
-    m->staged[m->nstaged++] = st;
     *out = st;
     return 0;
 }
@@ -362,7 +358,7 @@ static int read_check(struct mem_store *m, const char *key, uint64_t max, ssize_
     ssize_t i = find(m, key);
     if (i < 0)
         return -ENOENT;
-    if (m->objs[i].prefix || m->objs[i].len > max)
+    if (m->objs.ptr[i].prefix || m->objs.ptr[i].len > max)
         return -EBADMSG;
     *at = i;
     return 0;
@@ -376,12 +372,11 @@ static int mem_get(struct store *s, const char *key, uint64_t max, uint8_t **dat
     int r = read_check(m, key, max, &i);
     if (r < 0)
         return r;
-    uint8_t *buf = malloc(m->objs[i].len ? m->objs[i].len : 1);
+    uint8_t *buf = bytes_dup(m->objs.ptr[i].data, m->objs.ptr[i].len);
     if (!buf)
         return -ENOMEM;
-    memcpy(buf, m->objs[i].data, m->objs[i].len);
     *data = buf;
-    *len = m->objs[i].len;
+    *len = m->objs.ptr[i].len;
     return 0;
 }
 
@@ -394,10 +389,10 @@ static int mem_get_into(struct store *s, const char *key, uint64_t max, uint8_t 
     int r = read_check(m, key, max, &i);
     if (r < 0)
         return r;
-    size_t n = m->objs[i].len;
+    size_t n = m->objs.ptr[i].len;
     if ((n + STORE_ALIGN - 1) / STORE_ALIGN * STORE_ALIGN > cap || (uintptr_t)buf % STORE_ALIGN)
         return -ENOBUFS;
-    memcpy(buf, m->objs[i].data, n);
+    memcpy(buf, m->objs.ptr[i].data, n);
     *len = n;
     return 0;
 }
@@ -410,8 +405,8 @@ static int mem_stat(struct store *s, const char *key, struct store_stat *st)
         return -EIO;
     ssize_t i = find(m, key);
     if (i >= 0) {
-        st->prefix = m->objs[i].prefix;
-        st->size = m->objs[i].len;
+        st->prefix = m->objs.ptr[i].prefix;
+        st->size = m->objs.ptr[i].len;
         return 0;
     }
     if (!*key || has_children(m, key)) {
@@ -461,8 +456,8 @@ static int page_fill(const struct mem_store *m, const char *prefix, const char *
 {
     char child[PATH_MAX];
     *n = 0;
-    for (size_t i = 0; i < m->n; i++) {
-        const char *rest = under(m->objs[i].key, prefix);
+    for (size_t i = 0; i < m->objs.len; i++) {
+        const char *rest = under(m->objs.ptr[i].key, prefix);
         if (!rest || !*rest)
             continue;
         const char *slash = strchr(rest, '/');
@@ -473,7 +468,7 @@ static int page_fill(const struct mem_store *m, const char *prefix, const char *
         child[len] = '\0';
         if (strcmp(child, last) <= 0)
             continue;
-        int r = page_add(page, n, child, slash || m->objs[i].prefix);
+        int r = page_add(page, n, child, slash || m->objs.ptr[i].prefix);
         if (r < 0)
             return r;
     }
@@ -530,9 +525,9 @@ static int mem_del(struct store *s, const char *key, uint64_t *bytes)
     ssize_t i = find(m, key);
     if (i < 0)
         return has_children(m, key) ? -EISDIR : -ENOENT;
-    if (m->objs[i].prefix)
+    if (m->objs.ptr[i].prefix)
         return -EISDIR;
-    *bytes += m->objs[i].len;
+    *bytes += m->objs.ptr[i].len;
     remove_at(m, (size_t)i);
     return 0;
 }
@@ -549,19 +544,7 @@ static int mem_make_prefix(struct store *s, const char *prefix, bool exclusive)
 {
     struct mem_store *m = mem(s);
     ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&m->mu);
-    if (m->crashed)
-        return -EIO;
-    int kind = kind_of(m, prefix);
-    if (kind == 0)
-        return -ENOTDIR;
-    if (kind == 1)
-        return exclusive ? -EEXIST : 0;
-    CLEANUP_FREE char *parent = parent_of(prefix);
-    if (!parent)
-        return -ENOMEM;
-    if (kind_of(m, parent) != 1)
-        return -ENOENT;
-    return insert(m, prefix, NULL, 0, true);
+    return m->crashed ? -EIO : make_prefix(m, prefix, exclusive);
 }
 
 static int mem_remove_prefix(struct store *s, const char *prefix)
@@ -575,7 +558,7 @@ static int mem_remove_prefix(struct store *s, const char *prefix)
     ssize_t i = find(m, prefix);
     if (i < 0)
         return -ENOENT;
-    if (!m->objs[i].prefix)
+    if (!m->objs.ptr[i].prefix)
         return -ENOTDIR;
     remove_at(m, (size_t)i);
     return 0;
@@ -588,14 +571,19 @@ static int mem_barrier(struct store *s)
 
 /* ---- leases ---- */
 
+static void lock_remove_at(struct mem_store *m, size_t i)
+{
+    free(m->locks.ptr[i].name);
+    m->locks.ptr[i] = m->locks.ptr[--m->locks.len];
+}
+
 /* Drop the locks whose lease expired.  Called locked. */
 static void expire_locks(struct mem_store *m)
 {
     int64_t now = now_ms(m);
-    for (size_t i = 0; i < m->nlocks;) {
-        if (m->locks[i].expires_ms <= now) {
-            free(m->locks[i].name);
-            m->locks[i] = m->locks[--m->nlocks];
+    for (size_t i = 0; i < m->locks.len;) {
+        if (m->locks.ptr[i].expires_ms <= now) {
+            lock_remove_at(m, i);
         } else {
             i++;
         }
@@ -607,24 +595,17 @@ static int try_lock(struct mem_store *m, const char *name, bool exclusive, unsig
                     struct store_lease *l)
 {
     expire_locks(m);
-    for (size_t i = 0; i < m->nlocks; i++)
-        if (!strcmp(m->locks[i].name, name) && (exclusive || m->locks[i].exclusive))
+    for (size_t i = 0; i < m->locks.len; i++)
+        if (!strcmp(m->locks.ptr[i].name, name) && (exclusive || m->locks.ptr[i].exclusive))
             return 0;
-    if (m->nlocks == m->locks_cap) {
-        size_t cap = m->locks_cap ? 2 * m->locks_cap : 16;
-        struct mem_lock *v = realloc(m->locks, cap * sizeof(*v));
-        if (!v)
-            return -ENOMEM;
-        m->locks = v;
-        m->locks_cap = cap;
-    }
     struct mem_lock k = {.name = strdup(name),
                          .exclusive = exclusive,
                          .expires_ms = now_ms(m) + (int64_t)lease_seconds * MS_PER_SEC,
                          .id = ++m->next_lock_id};
-    if (!k.name)
+    if (!k.name || mem_lock_list_append(&m->locks, k) < 0) {
+        free(k.name);
         return -ENOMEM;
-    m->locks[m->nlocks++] = k;
+    }
     l->id = k.id;
     l->gen = m->gen;
     return 1;
@@ -658,8 +639,8 @@ static int mem_lock(struct store *s, const char *name, bool exclusive, unsigned 
 
 static ssize_t lock_index(const struct mem_store *m, const struct store_lease *l)
 {
-    for (size_t i = 0; i < m->nlocks; i++)
-        if (m->locks[i].id == l->id)
+    for (size_t i = 0; i < m->locks.len; i++)
+        if (m->locks.ptr[i].id == l->id)
             return (ssize_t)i;
     return -1;
 }
@@ -674,7 +655,7 @@ static int mem_renew(struct store *s, struct store_lease *l, unsigned lease_seco
     ssize_t i = lock_index(m, l);
     if (i < 0 || l->gen != m->gen)
         return -ETIMEDOUT;
-    m->locks[i].expires_ms = now_ms(m) + (int64_t)lease_seconds * MS_PER_SEC;
+    m->locks.ptr[i].expires_ms = now_ms(m) + (int64_t)lease_seconds * MS_PER_SEC;
     return 0;
 }
 
@@ -684,10 +665,8 @@ static void mem_unlock(struct store *s, struct store_lease *l)
     ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&m->mu);
     /* A crashed process releases nothing: its leases run out. */
     ssize_t i = m->crashed || l->gen != m->gen ? -1 : lock_index(m, l);
-    if (i >= 0) {
-        free(m->locks[i].name);
-        m->locks[i] = m->locks[--m->nlocks];
-    }
+    if (i >= 0)
+        lock_remove_at(m, (size_t)i);
     free(l);
 }
 
@@ -696,17 +675,17 @@ static void mem_unlock(struct store *s, struct store_lease *l)
 static void mem_close(struct store *s)
 {
     struct mem_store *m = mem(s);
-    for (size_t i = 0; i < m->n; i++) {
-        free(m->objs[i].key);
-        free(m->objs[i].data);
+    for (size_t i = 0; i < m->objs.len; i++) {
+        free(m->objs.ptr[i].key);
+        free(m->objs.ptr[i].data);
     }
-    for (size_t i = 0; i < m->nlocks; i++)
-        free(m->locks[i].name);
-    for (size_t i = 0; i < m->nstaged; i++)
-        m->staged[i]->live = false; /* their owners free them */
-    free(m->objs);
-    free(m->locks);
-    free(m->staged);
+    for (size_t i = 0; i < m->locks.len; i++)
+        free(m->locks.ptr[i].name);
+    for (size_t i = 0; i < m->staged.len; i++)
+        m->staged.ptr[i]->live = false; /* their owners free them */
+    mem_obj_list_reset(&m->objs);
+    mem_lock_list_reset(&m->locks);
+    mem_staged_list_reset(&m->staged);
     pthread_mutex_destroy(&m->mu);
     free(s->name);
     free(m);
@@ -797,9 +776,9 @@ void store_mem_usage(const struct store *s, uint64_t *objects, uint64_t *bytes)
     struct mem_store *m = (struct mem_store *)s;
     ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&m->mu);
     *objects = *bytes = 0;
-    for (size_t i = 0; i < m->n; i++)
-        if (!m->objs[i].prefix) {
+    for (size_t i = 0; i < m->objs.len; i++)
+        if (!m->objs.ptr[i].prefix) {
             (*objects)++;
-            *bytes += m->objs[i].len;
+            *bytes += m->objs.ptr[i].len;
         }
 }
