@@ -66,7 +66,7 @@ struct importer {
     size_t ndisks;
     char *vm_id;
     struct backup_writer *w;
-    const struct archive_progress *prog;
+    const struct backup_progress *prog;
     uint64_t max_disk_size; /* 0: no limit */
     uint8_t *buf, *zeros;
     uint64_t bytes_written, chunks_new, chunks_reused;
@@ -375,8 +375,7 @@ static int import_disk(struct importer *im, struct archive_entry *e, struct impo
                 if (dirty)
                     memset(im->buf, 0, cs);
                 dirty = false;
-                if (im->prog->add)
-                    im->prog->add(im->prog->opaque, clen);
+                backup_progress_add(im->prog, clen);
                 cur++;
             }
             size_t in = (size_t)(o % cs);
@@ -397,8 +396,7 @@ static int import_disk(struct importer *im, struct archive_entry *e, struct impo
         if (dirty)
             memset(im->buf, 0, cs);
         dirty = false;
-        if (im->prog->add)
-            im->prog->add(im->prog->opaque, clen);
+        backup_progress_add(im->prog, clen);
     }
     uint8_t digest[HASH_SIZE];
     if ((r = member_digest_end(&dg, digest)) < 0 || (r = record_member(im, member, digest)) < 0)
@@ -503,8 +501,7 @@ static int begin_from_vm_json(struct importer *im, const char *text, const char 
         return first_error_set(&im->fe, r, "%s: %s", repo_path(im->repo),
                                err[0] ? err : strerror(-r));
     }
-    if (im->prog->begin)
-        im->prog->begin(im->prog->opaque, total);
+    backup_progress_begin(im->prog, NULL, total);
     return 0;
 }
 
