@@ -73,19 +73,26 @@ struct importer {
     struct first_error fe; /* the first failure, or every mismatch with the manifest */
 };
 
-static int record_member(struct importer *im, const char *name, const uint8_t digest[HASH_SIZE])
+/* Append name and digest to the list *sums of *n (members seen, or listed in the manifest). */
+static int member_sums_add(struct member_sum **sums, size_t *n, const char *name,
+                           const uint8_t digest[HASH_SIZE])
 {
-    struct member_sum *t = realloc(im->seen, (im->nseen + 1) * sizeof(*t));
+    struct member_sum *t = realloc(*sums, (*n + 1) * sizeof(*t));
     if (!t)
         return -ENOMEM;
-    im->seen = t;
-    t[im->nseen].name = strdup(name);
-    if (!t[im->nseen].name)
+    *sums = t;
+    t[*n].name = strdup(name);
+    if (!t[*n].name)
         return -ENOMEM;
-    memcpy(t[im->nseen].digest, digest, HASH_SIZE);
-    t[im->nseen].matched = false;
-    im->nseen++;
+    memcpy(t[*n].digest, digest, HASH_SIZE);
+    t[*n].matched = false;
+    (*n)++;
     return 0;
+}
+
+static int record_member(struct importer *im, const char *name, const uint8_t digest[HASH_SIZE])
+{
+    return member_sums_add(&im->seen, &im->nseen, name, digest);
 }
 
 /* A metadata member, whole (NUL-terminated); record: note its digest for the manifest. */
@@ -193,16 +200,9 @@ static int parse_mf(struct importer *im, const char *name, char *text)
             return first_error_set(&im->fe, -EINVAL,
                                    "manifest %s lists more members than an archive holds", name);
         }
-        struct member_sum *t = realloc(im->listed, (im->nlisted + 1) * sizeof(*t));
-        if (!t)
-            return -ENOMEM;
-        im->listed = t;
-        t[im->nlisted].name = strdup(member);
-        if (!t[im->nlisted].name)
-            return -ENOMEM;
-        memcpy(t[im->nlisted].digest, digest, HASH_SIZE);
-        t[im->nlisted].matched = false;
-        im->nlisted++;
+        int r = member_sums_add(&im->listed, &im->nlisted, member, digest);
+        if (r < 0)
+            return r;
     }
     return 0;
 }
