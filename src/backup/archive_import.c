@@ -315,6 +315,26 @@ static int store_chunk(struct importer *im, struct manifest *m, uint64_t i, cons
 }
 
 /* Chunk a disk member into the repository at its chunk size; its digest is recorded. */
+/* Finish chunk cur of the disk of m: its bytes (im->buf when dirty, else zeros) go into the
+ * member's digest and, unless zero, into the repository; im->buf is zeroed for the next. */
+static int chunk_finish(struct importer *im, struct manifest *m, struct member_digest *dg,
+                        uint64_t cur, bool *dirty)
+{
+    const uint64_t cs = m->chunk_size;
+    size_t clen = m->disk_size - cur * cs < cs ? (size_t)(m->disk_size - cur * cs) : (size_t)cs;
+    const uint8_t *data = *dirty ? im->buf : im->zeros;
+    int r = member_digest_update(dg, data, clen);
+    if (r == 0 && *dirty)
+        r = store_chunk(im, m, cur, data, clen);
+    if (r < 0)
+        return r;
+    if (*dirty)
+        memset(im->buf, 0, cs);
+    *dirty = false;
+    backup_progress_add(im->prog, clen);
+    return 0;
+}
+
 static int import_disk(struct importer *im, struct archive_entry *e, struct import_disk *d,
                        const char *member)
 {
@@ -367,15 +387,8 @@ static int import_disk(struct importer *im, struct archive_entry *e, struct impo
         while (len > 0) {
             uint64_t idx = o / cs;
             while (cur < idx) { /* finish chunk cur, then any holes before idx */
-                size_t clen = d->size - cur * cs < cs ? (size_t)(d->size - cur * cs) : cs;
-                const uint8_t *data = dirty ? im->buf : im->zeros;
-                if ((r = member_digest_update(&dg, data, clen)) < 0 ||
-                    (dirty && (r = store_chunk(im, &m, cur, data, clen)) < 0))
+                if ((r = chunk_finish(im, &m, &dg, cur, &dirty)) < 0)
                     goto done;
-                if (dirty)
-                    memset(im->buf, 0, cs);
-                dirty = false;
-                backup_progress_add(im->prog, clen);
                 cur++;
             }
             size_t in = (size_t)(o % cs);
@@ -387,17 +400,9 @@ static int import_disk(struct importer *im, struct archive_entry *e, struct impo
             len -= take;
         }
     }
-    for (; cur < m.n; cur++) {
-        size_t clen = d->size - cur * cs < cs ? (size_t)(d->size - cur * cs) : cs;
-        const uint8_t *data = dirty ? im->buf : im->zeros;
-        if ((r = member_digest_update(&dg, data, clen)) < 0 ||
-            (dirty && (r = store_chunk(im, &m, cur, data, clen)) < 0))
+    for (; cur < m.n; cur++)
+        if ((r = chunk_finish(im, &m, &dg, cur, &dirty)) < 0)
             goto done;
-        if (dirty)
-            memset(im->buf, 0, cs);
-        dirty = false;
-        backup_progress_add(im->prog, clen);
-    }
     uint8_t digest[HASH_SIZE];
     if ((r = member_digest_end(&dg, digest)) < 0 || (r = record_member(im, member, digest)) < 0)
         goto done;
