@@ -618,6 +618,15 @@ static void transfer_reactivate(struct uploads *u, struct transfer *t)
     pthread_mutex_unlock(&u->lock);
 }
 
+/* 0 when t may be finalized or cancelled, -EALREADY while it is being finalized, -ENOENT
+ * when it is gone (under u->lock). */
+static int transfer_active_locked(const struct transfer *t)
+{
+    if (t->state == TRANSFER_FINALIZING)
+        return -EALREADY;
+    return t->state == TRANSFER_ACTIVE ? 0 : -ENOENT;
+}
+
 int upload_finalize(struct uploads *u, struct transfer *t, char *err, size_t errlen)
 {
     int r = 0;
@@ -626,11 +635,8 @@ int upload_finalize(struct uploads *u, struct transfer *t, char *err, size_t err
         return -EBADF;
     }
     pthread_mutex_lock(&u->lock);
-    if (t->state == TRANSFER_FINALIZING) {
-        r = -EALREADY;
-    } else if (t->state != TRANSFER_ACTIVE) {
-        r = -ENOENT;
-    } else {
+    r = transfer_active_locked(t);
+    if (r == 0) {
         for (unsigned i = 0; i < u->max_writers; i++)
             if (t->writers[i].used)
                 r = -EBUSY;
@@ -696,11 +702,8 @@ int upload_cancel(struct uploads *u, struct transfer *t)
 {
     int r = 0;
     pthread_mutex_lock(&u->lock);
-    if (t->state == TRANSFER_FINALIZING) {
-        r = -EALREADY;
-    } else if (t->state != TRANSFER_ACTIVE) {
-        r = -ENOENT;
-    } else {
+    r = transfer_active_locked(t);
+    if (r == 0) {
         t->state = TRANSFER_GONE;
         list_remove(u, t);
     }
