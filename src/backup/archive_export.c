@@ -81,7 +81,7 @@ struct exporter {
     FILE *mf; /* manifest text being built */
     char *mf_text;
     size_t mf_len;
-    const struct archive_progress *prog;
+    const struct backup_progress *prog;
     uint8_t *buf, *zeros; /* chunk buffers */
     uint64_t data_bytes;  /* bytes of disk data written (holes excluded) */
     struct first_error fe;
@@ -395,8 +395,7 @@ static int write_disk_member(struct exporter *x, struct export_disk *d)
             member_digest_discard(&dg);
             return -EIO;
         }
-        if (x->prog->add)
-            x->prog->add(x->prog->opaque, want);
+        backup_progress_add(x->prog, want);
     }
     uint8_t digest[HASH_SIZE];
     if (member_digest_end(&dg, digest) < 0)
@@ -617,8 +616,7 @@ int archive_export(const struct archive_export_options *o, struct archive_export
         r = first_error_set(&x.fe, -EIO, "the output: %s", sym_archive_error_string(x.a));
         goto out;
     }
-    if (o->progress.begin)
-        o->progress.begin(o->progress.opaque, total);
+    backup_progress_begin(&o->progress, NULL, total);
     r = export_write(&x, &s, o->kind);
     if (r < 0)
         goto out;

@@ -13,6 +13,7 @@
 #include <stdint.h>
 
 #include "backup/archive_format.h"
+#include "backup/progress.h"
 
 struct repo;
 
@@ -27,7 +28,7 @@ struct archive_export_options {
     int fd; /* the archive is written here (not closed, not fsynced) */
     enum archive_kind kind;
     unsigned lock_timeout; /* seconds to wait for the repository lock; 0: ARCHIVE_LOCK_TIMEOUT */
-    struct archive_progress progress;
+    struct backup_progress progress; /* begin once (what NULL), then add */
 };
 
 struct archive_export_result {

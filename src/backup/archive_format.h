@@ -1,6 +1,6 @@
 /* What the archive exporter (archive_export.c) and importer (archive_import.c) share: the member
- * names and version of the vmexport archive format (docs/archive-format.md), the progress
- * callbacks their callers give, and a streaming SHA-256 of a member's content. */
+ * names and version of the vmexport archive format (docs/archive-format.md) and a streaming
+ * SHA-256 of a member's content. */
 #ifndef VMEXPORT_BACKUP_ARCHIVE_FORMAT_H
 #define VMEXPORT_BACKUP_ARCHIVE_FORMAT_H
 
@@ -22,15 +22,6 @@
 /* Seconds the engines wait for the repository lock (export) or the VM lock (import) when the
  * caller gives 0. */
 #define ARCHIVE_LOCK_TIMEOUT 600
-
-/* Progress of an export or import, all optional: begin() once with the bytes of disk data to
- * go through (known for an import only once vm.json is read), then add() as they pass, from the
- * engine's thread. */
-struct archive_progress {
-    void (*begin)(void *opaque, uint64_t total_bytes);
-    void (*add)(void *opaque, uint64_t bytes);
-    void *opaque;
-};
 
 /* Streaming SHA-256 of a member's content (EVP context). */
 struct member_digest {

@@ -66,26 +66,33 @@ struct importer {
     size_t ndisks;
     char *vm_id;
     struct backup_writer *w;
-    const struct archive_progress *prog;
+    const struct backup_progress *prog;
     uint64_t max_disk_size; /* 0: no limit */
     uint8_t *buf, *zeros;
     uint64_t bytes_written, chunks_new, chunks_reused;
     struct first_error fe; /* the first failure, or every mismatch with the manifest */
 };
 
-static int record_member(struct importer *im, const char *name, const uint8_t digest[HASH_SIZE])
+/* Append name and digest to the list *sums of *n (members seen, or listed in the manifest). */
+static int member_sums_add(struct member_sum **sums, size_t *n, const char *name,
+                           const uint8_t digest[HASH_SIZE])
 {
-    struct member_sum *t = realloc(im->seen, (im->nseen + 1) * sizeof(*t));
+    struct member_sum *t = realloc(*sums, (*n + 1) * sizeof(*t));
     if (!t)
         return -ENOMEM;
-    im->seen = t;
-    t[im->nseen].name = strdup(name);
-    if (!t[im->nseen].name)
+    *sums = t;
+    t[*n].name = strdup(name);
+    if (!t[*n].name)
         return -ENOMEM;
-    memcpy(t[im->nseen].digest, digest, HASH_SIZE);
-    t[im->nseen].matched = false;
-    im->nseen++;
+    memcpy(t[*n].digest, digest, HASH_SIZE);
+    t[*n].matched = false;
+    (*n)++;
     return 0;
+}
+
+static int record_member(struct importer *im, const char *name, const uint8_t digest[HASH_SIZE])
+{
+    return member_sums_add(&im->seen, &im->nseen, name, digest);
 }
 
 /* A metadata member, whole (NUL-terminated); record: note its digest for the manifest. */
@@ -193,16 +200,9 @@ static int parse_mf(struct importer *im, const char *name, char *text)
             return first_error_set(&im->fe, -EINVAL,
                                    "manifest %s lists more members than an archive holds", name);
         }
-        struct member_sum *t = realloc(im->listed, (im->nlisted + 1) * sizeof(*t));
-        if (!t)
-            return -ENOMEM;
-        im->listed = t;
-        t[im->nlisted].name = strdup(member);
-        if (!t[im->nlisted].name)
-            return -ENOMEM;
-        memcpy(t[im->nlisted].digest, digest, HASH_SIZE);
-        t[im->nlisted].matched = false;
-        im->nlisted++;
+        int r = member_sums_add(&im->listed, &im->nlisted, member, digest);
+        if (r < 0)
+            return r;
     }
     return 0;
 }
@@ -315,6 +315,26 @@ static int store_chunk(struct importer *im, struct manifest *m, uint64_t i, cons
 }
 
 /* Chunk a disk member into the repository at its chunk size; its digest is recorded. */
+/* Finish chunk cur of the disk of m: its bytes (im->buf when dirty, else zeros) go into the
+ * member's digest and, unless zero, into the repository; im->buf is zeroed for the next. */
+static int chunk_finish(struct importer *im, struct manifest *m, struct member_digest *dg,
+                        uint64_t cur, bool *dirty)
+{
+    const uint64_t cs = m->chunk_size;
+    size_t clen = m->disk_size - cur * cs < cs ? (size_t)(m->disk_size - cur * cs) : (size_t)cs;
+    const uint8_t *data = *dirty ? im->buf : im->zeros;
+    int r = member_digest_update(dg, data, clen);
+    if (r == 0 && *dirty)
+        r = store_chunk(im, m, cur, data, clen);
+    if (r < 0)
+        return r;
+    if (*dirty)
+        memset(im->buf, 0, cs);
+    *dirty = false;
+    backup_progress_add(im->prog, clen);
+    return 0;
+}
+
 static int import_disk(struct importer *im, struct archive_entry *e, struct import_disk *d,
                        const char *member)
 {
@@ -367,16 +387,8 @@ static int import_disk(struct importer *im, struct archive_entry *e, struct impo
         while (len > 0) {
             uint64_t idx = o / cs;
             while (cur < idx) { /* finish chunk cur, then any holes before idx */
-                size_t clen = d->size - cur * cs < cs ? (size_t)(d->size - cur * cs) : cs;
-                const uint8_t *data = dirty ? im->buf : im->zeros;
-                if ((r = member_digest_update(&dg, data, clen)) < 0 ||
-                    (dirty && (r = store_chunk(im, &m, cur, data, clen)) < 0))
+                if ((r = chunk_finish(im, &m, &dg, cur, &dirty)) < 0)
                     goto done;
-                if (dirty)
-                    memset(im->buf, 0, cs);
-                dirty = false;
-                if (im->prog->add)
-                    im->prog->add(im->prog->opaque, clen);
                 cur++;
             }
             size_t in = (size_t)(o % cs);
@@ -388,18 +400,9 @@ static int import_disk(struct importer *im, struct archive_entry *e, struct impo
             len -= take;
         }
     }
-    for (; cur < m.n; cur++) {
-        size_t clen = d->size - cur * cs < cs ? (size_t)(d->size - cur * cs) : cs;
-        const uint8_t *data = dirty ? im->buf : im->zeros;
-        if ((r = member_digest_update(&dg, data, clen)) < 0 ||
-            (dirty && (r = store_chunk(im, &m, cur, data, clen)) < 0))
+    for (; cur < m.n; cur++)
+        if ((r = chunk_finish(im, &m, &dg, cur, &dirty)) < 0)
             goto done;
-        if (dirty)
-            memset(im->buf, 0, cs);
-        dirty = false;
-        if (im->prog->add)
-            im->prog->add(im->prog->opaque, clen);
-    }
     uint8_t digest[HASH_SIZE];
     if ((r = member_digest_end(&dg, digest)) < 0 || (r = record_member(im, member, digest)) < 0)
         goto done;
@@ -503,8 +506,7 @@ static int begin_from_vm_json(struct importer *im, const char *text, const char 
         return first_error_set(&im->fe, r, "%s: %s", repo_path(im->repo),
                                err[0] ? err : strerror(-r));
     }
-    if (im->prog->begin)
-        im->prog->begin(im->prog->opaque, total);
+    backup_progress_begin(im->prog, NULL, total);
     return 0;
 }
 

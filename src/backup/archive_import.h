@@ -13,6 +13,7 @@
 #include <stdint.h>
 
 #include "backup/archive_format.h"
+#include "backup/progress.h"
 
 struct repo;
 
@@ -28,7 +29,7 @@ struct archive_import_options {
     /* Largest disk accepted, in bytes; 0: no limit.  A disk's size is what the archive says
      * (holes cost nothing to claim), and the importer hashes every byte of it. */
     uint64_t max_disk_size;
-    struct archive_progress progress;
+    struct backup_progress progress; /* begin once (what NULL), then add */
 };
 
 struct archive_import_result {

@@ -68,7 +68,7 @@ static const char *chunk_error(int r)
 struct stage_run {
     struct repo *repo;
     const struct manifest *m;
-    const struct restore_progress *progress;
+    const struct backup_progress *progress;
     int fd; /* the temporary file */
     atomic_ullong next;
     struct first_error fe;
@@ -76,8 +76,7 @@ struct stage_run {
 
 static void stage_advance(struct stage_run *s, uint64_t bytes)
 {
-    if (s->progress->advance)
-        s->progress->advance(s->progress->opaque, bytes);
+    backup_progress_add(s->progress, bytes);
 }
 
 /* Each thread reads, checks (container checksum or tag, then the chunk ID) and decompresses a
@@ -192,11 +191,9 @@ static int stage_disk(const struct restore_options *o, struct staged_disk *d, ch
     d->size = m.disk_size;
     struct stage_run s = {.repo = o->repo, .m = &m, .progress = &o->progress, .fd = fd};
     first_error_init(&s.fe, NULL, NULL);
-    if (o->progress.disk_begin)
-        o->progress.disk_begin(o->progress.opaque, d->disk, m.disk_size);
+    backup_progress_begin(&o->progress, d->disk, m.disk_size);
     r = stage_write(&s, o->jobs ? o->jobs : 1);
-    if (o->progress.disk_end)
-        o->progress.disk_end(o->progress.opaque, d->disk);
+    backup_progress_end(&o->progress, d->disk);
     close(fd);
     if (r < 0) {
         set_err(err, errlen, "backup %s: disk %s: %s", b->id, d->disk, first_error_message(&s.fe));

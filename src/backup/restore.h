@@ -15,6 +15,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "backup/progress.h"
 #include "core/vector.h"
 #include "repo/repo.h"
 
@@ -22,17 +23,6 @@
 #define RESTORE_TMP_MARK ".vxrestore.tmp."
 /* Worker threads of a restore at most. */
 #define RESTORE_MAX_JOBS 64
-
-/* Progress of a restore; every member may be NULL. */
-struct restore_progress {
-    /* A disk of size bytes is about to be written (from the calling thread). */
-    void (*disk_begin)(void *opaque, const char *disk, uint64_t size);
-    /* bytes more of the disk are done (from worker threads, concurrently). */
-    void (*advance)(void *opaque, uint64_t bytes);
-    /* The disk is written, or its writing failed (from the calling thread). */
-    void (*disk_end)(void *opaque, const char *disk);
-    void *opaque;
-};
 
 struct restore_options {
     struct repo *repo;
@@ -48,7 +38,7 @@ struct restore_options {
      * SIGHUP arrives while disks are staged, then die of the signal as the process would have;
      * the moves into place run with those signals blocked.  For one restore at a time. */
     bool handle_signals;
-    struct restore_progress progress;
+    struct backup_progress progress; /* begin and end once a disk */
 };
 
 /* A disk put in place. */

@@ -30,7 +30,7 @@ struct upload_source {
 
 struct upload_job {
     const struct upload_source *src;
-    const struct upload_progress *progress;
+    const struct backup_progress *progress;
     const char *url; /* transfer path */
     atomic_ullong next;
     uint8_t *zero_map;    /* bit per chunk: all zeros */
@@ -82,8 +82,7 @@ static void *worker_main(void *opaque)
             first_error_set(&j->fe, r, "%s", client_error(w->client));
             break;
         }
-        if (j->progress && j->progress->add)
-            j->progress->add(j->progress->arg, len);
+        backup_progress_add(j->progress, len);
     }
     return NULL;
 }
@@ -132,8 +131,8 @@ static void transfer_finish(struct client *c, struct upload_job *j, struct uploa
 }
 
 /* Upload one disk from src into vm. */
-static int upload_one(struct client *c, const struct upload_source *src, const char *vm,
-                      const char *disk, unsigned jobs, const struct upload_progress *progress,
+static int upload_run(struct client *c, const struct upload_source *src, const char *vm,
+                      const char *disk, unsigned jobs, const struct backup_progress *progress,
                       struct upload_result *res)
 {
     memset(res, 0, sizeof(*res));
@@ -228,8 +227,19 @@ static int file_read(void *ctx, uint64_t idx, uint8_t *buf, size_t len, bool *ze
     return 0;
 }
 
+/* upload_run between the progress's begin and end. */
+static int upload_one(struct client *c, const struct upload_source *src, const char *vm,
+                      const char *disk, unsigned jobs, const struct backup_progress *progress,
+                      struct upload_result *res)
+{
+    backup_progress_begin(progress, disk, src->size);
+    int r = upload_run(c, src, vm, disk, jobs, progress, res);
+    backup_progress_end(progress, disk);
+    return r;
+}
+
 int upload_file(struct client *c, int fd, const char *vm, const char *disk, unsigned jobs,
-                const struct upload_progress *progress, struct upload_result *res)
+                const struct backup_progress *progress, struct upload_result *res)
 {
     struct stat st;
     if (fstat(fd, &st) < 0) {
@@ -275,7 +285,7 @@ static int repo_read(void *ctx, uint64_t idx, uint8_t *buf, size_t len, bool *ze
 
 int upload_backup_disk(struct client *c, struct repo *repo, const struct backup *b,
                        const char *disk, const char *vm, unsigned jobs,
-                       const struct upload_progress *progress, struct upload_result *res)
+                       const struct backup_progress *progress, struct upload_result *res)
 {
     struct manifest m = {0};
     int r = repo_manifest_read(repo, b, disk, &m);

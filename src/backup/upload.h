@@ -9,6 +9,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "backup/progress.h"
 #include "core/pool.h"
 
 struct client;
@@ -17,12 +18,6 @@ struct backup;
 
 /* Piece size of a file upload: big enough for throughput, small enough to retry cheaply. */
 #define UPLOAD_FILE_CHUNK (4u << 20)
-
-/* Progress of an upload: bytes done, from any worker thread. */
-struct upload_progress {
-    void (*add)(void *arg, uint64_t bytes);
-    void *arg;
-};
 
 struct upload_result {
     uint64_t size;                   /* of the disk */
@@ -35,12 +30,12 @@ struct upload_result {
 /* Upload the (sparse) raw file open as fd as disk of vm over jobs connections (c and copies).
  * Holes are not read.  0, or a negative errno with res->error set. */
 int upload_file(struct client *c, int fd, const char *vm, const char *disk, unsigned jobs,
-                const struct upload_progress *progress, struct upload_result *res);
+                const struct backup_progress *progress, struct upload_result *res);
 
 /* Upload disk of backup b in repo as disk of vm: zero chunks are never read.  0, or a negative
  * errno with res->error set (a damaged or missing chunk named). */
 int upload_backup_disk(struct client *c, struct repo *repo, const struct backup *b,
                        const char *disk, const char *vm, unsigned jobs,
-                       const struct upload_progress *progress, struct upload_result *res);
+                       const struct backup_progress *progress, struct upload_result *res);
 
 #endif

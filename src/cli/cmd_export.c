@@ -174,7 +174,7 @@ static int export_run(int argc, char **argv)
         .backup_id = a.backup_id,
         .fd = fd,
         .kind = a.kind,
-        .progress = {progress_sink_begin, progress_sink_add, &sink},
+        .progress = progress_sink_callbacks(&sink),
     };
     struct archive_export_result res;
     char err[1024] = "";

@@ -84,7 +84,7 @@ static int import_run(int argc, char **argv)
         .repo = repo,
         .fd = fd,
         .vm_id = vm_opt,
-        .progress = {progress_sink_begin, progress_sink_add, &sink},
+        .progress = progress_sink_callbacks(&sink),
     };
     struct archive_import_result res;
     char err[2048] = "";

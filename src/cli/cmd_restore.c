@@ -16,25 +16,6 @@
 #define RESTORE_DEFAULT_JOBS 4
 #define UPLOAD_DEFAULT_JOBS  2
 
-/* The engine's progress on the command line's bar (or JSON progress lines). */
-static void on_disk_begin(void *opaque, const char *disk, uint64_t size)
-{
-    struct progress *p = opaque;
-    (void)disk;
-    progress_init(p, "restore", size, p->json);
-}
-
-static void on_advance(void *opaque, uint64_t bytes)
-{
-    progress_add(opaque, bytes);
-}
-
-static void on_disk_end(void *opaque, const char *disk)
-{
-    (void)disk;
-    progress_finish(opaque);
-}
-
 static void print_restored(const struct backup *b, const struct restored_disk *d, bool json)
 {
     if (!json) {
@@ -102,7 +83,7 @@ static int restore_cmd(int argc, char **argv)
     if (upload_vm) {
         ret = upload_backup("restore", repo, b, disk, upload_vm, jobs, json);
     } else {
-        struct progress bar = {.json = json};
+        struct progress_sink bar = {.what = "restore", .json = json};
         struct restore_options o = {
             .repo = repo,
             .backup = b,
@@ -111,10 +92,7 @@ static int restore_cmd(int argc, char **argv)
             .force = force,
             .jobs = jobs,
             .handle_signals = true,
-            .progress = {.disk_begin = on_disk_begin,
-                         .advance = on_advance,
-                         .disk_end = on_disk_end,
-                         .opaque = &bar},
+            .progress = progress_sink_callbacks(&bar),
         };
         struct restore_result res;
         ret = restore_run(&o, &res) < 0 ? EXIT_FAIL : EXIT_OK;

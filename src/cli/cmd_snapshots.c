@@ -32,16 +32,8 @@ static int snapshots_run(int argc, char **argv)
     if (client_list_snapshots(c, vm, false, &snaps) < 0)
         return remote_fail("snapshots", c);
     client_free(c);
-    if (!json_is_array(snaps)) {
-        fprintf(stderr, "vmexport snapshots: the server's answer is not a list of snapshots\n");
-        json_decref(snaps);
-        return EXIT_FAIL;
-    }
-    if (json) {
-        r = remote_print_json(snaps);
-        json_decref(snaps);
+    if (remote_list_done("snapshots", snaps, "snapshots", json, &r))
         return r;
-    }
 
     static const char *const headers[] = {"ID", "CREATED", "DISKS", "SIZE"};
     static const bool right[] = {false, false, true, true};
@@ -67,14 +59,7 @@ static int snapshots_run(int argc, char **argv)
             r = table_add(&t, "%s", cli_bytes(size, b, sizeof(b)));
     }
     json_decref(snaps);
-    if (r < 0) {
-        table_free(&t);
-        fprintf(stderr, "vmexport snapshots: %s\n", strerror(-r));
-        return EXIT_FAIL;
-    }
-    table_print(&t);
-    table_free(&t);
-    return cli_finish_stdout();
+    return table_finish("snapshots", &t, r);
 }
 
 const struct cli_command cmd_snapshots = {

@@ -25,16 +25,8 @@ static int vms_run(int argc, char **argv)
     if (client_list_vms(c, &vms) < 0)
         return remote_fail("vms", c);
     client_free(c);
-    if (!json_is_array(vms)) {
-        fprintf(stderr, "vmexport vms: the server's answer is not a list of VMs\n");
-        json_decref(vms);
-        return EXIT_FAIL;
-    }
-    if (json) {
-        r = remote_print_json(vms);
-        json_decref(vms);
+    if (remote_list_done("vms", vms, "VMs", json, &r))
         return r;
-    }
 
     static const char *const headers[] = {"NAME", "PROVIDER",  "DISKS",
                                           "SIZE", "SNAPSHOTS", "COMPATIBLE"};
@@ -64,14 +56,7 @@ static int vms_run(int argc, char **argv)
                           json_is_true(json_object_get(vm, "snapshot_compatible")) ? "yes" : "no");
     }
     json_decref(vms);
-    if (r < 0) {
-        table_free(&t);
-        fprintf(stderr, "vmexport vms: %s\n", strerror(-r));
-        return EXIT_FAIL;
-    }
-    table_print(&t);
-    table_free(&t);
-    return cli_finish_stdout();
+    return table_finish("vms", &t, r);
 }
 
 const struct cli_command cmd_vms = {

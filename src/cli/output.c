@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "cli/cli.h"
+#include "core/jsonw.h"
 
 int cli_usage_error(const struct cli_command *cmd, const char *fmt, ...)
 {
@@ -60,7 +61,8 @@ void json_ranges_begin(struct json_ranges *j, FILE *f, const char *key)
 {
     j->f = f;
     j->first = true;
-    fprintf(f, "\"%s\":[", key);
+    jw_string(f, key);
+    fputs(":[", f);
 }
 
 int json_ranges_add(struct json_ranges *j, uint64_t start, uint64_t length)

@@ -84,23 +84,37 @@ void progress_finish(struct progress *p)
     pthread_mutex_destroy(&p->lock);
 }
 
-void progress_sink_begin(void *sink, uint64_t total)
+void progress_sink_finish(struct progress_sink *s)
+{
+    if (s->started)
+        progress_finish(&s->p);
+    s->started = false;
+}
+
+static void sink_begin(void *sink, const char *what, uint64_t total)
 {
     struct progress_sink *s = sink;
+    (void)what;
+    progress_sink_finish(s);
     progress_init(&s->p, s->what, total, s->json);
     s->started = true;
 }
 
-void progress_sink_add(void *sink, uint64_t bytes)
+static void sink_add(void *sink, uint64_t bytes)
 {
     struct progress_sink *s = sink;
     if (s->started)
         progress_add(&s->p, bytes);
 }
 
-void progress_sink_finish(struct progress_sink *s)
+static void sink_end(void *sink, const char *what)
 {
-    if (s->started)
-        progress_finish(&s->p);
-    s->started = false;
+    (void)what;
+    progress_sink_finish(sink);
+}
+
+struct backup_progress progress_sink_callbacks(struct progress_sink *s)
+{
+    return (struct backup_progress){
+        .begin = sink_begin, .add = sink_add, .end = sink_end, .opaque = s};
 }

@@ -8,6 +8,8 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "backup/progress.h"
+
 struct progress {
     const char *what;
     uint64_t total;
@@ -21,16 +23,15 @@ void progress_init(struct progress *p, const char *what, uint64_t total, bool js
 void progress_add(struct progress *p, uint64_t bytes);
 void progress_finish(struct progress *p);
 
-/* A progress driven by an engine's callbacks (begin with the total, then add): give
- * progress_sink_begin/progress_sink_add with the sink as opaque; progress_sink_finish() ends
- * the bar if begin was called. */
+/* A progress driven by an engine's struct backup_progress: progress_sink_callbacks(&sink) gives
+ * the callbacks; every begin starts a bar of that total, every end (or progress_sink_finish)
+ * ends the bar begun. */
 struct progress_sink {
     struct progress p;
     const char *what;
     bool json, started;
 };
-void progress_sink_begin(void *sink, uint64_t total);
-void progress_sink_add(void *sink, uint64_t bytes);
+struct backup_progress progress_sink_callbacks(struct progress_sink *s);
 void progress_sink_finish(struct progress_sink *s);
 
 /* Seconds since an arbitrary start, monotonic. */

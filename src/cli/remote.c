@@ -19,6 +19,20 @@ int remote_print_json(const json_t *j)
     return cli_finish_stdout();
 }
 
+bool remote_list_done(const char *cmd, json_t *list, const char *what, bool json, int *status)
+{
+    if (!json_is_array(list)) {
+        fprintf(stderr, "vmexport %s: the server's answer is not a list of %s\n", cmd, what);
+        *status = EXIT_FAIL;
+    } else if (json) {
+        *status = remote_print_json(list);
+    } else {
+        return false;
+    }
+    json_decref(list);
+    return true;
+}
+
 int remote_fail(const char *cmd, struct client *c)
 {
     fprintf(stderr, "vmexport %s: %s\n", cmd, client_error(c));
@@ -83,4 +97,16 @@ void table_free(struct table *t)
     for (size_t i = 0; i < t->cells.len; i++)
         free(t->cells.ptr[i]);
     str_vector_reset(&t->cells);
+}
+
+int table_finish(const char *cmd, struct table *t, int r)
+{
+    if (r < 0) {
+        table_free(t);
+        fprintf(stderr, "vmexport %s: %s\n", cmd, strerror(-r));
+        return EXIT_FAIL;
+    }
+    table_print(t);
+    table_free(t);
+    return cli_finish_stdout();
 }

@@ -15,6 +15,11 @@ struct client;
 /* The server's JSON on one line of stdout (jansson escapes every string).  An exit status. */
 int remote_print_json(const json_t *j);
 
+/* The answer list of a listing command cmd, a JSON array of what ("VMs"): when it is not an
+ * array (an error naming what) or json is set (it is printed), frees it, sets *status to the
+ * exit status and returns true; else returns false and the caller prints its table. */
+bool remote_list_done(const char *cmd, json_t *list, const char *what, bool json, int *status);
+
 /* Report a failed request of command cmd ("vmexport CMD: ...") and free the client; returns
  * EXIT_FAIL. */
 int remote_fail(const char *cmd, struct client *c);
@@ -35,5 +40,8 @@ struct table {
 int table_add(struct table *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void table_print(struct table *t);
 void table_free(struct table *t);
+/* End a table filled until r (0 or the first negative errno of table_add): print it, or report
+ * r as command cmd's error; frees it.  An exit status. */
+int table_finish(const char *cmd, struct table *t, int r);
 
 #endif

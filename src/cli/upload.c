@@ -20,11 +20,6 @@
 /* Connections of a file upload when the caller gives 0. */
 #define UPLOAD_DEFAULT_JOBS 4
 
-static void progress_cb(void *arg, uint64_t bytes)
-{
-    progress_add(arg, bytes);
-}
-
 /* The line that reports an uploaded disk. */
 static void report(const char *vm, const char *disk, const struct upload_result *res, double secs,
                    bool json)
@@ -63,12 +58,10 @@ int upload_sparse_file(const char *cmd, const char *path, const char *vm, const 
     if (!c)
         return EXIT_FAIL;
     double t0 = progress_now();
-    struct progress prog;
-    progress_init(&prog, "upload", (uint64_t)st.st_size, false);
-    struct upload_progress up = {.add = progress_cb, .arg = &prog};
+    struct progress_sink prog = {.what = "upload"};
+    struct backup_progress up = progress_sink_callbacks(&prog);
     struct upload_result res;
     int r = upload_file(c, fd, vm, disk, jobs ? jobs : UPLOAD_DEFAULT_JOBS, &up, &res);
-    progress_finish(&prog);
     client_free(c);
     if (r < 0) {
         fprintf(stderr, "vmexport %s: %s\n", cmd, res.error);
@@ -90,12 +83,10 @@ int upload_backup(const char *cmd, struct repo *repo, const struct backup *b, co
         if (disk && strcmp(disk, name))
             continue;
         double t0 = progress_now();
-        struct progress prog;
-        progress_init(&prog, "upload", b->disks.ptr[i].size, json);
-        struct upload_progress up = {.add = progress_cb, .arg = &prog};
+        struct progress_sink prog = {.what = "upload", .json = json};
+        struct backup_progress up = progress_sink_callbacks(&prog);
         struct upload_result res;
         int r = upload_backup_disk(c, repo, b, name, vm, jobs, &up, &res);
-        progress_finish(&prog);
         if (r < 0) {
             fprintf(stderr, "vmexport %s: %s\n", cmd, res.error);
             ret = EXIT_FAIL;

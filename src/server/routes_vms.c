@@ -204,13 +204,19 @@ int route_vms_list(struct request *rq)
     return reply_json(rq, 200, arr);
 }
 
+/* The answer to a failed look-up of the request's VM (rq->segs[1]): 404 when it is not there. */
+static int reply_vm_error(struct request *rq, int r)
+{
+    return r == -ENOENT ? reply_error(rq, 404, "not found", "VM '%s' not found", rq->segs[1])
+                        : reply_errno(rq, r, "VM");
+}
+
 int route_vm_get(struct request *rq)
 {
     struct vm *vm = NULL;
     int r = server_vm_get(rq->srv, rq->segs[1], &vm, NULL);
     if (r < 0)
-        return r == -ENOENT ? reply_error(rq, 404, "not found", "VM '%s' not found", rq->segs[1])
-                            : reply_errno(rq, r, "VM");
+        return reply_vm_error(rq, r);
     json_t *j = vm_to_json(rq->srv, vm);
     vm_free(vm);
     return reply_json(rq, 200, j);
@@ -533,8 +539,7 @@ int route_snapshots_list(struct request *rq)
 {
     int r = vm_known(rq, rq->segs[1]);
     if (r < 0)
-        return r == -ENOENT ? reply_error(rq, 404, "not found", "VM '%s' not found", rq->segs[1])
-                            : reply_errno(rq, r, "VM");
+        return reply_vm_error(rq, r);
     snapshot_list l = VECTOR_INIT;
     r = catalog_snapshot_list(rq->srv->catalog, rq->segs[1], "ready", &l);
     int ret = r < 0 ? reply_errno(rq, r, "catalog") : reply_snapshot_list(rq, &l);
@@ -580,8 +585,7 @@ int route_snapshot_create(struct request *rq)
     struct provider *p = NULL;
     int r = server_vm_get(rq->srv, rq->segs[1], &vm, &p);
     if (r < 0)
-        return r == -ENOENT ? reply_error(rq, 404, "not found", "VM '%s' not found", rq->segs[1])
-                            : reply_errno(rq, r, "VM");
+        return reply_vm_error(rq, r);
     if (!vm->snapshot_compatible) {
         int ret = vm->disks.len == 0
                       ? reply_error(rq, 409, "conflict", "VM '%s' has no disks", vm->id)
@@ -704,8 +708,7 @@ int route_snapshots_purge(struct request *rq)
 {
     int r = vm_known(rq, rq->segs[1]);
     if (r < 0)
-        return r == -ENOENT ? reply_error(rq, 404, "not found", "VM '%s' not found", rq->segs[1])
-                            : reply_errno(rq, r, "VM");
+        return reply_vm_error(rq, r);
     snapshot_list l = VECTOR_INIT;
     r = catalog_snapshot_list(rq->srv->catalog, rq->segs[1], NULL, &l);
     for (size_t i = 0; r == 0 && i < l.len; i++)

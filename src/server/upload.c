@@ -379,6 +379,38 @@ static int transfer_make_file(struct uploads *u, struct transfer *t, bool *recor
     return t->writer->ops->create(t->writer, t->size, err, errlen);
 }
 
+/* A new transfer of size bytes with its names copied (snap_id NULL for an upload) and room for
+ * nwriters writers; NULL when out of memory. */
+static struct transfer *transfer_new(enum transfer_direction direction, const char *provider,
+                                     const char *vm_id, const char *snap_id, const char *disk,
+                                     uint64_t size, size_t nwriters)
+{
+    struct transfer *t = calloc(1, sizeof(*t));
+    if (!t)
+        return NULL;
+    t->direction = direction;
+    t->size = size;
+    t->provider = strdup(provider);
+    t->vm_id = strdup(vm_id);
+    t->snapshot = snap_id ? strdup(snap_id) : NULL;
+    t->disk = strdup(disk);
+    t->writers = nwriters ? calloc(nwriters, sizeof(*t->writers)) : NULL;
+    if (!t->provider || !t->vm_id || (snap_id && !t->snapshot) || !t->disk ||
+        (nwriters && !t->writers)) {
+        transfer_free(t);
+        return NULL;
+    }
+    return t;
+}
+
+/* A registered transfer is ready for requests (under u->lock). */
+static void transfer_activate_locked(struct transfer *t)
+{
+    t->state = TRANSFER_ACTIVE;
+    t->refs = 1;
+    t->last_used_ms = now_ms();
+}
+
 int upload_create(struct uploads *u, struct provider *p, const char *vm_id, const char *disk,
                   uint64_t size, struct transfer **out, char *err, size_t errlen)
 {
@@ -386,18 +418,10 @@ int upload_create(struct uploads *u, struct provider *p, const char *vm_id, cons
         snprintf(err, errlen, "provider %s cannot create disks", p->name);
         return -EOPNOTSUPP;
     }
-    struct transfer *t = calloc(1, sizeof(*t));
+    struct transfer *t =
+        transfer_new(TRANSFER_UPLOAD, p->name, vm_id, NULL, disk, size, u->max_writers);
     if (!t)
         return -ENOMEM;
-    t->size = size;
-    t->provider = strdup(p->name);
-    t->vm_id = strdup(vm_id);
-    t->disk = strdup(disk);
-    t->writers = calloc(u->max_writers, sizeof(*t->writers));
-    if (!t->provider || !t->vm_id || !t->disk || !t->writers) {
-        transfer_free(t);
-        return -ENOMEM;
-    }
     int r = transfer_register(u, t, err, errlen);
     if (r < 0)
         return r;
@@ -414,9 +438,7 @@ int upload_create(struct uploads *u, struct provider *p, const char *vm_id, cons
 
     pthread_mutex_lock(&u->lock);
     if (r == 0) {
-        t->state = TRANSFER_ACTIVE;
-        t->refs = 1;
-        t->last_used_ms = now_ms();
+        transfer_activate_locked(t);
     } else {
         list_remove(u, t);
     }
@@ -437,26 +459,14 @@ int download_create(struct uploads *u, const char *provider, const char *vm_id, 
                     const char *disk, uint64_t size, struct transfer **out, char *err,
                     size_t errlen)
 {
-    struct transfer *t = calloc(1, sizeof(*t));
+    struct transfer *t = transfer_new(TRANSFER_DOWNLOAD, provider, vm_id, snap_id, disk, size, 0);
     if (!t)
         return -ENOMEM;
-    t->direction = TRANSFER_DOWNLOAD;
-    t->size = size;
-    t->provider = strdup(provider);
-    t->vm_id = strdup(vm_id);
-    t->snapshot = strdup(snap_id);
-    t->disk = strdup(disk);
-    if (!t->provider || !t->vm_id || !t->snapshot || !t->disk) {
-        transfer_free(t);
-        return -ENOMEM;
-    }
     int r = transfer_register(u, t, err, errlen);
     if (r < 0)
         return r;
     pthread_mutex_lock(&u->lock);
-    t->state = TRANSFER_ACTIVE;
-    t->refs = 1;
-    t->last_used_ms = now_ms();
+    transfer_activate_locked(t);
     pthread_mutex_unlock(&u->lock);
     log_info("download " LOG_ID " of VM %s snapshot %s disk %s (%llu bytes) started",
              LOG_ID_ARG(t->id), t->vm_id, t->snapshot, t->disk, (unsigned long long)t->size);
@@ -608,6 +618,15 @@ static void transfer_reactivate(struct uploads *u, struct transfer *t)
     pthread_mutex_unlock(&u->lock);
 }
 
+/* 0 when t may be finalized or cancelled, -EALREADY while it is being finalized, -ENOENT
+ * when it is gone (under u->lock). */
+static int transfer_active_locked(const struct transfer *t)
+{
+    if (t->state == TRANSFER_FINALIZING)
+        return -EALREADY;
+    return t->state == TRANSFER_ACTIVE ? 0 : -ENOENT;
+}
+
 int upload_finalize(struct uploads *u, struct transfer *t, char *err, size_t errlen)
 {
     int r = 0;
@@ -616,11 +635,8 @@ int upload_finalize(struct uploads *u, struct transfer *t, char *err, size_t err
         return -EBADF;
     }
     pthread_mutex_lock(&u->lock);
-    if (t->state == TRANSFER_FINALIZING) {
-        r = -EALREADY;
-    } else if (t->state != TRANSFER_ACTIVE) {
-        r = -ENOENT;
-    } else {
+    r = transfer_active_locked(t);
+    if (r == 0) {
         for (unsigned i = 0; i < u->max_writers; i++)
             if (t->writers[i].used)
                 r = -EBUSY;
@@ -686,11 +702,8 @@ int upload_cancel(struct uploads *u, struct transfer *t)
 {
     int r = 0;
     pthread_mutex_lock(&u->lock);
-    if (t->state == TRANSFER_FINALIZING) {
-        r = -EALREADY;
-    } else if (t->state != TRANSFER_ACTIVE) {
-        r = -ENOENT;
-    } else {
+    r = transfer_active_locked(t);
+    if (r == 0) {
         t->state = TRANSFER_GONE;
         list_remove(u, t);
     }

@@ -77,3 +77,14 @@ check "prune --json gives JSON lines" json_lines "$WORK/prune.json"
 check "  naming the VM of the removed backup" py "$WORK/prune.json" "d['type'] == 'remove' and d['backup'] == '$BID' and d['vm'] == VM"
 "$VMEXPORT" gc --repo "$REPO" --json >"$WORK/gc.json"
 check "gc --json is valid JSON" json_doc "$WORK/gc.json"
+
+# A backup whose VM ID is not UTF-8 (imported under such a name) is listed, its ID written with
+# U+FFFD in place of the bad bytes, like every other --json.
+BID2=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))[-1]["id"])' "$WORK/backups.json")
+"$VMEXPORT" export --repo "$REPO" "$BID2" -o "$WORK/vm.tar" >/dev/null
+check "import under a VM ID that is not UTF-8" \
+    "$VMEXPORT" import "$WORK/vm.tar" --repo "$REPO" --vm $'\xff\xfe odd'
+"$VMEXPORT" backups --repo "$REPO" --json >"$WORK/backups2.json"
+check "backups --json is still one valid JSON document" json_doc "$WORK/backups2.json"
+check "  listing that backup with U+FFFD for the bad bytes" \
+    py "$WORK/backups2.json" "len(d) == 2 and any(b['vm'] == '\ufffd\ufffd odd' for b in d)"

@@ -196,9 +196,10 @@ struct seen {
     unsigned begins;
 };
 
-static void seen_begin(void *opaque, uint64_t total)
+static void seen_begin(void *opaque, const char *what, uint64_t total)
 {
     struct seen *s = opaque;
+    assert_null(what);
     s->total = total;
     s->begins++;
 }
@@ -219,7 +220,7 @@ static int import_memory(struct repo *r, const void *data, size_t len, const cha
         .size = len,
         .vm_id = vm,
         .lock_timeout = LOCK_WAIT,
-        .progress = {seen_begin, seen_add, seen},
+        .progress = {.begin = seen_begin, .add = seen_add, .opaque = seen},
     };
     return archive_import(&o, res, err, ERR_LEN);
 }

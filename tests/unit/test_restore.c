@@ -248,8 +248,8 @@ static void restore_all(struct fixture *f, unsigned jobs)
     PATHF(b, "%s/b.img", dir);
     struct counts c = {0};
     struct restore_options o = options(f, dir, jobs);
-    o.progress = (struct restore_progress){
-        .disk_begin = count_begin, .advance = count_advance, .disk_end = count_end, .opaque = &c};
+    o.progress = (struct backup_progress){
+        .begin = count_begin, .add = count_advance, .end = count_end, .opaque = &c};
     struct restore_result res;
     int r = restore_run(&o, &res);
     if (r != 0)
@@ -428,7 +428,7 @@ static void test_restore_signal(void **state)
     if (pid == 0) {
         struct restore_options o = options(f, dir, 1);
         o.handle_signals = true;
-        o.progress.advance = raise_term;
+        o.progress.add = raise_term;
         struct restore_result res;
         restore_run(&o, &res);
         _exit(0); /* not reached: the signal kills */
