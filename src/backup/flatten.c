@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "core/cleanup.h"
+#include "fs/fsinfo.h"
 #include "core/log.h"
 #include "fs/chain.h"
 
@@ -166,19 +167,6 @@ static int install(const char *tmp, const char *out, bool force)
     return 0;
 }
 
-/* Make the rename of path durable: fsync its directory (best effort). */
-static void fsync_parent(const char *path)
-{
-    CLEANUP_FREE char *copy = strdup(path);
-    if (!copy)
-        return;
-    char *slash = strrchr(copy, '/');
-    const char *dir = slash ? (slash == copy ? "/" : (*slash = '\0', copy)) : ".";
-    CLEANUP_CLOSE int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd >= 0)
-        fsync(fd);
-}
-
 int chain_flatten_file(const struct chain *c, const char *out, bool force, uint64_t *data,
                        char *err, size_t errlen)
 {
@@ -214,6 +202,6 @@ int chain_flatten_file(const struct chain *c, const char *out, bool force, uint6
         unlink(flatten_tmp);
     flatten_tmp_set = 0;
     if (r == 0)
-        fsync_parent(out);
+        fs_fsync_parent(out); /* best effort: the data is synced */
     return r;
 }

@@ -242,21 +242,6 @@ static void restore_signals_disarm(void)
 
 /* ---- commit: every staged disk into place, all or none ---- */
 
-/* fsync the directory holding path, so that the renames into it are durable. */
-static void dir_sync_of(const char *path)
-{
-    CLEANUP_FREE char *copy = strdup(path);
-    if (!copy)
-        return;
-    char *slash = strrchr(copy, '/');
-    const char *dir = slash ? (slash == copy ? "/" : (*slash = '\0', copy)) : ".";
-    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd >= 0) {
-        fsync(fd);
-        close(fd);
-    }
-}
-
 /* Move every staged disk to its destination, all or none.  A new name is taken with
  * RENAME_NOREPLACE; with force an existing file is swapped with the staged one
  * (RENAME_EXCHANGE), its old content kept under the temporary name until every disk is in
@@ -291,8 +276,8 @@ static int restore_commit(struct staged_disk *s, size_t n, bool force, char *err
     if (i == n) {
         for (size_t k = 0; k < n; k++) {
             if (s[k].placed == PLACED_EXCHANGED)
-                unlink(s[k].tmp); /* the replaced file */
-            dir_sync_of(s[k].dest);
+                unlink(s[k].tmp);       /* the replaced file */
+            fs_fsync_parent(s[k].dest); /* best effort: the data is synced */
         }
         return 0;
     }

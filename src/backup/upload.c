@@ -17,6 +17,7 @@
 #include "core/cleanup.h"
 #include "core/hash.h"
 #include "core/lock.h"
+#include "fs/fsinfo.h"
 #include "repo/repo.h"
 
 /* Where chunk data comes from.  read() fills buf (len bytes) or says the chunk is all zeros. */
@@ -211,17 +212,9 @@ static int file_read(void *ctx, uint64_t idx, uint8_t *buf, size_t len, bool *ze
         return 0;
     }
     size_t done = 0;
-    while (done < len) {
-        ssize_t r = pread(fs->fd, buf + done, len - done, (off_t)(off + done));
-        if (r < 0) {
-            if (errno == EINTR)
-                continue;
-            return -errno;
-        }
-        if (r == 0)
-            break;
-        done += (size_t)r;
-    }
+    int r = fs_pread_direct(fs->fd, -1, buf, len, off, &done);
+    if (r < 0)
+        return r;
     memset(buf + done, 0, len - done);
     *zero = buf_is_zero(buf, len);
     return 0;

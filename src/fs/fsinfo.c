@@ -119,8 +119,8 @@ int fs_reopen_direct(int fd, int flags)
     snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
     int d = open(path, flags | O_DIRECT | O_CLOEXEC);
     struct stat a, b;
-    if (d >= 0 && (fstat(fd, &a) < 0 || fstat(d, &b) < 0 || a.st_dev != b.st_dev ||
-                   a.st_ino != b.st_ino)) {
+    if (d >= 0 &&
+        (fstat(fd, &a) < 0 || fstat(d, &b) < 0 || a.st_dev != b.st_dev || a.st_ino != b.st_ino)) {
         close(d);
         d = -1;
     }
@@ -193,5 +193,18 @@ int fs_writeback_behind(int fd, uint64_t done_off, uint64_t done_len, uint64_t o
     }
     if (len)
         sync_file_range(fd, (off_t)off, (off_t)len, SYNC_FILE_RANGE_WRITE);
+    return 0;
+}
+
+int fs_fsync_parent(const char *path)
+{
+    CLEANUP_FREE char *copy = strdup(path);
+    if (!copy)
+        return -ENOMEM;
+    char *slash = strrchr(copy, '/');
+    const char *dir = slash ? (slash == copy ? "/" : (*slash = '\0', copy)) : ".";
+    CLEANUP_CLOSE int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0 || fsync(fd) < 0)
+        return -errno;
     return 0;
 }

@@ -38,6 +38,9 @@ int fs_reopen_direct(int fd, int flags);
  * (O_DIRECT, from fs_reopen_direct) while offset, length and buffer are 4 KiB-aligned, the rest
  * (or all, when dfd < 0 or O_DIRECT refuses) through fd.  0 or a negative errno. */
 int fs_pread_direct(int fd, int dfd, void *buf, size_t len, uint64_t off, size_t *got);
+/* fsync of the directory that holds path (".", or "/" for a name in the root), so that a file
+ * created or renamed there survives a crash.  0 or a negative errno. */
+int fs_fsync_parent(const char *path);
 /* Whether every page of [off, off + len) of a file is in the page cache, asked of a read-only
  * mapping of it (map_len bytes; never touched, so asking loads nothing).  Readers use it to
  * read cold data with O_DIRECT (no copy through the cache, no eviction of others' pages) and
