@@ -31,7 +31,7 @@ struct cli_command {
 
 /* Commands implemented in cmd_*.c. */
 extern const struct cli_command cmd_map, cmd_clone, cmd_diff;
-/* Remote commands (cmd_remote.c). */
+/* Remote commands (cmd_vms.c, cmd_snapshots.c: snapshots and snapshot, cmd_download.c). */
 extern const struct cli_command cmd_vms, cmd_snapshots, cmd_snapshot, cmd_download;
 /* Repository commands (one cmd_<name>.c each). */
 extern const struct cli_command cmd_repo, cmd_backup, cmd_backups, cmd_restore, cmd_verify,
