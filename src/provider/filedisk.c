@@ -195,10 +195,12 @@ static int clone_disk(const struct filedisk *fdk, struct provider_snapshot_disk 
 }
 
 int filedisk_snapshot_create(struct provider *p, const struct vm *vm, const char *snap_id,
+                             struct provider_snapshot_request *req,
                              struct provider_snapshot_disk *disks, size_t n,
                              const struct provider_quiesce *q, char *err, size_t errlen)
 {
     (void)vm; /* each disk names its file */
+    (void)req; /* file snapshots keep no chain: their changes come from the files themselves */
     const struct filedisk *fdk = p->priv;
     int r = q && q->freeze ? q->freeze(q->opaque, err, errlen) : 0;
     if (r < 0)
@@ -351,13 +353,15 @@ int filedisk_disk_open(struct provider *p, const char *locator, unsigned flags,
 
 int filedisk_disk_changes(struct provider *p, const char *base, const char *new,
                           struct extent_sink *changed, struct extent_sink *zeroed,
-                          const char **method)
+                          const char **method, char *err, size_t errlen)
 {
     (void)p;
     struct fs_diff d;
     int r = fs_diff_open_nofollow(&d, base, new, DIFF_AUTO);
-    if (r < 0)
+    if (r < 0) {
+        snprintf(err, errlen, "cannot compare the snapshot files: %s", strerror(-r));
         return r;
+    }
     r = fs_diff_run(&d, changed, zeroed);
     if (method)
         *method = diff_mode_name(d.mode);

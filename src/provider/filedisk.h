@@ -25,6 +25,7 @@ int filedisk_init(struct filedisk *fd, const struct provider_config *cfg, char *
 
 /* The provider_ops functions, for p whose priv starts with struct filedisk. */
 int filedisk_snapshot_create(struct provider *p, const struct vm *vm, const char *snap_id,
+                             struct provider_snapshot_request *req,
                              struct provider_snapshot_disk *disks, size_t n,
                              const struct provider_quiesce *q, char *err, size_t errlen);
 int filedisk_snapshot_delete(struct provider *p, const char *locator);
@@ -32,7 +33,7 @@ int filedisk_disk_open(struct provider *p, const char *locator, unsigned flags,
                        struct disk_reader **out);
 int filedisk_disk_changes(struct provider *p, const char *base, const char *new,
                           struct extent_sink *changed, struct extent_sink *zeroed,
-                          const char **method);
+                          const char **method, char *err, size_t errlen);
 int filedisk_upload_discard(struct provider *p, const char *partial, const char *id,
                             const char *partial_name);
 

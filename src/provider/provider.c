@@ -248,6 +248,18 @@ void provider_free(struct provider *p)
     free(p);
 }
 
+bool provider_chain_valid(const char *s)
+{
+    size_t n = s ? strnlen(s, PROVIDER_CHAIN_MAX + 1) : 0;
+    if (n == 0 || n > PROVIDER_CHAIN_MAX)
+        return false;
+    for (size_t i = 0; i < n; i++)
+        if (!((s[i] >= 'a' && s[i] <= 'z') || (s[i] >= 'A' && s[i] <= 'Z') ||
+              (s[i] >= '0' && s[i] <= '9') || s[i] == '_' || s[i] == '-'))
+            return false;
+    return true;
+}
+
 bool provider_id_is_safe(const char *id)
 {
     if (!id || !id[0] || strlen(id) > PROVIDER_ID_MAX)

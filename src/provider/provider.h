@@ -70,6 +70,17 @@ struct provider_snapshot_disk {
     char *mode;                 /* out: how it was taken, in the provider's words (shown) */
 };
 
+/* What a snapshot is asked for beyond its disks, and what the provider says back. */
+#define PROVIDER_CHAIN_MAX 64 /* bytes of a chain ID: [A-Za-z0-9_-] */
+#define PROVIDER_CHAIN_DEFAULT "default"
+struct provider_snapshot_request {
+    /* in: the changed-block-tracking chain the snapshot belongs to (one per client repository,
+     * so that several repositories back up the same VM independently); never NULL. */
+    const char *chain;
+    bool frozen;        /* out: the guest's filesystems were frozen (guest agent) while taken */
+    uint64_t frozen_us; /* out: for how long (0 when not frozen) */
+};
+
 /* Called around the snapshot of a VM's disks (freeze/thaw hooks): freeze returns 0 or a
  * negative errno and says why in err (no snapshot is taken then); thaw gets the result of the
  * snapshot so far. */
@@ -196,11 +207,16 @@ struct provider_ops {
      * freeze before the first (its failure takes no snapshot), thaw after the last.  Fills
      * each disk's size and mode.  err says which disk failed and why (-ENOSPC: no space). */
     int (*snapshot_create)(struct provider *p, const struct vm *vm, const char *snap_id,
+                           struct provider_snapshot_request *req,
                            struct provider_snapshot_disk *disks, size_t n,
                            const struct provider_quiesce *q, char *err, size_t errlen);
     /* Remove one snapshot disk and whatever an interrupted snapshot_create left of it; 0 when
      * it is already gone. */
     int (*snapshot_delete)(struct provider *p, const char *locator);
+    /* Optional (NULL: nothing to release, the snapshot stays whole).  End the data of one
+     * snapshot disk (its export, scratch image) but keep what disk_changes needs of it as a
+     * base (its checkpoint); snapshot_delete later removes the rest.  0 when released already. */
+    int (*snapshot_release)(struct provider *p, const char *locator);
     /* The snapshot disk at locator, open for reading (flags: DISK_OPEN_*). */
     int (*disk_open)(struct provider *p, const char *locator, unsigned flags,
                      struct disk_reader **out);
@@ -208,10 +224,17 @@ struct provider_ops {
      * provider, snapshots of the same disk): ranges whose data may differ into changed, ranges
      * that were data in base and read as zeros now into zeroed, both in order, at the
      * provider's block precision; may over-report, never under-report.  *method (static)
-     * names how they were found. */
+     * names how they were found.  -ESTALE when the changes since base cannot be told any more
+     * (checkpoint gone, inconsistent after a crash, chain broken), -EXDEV when base belongs to
+     * another chain: err says why, and the client reads the disk in full. */
     int (*disk_changes)(struct provider *p, const char *base, const char *new,
                         struct extent_sink *changed, struct extent_sink *zeroed,
-                        const char **method);
+                        const char **method, char *err, size_t errlen);
+    /* Optional (NULL: none).  The VM's definition as the platform keeps it, for backups: *text
+     * (malloc'ed, the caller frees) in *format (static): "libvirt-xml", "qemu-qmp-json",
+     * "ovm-vm.cfg". */
+    int (*vm_definition)(struct provider *p, const struct vm *vm, char **text,
+                         const char **format);
 
     /* ---- uploads of new disks (optional: NULL when the provider cannot create disks) ----
      *
@@ -240,6 +263,9 @@ struct provider {
 };
 
 extern const struct provider_ops provider_dir_ops, provider_ovm_ops;
+
+/* Whether s is a usable chain ID (provider_snapshot_request.chain). */
+bool provider_chain_valid(const char *s);
 
 /* Find ops by type name; NULL if unknown. */
 const struct provider_ops *provider_ops_find(const char *type);

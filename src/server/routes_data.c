@@ -642,7 +642,9 @@ int route_disk_changes(struct request *rq)
         struct area_page chp = {.l = VECTOR_INIT, .from = start, .dropped = UINT64_MAX};
         struct extent_sink cs = {.emit = area_emit, .opaque = &chp};
         struct extent_sink zs = {.emit = area_emit, .opaque = &zeroed};
-        r = p->ops->disk_changes(p, bd->locator, disk->locator, &cs, &zs, NULL);
+        char cerr[256] = "";
+        r = p->ops->disk_changes(p, bd->locator, disk->locator, &cs, &zs, NULL, cerr,
+                                 sizeof(cerr));
         if (zeroed_in_changed) {
             /* union of the two sorted lists */
             extent_list ch = VECTOR_INIT;

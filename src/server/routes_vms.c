@@ -355,7 +355,8 @@ static int write_chunks_diff(FILE *f, struct provider *p, const struct snapshot_
     }
     struct extent_sink cs = {.emit = spool_emit, .opaque = cf};
     struct extent_sink zs = {.emit = spool_emit, .opaque = zf};
-    r = p->ops->disk_changes(p, base, d->locator, &cs, &zs, &method);
+    char cerr[256] = "";
+    r = p->ops->disk_changes(p, base, d->locator, &cs, &zs, &method, cerr, sizeof(cerr));
     if (r == 0 && (fflush(cf) != 0 || fflush(zf) != 0))
         r = -EIO;
     if (r < 0)

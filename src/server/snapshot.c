@@ -185,7 +185,8 @@ int snapshot_create(struct server *s, struct provider *p, const struct vm *vm, c
     }
     struct quiesce qs = {.s = s, .vm_id = vm->id, .snap_id = id};
     struct provider_quiesce q = {.freeze = quiesce_freeze, .thaw = quiesce_thaw, .opaque = &qs};
-    r = p->ops->snapshot_create(p, vm, id, pd, snap->disks.len, &q, err, errlen);
+    struct provider_snapshot_request req = {.chain = PROVIDER_CHAIN_DEFAULT};
+    r = p->ops->snapshot_create(p, vm, id, &req, pd, snap->disks.len, &q, err, errlen);
     for (size_t i = 0; r == 0 && i < snap->disks.len; i++) {
         /* Sizes and modes became known while snapshotting. */
         snap->disks.ptr[i].size = pd[i].size;

@@ -239,7 +239,8 @@ static int snap(struct fixture *f, const char *id, char *loc[2], struct hooks *h
         d[i].locator = loc[i];
     }
     struct provider_quiesce q = {.freeze = hook_freeze, .thaw = hook_thaw, .opaque = h};
-    int r = f->p->ops->snapshot_create(f->p, f->vm, id, d, 2, &q, err, ERR_LEN);
+    struct provider_snapshot_request req = {.chain = PROVIDER_CHAIN_DEFAULT};
+    int r = f->p->ops->snapshot_create(f->p, f->vm, id, &req, d, 2, &q, err, ERR_LEN);
     for (size_t i = 0; i < 2; i++) {
         if (r == 0) {
             char dir[PATH_MAX];
@@ -394,7 +395,7 @@ static void test_snapshot_read_diff_delete(void **state)
     extent_list ch = VECTOR_INIT, z = VECTOR_INIT;
     const char *method = NULL;
     struct extent_sink cs = {list_emit, &ch}, zs = {list_emit, &z};
-    assert_int_equal(f->p->ops->disk_changes(f->p, s1[0], s2[0], &cs, &zs, &method), 0);
+    assert_int_equal(f->p->ops->disk_changes(f->p, s1[0], s2[0], &cs, &zs, &method, err, ERR_LEN), 0);
     assert_non_null(method);
     /* never under-reports; block-precise: the unchanged blocks are not reported */
     assert_true(covered(&ch, 2 * MIB, BLOCK));
@@ -424,7 +425,7 @@ static void test_snapshot_read_diff_delete(void **state)
     /* the second disk did not change */
     extent_list ch2 = VECTOR_INIT, z2 = VECTOR_INIT;
     struct extent_sink cs2 = {list_emit, &ch2}, zs2 = {list_emit, &z2};
-    assert_int_equal(f->p->ops->disk_changes(f->p, s1[1], s2[1], &cs2, &zs2, NULL), 0);
+    assert_int_equal(f->p->ops->disk_changes(f->p, s1[1], s2[1], &cs2, &zs2, NULL, err, ERR_LEN), 0);
     assert_int_equal(ch2.len, 0);
     assert_int_equal(z2.len, 0);
 
