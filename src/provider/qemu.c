@@ -72,6 +72,7 @@
 #define QEMU_GONE_WAIT_MS        10000 /* for an export or job to go after its delete/cancel */
 #define QEMU_WATCH_INTERVAL_S    1
 #define QEMU_WALK_MAX            100000 /* links followed in one chain walk */
+#define QEMU_QDEV_PREFIX         "/machine/peripheral/"
 #define QEMU_MAX_SOCKETS         4096
 #define QEMU_ERR                 512
 #define NS_PER_S                 1000000000LL
@@ -474,14 +475,16 @@ static int vm_read(struct qemu_priv *qp, struct qemu_conn *c, struct vm **out, j
             const char *dev = json_string_value(json_object_get(d, "device"));
             const char *qdev = json_string_value(json_object_get(d, "qdev"));
             char name[256] = "";
-            if (dev && dev[0]) {
-                snprintf(name, sizeof(name), "%s", dev);
-            } else if (qdev) {
+            if (qdev && qdev[0]) {
+                /* the device's ID (libvirt's alias): /machine/peripheral/ID/virtio-backend */
                 const char *s = qdev;
-                if (!strncmp(s, "/machine/peripheral/", strlen("/machine/peripheral/")))
-                    s += strlen("/machine/peripheral/");
-                snprintf(name, sizeof(name), "%.*s", (int)strcspn(s, "/"), s);
+                if (!strncmp(s, QEMU_QDEV_PREFIX, strlen(QEMU_QDEV_PREFIX)))
+                    s += strlen(QEMU_QDEV_PREFIX);
+                if (s[0] != '/')
+                    snprintf(name, sizeof(name), "%.*s", (int)strcspn(s, "/"), s);
             }
+            if (!name[0] && dev && dev[0])
+                snprintf(name, sizeof(name), "%s", dev);
             const char *node =
                 graph_resolve(&gr, json_string_value(json_object_get(ins, "node-name")));
             if (!name[0] || !node)
