@@ -218,6 +218,36 @@ check "all deleted: no node, export, checkpoint or scratch image of ours" test "
     query-named-block-nodes '{"flat":true}' | jq '[.[] | select(.["node-name"] | startswith("vmx")),
     (.["dirty-bitmaps"][]? | select((.name // "") | startswith("vmexport.")))] | length')$(ls -A "$SCRATCH")" = 0
 
+# ---- scratch_limit and snapshot_lifetime: the snapshot ends, the guest's writes go on ----
+stop_daemon
+write_config "$CONF" "$PORT" "$WORK/state" "[provider.live]" "type = qemu" \
+    "qmp_sockets = $WORK/qmp/*.qmp" "scratch_dir = $SCRATCH" "nbd_dir = $NBD_DIR" \
+    "scratch_limit = 1048576" "snapshot_lifetime = 3"
+start_daemon "$CONF" "$PORT" && login admin secret && ok "daemon restarts with limits" ||
+    { not_ok "daemon restarts"; exit 1; }
+snapshot L1
+head -c 4194304 /dev/urandom >"$WORK/4m"
+dd if="$WORK/4m" of="$F0" bs=1M conv=notrunc,fsync status=none &&
+    ok "the guest overwrites 4 MiB while its snapshot copies the old data into scratch" || not_ok "guest write failed"
+# wait_log TEXT: until the daemon logs TEXT (the watcher looks once a second).
+wait_log() { for _ in $(seq 100); do grep -q "$1" "$WORK/daemon.log" && return 0; sleep 0.1; done; return 1; }
+check "the watcher ends the snapshot over scratch_limit, saying why" \
+    wait_log "disk disk0: its scratch image grew to [0-9]* bytes, over scratch_limit 1048576"
+expect_status 500 "  its data is no longer served" GET "/api/v1/vms/vm1/snapshots/$L1/disks/disk0"
+check "  saying so" grep -q "File too large" "$WORK/body"
+check "  the guest's data is all there" cmp -s <(dd if="$F0" bs=1M count=4 status=none) "$WORK/4m"
+check "  its backup job and export are gone" test "$($QMP "$CTL" query-jobs | jq length)$($QMP \
+    "$CTL" query-block-exports | jq '[.[] | select(.id | startswith("vmxe"))] | length')" = 00
+snapshot L2
+check "the watcher ends a snapshot older than snapshot_lifetime" \
+    wait_log "snapshot $L2: disk disk1: older than snapshot_lifetime 3 s"
+expect_status 500 "  its data is no longer served" GET "/api/v1/vms/vm1/snapshots/$L2/disks/disk1"
+check "  saying so" grep -q "Timer expired" "$WORK/body"
+for s in "$L1" "$L2"; do expect_status 204 "ended snapshot is deleted" DELETE "/api/v1/vms/vm1/snapshots/$s"; done
+check "  nothing of them is left" test "$($QMP "$CTL" query-named-block-nodes '{"flat":true}' |
+    jq '[.[] | select(.["node-name"] | startswith("vmx")), (.["dirty-bitmaps"][]? |
+    select((.name // "") | startswith("vmexport.")))] | length')$(ls -A "$SCRATCH")" = 0
+
 # ---- a process that runs an NBD server of its own: no snapshot, nothing left ----
 qemu-img create -q -f qcow2 "$IMG/e0.qcow2" 8M
 "$QSD" --blockdev "file,node-name=g0,filename=$IMG/e0.qcow2" --blockdev qcow2,node-name=edisk,file=g0 \
