@@ -103,6 +103,6 @@ chmod 755 "$root/init"
 mkdir -p "$tmp/out"
 python3 "$here/mkinitramfs.py" cpio "$root" "$tmp/out/initrd.img"
 cp "$tmp/x/boot/vmlinuz-$kver" "$tmp/out/vmlinuz"
-rm -rf "$out"
-mv "$tmp/out" "$out"
+# atomic: a test building the same guest at the same time keeps its own or ours, never half
+mv -T "$tmp/out" "$out" 2>/dev/null || [ -s "$out/initrd.img" ]
 echo "$out"

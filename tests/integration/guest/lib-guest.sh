@@ -18,7 +18,9 @@ vmctl() { python3 "$GUEST_DIR/vmctl.py" "$@"; }
 
 guest_build() {
     local var=$1 dir
-    if ! dir=$(bash "$GUEST_DIR/build-guest.sh" "$BUILD" 2>"$WORK/guest-build.err"); then
+    # in the normal build directory, also for the sanitizer pass: built once per suite
+    local cache=${VMEXPORT_GUEST_CACHE:-$VMEXPORT_ROOT/build}
+    if ! dir=$(bash "$GUEST_DIR/build-guest.sh" "$cache" 2>"$WORK/guest-build.err"); then
         skip "tiny guest cannot be built: $(tail -1 "$WORK/guest-build.err")"
         exit 0
     fi
