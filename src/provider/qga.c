@@ -10,6 +10,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <glob.h>
 #include <jansson.h>
 #include <poll.h>
 #include <pthread.h>
@@ -387,6 +388,29 @@ int qga_status(struct qga *g, int timeout_ms, bool *frozen, char *err, size_t er
         r = -EPROTO;
     }
     free(ret);
+    return r;
+}
+
+int qga_socket_find(const char *pattern, const char *vm_id, char **path)
+{
+    *path = NULL;
+    glob_t gl;
+    int g = glob(pattern, GLOB_NOSORT, NULL, &gl);
+    if (g == GLOB_NOMATCH)
+        return -ENOENT;
+    if (g != 0)
+        return g == GLOB_NOSPACE ? -ENOMEM : -EIO;
+    int r = -ENOENT;
+    size_t idlen = strlen(vm_id);
+    for (size_t i = 0; i < gl.gl_pathc && r == -ENOENT; i++) {
+        const char *slash = strrchr(gl.gl_pathv[i], '/');
+        const char *base = slash ? slash + 1 : gl.gl_pathv[i];
+        const char *dot = strrchr(base, '.');
+        size_t len = dot && dot != base ? (size_t)(dot - base) : strlen(base);
+        if (len == idlen && memcmp(base, vm_id, idlen) == 0)
+            r = (*path = strdup(gl.gl_pathv[i])) ? 0 : -ENOMEM;
+    }
+    globfree(&gl);
     return r;
 }
 

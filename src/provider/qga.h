@@ -49,6 +49,11 @@ int qga_freeze_begin(struct qga_freeze *f, const char *path, int timeout_ms, cha
  * errno with err saying why (the thaw is still retried in the background then). */
 int qga_freeze_end(struct qga_freeze *f, int timeout_ms, char *err, size_t errlen);
 
+/* The agent socket of VM vm_id among the paths glob pattern matches: the one whose base name
+ * without its extension is vm_id ("/run/qga/web1.sock" for "web1").  0 and *path (malloc'ed),
+ * or -ENOENT when none matches (the VM has no agent: snapshots are not frozen). */
+int qga_socket_find(const char *pattern, const char *vm_id, char **path);
+
 /* ---- the protocol's pure parts (unit-tested) ---- */
 
 /* Appends n bytes the agent sent to a line buffer and takes out complete messages: one

@@ -306,6 +306,40 @@ static void test_no_agent(void **state)
     assert_non_null(strstr(err, "guest agent /nonexistent/qga.sock: connect:"));
 }
 
+static void test_socket_find(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/vmexport-qga-find.XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    static const char *const names[] = {"web1.sock", "web10.qga", "db.x.sock", "noext"};
+    char p[256], pattern[256];
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+        snprintf(p, sizeof(p), "%s/%s", dir, names[i]);
+        FILE *f = fopen(p, "w");
+        assert_non_null(f);
+        fclose(f);
+    }
+    snprintf(pattern, sizeof(pattern), "%s/*", dir);
+    char *path = NULL;
+    assert_int_equal(qga_socket_find(pattern, "web1", &path), 0);
+    snprintf(p, sizeof(p), "%s/web1.sock", dir);
+    assert_string_equal(path, p); /* not web10 */
+    free(path);
+    assert_int_equal(qga_socket_find(pattern, "db.x", &path), 0); /* the last extension only */
+    free(path);
+    assert_int_equal(qga_socket_find(pattern, "noext", &path), 0);
+    free(path);
+    assert_int_equal(qga_socket_find(pattern, "web", &path), -ENOENT);
+    assert_null(path);
+    snprintf(pattern, sizeof(pattern), "%s/*.none", dir);
+    assert_int_equal(qga_socket_find(pattern, "web1", &path), -ENOENT);
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+        snprintf(p, sizeof(p), "%s/%s", dir, names[i]);
+        unlink(p);
+    }
+    rmdir(dir);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -317,6 +351,7 @@ int main(void)
         cmocka_unit_test(test_freeze_error_thaws),
         cmocka_unit_test(test_silent_peer_times_out),
         cmocka_unit_test(test_no_agent),
+        cmocka_unit_test(test_socket_find),
     };
     return cmocka_run_group_tests_name("qga", tests, NULL, NULL);
 }
