@@ -19,6 +19,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/un.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "core/clock.h"
@@ -155,6 +156,7 @@ struct fake {
     int lfd;
     enum fake_mode mode;
     bool freeze_fails;
+    int freeze_delay_ms; /* the freeze answers this late (an agent busy in its freeze hook) */
     int frozen;
     int thaws;
     pthread_t thread;
@@ -198,6 +200,7 @@ static void fake_serve(struct fake *f, int fd)
                          "\"GenericError\", \"desc\": \"fsfreeze hook failed\"}, \"id\": \"%s\"}\n",
                          id);
             } else if (strcmp(cmd, "guest-fsfreeze-freeze") == 0) {
+                usleep((useconds_t)f->freeze_delay_ms * 1000);
                 f->frozen = 1;
                 snprintf(out, sizeof(out), "{\"return\": 1, \"id\": \"%s\"}\n", id);
             } else if (strcmp(cmd, "guest-fsfreeze-thaw") == 0) {
@@ -282,6 +285,45 @@ static void test_freeze_error_thaws(void **state)
     fake_stop(&f);
 }
 
+static void test_late_freeze_is_thawed(void **state)
+{
+    (void)state;
+    struct fake f;
+    fake_start(&f, FAKE_ANSWERS);
+    f.freeze_delay_ms = 3 * SHORT_TIMEOUT;
+    char err[ERR_LEN];
+    struct qga_freeze fz;
+    assert_int_equal(qga_freeze_begin(&fz, f.path, SHORT_TIMEOUT, err, ERR_LEN), -ETIMEDOUT);
+    assert_non_null(strstr(err, "guest-fsfreeze-freeze: no answer within 200 ms"));
+    /* the freeze happened after we gave up; the thaw queued behind it undid it */
+    assert_int_equal(f.thaws, 1);
+    assert_int_equal(f.frozen, 0);
+    fake_stop(&f);
+}
+
+static void test_thaw_at_exit(void **state)
+{
+    (void)state;
+    struct fake f;
+    fake_start(&f, FAKE_ANSWERS);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        /* a daemon that exits while the guest is frozen */
+        char err[ERR_LEN];
+        struct qga_freeze fz;
+        _exit(qga_freeze_begin(&fz, f.path, GENEROUS, err, ERR_LEN) == 0 ? (exit(0), 0) : 1);
+    }
+    int status;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    for (int i = 0; i < GENEROUS / 10 && f.frozen; i++)
+        usleep(10000);
+    assert_int_equal(f.frozen, 0);
+    assert_int_equal(f.thaws, 1);
+    fake_stop(&f);
+}
+
 static void test_silent_peer_times_out(void **state)
 {
     (void)state;
@@ -349,6 +391,8 @@ int main(void)
         cmocka_unit_test(test_reply_match),
         cmocka_unit_test(test_session),
         cmocka_unit_test(test_freeze_error_thaws),
+        cmocka_unit_test(test_late_freeze_is_thawed),
+        cmocka_unit_test(test_thaw_at_exit),
         cmocka_unit_test(test_silent_peer_times_out),
         cmocka_unit_test(test_no_agent),
         cmocka_unit_test(test_socket_find),
