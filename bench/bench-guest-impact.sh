@@ -33,7 +33,6 @@ CMD=$WORK/vm-g1.cmd
 vmctl wait-sh "$CMD" 120 && vmctl wait-qga "$WORK/qga/g1.qga" 30 || { echo "guest does not boot"; exit 1; }
 
 PORT=$(free_port)
-mkdir -p "$WORK/scratch" "$WORK/nbd"
 write_config "$WORK/vmexportd.conf" "$PORT" "$WORK/state" \
     "[provider.live]" "type = qemu" "qmp_sockets = $WORK/qmp/*.qmp" \
     "guest_agent_sockets = $WORK/qga/*.qga" "scratch_dir = $WORK/scratch" "nbd_dir = $WORK/nbd"

@@ -48,7 +48,6 @@ random_writes() {
 }
 
 PORT=$(free_port)
-mkdir -p "$WORK/scratch" "$WORK/nbd"
 write_config "$WORK/vmexportd.conf" "$PORT" "$WORK/state" \
     "[provider.live]" "type = qemu" "qmp_sockets = $WORK/qmp/*.qmp" \
     "scratch_dir = $WORK/scratch" "nbd_dir = $WORK/nbd" || { not_ok "write config"; exit 1; }
@@ -70,7 +69,7 @@ wait_snapshot_ready() {
     local i
     for i in $(seq 300); do
         api GET /api/v1/vms/v1/snapshots >/dev/null
-        if jq -e --argjson before "$1" '[.snapshots[]? // .[]? | select(.status == "ready") | .id] - $before | length > 0' "$WORK/body" >/dev/null 2>&1; then
+        if jq -e --argjson before "$1" '[.[] | select(.status == "ready") | .id] - $before | length > 0' "$WORK/body" >/dev/null 2>&1; then
             return 0
         fi
         sleep 0.05
@@ -79,7 +78,7 @@ wait_snapshot_ready() {
 }
 snapshot_ids() {
     api GET /api/v1/vms/v1/snapshots >/dev/null
-    jq -c '[.snapshots[]? // .[]? | .id]' "$WORK/body"
+    jq -c '[.[] | .id]' "$WORK/body"
 }
 
 # backup_during_writes GEN: a backup while the devices keep being written once its snapshot is
@@ -105,7 +104,7 @@ backup_during_writes() {
 # restore_matches GEN BACKUP: both disks restore to the truth of generation GEN.
 restore_matches() {
     local gen=$1 id=$2 i
-    rm -rf "$WORK/r"
+    rm -rf "$WORK/r" && mkdir "$WORK/r"
     "$VMEXPORT" restore --repo "$REPO" "$id" --to "$WORK/r" >/dev/null 2>"$WORK/restore.err" ||
         { not_ok "restore $gen: $(tail -1 "$WORK/restore.err")"; return 1; }
     for i in 0 1; do
