@@ -9,6 +9,12 @@ vmctl.py wait-qga SOCK SECONDS              until the guest agent answers
 vmctl.py sh SOCK 'SHELL LINE' [SECONDS]      runs the line in the guest, prints its output,
                                             exits with its status
 vmctl.py wait-sh SOCK SECONDS               until the guest's command port answers
+vmctl.py writes SOCK SEED N DEV=TRUTH...     N random writes (4 KiB..256 KiB, one random byte
+                                            value each, 4 KiB aligned) through HMP qemu-io on
+                                            the virtio devices DEV, each applied to the raw file
+                                            TRUTH too, then a flush of every device; N may be
+                                            "while:PID": until process PID ends (at most 200);
+                                            prints the number of writes
 """
 import json
 import random
@@ -93,6 +99,63 @@ def sh(path, line, timeout=30):
         out.append(l)
 
 
+class Monitor:
+    """One QMP connection for many commands."""
+
+    def __init__(self, path, timeout=30):
+        self.s = connect(path, timeout)
+        self.f = self.s.makefile("rb")
+        read_json(self.f)
+        self.execute("qmp_capabilities")
+
+    def execute(self, cmd, args=None):
+        msg = {"execute": cmd}
+        if args:
+            msg["arguments"] = args
+        self.s.sendall(json.dumps(msg).encode() + b"\n")
+        while True:
+            r = read_json(self.f)
+            if "event" in r:
+                continue
+            if "error" in r:
+                raise RuntimeError("%s: %s" % (cmd, r["error"].get("desc")))
+            return r["return"]
+
+    def hmp(self, line):
+        out = self.execute("human-monitor-command", {"command-line": line})
+        if out.strip():  # qemu-io says nothing when a write succeeds
+            raise RuntimeError("%s: %s" % (line, out.strip()))
+
+
+def writes(path, seed, n, targets):
+    import os
+    rng = random.Random(seed)
+    devs = []
+    for t in targets:
+        dev, truth = t.split("=", 1)
+        devs.append((dev, truth, os.path.getsize(truth)))
+    pid = int(n[6:]) if n.startswith("while:") else None
+    count = 200 if pid else int(n)
+    m = Monitor(path)
+    done = 0
+    for _ in range(count):
+        if pid and not os.path.exists("/proc/%d" % pid):
+            break
+        dev, truth, size = rng.choice(devs)
+        length = rng.randint(1, 64) * 4096
+        off = rng.randrange(0, (size - length) // 4096 + 1) * 4096
+        byte = rng.randint(1, 255)
+        m.hmp('qemu-io -d /machine/peripheral/%s/virtio-backend "write -P %d %d %d"'
+              % (dev, byte, off, length))
+        with open(truth, "r+b") as f:
+            f.seek(off)
+            f.write(bytes([byte]) * length)
+        done += 1
+    for dev, _, _ in devs:
+        m.hmp('qemu-io -d /machine/peripheral/%s/virtio-backend flush' % dev)
+    return done
+
+
 def wait(fn, seconds):
     end = time.time() + seconds
     while True:
@@ -122,6 +185,8 @@ def main(argv):
         return rc
     elif op == "wait-sh":
         wait(lambda: sh(path, "true", timeout=2), float(argv[3]))
+    elif op == "writes":
+        print(writes(path, int(argv[3]), argv[4], argv[5:]))
     else:
         sys.exit(__doc__)
     return 0
