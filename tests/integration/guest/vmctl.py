@@ -15,6 +15,8 @@ vmctl.py writes SOCK SEED N DEV=TRUTH...     N random writes (4 KiB..256 KiB, on
                                             TRUTH too, then a flush of every device; N may be
                                             "while:PID": until process PID ends (at most 200);
                                             prints the number of writes
+vmctl.py fill SOCK DEV=TRUTH...             every MiB of each device written with its own
+                                            byte value (and the truth), then flushed
 """
 import json
 import random
@@ -156,6 +158,23 @@ def writes(path, seed, n, targets):
     return done
 
 
+def fill(path, targets):
+    import os
+    m = Monitor(path)
+    k = 0
+    for t in targets:
+        dev, truth = t.split("=", 1)
+        size = os.path.getsize(truth)
+        with open(truth, "r+b") as f:
+            for off in range(0, size, 1 << 20):
+                k += 1
+                m.hmp('qemu-io -d /machine/peripheral/%s/virtio-backend "write -P %d %d %d"'
+                      % (dev, k % 255 + 1, off, 1 << 20))
+                f.seek(off)
+                f.write(bytes([k % 255 + 1]) * (1 << 20))
+        m.hmp('qemu-io -d /machine/peripheral/%s/virtio-backend flush' % dev)
+
+
 def wait(fn, seconds):
     end = time.time() + seconds
     while True:
@@ -185,6 +204,8 @@ def main(argv):
         return rc
     elif op == "wait-sh":
         wait(lambda: sh(path, "true", timeout=2), float(argv[3]))
+    elif op == "fill":
+        fill(path, argv[3:])
     elif op == "writes":
         print(writes(path, int(argv[3]), argv[4], argv[5:]))
     else:
