@@ -1,0 +1,103 @@
+#!/bin/bash
+# The libvirt provider on a private libvirtd (libvirt-lib.sh) and a running TCG domain with a
+# qcow2 disk, a raw disk and a CD-ROM: listing, full and incremental backups through the daemon
+# (checkpoints and pull-mode backup jobs), restored and compared bit for bit with what the disks
+# held when each snapshot was taken; a snapshot never shows the guest's later writes; deleting
+# snapshots ends their jobs, scratch files and checkpoints.
+source "$(dirname "$0")/lib.sh"
+source "$(dirname "$0")/libvirt-lib.sh"
+require_root
+for tool in curl jq qemu-img qemu-io; do
+    command -v "$tool" >/dev/null || { skip "libvirt tier needs $tool"; exit 0; }
+done
+MIB=1048576
+chmod 711 "$WORK" # libvirtd and QEMU run as $LV_USER below it
+
+t0=$(date +%s%N)
+start_libvirtd "$WORK/lv" || { skip "libvirt tier: $LV_WHY"; exit 0; }
+diag "libvirtd answered after $((($(date +%s%N) - t0) / 1000000)) ms"
+
+# The disks and the truth: raw copies that receive the same writes as the domain's disks.
+IMG=$WORK/img TRUTH=$WORK/truth
+mkdir -p "$IMG" "$TRUTH" "$WORK/scratch" "$WORK/nbd"
+truncate -s 64M "$TRUTH/vda"
+truncate -s 32M "$TRUTH/vdb"
+qemu-io -f raw -c "write -P 0x11 0 4M" -c "write -P 0x12 40M 1M" "$TRUTH/vda" >/dev/null
+qemu-io -f raw -c "write -P 0x21 1M 2M" "$TRUTH/vdb" >/dev/null
+qemu-img convert -O qcow2 "$TRUTH/vda" "$IMG/vda.qcow2"
+cp --sparse=always "$TRUTH/vdb" "$IMG/vdb.raw"
+truncate -s 1M "$IMG/cd.iso"
+chown -R "$LV_USER" "$IMG" "$WORK/scratch" "$WORK/nbd"
+disk() { # TYPE FILE TARGET BUS [DEVICE]
+    echo "<disk type='file' device='${5:-disk}'><driver name='qemu' type='$1'/><source file='$2'/><target dev='$3' bus='$4'/>$([ "${5:-}" = cdrom ] && echo '<readonly/>')</disk>"
+}
+t0=$(date +%s%N)
+define_tcg_domain vxt "$WORK" "$(disk qcow2 "$IMG/vda.qcow2" vda virtio)$(disk raw "$IMG/vdb.raw" vdb virtio)$(disk raw "$IMG/cd.iso" hdc ide cdrom)" ||
+    { not_ok "a TCG domain starts: $(tail -2 "$WORK/lv/libvirtd.log")"; exit 1; }
+ok "a TCG domain starts ($((($(date +%s%N) - t0) / 1000000)) ms)"
+# write DISK DEVICE_ID QEMU_IO_CMD: into the running domain's disk, and into the truth
+write() {
+    lv_qemu_io vxt "$2" "$3" && qemu-io -f raw -c "$3" "$TRUTH/$1" >/dev/null
+}
+
+PORT=$(free_port)
+write_config "$WORK/vmexportd.conf" "$PORT" "$WORK/state" "[provider.lv]" "type = libvirt" \
+    "uri = $LV_URI" "scratch_dir = $WORK/scratch" "nbd_dir = $WORK/nbd" ||
+    { not_ok "write config"; exit 1; }
+start_daemon "$WORK/vmexportd.conf" "$PORT" || { not_ok "daemon starts"; exit 1; }
+login admin secret || { not_ok "login"; exit 1; }
+UUID=$(lv_virsh domuuid vxt)
+expect_status 200 "the domain is a VM" GET /api/v1/vms/vxt
+check "  with its UUID; vda and vdb can be snapshotted, the CD-ROM cannot" jq -e --arg u "$UUID" \
+    '.uuid == $u and ([.disks[] | select(.snapshot_compatible) | .name] == ["vda", "vdb"]) and
+     ([.disks[] | select(.name == "hdc") | .snapshot_compatible] == [false])' "$WORK/body"
+
+export VMEXPORT_SERVER=$URL VMEXPORT_USER=admin VMEXPORT_PASSWORD=secret
+export VMEXPORT_CACERT=$WORK/certs/ca.crt XDG_CACHE_HOME=$WORK/cache
+REPO=$WORK/repo
+"$VMEXPORT" repo init "$REPO" >/dev/null || { not_ok "repo init"; exit 1; }
+# backup_restore WHAT: back vxt up, restore it and compare with the truth as it is now.
+backup_restore() {
+    local what=$1 t
+    t=$(date +%s%N)
+    if ! "$VMEXPORT" backup vxt --repo "$REPO" --json >"$WORK/backup.out" 2>"$WORK/backup.err"; then
+        not_ok "$what backup: $(tail -2 "$WORK/backup.err")"
+        return 1
+    fi
+    grep '"type":"summary"' "$WORK/backup.out" | tail -1 >"$WORK/summary"
+    ok "$what backup ($((($(date +%s%N) - t) / 1000000)) ms: $(jq -c '{incremental, bytes_read}' "$WORK/summary"))"
+    BACKUP=$(jq -r .backup "$WORK/summary")
+    rm -rf "$WORK/r"
+    "$VMEXPORT" restore --repo "$REPO" "$BACKUP" --to "$WORK/r" >/dev/null 2>"$WORK/restore.err" ||
+        { not_ok "$what restore: $(tail -2 "$WORK/restore.err")"; return 1; }
+    check "  restored vda is the qcow2 disk at the snapshot, bit for bit" cmp "$WORK/r/vda" "$TRUTH/vda"
+    check "  restored vdb is the raw disk at the snapshot" cmp "$WORK/r/vdb" "$TRUTH/vdb"
+}
+backup_restore full
+check "  it read the disks in full" jq -e '.incremental == false' "$WORK/summary"
+
+write vda virtio-disk0 "write -P 0x33 1M 64k"
+write vda virtio-disk0 "write -z 40M 512k"
+write vdb virtio-disk1 "write -P 0x44 5M 128k"
+
+# A snapshot is a point in time: the guest's writes after it do not show in its data.  Its job
+# ends the live one of the backup's snapshot B1 (same chain), whose checkpoint stays the base.
+expect_status 200 "the backup's snapshot is listed" GET /api/v1/vms/vxt/snapshots
+B1=$(jq -r '.[0].id' "$WORK/body")
+expect_status 201 "a snapshot through the API" POST /api/v1/vms/vxt/snapshots
+SNAP=$(jq -r .id "$WORK/body")
+check "  of chain default, not frozen (no guest agent)" jq -e '.chain == "default" and .frozen == false' "$WORK/body"
+cp --sparse=always "$TRUTH/vda" "$WORK/vda-at-snap"
+write vda virtio-disk0 "write -P 0x55 1M 128k"
+expect_status 200 "  its vda read after the guest wrote again" GET "/api/v1/vms/vxt/snapshots/$SNAP/disks/vda"
+check "  is vda as it was at the snapshot" cmp "$WORK/body" "$WORK/vda-at-snap"
+expect_status 200 "  vda's changes since B1 (the dirty bitmap of B1's checkpoint)" \
+    GET "/api/v1/vms/vxt/snapshots/$SNAP/disks/vda/changes?changeId=$B1/0&zeroedInChanged=false"
+check "  are the 64 KiB written and the 512 KiB zeroed" jq -e \
+    '.changedArea == [{"start": 1048576, "length": 65536}] and .zeroedArea == [{"start": 41943040, "length": 524288}]' "$WORK/body"
+expect_status 409 "  the raw vdb has no bitmap: its changes are unknown" \
+    GET "/api/v1/vms/vxt/snapshots/$SNAP/disks/vdb/changes?changeId=$B1/1"
+check "  and the answer says why" grep -q "raw disk" "$WORK/body"
+expect_status 204 "  deleted" DELETE "/api/v1/vms/vxt/snapshots/$SNAP"
+check "  its checkpoint is gone" test -z "$(lv_virsh checkpoint-list vxt --name | grep "$SNAP")"
+check "  and its scratch files" test -z "$(ls "$WORK/scratch" | grep "$SNAP")"
