@@ -4,11 +4,13 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "backup/define.h"
 #include "backup/restore.h"
 #include "cli/cli.h"
 #include "cli/progress.h"
 #include "cli/repo_open.h"
 #include "cli/upload.h"
+#include "core/cleanup.h"
 #include "core/jsonw.h"
 
 /* Restore threads (reading, checking, decompressing and writing chunks) and upload
@@ -34,18 +36,50 @@ static void print_restored(const struct backup *b, const struct restored_disk *d
     puts("}");
 }
 
+enum { OPT_DEFINE = CLI_LONG_ONLY, OPT_URI };
+
+/* --define: the backup's VM definition, defined on the libvirt at uri with the restored disks. */
+static int define_vm(struct repo *repo, const struct backup *b, const struct restore_result *res,
+                     const char *uri, bool json)
+{
+    char err[512];
+    CLEANUP_FREE char *text = NULL, *format = NULL, *name = NULL;
+    int r = backup_definition_read(repo, b, &text, &format, err, sizeof(err));
+    if (r == 0)
+        r = restore_define(uri, format, text, res->disks.ptr, res->disks.len, &name, err,
+                           sizeof(err));
+    if (r < 0) {
+        fprintf(stderr, "vmexport restore: --define: %s\n", err);
+        return EXIT_FAIL;
+    }
+    if (!json) {
+        printf("defined domain %s on %s\n", name, uri);
+        return EXIT_OK;
+    }
+    bool first = true;
+    putchar('{');
+    jw_kv_str(stdout, &first, "type", "defined");
+    jw_kv_str(stdout, &first, "backup", b->id);
+    jw_kv_str(stdout, &first, "domain", name);
+    jw_kv_str(stdout, &first, "uri", uri);
+    puts("}");
+    return EXIT_OK;
+}
+
 static const struct cli_option restore_options[] = {
     {"disk", 'd', "NAME", "only this disk"},
     {"to", 't', "FILE|DIR", "destination file or directory"},
     {"upload", 'u', "VM", "upload to the server instead (connection options below)"},
     {"force", 'f', NULL, "replace existing files"},
+    {"define", OPT_DEFINE, NULL, "then define the VM on a libvirt host with the restored disks"},
+    {"uri", OPT_URI, "URI", "libvirt connection of --define (default " DEFINE_URI_DEFAULT ")"},
     {NULL, 0, NULL, NULL},
 };
 
 static int restore_cmd(int argc, char **argv)
 {
-    const char *disk = NULL, *to = NULL, *upload_vm = NULL;
-    bool force = false;
+    const char *disk = NULL, *to = NULL, *upload_vm = NULL, *uri = NULL;
+    bool force = false, define = false;
     struct cli_args a = {0};
     int c;
     while ((c = cli_next(&a, &cmd_restore, argc, argv)) > 0) {
@@ -57,6 +91,10 @@ static int restore_cmd(int argc, char **argv)
             upload_vm = a.arg;
         else if (c == 'f')
             force = true;
+        else if (c == OPT_DEFINE)
+            define = true;
+        else if (c == OPT_URI)
+            uri = a.arg;
     }
     if (c == CLI_EXIT)
         return a.status;
@@ -67,6 +105,10 @@ static int restore_cmd(int argc, char **argv)
         return cli_usage_error(&cmd_restore, "expected one BACKUP id");
     if (!to == !upload_vm)
         return cli_usage_error(&cmd_restore, "give one of --to FILE|DIR and --upload VM");
+    if ((define || uri) && !to)
+        return cli_usage_error(&cmd_restore, "--define and --uri need --to");
+    if (uri && !define)
+        return cli_usage_error(&cmd_restore, "--uri goes with --define");
     if (!jobs)
         jobs = upload_vm ? UPLOAD_DEFAULT_JOBS : RESTORE_DEFAULT_JOBS;
     struct repo *repo = cli_open_repo("restore", a.repo, a.passphrase_file);
@@ -103,6 +145,8 @@ static int restore_cmd(int argc, char **argv)
         }
         for (size_t i = 0; i < res.disks.len; i++)
             print_restored(b, &res.disks.ptr[i], json);
+        if (ret == EXIT_OK && define)
+            ret = define_vm(repo, b, &res, uri ? uri : DEFINE_URI_DEFAULT, json);
         restore_result_free(&res);
     }
     backup_free(b);
@@ -116,6 +160,7 @@ const struct cli_command cmd_restore = {
     .run = restore_cmd,
     .usage = "Usage: vmexport restore --repo PATH BACKUP [--disk NAME] --to FILE|DIR [--force]\n"
              "                        [--jobs N] [--json]\n"
+             "                        [--define [--uri URI]]\n"
              "       vmexport restore --repo PATH BACKUP [--disk NAME] --upload VM [--jobs N]\n"
              "\n"
              "Write the disks of BACKUP as sparse raw files.  With one disk (or --disk), --to\n"
@@ -126,6 +171,11 @@ const struct cli_command cmd_restore = {
              "next to its destination (DEST.vxrestore.tmp.XXXXXX, mode 0600), and only when all\n"
              "are complete are they renamed into place; with --force an existing file is\n"
              "swapped out and removed only then, so a failure leaves it as it was.\n"
+             "With --define, the VM definition stored with the backup (a libvirt domain) is then\n"
+             "defined on the libvirt at URI with its disks on the restored files (not started):\n"
+             "under its own name and UUID when the host has neither, else as NAME-restored-N\n"
+             "with a new UUID and new MAC addresses; writable disks that were not restored are\n"
+             "left out of it, never pointed at the original's files.\n"
              "What is written leaves the page cache once it is on the disk: restoring a big disk\n"
              "does not push the host's cached data out.\n"
              "\n"
