@@ -68,6 +68,9 @@
 #define LV_UUID_LEN          36  /* "xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx" */
 #define LV_TIME_HEX          16  /* digits of the checkpoint time */
 #define LV_SOCKET_PATH_MAX   108 /* sizeof(sockaddr_un.sun_path) */
+/* An aborted backup job ends within ~10 ms here; give it far longer on a busy host. */
+#define LV_JOB_END_POLL_MS    10
+#define LV_JOB_END_TIMEOUT_MS 10000
 
 static const char *const lv_keys[] = {"uri", "scratch_dir", "nbd_dir", NULL};
 
@@ -658,7 +661,9 @@ static void lv_scratch_remove(const struct lv_priv *lp, const struct lv_job *j, 
     close(dfd);
 }
 
-/* Ends the backup job of snapshot snap, when it runs, and removes its scratch files. */
+/* Ends the backup job of snapshot snap, when it runs, and removes its scratch files.  Aborting
+ * is asynchronous in libvirt (and fails while the job is already ending): wait until it is
+ * gone. */
 static int lv_job_end(const struct lv_priv *lp, virDomainPtr dom, const char *snap,
                       const char *target)
 {
@@ -666,11 +671,22 @@ static int lv_job_end(const struct lv_priv *lp, virDomainPtr dom, const char *sn
     int r = lv_job_get(lp, dom, &j);
     if (r < 0)
         return r;
-    if (j.doc && strcmp(j.snap, snap) == 0 && virDomainAbortJob(dom) < 0 &&
-        virDomainIsActive(dom) == 1) {
-        log_error("libvirt domain %s: ending the backup job of snapshot %s: %s",
-                  virDomainGetName(dom), snap, lv_errmsg());
-        return -EIO;
+    bool ours = j.doc && strcmp(j.snap, snap) == 0;
+    if (ours)
+        virDomainAbortJob(dom);
+    for (unsigned waited = 0; ours; waited += LV_JOB_END_POLL_MS) {
+        struct lv_job now;
+        if ((r = lv_job_get(lp, dom, &now)) < 0)
+            return r;
+        ours = now.doc && strcmp(now.snap, snap) == 0;
+        lv_job_clear(&now);
+        if (ours && waited >= LV_JOB_END_TIMEOUT_MS) {
+            log_error("libvirt domain %s: the backup job of snapshot %s did not end: %s",
+                      virDomainGetName(dom), snap, lv_errmsg());
+            return -EBUSY;
+        }
+        if (ours)
+            usleep(LV_JOB_END_POLL_MS * 1000u);
     }
     lv_scratch_remove(lp, &j, snap, target);
     return 0;

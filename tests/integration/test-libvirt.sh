@@ -98,6 +98,30 @@ check "  are the 64 KiB written and the 512 KiB zeroed" jq -e \
 expect_status 409 "  the raw vdb has no bitmap: its changes are unknown" \
     GET "/api/v1/vms/vxt/snapshots/$SNAP/disks/vdb/changes?changeId=$B1/1"
 check "  and the answer says why" grep -q "raw disk" "$WORK/body"
-expect_status 204 "  deleted" DELETE "/api/v1/vms/vxt/snapshots/$SNAP"
-check "  its checkpoint is gone" test -z "$(lv_virsh checkpoint-list vxt --name | grep "$SNAP")"
-check "  and its scratch files" test -z "$(ls "$WORK/scratch" | grep "$SNAP")"
+expect_status_in "409 500" "a snapshot of another chain is refused while it lives" \
+    POST /api/v1/vms/vxt/snapshots -d '{"chain": "other"}'
+check "  saying why" grep -q "one backup job per domain" "$WORK/body"
+
+# Released (keepCheckpoint): its job and scratch files end, its checkpoint stays a base.
+expect_status 204 "the snapshot released" DELETE "/api/v1/vms/vxt/snapshots/$SNAP?keepCheckpoint=true"
+check "  its scratch files are gone" test -z "$(ls "$WORK/scratch")"
+check "  its checkpoint stays" test -n "$(lv_virsh checkpoint-list vxt --name | grep "$SNAP")"
+expect_status 409 "  its data is no longer served" GET "/api/v1/vms/vxt/snapshots/$SNAP/disks/vda"
+expect_status 201 "a next snapshot" POST /api/v1/vms/vxt/snapshots
+SNAP2=$(jq -r .id "$WORK/body")
+expect_status 200 "  its vda changes since the released one" \
+    GET "/api/v1/vms/vxt/snapshots/$SNAP2/disks/vda/changes?changeId=$SNAP/0&zeroedInChanged=false"
+check "  are the 128 KiB written after it" jq -e \
+    '.changedArea == [{"start": 1048576, "length": 131072}] and .zeroedArea == []' "$WORK/body"
+expect_status 204 "both deleted" DELETE "/api/v1/vms/vxt/snapshots/$SNAP2"
+expect_status 204 "" DELETE "/api/v1/vms/vxt/snapshots/$SNAP"
+check "  their checkpoints are gone" test -z "$(lv_virsh checkpoint-list vxt --name | grep "$SNAP")"
+check "  and their scratch files" test -z "$(ls "$WORK/scratch")"
+
+# Another chain (another repository) never gets changes from this chain's checkpoints.
+expect_status 201 "a snapshot of chain other" POST /api/v1/vms/vxt/snapshots -d '{"chain": "other"}'
+OTHER=$(jq -r .id "$WORK/body")
+expect_status 409 "  its changes since B1 of chain default are refused" \
+    GET "/api/v1/vms/vxt/snapshots/$OTHER/disks/vda/changes?changeId=$B1/0"
+check "  naming the chains" grep -q "chain default" "$WORK/body"
+expect_status 204 "  deleted" DELETE "/api/v1/vms/vxt/snapshots/$OTHER"
