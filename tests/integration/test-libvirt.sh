@@ -51,6 +51,9 @@ expect_status 200 "the domain is a VM" GET /api/v1/vms/vxt
 check "  with its UUID; vda and vdb can be snapshotted, the CD-ROM cannot" jq -e --arg u "$UUID" \
     '.uuid == $u and ([.disks[] | select(.snapshot_compatible) | .name] == ["vda", "vdb"]) and
      ([.disks[] | select(.name == "hdc") | .snapshot_compatible] == [false])' "$WORK/body"
+expect_status 200 "its definition" GET /api/v1/vms/vxt/definition
+check "  is the domain XML, persistent config" jq -e --arg u "$UUID" '.format == "libvirt-xml" and
+    (.definition | contains("<uuid>" + $u + "</uuid>") and contains("vda.qcow2") and (contains("<alias") | not))' "$WORK/body"
 
 export VMEXPORT_SERVER=$URL VMEXPORT_USER=admin VMEXPORT_PASSWORD=secret
 export VMEXPORT_CACERT=$WORK/certs/ca.crt XDG_CACHE_HOME=$WORK/cache
