@@ -64,10 +64,11 @@
 #define LV_SNAPSHOT_MODE     "libvirt-backup"
 #define LV_CHANGES_METHOD    "libvirt-checkpoint"
 #define LV_AGENT_CHANNEL     "org.qemu.guest_agent.0"
-#define LV_ID_MAX            64  /* bytes of a snapshot ID or disk target we accept */
-#define LV_UUID_LEN          36  /* "xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx" */
-#define LV_TIME_HEX          16  /* digits of the checkpoint time */
-#define LV_SOCKET_PATH_MAX   108 /* sizeof(sockaddr_un.sun_path) */
+#define LV_ID_MAX            64     /* bytes of a snapshot ID or disk target we accept */
+#define LV_UUID_LEN          36     /* "xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx" */
+#define LV_TIME_HEX          16     /* digits of the checkpoint time */
+#define LV_SOCKET_PATH_MAX   108    /* sizeof(sockaddr_un.sun_path) */
+#define LV_URI_PROBE_EXPORT  "sdzz" /* a long usual target, to check that URIs fit */
 /* An aborted backup job ends within ~10 ms here; give it far longer on a busy host. */
 #define LV_JOB_END_POLL_MS    10
 #define LV_JOB_END_TIMEOUT_MS 10000
@@ -339,6 +340,13 @@ static int lv_open(struct provider *p, const struct provider_config *cfg, char *
         lv_priv_free(lp);
         return r;
     }
+    /* A disk's identity is the NBD URI of its export, which a client on this host then reads
+     * directly: it must fit, with the longest target we list. */
+    CLEANUP_FREE char *probe = nbdio_uri(lp->nbd_dir, LV_URI_PROBE_EXPORT);
+    if (probe && strlen(probe) + 1 + LV_UUID_LEN + strlen(LV_SOCKET_SUFFIX) >= DISK_IDENTITY_MAX)
+        log_warn("[provider.%s] nbd_dir %s is too long for the NBD URIs of snapshot disks: "
+                 "clients will read them through the daemon (https)",
+                 cfg->name, lp->nbd_dir);
     p->priv = lp;
     return 0;
 }

@@ -19,7 +19,10 @@ diag "libvirtd answered after $((($(date +%s%N) - t0) / 1000000)) ms"
 
 # The disks and the truth: raw copies that receive the same writes as the domain's disks.
 IMG=$WORK/img TRUTH=$WORK/truth
-mkdir -p "$IMG" "$TRUTH" "$WORK/scratch" "$WORK/nbd"
+# A short directory for the NBD sockets: a disk's NBD URI (its file_id) must fit 96 bytes.
+NBD=$(mktemp -d /tmp/vxnbd.XXXXXX)
+at_exit "rm -rf $NBD"
+mkdir -p "$IMG" "$TRUTH" "$WORK/scratch"
 truncate -s 64M "$TRUTH/vda"
 truncate -s 32M "$TRUTH/vdb"
 qemu-io -f raw -c "write -P 0x11 0 4M" -c "write -P 0x12 40M 1M" "$TRUTH/vda" >/dev/null
@@ -27,7 +30,7 @@ qemu-io -f raw -c "write -P 0x21 1M 2M" "$TRUTH/vdb" >/dev/null
 qemu-img convert -O qcow2 "$TRUTH/vda" "$IMG/vda.qcow2"
 cp --sparse=always "$TRUTH/vdb" "$IMG/vdb.raw"
 truncate -s 1M "$IMG/cd.iso"
-chown -R "$LV_USER" "$IMG" "$WORK/scratch" "$WORK/nbd"
+chown -R "$LV_USER" "$IMG" "$WORK/scratch" "$NBD"
 disk() { # TYPE FILE TARGET BUS [DEVICE]
     echo "<disk type='file' device='${5:-disk}'><driver name='qemu' type='$1'/><source file='$2'/><target dev='$3' bus='$4'/>$([ "${5:-}" = cdrom ] && echo '<readonly/>')</disk>"
 }
@@ -42,7 +45,7 @@ write() {
 
 PORT=$(free_port)
 write_config "$WORK/vmexportd.conf" "$PORT" "$WORK/state" "[provider.lv]" "type = libvirt" \
-    "uri = $LV_URI" "scratch_dir = $WORK/scratch" "nbd_dir = $WORK/nbd" ||
+    "uri = $LV_URI" "scratch_dir = $WORK/scratch" "nbd_dir = $NBD" ||
     { not_ok "write config"; exit 1; }
 start_daemon "$WORK/vmexportd.conf" "$PORT" || { not_ok "daemon starts"; exit 1; }
 login admin secret || { not_ok "login"; exit 1; }
@@ -68,7 +71,7 @@ backup_restore() {
         return 1
     fi
     grep '"type":"summary"' "$WORK/backup.out" | tail -1 >"$WORK/summary"
-    ok "$what backup ($((($(date +%s%N) - t) / 1000000)) ms: $(jq -c '{incremental, bytes_read}' "$WORK/summary"))"
+    ok "$what backup ($((($(date +%s%N) - t) / 1000000)) ms: $(jq -c '{incremental, bytes_read, transport}' "$WORK/summary"))"
     BACKUP=$(jq -r .backup "$WORK/summary")
     rm -rf "$WORK/r"
     "$VMEXPORT" restore --repo "$REPO" "$BACKUP" --to "$WORK/r" >/dev/null 2>"$WORK/restore.err" ||
@@ -77,7 +80,8 @@ backup_restore() {
     check "  restored vdb is the raw disk at the snapshot" cmp "$WORK/r/vdb" "$TRUTH/vdb"
 }
 backup_restore full
-check "  it read the disks in full" jq -e '.incremental == false' "$WORK/summary"
+check "  it read the disks in full, from the job's NBD exports (transport auto)" \
+    jq -e '.incremental == false and .transport == "nbd"' "$WORK/summary"
 
 write vda virtio-disk0 "write -P 0x33 1M 64k"
 write vda virtio-disk0 "write -z 40M 512k"
