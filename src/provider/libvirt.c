@@ -33,9 +33,11 @@
  */
 #include "provider.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <jansson.h>
 #include <libvirt/libvirt.h>
 #include <libvirt/virterror.h>
 #include <libxml/parser.h>
@@ -43,10 +45,13 @@
 #include <libxml/xpath.h>
 #include <limits.h>
 #include <pthread.h>
+#include <signal.h>
+#include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -62,6 +67,7 @@
 #define LV_SCRATCH_SUFFIX    ".qcow2"
 #define LV_SOCKET_SUFFIX     ".sock"
 #define LV_SNAPSHOT_MODE     "libvirt-backup"
+#define LV_OFFLINE_MODE      "libvirt-offline" /* a shut-off domain's files, read-only */
 #define LV_CHANGES_METHOD    "libvirt-checkpoint"
 #define LV_AGENT_CHANNEL     "org.qemu.guest_agent.0"
 #define LV_ID_MAX            64     /* bytes of a snapshot ID or disk target we accept */
@@ -204,7 +210,7 @@ static xmlXPathObjectPtr lv_xpath_nodes(xmlDocPtr doc, const char *expr)
 
 /* One <disk> of a domain's XML. */
 struct lv_disk {
-    char *target, *device, *source, *format;
+    char *target, *device, *source, *format, *type;
     bool readonly;
 };
 DEFINE_VECTOR_TYPE(lv_disk_list, struct lv_disk);
@@ -216,6 +222,7 @@ static void lv_disks_free(lv_disk_list *l)
         free(l->ptr[i].device);
         free(l->ptr[i].source);
         free(l->ptr[i].format);
+        free(l->ptr[i].type);
     }
     lv_disk_list_reset(l);
 }
@@ -233,6 +240,7 @@ static int lv_disks_parse(xmlDocPtr doc, lv_disk_list *out)
             .device = lv_xpath_str(doc, n, "string(@device)"),
             .source = lv_xpath_str(doc, n, "string(source/@file | source/@dev | source/@name)"),
             .format = lv_xpath_str(doc, n, "string(driver/@type)"),
+            .type = lv_xpath_str(doc, n, "string(@type)"),
         };
         char *ro = lv_xpath_str(doc, n, "string(count(readonly))");
         d.readonly = ro && strcmp(ro, "0") != 0;
@@ -244,6 +252,7 @@ static int lv_disks_parse(xmlDocPtr doc, lv_disk_list *out)
             free(d.device);
             free(d.source);
             free(d.format);
+            free(d.type);
             if (out->len >= PROVIDER_MAX_DISKS)
                 r = -E2BIG;
         }
@@ -260,6 +269,14 @@ static bool lv_disk_writable(const struct lv_disk *d)
 static bool lv_disk_qcow2(const struct lv_disk *d)
 {
     return d->format && strcmp(d->format, "qcow2") == 0;
+}
+
+/* Whether a shut-off domain's disk can be read from its file: a local file or block device in
+ * a format qemu-storage-daemon opens. */
+static bool lv_disk_offline_readable(const struct lv_disk *d)
+{
+    return d->source && d->type && (!strcmp(d->type, "file") || !strcmp(d->type, "block")) &&
+           d->format && (!strcmp(d->format, "qcow2") || !strcmp(d->format, "raw"));
 }
 
 static bool lv_name_safe(const char *s)
@@ -383,7 +400,7 @@ static int lv_vm_from_domain(struct provider *p, virDomainPtr dom, struct vm **o
             .name = strdup(d->target),
             .path = strdup(d->source ? d->source : ""),
             .mode = strdup(writable ? "w" : "r"),
-            .snapshot_compatible = active && writable,
+            .snapshot_compatible = writable && (active || lv_disk_offline_readable(d)),
         };
         if (strcmp(d->device, "disk") == 0)
             vd.device_name = strdup(d->target);
@@ -584,6 +601,7 @@ struct lv_job {
     xmlDocPtr doc; /* NULL: no job */
     char *socket;
     char snap[LV_ID_MAX + 1]; /* "" when the job is not one of ours */
+    bool offline;             /* no job: the qemu-storage-daemon of a shut-off domain */
 };
 
 static void lv_job_clear(struct lv_job *j)
@@ -669,15 +687,20 @@ static void lv_scratch_remove(const struct lv_priv *lp, const struct lv_job *j, 
     close(dfd);
 }
 
+static int lv_qsd_stop(const struct lv_priv *lp, const char *uuid, const char *snap);
+
 /* Ends the backup job of snapshot snap, when it runs, and removes its scratch files.  Aborting
  * is asynchronous in libvirt (and fails while the job is already ending): wait until it is
  * gone. */
 static int lv_job_end(const struct lv_priv *lp, virDomainPtr dom, const char *snap,
                       const char *target)
 {
-    CLEANUP_JOB struct lv_job j;
-    int r = lv_job_get(lp, dom, &j);
+    char uuid[VIR_UUID_STRING_BUFLEN];
+    int r = virDomainGetUUIDString(dom, uuid) < 0 ? -EIO : lv_qsd_stop(lp, uuid, snap);
     if (r < 0)
+        return r;
+    CLEANUP_JOB struct lv_job j;
+    if ((r = lv_job_get(lp, dom, &j)) < 0)
         return r;
     bool ours = j.doc && strcmp(j.snap, snap) == 0;
     if (ours)
@@ -812,6 +835,245 @@ static int lv_snapshot_xml(const struct lv_priv *lp, virDomainPtr dom, const lv_
     return 0;
 }
 
+/* ---- shut-off domains: their disk files, exported read-only by a qemu-storage-daemon ----
+ *
+ * A snapshot of a shut-off domain is a qemu-storage-daemon that opens the domain's disks
+ * read-only and exports them over NBD on the domain's socket (the same one a backup job
+ * uses: one live snapshot per domain either way).  Its read-only opens take QEMU's shared
+ * image locks, so the domain cannot start (and change the disks) while the snapshot lives;
+ * releasing or deleting the snapshot stops it.  Its pidfile <scratch_dir>/<UUID>.<snapshot
+ * ID>.qsd.pid says which snapshot it serves.  No checkpoint is made (libvirt makes them for
+ * running domains only), so the changes of such a snapshot are not known: -ESTALE. */
+
+#define LV_QSD_PROGRAM    "qemu-storage-daemon"
+#define LV_QSD_PID_SUFFIX ".qsd.pid"
+#define LV_QSD_ARGS_MAX   (8 + 6 * PROVIDER_MAX_DISKS) /* program, server, pidfile; per disk */
+#define LV_PID_TEXT_MAX   32
+
+static int lv_qsd_pidfile(const struct lv_priv *lp, const char *uuid, const char *snap, char *out,
+                          size_t outlen)
+{
+    int n = snprintf(out, outlen, "%s/%s.%s%s", lp->scratch_dir, uuid, snap, LV_QSD_PID_SUFFIX);
+    return n < 0 || (size_t)n >= outlen ? -ENAMETOOLONG : 0;
+}
+
+/* Whether process pid runs with the argument arg (a zombie has no arguments). */
+static bool lv_pid_has_arg(pid_t pid, const char *arg)
+{
+    char path[64], buf[8192];
+    snprintf(path, sizeof(path), "/proc/%d/cmdline", (int)pid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return false;
+    ssize_t n = read(fd, buf, sizeof(buf) - 1);
+    close(fd);
+    if (n <= 0)
+        return false;
+    buf[n] = '\0';
+    for (ssize_t i = 0; i < n; i += (ssize_t)strlen(buf + i) + 1)
+        if (strcmp(buf + i, arg) == 0)
+            return true;
+    return false;
+}
+
+/* The qemu-storage-daemon serving snapshot snap of domain uuid: its PID, or 0. */
+static pid_t lv_qsd_pid(const struct lv_priv *lp, const char *uuid, const char *snap)
+{
+    char pidfile[PATH_MAX], text[LV_PID_TEXT_MAX];
+    if (lv_qsd_pidfile(lp, uuid, snap, pidfile, sizeof(pidfile)) < 0)
+        return 0;
+    int fd = open(pidfile, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    if (fd < 0)
+        return 0;
+    ssize_t n = read(fd, text, sizeof(text) - 1);
+    close(fd);
+    if (n <= 0)
+        return 0;
+    text[n] = '\0';
+    long pid = strtol(text, NULL, 10);
+    /* a PID reused by another process does not name our pidfile */
+    return pid > 1 && pid <= INT_MAX && lv_pid_has_arg((pid_t)pid, pidfile) ? (pid_t)pid : 0;
+}
+
+static void lv_socket_path(const struct lv_priv *lp, const char *uuid, char *out, size_t outlen)
+{
+    snprintf(out, outlen, "%s/%s%s", lp->nbd_dir, uuid, LV_SOCKET_SUFFIX);
+}
+
+/* Stops the qemu-storage-daemon of snapshot snap (0 when none runs). */
+static int lv_qsd_stop(const struct lv_priv *lp, const char *uuid, const char *snap)
+{
+    char pidfile[PATH_MAX], sock[PATH_MAX];
+    int r = lv_qsd_pidfile(lp, uuid, snap, pidfile, sizeof(pidfile));
+    if (r < 0)
+        return r;
+    pid_t pid = lv_qsd_pid(lp, uuid, snap);
+    if (pid > 0) {
+        /* SIGTERM waits for NBD clients (the daemon's open readers) to leave; the process
+         * only reads, so killing it loses nothing */
+        kill(pid, SIGKILL);
+        for (unsigned waited = 0; lv_pid_has_arg(pid, pidfile); waited += LV_JOB_END_POLL_MS) {
+            if (waited >= LV_JOB_END_TIMEOUT_MS) {
+                log_error("snapshot %s: qemu-storage-daemon %d did not stop", snap, (int)pid);
+                return -EBUSY;
+            }
+            usleep(LV_JOB_END_POLL_MS * 1000u);
+        }
+        lv_socket_path(lp, uuid, sock, sizeof(sock));
+        unlink(sock);
+    }
+    unlink(pidfile);
+    return 0;
+}
+
+/* The snapshot whose qemu-storage-daemon serves domain uuid (into snap): 1, or 0 when none. */
+static int lv_qsd_find(const struct lv_priv *lp, const char *uuid, char snap[LV_ID_MAX + 1])
+{
+    DIR *d = opendir(lp->scratch_dir);
+    if (!d)
+        return 0;
+    int found = 0;
+    size_t ul = strlen(uuid), sl = strlen(LV_QSD_PID_SUFFIX);
+    for (struct dirent *e; !found && (e = readdir(d));) {
+        size_t nl = strlen(e->d_name);
+        if (nl <= ul + 1 + sl || strncmp(e->d_name, uuid, ul) != 0 || e->d_name[ul] != '.' ||
+            strcmp(e->d_name + nl - sl, LV_QSD_PID_SUFFIX) != 0 || nl - ul - 1 - sl > LV_ID_MAX)
+            continue;
+        memcpy(snap, e->d_name + ul + 1, nl - ul - 1 - sl);
+        snap[nl - ul - 1 - sl] = '\0';
+        found = lv_name_safe(snap) && lv_qsd_pid(lp, uuid, snap) > 0;
+    }
+    closedir(d);
+    return found;
+}
+
+/* A JSON argument of qemu-storage-daemon (malloc'ed into the NULL-terminated list args). */
+static int lv_arg_json(char **args, size_t *n, json_t *j)
+{
+    if (!j)
+        return -ENOMEM;
+    args[*n] = json_dumps(j, JSON_COMPACT);
+    json_decref(j);
+    return args[(*n)++] ? 0 : -ENOMEM;
+}
+
+static int lv_arg(char **args, size_t *n, const char *s)
+{
+    args[*n] = strdup(s);
+    return args[(*n)++] ? 0 : -ENOMEM;
+}
+
+/* Starts the qemu-storage-daemon of a snapshot of the shut-off domain uuid over the wanted
+ * disks of dd; returns once its exports are up (--daemonize). */
+static int lv_qsd_start(const struct lv_priv *lp, const char *vm_id, const char *uuid,
+                        const char *snap, const lv_disk_list *dd,
+                        const struct provider_snapshot_disk *disks, size_t n, char *err,
+                        size_t errlen)
+{
+    char pidfile[PATH_MAX], sock[PATH_MAX], name[32];
+    int r = lv_qsd_pidfile(lp, uuid, snap, pidfile, sizeof(pidfile));
+    if (r < 0)
+        return r;
+    lv_socket_path(lp, uuid, sock, sizeof(sock));
+    unlink(sock); /* left by a daemon that died */
+    char *args[LV_QSD_ARGS_MAX] = {NULL};
+    size_t na = 0;
+    /* the server first: --export needs it */
+    if ((r = lv_arg(args, &na, LV_QSD_PROGRAM)) == 0 &&
+        (r = lv_arg(args, &na, "--nbd-server")) == 0)
+        r = lv_arg_json(args, &na,
+                        json_pack("{s:{s:s, s:s}}", "addr", "type", "unix", "path", sock));
+    for (size_t i = 0; r == 0 && i < dd->len; i++) {
+        const struct lv_disk *d = &dd->ptr[i];
+        if (!lv_wanted(disks, n, d->target))
+            continue;
+        if (!lv_disk_offline_readable(d)) {
+            snprintf(err, errlen, "domain %s: disk %s cannot be read while it is shut off", vm_id,
+                     d->target);
+            r = -EOPNOTSUPP;
+            break;
+        }
+        char file_node[32], fmt_node[32];
+        snprintf(file_node, sizeof(file_node), "f%zu", i);
+        snprintf(fmt_node, sizeof(fmt_node), "d%zu", i);
+        snprintf(name, sizeof(name), "e%zu", i);
+        const char *drv = strcmp(d->type, "block") == 0 ? "host_device" : "file";
+        if ((r = lv_arg(args, &na, "--blockdev")) < 0 ||
+            (r = lv_arg_json(args, &na,
+                             json_pack("{s:s, s:s, s:s, s:b}", "driver", drv, "node-name",
+                                       file_node, "filename", d->source, "read-only", 1))) < 0 ||
+            (r = lv_arg(args, &na, "--blockdev")) < 0 ||
+            (r = lv_arg_json(args, &na,
+                             json_pack("{s:s, s:s, s:s, s:b}", "driver", d->format, "node-name",
+                                       fmt_node, "file", file_node, "read-only", 1))) < 0 ||
+            (r = lv_arg(args, &na, "--export")) < 0 ||
+            (r = lv_arg_json(args, &na,
+                             json_pack("{s:s, s:s, s:s, s:s}", "type", "nbd", "id", name,
+                                       "node-name", fmt_node, "name", d->target))) < 0)
+            break;
+    }
+    if (r == 0 &&
+        ((r = lv_arg(args, &na, "--daemonize")) < 0 || (r = lv_arg(args, &na, "--pidfile")) < 0 ||
+         (r = lv_arg(args, &na, pidfile)) < 0))
+        snprintf(err, errlen, "no memory");
+    if (r == 0) {
+        pid_t pid;
+        int st = 0;
+        r = posix_spawnp(&pid, LV_QSD_PROGRAM, NULL, NULL, args, environ);
+        if (r != 0 || waitpid(pid, &st, 0) < 0 || !WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+            snprintf(err, errlen,
+                     "domain %s: qemu-storage-daemon could not open its disks read-only (%s)",
+                     vm_id, r ? strerror(r) : "it failed: is the domain starting?");
+            r = -EIO;
+        }
+    }
+    for (size_t i = 0; i < na; i++)
+        free(args[i]);
+    return r;
+}
+
+/* A snapshot of the shut-off domain vm: its qemu-storage-daemon (ending the one of an earlier
+ * snapshot: one per domain), between the quiesce hooks. */
+static int lv_offline_snapshot(struct lv_priv *lp, virDomainPtr dom, const struct vm *vm,
+                               const char *snap_id, const lv_disk_list *dd,
+                               struct provider_snapshot_disk *disks, size_t n,
+                               const struct provider_quiesce *q, char *err, size_t errlen)
+{
+    pthread_mutex_lock(&lp->job_lock);
+    char old[LV_ID_MAX + 1];
+    int r = 0;
+    if (lv_qsd_find(lp, vm->uuid, old)) {
+        log_info("domain %s: ending the live snapshot %s for a new one", vm->id, old);
+        if ((r = lv_qsd_stop(lp, vm->uuid, old)) < 0)
+            snprintf(err, errlen, "domain %s: the live snapshot %s does not end", vm->id, old);
+    }
+    bool hooked = false;
+    if (r == 0 && q && q->freeze) {
+        r = q->freeze(q->opaque, err, errlen);
+        hooked = r == 0;
+    }
+    if (r == 0)
+        r = lv_qsd_start(lp, vm->id, vm->uuid, snap_id, dd, disks, n, err, errlen);
+    if (hooked && q->thaw)
+        q->thaw(q->opaque, r);
+    for (size_t i = 0; r == 0 && i < n; i++) {
+        virDomainBlockInfo bi;
+        if (virDomainGetBlockInfo(dom, disks[i].disk->name, &bi, 0) < 0) {
+            snprintf(err, errlen, "domain %s: disk %s: size: %s", vm->id, disks[i].disk->name,
+                     lv_errmsg());
+            r = -EIO;
+            break;
+        }
+        disks[i].size = bi.capacity;
+        if (!(disks[i].mode = strdup(LV_OFFLINE_MODE)))
+            r = -ENOMEM;
+    }
+    if (r < 0)
+        lv_qsd_stop(lp, vm->uuid, snap_id);
+    pthread_mutex_unlock(&lp->job_lock);
+    return r;
+}
+
 static uint64_t lv_now_ns(clockid_t clk)
 {
     struct timespec ts;
@@ -876,13 +1138,7 @@ static int lv_snapshot_create(struct provider *p, const struct vm *vm, const cha
         snprintf(err, errlen, "domain %s: %s", vm->id, r == -ENOENT ? "gone" : lv_errmsg());
         return r;
     }
-    if (virDomainIsActive(dom) != 1) {
-        snprintf(err, errlen,
-                 "domain %s is not running (snapshots of shut-off domains are not "
-                 "supported yet)",
-                 vm->id);
-        return -EOPNOTSUPP;
-    }
+    bool active = virDomainIsActive(dom) == 1;
     CLEANUP_FREE char *xml = virDomainGetXMLDesc(dom, 0);
     CLEANUP_DOC xmlDocPtr doc = lv_xml_parse(xml);
     if (!doc) {
@@ -905,6 +1161,11 @@ static int lv_snapshot_create(struct provider *p, const struct vm *vm, const cha
             lv_disks_free(&dd);
             return -ESTALE;
         }
+    }
+    if (!active) {
+        r = lv_offline_snapshot(lp, dom, vm, snap_id, &dd, disks, n, q, err, errlen);
+        lv_disks_free(&dd);
+        return r;
     }
     pthread_mutex_lock(&lp->job_lock);
     CLEANUP_FREE char *prev = NULL, *bxml = NULL, *cxml = NULL;
@@ -1001,7 +1262,7 @@ static int lv_snapshot_release(struct provider *p, const char *locator)
     r = lv_domain_by_uuid(c, l.uuid, &dom);
     if (r == -ENOENT) {
         lv_scratch_remove(lp, NULL, l.snap, l.target);
-        return 0;
+        return lv_qsd_stop(lp, l.uuid, l.snap);
     }
     if (r < 0)
         return r;
@@ -1129,6 +1390,14 @@ static int lv_export_find(struct provider *p, const struct lv_locator *l, struct
                           char **export, char *err, size_t errlen)
 {
     struct lv_priv *lp = p->priv;
+    if (lv_qsd_pid(lp, l->uuid, l->snap) > 0) {
+        char sock[PATH_MAX];
+        lv_socket_path(lp, l->uuid, sock, sizeof(sock));
+        j->offline = true;
+        j->socket = strdup(sock);
+        *export = strdup(l->target);
+        return j->socket && *export ? 0 : -ENOMEM;
+    }
     CLEANUP_CONN virConnectPtr c = NULL;
     int r = lv_connect(lp, &c, err, errlen);
     if (r < 0)
@@ -1223,6 +1492,13 @@ static int lv_disk_changes(struct provider *p, const char *base, const char *new
         strcmp(lb.uuid, ln.uuid) != 0 || strcmp(lb.target, ln.target) != 0) {
         snprintf(err, errlen, "not two snapshots of the same libvirt disk");
         return -EINVAL;
+    }
+    if (lv_qsd_pid(lp, ln.uuid, ln.snap) > 0) {
+        snprintf(err, errlen,
+                 "snapshot %s was taken while the domain was shut off: its changes are not "
+                 "tracked",
+                 ln.snap);
+        return -ESTALE;
     }
     CLEANUP_CONN virConnectPtr c = NULL;
     int r = lv_connect(lp, &c, err, errlen);

@@ -3,7 +3,8 @@
 # qcow2 disk, a raw disk and a CD-ROM: listing, full and incremental backups through the daemon
 # (checkpoints and pull-mode backup jobs), restored and compared bit for bit with what the disks
 # held when each snapshot was taken; a snapshot never shows the guest's later writes; deleting
-# snapshots ends their jobs, scratch files and checkpoints.
+# snapshots ends their jobs, scratch files and checkpoints; a shut-off domain is read from its
+# files, which it cannot change meanwhile.
 source "$(dirname "$0")/lib.sh"
 source "$(dirname "$0")/libvirt-lib.sh"
 require_root
@@ -49,6 +50,8 @@ write_config "$WORK/vmexportd.conf" "$PORT" "$WORK/state" "[provider.lv]" "type 
     { not_ok "write config"; exit 1; }
 start_daemon "$WORK/vmexportd.conf" "$PORT" || { not_ok "daemon starts"; exit 1; }
 login admin secret || { not_ok "login"; exit 1; }
+# the qemu-storage-daemons of shut-off snapshots, by the PIDs they wrote
+at_exit 'for f in "$WORK"/scratch/*.qsd.pid; do [ -f "$f" ] && kill -9 "$(cat "$f")"; done'
 UUID=$(lv_virsh domuuid vxt)
 expect_status 200 "the domain is a VM" GET /api/v1/vms/vxt
 check "  with its UUID; vda and vdb can be snapshotted, the CD-ROM cannot" jq -e --arg u "$UUID" \
@@ -132,3 +135,22 @@ expect_status 409 "  its changes since B1 of chain default are refused" \
     GET "/api/v1/vms/vxt/snapshots/$OTHER/disks/vda/changes?changeId=$B1/0"
 check "  naming the chains" grep -q "chain default" "$WORK/body"
 expect_status 204 "  deleted" DELETE "/api/v1/vms/vxt/snapshots/$OTHER"
+
+# ---- a shut-off domain: its files, read-only, through a qemu-storage-daemon ----
+lv_virsh destroy vxt >/dev/null
+expect_status 200 "a shut-off domain's disks can still be snapshotted" GET /api/v1/vms/vxt
+check "  vda and vdb" jq -e '[.disks[] | select(.snapshot_compatible) | .name] == ["vda", "vdb"]' "$WORK/body"
+expect_status 201 "  a snapshot of the shut-off domain" POST /api/v1/vms/vxt/snapshots
+OFF=$(jq -r .id "$WORK/body")
+check "  taken from its files" jq -e '[.disks[].snapshot_mode] == ["libvirt-offline", "libvirt-offline"]' "$WORK/body"
+for d in vda vdb; do
+    expect_status 200 "  its $d" GET "/api/v1/vms/vxt/snapshots/$OFF/disks/$d"
+    check "  is the disk as the domain left it" cmp "$WORK/body" "$TRUTH/$d"
+done
+start_quiet() { lv_virsh start vxt >/dev/null 2>&1; }
+check_fails "  the domain cannot start (and change its disks) while it lives" start_quiet
+expect_status 409 "  its changes are not tracked" \
+    GET "/api/v1/vms/vxt/snapshots/$OFF/disks/vda/changes?changeId=$B1/0"
+expect_status 204 "  deleted" DELETE "/api/v1/vms/vxt/snapshots/$OFF"
+check "  its qemu-storage-daemon is gone" test -z "$(ls "$WORK/scratch")"
+check "  the domain starts again" lv_virsh start vxt
