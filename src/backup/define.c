@@ -19,16 +19,6 @@
 #define DEFINE_RENAME_TRIES 1000
 #define DEFINE_RENAME_MARK  "-restored-"
 
-__attribute__((weak)) int backup_definition_read(struct repo *repo, const struct backup *b,
-                                                 char **text, char **format, char *err,
-                                                 size_t errlen)
-{
-    (void)repo;
-    *text = *format = NULL;
-    snprintf(err, errlen, "backup %s holds no VM definition", b->id);
-    return -ENOENT;
-}
-
 static void quiet(void *opaque, virErrorPtr e)
 {
     (void)opaque;

@@ -15,17 +15,9 @@
 #include <stddef.h>
 
 #include "backup/restore.h"
-#include "repo/repo.h"
 
 #define DEFINE_FORMAT_LIBVIRT "libvirt-xml" /* provider_ops.vm_definition's format */
 #define DEFINE_URI_DEFAULT    "qemu:///system"
-
-/* The VM definition stored with backup b: *text and *format (malloc'ed).  -ENOENT when the
- * backup has none (made before definitions were stored, or by a provider without one); err
- * says which.  Implemented by the backup engine that stores definitions (branch h-nbd); a
- * weak fallback in define.c answers -ENOENT until it is linked in. */
-int backup_definition_read(struct repo *repo, const struct backup *b, char **text, char **format,
-                           char *err, size_t errlen);
 
 /* How the domain XML xml (libvirt's <domain>) is rewritten for the restored disks: name and
  * drop_identity (remove the UUID and the MAC addresses) as decided by restore_define.  The

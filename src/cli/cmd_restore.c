@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "backup/define.h"
+#include "backup/definition.h"
 #include "backup/restore.h"
 #include "cli/cli.h"
 #include "cli/progress.h"
@@ -39,13 +40,16 @@ static void print_restored(const struct backup *b, const struct restored_disk *d
 enum { OPT_DEFINE = CLI_LONG_ONLY, OPT_URI };
 
 /* --define: the backup's VM definition, defined on the libvirt at uri with the restored disks. */
-static int define_vm(struct repo *repo, const struct backup *b, const struct restore_result *res,
-                     const char *uri, bool json)
+static int define_vm(const struct backup *b, const struct restore_result *res, const char *uri,
+                     bool json)
 {
     char err[512];
-    CLEANUP_FREE char *text = NULL, *format = NULL, *name = NULL;
-    int r = backup_definition_read(repo, b, &text, &format, err, sizeof(err));
-    if (r == 0)
+    CLEANUP_FREE char *name = NULL;
+    const char *format = NULL, *text = NULL;
+    int r = backup_definition_get(b, &format, &text);
+    if (r < 0)
+        snprintf(err, sizeof(err), "backup %s holds no VM definition", b->id);
+    else
         r = restore_define(uri, format, text, res->disks.ptr, res->disks.len, &name, err,
                            sizeof(err));
     if (r < 0) {
@@ -71,6 +75,7 @@ static const struct cli_option restore_options[] = {
     {"to", 't', "FILE|DIR", "destination file or directory"},
     {"upload", 'u', "VM", "upload to the server instead (connection options below)"},
     {"force", 'f', NULL, "replace existing files"},
+    {"definition-out", 'D', "FILE", "write the VM definition stored with the backup to FILE"},
     {"define", OPT_DEFINE, NULL, "then define the VM on a libvirt host with the restored disks"},
     {"uri", OPT_URI, "URI", "libvirt connection of --define (default " DEFINE_URI_DEFAULT ")"},
     {NULL, 0, NULL, NULL},
@@ -78,7 +83,7 @@ static const struct cli_option restore_options[] = {
 
 static int restore_cmd(int argc, char **argv)
 {
-    const char *disk = NULL, *to = NULL, *upload_vm = NULL, *uri = NULL;
+    const char *disk = NULL, *to = NULL, *upload_vm = NULL, *definition_out = NULL, *uri = NULL;
     bool force = false, define = false;
     struct cli_args a = {0};
     int c;
@@ -91,6 +96,8 @@ static int restore_cmd(int argc, char **argv)
             upload_vm = a.arg;
         else if (c == 'f')
             force = true;
+        else if (c == 'D')
+            definition_out = a.arg;
         else if (c == OPT_DEFINE)
             define = true;
         else if (c == OPT_URI)
@@ -103,8 +110,9 @@ static int restore_cmd(int argc, char **argv)
     int first = a.first;
     if (argc - first != 1)
         return cli_usage_error(&cmd_restore, "expected one BACKUP id");
-    if (!to == !upload_vm)
-        return cli_usage_error(&cmd_restore, "give one of --to FILE|DIR and --upload VM");
+    if ((to && upload_vm) || (!to && !upload_vm && !definition_out))
+        return cli_usage_error(&cmd_restore,
+                               "give one of --to FILE|DIR and --upload VM (or --definition-out)");
     if ((define || uri) && !to)
         return cli_usage_error(&cmd_restore, "--define and --uri need --to");
     if (uri && !define)
@@ -121,10 +129,30 @@ static int restore_cmd(int argc, char **argv)
         repo_close(repo);
         return EXIT_FAIL;
     }
-    int ret;
+    int ret = EXIT_OK;
+    if (definition_out) {
+        if (backup_definition_write(b, definition_out, force, err, sizeof(err)) < 0) {
+            fprintf(stderr, "vmexport restore: %s\n", err);
+            backup_free(b);
+            repo_close(repo);
+            return EXIT_FAIL;
+        }
+        if (json) {
+            bool kfirst = true;
+            putchar('{');
+            jw_kv_str(stdout, &kfirst, "type", "definition");
+            jw_kv_str(stdout, &kfirst, "backup", b->id);
+            jw_kv_str(stdout, &kfirst, "format", b->definition_format);
+            jw_kv_str(stdout, &kfirst, "to", definition_out);
+            puts("}");
+        } else {
+            printf("wrote the VM definition (%s) of backup %s to %s\n",
+                   b->definition_format ? b->definition_format : "?", b->id, definition_out);
+        }
+    }
     if (upload_vm) {
         ret = upload_backup("restore", repo, b, disk, upload_vm, jobs, json);
-    } else {
+    } else if (to) {
         struct progress_sink bar = {.what = "restore", .json = json};
         struct restore_options o = {
             .repo = repo,
@@ -146,7 +174,7 @@ static int restore_cmd(int argc, char **argv)
         for (size_t i = 0; i < res.disks.len; i++)
             print_restored(b, &res.disks.ptr[i], json);
         if (ret == EXIT_OK && define)
-            ret = define_vm(repo, b, &res, uri ? uri : DEFINE_URI_DEFAULT, json);
+            ret = define_vm(b, &res, uri ? uri : DEFINE_URI_DEFAULT, json);
         restore_result_free(&res);
     }
     backup_free(b);
@@ -162,6 +190,7 @@ const struct cli_command cmd_restore = {
              "                        [--jobs N] [--json]\n"
              "                        [--define [--uri URI]]\n"
              "       vmexport restore --repo PATH BACKUP [--disk NAME] --upload VM [--jobs N]\n"
+             "       vmexport restore --repo PATH BACKUP --definition-out FILE [--force]\n"
              "\n"
              "Write the disks of BACKUP as sparse raw files.  With one disk (or --disk), --to\n"
              "names the file (or an existing directory to put it in); otherwise --to is a\n"
@@ -182,7 +211,11 @@ const struct cli_command cmd_restore = {
              "With --upload, the disks are written back to a host through vmexportd's upload API\n"
              "into VM (created when missing; existing disks are never overwritten): data chunks\n"
              "as ranged PUTs from N connections, zero ranges as PATCH zero requests, then the\n"
-             "transfer is finalized; on failure it is cancelled and no disk appears.\n",
+             "transfer is finalized; on failure it is cancelled and no disk appears.\n"
+             "\n"
+             "With --definition-out (alone or with the above), the VM's definition stored with\n"
+             "the backup (libvirt domain XML, QEMU's devices as JSON, OVM's vm.cfg) is written\n"
+             "to FILE (mode 0600); it fails when the backup has none.\n",
     .common = CLI_REPO | CLI_PASSPHRASE | CLI_JSON | CLI_JOBS | CLI_CONNECTION,
     .options = restore_options,
     .json_short = 'J',
