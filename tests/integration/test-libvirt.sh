@@ -4,7 +4,7 @@
 # (checkpoints and pull-mode backup jobs), restored and compared bit for bit with what the disks
 # held when each snapshot was taken; a snapshot never shows the guest's later writes; deleting
 # snapshots ends their jobs, scratch files and checkpoints; a shut-off domain is read from its
-# files, which it cannot change meanwhile.
+# files, which it cannot change meanwhile; restore --define re-creates the domain.
 source "$(dirname "$0")/lib.sh"
 source "$(dirname "$0")/libvirt-lib.sh"
 require_root
@@ -90,13 +90,15 @@ write vda virtio-disk0 "write -P 0x33 1M 64k"
 write vda virtio-disk0 "write -z 40M 512k"
 write vdb virtio-disk1 "write -P 0x44 5M 128k"
 
-# A snapshot is a point in time: the guest's writes after it do not show in its data.  Its job
-# ends the live one of the backup's snapshot B1 (same chain), whose checkpoint stays the base.
-expect_status 200 "the backup's snapshot is listed" GET /api/v1/vms/vxt/snapshots
-B1=$(jq -r '.[0].id' "$WORK/body")
-expect_status 201 "a snapshot through the API" POST /api/v1/vms/vxt/snapshots
+# A snapshot is a point in time: the guest's writes after it do not show in its data.  It is
+# of the repository's chain, after the backup's snapshot B1 (released: its checkpoint stays).
+B1=$(jq -r .snapshot "$WORK/summary")
+expect_status 200 "the backup's snapshot stays as a checkpoint" GET "/api/v1/vms/vxt/snapshots/$B1"
+CHAIN=$(jq -r .chain "$WORK/body")
+check "  of the repository's chain" jq -e '.status == "checkpoint" and (.chain | startswith("vmexport-"))' "$WORK/body"
+expect_status 201 "a snapshot through the API" POST /api/v1/vms/vxt/snapshots -d "{\"chain\": \"$CHAIN\"}"
 SNAP=$(jq -r .id "$WORK/body")
-check "  of chain default, not frozen (no guest agent)" jq -e '.chain == "default" and .frozen == false' "$WORK/body"
+check "  of that chain, not frozen (no guest agent)" jq -e --arg c "$CHAIN" '.chain == $c and .frozen == false' "$WORK/body"
 cp --sparse=always "$TRUTH/vda" "$WORK/vda-at-snap"
 write vda virtio-disk0 "write -P 0x55 1M 128k"
 expect_status 200 "  its vda read after the guest wrote again" GET "/api/v1/vms/vxt/snapshots/$SNAP/disks/vda"
@@ -117,7 +119,7 @@ expect_status 204 "the snapshot released" DELETE "/api/v1/vms/vxt/snapshots/$SNA
 check "  its scratch files are gone" test -z "$(ls "$WORK/scratch")"
 check "  its checkpoint stays" test -n "$(lv_virsh checkpoint-list vxt --name | grep "$SNAP")"
 expect_status 409 "  its data is no longer served" GET "/api/v1/vms/vxt/snapshots/$SNAP/disks/vda"
-expect_status 201 "a next snapshot" POST /api/v1/vms/vxt/snapshots
+expect_status 201 "a next snapshot" POST /api/v1/vms/vxt/snapshots -d "{\"chain\": \"$CHAIN\"}"
 SNAP2=$(jq -r .id "$WORK/body")
 expect_status 200 "  its vda changes since the released one" \
     GET "/api/v1/vms/vxt/snapshots/$SNAP2/disks/vda/changes?changeId=$SNAP/0&zeroedInChanged=false"
@@ -131,10 +133,33 @@ check "  and their scratch files" test -z "$(ls "$WORK/scratch")"
 # Another chain (another repository) never gets changes from this chain's checkpoints.
 expect_status 201 "a snapshot of chain other" POST /api/v1/vms/vxt/snapshots -d '{"chain": "other"}'
 OTHER=$(jq -r .id "$WORK/body")
-expect_status 409 "  its changes since B1 of chain default are refused" \
+expect_status 409 "  its changes since B1 of the repository's chain are refused" \
     GET "/api/v1/vms/vxt/snapshots/$OTHER/disks/vda/changes?changeId=$B1/0"
-check "  naming the chains" grep -q "chain default" "$WORK/body"
+check "  naming the chains" grep -q "chain other" "$WORK/body"
 expect_status 204 "  deleted" DELETE "/api/v1/vms/vxt/snapshots/$OTHER"
+
+# The next backup: vda from the dirty bitmap since B1's checkpoint, the raw vdb in full.
+backup_restore incremental
+check "  it read vda's changes only, vdb in full, and says why" jq -e \
+    '.incremental == true and .bytes_read < 33554432 + 1048576' "$WORK/summary"
+B2=$(jq -r .snapshot "$WORK/summary")
+grep -q 'raw disk' "$WORK/backup.out" "$WORK/backup.err" && ok "  the reason for vdb is shown" ||
+    not_ok "  the reason for vdb is shown: $(cat "$WORK/summary")"
+
+# ---- restore --define: a new domain on the restored disks ----
+chown -R "$LV_USER" "$WORK/r"
+if "$VMEXPORT" restore --repo "$REPO" "$BACKUP" --to "$WORK/r" --force --define \
+    --uri "$LV_URI" >"$WORK/define.out" 2>"$WORK/define.err"; then
+    ok "restore --define ($(tail -1 "$WORK/define.out"))"
+else
+    not_ok "restore --define: $(tail -2 "$WORK/define.err")"
+fi
+check "  defines vxt-restored-1 (vxt exists)" lv_virsh dominfo vxt-restored-1
+check "  with a new UUID" test "$(lv_virsh domuuid vxt-restored-1)" != "$UUID"
+lv_virsh dumpxml vxt-restored-1 >"$WORK/restored.xml"
+check "  its disks are the restored files" grep -q "source file='$WORK/r/vdb'" "$WORK/restored.xml"
+chown -R "$LV_USER" "$WORK/r"
+check "  it starts" lv_virsh start vxt-restored-1
 
 # ---- a shut-off domain: its files, read-only, through a qemu-storage-daemon ----
 lv_virsh destroy vxt >/dev/null
@@ -150,7 +175,7 @@ done
 start_quiet() { lv_virsh start vxt >/dev/null 2>&1; }
 check_fails "  the domain cannot start (and change its disks) while it lives" start_quiet
 expect_status 409 "  its changes are not tracked" \
-    GET "/api/v1/vms/vxt/snapshots/$OFF/disks/vda/changes?changeId=$B1/0"
+    GET "/api/v1/vms/vxt/snapshots/$OFF/disks/vda/changes?changeId=$B2/0"
 expect_status 204 "  deleted" DELETE "/api/v1/vms/vxt/snapshots/$OFF"
 check "  its qemu-storage-daemon is gone" test -z "$(ls "$WORK/scratch")"
 check "  the domain starts again" lv_virsh start vxt
