@@ -179,3 +179,6 @@ expect_status 409 "  its changes are not tracked" \
 expect_status 204 "  deleted" DELETE "/api/v1/vms/vxt/snapshots/$OFF"
 check "  its qemu-storage-daemon is gone" test -z "$(ls "$WORK/scratch")"
 check "  the domain starts again" lv_virsh start vxt
+
+stop_daemon
+check "the daemon stops cleanly (under ASan: nothing leaked)" test $? -eq 0
