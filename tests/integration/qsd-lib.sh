@@ -1,0 +1,342 @@
+# Helpers of the fast live-VM tests (sourced after lib.sh): qemu-storage-daemon "VMs" with
+# qcow2 and raw disks, a guest that writes through a writable FUSE export of each disk, and the
+# truth: a file per disk that always holds what the disk reads, copied at every snapshot instant.
+#
+# Layout under $WORK:
+#   qmp/VM.qmp          the daemon's QMP monitor: the one vmexportd's qemu provider finds
+#                       (qmp_sockets = $WORK/qmp/*.qmp)
+#   qsd/VM/test.sock    a second monitor for the test (a QMP socket serves one client at a time)
+#   qsd/VM/DISK.{qcow2,raw}  the images;  qsd/VM/DISK.dev  the FUSE export the guest writes
+#   truth/VM/DISK       what DISK reads now;  truth/VM/DISK.touched  ranges written since the
+#                       last snapshot instant
+#   snap/TAG/VM/DISK    what DISK read at the snapshot instant TAG
+# Every daemon is killed by its PID at exit, even when the test fails, and its FUSE mounts are
+# lazily unmounted.
+
+QSD=${QSD:-$(command -v qemu-storage-daemon)}
+QSD_TOOL="/usr/bin/python3 $VMEXPORT_ROOT/tests/integration/qsd_tool.py"
+GRANULE=65536 # the provider's bitmap granularity
+
+declare -A QSD_PID    # VM -> PID of its running daemon
+declare -A QSD_DISKS  # VM -> "NAME:FORMAT:SIZE_MB ..." in node order
+declare -A QSD_CLEAN  # VM -> 1 once the exit cleanup is registered
+
+# require_qsd: skip the test where qemu-storage-daemon, FUSE or python3 cannot run.
+require_qsd() {
+    local why=
+    if [ -z "$QSD" ]; then why="qemu-storage-daemon is not installed (Debian qemu-system-common)"
+    elif ! command -v qemu-img >/dev/null; then why="qemu-img is not installed (qemu-utils)"
+    elif [ ! -x /usr/bin/python3 ]; then why="/usr/bin/python3 is not installed"
+    elif [ ! -c /dev/fuse ]; then why="no /dev/fuse: the guest writes through a FUSE export"
+    elif [ "$(id -u)" != 0 ]; then why="FUSE exports and mounts need root here"
+    fi
+    if [ -n "$why" ]; then skip "$TEST_NAME: $why"; exit 0; fi
+}
+
+_qsd_dir() { echo "$WORK/qsd/$1"; }
+
+# qsd_create VM SPEC...: the images and truth files of a VM; SPEC is NAME:FORMAT:SIZE_MB with
+# FORMAT qcow2 or raw.  Both read as zeros.
+qsd_create() {
+    local vm=$1; shift
+    mkdir -p "$(_qsd_dir "$vm")" "$WORK/truth/$vm" "$WORK/qmp"
+    local spec
+    for spec in "$@"; do _qsd_new_disk "$vm" "$spec" || return 1; done
+    QSD_DISKS[$vm]="$*"
+    guest_start
+}
+
+_qsd_new_disk() {
+    local vm=$1 name fmt mb
+    IFS=: read -r name fmt mb <<<"$2"
+    local img; img="$(_qsd_dir "$vm")/$name.$fmt"
+    case $fmt in
+        qcow2) qemu-img create -q -f qcow2 "$img" "${mb}M" ;;
+        raw) truncate -s "${mb}M" "$img" ;;
+        *) echo "qsd_create: unknown format $fmt" >&2; return 1 ;;
+    esac || return 1
+    truncate -s "${mb}M" "$WORK/truth/$vm/$name"
+    : >"$WORK/truth/$vm/$name.touched"
+    : >"$(_qsd_dir "$vm")/$name.dev"
+}
+
+# _qsd_disk_args VM SPEC: the --blockdev and --export options of one disk.
+_qsd_disk_args() {
+    local vm=$1 name fmt mb d
+    IFS=: read -r name fmt mb <<<"$2"
+    d=$(_qsd_dir "$vm")
+    printf '%s\n' --blockdev "driver=file,node-name=file-$name,filename=$d/$name.$fmt,discard=unmap" \
+        --blockdev "driver=$fmt,node-name=$name,file=file-$name,discard=unmap" \
+        --export "type=fuse,id=guest-$name,node-name=$name,mountpoint=$d/$name.dev,writable=on"
+}
+
+_qsd_mounted() { grep -q " $1 fuse" /proc/self/mounts; }
+
+# qsd_start VM: start the VM's daemon on its images (first start or restart); waits until
+# both monitors answer and every disk's export is mounted.
+qsd_start() {
+    local vm=$1 d spec
+    d=$(_qsd_dir "$vm")
+    rm -f "$WORK/qmp/$vm.qmp" "$d/test.sock"
+    local args=()
+    for spec in ${QSD_DISKS[$vm]}; do mapfile -t -O "${#args[@]}" args < <(_qsd_disk_args "$vm" "$spec"); done
+    "$QSD" "${args[@]}" \
+        --chardev "socket,id=vmexport,path=$WORK/qmp/$vm.qmp,server=on,wait=off" \
+        --monitor chardev=vmexport \
+        --chardev "socket,id=test,path=$d/test.sock,server=on,wait=off" \
+        --monitor chardev=test >>"$d/qsd.log" 2>&1 &
+    QSD_PID[$vm]=$!
+    if [ -z "${QSD_CLEAN[$vm]:-}" ]; then
+        at_exit "qsd_kill9 $vm"
+        QSD_CLEAN[$vm]=1
+    fi
+    local i name
+    for i in $(seq 500); do
+        if [ -S "$d/test.sock" ] && [ -S "$WORK/qmp/$vm.qmp" ]; then
+            local all=1
+            for spec in ${QSD_DISKS[$vm]}; do
+                name=${spec%%:*}
+                _qsd_mounted "$d/$name.dev" || all=0
+            done
+            [ $all = 1 ] && return 0
+        fi
+        if ! kill -0 "${QSD_PID[$vm]}" 2>/dev/null; then
+            diag "qemu-storage-daemon of $vm exited: $(tail -3 "$d/qsd.log")"
+            return 1
+        fi
+        sleep 0.01
+    done
+    diag "qemu-storage-daemon of $vm did not come up"
+    return 1
+}
+
+_qsd_unmount() {
+    local vm=$1 spec d
+    d=$(_qsd_dir "$vm")
+    for spec in ${QSD_DISKS[$vm]}; do
+        if _qsd_mounted "$d/${spec%%:*}.dev"; then umount -l "$d/${spec%%:*}.dev"; fi
+    done
+}
+
+# qsd_kill9 VM: kill -9 the VM's daemon (a crash: qcow2 bitmaps stay marked in use) and
+# unmount its dead exports.
+qsd_kill9() {
+    local vm=$1 pid=${QSD_PID[$1]:-}
+    if [ -n "$pid" ]; then
+        kill -9 "$pid" 2>/dev/null
+        wait "$pid" 2>/dev/null
+        QSD_PID[$vm]=
+    fi
+    _qsd_unmount "$vm"
+}
+
+# qsd_stop VM: a clean stop (SIGTERM): persistent bitmaps are stored in the qcow2 images.
+qsd_stop() {
+    local vm=$1 pid=${QSD_PID[$1]:-}
+    [ -n "$pid" ] || return 0
+    kill -TERM "$pid" 2>/dev/null
+    wait "$pid" 2>/dev/null
+    QSD_PID[$vm]=
+    _qsd_unmount "$vm"
+}
+
+# qmp VM JSON...: commands on the test's monitor of VM; each "return" printed as a JSON line.
+qmp() {
+    local vm=$1; shift
+    $QSD_TOOL qmp "$(_qsd_dir "$vm")/test.sock" "$@"
+}
+
+# qsd_bitmaps VM: {"node": [bitmaps...]} of every named node.
+qsd_bitmaps() { $QSD_TOOL bitmaps "$(_qsd_dir "$1")/test.sock"; }
+
+# qsd_add_disk VM SPEC: a new disk while the daemon runs (blockdev-add + FUSE export).
+qsd_add_disk() {
+    local vm=$1 spec=$2 name fmt mb d
+    IFS=: read -r name fmt mb <<<"$spec"
+    d=$(_qsd_dir "$vm")
+    _qsd_new_disk "$vm" "$spec" || return 1
+    QSD_DISKS[$vm]="${QSD_DISKS[$vm]} $spec"
+    qmp "$vm" \
+        "{\"execute\":\"blockdev-add\",\"arguments\":{\"driver\":\"file\",\"node-name\":\"file-$name\",\"filename\":\"$d/$name.$fmt\",\"discard\":\"unmap\"}}" \
+        "{\"execute\":\"blockdev-add\",\"arguments\":{\"driver\":\"$fmt\",\"node-name\":\"$name\",\"file\":\"file-$name\",\"discard\":\"unmap\"}}" \
+        "{\"execute\":\"block-export-add\",\"arguments\":{\"type\":\"fuse\",\"id\":\"guest-$name\",\"node-name\":\"$name\",\"mountpoint\":\"$d/$name.dev\",\"writable\":true}}" \
+        >/dev/null
+}
+
+# qsd_remove_disk VM NAME: end the disk's export and remove its nodes while the daemon runs.
+qsd_remove_disk() {
+    local vm=$1 name=$2 spec rest=
+    for spec in ${QSD_DISKS[$vm]}; do [ "${spec%%:*}" = "$name" ] || rest="$rest $spec"; done
+    qmp "$vm" "{\"execute\":\"block-export-del\",\"arguments\":{\"id\":\"guest-$name\"}}" >/dev/null || return 1
+    local i
+    for i in $(seq 200); do
+        _qsd_mounted "$(_qsd_dir "$vm")/$name.dev" || break
+        sleep 0.01
+    done
+    qmp "$vm" "{\"execute\":\"blockdev-del\",\"arguments\":{\"node-name\":\"$name\"}}" \
+        "{\"execute\":\"blockdev-del\",\"arguments\":{\"node-name\":\"file-$name\"}}" >/dev/null || return 1
+    QSD_DISKS[$vm]=${rest# }
+}
+
+# qsd_disk_names VM: the VM's disk names, one a line.
+qsd_disk_names() {
+    local spec
+    for spec in ${QSD_DISKS[$1]}; do echo "${spec%%:*}"; done
+}
+
+# The guest: one qsd_tool.py process for the whole test (a coprocess), so that writes cost no
+# interpreter start.  guest_cmd sends one command line and waits for its answer; its output
+# lines go to $WORK/guest.out.
+guest_start() {
+    [ -n "${GUEST_PID:-}" ] && return 0
+    coproc GUEST { $QSD_TOOL serve; }
+    at_exit guest_stop
+}
+
+# guest_stop: end the guest process (its input closed), by its PID if it does not end.
+guest_stop() {
+    [ -n "${GUEST_PID:-}" ] || return 0
+    local pid=$GUEST_PID
+    exec {GUEST[1]}>&-
+    timeout 5 tail --pid="$pid" -f /dev/null || kill -9 "$pid"
+    wait "$pid" 2>/dev/null
+}
+
+guest_send() { echo "$*" >&"${GUEST[1]}"; }
+
+guest_reply() {
+    local line
+    : >"$WORK/guest.out"
+    while IFS= read -r line <&"${GUEST[0]}"; do
+        case $line in
+            "=ok") return 0 ;;
+            "=error "*) diag "guest: ${line#=error }"; return 1 ;;
+            *) echo "$line" >>"$WORK/guest.out" ;;
+        esac
+    done
+    diag "guest: the qsd_tool.py process ended"
+    return 1
+}
+
+guest_cmd() { guest_send "$@" && guest_reply; }
+
+# guest_write VM DISK SEED OPS [MAXLEN]: OPS random writes, zeroes and discards on the disk
+# (through its export) and its truth; the ranges are added to the disk's touched list.
+guest_write() {
+    local vm=$1 disk=$2 seed=$3 ops=$4 maxlen=${5:-262144}
+    guest_cmd write "$(_qsd_dir "$vm")/$disk.dev" "$WORK/truth/$vm/$disk" "$seed" "$ops" "$maxlen" \
+        "$WORK/truth/$vm/$disk.touched"
+}
+
+# guest_write_all VM SEED OPS [MAXLEN]: guest_write on every disk of the VM.
+guest_write_all() {
+    local vm=$1 seed=$2 ops=$3 maxlen=${4:-262144} disk i=0
+    for disk in $(qsd_disk_names "$vm"); do
+        i=$((i + 1))
+        guest_write "$vm" "$disk" "$((seed * 8 + i))" "$ops" "$maxlen" || return 1
+    done
+}
+
+# truth_check VM: every disk reads exactly its truth (a self-check of the truth keeper).
+truth_check() {
+    local vm=$1 disk
+    for disk in $(qsd_disk_names "$vm"); do
+        cmp -s "$(_qsd_dir "$vm")/$disk.dev" "$WORK/truth/$vm/$disk" || { diag "$vm/$disk differs from its truth"; return 1; }
+    done
+}
+
+# truth_snap VM TAG: keep what every disk reads now as snapshot TAG (sparse copies), and start
+# a new touched list per disk; the old one is kept as snap/TAG/VM/DISK.touched.
+truth_snap() {
+    local vm=$1 tag=$2 disk
+    mkdir -p "$WORK/snap/$tag/$vm"
+    for disk in $(qsd_disk_names "$vm"); do
+        cp --sparse=always "$WORK/truth/$vm/$disk" "$WORK/snap/$tag/$vm/$disk"
+        mv "$WORK/truth/$vm/$disk.touched" "$WORK/snap/$tag/$vm/$disk.touched"
+        : >"$WORK/truth/$vm/$disk.touched"
+    done
+}
+
+# truth_drop TAG: forget snapshot TAG's truth.
+truth_drop() { rm -rf "${WORK:?}/snap/$1"; }
+
+# touched_granules TAG VM [DISK...]: 64 KiB blocks written between the snapshot before TAG and
+# TAG (all disks of the VM when none are named).
+touched_granules() {
+    local tag=$1 vm=$2; shift 2
+    local disks=("$@") n=0 disk
+    [ ${#disks[@]} -gt 0 ] || mapfile -t disks < <(qsd_disk_names "$vm")
+    for disk in "${disks[@]}"; do
+        n=$((n + $($QSD_TOOL granules "$WORK/snap/$tag/$vm/$disk.touched" "$GRANULE")))
+    done
+    echo "$n"
+}
+
+# known_bitmaps VM NODE FILE: the names of NODE's bitmaps now, one a line, into FILE.
+known_bitmaps() {
+    qsd_bitmaps "$1" | jq -r --arg n "$2" '.[$n] // [] | .[].name' >"$3"
+}
+
+# ---- vmexportd with a qemu provider over the daemons' monitors ----
+
+# qsd_daemon_start [EXTRA_INI...]: vmexportd with [provider.qemu] over $WORK/qmp/*.qmp (TLS,
+# the test users), logged in as admin; exports what the vmexport CLI needs.  Sets PORT, CONF.
+qsd_daemon_start() {
+    PORT=$(free_port)
+    CONF=$WORK/vmexportd.conf
+    mkdir -p -m 700 "$WORK/scratch" "$WORK/nbd"
+    write_config "$CONF" "$PORT" "$WORK/state" "[provider.qemu]" "type = qemu" \
+        "qmp_sockets = $WORK/qmp/*.qmp" "scratch_dir = $WORK/scratch" "nbd_dir = $WORK/nbd" "$@" ||
+        return 1
+    start_daemon "$CONF" "$PORT" || return 1
+    login admin secret || return 1
+    export VMEXPORT_SERVER=$URL VMEXPORT_USER=admin VMEXPORT_PASSWORD=secret
+    export VMEXPORT_CACERT=$WORK/certs/ca.crt
+    export XDG_CACHE_HOME=$WORK/cache
+}
+
+# backup REPO VM [ARGS...]: vmexport backup --json; the summary in $WORK/summary, stderr in
+# $WORK/backup.err.
+backup() {
+    local repo=$1 vm=$2; shift 2
+    "$VMEXPORT" backup "$vm" --repo "$repo" --json "$@" >"$WORK/backup.out" 2>"$WORK/backup.err" &&
+        grep '"type":"summary"' "$WORK/backup.out" | tail -1 >"$WORK/summary"
+}
+
+# backup_while_writing REPO VM TAG SEED OPS [ARGS...]: a backup of VM during which the guest
+# keeps writing.  The truth of every disk is kept as TAG first; the guest waits until the
+# snapshot's transaction ran (a new bitmap on the VM's first disk), then writes OPS operations
+# on every disk while the backup reads: none of them may be in the backup.  Same results as
+# backup().
+backup_while_writing() {
+    local repo=$1 vm=$2 tag=$3 seed=$4 ops=$5; shift 5
+    local first
+    first=$(qsd_disk_names "$vm" | head -1)
+    known_bitmaps "$vm" "$first" "$WORK/known" || return 1
+    truth_snap "$vm" "$tag"
+    backup "$repo" "$vm" "$@" &
+    local bpid=$! disk devs=() rc=0
+    for disk in $(qsd_disk_names "$vm"); do
+        devs+=("$(_qsd_dir "$vm")/$disk.dev" "$WORK/truth/$vm/$disk" "$WORK/truth/$vm/$disk.touched")
+    done
+    guest_send bgwrite "$(_qsd_dir "$vm")/test.sock" "$first" "$WORK/known" "$bpid" "$seed" "$ops" \
+        262144 "${devs[@]}"
+    wait "$bpid" || rc=1
+    guest_reply || rc=1
+    return $rc
+}
+
+# restore_check REPO BACKUP TAG VM [DISK...]: restore the backup and compare every disk (or
+# those named) bit for bit with the truth at snapshot TAG.
+restore_check() {
+    local repo=$1 id=$2 tag=$3 vm=$4; shift 4
+    local disks=("$@") disk
+    [ ${#disks[@]} -gt 0 ] || mapfile -t disks < <(qsd_disk_names "$vm")
+    rm -rf "$WORK/r"
+    "$VMEXPORT" restore --repo "$repo" "$id" --to "$WORK/r" >/dev/null 2>"$WORK/restore.err" ||
+        { diag "restore $id: $(tail -1 "$WORK/restore.err")"; return 1; }
+    for disk in "${disks[@]}"; do
+        cmp -s "$WORK/r/$disk" "$WORK/snap/$tag/$vm/$disk" ||
+            { diag "backup $id: disk $disk differs from its truth at $tag: $(cmp "$WORK/r/$disk" "$WORK/snap/$tag/$vm/$disk" 2>&1 | head -1)"; return 1; }
+    done
+}
