@@ -18,7 +18,8 @@ QSD_TOOL="/usr/bin/python3 $VMEXPORT_ROOT/tests/integration/qsd_tool.py"
 GRANULE=65536 # the provider's bitmap granularity
 
 declare -A QSD_PID    # VM -> PID of its running daemon
-declare -A QSD_DISKS  # VM -> "NAME:FORMAT:SIZE_MB ..." in node order
+declare -A QSD_DISKS  # VM -> "NAME:FORMAT:SIZE_MB ..." of the writable disks, in node order
+declare -A QSD_RO     # VM -> "NAME:FORMAT:SIZE_MB:ro ..." of its read-only disks
 declare -A QSD_CLEAN  # VM -> 1 once the exit cleanup is registered
 
 # require_qsd: skip the test where qemu-storage-daemon, FUSE or python3 cannot run.
@@ -36,13 +37,25 @@ require_qsd() {
 _qsd_dir() { echo "$WORK/qsd/$1"; }
 
 # qsd_create VM SPEC...: the images and truth files of a VM; SPEC is NAME:FORMAT:SIZE_MB with
-# FORMAT qcow2 or raw.  Both read as zeros.
+# FORMAT qcow2 or raw (reading as zeros), or NAME:FORMAT:SIZE_MB:ro for a read-only disk (a
+# node opened read-only, its export not writable, some data in it; the guest never writes it).
 qsd_create() {
     local vm=$1; shift
     mkdir -p "$(_qsd_dir "$vm")" "$WORK/truth/$vm" "$WORK/qmp"
-    local spec
-    for spec in "$@"; do _qsd_new_disk "$vm" "$spec" || return 1; done
-    QSD_DISKS[$vm]="$*"
+    local spec rw=() ro=()
+    for spec in "$@"; do
+        _qsd_new_disk "$vm" "${spec%:ro}" || return 1
+        if [ "${spec%:ro}" != "$spec" ]; then
+            local name fmt
+            IFS=: read -r name fmt _ <<<"$spec"
+            qemu-io -f "$fmt" -c "write -P 0x5a 0 1M" "$(_qsd_dir "$vm")/$name.$fmt" >/dev/null || return 1
+            ro+=("$spec")
+        else
+            rw+=("$spec")
+        fi
+    done
+    QSD_DISKS[$vm]="${rw[*]}"
+    QSD_RO[$vm]="${ro[*]}"
     guest_start
 }
 
@@ -62,12 +75,13 @@ _qsd_new_disk() {
 
 # _qsd_disk_args VM SPEC: the --blockdev and --export options of one disk.
 _qsd_disk_args() {
-    local vm=$1 name fmt mb d
-    IFS=: read -r name fmt mb <<<"$2"
+    local vm=$1 name fmt mb ro d rw=on ropt=
+    IFS=: read -r name fmt mb ro <<<"$2"
     d=$(_qsd_dir "$vm")
-    printf '%s\n' --blockdev "driver=file,node-name=file-$name,filename=$d/$name.$fmt,discard=unmap" \
-        --blockdev "driver=$fmt,node-name=$name,file=file-$name,discard=unmap" \
-        --export "type=fuse,id=guest-$name,node-name=$name,mountpoint=$d/$name.dev,writable=on"
+    [ "$ro" = ro ] && rw=off ropt=,read-only=on
+    printf '%s\n' --blockdev "driver=file,node-name=file-$name,filename=$d/$name.$fmt,discard=unmap$ropt" \
+        --blockdev "driver=$fmt,node-name=$name,file=file-$name,discard=unmap$ropt" \
+        --export "type=fuse,id=guest-$name,node-name=$name,mountpoint=$d/$name.dev,writable=$rw"
 }
 
 _qsd_mounted() { grep -q " $1 fuse" /proc/self/mounts; }
@@ -79,7 +93,9 @@ qsd_start() {
     d=$(_qsd_dir "$vm")
     rm -f "$WORK/qmp/$vm.qmp" "$d/test.sock"
     local args=()
-    for spec in ${QSD_DISKS[$vm]}; do mapfile -t -O "${#args[@]}" args < <(_qsd_disk_args "$vm" "$spec"); done
+    for spec in ${QSD_DISKS[$vm]} ${QSD_RO[$vm]:-}; do
+        mapfile -t -O "${#args[@]}" args < <(_qsd_disk_args "$vm" "$spec")
+    done
     "$QSD" "${args[@]}" \
         --chardev "socket,id=vmexport,path=$WORK/qmp/$vm.qmp,server=on,wait=off" \
         --monitor chardev=vmexport \
@@ -94,7 +110,7 @@ qsd_start() {
     for i in $(seq 500); do
         if [ -S "$d/test.sock" ] && [ -S "$WORK/qmp/$vm.qmp" ]; then
             local all=1
-            for spec in ${QSD_DISKS[$vm]}; do
+            for spec in ${QSD_DISKS[$vm]} ${QSD_RO[$vm]:-}; do
                 name=${spec%%:*}
                 _qsd_mounted "$d/$name.dev" || all=0
             done
@@ -113,7 +129,7 @@ qsd_start() {
 _qsd_unmount() {
     local vm=$1 spec d
     d=$(_qsd_dir "$vm")
-    for spec in ${QSD_DISKS[$vm]}; do
+    for spec in ${QSD_DISKS[$vm]} ${QSD_RO[$vm]:-}; do
         if _qsd_mounted "$d/${spec%%:*}.dev"; then umount -l "$d/${spec%%:*}.dev"; fi
     done
 }
@@ -193,12 +209,12 @@ guest_start() {
     at_exit guest_stop
 }
 
-# guest_stop: end the guest process (its input closed), by its PID if it does not end.
+# guest_stop: end the guest process.
 guest_stop() {
     [ -n "${GUEST_PID:-}" ] || return 0
     local pid=$GUEST_PID
-    exec {GUEST[1]}>&-
-    timeout 5 tail --pid="$pid" -f /dev/null || kill -9 "$pid"
+    local fd=${GUEST[1]}
+    exec {fd}>&- # it reads to the end of its input and exits
     wait "$pid" 2>/dev/null
 }
 
@@ -272,9 +288,18 @@ touched_granules() {
     echo "$n"
 }
 
-# known_bitmaps VM NODE FILE: the names of NODE's bitmaps now, one a line, into FILE.
+# known_bitmaps VM FILE: the bitmaps of the VM's disks now, "NODE NAME" a line, into FILE.
 known_bitmaps() {
-    qsd_bitmaps "$1" | jq -r --arg n "$2" '.[$n] // [] | .[].name' >"$3"
+    qsd_bitmaps "$1" | jq -r 'to_entries[] | .key as $n | .value[] | "\($n) \(.name)"' >"$2"
+}
+
+# wait_snapshot VM [PID]: wait until one of the VM's disks has a bitmap that was not in
+# $WORK/known (known_bitmaps VM): a snapshot's transaction ran.  Gives up when process PID ended
+# first.
+wait_snapshot() {
+    local nodes
+    nodes=$(qsd_disk_names "$1" | paste -sd,)
+    $QSD_TOOL wait-bitmap "$(_qsd_dir "$1")/test.sock" "$nodes" "$WORK/known" 60 ${2:-} >/dev/null
 }
 
 # ---- vmexportd with a qemu provider over the daemons' monitors ----
@@ -305,21 +330,19 @@ backup() {
 
 # backup_while_writing REPO VM TAG SEED OPS [ARGS...]: a backup of VM during which the guest
 # keeps writing.  The truth of every disk is kept as TAG first; the guest waits until the
-# snapshot's transaction ran (a new bitmap on the VM's first disk), then writes OPS operations
+# snapshot's transaction ran (a new bitmap on one of the VM's disks), then writes OPS operations
 # on every disk while the backup reads: none of them may be in the backup.  Same results as
 # backup().
 backup_while_writing() {
     local repo=$1 vm=$2 tag=$3 seed=$4 ops=$5; shift 5
-    local first
-    first=$(qsd_disk_names "$vm" | head -1)
-    known_bitmaps "$vm" "$first" "$WORK/known" || return 1
+    known_bitmaps "$vm" "$WORK/known" || return 1
     truth_snap "$vm" "$tag"
     backup "$repo" "$vm" "$@" &
     local bpid=$! disk devs=() rc=0
     for disk in $(qsd_disk_names "$vm"); do
         devs+=("$(_qsd_dir "$vm")/$disk.dev" "$WORK/truth/$vm/$disk" "$WORK/truth/$vm/$disk.touched")
     done
-    guest_send bgwrite "$(_qsd_dir "$vm")/test.sock" "$first" "$WORK/known" "$bpid" "$seed" "$ops" \
+    guest_send bgwrite "$(_qsd_dir "$vm")/test.sock" "$(qsd_disk_names "$vm" | paste -sd,)" "$WORK/known" "$bpid" "$seed" "$ops" \
         262144 "${devs[@]}"
     wait "$bpid" || rc=1
     guest_reply || rc=1
@@ -333,6 +356,7 @@ restore_check() {
     local disks=("$@") disk
     [ ${#disks[@]} -gt 0 ] || mapfile -t disks < <(qsd_disk_names "$vm")
     rm -rf "$WORK/r"
+    mkdir -p "$WORK/r"
     "$VMEXPORT" restore --repo "$repo" "$id" --to "$WORK/r" >/dev/null 2>"$WORK/restore.err" ||
         { diag "restore $id: $(tail -1 "$WORK/restore.err")"; return 1; }
     for disk in "${disks[@]}"; do

@@ -5,9 +5,11 @@ applied at the same time to a truth file that always holds what the disk reads.
 
   qsd_tool.py qmp SOCKET JSON...          run commands; print each "return" as one JSON line
   qsd_tool.py bitmaps SOCKET              {"node": [{"name":..,"recording":..,..}, ...], ...}
-  qsd_tool.py wait-bitmap SOCKET NODE KNOWN_FILE TIMEOUT
-                                          wait until NODE has a bitmap whose name is not a line
-                                          of KNOWN_FILE; print it (the snapshot's transaction ran)
+  qsd_tool.py wait-bitmap SOCKET NODES KNOWN_FILE TIMEOUT [PID]
+                                          wait until one of NODES (comma-separated) has a
+                                          bitmap that is not a line "NODE NAME" of KNOWN_FILE;
+                                          print that line (a snapshot's transaction ran);
+                                          gives up once process PID has ended
   qsd_tool.py write DEV TRUTH SEED OPS MAXLEN TOUCHED
                                           OPS random operations on DEV (the export) and TRUTH;
                                           the ranges written are appended to TOUCHED
@@ -17,7 +19,7 @@ applied at the same time to a truth file that always holds what the disk reads.
                                           line "=ok" or "=error CAUSE": one process for a whole
                                           test instead of one per command
   in serve mode also:
-    bgwrite SOCKET NODE KNOWN_FILE PID SEED OPS MAXLEN DEV TRUTH TOUCHED [DEV TRUTH TOUCHED...]
+    bgwrite SOCKET NODES KNOWN_FILE PID SEED OPS MAXLEN DEV TRUTH TOUCHED [DEV TRUTH TOUCHED...]
                                           wait-bitmap (giving up when process PID ended), then
                                           write OPS operations on each disk (seed SEED + index)
 
@@ -94,31 +96,38 @@ def process_running(pid):
         return False
 
 
-def wait_bitmap(path, node, known_file, timeout, pid=None):
+def wait_bitmap(path, nodes, known_file, timeout, pid=None):
+    """Wait until one of nodes (comma-separated) has a bitmap that is not a line
+    "NODE NAME" of known_file; that line."""
     with open(known_file) as f:
         known = set(line.strip() for line in f)
+    nodes = nodes.split(",")
     q = Qmp(path)
     end = time.monotonic() + timeout
     while True:
         running = pid is None or process_running(pid)
-        for b in q.bitmaps().get(node, []):
-            if b.get("name") and b["name"] not in known:
-                return b["name"]
+        bitmaps = q.bitmaps()
+        for node in nodes:
+            for b in bitmaps.get(node, []):
+                if b.get("name") and "%s %s" % (node, b["name"]) not in known:
+                    return "%s %s" % (node, b["name"])
         if not running:
-            raise RuntimeError("process %d ended before a new bitmap appeared on %s" % (pid, node))
+            raise RuntimeError("process %d ended before a new bitmap appeared on %s"
+                               % (pid, ",".join(nodes)))
         if time.monotonic() > end:
-            raise RuntimeError("no new bitmap on node %s within %g s" % (node, timeout))
+            raise RuntimeError("no new bitmap on %s within %g s" % (",".join(nodes), timeout))
         time.sleep(0.002)
 
 
 def cmd_wait_bitmap(args):
-    print(wait_bitmap(args[0], args[1], args[2], float(args[3])))
+    pid = int(args[4]) if len(args) > 4 else None
+    print(wait_bitmap(args[0], args[1], args[2], float(args[3]), pid))
 
 
 def cmd_bgwrite(args):
-    path, node, known_file, pid, seed, ops, maxlen = args[0], args[1], args[2], int(args[3]), \
+    path, nodes, known_file, pid, seed, ops, maxlen = args[0], args[1], args[2], int(args[3]), \
         int(args[4]), args[5], args[6]
-    print(wait_bitmap(path, node, known_file, 30, pid))
+    print(wait_bitmap(path, nodes, known_file, 60, pid))
     disks = args[7:]
     for i in range(0, len(disks), 3):
         cmd_write([disks[i], disks[i + 1], str(seed + i), ops, maxlen, disks[i + 2]])
@@ -156,11 +165,12 @@ def cmd_write(args):
     size = os.fstat(tfd).st_size
     log = []
     for _ in range(ops):
-        # Mostly 4 KiB-aligned, sometimes only sector-aligned; a few large ones.
-        align = ALIGN if rng.random() < 0.8 else SECTOR
+        kind = rng.choices(["data", "zeros", "zero-range", "discard"], [6, 1, 1, 2])[0]
+        # Writes mostly 4 KiB-aligned, sometimes only sector-aligned.  fallocate on a FUSE file
+        # zeroes the cached part of a partial page whatever the disk did: page-aligned only.
+        align = ALIGN if kind in ("zero-range", "discard") or rng.random() < 0.8 else SECTOR
         n = rng.randrange(1, maxlen // align + 1) * align
         off = rng.randrange(0, (size - n) // align + 1) * align
-        kind = rng.choices(["data", "zeros", "zero-range", "discard"], [6, 1, 1, 2])[0]
         if kind == "data":
             buf = rng.randbytes(n)
             pwrite_all(dfd, buf, off)
@@ -173,6 +183,7 @@ def cmd_write(args):
             mode = FALLOC_FL_KEEP_SIZE | (FALLOC_FL_ZERO_RANGE if kind == "zero-range"
                                           else FALLOC_FL_PUNCH_HOLE)
             fallocate(dfd, mode, off, n)
+            os.posix_fadvise(dfd, off, n, os.POSIX_FADV_DONTNEED)
             # A discard leaves what the disk decides (zeros, or the old data where it is not
             # cluster-aligned): the truth is what the guest reads back.
             pwrite_all(tfd, pread_all(dfd, n, off), off)
