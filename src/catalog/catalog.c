@@ -92,6 +92,7 @@ void snapshot_free(struct snapshot *s)
     free(s->parent_id);
     free(s->status);
     free(s->label);
+    free(s->chain);
     free(s);
 }
 
@@ -211,6 +212,10 @@ int catalog_open(struct catalog **out, const char *db_file, char *err, size_t er
         rc = sqlite3_exec(c->db, catalog_schema, NULL, NULL, &msg);
     if (rc == SQLITE_OK)
         rc = column_add(c, "snapshots", "label", "TEXT", &msg);
+    if (rc == SQLITE_OK)
+        rc = column_add(c, "snapshots", "chain", "TEXT", &msg);
+    if (rc == SQLITE_OK)
+        rc = column_add(c, "snapshots", "frozen_us", "INTEGER", &msg); /* NULL: not frozen */
 
     if (rc == SQLITE_OK)
         rc = sqlite3_exec(c->db, catalog_schema_tokens, NULL, NULL, &msg);
@@ -294,7 +299,8 @@ static int load_disks(struct catalog *c, struct snapshot *s)
     return r;
 }
 
-#define SNAPSHOT_COLUMNS "seq, id, vm_id, provider, created_at, parent_id, status, label"
+#define SNAPSHOT_COLUMNS                                                                        \
+    "seq, id, vm_id, provider, created_at, parent_id, status, label, chain, frozen_us"
 
 static struct snapshot *row_to_snapshot(sqlite3_stmt *st)
 {
@@ -309,6 +315,9 @@ static struct snapshot *row_to_snapshot(sqlite3_stmt *st)
     s->parent_id = col_strdup(st, 5);
     s->status = col_strdup(st, 6);
     s->label = col_strdup(st, 7);
+    s->chain = col_strdup(st, 8);
+    s->frozen = sqlite3_column_type(st, 9) != SQLITE_NULL;
+    s->frozen_us = (uint64_t)sqlite3_column_int64(st, 9);
     if (!s->id || !s->vm_id || !s->provider || !s->created_at || !s->status) {
         snapshot_free(s);
         return NULL;
@@ -401,17 +410,21 @@ int catalog_snapshot_by_change_id(struct catalog *c, const char *change_id, stru
     return -ENOENT;
 }
 
+/* status ?2 matches itself; SNAPSHOT_STATUS_LISTED matches the snapshots that clients see. */
+#define STATUS_MATCH                                                                            \
+    "(status = ?2 OR (?2 = '" SNAPSHOT_STATUS_LISTED "' AND status IN ('ready', 'checkpoint')))"
+
 int catalog_snapshot_list(struct catalog *c, const char *vm_id, const char *status,
                           snapshot_list *out)
 {
     const char *sql;
     if (vm_id && status)
-        sql = "SELECT " SNAPSHOT_COLUMNS " FROM snapshots WHERE vm_id = ?1 AND status = ?2 "
-              "ORDER BY seq";
+        sql = "SELECT " SNAPSHOT_COLUMNS " FROM snapshots WHERE vm_id = ?1 AND " STATUS_MATCH
+              " ORDER BY seq";
     else if (vm_id)
         sql = "SELECT " SNAPSHOT_COLUMNS " FROM snapshots WHERE vm_id = ?1 ORDER BY seq";
     else if (status)
-        sql = "SELECT " SNAPSHOT_COLUMNS " FROM snapshots WHERE status = ?2 ORDER BY seq";
+        sql = "SELECT " SNAPSHOT_COLUMNS " FROM snapshots WHERE " STATUS_MATCH " ORDER BY seq";
     else
         sql = "SELECT " SNAPSHOT_COLUMNS " FROM snapshots ORDER BY seq";
     /* Numbered parameters: ?1 is always vm_id, ?2 always status. */
@@ -456,7 +469,7 @@ int catalog_snapshot_add(struct catalog *c, struct snapshot *s)
 
     rc = sqlite3_prepare_v2(c->db,
                             "INSERT INTO snapshots (id, vm_id, provider, created_at, parent_id, "
-                            "status, label) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                            "status, label, chain) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                             -1, &st, NULL);
     if (rc != SQLITE_OK)
         goto fail_rc;
@@ -473,6 +486,10 @@ int catalog_snapshot_add(struct catalog *c, struct snapshot *s)
         sqlite3_bind_text(st, 7, s->label, -1, SQLITE_STATIC);
     else
         sqlite3_bind_null(st, 7);
+    if (s->chain)
+        sqlite3_bind_text(st, 8, s->chain, -1, SQLITE_STATIC);
+    else
+        sqlite3_bind_null(st, 8);
     if ((rc = sqlite3_step(st)) != SQLITE_DONE)
         goto fail_rc;
     s->seq = sqlite3_last_insert_rowid(c->db);
@@ -536,10 +553,14 @@ int catalog_snapshot_finish(struct catalog *c, const struct snapshot *s)
     sqlite3_finalize(st);
     st = NULL;
     if (rc == SQLITE_OK &&
-        (rc = sqlite3_prepare_v2(c->db, "UPDATE snapshots SET status = ? WHERE id = ?", -1, &st,
-                                 NULL)) == SQLITE_OK) {
+        (rc = sqlite3_prepare_v2(c->db, "UPDATE snapshots SET status = ?, frozen_us = ? WHERE id = ?",
+                                 -1, &st, NULL)) == SQLITE_OK) {
         sqlite3_bind_text(st, 1, s->status, -1, SQLITE_STATIC);
-        sqlite3_bind_text(st, 2, s->id, -1, SQLITE_STATIC);
+        if (s->frozen)
+            sqlite3_bind_int64(st, 2, (sqlite3_int64)s->frozen_us);
+        else
+            sqlite3_bind_null(st, 2);
+        sqlite3_bind_text(st, 3, s->id, -1, SQLITE_STATIC);
         rc = sqlite3_step(st) == SQLITE_DONE ? SQLITE_OK : sqlite3_errcode(c->db);
         sqlite3_finalize(st);
     }

@@ -11,6 +11,7 @@
 #ifndef VMEXPORT_CATALOG_CATALOG_H
 #define VMEXPORT_CATALOG_CATALOG_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "core/vector.h"
@@ -35,8 +36,13 @@ struct snapshot {
     char *provider;
     char *created_at; /* RFC 3339, UTC */
     char *parent_id;  /* previous snapshot of the VM, or NULL */
-    char *status;     /* "creating", "ready", "deleting" */
+    char *status;     /* "creating", "ready", "checkpoint" (data released, changes since it
+                       * still known), "deleting" */
     char *label;      /* the client's label given at creation, or NULL */
+    char *chain;      /* the changed-block-tracking chain it belongs to (NULL: older catalogs,
+                       * meaning the default chain) */
+    bool frozen;      /* the guest's filesystems were frozen while it was taken */
+    uint64_t frozen_us;
     int64_t seq;      /* creation order across the catalog */
     snapshot_disk_list disks;
 };
@@ -44,6 +50,9 @@ DEFINE_VECTOR_TYPE(snapshot_list, struct snapshot *);
 
 void snapshot_free(struct snapshot *s);
 void snapshot_list_free(snapshot_list *l);
+
+/* catalog_snapshot_list status that matches "ready" and "checkpoint" snapshots. */
+#define SNAPSHOT_STATUS_LISTED "listed"
 
 struct catalog;
 

@@ -647,10 +647,11 @@ static bool ovm_uuid_is_valid(const char *s)
     return true;
 }
 
-/* Reads and parses VirtualMachines/<dir>/vm.cfg.  0; -ENOENT when dir is no VM (quietly);
- * -EINVAL when it was skipped with a message at level; -ENOMEM. */
+/* Reads and parses VirtualMachines/<dir>/vm.cfg, its text into *text when text is not NULL.
+ * 0; -ENOENT when dir is no VM (quietly); -EINVAL when it was skipped with a message at level;
+ * -ENOMEM. */
 static int ovm_cfg_load(int vmsfd, const char *dir, const char *cfg_path, enum log_level level,
-                        struct ovm_cfg *cfg)
+                        struct ovm_cfg *cfg, char **text)
 {
     struct stat st;
     if (fstatat(vmsfd, dir, &st, AT_SYMLINK_NOFOLLOW) < 0 || !S_ISDIR(st.st_mode))
@@ -703,9 +704,15 @@ static int ovm_cfg_load(int vmsfd, const char *dir, const char *cfg_path, enum l
     int r = cfg_parse(&lx, buf, len, cfg);
     if (r == -EINVAL)
         log_msg(level, "%s:%u: %s; VM skipped", cfg_path, lx.err_line, lx.err);
-    if (r < 0)
+    if (r < 0) {
         ovm_cfg_clear(cfg);
-    return r;
+        return r;
+    }
+    if (text) {
+        buf[len] = '\0'; /* len < cap */
+        *text = TAKE_PTR(buf);
+    }
+    return 0;
 }
 
 /* The VM of a parsed vm.cfg: 0, -EINVAL when skipped with a warning, -ENOMEM. */
@@ -749,8 +756,9 @@ static int ovm_vm_build(struct provider *p, const struct ovm_cfg *cfg, const cha
 
 /* Visits every VM in repository order, then directory name order: list() keeps the first VM of
  * each ID in that order, and get() stops at it, so both always agree.  With want_id, only that
- * VM is built (the others are only parsed); without, all are appended to out. */
-static int ovm_scan(struct provider *p, const char *want_id, vm_list *out)
+ * VM is built (the others are only parsed), and its vm.cfg text goes into *text when text is
+ * not NULL; without, all are appended to out. */
+static int ovm_scan(struct provider *p, const char *want_id, vm_list *out, char **text)
 {
     const struct ovm_priv *op = p->priv;
     /* Files that are not the wanted VM are list()'s to report; get() would repeat it on every
@@ -792,7 +800,9 @@ static int ovm_scan(struct provider *p, const char *want_id, vm_list *out)
                 cfg_path = NULL;
                 return -ENOMEM;
             }
-            r = ovm_cfg_load(vmsfd, names.ptr[i], cfg_path, level, &cfg);
+            CLEANUP_FREE char *cfg_text = NULL;
+            r = ovm_cfg_load(vmsfd, names.ptr[i], cfg_path, level, &cfg,
+                             want_id && text ? &cfg_text : NULL);
             if (r == -ENOMEM)
                 return r;
             if (r < 0)
@@ -819,8 +829,11 @@ static int ovm_scan(struct provider *p, const char *want_id, vm_list *out)
                 vm_free(vm);
                 return r;
             }
-            if (want_id)
+            if (want_id) {
+                if (text)
+                    *text = TAKE_PTR(cfg_text);
                 return 0;
+            }
         }
     }
     return 0;
@@ -842,7 +855,7 @@ static int ovm_ranked_cmp(const void *a, const void *b)
 static int ovm_list(struct provider *p, vm_list *out)
 {
     vm_list vms = VECTOR_INIT;
-    int r = ovm_scan(p, NULL, &vms);
+    int r = ovm_scan(p, NULL, &vms, NULL);
     if (r < 0)
         goto out;
 
@@ -878,7 +891,7 @@ static int ovm_get(struct provider *p, const char *vm_id, struct vm **out)
 
     if (!provider_id_is_safe(vm_id) || vm_id[0] == '.')
         return -ENOENT;
-    int r = ovm_scan(p, vm_id, &found);
+    int r = ovm_scan(p, vm_id, &found, NULL);
     if (r == 0 && found.len == 0)
         r = -ENOENT;
     if (r == 0)
@@ -983,6 +996,25 @@ fail:
     return r;
 }
 
+/* The VM's vm.cfg as it is now. */
+static int ovm_vm_definition(struct provider *p, const struct vm *vm, char **text,
+                             const char **format)
+{
+    vm_list found = VECTOR_INIT;
+    char *t = NULL;
+    int r = ovm_scan(p, vm->id, &found, &t);
+    vm_list_free(&found);
+    if (r == 0 && !t)
+        r = -ENOENT;
+    if (r < 0) {
+        free(t);
+        return r;
+    }
+    *text = t;
+    *format = "ovm-vm.cfg";
+    return 0;
+}
+
 static void ovm_close(struct provider *p)
 {
     ovm_priv_free(p->priv);
@@ -1001,4 +1033,5 @@ const struct provider_ops provider_ovm_ops = {
     .snapshot_delete = filedisk_snapshot_delete,
     .disk_open = filedisk_disk_open,
     .disk_changes = filedisk_disk_changes,
+    .vm_definition = ovm_vm_definition,
 };

@@ -117,6 +117,7 @@ static const struct route routes[] = {
     {"POST", "auth/logout", route_logout, 0, "logout", READER},
     {"GET", "vms", route_vms_list, 0, "vms", READER},
     {"GET", "vms/*", route_vm_get, 0, "vm", READER},
+    {"GET", "vms/*/definition", route_vm_definition, 0, "vm_definition", READER},
     {"GET", "vms/*/snapshots", route_snapshots_list, 0, "snapshots", READER},
     {"POST", "vms/*/snapshots", route_snapshot_create, ROUTE_LONG, "snapshot_create", OPERATOR},
     {"DELETE", "vms/*/snapshots", route_snapshots_purge, ROUTE_LONG, "snapshots_purge", OPERATOR},

@@ -39,6 +39,15 @@ static int lookup_disk(struct request *rq, struct snapshot **snap,
                        const struct snapshot_disk **disk, int *ret)
 {
     int r = catalog_snapshot_get(rq->srv->catalog, rq->segs[1], rq->segs[3], snap);
+    if (r == 0 && !strcmp((*snap)->status, "checkpoint")) {
+        *ret = reply_error(rq, 409, "conflict",
+                           "snapshot '%s' of VM '%s' keeps only its checkpoint: its data was "
+                           "released (it can still be the base of changes)",
+                           rq->segs[3], rq->segs[1]);
+        snapshot_free(*snap);
+        *snap = NULL;
+        return -1;
+    }
     if (r == -ENOENT || (r == 0 && strcmp((*snap)->status, "ready"))) {
         snapshot_free(*snap);
         *snap = NULL;
@@ -612,7 +621,8 @@ int route_disk_changes(struct request *rq)
     if (strcmp(change_id, "*")) {
         int r = catalog_snapshot_by_change_id(rq->srv->catalog, change_id, &base, &base_disk);
         if (r < 0 || strcmp(base->vm_id, snap->vm_id) || strcmp(base_disk, disk->name) ||
-            base->seq > snap->seq || strcmp(base->status, "ready")) {
+            base->seq > snap->seq ||
+            (strcmp(base->status, "ready") && strcmp(base->status, "checkpoint"))) {
             ret = reply_error(rq, 400, "bad request",
                               "changeId '%s' is not the change ID of this disk in an older "
                               "snapshot of this VM",
@@ -634,6 +644,7 @@ int route_disk_changes(struct request *rq)
     struct area_page changed = {.l = VECTOR_INIT, .from = start, .dropped = UINT64_MAX};
     struct area_page zeroed = {.l = VECTOR_INIT, .from = start, .dropped = UINT64_MAX};
     uint64_t complete_below = UINT64_MAX; /* every area below this offset is in the lists */
+    char cerr[256] = ""; /* why the provider cannot tell the changes */
     int r = 0;
     struct provider *p = server_provider(rq->srv, snap->provider);
     if (!p) {
@@ -642,7 +653,6 @@ int route_disk_changes(struct request *rq)
         struct area_page chp = {.l = VECTOR_INIT, .from = start, .dropped = UINT64_MAX};
         struct extent_sink cs = {.emit = area_emit, .opaque = &chp};
         struct extent_sink zs = {.emit = area_emit, .opaque = &zeroed};
-        char cerr[256] = "";
         r = p->ops->disk_changes(p, bd->locator, disk->locator, &cs, &zs, NULL, cerr,
                                  sizeof(cerr));
         if (zeroed_in_changed) {
@@ -673,6 +683,13 @@ int route_disk_changes(struct request *rq)
             disk_reader_close(rd);
         }
         complete_below = changed.dropped;
+    }
+    if (r == -ESTALE || r == -EXDEV) {
+        ret = reply_error(rq, 409, "checkpoint",
+                          "no changes of disk '%s' since changeId '%s': %s; read the disk in full "
+                          "(changeId=*)",
+                          disk->name, change_id, cerr[0] ? cerr : strerror(-r));
+        goto out;
     }
     if (r < 0) {
         ret = reply_errno(rq, r, "changed areas");

@@ -344,7 +344,8 @@ static bool spool_next(FILE *f, uint64_t range[2])
  * "zeroed" ranges (a GET of them returns zeros), merged in order; a client that writes zeros
  * over "zeroed" itself asks zeroedInChunks=false and gets the changed ranges only. */
 static int write_chunks_diff(FILE *f, struct provider *p, const struct snapshot_disk *d,
-                             struct disk_reader *rd, const char *base, const struct chunk_opts *o)
+                             struct disk_reader *rd, const char *base, const struct chunk_opts *o,
+                             char *cerr, size_t cerrlen)
 {
     const char *method = NULL;
     int r = 0;
@@ -355,8 +356,7 @@ static int write_chunks_diff(FILE *f, struct provider *p, const struct snapshot_
     }
     struct extent_sink cs = {.emit = spool_emit, .opaque = cf};
     struct extent_sink zs = {.emit = spool_emit, .opaque = zf};
-    char cerr[256] = "";
-    r = p->ops->disk_changes(p, base, d->locator, &cs, &zs, &method, cerr, sizeof(cerr));
+    r = p->ops->disk_changes(p, base, d->locator, &cs, &zs, &method, cerr, cerrlen);
     if (r == 0 && (fflush(cf) != 0 || fflush(zf) != 0))
         r = -EIO;
     if (r < 0)
@@ -435,6 +435,15 @@ static int write_snapshot(struct server *srv, FILE *f, const struct snapshot *s,
     jw_kv_str(f, &first, "parent_id", s->parent_id);
     jw_kv_str(f, &first, "status", s->status);
     jw_kv_str(f, &first, "label", s->label);
+    jw_kv_str(f, &first, "chain", s->chain ? s->chain : PROVIDER_CHAIN_DEFAULT);
+    jw_kv_bool(f, &first, "frozen", s->frozen);
+    if (s->frozen) {
+        jw_key(f, &first, "frozenMs");
+        fprintf(f, "%.3f", (double)s->frozen_us / 1000.0);
+    }
+    /* a "checkpoint" snapshot has released its data: only changes since it remain */
+    bool has_data = strcmp(s->status, "checkpoint") != 0;
+    jw_kv_bool(f, &first, "hasData", has_data);
     if (base)
         jw_kv_str(f, &first, "compared_to", base->id);
     jw_key(f, &first, "disks");
@@ -452,7 +461,12 @@ static int write_snapshot(struct server *srv, FILE *f, const struct snapshot *s,
         jw_kv_u64(f, &df, "size", d->size);
         jw_kv_str(f, &df, "change_id", d->change_id);
         jw_kv_str(f, &df, "snapshot_mode", d->mode);
+        if (!has_data) {
+            fputc('}', f);
+            continue;
+        }
         struct disk_reader *rd = NULL;
+        char cerr[256] = "";
         int r = p ? p->ops->disk_open(p, d->locator, 0, &rd) : -ENOENT;
         if (r == 0 && rd->identity[0])
             jw_kv_str(f, &df, "file_id", rd->identity);
@@ -461,12 +475,24 @@ static int write_snapshot(struct server *srv, FILE *f, const struct snapshot *s,
             const struct snapshot_disk *bd = base ? snapshot_disk_find(base, d->name) : NULL;
             if (r < 0) {
                 /* reported below */
-            } else if (base && bd) {
-                r = write_chunks_diff(f, p, d, rd, bd->locator, o);
+            } else if (base && bd &&
+                       (r = write_chunks_diff(f, p, d, rd, bd->locator, o, cerr,
+                                              sizeof(cerr))) != -ESTALE &&
+                       r != -EXDEV) {
+                /* written, or failed */
             } else {
+                /* No base, or the provider cannot tell the changes since it (nothing written
+                 * yet then): every data area, which over-reports the changes but never misses
+                 * one. */
+                bool no_changes = r == -ESTALE || r == -EXDEV;
                 fputs("\"chunks\":[", f);
                 r = write_chunks_full(f, rd, o->squash);
                 fputs(base ? "],\"zeroed\":[]" : "]", f);
+                if (no_changes) {
+                    bool nf = false;
+                    jw_kv_str(f, &nf, "diff_mode", "full");
+                    jw_kv_str(f, &nf, "diff_reason", cerr);
+                }
             }
             if (r < 0) {
                 log_error("snapshot %s: disk %s: extent map of %s: %s", s->id, d->name, d->locator,
@@ -542,7 +568,7 @@ int route_snapshots_list(struct request *rq)
     if (r < 0)
         return reply_vm_error(rq, r);
     snapshot_list l = VECTOR_INIT;
-    r = catalog_snapshot_list(rq->srv->catalog, rq->segs[1], "ready", &l);
+    r = catalog_snapshot_list(rq->srv->catalog, rq->segs[1], SNAPSHOT_STATUS_LISTED, &l);
     int ret = r < 0 ? reply_errno(rq, r, "catalog") : reply_snapshot_list(rq, &l);
     snapshot_list_free(&l);
     return ret;
@@ -555,7 +581,7 @@ int route_orphans_list(struct request *rq)
     if (bad)
         return reply_bad_bool(rq, bad);
     snapshot_list all = VECTOR_INIT, out = VECTOR_INIT;
-    int r = catalog_snapshot_list(rq->srv->catalog, NULL, "ready", &all);
+    int r = catalog_snapshot_list(rq->srv->catalog, NULL, SNAPSHOT_STATUS_LISTED, &all);
     for (size_t i = 0; r == 0 && i < all.len; i++) {
         struct vm *vm = NULL;
         int g = server_vm_get(rq->srv, all.ptr[i]->vm_id, &vm, NULL);
@@ -598,17 +624,60 @@ int route_snapshot_create(struct request *rq)
         vm_free(vm);
         return ret;
     }
-    const char *label = request_arg(rq, "label");
-    if (label && !snapshot_label_valid(label)) {
+    /* label in the query (004) or the optional JSON body, which may also say chain and disks */
+    json_t *body = NULL;
+    struct snapshot_request sr = {.label = request_arg(rq, "label")};
+    CLEANUP_FREE const char **disks = NULL;
+    char err[512] = "";
+    if (rq->body_len > 0) {
+        json_error_t jerr;
+        json_t *jd = NULL;
+        const char *jlabel = NULL;
+        body = json_loadb(rq->body, rq->body_len, JSON_REJECT_DUPLICATES, &jerr);
+        if (!body || json_unpack_ex(body, &jerr, JSON_STRICT, "{s?s, s?s, s?o}", "label", &jlabel,
+                                    "chain", &sr.chain, "disks", &jd) < 0) {
+            snprintf(err, sizeof(err), "%s", jerr.text);
+        } else if (jd && (!json_is_array(jd) || json_array_size(jd) == 0 ||
+                          json_array_size(jd) > PROVIDER_MAX_DISKS)) {
+            snprintf(err, sizeof(err), "disks: a non-empty array of disk names");
+        } else if (jd && !(disks = calloc(json_array_size(jd) + 1, sizeof(*disks)))) {
+            snprintf(err, sizeof(err), "out of memory");
+        } else {
+            for (size_t i = 0; jd && i < json_array_size(jd); i++)
+                if (!(disks[i] = json_string_value(json_array_get(jd, i))))
+                    snprintf(err, sizeof(err), "disks: a non-empty array of disk names");
+            sr.disks = disks;
+            if (jlabel)
+                sr.label = jlabel;
+        }
+        if (err[0]) {
+            json_decref(body);
+            vm_free(vm);
+            return reply_error(rq, 400, "bad request",
+                               "expected an empty body or a JSON object {\"label\": ..., "
+                               "\"chain\": ..., \"disks\": [...]}: %s",
+                               err);
+        }
+    }
+    if (sr.label && !snapshot_label_valid(sr.label)) {
+        json_decref(body);
         vm_free(vm);
         return reply_error(rq, 400, "bad request",
                            "label: 1 to %d characters of A-Z a-z 0-9 . _ : @ + = / -",
                            SNAPSHOT_LABEL_MAX);
     }
-    char err[512] = "";
+    if (sr.chain && !provider_chain_valid(sr.chain)) {
+        json_decref(body);
+        vm_free(vm);
+        return reply_error(rq, 400, "bad request", "chain: 1 to %d characters of A-Z a-z 0-9 _ -",
+                           PROVIDER_CHAIN_MAX);
+    }
     struct snapshot *snap = NULL;
-    r = snapshot_create(rq->srv, p, vm, label, &snap, err, sizeof(err));
+    r = snapshot_create(rq->srv, p, vm, &sr, &snap, err, sizeof(err));
+    json_decref(body);
     vm_free(vm);
+    if (r == -ENOENT)
+        return reply_error(rq, 400, "bad request", "%s", err);
     if (r < 0)
         return reply_error(rq, r == -ENOSPC ? 507 : 500, "snapshot failed", "%s", err);
     FILE *f = server_tmpfile();
@@ -630,7 +699,8 @@ int route_snapshot_get(struct request *rq)
 {
     struct snapshot *snap = NULL, *base = NULL;
     int r = catalog_snapshot_get(rq->srv->catalog, rq->segs[1], rq->segs[3], &snap);
-    if (r == -ENOENT || (r == 0 && strcmp(snap->status, "ready"))) {
+    if (r == -ENOENT ||
+        (r == 0 && strcmp(snap->status, "ready") && strcmp(snap->status, "checkpoint"))) {
         snapshot_free(snap);
         return reply_error(rq, 404, "not found", "snapshot '%s' of VM '%s' not found",
                            rq->segs[3], rq->segs[1]);
@@ -649,7 +719,8 @@ int route_snapshot_get(struct request *rq)
     if (cmp && *cmp) {
         r = catalog_snapshot_find(rq->srv->catalog, cmp, &base);
         int ret = -1;
-        if (r == -ENOENT || (r == 0 && strcmp(base->status, "ready")))
+        if (r == -ENOENT ||
+            (r == 0 && strcmp(base->status, "ready") && strcmp(base->status, "checkpoint")))
             ret = reply_error(rq, 404, "not found", "compareTo snapshot '%s' not found", cmp);
         else if (r < 0)
             ret = reply_errno(rq, r, "catalog");
@@ -697,12 +768,57 @@ int route_snapshot_delete(struct request *rq)
         return reply_error(rq, 409, "conflict", "snapshot '%s' is still being created",
                            rq->segs[3]);
     }
+    bool keep_checkpoint;
+    if (request_arg_bool(rq, "keepCheckpoint", false, &keep_checkpoint) < 0) {
+        snapshot_free(snap);
+        return reply_bad_bool(rq, "keepCheckpoint");
+    }
+    if (keep_checkpoint) {
+        r = snapshot_release(rq->srv, snap);
+        snapshot_free(snap);
+        if (r < 0)
+            return reply_errno(rq, r, "snapshot release");
+        struct MHD_Response *resp =
+            MHD_create_response_from_buffer(0, NULL, MHD_RESPMEM_PERSISTENT);
+        return reply(rq, 204, resp);
+    }
     r = snapshot_delete(rq->srv, snap);
     snapshot_free(snap);
     if (r < 0)
         return reply_errno(rq, r, "snapshot delete");
     struct MHD_Response *resp = MHD_create_response_from_buffer(0, NULL, MHD_RESPMEM_PERSISTENT);
     return reply(rq, 204, resp);
+}
+
+int route_vm_definition(struct request *rq)
+{
+    struct vm *vm = NULL;
+    struct provider *p = NULL;
+    int r = server_vm_get(rq->srv, rq->segs[1], &vm, &p);
+    if (r < 0)
+        return reply_vm_error(rq, r);
+    if (!p->ops->vm_definition) {
+        vm_free(vm);
+        return reply_error(rq, 404, "not found",
+                           "provider %s (type %s) keeps no definition of its VMs", p->name,
+                           p->ops->type);
+    }
+    CLEANUP_FREE char *text = NULL;
+    const char *format = NULL;
+    r = p->ops->vm_definition(p, vm, &text, &format);
+    vm_free(vm);
+    if (r < 0)
+        return reply_errno(rq, r, "VM definition");
+    FILE *f = server_tmpfile();
+    if (!f)
+        return reply_errno(rq, -errno, "temporary file");
+    bool first = true;
+    fputc('{', f);
+    jw_kv_str(f, &first, "vm_id", rq->segs[1]);
+    jw_kv_str(f, &first, "format", format);
+    jw_kv_str(f, &first, "definition", text);
+    fputc('}', f);
+    return reply_json_file(rq, 200, f);
 }
 
 int route_snapshots_purge(struct request *rq)

@@ -139,6 +139,7 @@ int route_snapshot_create(struct request *rq);
 int route_snapshots_purge(struct request *rq);
 int route_snapshot_get(struct request *rq);
 int route_snapshot_delete(struct request *rq);
+int route_vm_definition(struct request *rq);
 int route_orphans_list(struct request *rq);
 int route_disk_data(struct request *rq);
 int route_disk_changes(struct request *rq);
@@ -169,13 +170,25 @@ struct provider *server_provider(struct server *s, const char *name);
 int hook_run(char *const *cmd, const char *vm_id, const char *what, unsigned timeout_s);
 
 /* snapshot.c */
-/* Snapshot every compatible disk of vm; label (NULL: none) is the client's, kept with it. */
-int snapshot_create(struct server *s, struct provider *p, const struct vm *vm, const char *label,
-                    struct snapshot **out, char *err, size_t errlen);
+/* What a client asks of a new snapshot. */
+struct snapshot_request {
+    const char *label;        /* the client's, kept with it (NULL: none) */
+    const char *chain;        /* changed-block-tracking chain (NULL: PROVIDER_CHAIN_DEFAULT) */
+    const char *const *disks; /* only these disks, by name (NULL-terminated; NULL: every
+                               * compatible disk) */
+};
+/* Snapshot the compatible disks of vm that rq asks for.  -ENOENT (err says which) when rq
+ * names a disk the VM does not have or cannot snapshot. */
+int snapshot_create(struct server *s, struct provider *p, const struct vm *vm,
+                    const struct snapshot_request *rq, struct snapshot **out, char *err,
+                    size_t errlen);
 /* A snapshot label: 1 to SNAPSHOT_LABEL_MAX bytes of [A-Za-z0-9._:@+=/-]. */
 #define SNAPSHOT_LABEL_MAX 128
 bool snapshot_label_valid(const char *label);
 int snapshot_delete(struct server *s, struct snapshot *snap);
+/* End the data of snap but keep its checkpoint (provider snapshot_release): status
+ * "checkpoint".  Providers without checkpoints keep the snapshot whole ("ready"). */
+int snapshot_release(struct server *s, struct snapshot *snap);
 int snapshot_recover(struct server *s);
 
 #endif

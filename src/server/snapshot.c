@@ -111,12 +111,48 @@ bool snapshot_label_valid(const char *label)
     return true;
 }
 
-int snapshot_create(struct server *s, struct provider *p, const struct vm *vm, const char *label,
-                    struct snapshot **out, char *err, size_t errlen)
+/* Whether the client asked for disk name (rq->disks NULL: for every disk). */
+static bool disk_wanted(const struct snapshot_request *rq, const char *name)
+{
+    if (!rq->disks)
+        return true;
+    for (const char *const *d = rq->disks; *d; d++)
+        if (!strcmp(*d, name))
+            return true;
+    return false;
+}
+
+/* Every disk rq names is a compatible disk of vm: 0, or -ENOENT and err. */
+static int disks_check(const struct vm *vm, const struct snapshot_request *rq, char *err,
+                       size_t errlen)
+{
+    for (const char *const *d = rq->disks; d && *d; d++) {
+        const struct vm_disk *vd = vm_disk_of(vm, *d);
+        if (!vd) {
+            snprintf(err, errlen, "VM %s has no disk '%s'", vm->id, *d);
+            return -ENOENT;
+        }
+        if (!vd->snapshot_compatible) {
+            snprintf(err, errlen, "VM %s: disk '%s' cannot be snapshotted (read-only, removable "
+                     "or not in a known repository)", vm->id, *d);
+            return -ENOENT;
+        }
+    }
+    return 0;
+}
+
+int snapshot_create(struct server *s, struct provider *p, const struct vm *vm,
+                    const struct snapshot_request *rq, struct snapshot **out, char *err,
+                    size_t errlen)
 {
     uint64_t t0 = now_us();
+    const char *label = rq->label;
+    const char *chain = rq->chain ? rq->chain : PROVIDER_CHAIN_DEFAULT;
+    int r = disks_check(vm, rq, err, errlen);
+    if (r < 0)
+        return r;
     char id[37];
-    int r = uuid4(id);
+    r = uuid4(id);
     if (r < 0) {
         snprintf(err, errlen, "no random numbers for a snapshot ID");
         return r;
@@ -130,14 +166,15 @@ int snapshot_create(struct server *s, struct provider *p, const struct vm *vm, c
     snap->created_at = clock_rfc3339_now();
     snap->status = strdup("creating");
     snap->label = label ? strdup(label) : NULL;
+    snap->chain = strdup(chain);
     if (!snap->id || !snap->vm_id || !snap->provider || !snap->created_at || !snap->status ||
-        (label && !snap->label)) {
+        (label && !snap->label) || !snap->chain) {
         snapshot_free(snap);
         return -ENOMEM;
     }
     for (size_t i = 0; i < vm->disks.len; i++) {
         const struct vm_disk *vd = &vm->disks.ptr[i];
-        if (!vd->snapshot_compatible)
+        if (!vd->snapshot_compatible || !disk_wanted(rq, vd->name))
             continue;
         struct snapshot_disk d = {0};
         d.name = strdup(vd->name);
@@ -185,8 +222,10 @@ int snapshot_create(struct server *s, struct provider *p, const struct vm *vm, c
     }
     struct quiesce qs = {.s = s, .vm_id = vm->id, .snap_id = id};
     struct provider_quiesce q = {.freeze = quiesce_freeze, .thaw = quiesce_thaw, .opaque = &qs};
-    struct provider_snapshot_request req = {.chain = PROVIDER_CHAIN_DEFAULT};
+    struct provider_snapshot_request req = {.chain = chain};
     r = p->ops->snapshot_create(p, vm, id, &req, pd, snap->disks.len, &q, err, errlen);
+    snap->frozen = req.frozen;
+    snap->frozen_us = req.frozen_us;
     for (size_t i = 0; r == 0 && i < snap->disks.len; i++) {
         /* Sizes and modes became known while snapshotting. */
         snap->disks.ptr[i].size = pd[i].size;
@@ -210,8 +249,13 @@ int snapshot_create(struct server *s, struct provider *p, const struct vm *vm, c
         goto rollback;
     }
     metrics_snapshot_created(&s->metrics, now_us() - t0);
-    log_info("snapshot %s of VM %s: %zu disks in %.3f s", id, vm->id, snap->disks.len,
-             (double)(now_us() - t0) / 1e6);
+    if (snap->frozen)
+        log_info("snapshot %s of VM %s: %zu disks in %.3f s, guest frozen for %.1f ms", id,
+                 vm->id, snap->disks.len, (double)(now_us() - t0) / 1e6,
+                 (double)snap->frozen_us / 1000.0);
+    else
+        log_info("snapshot %s of VM %s: %zu disks in %.3f s", id, vm->id, snap->disks.len,
+                 (double)(now_us() - t0) / 1e6);
     *out = snap;
     return 0;
 
@@ -238,6 +282,34 @@ int snapshot_delete(struct server *s, struct snapshot *snap)
         return r;
     atomic_fetch_add(&s->metrics.snapshots_deleted, 1);
     return 0;
+}
+
+int snapshot_release(struct server *s, struct snapshot *snap)
+{
+    struct provider *p = server_provider(s, snap->provider);
+    if (!p)
+        return -ENOENT;
+    if (!p->ops->snapshot_release)
+        return 0; /* nothing to release: the snapshot stays whole */
+    /* Before the data goes, so that no lookup from now on can cache it as ready.  Released
+     * again when asked again (after a failure: the provider's release is idempotent). */
+    int r = catalog_snapshot_set_status(s->catalog, snap->id, "checkpoint");
+    if (r < 0)
+        return r;
+    disk_cache_invalidate(s->disk_cache);
+    for (size_t i = 0; i < snap->disks.len; i++) {
+        int e = p->ops->snapshot_release(p, snap->disks.ptr[i].locator);
+        if (e < 0 && r == 0) {
+            r = e;
+            log_error("snapshot %s: releasing %s: %s", snap->id, snap->disks.ptr[i].locator,
+                      strerror(-e));
+        }
+    }
+    if (r == 0) {
+        free(snap->status);
+        snap->status = strdup("checkpoint");
+    }
+    return r;
 }
 
 int snapshot_recover(struct server *s)

@@ -361,6 +361,12 @@ check "OVM VM: cdrom is xvdb:cdrom, r, not snapshot compatible" \
 check "OVM VM with a cdrom is snapshot compatible" jq -e '.snapshot_compatible == true and (.disks | length == 2)' "$WORK/ovm1.json"
 check "OVM VM with a phy: disk: disk and VM not snapshot compatible" \
     jq -e --arg u "$OVM2_UUID" '.friendly_name == "db server" and .uuid == $u and .snapshot_compatible == false and (.disks | length == 1) and .disks[0].device_name == "xvda" and .disks[0].mode == "w" and .disks[0].snapshot_compatible == false and .disks[0].path == "/dev/mapper/x"' "$WORK/ovm2.json"
+expect_status 200 "the OVM VM's definition" GET "/api/v1/vms/$OVM1/definition"
+check "  is its vm.cfg, byte for byte" cmp <(jq -j .definition "$WORK/body") "$REPO/VirtualMachines/$OVM1/vm.cfg"
+check "  in the ovm-vm.cfg format" jq -e '.format == "ovm-vm.cfg" and .vm_id == "'"$OVM1"'"' "$WORK/body"
+expect_status 404 "a dir provider keeps no VM definition" GET "/api/v1/vms/churn/definition"
+check "  and says so" jq -e '.details | test("keeps no definition")' "$WORK/body"
+expect_status 404 "no definition of an unknown VM" GET "/api/v1/vms/nosuchvm/definition"
 expect_status 201 "POST snapshot of the compatible OVM VM" POST "/api/v1/vms/$OVM1/snapshots"
 SO=$(jq -r .id "$WORK/body")
 check "OVM snapshot has only the file disk, in CoriolisSnapshots/<id>/" \
