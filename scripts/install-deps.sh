@@ -9,7 +9,7 @@ set -eu
 
 STAMP="$(cd "$(dirname "$0")/.." && pwd)/build/.install-deps.stamp"
 QUICK_TOOLS="cc clang meson ninja pkg-config openssl curl jq python3 sqlite3 mkfs.xfs losetup qemu-img"
-QUICK_LIBS="cmocka jansson libmicrohttpd libcurl libjwt sqlite3 inih gnutls libarchive libzstd"
+QUICK_LIBS="cmocka jansson libmicrohttpd libcurl libjwt sqlite3 inih gnutls libarchive libzstd libnbd"
 quick_check() {
     [ -f "$STAMP" ] && [ "$STAMP" -nt "$0" ] || return 1
     for t in $QUICK_TOOLS; do
@@ -26,7 +26,7 @@ PACKAGES="
   build-essential clang meson ninja-build pkg-config
   libcmocka-dev libjansson-dev libssl-dev libzstd-dev libxxhash-dev
   libmicrohttpd-dev libcurl4-openssl-dev libjwt-dev libsqlite3-dev libinih-dev
-  libcrypt-dev libpam0g-dev libgnutls28-dev libarchive-dev
+  libcrypt-dev libpam0g-dev libgnutls28-dev libarchive-dev libnbd-dev
   xfsprogs btrfs-progs e2fsprogs util-linux
   qemu-utils qemu-block-extra libnbd-bin curl openssl sqlite3 jq python3 python3-xxhash iproute2 libxml2-utils
   nginx-light wrk time zstd systemd
