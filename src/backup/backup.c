@@ -583,10 +583,11 @@ static int plan_disk(struct client *cl, const char *vm, const char *snap_id, str
     return 0;
 }
 
-/* Open disk d's source as o->transport asks.  0 (*local says which), or a negative errno with
- * the message in fe. */
+/* Open disk d's source as o->transport asks (auto: nbd where the server names an NBD export
+ * this host reaches, else local where the snapshot file is the server's, else https).  0
+ * (*transport says which), or a negative errno with the message in fe. */
 static int open_source(struct backup_ctx *b, const char *snap_id, const json_t *dj,
-                       struct disk_plan *d, bool *local)
+                       struct disk_plan *d, const char **transport)
 {
     const struct source_disk sd = {
         .vm = b->o->vm,
@@ -598,14 +599,22 @@ static int open_source(struct backup_ctx *b, const char *snap_id, const json_t *
     };
     char why[WHY_MAX];
     int r;
-    *local = false;
-    if (b->o->transport != BACKUP_TRANSPORT_HTTPS) {
+    const enum backup_transport t = b->o->transport;
+    if (t == BACKUP_TRANSPORT_NBD || (t == BACKUP_TRANSPORT_AUTO && source_nbd_names_export(&sd))) {
+        r = source_nbd_open(&sd, b->jobs, &d->src, why, sizeof(why));
+        if (r == 0)
+            goto opened;
+        if (t == BACKUP_TRANSPORT_NBD)
+            return first_error_set(&b->fe, r,
+                                   "VM %s: disk %s: cannot read the snapshot's NBD export "
+                                   "(--transport nbd): %s",
+                                   b->o->vm, d->name, why);
+        warn(b, "VM %s: disk %s: reading through the server: %s", b->o->vm, d->name, why);
+    } else if (t != BACKUP_TRANSPORT_HTTPS) {
         r = source_local_open(&sd, &d->src, why, sizeof(why));
-        if (r == 0) {
-            *local = true;
-            return 0;
-        }
-        if (b->o->transport == BACKUP_TRANSPORT_LOCAL)
+        if (r == 0)
+            goto opened;
+        if (t == BACKUP_TRANSPORT_LOCAL)
             return first_error_set(&b->fe, r,
                                    "VM %s: disk %s: cannot read the snapshot locally "
                                    "(--transport local): %s",
@@ -614,6 +623,8 @@ static int open_source(struct backup_ctx *b, const char *snap_id, const json_t *
     r = source_https_open(&sd, b->clients, b->jobs, &d->src, why, sizeof(why));
     if (r < 0)
         return first_error_set(&b->fe, r, "VM %s: disk %s: %s", b->o->vm, d->name, why);
+opened:
+    *transport = d->src->ops->name;
     return 0;
 }
 
@@ -747,6 +758,7 @@ static const struct enum_name transport_names[] = {
     {BACKUP_TRANSPORT_AUTO, "auto"},
     {BACKUP_TRANSPORT_HTTPS, "https"},
     {BACKUP_TRANSPORT_LOCAL, "local"},
+    {BACKUP_TRANSPORT_NBD, "nbd"},
 };
 
 int backup_transport_parse(const char *s, enum backup_transport *out)
@@ -882,15 +894,13 @@ int backup_run(const struct backup_options *o, struct backup_result *res)
             first_error_set(&b.fe, r, "opening connection %u: %s", t + 1, client_error(cl));
             goto out;
         }
-    size_t nlocal = 0;
     for (size_t i = 0; i < nplans; i++) {
-        bool local;
+        const char *t = NULL;
         if (open_source(&b, snap_id, json_array_get(json_object_get(snapj, "disks"), i), &plans[i],
-                        &local) < 0)
+                        &t) < 0)
             goto out;
-        nlocal += local;
+        res->transport = i == 0 || !strcmp(res->transport, t) ? t : "mixed";
     }
-    res->transport = nlocal == 0 ? "https" : nlocal == nplans ? "local" : "mixed";
 
     if ((r = repo_chunk_batch_new(o->repo, &b.batch)) < 0) {
         first_error_set(&b.fe, r, "%s: %s", repo_path(o->repo), store_error(r));

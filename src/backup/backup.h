@@ -5,7 +5,7 @@
  * zeroedInChanged=false, page by page: the changed data, and apart from it the ranges that
  * became zeros), or for a first or full backup, or when the server no longer has that
  * snapshot, which ranges hold data at all (changeId=*), reads only those through a source
- * (source.h: https or local), lays them over the previous backup's chunks (or zeros), and
+ * (source.h: https, local or nbd), lays them over the previous backup's chunks (or zeros), and
  * stores every touched chunk; every other chunk comes from the previous manifest.  Each backup
  * is thus a synthetic full: it restores on its own and can be pruned independently.
  *
@@ -31,9 +31,11 @@ struct repo;
 
 /* How a backup reads the snapshot's bytes. */
 enum backup_transport {
-    BACKUP_TRANSPORT_AUTO,  /* local where the snapshot file is the server's, else https */
+    BACKUP_TRANSPORT_AUTO,  /* per disk: nbd where the server names an NBD export on this host,
+                             * local where the snapshot file is the server's, else https */
     BACKUP_TRANSPORT_HTTPS, /* through the server */
     BACKUP_TRANSPORT_LOCAL, /* the snapshot files on this host; fails where that is not possible */
+    BACKUP_TRANSPORT_NBD,   /* the NBD exports on this host; fails where that is not possible */
 };
 
 struct backup_options {
@@ -58,7 +60,7 @@ struct backup_result {
     char *backup_id;            /* malloc'd: the committed backup */
     char *snapshot_id;          /* malloc'd: the server snapshot it was read from */
     bool incremental;           /* it had a previous backup of the VM as its base */
-    const char *transport;      /* "https", "local", or "mixed" across disks */
+    const char *transport;      /* "https", "local", "nbd", or "mixed" across disks */
     uint64_t bytes_read;        /* of the disks */
     uint64_t bytes_transferred; /* over https (blocks of zeros are not sent) */
     uint64_t bytes_written;     /* into the repository */
@@ -72,7 +74,7 @@ struct backup_result {
 int backup_run(const struct backup_options *o, struct backup_result *res);
 void backup_result_free(struct backup_result *res);
 
-/* A --transport argument ("auto", "https", "local"): 0, or -EINVAL. */
+/* A --transport argument ("auto", "https", "local", "nbd"): 0, or -EINVAL. */
 int backup_transport_parse(const char *s, enum backup_transport *out);
 
 #endif

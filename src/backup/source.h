@@ -7,12 +7,15 @@
  * Each way of reading is one file:
  *   - source_https.c: Range requests through the daemon, one connection per fetch thread;
  *   - source_local.c: the snapshot file itself, on the daemon's host (O_DIRECT), only when its
- *     identity and size are the daemon's.
- * NBD (a QEMU export) and RBD come next, each one more file.
+ *     identity and size are the daemon's;
+ *   - source_nbd.c: the NBD export of a live VM's snapshot (file_id is its NBD URI), on the
+ *     daemon's host, through core/nbdio.c.
+ * RBD comes next, one more file.
  */
 #ifndef VMEXPORT_BACKUP_SOURCE_H
 #define VMEXPORT_BACKUP_SOURCE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -23,13 +26,14 @@ struct source_disk {
     const char *vm, *snapshot, *name;
     uint64_t size;
     const char *path;    /* the disk's file on the daemon's host; NULL when not said */
-    const char *file_id; /* that file's identity (fs_file_id_fd); NULL when not said */
+    const char *file_id; /* that file's identity (fs_file_id_fd), or the NBD URI of the export
+                          * serving the disk (nbdio_uri); NULL when not said */
 };
 
 struct source;
 
 struct source_ops {
-    const char *name; /* "https", "local": the transport a backup reports */
+    const char *name; /* "https", "local", "nbd": the transport a backup reports */
     /* Read exactly len bytes at off into buf, on behalf of fetch thread worker.  0, or a
      * negative errno (-ENODATA: the disk ended early) with the cause in why. */
     int (*pread)(struct source *s, unsigned worker, void *buf, uint64_t len, uint64_t off,
@@ -64,5 +68,14 @@ int source_https_open(const struct source_disk *d, struct client *const *clients
  * the daemon named no file, it cannot be opened, or it is not the daemon's (another identity,
  * another size). */
 int source_local_open(const struct source_disk *d, struct source **out, char *why, size_t whylen);
+
+/* Whether the daemon names an NBD export (an NBD URI in file_id) for the disk. */
+bool source_nbd_names_export(const struct source_disk *d);
+
+/* Read the NBD export named by the disk's file_id over up to nconn connections; fails (-ENOENT,
+ * -ESTALE ...) with the reason in why when file_id names no export, its socket is not on this
+ * host, or the export is not the disk (another size). */
+int source_nbd_open(const struct source_disk *d, unsigned nconn, struct source **out, char *why,
+                    size_t whylen);
 
 #endif

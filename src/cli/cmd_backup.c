@@ -86,9 +86,12 @@ static const struct cli_option backup_options[] = {
      "local (the snapshot files themselves, when this runs on\n"
      "the server's host: no TLS, no copies through the daemon,\n"
      "no page cache (O_DIRECT) where the filesystem allows;\n"
-     "fails when a disk's file is not the server's), or auto\n"
-     "(the default: local where possible, else https).  The\n"
-     "server still takes the snapshot and says what changed."},
+     "fails when a disk's file is not the server's), nbd (the\n"
+     "NBD export of a live VM's snapshot, on the server's host;\n"
+     "fails when the server names none or its socket is not\n"
+     "here), or auto (the default, per disk: nbd where possible,\n"
+     "else local, else https).  The server still takes the\n"
+     "snapshot and says what changed."},
     {NULL, 0, NULL, NULL},
 };
 
@@ -113,7 +116,7 @@ static int backup_cmd(int argc, char **argv)
             break;
         case 't':
             if (backup_transport_parse(a.arg, &o.transport) < 0)
-                return cli_usage_error(&cmd_backup, "--transport takes auto, https or local");
+                return cli_usage_error(&cmd_backup, "--transport takes auto, https, local or nbd");
             break;
         default:
             break;
@@ -164,7 +167,7 @@ const struct cli_command cmd_backup = {
     .run = backup_cmd,
     .usage =
         "Usage: vmexport backup VM --repo PATH [--full] [--jobs N] [--keep-snapshots N]\n"
-        "                      [--transport auto|https|local] [--json]\n"
+        "                      [--transport auto|https|local|nbd] [--json]\n"
         "\n"
         "Take a snapshot of VM on the server and store its disks in the repository.\n"
         "When the snapshot of the VM's previous backup still exists on the server, only the\n"
@@ -192,7 +195,7 @@ const struct cli_command cmd_backup = {
                  "the disks), bytes_transferred (over https: blocks of\n"
                  "zeros are not sent), bytes_written, chunks_new,\n"
                  "chunks_reused, chunks_fetched, transport (local,\n"
-                 "https, or mixed across disks), seconds",
+                 "https, nbd, or mixed across disks), seconds",
     .jobs_help = "parallel connections (default 4)",
     .epilog = "Exit status: 0 success, 1 failure, 2 bad usage.\n",
 };

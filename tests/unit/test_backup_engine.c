@@ -52,6 +52,8 @@ static void test_transport_parse(void **state)
     assert_int_equal(t, BACKUP_TRANSPORT_HTTPS);
     assert_int_equal(backup_transport_parse("local", &t), 0);
     assert_int_equal(t, BACKUP_TRANSPORT_LOCAL);
+    assert_int_equal(backup_transport_parse("nbd", &t), 0);
+    assert_int_equal(t, BACKUP_TRANSPORT_NBD);
     assert_int_equal(backup_transport_parse("nfs", &t), -EINVAL);
     assert_int_equal(backup_transport_parse("", &t), -EINVAL);
 }
