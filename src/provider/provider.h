@@ -262,7 +262,7 @@ struct provider {
     void *priv;
 };
 
-extern const struct provider_ops provider_dir_ops, provider_ovm_ops;
+extern const struct provider_ops provider_dir_ops, provider_ovm_ops, provider_qemu_ops;
 
 /* Whether s is a usable chain ID (provider_snapshot_request.chain). */
 bool provider_chain_valid(const char *s);

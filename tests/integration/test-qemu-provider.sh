@@ -1,0 +1,218 @@
+#!/bin/bash
+# The qemu provider (provider/qemu.c) against a real qemu-storage-daemon, through vmexportd over
+# TLS: the VM and its disks (qcow2, raw, a read-only node), snapshots whose data is the disks'
+# content at the instant of the snapshot while the "guest" keeps writing (through writable FUSE
+# exports of the same nodes), changes between snapshots equal to exactly the 64 KiB blocks
+# written, zeroed blocks, the NBD identity a client on the host reads directly, deletion that
+# leaves no node, export, job or scratch file behind, and a checkpoint removed behind our back.
+source "$(dirname "$0")/lib.sh"
+
+QSD=$(command -v qemu-storage-daemon) ||
+    { skip "no qemu-storage-daemon (Debian package qemu-system-common)"; exit 0; }
+for tool in qemu-img curl jq python3 nbdcopy; do
+    command -v "$tool" >/dev/null || { skip "$TEST_NAME needs $tool"; exit 0; }
+done
+[ -c /dev/fuse ] || { skip "no /dev/fuse for the test's writable FUSE exports"; exit 0; }
+
+QMP="python3 $VMEXPORT_ROOT/tests/integration/qmp_call.py"
+BLK=65536
+IMG=$WORK/img
+mkdir -p "$IMG" "$WORK/qmp" "$WORK/truth"
+qemu-img create -q -f qcow2 "$IMG/d0.qcow2" 32M
+qemu-img create -q -f raw "$IMG/d1.raw" 16M
+head -c 1048576 /dev/urandom >"$IMG/cd.iso"
+# Data before the first snapshot: some blocks, and holes.
+qemu-io -f qcow2 -c "write -P 0x5a 0 2M" -c "write -P 0x33 8M 1M" "$IMG/d0.qcow2" >/dev/null
+dd if=/dev/urandom of="$IMG/d1.raw" bs=1M count=2 seek=4 conv=notrunc status=none
+
+# Short: the NBD socket path goes into a 96-byte identity (nbd+unix:///EXPORT?socket=PATH).
+NBD_DIR=$(mktemp -d /tmp/vmx-nbd.XXXXXX)
+at_exit "rm -rf $NBD_DIR"
+SCRATCH=$WORK/scratch
+CTL=$WORK/ctl.sock # the test's own monitor: a QMP socket serves one client at a time
+F0=$WORK/fuse0 F1=$WORK/fuse1
+touch "$F0" "$F1"
+at_exit "umount -l $F0; umount -l $F1"
+"$QSD" --blockdev "file,node-name=f0,filename=$IMG/d0.qcow2" \
+    --blockdev qcow2,node-name=disk0,file=f0 \
+    --blockdev "file,node-name=disk1,filename=$IMG/d1.raw" \
+    --blockdev "file,node-name=cd0,filename=$IMG/cd.iso,read-only=on" \
+    --chardev "socket,id=m0,path=$WORK/qmp/vm1.qmp,server=on,wait=off" --monitor chardev=m0 \
+    --chardev "socket,id=m1,path=$CTL,server=on,wait=off" --monitor chardev=m1 \
+    --export "fuse,id=x0,node-name=disk0,mountpoint=$F0,writable=on" \
+    --export "fuse,id=x1,node-name=disk1,mountpoint=$F1,writable=on" \
+    >"$WORK/qsd.log" 2>&1 &
+QSD_PID=$!
+at_exit "kill -9 $QSD_PID"
+for _ in $(seq 200); do [ -S "$CTL" ] && [ -S "$WORK/qmp/vm1.qmp" ] && break; sleep 0.05; done
+$QMP "$CTL" query-block-exports >/dev/null && ok "qemu-storage-daemon runs" ||
+    { not_ok "qemu-storage-daemon: $(tail -3 "$WORK/qsd.log")"; exit 1; }
+
+PORT=$(free_port)
+CONF=$WORK/vmexportd.conf
+write_config "$CONF" "$PORT" "$WORK/state" "[provider.live]" "type = qemu" \
+    "qmp_sockets = $WORK/qmp/*.qmp" "scratch_dir = $SCRATCH" "nbd_dir = $NBD_DIR" ||
+    { not_ok "write config"; exit 1; }
+start_daemon "$CONF" "$PORT" && ok "daemon starts" || { not_ok "daemon starts"; exit 1; }
+login admin secret && ok "login" || { not_ok "login"; exit 1; }
+
+# ---- the VM and its disks ----
+expect_status 200 "the VM is listed" GET /api/v1/vms
+check "  by its socket's name, with the provider" jq -e '[.[] | .name] == ["vm1"]' "$WORK/body"
+expect_status 200 "the VM" GET /api/v1/vms/vm1
+check "  three disks: qcow2 and raw writable, the read-only node not snapshotted" jq -e '
+    [.disks[] | [.name, .mode, .snapshot_compatible, .size]] ==
+    [["cd0","r",false,1048576],["disk0","w",true,33554432],["disk1","w",true,16777216]]' "$WORK/body"
+
+# write_block FILE BLOCK: random data into one 64 KiB block through the FUSE export.
+write_block() {
+    dd if=/dev/urandom of="$1" bs=$BLK seek="$2" count=1 conv=notrunc,fsync status=none
+}
+# snapshot NAME [BODY]: POST a snapshot, its ID into the variable NAME.
+snapshot() {
+    local got
+    got=$(api POST /api/v1/vms/vm1/snapshots -H 'Content-Type: application/json' -d "${2:-{\}}")
+    if [ "$got" = 201 ]; then
+        printf -v "$1" '%s' "$(jq -r .id "$WORK/body")"
+        ok "snapshot $1"
+    else
+        not_ok "snapshot $1 (HTTP $got): $(head -c 300 "$WORK/body")"
+        exit 1
+    fi
+}
+# blocks SNAP BASE DISK FIELD: the 64 KiB block numbers in FIELD (chunks or zeroed) of DISK
+# in SNAP compared to BASE, as one line.
+blocks() {
+    api GET "/api/v1/vms/vm1/snapshots/$1?compareTo=$2" >/dev/null
+    jq -r --arg d "$3" --arg f "$4" --argjson b $BLK '[.disks[] | select(.name == $d) | .[$f][] |
+        range(.start / $b; (.start + .length) / $b)] | map(tostring) | join(" ")' "$WORK/body"
+}
+# same_bytes SNAP DISK TRUTH: the snapshot disk's bytes, served over HTTPS, equal TRUTH.
+same_bytes() {
+    api GET "/api/v1/vms/vm1/snapshots/$1/disks/$2" >/dev/null && cmp -s "$WORK/body" "$3"
+}
+
+cp "$F0" "$WORK/truth/s1.disk0" && cp "$F1" "$WORK/truth/s1.disk1"
+snapshot S1
+check "  of the two writable disks, by fleecing" jq -e \
+    '[.disks[] | [.name, .snapshot_mode]] == [["disk0","fleece"],["disk1","fleece"]]' "$WORK/body"
+diag "snapshot of 2 disks took $(grep -o 'snapshot [^ ]* of VM vm1: 2 disks in [0-9.]* s' "$WORK/daemon.log" | tail -1 | awk '{print $(NF-1)}') s"
+
+# The guest writes on while the snapshot is read: blocks W0 now, and a writer that goes over
+# blocks 200..207 again and again (one full pass at least before it stops).
+W0="3 17 100 101 300"
+for b in $W0; do write_block "$F0" "$b"; done
+write_block "$F1" 9
+(
+    while :; do
+        for b in 200 201 202 203 204 205 206 207; do write_block "$F0" "$b"; done
+        touch "$WORK/pass"
+    done
+) &
+WRITER=$!
+at_exit "kill $WRITER"
+check "the snapshot's disk0 is the disk at the snapshot (qcow2, writes going on)" \
+    same_bytes "$S1" disk0 "$WORK/truth/s1.disk0"
+check "the snapshot's disk1 is the disk at the snapshot (raw)" \
+    same_bytes "$S1" disk1 "$WORK/truth/s1.disk1"
+check "  and not the disk now" test "$(cmp -s "$F0" "$WORK/truth/s1.disk0"; echo $?)" = 1
+for _ in $(seq 200); do [ -e "$WORK/pass" ] && break; sleep 0.05; done
+kill "$WRITER"
+wait "$WRITER" 2>/dev/null
+
+expect_status 200 "the snapshot with its disks" GET "/api/v1/vms/vm1/snapshots/$S1"
+URI=$(jq -r '.disks[] | select(.name == "disk0") | .file_id' "$WORK/body")
+check "  its file_id is the NBD export of the scratch image" test "${URI#nbd+unix:///}" != "$URI"
+nbdcopy "$URI" "$WORK/nbd.out" 2>/dev/null
+check "  which a client on the host reads: the same bytes" cmp -s "$WORK/nbd.out" "$WORK/truth/s1.disk0"
+rm -f "$WORK/nbd.out"
+check "  the checkpoint of the qcow2 disk is persistent, the raw disk's not" test "$($QMP "$CTL" \
+    query-named-block-nodes '{"flat":true}' | jq -r '[.[] | select(.["node-name"] == "disk0" or
+    .["node-name"] == "disk1") | .["node-name"] + ":" + (.["dirty-bitmaps"][] |
+    select((.name // "") | startswith("vmexport.default.")) | .persistent | tostring)] | sort | join(" ")')" \
+    = "disk0:true disk1:false"
+
+cp "$F0" "$WORK/truth/s2.disk0"
+snapshot S2
+check "changes S1 -> S2 of disk0: exactly the blocks written" \
+    test "$(blocks "$S2" "$S1" disk0 chunks)" = "3 17 100 101 200 201 202 203 204 205 206 207 300"
+check "  by the dirty bitmap" jq -e '.disks[0].diff_mode == "qemu-dirty-bitmap"' "$WORK/body"
+check "changes S1 -> S2 of disk1: the block written" test "$(blocks "$S2" "$S1" disk1 chunks)" = 9
+check "S2's data is the disk at S2" same_bytes "$S2" disk0 "$WORK/truth/s2.disk0"
+
+# A zeroed block (zeros written through the export: a qcow2 zero cluster) and a new one.
+fallocate -z -o $((8 * 1048576)) -l $BLK "$F0"
+write_block "$F0" 5
+snapshot S3
+check "changes S2 -> S3: the zeroed and the written block" \
+    test "$(blocks "$S3" "$S2" disk0 chunks)" = "5 128"
+check "  the zeroed one as zeroed" test "$(blocks "$S3" "$S2" disk0 zeroed)" = 128
+check "changes S1 -> S3: the union over two checkpoints" \
+    test "$(blocks "$S3" "$S1" disk0 chunks)" = "3 5 17 100 101 128 200 201 202 203 204 205 206 207 300"
+
+# ---- release: the checkpoint alone keeps the changes known ----
+expect_status 204 "S2's data is released (keepCheckpoint)" DELETE "/api/v1/vms/vm1/snapshots/$S2?keepCheckpoint=true"
+check "  its scratch images are gone, S1's and S3's stay" test "$(ls "$SCRATCH" | wc -l)" = 4
+check "  its exports are gone" test "$($QMP "$CTL" query-block-exports |
+    jq '[.[] | select(.id | startswith("vmxe"))] | length')" = 4
+expect_status 409 "  its data answers 409" GET "/api/v1/vms/vm1/snapshots/$S2/disks/disk0"
+check "  changes S2 (checkpoint) -> S3 still known" test "$(blocks "$S3" "$S2" disk0 chunks)" = "5 128"
+
+# ---- deleting ----
+expect_status 204 "S1 is deleted" DELETE "/api/v1/vms/vm1/snapshots/$S1"
+check "  S2 -> S3 still known" test "$(blocks "$S3" "$S2" disk0 chunks)" = "5 128"
+check "  its scratch images are gone, S3's stay" test "$(ls "$SCRATCH" | wc -l)" = 2
+expect_status 204 "S2 is deleted" DELETE "/api/v1/vms/vm1/snapshots/$S2"
+expect_status 204 "S3 is deleted" DELETE "/api/v1/vms/vm1/snapshots/$S3"
+check "no node of ours is left" test "$($QMP "$CTL" query-named-block-nodes '{"flat":true}' |
+    jq '[.[] | select(.["node-name"] | startswith("vmx"))] | length')" = 0
+check "no export of ours, no job" test "$($QMP "$CTL" query-block-exports | jq -c '[.[].id] | sort')$($QMP \
+    "$CTL" query-jobs | jq length)" = '["x0","x1"]0'
+check "no checkpoint of ours" test "$($QMP "$CTL" query-named-block-nodes '{"flat":true}' |
+    jq '[.[] | .["dirty-bitmaps"][]? | select((.name // "") | startswith("vmexport."))] | length')" = 0
+check "no scratch image" test -z "$(ls -A "$SCRATCH")"
+check "the disks' exports are on the user's nodes again" test "$($QMP "$CTL" query-block-exports |
+    jq -c '[.[]["node-name"]] | sort')" = '["disk0","disk1"]'
+
+# ---- chains: two repositories back up the same VM independently ----
+snapshot S4
+write_block "$F0" 7
+snapshot R1 '{"chain":"repo-2"}'
+check "  in chain repo-2" jq -e '.chain == "repo-2"' "$WORK/body"
+write_block "$F0" 9
+snapshot R2 '{"chain":"repo-2"}'
+snapshot S5
+check "chain repo-2: changes R1 -> R2" test "$(blocks "$R2" "$R1" disk0 chunks)" = 9
+check "chain default: changes S4 -> S5 over the other chain's snapshots" \
+    test "$(blocks "$S5" "$S4" disk0 chunks)" = "7 9"
+api GET "/api/v1/vms/vm1/snapshots/$R2?compareTo=$S4" >/dev/null
+check "a base of another chain: the disk in full, saying why" jq -e '[.disks[] | .diff_mode] ==
+    ["full","full"] and (.disks[0].diff_reason | test("chain"))' "$WORK/body"
+
+# ---- a checkpoint removed behind our back ----
+write_block "$F0" 11
+snapshot S6
+T5=$(api GET "/api/v1/vms/vm1/snapshots/$S5" >/dev/null; jq -r '.disks[] | select(.name == "disk0") | .path | fromjson | .t' "$WORK/body")
+CH5=$(jq -r '.disks[] | select(.name == "disk0") | .change_id' "$WORK/body")
+B5=$($QMP "$CTL" query-named-block-nodes '{"flat":true}' | jq -r --arg t "$T5" '.[] |
+    select(.["node-name"] == "disk0") | .["dirty-bitmaps"][] | .name // "" |
+    select(startswith("vmexport.default." + $t))')
+$QMP "$CTL" block-dirty-bitmap-remove "{\"node\":\"disk0\",\"name\":\"$B5\"}" >/dev/null &&
+    ok "S5's checkpoint on disk0 is removed by someone else" || not_ok "remove $B5"
+api GET "/api/v1/vms/vm1/snapshots/$S6?compareTo=$S5" >/dev/null
+check "compareTo S5: disk0 in full, saying why; disk1 still by its bitmap" jq -e '
+    (.disks[] | select(.name == "disk0") | .diff_mode == "full" and (.diff_reason | test("gone"))) and
+    (.disks[] | select(.name == "disk1") | .diff_mode == "qemu-dirty-bitmap" and .chunks == [])' "$WORK/body"
+expect_status 409 "the disk's changes since S5: 409" \
+    GET "/api/v1/vms/vm1/snapshots/$S6/disks/disk0/changes?changeId=$CH5"
+check "  error checkpoint, saying why" jq -e '.error == "checkpoint" and (.details | test("gone"))' "$WORK/body"
+
+# ---- the VM's definition ----
+expect_status 200 "the VM's definition" GET /api/v1/vms/vm1/definition
+check "  what QMP says of its block nodes, without ours" jq -e '.format == "qemu-qmp-json" and
+    (.definition | fromjson | [.nodes[]["node-name"]] | sort == ["cd0","disk0","disk1","f0"])' "$WORK/body"
+
+for s in "$S4" "$R1" "$R2" "$S5" "$S6"; do api DELETE "/api/v1/vms/vm1/snapshots/$s" >/dev/null; done
+check "all deleted: no node, export, checkpoint or scratch image of ours" test "$($QMP "$CTL" \
+    query-named-block-nodes '{"flat":true}' | jq '[.[] | select(.["node-name"] | startswith("vmx")),
+    (.["dirty-bitmaps"][]? | select((.name // "") | startswith("vmexport.")))] | length')$(ls -A "$SCRATCH")" = 0
