@@ -2,9 +2,11 @@
 # qcow2 and raw disks, a guest that writes through a writable FUSE export of each disk, and the
 # truth: a file per disk that always holds what the disk reads, copied at every snapshot instant.
 #
-# Layout under $WORK:
+# Layout under $QSD_ROOT (a directory on /dev/shm where it is a tmpfs, else $WORK: the images,
+# truths, restores and repositories of a test are small, and every round copies and compares
+# them):
 #   qmp/VM.qmp          the daemon's QMP monitor: the one vmexportd's qemu provider finds
-#                       (qmp_sockets = $WORK/qmp/*.qmp)
+#                       (qmp_sockets = $QSD_ROOT/qmp/*.qmp)
 #   qsd/VM/test.sock    a second monitor for the test (a QMP socket serves one client at a time)
 #   qsd/VM/DISK.{qcow2,raw}  the images;  qsd/VM/DISK.dev  the FUSE export the guest writes
 #   truth/VM/DISK       what DISK reads now;  truth/VM/DISK.touched  ranges written since the
@@ -13,9 +15,17 @@
 # Every daemon is killed by its PID at exit, even when the test fails, and its FUSE mounts are
 # lazily unmounted.
 
+if [ "$(stat -f -c %T /dev/shm 2>/dev/null)" = tmpfs ] && [ -w /dev/shm ]; then
+    QSD_ROOT=$(mktemp -d /dev/shm/vmexport-qsd.XXXXXX)
+    at_exit "rm -rf $QSD_ROOT"
+else
+    QSD_ROOT=$WORK
+fi
 QSD=${QSD:-$(command -v qemu-storage-daemon)}
 QSD_TOOL="/usr/bin/python3 $VMEXPORT_ROOT/tests/integration/qsd_tool.py"
-GRANULE=65536 # the provider's bitmap granularity
+GRANULE=65536      # the provider's bitmap granularity
+REPO_CHUNK=1048576 # chunk size of the test repositories (repo init --chunk-size 1M)
+BG_WROTE=0
 
 declare -A QSD_PID    # VM -> PID of its running daemon
 declare -A QSD_DISKS  # VM -> "NAME:FORMAT:SIZE_MB ..." of the writable disks, in node order
@@ -34,14 +44,14 @@ require_qsd() {
     if [ -n "$why" ]; then skip "$TEST_NAME: $why"; exit 0; fi
 }
 
-_qsd_dir() { echo "$WORK/qsd/$1"; }
+_qsd_dir() { echo "$QSD_ROOT/qsd/$1"; }
 
 # qsd_create VM SPEC...: the images and truth files of a VM; SPEC is NAME:FORMAT:SIZE_MB with
 # FORMAT qcow2 or raw (reading as zeros), or NAME:FORMAT:SIZE_MB:ro for a read-only disk (a
 # node opened read-only, its export not writable, some data in it; the guest never writes it).
 qsd_create() {
     local vm=$1; shift
-    mkdir -p "$(_qsd_dir "$vm")" "$WORK/truth/$vm" "$WORK/qmp"
+    mkdir -p "$(_qsd_dir "$vm")" "$QSD_ROOT/truth/$vm" "$QSD_ROOT/qmp"
     local spec rw=() ro=()
     for spec in "$@"; do
         _qsd_new_disk "$vm" "${spec%:ro}" || return 1
@@ -68,8 +78,8 @@ _qsd_new_disk() {
         raw) truncate -s "${mb}M" "$img" ;;
         *) echo "qsd_create: unknown format $fmt" >&2; return 1 ;;
     esac || return 1
-    truncate -s "${mb}M" "$WORK/truth/$vm/$name"
-    : >"$WORK/truth/$vm/$name.touched"
+    truncate -s "${mb}M" "$QSD_ROOT/truth/$vm/$name"
+    : >"$QSD_ROOT/truth/$vm/$name.touched"
     : >"$(_qsd_dir "$vm")/$name.dev"
 }
 
@@ -91,13 +101,13 @@ _qsd_mounted() { grep -q " $1 fuse" /proc/self/mounts; }
 qsd_start() {
     local vm=$1 d spec
     d=$(_qsd_dir "$vm")
-    rm -f "$WORK/qmp/$vm.qmp" "$d/test.sock"
+    rm -f "$QSD_ROOT/qmp/$vm.qmp" "$d/test.sock"
     local args=()
     for spec in ${QSD_DISKS[$vm]} ${QSD_RO[$vm]:-}; do
         mapfile -t -O "${#args[@]}" args < <(_qsd_disk_args "$vm" "$spec")
     done
     "$QSD" "${args[@]}" \
-        --chardev "socket,id=vmexport,path=$WORK/qmp/$vm.qmp,server=on,wait=off" \
+        --chardev "socket,id=vmexport,path=$QSD_ROOT/qmp/$vm.qmp,server=on,wait=off" \
         --monitor chardev=vmexport \
         --chardev "socket,id=test,path=$d/test.sock,server=on,wait=off" \
         --monitor chardev=test >>"$d/qsd.log" 2>&1 &
@@ -108,7 +118,7 @@ qsd_start() {
     fi
     local i name
     for i in $(seq 500); do
-        if [ -S "$d/test.sock" ] && [ -S "$WORK/qmp/$vm.qmp" ]; then
+        if [ -S "$d/test.sock" ] && [ -S "$QSD_ROOT/qmp/$vm.qmp" ]; then
             local all=1
             for spec in ${QSD_DISKS[$vm]} ${QSD_RO[$vm]:-}; do
                 name=${spec%%:*}
@@ -202,7 +212,7 @@ qsd_disk_names() {
 
 # The guest: one qsd_tool.py process for the whole test (a coprocess), so that writes cost no
 # interpreter start.  guest_cmd sends one command line and waits for its answer; its output
-# lines go to $WORK/guest.out.
+# lines go to $QSD_ROOT/guest.out.
 guest_start() {
     [ -n "${GUEST_PID:-}" ] && return 0
     coproc GUEST { $QSD_TOOL serve; }
@@ -222,12 +232,12 @@ guest_send() { echo "$*" >&"${GUEST[1]}"; }
 
 guest_reply() {
     local line
-    : >"$WORK/guest.out"
+    : >"$QSD_ROOT/guest.out"
     while IFS= read -r line <&"${GUEST[0]}"; do
         case $line in
             "=ok") return 0 ;;
             "=error "*) diag "guest: ${line#=error }"; return 1 ;;
-            *) echo "$line" >>"$WORK/guest.out" ;;
+            *) echo "$line" >>"$QSD_ROOT/guest.out" ;;
         esac
     done
     diag "guest: the qsd_tool.py process ended"
@@ -240,8 +250,8 @@ guest_cmd() { guest_send "$@" && guest_reply; }
 # (through its export) and its truth; the ranges are added to the disk's touched list.
 guest_write() {
     local vm=$1 disk=$2 seed=$3 ops=$4 maxlen=${5:-262144}
-    guest_cmd write "$(_qsd_dir "$vm")/$disk.dev" "$WORK/truth/$vm/$disk" "$seed" "$ops" "$maxlen" \
-        "$WORK/truth/$vm/$disk.touched"
+    guest_cmd write "$(_qsd_dir "$vm")/$disk.dev" "$QSD_ROOT/truth/$vm/$disk" "$seed" "$ops" "$maxlen" \
+        "$QSD_ROOT/truth/$vm/$disk.touched"
 }
 
 # guest_write_all VM SEED OPS [MAXLEN]: guest_write on every disk of the VM.
@@ -257,7 +267,7 @@ guest_write_all() {
 truth_check() {
     local vm=$1 disk
     for disk in $(qsd_disk_names "$vm"); do
-        cmp -s "$(_qsd_dir "$vm")/$disk.dev" "$WORK/truth/$vm/$disk" || { diag "$vm/$disk differs from its truth"; return 1; }
+        cmp -s "$(_qsd_dir "$vm")/$disk.dev" "$QSD_ROOT/truth/$vm/$disk" || { diag "$vm/$disk differs from its truth"; return 1; }
     done
 }
 
@@ -265,53 +275,53 @@ truth_check() {
 # a new touched list per disk; the old one is kept as snap/TAG/VM/DISK.touched.
 truth_snap() {
     local vm=$1 tag=$2 disk
-    mkdir -p "$WORK/snap/$tag/$vm"
+    mkdir -p "$QSD_ROOT/snap/$tag/$vm"
     for disk in $(qsd_disk_names "$vm"); do
-        cp --sparse=always "$WORK/truth/$vm/$disk" "$WORK/snap/$tag/$vm/$disk"
-        mv "$WORK/truth/$vm/$disk.touched" "$WORK/snap/$tag/$vm/$disk.touched"
-        : >"$WORK/truth/$vm/$disk.touched"
+        cp --sparse=always "$QSD_ROOT/truth/$vm/$disk" "$QSD_ROOT/snap/$tag/$vm/$disk"
+        mv "$QSD_ROOT/truth/$vm/$disk.touched" "$QSD_ROOT/snap/$tag/$vm/$disk.touched"
+        : >"$QSD_ROOT/truth/$vm/$disk.touched"
     done
 }
 
 # truth_drop TAG: forget snapshot TAG's truth.
-truth_drop() { rm -rf "${WORK:?}/snap/$1"; }
+truth_drop() { rm -rf "${QSD_ROOT:?}/snap/$1"; }
 
-# touched_granules TAG VM [DISK...]: 64 KiB blocks written between the snapshot before TAG and
-# TAG (all disks of the VM when none are named).
-touched_granules() {
+# touched_bytes TAG VM [DISK...]: the most an incremental backup of snapshot TAG (since the
+# snapshot before) reads of the disks (all disks of the VM when none are named): the 64 KiB
+# blocks written in between, and the gaps between them within a repository chunk (the backup
+# engine merges the ranges of a chunk across small gaps).
+touched_bytes() {
     local tag=$1 vm=$2; shift 2
     local disks=("$@") n=0 disk
     [ ${#disks[@]} -gt 0 ] || mapfile -t disks < <(qsd_disk_names "$vm")
     for disk in "${disks[@]}"; do
-        n=$((n + $($QSD_TOOL granules "$WORK/snap/$tag/$vm/$disk.touched" "$GRANULE")))
+        n=$((n + $($QSD_TOOL granules "$QSD_ROOT/snap/$tag/$vm/$disk.touched" "$GRANULE" "$REPO_CHUNK")))
     done
     echo "$n"
 }
 
-# known_bitmaps VM FILE: the bitmaps of the VM's disks now, "NODE NAME" a line, into FILE.
-known_bitmaps() {
-    qsd_bitmaps "$1" | jq -r 'to_entries[] | .key as $n | .value[] | "\($n) \(.name)"' >"$2"
-}
+# known_jobs VM FILE: the VM's running backup jobs (of snapshots that live), one a line.
+known_jobs() { $QSD_TOOL jobs "$(_qsd_dir "$1")/test.sock" >"$2"; }
 
-# wait_snapshot VM [PID]: wait until one of the VM's disks has a bitmap that was not in
-# $WORK/known (known_bitmaps VM): a snapshot's transaction ran.  Gives up when process PID ended
-# first.
+# wait_snapshot VM [PID]: wait until a backup job runs that was not in $QSD_ROOT/known
+# (known_jobs VM): a snapshot's transaction ran.  Fails when process PID ended first.
 wait_snapshot() {
-    local nodes
-    nodes=$(qsd_disk_names "$1" | paste -sd,)
-    $QSD_TOOL wait-bitmap "$(_qsd_dir "$1")/test.sock" "$nodes" "$WORK/known" 60 ${2:-} >/dev/null
+    $QSD_TOOL wait-job "$(_qsd_dir "$1")/test.sock" "$QSD_ROOT/known" 60 ${2:-} >/dev/null
 }
 
 # ---- vmexportd with a qemu provider over the daemons' monitors ----
 
-# qsd_daemon_start [EXTRA_INI...]: vmexportd with [provider.qemu] over $WORK/qmp/*.qmp (TLS,
+# qsd_daemon_start [EXTRA_INI...]: vmexportd with [provider.qemu] over $QSD_ROOT/qmp/*.qmp (TLS,
 # the test users), logged in as admin; exports what the vmexport CLI needs.  Sets PORT, CONF.
 qsd_daemon_start() {
     PORT=$(free_port)
     CONF=$WORK/vmexportd.conf
-    mkdir -p -m 700 "$WORK/scratch" "$WORK/nbd"
+    mkdir -p -m 700 "$QSD_ROOT/scratch"
+    # A short directory for the NBD sockets: a snapshot disk's file_id (an NBD URI naming the
+    # socket) must fit in DISK_IDENTITY_MAX, or clients cannot read the export directly.
+    [ -n "${QSD_NBD_DIR:-}" ] || { QSD_NBD_DIR=$(mktemp -d /tmp/vxnbd.XXXXXX) && at_exit "rm -rf $QSD_NBD_DIR"; }
     write_config "$CONF" "$PORT" "$WORK/state" "[provider.qemu]" "type = qemu" \
-        "qmp_sockets = $WORK/qmp/*.qmp" "scratch_dir = $WORK/scratch" "nbd_dir = $WORK/nbd" "$@" ||
+        "qmp_sockets = $QSD_ROOT/qmp/*.qmp" "scratch_dir = $QSD_ROOT/scratch" "nbd_dir = $QSD_NBD_DIR" "$@" ||
         return 1
     start_daemon "$CONF" "$PORT" || return 1
     login admin secret || return 1
@@ -330,22 +340,23 @@ backup() {
 
 # backup_while_writing REPO VM TAG SEED OPS [ARGS...]: a backup of VM during which the guest
 # keeps writing.  The truth of every disk is kept as TAG first; the guest waits until the
-# snapshot's transaction ran (a new bitmap on one of the VM's disks), then writes OPS operations
-# on every disk while the backup reads: none of them may be in the backup.  Same results as
-# backup().
+# snapshot's transaction ran (a new backup job in the VM), then writes OPS operations on every
+# disk while the backup reads: none of them may be in the backup (BG_WROTE counts the backups
+# during which it wrote).  Same results as backup().
 backup_while_writing() {
     local repo=$1 vm=$2 tag=$3 seed=$4 ops=$5; shift 5
-    known_bitmaps "$vm" "$WORK/known" || return 1
+    known_jobs "$vm" "$QSD_ROOT/known" || return 1
     truth_snap "$vm" "$tag"
     backup "$repo" "$vm" "$@" &
     local bpid=$! disk devs=() rc=0
     for disk in $(qsd_disk_names "$vm"); do
-        devs+=("$(_qsd_dir "$vm")/$disk.dev" "$WORK/truth/$vm/$disk" "$WORK/truth/$vm/$disk.touched")
+        devs+=("$(_qsd_dir "$vm")/$disk.dev" "$QSD_ROOT/truth/$vm/$disk" "$QSD_ROOT/truth/$vm/$disk.touched")
     done
-    guest_send bgwrite "$(_qsd_dir "$vm")/test.sock" "$(qsd_disk_names "$vm" | paste -sd,)" "$WORK/known" "$bpid" "$seed" "$ops" \
+    guest_send bgwrite "$(_qsd_dir "$vm")/test.sock" "$QSD_ROOT/known" "$bpid" "$seed" "$ops" \
         262144 "${devs[@]}"
     wait "$bpid" || rc=1
     guest_reply || rc=1
+    [ "$(cat "$QSD_ROOT/guest.out")" != wrote ] || BG_WROTE=$((BG_WROTE + 1))
     return $rc
 }
 
@@ -355,12 +366,12 @@ restore_check() {
     local repo=$1 id=$2 tag=$3 vm=$4; shift 4
     local disks=("$@") disk
     [ ${#disks[@]} -gt 0 ] || mapfile -t disks < <(qsd_disk_names "$vm")
-    rm -rf "$WORK/r"
-    mkdir -p "$WORK/r"
-    "$VMEXPORT" restore --repo "$repo" "$id" --to "$WORK/r" >/dev/null 2>"$WORK/restore.err" ||
+    rm -rf "$QSD_ROOT/r"
+    mkdir -p "$QSD_ROOT/r"
+    "$VMEXPORT" restore --repo "$repo" "$id" --to "$QSD_ROOT/r" >/dev/null 2>"$WORK/restore.err" ||
         { diag "restore $id: $(tail -1 "$WORK/restore.err")"; return 1; }
     for disk in "${disks[@]}"; do
-        cmp -s "$WORK/r/$disk" "$WORK/snap/$tag/$vm/$disk" ||
-            { diag "backup $id: disk $disk differs from its truth at $tag: $(cmp "$WORK/r/$disk" "$WORK/snap/$tag/$vm/$disk" 2>&1 | head -1)"; return 1; }
+        cmp -s "$QSD_ROOT/r/$disk" "$QSD_ROOT/snap/$tag/$vm/$disk" ||
+            { diag "backup $id: disk $disk differs from its truth at $tag: $(cmp "$QSD_ROOT/r/$disk" "$QSD_ROOT/snap/$tag/$vm/$disk" 2>&1 | head -1)"; return 1; }
     done
 }

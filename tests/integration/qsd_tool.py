@@ -5,23 +5,27 @@ applied at the same time to a truth file that always holds what the disk reads.
 
   qsd_tool.py qmp SOCKET JSON...          run commands; print each "return" as one JSON line
   qsd_tool.py bitmaps SOCKET              {"node": [{"name":..,"recording":..,..}, ...], ...}
-  qsd_tool.py wait-bitmap SOCKET NODES KNOWN_FILE TIMEOUT [PID]
-                                          wait until one of NODES (comma-separated) has a
-                                          bitmap that is not a line "NODE NAME" of KNOWN_FILE;
-                                          print that line (a snapshot's transaction ran);
-                                          gives up once process PID has ended
+  qsd_tool.py jobs SOCKET                 the IDs of the running backup jobs, one a line
+  qsd_tool.py wait-job SOCKET KNOWN_FILE TIMEOUT [PID]
+                                          wait until a backup job runs that is not a line of
+                                          KNOWN_FILE (a snapshot's transaction ran); print its
+                                          ID; fails once process PID has ended
   qsd_tool.py write DEV TRUTH SEED OPS MAXLEN TOUCHED
                                           OPS random operations on DEV (the export) and TRUTH;
                                           the ranges written are appended to TOUCHED
-  qsd_tool.py granules TOUCHED GRANULE    how many distinct GRANULE-sized blocks TOUCHED names
+  qsd_tool.py granules TOUCHED GRANULE [CHUNK]
+                                          how many distinct GRANULE-sized blocks TOUCHED names;
+                                          with CHUNK: the bytes from the first to the last of
+                                          them in each CHUNK-sized chunk, summed
   qsd_tool.py serve                       the same commands, one a line on stdin (words split
                                           at blanks), each answered by its output and a last
                                           line "=ok" or "=error CAUSE": one process for a whole
                                           test instead of one per command
   in serve mode also:
-    bgwrite SOCKET NODES KNOWN_FILE PID SEED OPS MAXLEN DEV TRUTH TOUCHED [DEV TRUTH TOUCHED...]
-                                          wait-bitmap (giving up when process PID ended), then
-                                          write OPS operations on each disk (seed SEED + index)
+    bgwrite SOCKET KNOWN_FILE PID SEED OPS MAXLEN DEV TRUTH TOUCHED [DEV TRUTH TOUCHED...]
+                                          wait-job, then write OPS operations on each disk
+                                          (seed SEED + index) and print "wrote"; "missed" and
+                                          no writes when process PID ended first
 
 Exit status 0, or 1 with the cause on stderr.
 """
@@ -96,39 +100,53 @@ def process_running(pid):
         return False
 
 
-def wait_bitmap(path, nodes, known_file, timeout, pid=None):
-    """Wait until one of nodes (comma-separated) has a bitmap that is not a line
-    "NODE NAME" of known_file; that line."""
+def backup_jobs(q):
+    return set(j["device"] for j in q.run({"execute": "query-block-jobs"}) if j.get("type") == "backup")
+
+
+def cmd_jobs(args):
+    for j in sorted(backup_jobs(Qmp(args[0]))):
+        print(j)
+
+
+def wait_job(path, known_file, timeout, pid=None):
+    """Wait until a backup job runs that is not a line of known_file (a snapshot's transaction
+    ran: its blockdev-backup started with its bitmaps): its ID.  None when process pid ended
+    first.  (query-block-jobs, not the node list: QEMU 7.2 aborts in qcow2_get_specific_info
+    when query-named-block-nodes runs during a blockdev-create of a qcow2 image.)"""
     with open(known_file) as f:
         known = set(line.strip() for line in f)
-    nodes = nodes.split(",")
     q = Qmp(path)
     end = time.monotonic() + timeout
     while True:
         running = pid is None or process_running(pid)
-        bitmaps = q.bitmaps()
-        for node in nodes:
-            for b in bitmaps.get(node, []):
-                if b.get("name") and "%s %s" % (node, b["name"]) not in known:
-                    return "%s %s" % (node, b["name"])
+        new = backup_jobs(q) - known
+        if new:
+            return sorted(new)[0]
         if not running:
-            raise RuntimeError("process %d ended before a new bitmap appeared on %s"
-                               % (pid, ",".join(nodes)))
+            return None
         if time.monotonic() > end:
-            raise RuntimeError("no new bitmap on %s within %g s" % (",".join(nodes), timeout))
+            raise RuntimeError("no new backup job within %g s" % timeout)
         time.sleep(0.002)
 
 
-def cmd_wait_bitmap(args):
-    pid = int(args[4]) if len(args) > 4 else None
-    print(wait_bitmap(args[0], args[1], args[2], float(args[3]), pid))
+def cmd_wait_job(args):
+    pid = int(args[3]) if len(args) > 3 else None
+    job = wait_job(args[0], args[1], float(args[2]), pid)
+    if job is None:
+        raise RuntimeError("process %d ended before a new backup job ran" % pid)
+    print(job)
 
 
 def cmd_bgwrite(args):
-    path, nodes, known_file, pid, seed, ops, maxlen = args[0], args[1], args[2], int(args[3]), \
-        int(args[4]), args[5], args[6]
-    print(wait_bitmap(path, nodes, known_file, 60, pid))
-    disks = args[7:]
+    path, known_file, pid, seed, ops, maxlen = args[0], args[1], int(args[2]), int(args[3]), \
+        args[4], args[5]
+    job = wait_job(path, known_file, 60, pid)
+    if job is None:
+        print("missed") # the backup ended before the guest saw its snapshot: no writes
+        return
+    print("wrote")
+    disks = args[6:]
     for i in range(0, len(disks), 3):
         cmd_write([disks[i], disks[i + 1], str(seed + i), ops, maxlen, disks[i + 2]])
 
@@ -203,13 +221,24 @@ def cmd_granules(args):
             _, off, n = line.split()
             off, n = int(off), int(n)
             blocks.update(range(off // g, (off + n - 1) // g + 1))
-    print(len(blocks))
+    if len(args) < 3:
+        print(len(blocks))
+        return
+    # The most a reader of these blocks reads when it merges the ranges of one chunk across
+    # gaps: from the first to the last block written in each chunk.
+    per_chunk = int(args[2]) // g
+    spans = {}
+    for b in blocks:
+        lo, hi = spans.get(b // per_chunk, (b, b))
+        spans[b // per_chunk] = (min(lo, b), max(hi, b))
+    print(sum((hi - lo + 1) * g for lo, hi in spans.values()))
 
 
 COMMANDS = {
     "qmp": cmd_qmp,
     "bitmaps": cmd_bitmaps,
-    "wait-bitmap": cmd_wait_bitmap,
+    "jobs": cmd_jobs,
+    "wait-job": cmd_wait_job,
     "write": cmd_write,
     "granules": cmd_granules,
     "bgwrite": cmd_bgwrite,
