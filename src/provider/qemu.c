@@ -72,6 +72,7 @@
 #define QEMU_GONE_WAIT_MS        10000 /* for an export or job to go after its delete/cancel */
 #define QEMU_WATCH_INTERVAL_S    1
 #define QEMU_WALK_MAX            100000 /* links followed in one chain walk */
+#define QEMU_QDEV_PREFIX         "/machine/peripheral/"
 #define QEMU_MAX_SOCKETS         4096
 #define QEMU_ERR                 512
 #define NS_PER_S                 1000000000LL
@@ -95,7 +96,8 @@ struct qemu_live {
     char *snap;
     char *disk;
     int64_t created_ns; /* CLOCK_MONOTONIC */
-    bool broken;
+    int broken;         /* 0, or why it was ended: -EFBIG scratch_limit, -ETIME snapshot_lifetime */
+    bool ended;         /* its export, job and scratch image are gone */
     char reason[256];
     struct qemu_live *next;
 };
@@ -474,14 +476,16 @@ static int vm_read(struct qemu_priv *qp, struct qemu_conn *c, struct vm **out, j
             const char *dev = json_string_value(json_object_get(d, "device"));
             const char *qdev = json_string_value(json_object_get(d, "qdev"));
             char name[256] = "";
-            if (dev && dev[0]) {
-                snprintf(name, sizeof(name), "%s", dev);
-            } else if (qdev) {
+            if (qdev && qdev[0]) {
+                /* the device's ID (libvirt's alias): /machine/peripheral/ID/virtio-backend */
                 const char *s = qdev;
-                if (!strncmp(s, "/machine/peripheral/", strlen("/machine/peripheral/")))
-                    s += strlen("/machine/peripheral/");
-                snprintf(name, sizeof(name), "%.*s", (int)strcspn(s, "/"), s);
+                if (!strncmp(s, QEMU_QDEV_PREFIX, strlen(QEMU_QDEV_PREFIX)))
+                    s += strlen(QEMU_QDEV_PREFIX);
+                if (s[0] != '/')
+                    snprintf(name, sizeof(name), "%.*s", (int)strcspn(s, "/"), s);
             }
+            if (!name[0] && dev && dev[0])
+                snprintf(name, sizeof(name), "%s", dev);
             const char *node =
                 graph_resolve(&gr, json_string_value(json_object_get(ins, "node-name")));
             if (!name[0] || !node)
@@ -996,14 +1000,19 @@ static void live_remove(struct qemu_priv *qp, const char *key)
     }
 }
 
-/* Why the snapshot disk key was ended early ("" when it was not). */
-static void live_broken(struct qemu_priv *qp, const char *key, char *why, size_t n)
+/* Why the snapshot disk key was ended early: 0 when it was not, else the errno its reads get
+ * and the reason in why. */
+static int live_broken(struct qemu_priv *qp, const char *key, char *why, size_t n)
 {
     ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&qp->lock);
     why[0] = '\0';
-    for (struct qemu_live *l = qp->live; l; l = l->next)
-        if (!strcmp(l->key, key) && l->broken)
+    for (struct qemu_live *l = qp->live; l; l = l->next) {
+        if (!strcmp(l->key, key) && l->broken) {
             snprintf(why, n, "%s", l->reason);
+            return l->broken;
+        }
+    }
+    return 0;
 }
 
 /* End a snapshot's data: its export, then its backup job (the guest's writes no longer
@@ -1024,6 +1033,35 @@ static int data_end(struct qemu_priv *qp, struct qemu_conn *c, const char *key)
     return r;
 }
 
+/* Whether the snapshot disk l is over a limit now: sets its broken and reason. */
+static bool live_check(struct qemu_priv *qp, struct qemu_live *l, int64_t now)
+{
+    char fn[QEMU_KEY_LEN + 8];
+    scratch_file_name(fn, l->key);
+    struct stat st;
+    uint64_t used = fstatat(qp->scratch_dirfd, fn, &st, AT_SYMLINK_NOFOLLOW) == 0
+                        ? (uint64_t)st.st_blocks * 512
+                        : 0;
+    bool over_limit = qp->scratch_limit && used > qp->scratch_limit;
+    bool too_old = qp->lifetime_s && now - l->created_ns > (int64_t)qp->lifetime_s * NS_PER_S;
+    if (over_limit)
+        snprintf(l->reason, sizeof(l->reason),
+                 "snapshot %s: disk %s: its scratch image grew to %llu bytes, over scratch_limit "
+                 "%llu: the snapshot was ended (the guest's writes went on)",
+                 l->snap, l->disk, (unsigned long long)used, (unsigned long long)qp->scratch_limit);
+    else if (too_old)
+        snprintf(l->reason, sizeof(l->reason),
+                 "snapshot %s: disk %s: older than snapshot_lifetime %llu s: the snapshot was "
+                 "ended (the guest's writes went on)",
+                 l->snap, l->disk, (unsigned long long)qp->lifetime_s);
+    else
+        return false;
+    l->broken = over_limit ? -EFBIG : -ETIME;
+    return true;
+}
+
+/* One look at the live snapshots: a disk over a limit ends its whole snapshot (a backup needs
+ * every disk of one instant). */
 static void watch_round(struct qemu_priv *qp)
 {
     struct over {
@@ -1035,29 +1073,20 @@ static void watch_round(struct qemu_priv *qp)
     int64_t now = monotonic_ns();
     {
         ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&qp->lock);
+        for (struct qemu_live *l = qp->live; l; l = l->next) {
+            if (l->broken || !live_check(qp, l, now))
+                continue;
+            for (struct qemu_live *o = qp->live; o; o = o->next) {
+                if (o != l && !o->broken && !strcmp(o->snap, l->snap)) {
+                    o->broken = l->broken;
+                    snprintf(o->reason, sizeof(o->reason), "%s", l->reason);
+                }
+            }
+        }
         for (struct qemu_live *l = qp->live; l && n < ARRAY_SIZE(over); l = l->next) {
-            if (l->broken)
+            if (!l->broken || l->ended)
                 continue;
-            char fn[QEMU_KEY_LEN + 8];
-            scratch_file_name(fn, l->key);
-            struct stat st;
-            uint64_t used = fstatat(qp->scratch_dirfd, fn, &st, AT_SYMLINK_NOFOLLOW) == 0
-                                ? (uint64_t)st.st_blocks * 512
-                                : 0;
-            if (qp->scratch_limit && used > qp->scratch_limit)
-                snprintf(l->reason, sizeof(l->reason),
-                         "snapshot %s: disk %s: its scratch image grew to %llu bytes, over "
-                         "scratch_limit %llu: the snapshot was ended (the guest's writes went on)",
-                         l->snap, l->disk, (unsigned long long)used,
-                         (unsigned long long)qp->scratch_limit);
-            else if (qp->lifetime_s && now - l->created_ns > (int64_t)qp->lifetime_s * NS_PER_S)
-                snprintf(l->reason, sizeof(l->reason),
-                         "snapshot %s: disk %s: older than snapshot_lifetime %llu s: the "
-                         "snapshot was ended (the guest's writes went on)",
-                         l->snap, l->disk, (unsigned long long)qp->lifetime_s);
-            else
-                continue;
-            l->broken = true;
+            l->ended = true;
             snprintf(over[n].key, sizeof(over[n].key), "%s", l->key);
             snprintf(over[n].vm, sizeof(over[n].vm), "%s", l->vm_id);
             snprintf(over[n].reason, sizeof(over[n].reason), "%s", l->reason);
@@ -1509,11 +1538,12 @@ static int qemu_disk_open(struct provider *p, const char *locator, unsigned flag
     if (loc_parse(locator, &l) < 0)
         return -EINVAL;
     char why[256];
-    live_broken(qp, l.key, why, sizeof(why));
-    if (why[0]) {
+    int broken = live_broken(qp, l.key, why, sizeof(why));
+    if (broken) {
+        /* reads say File too large (scratch_limit) or Timer expired (snapshot_lifetime) */
         log_error("[provider.%s] %s", qp->name, why);
         loc_clear(&l);
-        return -EIO;
+        return broken;
     }
     char sock[PATH_MAX], ex[QEMU_NODE_NAME_MAX], err[QEMU_ERR];
     nbd_socket_path(qp, l.vm, sock, sizeof(sock));

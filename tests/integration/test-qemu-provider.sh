@@ -64,6 +64,7 @@ check "  three disks: qcow2 and raw writable, the read-only node not snapshotted
     [.disks[] | [.name, .mode, .snapshot_compatible, .size]] ==
     [["cd0","r",false,1048576],["disk0","w",true,33554432],["disk1","w",true,16777216]]' "$WORK/body"
 
+VM=vm1 # the VM of the helpers below
 # write_block FILE BLOCK: random data into one 64 KiB block through the FUSE export.
 write_block() {
     dd if=/dev/urandom of="$1" bs=$BLK seek="$2" count=1 conv=notrunc,fsync status=none
@@ -71,7 +72,7 @@ write_block() {
 # snapshot NAME [BODY]: POST a snapshot, its ID into the variable NAME.
 snapshot() {
     local got
-    got=$(api POST /api/v1/vms/vm1/snapshots -H 'Content-Type: application/json' -d "${2:-{\}}")
+    got=$(api POST "/api/v1/vms/$VM/snapshots" -H 'Content-Type: application/json' -d "${2:-{\}}")
     if [ "$got" = 201 ]; then
         printf -v "$1" '%s' "$(jq -r .id "$WORK/body")"
         ok "snapshot $1"
@@ -83,13 +84,13 @@ snapshot() {
 # blocks SNAP BASE DISK FIELD: the 64 KiB block numbers in FIELD (chunks or zeroed) of DISK
 # in SNAP compared to BASE, as one line.
 blocks() {
-    api GET "/api/v1/vms/vm1/snapshots/$1?compareTo=$2" >/dev/null
+    api GET "/api/v1/vms/$VM/snapshots/$1?compareTo=$2" >/dev/null
     jq -r --arg d "$3" --arg f "$4" --argjson b $BLK '[.disks[] | select(.name == $d) | .[$f][] |
         range(.start / $b; (.start + .length) / $b)] | map(tostring) | join(" ")' "$WORK/body"
 }
 # same_bytes SNAP DISK TRUTH: the snapshot disk's bytes, served over HTTPS, equal TRUTH.
 same_bytes() {
-    api GET "/api/v1/vms/vm1/snapshots/$1/disks/$2" >/dev/null && cmp -s "$WORK/body" "$3"
+    api GET "/api/v1/vms/$VM/snapshots/$1/disks/$2" >/dev/null && cmp -s "$WORK/body" "$3"
 }
 
 cp "$F0" "$WORK/truth/s1.disk0" && cp "$F1" "$WORK/truth/s1.disk1"
@@ -216,3 +217,87 @@ for s in "$S4" "$R1" "$R2" "$S5" "$S6"; do api DELETE "/api/v1/vms/vm1/snapshots
 check "all deleted: no node, export, checkpoint or scratch image of ours" test "$($QMP "$CTL" \
     query-named-block-nodes '{"flat":true}' | jq '[.[] | select(.["node-name"] | startswith("vmx")),
     (.["dirty-bitmaps"][]? | select((.name // "") | startswith("vmexport.")))] | length')$(ls -A "$SCRATCH")" = 0
+
+# ---- scratch_limit and snapshot_lifetime: the snapshot ends, the guest's writes go on ----
+stop_daemon
+write_config "$CONF" "$PORT" "$WORK/state" "[provider.live]" "type = qemu" \
+    "qmp_sockets = $WORK/qmp/*.qmp" "scratch_dir = $SCRATCH" "nbd_dir = $NBD_DIR" \
+    "scratch_limit = 1048576" "snapshot_lifetime = 3"
+start_daemon "$CONF" "$PORT" && login admin secret && ok "daemon restarts with limits" ||
+    { not_ok "daemon restarts"; exit 1; }
+snapshot L1
+head -c 4194304 /dev/urandom >"$WORK/4m"
+dd if="$WORK/4m" of="$F0" bs=1M conv=notrunc,fsync status=none &&
+    ok "the guest overwrites 4 MiB while its snapshot copies the old data into scratch" || not_ok "guest write failed"
+# wait_log TEXT: until the daemon logs TEXT (the watcher looks once a second).
+wait_log() { for _ in $(seq 100); do grep -q "$1" "$WORK/daemon.log" && return 0; sleep 0.1; done; return 1; }
+check "the watcher ends the snapshot over scratch_limit, saying why" \
+    wait_log "disk disk0: its scratch image grew to [0-9]* bytes, over scratch_limit 1048576"
+expect_status 500 "  its data is no longer served" GET "/api/v1/vms/vm1/snapshots/$L1/disks/disk0"
+check "  saying so" grep -q "File too large" "$WORK/body"
+check "  the guest's data is all there" cmp -s <(dd if="$F0" bs=1M count=4 status=none) "$WORK/4m"
+check "  its backup job and export are gone" test "$($QMP "$CTL" query-jobs | jq length)$($QMP \
+    "$CTL" query-block-exports | jq '[.[] | select(.id | startswith("vmxe"))] | length')" = 00
+snapshot L2
+check "the watcher ends a snapshot older than snapshot_lifetime" \
+    wait_log "snapshot $L2: disk disk1: older than snapshot_lifetime 3 s"
+expect_status 500 "  its data is no longer served" GET "/api/v1/vms/vm1/snapshots/$L2/disks/disk1"
+check "  saying so" grep -q "Timer expired" "$WORK/body"
+for s in "$L1" "$L2"; do expect_status 204 "ended snapshot is deleted" DELETE "/api/v1/vms/vm1/snapshots/$s"; done
+check "  nothing of them is left" test "$($QMP "$CTL" query-named-block-nodes '{"flat":true}' |
+    jq '[.[] | select(.["node-name"] | startswith("vmx")), (.["dirty-bitmaps"][]? |
+    select((.name // "") | startswith("vmexport.")))] | length')$(ls -A "$SCRATCH")" = 0
+
+# ---- a process that runs an NBD server of its own: no snapshot, nothing left ----
+qemu-img create -q -f qcow2 "$IMG/e0.qcow2" 8M
+"$QSD" --blockdev "file,node-name=g0,filename=$IMG/e0.qcow2" --blockdev qcow2,node-name=edisk,file=g0 \
+    --nbd-server "addr.type=unix,addr.path=$WORK/own-nbd.sock" \
+    --chardev "socket,id=m0,path=$WORK/qmp/vm2.qmp,server=on,wait=off" --monitor chardev=m0 \
+    --chardev "socket,id=m1,path=$WORK/ctl2.sock,server=on,wait=off" --monitor chardev=m1 \
+    >"$WORK/qsd2.log" 2>&1 &
+at_exit "kill -9 $!"
+for _ in $(seq 200); do [ -S "$WORK/ctl2.sock" ] && [ -S "$WORK/qmp/vm2.qmp" ] && break; sleep 0.05; done
+expect_status 500 "a VM whose process runs its own NBD server: no snapshot" POST /api/v1/vms/vm2/snapshots
+check "  saying why" grep -q "NBD server that vmexport did not start" "$WORK/body"
+check "  and nothing of it is left: nodes, exports, jobs, checkpoints, scratch images" test "$($QMP \
+    "$WORK/ctl2.sock" query-named-block-nodes '{"flat":true}' | jq '[.[] | select(.["node-name"] |
+    startswith("vmx")), (.["dirty-bitmaps"][]? | select((.name // "") | startswith("vmexport.")))] |
+    length')$($QMP "$WORK/ctl2.sock" query-block-exports | jq length)$($QMP "$WORK/ctl2.sock" \
+    query-jobs | jq length)$(ls -A "$SCRATCH")" = 000
+
+# ---- a QEMU VM: its -name, its devices, a CD-ROM ----
+if ! command -v qemu-system-x86_64 >/dev/null; then
+    skip "QEMU VM part: no qemu-system-x86_64"
+    exit 0
+fi
+qemu-img create -q -f qcow2 "$IMG/v0.qcow2" 16M
+qemu-io -f qcow2 -c "write -P 0x44 0 1M" "$IMG/v0.qcow2" >/dev/null
+# Paused (-S): the disk changes only by the test's writes through the device.
+qemu-system-x86_64 -name web1 -M q35 -accel tcg -S -nodefaults -display none \
+    -blockdev "file,node-name=vf,filename=$IMG/v0.qcow2" -blockdev qcow2,node-name=vdisk,file=vf \
+    -device virtio-blk-pci,drive=vdisk,id=vd0 \
+    -drive "if=none,id=cd,media=cdrom,file=$IMG/cd.iso,format=raw,readonly=on" \
+    -device ide-cd,drive=cd,id=cd0 \
+    -chardev "socket,id=m0,path=$WORK/qmp/qemu-1.qmp,server=on,wait=off" -mon chardev=m0,mode=control \
+    -chardev "socket,id=m1,path=$WORK/ctl3.sock,server=on,wait=off" -mon chardev=m1,mode=control \
+    >"$WORK/qemu.log" 2>&1 &
+at_exit "kill -9 $!"
+for _ in $(seq 200); do [ -S "$WORK/ctl3.sock" ] && [ -S "$WORK/qmp/qemu-1.qmp" ] && break; sleep 0.05; done
+expect_status 200 "a QEMU VM is listed by its -name" GET /api/v1/vms/web1
+check "  its disks by device ID: the CD-ROM not snapshotted" jq -e '
+    [.disks[] | [.name, .device_name, .mode, .snapshot_compatible, .size]] ==
+    [["cd0","cd0:cdrom","r",false,1048576],["vd0","vd0","w",true,16777216]]' "$WORK/body"
+hmp() {
+    $QMP "$WORK/ctl3.sock" human-monitor-command \
+        "{\"command-line\": \"qemu-io -d /machine/peripheral/vd0/virtio-backend \\\"$1\\\"\"}" >/dev/null
+}
+VM=web1
+snapshot V1
+hmp "write -P 0x55 64k 64k"
+{ head -c 1048576 /dev/zero | tr '\0' '\104'; head -c $((15 * 1048576)) /dev/zero; } >"$WORK/truth/v1"
+check "its snapshot is the disk at the snapshot" same_bytes "$V1" vd0 "$WORK/truth/v1"
+snapshot V2
+check "changes V1 -> V2: the block written through the device" test "$(blocks "$V2" "$V1" vd0 chunks)" = 1
+for s in "$V1" "$V2"; do api DELETE "/api/v1/vms/web1/snapshots/$s" >/dev/null; done
+check "deleted: the device's node is the user's again" test "$($QMP "$WORK/ctl3.sock" query-block |
+    jq -r '.[] | select(.qdev | test("vd0")) | .inserted["node-name"]')" = vdisk
