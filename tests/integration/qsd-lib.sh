@@ -44,21 +44,20 @@ require_qsd() {
     if [ -n "$why" ]; then skip "$TEST_NAME: $why"; exit 0; fi
 }
 
-_qsd_dir() { echo "$QSD_ROOT/qsd/$1"; }
 
 # qsd_create VM SPEC...: the images and truth files of a VM; SPEC is NAME:FORMAT:SIZE_MB with
 # FORMAT qcow2 or raw (reading as zeros), or NAME:FORMAT:SIZE_MB:ro for a read-only disk (a
 # node opened read-only, its export not writable, some data in it; the guest never writes it).
 qsd_create() {
     local vm=$1; shift
-    mkdir -p "$(_qsd_dir "$vm")" "$QSD_ROOT/truth/$vm" "$QSD_ROOT/qmp"
+    mkdir -p "$QSD_ROOT/qsd/$vm" "$QSD_ROOT/truth/$vm" "$QSD_ROOT/qmp"
     local spec rw=() ro=()
     for spec in "$@"; do
         _qsd_new_disk "$vm" "${spec%:ro}" || return 1
         if [ "${spec%:ro}" != "$spec" ]; then
             local name fmt
             IFS=: read -r name fmt _ <<<"$spec"
-            qemu-io -f "$fmt" -c "write -P 0x5a 0 1M" "$(_qsd_dir "$vm")/$name.$fmt" >/dev/null || return 1
+            qemu-io -f "$fmt" -c "write -P 0x5a 0 1M" "$QSD_ROOT/qsd/$vm/$name.$fmt" >/dev/null || return 1
             ro+=("$spec")
         else
             rw+=("$spec")
@@ -72,7 +71,7 @@ qsd_create() {
 _qsd_new_disk() {
     local vm=$1 name fmt mb
     IFS=: read -r name fmt mb <<<"$2"
-    local img; img="$(_qsd_dir "$vm")/$name.$fmt"
+    local img; img="$QSD_ROOT/qsd/$vm/$name.$fmt"
     case $fmt in
         qcow2) qemu-img create -q -f qcow2 "$img" "${mb}M" ;;
         raw) truncate -s "${mb}M" "$img" ;;
@@ -80,14 +79,14 @@ _qsd_new_disk() {
     esac || return 1
     truncate -s "${mb}M" "$QSD_ROOT/truth/$vm/$name"
     : >"$QSD_ROOT/truth/$vm/$name.touched"
-    : >"$(_qsd_dir "$vm")/$name.dev"
+    : >"$QSD_ROOT/qsd/$vm/$name.dev"
 }
 
 # _qsd_disk_args VM SPEC: the --blockdev and --export options of one disk.
 _qsd_disk_args() {
     local vm=$1 name fmt mb ro d rw=on ropt=
     IFS=: read -r name fmt mb ro <<<"$2"
-    d=$(_qsd_dir "$vm")
+    d=$QSD_ROOT/qsd/$vm
     [ "$ro" = ro ] && rw=off ropt=,read-only=on
     printf '%s\n' --blockdev "driver=file,node-name=file-$name,filename=$d/$name.$fmt,discard=unmap$ropt" \
         --blockdev "driver=$fmt,node-name=$name,file=file-$name,discard=unmap$ropt" \
@@ -100,7 +99,7 @@ _qsd_mounted() { grep -q " $1 fuse" /proc/self/mounts; }
 # both monitors answer and every disk's export is mounted.
 qsd_start() {
     local vm=$1 d spec
-    d=$(_qsd_dir "$vm")
+    d=$QSD_ROOT/qsd/$vm
     rm -f "$QSD_ROOT/qmp/$vm.qmp" "$d/test.sock"
     local args=()
     for spec in ${QSD_DISKS[$vm]} ${QSD_RO[$vm]:-}; do
@@ -138,7 +137,7 @@ qsd_start() {
 
 _qsd_unmount() {
     local vm=$1 spec d
-    d=$(_qsd_dir "$vm")
+    d=$QSD_ROOT/qsd/$vm
     for spec in ${QSD_DISKS[$vm]} ${QSD_RO[$vm]:-}; do
         if _qsd_mounted "$d/${spec%%:*}.dev"; then umount -l "$d/${spec%%:*}.dev"; fi
     done
@@ -169,17 +168,17 @@ qsd_stop() {
 # qmp VM JSON...: commands on the test's monitor of VM; each "return" printed as a JSON line.
 qmp() {
     local vm=$1; shift
-    $QSD_TOOL qmp "$(_qsd_dir "$vm")/test.sock" "$@"
+    $QSD_TOOL qmp "$QSD_ROOT/qsd/$vm/test.sock" "$@"
 }
 
 # qsd_bitmaps VM: {"node": [bitmaps...]} of every named node.
-qsd_bitmaps() { $QSD_TOOL bitmaps "$(_qsd_dir "$1")/test.sock"; }
+qsd_bitmaps() { $QSD_TOOL bitmaps "$QSD_ROOT/qsd/$1/test.sock"; }
 
 # qsd_add_disk VM SPEC: a new disk while the daemon runs (blockdev-add + FUSE export).
 qsd_add_disk() {
     local vm=$1 spec=$2 name fmt mb d
     IFS=: read -r name fmt mb <<<"$spec"
-    d=$(_qsd_dir "$vm")
+    d=$QSD_ROOT/qsd/$vm
     _qsd_new_disk "$vm" "$spec" || return 1
     QSD_DISKS[$vm]="${QSD_DISKS[$vm]} $spec"
     qmp "$vm" \
@@ -196,7 +195,7 @@ qsd_remove_disk() {
     qmp "$vm" "{\"execute\":\"block-export-del\",\"arguments\":{\"id\":\"guest-$name\"}}" >/dev/null || return 1
     local i
     for i in $(seq 200); do
-        _qsd_mounted "$(_qsd_dir "$vm")/$name.dev" || break
+        _qsd_mounted "$QSD_ROOT/qsd/$vm/$name.dev" || break
         sleep 0.01
     done
     qmp "$vm" "{\"execute\":\"blockdev-del\",\"arguments\":{\"node-name\":\"$name\"}}" \
@@ -208,6 +207,13 @@ qsd_remove_disk() {
 qsd_disk_names() {
     local spec
     for spec in ${QSD_DISKS[$1]}; do echo "${spec%%:*}"; done
+}
+
+# disks_of VM: sets DISKS to the VM's writable disk names (no subshell: the rounds are many).
+disks_of() {
+    local spec
+    DISKS=()
+    for spec in ${QSD_DISKS[$1]}; do DISKS+=("${spec%%:*}"); done
 }
 
 # The guest: one qsd_tool.py process for the whole test (a coprocess), so that writes cost no
@@ -250,14 +256,15 @@ guest_cmd() { guest_send "$@" && guest_reply; }
 # (through its export) and its truth; the ranges are added to the disk's touched list.
 guest_write() {
     local vm=$1 disk=$2 seed=$3 ops=$4 maxlen=${5:-262144}
-    guest_cmd write "$(_qsd_dir "$vm")/$disk.dev" "$QSD_ROOT/truth/$vm/$disk" "$seed" "$ops" "$maxlen" \
+    guest_cmd write "$QSD_ROOT/qsd/$vm/$disk.dev" "$QSD_ROOT/truth/$vm/$disk" "$seed" "$ops" "$maxlen" \
         "$QSD_ROOT/truth/$vm/$disk.touched"
 }
 
 # guest_write_all VM SEED OPS [MAXLEN]: guest_write on every disk of the VM.
 guest_write_all() {
     local vm=$1 seed=$2 ops=$3 maxlen=${4:-262144} disk i=0
-    for disk in $(qsd_disk_names "$vm"); do
+    disks_of "$vm"
+    for disk in "${DISKS[@]}"; do
         i=$((i + 1))
         guest_write "$vm" "$disk" "$((seed * 8 + i))" "$ops" "$maxlen" || return 1
     done
@@ -266,8 +273,9 @@ guest_write_all() {
 # truth_check VM: every disk reads exactly its truth (a self-check of the truth keeper).
 truth_check() {
     local vm=$1 disk
-    for disk in $(qsd_disk_names "$vm"); do
-        cmp -s "$(_qsd_dir "$vm")/$disk.dev" "$QSD_ROOT/truth/$vm/$disk" || { diag "$vm/$disk differs from its truth"; return 1; }
+    disks_of "$vm"
+    for disk in "${DISKS[@]}"; do
+        cmp -s "$QSD_ROOT/qsd/$vm/$disk.dev" "$QSD_ROOT/truth/$vm/$disk" || { diag "$vm/$disk differs from its truth"; return 1; }
     done
 }
 
@@ -276,7 +284,8 @@ truth_check() {
 truth_snap() {
     local vm=$1 tag=$2 disk
     mkdir -p "$QSD_ROOT/snap/$tag/$vm"
-    for disk in $(qsd_disk_names "$vm"); do
+    disks_of "$vm"
+    for disk in "${DISKS[@]}"; do
         cp --sparse=always "$QSD_ROOT/truth/$vm/$disk" "$QSD_ROOT/snap/$tag/$vm/$disk"
         mv "$QSD_ROOT/truth/$vm/$disk.touched" "$QSD_ROOT/snap/$tag/$vm/$disk.touched"
         : >"$QSD_ROOT/truth/$vm/$disk.touched"
@@ -286,27 +295,30 @@ truth_snap() {
 # truth_drop TAG: forget snapshot TAG's truth.
 truth_drop() { rm -rf "${QSD_ROOT:?}/snap/$1"; }
 
-# touched_bytes TAG VM [DISK...]: the most an incremental backup of snapshot TAG (since the
-# snapshot before) reads of the disks (all disks of the VM when none are named): the 64 KiB
-# blocks written in between, and the gaps between them within a repository chunk (the backup
-# engine merges the ranges of a chunk across small gaps).
+# touched_bytes TAG VM [DISK...]: sets TOUCHED_BYTES to the most an incremental backup of
+# snapshot TAG (since the snapshot before) reads of the disks (all disks of the VM when none are
+# named): the 64 KiB blocks written in between, and the gaps between them within a repository
+# chunk (the backup engine merges the ranges of a chunk across small gaps).
 touched_bytes() {
     local tag=$1 vm=$2; shift 2
-    local disks=("$@") n=0 disk
-    [ ${#disks[@]} -gt 0 ] || mapfile -t disks < <(qsd_disk_names "$vm")
+    local disks=("$@") disk
+    [ ${#disks[@]} -gt 0 ] || { disks_of "$vm"; disks=("${DISKS[@]}"); }
+    TOUCHED_BYTES=0
     for disk in "${disks[@]}"; do
-        n=$((n + $($QSD_TOOL granules "$QSD_ROOT/snap/$tag/$vm/$disk.touched" "$GRANULE" "$REPO_CHUNK")))
+        guest_cmd granules "$QSD_ROOT/snap/$tag/$vm/$disk.touched" "$GRANULE" "$REPO_CHUNK" || return 1
+        local b
+        read -r b <"$QSD_ROOT/guest.out"
+        TOUCHED_BYTES=$((TOUCHED_BYTES + b))
     done
-    echo "$n"
 }
 
 # known_jobs VM FILE: the VM's running backup jobs (of snapshots that live), one a line.
-known_jobs() { $QSD_TOOL jobs "$(_qsd_dir "$1")/test.sock" >"$2"; }
+known_jobs() { guest_cmd jobs "$QSD_ROOT/qsd/$1/test.sock" && cp "$QSD_ROOT/guest.out" "$2"; }
 
 # wait_snapshot VM [PID]: wait until a backup job runs that was not in $QSD_ROOT/known
 # (known_jobs VM): a snapshot's transaction ran.  Fails when process PID ended first.
 wait_snapshot() {
-    $QSD_TOOL wait-job "$(_qsd_dir "$1")/test.sock" "$QSD_ROOT/known" 60 ${2:-} >/dev/null
+    $QSD_TOOL wait-job "$QSD_ROOT/qsd/$1/test.sock" "$QSD_ROOT/known" 60 ${2:-} >/dev/null
 }
 
 # ---- vmexportd with a qemu provider over the daemons' monitors ----
@@ -349,14 +361,17 @@ backup_while_writing() {
     truth_snap "$vm" "$tag"
     backup "$repo" "$vm" "$@" &
     local bpid=$! disk devs=() rc=0
-    for disk in $(qsd_disk_names "$vm"); do
-        devs+=("$(_qsd_dir "$vm")/$disk.dev" "$QSD_ROOT/truth/$vm/$disk" "$QSD_ROOT/truth/$vm/$disk.touched")
+    disks_of "$vm"
+    for disk in "${DISKS[@]}"; do
+        devs+=("$QSD_ROOT/qsd/$vm/$disk.dev" "$QSD_ROOT/truth/$vm/$disk" "$QSD_ROOT/truth/$vm/$disk.touched")
     done
-    guest_send bgwrite "$(_qsd_dir "$vm")/test.sock" "$QSD_ROOT/known" "$bpid" "$seed" "$ops" \
+    guest_send bgwrite "$QSD_ROOT/qsd/$vm/test.sock" "$QSD_ROOT/known" "$bpid" "$seed" "$ops" \
         262144 "${devs[@]}"
     wait "$bpid" || rc=1
     guest_reply || rc=1
-    [ "$(cat "$QSD_ROOT/guest.out")" != wrote ] || BG_WROTE=$((BG_WROTE + 1))
+    local said=
+    read -r said <"$QSD_ROOT/guest.out"
+    [ "$said" != wrote ] || BG_WROTE=$((BG_WROTE + 1))
     return $rc
 }
 
@@ -365,7 +380,7 @@ backup_while_writing() {
 restore_check() {
     local repo=$1 id=$2 tag=$3 vm=$4; shift 4
     local disks=("$@") disk
-    [ ${#disks[@]} -gt 0 ] || mapfile -t disks < <(qsd_disk_names "$vm")
+    [ ${#disks[@]} -gt 0 ] || { disks_of "$vm"; disks=("${DISKS[@]}"); }
     rm -rf "$QSD_ROOT/r"
     mkdir -p "$QSD_ROOT/r"
     "$VMEXPORT" restore --repo "$repo" "$id" --to "$QSD_ROOT/r" >/dev/null 2>"$WORK/restore.err" ||

@@ -127,7 +127,7 @@ def wait_job(path, known_file, timeout, pid=None):
             return None
         if time.monotonic() > end:
             raise RuntimeError("no new backup job within %g s" % timeout)
-        time.sleep(0.002)
+        time.sleep(0.005)
 
 
 def cmd_wait_job(args):
