@@ -53,6 +53,7 @@
 #include "core/lock.h"
 #include "core/log.h"
 #include "core/nbdio.h"
+#include "provider/qga.h"
 #include "provider/qmp.h"
 
 #define QEMU_SCRATCH_DIR_DEFAULT "/var/lib/vmexport/scratch"
@@ -1131,21 +1132,59 @@ static void *watch_main(void *arg)
  * provider/qga.c (guest agent: guest-sync-delimited, guest-fsfreeze-*) fills these in: find
  * the agent socket of vm_id in qp->qga_glob, freeze within qp->freeze_timeout_s, and thaw on
  * every path.  *frozen says whether the guest's filesystems are frozen now. */
-struct qemu_guest;
+struct qemu_guest {
+    struct qga_freeze fz;
+    int timeout_ms;
+};
 
 static int qemu_guest_freeze(struct qemu_priv *qp, const char *vm_id, struct qemu_guest **g,
                              bool *frozen, char *err, size_t errlen)
 {
-    (void)qp, (void)vm_id, (void)err, (void)errlen;
     *g = NULL;
     *frozen = false;
+    if (!qp->qga_glob)
+        return 0;
+    CLEANUP_FREE char *path = NULL;
+    int r = qga_socket_find(qp->qga_glob, vm_id, &path);
+    if (r == -ENOENT)
+        return 0; /* no agent for this VM: the snapshot is crash-consistent */
+    if (r < 0) {
+        snprintf(err, errlen, "VM %s: guest_agent_sockets %s: %s", vm_id, qp->qga_glob,
+                 strerror(-r));
+        return r;
+    }
+    struct qemu_guest *n = calloc(1, sizeof(*n));
+    if (!n)
+        return -ENOMEM;
+    n->timeout_ms = qp->freeze_timeout_s == 0               ? QGA_TIMEOUT_MS_DEFAULT
+                    : qp->freeze_timeout_s > INT_MAX / 1000 ? INT_MAX
+                                                            : (int)qp->freeze_timeout_s * 1000;
+    char qerr[QEMU_ERR];
+    r = qga_freeze_begin(&n->fz, path, n->timeout_ms, qerr, sizeof(qerr));
+    if (r < 0) {
+        /* qga_freeze_begin thawed (or keeps thawing) whatever it may have frozen */
+        snprintf(err, errlen, "VM %s: %s", vm_id, qerr);
+        free(n);
+        return r;
+    }
+    *g = n;
+    *frozen = n->fz.count > 0;
     return 0;
 }
 
 /* Thaw (when frozen) and forget g; result: the snapshot's. */
 static void qemu_guest_thaw(struct qemu_priv *qp, struct qemu_guest *g, int result)
 {
-    (void)qp, (void)g, (void)result;
+    (void)qp;
+    if (!g)
+        return;
+    char err[QEMU_ERR];
+    if (qga_freeze_end(&g->fz, g->timeout_ms, err, sizeof(err)) < 0)
+        log_error("%s (after a %s snapshot)", err, result == 0 ? "successful" : "failed");
+    else
+        log_debug("guest agent: %d filesystems frozen for %.1f ms", g->fz.count,
+                  (double)g->fz.frozen_us / 1000.0);
+    free(g);
 }
 
 /* ---- snapshots ---- */
@@ -1261,6 +1300,7 @@ static int qemu_snapshot_create(struct provider *p, const struct vm *vm, const c
         }
     }
     /* Scratch images, before any freeze: their making takes the longest. */
+    int64_t t_start = monotonic_ns(), t_tx = 0, t_tx_end = 0;
     for (size_t i = 0; i < n && r == 0; i++) {
         sd[i].scratch = true;
         r = scratch_make(qp, &c, sd[i].loc.key, sd[i].loc.node, sd[i].size, err, errlen);
@@ -1298,7 +1338,9 @@ static int qemu_snapshot_create(struct provider *p, const struct vm *vm, const c
         int64_t t0 = monotonic_ns();
         r = qemu_guest_freeze(qp, vm->id, &g, &frozen, err, errlen);
         if (r == 0) {
+            t_tx = monotonic_ns();
             r = qx(&c, "transaction", json_pack("{s:O}", "actions", actions), NULL, err, errlen);
+            t_tx_end = monotonic_ns();
             transaction_done = r == 0;
             qemu_guest_thaw(qp, g, r);
             req->frozen = frozen;
@@ -1338,6 +1380,10 @@ static int qemu_snapshot_create(struct provider *p, const struct vm *vm, const c
     }
     if (r >= 0) {
         r = 0;
+        log_info("VM %s: snapshot %s of %zu disks: scratch images %.1f ms, transaction %.1f ms, "
+                 "exports %.1f ms",
+                 vm->id, snap_id, n, (double)(t_tx - t_start) / 1e6,
+                 (double)(t_tx_end - t_tx) / 1e6, (double)(monotonic_ns() - t_tx_end) / 1e6);
         for (size_t i = 0; i < n; i++) {
             disks[i].size = sd[i].size;
             disks[i].mode = strdup("fleece");
@@ -1559,6 +1605,8 @@ static int qemu_disk_open(struct provider *p, const char *locator, unsigned flag
     }
     qr->r.ops = &qreader_ops;
     qr->r.size = nbdio_size(qr->n);
+    /* Snapshots of an earlier run of the daemon are watched from their first read on. */
+    live_add(qp, l.key, l.vm, l.snap, l.disk);
     CLEANUP_FREE char *uri = nbdio_uri(sock, ex);
     if (uri && strlen(uri) < sizeof(qr->r.identity))
         memcpy(qr->r.identity, uri, strlen(uri) + 1);
