@@ -723,40 +723,22 @@ static void delete_stale_snapshots(struct backup_ctx *b, const char *label)
     json_decref(snaps);
 }
 
-/* Keep, for each disk the VM has now (the VM answer vmj), the newest keep snapshots this
- * repository used as its bases; delete the others.  When every backup has every disk this is
- * the newest keep snapshots; after a backup of some disks (--disk), the newest base of each other
- * disk stays too.  Disks the VM no longer has keep nothing. */
-static void delete_old_snapshots(struct backup_ctx *b, unsigned keep, const json_t *vmj)
+/* Keep the newest keep snapshots this repository used as bases for the VM; delete older. */
+static void delete_old_snapshots(struct backup_ctx *b, unsigned keep)
 {
     backup_list all = VECTOR_INIT;
-    const json_t *vdisks = json_object_get(vmj, "disks");
-    unsigned *kept = calloc(json_array_size(vdisks) + 1, sizeof(*kept));
-    if (kept && repo_backup_list(b->repo, b->o->vm, &all) == 0) {
+    unsigned kept = 0;
+    if (repo_backup_list(b->repo, b->o->vm, &all) == 0) {
         for (size_t i = all.len; i-- > 0;) {
-            const struct backup *bk = all.ptr[i];
-            const char *sid = bk->snapshot_id;
+            const char *sid = all.ptr[i]->snapshot_id;
             bool seen = !sid;
             for (size_t k = i + 1; k < all.len && !seen; k++)
                 seen = all.ptr[k]->snapshot_id && !strcmp(all.ptr[k]->snapshot_id, sid);
-            if (seen)
+            if (seen || kept++ < keep)
                 continue;
-            bool base = false;
-            for (size_t k = 0; k < bk->disks.len; k++) {
-                size_t v;
-                const json_t *vd;
-                json_array_foreach(vdisks, v, vd)
-                {
-                    const char *name = json_string_value(json_object_get(vd, "name"));
-                    if (name && !strcmp(name, bk->disks.ptr[k].name) && kept[v]++ < keep)
-                        base = true;
-                }
-            }
-            if (!base)
-                delete_snapshot(b, sid, "old");
+            delete_snapshot(b, sid, "old");
         }
     }
-    free(kept);
     backup_list_free(&all);
 }
 
@@ -889,28 +871,22 @@ static void fetch_definition(struct backup_ctx *b, char **text, char **format)
     json_decref(j);
 }
 
-/* The base of disk d: the manifest of the newest backup in hist (the VM's backups, oldest first)
- * that has the disk with a change ID, so that a backup of some disks (--disk) leaves the others'
- * bases in place. */
-static void read_prev_manifest(struct backup_ctx *b, const backup_list *hist, struct disk_plan *d)
+/* The previous backup's manifest of disk d, when that backup has the disk with a change ID. */
+static void read_prev_manifest(struct backup_ctx *b, const struct backup *prev, struct disk_plan *d)
 {
-    for (size_t i = hist->len; i-- > 0;) {
-        const struct backup *prev = hist->ptr[i];
-        for (size_t k = 0; k < prev->disks.len; k++) {
-            if (strcmp(prev->disks.ptr[k].name, d->name) || !prev->disks.ptr[k].change_id)
-                continue;
-            d->have_prev = repo_manifest_read(b->repo, prev, d->name, &d->prev) == 0;
-            d->since = prev->disks.ptr[k].change_id;
-            return;
-        }
+    for (size_t k = 0; prev && k < prev->disks.len && !d->have_prev; k++) {
+        if (strcmp(prev->disks.ptr[k].name, d->name) || !prev->disks.ptr[k].change_id)
+            continue;
+        d->have_prev = repo_manifest_read(b->repo, prev, d->name, &d->prev) == 0;
+        d->since = prev->disks.ptr[k].change_id;
     }
 }
 
-/* Plan every disk of the snapshot answer snapj: the changes since the snapshot of its newest
- * backup in hist where the server still has it and can tell them, else the data extents.
- * Returns the bytes to read in *total. */
+/* Plan every disk of the snapshot answer snapj: the changes since prev's snapshot where the
+ * server still has it and the disk is in prev, else the data extents.  Returns the bytes to
+ * read in *total. */
 static int plan_disks(struct backup_ctx *b, const json_t *snapj, const char *snap_id,
-                      const backup_list *hist, struct disk_plan *plans, size_t nplans,
+                      const struct backup *prev, struct disk_plan *plans, size_t nplans,
                       uint64_t *total)
 {
     const uint32_t cs = repo_chunk_size(b->repo);
@@ -927,7 +903,7 @@ static int plan_disks(struct backup_ctx *b, const json_t *snapj, const char *sna
                                    i);
         if (!(d->touched = calloc((d->size + cs - 1) / cs / 8 + 1, 1)))
             return first_error_set(&b->fe, -ENOMEM, "out of memory");
-        read_prev_manifest(b, hist, d);
+        read_prev_manifest(b, prev, d);
         int r = plan_disk(cl, b->o->vm, snap_id, d, cs, b->o->full);
         if (r < 0)
             return first_error_set(&b->fe, r, "VM %s: disk %s: changed areas: %s", b->o->vm,
@@ -1029,8 +1005,7 @@ int backup_run(const struct backup_options *o, struct backup_result *res)
     /* The caller's connection may have served earlier runs: count only this one's bytes. */
     const uint64_t wire_before = client_bytes_on_wire(cl);
     struct backup_writer *w = NULL;
-    backup_list hist = VECTOR_INIT;   /* the VM's earlier backups, oldest first */
-    const struct backup *prev = NULL; /* the newest of them */
+    struct backup *prev = NULL;
     struct disk_plan *plans = NULL;
     struct manifest *mans = NULL;
     size_t nplans = 0;
@@ -1064,8 +1039,8 @@ int backup_run(const struct backup_options *o, struct backup_result *res)
         first_error_set(&b.fe, r, "%s: %s", repo_path(o->repo), err[0] ? err : strerror(-r));
         goto out;
     }
-    if (!o->full && repo_backup_list(o->repo, o->vm, &hist) == 0 && hist.len > 0)
-        prev = hist.ptr[hist.len - 1];
+    if (!o->full && repo_backup_latest(o->repo, o->vm, &prev) < 0)
+        prev = NULL;
     delete_stale_snapshots(&b, label);
 
     const struct client_snapshot_request sreq = {
@@ -1094,7 +1069,7 @@ int backup_run(const struct backup_options *o, struct backup_result *res)
     }
 
     uint64_t total = 0;
-    if (plan_disks(&b, snapj, snap_id, &hist, plans, nplans, &total) < 0)
+    if (plan_disks(&b, snapj, snap_id, prev, plans, nplans, &total) < 0)
         goto out;
 
     /* Connections for the fetch threads, then a source per disk. */
@@ -1154,7 +1129,7 @@ int backup_run(const struct backup_options *o, struct backup_result *res)
     if (o->keep_snapshots > 0 && (r = client_release_snapshot(cl, o->vm, snap_id)) < 0 &&
         r != -ENOENT)
         warn(&b, "releasing the data of snapshot %s: %s", snap_id, client_error(cl));
-    delete_old_snapshots(&b, o->keep_snapshots, vmj);
+    delete_old_snapshots(&b, o->keep_snapshots);
 
 out:
     if (w)
@@ -1180,7 +1155,7 @@ out:
     }
     free(plans);
     free(mans);
-    backup_list_free(&hist);
+    backup_free(prev);
     json_decref(vmj);
     json_decref(snapj);
     repo_chunk_batch_free(b.batch);

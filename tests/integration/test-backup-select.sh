@@ -155,25 +155,6 @@ check "the text summary says b.img is full and why" \
     grep -qx "  disk b.img: full (local): the server cannot tell the changes: injected: the checkpoint bitmap is gone" "$WORK/s5"
 check "  and a.img incremental" grep -q "^  disk a.img: incremental (local)" "$WORK/s5"
 
-# ---- a backup of one disk keeps the other disks' bases ----
-S5=$("$VMEXPORT" backups --repo "$R" --json | jq -r '.[-1].snapshot')
-"$VMEXPORT" backup web01 --repo "$R" --disk a.img --json >"$WORK/s6" 2>"$WORK/e6"
-check "backup --disk a.img: incremental" jq -e -s '.[-1].disks | map([.name, .incremental]) == [["a.img", true]]' "$WORK/s6"
-S6=$(jq -r -s '.[-1].snapshot' "$WORK/s6")
-check "  the server keeps its snapshot and the previous one (the newest base of b.img, c.img)" \
-    test "$(snap_ids | tr '\n' ' ')" = "$(printf '%s\n' "$S5" "$S6" | sort | tr '\n' ' ')"
-head -c 65536 /dev/urandom | dd of="$VMS/web01/c.img" bs=64K seek=7 conv=notrunc status=none
-"$VMEXPORT" backup web01 --repo "$R" --json >"$WORK/s7" 2>"$WORK/e7"
-check "the next backup of every disk: all incremental, 64 KiB read" jq -e -s \
-    '(.[-1].disks | map(.incremental) == [true, true, true]) and .[-1].bytes_read == 65536' "$WORK/s7"
-S7=$(jq -r -s '.[-1].snapshot' "$WORK/s7")
-check "  and only its snapshot stays" test "$(snap_ids)" = "$S7"
-B7=$(jq -r -s '.[-1].backup' "$WORK/s7")
-rm -rf "$WORK/r7"
-mkdir -p "$WORK/r7"
-"$VMEXPORT" restore --repo "$R" "$B7" --to "$WORK/r7" >/dev/null 2>&1
-check "  it restores to the disks" bash -c "for d in a b c; do cmp '$WORK/r7/'\$d.img '$VMS/web01/'\$d.img || exit 1; done"
-
 # ---- the VM's definition ----
 check "a dir VM has no definition: none stored" jq -e -s '.[-1].definition_format == null' "$WORK/s4"
 B3=$(jq -r -s '.[-1].backup' "$WORK/s3")
