@@ -641,7 +641,10 @@ static int open_source(struct backup_ctx *b, const char *snap_id, const json_t *
                                    "VM %s: disk %s: cannot read the snapshot's NBD export "
                                    "(--transport nbd): %s",
                                    b->o->vm, d->name, why);
-        warn(b, "VM %s: disk %s: reading through the server: %s", b->o->vm, d->name, why);
+        /* No such socket: the client runs on another host, as auto expects; anything else
+         * (a socket that does not answer, another size) is worth a word. */
+        if (r != -ENOENT)
+            warn(b, "VM %s: disk %s: reading through the server: %s", b->o->vm, d->name, why);
     } else if (t != BACKUP_TRANSPORT_HTTPS) {
         r = source_local_open(&sd, &d->src, why, sizeof(why));
         if (r == 0)
