@@ -241,7 +241,8 @@ XML
     check "  the guest is thawed: its writes go on" vmctl sh "$G/cmd" 'echo after >/mnt/after && sync'
     # Not checked here: ending this snapshot's job.  With a booted guest under TCG, libvirt 9.0
     # leaves the aborted backup job open (QEMU's job concluded, libvirt's handler of its end
-    # cannot get the domain's job lock) with or without a freeze; see the report of issue 18.
+    # cannot get the domain's job lock) with or without a freeze or an agent channel; the job
+    # of virtnbdbackup stays open the same way on this domain.
 fi
 
 stop_daemon
