@@ -73,6 +73,7 @@ struct disk_plan {
     bool have_prev;    /* prev holds the previous backup's manifest of the disk */
     const char *since; /* with have_prev: the disk's change ID in the previous backup */
     bool incremental;  /* the lists are the changes since prev's snapshot */
+    char *full_reason; /* when not incremental: why (malloc'd) */
     struct source *src;
 };
 
@@ -550,19 +551,50 @@ static int read_changes(struct client *cl, const char *vm, const char *snap_id, 
     return 0;
 }
 
+/* The server's own words in the client's message of a failed changes request ("URL: GET
+ * PATH/changes?...: DETAILS (HTTP 409)"): DETAILS, malloc'd; the whole message when it has
+ * another form.  NULL when out of memory. */
+static char *changes_error_details(const char *msg)
+{
+    const char *p = strstr(msg, "/changes?");
+    const char *d = p ? strstr(p, ": ") : NULL;
+    d = d ? d + 2 : msg;
+    size_t n = strlen(d);
+    const char *tail = strstr(d, " (HTTP ");
+    if (tail && strchr(tail, ')') == d + n - 1)
+        n = (size_t)(tail - d);
+    return strndup(d, n);
+}
+
 /* The ranges to read of disk d from the server: the changes since its change ID in the previous
- * backup when the server still has that snapshot, else its data extents; and the chunks they
- * touch.  0 or a negative errno (the client's message in client_error()). */
+ * backup when the server still has that snapshot and can tell them, else its data extents
+ * (d->full_reason says why); and the chunks they touch.  0 or a negative errno (the client's
+ * message in client_error()). */
 static int plan_disk(struct client *cl, const char *vm, const char *snap_id, struct disk_plan *d,
-                     uint32_t cs)
+                     uint32_t cs, bool full)
 {
     bool incremental = d->have_prev;
     int r = read_changes(cl, vm, snap_id, d, incremental ? d->since : "*");
-    if (r == -EINVAL && incremental) { /* the base snapshot is gone from the server */
+    if ((r == -EINVAL || r == -ESTALE) && incremental) {
+        /* -EINVAL: the base snapshot is gone from the server; -ESTALE (409): the server can no
+         * longer tell the changes since it (a live VM's checkpoint lost, inconsistent, or of
+         * another chain).  Never an incremental then: the whole disk is read. */
+        CLEANUP_FREE char *why = r == -ESTALE ? changes_error_details(client_error(cl)) : NULL;
+        if (r == -EINVAL)
+            d->full_reason = strdup("the previous backup's snapshot is no longer on the server");
+        else if (!why ||
+                 asprintf(&d->full_reason, "the server cannot tell the changes: %s", why) < 0)
+            d->full_reason = NULL;
+        if (!d->full_reason)
+            return -ENOMEM;
         extent_list_reset(&d->changed);
         extent_list_reset(&d->zeroed);
         incremental = false;
         r = read_changes(cl, vm, snap_id, d, "*");
+    } else if (!incremental) {
+        d->full_reason = strdup(full ? "--full" : "no previous backup of the disk");
+        if (!d->full_reason)
+            return -ENOMEM;
     }
     if (r < 0)
         return r;
@@ -609,7 +641,10 @@ static int open_source(struct backup_ctx *b, const char *snap_id, const json_t *
                                    "VM %s: disk %s: cannot read the snapshot's NBD export "
                                    "(--transport nbd): %s",
                                    b->o->vm, d->name, why);
-        warn(b, "VM %s: disk %s: reading through the server: %s", b->o->vm, d->name, why);
+        /* No such socket: the client runs on another host, as auto expects; anything else
+         * (a socket that does not answer, another size) is worth a word. */
+        if (r != -ENOENT)
+            warn(b, "VM %s: disk %s: reading through the server: %s", b->o->vm, d->name, why);
     } else if (t != BACKUP_TRANSPORT_HTTPS) {
         r = source_local_open(&sd, &d->src, why, sizeof(why));
         if (r == 0)
@@ -709,6 +744,133 @@ static void delete_old_snapshots(struct backup_ctx *b, unsigned keep)
 
 /* ---- the run ---- */
 
+/* The chain ID's prefix; the repository's hex ID follows, cut to fit PROVIDER_CHAIN_MAX (64). */
+#define CHAIN_PREFIX  "vmexport-"
+#define CHAIN_HEX_MAX (64 - (sizeof(CHAIN_PREFIX) - 1))
+
+/* The repository's ID as hex: itself when it is plain hex, else its SHA-256. */
+static int repo_hex_id(const struct repo *repo, char hex[2 * HASH_SIZE + 1])
+{
+    const char *id = repo_id(repo);
+    if (*id && strspn(id, "0123456789abcdef") == strlen(id) && strlen(id) <= 2 * HASH_SIZE) {
+        snprintf(hex, 2 * HASH_SIZE + 1, "%s", id);
+        return 0;
+    }
+    uint8_t d[HASH_SIZE];
+    if (hash_sha256(id, strlen(id), d) < 0)
+        return -ENOMEM;
+    hex_encode(d, HASH_SIZE, hex);
+    return 0;
+}
+
+char *backup_chain_id(const struct repo *repo)
+{
+    char hex[2 * HASH_SIZE + 1];
+    char *chain = NULL;
+    if (repo_hex_id(repo, hex) < 0 ||
+        asprintf(&chain, CHAIN_PREFIX "%.*s", (int)CHAIN_HEX_MAX, hex) < 0)
+        return NULL;
+    return chain;
+}
+
+/* The VM answer's disk named name, or NULL. */
+static const json_t *vm_disk(const json_t *vmj, const char *name)
+{
+    size_t i;
+    const json_t *dj;
+    json_array_foreach(json_object_get(vmj, "disks"), i, dj)
+    {
+        const char *n = json_string_value(json_object_get(dj, "name"));
+        if (n && !strcmp(n, name))
+            return dj;
+    }
+    return NULL;
+}
+
+/* The disks to ask the snapshot for (o->disks, o->exclude_disks against the VM answer vmj) into
+ * *sel (pointers into vmj or o; *nsel of them), or *sel NULL when every disk is wanted.  0, or a
+ * negative errno with the message in fe (a name the VM does not have, a disk it cannot
+ * snapshot, nothing left). */
+static int select_disks(struct backup_ctx *b, const json_t *vmj, const char ***sel, size_t *nsel)
+{
+    const struct backup_options *o = b->o;
+    *sel = NULL;
+    *nsel = 0;
+    for (size_t k = 0; k < o->ndisks + o->nexclude; k++) {
+        const char *name = k < o->ndisks ? o->disks[k] : o->exclude_disks[k - o->ndisks];
+        const json_t *dj = vm_disk(vmj, name);
+        if (!dj)
+            return first_error_set(&b->fe, -ENOENT, "VM %s has no disk '%s' (%s)", o->vm, name,
+                                   k < o->ndisks ? "--disk" : "--exclude-disk");
+        if (k < o->ndisks && json_is_false(json_object_get(dj, "snapshot_compatible")))
+            return first_error_set(&b->fe, -EINVAL,
+                                   "VM %s: disk '%s' cannot be snapshotted (read-only or "
+                                   "removable) (--disk)",
+                                   o->vm, name);
+    }
+    if (!o->nexclude && !o->ndisks)
+        return 0;
+    const json_t *disks = json_object_get(vmj, "disks");
+    const char **list = calloc(json_array_size(disks) + o->ndisks + 1, sizeof(*list));
+    if (!list)
+        return first_error_set(&b->fe, -ENOMEM, "out of memory");
+    size_t n = 0;
+    if (o->ndisks) {
+        for (size_t k = 0; k < o->ndisks; k++)
+            list[n++] = o->disks[k];
+    } else {
+        size_t i;
+        const json_t *dj;
+        json_array_foreach(disks, i, dj)
+        {
+            const char *name = json_string_value(json_object_get(dj, "name"));
+            if (name && !json_is_false(json_object_get(dj, "snapshot_compatible")))
+                list[n++] = name;
+        }
+    }
+    /* Drop the excluded names and repeats. */
+    size_t kept = 0;
+    for (size_t i = 0; i < n; i++) {
+        bool drop = false;
+        for (size_t k = 0; k < o->nexclude && !drop; k++)
+            drop = !strcmp(list[i], o->exclude_disks[k]);
+        for (size_t k = 0; k < kept && !drop; k++)
+            drop = !strcmp(list[i], list[k]);
+        if (!drop)
+            list[kept++] = list[i];
+    }
+    if (kept == 0) {
+        free(list);
+        return first_error_set(&b->fe, -EINVAL, "VM %s: no disk left to back up (--exclude-disk)",
+                               o->vm);
+    }
+    *sel = list;
+    *nsel = kept;
+    return 0;
+}
+
+/* The VM's definition from the server into *text and *format (malloc'd), both NULL when it
+ * keeps none (404: older servers, the dir provider); another failure is a warning. */
+static void fetch_definition(struct backup_ctx *b, char **text, char **format)
+{
+    json_t *j = NULL;
+    *text = *format = NULL;
+    int r = client_get_vm_definition(b->o->client, b->o->vm, &j);
+    if (r == -ENOENT)
+        return;
+    const char *t = json_string_value(json_object_get(j, "definition"));
+    const char *f = json_string_value(json_object_get(j, "format"));
+    if (r < 0 || !t || !f) {
+        warn(b, "VM %s: its definition is not stored with the backup: %s", b->o->vm,
+             r < 0 ? client_error(b->o->client) : "the server's answer has none");
+    } else if (!(*text = strdup(t)) || !(*format = strdup(f))) {
+        free(*text);
+        *text = NULL;
+        warn(b, "VM %s: its definition is not stored with the backup: out of memory", b->o->vm);
+    }
+    json_decref(j);
+}
+
 /* The previous backup's manifest of disk d, when that backup has the disk with a change ID. */
 static void read_prev_manifest(struct backup_ctx *b, const struct backup *prev, struct disk_plan *d)
 {
@@ -742,7 +904,7 @@ static int plan_disks(struct backup_ctx *b, const json_t *snapj, const char *sna
         if (!(d->touched = calloc((d->size + cs - 1) / cs / 8 + 1, 1)))
             return first_error_set(&b->fe, -ENOMEM, "out of memory");
         read_prev_manifest(b, prev, d);
-        int r = plan_disk(cl, b->o->vm, snap_id, d, cs);
+        int r = plan_disk(cl, b->o->vm, snap_id, d, cs, b->o->full);
         if (r < 0)
             return first_error_set(&b->fe, r, "VM %s: disk %s: changed areas: %s", b->o->vm,
                                    d->name,
@@ -775,12 +937,21 @@ void backup_result_free(struct backup_result *res)
     free(res->backup_id);
     free(res->snapshot_id);
     res->backup_id = res->snapshot_id = NULL;
+    for (size_t i = 0; i < res->ndisks; i++) {
+        free(res->disks[i].name);
+        free(res->disks[i].full_reason);
+    }
+    free(res->disks);
+    res->disks = NULL;
+    res->ndisks = 0;
+    free(res->definition_format);
+    res->definition_format = NULL;
 }
 
 /* Commit the backup: its record names the disks written and the run's figures. */
 static int commit(struct backup_ctx *b, struct backup_writer *w, const char *snap_id,
-                  const char *vm_json, const struct backup *prev, int64_t t0,
-                  struct backup_result *res)
+                  const char *vm_json, char **definition, char **definition_format,
+                  const struct backup *prev, int64_t t0, struct backup_result *res)
 {
     struct backup *info = calloc(1, sizeof(*info));
     if (!info)
@@ -789,6 +960,10 @@ static int commit(struct backup_ctx *b, struct backup_writer *w, const char *sna
     info->server = b->o->server ? strdup(b->o->server) : NULL;
     info->time = b->o->now;
     info->vm_json = vm_json ? strdup(vm_json) : NULL;
+    info->definition = TAKE_PTR(*definition);
+    info->definition_format = TAKE_PTR(*definition_format);
+    if (info->definition_format)
+        res->definition_format = strdup(info->definition_format);
     info->bytes_read = res->bytes_read;
     uint64_t existing = 0;
     repo_chunk_batch_stats(b->batch, &info->chunks_new, &existing, &info->bytes_written);
@@ -838,9 +1013,14 @@ int backup_run(const struct backup_options *o, struct backup_result *res)
     CLEANUP_FREE char *vm_json = NULL;
     CLEANUP_FREE char *snap_id = NULL;
     CLEANUP_FREE char *label = snapshot_label(o->repo);
+    CLEANUP_FREE char *chain = backup_chain_id(o->repo);
+    CLEANUP_FREE char *definition = NULL;
+    CLEANUP_FREE char *definition_format = NULL;
+    CLEANUP_FREE const char **sel = NULL;
+    size_t nsel = 0;
     bool committed = false;
     int r;
-    if (!label) {
+    if (!label || !chain) {
         first_error_set(&b.fe, -ENOMEM, "out of memory");
         goto out;
     }
@@ -849,6 +1029,9 @@ int backup_run(const struct backup_options *o, struct backup_result *res)
         goto out;
     }
     vm_json = json_dumps(vmj, JSON_COMPACT);
+    if (select_disks(&b, vmj, &sel, &nsel) < 0)
+        goto out;
+    fetch_definition(&b, &definition, &definition_format);
 
     char err[512] = "";
     if ((r = repo_backup_begin(o->repo, o->vm, o->now, BACKUP_VM_LOCK_TIMEOUT, &w, err,
@@ -860,7 +1043,9 @@ int backup_run(const struct backup_options *o, struct backup_result *res)
         prev = NULL;
     delete_stale_snapshots(&b, label);
 
-    if ((r = client_create_snapshot(cl, o->vm, label, false, &snapj)) < 0) {
+    const struct client_snapshot_request sreq = {
+        .label = label, .chain = chain, .disks = sel, .ndisks = nsel};
+    if ((r = client_take_snapshot(cl, o->vm, &sreq, false, &snapj)) < 0) {
         first_error_set(&b.fe, r, "VM %s: creating a snapshot: %s", o->vm, client_error(cl));
         goto out;
     }
@@ -878,6 +1063,10 @@ int backup_run(const struct backup_options *o, struct backup_result *res)
     }
     res->snapshot_id = strdup(snap_id);
     res->incremental = prev != NULL;
+    if (!(res->disks = calloc(nplans ? nplans : 1, sizeof(*res->disks)))) {
+        first_error_set(&b.fe, -ENOMEM, "out of memory");
+        goto out;
+    }
 
     uint64_t total = 0;
     if (plan_disks(&b, snapj, snap_id, prev, plans, nplans, &total) < 0)
@@ -900,6 +1089,14 @@ int backup_run(const struct backup_options *o, struct backup_result *res)
                         &t) < 0)
             goto out;
         res->transport = i == 0 || !strcmp(res->transport, t) ? t : "mixed";
+        struct backup_disk_result *dr = &res->disks[res->ndisks++];
+        dr->incremental = plans[i].incremental;
+        dr->transport = t;
+        dr->full_reason = TAKE_PTR(plans[i].full_reason);
+        if (!(dr->name = strdup(plans[i].name))) {
+            first_error_set(&b.fe, -ENOMEM, "out of memory");
+            goto out;
+        }
     }
 
     if ((r = repo_chunk_batch_new(o->repo, &b.batch)) < 0) {
@@ -922,10 +1119,16 @@ int backup_run(const struct backup_options *o, struct backup_result *res)
     for (unsigned t = 0; t < b.jobs; t++)
         res->bytes_transferred += client_bytes_on_wire(b.clients[t]);
     res->chunks_fetched = atomic_load(&b.chunks_fetched);
-    if (commit(&b, w, snap_id, vm_json, prev, t0, res) < 0)
+    if (commit(&b, w, snap_id, vm_json, &definition, &definition_format, prev, t0, res) < 0)
         goto out; /* w is still ours: aborted below */
     w = NULL;     /* committed: the writer is freed */
     committed = true;
+    /* Only the checkpoint of the new snapshot is the next backup's base: its data (a live VM's
+     * export and scratch image, which grows with the guest's writes) goes now.  With
+     * --keep-snapshots 0 it goes entirely, below. */
+    if (o->keep_snapshots > 0 && (r = client_release_snapshot(cl, o->vm, snap_id)) < 0 &&
+        r != -ENOENT)
+        warn(&b, "releasing the data of snapshot %s: %s", snap_id, client_error(cl));
     delete_old_snapshots(&b, o->keep_snapshots);
 
 out:
@@ -943,6 +1146,7 @@ out:
     for (size_t i = 0; i < nplans; i++) {
         source_close(plans[i].src);
         free(plans[i].touched);
+        free(plans[i].full_reason);
         extent_list_reset(&plans[i].changed);
         extent_list_reset(&plans[i].zeroed);
         if (plans[i].have_prev)

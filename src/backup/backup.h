@@ -9,6 +9,13 @@
  * stores every touched chunk; every other chunk comes from the previous manifest.  Each backup
  * is thus a synthetic full: it restores on its own and can be pruned independently.
  *
+ * The snapshot is of the chosen disks (--disk, --exclude-disk) in this repository's chain
+ * (backup_chain_id).  When the server cannot tell a disk's changes (409: a live VM's checkpoint
+ * lost, inconsistent or of another chain) that disk is read in full and the result says why;
+ * the others stay incremental.  After the commit the new snapshot's data is released on the
+ * server (DELETE ?keepCheckpoint=true): only its checkpoint stays as the next base.  The VM's
+ * definition (GET .../definition), when the server keeps one, is stored in the backup record.
+ *
  * It prints nothing and never exits: it returns 0 or a negative errno, fills a result (figures,
  * IDs, and on failure a message naming the thing and the cause), and reports progress and
  * warnings through optional callbacks, so that tests can drive it without a terminal.
@@ -17,6 +24,7 @@
 #define VMEXPORT_BACKUP_BACKUP_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 struct client;
@@ -43,6 +51,12 @@ struct backup_options {
     struct client *client; /* to the server; duplicated for the fetch threads */
     const char *server;    /* the server's URL, recorded in the backup; may be NULL */
     const char *vm;
+    /* Only these disks (ndisks names; NULL: every disk the server snapshots), minus the nexclude
+     * names in exclude_disks.  A name the VM does not have fails the backup before it starts. */
+    const char *const *disks;
+    size_t ndisks;
+    const char *const *exclude_disks;
+    size_t nexclude;
     bool full;               /* read every allocated range even when a base exists */
     unsigned jobs;           /* fetch threads and connections, 1 .. BACKUP_MAX_JOBS */
     unsigned keep_snapshots; /* server snapshots this repository keeps as bases */
@@ -56,6 +70,15 @@ struct backup_options {
     void *opaque;
 };
 
+/* How one disk was backed up. */
+struct backup_disk_result {
+    char *name;            /* malloc'd */
+    bool incremental;      /* only the changes since the previous backup were read */
+    char *full_reason;     /* malloc'd, when not incremental: why ("no previous backup of the
+                            * disk", "--full", the server's reason it cannot tell the changes) */
+    const char *transport; /* "https", "local", "nbd" */
+};
+
 struct backup_result {
     char *backup_id;            /* malloc'd: the committed backup */
     char *snapshot_id;          /* malloc'd: the server snapshot it was read from */
@@ -66,6 +89,10 @@ struct backup_result {
     uint64_t bytes_written;     /* into the repository */
     uint64_t chunks_new, chunks_reused, chunks_fetched;
     double seconds;
+    struct backup_disk_result *disks; /* ndisks of them, in the snapshot's order */
+    size_t ndisks;
+    char *definition_format;      /* malloc'd: that of the VM definition stored with the
+                                   * backup; NULL: none stored */
     char error[BACKUP_ERROR_MAX]; /* on failure: what failed and why */
 };
 
@@ -73,6 +100,11 @@ struct backup_result {
  * backup_result_free either way. */
 int backup_run(const struct backup_options *o, struct backup_result *res);
 void backup_result_free(struct backup_result *res);
+
+/* The changed-block-tracking chain ID a repository's backups ask the server for (valid as
+ * provider_chain_valid wants: "vmexport-" and hex digits of the repository ID), so that the
+ * server's checkpoints of two repositories never mix.  malloc'd; NULL when out of memory. */
+char *backup_chain_id(const struct repo *repo);
 
 /* A --transport argument ("auto", "https", "local", "nbd"): 0, or -EINVAL. */
 int backup_transport_parse(const char *s, enum backup_transport *out);

@@ -13,6 +13,7 @@
 #include "cli/progress.h"
 #include "cli/repo_open.h"
 #include "client/client.h"
+#include "core/cleanup.h"
 #include "core/jsonw.h"
 #include "repo/repo.h"
 
@@ -63,6 +64,20 @@ static void print_json_summary(const char *vm, const struct backup_result *res)
     jw_kv_u64(stdout, &first, "chunks_reused", res->chunks_reused);
     jw_kv_u64(stdout, &first, "chunks_fetched", res->chunks_fetched);
     jw_kv_str(stdout, &first, "transport", res->transport);
+    jw_kv_str(stdout, &first, "definition_format", res->definition_format);
+    jw_key(stdout, &first, "disks");
+    fputc('[', stdout);
+    for (size_t i = 0; i < res->ndisks; i++) {
+        const struct backup_disk_result *d = &res->disks[i];
+        bool dfirst = true;
+        fputs(i ? ",{" : "{", stdout);
+        jw_kv_str(stdout, &dfirst, "name", d->name);
+        jw_kv_bool(stdout, &dfirst, "incremental", d->incremental);
+        jw_kv_str(stdout, &dfirst, "full_reason", d->incremental ? NULL : d->full_reason);
+        jw_kv_str(stdout, &dfirst, "transport", d->transport);
+        fputc('}', stdout);
+    }
+    fputc(']', stdout);
     jw_key(stdout, &first, "seconds");
     printf("%.3f}\n", res->seconds);
 }
@@ -76,11 +91,23 @@ static void print_text_summary(const char *vm, const struct backup_result *res)
            res->transport, cli_bytes(res->bytes_read, b1, sizeof(b1)),
            cli_bytes(res->bytes_written, b2, sizeof(b2)), res->chunks_new, res->chunks_reused,
            res->seconds);
+    for (size_t i = 0; i < res->ndisks; i++) {
+        const struct backup_disk_result *d = &res->disks[i];
+        if (d->incremental)
+            printf("  disk %s: incremental (%s)\n", d->name, d->transport);
+        else
+            printf("  disk %s: full (%s): %s\n", d->name, d->transport,
+                   d->full_reason ? d->full_reason : "no base");
+    }
+    if (res->definition_format)
+        printf("  VM definition stored (%s)\n", res->definition_format);
 }
 
 static const struct cli_option backup_options[] = {
     {"full", 'f', NULL, "read every allocated chunk even if a base exists"},
     {"keep-snapshots", 'k', "N", "server snapshots to keep as bases (default 1)"},
+    {"disk", 'd', "NAME", "back up only this disk (repeatable)"},
+    {"exclude-disk", 'x', "NAME", "leave this disk out (repeatable)"},
     {"transport", 't', "MODE",
      "how the disks' bytes are read: https (from the server),\n"
      "local (the snapshot files themselves, when this runs on\n"
@@ -99,6 +126,15 @@ static int backup_cmd(int argc, char **argv)
 {
     struct backup_options o = {.keep_snapshots = 1};
     struct cli_args a = {0};
+    /* --disk and --exclude-disk names: at most one per argument */
+    CLEANUP_FREE const char **disks = calloc((size_t)argc + 1, sizeof(*disks));
+    CLEANUP_FREE const char **excluded = calloc((size_t)argc + 1, sizeof(*excluded));
+    if (!disks || !excluded) {
+        fprintf(stderr, "vmexport backup: out of memory\n");
+        return EXIT_FAIL;
+    }
+    o.disks = disks;
+    o.exclude_disks = excluded;
     int c;
     while ((c = cli_next(&a, &cmd_backup, argc, argv)) > 0) {
         char *end;
@@ -113,6 +149,12 @@ static int backup_cmd(int argc, char **argv)
                 return cli_usage_error(&cmd_backup, "--keep-snapshots takes 0 to %d",
                                        MAX_KEEP_SNAPSHOTS);
             o.keep_snapshots = (unsigned)v;
+            break;
+        case 'd':
+            disks[o.ndisks++] = a.arg;
+            break;
+        case 'x':
+            excluded[o.nexclude++] = a.arg;
             break;
         case 't':
             if (backup_transport_parse(a.arg, &o.transport) < 0)
@@ -165,27 +207,38 @@ const struct cli_command cmd_backup = {
     .name = "backup",
     .summary = "back up a VM into a repository (incremental when possible)",
     .run = backup_cmd,
-    .usage =
-        "Usage: vmexport backup VM --repo PATH [--full] [--jobs N] [--keep-snapshots N]\n"
-        "                      [--transport auto|https|local|nbd] [--json]\n"
-        "\n"
-        "Take a snapshot of VM on the server and store its disks in the repository.\n"
-        "When the snapshot of the VM's previous backup still exists on the server, only the\n"
-        "areas that changed since (new data, block-precise from the server) are read, laid\n"
-        "over the previous backup's chunks; discarded ranges become zeros without reading;\n"
-        "every other chunk is taken from the previous backup.  Otherwise\n"
-        "the backup is full, still skipping holes.  Every backup is a synthetic full: it\n"
-        "restores on its own and can be pruned independently.  Chunks already in the\n"
-        "repository are not stored again, so an interrupted backup's work (up to its last\n"
-        "flush: every 512 MiB written) is reused by the next run; an interrupted backup\n"
-        "itself never becomes visible.\n"
-        "\n"
-        "The new snapshot stays on the server as the base of the next backup; older snapshots\n"
-        "this repository used as bases are deleted, keeping the newest N (--keep-snapshots,\n"
-        "default 1).  Snapshots carry the label vmexport-backup:<repository ID>, so that\n"
-        "those of backups that were killed before they completed are deleted by the next\n"
-        "backup of the VM into the same repository; other snapshots are never touched.\n"
-        "\n",
+    .usage = "Usage: vmexport backup VM --repo PATH [--full] [--jobs N] [--keep-snapshots N]\n"
+             "                      [--disk NAME]... [--exclude-disk NAME]...\n"
+             "                      [--transport auto|https|local|nbd] [--json]\n"
+             "\n"
+             "Take a snapshot of VM on the server and store its disks in the repository.\n"
+             "When the snapshot of the VM's previous backup still exists on the server, only the\n"
+             "areas that changed since (new data, block-precise from the server) are read, laid\n"
+             "over the previous backup's chunks; discarded ranges become zeros without reading;\n"
+             "every other chunk is taken from the previous backup.  Otherwise\n"
+             "the backup is full, still skipping holes.  Every backup is a synthetic full: it\n"
+             "restores on its own and can be pruned independently.  Chunks already in the\n"
+             "repository are not stored again, so an interrupted backup's work (up to its last\n"
+             "flush: every 512 MiB written) is reused by the next run; an interrupted backup\n"
+             "itself never becomes visible.\n"
+             "\n"
+             "Only the disks named with --disk are backed up (default: every disk the server can\n"
+             "snapshot; CD-ROMs and read-only disks are not), minus those named with\n"
+             "--exclude-disk; a name the VM does not have is an error.  When the server can no\n"
+             "longer tell a disk's changes (a live VM's checkpoint lost after a crash, removed,\n"
+             "or of another repository's chain), that disk is backed up in full and the summary\n"
+             "says why; the other disks stay incremental.  The VM's definition (libvirt XML,\n"
+             "QEMU's devices, OVM's vm.cfg), when the server keeps one, is stored with the backup\n"
+             "(vmexport restore BACKUP --definition-out FILE).\n"
+             "\n"
+             "The new snapshot stays on the server as the base of the next backup (of a live VM\n"
+             "only its checkpoint: its data is released once the backup is committed); older\n"
+             "snapshots this repository used as bases are deleted, keeping the newest N\n"
+             "(--keep-snapshots, default 1).  Snapshots carry the label\n"
+             "vmexport-backup:<repository ID> and the chain vmexport-<repository ID>, so that\n"
+             "those of backups that were killed before they completed are deleted by the next\n"
+             "backup of the VM into the same repository; other snapshots are never touched.\n"
+             "\n",
     .common = CLI_REPO | CLI_PASSPHRASE | CLI_CONNECTION | CLI_JSON | CLI_JOBS,
     .options = backup_options,
     .json_short = 'J',
@@ -195,7 +248,9 @@ const struct cli_command cmd_backup = {
                  "the disks), bytes_transferred (over https: blocks of\n"
                  "zeros are not sent), bytes_written, chunks_new,\n"
                  "chunks_reused, chunks_fetched, transport (local,\n"
-                 "https, nbd, or mixed across disks), seconds",
+                 "https, nbd, or mixed across disks), definition_format\n"
+                 "(null: no definition stored), disks (name, incremental,\n"
+                 "full_reason, transport), seconds",
     .jobs_help = "parallel connections (default 4)",
     .epilog = "Exit status: 0 success, 1 failure, 2 bad usage.\n",
 };

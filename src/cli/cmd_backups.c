@@ -39,6 +39,8 @@ static void print_json(FILE *f, const struct backup *b)
     }
     fputc(']', f);
     jw_kv_str(f, &first, "parent", b->parent_id); /* null for a full backup */
+    /* the format of the VM definition stored with it; null: none */
+    jw_kv_str(f, &first, "definition_format", b->definition ? b->definition_format : NULL);
     jw_kv_u64(f, &first, "bytes_read", b->bytes_read);
     jw_kv_u64(f, &first, "bytes_written", b->bytes_written);
     jw_kv_u64(f, &first, "chunks_new", b->chunks_new);

@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "backup/definition.h"
 #include "backup/restore.h"
 #include "cli/cli.h"
 #include "cli/progress.h"
@@ -39,12 +40,13 @@ static const struct cli_option restore_options[] = {
     {"to", 't', "FILE|DIR", "destination file or directory"},
     {"upload", 'u', "VM", "upload to the server instead (connection options below)"},
     {"force", 'f', NULL, "replace existing files"},
+    {"definition-out", 'D', "FILE", "write the VM definition stored with the backup to FILE"},
     {NULL, 0, NULL, NULL},
 };
 
 static int restore_cmd(int argc, char **argv)
 {
-    const char *disk = NULL, *to = NULL, *upload_vm = NULL;
+    const char *disk = NULL, *to = NULL, *upload_vm = NULL, *definition_out = NULL;
     bool force = false;
     struct cli_args a = {0};
     int c;
@@ -57,6 +59,8 @@ static int restore_cmd(int argc, char **argv)
             upload_vm = a.arg;
         else if (c == 'f')
             force = true;
+        else if (c == 'D')
+            definition_out = a.arg;
     }
     if (c == CLI_EXIT)
         return a.status;
@@ -65,8 +69,9 @@ static int restore_cmd(int argc, char **argv)
     int first = a.first;
     if (argc - first != 1)
         return cli_usage_error(&cmd_restore, "expected one BACKUP id");
-    if (!to == !upload_vm)
-        return cli_usage_error(&cmd_restore, "give one of --to FILE|DIR and --upload VM");
+    if ((to && upload_vm) || (!to && !upload_vm && !definition_out))
+        return cli_usage_error(&cmd_restore,
+                               "give one of --to FILE|DIR and --upload VM (or --definition-out)");
     if (!jobs)
         jobs = upload_vm ? UPLOAD_DEFAULT_JOBS : RESTORE_DEFAULT_JOBS;
     struct repo *repo = cli_open_repo("restore", a.repo, a.passphrase_file);
@@ -79,10 +84,30 @@ static int restore_cmd(int argc, char **argv)
         repo_close(repo);
         return EXIT_FAIL;
     }
-    int ret;
+    int ret = EXIT_OK;
+    if (definition_out) {
+        if (backup_definition_write(b, definition_out, force, err, sizeof(err)) < 0) {
+            fprintf(stderr, "vmexport restore: %s\n", err);
+            backup_free(b);
+            repo_close(repo);
+            return EXIT_FAIL;
+        }
+        if (json) {
+            bool kfirst = true;
+            putchar('{');
+            jw_kv_str(stdout, &kfirst, "type", "definition");
+            jw_kv_str(stdout, &kfirst, "backup", b->id);
+            jw_kv_str(stdout, &kfirst, "format", b->definition_format);
+            jw_kv_str(stdout, &kfirst, "to", definition_out);
+            puts("}");
+        } else {
+            printf("wrote the VM definition (%s) of backup %s to %s\n",
+                   b->definition_format ? b->definition_format : "?", b->id, definition_out);
+        }
+    }
     if (upload_vm) {
         ret = upload_backup("restore", repo, b, disk, upload_vm, jobs, json);
-    } else {
+    } else if (to) {
         struct progress_sink bar = {.what = "restore", .json = json};
         struct restore_options o = {
             .repo = repo,
@@ -117,6 +142,7 @@ const struct cli_command cmd_restore = {
     .usage = "Usage: vmexport restore --repo PATH BACKUP [--disk NAME] --to FILE|DIR [--force]\n"
              "                        [--jobs N] [--json]\n"
              "       vmexport restore --repo PATH BACKUP [--disk NAME] --upload VM [--jobs N]\n"
+             "       vmexport restore --repo PATH BACKUP --definition-out FILE [--force]\n"
              "\n"
              "Write the disks of BACKUP as sparse raw files.  With one disk (or --disk), --to\n"
              "names the file (or an existing directory to put it in); otherwise --to is a\n"
@@ -132,7 +158,11 @@ const struct cli_command cmd_restore = {
              "With --upload, the disks are written back to a host through vmexportd's upload API\n"
              "into VM (created when missing; existing disks are never overwritten): data chunks\n"
              "as ranged PUTs from N connections, zero ranges as PATCH zero requests, then the\n"
-             "transfer is finalized; on failure it is cancelled and no disk appears.\n",
+             "transfer is finalized; on failure it is cancelled and no disk appears.\n"
+             "\n"
+             "With --definition-out (alone or with the above), the VM's definition stored with\n"
+             "the backup (libvirt domain XML, QEMU's devices as JSON, OVM's vm.cfg) is written\n"
+             "to FILE (mode 0600); it fails when the backup has none.\n",
     .common = CLI_REPO | CLI_PASSPHRASE | CLI_JSON | CLI_JOBS | CLI_CONNECTION,
     .options = restore_options,
     .json_short = 'J',

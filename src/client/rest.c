@@ -72,6 +72,43 @@ int client_create_snapshot(struct client *c, const char *vm, const char *label, 
     return path ? client_json(c, "POST", path, NULL, out, NULL) : -ENOMEM;
 }
 
+int client_take_snapshot(struct client *c, const char *vm, const struct client_snapshot_request *rq,
+                         bool chunks, json_t **out)
+{
+    json_t *body = json_object();
+    json_t *disks = rq->disks ? json_array() : NULL;
+    int r = body && (!rq->disks || disks) ? 0 : -ENOMEM;
+    if (r == 0 && rq->label && json_object_set_new(body, "label", json_string(rq->label)) < 0)
+        r = -ENOMEM;
+    if (r == 0 && rq->chain && json_object_set_new(body, "chain", json_string(rq->chain)) < 0)
+        r = -ENOMEM;
+    for (size_t i = 0; r == 0 && disks && i < rq->ndisks; i++)
+        if (json_array_append_new(disks, json_string(rq->disks[i])) < 0)
+            r = -ENOMEM;
+    if (r == 0 && disks && json_object_set(body, "disks", disks) < 0)
+        r = -ENOMEM;
+    CLEANUP_FREE char *text = r == 0 ? json_dumps(body, JSON_COMPACT) : NULL;
+    json_decref(disks);
+    json_decref(body);
+    CLEANUP_FREE char *path =
+        api_path(vm, NULL, NULL, "/snapshots%s", chunks ? "" : "?chunks=false");
+    if (!text || !path)
+        return -ENOMEM;
+    return client_json(c, "POST", path, text, out, NULL);
+}
+
+int client_release_snapshot(struct client *c, const char *vm, const char *snap)
+{
+    CLEANUP_FREE char *path = api_path(vm, snap, NULL, "?keepCheckpoint=true");
+    return path ? client_json(c, "DELETE", path, NULL, NULL, NULL) : -ENOMEM;
+}
+
+int client_get_vm_definition(struct client *c, const char *vm, json_t **out)
+{
+    CLEANUP_FREE char *path = api_path(vm, NULL, NULL, "/definition");
+    return path ? client_json(c, "GET", path, NULL, out, NULL) : -ENOMEM;
+}
+
 int client_get_snapshot(struct client *c, const char *vm, const char *snap,
                         const struct client_snapshot_query *q, json_t **out)
 {
@@ -119,7 +156,11 @@ int client_get_disk_changes(struct client *c, const char *vm, const char *snap, 
     CLEANUP_FREE char *path =
         api_path(vm, snap, disk, "/changes?changeId=%s&startOffset=%" PRIu64 "%s", ce, start_offset,
                  zeroed_in_changed ? "" : "&zeroedInChanged=false");
-    return path ? client_json(c, "GET", path, NULL, out, NULL) : -ENOMEM;
+    if (!path)
+        return -ENOMEM;
+    long status = 0;
+    int r = client_json(c, "GET", path, NULL, out, &status);
+    return r < 0 && status == 409 ? -ESTALE : r;
 }
 
 char *client_disk_data_path(const char *vm, const char *snap, const char *disk)

@@ -31,6 +31,29 @@ int client_list_snapshots(struct client *c, const char *vm, bool chunks, json_t 
 int client_create_snapshot(struct client *c, const char *vm, const char *label, bool chunks,
                            json_t **out);
 
+/* What a new snapshot is asked for beyond its VM (the POST's JSON body); NULL members are left
+ * out, so the server's defaults apply. */
+struct client_snapshot_request {
+    const char *label;
+    const char *chain;        /* the changed-block-tracking chain (provider_chain_valid) */
+    const char *const *disks; /* only these disks (ndisks of them); NULL: every disk */
+    size_t ndisks;
+};
+
+/* POST /vms/{vm}/snapshots with a request body.  -EINVAL (400) names a disk the VM does not
+ * have or cannot snapshot, or a chain the server refuses. */
+int client_take_snapshot(struct client *c, const char *vm, const struct client_snapshot_request *rq,
+                         bool chunks, json_t **out);
+
+/* DELETE /vms/{vm}/snapshots/{snap}?keepCheckpoint=true: release the snapshot's data (a live
+ * VM's export and scratch image) but keep its checkpoint as the base of later changes.
+ * -ENOENT when it is gone. */
+int client_release_snapshot(struct client *c, const char *vm, const char *snap);
+
+/* GET /vms/{vm}/definition: {"format": ..., "definition": ...}; -ENOENT when the provider keeps
+ * no definition (or the VM is unknown). */
+int client_get_vm_definition(struct client *c, const char *vm, json_t **out);
+
 /* What GET /vms/{vm}/snapshots/{snap} lists; CLIENT_SNAPSHOT_QUERY_DEFAULT is the server's
  * default (what a 004 client gets). */
 struct client_snapshot_query {
@@ -56,7 +79,9 @@ int client_purge_snapshots(struct client *c, const char *vm);
 
 /* GET /vms/{vm}/snapshots/{snap}/disks/{disk}/changes (the VMware-style areas, one page from
  * start_offset).  change_id: "*" or the change ID of the disk in an older snapshot (-EINVAL
- * when the server knows no such older snapshot of the disk).  zeroed_in_changed: the server's
+ * when the server knows no such older snapshot of the disk; -ESTALE when it answers 409: it can
+ * no longer tell the changes since, e.g. a live VM's checkpoint was lost or belongs to another
+ * chain, and client_error() says why).  zeroed_in_changed: the server's
  * default, "changedArea" also covers the "zeroedArea" ranges; false: only the changed data. */
 int client_get_disk_changes(struct client *c, const char *vm, const char *snap, const char *disk,
                             const char *change_id, uint64_t start_offset, bool zeroed_in_changed,

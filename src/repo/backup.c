@@ -69,6 +69,8 @@ void backup_free(struct backup *b)
     free(b->snapshot_id);
     free(b->server);
     free(b->vm_json);
+    free(b->definition);
+    free(b->definition_format);
     free(b->parent_id);
     disks_reset(&b->disks);
     free(b);
@@ -257,6 +259,10 @@ static int backup_to_json(const struct backup *b, char **out)
         r = json_set_str(o, "parent_id", b->parent_id);
     if (r == 0)
         r = json_set_str(o, "vm_json", b->vm_json);
+    if (r == 0 && b->definition)
+        r = json_set_str(o, "definition_format", b->definition_format);
+    if (r == 0 && b->definition)
+        r = json_set_str(o, "definition", b->definition);
     for (size_t i = 0; r == 0 && i < b->disks.len; i++)
         r = disk_to_json(&b->disks.ptr[i], disks);
     if (r == 0 && json_object_set(o, "disks", disks) < 0)
@@ -354,6 +360,10 @@ static int backup_from_json(const char *text, size_t len, struct backup **out)
         r = json_get_opt_str(o, "parent_id", &b->parent_id);
     if (r == 0)
         r = json_get_opt_str(o, "vm_json", &b->vm_json);
+    if (r == 0)
+        r = json_get_opt_str(o, "definition_format", &b->definition_format);
+    if (r == 0)
+        r = json_get_opt_str(o, "definition", &b->definition);
     if (r == 0)
         b->time = json_integer_value(time);
     for (size_t i = 0; r == 0 && i < json_array_size(disks); i++) {

@@ -189,6 +189,11 @@ struct backup {
     char *server;      /* server URL */
     int64_t time;      /* Unix seconds when taken */
     char *vm_json;     /* the VM's metadata as the daemon gave it (JSON text) */
+    /* The VM's definition as its platform keeps it (GET /vms/{vm}/definition: libvirt domain
+     * XML, QEMU's devices as JSON, OVM's vm.cfg) and its format ("libvirt-xml" ...); both NULL
+     * when the server gave none (older servers, the dir provider, older backups). */
+    char *definition;
+    char *definition_format;
     backup_disk_list disks;
     /* statistics of the run that made it */
     uint64_t bytes_read, bytes_written, chunks_new, chunks_reused;
