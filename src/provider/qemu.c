@@ -1687,7 +1687,7 @@ static int qemu_disk_changes(struct provider *p, const char *base, const char *n
 {
     struct qemu_priv *qp = p->priv;
     if (method)
-        *method = "qemu-dirty-bitmap";
+        *method = "bitmap"; /* docs/api.md: diff_mode of QEMU dirty bitmaps */
     struct qemu_loc lb, ln;
     if (loc_parse(base, &lb) < 0)
         return -EINVAL;

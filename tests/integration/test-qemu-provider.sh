@@ -137,7 +137,7 @@ cp "$F0" "$WORK/truth/s2.disk0"
 snapshot S2
 check "changes S1 -> S2 of disk0: exactly the blocks written" \
     test "$(blocks "$S2" "$S1" disk0 chunks)" = "3 17 100 101 200 201 202 203 204 205 206 207 300"
-check "  by the dirty bitmap" jq -e '.disks[0].diff_mode == "qemu-dirty-bitmap"' "$WORK/body"
+check "  by the dirty bitmap" jq -e '.disks[0].diff_mode == "bitmap"' "$WORK/body"
 check "changes S1 -> S2 of disk1: the block written" test "$(blocks "$S2" "$S1" disk1 chunks)" = 9
 check "S2's data is the disk at S2" same_bytes "$S2" disk0 "$WORK/truth/s2.disk0"
 
@@ -203,7 +203,7 @@ $QMP "$CTL" block-dirty-bitmap-remove "{\"node\":\"disk0\",\"name\":\"$B5\"}" >/
 api GET "/api/v1/vms/vm1/snapshots/$S6?compareTo=$S5" >/dev/null
 check "compareTo S5: disk0 in full, saying why; disk1 still by its bitmap" jq -e '
     (.disks[] | select(.name == "disk0") | .diff_mode == "full" and (.diff_reason | test("gone"))) and
-    (.disks[] | select(.name == "disk1") | .diff_mode == "qemu-dirty-bitmap" and .chunks == [])' "$WORK/body"
+    (.disks[] | select(.name == "disk1") | .diff_mode == "bitmap" and .chunks == [])' "$WORK/body"
 expect_status 409 "the disk's changes since S5: 409" \
     GET "/api/v1/vms/vm1/snapshots/$S6/disks/disk0/changes?changeId=$CH5"
 check "  error checkpoint, saying why" jq -e '.error == "checkpoint" and (.details | test("gone"))' "$WORK/body"
