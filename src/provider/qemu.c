@@ -1478,6 +1478,35 @@ static int qemu_snapshot_release(struct provider *p, const char *locator)
     return r;
 }
 
+/* The newest checkpoint b of a chain (still recording: no later snapshot of the chain) goes
+ * when its snapshot is deleted, typically by a backup that failed: fold it into the previous
+ * checkpoint, which records again from then on, in one transaction, so that the next snapshot
+ * is still incremental from the previous one's.  0, or -ENOENT when there is no usable
+ * previous checkpoint (then b and what it links to are removed as for any other). */
+static int checkpoint_fold(struct qemu_conn *c, const struct qemu_loc *l, const bitmap_list *bl,
+                           const struct bitmap *b)
+{
+    const struct bitmap *prev = b->prev && b->prev < b->t ? bitmap_find(bl, b->prev) : NULL;
+    if (!prev || strcmp(prev->chain, b->chain) || prev->inconsistent || prev->recording ||
+        b->inconsistent)
+        return -ENOENT;
+    char err[QEMU_ERR];
+    json_t *actions = json_pack(
+        "[{s:s, s:{s:s, s:s, s:[s]}}, {s:s, s:{s:s, s:s}}, {s:s, s:{s:s, s:s}}]", "type",
+        "block-dirty-bitmap-merge", "data", "node", l->node, "target", prev->name, "bitmaps",
+        b->name, "type", "block-dirty-bitmap-enable", "data", "node", l->node, "name", prev->name,
+        "type", "block-dirty-bitmap-remove", "data", "node", l->node, "name", b->name);
+    int r = actions ? qx(c, "transaction", json_pack("{s:o}", "actions", actions), NULL, err,
+                         sizeof(err))
+                    : -ENOMEM;
+    if (r < 0) {
+        log_warn("VM %s: disk %s: folding checkpoint %s into %s: %s", l->vm, l->disk, b->name,
+                 prev->name, err);
+        return -ENOENT;
+    }
+    return 0;
+}
+
 static int qemu_snapshot_delete(struct provider *p, const char *locator)
 {
     struct qemu_priv *qp = p->priv;
@@ -1505,6 +1534,8 @@ static int qemu_snapshot_delete(struct provider *p, const char *locator)
             char chain[PROVIDER_CHAIN_MAX + 1] = "";
             if (b)
                 snprintf(chain, sizeof(chain), "%s", b->chain);
+            if (b && b->recording && checkpoint_fold(&c, &l, &bl, b) == 0)
+                b = NULL; /* the previous checkpoint is the chain's newest again */
             for (int k = 0; b && k < QEMU_WALK_MAX && !strcmp(b->chain, chain); k++) {
                 int e = qx(&c, "block-dirty-bitmap-remove",
                            json_pack("{s:s, s:s}", "node", l.node, "name", b->name), NULL, err,
