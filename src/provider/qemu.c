@@ -73,6 +73,12 @@
 #define QEMU_GONE_WAIT_MS        10000 /* for an export or job to go after its delete/cancel */
 #define QEMU_WATCH_INTERVAL_S    1
 #define QEMU_WALK_MAX            100000 /* links followed in one chain walk */
+#define QEMU_T_HEX               16     /* digits of a checkpoint time: 64-bit ns in hex */
+#define QEMU_FILTER_DEPTH_MAX    64 /* our filters stacked over one node (one per live snapshot) */
+#define QEMU_WATCH_BATCH         16 /* snapshot disks ended per watcher round; more next round */
+#define QEMU_REASON_MAX          256
+#define QEMU_VM_ID_BYTES         256 /* provider_id_is_safe: at most 255 bytes */
+#define STAT_BLOCK_BYTES         512 /* st_blocks unit */
 #define QEMU_QDEV_PREFIX         "/machine/peripheral/"
 #define QEMU_MAX_SOCKETS         4096
 #define QEMU_ERR                 512
@@ -99,7 +105,7 @@ struct qemu_live {
     int64_t created_ns; /* CLOCK_MONOTONIC */
     int broken;         /* 0, or why it was ended: -EFBIG scratch_limit, -ETIME snapshot_lifetime */
     bool ended;         /* its export, job and scratch image are gone */
-    char reason[256];
+    char reason[QEMU_REASON_MAX];
     struct qemu_live *next;
 };
 
@@ -377,7 +383,7 @@ static json_t *graph_node_by_id(const struct graph *gr, json_int_t id)
  * snapshot of it lives. */
 static const char *graph_resolve(const struct graph *gr, const char *name)
 {
-    for (int depth = 0; name && is_ours(name) && depth < 64; depth++) {
+    for (int depth = 0; name && is_ours(name) && depth < QEMU_FILTER_DEPTH_MAX; depth++) {
         json_int_t id = graph_id(gr, name);
         const char *next = NULL;
         size_t i;
@@ -635,8 +641,8 @@ static int loc_parse(const char *locator, struct qemu_loc *l)
     const char *snap = json_string_value(json_object_get(j, "snap"));
     const char *t = json_string_value(json_object_get(j, "t"));
     int r = -EINVAL;
-    if (vm && disk && node && snap && t && snap_id_ok(snap) && strlen(t) == 16 &&
-        strspn(t, "0123456789abcdef") == 16) {
+    if (vm && disk && node && snap && t && snap_id_ok(snap) && strlen(t) == QEMU_T_HEX &&
+        strspn(t, "0123456789abcdef") == QEMU_T_HEX) {
         l->vm = strdup(vm);
         l->disk = strdup(disk);
         l->node = strdup(node);
@@ -650,6 +656,30 @@ static int loc_parse(const char *locator, struct qemu_loc *l)
     if (r < 0)
         loc_clear(l);
     return r;
+}
+
+/* The node of the locator's disk now: node names given by QEMU (-drive) or libvirt change when
+ * the process restarts, device IDs do not; the locator's node when the disk is not listed. */
+static int loc_resolve_node(struct qemu_priv *qp, struct qemu_conn *c, struct qemu_loc *l)
+{
+    struct vm *vm = NULL;
+    json_t *nodes = NULL;
+    int r = vm_read(qp, c, &vm, &nodes);
+    if (r < 0)
+        return r;
+    vm_free(vm);
+    const char *node = json_string_value(json_object_get(nodes, l->disk));
+    if (node && strcmp(node, l->node)) {
+        char *n = strdup(node);
+        if (!n) {
+            json_decref(nodes);
+            return -ENOMEM;
+        }
+        free(l->node);
+        l->node = n;
+    }
+    json_decref(nodes);
+    return 0;
 }
 
 static int qemu_snapshot_locate(struct provider *p, const struct vm *vm, const struct vm_disk *disk,
@@ -710,14 +740,15 @@ static bool bitmap_parse(const char *name, struct bitmap *b)
     if (!dot || dot == chain || (size_t)(dot - chain) > PROVIDER_CHAIN_MAX)
         return false;
     const char *t = dot + 1;
-    if (strlen(t) != 33 || t[16] != '.' || strspn(t, "0123456789abcdef") != 16 ||
-        strspn(t + 17, "0123456789abcdef") != 16)
+    if (strlen(t) != 2 * QEMU_T_HEX + 1 || t[QEMU_T_HEX] != '.' ||
+        strspn(t, "0123456789abcdef") != QEMU_T_HEX ||
+        strspn(t + QEMU_T_HEX + 1, "0123456789abcdef") != QEMU_T_HEX)
         return false;
     memset(b, 0, sizeof(*b));
     snprintf(b->name, sizeof(b->name), "%s", name);
     snprintf(b->chain, sizeof(b->chain), "%.*s", (int)(dot - chain), chain);
     b->t = strtoull(t, NULL, 16);
-    b->prev = strtoull(t + 17, NULL, 16);
+    b->prev = strtoull(t + QEMU_T_HEX + 1, NULL, 16);
     return true;
 }
 
@@ -1041,7 +1072,7 @@ static bool live_check(struct qemu_priv *qp, struct qemu_live *l, int64_t now)
     scratch_file_name(fn, l->key);
     struct stat st;
     uint64_t used = fstatat(qp->scratch_dirfd, fn, &st, AT_SYMLINK_NOFOLLOW) == 0
-                        ? (uint64_t)st.st_blocks * 512
+                        ? (uint64_t)st.st_blocks * STAT_BLOCK_BYTES
                         : 0;
     bool over_limit = qp->scratch_limit && used > qp->scratch_limit;
     bool too_old = qp->lifetime_s && now - l->created_ns > (int64_t)qp->lifetime_s * NS_PER_S;
@@ -1067,9 +1098,9 @@ static void watch_round(struct qemu_priv *qp)
 {
     struct over {
         char key[QEMU_KEY_LEN + 1];
-        char vm[256];
-        char reason[256];
-    } over[16];
+        char vm[QEMU_VM_ID_BYTES];
+        char reason[QEMU_REASON_MAX];
+    } over[QEMU_WATCH_BATCH];
     size_t n = 0;
     int64_t now = monotonic_ns();
     {
@@ -1251,6 +1282,8 @@ static int qemu_snapshot_create(struct provider *p, const struct vm *vm, const c
     bool transaction_done = false;
     if (r == 0)
         r = vm_connect(qp, vm->id, &c, err, errlen);
+    for (size_t i = 0; i < n && r == 0; i++)
+        r = loc_resolve_node(qp, &c, &sd[i].loc);
     /* Stale bitmaps of ours go first: inconsistent ones can never be a base again. */
     if (r == 0 && (r = graph_read(&c, &gr, err, errlen)) == 0) {
         for (size_t i = 0; i < n && r == 0; i++) {
@@ -1401,7 +1434,8 @@ static int qemu_snapshot_create(struct provider *p, const struct vm *vm, const c
         bitmap_list_reset(&sd[i].disable);
     }
     free(sd);
-    return r;
+    /* The VM or a node vanished: not "no such disk in the request", which -ENOENT means. */
+    return r == -ENOENT ? -ENODEV : r;
 }
 
 /* Connect to the VM of a locator: 0, or -ENOENT when the VM runs no more. */
@@ -1414,6 +1448,8 @@ static int loc_connect(struct qemu_priv *qp, const char *locator, struct qemu_lo
         return r;
     }
     r = vm_connect(qp, l->vm, c, err, errlen);
+    if (r == 0 && (r = loc_resolve_node(qp, c, l)) < 0)
+        conn_end(c);
     if (r < 0)
         loc_clear(l);
     return r;
@@ -1689,7 +1725,7 @@ static int qemu_disk_changes(struct provider *p, const char *base, const char *n
 {
     struct qemu_priv *qp = p->priv;
     if (method)
-        *method = "qemu-dirty-bitmap";
+        *method = "bitmap"; /* docs/api.md: diff_mode of QEMU dirty bitmaps */
     struct qemu_loc lb, ln;
     if (loc_parse(base, &lb) < 0)
         return -EINVAL;
@@ -1709,7 +1745,7 @@ static int qemu_disk_changes(struct provider *p, const char *base, const char *n
     obj_name(snode, 's', ln.key);
     bool tmp_made = false, ex_made = false;
     struct nbdio *nb = NULL;
-    if (strcmp(lb.vm, ln.vm) || strcmp(lb.disk, ln.disk) || strcmp(lb.node, ln.node)) {
+    if (strcmp(lb.vm, ln.vm) || strcmp(lb.disk, ln.disk)) {
         snprintf(err, errlen, "the snapshots are not of the same disk");
         r = -EINVAL;
         goto out;
