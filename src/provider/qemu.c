@@ -73,6 +73,12 @@
 #define QEMU_GONE_WAIT_MS        10000 /* for an export or job to go after its delete/cancel */
 #define QEMU_WATCH_INTERVAL_S    1
 #define QEMU_WALK_MAX            100000 /* links followed in one chain walk */
+#define QEMU_T_HEX               16     /* digits of a checkpoint time: 64-bit ns in hex */
+#define QEMU_FILTER_DEPTH_MAX    64 /* our filters stacked over one node (one per live snapshot) */
+#define QEMU_WATCH_BATCH         16 /* snapshot disks ended per watcher round; more next round */
+#define QEMU_REASON_MAX          256
+#define QEMU_VM_ID_BYTES         256 /* provider_id_is_safe: at most 255 bytes */
+#define STAT_BLOCK_BYTES         512 /* st_blocks unit */
 #define QEMU_QDEV_PREFIX         "/machine/peripheral/"
 #define QEMU_MAX_SOCKETS         4096
 #define QEMU_ERR                 512
@@ -97,8 +103,9 @@ struct qemu_live {
     char *snap;
     char *disk;
     int64_t created_ns; /* CLOCK_MONOTONIC */
-    bool broken;
-    char reason[256];
+    int broken;         /* 0, or why it was ended: -EFBIG scratch_limit, -ETIME snapshot_lifetime */
+    bool ended;         /* its export, job and scratch image are gone */
+    char reason[QEMU_REASON_MAX];
     struct qemu_live *next;
 };
 
@@ -376,7 +383,7 @@ static json_t *graph_node_by_id(const struct graph *gr, json_int_t id)
  * snapshot of it lives. */
 static const char *graph_resolve(const struct graph *gr, const char *name)
 {
-    for (int depth = 0; name && is_ours(name) && depth < 64; depth++) {
+    for (int depth = 0; name && is_ours(name) && depth < QEMU_FILTER_DEPTH_MAX; depth++) {
         json_int_t id = graph_id(gr, name);
         const char *next = NULL;
         size_t i;
@@ -634,8 +641,8 @@ static int loc_parse(const char *locator, struct qemu_loc *l)
     const char *snap = json_string_value(json_object_get(j, "snap"));
     const char *t = json_string_value(json_object_get(j, "t"));
     int r = -EINVAL;
-    if (vm && disk && node && snap && t && snap_id_ok(snap) && strlen(t) == 16 &&
-        strspn(t, "0123456789abcdef") == 16) {
+    if (vm && disk && node && snap && t && snap_id_ok(snap) && strlen(t) == QEMU_T_HEX &&
+        strspn(t, "0123456789abcdef") == QEMU_T_HEX) {
         l->vm = strdup(vm);
         l->disk = strdup(disk);
         l->node = strdup(node);
@@ -649,6 +656,30 @@ static int loc_parse(const char *locator, struct qemu_loc *l)
     if (r < 0)
         loc_clear(l);
     return r;
+}
+
+/* The node of the locator's disk now: node names given by QEMU (-drive) or libvirt change when
+ * the process restarts, device IDs do not; the locator's node when the disk is not listed. */
+static int loc_resolve_node(struct qemu_priv *qp, struct qemu_conn *c, struct qemu_loc *l)
+{
+    struct vm *vm = NULL;
+    json_t *nodes = NULL;
+    int r = vm_read(qp, c, &vm, &nodes);
+    if (r < 0)
+        return r;
+    vm_free(vm);
+    const char *node = json_string_value(json_object_get(nodes, l->disk));
+    if (node && strcmp(node, l->node)) {
+        char *n = strdup(node);
+        if (!n) {
+            json_decref(nodes);
+            return -ENOMEM;
+        }
+        free(l->node);
+        l->node = n;
+    }
+    json_decref(nodes);
+    return 0;
 }
 
 static int qemu_snapshot_locate(struct provider *p, const struct vm *vm, const struct vm_disk *disk,
@@ -709,14 +740,15 @@ static bool bitmap_parse(const char *name, struct bitmap *b)
     if (!dot || dot == chain || (size_t)(dot - chain) > PROVIDER_CHAIN_MAX)
         return false;
     const char *t = dot + 1;
-    if (strlen(t) != 33 || t[16] != '.' || strspn(t, "0123456789abcdef") != 16 ||
-        strspn(t + 17, "0123456789abcdef") != 16)
+    if (strlen(t) != 2 * QEMU_T_HEX + 1 || t[QEMU_T_HEX] != '.' ||
+        strspn(t, "0123456789abcdef") != QEMU_T_HEX ||
+        strspn(t + QEMU_T_HEX + 1, "0123456789abcdef") != QEMU_T_HEX)
         return false;
     memset(b, 0, sizeof(*b));
     snprintf(b->name, sizeof(b->name), "%s", name);
     snprintf(b->chain, sizeof(b->chain), "%.*s", (int)(dot - chain), chain);
     b->t = strtoull(t, NULL, 16);
-    b->prev = strtoull(t + 17, NULL, 16);
+    b->prev = strtoull(t + QEMU_T_HEX + 1, NULL, 16);
     return true;
 }
 
@@ -1000,14 +1032,19 @@ static void live_remove(struct qemu_priv *qp, const char *key)
     }
 }
 
-/* Why the snapshot disk key was ended early ("" when it was not). */
-static void live_broken(struct qemu_priv *qp, const char *key, char *why, size_t n)
+/* Why the snapshot disk key was ended early: 0 when it was not, else the errno its reads get
+ * and the reason in why. */
+static int live_broken(struct qemu_priv *qp, const char *key, char *why, size_t n)
 {
     ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&qp->lock);
     why[0] = '\0';
-    for (struct qemu_live *l = qp->live; l; l = l->next)
-        if (!strcmp(l->key, key) && l->broken)
+    for (struct qemu_live *l = qp->live; l; l = l->next) {
+        if (!strcmp(l->key, key) && l->broken) {
             snprintf(why, n, "%s", l->reason);
+            return l->broken;
+        }
+    }
+    return 0;
 }
 
 /* End a snapshot's data: its export, then its backup job (the guest's writes no longer
@@ -1028,40 +1065,60 @@ static int data_end(struct qemu_priv *qp, struct qemu_conn *c, const char *key)
     return r;
 }
 
+/* Whether the snapshot disk l is over a limit now: sets its broken and reason. */
+static bool live_check(struct qemu_priv *qp, struct qemu_live *l, int64_t now)
+{
+    char fn[QEMU_KEY_LEN + 8];
+    scratch_file_name(fn, l->key);
+    struct stat st;
+    uint64_t used = fstatat(qp->scratch_dirfd, fn, &st, AT_SYMLINK_NOFOLLOW) == 0
+                        ? (uint64_t)st.st_blocks * STAT_BLOCK_BYTES
+                        : 0;
+    bool over_limit = qp->scratch_limit && used > qp->scratch_limit;
+    bool too_old = qp->lifetime_s && now - l->created_ns > (int64_t)qp->lifetime_s * NS_PER_S;
+    if (over_limit)
+        snprintf(l->reason, sizeof(l->reason),
+                 "snapshot %s: disk %s: its scratch image grew to %llu bytes, over scratch_limit "
+                 "%llu: the snapshot was ended (the guest's writes went on)",
+                 l->snap, l->disk, (unsigned long long)used, (unsigned long long)qp->scratch_limit);
+    else if (too_old)
+        snprintf(l->reason, sizeof(l->reason),
+                 "snapshot %s: disk %s: older than snapshot_lifetime %llu s: the snapshot was "
+                 "ended (the guest's writes went on)",
+                 l->snap, l->disk, (unsigned long long)qp->lifetime_s);
+    else
+        return false;
+    l->broken = over_limit ? -EFBIG : -ETIME;
+    return true;
+}
+
+/* One look at the live snapshots: a disk over a limit ends its whole snapshot (a backup needs
+ * every disk of one instant). */
 static void watch_round(struct qemu_priv *qp)
 {
     struct over {
         char key[QEMU_KEY_LEN + 1];
-        char vm[256];
-        char reason[256];
-    } over[16];
+        char vm[QEMU_VM_ID_BYTES];
+        char reason[QEMU_REASON_MAX];
+    } over[QEMU_WATCH_BATCH];
     size_t n = 0;
     int64_t now = monotonic_ns();
     {
         ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&qp->lock);
+        for (struct qemu_live *l = qp->live; l; l = l->next) {
+            if (l->broken || !live_check(qp, l, now))
+                continue;
+            for (struct qemu_live *o = qp->live; o; o = o->next) {
+                if (o != l && !o->broken && !strcmp(o->snap, l->snap)) {
+                    o->broken = l->broken;
+                    snprintf(o->reason, sizeof(o->reason), "%s", l->reason);
+                }
+            }
+        }
         for (struct qemu_live *l = qp->live; l && n < ARRAY_SIZE(over); l = l->next) {
-            if (l->broken)
+            if (!l->broken || l->ended)
                 continue;
-            char fn[QEMU_KEY_LEN + 8];
-            scratch_file_name(fn, l->key);
-            struct stat st;
-            uint64_t used = fstatat(qp->scratch_dirfd, fn, &st, AT_SYMLINK_NOFOLLOW) == 0
-                                ? (uint64_t)st.st_blocks * 512
-                                : 0;
-            if (qp->scratch_limit && used > qp->scratch_limit)
-                snprintf(l->reason, sizeof(l->reason),
-                         "snapshot %s: disk %s: its scratch image grew to %llu bytes, over "
-                         "scratch_limit %llu: the snapshot was ended (the guest's writes went on)",
-                         l->snap, l->disk, (unsigned long long)used,
-                         (unsigned long long)qp->scratch_limit);
-            else if (qp->lifetime_s && now - l->created_ns > (int64_t)qp->lifetime_s * NS_PER_S)
-                snprintf(l->reason, sizeof(l->reason),
-                         "snapshot %s: disk %s: older than snapshot_lifetime %llu s: the "
-                         "snapshot was ended (the guest's writes went on)",
-                         l->snap, l->disk, (unsigned long long)qp->lifetime_s);
-            else
-                continue;
-            l->broken = true;
+            l->ended = true;
             snprintf(over[n].key, sizeof(over[n].key), "%s", l->key);
             snprintf(over[n].vm, sizeof(over[n].vm), "%s", l->vm_id);
             snprintf(over[n].reason, sizeof(over[n].reason), "%s", l->reason);
@@ -1225,6 +1282,8 @@ static int qemu_snapshot_create(struct provider *p, const struct vm *vm, const c
     bool transaction_done = false;
     if (r == 0)
         r = vm_connect(qp, vm->id, &c, err, errlen);
+    for (size_t i = 0; i < n && r == 0; i++)
+        r = loc_resolve_node(qp, &c, &sd[i].loc);
     /* Stale bitmaps of ours go first: inconsistent ones can never be a base again. */
     if (r == 0 && (r = graph_read(&c, &gr, err, errlen)) == 0) {
         for (size_t i = 0; i < n && r == 0; i++) {
@@ -1274,6 +1333,7 @@ static int qemu_snapshot_create(struct provider *p, const struct vm *vm, const c
         }
     }
     /* Scratch images, before any freeze: their making takes the longest. */
+    int64_t t_start = monotonic_ns(), t_tx = 0, t_tx_end = 0;
     for (size_t i = 0; i < n && r == 0; i++) {
         sd[i].scratch = true;
         r = scratch_make(qp, &c, sd[i].loc.key, sd[i].loc.node, sd[i].size, err, errlen);
@@ -1311,7 +1371,9 @@ static int qemu_snapshot_create(struct provider *p, const struct vm *vm, const c
         int64_t t0 = monotonic_ns();
         r = qemu_guest_freeze(qp, vm->id, &g, &frozen, err, errlen);
         if (r == 0) {
+            t_tx = monotonic_ns();
             r = qx(&c, "transaction", json_pack("{s:O}", "actions", actions), NULL, err, errlen);
+            t_tx_end = monotonic_ns();
             transaction_done = r == 0;
             qemu_guest_thaw(qp, g, r);
             req->frozen = frozen;
@@ -1351,6 +1413,10 @@ static int qemu_snapshot_create(struct provider *p, const struct vm *vm, const c
     }
     if (r >= 0) {
         r = 0;
+        log_info("VM %s: snapshot %s of %zu disks: scratch images %.1f ms, transaction %.1f ms, "
+                 "exports %.1f ms",
+                 vm->id, snap_id, n, (double)(t_tx - t_start) / 1e6,
+                 (double)(t_tx_end - t_tx) / 1e6, (double)(monotonic_ns() - t_tx_end) / 1e6);
         for (size_t i = 0; i < n; i++) {
             disks[i].size = sd[i].size;
             disks[i].mode = strdup("fleece");
@@ -1368,7 +1434,8 @@ static int qemu_snapshot_create(struct provider *p, const struct vm *vm, const c
         bitmap_list_reset(&sd[i].disable);
     }
     free(sd);
-    return r;
+    /* The VM or a node vanished: not "no such disk in the request", which -ENOENT means. */
+    return r == -ENOENT ? -ENODEV : r;
 }
 
 /* Connect to the VM of a locator: 0, or -ENOENT when the VM runs no more. */
@@ -1381,6 +1448,8 @@ static int loc_connect(struct qemu_priv *qp, const char *locator, struct qemu_lo
         return r;
     }
     r = vm_connect(qp, l->vm, c, err, errlen);
+    if (r == 0 && (r = loc_resolve_node(qp, c, l)) < 0)
+        conn_end(c);
     if (r < 0)
         loc_clear(l);
     return r;
@@ -1407,6 +1476,35 @@ static int qemu_snapshot_release(struct provider *p, const char *locator)
     conn_end(&c);
     loc_clear(&l);
     return r;
+}
+
+/* The newest checkpoint b of a chain (still recording: no later snapshot of the chain) goes
+ * when its snapshot is deleted, typically by a backup that failed: fold it into the previous
+ * checkpoint, which records again from then on, in one transaction, so that the next snapshot
+ * is still incremental from the previous one's.  0, or -ENOENT when there is no usable
+ * previous checkpoint (then b and what it links to are removed as for any other). */
+static int checkpoint_fold(struct qemu_conn *c, const struct qemu_loc *l, const bitmap_list *bl,
+                           const struct bitmap *b)
+{
+    const struct bitmap *prev = b->prev && b->prev < b->t ? bitmap_find(bl, b->prev) : NULL;
+    if (!prev || strcmp(prev->chain, b->chain) || prev->inconsistent || prev->recording ||
+        b->inconsistent)
+        return -ENOENT;
+    char err[QEMU_ERR];
+    json_t *actions = json_pack(
+        "[{s:s, s:{s:s, s:s, s:[s]}}, {s:s, s:{s:s, s:s}}, {s:s, s:{s:s, s:s}}]", "type",
+        "block-dirty-bitmap-merge", "data", "node", l->node, "target", prev->name, "bitmaps",
+        b->name, "type", "block-dirty-bitmap-enable", "data", "node", l->node, "name", prev->name,
+        "type", "block-dirty-bitmap-remove", "data", "node", l->node, "name", b->name);
+    int r = actions ? qx(c, "transaction", json_pack("{s:o}", "actions", actions), NULL, err,
+                         sizeof(err))
+                    : -ENOMEM;
+    if (r < 0) {
+        log_warn("VM %s: disk %s: folding checkpoint %s into %s: %s", l->vm, l->disk, b->name,
+                 prev->name, err);
+        return -ENOENT;
+    }
+    return 0;
 }
 
 static int qemu_snapshot_delete(struct provider *p, const char *locator)
@@ -1436,6 +1534,8 @@ static int qemu_snapshot_delete(struct provider *p, const char *locator)
             char chain[PROVIDER_CHAIN_MAX + 1] = "";
             if (b)
                 snprintf(chain, sizeof(chain), "%s", b->chain);
+            if (b && b->recording && checkpoint_fold(&c, &l, &bl, b) == 0)
+                b = NULL; /* the previous checkpoint is the chain's newest again */
             for (int k = 0; b && k < QEMU_WALK_MAX && !strcmp(b->chain, chain); k++) {
                 int e = qx(&c, "block-dirty-bitmap-remove",
                            json_pack("{s:s, s:s}", "node", l.node, "name", b->name), NULL, err,
@@ -1551,11 +1651,12 @@ static int qemu_disk_open(struct provider *p, const char *locator, unsigned flag
     if (loc_parse(locator, &l) < 0)
         return -EINVAL;
     char why[256];
-    live_broken(qp, l.key, why, sizeof(why));
-    if (why[0]) {
+    int broken = live_broken(qp, l.key, why, sizeof(why));
+    if (broken) {
+        /* reads say File too large (scratch_limit) or Timer expired (snapshot_lifetime) */
         log_error("[provider.%s] %s", qp->name, why);
         loc_clear(&l);
-        return -EIO;
+        return broken;
     }
     char sock[PATH_MAX], ex[QEMU_NODE_NAME_MAX], err[QEMU_ERR];
     nbd_socket_path(qp, l.vm, sock, sizeof(sock));
@@ -1571,6 +1672,8 @@ static int qemu_disk_open(struct provider *p, const char *locator, unsigned flag
     }
     qr->r.ops = &qreader_ops;
     qr->r.size = nbdio_size(qr->n);
+    /* Snapshots of an earlier run of the daemon are watched from their first read on. */
+    live_add(qp, l.key, l.vm, l.snap, l.disk);
     CLEANUP_FREE char *uri = nbdio_uri(sock, ex);
     if (uri && strlen(uri) < sizeof(qr->r.identity))
         memcpy(qr->r.identity, uri, strlen(uri) + 1);
@@ -1622,7 +1725,7 @@ static int qemu_disk_changes(struct provider *p, const char *base, const char *n
 {
     struct qemu_priv *qp = p->priv;
     if (method)
-        *method = "qemu-dirty-bitmap";
+        *method = "bitmap"; /* docs/api.md: diff_mode of QEMU dirty bitmaps */
     struct qemu_loc lb, ln;
     if (loc_parse(base, &lb) < 0)
         return -EINVAL;
@@ -1642,7 +1745,7 @@ static int qemu_disk_changes(struct provider *p, const char *base, const char *n
     obj_name(snode, 's', ln.key);
     bool tmp_made = false, ex_made = false;
     struct nbdio *nb = NULL;
-    if (strcmp(lb.vm, ln.vm) || strcmp(lb.disk, ln.disk) || strcmp(lb.node, ln.node)) {
+    if (strcmp(lb.vm, ln.vm) || strcmp(lb.disk, ln.disk)) {
         snprintf(err, errlen, "the snapshots are not of the same disk");
         r = -EINVAL;
         goto out;

@@ -97,7 +97,7 @@ cp "$F0" "$WORK/truth/s1.disk0" && cp "$F1" "$WORK/truth/s1.disk1"
 snapshot S1
 check "  of the two writable disks, by fleecing" jq -e \
     '[.disks[] | [.name, .snapshot_mode]] == [["disk0","fleece"],["disk1","fleece"]]' "$WORK/body"
-diag "snapshot of 2 disks took $(grep -o 'snapshot [^ ]* of VM vm1: 2 disks in [0-9.]* s' "$WORK/daemon.log" | tail -1 | awk '{print $(NF-1)}') s"
+diag "$(grep -o "snapshot [^ ]* of 2 disks: scratch images.*" "$WORK/daemon.log" | tail -1)"
 
 # The guest writes on while the snapshot is read: blocks W0 now, and a writer that goes over
 # blocks 200..207 again and again (one full pass at least before it stops).
@@ -137,7 +137,7 @@ cp "$F0" "$WORK/truth/s2.disk0"
 snapshot S2
 check "changes S1 -> S2 of disk0: exactly the blocks written" \
     test "$(blocks "$S2" "$S1" disk0 chunks)" = "3 17 100 101 200 201 202 203 204 205 206 207 300"
-check "  by the dirty bitmap" jq -e '.disks[0].diff_mode == "qemu-dirty-bitmap"' "$WORK/body"
+check "  by the dirty bitmap" jq -e '.disks[0].diff_mode == "bitmap"' "$WORK/body"
 check "changes S1 -> S2 of disk1: the block written" test "$(blocks "$S2" "$S1" disk1 chunks)" = 9
 check "S2's data is the disk at S2" same_bytes "$S2" disk0 "$WORK/truth/s2.disk0"
 
@@ -203,7 +203,7 @@ $QMP "$CTL" block-dirty-bitmap-remove "{\"node\":\"disk0\",\"name\":\"$B5\"}" >/
 api GET "/api/v1/vms/vm1/snapshots/$S6?compareTo=$S5" >/dev/null
 check "compareTo S5: disk0 in full, saying why; disk1 still by its bitmap" jq -e '
     (.disks[] | select(.name == "disk0") | .diff_mode == "full" and (.diff_reason | test("gone"))) and
-    (.disks[] | select(.name == "disk1") | .diff_mode == "qemu-dirty-bitmap" and .chunks == [])' "$WORK/body"
+    (.disks[] | select(.name == "disk1") | .diff_mode == "bitmap" and .chunks == [])' "$WORK/body"
 expect_status 409 "the disk's changes since S5: 409" \
     GET "/api/v1/vms/vm1/snapshots/$S6/disks/disk0/changes?changeId=$CH5"
 check "  error checkpoint, saying why" jq -e '.error == "checkpoint" and (.details | test("gone"))' "$WORK/body"
@@ -217,6 +217,67 @@ for s in "$S4" "$R1" "$R2" "$S5" "$S6"; do api DELETE "/api/v1/vms/vm1/snapshots
 check "all deleted: no node, export, checkpoint or scratch image of ours" test "$($QMP "$CTL" \
     query-named-block-nodes '{"flat":true}' | jq '[.[] | select(.["node-name"] | startswith("vmx")),
     (.["dirty-bitmaps"][]? | select((.name // "") | startswith("vmexport.")))] | length')$(ls -A "$SCRATCH")" = 0
+
+# ---- vmexport backup reads the exports over NBD: full, then only the blocks written ----
+export VMEXPORT_SERVER=$URL VMEXPORT_USER=admin VMEXPORT_PASSWORD=secret
+export VMEXPORT_CACERT=$WORK/certs/ca.crt XDG_CACHE_HOME=$WORK/cache
+REPO=$WORK/repo
+"$VMEXPORT" repo init "$REPO" >/dev/null
+# backup_summary: back up vm1, its summary line into $WORK/summary.
+backup_summary() {
+    "$VMEXPORT" backup vm1 --repo "$REPO" --json >"$WORK/backup.out" 2>"$WORK/backup.err" &&
+        grep '"type":"summary"' "$WORK/backup.out" | tail -1 >"$WORK/summary"
+}
+cp "$F0" "$WORK/truth/b1.disk0"
+backup_summary && ok "a full backup" || not_ok "full backup: $(tail -3 "$WORK/backup.err")"
+check "  read over NBD" jq -e '.transport == "nbd" and .incremental == false' "$WORK/summary"
+B1=$(jq -r .backup "$WORK/summary")
+write_block "$F0" 40
+write_block "$F0" 300
+cp "$F0" "$WORK/truth/b2.disk0"
+backup_summary && ok "an incremental backup" || not_ok "incremental backup: $(tail -3 "$WORK/backup.err")"
+check "  read the two blocks written and nothing else" jq -e \
+    '.transport == "nbd" and .incremental == true and .bytes_read == 131072' "$WORK/summary"
+B2=$(jq -r .backup "$WORK/summary")
+for b in B1 B2; do
+    rm -rf "$WORK/restore"
+    "$VMEXPORT" restore --repo "$REPO" "${!b}" --disk disk0 --to "$WORK/restore" >/dev/null 2>&1
+    check "  restore of $b: disk0 as it was at its snapshot" cmp -s "$WORK/restore" \
+        "$WORK/truth/${b,,}.disk0"
+done
+api GET /api/v1/vms/vm1/snapshots >/dev/null
+for s in $(jq -r '.[].id' "$WORK/body"); do api DELETE "/api/v1/vms/vm1/snapshots/$s" >/dev/null; done
+
+# ---- scratch_limit and snapshot_lifetime: the snapshot ends, the guest's writes go on ----
+stop_daemon
+check "the daemon stops cleanly" test $? -eq 0
+write_config "$CONF" "$PORT" "$WORK/state" "[provider.live]" "type = qemu" \
+    "qmp_sockets = $WORK/qmp/*.qmp" "scratch_dir = $SCRATCH" "nbd_dir = $NBD_DIR" \
+    "scratch_limit = 1048576" "snapshot_lifetime = 3"
+start_daemon "$CONF" "$PORT" && login admin secret && ok "daemon restarts with limits" ||
+    { not_ok "daemon restarts"; exit 1; }
+snapshot L1
+head -c 4194304 /dev/urandom >"$WORK/4m"
+dd if="$WORK/4m" of="$F0" bs=1M conv=notrunc,fsync status=none &&
+    ok "the guest overwrites 4 MiB while its snapshot copies the old data into scratch" || not_ok "guest write failed"
+# wait_log TEXT: until the daemon logs TEXT (the watcher looks once a second).
+wait_log() { for _ in $(seq 100); do grep -q "$1" "$WORK/daemon.log" && return 0; sleep 0.1; done; return 1; }
+check "the watcher ends the snapshot over scratch_limit, saying why" \
+    wait_log "disk disk0: its scratch image grew to [0-9]* bytes, over scratch_limit 1048576"
+expect_status 500 "  its data is no longer served" GET "/api/v1/vms/vm1/snapshots/$L1/disks/disk0"
+check "  saying so" grep -q "File too large" "$WORK/body"
+check "  the guest's data is all there" cmp -s <(dd if="$F0" bs=1M count=4 status=none) "$WORK/4m"
+check "  its backup job and export are gone" test "$($QMP "$CTL" query-jobs | jq length)$($QMP \
+    "$CTL" query-block-exports | jq '[.[] | select(.id | startswith("vmxe"))] | length')" = 00
+snapshot L2
+check "the watcher ends a snapshot older than snapshot_lifetime" \
+    wait_log "snapshot $L2: disk disk1: older than snapshot_lifetime 3 s"
+expect_status 500 "  its data is no longer served" GET "/api/v1/vms/vm1/snapshots/$L2/disks/disk1"
+check "  saying so" grep -q "Timer expired" "$WORK/body"
+for s in "$L1" "$L2"; do expect_status 204 "ended snapshot is deleted" DELETE "/api/v1/vms/vm1/snapshots/$s"; done
+check "  nothing of them is left" test "$($QMP "$CTL" query-named-block-nodes '{"flat":true}' |
+    jq '[.[] | select(.["node-name"] | startswith("vmx")), (.["dirty-bitmaps"][]? |
+    select((.name // "") | startswith("vmexport.")))] | length')$(ls -A "$SCRATCH")" = 0
 
 # ---- a process that runs an NBD server of its own: no snapshot, nothing left ----
 qemu-img create -q -f qcow2 "$IMG/e0.qcow2" 8M
@@ -242,17 +303,23 @@ if ! command -v qemu-system-x86_64 >/dev/null; then
 fi
 qemu-img create -q -f qcow2 "$IMG/v0.qcow2" 16M
 qemu-io -f qcow2 -c "write -P 0x44 0 1M" "$IMG/v0.qcow2" >/dev/null
-# Paused (-S): the disk changes only by the test's writes through the device.
-qemu-system-x86_64 -name web1 -M q35 -accel tcg -S -nodefaults -display none \
-    -blockdev "file,node-name=vf,filename=$IMG/v0.qcow2" -blockdev qcow2,node-name=vdisk,file=vf \
-    -device virtio-blk-pci,drive=vdisk,id=vd0 \
-    -drive "if=none,id=cd,media=cdrom,file=$IMG/cd.iso,format=raw,readonly=on" \
-    -device ide-cd,drive=cd,id=cd0 \
-    -chardev "socket,id=m0,path=$WORK/qmp/qemu-1.qmp,server=on,wait=off" -mon chardev=m0,mode=control \
-    -chardev "socket,id=m1,path=$WORK/ctl3.sock,server=on,wait=off" -mon chardev=m1,mode=control \
-    >"$WORK/qemu.log" 2>&1 &
-at_exit "kill -9 $!"
-for _ in $(seq 200); do [ -S "$WORK/ctl3.sock" ] && [ -S "$WORK/qmp/qemu-1.qmp" ] && break; sleep 0.05; done
+# start_qemu NODE: the VM, paused (-S: the disk changes only by the test's writes through the
+# device), its disk's node named NODE.
+start_qemu() {
+    rm -f "$WORK/ctl3.sock" "$WORK/qmp/qemu-1.qmp"
+    qemu-system-x86_64 -name web1 -M q35 -accel tcg -S -nodefaults -display none \
+        -blockdev "file,node-name=vf,filename=$IMG/v0.qcow2" -blockdev "qcow2,node-name=$1,file=vf" \
+        -device "virtio-blk-pci,drive=$1,id=vd0" \
+        -drive "if=none,id=cd,media=cdrom,file=$IMG/cd.iso,format=raw,readonly=on" \
+        -device ide-cd,drive=cd,id=cd0 \
+        -chardev "socket,id=m0,path=$WORK/qmp/qemu-1.qmp,server=on,wait=off" -mon chardev=m0,mode=control \
+        -chardev "socket,id=m1,path=$WORK/ctl3.sock,server=on,wait=off" -mon chardev=m1,mode=control \
+        >>"$WORK/qemu.log" 2>&1 &
+    QEMU_PID=$!
+    at_exit "kill -9 $QEMU_PID"
+    for _ in $(seq 200); do [ -S "$WORK/ctl3.sock" ] && [ -S "$WORK/qmp/qemu-1.qmp" ] && break; sleep 0.05; done
+}
+start_qemu vdisk
 expect_status 200 "a QEMU VM is listed by its -name" GET /api/v1/vms/web1
 check "  its disks by device ID: the CD-ROM not snapshotted" jq -e '
     [.disks[] | [.name, .device_name, .mode, .snapshot_compatible, .size]] ==
@@ -268,6 +335,17 @@ hmp "write -P 0x55 64k 64k"
 check "its snapshot is the disk at the snapshot" same_bytes "$V1" vd0 "$WORK/truth/v1"
 snapshot V2
 check "changes V1 -> V2: the block written through the device" test "$(blocks "$V2" "$V1" vd0 chunks)" = 1
-for s in "$V1" "$V2"; do api DELETE "/api/v1/vms/web1/snapshots/$s" >/dev/null; done
-check "deleted: the device's node is the user's again" test "$($QMP "$WORK/ctl3.sock" query-block |
-    jq -r '.[] | select(.qdev | test("vd0")) | .inserted["node-name"]')" = vdisk
+# A clean restart of QEMU under another node name (libvirt and -drive name nodes anew on each
+# start): the persistent checkpoint carries the changes over.
+$QMP "$WORK/ctl3.sock" quit >/dev/null
+wait "$QEMU_PID" 2>/dev/null
+start_qemu vdisk2
+hmp "write -P 0x66 192k 64k"
+snapshot V3
+check "after a restart under another node name: changes V2 -> V3, the block written since" \
+    test "$(blocks "$V3" "$V2" vd0 chunks)" = 3
+for s in "$V1" "$V2" "$V3"; do api DELETE "/api/v1/vms/web1/snapshots/$s" >/dev/null; done
+check "deleted: the device's node is the user's again, without checkpoints" test "$($QMP \
+    "$WORK/ctl3.sock" query-block | jq -r '.[] | select(.qdev | test("vd0")) | .inserted |
+    .["node-name"] + ":" + ([.["dirty-bitmaps"][]? | select((.name // "") |
+    startswith("vmexport."))] | length | tostring)')" = vdisk2:0
