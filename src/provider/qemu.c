@@ -1213,8 +1213,8 @@ static void qemu_guest_thaw(struct qemu_priv *qp, struct qemu_guest *g, int resu
     if (qga_freeze_end(&g->fz, g->timeout_ms, err, sizeof(err)) < 0)
         log_error("%s (after a %s snapshot)", err, result == 0 ? "successful" : "failed");
     else
-        log_debug("guest agent: %d filesystems frozen for %.1f ms", g->fz.count,
-                  (double)g->fz.frozen_us / 1000.0);
+        log_info("guest agent: %d filesystems frozen for %.1f ms (freeze sent to thaw confirmed)",
+                 g->fz.count, (double)g->fz.frozen_us / 1000.0);
     free(g);
 }
 

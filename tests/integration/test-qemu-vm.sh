@@ -103,6 +103,7 @@ vmctl fill "$WORK/vm-v1.qmp" disk0="$WORK/truth0" disk1="$WORK/truth1" || not_ok
 random_writes 30 >/dev/null || not_ok "writes through HMP qemu-io"
 backup_during_writes 1
 check "  the first backup is full" jq -e '.incremental == false' "$WORK/summary1"
+check "  read straight from QEMU's NBD export on this host (--transport auto)" jq -e '.transport == "nbd"' "$WORK/summary1"
 random_writes 20 >/dev/null
 backup_during_writes 2
 check "  the second backup is incremental" jq -e '.incremental == true' "$WORK/summary2"

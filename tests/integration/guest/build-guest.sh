@@ -8,8 +8,9 @@
 # test suite builds it once.  /init loads the virtio and ext4 modules, mounts /dev/vda (ext4) on
 # /mnt, starts qemu-ga on the port named org.qemu.guest_agent.0 (with a freeze hook that can
 # be told to hang, for timeout tests) and runs the lines it reads on the port vmexport.cmd as
-# shell commands (the tests' way to write in the guest without going through the agent),
-# answering with their output and a line "__rc=N".
+# shell commands (the tests' way to write in the guest without going through the agent): a
+# line "TOKEN COMMAND" is answered with "__begin TOKEN", the output and "__rc=N TOKEN", so that
+# a client skips what an earlier, timed-out client left in the port.
 set -euo pipefail
 cache=${1:?usage: build-guest.sh CACHE_DIR}
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -89,9 +90,10 @@ cmd=$(port vmexport.cmd)
 echo "init: ready"
 while :; do
     if [ -n "$cmd" ] && exec 3<>"$cmd"; then
-        while IFS= read -r line <&3; do
+        while IFS=' ' read -r tok line <&3; do
+            echo "__begin $tok" >&3
             sh -c "$line" >&3 2>&1 </dev/null
-            echo "__rc=$?" >&3
+            echo "__rc=$? $tok" >&3
         done
         exec 3>&-
     fi

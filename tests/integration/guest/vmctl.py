@@ -86,18 +86,23 @@ def qga(path, cmd, args, timeout=30):
 
 
 def sh(path, line, timeout=30):
+    tok = "%016x" % random.getrandbits(64)
     s = connect(path, timeout)
-    s.sendall(line.encode() + b"\n")
+    s.sendall(("%s %s\n" % (tok, line)).encode())
     f = s.makefile("rb")
-    out = []
+    out = None  # None until our "__begin": earlier clients' leftovers are skipped
     while True:
         l = f.readline()
         if not l:
             raise EOFError("guest command port closed")
         l = l.decode(errors="replace")
-        if l.startswith("__rc="):
+        if out is None:
+            if l.strip() == "__begin " + tok:
+                out = []
+            continue
+        if l.startswith("__rc=") and l.split()[-1] == tok:
             s.close()
-            return int(l[5:]), "".join(out)
+            return int(l[5:].split()[0]), "".join(out)
         out.append(l)
 
 
