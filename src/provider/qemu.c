@@ -1203,19 +1203,24 @@ static int qemu_guest_freeze(struct qemu_priv *qp, const char *vm_id, struct qem
     return 0;
 }
 
-/* Thaw (when frozen) and forget g; result: the snapshot's. */
-static void qemu_guest_thaw(struct qemu_priv *qp, struct qemu_guest *g, int result)
+/* Thaw (when frozen) and forget g; result: the snapshot's.  How long the guest was frozen, from
+ * the freeze sent to the thaw confirmed, in microseconds (0: unknown, the thaw failed). */
+static uint64_t qemu_guest_thaw(struct qemu_priv *qp, struct qemu_guest *g, int result)
 {
     (void)qp;
     if (!g)
-        return;
+        return 0;
     char err[QEMU_ERR];
-    if (qga_freeze_end(&g->fz, g->timeout_ms, err, sizeof(err)) < 0)
+    uint64_t frozen_us = 0;
+    if (qga_freeze_end(&g->fz, g->timeout_ms, err, sizeof(err)) < 0) {
         log_error("%s (after a %s snapshot)", err, result == 0 ? "successful" : "failed");
-    else
+    } else {
+        frozen_us = g->fz.frozen_us;
         log_info("guest agent: %d filesystems frozen for %.1f ms (freeze sent to thaw confirmed)",
-                 g->fz.count, (double)g->fz.frozen_us / 1000.0);
+                 g->fz.count, (double)frozen_us / 1000.0);
+    }
     free(g);
+    return frozen_us;
 }
 
 /* ---- snapshots ---- */
@@ -1375,9 +1380,12 @@ static int qemu_snapshot_create(struct provider *p, const struct vm *vm, const c
             r = qx(&c, "transaction", json_pack("{s:O}", "actions", actions), NULL, err, errlen);
             t_tx_end = monotonic_ns();
             transaction_done = r == 0;
-            qemu_guest_thaw(qp, g, r);
+            uint64_t frozen_us = qemu_guest_thaw(qp, g, r);
             req->frozen = frozen;
-            req->frozen_us = frozen ? (uint64_t)(monotonic_ns() - t0) / NS_PER_US : 0;
+            /* the agent's measure; when the thaw failed, the time since the agent was asked */
+            if (frozen)
+                req->frozen_us =
+                    frozen_us ? frozen_us : (uint64_t)(monotonic_ns() - t0) / NS_PER_US;
         }
     }
     if (server_frozen && q->thaw)
