@@ -30,6 +30,8 @@ PACKAGES="
   xfsprogs btrfs-progs e2fsprogs util-linux
   qemu-utils qemu-block-extra libnbd-bin curl openssl sqlite3 jq python3 python3-xxhash iproute2 libxml2-utils
   nginx-light wrk time zstd systemd
+  qemu-system-x86 qemu-system-common
+  libvirt-dev libxml2-dev libvirt-daemon-system libvirt-clients
 "
 
 missing=""

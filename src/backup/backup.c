@@ -551,6 +551,21 @@ static int read_changes(struct client *cl, const char *vm, const char *snap_id, 
     return 0;
 }
 
+/* The server's own words in the client's message of a failed changes request ("URL: GET
+ * PATH/changes?...: DETAILS (HTTP 409)"): DETAILS, malloc'd; the whole message when it has
+ * another form.  NULL when out of memory. */
+static char *changes_error_details(const char *msg)
+{
+    const char *p = strstr(msg, "/changes?");
+    const char *d = p ? strstr(p, ": ") : NULL;
+    d = d ? d + 2 : msg;
+    size_t n = strlen(d);
+    const char *tail = strstr(d, " (HTTP ");
+    if (tail && strchr(tail, ')') == d + n - 1)
+        n = (size_t)(tail - d);
+    return strndup(d, n);
+}
+
 /* The ranges to read of disk d from the server: the changes since its change ID in the previous
  * backup when the server still has that snapshot and can tell them, else its data extents
  * (d->full_reason says why); and the chunks they touch.  0 or a negative errno (the client's
@@ -564,10 +579,11 @@ static int plan_disk(struct client *cl, const char *vm, const char *snap_id, str
         /* -EINVAL: the base snapshot is gone from the server; -ESTALE (409): the server can no
          * longer tell the changes since it (a live VM's checkpoint lost, inconsistent, or of
          * another chain).  Never an incremental then: the whole disk is read. */
+        CLEANUP_FREE char *why = r == -ESTALE ? changes_error_details(client_error(cl)) : NULL;
         if (r == -EINVAL)
             d->full_reason = strdup("the previous backup's snapshot is no longer on the server");
-        else if (asprintf(&d->full_reason, "the server cannot tell the changes: %s",
-                          client_error(cl)) < 0)
+        else if (!why ||
+                 asprintf(&d->full_reason, "the server cannot tell the changes: %s", why) < 0)
             d->full_reason = NULL;
         if (!d->full_reason)
             return -ENOMEM;
@@ -625,7 +641,10 @@ static int open_source(struct backup_ctx *b, const char *snap_id, const json_t *
                                    "VM %s: disk %s: cannot read the snapshot's NBD export "
                                    "(--transport nbd): %s",
                                    b->o->vm, d->name, why);
-        warn(b, "VM %s: disk %s: reading through the server: %s", b->o->vm, d->name, why);
+        /* No such socket: the client runs on another host, as auto expects; anything else
+         * (a socket that does not answer, another size) is worth a word. */
+        if (r != -ENOENT)
+            warn(b, "VM %s: disk %s: reading through the server: %s", b->o->vm, d->name, why);
     } else if (t != BACKUP_TRANSPORT_HTTPS) {
         r = source_local_open(&sd, &d->src, why, sizeof(why));
         if (r == 0)

@@ -4,12 +4,14 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "backup/define.h"
 #include "backup/definition.h"
 #include "backup/restore.h"
 #include "cli/cli.h"
 #include "cli/progress.h"
 #include "cli/repo_open.h"
 #include "cli/upload.h"
+#include "core/cleanup.h"
 #include "core/jsonw.h"
 
 /* Restore threads (reading, checking, decompressing and writing chunks) and upload
@@ -35,19 +37,54 @@ static void print_restored(const struct backup *b, const struct restored_disk *d
     puts("}");
 }
 
+enum { OPT_DEFINE = CLI_LONG_ONLY, OPT_URI };
+
+/* --define: the backup's VM definition, defined on the libvirt at uri with the restored disks. */
+static int define_vm(const struct backup *b, const struct restore_result *res, const char *uri,
+                     bool json)
+{
+    char err[512];
+    CLEANUP_FREE char *name = NULL;
+    const char *format = NULL, *text = NULL;
+    int r = backup_definition_get(b, &format, &text);
+    if (r < 0)
+        snprintf(err, sizeof(err), "backup %s holds no VM definition", b->id);
+    else
+        r = restore_define(uri, format, text, res->disks.ptr, res->disks.len, &name, err,
+                           sizeof(err));
+    if (r < 0) {
+        fprintf(stderr, "vmexport restore: --define: %s\n", err);
+        return EXIT_FAIL;
+    }
+    if (!json) {
+        printf("defined domain %s on %s\n", name, uri);
+        return EXIT_OK;
+    }
+    bool first = true;
+    putchar('{');
+    jw_kv_str(stdout, &first, "type", "defined");
+    jw_kv_str(stdout, &first, "backup", b->id);
+    jw_kv_str(stdout, &first, "domain", name);
+    jw_kv_str(stdout, &first, "uri", uri);
+    puts("}");
+    return EXIT_OK;
+}
+
 static const struct cli_option restore_options[] = {
     {"disk", 'd', "NAME", "only this disk"},
     {"to", 't', "FILE|DIR", "destination file or directory"},
     {"upload", 'u', "VM", "upload to the server instead (connection options below)"},
     {"force", 'f', NULL, "replace existing files"},
     {"definition-out", 'D', "FILE", "write the VM definition stored with the backup to FILE"},
+    {"define", OPT_DEFINE, NULL, "then define the VM on a libvirt host with the restored disks"},
+    {"uri", OPT_URI, "URI", "libvirt connection of --define (default " DEFINE_URI_DEFAULT ")"},
     {NULL, 0, NULL, NULL},
 };
 
 static int restore_cmd(int argc, char **argv)
 {
-    const char *disk = NULL, *to = NULL, *upload_vm = NULL, *definition_out = NULL;
-    bool force = false;
+    const char *disk = NULL, *to = NULL, *upload_vm = NULL, *definition_out = NULL, *uri = NULL;
+    bool force = false, define = false;
     struct cli_args a = {0};
     int c;
     while ((c = cli_next(&a, &cmd_restore, argc, argv)) > 0) {
@@ -61,6 +98,10 @@ static int restore_cmd(int argc, char **argv)
             force = true;
         else if (c == 'D')
             definition_out = a.arg;
+        else if (c == OPT_DEFINE)
+            define = true;
+        else if (c == OPT_URI)
+            uri = a.arg;
     }
     if (c == CLI_EXIT)
         return a.status;
@@ -72,6 +113,10 @@ static int restore_cmd(int argc, char **argv)
     if ((to && upload_vm) || (!to && !upload_vm && !definition_out))
         return cli_usage_error(&cmd_restore,
                                "give one of --to FILE|DIR and --upload VM (or --definition-out)");
+    if ((define || uri) && !to)
+        return cli_usage_error(&cmd_restore, "--define and --uri need --to");
+    if (uri && !define)
+        return cli_usage_error(&cmd_restore, "--uri goes with --define");
     if (!jobs)
         jobs = upload_vm ? UPLOAD_DEFAULT_JOBS : RESTORE_DEFAULT_JOBS;
     struct repo *repo = cli_open_repo("restore", a.repo, a.passphrase_file);
@@ -128,6 +173,8 @@ static int restore_cmd(int argc, char **argv)
         }
         for (size_t i = 0; i < res.disks.len; i++)
             print_restored(b, &res.disks.ptr[i], json);
+        if (ret == EXIT_OK && define)
+            ret = define_vm(b, &res, uri ? uri : DEFINE_URI_DEFAULT, json);
         restore_result_free(&res);
     }
     backup_free(b);
@@ -141,6 +188,7 @@ const struct cli_command cmd_restore = {
     .run = restore_cmd,
     .usage = "Usage: vmexport restore --repo PATH BACKUP [--disk NAME] --to FILE|DIR [--force]\n"
              "                        [--jobs N] [--json]\n"
+             "                        [--define [--uri URI]]\n"
              "       vmexport restore --repo PATH BACKUP [--disk NAME] --upload VM [--jobs N]\n"
              "       vmexport restore --repo PATH BACKUP --definition-out FILE [--force]\n"
              "\n"
@@ -152,6 +200,11 @@ const struct cli_command cmd_restore = {
              "next to its destination (DEST.vxrestore.tmp.XXXXXX, mode 0600), and only when all\n"
              "are complete are they renamed into place; with --force an existing file is\n"
              "swapped out and removed only then, so a failure leaves it as it was.\n"
+             "With --define, the VM definition stored with the backup (a libvirt domain) is then\n"
+             "defined on the libvirt at URI with its disks on the restored files (not started):\n"
+             "under its own name and UUID when the host has neither, else as NAME-restored-N\n"
+             "with a new UUID and new MAC addresses; writable disks that were not restored are\n"
+             "left out of it, never pointed at the original's files.\n"
              "What is written leaves the page cache once it is on the disk: restoring a big disk\n"
              "does not push the host's cached data out.\n"
              "\n"

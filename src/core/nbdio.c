@@ -2,8 +2,10 @@
  *
  * A struct nbdio holds up to nconn libnbd handles to one export.  A caller takes a free handle
  * for one request (pread or one block status call) and gives it back; when every open handle is
- * busy and fewer than nconn are open, a new one is connected, else the caller waits.  A handle
- * whose connection died is closed when it comes back, so the next request connects afresh.
+ * busy and fewer than nconn are open, a new one is connected, else the caller waits.  A server
+ * that takes fewer clients (its handshake does not come in NBDIO_EXTRA_CONNECT_MS) caps the pool
+ * at the connections it took.  A handle whose connection died is closed when it comes back, so
+ * the next request connects afresh.
  *
  * Block status walks ask at most NBDIO_STATUS_REQUEST_MAX bytes per request, copy the one reply
  * for the wanted context, give the handle back, and only then hand the runs (merged) to the
@@ -20,6 +22,7 @@
 #include <string.h>
 
 #include "core/cleanup.h"
+#include "core/clock.h"
 #include "core/lock.h"
 
 /* Bytes asked per block status request: the NBD protocol allows 32-bit lengths; 1 GiB keeps a
@@ -30,6 +33,11 @@
  * 32 MiB, the NBD protocol's recommended limit). */
 #define NBDIO_READ_REQUEST_MAX (32u << 20)
 #define NBDIO_CONNECTIONS_MAX  64u
+/* Milliseconds a connection may take up to the end of its handshake: the first one of a pool
+ * (the server is there and answers at once on the same host), and each one more (when it takes
+ * longer the pool goes on with the connections it has). */
+#define NBDIO_CONNECT_MS       30000
+#define NBDIO_EXTRA_CONNECT_MS 3000
 
 struct nbdio_conn {
     struct nbd_handle *h; /* NULL: slot free */
@@ -43,7 +51,9 @@ struct nbdio {
     uint64_t size;
     uint64_t read_max;
     unsigned nconn;
-    pthread_mutex_t lock; /* guards conns[] */
+    unsigned cap;         /* connections the pool may open (nconn, fewer when the server
+                           * would not take more) */
+    pthread_mutex_t lock; /* guards conns[] and cap */
     pthread_cond_t freed; /* a handle became free or a slot opened */
     struct nbdio_conn conns[];
 };
@@ -54,9 +64,11 @@ static int nbd_error_code(void)
     return e > 0 ? -e : -EIO;
 }
 
-/* Connects *out with every context of n: 0, or a negative errno with err set (-EOPNOTSUPP: a
- * context the server lacks). */
-static int nbdio_connect(const struct nbdio *n, struct nbd_handle **out, char *err, size_t errlen)
+/* Connects *out with every context of n within timeout_ms: 0, or a negative errno with err set
+ * (-EOPNOTSUPP: a context the server lacks; -ETIMEDOUT: no handshake in time, as with a server
+ * that takes fewer clients at once, e.g. qemu-nbd without -e, which holds the next one waiting). */
+static int nbdio_connect(const struct nbdio *n, int timeout_ms, struct nbd_handle **out, char *err,
+                         size_t errlen)
 {
     struct nbd_handle *h = nbd_create();
     if (!h) {
@@ -67,7 +79,21 @@ static int nbdio_connect(const struct nbdio *n, struct nbd_handle **out, char *e
     for (size_t i = 0; r == 0 && n->contexts[i]; i++)
         r = nbd_add_meta_context(h, n->contexts[i]);
     if (r == 0)
-        r = nbd_connect_unix(h, n->socket);
+        r = nbd_aio_connect_unix(h, n->socket);
+    const int64_t deadline = clock_monotonic_ns() + (int64_t)timeout_ms * 1000000;
+    while (r == 0 && nbd_aio_is_ready(h) != 1) {
+        int64_t left_ms = (deadline - clock_monotonic_ns()) / 1000000;
+        if (nbd_aio_is_dead(h) == 1 || nbd_aio_is_closed(h) == 1) {
+            r = -1;
+        } else if (left_ms <= 0) {
+            snprintf(err, errlen, "NBD export \"%s\" on %s: no handshake within %d s", n->export,
+                     n->socket, timeout_ms / 1000);
+            nbd_close(h);
+            return -ETIMEDOUT;
+        } else if (nbd_poll(h, (int)left_ms) < 0) {
+            r = -1;
+        }
+    }
     if (r < 0) {
         r = nbd_error_code();
         snprintf(err, errlen, "NBD export \"%s\" on %s: %s", n->export, n->socket, nbd_get_error());
@@ -86,38 +112,50 @@ static int nbdio_connect(const struct nbdio *n, struct nbd_handle **out, char *e
     return 0;
 }
 
-/* A free connected handle (connecting one when allowed), or NULL with *rc set. */
+/* A free connected handle (connecting one more while fewer than n->cap are open or being
+ * opened), or NULL with *rc set.  When an extra connection fails while others are open, the
+ * pool stays at the ones it has: a server may take fewer clients than asked for. */
 static struct nbdio_conn *conn_take(struct nbdio *n, int *rc)
 {
     pthread_mutex_lock(&n->lock);
     for (;;) {
         struct nbdio_conn *empty = NULL;
+        unsigned used = 0;
         for (unsigned i = 0; i < n->nconn; i++) {
             if (n->conns[i].h && !n->conns[i].busy) {
                 n->conns[i].busy = true;
                 pthread_mutex_unlock(&n->lock);
                 return &n->conns[i];
             }
-            if (!n->conns[i].h && !n->conns[i].busy && !empty)
+            if (n->conns[i].h || n->conns[i].busy)
+                used++;
+            else if (!empty)
                 empty = &n->conns[i];
         }
-        if (empty) {
+        if (empty && used < n->cap) {
             empty->busy = true; /* reserved while connecting, outside the lock */
             pthread_mutex_unlock(&n->lock);
             char err[256];
             struct nbd_handle *h = NULL;
-            int r = nbdio_connect(n, &h, err, sizeof(err));
+            int r = nbdio_connect(n, used ? NBDIO_EXTRA_CONNECT_MS : NBDIO_CONNECT_MS, &h, err,
+                                  sizeof(err));
             pthread_mutex_lock(&n->lock);
-            if (r < 0) {
+            if (r == 0) {
+                empty->h = h;
+                pthread_mutex_unlock(&n->lock);
+                return empty;
+            }
+            empty->busy = false;
+            pthread_cond_broadcast(&n->freed);
+            unsigned open = 0;
+            for (unsigned i = 0; i < n->nconn; i++)
+                open += n->conns[i].h != NULL;
+            if (open == 0) {
                 *rc = r;
-                empty->busy = false;
-                pthread_cond_signal(&n->freed);
                 pthread_mutex_unlock(&n->lock);
                 return NULL;
             }
-            empty->h = h;
-            pthread_mutex_unlock(&n->lock);
-            return empty;
+            n->cap = open; /* wait for one of those */
         }
         pthread_cond_wait(&n->freed, &n->lock);
     }
@@ -156,7 +194,7 @@ int nbdio_open(const char *socket, const char *export, const char *const *contex
         snprintf(err, errlen, "no memory");
         return -ENOMEM;
     }
-    n->nconn = nconn;
+    n->nconn = n->cap = nconn;
     pthread_mutex_init(&n->lock, NULL);
     pthread_cond_init(&n->freed, NULL);
     n->socket = strdup(socket);
@@ -173,7 +211,7 @@ int nbdio_open(const char *socket, const char *export, const char *const *contex
 
     /* The first connection says now whether the export and its contexts exist. */
     struct nbd_handle *h = NULL;
-    int r = nbdio_connect(n, &h, err, errlen);
+    int r = nbdio_connect(n, NBDIO_CONNECT_MS, &h, err, errlen);
     if (r < 0) {
         nbdio_close(n);
         return r;

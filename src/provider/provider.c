@@ -41,6 +41,7 @@ static const struct provider_ops *const provider_types[] = {
     &provider_dir_ops,
     &provider_ovm_ops,
     &provider_qemu_ops,
+    &provider_libvirt_ops,
 };
 
 void vm_disk_clear(struct vm_disk *disk)

@@ -53,6 +53,7 @@
 #include "core/lock.h"
 #include "core/log.h"
 #include "core/nbdio.h"
+#include "provider/qga.h"
 #include "provider/qmp.h"
 
 #define QEMU_SCRATCH_DIR_DEFAULT "/var/lib/vmexport/scratch"
@@ -1131,21 +1132,59 @@ static void *watch_main(void *arg)
  * provider/qga.c (guest agent: guest-sync-delimited, guest-fsfreeze-*) fills these in: find
  * the agent socket of vm_id in qp->qga_glob, freeze within qp->freeze_timeout_s, and thaw on
  * every path.  *frozen says whether the guest's filesystems are frozen now. */
-struct qemu_guest;
+struct qemu_guest {
+    struct qga_freeze fz;
+    int timeout_ms;
+};
 
 static int qemu_guest_freeze(struct qemu_priv *qp, const char *vm_id, struct qemu_guest **g,
                              bool *frozen, char *err, size_t errlen)
 {
-    (void)qp, (void)vm_id, (void)err, (void)errlen;
     *g = NULL;
     *frozen = false;
+    if (!qp->qga_glob)
+        return 0;
+    CLEANUP_FREE char *path = NULL;
+    int r = qga_socket_find(qp->qga_glob, vm_id, &path);
+    if (r == -ENOENT)
+        return 0; /* no agent for this VM: the snapshot is crash-consistent */
+    if (r < 0) {
+        snprintf(err, errlen, "VM %s: guest_agent_sockets %s: %s", vm_id, qp->qga_glob,
+                 strerror(-r));
+        return r;
+    }
+    struct qemu_guest *n = calloc(1, sizeof(*n));
+    if (!n)
+        return -ENOMEM;
+    n->timeout_ms = qp->freeze_timeout_s == 0               ? QGA_TIMEOUT_MS_DEFAULT
+                    : qp->freeze_timeout_s > INT_MAX / 1000 ? INT_MAX
+                                                            : (int)qp->freeze_timeout_s * 1000;
+    char qerr[QEMU_ERR];
+    r = qga_freeze_begin(&n->fz, path, n->timeout_ms, qerr, sizeof(qerr));
+    if (r < 0) {
+        /* qga_freeze_begin thawed (or keeps thawing) whatever it may have frozen */
+        snprintf(err, errlen, "VM %s: %s", vm_id, qerr);
+        free(n);
+        return r;
+    }
+    *g = n;
+    *frozen = n->fz.count > 0;
     return 0;
 }
 
 /* Thaw (when frozen) and forget g; result: the snapshot's. */
 static void qemu_guest_thaw(struct qemu_priv *qp, struct qemu_guest *g, int result)
 {
-    (void)qp, (void)g, (void)result;
+    (void)qp;
+    if (!g)
+        return;
+    char err[QEMU_ERR];
+    if (qga_freeze_end(&g->fz, g->timeout_ms, err, sizeof(err)) < 0)
+        log_error("%s (after a %s snapshot)", err, result == 0 ? "successful" : "failed");
+    else
+        log_debug("guest agent: %d filesystems frozen for %.1f ms", g->fz.count,
+                  (double)g->fz.frozen_us / 1000.0);
+    free(g);
 }
 
 /* ---- snapshots ---- */

@@ -2,7 +2,8 @@
 # core/nbdio.c against QEMU's real NBD servers (qemu-nbd and qemu-storage-daemon): reads from
 # several threads over a small connection pool match the image bit for bit; block status of
 # holes, zeros and data and of a dirty bitmap is exact, also where a run spans the walk's 1 GiB
-# requests; a missing export or meta context is named in the error.
+# requests; a server that takes one client at a time caps the pool instead of hanging it; a
+# missing export or meta context is named in the error.
 . "$(dirname "$0")/lib.sh"
 
 PROBE=$BUILD/nbdio_probe
@@ -60,6 +61,14 @@ done
 rm -f "$WORK/out"
 check "one connection: reads match the image" \
     bash -c "'$PROBE' '$WORK/d.sock' disk read '$WORK/out' 1 1 && cmp '$WORK/out' '$WORK/d.raw'"
+
+# A server that takes one client at a time (qemu-nbd without -e holds the next one in its
+# handshake): the pool goes on with the one connection it has.
+qemu-nbd -t -r -f qcow2 -x disk -k "$WORK/one.sock" --fork --pid-file="$WORK/one.pid" "$D" &&
+    at_exit "kill \$(cat $WORK/one.pid)"
+rm -f "$WORK/out"
+check "one client at a time: 4 threads asking for 3 connections read the image" \
+    bash -c "'$PROBE' '$WORK/one.sock' disk read '$WORK/out' 4 3 && cmp '$WORK/out' '$WORK/d.raw'"
 
 # base:allocation: runs of equal flags, merged (1M-9M is one hole though two writes made it).
 cat >"$WORK/alloc.want" <<EOT

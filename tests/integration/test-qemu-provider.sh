@@ -220,6 +220,7 @@ check "all deleted: no node, export, checkpoint or scratch image of ours" test "
 
 # ---- scratch_limit and snapshot_lifetime: the snapshot ends, the guest's writes go on ----
 stop_daemon
+check "the daemon stops cleanly" test $? -eq 0
 write_config "$CONF" "$PORT" "$WORK/state" "[provider.live]" "type = qemu" \
     "qmp_sockets = $WORK/qmp/*.qmp" "scratch_dir = $SCRATCH" "nbd_dir = $NBD_DIR" \
     "scratch_limit = 1048576" "snapshot_lifetime = 3"

@@ -58,6 +58,62 @@ static void test_transport_parse(void **state)
     assert_int_equal(backup_transport_parse("", &t), -EINVAL);
 }
 
+/* The chain a repository's backups ask for: valid for the server (1 to 64 of A-Z a-z 0-9 _ -),
+ * "vmexport-" and the repository's ID, or, for an ID that is not plain hex (older
+ * configurations), hex digits of its SHA-256. */
+static void check_chain_chars(const char *chain)
+{
+    assert_true(strlen(chain) >= 1 && strlen(chain) <= 64);
+    assert_int_equal(
+        strspn(chain, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-"),
+        strlen(chain));
+}
+
+static void test_chain_id(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/vmexport-chain-XXXXXX", err[256], path[64], want[128];
+    assert_non_null(mkdtemp(dir));
+    snprintf(path, sizeof(path), "%s/r", dir);
+    struct repo_init_options ro = {.chunk_size = 1 << 20};
+    assert_int_equal(repo_init(path, &ro, err, sizeof(err)), 0);
+    struct repo *r = NULL;
+    assert_int_equal(repo_open(path, NULL, &r, err, sizeof(err)), 0);
+    char *chain = backup_chain_id(r);
+    assert_non_null(chain);
+    snprintf(want, sizeof(want), "vmexport-%s", repo_id(r));
+    assert_string_equal(chain, want);
+    check_chain_chars(chain);
+    free(chain);
+    repo_close(r);
+
+    /* An older configuration's ID that is not hex. */
+    char cfg[96];
+    snprintf(cfg, sizeof(cfg), "%s/config", path);
+    FILE *f = fopen(cfg, "re");
+    assert_non_null(f);
+    char text[4096];
+    size_t n = fread(text, 1, sizeof(text) - 1, f);
+    fclose(f);
+    text[n] = '\0';
+    json_t *j = json_loads(text, 0, NULL);
+    assert_non_null(j);
+    json_object_set_new(j, "id", json_string("web farm / repo #1"));
+    assert_int_equal(json_dump_file(j, cfg, 0), 0);
+    json_decref(j);
+    assert_int_equal(repo_open(path, NULL, &r, err, sizeof(err)), 0);
+    chain = backup_chain_id(r);
+    assert_non_null(chain);
+    assert_int_equal(strncmp(chain, "vmexport-", 9), 0);
+    assert_int_equal(strlen(chain), 64);
+    check_chain_chars(chain);
+    free(chain);
+    repo_close(r);
+    char cmd[128];
+    snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+    assert_int_equal(system(cmd), 0);
+}
+
 static void fill_random(uint8_t *buf, size_t len, unsigned seed)
 {
     for (size_t i = 0; i < len; i++) {
@@ -429,11 +485,10 @@ int main(void)
      * tests) only those run: the daemon tests run from tests/integration/test-backup-engine.sh,
      * which fails on any of them skipped. */
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_transport_parse),
-        cmocka_unit_test(test_source_local),
-        cmocka_unit_test(test_engine_sources),
+        cmocka_unit_test(test_transport_parse), cmocka_unit_test(test_source_local),
+        cmocka_unit_test(test_chain_id),        cmocka_unit_test(test_engine_sources),
         cmocka_unit_test(test_engine_failure),
     };
-    size_t n = getenv("VMEXPORT_SERVER") ? sizeof(tests) / sizeof(tests[0]) : 2;
+    size_t n = getenv("VMEXPORT_SERVER") ? sizeof(tests) / sizeof(tests[0]) : 3;
     return _cmocka_run_group_tests("backup_engine", tests, n, daemon_setup, daemon_teardown);
 }
