@@ -218,6 +218,36 @@ check "all deleted: no node, export, checkpoint or scratch image of ours" test "
     query-named-block-nodes '{"flat":true}' | jq '[.[] | select(.["node-name"] | startswith("vmx")),
     (.["dirty-bitmaps"][]? | select((.name // "") | startswith("vmexport.")))] | length')$(ls -A "$SCRATCH")" = 0
 
+# ---- vmexport backup reads the exports over NBD: full, then only the blocks written ----
+export VMEXPORT_SERVER=$URL VMEXPORT_USER=admin VMEXPORT_PASSWORD=secret
+export VMEXPORT_CACERT=$WORK/certs/ca.crt XDG_CACHE_HOME=$WORK/cache
+REPO=$WORK/repo
+"$VMEXPORT" repo init "$REPO" >/dev/null
+# backup_summary: back up vm1, its summary line into $WORK/summary.
+backup_summary() {
+    "$VMEXPORT" backup vm1 --repo "$REPO" --json >"$WORK/backup.out" 2>"$WORK/backup.err" &&
+        grep '"type":"summary"' "$WORK/backup.out" | tail -1 >"$WORK/summary"
+}
+cp "$F0" "$WORK/truth/b1.disk0"
+backup_summary && ok "a full backup" || not_ok "full backup: $(tail -3 "$WORK/backup.err")"
+check "  read over NBD" jq -e '.transport == "nbd" and .incremental == false' "$WORK/summary"
+B1=$(jq -r .backup "$WORK/summary")
+write_block "$F0" 40
+write_block "$F0" 300
+cp "$F0" "$WORK/truth/b2.disk0"
+backup_summary && ok "an incremental backup" || not_ok "incremental backup: $(tail -3 "$WORK/backup.err")"
+check "  read the two blocks written and nothing else" jq -e \
+    '.transport == "nbd" and .incremental == true and .bytes_read == 131072' "$WORK/summary"
+B2=$(jq -r .backup "$WORK/summary")
+for b in B1 B2; do
+    rm -rf "$WORK/restore"
+    "$VMEXPORT" restore --repo "$REPO" "${!b}" --disk disk0 --to "$WORK/restore" >/dev/null 2>&1
+    check "  restore of $b: disk0 as it was at its snapshot" cmp -s "$WORK/restore" \
+        "$WORK/truth/${b,,}.disk0"
+done
+api GET /api/v1/vms/vm1/snapshots >/dev/null
+for s in $(jq -r '.[].id' "$WORK/body"); do api DELETE "/api/v1/vms/vm1/snapshots/$s" >/dev/null; done
+
 # ---- scratch_limit and snapshot_lifetime: the snapshot ends, the guest's writes go on ----
 stop_daemon
 check "the daemon stops cleanly" test $? -eq 0
