@@ -242,3 +242,7 @@ bk "vm2: its repository's chain still incremental" "$REPO" vm2
 expect_modes "  incremental" root=incremental
 
 check "the guest's writes are all on the disks" truth_check vm1
+
+# Under the sanitizers a leak or memory error shows in the daemon's exit status.
+stop_daemon
+check "vmexportd stops cleanly" test $? -eq 0

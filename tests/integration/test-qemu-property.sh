@@ -73,3 +73,7 @@ check "the guest's writes during the last backup are on the disks (and not in th
 check "$incr incremental backups read $read_total bytes in all (some data)" test "$read_total" -gt 0
 check "the guest wrote during $BG_WROTE of the $backups backups (after their snapshot)" test "$BG_WROTE" -gt 0
 [ $bad = 0 ] && diag "seed $SEED: $ROUNDS rounds, $backups backups, every one equal to its snapshot's truth"
+
+# Under the sanitizers a leak or memory error shows in the daemon's exit status.
+stop_daemon
+check "vmexportd stops cleanly" test $? -eq 0
