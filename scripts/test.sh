@@ -56,7 +56,10 @@ selected() {
 # The slow live-VM tiers (they boot guests under TCG and start libvirtd) run once: in the
 # sanitizer pass when it runs, where the daemon's memory errors would show, else in the normal
 # pass.
-ONCE_TESTS=" test-guest-agent test-qemu-vm test-libvirt "
+ONCE_TESTS=" test-guest-agent test-qemu-vm test-libvirt test-qemu-complaints "
+# The property test of live VMs must keep its hundred rounds: it runs in the normal pass only
+# (the sanitizer pass runs an eighth of the rounds of the others).
+NORMAL_ONLY_TESTS=" test-qemu-property "
 ASAN_PASS=1
 [ "${VMEXPORT_NO_ASAN:-0}" != 1 ] || ASAN_PASS=0
 
@@ -74,6 +77,7 @@ run_suite() {
         if [[ $ONCE_TESTS == *" $base "* ]] && { [ -z "$tag" ] && [ "$ASAN_PASS" = 1 ]; }; then
             continue # runs in the sanitizer pass
         fi
+        [[ -n $tag && $NORMAL_ONLY_TESTS == *" $base "* ]] && continue
         selected "$n" && run_tap "$n" env BUILD="$ROOT/$build" bash "$t"
     done
 }

@@ -153,3 +153,24 @@ backup 6 --disk disk1 --transport nbd
 check "  only disk1, incremental, one block" summary 6 \
     "[.disks[] | [.name, .incremental]] == [[\"disk1\", true]] and .bytes_read == $BLK"
 check "  restores to the disk at its snapshot" restored 6 disk1
+
+# A client on another host: the NBD sockets are not there (a mount namespace hides them).
+if unshare -m true 2>/dev/null; then
+    write_block "$F0" 13
+    cp "$F0" "$WORK/truth/7.disk0" && cp "$F1" "$WORK/truth/7.disk1"
+    unshare -m bash -c "mount -t tmpfs none '$NBD_DIR' && exec '$VMEXPORT' backup vm1 --repo '$R' --json" \
+        >"$WORK/s7" 2>"$WORK/e7"
+    # (disk0 is full: the latest backup, 6, had disk1 only)
+    check "without the sockets, auto reads through the server" summary 7 \
+        '[.disks[] | [.transport, .incremental, .full_reason]] == [["https", false, "no previous backup of the disk"], ["https", true, null]]'
+    check "  silently" test ! -s "$WORK/e7"
+    check "  restores to the disks at its snapshot" restored 7 disk0 disk1
+    out=$(unshare -m bash -c "mount -t tmpfs none '$NBD_DIR' && exec '$VMEXPORT' backup vm1 --repo '$R' --transport nbd" 2>&1)
+    if [ $? = 1 ] && grep -q "disk disk0: cannot read the snapshot's NBD export (--transport nbd): $NBD_DIR/.*No such file" <<<"$out"; then
+        ok "  --transport nbd fails there, naming the socket"
+    else
+        not_ok "  --transport nbd fails there, naming the socket: $out"
+    fi
+else
+    skip "no mount namespaces (unshare -m) to hide the NBD sockets"
+fi
