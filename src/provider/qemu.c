@@ -652,6 +652,30 @@ static int loc_parse(const char *locator, struct qemu_loc *l)
     return r;
 }
 
+/* The node of the locator's disk now: node names given by QEMU (-drive) or libvirt change when
+ * the process restarts, device IDs do not; the locator's node when the disk is not listed. */
+static int loc_resolve_node(struct qemu_priv *qp, struct qemu_conn *c, struct qemu_loc *l)
+{
+    struct vm *vm = NULL;
+    json_t *nodes = NULL;
+    int r = vm_read(qp, c, &vm, &nodes);
+    if (r < 0)
+        return r;
+    vm_free(vm);
+    const char *node = json_string_value(json_object_get(nodes, l->disk));
+    if (node && strcmp(node, l->node)) {
+        char *n = strdup(node);
+        if (!n) {
+            json_decref(nodes);
+            return -ENOMEM;
+        }
+        free(l->node);
+        l->node = n;
+    }
+    json_decref(nodes);
+    return 0;
+}
+
 static int qemu_snapshot_locate(struct provider *p, const struct vm *vm, const struct vm_disk *disk,
                                 const char *snap_id, char **out)
 {
@@ -1251,6 +1275,8 @@ static int qemu_snapshot_create(struct provider *p, const struct vm *vm, const c
     bool transaction_done = false;
     if (r == 0)
         r = vm_connect(qp, vm->id, &c, err, errlen);
+    for (size_t i = 0; i < n && r == 0; i++)
+        r = loc_resolve_node(qp, &c, &sd[i].loc);
     /* Stale bitmaps of ours go first: inconsistent ones can never be a base again. */
     if (r == 0 && (r = graph_read(&c, &gr, err, errlen)) == 0) {
         for (size_t i = 0; i < n && r == 0; i++) {
@@ -1401,7 +1427,8 @@ static int qemu_snapshot_create(struct provider *p, const struct vm *vm, const c
         bitmap_list_reset(&sd[i].disable);
     }
     free(sd);
-    return r;
+    /* The VM or a node vanished: not "no such disk in the request", which -ENOENT means. */
+    return r == -ENOENT ? -ENODEV : r;
 }
 
 /* Connect to the VM of a locator: 0, or -ENOENT when the VM runs no more. */
@@ -1414,6 +1441,8 @@ static int loc_connect(struct qemu_priv *qp, const char *locator, struct qemu_lo
         return r;
     }
     r = vm_connect(qp, l->vm, c, err, errlen);
+    if (r == 0 && (r = loc_resolve_node(qp, c, l)) < 0)
+        conn_end(c);
     if (r < 0)
         loc_clear(l);
     return r;
@@ -1658,7 +1687,7 @@ static int qemu_disk_changes(struct provider *p, const char *base, const char *n
 {
     struct qemu_priv *qp = p->priv;
     if (method)
-        *method = "qemu-dirty-bitmap";
+        *method = "bitmap"; /* docs/api.md: diff_mode of QEMU dirty bitmaps */
     struct qemu_loc lb, ln;
     if (loc_parse(base, &lb) < 0)
         return -EINVAL;
@@ -1678,7 +1707,7 @@ static int qemu_disk_changes(struct provider *p, const char *base, const char *n
     obj_name(snode, 's', ln.key);
     bool tmp_made = false, ex_made = false;
     struct nbdio *nb = NULL;
-    if (strcmp(lb.vm, ln.vm) || strcmp(lb.disk, ln.disk) || strcmp(lb.node, ln.node)) {
+    if (strcmp(lb.vm, ln.vm) || strcmp(lb.disk, ln.disk)) {
         snprintf(err, errlen, "the snapshots are not of the same disk");
         r = -EINVAL;
         goto out;

@@ -137,7 +137,7 @@ cp "$F0" "$WORK/truth/s2.disk0"
 snapshot S2
 check "changes S1 -> S2 of disk0: exactly the blocks written" \
     test "$(blocks "$S2" "$S1" disk0 chunks)" = "3 17 100 101 200 201 202 203 204 205 206 207 300"
-check "  by the dirty bitmap" jq -e '.disks[0].diff_mode == "qemu-dirty-bitmap"' "$WORK/body"
+check "  by the dirty bitmap" jq -e '.disks[0].diff_mode == "bitmap"' "$WORK/body"
 check "changes S1 -> S2 of disk1: the block written" test "$(blocks "$S2" "$S1" disk1 chunks)" = 9
 check "S2's data is the disk at S2" same_bytes "$S2" disk0 "$WORK/truth/s2.disk0"
 
@@ -203,7 +203,7 @@ $QMP "$CTL" block-dirty-bitmap-remove "{\"node\":\"disk0\",\"name\":\"$B5\"}" >/
 api GET "/api/v1/vms/vm1/snapshots/$S6?compareTo=$S5" >/dev/null
 check "compareTo S5: disk0 in full, saying why; disk1 still by its bitmap" jq -e '
     (.disks[] | select(.name == "disk0") | .diff_mode == "full" and (.diff_reason | test("gone"))) and
-    (.disks[] | select(.name == "disk1") | .diff_mode == "qemu-dirty-bitmap" and .chunks == [])' "$WORK/body"
+    (.disks[] | select(.name == "disk1") | .diff_mode == "bitmap" and .chunks == [])' "$WORK/body"
 expect_status 409 "the disk's changes since S5: 409" \
     GET "/api/v1/vms/vm1/snapshots/$S6/disks/disk0/changes?changeId=$CH5"
 check "  error checkpoint, saying why" jq -e '.error == "checkpoint" and (.details | test("gone"))' "$WORK/body"
@@ -303,17 +303,23 @@ if ! command -v qemu-system-x86_64 >/dev/null; then
 fi
 qemu-img create -q -f qcow2 "$IMG/v0.qcow2" 16M
 qemu-io -f qcow2 -c "write -P 0x44 0 1M" "$IMG/v0.qcow2" >/dev/null
-# Paused (-S): the disk changes only by the test's writes through the device.
-qemu-system-x86_64 -name web1 -M q35 -accel tcg -S -nodefaults -display none \
-    -blockdev "file,node-name=vf,filename=$IMG/v0.qcow2" -blockdev qcow2,node-name=vdisk,file=vf \
-    -device virtio-blk-pci,drive=vdisk,id=vd0 \
-    -drive "if=none,id=cd,media=cdrom,file=$IMG/cd.iso,format=raw,readonly=on" \
-    -device ide-cd,drive=cd,id=cd0 \
-    -chardev "socket,id=m0,path=$WORK/qmp/qemu-1.qmp,server=on,wait=off" -mon chardev=m0,mode=control \
-    -chardev "socket,id=m1,path=$WORK/ctl3.sock,server=on,wait=off" -mon chardev=m1,mode=control \
-    >"$WORK/qemu.log" 2>&1 &
-at_exit "kill -9 $!"
-for _ in $(seq 200); do [ -S "$WORK/ctl3.sock" ] && [ -S "$WORK/qmp/qemu-1.qmp" ] && break; sleep 0.05; done
+# start_qemu NODE: the VM, paused (-S: the disk changes only by the test's writes through the
+# device), its disk's node named NODE.
+start_qemu() {
+    rm -f "$WORK/ctl3.sock" "$WORK/qmp/qemu-1.qmp"
+    qemu-system-x86_64 -name web1 -M q35 -accel tcg -S -nodefaults -display none \
+        -blockdev "file,node-name=vf,filename=$IMG/v0.qcow2" -blockdev "qcow2,node-name=$1,file=vf" \
+        -device "virtio-blk-pci,drive=$1,id=vd0" \
+        -drive "if=none,id=cd,media=cdrom,file=$IMG/cd.iso,format=raw,readonly=on" \
+        -device ide-cd,drive=cd,id=cd0 \
+        -chardev "socket,id=m0,path=$WORK/qmp/qemu-1.qmp,server=on,wait=off" -mon chardev=m0,mode=control \
+        -chardev "socket,id=m1,path=$WORK/ctl3.sock,server=on,wait=off" -mon chardev=m1,mode=control \
+        >>"$WORK/qemu.log" 2>&1 &
+    QEMU_PID=$!
+    at_exit "kill -9 $QEMU_PID"
+    for _ in $(seq 200); do [ -S "$WORK/ctl3.sock" ] && [ -S "$WORK/qmp/qemu-1.qmp" ] && break; sleep 0.05; done
+}
+start_qemu vdisk
 expect_status 200 "a QEMU VM is listed by its -name" GET /api/v1/vms/web1
 check "  its disks by device ID: the CD-ROM not snapshotted" jq -e '
     [.disks[] | [.name, .device_name, .mode, .snapshot_compatible, .size]] ==
@@ -329,6 +335,17 @@ hmp "write -P 0x55 64k 64k"
 check "its snapshot is the disk at the snapshot" same_bytes "$V1" vd0 "$WORK/truth/v1"
 snapshot V2
 check "changes V1 -> V2: the block written through the device" test "$(blocks "$V2" "$V1" vd0 chunks)" = 1
-for s in "$V1" "$V2"; do api DELETE "/api/v1/vms/web1/snapshots/$s" >/dev/null; done
-check "deleted: the device's node is the user's again" test "$($QMP "$WORK/ctl3.sock" query-block |
-    jq -r '.[] | select(.qdev | test("vd0")) | .inserted["node-name"]')" = vdisk
+# A clean restart of QEMU under another node name (libvirt and -drive name nodes anew on each
+# start): the persistent checkpoint carries the changes over.
+$QMP "$WORK/ctl3.sock" quit >/dev/null
+wait "$QEMU_PID" 2>/dev/null
+start_qemu vdisk2
+hmp "write -P 0x66 192k 64k"
+snapshot V3
+check "after a restart under another node name: changes V2 -> V3, the block written since" \
+    test "$(blocks "$V3" "$V2" vd0 chunks)" = 3
+for s in "$V1" "$V2" "$V3"; do api DELETE "/api/v1/vms/web1/snapshots/$s" >/dev/null; done
+check "deleted: the device's node is the user's again, without checkpoints" test "$($QMP \
+    "$WORK/ctl3.sock" query-block | jq -r '.[] | select(.qdev | test("vd0")) | .inserted |
+    .["node-name"] + ":" + ([.["dirty-bitmaps"][]? | select((.name // "") |
+    startswith("vmexport."))] | length | tostring)')" = vdisk2:0
