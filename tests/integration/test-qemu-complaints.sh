@@ -98,6 +98,15 @@ stale_bitmaps() {
     qsd_bitmaps "$1" | jq -r --arg n "$2" '.[$n] // [] | .[] | select(((.name // "") | startswith("vmexport.")) and (.inconsistent // false)) | .name'
 }
 
+# leftovers VM: what a snapshot left in the VM and the scratch directory although no snapshot
+# holds data now (backups release theirs): backup jobs, exports other than the guest's, scratch
+# images.  Empty when clean.
+leftovers() {
+    qmp "$1" '{"execute":"query-block-jobs"}' '{"execute":"query-block-exports"}' |
+        jq -r 'if type == "array" then .[] | (.device // .id) else empty end' | grep -v '^guest-'
+    ls -A "$QSD_ROOT/scratch"
+}
+
 # ---- a first full backup, read-only disks skipped, then an incremental one ----
 bk "vm1: first backup (full), restores as at its snapshot" "$REPO" vm1
 check "  the read-only disk iso is not backed up by default" test "$(backup_disks "$REPO" "$BK" | tr '\n' ' ')" = "a b c "
@@ -173,6 +182,7 @@ else
 fi
 bk "vm1: the next backup works and restores as at its snapshot" "$REPO" vm1
 expect_modes "  each disk incremental, or full with a reason" a=any b=any c=any
+check "  the killed backup's snapshot left nothing in the VM nor in scratch_dir" test -z "$(leftovers vm1)"
 bk "vm1: the one after that" "$REPO" vm1
 expect_modes "  is incremental" a=incremental b=incremental c=incremental
 
@@ -189,6 +199,8 @@ fi
 wait $bpid 2>/dev/null
 start_daemon "$CONF" "$PORT" && login admin secret || { not_ok "vmexportd restarts"; exit 1; }
 bk "vm1: the next backup works and restores as at its snapshot" "$REPO" vm1
+expect_modes "  each disk incremental, or full with a reason" a=any b=any c=any
+check "  the interrupted snapshot left nothing in the VM nor in scratch_dir" test -z "$(leftovers vm1)"
 bk "and the one after that" "$REPO" vm1
 expect_modes "  is incremental" a=incremental b=incremental c=incremental
 
