@@ -16,11 +16,11 @@ SEED=${VMEXPORT_SEED:-$(( (RANDOM << 15) | RANDOM ))}
 diag "seed=$SEED (rerun with VMEXPORT_SEED=$SEED)"
 OPS=4
 
-qsd_create vm1 a:qcow2:16 b:qcow2:16 c:raw:16 iso:raw:4:ro || { not_ok "create vm1's images"; exit 1; }
-qsd_create vm2 root:qcow2:16 || { not_ok "create vm2's images"; exit 1; }
+qsd_create vm1 a:qcow2:8 b:qcow2:8 c:raw:8 iso:raw:4:ro || { not_ok "create vm1's images"; exit 1; }
+qsd_create vm2 root:qcow2:8 || { not_ok "create vm2's images"; exit 1; }
 qsd_start vm1 && qsd_start vm2 && ok "qemu-storage-daemon runs vm1 (a, b qcow2; c raw; iso read-only) and vm2" ||
     { not_ok "qemu-storage-daemon starts"; exit 1; }
-guest_write_all vm1 "$SEED" 30 1048576 && guest_write_all vm2 "$((SEED + 1))" 30 1048576 ||
+guest_write_all vm1 "$SEED" 16 1048576 && guest_write_all vm2 "$((SEED + 1))" 16 1048576 ||
     { not_ok "first writes"; exit 1; }
 qsd_daemon_start || { not_ok "vmexportd starts with a qemu provider"; exit 1; }
 REPO=$QSD_ROOT/repo
@@ -205,7 +205,7 @@ bk "and the one after that" "$REPO" vm1
 expect_modes "  is incremental" a=incremental b=incremental c=incremental
 
 # ---- disks added and removed between backups ----
-qsd_add_disk vm1 d:qcow2:16 || not_ok "add disk d"
+qsd_add_disk vm1 d:qcow2:8 || not_ok "add disk d"
 bk "vm1 with a new disk d: backup restores as at its snapshot" "$REPO" vm1
 expect_modes "  d full (new), a b c incremental" d=full a=incremental b=incremental c=incremental
 qsd_remove_disk vm1 b || not_ok "remove disk b"
