@@ -72,7 +72,6 @@ PORT=$(free_port)
 write_config "$WORK/vmexportd.conf" "$PORT" "$WORK/state" "[provider.lv]" "type = libvirt" \
     "uri = $LV_URI" "scratch_dir = $WORK/scratch" "nbd_dir = $NBD" || die "config"
 start_daemon "$WORK/vmexportd.conf" "$PORT" || die "vmexportd does not start"
-login admin secret || die "login"
 export VMEXPORT_SERVER=$URL VMEXPORT_USER=admin VMEXPORT_PASSWORD=secret
 export VMEXPORT_CACERT=$WORK/certs/ca.crt XDG_CACHE_HOME=$WORK/cache
 VMEXPORT=$BUILD/vmexport
@@ -92,12 +91,6 @@ vmexport_run() {
     READ=$(jq -r .bytes_read "$WORK/summary")
     jq -e ".incremental == $([ "$1" = full ] && echo false || echo true) and .transport == \"nbd\"" \
         "$WORK/summary" >/dev/null || die "vmexport $1 backup: $(cat "$WORK/summary")"
-    # its snapshot stays live as the next base; end its backup job (keeping the checkpoint) so
-    # that virtnbdbackup can start one
-    local sid
-    sid=$(jq -r .snapshot "$WORK/summary")
-    [ "$(api DELETE "/api/v1/vms/bench/snapshots/$sid?keepCheckpoint=true")" = 204 ] ||
-        die "releasing snapshot $sid: $(cat "$WORK/body")"
     "$VMEXPORT" restore --repo "$REPO" "$(jq -r .backup "$WORK/summary")" --to "$WORK/r" \
         --force >/dev/null || die "restore"
     qemu-img convert -U -O raw "$IMG/bench.qcow2" "$WORK/truth"

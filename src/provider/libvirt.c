@@ -75,9 +75,12 @@
 #define LV_TIME_HEX          16     /* digits of the checkpoint time */
 #define LV_SOCKET_PATH_MAX   108    /* sizeof(sockaddr_un.sun_path) */
 #define LV_URI_PROBE_EXPORT  "sdzz" /* a long usual target, to check that URIs fit */
-/* An aborted backup job ends within ~10 ms here; give it far longer on a busy host. */
-#define LV_JOB_END_POLL_MS    10
-#define LV_JOB_END_TIMEOUT_MS 10000
+/* An aborted backup job ends within ~10 ms on an idle host, after seconds on a loaded one.  Each
+ * look at it takes the domain's job lock, which libvirt's handler of the job's end needs too:
+ * look seldom enough not to starve it. */
+#define LV_JOB_END_POLL_MS    100
+#define LV_JOB_END_TIMEOUT_MS 30000
+#define LV_JOB_ABORT_RETRY_MS 5000
 
 static const char *const lv_keys[] = {"uri", "scratch_dir", "nbd_dir", NULL};
 
@@ -703,8 +706,9 @@ static int lv_job_end(const struct lv_priv *lp, virDomainPtr dom, const char *sn
     if ((r = lv_job_get(lp, dom, &j)) < 0)
         return r;
     bool ours = j.doc && strcmp(j.snap, snap) == 0;
-    if (ours)
-        virDomainAbortJob(dom);
+    if (ours && virDomainAbortJob(dom) < 0)
+        log_warn("domain %s: aborting the backup job of snapshot %s: %s", virDomainGetName(dom),
+                 snap, lv_errmsg());
     for (unsigned waited = 0; ours; waited += LV_JOB_END_POLL_MS) {
         struct lv_job now;
         if ((r = lv_job_get(lp, dom, &now)) < 0)
@@ -716,8 +720,13 @@ static int lv_job_end(const struct lv_priv *lp, virDomainPtr dom, const char *sn
                       virDomainGetName(dom), snap, lv_errmsg());
             return -EBUSY;
         }
-        if (ours)
+        if (ours) {
             usleep(LV_JOB_END_POLL_MS * 1000u);
+            /* an abort refused while libvirt held the domain's job lock: again */
+            if (waited % LV_JOB_ABORT_RETRY_MS == 0 && virDomainAbortJob(dom) < 0)
+                log_debug("domain %s: aborting the backup job of snapshot %s: %s",
+                          virDomainGetName(dom), snap, lv_errmsg());
+        }
     }
     lv_scratch_remove(lp, &j, snap, target);
     return 0;

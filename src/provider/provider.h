@@ -107,7 +107,8 @@ struct disk_map_sink {
     void *opaque;
 };
 
-#define DISK_IDENTITY_MAX 96 /* bytes of disk_reader.identity, its NUL included */
+#define DISK_IDENTITY_MAX 512 /* bytes of disk_reader.identity, its NUL included: an NBD URI
+                               * of a unix socket fits, percent-encoded */
 
 struct disk_reader;
 struct disk_reader_ops {

@@ -73,6 +73,12 @@
 #define QEMU_GONE_WAIT_MS        10000 /* for an export or job to go after its delete/cancel */
 #define QEMU_WATCH_INTERVAL_S    1
 #define QEMU_WALK_MAX            100000 /* links followed in one chain walk */
+#define QEMU_T_HEX               16     /* digits of a checkpoint time: 64-bit ns in hex */
+#define QEMU_FILTER_DEPTH_MAX    64 /* our filters stacked over one node (one per live snapshot) */
+#define QEMU_WATCH_BATCH         16 /* snapshot disks ended per watcher round; more next round */
+#define QEMU_REASON_MAX          256
+#define QEMU_VM_ID_BYTES         256 /* provider_id_is_safe: at most 255 bytes */
+#define STAT_BLOCK_BYTES         512 /* st_blocks unit */
 #define QEMU_QDEV_PREFIX         "/machine/peripheral/"
 #define QEMU_MAX_SOCKETS         4096
 #define QEMU_ERR                 512
@@ -99,7 +105,7 @@ struct qemu_live {
     int64_t created_ns; /* CLOCK_MONOTONIC */
     int broken;         /* 0, or why it was ended: -EFBIG scratch_limit, -ETIME snapshot_lifetime */
     bool ended;         /* its export, job and scratch image are gone */
-    char reason[256];
+    char reason[QEMU_REASON_MAX];
     struct qemu_live *next;
 };
 
@@ -377,7 +383,7 @@ static json_t *graph_node_by_id(const struct graph *gr, json_int_t id)
  * snapshot of it lives. */
 static const char *graph_resolve(const struct graph *gr, const char *name)
 {
-    for (int depth = 0; name && is_ours(name) && depth < 64; depth++) {
+    for (int depth = 0; name && is_ours(name) && depth < QEMU_FILTER_DEPTH_MAX; depth++) {
         json_int_t id = graph_id(gr, name);
         const char *next = NULL;
         size_t i;
@@ -635,8 +641,8 @@ static int loc_parse(const char *locator, struct qemu_loc *l)
     const char *snap = json_string_value(json_object_get(j, "snap"));
     const char *t = json_string_value(json_object_get(j, "t"));
     int r = -EINVAL;
-    if (vm && disk && node && snap && t && snap_id_ok(snap) && strlen(t) == 16 &&
-        strspn(t, "0123456789abcdef") == 16) {
+    if (vm && disk && node && snap && t && snap_id_ok(snap) && strlen(t) == QEMU_T_HEX &&
+        strspn(t, "0123456789abcdef") == QEMU_T_HEX) {
         l->vm = strdup(vm);
         l->disk = strdup(disk);
         l->node = strdup(node);
@@ -734,14 +740,15 @@ static bool bitmap_parse(const char *name, struct bitmap *b)
     if (!dot || dot == chain || (size_t)(dot - chain) > PROVIDER_CHAIN_MAX)
         return false;
     const char *t = dot + 1;
-    if (strlen(t) != 33 || t[16] != '.' || strspn(t, "0123456789abcdef") != 16 ||
-        strspn(t + 17, "0123456789abcdef") != 16)
+    if (strlen(t) != 2 * QEMU_T_HEX + 1 || t[QEMU_T_HEX] != '.' ||
+        strspn(t, "0123456789abcdef") != QEMU_T_HEX ||
+        strspn(t + QEMU_T_HEX + 1, "0123456789abcdef") != QEMU_T_HEX)
         return false;
     memset(b, 0, sizeof(*b));
     snprintf(b->name, sizeof(b->name), "%s", name);
     snprintf(b->chain, sizeof(b->chain), "%.*s", (int)(dot - chain), chain);
     b->t = strtoull(t, NULL, 16);
-    b->prev = strtoull(t + 17, NULL, 16);
+    b->prev = strtoull(t + QEMU_T_HEX + 1, NULL, 16);
     return true;
 }
 
@@ -1065,7 +1072,7 @@ static bool live_check(struct qemu_priv *qp, struct qemu_live *l, int64_t now)
     scratch_file_name(fn, l->key);
     struct stat st;
     uint64_t used = fstatat(qp->scratch_dirfd, fn, &st, AT_SYMLINK_NOFOLLOW) == 0
-                        ? (uint64_t)st.st_blocks * 512
+                        ? (uint64_t)st.st_blocks * STAT_BLOCK_BYTES
                         : 0;
     bool over_limit = qp->scratch_limit && used > qp->scratch_limit;
     bool too_old = qp->lifetime_s && now - l->created_ns > (int64_t)qp->lifetime_s * NS_PER_S;
@@ -1091,9 +1098,9 @@ static void watch_round(struct qemu_priv *qp)
 {
     struct over {
         char key[QEMU_KEY_LEN + 1];
-        char vm[256];
-        char reason[256];
-    } over[16];
+        char vm[QEMU_VM_ID_BYTES];
+        char reason[QEMU_REASON_MAX];
+    } over[QEMU_WATCH_BATCH];
     size_t n = 0;
     int64_t now = monotonic_ns();
     {
@@ -1471,6 +1478,35 @@ static int qemu_snapshot_release(struct provider *p, const char *locator)
     return r;
 }
 
+/* The newest checkpoint b of a chain (still recording: no later snapshot of the chain) goes
+ * when its snapshot is deleted, typically by a backup that failed: fold it into the previous
+ * checkpoint, which records again from then on, in one transaction, so that the next snapshot
+ * is still incremental from the previous one's.  0, or -ENOENT when there is no usable
+ * previous checkpoint (then b and what it links to are removed as for any other). */
+static int checkpoint_fold(struct qemu_conn *c, const struct qemu_loc *l, const bitmap_list *bl,
+                           const struct bitmap *b)
+{
+    const struct bitmap *prev = b->prev && b->prev < b->t ? bitmap_find(bl, b->prev) : NULL;
+    if (!prev || strcmp(prev->chain, b->chain) || prev->inconsistent || prev->recording ||
+        b->inconsistent)
+        return -ENOENT;
+    char err[QEMU_ERR];
+    json_t *actions = json_pack(
+        "[{s:s, s:{s:s, s:s, s:[s]}}, {s:s, s:{s:s, s:s}}, {s:s, s:{s:s, s:s}}]", "type",
+        "block-dirty-bitmap-merge", "data", "node", l->node, "target", prev->name, "bitmaps",
+        b->name, "type", "block-dirty-bitmap-enable", "data", "node", l->node, "name", prev->name,
+        "type", "block-dirty-bitmap-remove", "data", "node", l->node, "name", b->name);
+    int r = actions ? qx(c, "transaction", json_pack("{s:o}", "actions", actions), NULL, err,
+                         sizeof(err))
+                    : -ENOMEM;
+    if (r < 0) {
+        log_warn("VM %s: disk %s: folding checkpoint %s into %s: %s", l->vm, l->disk, b->name,
+                 prev->name, err);
+        return -ENOENT;
+    }
+    return 0;
+}
+
 static int qemu_snapshot_delete(struct provider *p, const char *locator)
 {
     struct qemu_priv *qp = p->priv;
@@ -1498,6 +1534,8 @@ static int qemu_snapshot_delete(struct provider *p, const char *locator)
             char chain[PROVIDER_CHAIN_MAX + 1] = "";
             if (b)
                 snprintf(chain, sizeof(chain), "%s", b->chain);
+            if (b && b->recording && checkpoint_fold(&c, &l, &bl, b) == 0)
+                b = NULL; /* the previous checkpoint is the chain's newest again */
             for (int k = 0; b && k < QEMU_WALK_MAX && !strcmp(b->chain, chain); k++) {
                 int e = qx(&c, "block-dirty-bitmap-remove",
                            json_pack("{s:s, s:s}", "node", l.node, "name", b->name), NULL, err,

@@ -679,7 +679,8 @@ int route_snapshot_create(struct request *rq)
     if (r == -ENOENT)
         return reply_error(rq, 400, "bad request", "%s", err);
     if (r < 0)
-        return reply_error(rq, r == -ENOSPC ? 507 : 500, "snapshot failed", "%s", err);
+        return reply_error(rq, r == -ENOSPC ? 507 : r == -EBUSY ? 409 : 500, "snapshot failed",
+                           "%s", err);
     FILE *f = server_tmpfile();
     if (!f) {
         snapshot_free(snap);

@@ -4,7 +4,8 @@
 # (checkpoints and pull-mode backup jobs), restored and compared bit for bit with what the disks
 # held when each snapshot was taken; a snapshot never shows the guest's later writes; deleting
 # snapshots ends their jobs, scratch files and checkpoints; a shut-off domain is read from its
-# files, which it cannot change meanwhile; restore --define re-creates the domain.
+# files, which it cannot change meanwhile; restore --define re-creates the domain; a tiny guest
+# with its agent is frozen for the snapshot, which holds a file it wrote without sync.
 source "$(dirname "$0")/lib.sh"
 source "$(dirname "$0")/libvirt-lib.sh"
 require_root
@@ -110,7 +111,7 @@ check "  are the 64 KiB written and the 512 KiB zeroed" jq -e \
 expect_status 409 "  the raw vdb has no bitmap: its changes are unknown" \
     GET "/api/v1/vms/vxt/snapshots/$SNAP/disks/vdb/changes?changeId=$B1/1"
 check "  and the answer says why" grep -q "raw disk" "$WORK/body"
-expect_status_in "409 500" "a snapshot of another chain is refused while it lives" \
+expect_status 409 "a snapshot of another chain is refused while it lives" \
     POST /api/v1/vms/vxt/snapshots -d '{"chain": "other"}'
 check "  saying why" grep -q "one backup job per domain" "$WORK/body"
 
@@ -179,6 +180,70 @@ expect_status 409 "  its changes are not tracked" \
 expect_status 204 "  deleted" DELETE "/api/v1/vms/vxt/snapshots/$OFF"
 check "  its qemu-storage-daemon is gone" test -z "$(ls "$WORK/scratch")"
 check "  the domain starts again" lv_virsh start vxt
+
+# ---- the guest agent through libvirt: a frozen snapshot holds what the guest did not sync ----
+source "$(dirname "$0")/guest/lib-guest.sh"
+if ! command -v debugfs >/dev/null; then
+    skip "guest agent part: debugfs is not installed (e2fsprogs)"
+elif ! GDIR=$(bash "$GUEST_DIR/build-guest.sh" "${VMEXPORT_GUEST_CACHE:-$VMEXPORT_ROOT/build}" 2>"$WORK/guest-build.err"); then
+    skip "guest agent part: the tiny guest cannot be built: $(tail -1 "$WORK/guest-build.err")"
+else
+    G=$WORK/g
+    mkdir -p "$G"
+    cp "$GDIR/vmlinuz" "$GDIR/initrd.img" "$G/"
+    truncate -s 64M "$G/disk.raw"
+    mkfs.ext4 -q -F "$G/disk.raw" >/dev/null
+    qemu-img convert -O qcow2 "$G/disk.raw" "$G/vda.qcow2" && rm -f "$G/disk.raw"
+    chown -R "$LV_USER" "$G"
+    cat >"$G/vxg.xml" <<XML
+<domain type='qemu'>
+  <name>vxg</name>
+  <memory unit='MiB'>256</memory>
+  <vcpu>1</vcpu>
+  <os><type arch='x86_64' machine='pc'>hvm</type><kernel>$G/vmlinuz</kernel><initrd>$G/initrd.img</initrd>
+    <cmdline>console=ttyS0 panic=-1 quiet</cmdline></os>
+  <on_reboot>destroy</on_reboot>
+  <devices>
+    <emulator>$(command -v qemu-system-x86_64)</emulator>
+    $(disk qcow2 "$G/vda.qcow2" vda virtio)
+    <channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0'/></channel>
+    <channel type='unix'><source mode='bind' path='$G/cmd'/><target type='virtio' name='vmexport.cmd'/></channel>
+    <video><model type='none'/></video>
+    <memballoon model='none'/>
+  </devices>
+</domain>
+XML
+    t0=$(date +%s%N)
+    if lv_virsh define "$G/vxg.xml" >/dev/null && lv_virsh start vxg >/dev/null &&
+        vmctl wait-sh "$G/cmd" 90; then
+        ok "the tiny guest boots in a domain ($((($(date +%s%N) - t0) / 1000000)) ms)"
+    else
+        not_ok "the tiny guest boots in a domain"
+    fi
+    for i in $(seq 300); do
+        lv_virsh qemu-agent-command vxg '{"execute":"guest-ping"}' >/dev/null 2>&1 && break
+        sleep 0.1
+    done
+    check "  its agent answers through libvirt" lv_virsh qemu-agent-command vxg '{"execute":"guest-ping"}'
+    SUM=$(vmctl sh "$G/cmd" 'dd if=/dev/urandom of=/mnt/unsynced.bin bs=64k count=32 2>/dev/null && md5sum /mnt/unsynced.bin')
+    SUM=${SUM%% *}
+    check "  the guest wrote 2 MiB without sync" test ${#SUM} = 32
+    expect_status 201 "  a snapshot" POST /api/v1/vms/vxg/snapshots
+    GS=$(jq -r .id "$WORK/body")
+    check "  frozen by the guest agent through libvirt ($(jq .frozenMs "$WORK/body") ms)" \
+        jq -e '.frozen == true and .frozenMs > 0' "$WORK/body"
+    expect_status 200 "  its disk" GET "/api/v1/vms/vxg/snapshots/$GS/disks/vda"
+    mv "$WORK/body" "$G/snap.img"
+    debugfs -R "dump /unsynced.bin $G/unsynced.bin" "$G/snap.img" >/dev/null 2>&1
+    check "  holds the unsynced file, complete" test "$(md5sum <"$G/unsynced.bin" | cut -d' ' -f1)" = "$SUM"
+    fsck_quiet() { e2fsck -fn "$1" >/dev/null 2>&1; }
+    check "  in a clean filesystem (e2fsck -n)" fsck_quiet "$G/snap.img"
+    check "  the guest is thawed: its writes go on" vmctl sh "$G/cmd" 'echo after >/mnt/after && sync'
+    # Not checked here: ending this snapshot's job.  With a booted guest under TCG, libvirt 9.0
+    # leaves the aborted backup job open (QEMU's job concluded, libvirt's handler of its end
+    # cannot get the domain's job lock) with or without a freeze or an agent channel; the job
+    # of virtnbdbackup stays open the same way on this domain.
+fi
 
 stop_daemon
 check "the daemon stops cleanly (under ASan: nothing leaked)" test $? -eq 0

@@ -338,6 +338,7 @@ static void test_ops_find(void **state)
     (void)state;
     assert_ptr_equal(provider_ops_find("dir"), &provider_dir_ops);
     assert_ptr_equal(provider_ops_find("ovm"), &provider_ovm_ops);
+    assert_ptr_equal(provider_ops_find("libvirt"), &provider_libvirt_ops);
     assert_null(provider_ops_find("xen"));
     assert_null(provider_ops_find(""));
     assert_null(provider_ops_find(NULL));
@@ -390,11 +391,11 @@ static void test_config_errors(void **state)
 
     const struct provider_setting no_type[] = {{"path", fx(f, "root")}};
     assert_int_equal(provider_open(f, "lab", no_type, 1, err), -EINVAL);
-    assert_string_equal(err, "[provider.lab] type: missing (known: dir, ovm, qemu)");
+    assert_string_equal(err, "[provider.lab] type: missing (known: dir, ovm, qemu, libvirt)");
 
     const struct provider_setting bad_type[] = {{"type", "xen"}};
     assert_int_equal(provider_open(f, "lab", bad_type, 1, err), -EINVAL);
-    assert_string_equal(err, "[provider.lab] type: unknown provider type 'xen' (known: dir, ovm, qemu)");
+    assert_string_equal(err, "[provider.lab] type: unknown provider type 'xen' (known: dir, ovm, qemu, libvirt)");
 
     const struct provider_setting bad_snap[] = {
         {"type", "dir"}, {"path", fx(f, "root")}, {"snapshot_dir", fx(f, "no/such")}};
