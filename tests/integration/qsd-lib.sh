@@ -328,12 +328,9 @@ wait_snapshot() {
 qsd_daemon_start() {
     PORT=$(free_port)
     CONF=$WORK/vmexportd.conf
-    mkdir -p -m 700 "$QSD_ROOT/scratch"
-    # A short directory for the NBD sockets: a snapshot disk's file_id (an NBD URI naming the
-    # socket) must fit in DISK_IDENTITY_MAX, or clients cannot read the export directly.
-    [ -n "${QSD_NBD_DIR:-}" ] || { QSD_NBD_DIR=$(mktemp -d /tmp/vxnbd.XXXXXX) && at_exit "rm -rf $QSD_NBD_DIR"; }
+    mkdir -p -m 700 "$QSD_ROOT/scratch" "$QSD_ROOT/nbd"
     write_config "$CONF" "$PORT" "$WORK/state" "[provider.qemu]" "type = qemu" \
-        "qmp_sockets = $QSD_ROOT/qmp/*.qmp" "scratch_dir = $QSD_ROOT/scratch" "nbd_dir = $QSD_NBD_DIR" "$@" ||
+        "qmp_sockets = $QSD_ROOT/qmp/*.qmp" "scratch_dir = $QSD_ROOT/scratch" "nbd_dir = $QSD_ROOT/nbd" "$@" ||
         return 1
     start_daemon "$CONF" "$PORT" || return 1
     login admin secret || return 1
