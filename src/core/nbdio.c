@@ -22,6 +22,7 @@
 #include <string.h>
 
 #include "core/cleanup.h"
+#include "core/hex.h"
 #include "core/clock.h"
 #include "core/lock.h"
 
@@ -445,17 +446,6 @@ char *nbdio_uri(const char *socket, const char *export)
     n += uri_encode(uri + n, socket);
     uri[n] = '\0';
     return uri;
-}
-
-static int hex_digit(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
 }
 
 /* The percent-decoded copy of [s, s + len), or NULL (bad escape, NUL byte, no memory). */

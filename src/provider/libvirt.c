@@ -1043,6 +1043,24 @@ static int lv_qsd_start(const struct lv_priv *lp, const char *vm_id, const char 
 
 /* A snapshot of the shut-off domain vm: its qemu-storage-daemon (ending the one of an earlier
  * snapshot: one per domain), between the quiesce hooks. */
+/* The sizes of a snapshot's disks, as the domain sees them now, and how they were taken. */
+static int lv_disks_fill(virDomainPtr dom, const struct vm *vm, struct provider_snapshot_disk *disks,
+                         size_t n, const char *mode, char *err, size_t errlen)
+{
+    for (size_t i = 0; i < n; i++) {
+        virDomainBlockInfo bi;
+        if (virDomainGetBlockInfo(dom, disks[i].disk->name, &bi, 0) < 0) {
+            snprintf(err, errlen, "domain %s: disk %s: size: %s", vm->id, disks[i].disk->name,
+                     lv_errmsg());
+            return -EIO;
+        }
+        disks[i].size = bi.capacity;
+        if (!(disks[i].mode = strdup(mode)))
+            return -ENOMEM;
+    }
+    return 0;
+}
+
 static int lv_offline_snapshot(struct lv_priv *lp, virDomainPtr dom, const struct vm *vm,
                                const char *snap_id, const lv_disk_list *dd,
                                struct provider_snapshot_disk *disks, size_t n,
@@ -1065,18 +1083,8 @@ static int lv_offline_snapshot(struct lv_priv *lp, virDomainPtr dom, const struc
         r = lv_qsd_start(lp, vm->id, vm->uuid, snap_id, dd, disks, n, err, errlen);
     if (hooked && q->thaw)
         q->thaw(q->opaque, r);
-    for (size_t i = 0; r == 0 && i < n; i++) {
-        virDomainBlockInfo bi;
-        if (virDomainGetBlockInfo(dom, disks[i].disk->name, &bi, 0) < 0) {
-            snprintf(err, errlen, "domain %s: disk %s: size: %s", vm->id, disks[i].disk->name,
-                     lv_errmsg());
-            r = -EIO;
-            break;
-        }
-        disks[i].size = bi.capacity;
-        if (!(disks[i].mode = strdup(LV_OFFLINE_MODE)))
-            r = -ENOMEM;
-    }
+    if (r == 0)
+        r = lv_disks_fill(dom, vm, disks, n, LV_OFFLINE_MODE, err, errlen);
     if (r < 0)
         lv_qsd_stop(lp, vm->uuid, snap_id);
     pthread_mutex_unlock(&lp->job_lock);
@@ -1235,19 +1243,8 @@ static int lv_snapshot_create(struct provider *p, const struct vm *vm, const cha
     }
     if (hooked && q->thaw)
         q->thaw(q->opaque, r);
-    for (size_t i = 0; r == 0 && i < n; i++) {
-        virDomainBlockInfo bi;
-        if (virDomainGetBlockInfo(dom, disks[i].disk->name, &bi, 0) < 0) {
-            snprintf(err, errlen, "domain %s: disk %s: size: %s", vm->id, disks[i].disk->name,
-                     lv_errmsg());
-            r = -EIO;
-            break;
-        }
-        disks[i].size = bi.capacity;
-        disks[i].mode = strdup(LV_SNAPSHOT_MODE);
-        if (!disks[i].mode)
-            r = -ENOMEM;
-    }
+    if (r == 0)
+        r = lv_disks_fill(dom, vm, disks, n, LV_SNAPSHOT_MODE, err, errlen);
     if (r < 0 && bxml) {
         lv_job_end(lp, dom, snap_id, NULL);
         lv_checkpoint_delete(dom, cpname);

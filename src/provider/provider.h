@@ -218,7 +218,9 @@ struct provider_ops {
      * snapshot disk (its export, scratch image) but keep what disk_changes needs of it as a
      * base (its checkpoint); snapshot_delete later removes the rest.  0 when released already. */
     int (*snapshot_release)(struct provider *p, const char *locator);
-    /* The snapshot disk at locator, open for reading (flags: DISK_OPEN_*). */
+    /* The snapshot disk at locator, open for reading (flags: DISK_OPEN_*).  A live snapshot
+     * that the provider ended to spare its guest: -EFBIG (its scratch space reached the
+     * configured limit) or -ETIME (it outlived its configured lifetime). */
     int (*disk_open)(struct provider *p, const char *locator, unsigned flags,
                      struct disk_reader **out);
     /* The changes from the snapshot disk base to the later one new (both locators of this

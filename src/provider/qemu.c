@@ -1455,26 +1455,39 @@ static int loc_connect(struct qemu_priv *qp, const char *locator, struct qemu_lo
     return r;
 }
 
-static int qemu_snapshot_release(struct provider *p, const char *locator)
+/* End the data of the snapshot disk at locator: its export, backup job, scratch node and file.
+ * *connected tells whether its QEMU runs: then l and c stay open for the caller (loc_clear,
+ * conn_end); when the QEMU is gone, only its scratch file was left to remove. */
+static int data_release(struct qemu_priv *qp, const char *locator, struct qemu_loc *l,
+                        struct qemu_conn *c, bool *connected)
 {
-    struct qemu_priv *qp = p->priv;
-    struct qemu_loc l;
-    struct qemu_conn c;
     char err[QEMU_ERR];
-    int r = loc_connect(qp, locator, &l, &c, err, sizeof(err));
-    if (r == -ENOENT && loc_parse(locator, &l) == 0) {
-        /* The QEMU is gone and with it everything but the scratch file. */
-        r = scratch_unlink(qp, l.key);
-        live_remove(qp, l.key);
-        loc_clear(&l);
+    *connected = false;
+    int r = loc_connect(qp, locator, l, c, err, sizeof(err));
+    if (r == -ENOENT && loc_parse(locator, l) == 0) {
+        r = scratch_unlink(qp, l->key);
+        live_remove(qp, l->key);
+        loc_clear(l);
         return r;
     }
     if (r < 0)
         return r;
-    r = data_end(qp, &c, l.key);
-    live_remove(qp, l.key);
-    conn_end(&c);
-    loc_clear(&l);
+    *connected = true;
+    r = data_end(qp, c, l->key);
+    live_remove(qp, l->key);
+    return r;
+}
+
+static int qemu_snapshot_release(struct provider *p, const char *locator)
+{
+    struct qemu_loc l;
+    struct qemu_conn c;
+    bool connected;
+    int r = data_release(p->priv, locator, &l, &c, &connected);
+    if (connected) {
+        conn_end(&c);
+        loc_clear(&l);
+    }
     return r;
 }
 
@@ -1509,21 +1522,13 @@ static int checkpoint_fold(struct qemu_conn *c, const struct qemu_loc *l, const 
 
 static int qemu_snapshot_delete(struct provider *p, const char *locator)
 {
-    struct qemu_priv *qp = p->priv;
     struct qemu_loc l;
     struct qemu_conn c;
     char err[QEMU_ERR];
-    int r = loc_connect(qp, locator, &l, &c, err, sizeof(err));
-    if (r == -ENOENT && loc_parse(locator, &l) == 0) {
-        r = scratch_unlink(qp, l.key);
-        live_remove(qp, l.key);
-        loc_clear(&l);
-        return r;
-    }
-    if (r < 0)
-        return r;
-    r = data_end(qp, &c, l.key);
-    live_remove(qp, l.key);
+    bool connected;
+    int r = data_release(p->priv, locator, &l, &c, &connected);
+    if (!connected)
+        return r; /* the QEMU is gone, and its bitmaps with it or in its images */
     /* The checkpoint and the older ones of its chain linked from it. */
     struct graph gr;
     bitmap_list bl = VECTOR_INIT;

@@ -105,6 +105,16 @@ static int disk_file_get(struct request *rq, struct disk_file **out, int *ret)
     struct provider *p = server_provider(srv, snap->provider);
     struct disk_reader *reader = NULL;
     int r = p ? p->ops->disk_open(p, disk->locator, DISK_OPEN_STREAM, &reader) : -ENOENT;
+    if (r == -EFBIG || r == -ETIME) {
+        *ret = reply_error(rq, 410, "gone",
+                           "snapshot '%s' disk '%s' was ended by its provider: %s; its data is "
+                           "gone, take a new snapshot",
+                           snap->id, disk->name,
+                           r == -EFBIG ? "its scratch space reached scratch_limit"
+                                       : "it outlived snapshot_lifetime");
+        snapshot_free(snap);
+        return -1;
+    }
     if (r < 0) {
         *ret = p ? reply_error(rq, 500, "internal error", "snapshot '%s' disk '%s': %s: %s",
                                snap->id, disk->name, disk->locator, strerror(-r))

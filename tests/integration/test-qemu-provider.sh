@@ -264,16 +264,16 @@ dd if="$WORK/4m" of="$F0" bs=1M conv=notrunc,fsync status=none &&
 wait_log() { for _ in $(seq 100); do grep -q "$1" "$WORK/daemon.log" && return 0; sleep 0.1; done; return 1; }
 check "the watcher ends the snapshot over scratch_limit, saying why" \
     wait_log "disk disk0: its scratch image grew to [0-9]* bytes, over scratch_limit 1048576"
-expect_status 500 "  its data is no longer served" GET "/api/v1/vms/vm1/snapshots/$L1/disks/disk0"
-check "  saying so" grep -q "File too large" "$WORK/body"
+expect_status 410 "  its data is gone" GET "/api/v1/vms/vm1/snapshots/$L1/disks/disk0"
+check "  saying why" grep -q "its scratch space reached scratch_limit" "$WORK/body"
 check "  the guest's data is all there" cmp -s <(dd if="$F0" bs=1M count=4 status=none) "$WORK/4m"
 check "  its backup job and export are gone" test "$($QMP "$CTL" query-jobs | jq length)$($QMP \
     "$CTL" query-block-exports | jq '[.[] | select(.id | startswith("vmxe"))] | length')" = 00
 snapshot L2
 check "the watcher ends a snapshot older than snapshot_lifetime" \
     wait_log "snapshot $L2: disk disk1: older than snapshot_lifetime 3 s"
-expect_status 500 "  its data is no longer served" GET "/api/v1/vms/vm1/snapshots/$L2/disks/disk1"
-check "  saying so" grep -q "Timer expired" "$WORK/body"
+expect_status 410 "  its data is gone" GET "/api/v1/vms/vm1/snapshots/$L2/disks/disk1"
+check "  saying why" grep -q "it outlived snapshot_lifetime" "$WORK/body"
 for s in "$L1" "$L2"; do expect_status 204 "ended snapshot is deleted" DELETE "/api/v1/vms/vm1/snapshots/$s"; done
 check "  nothing of them is left" test "$($QMP "$CTL" query-named-block-nodes '{"flat":true}' |
     jq '[.[] | select(.["node-name"] | startswith("vmx")), (.["dirty-bitmaps"][]? |
@@ -288,7 +288,7 @@ qemu-img create -q -f qcow2 "$IMG/e0.qcow2" 8M
     >"$WORK/qsd2.log" 2>&1 &
 at_exit "kill -9 $!"
 for _ in $(seq 200); do [ -S "$WORK/ctl2.sock" ] && [ -S "$WORK/qmp/vm2.qmp" ] && break; sleep 0.05; done
-expect_status 500 "a VM whose process runs its own NBD server: no snapshot" POST /api/v1/vms/vm2/snapshots
+expect_status 409 "a VM whose process runs its own NBD server: no snapshot" POST /api/v1/vms/vm2/snapshots
 check "  saying why" grep -q "NBD server that vmexport did not start" "$WORK/body"
 check "  and nothing of it is left: nodes, exports, jobs, checkpoints, scratch images" test "$($QMP \
     "$WORK/ctl2.sock" query-named-block-nodes '{"flat":true}' | jq '[.[] | select(.["node-name"] |
