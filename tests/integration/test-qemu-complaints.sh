@@ -74,7 +74,7 @@ disk_reason() {
 # any); a full one says why.
 expect_modes() {
     local what=$1; shift
-    local kv d m got why= reason
+    local kv d m got why='' reason
     for kv in "$@"; do
         d=${kv%%=*} m=${kv#*=}
         got=$(disk_mode "$d")
@@ -174,8 +174,8 @@ check "  a's inconsistent bitmaps are removed" test -z "$(stale_bitmaps vm1 a)"
 # snapshot's request).  A backup that ends before the test sees its job (a busy machine) is
 # just one more backup: then again, up to 5 times.
 interrupt() {
-    local victim=$1 try bpid
-    for try in 1 2 3 4 5; do
+    local victim=$1 bpid
+    for _ in 1 2 3 4 5; do
         known_jobs vm1 "$QSD_ROOT/known" || return 1
         "$VMEXPORT" backup vm1 --repo "$REPO" --json >/dev/null 2>&1 &
         bpid=$!
