@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Helpers of the fast live-VM tests (sourced after lib.sh): qemu-storage-daemon "VMs" with
 # qcow2 and raw disks, a guest that writes through a writable FUSE export of each disk, and the
 # truth: a file per disk that always holds what the disk reads, copied at every snapshot instant.
@@ -84,13 +85,13 @@ _qsd_new_disk() {
 
 # _qsd_disk_args VM SPEC: the --blockdev and --export options of one disk.
 _qsd_disk_args() {
-    local vm=$1 name fmt mb ro d rw=on ropt=
+    local vm=$1 name fmt mb ro d writable=on ropt=''
     IFS=: read -r name fmt mb ro <<<"$2"
     d=$QSD_ROOT/qsd/$vm
-    [ "$ro" = ro ] && rw=off ropt=,read-only=on
+    [ "$ro" = ro ] && writable=off ropt=,read-only=on
     printf '%s\n' --blockdev "driver=file,node-name=file-$name,filename=$d/$name.$fmt,discard=unmap$ropt" \
         --blockdev "driver=$fmt,node-name=$name,file=file-$name,discard=unmap$ropt" \
-        --export "type=fuse,id=guest-$name,node-name=$name,mountpoint=$d/$name.dev,writable=$rw"
+        --export "type=fuse,id=guest-$name,node-name=$name,mountpoint=$d/$name.dev,writable=$writable"
 }
 
 _qsd_mounted() { grep -q " $1 fuse" /proc/self/mounts; }
@@ -328,12 +329,9 @@ wait_snapshot() {
 qsd_daemon_start() {
     PORT=$(free_port)
     CONF=$WORK/vmexportd.conf
-    mkdir -p -m 700 "$QSD_ROOT/scratch"
-    # A short directory for the NBD sockets: a snapshot disk's file_id (an NBD URI naming the
-    # socket) must fit in DISK_IDENTITY_MAX, or clients cannot read the export directly.
-    [ -n "${QSD_NBD_DIR:-}" ] || { QSD_NBD_DIR=$(mktemp -d /tmp/vxnbd.XXXXXX) && at_exit "rm -rf $QSD_NBD_DIR"; }
+    mkdir -m 700 "$QSD_ROOT/scratch" "$QSD_ROOT/nbd"
     write_config "$CONF" "$PORT" "$WORK/state" "[provider.qemu]" "type = qemu" \
-        "qmp_sockets = $QSD_ROOT/qmp/*.qmp" "scratch_dir = $QSD_ROOT/scratch" "nbd_dir = $QSD_NBD_DIR" "$@" ||
+        "qmp_sockets = $QSD_ROOT/qmp/*.qmp" "scratch_dir = $QSD_ROOT/scratch" "nbd_dir = $QSD_ROOT/nbd" "$@" ||
         return 1
     start_daemon "$CONF" "$PORT" || return 1
     login admin secret || return 1

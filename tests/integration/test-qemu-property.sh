@@ -6,7 +6,9 @@
 # the snapshot is taken, restores the backup and compares it bit for bit with what the disks
 # read at the snapshot's instant: the writes made during the backup never appear in it.  Every
 # backup after the first is incremental and reads no more than the 64 KiB blocks written since
-# the one before (and the small gaps between them that the backup engine reads across).
+# the one before (and the small gaps between them that the backup engine reads across); every
+# third backup has a checkpoint of its chain between it and its base, so that its changes are
+# the union of two bitmaps.
 source "$(dirname "$0")/lib.sh"
 source "$(dirname "$0")/qsd-lib.sh"
 require_qsd
@@ -41,6 +43,15 @@ for round in $(seq 1 "$ROUNDS"); do
     guest_write_all vm1 $((SEED + round)) $OPS $MAXLEN || { not_ok "round $round: guest writes"; bad=1; break; }
     [ "$round" = 1 ] || [ $((round % SNAP_EVERY)) = 0 ] || continue
     backups=$((backups + 1))
+    if [ $((backups % 3)) = 0 ]; then
+        # A checkpoint of the repository's chain between two backups (another client's
+        # snapshot, released at once): the next backup's changes span two bitmaps.
+        expect_status 201 "round $round: a snapshot in the repository's chain ($CHAIN)" \
+            POST "/api/v1/vms/vm1/snapshots?chunks=false" -d "{\"chain\":\"$CHAIN\"}"
+        mid=$(jq -r .id "$WORK/body")
+        expect_status 204 "  released to its checkpoint" DELETE "/api/v1/vms/vm1/snapshots/$mid?keepCheckpoint=true"
+        guest_write_all vm1 $((SEED + round + 77777)) $OPS $MAXLEN || { not_ok "round $round: guest writes"; bad=1; break; }
+    fi
     tr=nbd
     [ $((backups % 2)) = 0 ] && tr=https
     if ! backup_while_writing "$REPO" vm1 "$tag" $((SEED * 1000 + round)) $BG_OPS --transport $tr; then
@@ -60,6 +71,10 @@ for round in $(seq 1 "$ROUNDS"); do
         read_total=$((read_total + bytes))
     fi
     restore_check "$REPO" "$id" "$tag" vm1 || why="$why restore differs from the truth at its snapshot;"
+    if [ "$backups" = 1 ]; then
+        api GET "/api/v1/vms/vm1/snapshots/$(jq -r .snapshot "$WORK/summary")?chunks=false" >/dev/null
+        CHAIN=$(jq -r .chain "$WORK/body")
+    fi
     if [ -z "$why" ]; then
         kind=full; [ "$backups" = 1 ] || kind=incremental
         ok "round $round: $tr backup $kind, $bytes bytes read, restores as the disks were at the snapshot"
@@ -73,3 +88,7 @@ check "the guest's writes during the last backup are on the disks (and not in th
 check "$incr incremental backups read $read_total bytes in all (some data)" test "$read_total" -gt 0
 check "the guest wrote during $BG_WROTE of the $backups backups (after their snapshot)" test "$BG_WROTE" -gt 0
 [ $bad = 0 ] && diag "seed $SEED: $ROUNDS rounds, $backups backups, every one equal to its snapshot's truth"
+
+# Under the sanitizers a leak or memory error shows in the daemon's exit status.
+stop_daemon
+check "vmexportd stops cleanly" test $? -eq 0
