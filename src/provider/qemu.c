@@ -1795,6 +1795,16 @@ static int qemu_disk_changes(struct provider *p, const char *base, const char *n
     uint64_t cur = bn->prev, last = bn->t;
     for (int k = 0; lb.t < ln.t; k++) {
         const struct bitmap *b = cur ? bitmap_find(&bl, cur) : NULL;
+        if ((!cur || k >= QEMU_WALK_MAX || cur >= last) && !bb) {
+            snprintf(err, errlen,
+                     "the checkpoint of the base snapshot %s (chain %s) is gone from node %s: "
+                     "removed, lost when QEMU restarted (raw disks keep none), removed as "
+                     "inconsistent after a crash, or the image was moved or changed by another "
+                     "program",
+                     lb.snap, bn->chain, ln.node);
+            r = -ESTALE;
+            goto out;
+        }
         if (!cur || k >= QEMU_WALK_MAX || cur >= last) {
             snprintf(err, errlen,
                      "chain %s is broken before checkpoint %016llx (no earlier checkpoint "

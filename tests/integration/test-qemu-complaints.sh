@@ -121,6 +121,7 @@ done
 check "our bitmaps of disk a removed through QMP (block-dirty-bitmap-remove)" test -z "$(our_bitmaps vm1 a)"
 bk "vm1: the next backup restores as at its snapshot" "$REPO" vm1
 expect_modes "  a full (its checkpoint is gone), b and c incremental" a=full b=incremental c=incremental
+check "  the summary says a's base checkpoint is gone" grep -q "checkpoint of the base snapshot .* is gone" <(disk_reason a)
 
 qsd_stop vm1
 for b in $(qemu-img info --output=json "$QSD_ROOT/qsd/vm1/b.qcow2" | jq -r '.["format-specific"].data.bitmaps // [] | .[].name | select(startswith("vmexport."))'); do
@@ -134,6 +135,8 @@ qsd_start vm1 || { not_ok "vm1 restarts"; exit 1; }
 bk "vm1 restarted: the next backup restores as at its snapshot" "$REPO" vm1
 expect_modes "  a incremental (persistent bitmap), b full (removed), c full (raw: its bitmap did not survive the restart)" \
     a=incremental b=full c=full
+check "  the summary says b's and c's base checkpoints are gone" \
+    test "$(disk_reason b | grep -c 'checkpoint of the base snapshot .* is gone')$(disk_reason c | grep -c 'checkpoint of the base snapshot .* is gone')" = 11
 
 # ---- a crash: bitmaps in use ----
 # A clean stop stores every bitmap; a start marks them in use in the images; kill -9 leaves
