@@ -243,6 +243,8 @@ XML
     # is connected to it, and libvirt 9.0 makes each of those port changes wait 30 s for the
     # backup job in the domain's event queue, ahead of the job's own end: the provider has the
     # job's end handled outside that queue (lv_job_blockjobs_settle).
+    port_changed() { lv_virsh qemu-monitor-event vxg --event VSERPORT_CHANGE --timeout 10 | grep -q VSERPORT; }
+    check "  the guest changed a virtio-serial port while the job lives" port_changed
     expect_status 204 "  released while the guest toggles a virtio-serial port" \
         DELETE "/api/v1/vms/vxg/snapshots/$GS?keepCheckpoint=true"
     no_job() { ! lv_virsh backup-dumpxml vxg >/dev/null 2>&1; }
