@@ -1148,7 +1148,11 @@ static int lv_job_make_room(const struct lv_priv *lp, virDomainPtr dom, const ch
     }
     log_info("domain %s: ending the live snapshot %s for a new one of chain %s", vm_id, j.snap,
              chain);
-    return lv_job_end(lp, dom, j.snap, NULL);
+    r = lv_job_end(lp, dom, j.snap, NULL);
+    if (r < 0)
+        snprintf(err, errlen, "domain %s: the backup job of live snapshot %s did not end: %s",
+                 vm_id, j.snap, strerror(-r));
+    return r;
 }
 
 static int lv_snapshot_create(struct provider *p, const struct vm *vm, const char *snap_id,
