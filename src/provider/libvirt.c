@@ -81,6 +81,8 @@
 #define LV_JOB_END_POLL_MS    100
 #define LV_JOB_END_TIMEOUT_MS 30000
 #define LV_JOB_ABORT_RETRY_MS 5000
+/* How long libvirt may end an aborted job on its own before lv_job_blockjobs_settle helps. */
+#define LV_JOB_SETTLE_AFTER_MS 200
 
 static const char *const lv_keys[] = {"uri", "scratch_dir", "nbd_dir", NULL};
 
@@ -692,9 +694,30 @@ static void lv_scratch_remove(const struct lv_priv *lp, const struct lv_job *j, 
 
 static int lv_qsd_stop(const struct lv_priv *lp, const char *uuid, const char *snap);
 
+/* Has libvirt handle the end of the job's aborted block jobs now, in this call, rather than in
+ * the domain's event queue.  Libvirt 9.0 handles there, in order, every change of the guest's
+ * virtio-serial ports (VSERPORT_CHANGE: a guest program opening or closing a channel) with a
+ * job that a backup job does not allow: each such event waits 30 s for the backup job to end,
+ * and the end of the backup job waits behind them, so a guest that toggles a port once in 30 s
+ * keeps the job open for good.  virDomainBlockJobAbort of a disk whose backup block job is
+ * being cancelled fails ("still being ended"), but on its way out processes the block job's
+ * new state (concluded) itself, which ends the backup job. */
+static void lv_job_blockjobs_settle(virDomainPtr dom, const struct lv_job *j)
+{
+    xmlXPathObjectPtr o = lv_xpath_nodes(j->doc, "/domainbackup/disks/disk[@backup='yes']");
+    for (int i = 0; o && i < o->nodesetval->nodeNr; i++) {
+        CLEANUP_FREE char *t = lv_xpath_str(j->doc, o->nodesetval->nodeTab[i], "string(@name)");
+        if (t && lv_name_safe(t) && virDomainBlockJobAbort(dom, t, 0) < 0)
+            log_debug("domain %s: disk %s: settling the backup's block job: %s",
+                      virDomainGetName(dom), t, lv_errmsg());
+    }
+    if (o)
+        xmlXPathFreeObject(o);
+}
+
 /* Ends the backup job of snapshot snap, when it runs, and removes its scratch files.  Aborting
  * is asynchronous in libvirt (and fails while the job is already ending): wait until it is
- * gone. */
+ * gone, settling its block jobs (lv_job_blockjobs_settle) while it lingers. */
 static int lv_job_end(const struct lv_priv *lp, virDomainPtr dom, const char *snap,
                       const char *target)
 {
@@ -726,6 +749,8 @@ static int lv_job_end(const struct lv_priv *lp, virDomainPtr dom, const char *sn
             if (waited % LV_JOB_ABORT_RETRY_MS == 0 && virDomainAbortJob(dom) < 0)
                 log_debug("domain %s: aborting the backup job of snapshot %s: %s",
                           virDomainGetName(dom), snap, lv_errmsg());
+            if (waited >= LV_JOB_SETTLE_AFTER_MS)
+                lv_job_blockjobs_settle(dom, &j);
         }
     }
     lv_scratch_remove(lp, &j, snap, target);
@@ -1131,7 +1156,11 @@ static int lv_job_make_room(const struct lv_priv *lp, virDomainPtr dom, const ch
     }
     log_info("domain %s: ending the live snapshot %s for a new one of chain %s", vm_id, j.snap,
              chain);
-    return lv_job_end(lp, dom, j.snap, NULL);
+    r = lv_job_end(lp, dom, j.snap, NULL);
+    if (r < 0)
+        snprintf(err, errlen, "domain %s: the backup job of live snapshot %s did not end: %s",
+                 vm_id, j.snap, strerror(-r));
+    return r;
 }
 
 static int lv_snapshot_create(struct provider *p, const struct vm *vm, const char *snap_id,
