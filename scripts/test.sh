@@ -58,8 +58,9 @@ selected() {
 # pass.
 ONCE_TESTS=" test-guest-agent test-qemu-vm test-libvirt test-qemu-complaints "
 # The property test of live VMs must keep its hundred rounds: it runs in the normal pass only
-# (the sanitizer pass runs an eighth of the rounds of the others).
-NORMAL_ONLY_TESTS=" test-qemu-property "
+# (the sanitizer pass runs an eighth of the rounds of the others); test-build builds its own
+# variants, whichever pass runs it.
+NORMAL_ONLY_TESTS=" test-qemu-property test-build "
 ASAN_PASS=1
 [ "${VMEXPORT_NO_ASAN:-0}" != 1 ] || ASAN_PASS=0
 

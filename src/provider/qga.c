@@ -250,6 +250,8 @@ static void say(char *err, size_t errlen, const struct qga *g, const char *path,
                 int r, int timeout_ms, const char *detail)
 {
     const char *p = g ? g->path : path;
+    if (!p)
+        p = "?";
     if (r == -ETIMEDOUT)
         snprintf(err, errlen, "guest agent %s: %s: no answer within %d ms", p, what, timeout_ms);
     else if (r == -EPROTO)
