@@ -458,9 +458,18 @@ static void registry_set(int fd, bool on)
 }
 
 /* Thaws and checks; 0 once the guest says thawed. */
-static int thaw_checked(struct qga *g, int timeout_ms, char *err, size_t errlen)
+/* Where thaw_checked says how long the guest was frozen: from since_ns to the thaw's answer. */
+struct thaw_clock {
+    int64_t since_ns;
+    uint64_t *frozen_us;
+};
+
+static int thaw_checked(struct qga *g, int timeout_ms, const struct thaw_clock *clk, char *err,
+                        size_t errlen)
 {
     int r = qga_thaw(g, timeout_ms, NULL, err, errlen);
+    if (clk)
+        *clk->frozen_us = (uint64_t)(clock_monotonic_ns() - clk->since_ns) / 1000;
     if (r < 0)
         return r;
     bool frozen = true;
@@ -480,7 +489,7 @@ static void *keeper_main(void *arg)
     struct qga *g = arg;
     char err[512];
     for (int round = 0; round < QGA_KEEPER_ROUNDS; round++) {
-        int r = thaw_checked(g, QGA_KEEPER_WAIT_MS, err, sizeof(err));
+        int r = thaw_checked(g, QGA_KEEPER_WAIT_MS, NULL, err, sizeof(err));
         if (r == 0) {
             log_info("guest agent %s: guest thawed after a late answer", g->path);
             registry_set(g->fd, false);
@@ -520,10 +529,12 @@ static void keeper_start(struct qga *g)
     pthread_attr_destroy(&a);
 }
 
-/* After a failed freeze or at the end: thaw now or hand over to the keeper. */
-static int thaw_or_keep(struct qga *g, int timeout_ms, char *err, size_t errlen)
+/* After a failed freeze or at the end: thaw now or hand over to the keeper.  clk (NULL: not
+ * wanted) gets how long the guest was frozen. */
+static int thaw_or_keep(struct qga *g, int timeout_ms, const struct thaw_clock *clk, char *err,
+                        size_t errlen)
 {
-    int r = thaw_checked(g, timeout_ms, err, errlen);
+    int r = thaw_checked(g, timeout_ms, clk, err, errlen);
     if (r == 0) {
         registry_set(g->fd, false);
         qga_close(g);
@@ -550,7 +561,7 @@ int qga_freeze_begin(struct qga_freeze *f, const char *path, int timeout_ms, cha
          * freeze itself. */
         char terr[512];
         int wait = timeout_ms > QGA_KEEPER_WAIT_MS / 3 ? timeout_ms : QGA_KEEPER_WAIT_MS / 3;
-        thaw_or_keep(f->g, wait, terr, sizeof(terr));
+        thaw_or_keep(f->g, wait, NULL, terr, sizeof(terr));
         f->g = NULL;
         return r;
     }
@@ -563,23 +574,6 @@ int qga_freeze_end(struct qga_freeze *f, int timeout_ms, char *err, size_t errle
         return 0;
     struct qga *g = f->g;
     f->g = NULL;
-    int r = qga_thaw(g, timeout_ms, NULL, err, errlen);
-    f->frozen_us = (uint64_t)(clock_monotonic_ns() - f->t_frozen_ns) / 1000;
-    if (r == 0) {
-        bool frozen = true;
-        r = qga_status(g, timeout_ms, &frozen, err, errlen);
-        if (r == 0 && frozen) {
-            snprintf(err, errlen, "guest agent %s: still frozen after guest-fsfreeze-thaw",
-                     g->path);
-            r = -EBUSY;
-        }
-    }
-    if (r == 0) {
-        registry_set(g->fd, false);
-        qga_close(g);
-        return 0;
-    }
-    log_warn("%s; still trying to thaw in the background", err);
-    keeper_start(g);
-    return r;
+    struct thaw_clock clk = {.since_ns = f->t_frozen_ns, .frozen_us = &f->frozen_us};
+    return thaw_or_keep(g, timeout_ms, &clk, err, errlen);
 }
