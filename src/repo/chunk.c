@@ -365,3 +365,53 @@ void repo_chunk_batch_free(struct chunk_batch *b)
     pthread_mutex_destroy(&b->lock);
     free(b);
 }
+
+/* ---- chunks with known zero blocks ---- */
+
+/* Clear the marked blocks of data (the layout of format versions before 3 has no zero
+ * blocks: their chunks are the plain bytes). */
+static void chunk_fill_zeros(void *data, size_t len, const uint64_t *zero_blocks)
+{
+    if (!zero_blocks)
+        return;
+    for (size_t k = 0; k * CHUNK_BLOCK < len; k++)
+        if (chunk_mask_test(zero_blocks, k)) {
+            size_t n = len - k * CHUNK_BLOCK < CHUNK_BLOCK ? len - k * CHUNK_BLOCK : CHUNK_BLOCK;
+            memset((uint8_t *)data + k * CHUNK_BLOCK, 0, n);
+        }
+}
+
+bool repo_chunk_is_zero(const void *data, size_t len, const uint64_t *zero_blocks)
+{
+    if (!zero_blocks)
+        return buf_is_zero(data, len);
+    for (size_t k = 0; k * CHUNK_BLOCK < len; k++) {
+        size_t n = len - k * CHUNK_BLOCK < CHUNK_BLOCK ? len - k * CHUNK_BLOCK : CHUNK_BLOCK;
+        if (!chunk_mask_test(zero_blocks, k) &&
+            !buf_is_zero((const uint8_t *)data + k * CHUNK_BLOCK, n))
+            return false;
+    }
+    return true;
+}
+
+void repo_chunk_id_sparse(const struct repo *r, void *data, size_t len,
+                          const uint64_t *zero_blocks, struct chunk_id *id)
+{
+    chunk_fill_zeros(data, len, zero_blocks);
+    repo_chunk_id(r, data, len, id);
+}
+
+int repo_chunk_batch_put_sparse(struct chunk_batch *b, const struct chunk_id *id, void *data,
+                                size_t len, const uint64_t *zero_blocks, uint64_t *pending_bytes)
+{
+    chunk_fill_zeros(data, len, zero_blocks);
+    return repo_chunk_batch_put(b, id, data, len, pending_bytes);
+}
+
+int repo_chunk_read_sparse(struct repo *r, const struct chunk_id *id, void *buf, size_t cap,
+                           size_t *len, uint64_t *zero_blocks)
+{
+    if (zero_blocks)
+        memset(zero_blocks, 0, CHUNK_MASK_WORDS * sizeof(*zero_blocks));
+    return repo_chunk_read(r, id, buf, cap, len);
+}

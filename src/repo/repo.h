@@ -121,6 +121,42 @@ int repo_chunk_get(struct repo *r, const struct chunk_id *id, void *buf, size_t 
  * (repo_chunk_get) finds it. */
 int repo_chunk_read(struct repo *r, const struct chunk_id *id, void *buf, size_t cap, size_t *len);
 
+/* ---- chunks with known zero blocks (sparse disks: zeros cost nothing) ----
+ *
+ * A chunk is made of CHUNK_BLOCK-byte blocks (the last one may be shorter).  A zero-block mask
+ * (bit i % 64 of word i / 64 for block i; CHUNK_MASK_WORDS words) marks blocks known to hold
+ * zeros — holes of a sparse disk — whose bytes in the buffer are NOT read: the engine neither
+ * reads nor clears them.  Blocks not marked may still be zeros (they are checked).  A NULL mask
+ * marks none.  In a repository of format version 3 zero blocks are neither hashed, compressed
+ * nor stored; in older ones the marked blocks are cleared in the buffer (hence not const) and
+ * the chunk is the same as with the functions above. */
+#define CHUNK_BLOCK      4096u
+#define CHUNK_MASK_WORDS (REPO_MAX_CHUNK_SIZE / CHUNK_BLOCK / 64)
+struct chunk_batch;
+
+static inline bool chunk_mask_test(const uint64_t *mask, size_t block)
+{
+    return mask && (mask[block / 64] >> (block % 64)) & 1;
+}
+static inline void chunk_mask_set(uint64_t *mask, size_t block)
+{
+    mask[block / 64] |= (uint64_t)1 << (block % 64);
+}
+
+/* Whether every byte of the chunk is zero (the blocks the mask marks count as zeros). */
+bool repo_chunk_is_zero(const void *data, size_t len, const uint64_t *zero_blocks);
+/* The chunk's ID, like repo_chunk_id() of the data with the marked blocks zeros. */
+void repo_chunk_id_sparse(const struct repo *r, void *data, size_t len,
+                          const uint64_t *zero_blocks, struct chunk_id *id);
+/* repo_chunk_batch_put() of the same chunk. */
+int repo_chunk_batch_put_sparse(struct chunk_batch *b, const struct chunk_id *id, void *data,
+                                size_t len, const uint64_t *zero_blocks, uint64_t *pending_bytes);
+/* repo_chunk_read() that may leave zero blocks unwritten: with zero_blocks (CHUNK_MASK_WORDS
+ * words, may be NULL), the blocks it marks are zeros whose bytes in buf were not written; with
+ * NULL every byte is written. */
+int repo_chunk_read_sparse(struct repo *r, const struct chunk_id *id, void *buf, size_t cap,
+                           size_t *len, uint64_t *zero_blocks);
+
 /* Call fn for every chunk file present (order unspecified); stops at fn's negative return. */
 int repo_chunk_foreach(struct repo *r, int (*fn)(void *opaque, const struct chunk_id *id),
                        void *opaque);
