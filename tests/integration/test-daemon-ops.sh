@@ -416,7 +416,7 @@ check "churn list is empty" jq -e '. == []' "$WORK/body"
 { printf '{"username":"admin","password":"'; head -c $((70 * 1024)) /dev/zero | tr '\0' 'a'; printf '"}'; } >"$WORK/big-login.json"
 TOKEN="" expect_status 413 "login body over 64 KiB is 413" POST /api/v1/auth/login --data-binary @"$WORK/big-login.json"
 for i in 1 2 3 4; do printf 'X-Filler-%d: %s\n' "$i" "$(head -c 90000 /dev/zero | tr '\0' 'h')"; done >"$WORK/big-headers"
-got=$(api GET /api/v1/vms --max-time 10 -H @"$WORK/big-headers")
+got=$(api GET /api/v1/vms --max-time 3 -H @"$WORK/big-headers")
 # libmicrohttpd 0.9.75 (Debian 12) answers 431 over plain HTTP, but over TLS it never sends the
 # 431 for a header larger than about half the connection memory limit: the connection is left
 # unanswered until connection_timeout.  What we can and do require: the request is never

@@ -127,10 +127,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Type", SPARSE)
         self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
-        for i in range(0, len(body), 7):
-            piece = body[i:i + 7]
-            self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
-        self.wfile.write(b"0\r\n\r\n")
+        # HTTP chunks of 7 bytes (the client's decoder hands them on one by one), sent in
+        # large writes: a TLS record per 7 bytes made a 3 MiB download take seconds.
+        framed = b"".join(b"%x\r\n%s\r\n" % (len(body[i:i + 7]), body[i:i + 7])
+                          for i in range(0, len(body), 7))
+        self.wfile.write(framed + b"0\r\n\r\n")
 
 
 server = http.server.ThreadingHTTPServer(("127.0.0.1", int(PORT)), Handler)
