@@ -77,7 +77,7 @@
 #define LV_SNAPSHOT_MODE     "libvirt-backup"
 #define LV_OFFLINE_MODE      "libvirt-offline" /* a shut-off domain's files, read-only */
 #define LV_CHANGES_METHOD    "libvirt-checkpoint"
-#define LV_OFFLINE_METHOD    "libvirt-image-bitmaps" /* a shut-off domain's snapshot */
+#define LV_OFFLINE_METHOD    "bitmap" /* a shut-off domain's snapshot: QEMU dirty bitmaps */
 #define LV_AGENT_CHANNEL     "org.qemu.guest_agent.0"
 #define LV_ID_MAX            64     /* bytes of a snapshot ID or disk target we accept */
 #define LV_UUID_LEN          36     /* "xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx" */
