@@ -1888,8 +1888,7 @@ static const char *lv_bitmap_flaw(json_t *ni, const char *cp)
 {
     json_t *b = lv_json_named(json_object_get(ni, "dirty-bitmaps"), "name", cp);
     if (!b)
-        return "is gone from the image (removed, e.g. by qemu-img bitmap --remove, or the image "
-               "was replaced or moved)";
+        return "is gone from the image (removed, e.g. by qemu-img, or the image replaced)";
     if (json_is_true(json_object_get(b, "inconsistent")))
         return "is inconsistent (QEMU stopped without saving it)";
     if (!json_is_true(json_object_get(b, "recording")))
@@ -1931,8 +1930,12 @@ static int lv_offline_changes(struct lv_priv *lp, virDomainPtr dom, const struct
         r = -ESTALE;
         goto out;
     }
-    if ((r = qmp_connect(qmp_path, 0, &q, err, errlen)) < 0 ||
-        (r = qmp_execute(q, "query-named-block-nodes", json_pack("{s:b}", "flat", 1), &nodes, err,
+    if ((r = qmp_connect(qmp_path, 0, &q, err, errlen)) < 0) {
+        /* e.g. a daemon started by an older vmexportd, without a monitor: read in full */
+        r = -ESTALE;
+        goto out;
+    }
+    if ((r = qmp_execute(q, "query-named-block-nodes", json_pack("{s:b}", "flat", 1), &nodes, err,
                          errlen)) < 0)
         goto out;
     json_t *ni = lv_json_named(nodes, "node-name", node);
@@ -1957,8 +1960,8 @@ static int lv_offline_changes(struct lv_priv *lp, virDomainPtr dom, const struct
     for (size_t i = 0; i < walk.len; i++) {
         const char *flaw = lv_bitmap_flaw(ni, walk.ptr[i]);
         if (flaw) {
-            snprintf(err, errlen, "the bitmap of checkpoint %s in the image of disk %s %s",
-                     walk.ptr[i], ln->target, flaw);
+            snprintf(err, errlen, "disk %s: the bitmap of checkpoint %s %s", ln->target,
+                     walk.ptr[i], flaw);
             r = -ESTALE;
             goto out;
         }
@@ -2031,6 +2034,8 @@ static int lv_disk_changes(struct provider *p, const char *base, const char *new
         snprintf(err, errlen, "not two snapshots of the same libvirt disk");
         return -EINVAL;
     }
+    if (strcmp(lb.snap, ln.snap) == 0)
+        return 0; /* a snapshot has no changes since itself */
     CLEANUP_CONN virConnectPtr c = NULL;
     int r = lv_connect(lp, &c, err, errlen);
     if (r < 0)
