@@ -11,8 +11,8 @@
  *
  * A VM is a domain (ID: its name, UUID: its UUID); its disks are the <disk> elements of its
  * XML, named by their target ("vda").  Writable disks (device "disk", not <readonly/>) of a
- * running domain can be snapshotted; CD-ROMs, floppies and read-only disks cannot, and neither,
- * for now, can the disks of a domain that is shut off.
+ * running domain can be snapshotted, and those of a shut-off domain in a format
+ * qemu-storage-daemon reads (qcow2, raw); CD-ROMs, floppies and read-only disks cannot.
  *
  * A snapshot is one virDomainBackupBegin: a pull-mode backup job whose NBD server exports each
  * disk's point-in-time view (export name = target), together with a new checkpoint
@@ -30,6 +30,12 @@
  *
  * A domain with a connected guest agent channel is frozen (virDomainFSFreeze) for the job's
  * start and thawed right after, on every path.
+ *
+ * A shut-off domain's snapshot is its files, read through a read-only qemu-storage-daemon; it
+ * makes no checkpoint (libvirt 9.0 makes none for an inactive domain) but records the chain's
+ * newest one as its position.  Its changes come from the persistent bitmaps of the qcow2
+ * images (libvirt keeps every checkpoint's bitmap recording, and so does qemu-img or qemu-io
+ * writing the image meanwhile): see "shut-off domains: changes from the images' bitmaps".
  */
 #include "provider.h"
 
@@ -58,6 +64,8 @@
 #include "core/cleanup.h"
 #include "core/log.h"
 #include "core/nbdio.h"
+#include "core/strlist.h"
+#include "qmp.h"
 
 #define LV_URI_DEFAULT         "qemu:///system"
 #define LV_SCRATCH_DIR_DEFAULT "/var/lib/vmexport/scratch"
@@ -69,6 +77,7 @@
 #define LV_SNAPSHOT_MODE     "libvirt-backup"
 #define LV_OFFLINE_MODE      "libvirt-offline" /* a shut-off domain's files, read-only */
 #define LV_CHANGES_METHOD    "libvirt-checkpoint"
+#define LV_OFFLINE_METHOD    "bitmap" /* a shut-off domain's snapshot: QEMU dirty bitmaps */
 #define LV_AGENT_CHANNEL     "org.qemu.guest_agent.0"
 #define LV_ID_MAX            64     /* bytes of a snapshot ID or disk target we accept */
 #define LV_UUID_LEN          36     /* "xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx" */
@@ -876,13 +885,16 @@ static int lv_snapshot_xml(const struct lv_priv *lp, virDomainPtr dom, const lv_
  * uses: one live snapshot per domain either way).  Its read-only opens take QEMU's shared
  * image locks, so the domain cannot start (and change the disks) while the snapshot lives;
  * releasing or deleting the snapshot stops it.  Its pidfile <scratch_dir>/<UUID>.<snapshot
- * ID>.qsd.pid says which snapshot it serves.  No checkpoint is made (libvirt makes them for
- * running domains only), so the changes of such a snapshot are not known: -ESTALE. */
+ * ID>.qsd.pid says which snapshot it serves; its QMP monitor <nbd_dir>/<UUID>.qmp is how
+ * disk_changes reads the images' bitmaps.  Disk target T is node d-T (format) over f-T (file),
+ * exported as T. */
 
 #define LV_QSD_PROGRAM    "qemu-storage-daemon"
 #define LV_QSD_PID_SUFFIX ".qsd.pid"
-#define LV_QSD_ARGS_MAX   (8 + 6 * PROVIDER_MAX_DISKS) /* program, server, pidfile; per disk */
+#define LV_QMP_SUFFIX     ".qmp"
+#define LV_QSD_ARGS_MAX   (12 + 6 * PROVIDER_MAX_DISKS) /* program, server, QMP, pidfile; disks */
 #define LV_PID_TEXT_MAX   32
+#define LV_NODE_MAX       32 /* bytes of a QEMU node name or ID, its NUL included */
 
 static int lv_qsd_pidfile(const struct lv_priv *lp, const char *uuid, const char *snap, char *out,
                           size_t outlen)
@@ -934,6 +946,20 @@ static void lv_socket_path(const struct lv_priv *lp, const char *uuid, char *out
     snprintf(out, outlen, "%s/%s%s", lp->nbd_dir, uuid, LV_SOCKET_SUFFIX);
 }
 
+static void lv_qmp_path(const struct lv_priv *lp, const char *uuid, char *out, size_t outlen)
+{
+    snprintf(out, outlen, "%s/%s%s", lp->nbd_dir, uuid, LV_QMP_SUFFIX);
+}
+
+/* The qemu-storage-daemon's name of disk target's node or object: kind 'd' (format node), 'f'
+ * (file node), 'e' (export ID), 'c' (the export of its changes); -ENAMETOOLONG when the
+ * target is too long for one. */
+static int lv_qsd_node(char kind, const char *target, char out[LV_NODE_MAX])
+{
+    int n = snprintf(out, LV_NODE_MAX, "%c-%s", kind, target);
+    return n < 0 || n >= LV_NODE_MAX ? -ENAMETOOLONG : 0;
+}
+
 /* Stops the qemu-storage-daemon of snapshot snap (0 when none runs). */
 static int lv_qsd_stop(const struct lv_priv *lp, const char *uuid, const char *snap)
 {
@@ -954,6 +980,8 @@ static int lv_qsd_stop(const struct lv_priv *lp, const char *uuid, const char *s
             usleep(LV_JOB_END_POLL_MS * 1000u);
         }
         lv_socket_path(lp, uuid, sock, sizeof(sock));
+        unlink(sock);
+        lv_qmp_path(lp, uuid, sock, sizeof(sock));
         unlink(sock);
     }
     unlink(pidfile);
@@ -1004,12 +1032,23 @@ static int lv_qsd_start(const struct lv_priv *lp, const char *vm_id, const char 
                         const struct provider_snapshot_disk *disks, size_t n, char *err,
                         size_t errlen)
 {
-    char pidfile[PATH_MAX], sock[PATH_MAX], name[32];
+    char pidfile[PATH_MAX], sock[PATH_MAX], qmp[PATH_MAX], chardev[2 * PATH_MAX + 64];
     int r = lv_qsd_pidfile(lp, uuid, snap, pidfile, sizeof(pidfile));
     if (r < 0)
         return r;
     lv_socket_path(lp, uuid, sock, sizeof(sock));
+    lv_qmp_path(lp, uuid, qmp, sizeof(qmp));
     unlink(sock); /* left by a daemon that died */
+    unlink(qmp);
+    /* QEMU's option syntax: a comma in a value is doubled */
+    size_t cl =
+        (size_t)snprintf(chardev, sizeof(chardev), "socket,id=qmp,server=on,wait=off,path=");
+    for (const char *c = qmp; *c && cl + 2 < sizeof(chardev); c++) {
+        if (*c == ',')
+            chardev[cl++] = ',';
+        chardev[cl++] = *c;
+    }
+    chardev[cl] = '\0';
     char *args[LV_QSD_ARGS_MAX] = {NULL};
     size_t na = 0;
     /* the server first: --export needs it */
@@ -1017,6 +1056,9 @@ static int lv_qsd_start(const struct lv_priv *lp, const char *vm_id, const char 
         (r = lv_arg(args, &na, "--nbd-server")) == 0)
         r = lv_arg_json(args, &na,
                         json_pack("{s:{s:s, s:s}}", "addr", "type", "unix", "path", sock));
+    if (r == 0 && (r = lv_arg(args, &na, "--chardev")) == 0 &&
+        (r = lv_arg(args, &na, chardev)) == 0 && (r = lv_arg(args, &na, "--monitor")) == 0)
+        r = lv_arg(args, &na, "chardev=qmp");
     for (size_t i = 0; r == 0 && i < dd->len; i++) {
         const struct lv_disk *d = &dd->ptr[i];
         if (!lv_wanted(disks, n, d->target))
@@ -1027,10 +1069,13 @@ static int lv_qsd_start(const struct lv_priv *lp, const char *vm_id, const char 
             r = -EOPNOTSUPP;
             break;
         }
-        char file_node[32], fmt_node[32];
-        snprintf(file_node, sizeof(file_node), "f%zu", i);
-        snprintf(fmt_node, sizeof(fmt_node), "d%zu", i);
-        snprintf(name, sizeof(name), "e%zu", i);
+        char file_node[LV_NODE_MAX], fmt_node[LV_NODE_MAX], name[LV_NODE_MAX];
+        if ((r = lv_qsd_node('f', d->target, file_node)) < 0 ||
+            (r = lv_qsd_node('d', d->target, fmt_node)) < 0 ||
+            (r = lv_qsd_node('e', d->target, name)) < 0) {
+            snprintf(err, errlen, "domain %s: disk target %s is too long", vm_id, d->target);
+            break;
+        }
         const char *drv = strcmp(d->type, "block") == 0 ? "host_device" : "file";
         if ((r = lv_arg(args, &na, "--blockdev")) < 0 ||
             (r = lv_arg_json(args, &na,
@@ -1066,11 +1111,223 @@ static int lv_qsd_start(const struct lv_priv *lp, const char *vm_id, const char 
     return r;
 }
 
-/* A snapshot of the shut-off domain vm: its qemu-storage-daemon (ending the one of an earlier
- * snapshot: one per domain), between the quiesce hooks. */
+/* ---- shut-off domains: positions in the chain ----
+ *
+ * A snapshot of a shut-off domain makes no checkpoint; its record <scratch_dir>/<UUID>.<snapshot
+ * ID>.offline (JSON: "chain", "checkpoint": the chain's newest checkpoint when it was taken, or
+ * null) says where its changes count from: changes since that checkpoint include those since
+ * the snapshot.  The record lives until the snapshot is deleted (a released snapshot stays a
+ * base).  A checkpoint that records name stays while they live: deleting its own snapshot
+ * leaves it to them ("adopted"), and the last of them deletes it. */
+
+#define LV_RECORD_SUFFIX ".offline"
+#define LV_RECORD_TMP    ".tmp"
+#define LV_RECORD_MAX    4096 /* bytes of a record */
+
+struct lv_record {
+    char chain[PROVIDER_CHAIN_MAX + 1];
+    char *checkpoint; /* NULL: the chain had none */
+    bool adopted;     /* its snapshot was deleted: the records delete it */
+};
+
+static void lv_record_clear(struct lv_record *rec)
+{
+    free(rec->checkpoint);
+    memset(rec, 0, sizeof(*rec));
+}
+#define CLEANUP_RECORD __attribute__((cleanup(lv_record_clear)))
+
+static int lv_record_name(const char *uuid, const char *snap, const char *suffix, char *out,
+                          size_t outlen)
+{
+    int n = snprintf(out, outlen, "%s.%s%s%s", uuid, snap, LV_RECORD_SUFFIX, suffix);
+    return n < 0 || (size_t)n >= outlen ? -ENAMETOOLONG : 0;
+}
+
+/* The record of snapshot snap: 0, -ENOENT (none: not a shut-off domain's snapshot), -EINVAL
+ * (unreadable). */
+static int lv_record_read(const struct lv_priv *lp, const char *uuid, const char *snap,
+                          struct lv_record *rec)
+{
+    memset(rec, 0, sizeof(*rec));
+    char name[NAME_MAX + 1], text[LV_RECORD_MAX + 1];
+    int r = lv_record_name(uuid, snap, "", name, sizeof(name));
+    if (r < 0)
+        return r;
+    CLEANUP_CLOSE int dfd = open(lp->scratch_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd < 0)
+        return -errno;
+    CLEANUP_CLOSE int fd = openat(dfd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0)
+        return -errno;
+    ssize_t n = read(fd, text, LV_RECORD_MAX);
+    if (n < 0)
+        return -errno;
+    text[n] = '\0';
+    json_t *j = json_loads(text, 0, NULL);
+    const char *chain = json_string_value(json_object_get(j, "chain"));
+    const char *cp = json_string_value(json_object_get(j, "checkpoint"));
+    struct lv_cpname cn;
+    r = chain && provider_chain_valid(chain) && (!cp || lv_cpname_parse(cp, &cn)) ? 0 : -EINVAL;
+    if (r == 0) {
+        snprintf(rec->chain, sizeof(rec->chain), "%s", chain);
+        rec->adopted = json_is_true(json_object_get(j, "adopted"));
+        if (cp && !(rec->checkpoint = strdup(cp)))
+            r = -ENOMEM;
+    }
+    json_decref(j);
+    if (r == -EINVAL)
+        log_error("libvirt: %s/%s: not a record of a shut-off snapshot", lp->scratch_dir, name);
+    return r;
+}
+
+/* Writes (replaces) the record of snapshot snap: 0600, in place at once (rename). */
+static int lv_record_write(const struct lv_priv *lp, const char *uuid, const char *snap,
+                           const struct lv_record *rec)
+{
+    char name[NAME_MAX + 1], tmp[NAME_MAX + 1];
+    int r = lv_record_name(uuid, snap, "", name, sizeof(name));
+    if (r < 0 || (r = lv_record_name(uuid, snap, LV_RECORD_TMP, tmp, sizeof(tmp))) < 0)
+        return r;
+    json_t *j = json_pack("{s:s, s:s?, s:b}", "chain", rec->chain, "checkpoint", rec->checkpoint,
+                          "adopted", rec->adopted);
+    CLEANUP_FREE char *text = j ? json_dumps(j, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
+    json_decref(j);
+    if (!text)
+        return -ENOMEM;
+    CLEANUP_CLOSE int dfd = open(lp->scratch_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd < 0)
+        return -errno;
+    int fd = openat(dfd, tmp, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return -errno;
+    size_t len = strlen(text);
+    r = write(fd, text, len) == (ssize_t)len && fsync(fd) == 0 ? 0 : -EIO;
+    close(fd);
+    if (r == 0 && renameat(dfd, tmp, dfd, name) < 0)
+        r = -errno;
+    if (r < 0) {
+        unlinkat(dfd, tmp, 0);
+        log_error("libvirt: writing %s/%s: %s", lp->scratch_dir, name, strerror(-r));
+    }
+    return r;
+}
+
+static void lv_record_remove(const struct lv_priv *lp, const char *uuid, const char *snap)
+{
+    char name[NAME_MAX + 1];
+    int dfd = open(lp->scratch_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd < 0)
+        return;
+    if (lv_record_name(uuid, snap, "", name, sizeof(name)) == 0)
+        unlinkat(dfd, name, 0);
+    close(dfd);
+}
+
+/* Marks the records of domain uuid that name checkpoint cp (but snapshot except's) adopted:
+ * their number, or a negative errno. */
+static int lv_records_adopt(const struct lv_priv *lp, const char *uuid, const char *cp,
+                            const char *except)
+{
+    DIR *d = opendir(lp->scratch_dir);
+    if (!d)
+        return -errno;
+    int n = 0;
+    size_t ul = strlen(uuid), sl = strlen(LV_RECORD_SUFFIX);
+    for (struct dirent *e; n >= 0 && (e = readdir(d));) {
+        size_t nl = strlen(e->d_name);
+        char snap[LV_ID_MAX + 1];
+        if (nl <= ul + 1 + sl || strncmp(e->d_name, uuid, ul) != 0 || e->d_name[ul] != '.' ||
+            strcmp(e->d_name + nl - sl, LV_RECORD_SUFFIX) != 0 || nl - ul - 1 - sl > LV_ID_MAX)
+            continue;
+        memcpy(snap, e->d_name + ul + 1, nl - ul - 1 - sl);
+        snap[nl - ul - 1 - sl] = '\0';
+        CLEANUP_RECORD struct lv_record rec = {0};
+        if (!lv_name_safe(snap) || (except && strcmp(snap, except) == 0) ||
+            lv_record_read(lp, uuid, snap, &rec) < 0 || !rec.checkpoint ||
+            strcmp(rec.checkpoint, cp) != 0)
+            continue;
+        n++;
+        if (!rec.adopted) {
+            rec.adopted = true;
+            int r = lv_record_write(lp, uuid, snap, &rec);
+            n = r < 0 ? r : n;
+        }
+    }
+    closedir(d);
+    return n;
+}
+
+/* Whether checkpoint cpname of dom exists. */
+static bool lv_checkpoint_exists(virDomainPtr dom, const char *cpname)
+{
+    virDomainCheckpointPtr cp = virDomainCheckpointLookupByName(dom, cpname, 0);
+    if (cp)
+        virDomainCheckpointFree(cp);
+    return cp != NULL;
+}
+
+/* Where the changes of snapshot snap of dom count from. */
+struct lv_position {
+    char chain[PROVIDER_CHAIN_MAX + 1];
+    char *checkpoint; /* NULL: none (see gone) */
+    uint64_t t;       /* the checkpoint's time */
+    bool offline;     /* a shut-off domain's snapshot: a record, not a checkpoint of its own */
+    bool gone;        /* the record's checkpoint is gone */
+};
+
+static void lv_position_clear(struct lv_position *pos)
+{
+    free(pos->checkpoint);
+    memset(pos, 0, sizeof(*pos));
+}
+#define CLEANUP_POSITION __attribute__((cleanup(lv_position_clear)))
+
+/* The position of snapshot snap of domain dom (UUID uuid): its own checkpoint (a running
+ * domain's snapshot) or its record's.  -ESTALE with err saying why when it has neither. */
+static int lv_position_get(const struct lv_priv *lp, virDomainPtr dom, const char *uuid,
+                           const char *snap, struct lv_position *pos, char *err, size_t errlen)
+{
+    memset(pos, 0, sizeof(*pos));
+    int r = lv_checkpoints_find(dom, snap, &pos->checkpoint, NULL, NULL);
+    if (r < 0) {
+        snprintf(err, errlen, "domain %s: listing checkpoints: %s", uuid, lv_errmsg());
+        return r;
+    }
+    struct lv_cpname cn;
+    if (!pos->checkpoint) {
+        CLEANUP_RECORD struct lv_record rec = {0};
+        r = lv_record_read(lp, uuid, snap, &rec);
+        if (r == -ENOENT || r == -EINVAL) {
+            snprintf(err, errlen, "the checkpoint of snapshot %s is gone", snap);
+            return -ESTALE;
+        }
+        if (r < 0)
+            return r;
+        pos->offline = true;
+        snprintf(pos->chain, sizeof(pos->chain), "%s", rec.chain);
+        if (rec.checkpoint && !lv_checkpoint_exists(dom, rec.checkpoint)) {
+            pos->gone = true;
+            return 0;
+        }
+        pos->checkpoint = TAKE_PTR(rec.checkpoint);
+    }
+    if (pos->checkpoint && !lv_cpname_parse(pos->checkpoint, &cn)) {
+        snprintf(err, errlen, "checkpoint %s of snapshot %s is not one of vmexport",
+                 pos->checkpoint, snap);
+        return -ESTALE;
+    }
+    if (pos->checkpoint) {
+        snprintf(pos->chain, sizeof(pos->chain), "%s", cn.chain);
+        pos->t = cn.t;
+    }
+    return 0;
+}
+
 /* The sizes of a snapshot's disks, as the domain sees them now, and how they were taken. */
-static int lv_disks_fill(virDomainPtr dom, const struct vm *vm, struct provider_snapshot_disk *disks,
-                         size_t n, const char *mode, char *err, size_t errlen)
+static int lv_disks_fill(virDomainPtr dom, const struct vm *vm,
+                         struct provider_snapshot_disk *disks, size_t n, const char *mode,
+                         char *err, size_t errlen)
 {
     for (size_t i = 0; i < n; i++) {
         virDomainBlockInfo bi;
@@ -1086,15 +1343,25 @@ static int lv_disks_fill(virDomainPtr dom, const struct vm *vm, struct provider_
     return 0;
 }
 
+/* A snapshot of the shut-off domain vm: its qemu-storage-daemon (ending the one of an earlier
+ * snapshot: one per domain), between the quiesce hooks, and its record of the chain's newest
+ * checkpoint. */
 static int lv_offline_snapshot(struct lv_priv *lp, virDomainPtr dom, const struct vm *vm,
-                               const char *snap_id, const lv_disk_list *dd,
+                               const char *snap_id, const char *chain, const lv_disk_list *dd,
                                struct provider_snapshot_disk *disks, size_t n,
                                const struct provider_quiesce *q, char *err, size_t errlen)
 {
     pthread_mutex_lock(&lp->job_lock);
     char old[LV_ID_MAX + 1];
-    int r = 0;
-    if (lv_qsd_find(lp, vm->uuid, old)) {
+    CLEANUP_RECORD struct lv_record rec = {0};
+    snprintf(rec.chain, sizeof(rec.chain), "%s", chain);
+    int r = lv_checkpoints_find(dom, NULL, NULL, chain, &rec.checkpoint);
+    if (r < 0)
+        snprintf(err, errlen, "domain %s: listing checkpoints: %s", vm->id, lv_errmsg());
+    if (r == 0 && (r = lv_record_write(lp, vm->uuid, snap_id, &rec)) < 0)
+        snprintf(err, errlen, "domain %s: writing the snapshot's record in %s: %s", vm->id,
+                 lp->scratch_dir, strerror(-r));
+    if (r == 0 && lv_qsd_find(lp, vm->uuid, old)) {
         log_info("domain %s: ending the live snapshot %s for a new one", vm->id, old);
         if ((r = lv_qsd_stop(lp, vm->uuid, old)) < 0)
             snprintf(err, errlen, "domain %s: the live snapshot %s does not end", vm->id, old);
@@ -1110,8 +1377,10 @@ static int lv_offline_snapshot(struct lv_priv *lp, virDomainPtr dom, const struc
         q->thaw(q->opaque, r);
     if (r == 0)
         r = lv_disks_fill(dom, vm, disks, n, LV_OFFLINE_MODE, err, errlen);
-    if (r < 0)
+    if (r < 0) {
         lv_qsd_stop(lp, vm->uuid, snap_id);
+        lv_record_remove(lp, vm->uuid, snap_id);
+    }
     pthread_mutex_unlock(&lp->job_lock);
     return r;
 }
@@ -1209,7 +1478,7 @@ static int lv_snapshot_create(struct provider *p, const struct vm *vm, const cha
         }
     }
     if (!active) {
-        r = lv_offline_snapshot(lp, dom, vm, snap_id, &dd, disks, n, q, err, errlen);
+        r = lv_offline_snapshot(lp, dom, vm, snap_id, req->chain, &dd, disks, n, q, err, errlen);
         lv_disks_free(&dd);
         return r;
     }
@@ -1321,15 +1590,32 @@ static int lv_snapshot_delete(struct provider *p, const char *locator)
         return r;
     CLEANUP_DOMAIN virDomainPtr dom = NULL;
     r = lv_domain_by_uuid(c, l.uuid, &dom);
-    if (r == -ENOENT)
+    if (r == -ENOENT) {
+        lv_record_remove(lp, l.uuid, l.snap);
         return 0;
+    }
     if (r < 0)
         return r;
     pthread_mutex_lock(&lp->job_lock);
     CLEANUP_FREE char *cp = NULL;
+    CLEANUP_RECORD struct lv_record rec = {0};
     r = lv_checkpoints_find(dom, l.snap, &cp, NULL, NULL);
-    if (r == 0 && cp)
-        r = lv_checkpoint_delete(dom, cp);
+    if (r == 0 && cp) {
+        /* the position of shut-off snapshots: theirs now */
+        int n = lv_records_adopt(lp, l.uuid, cp, NULL);
+        if (n > 0)
+            log_info("domain %s: checkpoint %s stays: snapshots of the shut-off domain count "
+                     "their changes from it",
+                     virDomainGetName(dom), cp);
+        r = n > 0 ? 0 : lv_checkpoint_delete(dom, cp);
+    } else if (r == 0 && lv_record_read(lp, l.uuid, l.snap, &rec) == 0) {
+        /* a shut-off snapshot: the last record of an adopted checkpoint deletes it */
+        int n = rec.adopted && rec.checkpoint ? lv_records_adopt(lp, l.uuid, rec.checkpoint, l.snap)
+                                              : 1;
+        r = n == 0 ? lv_checkpoint_delete(dom, rec.checkpoint) : n < 0 ? n : 0;
+        if (r == 0)
+            lv_record_remove(lp, l.uuid, l.snap);
+    }
     pthread_mutex_unlock(&lp->job_lock);
     return r;
 }
@@ -1515,6 +1801,226 @@ static int lv_split_status(void *opaque, uint64_t off, uint64_t len, uint32_t fl
     return to->emit(to->opaque, off, len);
 }
 
+/* ---- shut-off domains: changes from the images' bitmaps ----
+ *
+ * The changes of disk T in snapshot N of a shut-off domain since base B: libvirt keeps the
+ * bitmap of every checkpoint recording until the checkpoint is deleted (each holds every write
+ * since its checkpoint, also those qemu-img or qemu-io make to the image while the domain is
+ * off), so they are the union of the bitmaps of the chain's checkpoints from B's position on.
+ * N's qemu-storage-daemon merges them into a temporary bitmap (QEMU 7.2 merges into a new
+ * non-persistent bitmap of a read-only node, as long as the bitmaps merged are not exported),
+ * exports it with T's data as changes/T, read as qemu:dirty-bitmap:; zeroed comes from
+ * base:allocation.  Every bitmap walked must be in the image, consistent and recording, and a
+ * raw image has none: otherwise -ESTALE with the reason (the client reads the disk in full). */
+
+#define LV_CHANGES_BITMAP "vmexport-changes" /* temporary, never persistent */
+#define LV_CHANGES_EXPORT "changes/"         /* + disk target */
+#define LV_EXPORT_GONE_MS 5000
+#define LV_EXPORT_POLL_MS 10
+#define LV_QMP_ERR        256
+
+/* The checkpoints of chain on dom at or after time t (names, malloc'ed into out). */
+static int lv_chain_since(virDomainPtr dom, const char *chain, uint64_t t, string_list *out)
+{
+    virDomainCheckpointPtr *cps = NULL;
+    int n = virDomainListAllCheckpoints(dom, &cps, 0);
+    if (n < 0)
+        return -EIO;
+    int r = 0;
+    for (int i = 0; i < n; i++) {
+        struct lv_cpname cn;
+        const char *name = virDomainCheckpointGetName(cps[i]);
+        if (r == 0 && name && lv_cpname_parse(name, &cn) && strcmp(cn.chain, chain) == 0 &&
+            cn.t >= t) {
+            char *dup = strdup(name);
+            if (!dup || string_list_append(out, dup) < 0) {
+                free(dup);
+                r = -ENOMEM;
+            }
+        }
+        virDomainCheckpointFree(cps[i]);
+    }
+    free(cps);
+    return r;
+}
+
+/* The entry named name of a QMP list (borrowed; NULL: none). */
+static json_t *lv_json_named(json_t *list, const char *key, const char *name)
+{
+    size_t i;
+    json_t *e;
+    json_array_foreach(list, i, e)
+    {
+        const char *v = json_string_value(json_object_get(e, key));
+        if (v && strcmp(v, name) == 0)
+            return e;
+    }
+    return NULL;
+}
+
+static bool lv_export_exists(struct qmp *q, const char *id)
+{
+    char err[LV_QMP_ERR];
+    json_t *ex = NULL;
+    bool found = qmp_execute(q, "query-block-exports", NULL, &ex, err, sizeof(err)) == 0 &&
+                 lv_json_named(ex, "id", id) != NULL;
+    json_decref(ex);
+    return found;
+}
+
+/* Ends export id of the qemu-storage-daemon and waits until it is gone (its bitmaps free). */
+static void lv_export_del(struct qmp *q, const char *id)
+{
+    char err[LV_QMP_ERR];
+    if (!lv_export_exists(q, id))
+        return;
+    if (qmp_execute(q, "block-export-del", json_pack("{s:s, s:s}", "id", id, "mode", "hard"), NULL,
+                    err, sizeof(err)) < 0)
+        log_warn("libvirt: %s", err);
+    for (unsigned waited = 0; waited < LV_EXPORT_GONE_MS && lv_export_exists(q, id);
+         waited += LV_EXPORT_POLL_MS)
+        usleep(LV_EXPORT_POLL_MS * 1000u);
+}
+
+/* Why bitmap cp of disk target's image (the node's entry ni) cannot count changes: NULL when
+ * it can. */
+static const char *lv_bitmap_flaw(json_t *ni, const char *cp)
+{
+    json_t *b = lv_json_named(json_object_get(ni, "dirty-bitmaps"), "name", cp);
+    if (!b)
+        return "is gone from the image (removed, e.g. by qemu-img, or the image replaced)";
+    if (json_is_true(json_object_get(b, "inconsistent")))
+        return "is inconsistent (QEMU stopped without saving it)";
+    if (!json_is_true(json_object_get(b, "recording")))
+        return "does not record writes (disabled by another program)";
+    return NULL;
+}
+
+/* The changes of disk ln->target in the shut-off domain's snapshot ln since position pb (a
+ * checkpoint of the same chain) into sc. */
+static int lv_offline_changes(struct lv_priv *lp, virDomainPtr dom, const struct lv_locator *ln,
+                              const struct lv_position *pb, struct lv_split_ctx *sc, char *err,
+                              size_t errlen)
+{
+    char node[LV_NODE_MAX], exid[LV_NODE_MAX], qmp_path[PATH_MAX], sock[PATH_MAX];
+    char export[sizeof(LV_CHANGES_EXPORT) + LV_ID_MAX], qerr[LV_QMP_ERR];
+    char ctx[sizeof(NBDIO_CONTEXT_BITMAP_PREFIX) + sizeof(LV_CHANGES_BITMAP)];
+    if (lv_qsd_node('d', ln->target, node) < 0 || lv_qsd_node('c', ln->target, exid) < 0)
+        return -EINVAL;
+    snprintf(export, sizeof(export), LV_CHANGES_EXPORT "%s", ln->target);
+    snprintf(ctx, sizeof(ctx), NBDIO_CONTEXT_BITMAP_PREFIX "%s", LV_CHANGES_BITMAP);
+    lv_qmp_path(lp, ln->uuid, qmp_path, sizeof(qmp_path));
+    lv_socket_path(lp, ln->uuid, sock, sizeof(sock));
+    string_list walk = VECTOR_INIT;
+    struct qmp *q = NULL;
+    json_t *nodes = NULL;
+    struct nbdio *nbd = NULL;
+    extent_list dirty = VECTOR_INIT;
+    bool tmp_made = false, ex_made = false;
+    int r = lv_chain_since(dom, pb->chain, pb->t, &walk);
+    if (r < 0) {
+        snprintf(err, errlen, "domain %s: listing checkpoints: %s", ln->uuid, lv_errmsg());
+        string_list_free(&walk);
+        return r;
+    }
+    /* one client at a time on the daemon's monitor */
+    pthread_mutex_lock(&lp->job_lock);
+    if (lv_qsd_pid(lp, ln->uuid, ln->snap) <= 0) {
+        snprintf(err, errlen, "snapshot %s is not live any more (released)", ln->snap);
+        r = -ESTALE;
+        goto out;
+    }
+    if ((r = qmp_connect(qmp_path, 0, &q, err, errlen)) < 0) {
+        /* e.g. a daemon started by an older vmexportd, without a monitor: read in full */
+        r = -ESTALE;
+        goto out;
+    }
+    if ((r = qmp_execute(q, "query-named-block-nodes", json_pack("{s:b}", "flat", 1), &nodes, err,
+                         errlen)) < 0)
+        goto out;
+    json_t *ni = lv_json_named(nodes, "node-name", node);
+    const char *drv = json_string_value(json_object_get(ni, "drv"));
+    if (!drv) {
+        snprintf(err, errlen, "snapshot %s has no disk %s", ln->snap, ln->target);
+        r = -ESTALE;
+        goto out;
+    }
+    if (strcmp(drv, "qcow2") != 0) {
+        snprintf(err, errlen,
+                 "disk %s is a %s image, which keeps no bitmaps of the checkpoints (qcow2 does)",
+                 ln->target, drv);
+        r = -ESTALE;
+        goto out;
+    }
+    if (walk.len == 0) {
+        snprintf(err, errlen, "checkpoint %s is gone", pb->checkpoint);
+        r = -ESTALE;
+        goto out;
+    }
+    for (size_t i = 0; i < walk.len; i++) {
+        const char *flaw = lv_bitmap_flaw(ni, walk.ptr[i]);
+        if (flaw) {
+            snprintf(err, errlen, "disk %s: the bitmap of checkpoint %s %s", ln->target,
+                     walk.ptr[i], flaw);
+            r = -ESTALE;
+            goto out;
+        }
+    }
+    /* a temporary bitmap or export left by a call that died */
+    lv_export_del(q, exid);
+    qmp_execute(q, "block-dirty-bitmap-remove",
+                json_pack("{s:s, s:s}", "node", node, "name", LV_CHANGES_BITMAP), NULL, qerr,
+                sizeof(qerr));
+    json_t *names = json_array();
+    for (size_t i = 0; names && i < walk.len; i++)
+        json_array_append_new(names, json_string(walk.ptr[i]));
+    r = qmp_execute(
+        q, "block-dirty-bitmap-add",
+        json_pack("{s:s, s:s, s:b}", "node", node, "name", LV_CHANGES_BITMAP, "disabled", 1), NULL,
+        err, errlen);
+    tmp_made = r == 0;
+    if (r == 0)
+        r = qmp_execute(q, "block-dirty-bitmap-merge",
+                        json_pack("{s:s, s:s, s:O}", "node", node, "target", LV_CHANGES_BITMAP,
+                                  "bitmaps", names),
+                        NULL, err, errlen);
+    json_decref(names);
+    if (r == 0) {
+        r = qmp_execute(q, "block-export-add",
+                        json_pack("{s:s, s:s, s:s, s:s, s:b, s:[s]}", "type", "nbd", "id", exid,
+                                  "node-name", node, "name", export, "writable", 0, "bitmaps",
+                                  LV_CHANGES_BITMAP),
+                        NULL, err, errlen);
+        ex_made = r == 0;
+    }
+    const char *contexts[] = {NBDIO_CONTEXT_ALLOCATION, ctx, NULL};
+    if (r == 0 && (r = nbdio_open(sock, export, contexts, 1, &nbd, err, errlen)) == 0) {
+        struct lv_dirty_ctx dc = {.dirty = &dirty};
+        r = nbdio_block_status(nbd, ctx, 0, nbdio_size(nbd), lv_dirty_status, &dc);
+        for (size_t i = 0; r == 0 && i < dirty.len; i++)
+            r = nbdio_block_status(nbd, NBDIO_CONTEXT_ALLOCATION, dirty.ptr[i].start,
+                                   dirty.ptr[i].length, lv_split_status, sc);
+        if (r < 0)
+            snprintf(err, errlen, "snapshot %s: disk %s: reading its bitmaps: %s", ln->snap,
+                     ln->target, strerror(-r));
+    }
+out:
+    nbdio_close(nbd);
+    if (ex_made)
+        lv_export_del(q, exid);
+    if (tmp_made)
+        qmp_execute(q, "block-dirty-bitmap-remove",
+                    json_pack("{s:s, s:s}", "node", node, "name", LV_CHANGES_BITMAP), NULL, qerr,
+                    sizeof(qerr));
+    if (q)
+        qmp_close(q);
+    pthread_mutex_unlock(&lp->job_lock);
+    json_decref(nodes);
+    extent_list_reset(&dirty);
+    string_list_free(&walk);
+    return r;
+}
+
 static int lv_disk_changes(struct provider *p, const char *base, const char *new,
                            struct extent_sink *changed, struct extent_sink *zeroed,
                            const char **method, char *err, size_t errlen)
@@ -1528,13 +2034,8 @@ static int lv_disk_changes(struct provider *p, const char *base, const char *new
         snprintf(err, errlen, "not two snapshots of the same libvirt disk");
         return -EINVAL;
     }
-    if (lv_qsd_pid(lp, ln.uuid, ln.snap) > 0) {
-        snprintf(err, errlen,
-                 "snapshot %s was taken while the domain was shut off: its changes are not "
-                 "tracked",
-                 ln.snap);
-        return -ESTALE;
-    }
+    if (strcmp(lb.snap, ln.snap) == 0)
+        return 0; /* a snapshot has no changes since itself */
     CLEANUP_CONN virConnectPtr c = NULL;
     int r = lv_connect(lp, &c, err, errlen);
     if (r < 0)
@@ -1544,25 +2045,34 @@ static int lv_disk_changes(struct provider *p, const char *base, const char *new
         snprintf(err, errlen, "domain %s: %s", ln.uuid, r == -ENOENT ? "gone" : lv_errmsg());
         return r == -ENOENT ? -ESTALE : r;
     }
-    CLEANUP_FREE char *cp_base = NULL, *cp_new = NULL;
-    if ((r = lv_checkpoints_find(dom, lb.snap, &cp_base, NULL, NULL)) < 0 ||
-        (r = lv_checkpoints_find(dom, ln.snap, &cp_new, NULL, NULL)) < 0) {
-        snprintf(err, errlen, "domain %s: listing checkpoints: %s", ln.uuid, lv_errmsg());
+    CLEANUP_POSITION struct lv_position pb = {0}, pn = {0};
+    if ((r = lv_position_get(lp, dom, ln.uuid, lb.snap, &pb, err, errlen)) < 0 ||
+        (r = lv_position_get(lp, dom, ln.uuid, ln.snap, &pn, err, errlen)) < 0)
         return r;
-    }
-    struct lv_cpname nb, nn;
-    if (!cp_base || !lv_cpname_parse(cp_base, &nb)) {
-        snprintf(err, errlen, "the checkpoint of snapshot %s is gone", lb.snap);
-        return -ESTALE;
-    }
-    if (!cp_new || !lv_cpname_parse(cp_new, &nn)) {
-        snprintf(err, errlen, "the checkpoint of snapshot %s is gone", ln.snap);
-        return -ESTALE;
-    }
-    if (strcmp(nb.chain, nn.chain) != 0) {
+    if (strcmp(pb.chain, pn.chain) != 0) {
         snprintf(err, errlen, "snapshot %s is of chain %s, snapshot %s of chain %s", lb.snap,
-                 nb.chain, ln.snap, nn.chain);
+                 pb.chain, ln.snap, pn.chain);
         return -EXDEV;
+    }
+    if (!pb.checkpoint) {
+        if (pb.gone)
+            snprintf(err, errlen,
+                     "snapshot %s was taken while the domain was shut off; the checkpoint it "
+                     "counts its changes from is gone",
+                     lb.snap);
+        else
+            snprintf(err, errlen,
+                     "snapshot %s was taken while the domain was shut off, before chain %s had "
+                     "a checkpoint",
+                     lb.snap, pb.chain);
+        return -ESTALE;
+    }
+    const char *cp_base = pb.checkpoint;
+    struct lv_split_ctx sc = {.changed = changed, .zeroed = zeroed};
+    if (pn.offline) {
+        if (method)
+            *method = LV_OFFLINE_METHOD;
+        return lv_offline_changes(lp, dom, &ln, &pb, &sc, err, errlen);
     }
     CLEANUP_JOB struct lv_job j = {0};
     CLEANUP_FREE char *export = NULL;
@@ -1594,7 +2104,6 @@ static int lv_disk_changes(struct provider *p, const char *base, const char *new
     extent_list dirty = {0};
     struct lv_dirty_ctx dc = {.dirty = &dirty};
     r = nbdio_block_status(nbd, ctx, 0, nbdio_size(nbd), lv_dirty_status, &dc);
-    struct lv_split_ctx sc = {.changed = changed, .zeroed = zeroed};
     for (size_t i = 0; r == 0 && i < dirty.len; i++)
         r = nbdio_block_status(nbd, NBDIO_CONTEXT_ALLOCATION, dirty.ptr[i].start,
                                dirty.ptr[i].length, lv_split_status, &sc);

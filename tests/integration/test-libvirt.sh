@@ -5,7 +5,9 @@
 # held when each snapshot was taken; a snapshot never shows the guest's later writes; deleting
 # snapshots ends their jobs, scratch files and checkpoints; a shut-off domain is read from its
 # files, which it cannot change meanwhile; restore --define re-creates the domain; a tiny guest
-# with its agent is frozen for the snapshot, which holds a file it wrote without sync.
+# with its agent is frozen for the snapshot, which holds a file it wrote without sync; backups of
+# the shut-off domain stay incremental through its image's bitmaps, also across a restart, and
+# go full on a broken chain.
 source "$(dirname "$0")/lib.sh"
 source "$(dirname "$0")/libvirt-lib.sh"
 require_root
@@ -175,8 +177,9 @@ for d in vda vdb; do
 done
 start_quiet() { lv_virsh start vxt >/dev/null 2>&1; }
 check_fails "  the domain cannot start (and change its disks) while it lives" start_quiet
-expect_status 409 "  its changes are not tracked" \
+expect_status 409 "  of chain default: no changes since B2 of the repository's chain" \
     GET "/api/v1/vms/vxt/snapshots/$OFF/disks/vda/changes?changeId=$B2/0"
+check "  naming the chains" grep -q "chain default" "$WORK/body"
 expect_status 204 "  deleted" DELETE "/api/v1/vms/vxt/snapshots/$OFF"
 check "  its qemu-storage-daemon is gone" test -z "$(ls "$WORK/scratch")"
 check "  the domain starts again" lv_virsh start vxt
@@ -261,6 +264,54 @@ XML
     check "  no job, checkpoint or scratch file is left" test -z \
         "$(lv_virsh checkpoint-list vxg --name; lv_virsh backup-dumpxml vxg 2>/dev/null; ls "$WORK/scratch")"
 fi
+
+# ---- a shut-off domain's backups stay incremental: the qcow2 image's persistent bitmaps ----
+# Its snapshot makes no checkpoint (libvirt makes none for an inactive domain) but counts its
+# changes from the chain's newest one, through the bitmaps of the chain's checkpoints in the
+# image, which also record what qemu-io writes into the image while the domain is off.
+disk_field() { jq -r --arg d "$1" --arg f "$2" '.disks[] | select(.name == $d) | .[$f] | if . == null then "" else tostring end' "$WORK/summary"; }
+vda_incremental() { test "$(disk_field vda incremental)" = true; }
+offline_write() { # DISK CMD: qemu-io on the shut-off domain's image, and the truth
+    qemu-io -f qcow2 -c "$2" "$IMG/$1.qcow2" >/dev/null && qemu-io -f raw -c "$2" "$TRUTH/$1" >/dev/null
+}
+write vda virtio-disk0 "write -P 0x61 8M 192k"
+backup_restore "running domain:" && check "  vda incremental" vda_incremental
+B3=$(jq -r .snapshot "$WORK/summary")
+write vda virtio-disk0 "write -P 0x62 9M 64k"
+write vda virtio-disk0 "write -z 0 64k"
+lv_virsh destroy vxt >/dev/null
+NCP=$(lv_virsh checkpoint-list vxt --name | wc -l)
+expect_status 201 "shut off: a snapshot of the repository's chain" POST /api/v1/vms/vxt/snapshots -d "{\"chain\": \"$CHAIN\"}"
+OFF=$(jq -r .id "$WORK/body")
+check "  makes no checkpoint" test "$(lv_virsh checkpoint-list vxt --name | wc -l)" = "$NCP"
+expect_status 200 "  vda's changes since B3, from the image's bitmaps" \
+    GET "/api/v1/vms/vxt/snapshots/$OFF/disks/vda/changes?changeId=$B3/0&zeroedInChanged=false"
+check "  are the 64 KiB written and the 64 KiB zeroed while it ran" jq -e \
+    '.changedArea == [{"start": 9437184, "length": 65536}] and .zeroedArea == [{"start": 0, "length": 65536}]' "$WORK/body"
+expect_status 409 "  the raw vdb's are unknown" GET "/api/v1/vms/vxt/snapshots/$OFF/disks/vdb/changes?changeId=$B3/1"
+check "  saying why" grep -q "keeps no bitmaps" "$WORK/body"
+expect_status 204 "  deleted" DELETE "/api/v1/vms/vxt/snapshots/$OFF"
+backup_restore "shut-off domain:" &&
+    check "  vda incremental, the raw vdb in full ($(disk_field vdb full_reason))" test "$(disk_field vda incremental)$(disk_field vdb incremental)" = truefalse
+offline_write vda "write -P 0x63 20M 128k"
+backup_restore "shut-off domain whose image qemu-io wrote:" && check "  vda incremental" vda_incremental
+check "  no checkpoint was made while it was off" test "$(lv_virsh checkpoint-list vxt --name | wc -l)" = "$NCP"
+check "started again" lv_virsh start vxt
+write vda virtio-disk0 "write -P 0x64 30M 64k"
+backup_restore "running again, from the shut-off backup:" && check "  vda incremental" vda_incremental
+# The checkpoint the shut-off backups counted from outlived its own snapshot (deleted as old
+# while the domain was off) and went with the last of theirs.
+check "  one checkpoint of the chain is left, and no record of a shut-off snapshot" test \
+    "$(lv_virsh checkpoint-list vxt --name | grep -c "$CHAIN")$(ls "$WORK/scratch")" = 1
+lv_virsh destroy vxt >/dev/null
+BM=$(qemu-img info -U --output=json "$IMG/vda.qcow2" |
+    jq -r '.["format-specific"].data.bitmaps[].name' | grep -F "vmexport.$CHAIN." | sort | tail -1)
+check "  shut off, the chain's newest bitmap removed with qemu-img ($BM)" qemu-img bitmap --remove "$IMG/vda.qcow2" "$BM"
+offline_write vda "write -P 0x65 2M 64k"
+backup_restore "shut-off domain with a broken chain:" &&
+    check "  vda in full, saying why" test "$(disk_field vda incremental)" = false
+disk_field vda full_reason | grep -q "is gone from the image" && ok "  the reason names the gone bitmap" ||
+    not_ok "  the reason names the gone bitmap: $(disk_field vda full_reason)"
 
 stop_daemon
 check "the daemon stops cleanly (under ASan: nothing leaked)" test $? -eq 0
