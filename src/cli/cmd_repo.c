@@ -119,8 +119,10 @@ static int repo_run(int argc, char **argv)
     CLEANUP_FREE char *pass = NULL;
     if (encrypt && !(pass = cli_read_passphrase("repo init", pfile, true)))
         return EXIT_FAIL;
-    struct repo_init_options io = {.chunk_size = (uint32_t)chunk, .passphrase = pass,
-                                   .zstd_level = level, .format_version = format};
+    struct repo_init_options io = {.chunk_size = (uint32_t)chunk,
+                                   .passphrase = pass,
+                                   .zstd_level = level,
+                                   .format_version = format};
     char err[512] = "";
     int r = repo_init(path, &io, err, sizeof(err));
     if (r < 0) {
@@ -159,4 +161,3 @@ const struct cli_command cmd_repo = {
     .options = repo_options,
     .epilog = "Exit status: 0 success, 1 failure, 2 bad usage.\n",
 };
-

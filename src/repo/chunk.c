@@ -134,8 +134,18 @@ static void chunk_key(const struct chunk_id *id, char key[CHUNK_KEY_LEN],
         chunk_ident(name, ident);
 }
 
+static bool packed(const struct repo *r)
+{
+    return r->format_version >= REPO_PACKS_FORMAT;
+}
+
 bool repo_chunk_exists(struct repo *r, const struct chunk_id *id)
 {
+    if (packed(r)) {
+        uint64_t off;
+        uint32_t len;
+        return pack_index_find(r, id, NULL, &off, &len) == 0;
+    }
     char key[CHUNK_KEY_LEN];
     chunk_key(id, key, NULL);
     return store_exists(r->store, key, NULL) == 0;
@@ -145,8 +155,8 @@ bool repo_chunk_exists(struct repo *r, const struct chunk_id *id)
  * write), else 0 with its container sealed (in the calling thread's buffer: *file, *flen) and
  * the key it goes under; or a negative errno.  zero_blocks: format 3 only (see repo.h). */
 static int chunk_prepare(struct repo *r, const struct chunk_id *id, const void *data, size_t len,
-                         const uint64_t *zero_blocks, char key[CHUNK_KEY_LEN],
-                         const uint8_t **file, size_t *flen)
+                         const uint64_t *zero_blocks, char key[CHUNK_KEY_LEN], const uint8_t **file,
+                         size_t *flen)
 {
     char ident[CHUNK_IDENT_LEN];
     if (len > r->chunk_size)
@@ -175,6 +185,23 @@ int repo_chunk_put(struct repo *r, const struct chunk_id *id, const void *data, 
     int ret = chunk_prepare(r, id, data, len, NULL, key, &file, &flen);
     if (ret != 0)
         return ret < 0 ? ret : 0;
+    if (packed(r)) { /* a pack of one chunk and its index: batches are the way to write many */
+        struct pack_writer *w = NULL;
+        uint64_t n = 0, bytes = 0;
+        ret = pack_writer_new(r, &w);
+        if (ret == 0)
+            ret = pack_writer_add(w, id, file, flen, NULL);
+        if (ret == 0)
+            ret = pack_writer_flush(w, &n, &bytes);
+        pack_writer_free(w);
+        if (ret < 0)
+            return ret;
+        if (stored)
+            *stored = n > 0;
+        if (bytes_written)
+            *bytes_written = flen;
+        return 0;
+    }
     ret = store_put(r->store, key, file, flen, STORE_PUT_CREATE, &created);
     if (ret < 0)
         return ret;
@@ -183,6 +210,30 @@ int repo_chunk_put(struct repo *r, const struct chunk_id *id, const void *data, 
     if (bytes_written)
         *bytes_written = created ? flen : 0;
     return 0;
+}
+
+/* Read chunk id's container out of its pack into file (max bytes): one ranged read.  A chunk
+ * the loaded index lacks, or whose pack is gone (another process's gc repacked it), is looked
+ * up once more in the index as it is now. */
+static int chunk_read_packed(struct repo *r, const struct chunk_id *id, uint8_t *file, size_t max,
+                             size_t *flen)
+{
+    char key[PACK_KEY_LEN];
+    int ret = -ENOENT;
+    for (int attempt = 0; attempt < 2 && ret == -ENOENT; attempt++) {
+        uint64_t off;
+        uint32_t len;
+        if (attempt)
+            pack_index_drop(r);
+        ret = pack_index_find(r, id, key, &off, &len);
+        if (ret == 0 && len > max)
+            ret = -EBADMSG;
+        if (ret == 0)
+            ret = store_get_range(r->store, key, off, len, file);
+        if (ret == 0)
+            *flen = len;
+    }
+    return ret;
 }
 
 static int chunk_get(struct repo *r, const struct chunk_id *id, bool checksum, void *buf,
@@ -198,7 +249,8 @@ static int chunk_get(struct repo *r, const struct chunk_id *id, bool checksum, v
     uint8_t *file = container_read_buffer_thread(max, &fcap);
     if (!file)
         return -ENOMEM;
-    int ret = store_get_into(r->store, rel, max, file, fcap, &flen);
+    int ret = packed(r) ? chunk_read_packed(r, id, file, max, &flen)
+                        : store_get_into(r->store, rel, max, file, fcap, &flen);
     if (ret < 0)
         return ret;
     ret = container_unseal_chunk(r, ident, file, flen, r->chunk_size, checksum, buf, cap, len,
@@ -262,12 +314,46 @@ static int chunk_walk_subdir(void *opaque, const struct store_entry *e)
 int repo_chunk_foreach(struct repo *r, int (*fn)(void *opaque, const struct chunk_id *id),
                        void *opaque)
 {
+    if (packed(r)) {
+        CLEANUP_FREE struct chunk_id *ids = NULL;
+        size_t n;
+        int ret = pack_index_ids(r, &ids, &n);
+        for (size_t i = 0; ret == 0 && i < n; i++)
+            ret = fn(opaque, &ids[i]);
+        return ret;
+    }
     struct chunk_walk w = {.r = r, .fn = fn, .opaque = opaque};
     return store_list(r->store, REPO_CHUNKS_DIR, chunk_walk_subdir, &w);
 }
 
+/* Format 3: gc with every other chunk alive, repacking the chunk's pack without it. */
+static int chunk_delete_packed(struct repo *r, const struct chunk_id *id)
+{
+    CLEANUP_FREE struct chunk_id *ids = NULL;
+    struct pack_gc *g = NULL;
+    size_t n;
+    bool found = false;
+    int ret = pack_index_ids(r, &ids, &n);
+    if (ret == 0)
+        ret = pack_gc_new(r, &g);
+    for (size_t i = 0; ret == 0 && i < n; i++) {
+        if (memcmp(ids[i].b, id->b, HASH_SIZE))
+            pack_gc_mark(g, &ids[i]);
+        else
+            found = true;
+    }
+    if (ret == 0 && !found)
+        ret = -ENOENT;
+    if (ret == 0)
+        ret = pack_gc_run(g, false, true, NULL);
+    pack_gc_free(g);
+    return ret;
+}
+
 int repo_chunk_delete(struct repo *r, const struct chunk_id *id)
 {
+    if (packed(r))
+        return chunk_delete_packed(r, id);
     char dir[CHUNK_DIR_LEN], name[CHUNK_NAME_LEN], key[CHUNK_KEY_LEN];
     chunk_names(id, dir, name);
     snprintf(key, sizeof(key), "%s/%s", dir, name);
@@ -293,7 +379,8 @@ DEFINE_VECTOR_TYPE(chunk_pending_list, struct chunk_pending);
 
 struct chunk_batch {
     struct repo *r;
-    pthread_mutex_t lock; /* the fields below */
+    struct pack_writer *packs; /* format 3: chunks go into packs */
+    pthread_mutex_t lock;      /* the fields below */
     chunk_pending_list pending;
     uint64_t pending_bytes;
     uint64_t chunks_new, chunks_existing, bytes_written;
@@ -310,12 +397,19 @@ int repo_chunk_batch_new(struct repo *r, struct chunk_batch **out)
     b->r = r;
     pthread_mutex_init(&b->lock, NULL);
     b->pending = (chunk_pending_list)VECTOR_INIT;
+    if (packed(r)) {
+        int ret = pack_writer_new(r, &b->packs);
+        if (ret < 0) {
+            repo_chunk_batch_free(b);
+            return ret;
+        }
+    }
     *out = b;
     return 0;
 }
 
-static int batch_put(struct chunk_batch *b, const struct chunk_id *id, const void *data,
-                     size_t len, const uint64_t *zero_blocks, uint64_t *pending_bytes)
+static int batch_put(struct chunk_batch *b, const struct chunk_id *id, const void *data, size_t len,
+                     const uint64_t *zero_blocks, uint64_t *pending_bytes)
 {
     struct repo *r = b->r;
     char key[CHUNK_KEY_LEN];
@@ -333,6 +427,14 @@ static int batch_put(struct chunk_batch *b, const struct chunk_id *id, const voi
     }
     if (ret < 0)
         return ret;
+    if (b->packs) {
+        ret = pack_writer_add(b->packs, id, file, flen, pending_bytes);
+        if (ret > 0) {
+            ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&b->lock);
+            b->chunks_existing++;
+        }
+        return ret < 0 ? ret : 0;
+    }
     ret = store_stage(r->store, key, file, flen, &p.staged);
     if (ret < 0)
         return ret;
@@ -359,6 +461,14 @@ int repo_chunk_batch_put(struct chunk_batch *b, const struct chunk_id *id, const
 
 int repo_chunk_batch_flush(struct chunk_batch *b)
 {
+    if (b->packs) {
+        uint64_t n = 0, bytes = 0;
+        int ret = pack_writer_flush(b->packs, &n, &bytes);
+        ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&b->lock);
+        b->chunks_new += n;
+        b->bytes_written += bytes;
+        return ret;
+    }
     chunk_pending_list list;
     {
         ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&b->lock);
@@ -415,6 +525,7 @@ void repo_chunk_batch_free(struct chunk_batch *b)
     for (size_t i = 0; i < b->pending.len; i++)
         store_discard(b->r->store, b->pending.ptr[i].staged);
     chunk_pending_list_reset(&b->pending);
+    pack_writer_free(b->packs);
     pthread_mutex_destroy(&b->lock);
     free(b);
 }
@@ -448,8 +559,8 @@ bool repo_chunk_is_zero(const void *data, size_t len, const uint64_t *zero_block
     return true;
 }
 
-void repo_chunk_id_sparse(const struct repo *r, void *data, size_t len,
-                          const uint64_t *zero_blocks, struct chunk_id *id)
+void repo_chunk_id_sparse(const struct repo *r, void *data, size_t len, const uint64_t *zero_blocks,
+                          struct chunk_id *id)
 {
     if (r->format_version < CHUNK_ID_V3_FORMAT) {
         chunk_fill_zeros(data, len, zero_blocks);

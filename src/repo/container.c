@@ -4,8 +4,9 @@
  * repositories: XXH3-128 from container version 2 on, SHA-256 in version 1).  The container
  * version is the repository's format version.  From version 3 on a chunk with zero blocks is
  * stored sparse (flag 0x04): its plain data is a bitmap of its non-zero blocks and those blocks
- * only, so zeros are neither compressed nor stored.  Both bind the header and the file's identity (its chunk ID
- * or path), so a container moved to another name fails to open.  Layout: docs/repository-format.md.
+ * only, so zeros are neither compressed nor stored.  Both bind the header and the file's identity
+ * (its chunk ID or path), so a container moved to another name fails to open.  Layout:
+ * docs/repository-format.md.
  */
 #include "repo_internal.h"
 

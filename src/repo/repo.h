@@ -55,9 +55,9 @@ int chunk_id_from_hex(const char *hex, struct chunk_id *id);
 struct repo;
 
 struct repo_init_options {
-    uint32_t chunk_size;    /* 0: REPO_DEFAULT_CHUNK_SIZE; power of two within the bounds */
-    const char *passphrase; /* NULL: not encrypted */
-    int zstd_level;         /* 0: 3 */
+    uint32_t chunk_size;     /* 0: REPO_DEFAULT_CHUNK_SIZE; power of two within the bounds */
+    const char *passphrase;  /* NULL: not encrypted */
+    int zstd_level;          /* 0: 3 */
     unsigned format_version; /* 0: REPO_FORMAT_VERSION; older ones for tests and old readers */
 };
 
@@ -147,8 +147,8 @@ static inline void chunk_mask_set(uint64_t *mask, size_t block)
 /* Whether every byte of the chunk is zero (the blocks the mask marks count as zeros). */
 bool repo_chunk_is_zero(const void *data, size_t len, const uint64_t *zero_blocks);
 /* The chunk's ID, like repo_chunk_id() of the data with the marked blocks zeros. */
-void repo_chunk_id_sparse(const struct repo *r, void *data, size_t len,
-                          const uint64_t *zero_blocks, struct chunk_id *id);
+void repo_chunk_id_sparse(const struct repo *r, void *data, size_t len, const uint64_t *zero_blocks,
+                          struct chunk_id *id);
 /* repo_chunk_batch_put() of the same chunk. */
 int repo_chunk_batch_put_sparse(struct chunk_batch *b, const struct chunk_id *id, void *data,
                                 size_t len, const uint64_t *zero_blocks, uint64_t *pending_bytes);

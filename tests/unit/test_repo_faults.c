@@ -331,11 +331,11 @@ static struct repo *open_repo(struct store *s)
 
 /* The scenario with fault f at its nth call: false when the fault did not fire (the run has
  * fewer such calls). */
-static bool scenario(enum store_fault f, unsigned n)
+static bool scenario(unsigned format, enum store_fault f, unsigned n)
 {
     char err[ERR_LEN] = "";
     struct store *s = NULL;
-    struct repo_init_options opt = {.chunk_size = CS};
+    struct repo_init_options opt = {.chunk_size = CS, .format_version = format};
     struct run_stats rs = {0};
     char when[64];
 
@@ -357,7 +357,7 @@ static bool scenario(enum store_fault f, unsigned n)
     if (f == STORE_FAULT_TEAR || f == STORE_FAULT_CRASH)
         store_mem_advance(s, REPO_LEASE_SECONDS + 1); /* the dead process's leases run out */
 
-    snprintf(when, sizeof(when), "fault %d at call %u", (int)f, n);
+    snprintf(when, sizeof(when), "format %u: fault %d at call %u", format, (int)f, n);
     r = open_repo(s);
     check_restorable(r, when);
     /* The newest backup that existed before is still there (prune keeps the last ones, and a
@@ -382,22 +382,35 @@ static bool scenario(enum store_fault f, unsigned n)
     if (lo.tmp || lo.partial)
         fail_msg("%s: %u temporary objects and %u partial backups left after gc", when, lo.tmp,
                  lo.partial);
+    /* Nothing left for another gc: no orphan pack or chunk, nothing dead kept. */
+    struct gc_stats again;
+    char err2[ERR_LEN] = "";
+    assert_int_equal(repo_gc(r, true, &again, err2, sizeof(err2)), 0);
+    if (again.chunks_deleted || again.bytes_freed || again.temp_files_removed)
+        fail_msg("%s: a second gc would delete %" PRIu64 " chunks, %" PRIu64 " bytes", when,
+                 again.chunks_deleted, again.bytes_freed);
 
     repo_close(r);
     store_close(s);
     return fired;
 }
 
-/* Every N from 1 until the fault no longer fires. */
+/* Every N from 1 until the fault no longer fires, on format 3 (packs: the faulty run's gc
+ * repacks the first generation's packs, whose even chunks died with its prune) and on format 2
+ * (a file per chunk). */
 static void fault_every_step(enum store_fault f)
 {
-    unsigned n = 1;
-    while (scenario(f, n)) {
-        n++;
-        assert_true(n < MAX_STEPS);
+    static const unsigned formats[] = {3, 2};
+    for (size_t k = 0; k < sizeof(formats) / sizeof(formats[0]); k++) {
+        unsigned n = 1;
+        while (scenario(formats[k], f, n)) {
+            n++;
+            assert_true(n < MAX_STEPS);
+        }
+        print_message("# format %u: fault %d: injected at each of %u calls\n", formats[k], (int)f,
+                      n - 1);
+        assert_true(n > 1); /* the run made at least one such call */
     }
-    print_message("# fault %d: injected at each of %u calls\n", (int)f, n - 1);
-    assert_true(n > 1); /* the run made at least one such call */
 }
 
 static void test_fail_put(void **state)

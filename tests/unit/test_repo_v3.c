@@ -321,9 +321,9 @@ static void test_sparse_forged(void **state)
     const uint8_t SPARSE = 0x04;
     struct {
         const char *what;
-        uint64_t len;    /* chunk length in the header */
-        uint64_t word0;  /* the bitmap (one word: 16 blocks) */
-        size_t blocks;   /* bytes of blocks after it */
+        uint64_t len;   /* chunk length in the header */
+        uint64_t word0; /* the bitmap (one word: 16 blocks) */
+        size_t blocks;  /* bytes of blocks after it */
         int want;
     } cases[] = {
         {"correct: blocks 0 and 3", CS, 0x9, 2 * CHUNK_BLOCK, 0},
@@ -343,8 +343,8 @@ static void test_sparse_forged(void **state)
         size_t plen = cases[c].word0 || cases[c].blocks ? head + cases[c].blocks : 4;
         size_t flen = forge(file, ident, SPARSE, cases[c].len, payload, plen);
         size_t got = 0;
-        int ret = container_unseal_chunk(f->r, ident, file, flen, CS, true, out, sizeof(out),
-                                         &got, NULL);
+        int ret =
+            container_unseal_chunk(f->r, ident, file, flen, CS, true, out, sizeof(out), &got, NULL);
         if (ret != cases[c].want)
             fail_msg("%s: %d, want %d", cases[c].what, ret, cases[c].want);
         if (ret == 0)
@@ -356,12 +356,205 @@ static void test_sparse_forged(void **state)
     size_t flen = forge(file, ident, SPARSE, CS, payload, 8 + 2 * CHUNK_BLOCK);
     size_t got = 0;
     assert_int_equal(
-        container_unseal_chunk(f->r, ident, file, flen, CS, true, out, sizeof(out), &got, NULL),
-        0);
+        container_unseal_chunk(f->r, ident, file, flen, CS, true, out, sizeof(out), &got, NULL), 0);
     file[4] = 2;
     assert_int_equal(
         container_unseal_chunk(f->r, ident, file, flen, CS, true, out, sizeof(out), &got, NULL),
         -EBADMSG);
+    fixture_free(f);
+}
+
+/* ---- packs and the index ---- */
+
+struct count {
+    struct store *s;
+    const char *prefix;
+    unsigned objects;
+};
+
+static int count_entry(void *opaque, const struct store_entry *e)
+{
+    struct count *c = opaque;
+    char key[512];
+    snprintf(key, sizeof(key), "%s/%s", c->prefix, e->name);
+    if (!e->prefix) {
+        c->objects++;
+        return 0;
+    }
+    struct count sub = {.s = c->s, .prefix = key};
+    int ret = store_list(c->s, key, count_entry, &sub);
+    c->objects += sub.objects;
+    return ret == -ENOENT ? 0 : ret;
+}
+
+/* Objects under prefix, at any depth. */
+static unsigned objects_under(struct store *s, const char *prefix)
+{
+    struct count c = {.s = s, .prefix = prefix};
+    int ret = store_list(s, prefix, count_entry, &c);
+    assert_true(ret == 0 || ret == -ENOENT);
+    return c.objects;
+}
+
+static struct repo *reopen(struct fixture *f)
+{
+    char err[ERR_LEN] = "";
+    repo_close(f->r);
+    f->r = NULL;
+    if (repo_open_store(f->s, NULL, &f->r, err, sizeof(err)) < 0)
+        fail_msg("open: %s", err);
+    return f->r;
+}
+
+#define MANY     5000 /* small chunks: past the index's delta limit (4096) */
+#define MANY_LEN 300
+#define FLUSHES  5
+
+/* Many chunks through a batch: nothing visible before the flush, everything after; one pack
+ * and one index object per flush; found again by a fresh handle (the index loaded from its
+ * objects); a chunk read is one store read. */
+static void test_packs_batch(void **state)
+{
+    (void)state;
+    struct fixture *f = fixture_new(NULL);
+    static uint8_t buf[MANY_LEN], out[CS];
+    static struct chunk_id ids[MANY];
+    struct chunk_batch *b = NULL;
+    assert_int_equal(repo_chunk_batch_new(f->r, &b), 0);
+    for (unsigned i = 0; i < MANY; i++) {
+        fill(buf, sizeof(buf), 1000 + i);
+        repo_chunk_id(f->r, buf, sizeof(buf), &ids[i]);
+        assert_int_equal(repo_chunk_batch_put(b, &ids[i], buf, sizeof(buf), NULL), 0);
+        /* Put twice: stored once. */
+        assert_int_equal(repo_chunk_batch_put(b, &ids[i], buf, sizeof(buf), NULL), 0);
+        assert_false(repo_chunk_exists(f->r, &ids[i]));
+        if ((i + 1) % (MANY / FLUSHES) == 0) {
+            assert_int_equal(repo_chunk_batch_flush(b), 0);
+            assert_true(repo_chunk_exists(f->r, &ids[i]));
+        }
+    }
+    uint64_t chunks_new, existing, written;
+    repo_chunk_batch_stats(b, &chunks_new, &existing, &written);
+    repo_chunk_batch_free(b);
+    assert_int_equal(chunks_new, MANY);
+    assert_int_equal(existing, MANY);
+    assert_int_equal(objects_under(f->s, REPO_PACKS_DIR), FLUSHES);
+    assert_int_equal(objects_under(f->s, REPO_INDEX_DIR), FLUSHES);
+    assert_int_equal(objects_under(f->s, "chunks"), 0);
+    for (unsigned i = 0; i < MANY; i++)
+        assert_true(repo_chunk_exists(f->r, &ids[i]));
+
+    reopen(f);
+    size_t len = 0;
+    for (unsigned i = 0; i < MANY; i += 97) {
+        assert_int_equal(repo_chunk_get(f->r, &ids[i], out, sizeof(out), &len), 0);
+        fill(buf, sizeof(buf), 1000 + i);
+        assert_int_equal(len, MANY_LEN);
+        assert_memory_equal(out, buf, len);
+    }
+    /* With the index loaded, reading a chunk is one store read: a failure armed at the second
+     * read does not fire. */
+    store_mem_fault(f->s, STORE_FAULT_GET, 2);
+    assert_int_equal(repo_chunk_read(f->r, &ids[7], out, sizeof(out), &len), 0);
+    assert_false(store_mem_fault_fired(f->s));
+    store_mem_fault(f->s, STORE_FAULT_NONE, 0);
+
+    /* foreach sees each chunk once; delete repacks the chunk's pack without it. */
+    assert_int_equal(repo_chunk_delete(f->r, &ids[3]), 0);
+    assert_false(repo_chunk_exists(f->r, &ids[3]));
+    assert_int_equal(repo_chunk_get(f->r, &ids[3], out, sizeof(out), &len), -ENOENT);
+    assert_int_equal(repo_chunk_delete(f->r, &ids[3]), -ENOENT);
+    assert_int_equal(repo_chunk_get(f->r, &ids[4], out, sizeof(out), &len), 0);
+    assert_int_equal(objects_under(f->s, REPO_PACKS_DIR), FLUSHES);
+    assert_int_equal(objects_under(f->s, REPO_INDEX_DIR), 1); /* gc writes one index */
+    reopen(f);
+    for (unsigned i = 0; i < MANY; i++)
+        assert_true(repo_chunk_exists(f->r, &ids[i]) == (i != 3));
+    fixture_free(f);
+}
+
+/* gc on packs: a backup references every other chunk of a pack; gc repacks the live ones into
+ * a new pack (the old one deleted), deletes a pack with nothing live, and a pack no index names
+ * (a crash between a pack's commit and its index) goes too. */
+static void test_gc_repack(void **state)
+{
+    (void)state;
+    struct fixture *f = fixture_new(NULL);
+    enum { N = 12 };
+    static uint8_t buf[CS], out[CS];
+    struct chunk_id ids[N], gone[N];
+    struct chunk_batch *b = NULL;
+    char err[ERR_LEN] = "";
+    assert_int_equal(repo_chunk_batch_new(f->r, &b), 0);
+    for (unsigned i = 0; i < N; i++) {
+        fill(buf, CS, 50 + i);
+        repo_chunk_id(f->r, buf, CS, &ids[i]);
+        assert_int_equal(repo_chunk_batch_put(b, &ids[i], buf, CS, NULL), 0);
+    }
+    assert_int_equal(repo_chunk_batch_flush(b), 0);
+    for (unsigned i = 0; i < N; i++) { /* a second pack, all dead */
+        fill(buf, CS, 500 + i);
+        repo_chunk_id(f->r, buf, CS, &gone[i]);
+        assert_int_equal(repo_chunk_batch_put(b, &gone[i], buf, CS, NULL), 0);
+    }
+    assert_int_equal(repo_chunk_batch_flush(b), 0);
+    repo_chunk_batch_free(b);
+    /* An orphan: a pack committed whose index was never written. */
+    static const uint8_t junk[100] = {1};
+    assert_int_equal(
+        store_put(f->s, "packs/ab/ab00000000000000000000000000000000000000000000000000000000000000",
+                  junk, sizeof(junk), STORE_PUT_CREATE, NULL),
+        0);
+    assert_int_equal(objects_under(f->s, REPO_PACKS_DIR), 3);
+
+    struct backup_writer *w = NULL;
+    struct manifest m;
+    assert_int_equal(repo_backup_begin(f->r, "vm", 1700000000, 0, &w, err, sizeof(err)), 0);
+    assert_int_equal(manifest_new(&m, "sda", (uint64_t)N * CS, CS), 0);
+    for (unsigned i = 0; i < N; i++) {
+        m.e[i].zero = i % 2 == 1;
+        if (!m.e[i].zero)
+            m.e[i].id = ids[i];
+    }
+    assert_int_equal(repo_backup_add_disk(w, &m), 0);
+    struct backup info = {0};
+    assert_int_equal(repo_backup_commit(w, &info), 0);
+    manifest_free(&m);
+
+    struct gc_stats gs;
+    assert_int_equal(repo_gc(f->r, true, &gs, err, sizeof(err)), 0); /* dry run: counts */
+    assert_int_equal(gs.chunks_total, 2 * N);
+    assert_int_equal(gs.chunks_deleted, N + N / 2);
+    assert_int_equal(objects_under(f->s, REPO_PACKS_DIR), 3);
+    assert_int_equal(repo_gc(f->r, false, &gs, err, sizeof(err)), 0);
+    assert_int_equal(gs.chunks_deleted, N + N / 2);
+    assert_true(gs.bytes_freed > (uint64_t)N * CS);           /* random data: incompressible */
+    assert_int_equal(objects_under(f->s, REPO_PACKS_DIR), 1); /* the repacked one */
+    assert_int_equal(objects_under(f->s, REPO_INDEX_DIR), 1);
+    reopen(f);
+    for (unsigned i = 0; i < N; i++) {
+        size_t len = 0;
+        assert_false(repo_chunk_exists(f->r, &gone[i]));
+        if (i % 2) {
+            assert_false(repo_chunk_exists(f->r, &ids[i]));
+            continue;
+        }
+        assert_int_equal(repo_chunk_get(f->r, &ids[i], out, sizeof(out), &len), 0);
+        fill(buf, CS, 50 + i);
+        assert_memory_equal(out, buf, CS);
+    }
+    /* Nothing left for another gc. */
+    assert_int_equal(repo_gc(f->r, false, &gs, err, sizeof(err)), 0);
+    assert_int_equal(gs.chunks_deleted, 0);
+    assert_int_equal(gs.bytes_freed, 0);
+    free(info.id);
+    free(info.vm_id);
+    for (size_t i = 0; i < info.disks.len; i++) {
+        free(info.disks.ptr[i].name);
+        free(info.disks.ptr[i].change_id);
+        free(info.disks.ptr[i].manifest);
+    }
+    backup_disk_list_reset(&info.disks);
     fixture_free(f);
 }
 
@@ -374,6 +567,8 @@ int main(void)
         cmocka_unit_test(test_sparse_roundtrip_plain),
         cmocka_unit_test(test_sparse_roundtrip_encrypted),
         cmocka_unit_test(test_sparse_forged),
+        cmocka_unit_test(test_packs_batch),
+        cmocka_unit_test(test_gc_repack),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

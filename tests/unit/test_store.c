@@ -382,7 +382,8 @@ static void test_mem_repo(void **state)
     struct backup_writer *w = NULL;
     char err[256] = "";
     static uint8_t data[REPO_MIN_CHUNK_SIZE];
-    struct repo_init_options opt = {.chunk_size = REPO_MIN_CHUNK_SIZE};
+    /* Format 2: the keys are compared with a directory repository's chunk files. */
+    struct repo_init_options opt = {.chunk_size = REPO_MIN_CHUNK_SIZE, .format_version = 2};
 
     assert_int_equal(repo_open_store(s, NULL, &r, err, sizeof(err)), -ENOENT);
     assert_non_null(strstr(err, "no config file"));

@@ -133,7 +133,8 @@ static int fixture_setup(void **state)
         return -1;
     PATHF(f->path, "%s/repo", f->base);
     char err[ERR_LEN] = "";
-    struct repo_init_options io = {.chunk_size = CS};
+    /* Format 2: the damage tests pick chunk files (format 3: test_repo_v3). */
+    struct repo_init_options io = {.chunk_size = CS, .format_version = 2};
     if (repo_init(f->path, &io, err, sizeof(err)) < 0 ||
         repo_open(f->path, NULL, &f->r, err, sizeof(err)) < 0)
         return -1;
