@@ -22,6 +22,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "core/cleanup.h"
 #include "core/hex.h"
@@ -45,7 +46,6 @@
 #define PACK_FOOTER_SIZE  16
 #define PACK_ENTRY_SIZE   (HASH_SIZE + 4 + 4) /* id, u32le offset, u32le length */
 #define PACK_IDENT_PREFIX "pack:"
-#define PACK_BUF_MIN      (1u << 20) /* first allocation of a pack being filled */
 #define INDEX_MAGIC       "vmexport-index-v3"
 #define INDEX_NAME_BYTES  32
 /* An index object is at most this big (1M chunks take 40 MB). */
@@ -398,40 +398,71 @@ DEFINE_VECTOR_TYPE(pack_build_list, struct pack_build);
 
 struct pack_writer {
     struct repo *r;
+    size_t buf_cap;   /* every pack buffer's size (pack_buf_cap) */
     bool write_index; /* flush writes an index object (batches; gc writes its own) */
     pthread_mutex_t mu;
     struct pack_build cur;
     pack_build_list staged;
     struct chunk_set pending; /* IDs in cur and staged */
     uint64_t pending_bytes;
+    uint8_t *spare; /* a pack buffer kept for the next pack */
 };
 
-static void build_free(struct repo *r, struct pack_build *b)
+/* A pack buffer holds a full pack, its index and footer: mapped (not malloc'd: buffers of
+ * ~17 MiB from the heap fragmented it to 170 MiB over 65,536 chunks), and reused. */
+static size_t pack_buf_cap(const struct repo *r)
 {
-    free(b->buf);
+    size_t n = PACK_TARGET + r->chunk_size + CONTAINER_MAX_OVERHEAD + 4 +
+               (size_t)PACK_MAX_CHUNKS * PACK_ENTRY_SIZE + CONTAINER_MAX_OVERHEAD +
+               PACK_FOOTER_SIZE;
+    return (n + STORE_ALIGN - 1) / STORE_ALIGN * STORE_ALIGN;
+}
+
+/* Called with w->mu held. */
+static uint8_t *buf_get(struct pack_writer *w)
+{
+    uint8_t *p = w->spare;
+    w->spare = NULL;
+    if (p)
+        return p;
+    p = mmap(NULL, w->buf_cap, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    return p == MAP_FAILED ? NULL : p;
+}
+
+/* Called without w->mu held. */
+static void buf_put(struct pack_writer *w, uint8_t *p)
+{
+    if (!p)
+        return;
+    {
+        ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&w->mu);
+        if (!w->spare) {
+            w->spare = p;
+            return;
+        }
+    }
+    munmap(p, w->buf_cap);
+}
+
+/* Called without w->mu held. */
+static void build_free(struct pack_writer *w, struct pack_build *b)
+{
+    buf_put(w, b->buf);
     pack_entry_list_reset(&b->entries);
     if (b->staged)
-        store_discard(r->store, b->staged);
+        store_discard(w->r->store, b->staged);
     memset(b, 0, sizeof(*b));
 }
 
-static int build_reserve(struct pack_build *b, size_t more)
+/* Room for more bytes in b; a buffer is taken with w->mu held (the pack being filled). */
+static int build_reserve(struct pack_writer *w, struct pack_build *b, size_t more)
 {
-    if (b->len + more <= b->cap)
-        return 0;
-    size_t cap = b->cap ? b->cap : PACK_BUF_MIN;
-    while (cap < b->len + more)
-        cap *= 2;
-    cap = (cap + STORE_ALIGN - 1) / STORE_ALIGN * STORE_ALIGN;
-    uint8_t *n = aligned_alloc(STORE_ALIGN, cap);
-    if (!n)
-        return -ENOMEM;
-    if (b->len)
-        memcpy(n, b->buf, b->len);
-    free(b->buf);
-    b->buf = n;
-    b->cap = cap;
-    return 0;
+    if (!b->buf) {
+        if (!(b->buf = buf_get(w)))
+            return -ENOMEM;
+        b->cap = w->buf_cap;
+    }
+    return b->len + more <= b->cap ? 0 : -EFBIG;
 }
 
 /* The plain data of a pack's own index: u32le count, then the entries. */
@@ -451,9 +482,10 @@ static uint8_t *pack_index_plain(const struct pack_build *b, size_t *len)
     return p;
 }
 
-/* Append the pack's index and footer, then stage it. */
-static int build_finish(struct repo *r, struct pack_build *b)
+/* Append the pack's index and footer, then stage it (its buffer back to the writer). */
+static int build_finish(struct pack_writer *w, struct pack_build *b)
 {
+    struct repo *r = w->r;
     char key[PACK_KEY_LEN], ident[sizeof(PACK_IDENT_PREFIX) + 2 * PACK_NAME_BYTES];
     char hex[2 * PACK_NAME_BYTES + 1];
     size_t plen, clen;
@@ -465,7 +497,7 @@ static int build_finish(struct repo *r, struct pack_build *b)
         return -ENOMEM;
     int ret = container_seal(r, ident, plain, plen, &c, &clen);
     if (ret == 0)
-        ret = build_reserve(b, clen + PACK_FOOTER_SIZE);
+        ret = build_reserve(w, b, clen + PACK_FOOTER_SIZE);
     if (ret < 0)
         return ret;
     memcpy(b->buf + b->len, c, clen);
@@ -476,7 +508,7 @@ static int build_finish(struct repo *r, struct pack_build *b)
     b->len += PACK_FOOTER_SIZE;
     pack_key(&b->name, key);
     ret = store_stage(r->store, key, b->buf, b->len, &b->staged);
-    free(b->buf); /* the staged object holds the bytes now */
+    buf_put(w, b->buf); /* the staged object holds the bytes now */
     b->buf = NULL;
     b->cap = 0;
     return ret;
@@ -488,6 +520,7 @@ int pack_writer_new(struct repo *r, struct pack_writer **out)
     if (!w)
         return -ENOMEM;
     w->r = r;
+    w->buf_cap = pack_buf_cap(r);
     w->write_index = true;
     pthread_mutex_init(&w->mu, NULL);
     w->staged = (pack_build_list)VECTOR_INIT;
@@ -498,12 +531,13 @@ int pack_writer_new(struct repo *r, struct pack_writer **out)
 /* Stage the pack b taken out of the writer, then list it as staged (or drop it on failure). */
 static int writer_stage(struct pack_writer *w, struct pack_build *b)
 {
-    int ret = build_finish(w->r, b);
-    ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&w->mu);
-    if (ret == 0)
+    int ret = build_finish(w, b);
+    if (ret == 0) {
+        ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&w->mu);
         ret = pack_build_list_append(&w->staged, *b);
+    }
     if (ret < 0)
-        build_free(w->r, b);
+        build_free(w, b);
     return ret;
 }
 
@@ -533,7 +567,7 @@ int pack_writer_add(struct pack_writer *w, const struct chunk_id *id, const uint
                 goto out;
         }
         struct pack_entry e = {.id = *id, .off = (uint32_t)c->len, .len = (uint32_t)len};
-        if ((ret = build_reserve(c, len)) < 0 ||
+        if ((ret = build_reserve(w, c, len)) < 0 ||
             (ret = pack_entry_list_append(&c->entries, e)) < 0 ||
             (ret = chunk_set_add(&w->pending, id)) < 0)
             goto out;
@@ -696,13 +730,13 @@ static int writer_commit(struct pack_writer *w, pack_build_list *out)
     }
     int ret = 0;
     if (cur.entries.len) {
-        ret = build_finish(w->r, &cur);
+        ret = build_finish(w, &cur);
         if (ret == 0)
             ret = pack_build_list_append(out, cur);
         if (ret < 0)
-            build_free(w->r, &cur);
+            build_free(w, &cur);
     } else {
-        build_free(w->r, &cur);
+        build_free(w, &cur);
     }
     if (!out->len)
         return ret;
@@ -721,10 +755,10 @@ static int writer_commit(struct pack_writer *w, pack_build_list *out)
     return ret;
 }
 
-static void builds_free(struct repo *r, pack_build_list *l)
+static void builds_free(struct pack_writer *w, pack_build_list *l)
 {
     for (size_t i = 0; i < l->len; i++)
-        build_free(r, &l->ptr[i]);
+        build_free(w, &l->ptr[i]);
     pack_build_list_reset(l);
 }
 
@@ -743,7 +777,7 @@ int pack_writer_flush(struct pack_writer *w, uint64_t *chunks, uint64_t *bytes)
             if (bytes)
                 *bytes += l.ptr[i].len;
         }
-    builds_free(w->r, &l);
+    builds_free(w, &l);
     return ret;
 }
 
@@ -751,9 +785,11 @@ void pack_writer_free(struct pack_writer *w)
 {
     if (!w)
         return;
-    build_free(w->r, &w->cur);
-    builds_free(w->r, &w->staged);
+    build_free(w, &w->cur);
+    builds_free(w, &w->staged);
     chunk_set_free(&w->pending);
+    if (w->spare)
+        munmap(w->spare, w->buf_cap);
     pthread_mutex_destroy(&w->mu);
     free(w);
 }
@@ -1030,7 +1066,6 @@ int pack_gc_run(struct pack_gc *g, bool dry_run, bool force, struct gc_stats *st
     pack_build_list made = VECTOR_INIT;
     if (ret == 0 && !dry_run && changed)
         ret = writer_commit(w, &made);
-    pack_writer_free(w);
 
     /* One new index covering the kept and the new packs, durable before anything goes. */
     if (ret == 0 && !dry_run && changed)
@@ -1081,7 +1116,8 @@ int pack_gc_run(struct pack_gc *g, bool dry_run, bool force, struct gc_stats *st
             keep[n_keep++] = x->packs[p];
     for (size_t i = 0; ret == 0 && i < made.len; i++)
         keep[n_keep++] = made.ptr[i].name;
-    builds_free(r, &made);
+    builds_free(w, &made);
+    pack_writer_free(w);
     if (ret == 0) {
         qsort(keep, n_keep, sizeof(*keep), name_cmp);
         ret = remove_orphans(g, keep, n_keep, dry_run, st ? st : &(struct gc_stats){0});
