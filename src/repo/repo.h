@@ -3,7 +3,9 @@
  *   PATH/config                  repository parameters (JSON, plain): format version, chunk
  *                                size, compression, and when encrypted the scrypt parameters,
  *                                the wrapped keys and a MAC of the whole config
- *   PATH/chunks/ab/<id hex>      one chunk in a container (zstd, optionally AES-256-GCM)
+ *   PATH/chunks/ab/<id hex>      one chunk in a container (zstd, optionally AES-256-GCM);
+ *                                format 3: PATH/packs/ab/<name> (many chunk containers) and
+ *                                PATH/index/<name> (chunk ID -> pack, offset, length)
  *   PATH/backups/<vm>/<backup id>/disk-<n>.manifest   offset -> chunk id or zero (container)
  *   PATH/backups/<vm>/<backup id>/backup.json         the backup's metadata (container);
  *                                written last: a backup exists only once this file does
