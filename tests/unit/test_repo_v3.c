@@ -558,6 +558,83 @@ static void test_gc_repack(void **state)
     fixture_free(f);
 }
 
+struct first_pack {
+    struct store *s;
+    char key[256];
+};
+
+static int first_pack_entry(void *opaque, const struct store_entry *e)
+{
+    struct first_pack *fp = opaque;
+    char dir[64];
+    snprintf(dir, sizeof(dir), REPO_PACKS_DIR "/%s", e->name);
+    return snprintf(fp->key, sizeof(fp->key), "%s", dir) > 0 ? 1 : -EIO;
+}
+
+static int first_object_entry(void *opaque, const struct store_entry *e)
+{
+    struct first_pack *fp = opaque;
+    size_t n = strlen(fp->key);
+    snprintf(fp->key + n, sizeof(fp->key) - n, "/%s", e->name);
+    return 1;
+}
+
+/* A damaged byte in a pack: the chunk it falls in is refused (-EBADMSG) by get and read, its
+ * neighbours in the same pack still read; a truncated pack makes the chunks past the cut
+ * -EBADMSG, not wrong data. */
+static void test_pack_damage(void **state)
+{
+    (void)state;
+    struct fixture *f = fixture_new(NULL);
+    enum { N = 4 };
+    static uint8_t buf[CS], out[CS];
+    struct chunk_id ids[N];
+    struct chunk_batch *b = NULL;
+    assert_int_equal(repo_chunk_batch_new(f->r, &b), 0);
+    for (unsigned i = 0; i < N; i++) {
+        fill(buf, CS, 70 + i);
+        repo_chunk_id(f->r, buf, CS, &ids[i]);
+        assert_int_equal(repo_chunk_batch_put(b, &ids[i], buf, CS, NULL), 0);
+    }
+    assert_int_equal(repo_chunk_batch_flush(b), 0);
+    repo_chunk_batch_free(b);
+
+    struct first_pack fp = {.s = f->s};
+    assert_int_equal(store_list(f->s, REPO_PACKS_DIR, first_pack_entry, &fp), 1);
+    assert_int_equal(store_list(f->s, fp.key, first_object_entry, &fp), 1);
+    uint8_t *pack = NULL;
+    size_t plen = 0;
+    assert_int_equal(store_get(f->s, fp.key, UINT64_MAX, &pack, &plen), 0);
+    assert_true(plen > N * CS); /* random data is stored raw */
+    /* Chunks are stored in the order put: the second one covers [CS + header, 2 CS + ...). */
+    pack[CS + CS / 2] ^= 0x40;
+    assert_int_equal(store_put(f->s, fp.key, pack, plen, STORE_PUT_REPLACE, NULL), 0);
+    size_t len = 0;
+    int bad = -1;
+    for (unsigned i = 0; i < N; i++) {
+        int g = repo_chunk_get(f->r, &ids[i], out, sizeof(out), &len);
+        int rd = repo_chunk_read(f->r, &ids[i], out, sizeof(out), &len);
+        if (g == -EBADMSG) {
+            assert_int_equal(rd, -EBADMSG);
+            assert_int_equal(bad, -1);
+            bad = (int)i;
+            continue;
+        }
+        assert_int_equal(g, 0);
+        assert_int_equal(rd, 0);
+        fill(buf, CS, 70 + i);
+        assert_memory_equal(out, buf, CS);
+    }
+    assert_int_equal(bad, 1);
+    /* Cut in the third chunk: it and the fourth are refused. */
+    assert_int_equal(store_put(f->s, fp.key, pack, 2 * CS + CS / 2, STORE_PUT_REPLACE, NULL), 0);
+    assert_int_equal(repo_chunk_get(f->r, &ids[0], out, sizeof(out), &len), 0);
+    assert_int_equal(repo_chunk_get(f->r, &ids[2], out, sizeof(out), &len), -EBADMSG);
+    assert_int_equal(repo_chunk_read(f->r, &ids[3], out, sizeof(out), &len), -EBADMSG);
+    free(pack);
+    fixture_free(f);
+}
+
 int main(void)
 {
     log_set_level(LOG_LEVEL_ERROR);
@@ -569,6 +646,7 @@ int main(void)
         cmocka_unit_test(test_sparse_forged),
         cmocka_unit_test(test_packs_batch),
         cmocka_unit_test(test_gc_repack),
+        cmocka_unit_test(test_pack_damage),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
