@@ -155,6 +155,10 @@ const struct cli_command cmd_repo = {
              "(say, to drop the encryption or change the chunk size) is refused, and so is a\n"
              "passphrase given for a repository whose config says it is not encrypted.\n"
              "\n"
+             "Format 3 (the default) does not hash or store the zero 4 KiB blocks of a chunk\n"
+             "and keeps chunks in packs of up to 16 MiB found through an index; format 2\n"
+             "(--format-version 2) stores one file per chunk and is what older vmexport reads.\n"
+             "\n"
              "upgrade adds that MAC to the config of an encrypted repository made by an older\n"
              "vmexport, which until then can be read but not written to (backup, prune, gc).\n",
     .common = CLI_PASSPHRASE,
