@@ -97,9 +97,8 @@ static int gc_manifest_entry(void *opaque, const struct store_entry *e)
                      ret == -EBADMSG ? "damaged" : strerror(-ret));
         return ret;
     }
-    for (uint64_t i = 0; ret == 0 && i < m.n; i++)
-        if (!m.e[i].zero)
-            ret = chunk_set_add(&g->refs, &m.e[i].id);
+    for (size_t i = 0; ret == 0 && i < m.n_entries; i++)
+        ret = chunk_set_add(&g->refs, &m.e[i].id);
     manifest_free(&m);
     return ret;
 }
