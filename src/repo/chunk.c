@@ -4,6 +4,7 @@
  */
 #include "repo_internal.h"
 
+#include <endian.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -36,9 +37,54 @@ static int hmac_sha256(const uint8_t key[REPO_KEY_SIZE], const void *data, size_
     return 0;
 }
 
+/* Format 3: the ID covers the chunk's length and the digest of each non-zero block with its
+ * index, so zero blocks cost no hashing and equal content always gets the same ID, whichever
+ * blocks a mask marked (docs/repository-format.md, "Chunk IDs"). */
+#define CHUNK_ID_V3_LABEL   "vmexport-chunk-v3"
+#define CHUNK_ID_V3_FORMAT  3
+#define CHUNK_ID_V3_LEN_LE  8 /* u64le chunk length */
+#define CHUNK_ID_V3_BLOCK_K 4 /* u32le block index */
+
+static int chunk_id_v3(const struct repo *r, const void *data, size_t len,
+                       const uint64_t *zero_blocks, struct chunk_id *id)
+{
+    const uint8_t *p = data;
+    size_t nblocks = (len + CHUNK_BLOCK - 1) / CHUNK_BLOCK;
+    size_t head = sizeof(CHUNK_ID_V3_LABEL) - 1 + CHUNK_ID_V3_LEN_LE;
+    CLEANUP_FREE uint8_t *msg = malloc(head + nblocks * (CHUNK_ID_V3_BLOCK_K + HASH_SIZE));
+    if (!msg)
+        return -ENOMEM;
+    memcpy(msg, CHUNK_ID_V3_LABEL, sizeof(CHUNK_ID_V3_LABEL) - 1);
+    uint64_t len_le = htole64(len);
+    memcpy(msg + sizeof(CHUNK_ID_V3_LABEL) - 1, &len_le, sizeof(len_le));
+    size_t n = head;
+    for (size_t k = 0; k < nblocks; k++) {
+        size_t bl = len - k * CHUNK_BLOCK < CHUNK_BLOCK ? len - k * CHUNK_BLOCK : CHUNK_BLOCK;
+        if (chunk_mask_test(zero_blocks, k) || buf_is_zero(p + k * CHUNK_BLOCK, bl))
+            continue;
+        uint32_t k_le = htole32((uint32_t)k);
+        memcpy(msg + n, &k_le, sizeof(k_le));
+        int ret = hash_sha256(p + k * CHUNK_BLOCK, bl, msg + n + sizeof(k_le));
+        if (ret < 0)
+            return ret;
+        n += CHUNK_ID_V3_BLOCK_K + HASH_SIZE;
+    }
+    return r->encrypted ? hmac_sha256(r->id_key, msg, n, id->b) : hash_sha256(msg, n, id->b);
+}
+
+/* The ID of a chunk whose marked blocks are zeros (not read; none when zero_blocks is NULL).
+ * Formats before 3 hash the plain bytes: they get no mask. */
+static int chunk_id_masked(const struct repo *r, const void *data, size_t len,
+                           const uint64_t *zero_blocks, struct chunk_id *id)
+{
+    if (r->format_version >= CHUNK_ID_V3_FORMAT)
+        return chunk_id_v3(r, data, len, zero_blocks, id);
+    return r->encrypted ? hmac_sha256(r->id_key, data, len, id->b) : hash_sha256(data, len, id->b);
+}
+
 int chunk_id_compute(const struct repo *r, const void *data, size_t len, struct chunk_id *id)
 {
-    return r->encrypted ? hmac_sha256(r->id_key, data, len, id->b) : hash_sha256(data, len, id->b);
+    return chunk_id_masked(r, data, len, NULL, id);
 }
 
 void repo_chunk_id(const struct repo *r, const void *data, size_t len, struct chunk_id *id)
@@ -97,9 +143,10 @@ bool repo_chunk_exists(struct repo *r, const struct chunk_id *id)
 
 /* The first steps of writing chunk id: 1 when the repository has it already (nothing to
  * write), else 0 with its container sealed (in the calling thread's buffer: *file, *flen) and
- * the key it goes under; or a negative errno. */
+ * the key it goes under; or a negative errno.  zero_blocks: format 3 only (see repo.h). */
 static int chunk_prepare(struct repo *r, const struct chunk_id *id, const void *data, size_t len,
-                         char key[CHUNK_KEY_LEN], const uint8_t **file, size_t *flen)
+                         const uint64_t *zero_blocks, char key[CHUNK_KEY_LEN],
+                         const uint8_t **file, size_t *flen)
 {
     char ident[CHUNK_IDENT_LEN];
     if (len > r->chunk_size)
@@ -107,7 +154,7 @@ static int chunk_prepare(struct repo *r, const struct chunk_id *id, const void *
     if (repo_chunk_exists(r, id))
         return 1;
     chunk_key(id, key, ident);
-    return container_seal_thread(r, ident, data, len, file, flen);
+    return container_seal_chunk(r, ident, data, len, zero_blocks, file, flen);
 }
 
 int repo_chunk_put(struct repo *r, const struct chunk_id *id, const void *data, size_t len,
@@ -125,7 +172,7 @@ int repo_chunk_put(struct repo *r, const struct chunk_id *id, const void *data, 
 
     const uint8_t *file = NULL;
     size_t flen;
-    int ret = chunk_prepare(r, id, data, len, key, &file, &flen);
+    int ret = chunk_prepare(r, id, data, len, NULL, key, &file, &flen);
     if (ret != 0)
         return ret < 0 ? ret : 0;
     ret = store_put(r->store, key, file, flen, STORE_PUT_CREATE, &created);
@@ -139,7 +186,7 @@ int repo_chunk_put(struct repo *r, const struct chunk_id *id, const void *data, 
 }
 
 static int chunk_get(struct repo *r, const struct chunk_id *id, bool checksum, void *buf,
-                     size_t cap, size_t *len)
+                     size_t cap, size_t *len, uint64_t *zero_blocks)
 {
     char ident[CHUNK_IDENT_LEN], rel[CHUNK_KEY_LEN];
     size_t flen = 0, fcap;
@@ -154,11 +201,11 @@ static int chunk_get(struct repo *r, const struct chunk_id *id, bool checksum, v
     int ret = store_get_into(r->store, rel, max, file, fcap, &flen);
     if (ret < 0)
         return ret;
-    ret = checksum ? container_unseal(r, ident, file, flen, r->chunk_size, buf, cap, len)
-                   : container_unseal_data(r, ident, file, flen, r->chunk_size, buf, cap, len);
+    ret = container_unseal_chunk(r, ident, file, flen, r->chunk_size, checksum, buf, cap, len,
+                                 zero_blocks);
     if (ret < 0)
         return ret;
-    ret = chunk_id_compute(r, buf, *len, &got);
+    ret = chunk_id_masked(r, buf, *len, zero_blocks, &got);
     if (ret < 0)
         return ret;
     if (CRYPTO_memcmp(got.b, id->b, HASH_SIZE)) {
@@ -170,12 +217,12 @@ static int chunk_get(struct repo *r, const struct chunk_id *id, bool checksum, v
 
 int repo_chunk_get(struct repo *r, const struct chunk_id *id, void *buf, size_t cap, size_t *len)
 {
-    return chunk_get(r, id, true, buf, cap, len);
+    return chunk_get(r, id, true, buf, cap, len, NULL);
 }
 
 int repo_chunk_read(struct repo *r, const struct chunk_id *id, void *buf, size_t cap, size_t *len)
 {
-    return chunk_get(r, id, false, buf, cap, len);
+    return chunk_get(r, id, false, buf, cap, len, NULL);
 }
 
 bool chunk_subdir_valid(const char *name)
@@ -267,8 +314,8 @@ int repo_chunk_batch_new(struct repo *r, struct chunk_batch **out)
     return 0;
 }
 
-int repo_chunk_batch_put(struct chunk_batch *b, const struct chunk_id *id, const void *data,
-                         size_t len, uint64_t *pending_bytes)
+static int batch_put(struct chunk_batch *b, const struct chunk_id *id, const void *data,
+                     size_t len, const uint64_t *zero_blocks, uint64_t *pending_bytes)
 {
     struct repo *r = b->r;
     char key[CHUNK_KEY_LEN];
@@ -278,7 +325,7 @@ int repo_chunk_batch_put(struct chunk_batch *b, const struct chunk_id *id, const
         *pending_bytes = 0;
     const uint8_t *file = NULL;
     size_t flen;
-    int ret = chunk_prepare(r, id, data, len, key, &file, &flen);
+    int ret = chunk_prepare(r, id, data, len, zero_blocks, key, &file, &flen);
     if (ret > 0) {
         ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&b->lock);
         b->chunks_existing++;
@@ -302,6 +349,12 @@ int repo_chunk_batch_put(struct chunk_batch *b, const struct chunk_id *id, const
     if (ret < 0)
         store_discard(r->store, p.staged);
     return ret;
+}
+
+int repo_chunk_batch_put(struct chunk_batch *b, const struct chunk_id *id, const void *data,
+                         size_t len, uint64_t *pending_bytes)
+{
+    return batch_put(b, id, data, len, NULL, pending_bytes);
 }
 
 int repo_chunk_batch_flush(struct chunk_batch *b)
@@ -366,10 +419,11 @@ void repo_chunk_batch_free(struct chunk_batch *b)
     free(b);
 }
 
-/* ---- chunks with known zero blocks ---- */
+/* ---- chunks with known zero blocks ----
+ *
+ * Format 3 skips the marked blocks everywhere (ID, container); older formats have no zero
+ * blocks: their chunks are the plain bytes, so the marked blocks are cleared first. */
 
-/* Clear the marked blocks of data (the layout of format versions before 3 has no zero
- * blocks: their chunks are the plain bytes). */
 static void chunk_fill_zeros(void *data, size_t len, const uint64_t *zero_blocks)
 {
     if (!zero_blocks)
@@ -397,21 +451,29 @@ bool repo_chunk_is_zero(const void *data, size_t len, const uint64_t *zero_block
 void repo_chunk_id_sparse(const struct repo *r, void *data, size_t len,
                           const uint64_t *zero_blocks, struct chunk_id *id)
 {
-    chunk_fill_zeros(data, len, zero_blocks);
-    repo_chunk_id(r, data, len, id);
+    if (r->format_version < CHUNK_ID_V3_FORMAT) {
+        chunk_fill_zeros(data, len, zero_blocks);
+        zero_blocks = NULL;
+    }
+    /* As repo_chunk_id: only a libcrypto or allocation failure gets here. */
+    if (chunk_id_masked(r, data, len, zero_blocks, id) < 0) {
+        log_error("cannot compute a chunk ID (out of memory or libcrypto failure)");
+        abort();
+    }
 }
 
 int repo_chunk_batch_put_sparse(struct chunk_batch *b, const struct chunk_id *id, void *data,
                                 size_t len, const uint64_t *zero_blocks, uint64_t *pending_bytes)
 {
-    chunk_fill_zeros(data, len, zero_blocks);
-    return repo_chunk_batch_put(b, id, data, len, pending_bytes);
+    if (b->r->format_version < CHUNK_ID_V3_FORMAT) {
+        chunk_fill_zeros(data, len, zero_blocks);
+        zero_blocks = NULL;
+    }
+    return batch_put(b, id, data, len, zero_blocks, pending_bytes);
 }
 
 int repo_chunk_read_sparse(struct repo *r, const struct chunk_id *id, void *buf, size_t cap,
                            size_t *len, uint64_t *zero_blocks)
 {
-    if (zero_blocks)
-        memset(zero_blocks, 0, CHUNK_MASK_WORDS * sizeof(*zero_blocks));
-    return repo_chunk_read(r, id, buf, cap, len);
+    return chunk_get(r, id, false, buf, cap, len, zero_blocks);
 }

@@ -241,9 +241,10 @@ static int encryption_new(const char *passphrase, const char *repo_id, uint8_t *
     return *out ? 0 : -ENOMEM;
 }
 
-static int config_write(struct store *st, const char *path, uint32_t chunk_size, int level,
-                        const char *passphrase, char *err, size_t errlen)
+static int config_write(struct store *st, const char *path, const struct repo_init_options *opt,
+                        char *err, size_t errlen)
 {
+    const char *passphrase = opt->passphrase;
     char repo_id[2 * REPO_ID_BYTES + 1];
     uint8_t keys[2 * REPO_KEY_SIZE];
     json_t *enc = json_null();
@@ -260,8 +261,9 @@ static int config_write(struct store *st, const char *path, uint32_t chunk_size,
     }
     json_t *cfg =
         json_pack("{s:s, s:i, s:I, s:s, s:i, s:s, s:o}", "format", CONFIG_FORMAT, "version",
-                  REPO_FORMAT_VERSION, "chunk_size", (json_int_t)chunk_size, "compression",
-                  CONFIG_COMPRESSION, "compression_level", level, "id", repo_id, "encryption", enc);
+                  (int)opt->format_version, "chunk_size", (json_int_t)opt->chunk_size,
+                  "compression", CONFIG_COMPRESSION, "compression_level", opt->zstd_level, "id",
+                  repo_id, "encryption", enc);
     if (!cfg)
         r = -ENOMEM;
     if (r == 0 && passphrase)
@@ -288,6 +290,14 @@ static int init_options(const struct repo_init_options *opt, struct repo_init_op
         out->chunk_size = REPO_DEFAULT_CHUNK_SIZE;
     if (!out->zstd_level)
         out->zstd_level = REPO_DEFAULT_ZSTD;
+    if (!out->format_version)
+        out->format_version = REPO_FORMAT_VERSION;
+    if (out->format_version < REPO_MIN_FORMAT_VERSION ||
+        out->format_version > REPO_FORMAT_VERSION) {
+        repo_set_err(err, errlen, "format version %u is not between %d and %d",
+                     out->format_version, REPO_MIN_FORMAT_VERSION, REPO_FORMAT_VERSION);
+        return -EINVAL;
+    }
     if (!repo_chunk_size_valid(out->chunk_size)) {
         repo_set_err(err, errlen, "chunk size %u is not a power of two between %u and %u",
                      out->chunk_size, REPO_MIN_CHUNK_SIZE, REPO_MAX_CHUNK_SIZE);
@@ -318,8 +328,7 @@ static int init_layout(struct store *st, const struct repo_init_options *opt, ch
             return r;
         }
     }
-    return config_write(st, store_name(st), opt->chunk_size, opt->zstd_level, opt->passphrase, err,
-                        errlen);
+    return config_write(st, store_name(st), opt, err, errlen);
 }
 
 int repo_init_store(struct store *st, const struct repo_init_options *opt, char *err, size_t errlen)

@@ -33,7 +33,7 @@
 
 /* The format version new repositories get, and the oldest one still read and written (a
  * repository keeps its version: containers written into it use that version's layout). */
-#define REPO_FORMAT_VERSION     2
+#define REPO_FORMAT_VERSION     3
 #define REPO_MIN_FORMAT_VERSION 1
 /* 1 MiB: an incremental backup rebuilds every chunk its changes touch, so its cost follows the
  * chunk size (1% of an 8 GiB image changed in 1 MiB writes touched 76 chunks of 4 MiB, 7% of the
@@ -58,6 +58,7 @@ struct repo_init_options {
     uint32_t chunk_size;    /* 0: REPO_DEFAULT_CHUNK_SIZE; power of two within the bounds */
     const char *passphrase; /* NULL: not encrypted */
     int zstd_level;         /* 0: 3 */
+    unsigned format_version; /* 0: REPO_FORMAT_VERSION; older ones for tests and old readers */
 };
 
 /* Create a repository at path (which must not exist or be an empty directory). */

@@ -139,6 +139,17 @@ int container_plain_size(const uint8_t *file, size_t flen, uint64_t *len);
 int container_unseal(const struct repo *r, const char *ident, uint8_t *file, size_t flen,
                      uint64_t max_plain, void *out, size_t cap, size_t *len);
 
+/* A chunk's container (format 3: sparse when it has a zero block; the blocks zero_blocks
+ * marks are not read) into the calling thread's buffer, as container_seal_thread. */
+int container_seal_chunk(const struct repo *r, const char *ident, const void *data, size_t len,
+                         const uint64_t *zero_blocks, const uint8_t **out, size_t *outlen);
+/* Open a chunk's container into out (cap bytes): as container_unseal (checksum) or
+ * container_unseal_data (!checksum), expanding a sparse one: its zero blocks are cleared, or
+ * with zero_blocks (CHUNK_MASK_WORDS words, may be NULL) left unwritten and marked there. */
+int container_unseal_chunk(const struct repo *r, const char *ident, uint8_t *file, size_t flen,
+                           uint64_t max_plain, bool checksum, void *out, size_t cap, size_t *len,
+                           uint64_t *zero_blocks);
+
 /* container_unseal without the checksum of a plain container (encrypted ones are always
  * authenticated): only for callers that then check the data against its SHA-256, which covers
  * every byte returned (chunk reads checked against their ID). */

@@ -1,0 +1,379 @@
+/* Unit tests of repository format 3 (docs/repository-format.md): chunk IDs over the digests of
+ * non-zero blocks (the ID of data is the ID of the same data given with a zero-block mask; a
+ * one-byte change changes it; equal content from different masks gets equal IDs; the ID
+ * matches the documented construction), sparse containers (round trips with and without the
+ * mask, the last short block, marked blocks never read: they sit on PROT_NONE pages), forged
+ * sparse payloads refused.  On the memory store, plain and encrypted.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <endian.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+#include <xxhash.h>
+
+#include "core/hash.h"
+#include "core/log.h"
+#include "repo/repo.h"
+#include "repo/repo_internal.h" /* container_unseal_chunk for forged containers */
+#include "repo/store_mem.h"
+
+#define CS      REPO_MIN_CHUNK_SIZE /* 16 blocks of CHUNK_BLOCK */
+#define NBLOCKS (CS / CHUNK_BLOCK)
+#define PASS    "correct horse battery staple"
+#define ERR_LEN 512
+#define SHORT   (CS - 1000) /* a last chunk: its last block is short */
+
+struct fixture {
+    struct store *s;
+    struct repo *r;
+};
+
+static struct fixture *fixture_new(const char *pass)
+{
+    char err[ERR_LEN] = "";
+    struct fixture *f = calloc(1, sizeof(*f));
+    assert_non_null(f);
+    struct repo_init_options opt = {.chunk_size = CS, .passphrase = pass};
+    assert_int_equal(store_mem_new("v3", &f->s), 0);
+    assert_int_equal(repo_init_store(f->s, &opt, err, sizeof(err)), 0);
+    if (repo_open_store(f->s, pass, &f->r, err, sizeof(err)) < 0)
+        fail_msg("open: %s", err);
+    assert_int_equal(repo_format_version(f->r), 3);
+    return f;
+}
+
+static void fixture_free(struct fixture *f)
+{
+    repo_close(f->r);
+    store_close(f->s);
+    free(f);
+}
+
+/* A chunk buffer whose blocks are pages of their own (CHUNK_BLOCK is the page size here), so
+ * that marked blocks can be made unreadable. */
+static uint8_t *pages_new(void)
+{
+    assert_int_equal(sysconf(_SC_PAGESIZE), CHUNK_BLOCK);
+    void *p = mmap(NULL, CS, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    assert_true(p != MAP_FAILED);
+    return p;
+}
+
+static void pages_protect(uint8_t *p, const uint64_t *mask, int prot)
+{
+    for (size_t k = 0; k < NBLOCKS; k++)
+        if (chunk_mask_test(mask, k))
+            assert_int_equal(mprotect(p + k * CHUNK_BLOCK, CHUNK_BLOCK, prot), 0);
+}
+
+static void fill(uint8_t *p, size_t len, unsigned seed)
+{
+    uint64_t x = 0x9e3779b97f4a7c15ULL * (seed + 1);
+    for (size_t i = 0; i < len; i++) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        p[i] = (uint8_t)(x >> 32);
+    }
+}
+
+/* A chunk of len bytes with data in blocks 1, 5 and the last one, zeros elsewhere; mask (may
+ * be NULL) gets the zero blocks 0, 2, 3 (not all of them: unmarked zero blocks are found by
+ * content). */
+static void sparse_chunk(uint8_t *p, size_t len, uint64_t *mask)
+{
+    size_t last = (len - 1) / CHUNK_BLOCK;
+    memset(p, 0, len);
+    fill(p + 1 * CHUNK_BLOCK, CHUNK_BLOCK, 1);
+    fill(p + 5 * CHUNK_BLOCK, CHUNK_BLOCK, 5);
+    fill(p + last * CHUNK_BLOCK, len - last * CHUNK_BLOCK, 9);
+    if (mask) {
+        memset(mask, 0, CHUNK_MASK_WORDS * sizeof(*mask));
+        chunk_mask_set(mask, 0);
+        chunk_mask_set(mask, 2);
+        chunk_mask_set(mask, 3);
+    }
+}
+
+/* The documented ID of a plain repository's chunk. */
+static void id_by_hand(const uint8_t *p, size_t len, struct chunk_id *id)
+{
+    static uint8_t msg[64 + NBLOCKS * (4 + HASH_SIZE)];
+    size_t n = strlen("vmexport-chunk-v3");
+    memcpy(msg, "vmexport-chunk-v3", n);
+    uint64_t le = htole64(len);
+    memcpy(msg + n, &le, 8);
+    n += 8;
+    for (size_t k = 0; k * CHUNK_BLOCK < len; k++) {
+        size_t bl = len - k * CHUNK_BLOCK < CHUNK_BLOCK ? len - k * CHUNK_BLOCK : CHUNK_BLOCK;
+        if (buf_is_zero(p + k * CHUNK_BLOCK, bl))
+            continue;
+        uint32_t k_le = htole32((uint32_t)k);
+        memcpy(msg + n, &k_le, 4);
+        assert_int_equal(hash_sha256(p + k * CHUNK_BLOCK, bl, msg + n + 4), 0);
+        n += 4 + HASH_SIZE;
+    }
+    assert_int_equal(hash_sha256(msg, n, id->b), 0);
+}
+
+static void ids(const char *pass)
+{
+    struct fixture *f = fixture_new(pass);
+    uint8_t *a = pages_new(), *b = pages_new();
+    uint64_t mask[CHUNK_MASK_WORDS], other[CHUNK_MASK_WORDS] = {0};
+    struct chunk_id plain, masked, changed, from_other;
+
+    for (size_t len = CS; len >= SHORT; len -= CS - SHORT) {
+        sparse_chunk(a, len, mask);
+        repo_chunk_id(f->r, a, len, &plain);
+        if (!pass) {
+            struct chunk_id want;
+            id_by_hand(a, len, &want);
+            assert_memory_equal(plain.b, want.b, HASH_SIZE);
+        }
+        /* The same content with the mask: marked blocks unreadable, so never read. */
+        pages_protect(a, mask, PROT_NONE);
+        repo_chunk_id_sparse(f->r, a, len, mask, &masked);
+        assert_true(repo_chunk_is_zero(a, CHUNK_BLOCK, mask) == true);
+        assert_false(repo_chunk_is_zero(a, len, mask));
+        pages_protect(a, mask, PROT_READ | PROT_WRITE);
+        assert_memory_equal(plain.b, masked.b, HASH_SIZE);
+
+        /* Equal content, another mask (blocks 3 and 4, one of them not zero by the mask of a
+         * would be wrong: only zero blocks may be marked). */
+        sparse_chunk(b, len, NULL);
+        chunk_mask_set(other, 4);
+        chunk_mask_set(other, 6);
+        repo_chunk_id_sparse(f->r, b, len, other, &from_other);
+        assert_memory_equal(plain.b, from_other.b, HASH_SIZE);
+
+        /* One byte changed: another ID, in a data block and in a zero block. */
+        b[5 * CHUNK_BLOCK + 17] ^= 1;
+        repo_chunk_id(f->r, b, len, &changed);
+        assert_memory_not_equal(plain.b, changed.b, HASH_SIZE);
+        b[5 * CHUNK_BLOCK + 17] ^= 1;
+        b[2 * CHUNK_BLOCK + 100] = 1;
+        repo_chunk_id(f->r, b, len, &changed);
+        assert_memory_not_equal(plain.b, changed.b, HASH_SIZE);
+        /* The length counts: the same blocks in a longer chunk are another chunk. */
+        b[2 * CHUNK_BLOCK + 100] = 0;
+        sparse_chunk(b, len, NULL);
+        repo_chunk_id(f->r, b, len - 1 > SHORT ? SHORT : CS, &changed);
+        assert_memory_not_equal(plain.b, changed.b, HASH_SIZE);
+    }
+    munmap(a, CS);
+    munmap(b, CS);
+    fixture_free(f);
+}
+
+static void test_ids_plain(void **state)
+{
+    (void)state;
+    ids(NULL);
+}
+
+static void test_ids_encrypted(void **state)
+{
+    (void)state;
+    ids(PASS);
+}
+
+/* Store through a batch with the mask (marked pages unreadable), then read back: sparse (the
+ * mask of the blocks not written) and whole (zeros written). */
+static void roundtrip(const char *pass)
+{
+    struct fixture *f = fixture_new(pass);
+    uint8_t *a = pages_new(), *want = malloc(CS), *out = malloc(CS);
+    uint64_t mask[CHUNK_MASK_WORDS], got_mask[CHUNK_MASK_WORDS];
+    assert_non_null(want);
+    assert_non_null(out);
+
+    for (size_t len = CS; len >= SHORT; len -= CS - SHORT) {
+        struct chunk_batch *b = NULL;
+        struct chunk_id id;
+        uint64_t objs0, bytes0, objs1, bytes1, chunks_new, existing, written;
+        size_t got = 0;
+        sparse_chunk(a, len, mask);
+        memcpy(want, a, len);
+        store_mem_usage(f->s, &objs0, &bytes0);
+        assert_int_equal(repo_chunk_batch_new(f->r, &b), 0);
+        pages_protect(a, mask, PROT_NONE);
+        repo_chunk_id_sparse(f->r, a, len, mask, &id);
+        assert_false(repo_chunk_exists(f->r, &id));
+        assert_int_equal(repo_chunk_batch_put_sparse(b, &id, a, len, mask, NULL), 0);
+        assert_int_equal(repo_chunk_batch_flush(b), 0);
+        pages_protect(a, mask, PROT_READ | PROT_WRITE);
+        repo_chunk_batch_stats(b, &chunks_new, &existing, &written);
+        repo_chunk_batch_free(b);
+        assert_int_equal(chunks_new, 1);
+        /* Random data does not compress: the three data blocks and little more are stored. */
+        store_mem_usage(f->s, &objs1, &bytes1);
+        assert_true(bytes1 - bytes0 < 3 * CHUNK_BLOCK + 1024);
+        assert_true(written < 3 * CHUNK_BLOCK + 512);
+        assert_true(repo_chunk_exists(f->r, &id));
+
+        memset(out, 0xAA, CS);
+        assert_int_equal(repo_chunk_read_sparse(f->r, &id, out, CS, &got, got_mask), 0);
+        assert_int_equal(got, len);
+        for (size_t k = 0; k * CHUNK_BLOCK < len; k++) {
+            size_t bl = len - k * CHUNK_BLOCK < CHUNK_BLOCK ? len - k * CHUNK_BLOCK : CHUNK_BLOCK;
+            bool data = k == 1 || k == 5 || k == (len - 1) / CHUNK_BLOCK;
+            assert_int_equal(chunk_mask_test(got_mask, k), !data);
+            if (data)
+                assert_memory_equal(out + k * CHUNK_BLOCK, want + k * CHUNK_BLOCK, bl);
+            else
+                assert_int_equal(out[k * CHUNK_BLOCK], 0xAA); /* not written */
+        }
+        memset(out, 0xAA, CS);
+        assert_int_equal(repo_chunk_get(f->r, &id, out, CS, &got), 0);
+        assert_int_equal(got, len);
+        assert_memory_equal(out, want, len);
+        assert_int_equal(repo_chunk_read(f->r, &id, out, CS, &got), 0);
+        assert_memory_equal(out, want, len);
+
+        /* The same content put without a mask is the same chunk (dedup exact). */
+        struct chunk_id again;
+        repo_chunk_id(f->r, want, len, &again);
+        assert_memory_equal(again.b, id.b, HASH_SIZE);
+        bool stored = true;
+        assert_int_equal(repo_chunk_put(f->r, &again, want, len, &stored, NULL), 0);
+        assert_false(stored);
+    }
+
+    /* A chunk whose last short block is the zero one, and a dense chunk (no zero block). */
+    memset(want, 0, CS);
+    fill(want, (NBLOCKS - 1) * CHUNK_BLOCK, 3);
+    for (int dense = 0; dense < 2; dense++) {
+        struct chunk_id id;
+        size_t got = 0, len = dense ? CS : SHORT;
+        if (dense)
+            fill(want, CS, 4);
+        repo_chunk_id(f->r, want, len, &id);
+        assert_int_equal(repo_chunk_put(f->r, &id, want, len, NULL, NULL), 0);
+        memset(out, 0xAA, CS);
+        assert_int_equal(repo_chunk_read_sparse(f->r, &id, out, CS, &got, got_mask), 0);
+        assert_int_equal(got, len);
+        for (size_t k = 0; k < NBLOCKS; k++)
+            assert_int_equal(chunk_mask_test(got_mask, k), !dense && k == NBLOCKS - 1);
+        assert_memory_equal(out, want, dense ? CS : (NBLOCKS - 1) * CHUNK_BLOCK);
+        assert_int_equal(repo_chunk_get(f->r, &id, out, CS, &got), 0);
+        assert_memory_equal(out, want, len);
+    }
+    munmap(a, CS);
+    free(want);
+    free(out);
+    fixture_free(f);
+}
+
+static void test_sparse_roundtrip_plain(void **state)
+{
+    (void)state;
+    roundtrip(NULL);
+}
+
+static void test_sparse_roundtrip_encrypted(void **state)
+{
+    (void)state;
+    roundtrip(PASS);
+}
+
+/* A plain format 3 container built by hand: header, payload (not compressed), XXH3-128. */
+static size_t forge(uint8_t *out, const char *ident, uint8_t flags, uint64_t len,
+                    const uint8_t *payload, size_t plen)
+{
+    memcpy(out, "VXCK", 4);
+    out[4] = 3;
+    out[5] = flags;
+    out[6] = out[7] = 0;
+    uint64_t le = htole64(len);
+    memcpy(out + 8, &le, 8);
+    memcpy(out + CONTAINER_HEADER_SIZE, payload, plen);
+    XXH3_state_t *st = XXH3_createState();
+    assert_non_null(st);
+    XXH3_128bits_reset(st);
+    XXH3_128bits_update(st, out, CONTAINER_HEADER_SIZE);
+    XXH3_128bits_update(st, ident, strlen(ident));
+    XXH3_128bits_update(st, payload, plen);
+    XXH128_canonical_t c;
+    XXH128_canonicalFromHash(&c, XXH3_128bits_digest(st));
+    XXH3_freeState(st);
+    memcpy(out + CONTAINER_HEADER_SIZE + plen, c.digest, sizeof(c.digest));
+    return CONTAINER_HEADER_SIZE + plen + sizeof(c.digest);
+}
+
+/* Sparse payloads whose bitmap does not match their length are refused (-EBADMSG), also when
+ * their checksum is right; a correct one (the control) opens. */
+static void test_sparse_forged(void **state)
+{
+    (void)state;
+    struct fixture *f = fixture_new(NULL);
+    const char *ident = "chunk:forged";
+    static uint8_t payload[CS + 64], file[CS + 256], out[CS];
+    const uint8_t SPARSE = 0x04;
+    struct {
+        const char *what;
+        uint64_t len;    /* chunk length in the header */
+        uint64_t word0;  /* the bitmap (one word: 16 blocks) */
+        size_t blocks;   /* bytes of blocks after it */
+        int want;
+    } cases[] = {
+        {"correct: blocks 0 and 3", CS, 0x9, 2 * CHUNK_BLOCK, 0},
+        {"correct: only the short last block", SHORT, 1u << 15, SHORT - 15 * CHUNK_BLOCK, 0},
+        {"more bits than blocks stored", CS, 0x7, 2 * CHUNK_BLOCK, -EBADMSG},
+        {"fewer bits than blocks stored", CS, 0x1, 2 * CHUNK_BLOCK, -EBADMSG},
+        {"a bit past the last block", CS - CHUNK_BLOCK, 0x8001, 2 * CHUNK_BLOCK, -EBADMSG},
+        {"a full block for the short last one", SHORT, 1u << 15, CHUNK_BLOCK, -EBADMSG},
+        {"no room for the bitmap", CS, 0, 0, -EBADMSG},
+        {"longer than the chunk size", 2 * CS, 0x1, CHUNK_BLOCK, -EBADMSG},
+    };
+    for (size_t c = 0; c < sizeof(cases) / sizeof(cases[0]); c++) {
+        size_t head = cases[c].len > CS ? 8 * ((cases[c].len / CHUNK_BLOCK + 63) / 64) : 8;
+        uint64_t le = htole64(cases[c].word0);
+        memset(payload, 0x5A, sizeof(payload));
+        memcpy(payload, &le, 8);
+        size_t plen = cases[c].word0 || cases[c].blocks ? head + cases[c].blocks : 4;
+        size_t flen = forge(file, ident, SPARSE, cases[c].len, payload, plen);
+        size_t got = 0;
+        int ret = container_unseal_chunk(f->r, ident, file, flen, CS, true, out, sizeof(out),
+                                         &got, NULL);
+        if (ret != cases[c].want)
+            fail_msg("%s: %d, want %d", cases[c].what, ret, cases[c].want);
+        if (ret == 0)
+            assert_int_equal(got, cases[c].len);
+    }
+    /* A container of another version is refused (format 2 has no sparse flag). */
+    uint64_t le = htole64(0x9);
+    memcpy(payload, &le, 8);
+    size_t flen = forge(file, ident, SPARSE, CS, payload, 8 + 2 * CHUNK_BLOCK);
+    size_t got = 0;
+    assert_int_equal(
+        container_unseal_chunk(f->r, ident, file, flen, CS, true, out, sizeof(out), &got, NULL),
+        0);
+    file[4] = 2;
+    assert_int_equal(
+        container_unseal_chunk(f->r, ident, file, flen, CS, true, out, sizeof(out), &got, NULL),
+        -EBADMSG);
+    fixture_free(f);
+}
+
+int main(void)
+{
+    log_set_level(LOG_LEVEL_ERROR);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_ids_plain),
+        cmocka_unit_test(test_ids_encrypted),
+        cmocka_unit_test(test_sparse_roundtrip_plain),
+        cmocka_unit_test(test_sparse_roundtrip_encrypted),
+        cmocka_unit_test(test_sparse_forged),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
