@@ -99,9 +99,7 @@ static int gc_manifest_entry(void *opaque, const struct store_entry *e)
                      ret == -EBADMSG ? "damaged" : strerror(-ret));
         return ret;
     }
-    for (uint64_t i = 0; ret == 0 && i < m.n; i++) {
-        if (m.e[i].zero)
-            continue;
+    for (size_t i = 0; ret == 0 && i < m.n_entries; i++) {
         if (g->packs)
             pack_gc_mark(g->packs, &m.e[i].id);
         else

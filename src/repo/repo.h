@@ -191,10 +191,13 @@ void repo_chunk_batch_free(struct chunk_batch *b);
 
 /* ---- manifests: one per disk of a backup ---- */
 
-/* Entry i covers [i * chunk_size, min((i + 1) * chunk_size, disk_size)). */
+/* A manifest in memory is sparse whatever its format version: an entry for each chunk that is
+ * not all zeros, in increasing chunk index; chunk i covers [i * chunk_size, min((i + 1) *
+ * chunk_size, disk_size)) and reads as zeros when it has no entry.  Memory follows the data,
+ * never the disk's logical size (dense v1/v2 manifests are converted while decoding). */
 struct manifest_entry {
+    uint64_t idx; /* chunk index */
     struct chunk_id id;
-    bool zero; /* all zeros: no chunk stored */
 };
 
 struct manifest {
@@ -203,13 +206,32 @@ struct manifest {
     uint32_t chunk_size;
     char *change_id;     /* the disk's change ID on the server, or NULL */
     char *snapshot_path; /* the snapshot file it was read from (informational) */
-    uint64_t n;          /* entries: ceil(disk_size / chunk_size) */
+    size_t n_entries;    /* entries: the chunks stored, strictly increasing idx */
+    size_t cap_entries;
     struct manifest_entry *e;
 };
 
-/* Allocate a manifest of n = ceil(disk_size / chunk_size) zero entries. */
+/* Chunks of the disk: ceil(disk_size / chunk_size). */
+static inline uint64_t manifest_chunks(const struct manifest *m)
+{
+    return m->disk_size / m->chunk_size + (m->disk_size % m->chunk_size != 0);
+}
+/* Length of chunk idx (< manifest_chunks(m)). */
+static inline size_t manifest_chunk_len(const struct manifest *m, uint64_t idx)
+{
+    uint64_t off = idx * m->chunk_size;
+    return m->disk_size - off < m->chunk_size ? (size_t)(m->disk_size - off) : m->chunk_size;
+}
+
+/* An empty manifest (every chunk zeros) of a disk. */
 int manifest_new(struct manifest *m, const char *disk, uint64_t disk_size, uint32_t chunk_size);
 void manifest_free(struct manifest *m);
+/* Add chunk idx's ID: idx must be above every entry's and below manifest_chunks(m) (-EINVAL). */
+int manifest_append(struct manifest *m, uint64_t idx, const struct chunk_id *id);
+/* The entry of chunk idx, or NULL when it is zeros (binary search). */
+const struct manifest_entry *manifest_find(const struct manifest *m, uint64_t idx);
+/* Position of the first entry whose idx is >= idx (n_entries when none). */
+size_t manifest_lower_bound(const struct manifest *m, uint64_t idx);
 
 /* ---- backups ---- */
 

@@ -225,7 +225,10 @@ void pack_gc_free(struct pack_gc *g);
 bool manifest_name_valid(const char *name);
 int manifest_encode(const struct manifest *m, uint8_t **out, size_t *len);
 int manifest_decode(const uint8_t *p, size_t len, struct manifest *m);
+/* Read or write the manifest at relpath in the repository's format (dense container before
+ * version 3, a segmented stream from 3 on). */
 int manifest_load(struct repo *r, const char *relpath, struct manifest *m);
+int manifest_save(struct repo *r, const char *relpath, const struct manifest *m);
 
 /* ---- backup.c ---- */
 

@@ -279,10 +279,8 @@ static char *backup_make(struct repo *r, const char *vm, int64_t t, const struct
     CHECK(ret == 0, "begin: %d %s", ret, err);
     uint64_t size = nids ? (uint64_t)(nids - 1) * CS + SMALL : 0;
     assert_int_equal(manifest_new(&m, "sda", size, CS), 0);
-    for (size_t i = 0; i < nids; i++) {
-        m.e[i].id = ids[i];
-        m.e[i].zero = false;
-    }
+    for (size_t i = 0; i < nids; i++)
+        assert_int_equal(manifest_append(&m, i, &ids[i]), 0);
     assert_int_equal(repo_backup_add_disk(w, &m), 0);
     manifest_free(&m);
     char *id = strdup(repo_backup_writer_id(w));
@@ -1178,12 +1176,13 @@ static void test_manifest_new(void **state)
     } cases[] = {{0, 0}, {1, 1}, {CS, 1}, {CS + 1, 2}, {10 * (uint64_t)CS, 10}};
     for (size_t i = 0; i < ARRAY_SIZE(cases); i++) {
         assert_int_equal(manifest_new(&m, "sda", cases[i].size, CS), 0);
-        assert_int_equal(m.n, cases[i].n);
+        assert_int_equal(manifest_chunks(&m), cases[i].n);
         assert_string_equal(m.disk, "sda");
         assert_int_equal(m.chunk_size, CS);
         assert_null(m.change_id);
-        for (uint64_t k = 0; k < m.n; k++)
-            assert_true(m.e[k].zero);
+        assert_int_equal(m.n_entries, 0); /* every chunk zeros */
+        for (uint64_t k = 0; k < cases[i].n; k++)
+            assert_null(manifest_find(&m, k));
         manifest_free(&m);
     }
     assert_int_equal(manifest_new(&m, "sda", 1, 1000), -EINVAL);
@@ -1206,9 +1205,15 @@ static void manifest_roundtrip(struct fixture *f)
     for (uint64_t i = 0; i < n; i++) {
         if (i % 3 == 0)
             continue; /* zero */
-        m.e[i].zero = false;
-        fill_random(m.e[i].id.b, HASH_SIZE, i);
+        struct chunk_id id;
+        fill_random(id.b, HASH_SIZE, i);
+        assert_int_equal(manifest_append(&m, i, &id), 0);
     }
+    /* Out of order, repeated or beyond the disk: refused. */
+    struct chunk_id junk = {{0}};
+    assert_int_equal(manifest_append(&m, n - 3, &junk), -EINVAL); /* the last is n - 2 */
+    assert_int_equal(manifest_append(&m, n - 2, &junk), -EINVAL);
+    assert_int_equal(manifest_append(&m, n, &junk), -EINVAL);
     assert_int_equal(repo_backup_add_disk(w, &m), 0);
     assert_int_equal(manifest_new(&m2, "sdb with spaces", 0, CS), 0);
     assert_int_equal(repo_backup_add_disk(w, &m2), 0);
@@ -1231,17 +1236,21 @@ static void manifest_roundtrip(struct fixture *f)
     assert_string_equal(back.disk, "sda");
     assert_int_equal(back.disk_size, m.disk_size);
     assert_int_equal(back.chunk_size, CS);
-    assert_int_equal(back.n, n);
+    assert_int_equal(manifest_chunks(&back), n);
     assert_string_equal(back.change_id, "change-42");
     assert_string_equal(back.snapshot_path, "/snapshots/x/sda.img");
+    assert_int_equal(back.n_entries, m.n_entries);
     for (uint64_t i = 0; i < n; i++) {
-        assert_int_equal(back.e[i].zero, m.e[i].zero);
-        if (!m.e[i].zero)
-            assert_memory_equal(back.e[i].id.b, m.e[i].id.b, HASH_SIZE);
+        const struct manifest_entry *a = manifest_find(&m, i), *z = manifest_find(&back, i);
+        assert_int_equal(!a, i % 3 == 0);
+        assert_int_equal(!a, !z);
+        if (a)
+            assert_memory_equal(z->id.b, a->id.b, HASH_SIZE);
     }
     manifest_free(&back);
     assert_int_equal(repo_manifest_read(r, got, "sdb with spaces", &back), 0);
-    assert_int_equal(back.n, 0);
+    assert_int_equal(manifest_chunks(&back), 0);
+    assert_int_equal(back.n_entries, 0);
     assert_null(back.change_id);
     assert_null(back.snapshot_path);
     manifest_free(&back);
@@ -1289,8 +1298,7 @@ static void test_backup_lifecycle(void **state)
           repo_backup_writer_id(w));
     struct manifest m;
     assert_int_equal(manifest_new(&m, "disk0", 2 * CS, CS), 0);
-    m.e[0].id = c[0];
-    m.e[0].zero = false;
+    assert_int_equal(manifest_append(&m, 0, &c[0]), 0);
     m.change_id = strdup("cid-1");
     assert_int_equal(repo_backup_add_disk(w, &m), 0);
     manifest_free(&m);
@@ -1358,7 +1366,8 @@ static void test_backup_lifecycle(void **state)
     assert_string_equal(got->vm_id, odd_vm);
     struct manifest back;
     assert_int_equal(repo_manifest_read(r, got, "sda", &back), 0);
-    assert_int_equal(back.n, 3);
+    assert_int_equal(manifest_chunks(&back), 3);
+    assert_int_equal(back.n_entries, 3);
     manifest_free(&back);
     backup_free(got);
     char p[PATH_MAX + 64];
@@ -1432,7 +1441,7 @@ static void test_backup_abort(void **state)
     PATHF(dir, "%s/backups/vm/%s", f->path, repo_backup_writer_id(w));
     struct manifest m;
     assert_int_equal(manifest_new(&m, "sda", SMALL, CS), 0);
-    m.e[0] = (struct manifest_entry){.id = c, .zero = false};
+    assert_int_equal(manifest_append(&m, 0, &c), 0);
     assert_int_equal(repo_backup_add_disk(w, &m), 0);
     manifest_free(&m);
     assert_true(file_exists(dir));
@@ -1565,7 +1574,7 @@ static void test_partial_backup_gc(void **state)
     struct chunk_id lost = chunk_make(f->r, 2);
     struct manifest m;
     assert_int_equal(manifest_new(&m, "sda", SMALL, CS), 0);
-    m.e[0] = (struct manifest_entry){.id = lost, .zero = false};
+    assert_int_equal(manifest_append(&m, 0, &lost), 0);
     assert_int_equal(repo_backup_add_disk(w, &m), 0);
     manifest_free(&m);
     repo_backup_abandon(w);
@@ -2164,8 +2173,9 @@ static void *writer_main(void *arg)
     if (wt->ret == 0)
         wt->ret = manifest_new(&m, "sda", sizeof(buf), CS);
     if (wt->ret == 0) {
-        m.e[0] = (struct manifest_entry){.id = id, .zero = false};
-        wt->ret = repo_backup_add_disk(w, &m);
+        wt->ret = manifest_append(&m, 0, &id);
+        if (wt->ret == 0)
+            wt->ret = repo_backup_add_disk(w, &m);
         manifest_free(&m);
     }
     struct backup *b = calloc(1, sizeof(*b));
@@ -2238,7 +2248,7 @@ static void test_gc_waits_for_writer(void **state)
 
     struct manifest m;
     assert_int_equal(manifest_new(&m, "sda", SMALL, CS), 0);
-    m.e[0] = (struct manifest_entry){.id = id, .zero = false};
+    assert_int_equal(manifest_append(&m, 0, &id), 0);
     assert_int_equal(repo_backup_add_disk(w, &m), 0);
     manifest_free(&m);
     struct backup *b = calloc(1, sizeof(*b));
@@ -2418,9 +2428,10 @@ static void test_enospc(void **state)
     if (ret == 0) {
         struct manifest m;
         assert_int_equal(manifest_new(&m, "sda", 4096ull * CS, CS), 0);
-        for (uint64_t i = 0; i < m.n; i++) {
-            m.e[i].zero = false;
-            fill_random(m.e[i].id.b, HASH_SIZE, i); /* incompressible: about 130 KiB */
+        for (uint64_t i = 0; i < manifest_chunks(&m); i++) {
+            struct chunk_id id;
+            fill_random(id.b, HASH_SIZE, i); /* incompressible: about 130 KiB */
+            assert_int_equal(manifest_append(&m, i, &id), 0);
         }
         ret = repo_backup_add_disk(w, &m);
         manifest_free(&m);

@@ -91,11 +91,9 @@ static void disk_add(struct backup_writer *w, const char *name, const struct chu
 {
     struct manifest m;
     assert_int_equal(manifest_new(&m, name, (uint64_t)n * CS, CS), 0);
-    for (size_t i = 0; i < n; i++) {
-        m.e[i].zero = !ids[i];
+    for (size_t i = 0; i < n; i++)
         if (ids[i])
-            m.e[i].id = *ids[i];
-    }
+            assert_int_equal(manifest_append(&m, i, ids[i]), 0);
     assert_int_equal(repo_backup_add_disk(w, &m), 0);
     manifest_free(&m);
 }
