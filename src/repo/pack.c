@@ -45,6 +45,8 @@
 #define PACK_FOOTER_MAGIC "VXPKEND" /* and its NUL: 8 bytes */
 #define PACK_FOOTER_SIZE  16
 #define PACK_ENTRY_SIZE   (HASH_SIZE + 4 + 4) /* id, u32le offset, u32le length */
+/* An index segment's head: the pack's name and u64le bytes of chunk containers in it. */
+#define PACK_SEG_HEAD     (PACK_NAME_BYTES + 8)
 #define PACK_IDENT_PREFIX "pack:"
 #define INDEX_MAGIC       "vmexport-index-v3"
 #define INDEX_NAME_BYTES  32
@@ -73,6 +75,7 @@ struct pack_index {
     struct index_entry *main, *delta; /* each sorted by ID */
     size_t n_main, n_delta, cap_delta;
     struct pack_name *packs;
+    uint64_t *pack_bytes; /* per pack: bytes of chunk containers it holds, live or not */
     size_t n_packs, cap_packs;
 };
 
@@ -119,10 +122,12 @@ static void index_free(struct pack_index *x)
     free(x->main);
     free(x->delta);
     free(x->packs);
+    free(x->pack_bytes);
     free(x);
 }
 
-static int index_add_pack(struct pack_index *x, const struct pack_name *p, uint32_t *no)
+static int index_add_pack(struct pack_index *x, const struct pack_name *p, uint64_t bytes,
+                          uint32_t *no)
 {
     if (x->n_packs == x->cap_packs) {
         size_t cap = x->cap_packs ? 2 * x->cap_packs : 64;
@@ -130,11 +135,16 @@ static int index_add_pack(struct pack_index *x, const struct pack_name *p, uint3
         if (!n)
             return -ENOMEM;
         x->packs = n;
+        uint64_t *b = realloc(x->pack_bytes, cap * sizeof(*b));
+        if (!b)
+            return -ENOMEM;
+        x->pack_bytes = b;
         x->cap_packs = cap;
     }
     if (x->n_packs >= UINT32_MAX)
         return -EFBIG;
     x->packs[x->n_packs] = *p;
+    x->pack_bytes[x->n_packs] = bytes;
     *no = (uint32_t)x->n_packs++;
     return 0;
 }
@@ -182,19 +192,21 @@ static int index_settle(struct pack_index *x, size_t sorted_before)
 /* Add one pack segment of an index object (name, then entries) to x's delta. */
 static int index_add_segment(struct pack_index *x, const uint8_t *p, size_t len)
 {
-    if (len < PACK_NAME_BYTES || (len - PACK_NAME_BYTES) % PACK_ENTRY_SIZE)
+    if (len < PACK_SEG_HEAD || (len - PACK_SEG_HEAD) % PACK_ENTRY_SIZE)
         return -EBADMSG;
-    size_t n = (len - PACK_NAME_BYTES) / PACK_ENTRY_SIZE;
+    size_t n = (len - PACK_SEG_HEAD) / PACK_ENTRY_SIZE;
     struct pack_name name;
+    uint64_t bytes;
     uint32_t no;
     memcpy(name.b, p, PACK_NAME_BYTES);
-    int ret = index_add_pack(x, &name, &no);
+    memcpy(&bytes, p + PACK_NAME_BYTES, sizeof(bytes));
+    int ret = index_add_pack(x, &name, le64toh(bytes), &no);
     if (ret == 0)
         ret = delta_reserve(x, n);
     if (ret < 0)
         return ret;
     for (size_t i = 0; i < n; i++) {
-        const uint8_t *e = p + PACK_NAME_BYTES + i * PACK_ENTRY_SIZE;
+        const uint8_t *e = p + PACK_SEG_HEAD + i * PACK_ENTRY_SIZE;
         struct index_entry *d = &x->delta[x->n_delta++];
         memcpy(d->id.b, e, HASH_SIZE);
         d->pack = no;
@@ -223,8 +235,10 @@ static int index_read_object(struct repo *r, struct pack_index *x, const char *n
         ret = -EBADMSG;
     else if (ret == 0)
         ret = -EBADMSG; /* no header */
-    while (ret > 0 && (ret = stream_reader_next(rd, &p, &len)) > 0)
-        ret = index_add_segment(x, p, len) < 0 ? -EBADMSG : 1;
+    while (ret > 0 && (ret = stream_reader_next(rd, &p, &len)) > 0) {
+        int added = index_add_segment(x, p, len);
+        ret = added < 0 ? added : 1;
+    }
     n = x->n_delta - before;
     if (ret == 0 && stream_reader_items(rd) != n)
         ret = -EBADMSG;
@@ -391,6 +405,7 @@ struct pack_build {
     struct pack_name name;
     uint8_t *buf; /* STORE_ALIGN-aligned (the local store writes it with O_DIRECT) */
     size_t len, cap;
+    uint64_t chunk_bytes; /* the containers' bytes (len before the pack's index) */
     pack_entry_list entries;
     struct store_staged *staged;
 };
@@ -495,6 +510,7 @@ static int build_finish(struct pack_writer *w, struct pack_build *b)
     CLEANUP_FREE uint8_t *c = NULL;
     if (!plain)
         return -ENOMEM;
+    b->chunk_bytes = b->len;
     int ret = container_seal(r, ident, plain, plen, &c, &clen);
     if (ret == 0)
         ret = build_reserve(w, b, clen + PACK_FOOTER_SIZE);
@@ -612,9 +628,41 @@ static int order_by_pack(const struct pack_index *x, uint32_t **order, size_t **
     return 0;
 }
 
-/* Write one index object naming the packs (their entries). */
+/* Room for len bytes in *seg (capacity *cap). */
+static int seg_reserve(uint8_t **seg, size_t *cap, size_t len)
+{
+    if (len <= *cap)
+        return 0;
+    free(*seg);
+    *seg = malloc(len);
+    *cap = *seg ? len : 0;
+    return *seg ? 0 : -ENOMEM;
+}
+
+static void seg_head(uint8_t *seg, const struct pack_name *name, uint64_t bytes)
+{
+    memcpy(seg, name->b, PACK_NAME_BYTES);
+    bytes = htole64(bytes);
+    memcpy(seg + PACK_NAME_BYTES, &bytes, sizeof(bytes));
+}
+
+static void seg_entry(uint8_t *seg, size_t k, const struct chunk_id *id, uint32_t off, uint32_t len)
+{
+    uint8_t *e = seg + PACK_SEG_HEAD + k * PACK_ENTRY_SIZE;
+    memcpy(e, id->b, HASH_SIZE);
+    put_u32(e + HASH_SIZE, off);
+    put_u32(e + HASH_SIZE + 4, len);
+}
+
+static bool bit_test(const uint64_t *bits, size_t i)
+{
+    return (bits[i / 64] >> (i % 64)) & 1;
+}
+
+/* Write one index object naming the new packs (all their entries) and, for gc, the kept packs
+ * of the index keep (kept[p]) with their live entries only (bit i of live for entry i). */
 static int index_write(struct repo *r, const struct pack_build *packs, size_t n,
-                       const struct pack_index *keep, const bool *kept)
+                       const struct pack_index *keep, const bool *kept, const uint64_t *live)
 {
     char name[2 * INDEX_NAME_BYTES + 1], key[sizeof(REPO_INDEX_DIR "/") + 2 * INDEX_NAME_BYTES];
     struct stream_writer *sw = NULL;
@@ -630,54 +678,38 @@ static int index_write(struct repo *r, const struct pack_build *packs, size_t n,
     CLEANUP_FREE uint8_t *seg = NULL;
     size_t seg_cap = 0;
     for (size_t i = 0; ret == 0 && i < n; i++) {
-        size_t len = PACK_NAME_BYTES + packs[i].entries.len * PACK_ENTRY_SIZE;
-        if (len > seg_cap) {
-            free(seg);
-            if (!(seg = malloc(len))) {
-                ret = -ENOMEM;
-                break;
-            }
-            seg_cap = len;
-        }
-        memcpy(seg, packs[i].name.b, PACK_NAME_BYTES);
-        for (size_t k = 0; k < packs[i].entries.len; k++) {
-            uint8_t *e = seg + PACK_NAME_BYTES + k * PACK_ENTRY_SIZE;
-            memcpy(e, packs[i].entries.ptr[k].id.b, HASH_SIZE);
-            put_u32(e + HASH_SIZE, packs[i].entries.ptr[k].off);
-            put_u32(e + HASH_SIZE + 4, packs[i].entries.ptr[k].len);
-        }
-        items += packs[i].entries.len;
-        ret = stream_writer_add(sw, seg, len);
+        size_t cnt = packs[i].entries.len;
+        ret = seg_reserve(&seg, &seg_cap, PACK_SEG_HEAD + cnt * PACK_ENTRY_SIZE);
+        if (ret < 0)
+            break;
+        seg_head(seg, &packs[i].name, packs[i].chunk_bytes);
+        for (size_t k = 0; k < cnt; k++)
+            seg_entry(seg, k, &packs[i].entries.ptr[k].id, packs[i].entries.ptr[k].off,
+                      packs[i].entries.ptr[k].len);
+        items += cnt;
+        ret = stream_writer_add(sw, seg, PACK_SEG_HEAD + cnt * PACK_ENTRY_SIZE);
     }
-    /* gc: the kept packs of the old index, their entries gathered pack by pack. */
     if (keep) {
         CLEANUP_FREE uint32_t *order = NULL;
         CLEANUP_FREE size_t *start = NULL;
         if (ret == 0)
             ret = order_by_pack(keep, &order, &start);
         for (size_t p = 0; ret == 0 && p < keep->n_packs; p++) {
-            size_t cnt = start[p + 1] - start[p];
-            if (!kept[p] || !cnt)
+            size_t all = start[p + 1] - start[p], cnt = 0;
+            if (!kept[p])
                 continue;
-            size_t len = PACK_NAME_BYTES + cnt * PACK_ENTRY_SIZE;
-            if (len > seg_cap) {
-                free(seg);
-                if (!(seg = malloc(len))) {
-                    ret = -ENOMEM;
-                    break;
-                }
-                seg_cap = len;
-            }
-            memcpy(seg, keep->packs[p].b, PACK_NAME_BYTES);
-            for (size_t k = 0; k < cnt; k++) {
-                const struct index_entry *x = &keep->main[order[start[p] + k]];
-                uint8_t *e = seg + PACK_NAME_BYTES + k * PACK_ENTRY_SIZE;
-                memcpy(e, x->id.b, HASH_SIZE);
-                put_u32(e + HASH_SIZE, x->off);
-                put_u32(e + HASH_SIZE + 4, x->len);
+            ret = seg_reserve(&seg, &seg_cap, PACK_SEG_HEAD + all * PACK_ENTRY_SIZE);
+            if (ret < 0)
+                break;
+            seg_head(seg, &keep->packs[p], keep->pack_bytes[p]);
+            for (size_t k = 0; k < all; k++) {
+                size_t i = order[start[p] + k];
+                if (live && !bit_test(live, i))
+                    continue; /* dead: its bytes stay in the pack until it is repacked */
+                seg_entry(seg, cnt++, &keep->main[i].id, keep->main[i].off, keep->main[i].len);
             }
             items += cnt;
-            ret = stream_writer_add(sw, seg, len);
+            ret = stream_writer_add(sw, seg, PACK_SEG_HEAD + cnt * PACK_ENTRY_SIZE);
         }
     }
     if (ret == 0)
@@ -697,7 +729,7 @@ static int index_note(struct repo *r, const struct pack_build *packs, size_t n)
     size_t before = x->n_delta;
     for (size_t i = 0; ret == 0 && i < n; i++) {
         uint32_t no;
-        ret = index_add_pack(x, &packs[i].name, &no);
+        ret = index_add_pack(x, &packs[i].name, packs[i].chunk_bytes, &no);
         if (ret == 0)
             ret = delta_reserve(x, packs[i].entries.len);
         for (size_t k = 0; ret == 0 && k < packs[i].entries.len; k++)
@@ -767,7 +799,7 @@ int pack_writer_flush(struct pack_writer *w, uint64_t *chunks, uint64_t *bytes)
     pack_build_list l = VECTOR_INIT;
     int ret = writer_commit(w, &l);
     if (ret == 0 && l.len && w->write_index)
-        ret = index_write(w->r, l.ptr, l.len, NULL, NULL);
+        ret = index_write(w->r, l.ptr, l.len, NULL, NULL, NULL);
     if (ret == 0 && w->write_index)
         ret = index_note(w->r, l.ptr, l.len);
     if (ret == 0)
@@ -997,10 +1029,10 @@ int pack_gc_run(struct pack_gc *g, bool dry_run, bool force, struct gc_stats *st
     size_t np = x->n_packs;
     CLEANUP_FREE uint64_t *total = calloc(np + 1, sizeof(*total));
     CLEANUP_FREE uint64_t *dead = calloc(np + 1, sizeof(*dead));
-    CLEANUP_FREE uint64_t *dead_n = calloc(np + 1, sizeof(*dead_n));
+    CLEANUP_FREE uint64_t *live_bytes = calloc(np + 1, sizeof(*live_bytes));
     CLEANUP_FREE bool *kept = calloc(np + 1, sizeof(*kept));
     CLEANUP_FREE bool *seen = calloc(np + 1, sizeof(*seen));
-    if (!total || !dead || !dead_n || !kept || !seen)
+    if (!total || !dead || !live_bytes || !kept || !seen)
         return -ENOMEM;
 
     /* Pack names may repeat (a crash between gc's index and the deletion of the old ones):
@@ -1016,24 +1048,29 @@ int pack_gc_run(struct pack_gc *g, bool dry_run, bool force, struct gc_stats *st
         canon[by_name[k].no] = k && !name_cmp(&by_name[k - 1].name, &by_name[k].name)
                                    ? canon[by_name[k - 1].no]
                                    : by_name[k].no;
+    /* A pack's dead bytes: what it holds (recorded in the index) minus its live entries.  An
+     * entry not live (unreferenced, or a second copy) leaves the index at this gc; its bytes
+     * stay in a kept pack until the pack is repacked. */
+    bool dead_entry = false;
     for (size_t i = 0; i < x->n_main; i++) {
         struct index_entry *e = &x->main[i];
-        /* Equal (ID, pack) twice: one entry of a repeated pack. */
         e->pack = canon[e->pack];
-        if (i && !memcmp(x->main[i - 1].id.b, e->id.b, HASH_SIZE) && x->main[i - 1].pack == e->pack)
-            continue;
-        total[e->pack] += e->len;
-        if (!is_live(g, i)) {
-            dead[e->pack] += e->len;
-            dead_n[e->pack]++;
+        seen[e->pack] = true;
+        if (is_live(g, i))
+            live_bytes[e->pack] += e->len;
+        else
+            dead_entry = true;
+        bool first = i == 0 || memcmp(x->main[i - 1].id.b, e->id.b, HASH_SIZE);
+        if (st && first) {
+            st->chunks_total++;
+            if (!is_live(g, i)) /* the first copy of an ID is the live one when any is */
+                st->chunks_deleted++;
         }
     }
-    for (size_t i = 0; i < x->n_main; i++)
-        seen[x->main[i].pack] = true;
-    if (st)
-        for (size_t i = 0; i < x->n_main; i++)
-            if (i == 0 || memcmp(x->main[i - 1].id.b, x->main[i].id.b, HASH_SIZE))
-                st->chunks_total++;
+    for (size_t p = 0; p < np; p++) {
+        total[p] = x->pack_bytes[p];
+        dead[p] = total[p] > live_bytes[p] ? total[p] - live_bytes[p] : 0;
+    }
 
     /* Decide: keep, repack or delete each pack. */
     struct pack_writer *w = NULL;
@@ -1041,7 +1078,7 @@ int pack_gc_run(struct pack_gc *g, bool dry_run, bool force, struct gc_stats *st
     if (ret < 0)
         return ret;
     w->write_index = false;
-    bool changed = g->index_names.len > 1;
+    bool changed = g->index_names.len > 1 || dead_entry;
     CLEANUP_FREE uint32_t *order = NULL;
     CLEANUP_FREE size_t *start = NULL;
     if (ret == 0)
@@ -1052,14 +1089,12 @@ int pack_gc_run(struct pack_gc *g, bool dry_run, bool force, struct gc_stats *st
         kept[p] = true;
         if (!dead[p])
             continue;
-        bool all_dead = dead[p] == total[p];
+        bool all_dead = live_bytes[p] == 0;
         bool repack = force || dead[p] * PACK_DEAD_SHARE > total[p] || total[p] < PACK_SMALL;
         if (!all_dead && !repack)
             continue;
         kept[p] = false;
         changed = true;
-        if (st)
-            st->chunks_deleted += dead_n[p];
         if (!all_dead && !dry_run)
             ret = repack_one(g, w, (uint32_t)p, order, start);
     }
@@ -1069,7 +1104,7 @@ int pack_gc_run(struct pack_gc *g, bool dry_run, bool force, struct gc_stats *st
 
     /* One new index covering the kept and the new packs, durable before anything goes. */
     if (ret == 0 && !dry_run && changed)
-        ret = index_write(r, made.ptr, made.len, x, kept);
+        ret = index_write(r, made.ptr, made.len, x, kept, g->live);
     if (ret == 0 && !dry_run && changed) {
         for (size_t i = 0; ret == 0 && i < g->index_names.len; i++) {
             char key[sizeof(REPO_INDEX_DIR "/") + 2 * INDEX_NAME_BYTES];
