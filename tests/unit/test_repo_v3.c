@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <xxhash.h>
 
@@ -699,6 +700,89 @@ static void test_gc_keeps_mostly_live(void **state)
     fixture_free(f);
 }
 
+/* ---- format 2 written by the code before format 3 ---- */
+
+#define FIX_CS   65536u
+#define FIX_SIZE (3 * FIX_CS + 1000)
+
+/* The disk tests/fixtures/repo-v2/make-fixture.c backed up. */
+static void fixture_disk(uint8_t *p)
+{
+    static const char text[] = "vmexport format 2 fixture ";
+    for (size_t i = 0; i < FIX_CS; i++)
+        p[i] = (uint8_t)text[i % (sizeof(text) - 1)];
+    uint64_t x = 0x9e3779b97f4a7c15ULL;
+    for (size_t i = FIX_CS; i < 2 * FIX_CS; i++) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        p[i] = (uint8_t)(x >> 32);
+    }
+    memset(p + 2 * FIX_CS, 0, FIX_CS);
+    for (size_t i = 3 * FIX_CS; i < FIX_SIZE; i++)
+        p[i] = (uint8_t)('a' + i % 26);
+}
+
+/* The fixture repositories (plain and encrypted) restore bit-exact, verify, and stay format 2
+ * when written to: a new chunk is a file of its own under chunks/. */
+static void test_v2_fixture(void **state)
+{
+    (void)state;
+    static uint8_t disk[FIX_SIZE], out[FIX_CS], more[FIX_CS];
+    fixture_disk(disk);
+    for (int enc = 0; enc < 2; enc++) {
+        char tmpl[] = "/tmp/vmexport-test-v2-XXXXXX", cmd[512], err[ERR_LEN] = "";
+        assert_non_null(mkdtemp(tmpl));
+        snprintf(cmd, sizeof(cmd), "cp -r '%s/repo-v2/%s' '%s/repo'", VMEXPORT_FIXTURES,
+                 enc ? "encrypted" : "plain", tmpl);
+        assert_int_equal(system(cmd), 0);
+        char path[256];
+        snprintf(path, sizeof(path), "%s/repo", tmpl);
+        struct repo *r = NULL;
+        if (repo_open(path, enc ? "fixture" : NULL, &r, err, sizeof(err)) < 0)
+            fail_msg("open the fixture: %s", err);
+        assert_int_equal(repo_format_version(r), 2);
+        backup_list l = VECTOR_INIT;
+        assert_int_equal(repo_backup_list(r, "vm1", &l), 0);
+        assert_int_equal(l.len, 1);
+        assert_string_equal(l.ptr[0]->snapshot_id, "fixture-snapshot");
+        struct manifest m;
+        assert_int_equal(repo_manifest_read(r, l.ptr[0], "sda", &m), 0);
+        assert_int_equal(m.disk_size, FIX_SIZE);
+        assert_int_equal(m.n_entries, 3); /* chunk 2 is zeros */
+        static const uint64_t idx[] = {0, 1, 3};
+        for (size_t k = 0; k < m.n_entries; k++) {
+            size_t len = 0, want = idx[k] == 3 ? 1000 : FIX_CS;
+            uint64_t mask[CHUNK_MASK_WORDS];
+            assert_int_equal(m.e[k].idx, idx[k]);
+            assert_int_equal(repo_chunk_get(r, &m.e[k].id, out, sizeof(out), &len), 0);
+            assert_int_equal(len, want);
+            assert_memory_equal(out, disk + idx[k] * FIX_CS, len);
+            assert_int_equal(repo_chunk_read_sparse(r, &m.e[k].id, out, sizeof(out), &len, mask),
+                             0);
+            assert_memory_equal(out, disk + idx[k] * FIX_CS, len);
+        }
+        manifest_free(&m);
+        backup_list_free(&l);
+
+        /* Written in its own layout. */
+        struct chunk_id id;
+        char hex[2 * HASH_SIZE + 1], file[512];
+        struct stat st;
+        fill(more, sizeof(more), 4242);
+        repo_chunk_id(r, more, sizeof(more), &id);
+        assert_int_equal(repo_chunk_put(r, &id, more, sizeof(more), NULL, NULL), 0);
+        chunk_id_to_hex(&id, hex);
+        snprintf(file, sizeof(file), "%s/chunks/%.2s/%s", path, hex, hex);
+        assert_int_equal(stat(file, &st), 0);
+        snprintf(file, sizeof(file), "%s/packs", path);
+        assert_int_not_equal(stat(file, &st), 0);
+        repo_close(r);
+        snprintf(cmd, sizeof(cmd), "rm -rf '%s'", tmpl);
+        assert_int_equal(system(cmd), 0);
+    }
+}
+
 int main(void)
 {
     log_set_level(LOG_LEVEL_ERROR);
@@ -712,6 +796,7 @@ int main(void)
         cmocka_unit_test(test_gc_repack),
         cmocka_unit_test(test_pack_damage),
         cmocka_unit_test(test_gc_keeps_mostly_live),
+        cmocka_unit_test(test_v2_fixture),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
