@@ -106,7 +106,8 @@ void repo_chunk_id(const struct repo *r, const void *data, size_t len, struct ch
 
 /* Store a chunk unless it exists (compress, encrypt, one atomic durable store_put).  *stored tells
  * whether it was written, *bytes_written how many bytes hit the disk (either may be NULL).
- * -ENOSPC when the filesystem is full (nothing half-written is left). */
+ * -ENOSPC when the filesystem is full (nothing half-written is left).  Format 3: a pack of one
+ * chunk and an index object naming it; use a batch to store many. */
 int repo_chunk_put(struct repo *r, const struct chunk_id *id, const void *data, size_t len,
                    bool *stored, uint64_t *bytes_written);
 bool repo_chunk_exists(struct repo *r, const struct chunk_id *id);
@@ -160,9 +161,12 @@ int repo_chunk_batch_put_sparse(struct chunk_batch *b, const struct chunk_id *id
 int repo_chunk_read_sparse(struct repo *r, const struct chunk_id *id, void *buf, size_t cap,
                            size_t *len, uint64_t *zero_blocks);
 
-/* Call fn for every chunk file present (order unspecified); stops at fn's negative return. */
+/* Call fn for every chunk present (format 3: named by the index, each once, sorted; older: every
+ * chunk file, order unspecified); stops at fn's negative return. */
 int repo_chunk_foreach(struct repo *r, int (*fn)(void *opaque, const struct chunk_id *id),
                        void *opaque);
+/* Delete a chunk (format 3: repacks its pack without it and rewrites the index, as gc does:
+ * for tests and repairs, not for bulk use); -ENOENT when missing. */
 int repo_chunk_delete(struct repo *r, const struct chunk_id *id);
 
 /* ---- chunk batches: many chunks made durable at once (for backups) ---- */
@@ -172,7 +176,9 @@ int repo_chunk_delete(struct repo *r, const struct chunk_id *id);
  * filesystem sync for a directory) and only then moves them into place, so a chunk name never
  * points at data that is not on disk. Until flushed, a batch's chunks are not in the repository
  * (repo_chunk_exists() is false). Thread-safe; the caller holds a backup writer (whose commit makes
- * the names durable). */
+ * the names durable).  Format 3: chunks go into 16 MiB packs (staged as they fill; memory: two
+ * packs being built), and a flush commits the packs, then writes one index object naming them
+ * (durable) before the chunks become findable. */
 struct chunk_batch;
 int repo_chunk_batch_new(struct repo *r, struct chunk_batch **out);
 /* *pending_bytes (may be NULL): container bytes waiting for the flush after this put, to
