@@ -339,17 +339,14 @@ static int write_disk_member(struct exporter *x, struct export_disk *d)
         return -ENOMEM;
     if (d->populated < m->disk_size) {
         /* Runs of stored chunks are the data; a run ending at the disk's end is cut there. */
-        for (uint64_t i = 0; i < m->n;) {
-            if (m->e[i].zero) {
-                i++;
-                continue;
-            }
-            uint64_t j = i;
-            while (j < m->n && !m->e[j].zero)
+        for (size_t k = 0; k < m->n_entries;) {
+            size_t j = k + 1;
+            while (j < m->n_entries && m->e[j].idx == m->e[j - 1].idx + 1)
                 j++;
-            uint64_t start = i * cs, end = j * cs < m->disk_size ? j * cs : m->disk_size;
+            uint64_t start = m->e[k].idx * cs, last = (m->e[j - 1].idx + 1) * cs;
+            uint64_t end = last < m->disk_size ? last : m->disk_size;
             sym_archive_entry_sparse_add_entry(e, (la_int64_t)start, (la_int64_t)(end - start));
-            i = j;
+            k = j;
         }
         if (d->populated == 0) /* one empty data block at the end: all hole */
             sym_archive_entry_sparse_add_entry(e, (la_int64_t)m->disk_size, 0);
@@ -365,18 +362,21 @@ static int write_disk_member(struct exporter *x, struct export_disk *d)
         return -ENOMEM;
     /* Every write lies entirely within one data block or one hole of the member: chunks are
      * the units of both.  Hole bytes given to libarchive are skipped, not written. */
-    for (uint64_t i = 0; i < m->n; i++) {
+    const uint64_t nchunks = manifest_chunks(m);
+    size_t k = 0;
+    for (uint64_t i = 0; i < nchunks; i++) {
         uint64_t off = i * cs;
-        size_t want = m->disk_size - off < cs ? (size_t)(m->disk_size - off) : cs;
+        size_t want = manifest_chunk_len(m, i);
         const uint8_t *data = x->zeros;
-        if (!m->e[i].zero) {
+        if (k < m->n_entries && m->e[k].idx == i) {
+            const struct chunk_id *id = &m->e[k++].id;
             size_t got = 0;
-            r = repo_chunk_get(x->repo, &m->e[i].id, x->buf, cs, &got);
+            r = repo_chunk_get(x->repo, id, x->buf, cs, &got);
             if (r == 0 && got != want)
                 r = -EBADMSG;
             if (r < 0) {
                 char hex[ARCHIVE_HEX_DIGEST_LEN + 1];
-                chunk_id_to_hex(&m->e[i].id, hex);
+                chunk_id_to_hex(id, hex);
                 first_error_set(&x->fe, r, "disk %s: chunk %s at offset %" PRIu64 ": %s", d->name,
                                 hex, off, chunk_error(r));
                 member_digest_discard(&dg);
@@ -470,10 +470,8 @@ static int assign_members(struct export_disk *d, size_t n, const char *ovf, cons
 static uint64_t populated_bytes(const struct manifest *m)
 {
     uint64_t n = 0;
-    for (uint64_t k = 0; k < m->n; k++)
-        if (!m->e[k].zero)
-            n += m->disk_size - k * m->chunk_size < m->chunk_size ? m->disk_size - k * m->chunk_size
-                                                                  : m->chunk_size;
+    for (size_t k = 0; k < m->n_entries; k++)
+        n += manifest_chunk_len(m, m->e[k].idx);
     return n;
 }
 

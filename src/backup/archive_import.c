@@ -288,19 +288,19 @@ static char *import_vm_id(struct importer *im, const char *vm_opt)
     return (char *)raw;
 }
 
-/* Store a chunk-sized piece (or mark it zero) into entry i of m. */
+/* Store chunk i (chunks come in increasing order) and add it to m, unless it is zeros. */
 static int store_chunk(struct importer *im, struct manifest *m, uint64_t i, const uint8_t *data,
                        size_t len)
 {
-    if (buf_is_zero(data, len)) {
-        m->e[i].zero = true;
+    if (buf_is_zero(data, len))
         return 0;
-    }
     bool stored = false;
     uint64_t written = 0;
-    repo_chunk_id(im->repo, data, len, &m->e[i].id);
-    m->e[i].zero = false;
-    int r = repo_chunk_put(im->repo, &m->e[i].id, data, len, &stored, &written);
+    struct chunk_id id;
+    repo_chunk_id(im->repo, data, len, &id);
+    int r = manifest_append(m, i, &id);
+    if (r == 0)
+        r = repo_chunk_put(im->repo, &id, data, len, &stored, &written);
     if (r < 0) {
         return first_error_set(&im->fe, r, "disk %s: storing the chunk at offset %" PRIu64 ": %s",
                                m->disk, i * m->chunk_size,
@@ -400,7 +400,7 @@ static int import_disk(struct importer *im, struct archive_entry *e, struct impo
             len -= take;
         }
     }
-    for (; cur < m.n; cur++)
+    for (; cur < manifest_chunks(&m); cur++)
         if ((r = chunk_finish(im, &m, &dg, cur, &dirty)) < 0)
             goto done;
     uint8_t digest[HASH_SIZE];

@@ -4,14 +4,18 @@
  * zeroedInChanged=false) and which became zeros ("zeroedArea") since the disk's change ID in the
  * base snapshot, or which hold data at all ("*") for a first or full backup, a page of areas per
  * request (GET .../changes), so a very fragmented disk never needs one huge answer in memory.
- * Every chunk either list touches is rebuilt; the others are the previous manifest's.
+ * Every chunk either list touches is rebuilt; the others are the previous manifest's.  The
+ * touched chunks are a sorted list of indexes made from those pages (no bitmap of the disk):
+ * memory follows the data or the change, never the disk's logical size.
  *
  * Reading: per disk, --jobs fetch threads read the touched chunks through the disk's source
  * (only the changed ranges, laid over the previous backup's chunk, or zeros), and hand them
  * through a bounded queue to two process threads per CPU that hash, compress and write them
- * into a chunk batch; a flush thread makes the batch durable (one syncfs, then renames) every
- * FLUSH_BYTES and at the end of the disk.  Memory stays bounded by the buffer pool: (jobs +
- * process threads + 1) chunk buffers.  The first failure (core/pool.h) stops every thread.
+ * into a chunk batch; holes are neither read nor cleared: a chunk's blocks outside the ranges
+ * read are marked zero blocks (repo.h), which cost nothing to hash or store; a flush thread makes
+ * the batch durable (one syncfs, then renames) every FLUSH_BYTES and at the end of the disk. Memory
+ * stays bounded by the buffer pool: (jobs + process threads + 1) chunk buffers.  The first failure
+ * (core/pool.h) stops every thread.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -65,7 +69,8 @@ struct disk_plan {
     const char *name; /* in the snapshot answer */
     uint64_t size;
     const char *change_id; /* in the snapshot answer */
-    uint8_t *touched;      /* bitmap of the chunks to rebuild */
+    uint64_t *todo;        /* the chunks to rebuild: indexes, strictly increasing */
+    size_t ntodo, todo_cap;
     uint64_t touched_bytes;
     extent_list changed; /* ranges whose data must be read from the new snapshot */
     extent_list zeroed;  /* ranges that read as zeros now (an incremental disk's only) */
@@ -79,9 +84,17 @@ struct disk_plan {
 
 /* One chunk travelling from a fetch thread to a process thread. */
 struct chunk_item {
+    size_t k; /* position in the disk's todo list */
     uint64_t idx;
     size_t len;
     uint8_t *buf;
+    uint64_t mask[CHUNK_MASK_WORDS]; /* zero blocks: not read, not cleared */
+};
+
+/* What became of one chunk of the todo list. */
+struct chunk_result {
+    struct chunk_id id;
+    bool stored; /* false: all zeros */
 };
 
 struct backup_ctx {
@@ -95,8 +108,7 @@ struct backup_ctx {
     /* per disk */
     const struct disk_plan *plan;
     struct manifest *m;
-    uint64_t *todo;
-    size_t ntodo;
+    struct chunk_result *results; /* per todo entry */
     atomic_size_t next;
     /* the queue between fetch and process threads, and the pool of free items */
     pthread_mutex_t q_lock;
@@ -215,10 +227,54 @@ static struct extent extent_clip(const struct extent *e, uint64_t off, uint64_t 
     return (struct extent){.start = s, .length = x - s};
 }
 
-/* Build chunk it->idx in it->buf: only the changed ranges come from the source; the rest is
- * the previous backup's chunk with the zeroed ranges cleared (incremental) or zeros (a first
- * backup: outside the data extents a disk reads as zeros).  The server's changes are
- * block-precise and never under-report, so this gives the new snapshot's bytes exactly. */
+/* Mark every block of a chunk of len bytes a zero block: nothing read yet. */
+static void mask_all(uint64_t *mask, size_t len)
+{
+    size_t nb = (len + CHUNK_BLOCK - 1) / CHUNK_BLOCK;
+    memset(mask, 0, CHUNK_MASK_WORDS * sizeof(*mask));
+    memset(mask, 0xff, nb / 64 * sizeof(*mask));
+    if (nb % 64)
+        mask[nb / 64] = ((uint64_t)1 << (nb % 64)) - 1;
+}
+
+/* Bytes [s, e) of the chunk (len bytes) are about to be read into buf: their blocks stop
+ * being zero blocks, and the bytes of those blocks outside [s, e) are cleared. */
+static void mask_unmark(uint8_t *buf, uint64_t *mask, size_t len, size_t s, size_t e)
+{
+    for (size_t k = s / CHUNK_BLOCK; k * CHUNK_BLOCK < e; k++) {
+        if (!chunk_mask_test(mask, k))
+            continue;
+        size_t bs = k * CHUNK_BLOCK, be = bs + CHUNK_BLOCK < len ? bs + CHUNK_BLOCK : len;
+        if (bs < s)
+            memset(buf + bs, 0, s - bs);
+        if (be > e)
+            memset(buf + e, 0, be - e);
+        mask[k / 64] &= ~((uint64_t)1 << (k % 64));
+    }
+}
+
+/* Bytes [s, e) of the chunk (len bytes) in buf become zeros: the blocks inside are marked,
+ * the rest cleared. */
+static void mask_zero(uint8_t *buf, uint64_t *mask, size_t len, size_t s, size_t e)
+{
+    for (size_t k = s / CHUNK_BLOCK; k * CHUNK_BLOCK < e; k++) {
+        if (chunk_mask_test(mask, k))
+            continue;
+        size_t bs = k * CHUNK_BLOCK, be = bs + CHUNK_BLOCK < len ? bs + CHUNK_BLOCK : len;
+        if (bs >= s && be <= e) {
+            chunk_mask_set(mask, k);
+        } else {
+            size_t a = bs > s ? bs : s, z = be < e ? be : e;
+            memset(buf + a, 0, z - a);
+        }
+    }
+}
+
+/* Build chunk it->idx in it->buf and it->mask: only the changed ranges come from the source;
+ * the rest is the previous backup's chunk with the zeroed ranges cleared (incremental) or
+ * zeros (a first backup: outside the data extents a disk reads as zeros).  Zeros are zero
+ * blocks of the mask where whole blocks are, never read nor written.  The server's changes
+ * are block-precise and never under-report, so this gives the new snapshot's bytes exactly. */
 static int fetch_chunk(struct backup_ctx *b, unsigned worker, struct chunk_item *it)
 {
     const struct disk_plan *d = b->plan;
@@ -252,8 +308,8 @@ static int fetch_chunk(struct backup_ctx *b, unsigned worker, struct chunk_item 
     bool whole = nwant == 1 && want[0].start == 0 && want[0].length == it->len;
 
     /* The base the ranges are laid on. */
-    bool prev_base = d->incremental && i < d->prev.n && !d->prev.e[i].zero;
-    if (prev_base) {
+    const struct manifest_entry *pe = d->incremental ? manifest_find(&d->prev, i) : NULL;
+    if (pe) {
         uint64_t plen = d->prev.disk_size - off < cs ? d->prev.disk_size - off : cs;
         if (off >= d->prev.disk_size || plen != it->len)
             whole = true; /* the chunk changed length: read it all */
@@ -264,32 +320,37 @@ static int fetch_chunk(struct backup_ctx *b, unsigned worker, struct chunk_item 
     if (whole) {
         nwant = 1;
         want[0] = (struct extent){.start = 0, .length = it->len};
-    } else if (prev_base) {
+        memset(it->mask, 0, sizeof(it->mask));
+    } else if (pe) {
         size_t got = 0;
-        int r = repo_chunk_read(b->repo, &d->prev.e[i].id, it->buf, cs, &got);
+        int r = repo_chunk_read_sparse(b->repo, &pe->id, it->buf, cs, &got, it->mask);
         if (r < 0 || got != it->len) {
             /* A damaged or missing base chunk: read the whole chunk again instead. */
             char hex[2 * HASH_SIZE + 1];
-            chunk_id_to_hex(&d->prev.e[i].id, hex);
+            chunk_id_to_hex(&pe->id, hex);
             warn(b,
                  "disk %s: previous chunk %s is %s; reading the whole chunk at %" PRIu64 " again",
                  b->m->disk, hex, r == -ENOENT ? "missing" : "damaged", off);
             nwant = 1;
             want[0] = (struct extent){.start = 0, .length = it->len};
+            memset(it->mask, 0, sizeof(it->mask));
         } else {
             for (size_t k = extent_list_find(&d->zeroed, off); k < d->zeroed.len; k++) {
                 const struct extent *a = &d->zeroed.ptr[k];
                 if (a->start >= end)
                     break;
                 struct extent part = extent_clip(a, off, end);
-                memset(it->buf + part.start, 0, part.length);
+                mask_zero(it->buf, it->mask, it->len, (size_t)part.start,
+                          (size_t)extent_end(&part));
             }
         }
     } else {
-        memset(it->buf, 0, it->len);
+        mask_all(it->mask, it->len);
     }
     /* A range merged across a gap may cover zeroed bytes: they read as zeros. */
     for (size_t k = 0; k < nwant; k++) {
+        mask_unmark(it->buf, it->mask, it->len, (size_t)want[k].start,
+                    (size_t)extent_end(&want[k]));
         int r =
             fetch_range(b, worker, off + want[k].start, want[k].length, it->buf + want[k].start);
         if (r < 0)
@@ -306,12 +367,13 @@ static void *fetch_worker(void *opaque)
     const uint32_t cs = b->m->chunk_size;
     for (;;) {
         size_t k = atomic_fetch_add(&b->next, 1);
-        if (k >= b->ntodo || first_error_failed(&b->fe))
+        if (k >= b->plan->ntodo || first_error_failed(&b->fe))
             break;
         struct chunk_item *it = queue_get_free(b);
         if (!it)
             break;
-        it->idx = b->todo[k];
+        it->k = k;
+        it->idx = b->plan->todo[k];
         uint64_t off = it->idx * cs;
         it->len = b->m->disk_size - off < cs ? (size_t)(b->m->disk_size - off) : cs;
         if (fetch_chunk(b, a->worker, it) < 0) {
@@ -339,14 +401,15 @@ static void *process_worker(void *opaque)
     const uint32_t cs = b->m->chunk_size;
     struct chunk_item *it;
     while ((it = queue_pop_full(b))) {
-        struct manifest_entry *e = &b->m->e[it->idx];
-        if (buf_is_zero(it->buf, it->len)) {
-            e->zero = true;
+        struct chunk_result *res = &b->results[it->k];
+        if (repo_chunk_is_zero(it->buf, it->len, it->mask)) {
+            res->stored = false;
         } else {
             uint64_t pending = 0;
-            repo_chunk_id(b->repo, it->buf, it->len, &e->id);
-            e->zero = false;
-            int r = repo_chunk_batch_put(b->batch, &e->id, it->buf, it->len, &pending);
+            repo_chunk_id_sparse(b->repo, it->buf, it->len, it->mask, &res->id);
+            res->stored = true;
+            int r = repo_chunk_batch_put_sparse(b->batch, &res->id, it->buf, it->len, it->mask,
+                                                &pending);
             if (r < 0) {
                 first_error_set(&b->fe, r, "VM %s: disk %s: storing the chunk at %" PRIu64 ": %s",
                                 b->o->vm, b->m->disk, it->idx * cs, store_error(r));
@@ -421,6 +484,33 @@ static void queue_free(struct backup_ctx *b)
     b->free_items = b->full_items = NULL;
 }
 
+/* The manifest m of disk d from the previous manifest's untouched chunks (when incremental)
+ * and the touched ones' results, merged in chunk order. */
+static int merge_manifest(struct backup_ctx *b, const struct disk_plan *d, struct manifest *m)
+{
+    const uint64_t n = manifest_chunks(m);
+    size_t p = 0, k = 0;
+    const size_t np = d->incremental ? d->prev.n_entries : 0;
+    int r = 0;
+    while (r == 0 && (p < np || k < d->ntodo)) {
+        uint64_t pi = p < np ? d->prev.e[p].idx : UINT64_MAX;
+        uint64_t ti = k < d->ntodo ? d->todo[k] : UINT64_MAX;
+        if (pi < ti) {
+            if (pi < n) {
+                r = manifest_append(m, pi, &d->prev.e[p].id);
+                atomic_fetch_add(&b->chunks_reused, 1);
+            }
+            p++;
+        } else {
+            if (b->results[k].stored)
+                r = manifest_append(m, ti, &b->results[k].id);
+            p += pi == ti;
+            k++;
+        }
+    }
+    return r < 0 ? first_error_set(&b->fe, r, "disk %s: %s", d->name, strerror(-r)) : 0;
+}
+
 /* Fill manifest m of disk d: the untouched chunks from the previous manifest (or zeros), the
  * touched ones read, stored and made durable.  0, or a negative errno with b->fe set. */
 static int backup_disk(struct backup_ctx *b, struct disk_plan *d, struct manifest *m)
@@ -431,28 +521,16 @@ static int backup_disk(struct backup_ctx *b, struct disk_plan *d, struct manifes
         return first_error_set(&b->fe, r, "disk %s: %s", d->name, strerror(-r));
     free(m->change_id);
     m->change_id = d->change_id ? strdup(d->change_id) : NULL;
-    CLEANUP_FREE uint64_t *todo = malloc((m->n ? m->n : 1) * sizeof(*todo));
-    if (!todo)
-        return first_error_set(&b->fe, -ENOMEM, "out of memory");
-    size_t ntodo = 0;
-    for (uint64_t i = 0; i < m->n; i++) {
-        if (d->touched[i / 8] & (1u << (i % 8))) {
-            todo[ntodo++] = i;
-        } else if (d->incremental && i < d->prev.n) {
-            m->e[i] = d->prev.e[i];
-            if (!m->e[i].zero)
-                atomic_fetch_add(&b->chunks_reused, 1);
-        } else {
-            m->e[i].zero = true;
-        }
-    }
+    const size_t ntodo = d->ntodo;
     if (ntodo == 0)
-        return 0;
+        return merge_manifest(b, d, m);
+    CLEANUP_FREE struct chunk_result *results = calloc(ntodo, sizeof(*results));
+    if (!results)
+        return first_error_set(&b->fe, -ENOMEM, "out of memory");
 
     b->plan = d;
     b->m = m;
-    b->todo = todo;
-    b->ntodo = ntodo;
+    b->results = results;
     atomic_store(&b->next, 0);
     unsigned nfetch = b->jobs < ntodo ? b->jobs : (unsigned)ntodo;
     unsigned nproc = b->nprocess < ntodo ? b->nprocess : (unsigned)ntodo;
@@ -484,24 +562,61 @@ static int backup_disk(struct backup_ctx *b, struct disk_plan *d, struct manifes
         first_error_set(&b->fe, r, "VM %s: disk %s: making chunks durable: %s", b->o->vm, m->disk,
                         store_error(r));
     queue_free(b);
-    b->todo = NULL;
+    if (!first_error_failed(&b->fe))
+        merge_manifest(b, d, m);
+    b->results = NULL;
     return first_error_failed(&b->fe) ? first_error_code(&b->fe) : 0;
 }
 
 /* ---- planning ---- */
 
-/* Mark the chunks the ranges of l touch. */
-static void mark_touched(struct disk_plan *d, const extent_list *l, uint32_t cs)
+/* Add chunk i to d's todo list (kept strictly increasing by the callers: i above the last, or
+ * sorted afterwards). */
+static int todo_add(struct disk_plan *d, uint64_t i, uint32_t cs)
 {
-    for (size_t k = 0; k < l->len; k++) {
-        const struct extent *e = &l->ptr[k];
-        for (uint64_t i = e->start / cs; i <= (extent_end(e) - 1) / cs; i++) {
-            if (!(d->touched[i / 8] & (1u << (i % 8)))) {
-                d->touched[i / 8] |= (uint8_t)(1u << (i % 8));
-                d->touched_bytes += d->size - i * cs < cs ? d->size - i * cs : cs;
-            }
+    if (d->ntodo == d->todo_cap) {
+        size_t cap = d->todo_cap ? d->todo_cap * 2 : 64;
+        uint64_t *t = cap < SIZE_MAX / sizeof(*t) ? realloc(d->todo, cap * sizeof(*t)) : NULL;
+        if (!t)
+            return -ENOMEM;
+        d->todo = t;
+        d->todo_cap = cap;
+    }
+    d->todo[d->ntodo++] = i;
+    d->touched_bytes += d->size - i * cs < cs ? d->size - i * cs : cs;
+    return 0;
+}
+
+/* The chunks the ranges of d->changed and d->zeroed touch (both sorted), in order, each once:
+ * d->todo.  Its size follows the ranges, never the disk's. */
+static int mark_touched(struct disk_plan *d, uint32_t cs)
+{
+    const extent_list *l[] = {&d->changed, &d->zeroed};
+    size_t pos[2] = {0, 0};
+    for (;;) {
+        /* The range that starts first of the two lists' next ones. */
+        int w = -1;
+        for (int j = 0; j < 2; j++)
+            if (pos[j] < l[j]->len && (w < 0 || l[j]->ptr[pos[j]].start < l[w]->ptr[pos[w]].start))
+                w = j;
+        if (w < 0)
+            return 0;
+        const struct extent *e = &l[w]->ptr[pos[w]++];
+        uint64_t first = e->start / cs, last = (extent_end(e) - 1) / cs;
+        if (d->ntodo && first <= d->todo[d->ntodo - 1])
+            first = d->todo[d->ntodo - 1] + 1;
+        for (uint64_t i = first; i <= last; i++) {
+            int r = todo_add(d, i, cs);
+            if (r < 0)
+                return r;
         }
     }
+}
+
+static int cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
 }
 
 /* The {start, length} objects of a snapshot answer's array into l, clipped to size.  The
@@ -599,18 +714,23 @@ static int plan_disk(struct client *cl, const char *vm, const char *snap_id, str
     if (r < 0)
         return r;
     d->incremental = incremental;
-    mark_touched(d, &d->changed, cs);
-    mark_touched(d, &d->zeroed, cs);
+    if ((r = mark_touched(d, cs)) < 0)
+        return r;
     /* The last chunk changes length when the size changes: read it again. */
     uint64_t n = (d->size + cs - 1) / cs;
     if (incremental && d->prev.disk_size != d->size && n > 0) {
         uint64_t last = d->prev.disk_size < d->size ? d->prev.disk_size : d->size;
         uint64_t i0 = last ? (last - 1) / cs : 0;
-        for (uint64_t k = i0; k <= i0 + 1 && k < n; k++)
-            if (!(d->touched[k / 8] & (1u << (k % 8)))) {
-                d->touched[k / 8] |= (uint8_t)(1u << (k % 8));
-                d->touched_bytes += d->size - k * cs < cs ? d->size - k * cs : cs;
-            }
+        size_t before = d->ntodo;
+        for (uint64_t k = i0; k <= i0 + 1 && k < n; k++) {
+            bool have = false;
+            for (size_t j = 0; j < before && !have; j++)
+                have = d->todo[j] == k;
+            if (!have && (r = todo_add(d, k, cs)) < 0)
+                return r;
+        }
+        if (d->ntodo != before)
+            qsort(d->todo, d->ntodo, sizeof(*d->todo), cmp_u64);
     }
     return 0;
 }
@@ -901,8 +1021,6 @@ static int plan_disks(struct backup_ctx *b, const json_t *snapj, const char *sna
         if (!d->name)
             return first_error_set(&b->fe, -EPROTO, "VM %s: the server names no disk %zu", b->o->vm,
                                    i);
-        if (!(d->touched = calloc((d->size + cs - 1) / cs / 8 + 1, 1)))
-            return first_error_set(&b->fe, -ENOMEM, "out of memory");
         read_prev_manifest(b, prev, d);
         int r = plan_disk(cl, b->o->vm, snap_id, d, cs, b->o->full);
         if (r < 0)
@@ -1145,7 +1263,7 @@ out:
     }
     for (size_t i = 0; i < nplans; i++) {
         source_close(plans[i].src);
-        free(plans[i].touched);
+        free(plans[i].todo);
         free(plans[i].full_reason);
         extent_list_reset(&plans[i].changed);
         extent_list_reset(&plans[i].zeroed);

@@ -79,41 +79,63 @@ static void stage_advance(struct stage_run *s, uint64_t bytes)
     backup_progress_add(s->progress, bytes);
 }
 
-/* Each thread reads, checks (container checksum or tag, then the chunk ID) and decompresses a
- * chunk, then writes it; with more threads than CPUs the writes of some overlap the decoding
- * of others.  The runs of data are written (fs_write_data_runs: blocks of zeros stay holes in
- * the file, which was truncated to its size), through the page cache with the writeback behind
- * them: each thread starts the writeback of the chunk it wrote, and waits for its previous
- * chunk's and drops it from the cache (fs_writeback_behind), so a restore keeps a few chunks
- * per thread cached.  (Whole pages written with O_DIRECT instead were slower: 8 GiB image,
- * 3 GiB of data, 3.2-3.7 s against 2.9-3.1 s on a quiet machine, docs/benchmarks.md.) */
+/* Write the blocks of chunk data buf (len bytes at off) that the zero-block mask does not
+ * mark: runs of them, through fs_write_data_runs (zeros inside stay holes too). */
+static int write_chunk_blocks(int fd, const uint8_t *buf, size_t len, uint64_t off,
+                              const uint64_t *mask)
+{
+    size_t nb = (len + CHUNK_BLOCK - 1) / CHUNK_BLOCK;
+    for (size_t k = 0; k < nb;) {
+        if (chunk_mask_test(mask, k)) {
+            k++;
+            continue;
+        }
+        size_t j = k + 1;
+        while (j < nb && !chunk_mask_test(mask, j))
+            j++;
+        size_t s = k * CHUNK_BLOCK, e = j * CHUNK_BLOCK < len ? j * CHUNK_BLOCK : len;
+        int r = fs_write_data_runs(fd, buf + s, e - s, off + s, NULL);
+        if (r < 0)
+            return r;
+        k = j;
+    }
+    return 0;
+}
+
+/* Each thread takes the manifest's entries (the stored chunks: the rest of the file, truncated
+ * to its size, stays a hole) one at a time, reads, checks (container checksum or tag, then the
+ * chunk ID) and decompresses a chunk, then writes it; with more threads than CPUs the writes
+ * of some overlap the decoding of others.  Only the chunk's non-zero blocks are written, in
+ * runs of data (fs_write_data_runs: blocks of zeros stay holes in the file), through the page
+ * cache with the writeback behind them: each thread starts the writeback of the chunk it wrote,
+ * and waits for its previous chunk's and drops it from the cache (fs_writeback_behind), so a
+ * restore keeps a few chunks per thread cached.  (Whole pages written with O_DIRECT instead
+ * were slower: 8 GiB image, 3 GiB of data, 3.2-3.7 s against 2.9-3.1 s on a quiet machine,
+ * docs/benchmarks.md.) */
 static void *stage_worker(void *opaque)
 {
     struct stage_run *s = opaque;
     const uint32_t cs = s->m->chunk_size;
     uint64_t wb_off = 0, wb_len = 0;
     uint8_t *buf = NULL;
+    uint64_t mask[CHUNK_MASK_WORDS];
     if (posix_memalign((void **)&buf, RESTORE_PAGE, cs) != 0) {
         first_error_set(&s->fe, -ENOMEM, "a chunk buffer: %s", strerror(ENOMEM));
         return NULL;
     }
     for (;;) {
-        uint64_t i = atomic_fetch_add(&s->next, 1);
-        if (i >= s->m->n || first_error_failed(&s->fe))
+        uint64_t k = atomic_fetch_add(&s->next, 1);
+        if (k >= s->m->n_entries || first_error_failed(&s->fe))
             break;
-        const struct manifest_entry *e = &s->m->e[i];
-        uint64_t off = i * cs;
-        uint64_t want = s->m->disk_size - off < cs ? s->m->disk_size - off : cs;
-        if (e->zero) {
-            stage_advance(s, want);
-            continue;
-        }
+        const struct manifest_entry *e = &s->m->e[k];
+        uint64_t off = e->idx * cs;
+        uint64_t want = manifest_chunk_len(s->m, e->idx);
         size_t len = 0;
-        int r = repo_chunk_read(s->repo, &e->id, buf, cs, &len);
+        int r = repo_chunk_read_sparse(s->repo, &e->id, buf, cs, &len, mask);
         if (r == 0 && len > want)
             r = -EBADMSG;
         if (r == 0)
-            r = fs_write_data_runs(s->fd, buf, len, off, NULL);
+            r = write_chunk_blocks(s->fd, buf, len, off, mask);
         if (r == 0 && (r = fs_writeback_behind(s->fd, wb_off, wb_len, off, len)) == 0) {
             wb_off = off;
             wb_len = len;
@@ -148,7 +170,14 @@ static int stage_write(struct stage_run *s, unsigned jobs)
         int e = errno == EFBIG ? ENOSPC : errno;
         return first_error_set(&s->fe, -e, "%s", chunk_error(-e));
     }
+    /* The chunks without an entry are zeros: already there, as a hole. */
+    uint64_t stored = 0;
+    for (size_t k = 0; k < s->m->n_entries; k++)
+        stored += manifest_chunk_len(s->m, s->m->e[k].idx);
+    stage_advance(s, s->m->disk_size - stored);
     struct worker_pool pool;
+    if (jobs > s->m->n_entries)
+        jobs = s->m->n_entries ? (unsigned)s->m->n_entries : 1;
     int r = worker_pool_start(&pool, jobs, stage_worker, s, 0);
     if (r < 0)
         first_error_set(&s->fe, r, "starting a restore thread: %s", strerror(-r));

@@ -255,8 +255,8 @@ static int repo_read(void *ctx, uint64_t idx, uint8_t *buf, size_t len, bool *ze
                      size_t errlen)
 {
     struct repo_source *rs = ctx;
-    const struct manifest_entry *e = &rs->m->e[idx];
-    if (e->zero) {
+    const struct manifest_entry *e = manifest_find(rs->m, idx);
+    if (!e) {
         *zero = true;
         return 0;
     }

@@ -52,9 +52,9 @@ static int verify_disk(struct verify_run *v, const struct backup *b, const char 
         *bad = true;
         return 0;
     }
-    for (uint64_t e = 0; e < m.n; e++) {
+    for (size_t e = 0; e < m.n_entries; e++) {
         const struct chunk_id *id = &m.e[e].id;
-        if (m.e[e].zero || !sampled(v, id))
+        if (!sampled(v, id))
             continue;
         int8_t st = chunk_set_get(&v->seen, id);
         if (st == CHUNK_STATE_UNKNOWN) {
@@ -74,7 +74,7 @@ static int verify_disk(struct verify_run *v, const struct backup *b, const char 
                                                            : VERIFY_CHUNK_DAMAGED,
                                                .backup = b->id,
                                                .disk = m.disk,
-                                               .offset = e * (uint64_t)m.chunk_size,
+                                               .offset = m.e[e].idx * m.chunk_size,
                                                .id = *id});
             *bad = true;
         }

@@ -1,4 +1,7 @@
-/* vmexport backups: list the backups of a repository, as a table or a JSON array. */
+/* vmexport backups: list the backups of a repository, as a table or a JSON array, or the
+ * chunks one backup's disks are made of (--chunks). */
+#include <errno.h>
+#include <inttypes.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -65,18 +68,66 @@ static void print_table(const backup_list *l)
     }
 }
 
+/* The stored chunks of every disk of backup id, one line each: disk, offset, chunk ID (hex);
+ * chunks of zeros have none.  Streams the manifests: one disk's entries in memory at a time. */
+static int print_chunks(struct repo *repo, const char *id)
+{
+    struct backup *b = NULL;
+    int r = repo_backup_get(repo, id, &b);
+    if (r < 0) {
+        fprintf(stderr, "vmexport backups: backup %s: %s\n", id,
+                r == -EBADMSG ? "damaged" : strerror(-r));
+        return EXIT_FAIL;
+    }
+    for (size_t k = 0; k < b->disks.len; k++) {
+        struct manifest m;
+        const char *disk = b->disks.ptr[k].name;
+        if ((r = repo_manifest_read(repo, b, disk, &m)) < 0) {
+            fprintf(stderr, "vmexport backups: backup %s: disk %s: manifest %s\n", id, disk,
+                    r == -EBADMSG ? "is damaged" : strerror(-r));
+            break;
+        }
+        for (size_t i = 0; i < m.n_entries; i++) {
+            char hex[2 * HASH_SIZE + 1];
+            chunk_id_to_hex(&m.e[i].id, hex);
+            printf("%s %" PRIu64 " %s\n", disk, m.e[i].idx * m.chunk_size, hex);
+        }
+        manifest_free(&m);
+    }
+    backup_free(b);
+    return r < 0 ? EXIT_FAIL : EXIT_OK;
+}
+
+enum { OPT_CHUNKS = CLI_LONG_ONLY };
+
+static const struct cli_option backups_options[] = {
+    {"chunks", OPT_CHUNKS, "BACKUP", "list the chunks of BACKUP's disks: disk, offset, chunk ID"},
+    {NULL, 0, NULL, NULL},
+};
+
 static int backups_cmd(int argc, char **argv)
 {
     struct cli_args a = {0};
-    if (cli_parse(&a, &cmd_backups, argc, argv) == CLI_EXIT)
+    const char *chunks = NULL;
+    int c;
+    while ((c = cli_next(&a, &cmd_backups, argc, argv)) > 0)
+        if (c == OPT_CHUNKS)
+            chunks = a.arg;
+    if (c == CLI_EXIT)
         return a.status;
     bool json = a.json;
-    if (argc - a.first > 1)
-        return cli_usage_error(&cmd_backups, "expected at most one VM");
+    if (argc - a.first > 1 || (chunks && argc != a.first))
+        return cli_usage_error(&cmd_backups,
+                               chunks ? "--chunks takes no VM" : "expected at most one VM");
     const char *vm = a.first < argc ? argv[a.first] : NULL;
     struct repo *repo = cli_open_repo("backups", a.repo, a.passphrase_file);
     if (!repo)
         return EXIT_FAIL;
+    if (chunks) {
+        int st = print_chunks(repo, chunks);
+        repo_close(repo);
+        return st;
+    }
     backup_list l = VECTOR_INIT;
     int r = repo_backup_list(repo, vm, &l);
     if (r < 0) {
@@ -105,12 +156,16 @@ const struct cli_command cmd_backups = {
     .summary = "list the backups in a repository",
     .run = backups_cmd,
     .usage = "Usage: vmexport backups --repo PATH [VM] [--json]\n"
+             "       vmexport backups --repo PATH --chunks BACKUP\n"
              "\n"
              "List the backups in the repository (of VM only, when given), oldest first, with\n"
              "their time (UTC), disks and total disk size.  \"incremental\" backups read only\n"
-             "changed chunks from the server but, like full ones, restore on their own.\n",
+             "changed chunks from the server but, like full ones, restore on their own.\n"
+             "With --chunks, list the chunks BACKUP's disks are made of, one line each: disk,\n"
+             "offset, chunk ID (chunks of zeros are not stored and not listed).\n",
     .common = CLI_REPO | CLI_PASSPHRASE | CLI_JSON,
     .json_short = 'J',
     .json_help = "a JSON array with every field",
+    .options = backups_options,
     .epilog = "Exit status: 0 success, 1 failure, 2 bad usage.\n",
 };

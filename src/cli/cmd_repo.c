@@ -63,6 +63,10 @@ static const struct cli_option repo_options[] = {
      "zstd level of what is written: 1 (default: fastest,\n"
      "about as small as 3 on disk images) to 19 (smallest,\n"
      "slow), or -7 to -1 (faster, larger)"},
+    {"format-version", 'F', "N",
+     "repository format: 3 (default: packs, zero blocks\n"
+     "cost nothing) or 2 (one file per chunk, readable by\n"
+     "vmexport before format 3); 1 only for tests"},
     {NULL, 0, NULL, NULL},
 };
 
@@ -71,6 +75,7 @@ static int repo_run(int argc, char **argv)
     bool encrypt = false;
     uint64_t chunk = REPO_DEFAULT_CHUNK_SIZE;
     int level = 0;
+    unsigned format = REPO_FORMAT_VERSION;
     struct cli_args a = {0};
     int c;
     while ((c = cli_next(&a, &cmd_repo, argc, argv)) > 0) {
@@ -92,6 +97,14 @@ static int repo_run(int argc, char **argv)
             level = (int)v;
             break;
         }
+        case 'F': {
+            char *end;
+            long v = strtol(a.arg, &end, 10);
+            if (end == a.arg || *end || v < REPO_MIN_FORMAT_VERSION || v > REPO_FORMAT_VERSION)
+                return cli_usage_error(&cmd_repo, "--format-version takes 1 to 3");
+            format = (unsigned)v;
+            break;
+        }
         }
     }
     if (c == CLI_EXIT)
@@ -106,8 +119,10 @@ static int repo_run(int argc, char **argv)
     CLEANUP_FREE char *pass = NULL;
     if (encrypt && !(pass = cli_read_passphrase("repo init", pfile, true)))
         return EXIT_FAIL;
-    struct repo_init_options io = {.chunk_size = (uint32_t)chunk, .passphrase = pass,
-                                   .zstd_level = level};
+    struct repo_init_options io = {.chunk_size = (uint32_t)chunk,
+                                   .passphrase = pass,
+                                   .zstd_level = level,
+                                   .format_version = format};
     char err[512] = "";
     int r = repo_init(path, &io, err, sizeof(err));
     if (r < 0) {
@@ -117,8 +132,8 @@ static int repo_run(int argc, char **argv)
             fprintf(stderr, "vmexport repo init: %s: %s\n", path, strerror(-r));
         return EXIT_FAIL;
     }
-    printf("initialised %s repository at %s (chunk size %llu KiB)\n",
-           encrypt ? "an encrypted" : "a", path, (unsigned long long)(chunk >> 10));
+    printf("initialised %s repository at %s (chunk size %llu KiB, format version %u)\n",
+           encrypt ? "an encrypted" : "a", path, (unsigned long long)(chunk >> 10), format);
     return EXIT_OK;
 }
 
@@ -128,7 +143,7 @@ const struct cli_command cmd_repo = {
     .run = repo_run,
     .usage = "Usage: vmexport repo init PATH [--encrypt] [--chunk-size SIZE] "
              "[--compression-level N]\n"
-             "                         [--passphrase-file FILE]\n"
+             "                         [--format-version N] [--passphrase-file FILE]\n"
              "       vmexport repo upgrade PATH [--passphrase-file FILE]\n"
              "\n"
              "Create a backup repository in PATH (a new or empty directory).  Disks are split\n"
@@ -140,10 +155,13 @@ const struct cli_command cmd_repo = {
              "(say, to drop the encryption or change the chunk size) is refused, and so is a\n"
              "passphrase given for a repository whose config says it is not encrypted.\n"
              "\n"
+             "Format 3 (the default) does not hash or store the zero 4 KiB blocks of a chunk\n"
+             "and keeps chunks in packs of up to 16 MiB found through an index; format 2\n"
+             "(--format-version 2) stores one file per chunk and is what older vmexport reads.\n"
+             "\n"
              "upgrade adds that MAC to the config of an encrypted repository made by an older\n"
              "vmexport, which until then can be read but not written to (backup, prune, gc).\n",
     .common = CLI_PASSPHRASE,
     .options = repo_options,
     .epilog = "Exit status: 0 success, 1 failure, 2 bad usage.\n",
 };
-

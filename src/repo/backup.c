@@ -625,8 +625,6 @@ int repo_backup_add_disk(struct backup_writer *w, const struct manifest *m)
 {
     char name[sizeof("disk-.manifest") + sizeof("999999")];
     CLEANUP_FREE char *rel = NULL;
-    CLEANUP_FREE uint8_t *data = NULL;
-    size_t len;
 
     if (m->chunk_size != w->r->chunk_size || !m->disk)
         return -EINVAL;
@@ -640,9 +638,7 @@ int repo_backup_add_disk(struct backup_writer *w, const struct manifest *m)
         return -ENOMEM;
     int ret = writer_renew(w);
     if (ret == 0)
-        ret = manifest_encode(m, &data, &len);
-    if (ret == 0)
-        ret = repo_meta_write(w->r, rel, data, len);
+        ret = manifest_save(w->r, rel, m);
     if (ret < 0)
         return ret;
 

@@ -1,9 +1,12 @@
 /* The container every chunk, manifest and backup.json is stored in: a 16-byte header, the
  * payload (a zstd frame, or the plain bytes when compression does not shrink them), and either
  * AES-256-GCM (encrypted repositories: nonce, ciphertext, tag) or a checksum (plain
- * repositories: XXH3-128 in container version 2, SHA-256 in version 1).  The container version
- * is the repository's format version.  Both bind the header and the file's identity (its chunk ID
- * or path), so a container moved to another name fails to open.  Layout: docs/repository-format.md.
+ * repositories: XXH3-128 from container version 2 on, SHA-256 in version 1).  The container
+ * version is the repository's format version.  From version 3 on a chunk with zero blocks is
+ * stored sparse (flag 0x04): its plain data is a bitmap of its non-zero blocks and those blocks
+ * only, so zeros are neither compressed nor stored.  Both bind the header and the file's identity
+ * (its chunk ID or path), so a container moved to another name fails to open.  Layout:
+ * docs/repository-format.md.
  */
 #include "repo_internal.h"
 
@@ -26,7 +29,11 @@ static const uint8_t container_magic[4] = {'V', 'X', 'C', 'K'};
 #define XXH128_SIZE    16
 #define FLAG_ZSTD      0x01u
 #define FLAG_ENCRYPTED 0x02u
+#define FLAG_SPARSE    0x04u /* version 3: bitmap of the non-zero blocks, then those blocks */
 #define FLAGS_KNOWN    (FLAG_ZSTD | FLAG_ENCRYPTED)
+#define FLAGS_KNOWN_V3 (FLAGS_KNOWN | FLAG_SPARSE)
+#define SPARSE_FORMAT  3 /* the first container version with FLAG_SPARSE */
+#define BITMAP_WORD    8 /* bytes of a bitmap word (u64le) */
 
 /* Header fields: offsets and sizes. */
 #define OFF_MAGIC    0
@@ -47,7 +54,7 @@ static const uint8_t container_magic[4] = {'V', 'X', 'C', 'K'};
  * workspace every time), the sealing buffer of container_seal_thread and the reading buffer
  * of container_read_buffer_thread (same reason). */
 static pthread_once_t thread_keys_once = PTHREAD_ONCE_INIT;
-static pthread_key_t cctx_key, dctx_key, seal_key, read_key;
+static pthread_key_t cctx_key, dctx_key, seal_key, read_key, sparse_key;
 static bool thread_keys_ok;
 
 /* One of the calling thread's buffers, grown on demand. */
@@ -95,7 +102,8 @@ static void thread_keys_create(void)
     thread_keys_ok = pthread_key_create(&cctx_key, cctx_free) == 0 &&
                      pthread_key_create(&dctx_key, dctx_free) == 0 &&
                      pthread_key_create(&seal_key, thread_buf_free) == 0 &&
-                     pthread_key_create(&read_key, thread_buf_free) == 0;
+                     pthread_key_create(&read_key, thread_buf_free) == 0 &&
+                     pthread_key_create(&sparse_key, thread_buf_free) == 0;
 }
 
 /* The calling thread's object under *key, made by make() on its first use (and given to
@@ -249,15 +257,16 @@ static size_t seal_alloc_size(const struct repo *r, size_t len)
     return (alloc + CONTAINER_ALIGN - 1) / CONTAINER_ALIGN * CONTAINER_ALIGN;
 }
 
-/* Seal into buf (alloc bytes from seal_alloc_size, CONTAINER_ALIGN-aligned). */
+/* Seal into buf (alloc bytes from seal_alloc_size, CONTAINER_ALIGN-aligned).  sparse_len: 0,
+ * or the length of the chunk whose sparse form plain is (the header then records it). */
 static int seal_into(const struct repo *r, const char *ident, const void *plain, size_t len,
-                     uint8_t *buf, size_t alloc, size_t *outlen)
+                     uint64_t sparse_len, uint8_t *buf, size_t alloc, size_t *outlen)
 {
     size_t nonce_len = r->encrypted ? CONTAINER_NONCE_SIZE : 0;
     size_t trailer = container_trailer(r);
     size_t bound = alloc - CONTAINER_HEADER_SIZE - nonce_len - trailer;
     uint8_t *payload = buf + CONTAINER_HEADER_SIZE + nonce_len;
-    uint8_t flags = r->encrypted ? FLAG_ENCRYPTED : 0;
+    uint8_t flags = (r->encrypted ? FLAG_ENCRYPTED : 0) | (sparse_len ? FLAG_SPARSE : 0);
     size_t plen = len;
 
     *outlen = 0;
@@ -272,7 +281,7 @@ static int seal_into(const struct repo *r, const char *ident, const void *plain,
     }
     if (!(flags & FLAG_ZSTD) && len)
         memcpy(payload, plain, len);
-    header_write(r, buf, flags, len);
+    header_write(r, buf, flags, sparse_len ? sparse_len : len);
 
     int ret;
     if (r->encrypted) {
@@ -305,7 +314,7 @@ int container_seal(const struct repo *r, const char *ident, const void *plain, s
     CLEANUP_FREE uint8_t *buf = aligned_alloc(CONTAINER_ALIGN, alloc);
     if (!buf)
         return -ENOMEM;
-    int ret = seal_into(r, ident, plain, len, buf, alloc, outlen);
+    int ret = seal_into(r, ident, plain, len, 0, buf, alloc, outlen);
     if (ret < 0)
         return ret;
     *out = TAKE_PTR(buf);
@@ -331,8 +340,8 @@ static struct thread_buf *thread_buffer(const pthread_key_t *key, size_t size)
     return tb;
 }
 
-int container_seal_thread(const struct repo *r, const char *ident, const void *plain, size_t len,
-                          const uint8_t **out, size_t *outlen)
+static int seal_thread(const struct repo *r, const char *ident, const void *plain, size_t len,
+                       uint64_t sparse_len, const uint8_t **out, size_t *outlen)
 {
     *out = NULL;
     *outlen = 0;
@@ -342,10 +351,130 @@ int container_seal_thread(const struct repo *r, const char *ident, const void *p
     struct thread_buf *sb = thread_buffer(&seal_key, alloc);
     if (!sb)
         return -ENOMEM;
-    int ret = seal_into(r, ident, plain, len, sb->p, sb->cap, outlen);
+    int ret = seal_into(r, ident, plain, len, sparse_len, sb->p, sb->cap, outlen);
     if (ret == 0)
         *out = sb->p;
     return ret;
+}
+
+int container_seal_thread(const struct repo *r, const char *ident, const void *plain, size_t len,
+                          const uint8_t **out, size_t *outlen)
+{
+    return seal_thread(r, ident, plain, len, 0, out, outlen);
+}
+
+/* ---- sparse chunks (format 3) ----
+ *
+ * Plain data of a sparse chunk of len bytes in n = ceil(len / CHUNK_BLOCK) blocks:
+ * ceil(n / 64) u64le bitmap words (bit k % 64 of word k / 64: block k is stored), then the
+ * stored blocks back to back (the last block of the chunk may be shorter). */
+
+static size_t chunk_blocks(uint64_t len)
+{
+    return (size_t)((len + CHUNK_BLOCK - 1) / CHUNK_BLOCK);
+}
+
+static size_t bitmap_bytes(uint64_t len)
+{
+    return (chunk_blocks(len) + 63) / 64 * BITMAP_WORD;
+}
+
+static size_t block_len(uint64_t len, size_t k)
+{
+    uint64_t rest = len - (uint64_t)k * CHUNK_BLOCK;
+    return rest < CHUNK_BLOCK ? (size_t)rest : CHUNK_BLOCK;
+}
+
+/* The sparse form of a chunk into the calling thread's sparse buffer (*out, *outlen): 1 when
+ * the chunk has a zero block (a marked one, or one whose bytes are all zeros), 0 when it has
+ * none (it is stored as it is), or -ENOMEM.  Marked blocks are not read. */
+static int sparse_encode(const uint8_t *data, size_t len, const uint64_t *zero_blocks,
+                         const uint8_t **out, size_t *outlen)
+{
+    uint64_t bitmap[CHUNK_MASK_WORDS] = {0};
+    size_t n = chunk_blocks(len), stored = 0;
+    bool any_zero = false;
+    for (size_t k = 0; k < n; k++) {
+        size_t bl = block_len(len, k);
+        if (chunk_mask_test(zero_blocks, k) || buf_is_zero(data + k * CHUNK_BLOCK, bl)) {
+            any_zero = true;
+            continue;
+        }
+        chunk_mask_set(bitmap, k);
+        stored += bl;
+    }
+    if (!any_zero)
+        return 0;
+    size_t head = bitmap_bytes(len);
+    struct thread_buf *tb = thread_buffer(&sparse_key, head + stored);
+    if (!tb)
+        return -ENOMEM;
+    for (size_t w = 0; w < head / BITMAP_WORD; w++) {
+        uint64_t le = htole64(bitmap[w]);
+        memcpy(tb->p + w * BITMAP_WORD, &le, BITMAP_WORD);
+    }
+    uint8_t *p = tb->p + head;
+    for (size_t k = 0; k < n; k++)
+        if (chunk_mask_test(bitmap, k)) {
+            size_t bl = block_len(len, k);
+            memcpy(p, data + k * CHUNK_BLOCK, bl);
+            p += bl;
+        }
+    *out = tb->p;
+    *outlen = head + stored;
+    return 1;
+}
+
+/* Expand the sparse form src (srclen bytes) of a chunk of len bytes into out: stored blocks
+ * copied, zero blocks cleared, or, with zero_blocks (cleared by the caller), left unwritten and
+ * marked.  -EBADMSG when the bitmap does not match the length. */
+static int sparse_decode(const uint8_t *src, size_t srclen, uint64_t len, uint8_t *out,
+                         uint64_t *zero_blocks)
+{
+    uint64_t bitmap[CHUNK_MASK_WORDS];
+    size_t n = chunk_blocks(len), head = bitmap_bytes(len), want = head;
+    if (n > CHUNK_MASK_WORDS * 64 || srclen < head)
+        return -EBADMSG;
+    for (size_t w = 0; w < head / BITMAP_WORD; w++) {
+        uint64_t le;
+        memcpy(&le, src + w * BITMAP_WORD, BITMAP_WORD);
+        bitmap[w] = le64toh(le);
+    }
+    if (n % 64 && bitmap[n / 64] >> (n % 64)) /* bits past the last block */
+        return -EBADMSG;
+    for (size_t k = 0; k < n; k++)
+        if (chunk_mask_test(bitmap, k))
+            want += block_len(len, k);
+    if (want != srclen)
+        return -EBADMSG;
+    const uint8_t *p = src + head;
+    for (size_t k = 0; k < n; k++) {
+        size_t bl = block_len(len, k);
+        if (chunk_mask_test(bitmap, k)) {
+            memcpy(out + k * CHUNK_BLOCK, p, bl);
+            p += bl;
+        } else if (zero_blocks) {
+            chunk_mask_set(zero_blocks, k);
+        } else {
+            memset(out + k * CHUNK_BLOCK, 0, bl);
+        }
+    }
+    return 0;
+}
+
+int container_seal_chunk(const struct repo *r, const char *ident, const void *data, size_t len,
+                         const uint64_t *zero_blocks, const uint8_t **out, size_t *outlen)
+{
+    const uint8_t *sparse = NULL;
+    size_t slen = 0;
+    if (r->format_version >= SPARSE_FORMAT) {
+        int ret = sparse_encode(data, len, zero_blocks, &sparse, &slen);
+        if (ret < 0)
+            return ret;
+        if (ret > 0)
+            return seal_thread(r, ident, sparse, slen, len, out, outlen);
+    }
+    return seal_thread(r, ident, data, len, 0, out, outlen);
 }
 
 uint8_t *container_read_buffer_thread(size_t size, size_t *cap)
@@ -369,7 +498,8 @@ int container_plain_size(const uint8_t *file, size_t flen, uint64_t *len)
 struct container_view {
     uint8_t *payload;
     size_t plen;
-    uint64_t plain_len;
+    uint64_t plain_len;  /* the header's length: the chunk's length when sparse */
+    uint64_t stored_len; /* the payload's plain length (the sparse form when sparse) */
     uint8_t flags;
 };
 
@@ -382,7 +512,8 @@ static int container_verify(const struct repo *r, const char *ident, uint8_t *fi
         file[OFF_VERSION] != r->format_version)
         return -EBADMSG;
     v->flags = file[OFF_FLAGS];
-    if ((v->flags & ~FLAGS_KNOWN) || file[OFF_RESERVED] || file[OFF_RESERVED + 1])
+    uint8_t known = r->format_version >= SPARSE_FORMAT ? FLAGS_KNOWN_V3 : FLAGS_KNOWN;
+    if ((v->flags & ~known) || file[OFF_RESERVED] || file[OFF_RESERVED + 1])
         return -EBADMSG;
     /* A plain container in an encrypted repository would be a forgery, and the other way round
      * a container from another repository. */
@@ -415,20 +546,35 @@ static int container_verify(const struct repo *r, const char *ident, uint8_t *fi
     if (ret < 0)
         return ret;
 
-    /* Cheap consistency checks before the caller allocates plain_len bytes. */
+    /* Cheap consistency checks before the caller allocates plain_len bytes.  A sparse payload
+     * holds the bitmap and at most the chunk's bytes. */
+    v->stored_len = v->plain_len;
+    uint64_t lo = v->plain_len, hi = v->plain_len;
+    if (v->flags & FLAG_SPARSE) {
+        if (v->plain_len > (uint64_t)CHUNK_MASK_WORDS * 64 * CHUNK_BLOCK)
+            return -EBADMSG;
+        lo = bitmap_bytes(v->plain_len);
+        hi = lo + v->plain_len;
+    }
     if (v->flags & FLAG_ZSTD) {
         size_t frame = ZSTD_findFrameCompressedSize(v->payload, v->plen);
-        if (ZSTD_getFrameContentSize(v->payload, v->plen) != v->plain_len || ZSTD_isError(frame) ||
-            frame != v->plen)
+        unsigned long long content = ZSTD_getFrameContentSize(v->payload, v->plen);
+        if (content == ZSTD_CONTENTSIZE_UNKNOWN || content == ZSTD_CONTENTSIZE_ERROR ||
+            content < lo || content > hi || ZSTD_isError(frame) || frame != v->plen)
             return -EBADMSG;
-    } else if (v->plen != v->plain_len) {
+        v->stored_len = content;
+    } else if (v->plen < lo || v->plen > hi) {
         return -EBADMSG;
+    } else {
+        v->stored_len = v->plen;
     }
     return 0;
 }
 
 static int container_extract(const struct container_view *v, void *out, size_t cap, size_t *len)
 {
+    if (v->flags & FLAG_SPARSE) /* only chunks are sparse (container_unseal_chunk) */
+        return -EBADMSG;
     if (v->plain_len > cap)
         return -ENOBUFS;
     if (v->flags & FLAG_ZSTD) {
@@ -451,6 +597,40 @@ static int unseal(const struct repo *r, const char *ident, uint8_t *file, size_t
     *len = 0;
     int ret = container_verify(r, ident, file, flen, max_plain, checksum, &v);
     return ret < 0 ? ret : container_extract(&v, out, cap, len);
+}
+
+int container_unseal_chunk(const struct repo *r, const char *ident, uint8_t *file, size_t flen,
+                           uint64_t max_plain, bool checksum, void *out, size_t cap, size_t *len,
+                           uint64_t *zero_blocks)
+{
+    struct container_view v;
+    *len = 0;
+    if (zero_blocks)
+        memset(zero_blocks, 0, CHUNK_MASK_WORDS * sizeof(*zero_blocks));
+    int ret = container_verify(r, ident, file, flen, max_plain, checksum, &v);
+    if (ret < 0)
+        return ret;
+    if (!(v.flags & FLAG_SPARSE))
+        return container_extract(&v, out, cap, len);
+    if (v.plain_len > cap)
+        return -ENOBUFS;
+    const uint8_t *src = v.payload;
+    if (v.flags & FLAG_ZSTD) {
+        struct thread_buf *tb = thread_buffer(&sparse_key, (size_t)v.stored_len);
+        if (!tb)
+            return -ENOMEM;
+        ZSTD_DCtx *dctx = thread_dctx();
+        size_t d = dctx ? ZSTD_decompressDCtx(dctx, tb->p, (size_t)v.stored_len, v.payload, v.plen)
+                        : ZSTD_decompress(tb->p, (size_t)v.stored_len, v.payload, v.plen);
+        if (ZSTD_isError(d) || d != v.stored_len)
+            return -EBADMSG;
+        src = tb->p;
+    }
+    ret = sparse_decode(src, (size_t)v.stored_len, v.plain_len, out, zero_blocks);
+    if (ret < 0)
+        return ret;
+    *len = (size_t)v.plain_len;
+    return 0;
 }
 
 int container_unseal(const struct repo *r, const char *ident, uint8_t *file, size_t flen,

@@ -1,6 +1,7 @@
 /* Garbage collection of the repository, under the exclusive repository lock: collect the chunk
- * IDs every committed backup's manifests reference, then delete the chunks nobody references,
- * the temporary files interrupted writes left and the directories of backups that were never
+ * IDs every committed backup's manifests reference, then delete the chunks nobody references
+ * (format 3: whole packs, or repack the live chunks of mostly dead ones: pack.c), the
+ * temporary files interrupted writes left and the directories of backups that were never
  * committed.  A manifest that cannot be read stops gc before any chunk is deleted: without it
  * the set of referenced chunks is unknown.
  */
@@ -20,7 +21,8 @@ struct gc {
     struct repo *r;
     bool dry_run;
     struct gc_stats *st;
-    struct chunk_set refs; /* chunks the committed backups reference */
+    struct chunk_set refs; /* chunks the committed backups reference (formats 1, 2) */
+    struct pack_gc *packs; /* format 3: the index, marked with the referenced chunks */
     char *err;
     size_t errlen;
 };
@@ -97,9 +99,12 @@ static int gc_manifest_entry(void *opaque, const struct store_entry *e)
                      ret == -EBADMSG ? "damaged" : strerror(-ret));
         return ret;
     }
-    for (uint64_t i = 0; ret == 0 && i < m.n; i++)
-        if (!m.e[i].zero)
+    for (size_t i = 0; ret == 0 && i < m.n_entries; i++) {
+        if (g->packs)
+            pack_gc_mark(g->packs, &m.e[i].id);
+        else
             ret = chunk_set_add(&g->refs, &m.e[i].id);
+    }
     manifest_free(&m);
     return ret;
 }
@@ -233,8 +238,18 @@ int repo_gc(struct repo *r, bool dry_run, struct gc_stats *st, char *err, size_t
     ret = lock_hold_exclusive(r, &took, err, errlen);
     if (ret < 0)
         return ret;
-    ret = gc_top(&g, REPO_BACKUPS_DIR, gc_vm_entry);
+    /* Format 3: the index first (a damaged one stops gc before anything is deleted). */
+    if (r->format_version >= REPO_PACKS_FORMAT) {
+        ret = pack_gc_new(r, &g.packs);
+        if (ret < 0)
+            repo_set_err(err, errlen, "%s/%s: cannot read the index (%s); nothing was deleted",
+                         r->path, REPO_INDEX_DIR, ret == -EBADMSG ? "damaged" : strerror(-ret));
+    }
     if (ret == 0)
+        ret = gc_top(&g, REPO_BACKUPS_DIR, gc_vm_entry);
+    if (ret == 0 && g.packs)
+        ret = pack_gc_run(g.packs, dry_run, false, g.st);
+    else if (ret == 0)
         ret = gc_top(&g, REPO_CHUNKS_DIR, gc_chunk_subdir);
     if (ret == 0) {
         struct gc_walk w = {.g = &g, .prefix = ""};
@@ -243,6 +258,7 @@ int repo_gc(struct repo *r, bool dry_run, struct gc_stats *st, char *err, size_t
     if (ret < 0 && err && errlen && !*err)
         repo_set_err(err, errlen, "%s: gc: %s", r->path, strerror(-ret));
     chunk_set_free(&g.refs);
+    pack_gc_free(g.packs);
     if (took)
         repo_unlock(r);
     return ret;

@@ -241,9 +241,10 @@ static int encryption_new(const char *passphrase, const char *repo_id, uint8_t *
     return *out ? 0 : -ENOMEM;
 }
 
-static int config_write(struct store *st, const char *path, uint32_t chunk_size, int level,
-                        const char *passphrase, char *err, size_t errlen)
+static int config_write(struct store *st, const char *path, const struct repo_init_options *opt,
+                        char *err, size_t errlen)
 {
+    const char *passphrase = opt->passphrase;
     char repo_id[2 * REPO_ID_BYTES + 1];
     uint8_t keys[2 * REPO_KEY_SIZE];
     json_t *enc = json_null();
@@ -258,10 +259,10 @@ static int config_write(struct store *st, const char *path, uint32_t chunk_size,
             return r;
         }
     }
-    json_t *cfg =
-        json_pack("{s:s, s:i, s:I, s:s, s:i, s:s, s:o}", "format", CONFIG_FORMAT, "version",
-                  REPO_FORMAT_VERSION, "chunk_size", (json_int_t)chunk_size, "compression",
-                  CONFIG_COMPRESSION, "compression_level", level, "id", repo_id, "encryption", enc);
+    json_t *cfg = json_pack("{s:s, s:i, s:I, s:s, s:i, s:s, s:o}", "format", CONFIG_FORMAT,
+                            "version", (int)opt->format_version, "chunk_size",
+                            (json_int_t)opt->chunk_size, "compression", CONFIG_COMPRESSION,
+                            "compression_level", opt->zstd_level, "id", repo_id, "encryption", enc);
     if (!cfg)
         r = -ENOMEM;
     if (r == 0 && passphrase)
@@ -288,6 +289,14 @@ static int init_options(const struct repo_init_options *opt, struct repo_init_op
         out->chunk_size = REPO_DEFAULT_CHUNK_SIZE;
     if (!out->zstd_level)
         out->zstd_level = REPO_DEFAULT_ZSTD;
+    if (!out->format_version)
+        out->format_version = REPO_FORMAT_VERSION;
+    if (out->format_version < REPO_MIN_FORMAT_VERSION ||
+        out->format_version > REPO_FORMAT_VERSION) {
+        repo_set_err(err, errlen, "format version %u is not between %d and %d", out->format_version,
+                     REPO_MIN_FORMAT_VERSION, REPO_FORMAT_VERSION);
+        return -EINVAL;
+    }
     if (!repo_chunk_size_valid(out->chunk_size)) {
         repo_set_err(err, errlen, "chunk size %u is not a power of two between %u and %u",
                      out->chunk_size, REPO_MIN_CHUNK_SIZE, REPO_MAX_CHUNK_SIZE);
@@ -311,15 +320,18 @@ static int init_layout(struct store *st, const struct repo_init_options *opt, ch
                        size_t errlen)
 {
     static const char *const subdirs[] = {REPO_CHUNKS_DIR, REPO_BACKUPS_DIR, REPO_LOCKS_DIR};
-    for (size_t i = 0; i < ARRAY_SIZE(subdirs); i++) {
-        int r = store_make_prefix(st, subdirs[i], false);
+    static const char *const subdirs_v3[] = {REPO_PACKS_DIR, REPO_INDEX_DIR, REPO_BACKUPS_DIR,
+                                             REPO_LOCKS_DIR};
+    bool v3 = opt->format_version >= REPO_PACKS_FORMAT;
+    for (size_t i = 0; i < (v3 ? ARRAY_SIZE(subdirs_v3) : ARRAY_SIZE(subdirs)); i++) {
+        const char *dir = v3 ? subdirs_v3[i] : subdirs[i];
+        int r = store_make_prefix(st, dir, false);
         if (r < 0) {
-            repo_set_err(err, errlen, "%s/%s: %s", store_name(st), subdirs[i], strerror(-r));
+            repo_set_err(err, errlen, "%s/%s: %s", store_name(st), dir, strerror(-r));
             return r;
         }
     }
-    return config_write(st, store_name(st), opt->chunk_size, opt->zstd_level, opt->passphrase, err,
-                        errlen);
+    return config_write(st, store_name(st), opt, err, errlen);
 }
 
 int repo_init_store(struct store *st, const struct repo_init_options *opt, char *err, size_t errlen)
@@ -584,6 +596,7 @@ static int open_store(struct store *st, bool owns, const char *passphrase, struc
     if (!r)
         return -ENOMEM;
     pthread_mutex_init(&r->lock_mutex, NULL);
+    pthread_mutex_init(&r->index_mutex, NULL);
     r->store = st;
     r->path = strdup(store_name(st));
     CLEANUP_FREE uint8_t *text = NULL; /* before any goto: the cleanup runs at every exit */
@@ -645,6 +658,8 @@ void repo_close(struct repo *r)
     OPENSSL_cleanse(r->data_key, sizeof(r->data_key));
     OPENSSL_cleanse(r->id_key, sizeof(r->id_key));
     json_decref(r->config);
+    pack_index_free(r);
+    pthread_mutex_destroy(&r->index_mutex);
     pthread_mutex_destroy(&r->lock_mutex);
     free(r->path);
     free(r);

@@ -3,7 +3,9 @@
  *   PATH/config                  repository parameters (JSON, plain): format version, chunk
  *                                size, compression, and when encrypted the scrypt parameters,
  *                                the wrapped keys and a MAC of the whole config
- *   PATH/chunks/ab/<id hex>      one chunk in a container (zstd, optionally AES-256-GCM)
+ *   PATH/chunks/ab/<id hex>      one chunk in a container (zstd, optionally AES-256-GCM);
+ *                                format 3: PATH/packs/ab/<name> (many chunk containers) and
+ *                                PATH/index/<name> (chunk ID -> pack, offset, length)
  *   PATH/backups/<vm>/<backup id>/disk-<n>.manifest   offset -> chunk id or zero (container)
  *   PATH/backups/<vm>/<backup id>/backup.json         the backup's metadata (container);
  *                                written last: a backup exists only once this file does
@@ -33,7 +35,7 @@
 
 /* The format version new repositories get, and the oldest one still read and written (a
  * repository keeps its version: containers written into it use that version's layout). */
-#define REPO_FORMAT_VERSION     2
+#define REPO_FORMAT_VERSION     3
 #define REPO_MIN_FORMAT_VERSION 1
 /* 1 MiB: an incremental backup rebuilds every chunk its changes touch, so its cost follows the
  * chunk size (1% of an 8 GiB image changed in 1 MiB writes touched 76 chunks of 4 MiB, 7% of the
@@ -55,9 +57,10 @@ int chunk_id_from_hex(const char *hex, struct chunk_id *id);
 struct repo;
 
 struct repo_init_options {
-    uint32_t chunk_size;    /* 0: REPO_DEFAULT_CHUNK_SIZE; power of two within the bounds */
-    const char *passphrase; /* NULL: not encrypted */
-    int zstd_level;         /* 0: 3 */
+    uint32_t chunk_size;     /* 0: REPO_DEFAULT_CHUNK_SIZE; power of two within the bounds */
+    const char *passphrase;  /* NULL: not encrypted */
+    int zstd_level;          /* 0: 3 */
+    unsigned format_version; /* 0: REPO_FORMAT_VERSION; older ones for tests and old readers */
 };
 
 /* Create a repository at path (which must not exist or be an empty directory). */
@@ -103,7 +106,8 @@ void repo_chunk_id(const struct repo *r, const void *data, size_t len, struct ch
 
 /* Store a chunk unless it exists (compress, encrypt, one atomic durable store_put).  *stored tells
  * whether it was written, *bytes_written how many bytes hit the disk (either may be NULL).
- * -ENOSPC when the filesystem is full (nothing half-written is left). */
+ * -ENOSPC when the filesystem is full (nothing half-written is left).  Format 3: a pack of one
+ * chunk and an index object naming it; use a batch to store many. */
 int repo_chunk_put(struct repo *r, const struct chunk_id *id, const void *data, size_t len,
                    bool *stored, uint64_t *bytes_written);
 bool repo_chunk_exists(struct repo *r, const struct chunk_id *id);
@@ -146,8 +150,8 @@ static inline void chunk_mask_set(uint64_t *mask, size_t block)
 /* Whether every byte of the chunk is zero (the blocks the mask marks count as zeros). */
 bool repo_chunk_is_zero(const void *data, size_t len, const uint64_t *zero_blocks);
 /* The chunk's ID, like repo_chunk_id() of the data with the marked blocks zeros. */
-void repo_chunk_id_sparse(const struct repo *r, void *data, size_t len,
-                          const uint64_t *zero_blocks, struct chunk_id *id);
+void repo_chunk_id_sparse(const struct repo *r, void *data, size_t len, const uint64_t *zero_blocks,
+                          struct chunk_id *id);
 /* repo_chunk_batch_put() of the same chunk. */
 int repo_chunk_batch_put_sparse(struct chunk_batch *b, const struct chunk_id *id, void *data,
                                 size_t len, const uint64_t *zero_blocks, uint64_t *pending_bytes);
@@ -157,9 +161,12 @@ int repo_chunk_batch_put_sparse(struct chunk_batch *b, const struct chunk_id *id
 int repo_chunk_read_sparse(struct repo *r, const struct chunk_id *id, void *buf, size_t cap,
                            size_t *len, uint64_t *zero_blocks);
 
-/* Call fn for every chunk file present (order unspecified); stops at fn's negative return. */
+/* Call fn for every chunk present (format 3: named by the index, each once, sorted; older: every
+ * chunk file, order unspecified); stops at fn's negative return. */
 int repo_chunk_foreach(struct repo *r, int (*fn)(void *opaque, const struct chunk_id *id),
                        void *opaque);
+/* Delete a chunk (format 3: repacks its pack without it and rewrites the index, as gc does:
+ * for tests and repairs, not for bulk use); -ENOENT when missing. */
 int repo_chunk_delete(struct repo *r, const struct chunk_id *id);
 
 /* ---- chunk batches: many chunks made durable at once (for backups) ---- */
@@ -169,7 +176,9 @@ int repo_chunk_delete(struct repo *r, const struct chunk_id *id);
  * filesystem sync for a directory) and only then moves them into place, so a chunk name never
  * points at data that is not on disk. Until flushed, a batch's chunks are not in the repository
  * (repo_chunk_exists() is false). Thread-safe; the caller holds a backup writer (whose commit makes
- * the names durable). */
+ * the names durable).  Format 3: chunks go into 16 MiB packs (staged as they fill; memory: two
+ * packs being built), and a flush commits the packs, then writes one index object naming them
+ * (durable) before the chunks become findable. */
 struct chunk_batch;
 int repo_chunk_batch_new(struct repo *r, struct chunk_batch **out);
 /* *pending_bytes (may be NULL): container bytes waiting for the flush after this put, to
@@ -188,10 +197,13 @@ void repo_chunk_batch_free(struct chunk_batch *b);
 
 /* ---- manifests: one per disk of a backup ---- */
 
-/* Entry i covers [i * chunk_size, min((i + 1) * chunk_size, disk_size)). */
+/* A manifest in memory is sparse whatever its format version: an entry for each chunk that is
+ * not all zeros, in increasing chunk index; chunk i covers [i * chunk_size, min((i + 1) *
+ * chunk_size, disk_size)) and reads as zeros when it has no entry.  Memory follows the data,
+ * never the disk's logical size (dense v1/v2 manifests are converted while decoding). */
 struct manifest_entry {
+    uint64_t idx; /* chunk index */
     struct chunk_id id;
-    bool zero; /* all zeros: no chunk stored */
 };
 
 struct manifest {
@@ -200,13 +212,32 @@ struct manifest {
     uint32_t chunk_size;
     char *change_id;     /* the disk's change ID on the server, or NULL */
     char *snapshot_path; /* the snapshot file it was read from (informational) */
-    uint64_t n;          /* entries: ceil(disk_size / chunk_size) */
+    size_t n_entries;    /* entries: the chunks stored, strictly increasing idx */
+    size_t cap_entries;
     struct manifest_entry *e;
 };
 
-/* Allocate a manifest of n = ceil(disk_size / chunk_size) zero entries. */
+/* Chunks of the disk: ceil(disk_size / chunk_size). */
+static inline uint64_t manifest_chunks(const struct manifest *m)
+{
+    return m->disk_size / m->chunk_size + (m->disk_size % m->chunk_size != 0);
+}
+/* Length of chunk idx (< manifest_chunks(m)). */
+static inline size_t manifest_chunk_len(const struct manifest *m, uint64_t idx)
+{
+    uint64_t off = idx * m->chunk_size;
+    return m->disk_size - off < m->chunk_size ? (size_t)(m->disk_size - off) : m->chunk_size;
+}
+
+/* An empty manifest (every chunk zeros) of a disk. */
 int manifest_new(struct manifest *m, const char *disk, uint64_t disk_size, uint32_t chunk_size);
 void manifest_free(struct manifest *m);
+/* Add chunk idx's ID: idx must be above every entry's and below manifest_chunks(m) (-EINVAL). */
+int manifest_append(struct manifest *m, uint64_t idx, const struct chunk_id *id);
+/* The entry of chunk idx, or NULL when it is zeros (binary search). */
+const struct manifest_entry *manifest_find(const struct manifest *m, uint64_t idx);
+/* Position of the first entry whose idx is >= idx (n_entries when none). */
+size_t manifest_lower_bound(const struct manifest *m, uint64_t idx);
 
 /* ---- backups ---- */
 

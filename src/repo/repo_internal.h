@@ -19,15 +19,18 @@
 
 /* ---- layout ---- */
 
-#define REPO_CONFIG_NAME "config"
-#define REPO_CHUNKS_DIR  "chunks"
-#define REPO_BACKUPS_DIR "backups"
-#define REPO_LOCKS_DIR   "locks"
-#define REPO_LOCK_NAME   "repo.lock"
-#define REPO_BACKUP_JSON "backup.json"
-#define REPO_TMP_MARK    ".tmp." /* in every temporary file name */
-#define REPO_FILE_MODE   0600
-#define REPO_DIR_MODE    0700
+#define REPO_CONFIG_NAME  "config"
+#define REPO_CHUNKS_DIR   "chunks"
+#define REPO_PACKS_DIR    "packs" /* format 3: packs/<ab>/<pack name>, chunks in packs */
+#define REPO_INDEX_DIR    "index" /* format 3: index/<name>, chunk ID -> pack, offset, length */
+#define REPO_PACKS_FORMAT 3       /* the first format version that keeps chunks in packs */
+#define REPO_BACKUPS_DIR  "backups"
+#define REPO_LOCKS_DIR    "locks"
+#define REPO_LOCK_NAME    "repo.lock"
+#define REPO_BACKUP_JSON  "backup.json"
+#define REPO_TMP_MARK     ".tmp." /* in every temporary file name */
+#define REPO_FILE_MODE    0600
+#define REPO_DIR_MODE     0700
 
 #define REPO_KEY_SIZE 32 /* AES-256 and HMAC-SHA-256 keys */
 #define REPO_ID_BYTES 16 /* random bytes of the repository ID (hex in the config) */
@@ -59,6 +62,10 @@ struct repo {
      * read, but not written to until repo_config_seal() adds the MAC. */
     bool config_unsealed;
     void *config; /* the parsed config (json_t), kept for repo_config_seal() */
+
+    /* Format 3: the repository index (pack.c), loaded on the first chunk lookup. */
+    pthread_mutex_t index_mutex;
+    struct pack_index *index;
 
     /* repo_lock() state: one repository-wide lock per handle, counted. */
     pthread_mutex_t lock_mutex;
@@ -139,6 +146,17 @@ int container_plain_size(const uint8_t *file, size_t flen, uint64_t *len);
 int container_unseal(const struct repo *r, const char *ident, uint8_t *file, size_t flen,
                      uint64_t max_plain, void *out, size_t cap, size_t *len);
 
+/* A chunk's container (format 3: sparse when it has a zero block; the blocks zero_blocks
+ * marks are not read) into the calling thread's buffer, as container_seal_thread. */
+int container_seal_chunk(const struct repo *r, const char *ident, const void *data, size_t len,
+                         const uint64_t *zero_blocks, const uint8_t **out, size_t *outlen);
+/* Open a chunk's container into out (cap bytes): as container_unseal (checksum) or
+ * container_unseal_data (!checksum), expanding a sparse one: its zero blocks are cleared, or
+ * with zero_blocks (CHUNK_MASK_WORDS words, may be NULL) left unwritten and marked there. */
+int container_unseal_chunk(const struct repo *r, const char *ident, uint8_t *file, size_t flen,
+                           uint64_t max_plain, bool checksum, void *out, size_t cap, size_t *len,
+                           uint64_t *zero_blocks);
+
 /* container_unseal without the checksum of a plain container (encrypted ones are always
  * authenticated): only for callers that then check the data against its SHA-256, which covers
  * every byte returned (chunk reads checked against their ID). */
@@ -162,12 +180,55 @@ bool chunk_name_valid(const char *name);
 /* Two lower-case hex digits: a chunks/ subdirectory. */
 bool chunk_subdir_valid(const char *name);
 
+/* ---- pack.c (format 3: chunks in packs, found through the repository index) ---- */
+
+struct pack_index;
+/* "packs/ab/<64 hex>" and its NUL. */
+#define PACK_KEY_LEN (sizeof(REPO_PACKS_DIR "/ab/") + 2 * HASH_SIZE)
+
+/* Where chunk id is: its pack's key and the container's offset and length there.  Loads the
+ * index on first use; -ENOENT when no index names the chunk. */
+int pack_index_find(struct repo *r, const struct chunk_id *id, char key[PACK_KEY_LEN],
+                    uint64_t *off, uint32_t *len);
+/* Forget the loaded index (the next lookup loads it again: another process may have changed
+ * it, gc). */
+void pack_index_drop(struct repo *r);
+void pack_index_free(struct repo *r);
+/* Every chunk ID the index names, each once, sorted (free()). */
+int pack_index_ids(struct repo *r, struct chunk_id **ids, size_t *n);
+
+/* Chunks being packed by a batch: added containers go into a pack of up to PACK_TARGET bytes,
+ * staged when full; a flush commits the staged packs (one barrier), then writes one index
+ * object naming them (durable), then adds them to the loaded index. */
+struct pack_writer;
+int pack_writer_new(struct repo *r, struct pack_writer **out);
+/* Add the sealed container of chunk id: 1 when the writer has the chunk already (nothing
+ * added), 0 added; *pending (may be NULL): bytes waiting for the flush. */
+int pack_writer_add(struct pack_writer *w, const struct chunk_id *id, const uint8_t *container,
+                    size_t len, uint64_t *pending);
+/* *chunks and *bytes (may be NULL) get the chunks and pack bytes made durable added. */
+int pack_writer_flush(struct pack_writer *w, uint64_t *chunks, uint64_t *bytes);
+void pack_writer_free(struct pack_writer *w);
+
+/* gc of the packs: mark what backups reference, then run (docs/repository-format.md, "gc"). */
+struct pack_gc;
+int pack_gc_new(struct repo *r, struct pack_gc **out);
+void pack_gc_mark(struct pack_gc *g, const struct chunk_id *id);
+/* Delete packs nothing marked lives in, repack those mostly dead (all with some dead chunk when
+ * force), write one index, delete the old index objects and packs, orphan packs and temporary
+ * objects; count only with dry_run. */
+int pack_gc_run(struct pack_gc *g, bool dry_run, bool force, struct gc_stats *st);
+void pack_gc_free(struct pack_gc *g);
+
 /* ---- manifest.c ---- */
 
 bool manifest_name_valid(const char *name);
 int manifest_encode(const struct manifest *m, uint8_t **out, size_t *len);
 int manifest_decode(const uint8_t *p, size_t len, struct manifest *m);
+/* Read or write the manifest at relpath in the repository's format (dense container before
+ * version 3, a segmented stream from 3 on). */
 int manifest_load(struct repo *r, const char *relpath, struct manifest *m);
+int manifest_save(struct repo *r, const char *relpath, const struct manifest *m);
 
 /* ---- backup.c ---- */
 

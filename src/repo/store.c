@@ -51,6 +51,11 @@ int store_get_into(struct store *s, const char *key, uint64_t max, uint8_t *buf,
     return s->ops->get_into(s, key, max, buf, cap, len);
 }
 
+int store_get_range(struct store *s, const char *key, uint64_t off, size_t len, uint8_t *buf)
+{
+    return s->ops->get_range(s, key, off, len, buf);
+}
+
 int store_exists(struct store *s, const char *key, bool *prefix)
 {
     struct store_stat st;

@@ -73,6 +73,7 @@ struct store_ops {
     int (*get)(struct store *s, const char *key, uint64_t max, uint8_t **data, size_t *len);
     int (*get_into)(struct store *s, const char *key, uint64_t max, uint8_t *buf, size_t cap,
                     size_t *len);
+    int (*get_range)(struct store *s, const char *key, uint64_t off, size_t len, uint8_t *buf);
     int (*stat)(struct store *s, const char *key, struct store_stat *st);
     int (*list)(struct store *s, const char *prefix, store_list_fn fn, void *opaque);
     int (*del)(struct store *s, const char *key, uint64_t *bytes);
@@ -117,6 +118,9 @@ int store_get(struct store *s, const char *key, uint64_t max, uint8_t **data, si
  * STORE_ALIGN does not fit. */
 int store_get_into(struct store *s, const char *key, uint64_t max, uint8_t *buf, size_t cap,
                    size_t *len);
+/* len bytes of the object key from offset off into buf (one chunk out of a pack): -ENOENT
+ * missing, -EBADMSG when the range passes the object's end. */
+int store_get_range(struct store *s, const char *key, uint64_t off, size_t len, uint8_t *buf);
 /* 0 when key is an object or a prefix (*prefix, may be NULL, tells which), else -ENOENT. */
 int store_exists(struct store *s, const char *key, bool *prefix);
 /* The same with an object's size. */

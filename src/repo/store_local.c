@@ -386,6 +386,30 @@ static int local_get_into(struct store *s, const char *key, uint64_t max, uint8_
     return 0;
 }
 
+static int local_get_range(struct store *s, const char *key, uint64_t off, size_t len, uint8_t *buf)
+{
+    size_t size = 0;
+    CLEANUP_CLOSE int fd = open_regular(root_fd(s), key, UINT64_MAX, &size);
+    if (fd < 0)
+        return fd;
+    if (off > size || len > size - off)
+        return -EBADMSG;
+    size_t got = 0;
+    while (got < len) {
+        size_t want = len - got > IO_MAX_CHUNK ? IO_MAX_CHUNK : len - got;
+        ssize_t n = pread(fd, buf + got, want, (off_t)(off + got));
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return -errno;
+        }
+        if (n == 0)
+            return -EBADMSG; /* shrank under us */
+        got += (size_t)n;
+    }
+    return 0;
+}
+
 static int local_stat(struct store *s, const char *key, struct store_stat *out)
 {
     struct stat st;
@@ -543,6 +567,7 @@ static const struct store_ops local_ops = {
     .discard = local_discard,
     .get = local_get,
     .get_into = local_get_into,
+    .get_range = local_get_range,
     .stat = local_stat,
     .list = local_list,
     .del = local_del,

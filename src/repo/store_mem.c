@@ -397,6 +397,21 @@ static int mem_get_into(struct store *s, const char *key, uint64_t max, uint8_t 
     return 0;
 }
 
+static int mem_get_range(struct store *s, const char *key, uint64_t off, size_t len, uint8_t *buf)
+{
+    struct mem_store *m = mem(s);
+    ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&m->mu);
+    ssize_t i;
+    int r = read_check(m, key, UINT64_MAX, &i);
+    if (r < 0)
+        return r;
+    size_t n = m->objs.ptr[i].len;
+    if (off > n || len > n - off)
+        return -EBADMSG;
+    memcpy(buf, m->objs.ptr[i].data + off, len);
+    return 0;
+}
+
 static int mem_stat(struct store *s, const char *key, struct store_stat *st)
 {
     struct mem_store *m = mem(s);
@@ -699,6 +714,7 @@ static const struct store_ops mem_ops = {
     .discard = mem_discard,
     .get = mem_get,
     .get_into = mem_get_into,
+    .get_range = mem_get_range,
     .stat = mem_stat,
     .list = mem_list,
     .del = mem_del,

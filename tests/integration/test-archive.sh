@@ -133,7 +133,8 @@ else
 fi
 
 # --- import round trips ---
-check "repo init of a fresh repository (64 KiB chunks)" "$VMEXPORT" repo init "$WORK/r2" --chunk-size 64K
+check "repo init of a fresh repository (64 KiB chunks, format 2: counted as files)" \
+    "$VMEXPORT" repo init "$WORK/r2" --chunk-size 64K --format-version 2
 if "$VMEXPORT" import "$A/vm1.ova" --repo "$WORK/r2" --json >"$WORK/imp.out" 2>"$WORK/imp.err"; then
     ok "import the OVA into it"
 else

@@ -35,7 +35,8 @@ export VMEXPORT_CACERT=$WORK/certs/ca.crt
 export XDG_CACHE_HOME=$WORK/cache
 
 REPO=$WORK/repo
-check "repo init" "$VMEXPORT" repo init "$REPO" --chunk-size 1M
+# Format 2 (one file per chunk): the damage tests below pick chunk files.
+check "repo init" "$VMEXPORT" repo init "$REPO" --chunk-size 1M --format-version 2
 check_fails "repo init refuses a non-empty directory" "$VMEXPORT" repo init "$REPO"
 check "a new repository compresses with zstd level 1" jq -e '.compression_level == 1 and .version == 2' "$REPO/config"
 check "repo init --compression-level 19" "$VMEXPORT" repo init "$WORK/repo19" --compression-level 19
@@ -312,7 +313,7 @@ check "VMEXPORT_PASSPHRASE works" env VMEXPORT_PASSPHRASE='correct horse battery
 
 # --- prune with a fixed clock, gc ---
 PREPO=$WORK/prepo
-"$VMEXPORT" repo init "$PREPO" --chunk-size 1M >/dev/null
+"$VMEXPORT" repo init "$PREPO" --chunk-size 1M --format-version 2 >/dev/null # counts chunk files
 day=86400
 base=$(date -u -d '2026-01-05 12:00' +%s)   # a Monday
 declare -A T

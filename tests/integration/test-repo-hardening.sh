@@ -40,7 +40,8 @@ unset VMEXPORT_PASSPHRASE
 # ---------------------------------------------------------------------------------------------
 # A failed restore leaves nothing in the destination.
 REPO=$WORK/repo
-check "repo init" "$VMEXPORT" repo init "$REPO"
+# Format 2: one file per chunk, named by its SHA-256 (damaged below by that name).
+check "repo init" "$VMEXPORT" repo init "$REPO" --format-version 2
 "$VMEXPORT" backup vm1 --repo "$REPO" --json >"$WORK/b.out" 2>"$WORK/b.err" &&
     ok "backup of vm1 (a.img, b.img)" || not_ok "backup of vm1: $(tail -2 "$WORK/b.err")"
 BID=$(grep '"type":"summary"' "$WORK/b.out" | jq -r .backup)

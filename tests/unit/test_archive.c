@@ -96,17 +96,18 @@ static char *write_backup(struct fixture *f, const char *vm)
         struct manifest m;
         assert_int_equal(manifest_new(&m, f->disks[d].name, f->disks[d].size, SRC_CS), 0);
         m.change_id = strdup("snap-1/0");
-        for (uint64_t i = 0; i < m.n; i++) {
+        for (uint64_t i = 0; i < manifest_chunks(&m); i++) {
             uint64_t off = i * SRC_CS;
             size_t len = f->disks[d].size - off < SRC_CS ? f->disks[d].size - off : SRC_CS;
             const uint8_t *p = f->disks[d].data + off;
             bool zero = true;
             for (size_t k = 0; k < len && zero; k++)
                 zero = p[k] == 0;
-            m.e[i].zero = zero;
             if (!zero) {
-                repo_chunk_id(f->src, p, len, &m.e[i].id);
-                assert_int_equal(repo_chunk_put(f->src, &m.e[i].id, p, len, NULL, NULL), 0);
+                struct chunk_id id;
+                repo_chunk_id(f->src, p, len, &id);
+                assert_int_equal(manifest_append(&m, i, &id), 0);
+                assert_int_equal(repo_chunk_put(f->src, &id, p, len, NULL, NULL), 0);
             }
         }
         assert_int_equal(repo_backup_add_disk(w, &m), 0);
@@ -266,16 +267,17 @@ static void assert_same_disks(struct fixture *f, struct repo *r, const char *id)
         assert_int_equal(repo_manifest_read(r, b, f->disks[d].name, &m), 0);
         assert_int_equal(m.disk_size, f->disks[d].size);
         assert_string_equal(m.change_id, "snap-1/0");
-        for (uint64_t i = 0; i < m.n; i++) {
+        for (uint64_t i = 0; i < manifest_chunks(&m); i++) {
             uint64_t off = i * cs;
             size_t want = f->disks[d].size - off < cs ? f->disks[d].size - off : cs;
-            if (m.e[i].zero) {
+            const struct manifest_entry *me = manifest_find(&m, i);
+            if (!me) {
                 for (size_t k = 0; k < want; k++)
                     assert_int_equal(f->disks[d].data[off + k], 0);
                 continue;
             }
             size_t got = 0;
-            assert_int_equal(repo_chunk_get(r, &m.e[i].id, buf, cs, &got), 0);
+            assert_int_equal(repo_chunk_get(r, &me->id, buf, cs, &got), 0);
             assert_int_equal(got, want);
             assert_memory_equal(buf, f->disks[d].data + off, want);
         }

@@ -292,13 +292,14 @@ static void assert_backup_matches_disks(struct daemon_env *e, size_t want_disks)
         struct stat st;
         assert_int_equal(fstat(fd, &st), 0);
         assert_int_equal(m.disk_size, (uint64_t)st.st_size);
-        for (uint64_t k = 0; k < m.n; k++) {
+        for (uint64_t k = 0; k < manifest_chunks(&m); k++) {
             uint64_t off = k * cs;
             size_t len = m.disk_size - off < cs ? (size_t)(m.disk_size - off) : cs, got = len;
-            if (m.e[k].zero)
+            const struct manifest_entry *me = manifest_find(&m, k);
+            if (!me)
                 memset(chunk, 0, len);
             else
-                assert_int_equal(repo_chunk_read(e->repo, &m.e[k].id, chunk, cs, &got), 0);
+                assert_int_equal(repo_chunk_read(e->repo, &me->id, chunk, cs, &got), 0);
             assert_int_equal(got, len);
             assert_int_equal(pread(fd, file, len, (off_t)off), (ssize_t)len);
             if (memcmp(chunk, file, len))

@@ -125,17 +125,19 @@ static int backup_run(struct repo *r, unsigned gen, struct run_stats *rs)
             break;
         if (prev && repo_manifest_read(r, prev, DISK_NAMES[d], &prevm[d]) == 0)
             have_prev[d] = true;
-        for (uint64_t i = 0; ret == 0 && i < mans[d].n; i++) {
+        for (uint64_t i = 0; ret == 0 && i < manifest_chunks(&mans[d]); i++) {
             size_t len = chunk_len(i);
             chunk_data(gen, d, i, buf);
             bool unchanged = have_prev[d] && chunk_version(gen, i) == chunk_version(prev_gen, i);
+            const struct manifest_entry *pe = have_prev[d] ? manifest_find(&prevm[d], i) : NULL;
             if (unchanged) {
-                mans[d].e[i] = prevm[d].e[i];
+                if (pe)
+                    ret = manifest_append(&mans[d], i, &pe->id);
                 continue;
             }
-            if (have_prev[d] && !prevm[d].e[i].zero) {
+            if (pe) {
                 size_t got = 0;
-                int br = repo_chunk_read(r, &prevm[d].e[i].id, base, sizeof(base), &got);
+                int br = repo_chunk_read(r, &pe->id, base, sizeof(base), &got);
                 uint8_t *want = malloc(CS);
                 assert_non_null(want);
                 chunk_data(prev_gen, d, i, want);
@@ -143,13 +145,13 @@ static int backup_run(struct repo *r, unsigned gen, struct run_stats *rs)
                     rs->wrong_reads++;
                 free(want);
             }
-            if (all_zero(buf, len)) {
-                mans[d].e[i].zero = true;
+            if (all_zero(buf, len))
                 continue;
-            }
-            mans[d].e[i].zero = false;
-            repo_chunk_id(r, buf, len, &mans[d].e[i].id);
-            ret = repo_chunk_batch_put(batch, &mans[d].e[i].id, buf, len, NULL);
+            struct chunk_id id;
+            repo_chunk_id(r, buf, len, &id);
+            ret = manifest_append(&mans[d], i, &id);
+            if (ret == 0)
+                ret = repo_chunk_batch_put(batch, &id, buf, len, NULL);
         }
         if (ret == 0)
             ret = repo_chunk_batch_flush(batch);
@@ -208,28 +210,29 @@ static int verify_run(struct repo *r, bool strict, struct run_stats *rs)
             ret = repo_manifest_read(r, b, b->disks.ptr[d].name, &m);
             if (strict)
                 assert_int_equal(ret, 0);
-            for (uint64_t i = 0; ret == 0 && i < m.n; i++) {
+            for (uint64_t i = 0; ret == 0 && i < manifest_chunks(&m); i++) {
                 size_t len = chunk_len(i), got = 0;
                 chunk_data(gen, (unsigned)d, i, want);
-                if (m.e[i].zero) {
+                const struct manifest_entry *me = manifest_find(&m, i);
+                if (!me) {
                     assert_true(all_zero(want, len));
                     continue;
                 }
-                int8_t st = chunk_set_get(&seen, &m.e[i].id);
+                int8_t st = chunk_set_get(&seen, &me->id);
                 if (st == CHUNK_STATE_UNKNOWN) {
-                    int g = repo_chunk_get(r, &m.e[i].id, buf, sizeof(buf), &got);
+                    int g = repo_chunk_get(r, &me->id, buf, sizeof(buf), &got);
                     st = g == 0 ? CHUNK_STATE_OK : CHUNK_STATE_BAD;
                     if (strict && g < 0)
                         fail_msg("backup %s disk %zu chunk %" PRIu64 ": %s", b->id, d, i,
                                  strerror(-g));
-                    if (g == 0 && chunk_set_put(&seen, &m.e[i].id, st) < 0)
+                    if (g == 0 && chunk_set_put(&seen, &me->id, st) < 0)
                         ret = -ENOMEM;
                     if (g < 0)
                         ret = g;
                 }
                 /* Restore: the data path read, compared byte for byte. */
                 if (ret == 0) {
-                    int g = repo_chunk_read(r, &m.e[i].id, buf, sizeof(buf), &got);
+                    int g = repo_chunk_read(r, &me->id, buf, sizeof(buf), &got);
                     if (strict)
                         assert_int_equal(g, 0);
                     if (g == 0 && (got != len || memcmp(buf, want, len)))
@@ -331,11 +334,11 @@ static struct repo *open_repo(struct store *s)
 
 /* The scenario with fault f at its nth call: false when the fault did not fire (the run has
  * fewer such calls). */
-static bool scenario(enum store_fault f, unsigned n)
+static bool scenario(unsigned format, enum store_fault f, unsigned n)
 {
     char err[ERR_LEN] = "";
     struct store *s = NULL;
-    struct repo_init_options opt = {.chunk_size = CS};
+    struct repo_init_options opt = {.chunk_size = CS, .format_version = format};
     struct run_stats rs = {0};
     char when[64];
 
@@ -357,7 +360,7 @@ static bool scenario(enum store_fault f, unsigned n)
     if (f == STORE_FAULT_TEAR || f == STORE_FAULT_CRASH)
         store_mem_advance(s, REPO_LEASE_SECONDS + 1); /* the dead process's leases run out */
 
-    snprintf(when, sizeof(when), "fault %d at call %u", (int)f, n);
+    snprintf(when, sizeof(when), "format %u: fault %d at call %u", format, (int)f, n);
     r = open_repo(s);
     check_restorable(r, when);
     /* The newest backup that existed before is still there (prune keeps the last ones, and a
@@ -382,22 +385,35 @@ static bool scenario(enum store_fault f, unsigned n)
     if (lo.tmp || lo.partial)
         fail_msg("%s: %u temporary objects and %u partial backups left after gc", when, lo.tmp,
                  lo.partial);
+    /* Nothing left for another gc: no orphan pack or chunk, nothing dead kept. */
+    struct gc_stats again;
+    char err2[ERR_LEN] = "";
+    assert_int_equal(repo_gc(r, true, &again, err2, sizeof(err2)), 0);
+    if (again.chunks_deleted || again.bytes_freed || again.temp_files_removed)
+        fail_msg("%s: a second gc would delete %" PRIu64 " chunks, %" PRIu64 " bytes", when,
+                 again.chunks_deleted, again.bytes_freed);
 
     repo_close(r);
     store_close(s);
     return fired;
 }
 
-/* Every N from 1 until the fault no longer fires. */
+/* Every N from 1 until the fault no longer fires, on format 3 (packs: the faulty run's gc
+ * repacks the first generation's packs, whose even chunks died with its prune) and on format 2
+ * (a file per chunk). */
 static void fault_every_step(enum store_fault f)
 {
-    unsigned n = 1;
-    while (scenario(f, n)) {
-        n++;
-        assert_true(n < MAX_STEPS);
+    static const unsigned formats[] = {3, 2};
+    for (size_t k = 0; k < sizeof(formats) / sizeof(formats[0]); k++) {
+        unsigned n = 1;
+        while (scenario(formats[k], f, n)) {
+            n++;
+            assert_true(n < MAX_STEPS);
+        }
+        print_message("# format %u: fault %d: injected at each of %u calls\n", formats[k], (int)f,
+                      n - 1);
+        assert_true(n > 1); /* the run made at least one such call */
     }
-    print_message("# fault %d: injected at each of %u calls\n", (int)f, n - 1);
-    assert_true(n > 1); /* the run made at least one such call */
 }
 
 static void test_fail_put(void **state)

@@ -73,16 +73,17 @@ static void fill_random(uint8_t *p, size_t len, uint64_t seed)
 /* Store a disk's chunks and fill its manifest entries. */
 static void disk_store(struct repo *r, struct manifest *m, const uint8_t *data)
 {
-    for (uint64_t i = 0; i < m->n; i++) {
+    for (uint64_t i = 0; i < manifest_chunks(m); i++) {
         uint64_t off = i * CS, len = m->disk_size - off < CS ? m->disk_size - off : CS;
         bool zero = true;
         for (uint64_t k = 0; k < len && zero; k++)
             zero = !data[off + k];
-        m->e[i].zero = zero;
         if (zero)
             continue;
-        repo_chunk_id(r, data + off, len, &m->e[i].id);
-        assert_int_equal(repo_chunk_put(r, &m->e[i].id, data + off, len, NULL, NULL), 0);
+        struct chunk_id id;
+        repo_chunk_id(r, data + off, len, &id);
+        assert_int_equal(manifest_append(m, i, &id), 0);
+        assert_int_equal(repo_chunk_put(r, &id, data + off, len, NULL, NULL), 0);
     }
 }
 
@@ -98,7 +99,8 @@ static int fixture_setup(void **state)
         return -1;
     PATHF(f->path, "%s/repo", f->base);
     char err[ERR_LEN] = "";
-    struct repo_init_options io = {.chunk_size = CS};
+    /* Format 2: the damage tests pick chunk files (format 3: test_repo_v3). */
+    struct repo_init_options io = {.chunk_size = CS, .format_version = 2};
     if (repo_init(f->path, &io, err, sizeof(err)) < 0 ||
         repo_open(f->path, NULL, &f->r, err, sizeof(err)) < 0)
         return -1;
@@ -122,7 +124,8 @@ static int fixture_setup(void **state)
     manifest_free(&m);
     assert_int_equal(manifest_new(&m, "b.img", B_SIZE, CS), 0);
     disk_store(f->r, &m, f->b);
-    f->b_last = m.e[m.n - 1].id;
+    assert_int_equal(m.e[m.n_entries - 1].idx, manifest_chunks(&m) - 1);
+    f->b_last = m.e[m.n_entries - 1].id;
     assert_int_equal(repo_backup_add_disk(w, &m), 0);
     manifest_free(&m);
     char *id = strdup(repo_backup_writer_id(w));

@@ -382,7 +382,8 @@ static void test_mem_repo(void **state)
     struct backup_writer *w = NULL;
     char err[256] = "";
     static uint8_t data[REPO_MIN_CHUNK_SIZE];
-    struct repo_init_options opt = {.chunk_size = REPO_MIN_CHUNK_SIZE};
+    /* Format 2: the keys are compared with a directory repository's chunk files. */
+    struct repo_init_options opt = {.chunk_size = REPO_MIN_CHUNK_SIZE, .format_version = 2};
 
     assert_int_equal(repo_open_store(s, NULL, &r, err, sizeof(err)), -ENOENT);
     assert_non_null(strstr(err, "no config file"));
@@ -393,8 +394,9 @@ static void test_mem_repo(void **state)
     memset(data, 0x5a, sizeof(data));
     struct manifest m;
     assert_int_equal(manifest_new(&m, "sda", sizeof(data), REPO_MIN_CHUNK_SIZE), 0);
-    repo_chunk_id(r, data, sizeof(data), &m.e[0].id);
-    m.e[0].zero = false;
+    struct chunk_id cid;
+    repo_chunk_id(r, data, sizeof(data), &cid);
+    assert_int_equal(manifest_append(&m, 0, &cid), 0);
     assert_int_equal(repo_backup_begin(r, "vm 1", 1700000000, 0, &w, err, sizeof(err)), 0);
     bool stored = false;
     assert_int_equal(repo_chunk_put(r, &m.e[0].id, data, sizeof(data), &stored, NULL), 0);

@@ -91,11 +91,9 @@ static void disk_add(struct backup_writer *w, const char *name, const struct chu
 {
     struct manifest m;
     assert_int_equal(manifest_new(&m, name, (uint64_t)n * CS, CS), 0);
-    for (size_t i = 0; i < n; i++) {
-        m.e[i].zero = !ids[i];
+    for (size_t i = 0; i < n; i++)
         if (ids[i])
-            m.e[i].id = *ids[i];
-    }
+            assert_int_equal(manifest_append(&m, i, ids[i]), 0);
     assert_int_equal(repo_backup_add_disk(w, &m), 0);
     manifest_free(&m);
 }
@@ -133,7 +131,8 @@ static int fixture_setup(void **state)
         return -1;
     PATHF(f->path, "%s/repo", f->base);
     char err[ERR_LEN] = "";
-    struct repo_init_options io = {.chunk_size = CS};
+    /* Format 2: the damage tests pick chunk files (format 3: test_repo_v3). */
+    struct repo_init_options io = {.chunk_size = CS, .format_version = 2};
     if (repo_init(f->path, &io, err, sizeof(err)) < 0 ||
         repo_open(f->path, NULL, &f->r, err, sizeof(err)) < 0)
         return -1;
