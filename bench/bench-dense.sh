@@ -118,7 +118,8 @@ tar -C / -cf - --no-recursion -T "$work/list.base" | tar -C "$work/tree" -xf -
 nfiles=$(wc -l <"$work/list.base")
 mkdir -p "$work/src/vms/dense"
 img="$work/src/vms/dense/disk.raw"
-mkfs.ext4 -q -F -d "$work/tree" -E lazy_itable_init=0,lazy_journal_init=0 "$img" $((img_size / 1024))k
+mkfs.ext4 -q -F -d "$work/tree" -E lazy_itable_init=0,lazy_journal_init=0 "$img" $((img_size / 1024))k \
+    >"$work/mkfs.log" 2>&1 || die "mkfs.ext4 -d: $(tail -3 "$work/mkfs.log")"
 rm -rf "$work/tree"
 sync
 t1=$EPOCHREALTIME
@@ -247,12 +248,12 @@ echo "# binaries: $VMEXPORT ($("$VMEXPORT" --version 2>&1 | head -n1)), $VMEXPOR
 echo "# load average (1, 5, 15 min) at start: $load_start; at end: $(cut -d" " -f1-3 /proc/loadavg)"
 echo "# every run cold (caches dropped), one run each; backups and restores include a sync of the destination"
 echo
-printf '| %-36s | %9s | %9s | %9s | %10s | %10s | %16s |\n' tool "full (s)" "incr (s)" "restore" "repo full" "repo +incr" "peak RSS f/i/r"
-printf '| %-36s | %9s | %9s | %9s | %10s | %10s | %16s |\n' --- ---: ---: ---: ---: ---: ---:
+printf '| %-38s | %9s | %9s | %9s | %10s | %10s | %16s |\n' tool "full (s)" "incr (s)" "restore" "repo full" "repo +incr" "peak RSS f/i/r"
+printf '| %-38s | %9s | %9s | %9s | %10s | %10s | %16s |\n' --- ---: ---: ---: ---: ---: ---:
 line() { # line LABEL FULL INCR RESTORE SIZEKEY
     local rs="-" rr="-"
     [ -n "$4" ] && rs=${T[$4]} && rr=$(kmib "${RSS[$4]}")
-    printf '| %-36s | %9s | %9s | %9s | %6s MiB | %6s MiB | %16s |\n' "$1" "${T[$2]}" "${T[$3]}" "$rs" \
+    printf '| %-38s | %9s | %9s | %9s | %6s MiB | %6s MiB | %16s |\n' "$1" "${T[$2]}" "${T[$3]}" "$rs" \
         "$(mib "${SZ[${5}_full]}")" "$(mib "${SZ[${5}_incr]}")" "$(kmib "${RSS[$2]}") / $(kmib "${RSS[$3]}") / $rr"
 }
 line "vmexport, --transport local" vl_full vl_incr v_restore l
