@@ -182,7 +182,8 @@ int repo_chunk_delete(struct repo *r, const struct chunk_id *id);
 struct chunk_batch;
 int repo_chunk_batch_new(struct repo *r, struct chunk_batch **out);
 /* *pending_bytes (may be NULL): container bytes waiting for the flush after this put, to
- * decide when to flush. */
+ * decide when to flush (format 3: each chunk counts for at least 4 KiB there, the memory a
+ * pending chunk holds, so that flushing at a byte threshold also bounds the count). */
 int repo_chunk_batch_put(struct chunk_batch *b, const struct chunk_id *id, const void *data,
                          size_t len, uint64_t *pending_bytes);
 /* Commit: make every pending chunk durable, then move each into place.  On failure the pending
