@@ -452,6 +452,7 @@ struct pack_writer {
     struct repo *r;
     size_t buf_cap;   /* every pack buffer's size (pack_buf_cap) */
     bool write_index; /* flush writes an index object (batches; gc writes its own) */
+    bool dedup;       /* skip IDs added before (batches; gc adds each live ID once) */
     pthread_mutex_t mu;
     struct pack_build cur;
     pack_build_list staged;
@@ -575,6 +576,7 @@ int pack_writer_new(struct repo *r, struct pack_writer **out)
     w->r = r;
     w->buf_cap = pack_buf_cap(r);
     w->write_index = true;
+    w->dedup = true;
     pthread_mutex_init(&w->mu, NULL);
     w->staged = (pack_build_list)VECTOR_INIT;
     *out = w;
@@ -606,7 +608,7 @@ int pack_writer_add(struct pack_writer *w, const struct chunk_id *id, const uint
         return -EFBIG;
     {
         ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&w->mu);
-        if (chunk_set_has(&w->pending, id))
+        if (w->dedup && chunk_set_has(&w->pending, id))
             return 1;
         struct pack_build *c = &w->cur;
         if (c->entries.len && (c->len + len > PACK_TARGET || c->entries.len >= PACK_MAX_CHUNKS)) {
@@ -622,7 +624,7 @@ int pack_writer_add(struct pack_writer *w, const struct chunk_id *id, const uint
         struct pack_entry e = {.id = *id, .off = (uint32_t)c->len, .len = (uint32_t)len};
         if ((ret = build_reserve(w, c, len)) < 0 ||
             (ret = pack_entry_list_append(&c->entries, e)) < 0 ||
-            (ret = chunk_set_add(&w->pending, id)) < 0)
+            (w->dedup && (ret = chunk_set_add(&w->pending, id)) < 0))
             goto out;
         memcpy(c->buf + c->len, container, len);
         c->len += len;
@@ -1115,6 +1117,7 @@ int pack_gc_run(struct pack_gc *g, bool dry_run, bool force, struct gc_stats *st
     if (ret < 0)
         return ret;
     w->write_index = false;
+    w->dedup = false; /* no set of the live IDs: the live entries are unique (pack_gc_mark) */
     bool changed = g->index_names.len > 1 || dead_entry;
     CLEANUP_FREE uint32_t *order = NULL;
     CLEANUP_FREE size_t *start = NULL;
