@@ -490,6 +490,9 @@ static void buf_put(struct pack_writer *w, uint8_t *p)
     {
         ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&w->mu);
         if (!w->spare) {
+            /* Kept mapped (no heap churn) but its pages given back: an idle buffer costs no
+             * memory (17 MiB of RSS otherwise; they fault in again as zeros when reused). */
+            madvise(p, w->buf_cap, MADV_DONTNEED);
             w->spare = p;
             return;
         }
