@@ -40,7 +40,11 @@ static int grow(struct chunk_set *s)
     size_t cap = s->cap ? s->cap * 2 : CHUNK_SET_MIN_CAP;
     if (cap < s->cap || cap > SIZE_MAX / sizeof(struct chunk_id))
         return -ENOMEM;
-    struct chunk_set n = {.ids = malloc(cap * sizeof(*n.ids)), .state = calloc(cap, 1), .cap = cap};
+    struct chunk_set n = {.repo = s->repo,
+                          .in_index = s->in_index,
+                          .ids = malloc(cap * sizeof(*n.ids)),
+                          .state = calloc(cap, 1),
+                          .cap = cap};
     if (!n.ids || !n.state) {
         free(n.ids);
         free(n.state);
@@ -89,7 +93,7 @@ int chunk_set_put(struct chunk_set *s, const struct chunk_id *id, int8_t state)
         int8_t old = CHUNK_STATE_UNKNOWN;
         int m = pack_index_mark(s->repo, id, state, &old);
         if (m == 0) {
-            s->len += old == CHUNK_STATE_UNKNOWN;
+            s->in_index += old == CHUNK_STATE_UNKNOWN;
             return 0;
         }
         if (m != -ENOENT)
@@ -142,7 +146,7 @@ bool chunk_set_has(const struct chunk_set *s, const struct chunk_id *id)
 
 size_t chunk_set_len(const struct chunk_set *s)
 {
-    return s->len;
+    return s->len + s->in_index;
 }
 
 void chunk_set_free(struct chunk_set *s)

@@ -27,6 +27,7 @@ enum chunk_state {
 
 struct chunk_set {
     struct repo *repo; /* chunk_set_use_index(): values of indexed IDs kept in its index */
+    size_t in_index;   /* IDs whose value is kept there */
     struct chunk_id *ids;
     int8_t *state; /* per slot: CHUNK_STATE_UNKNOWN when empty */
     size_t cap;    /* slots: 0 or a power of two */

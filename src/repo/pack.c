@@ -40,16 +40,16 @@
 /* A pack below this many bytes with a dead chunk is repacked whatever the dead share. */
 #define PACK_SMALL (PACK_TARGET / 4)
 /* Repack a pack when more than 1 / PACK_DEAD_SHARE of its chunk bytes are dead. */
-#define PACK_DEAD_SHARE   5
+#define PACK_DEAD_SHARE 5
 /* What a chunk waiting for the flush counts for the flush decision at least, whatever its
  * container's size: it costs memory (its ID in the writer's set, its pack entry: ~100 bytes),
  * so a backup of a million tiny chunks flushes by count too (the engine's 512 MiB threshold:
  * every 131,072 chunks, ~20 MB), not once at the end with all of them held. */
 #define PACK_PENDING_CHUNK_COST 4096
-#define PACK_NAME_BYTES   32
-#define PACK_FOOTER_MAGIC "VXPKEND" /* and its NUL: 8 bytes */
-#define PACK_FOOTER_SIZE  16
-#define PACK_ENTRY_SIZE   (HASH_SIZE + 4 + 4) /* id, u32le offset, u32le length */
+#define PACK_NAME_BYTES         32
+#define PACK_FOOTER_MAGIC       "VXPKEND" /* and its NUL: 8 bytes */
+#define PACK_FOOTER_SIZE        16
+#define PACK_ENTRY_SIZE         (HASH_SIZE + 4 + 4) /* id, u32le offset, u32le length */
 /* An index segment's head: the pack's name and u64le bytes of chunk containers in it. */
 #define PACK_SEG_HEAD     (PACK_NAME_BYTES + 8)
 #define PACK_IDENT_PREFIX "pack:"
