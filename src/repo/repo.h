@@ -307,6 +307,15 @@ int repo_backup_delete(struct repo *r, const char *id);
 
 /* ---- maintenance ---- */
 
+/* Copy every committed backup of src (any format) into dst, a new empty repository of format 3
+ * with src's chunk size: the same backup IDs, VMs, times and metadata; each chunk read and
+ * checked, stored under its format-3 ID (all-zero ones become absent).  For `repo upgrade`,
+ * which makes dst next to src and swaps the directories; progress (may be NULL) is called
+ * before each backup.  A damaged or missing chunk fails the copy, naming it in err. */
+int repo_upgrade_copy(struct repo *src, struct repo *dst,
+                      void (*progress)(void *opaque, const struct backup *b), void *opaque,
+                      char *err, size_t errlen);
+
 /* Repository-wide lock for gc and prune (exclusive) or restore/verify (shared). */
 int repo_lock(struct repo *r, bool exclusive, unsigned timeout, char *err, size_t errlen);
 void repo_unlock(struct repo *r);

@@ -67,6 +67,9 @@ struct repo {
     pthread_mutex_t index_mutex;
     struct pack_index *index;
 
+    /* repo_upgrade_copy(): the ID the next backup begun gets (the old backup's), or NULL. */
+    const char *upgrade_backup_id;
+
     /* repo_lock() state: one repository-wide lock per handle, counted. */
     pthread_mutex_t lock_mutex;
     struct store_lease *lock_lease;
