@@ -144,6 +144,7 @@ int verify_run(const struct verify_options *o, struct verify_result *res)
                  why[0] ? why : strerror(-r));
         return r;
     }
+    chunk_set_use_index(&v.seen, o->repo); /* format 3: verdicts kept in the loaded index */
     backup_list l = VECTOR_INIT;
     r = verify_collect(&v, &l);
     if (r == 0 && !(v.buf = malloc(repo_chunk_size(o->repo)))) {

@@ -1,7 +1,9 @@
-/* vmexport repo: create a backup repository (init), or add the config MAC to an old one
- * (upgrade).  The other repository commands have a file each (cmd_backup.c, cmd_restore.c...). */
+/* vmexport repo: create a backup repository (init), add the config MAC to an old one or
+ * convert it to the current format (upgrade).  The other repository commands have a file each
+ * (cmd_backup.c, cmd_restore.c...). */
 #include <errno.h>
 #include <fcntl.h>
+#include <ftw.h>
 #include <getopt.h>
 #include <inttypes.h>
 #include <jansson.h>
@@ -11,7 +13,9 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <stdio.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -24,6 +28,7 @@
 #include "core/hash.h"
 #include "fs/fsinfo.h"
 #include "fs/zero.h"
+#include "backup/verify.h"
 #include "repo/repo.h"
 
 /* ---- repo init ---- */
@@ -53,6 +58,213 @@ static int repo_upgrade(const char *path, const char *pfile)
     return ret;
 }
 
+/* ---- repo upgrade --format-version 3 ----
+ *
+ * The old repository at PATH is copied into PATH.upgrade-tmp (a new format-3 repository with the
+ * same chunk size and passphrase; every backup with its ID, time and metadata), the copy is
+ * verified, then the two directories are exchanged atomically (renameat2 RENAME_EXCHANGE) and
+ * the old one is renamed PATH.format<N>-<time>, kept for the user to delete.  PATH is a whole
+ * repository at every moment: a crash before the exchange leaves the old one (a rerun removes
+ * the unfinished copy and starts again), a crash after it the new one (a rerun renames the old
+ * one it finds in PATH.upgrade-tmp). */
+
+#define UPGRADE_TMP_SUFFIX ".upgrade-tmp"
+/* Tests: kill the process at this point ("copied": before the exchange; "exchanged": after it,
+ * before the old one is renamed), as a crash would. */
+#define UPGRADE_KILL_ENV "VMEXPORT_TEST_UPGRADE_KILL"
+
+static void upgrade_kill_point(const char *point)
+{
+    const char *at = getenv(UPGRADE_KILL_ENV);
+    if (at && !strcmp(at, point))
+        raise(SIGKILL);
+}
+
+/* The "version" of the config in dir: 0 when it has none (no repository there). */
+static unsigned config_version(const char *dir)
+{
+    CLEANUP_FREE char *path = NULL;
+    if (asprintf(&path, "%s/config", dir) < 0)
+        return 0;
+    json_t *o = json_load_file(path, 0, NULL);
+    json_t *v = o ? json_object_get(o, "version") : NULL;
+    unsigned n =
+        json_is_integer(v) && json_integer_value(v) > 0 ? (unsigned)json_integer_value(v) : 0;
+    json_decref(o);
+    return n;
+}
+
+static uint64_t tree_bytes;
+
+static int tree_size_entry(const char *p, const struct stat *st, int flag, struct FTW *f)
+{
+    (void)p;
+    (void)f;
+    if (flag == FTW_F)
+        tree_bytes += (uint64_t)st->st_blocks * 512;
+    return 0;
+}
+
+static int tree_remove_entry(const char *p, const struct stat *st, int flag, struct FTW *f)
+{
+    (void)st;
+    (void)f;
+    return (flag == FTW_DP ? rmdir(p) : unlink(p)) < 0 ? -1 : 0;
+}
+
+/* fsync the directory holding path. */
+static int sync_parent(const char *path)
+{
+    CLEANUP_FREE char *dir = strdup(path);
+    if (!dir)
+        return -ENOMEM;
+    char *slash = strrchr(dir, '/');
+    const char *d = slash ? (slash == dir ? "/" : (*slash = '\0', dir)) : ".";
+    int fd = open(d, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
+        return -errno;
+    int ret = fsync(fd) < 0 ? -errno : 0;
+    close(fd);
+    return ret;
+}
+
+/* Rename the old repository (now at tmp) to PATH.format<version>-<UTC time>; print it. */
+static int upgrade_keep_old(const char *path, const char *tmp, unsigned version)
+{
+    char stamp[32];
+    time_t now = time(NULL);
+    struct tm tm;
+    gmtime_r(&now, &tm);
+    strftime(stamp, sizeof(stamp), "%Y%m%dT%H%M%SZ", &tm);
+    CLEANUP_FREE char *old = NULL;
+    if (asprintf(&old, "%s.format%u-%s", path, version, stamp) < 0)
+        return EXIT_FAIL;
+    if (rename(tmp, old) < 0 || sync_parent(path) < 0) {
+        fprintf(stderr, "vmexport repo upgrade: %s: cannot rename to %s: %s\n", tmp, old,
+                strerror(errno));
+        return EXIT_FAIL;
+    }
+    printf("%s: now format version 3; the old repository (format %u) is kept as %s: delete it "
+           "once you no longer need it\n",
+           path, version, old);
+    return EXIT_OK;
+}
+
+static void upgrade_progress(void *opaque, const struct backup *b)
+{
+    (void)opaque;
+    fprintf(stderr, "copying backup %s of %s\n", b->id, b->vm_id);
+}
+
+static int repo_upgrade_format(const char *path_arg, const char *pfile, unsigned format)
+{
+    const char *cmd = "vmexport repo upgrade";
+    if (format != REPO_FORMAT_VERSION) {
+        fprintf(stderr, "%s: --format-version: only %u (the current format) can be upgraded to\n",
+                cmd, REPO_FORMAT_VERSION);
+        return EXIT_USAGE;
+    }
+    CLEANUP_FREE char *path = strdup(path_arg);
+    CLEANUP_FREE char *tmp = NULL;
+    if (!path)
+        return EXIT_FAIL;
+    for (size_t n = strlen(path); n > 1 && path[n - 1] == '/'; n--)
+        path[n - 1] = '\0';
+    if (asprintf(&tmp, "%s" UPGRADE_TMP_SUFFIX, path) < 0)
+        return EXIT_FAIL;
+
+    /* What an interrupted run left. */
+    unsigned have = config_version(path), left = config_version(tmp);
+    struct stat st;
+    if (lstat(tmp, &st) == 0) {
+        if (have >= REPO_FORMAT_VERSION && left && left < REPO_FORMAT_VERSION)
+            return upgrade_keep_old(path, tmp, left); /* crashed after the exchange */
+        if (!S_ISDIR(st.st_mode) || nftw(tmp, tree_remove_entry, 16, FTW_DEPTH | FTW_PHYS) < 0) {
+            fprintf(stderr, "%s: %s: cannot remove what an interrupted upgrade left: %s\n", cmd,
+                    tmp, strerror(errno));
+            return EXIT_FAIL;
+        }
+        fprintf(stderr, "removed %s, left by an interrupted upgrade\n", tmp);
+    }
+    struct repo *src = cli_open_repo("repo upgrade", path, pfile);
+    if (!src)
+        return EXIT_FAIL;
+    unsigned from = repo_format_version(src);
+    if (from >= REPO_FORMAT_VERSION) {
+        printf("%s: already format version %u; nothing to do\n", path, from);
+        repo_close(src);
+        return EXIT_OK;
+    }
+    int ret = EXIT_FAIL;
+    char err[512] = "";
+    CLEANUP_FREE char *pass = NULL;
+    struct repo *dst = NULL;
+    struct statvfs vfs;
+    /* Exclusive: no backup, prune or gc changes it while it is copied. */
+    if (repo_lock(src, true, CLI_LOCK_TIMEOUT, err, sizeof(err)) < 0) {
+        fprintf(stderr, "%s: %s\n", cmd, err);
+        repo_close(src);
+        return EXIT_FAIL;
+    }
+    tree_bytes = 0;
+    if (nftw(path, tree_size_entry, 16, FTW_PHYS) < 0 || statvfs(path, &vfs) < 0) {
+        fprintf(stderr, "%s: %s: %s\n", cmd, path, strerror(errno));
+        goto out;
+    }
+    uint64_t avail = (uint64_t)vfs.f_bavail * vfs.f_frsize;
+    if (avail < tree_bytes) {
+        fprintf(stderr,
+                "%s: %s: the upgrade makes a copy next to the repository and needs up to %" PRIu64
+                " MiB free there; %" PRIu64 " MiB are available: nothing was changed\n",
+                cmd, path, (tree_bytes >> 20) + 1, avail >> 20);
+        goto out;
+    }
+    if (repo_encrypted(src) && !(pass = cli_read_passphrase("repo upgrade", pfile, false)))
+        goto out;
+    struct repo_init_options io = {.chunk_size = repo_chunk_size(src),
+                                   .passphrase = pass,
+                                   .format_version = REPO_FORMAT_VERSION};
+    if (repo_init(tmp, &io, err, sizeof(err)) < 0 ||
+        repo_open(tmp, pass, &dst, err, sizeof(err)) < 0) {
+        fprintf(stderr, "%s: %s\n", cmd, err);
+        goto out;
+    }
+    if (repo_upgrade_copy(src, dst, upgrade_progress, NULL, err, sizeof(err)) < 0) {
+        fprintf(stderr,
+                "%s: %s: nothing was changed (the unfinished copy %s is removed by the "
+                "next run)\n",
+                cmd, err, tmp);
+        goto out;
+    }
+    struct verify_options vo = {.repo = dst, .lock_timeout = CLI_LOCK_TIMEOUT};
+    struct verify_result vr;
+    if (verify_run(&vo, &vr) < 0 || vr.damaged_backups) {
+        fprintf(stderr, "%s: the copy %s does not verify (%s): nothing was changed\n", cmd, tmp,
+                vr.err[0] ? vr.err : "damaged backups");
+        goto out;
+    }
+    repo_close(dst);
+    dst = NULL;
+    upgrade_kill_point("copied");
+    if (renameat2(AT_FDCWD, tmp, AT_FDCWD, path, RENAME_EXCHANGE) < 0 || sync_parent(path) < 0) {
+        fprintf(stderr, "%s: cannot exchange %s and %s: %s: nothing was changed\n", cmd, tmp, path,
+                strerror(errno));
+        goto out;
+    }
+    upgrade_kill_point("exchanged");
+    repo_unlock(src);
+    repo_close(src);
+    src = NULL;
+    ret = upgrade_keep_old(path, tmp, from);
+out:
+    repo_close(dst);
+    if (src) {
+        repo_unlock(src);
+        repo_close(src);
+    }
+    return ret;
+}
+
 static const struct cli_option repo_options[] = {
     {"encrypt", 'e', NULL, "encrypt (asks for the passphrase twice on a terminal)"},
     {"chunk-size", 'c', "SIZE",
@@ -76,6 +288,7 @@ static int repo_run(int argc, char **argv)
     uint64_t chunk = REPO_DEFAULT_CHUNK_SIZE;
     int level = 0;
     unsigned format = REPO_FORMAT_VERSION;
+    bool format_given = false;
     struct cli_args a = {0};
     int c;
     while ((c = cli_next(&a, &cmd_repo, argc, argv)) > 0) {
@@ -103,6 +316,7 @@ static int repo_run(int argc, char **argv)
             if (end == a.arg || *end || v < REPO_MIN_FORMAT_VERSION || v > REPO_FORMAT_VERSION)
                 return cli_usage_error(&cmd_repo, "--format-version takes 1 to 3");
             format = (unsigned)v;
+            format_given = true;
             break;
         }
         }
@@ -112,7 +326,8 @@ static int repo_run(int argc, char **argv)
     const char *pfile = a.passphrase_file;
     int first = a.first;
     if (argc - first == 2 && !strcmp(argv[first], "upgrade"))
-        return repo_upgrade(argv[first + 1], pfile);
+        return format_given ? repo_upgrade_format(argv[first + 1], pfile, format)
+                            : repo_upgrade(argv[first + 1], pfile);
     if (argc - first != 2 || strcmp(argv[first], "init"))
         return cli_usage_error(&cmd_repo, "expected 'init PATH' or 'upgrade PATH'");
     const char *path = argv[first + 1];
@@ -144,7 +359,7 @@ const struct cli_command cmd_repo = {
     .usage = "Usage: vmexport repo init PATH [--encrypt] [--chunk-size SIZE] "
              "[--compression-level N]\n"
              "                         [--format-version N] [--passphrase-file FILE]\n"
-             "       vmexport repo upgrade PATH [--passphrase-file FILE]\n"
+             "       vmexport repo upgrade PATH [--format-version 3] [--passphrase-file FILE]\n"
              "\n"
              "Create a backup repository in PATH (a new or empty directory).  Disks are split\n"
              "into fixed chunks of SIZE (default 1M, a power of two from 64K to 64M), named by\n"
@@ -160,7 +375,15 @@ const struct cli_command cmd_repo = {
              "(--format-version 2) stores one file per chunk and is what older vmexport reads.\n"
              "\n"
              "upgrade adds that MAC to the config of an encrypted repository made by an older\n"
-             "vmexport, which until then can be read but not written to (backup, prune, gc).\n",
+             "vmexport, which until then can be read but not written to (backup, prune, gc).\n"
+             "With --format-version 3 it converts a format 1 or 2 repository to format 3: every\n"
+             "backup (same IDs, times and metadata; each chunk read, checked and stored anew) is\n"
+             "copied into PATH.upgrade-tmp, the copy is verified, then the two directories are\n"
+             "exchanged atomically and the old repository is kept as PATH.format<N>-<time> for\n"
+             "you to delete.  It needs free space for the copy (checked first) and holds the\n"
+             "repository locked meanwhile.  Interrupted at any point, PATH is the old or the new\n"
+             "repository, whole; run it again to finish.  An encrypted repository keeps its\n"
+             "passphrase (its keys are new).\n",
     .common = CLI_PASSPHRASE,
     .options = repo_options,
     .epilog = "Exit status: 0 success, 1 failure, 2 bad usage.\n",

@@ -513,9 +513,15 @@ static int writer_make_dir(struct backup_writer *w, char *err, size_t errlen)
         return -ENOMEM;
     int ret = store_make_prefix(r->store, vm_prefix, false);
     for (int i = 0; ret == 0 && i < BACKUP_ID_TRIES; i++) {
-        ret = backup_id_make(w->time, id);
-        if (ret == 0)
-            ret = backup_id_order(r, vm_prefix, id);
+        if (r->upgrade_backup_id) { /* repo_upgrade_copy(): the old backup's ID */
+            ret = backup_id_valid(r->upgrade_backup_id) ? 0 : -EINVAL;
+            if (ret == 0)
+                memcpy(id, r->upgrade_backup_id, sizeof(id));
+        } else {
+            ret = backup_id_make(w->time, id);
+            if (ret == 0)
+                ret = backup_id_order(r, vm_prefix, id);
+        }
         if (ret < 0 || backup_id_in_use(r, id))
             continue;
         free(w->rel_dir);

@@ -3,6 +3,8 @@
  */
 #include "repo/chunkset.h"
 
+#include "repo_internal.h"
+
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -38,7 +40,11 @@ static int grow(struct chunk_set *s)
     size_t cap = s->cap ? s->cap * 2 : CHUNK_SET_MIN_CAP;
     if (cap < s->cap || cap > SIZE_MAX / sizeof(struct chunk_id))
         return -ENOMEM;
-    struct chunk_set n = {.ids = malloc(cap * sizeof(*n.ids)), .state = calloc(cap, 1), .cap = cap};
+    struct chunk_set n = {.repo = s->repo,
+                          .in_index = s->in_index,
+                          .ids = malloc(cap * sizeof(*n.ids)),
+                          .state = calloc(cap, 1),
+                          .cap = cap};
     if (!n.ids || !n.state) {
         free(n.ids);
         free(n.state);
@@ -71,12 +77,28 @@ static int slot_for_put(struct chunk_set *s, const struct chunk_id *id, size_t *
     return 0;
 }
 
+void chunk_set_use_index(struct chunk_set *s, struct repo *r)
+{
+    if (r->format_version >= REPO_PACKS_FORMAT)
+        s->repo = r;
+}
+
 int chunk_set_put(struct chunk_set *s, const struct chunk_id *id, int8_t state)
 {
     size_t k;
     bool found;
     if (state == CHUNK_STATE_UNKNOWN)
         return -EINVAL;
+    if (s->repo) {
+        int8_t old = CHUNK_STATE_UNKNOWN;
+        int m = pack_index_mark(s->repo, id, state, &old);
+        if (m == 0) {
+            s->in_index += old == CHUNK_STATE_UNKNOWN;
+            return 0;
+        }
+        if (m != -ENOENT)
+            return m;
+    }
     int r = slot_for_put(s, id, &k, &found);
     if (r < 0)
         return r;
@@ -92,6 +114,10 @@ int chunk_set_add(struct chunk_set *s, const struct chunk_id *id)
 {
     size_t k;
     bool found;
+    if (s->repo && chunk_set_has(s, id))
+        return 0;
+    if (s->repo)
+        return chunk_set_put(s, id, CHUNK_STATE_PRESENT);
     int r = slot_for_put(s, id, &k, &found);
     if (r < 0 || found)
         return r;
@@ -104,6 +130,9 @@ int chunk_set_add(struct chunk_set *s, const struct chunk_id *id)
 int8_t chunk_set_get(const struct chunk_set *s, const struct chunk_id *id)
 {
     bool found;
+    int8_t v;
+    if (s->repo && pack_index_mark(s->repo, id, CHUNK_STATE_UNKNOWN, &v) == 0)
+        return v;
     if (!s->cap)
         return CHUNK_STATE_UNKNOWN;
     size_t k = slot_of(s, id, &found);
@@ -117,11 +146,13 @@ bool chunk_set_has(const struct chunk_set *s, const struct chunk_id *id)
 
 size_t chunk_set_len(const struct chunk_set *s)
 {
-    return s->len;
+    return s->len + s->in_index;
 }
 
 void chunk_set_free(struct chunk_set *s)
 {
+    if (s->repo)
+        pack_index_clear_marks(s->repo);
     free(s->ids);
     free(s->state);
     *s = (struct chunk_set)CHUNK_SET_INIT;

@@ -26,6 +26,8 @@ enum chunk_state {
 #define CHUNK_STATE_PRESENT CHUNK_STATE_OK
 
 struct chunk_set {
+    struct repo *repo; /* chunk_set_use_index(): values of indexed IDs kept in its index */
+    size_t in_index;   /* IDs whose value is kept there */
     struct chunk_id *ids;
     int8_t *state; /* per slot: CHUNK_STATE_UNKNOWN when empty */
     size_t cap;    /* slots: 0 or a power of two */
@@ -44,7 +46,13 @@ int chunk_set_add(struct chunk_set *s, const struct chunk_id *id);
 int8_t chunk_set_get(const struct chunk_set *s, const struct chunk_id *id);
 bool chunk_set_has(const struct chunk_set *s, const struct chunk_id *id);
 size_t chunk_set_len(const struct chunk_set *s);
-/* Free the tables; s is empty (CHUNK_SET_INIT) again. */
+/* Keep the value of every ID the index of r (a format-3 repository) names in that index's
+ * entry instead of the table: no memory per chunk (verify of a million chunks would otherwise
+ * hold a second table of them); other IDs, and all of an older format, go into the table as
+ * before.  One such set per repository at a time, freed before r is closed. */
+void chunk_set_use_index(struct chunk_set *s, struct repo *r);
+/* Free the tables (and clear the values kept in an index); s is empty (CHUNK_SET_INIT)
+ * again. */
 void chunk_set_free(struct chunk_set *s);
 
 #endif

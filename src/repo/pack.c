@@ -40,11 +40,16 @@
 /* A pack below this many bytes with a dead chunk is repacked whatever the dead share. */
 #define PACK_SMALL (PACK_TARGET / 4)
 /* Repack a pack when more than 1 / PACK_DEAD_SHARE of its chunk bytes are dead. */
-#define PACK_DEAD_SHARE   5
-#define PACK_NAME_BYTES   32
-#define PACK_FOOTER_MAGIC "VXPKEND" /* and its NUL: 8 bytes */
-#define PACK_FOOTER_SIZE  16
-#define PACK_ENTRY_SIZE   (HASH_SIZE + 4 + 4) /* id, u32le offset, u32le length */
+#define PACK_DEAD_SHARE 5
+/* What a chunk waiting for the flush counts for the flush decision at least, whatever its
+ * container's size: it costs memory (its ID in the writer's set, its pack entry: ~100 bytes),
+ * so a backup of a million tiny chunks flushes by count too (the engine's 512 MiB threshold:
+ * every 131,072 chunks, ~20 MB), not once at the end with all of them held. */
+#define PACK_PENDING_CHUNK_COST 4096
+#define PACK_NAME_BYTES         32
+#define PACK_FOOTER_MAGIC       "VXPKEND" /* and its NUL: 8 bytes */
+#define PACK_FOOTER_SIZE        16
+#define PACK_ENTRY_SIZE         (HASH_SIZE + 4 + 4) /* id, u32le offset, u32le length */
 /* An index segment's head: the pack's name and u64le bytes of chunk containers in it. */
 #define PACK_SEG_HEAD     (PACK_NAME_BYTES + 8)
 #define PACK_IDENT_PREFIX "pack:"
@@ -66,7 +71,7 @@ struct index_entry {
     uint32_t pack; /* into pack_index.packs */
     uint32_t off;
     uint32_t len;
-    uint32_t reserved;
+    int32_t mark; /* pack_index_mark(): 0 unless a chunk set keeps a value here */
 };
 
 _Static_assert(sizeof(struct index_entry) == 48, "an index entry is 48 bytes");
@@ -186,6 +191,9 @@ static int index_settle(struct pack_index *x, size_t sorted_before)
     }
     x->n_main = n;
     x->n_delta = 0;
+    free(x->delta); /* it grew to an eighth of main: not kept empty */
+    x->delta = NULL;
+    x->cap_delta = 0;
     return 0;
 }
 
@@ -212,7 +220,7 @@ static int index_add_segment(struct pack_index *x, const uint8_t *p, size_t len)
         d->pack = no;
         d->off = get_u32(e + HASH_SIZE);
         d->len = get_u32(e + HASH_SIZE + 4);
-        d->reserved = 0;
+        d->mark = 0;
     }
     return 0;
 }
@@ -295,16 +303,15 @@ static int index_load(struct repo *r, struct pack_index **out, string_list *name
             log_error("%s/%s/%s: cannot read the index object: %s", r->path, REPO_INDEX_DIR,
                       names.ptr[i], ret == -EBADMSG ? "damaged" : strerror(-ret));
     }
-    if (ret == 0)
-        ret = index_settle(x, 0);
-    if (ret == 0 && x->n_delta) { /* merge whatever is left: the loaded index is main only */
-        size_t n = x->n_delta;
-        x->n_delta = 0;
-        struct index_entry *d = x->delta;
-        x->main = d;
-        x->n_main = n;
+    if (ret == 0 && x->n_delta) {
+        /* The entries read become main, sorted, in their own buffer trimmed to size (no copy:
+         * a merge into a second array would hold both, twice the memory at a million). */
+        qsort(x->delta, x->n_delta, sizeof(*x->delta), entry_cmp);
+        struct index_entry *m = realloc(x->delta, x->n_delta * sizeof(*m));
+        x->main = m ? m : x->delta;
+        x->n_main = x->n_delta;
         x->delta = NULL;
-        x->cap_delta = 0;
+        x->n_delta = x->cap_delta = 0;
     }
     if (ret < 0 || !names_out)
         string_list_free(&names);
@@ -335,25 +342,55 @@ static const struct index_entry *search(const struct index_entry *a, size_t n,
     return NULL;
 }
 
+/* The entry of id in the loaded index (loading it first), or NULL; *ret: 0 or the load's error.
+ * Called with r->index_mutex held. */
+static struct index_entry *index_lookup(struct repo *r, const struct chunk_id *id, int *ret)
+{
+    *ret = 0;
+    if (!r->index && (*ret = index_load(r, &r->index, NULL)) < 0)
+        return NULL;
+    const struct index_entry *e = search(r->index->main, r->index->n_main, id);
+    if (!e)
+        e = search(r->index->delta, r->index->n_delta, id);
+    return (struct index_entry *)e;
+}
+
 int pack_index_find(struct repo *r, const struct chunk_id *id, char key[PACK_KEY_LEN],
                     uint64_t *off, uint32_t *len)
 {
     ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&r->index_mutex);
-    if (!r->index) {
-        int ret = index_load(r, &r->index, NULL);
-        if (ret < 0)
-            return ret;
-    }
-    const struct index_entry *e = search(r->index->main, r->index->n_main, id);
+    int ret;
+    const struct index_entry *e = index_lookup(r, id, &ret);
     if (!e)
-        e = search(r->index->delta, r->index->n_delta, id);
-    if (!e)
-        return -ENOENT;
+        return ret < 0 ? ret : -ENOENT;
     if (key)
         pack_key(&r->index->packs[e->pack], key);
     *off = e->off;
     *len = e->len;
     return 0;
+}
+
+int pack_index_mark(struct repo *r, const struct chunk_id *id, int8_t value, int8_t *old)
+{
+    ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&r->index_mutex);
+    int ret;
+    struct index_entry *e = index_lookup(r, id, &ret);
+    if (!e)
+        return ret < 0 ? ret : -ENOENT;
+    *old = (int8_t)e->mark;
+    if (value != 0)
+        e->mark = value;
+    return 0;
+}
+
+void pack_index_clear_marks(struct repo *r)
+{
+    ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&r->index_mutex);
+    struct pack_index *x = r->index;
+    for (size_t i = 0; x && i < x->n_main; i++)
+        x->main[i].mark = 0;
+    for (size_t i = 0; x && i < x->n_delta; i++)
+        x->delta[i].mark = 0;
 }
 
 void pack_index_drop(struct repo *r)
@@ -415,6 +452,7 @@ struct pack_writer {
     struct repo *r;
     size_t buf_cap;   /* every pack buffer's size (pack_buf_cap) */
     bool write_index; /* flush writes an index object (batches; gc writes its own) */
+    bool dedup;       /* skip IDs added before (batches; gc adds each live ID once) */
     pthread_mutex_t mu;
     struct pack_build cur;
     pack_build_list staged;
@@ -452,6 +490,9 @@ static void buf_put(struct pack_writer *w, uint8_t *p)
     {
         ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&w->mu);
         if (!w->spare) {
+            /* Kept mapped (no heap churn) but its pages given back: an idle buffer costs no
+             * memory (17 MiB of RSS otherwise; they fault in again as zeros when reused). */
+            madvise(p, w->buf_cap, MADV_DONTNEED);
             w->spare = p;
             return;
         }
@@ -538,6 +579,7 @@ int pack_writer_new(struct repo *r, struct pack_writer **out)
     w->r = r;
     w->buf_cap = pack_buf_cap(r);
     w->write_index = true;
+    w->dedup = true;
     pthread_mutex_init(&w->mu, NULL);
     w->staged = (pack_build_list)VECTOR_INIT;
     *out = w;
@@ -569,7 +611,7 @@ int pack_writer_add(struct pack_writer *w, const struct chunk_id *id, const uint
         return -EFBIG;
     {
         ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&w->mu);
-        if (chunk_set_has(&w->pending, id))
+        if (w->dedup && chunk_set_has(&w->pending, id))
             return 1;
         struct pack_build *c = &w->cur;
         if (c->entries.len && (c->len + len > PACK_TARGET || c->entries.len >= PACK_MAX_CHUNKS)) {
@@ -585,13 +627,13 @@ int pack_writer_add(struct pack_writer *w, const struct chunk_id *id, const uint
         struct pack_entry e = {.id = *id, .off = (uint32_t)c->len, .len = (uint32_t)len};
         if ((ret = build_reserve(w, c, len)) < 0 ||
             (ret = pack_entry_list_append(&c->entries, e)) < 0 ||
-            (ret = chunk_set_add(&w->pending, id)) < 0)
+            (w->dedup && (ret = chunk_set_add(&w->pending, id)) < 0))
             goto out;
         memcpy(c->buf + c->len, container, len);
         c->len += len;
         w->pending_bytes += len;
         if (pending)
-            *pending = w->pending_bytes;
+            *pending = w->pending_bytes + (uint64_t)w->pending.len * PACK_PENDING_CHUNK_COST;
     out:;
     }
     if (have_full) {
@@ -1078,6 +1120,7 @@ int pack_gc_run(struct pack_gc *g, bool dry_run, bool force, struct gc_stats *st
     if (ret < 0)
         return ret;
     w->write_index = false;
+    w->dedup = false; /* no set of the live IDs: the live entries are unique (pack_gc_mark) */
     bool changed = g->index_names.len > 1 || dead_entry;
     CLEANUP_FREE uint32_t *order = NULL;
     CLEANUP_FREE size_t *start = NULL;

@@ -182,7 +182,8 @@ int repo_chunk_delete(struct repo *r, const struct chunk_id *id);
 struct chunk_batch;
 int repo_chunk_batch_new(struct repo *r, struct chunk_batch **out);
 /* *pending_bytes (may be NULL): container bytes waiting for the flush after this put, to
- * decide when to flush. */
+ * decide when to flush (format 3: each chunk counts for at least 4 KiB there, the memory a
+ * pending chunk holds, so that flushing at a byte threshold also bounds the count). */
 int repo_chunk_batch_put(struct chunk_batch *b, const struct chunk_id *id, const void *data,
                          size_t len, uint64_t *pending_bytes);
 /* Commit: make every pending chunk durable, then move each into place.  On failure the pending
@@ -305,6 +306,15 @@ int repo_manifest_read(struct repo *r, const struct backup *b, const char *disk,
 int repo_backup_delete(struct repo *r, const char *id);
 
 /* ---- maintenance ---- */
+
+/* Copy every committed backup of src (any format) into dst, a new empty repository of format 3
+ * with src's chunk size: the same backup IDs, VMs, times and metadata; each chunk read and
+ * checked, stored under its format-3 ID (all-zero ones become absent).  For `repo upgrade`,
+ * which makes dst next to src and swaps the directories; progress (may be NULL) is called
+ * before each backup.  A damaged or missing chunk fails the copy, naming it in err. */
+int repo_upgrade_copy(struct repo *src, struct repo *dst,
+                      void (*progress)(void *opaque, const struct backup *b), void *opaque,
+                      char *err, size_t errlen);
 
 /* Repository-wide lock for gc and prune (exclusive) or restore/verify (shared). */
 int repo_lock(struct repo *r, bool exclusive, unsigned timeout, char *err, size_t errlen);

@@ -67,6 +67,9 @@ struct repo {
     pthread_mutex_t index_mutex;
     struct pack_index *index;
 
+    /* repo_upgrade_copy(): the ID the next backup begun gets (the old backup's), or NULL. */
+    const char *upgrade_backup_id;
+
     /* repo_lock() state: one repository-wide lock per handle, counted. */
     pthread_mutex_t lock_mutex;
     struct store_lease *lock_lease;
@@ -194,6 +197,12 @@ int pack_index_find(struct repo *r, const struct chunk_id *id, char key[PACK_KEY
  * it, gc). */
 void pack_index_drop(struct repo *r);
 void pack_index_free(struct repo *r);
+/* A value kept per indexed chunk for chunk_set_use_index() (chunkset.h): *old gets id's value
+ * and, unless value is CHUNK_STATE_UNKNOWN (0), value replaces it.  Loads the index on first
+ * use; -ENOENT when no index names id. */
+int pack_index_mark(struct repo *r, const struct chunk_id *id, int8_t value, int8_t *old);
+/* Clear every value pack_index_mark() kept. */
+void pack_index_clear_marks(struct repo *r);
 /* Every chunk ID the index names, each once, sorted (free()). */
 int pack_index_ids(struct repo *r, struct chunk_id **ids, size_t *n);
 
@@ -203,7 +212,8 @@ int pack_index_ids(struct repo *r, struct chunk_id **ids, size_t *n);
 struct pack_writer;
 int pack_writer_new(struct repo *r, struct pack_writer **out);
 /* Add the sealed container of chunk id: 1 when the writer has the chunk already (nothing
- * added), 0 added; *pending (may be NULL): bytes waiting for the flush. */
+ * added), 0 added; *pending (may be NULL): bytes waiting for the flush, each chunk counted
+ * as at least PACK_PENDING_CHUNK_COST (pack.c). */
 int pack_writer_add(struct pack_writer *w, const struct chunk_id *id, const uint8_t *container,
                     size_t len, uint64_t *pending);
 /* *chunks and *bytes (may be NULL) get the chunks and pack bytes made durable added. */

@@ -33,7 +33,9 @@ struct stream_writer {
 struct stream_reader {
     struct repo *r;
     char *relpath;
-    uint8_t *data;
+    uint8_t *data; /* the object (stream_reader_new), or NULL: read a segment at a time */
+    uint8_t *cbuf; /* without data: the current segment's container */
+    size_t cbuf_cap;
     size_t len, off;
     uint64_t segment; /* index of the next segment */
     uint64_t items;
@@ -176,11 +178,36 @@ int stream_reader_new(struct repo *r, const char *relpath, uint8_t *data, size_t
 int stream_reader_open(struct repo *r, const char *relpath, uint64_t max,
                        struct stream_reader **out)
 {
-    uint8_t *data = NULL;
-    size_t len;
+    /* The object is read a segment at a time (ranged reads): memory holds one segment, not
+     * the object (a million-entry manifest or index object is 40 MB). */
+    struct store_stat st;
     *out = NULL;
-    int ret = store_get(r->store, relpath, max, &data, &len);
-    return ret < 0 ? ret : stream_reader_new(r, relpath, data, len, out);
+    int ret = store_stat(r->store, relpath, &st);
+    if (ret < 0)
+        return ret;
+    if (st.size > max || st.size > SIZE_MAX)
+        return -EBADMSG;
+    ret = stream_reader_new(r, relpath, NULL, 0, out);
+    if (ret == 0)
+        (*out)->len = (size_t)st.size;
+    return ret;
+}
+
+/* len bytes of the object at the reader's offset plus skip: a pointer into the object in
+ * memory, or read into rd->cbuf. */
+static int reader_bytes(struct stream_reader *rd, size_t skip, size_t len, uint8_t **p)
+{
+    if (rd->data) {
+        *p = rd->data + rd->off + skip;
+        return 0;
+    }
+    int ret = grow(&rd->cbuf, &rd->cbuf_cap, len ? len : 1);
+    if (ret == 0)
+        ret = store_get_range(rd->r->store, rd->relpath, rd->off + skip, len, rd->cbuf);
+    if (ret < 0)
+        return ret == -ENOENT || ret == -ESPIPE ? -EBADMSG : ret;
+    *p = rd->cbuf;
+    return 0;
 }
 
 int stream_reader_next(struct stream_reader *rd, const uint8_t **plain, size_t *len)
@@ -193,17 +220,24 @@ int stream_reader_next(struct stream_reader *rd, const uint8_t **plain, size_t *
     /* Cut at a segment boundary before the end segment: truncated. */
     if (rd->len - rd->off < SEG_LEN_SIZE)
         return -EBADMSG;
-    memcpy(&le, rd->data + rd->off, sizeof(le));
+    uint8_t *c;
+    int ret = reader_bytes(rd, 0, SEG_LEN_SIZE, &c);
+    if (ret < 0)
+        return ret;
+    memcpy(&le, c, sizeof(le));
     size_t clen = le32toh(le);
     if (clen > rd->len - rd->off - SEG_LEN_SIZE)
         return -EBADMSG;
-    uint8_t *c = rd->data + rd->off + SEG_LEN_SIZE;
+    if (clen > STREAM_MAX_SEGMENT + CONTAINER_MAX_OVERHEAD)
+        return -EBADMSG; /* longer than any segment (stored uncompressed unless smaller) */
+    if ((ret = reader_bytes(rd, SEG_LEN_SIZE, clen, &c)) < 0)
+        return ret;
 
     uint64_t announced;
     if (container_plain_size(c, clen, &announced) < 0 || announced > STREAM_MAX_SEGMENT ||
         announced < SEG_KIND_LEN)
         return -EBADMSG;
-    int ret = grow(&rd->plain, &rd->plain_cap, (size_t)announced);
+    ret = grow(&rd->plain, &rd->plain_cap, (size_t)announced);
     if (ret < 0)
         return ret;
     CLEANUP_FREE char *ident = segment_ident(rd->relpath, rd->segment);
@@ -246,6 +280,7 @@ void stream_reader_free(struct stream_reader *rd)
         return;
     free(rd->relpath);
     free(rd->data);
+    free(rd->cbuf);
     free(rd->plain);
     free(rd);
 }

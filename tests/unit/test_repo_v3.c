@@ -24,6 +24,7 @@
 #include "core/hash.h"
 #include "core/log.h"
 #include "repo/repo.h"
+#include "repo/chunkset.h"
 #include "repo/repo_internal.h" /* container_unseal_chunk for forged containers */
 #include "repo/store_mem.h"
 
@@ -783,6 +784,53 @@ static void test_v2_fixture(void **state)
     }
 }
 
+/* A million chunks in bounded memory: a chunk set on the index keeps the values of indexed IDs
+ * in the index's entries (no table: verify holds no second copy of the IDs), others in its
+ * table; freeing it clears them.  A batch counts each pending chunk as at least 4 KiB. */
+static void test_set_on_index(void **state)
+{
+    (void)state;
+    struct fixture *f = fixture_new(NULL);
+    static uint8_t buf[CS];
+    struct chunk_id ids[8], other;
+    struct chunk_batch *b = NULL;
+    uint64_t pending = 0;
+    assert_int_equal(repo_chunk_batch_new(f->r, &b), 0);
+    for (unsigned i = 0; i < 8; i++) {
+        memset(buf, 0, sizeof(buf));
+        buf[0] = (uint8_t)(i + 1); /* tiny containers */
+        repo_chunk_id(f->r, buf, sizeof(buf), &ids[i]);
+        assert_int_equal(repo_chunk_batch_put(b, &ids[i], buf, sizeof(buf), &pending), 0);
+    }
+    assert_true(pending >= 8 * 4096);
+    assert_int_equal(repo_chunk_batch_flush(b), 0);
+    repo_chunk_batch_free(b);
+    memset(other.b, 0x5a, sizeof(other.b));
+
+    struct chunk_set s = CHUNK_SET_INIT;
+    chunk_set_use_index(&s, f->r);
+    for (unsigned i = 0; i < 8; i++)
+        assert_int_equal(chunk_set_put(&s, &ids[i], i % 2 ? CHUNK_STATE_OK : CHUNK_STATE_BAD), 0);
+    assert_int_equal(chunk_set_add(&s, &ids[1]), 0);
+    assert_int_equal(s.cap, 0); /* nothing in the table */
+    assert_int_equal(chunk_set_len(&s), 8);
+    for (unsigned i = 0; i < 8; i++)
+        assert_int_equal(chunk_set_get(&s, &ids[i]), i % 2 ? CHUNK_STATE_OK : CHUNK_STATE_BAD);
+    assert_int_equal(chunk_set_get(&s, &other), CHUNK_STATE_UNKNOWN);
+    assert_int_equal(chunk_set_put(&s, &other, -2), 0); /* not indexed: the table */
+    assert_true(s.cap > 0);
+    assert_int_equal(chunk_set_get(&s, &other), -2);
+    assert_int_equal(chunk_set_len(&s), 9);
+    chunk_set_free(&s);
+    /* A new set sees none of the old values. */
+    chunk_set_use_index(&s, f->r);
+    for (unsigned i = 0; i < 8; i++)
+        assert_int_equal(chunk_set_get(&s, &ids[i]), CHUNK_STATE_UNKNOWN);
+    assert_int_equal(chunk_set_get(&s, &other), CHUNK_STATE_UNKNOWN);
+    chunk_set_free(&s);
+    fixture_free(f);
+}
+
 int main(void)
 {
     log_set_level(LOG_LEVEL_ERROR);
@@ -797,6 +845,7 @@ int main(void)
         cmocka_unit_test(test_pack_damage),
         cmocka_unit_test(test_gc_keeps_mostly_live),
         cmocka_unit_test(test_v2_fixture),
+        cmocka_unit_test(test_set_on_index),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
