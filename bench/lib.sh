@@ -9,3 +9,69 @@ median() {
 
 # free_port: a TCP port nothing uses, below the ephemeral range.
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/free-port.sh"
+
+# to_bytes SIZE: SIZE with an optional K, M, G or T suffix (powers of 1024) in bytes.
+to_bytes() {
+    local v=$1
+    case $v in
+        *[Tt]) echo $((${v%?} << 40)) ;;
+        *[Gg]) echo $((${v%?} << 30)) ;;
+        *[Mm]) echo $((${v%?} << 20)) ;;
+        *[Kk]) echo $((${v%?} << 10)) ;;
+        *) echo "$v" ;;
+    esac
+}
+
+# bench_start_daemon DIR VMS_DIR: a CA and server certificate, a user admin/secret and a
+# vmexportd on 127.0.0.1 with a `dir` provider over VMS_DIR, all state under DIR.  Sets
+# daemon_pid (the caller's cleanup kills it) and exports the VMEXPORT_* variables the CLI
+# reads.  Needs VMEXPORTD and die().
+bench_start_daemon() {
+    local d=$1 vms=$2 c="$1/certs" port
+    mkdir -p "$c" "$d/state"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+        -subj "/CN=bench CA" -keyout "$c/ca.key" -out "$c/ca.crt" 2>/dev/null
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj "/CN=server" \
+        -keyout "$c/server.key" -out "$c/server.csr" 2>/dev/null
+    printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\n' >"$c/server.ext"
+    openssl x509 -req -in "$c/server.csr" -CA "$c/ca.crt" -CAkey "$c/ca.key" -CAcreateserial \
+        -days 2 -extfile "$c/server.ext" -out "$c/server.crt" 2>/dev/null
+    echo "admin:$(openssl passwd -6 secret)" >"$d/state/users"
+    chmod 600 "$d/state/users"
+    port=$(free_port)
+    [ "$port" != 0 ] || die "no free port"
+    cat >"$d/vmexportd.conf" <<EOC
+[server]
+listen = 127.0.0.1:$port
+certificate = $c/server.crt
+key = $c/server.key
+shutdown_grace = 2
+[auth]
+users_file = $d/state/users
+jwt_secret_file = $d/state/jwt.key
+[catalog]
+db_file = $d/state/catalog.db
+[provider.local]
+type = dir
+path = $vms
+EOC
+    "$VMEXPORTD" --config "$d/vmexportd.conf" >>"$d/daemon.log" 2>&1 &
+    daemon_pid=$!
+    for _ in $(seq 100); do
+        curl -s --cacert "$c/ca.crt" -o /dev/null "https://127.0.0.1:$port/healthz" && break
+        kill -0 "$daemon_pid" 2>/dev/null || die "vmexportd exited: $(tail -3 "$d/daemon.log")"
+        sleep 0.1
+    done
+    export VMEXPORT_SERVER=https://127.0.0.1:$port VMEXPORT_USER=admin VMEXPORT_PASSWORD=secret
+    export VMEXPORT_CACERT=$c/ca.crt XDG_CACHE_HOME=$d/cache
+}
+
+# bench_install PACKAGE COMMAND: install the Debian PACKAGE when COMMAND is missing (bench-only
+# tools, not in scripts/install-deps.sh).
+bench_install() {
+    command -v "$2" >/dev/null && return 0
+    echo "# installing $1 ..." >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$1" >/dev/null ||
+        die "cannot install $1"
+    command -v "$2" >/dev/null || die "$1 installed but $2 is missing"
+}
