@@ -368,9 +368,10 @@ struct multipart {
     struct server *srv;
 };
 
-static ssize_t multipart_read(void *cls, uint64_t pos, char *buf, size_t max)
+/* One piece of the body at pos: bytes copied or read into buf (at most max), 0 at its end,
+ * or -1 on a read error. */
+static ssize_t multipart_piece(struct multipart *m, uint64_t pos, char *buf, size_t max)
 {
-    struct multipart *m = cls;
     for (size_t i = 0; i < m->n; i++) {
         struct part *p = &m->parts[i];
         if (pos < p->header_len) {
@@ -384,9 +385,9 @@ static ssize_t multipart_read(void *cls, uint64_t pos, char *buf, size_t max)
             size_t got = 0;
             struct disk_reader *rd = m->file->reader;
             if (rd->ops->pread(rd, buf, n, p->start + pos, 0, &got) < 0 || got == 0)
-                return MHD_CONTENT_READER_END_WITH_ERROR;
+                return -1;
             atomic_fetch_add(&m->srv->metrics.bytes_served, (unsigned long long)got);
-            return got;
+            return (ssize_t)got;
         }
         pos -= p->len;
     }
@@ -395,7 +396,24 @@ static ssize_t multipart_read(void *cls, uint64_t pos, char *buf, size_t max)
         memcpy(buf, m->trailer + pos, n);
         return (ssize_t)n;
     }
-    return MHD_CONTENT_READER_END_OF_STREAM;
+    return 0;
+}
+
+/* Fills buf with as many pieces as fit: many small parts (a backup's scattered extents) go
+ * out in few TLS records, not two per part. */
+static ssize_t multipart_read(void *cls, uint64_t pos, char *buf, size_t max)
+{
+    struct multipart *m = cls;
+    size_t out = 0;
+    while (out < max) {
+        ssize_t n = multipart_piece(m, pos + out, buf + out, max - out);
+        if (n < 0)
+            return out ? (ssize_t)out : MHD_CONTENT_READER_END_WITH_ERROR;
+        if (n == 0)
+            break;
+        out += (size_t)n;
+    }
+    return out ? (ssize_t)out : MHD_CONTENT_READER_END_OF_STREAM;
 }
 
 static void multipart_free(void *cls)
