@@ -54,6 +54,10 @@
  * range (4 TiB disk, 65,536 scattered 4 KiB extents: 20.5 s with one request per chunk). */
 #define GROUP_CHUNKS 16
 #define GROUP_BYTES  ((uint64_t)4 << 20)
+/* A chunk with more to read than this is read alone, range by range: multipart answers carry
+ * blocks of zeros that a single range's sparse answer leaves out, and a request costs little
+ * beside that much data. */
+#define GROUP_RANGE_BYTES ((uint64_t)64 << 10)
 /* Alignment of the chunk buffers: what O_DIRECT reads of local snapshot files need. */
 #define DIRECT_ALIGN 4096
 /* Process threads per CPU: each also waits for its chunk writes (O_DIRECT, synchronous), so
@@ -453,11 +457,31 @@ static void fetch_groups(struct backup_ctx *b, unsigned worker)
             it->idx = b->plan->todo[k];
             uint64_t off = it->idx * cs;
             it->len = b->m->disk_size - off < cs ? (size_t)(b->m->disk_size - off) : cs;
-            g.items[g.n++] = it;
             if (fetch_chunk_plan(b, it) < 0) {
+                queue_put_free(b, it);
                 more = false;
                 break;
             }
+            uint64_t bytes = 0;
+            for (size_t w = 0; w < it->nwant; w++)
+                bytes += it->want[w].length;
+            if (bytes > GROUP_RANGE_BYTES) {
+                /* Big ranges go alone: their blocks of zeros need not cross the network
+                 * (sparse answers are for single ranges). */
+                int r = 0;
+                for (size_t w = 0; r == 0 && w < it->nwant; w++)
+                    r = fetch_range(b, worker, off + it->want[w].start, it->want[w].length,
+                                    it->buf + it->want[w].start);
+                if (r < 0) {
+                    queue_put_free(b, it);
+                    more = false;
+                    break;
+                }
+                atomic_fetch_add(&b->chunks_fetched, 1);
+                queue_push_full(b, it);
+                continue;
+            }
+            g.items[g.n++] = it;
             group_add_ranges(&g, it, cs);
         }
         int r = first_error_failed(&b->fe) ? -ECANCELED : 0;
