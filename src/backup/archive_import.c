@@ -38,6 +38,8 @@
 /* Most disks a vm.json may list: far above what any hypervisor gives a VM (VMware: 256), and
  * low enough that comparing names pairwise stays instant (a 16 MiB vm.json could list 500,000). */
 #define MAX_DISKS 4096u
+/* Chunk bytes an import stages before it makes them durable (as a backup's FLUSH_BYTES). */
+#define IMPORT_FLUSH_BYTES ((uint64_t)512 << 20)
 /* Members besides the disks that a manifest lists: the OVF descriptor and vm.json. */
 #define MAX_METADATA_MEMBERS 2u
 
@@ -69,6 +71,7 @@ struct importer {
     const struct backup_progress *prog;
     uint64_t max_disk_size; /* 0: no limit */
     uint8_t *buf, *zeros;
+    struct chunk_batch *batch; /* the chunks, made durable before each disk's manifest */
     uint64_t bytes_written, chunks_new, chunks_reused;
     struct first_error fe; /* the first failure, or every mismatch with the manifest */
 };
@@ -288,30 +291,32 @@ static char *import_vm_id(struct importer *im, const char *vm_opt)
     return (char *)raw;
 }
 
-/* Store chunk i (chunks come in increasing order) and add it to m, unless it is zeros. */
+static int store_failed(struct importer *im, const struct manifest *m, uint64_t i, int r)
+{
+    return first_error_set(&im->fe, r, "disk %s: storing the chunk at offset %" PRIu64 ": %s",
+                           m->disk, i * m->chunk_size,
+                           r == -ENOSPC ? "no space left in the repository" : strerror(-r));
+}
+
+/* Store chunk i (chunks come in increasing order) and add it to m, unless it is zeros.  The
+ * chunks go into one batch (format 3: a few packs and one index object per flush, not a pack
+ * per chunk), flushed every IMPORT_FLUSH_BYTES and before each manifest. */
 static int store_chunk(struct importer *im, struct manifest *m, uint64_t i, const uint8_t *data,
                        size_t len)
 {
     if (buf_is_zero(data, len))
         return 0;
-    bool stored = false;
-    uint64_t written = 0;
     struct chunk_id id;
+    uint64_t pending = 0;
     repo_chunk_id(im->repo, data, len, &id);
     int r = manifest_append(m, i, &id);
+    if (r == 0 && !im->batch)
+        r = repo_chunk_batch_new(im->repo, &im->batch);
     if (r == 0)
-        r = repo_chunk_put(im->repo, &id, data, len, &stored, &written);
-    if (r < 0) {
-        return first_error_set(&im->fe, r, "disk %s: storing the chunk at offset %" PRIu64 ": %s",
-                               m->disk, i * m->chunk_size,
-                               r == -ENOSPC ? "no space left in the repository" : strerror(-r));
-    }
-    im->bytes_written += written;
-    if (stored)
-        im->chunks_new++;
-    else
-        im->chunks_reused++;
-    return 0;
+        r = repo_chunk_batch_put(im->batch, &id, data, len, &pending);
+    if (r == 0 && pending >= IMPORT_FLUSH_BYTES)
+        r = repo_chunk_batch_flush(im->batch);
+    return r < 0 ? store_failed(im, m, i, r) : 0;
 }
 
 /* Chunk a disk member into the repository at its chunk size; its digest is recorded. */
@@ -406,6 +411,11 @@ static int import_disk(struct importer *im, struct archive_entry *e, struct impo
     uint8_t digest[HASH_SIZE];
     if ((r = member_digest_end(&dg, digest)) < 0 || (r = record_member(im, member, digest)) < 0)
         goto done;
+    /* Every chunk the manifest names is durable and findable before it is written. */
+    if (im->batch && (r = repo_chunk_batch_flush(im->batch)) < 0) {
+        store_failed(im, &m, manifest_chunks(&m), r);
+        goto done;
+    }
     r = repo_backup_add_disk(im->w, &m);
     if (r < 0)
         first_error_set(&im->fe, r, "disk %s: writing the manifest: %s", d->name,
@@ -601,6 +611,8 @@ static int import_commit(struct importer *im, struct archive_import_result *res,
                               : NULL;
     info->time = (int64_t)json_integer_value(json_object_get(im->vmj, "time"));
     info->bytes_read = (uint64_t)sym_archive_filter_bytes(im->a, -1);
+    if (im->batch)
+        repo_chunk_batch_stats(im->batch, &im->chunks_new, &im->chunks_reused, &im->bytes_written);
     info->bytes_written = im->bytes_written;
     info->chunks_new = im->chunks_new;
     info->chunks_reused = im->chunks_reused;
@@ -631,6 +643,7 @@ static int import_commit(struct importer *im, struct archive_import_result *res,
 
 static void importer_free(struct importer *im)
 {
+    repo_chunk_batch_free(im->batch);
     if (im->w)
         repo_backup_abort(im->w);
     if (im->a)

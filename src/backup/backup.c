@@ -49,6 +49,15 @@
 #define FETCH_GAP ((uint64_t)256 << 10)
 /* More ranges than this in one chunk (after merging): read their whole span at once. */
 #define FETCH_MAX_RANGES 16
+/* A source that reads many ranges per request (https) gets the ranges of up to GROUP_CHUNKS
+ * chunks, GROUP_BYTES of them at most, in one request: a request costs far more than a small
+ * range (4 TiB disk, 65,536 scattered 4 KiB extents: 20.5 s with one request per chunk). */
+#define GROUP_CHUNKS 16
+#define GROUP_BYTES  ((uint64_t)4 << 20)
+/* A chunk with more to read than this is read alone, range by range: multipart answers carry
+ * blocks of zeros that a single range's sparse answer leaves out, and a request costs little
+ * beside that much data. */
+#define GROUP_RANGE_BYTES ((uint64_t)64 << 10)
 /* Alignment of the chunk buffers: what O_DIRECT reads of local snapshot files need. */
 #define DIRECT_ALIGN 4096
 /* Process threads per CPU: each also waits for its chunk writes (O_DIRECT, synchronous), so
@@ -89,6 +98,8 @@ struct chunk_item {
     size_t len;
     uint8_t *buf;
     uint64_t mask[CHUNK_MASK_WORDS]; /* zero blocks: not read, not cleared */
+    struct extent want[FETCH_MAX_RANGES]; /* what to read, relative to the chunk */
+    size_t nwant;
 };
 
 /* What became of one chunk of the todo list. */
@@ -275,7 +286,7 @@ static void mask_zero(uint8_t *buf, uint64_t *mask, size_t len, size_t s, size_t
  * zeros (a first backup: outside the data extents a disk reads as zeros).  Zeros are zero
  * blocks of the mask where whole blocks are, never read nor written.  The server's changes
  * are block-precise and never under-report, so this gives the new snapshot's bytes exactly. */
-static int fetch_chunk(struct backup_ctx *b, unsigned worker, struct chunk_item *it)
+static int fetch_chunk_plan(struct backup_ctx *b, struct chunk_item *it)
 {
     const struct disk_plan *d = b->plan;
     const uint32_t cs = b->m->chunk_size;
@@ -283,7 +294,7 @@ static int fetch_chunk(struct backup_ctx *b, unsigned worker, struct chunk_item 
 
     /* The ranges to read, relative to off: changed ranges clipped to the chunk, merged across
      * small gaps; too many become one span. */
-    struct extent want[FETCH_MAX_RANGES];
+    struct extent *want = it->want;
     size_t nwant = 0;
     bool span = false;
     for (size_t k = extent_list_find(&d->changed, off); k < d->changed.len; k++) {
@@ -348,16 +359,155 @@ static int fetch_chunk(struct backup_ctx *b, unsigned worker, struct chunk_item 
         mask_all(it->mask, it->len);
     }
     /* A range merged across a gap may cover zeroed bytes: they read as zeros. */
-    for (size_t k = 0; k < nwant; k++) {
+    for (size_t k = 0; k < nwant; k++)
         mask_unmark(it->buf, it->mask, it->len, (size_t)want[k].start,
                     (size_t)extent_end(&want[k]));
-        int r =
-            fetch_range(b, worker, off + want[k].start, want[k].length, it->buf + want[k].start);
-        if (r < 0)
-            return r;
-    }
-    atomic_fetch_add(&b->chunks_fetched, 1);
+    it->nwant = nwant;
     return 0;
+}
+
+/* Build chunk it->idx (fetch_chunk_plan), reading its ranges one by one. */
+static int fetch_chunk(struct backup_ctx *b, unsigned worker, struct chunk_item *it)
+{
+    int r = fetch_chunk_plan(b, it);
+    const uint64_t off = it->idx * b->m->chunk_size;
+    for (size_t k = 0; r == 0 && k < it->nwant; k++)
+        r = fetch_range(b, worker, off + it->want[k].start, it->want[k].length,
+                        it->buf + it->want[k].start);
+    if (r == 0)
+        atomic_fetch_add(&b->chunks_fetched, 1);
+    return r;
+}
+
+/* The chunks of one grouped request, in increasing order, and where the bytes go. */
+struct group {
+    struct backup_ctx *b;
+    struct chunk_item *items[GROUP_CHUNKS];
+    size_t n, cur; /* cur: the item the last bytes went to (bytes come in order) */
+    struct client_range ranges[SOURCE_MAX_RANGES];
+    size_t nranges;
+    uint64_t bytes;
+};
+
+/* Bytes of the group's ranges into their chunks' buffers. */
+static int group_put(void *arg, uint64_t off, const void *data, size_t n)
+{
+    struct group *g = arg;
+    const uint32_t cs = g->b->m->chunk_size;
+    const uint8_t *p = data;
+    while (n) {
+        uint64_t idx = off / cs;
+        if (g->cur >= g->n || g->items[g->cur]->idx > idx)
+            g->cur = 0; /* a repeated request starts again */
+        while (g->cur < g->n && g->items[g->cur]->idx < idx)
+            g->cur++;
+        if (g->cur == g->n || g->items[g->cur]->idx != idx)
+            return -EPROTO;
+        struct chunk_item *it = g->items[g->cur];
+        size_t at = (size_t)(off - idx * cs);
+        if (at >= it->len)
+            return -EPROTO;
+        size_t k = it->len - at < n ? it->len - at : n;
+        memcpy(it->buf + at, p, k);
+        off += k;
+        p += k;
+        n -= k;
+    }
+    return 0;
+}
+
+/* Add the planned ranges of it (the group's last chunk) to the group's request, joining
+ * ranges that touch. */
+static void group_add_ranges(struct group *g, const struct chunk_item *it, uint32_t cs)
+{
+    for (size_t k = 0; k < it->nwant; k++) {
+        uint64_t off = it->idx * cs + it->want[k].start, len = it->want[k].length;
+        struct client_range *last = g->nranges ? &g->ranges[g->nranges - 1] : NULL;
+        if (last && last->off + last->len == off)
+            last->len += len;
+        else
+            g->ranges[g->nranges++] = (struct client_range){.off = off, .len = len};
+        g->bytes += len;
+    }
+}
+
+/* Fetch-thread loop for a source that reads many ranges at once: claim chunks, plan them and
+ * read up to GROUP_CHUNKS of them (GROUP_BYTES, SOURCE_MAX_RANGES) in one request. */
+static void fetch_groups(struct backup_ctx *b, unsigned worker)
+{
+    const uint32_t cs = b->m->chunk_size;
+    struct group g = {.b = b};
+    bool more = true;
+    while (more) {
+        g.n = g.cur = g.nranges = 0;
+        g.bytes = 0;
+        while (g.n < GROUP_CHUNKS && g.bytes < GROUP_BYTES &&
+               g.nranges + FETCH_MAX_RANGES <= SOURCE_MAX_RANGES) {
+            size_t k = atomic_fetch_add(&b->next, 1);
+            if (k >= b->plan->ntodo || first_error_failed(&b->fe)) {
+                more = false;
+                break;
+            }
+            struct chunk_item *it = queue_get_free(b);
+            if (!it) {
+                more = false;
+                break;
+            }
+            it->k = k;
+            it->idx = b->plan->todo[k];
+            uint64_t off = it->idx * cs;
+            it->len = b->m->disk_size - off < cs ? (size_t)(b->m->disk_size - off) : cs;
+            if (fetch_chunk_plan(b, it) < 0) {
+                queue_put_free(b, it);
+                more = false;
+                break;
+            }
+            uint64_t bytes = 0;
+            for (size_t w = 0; w < it->nwant; w++)
+                bytes += it->want[w].length;
+            if (bytes > GROUP_RANGE_BYTES) {
+                /* Big ranges go alone: their blocks of zeros need not cross the network
+                 * (sparse answers are for single ranges). */
+                int r = 0;
+                for (size_t w = 0; r == 0 && w < it->nwant; w++)
+                    r = fetch_range(b, worker, off + it->want[w].start, it->want[w].length,
+                                    it->buf + it->want[w].start);
+                if (r < 0) {
+                    queue_put_free(b, it);
+                    more = false;
+                    break;
+                }
+                atomic_fetch_add(&b->chunks_fetched, 1);
+                queue_push_full(b, it);
+                continue;
+            }
+            g.items[g.n++] = it;
+            group_add_ranges(&g, it, cs);
+        }
+        int r = first_error_failed(&b->fe) ? -ECANCELED : 0;
+        if (r == 0 && g.nranges) {
+            char why[WHY_MAX];
+            r = b->plan->src->ops->read_ranges(b->plan->src, worker, g.ranges, g.nranges,
+                                               group_put, &g, why, sizeof(why));
+            if (r < 0) {
+                first_error_set(&b->fe, r,
+                                "VM %s: disk %s: reading %zu ranges from %" PRIu64 " on: %s",
+                                b->o->vm, b->m->disk, g.nranges, g.ranges[0].off, why);
+            } else {
+                atomic_fetch_add(&b->bytes_read, g.bytes);
+            }
+        }
+        for (size_t i = 0; i < g.n; i++) {
+            if (r < 0) {
+                queue_put_free(b, g.items[i]);
+            } else {
+                atomic_fetch_add(&b->chunks_fetched, 1);
+                queue_push_full(b, g.items[i]);
+            }
+        }
+        if (r < 0)
+            more = false;
+    }
 }
 
 static void *fetch_worker(void *opaque)
@@ -365,6 +515,11 @@ static void *fetch_worker(void *opaque)
     struct fetch_arg *a = opaque;
     struct backup_ctx *b = a->b;
     const uint32_t cs = b->m->chunk_size;
+    if (b->plan->src->ops->read_ranges) {
+        fetch_groups(b, a->worker);
+        fetchers_done(b, 1);
+        return NULL;
+    }
     for (;;) {
         size_t k = atomic_fetch_add(&b->next, 1);
         if (k >= b->plan->ntodo || first_error_failed(&b->fe))
@@ -541,7 +696,9 @@ static int backup_disk(struct backup_ctx *b, struct disk_plan *d, struct manifes
         args[t] = (struct fetch_arg){.b = b, .worker = t};
 
     struct worker_pool flusher = {0}, procs = {0}, fetchers = {0};
-    if ((r = queue_alloc(b, nfetch + nproc + 1, cs)) < 0) {
+    /* A fetch thread holds a group of chunks at once where the source reads them together. */
+    size_t per_fetch = d->src->ops->read_ranges ? GROUP_CHUNKS : 1;
+    if ((r = queue_alloc(b, nfetch * per_fetch + nproc + 1, cs)) < 0) {
         first_error_set(&b->fe, r, "out of memory");
         fetchers_done(b, nfetch);
     } else if ((r = worker_pool_start(&flusher, 1, flush_worker, b, 0)) < 0 ||

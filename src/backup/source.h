@@ -19,7 +19,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-struct client;
+#include "client/client.h"
 
 /* What the daemon said about one disk of a snapshot. */
 struct source_disk {
@@ -38,8 +38,16 @@ struct source_ops {
      * negative errno (-ENODATA: the disk ended early) with the cause in why. */
     int (*pread)(struct source *s, unsigned worker, void *buf, uint64_t len, uint64_t off,
                  char *why, size_t whylen);
+    /* Optional (NULL: read range by range): read n ranges (sorted, apart; at most
+     * SOURCE_MAX_RANGES) at once, handing their bytes to put in order (again from the start
+     * when a request is repeated).  0, or a negative errno with the cause in why. */
+    int (*read_ranges)(struct source *s, unsigned worker, const struct client_range *r, size_t n,
+                       client_put_fn put, void *arg, char *why, size_t whylen);
     void (*close)(struct source *s);
 };
+
+/* Ranges of one read_ranges call. */
+#define SOURCE_MAX_RANGES CLIENT_MAX_RANGES
 
 /* The part every source shares; each implementation embeds it first. */
 struct source {

@@ -1,5 +1,6 @@
 /* The https source: a snapshot disk read through the daemon with Range requests, one
- * connection (struct client) per fetch thread; blocks of zeros the daemon leaves out of its
+ * connection (struct client) per fetch thread, many ranges per request where the engine groups
+ * them (multipart/byteranges); blocks of zeros the daemon leaves out of its
  * sparse answers arrive as zeros (client_read_range). */
 #include <errno.h>
 #include <stdio.h>
@@ -34,6 +35,17 @@ static int https_pread(struct source *s, unsigned worker, void *buf, uint64_t le
     return 0;
 }
 
+static int https_read_ranges(struct source *s, unsigned worker, const struct client_range *r,
+                             size_t n, client_put_fn put, void *arg, char *why, size_t whylen)
+{
+    struct source_https *h = (struct source_https *)s;
+    struct client *c = h->clients[worker % h->nclients];
+    int ret = client_read_ranges(c, h->path, r, n, put, arg);
+    if (ret < 0)
+        snprintf(why, whylen, "%s", client_error(c));
+    return ret;
+}
+
 static void https_close(struct source *s)
 {
     struct source_https *h = (struct source_https *)s;
@@ -44,6 +56,7 @@ static void https_close(struct source *s)
 static const struct source_ops https_ops = {
     .name = "https",
     .pread = https_pread,
+    .read_ranges = https_read_ranges,
     .close = https_close,
 };
 

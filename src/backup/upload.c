@@ -34,8 +34,10 @@ struct upload_job {
     const struct backup_progress *progress;
     const char *url; /* transfer path */
     atomic_ullong next;
-    uint8_t *zero_map;    /* bit per chunk: all zeros */
-    pthread_mutex_t lock; /* zero_map */
+    uint64_t *data;       /* the chunks sent (indexes, any order): memory follows the data,
+                           * never the disk's size; the others are zeros */
+    size_t ndata, data_cap;
+    pthread_mutex_t lock; /* data */
     atomic_ullong zero_bytes;
     struct first_error fe;
 };
@@ -45,9 +47,26 @@ struct upload_worker {
     struct client *client;
 };
 
-static bool zero_bit(const uint8_t *map, uint64_t i)
+/* Record chunk i as sent. */
+static int data_add(struct upload_job *j, uint64_t i)
 {
-    return map[i / 8] & (1u << (i % 8));
+    ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&j->lock);
+    if (j->ndata == j->data_cap) {
+        size_t cap = j->data_cap ? j->data_cap * 2 : 64;
+        uint64_t *d = cap < SIZE_MAX / sizeof(*d) ? realloc(j->data, cap * sizeof(*d)) : NULL;
+        if (!d)
+            return -ENOMEM;
+        j->data = d;
+        j->data_cap = cap;
+    }
+    j->data[j->ndata++] = i;
+    return 0;
+}
+
+static int cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return (x > y) - (x < y);
 }
 
 static void *worker_main(void *opaque)
@@ -76,11 +95,12 @@ static void *worker_main(void *opaque)
             break;
         }
         if (zero) {
-            ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&j->lock);
-            j->zero_map[i / 8] |= (uint8_t)(1u << (i % 8));
             atomic_fetch_add(&j->zero_bytes, len);
         } else if ((r = client_put_range(w->client, j->url, off, buf, len, src->size)) < 0) {
             first_error_set(&j->fe, r, "%s", client_error(w->client));
+            break;
+        } else if ((r = data_add(j, i)) < 0) {
+            first_error_set(&j->fe, r, "out of memory");
             break;
         }
         backup_progress_add(j->progress, len);
@@ -108,21 +128,20 @@ static void transfer_finish(struct client *c, struct upload_job *j, struct uploa
 {
     const struct upload_source *src = j->src;
     uint64_t n = (src->size + src->chunk - 1) / src->chunk;
-    for (uint64_t i = 0; i < n && !first_error_failed(&j->fe);) {
-        if (!zero_bit(j->zero_map, i)) {
-            i++;
-            continue;
+    qsort(j->data, j->ndata, sizeof(*j->data), cmp_u64);
+    /* The gaps between the chunks sent, and after the last. */
+    uint64_t i = 0;
+    for (size_t d = 0; d <= j->ndata && !first_error_failed(&j->fe); d++) {
+        uint64_t k = d < j->ndata ? j->data[d] : n;
+        if (k > i) {
+            uint64_t off = i * src->chunk;
+            uint64_t end = k * src->chunk < src->size ? k * src->chunk : src->size;
+            int r = client_upload_zero(c, j->url, off, end - off);
+            if (r < 0)
+                first_error_set(&j->fe, r, "%s", client_error(c));
+            res->zero_requests++;
         }
-        uint64_t k = i;
-        while (k < n && zero_bit(j->zero_map, k))
-            k++;
-        uint64_t off = i * src->chunk;
-        uint64_t end = k * src->chunk < src->size ? k * src->chunk : src->size;
-        int r = client_upload_zero(c, j->url, off, end - off);
-        if (r < 0)
-            first_error_set(&j->fe, r, "%s", client_error(c));
-        res->zero_requests++;
-        i = k;
+        i = k + 1;
     }
     int r;
     if (!first_error_failed(&j->fe) && (r = client_upload_flush(c, j->url)) < 0)
@@ -143,16 +162,14 @@ static int upload_run(struct client *c, const struct upload_source *src, const c
     if (!url)
         return r;
 
-    uint64_t n = (src->size + src->chunk - 1) / src->chunk;
     uint64_t sent_before = client_bytes_sent(c); /* c may have served earlier disks */
     struct upload_job j = {.src = src, .progress = progress, .url = url};
     pthread_mutex_init(&j.lock, NULL);
     first_error_init(&j.fe, NULL, NULL);
-    j.zero_map = calloc(n / 8 + 1, 1);
     if (jobs < 1)
         jobs = 1;
     struct upload_worker *w = calloc(jobs, sizeof(*w));
-    if (!j.zero_map || !w)
+    if (!w)
         first_error_set(&j.fe, -ENOMEM, "out of memory");
     unsigned opened = 0;
     for (; w && opened < jobs && !first_error_failed(&j.fe); opened++) {
@@ -186,7 +203,7 @@ static int upload_run(struct client *c, const struct upload_source *src, const c
                  first_error_message(&j.fe));
     }
     free(w);
-    free(j.zero_map);
+    free(j.data);
     first_error_destroy(&j.fe);
     pthread_mutex_destroy(&j.lock);
     return r;

@@ -59,7 +59,8 @@ static int verify_disk(struct verify_run *v, const struct backup *b, const char 
         int8_t st = chunk_set_get(&v->seen, id);
         if (st == CHUNK_STATE_UNKNOWN) {
             size_t len;
-            int g = repo_chunk_get(repo, id, v->buf, cs, &len);
+            uint64_t zero_blocks[CHUNK_MASK_WORDS]; /* zeros are neither written nor hashed */
+            int g = repo_chunk_get_sparse(repo, id, v->buf, cs, &len, zero_blocks);
             st = g == 0 ? CHUNK_STATE_OK : g == -ENOENT ? CHUNK_STATE_MISSING : CHUNK_STATE_BAD;
             r = chunk_set_put(&v->seen, id, st);
             if (r < 0)

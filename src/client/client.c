@@ -45,6 +45,9 @@
 #define CLIENT_ERROR_MAX 1024
 /* First allocation of a JSON answer buffer. */
 #define BODY_INITIAL_CAP 4096
+/* multipart/byteranges answers: the longest boundary (RFC 2046: 70) and header line taken */
+#define MULTIPART_BOUNDARY_MAX 70
+#define MULTIPART_LINE_MAX     256
 
 #define LOGIN_PATH   "/api/v1/auth/login"
 #define CACHE_SUBDIR "vmexport"
@@ -93,6 +96,19 @@ struct sink {
     bool sparse;
     struct sparse_decoder dec;
     uint64_t wire; /* body bytes received */
+    /* gather (client_read_ranges): the bytes go to put, not buf; the parts must be ranges */
+    const struct client_range *ranges;
+    size_t nranges;
+    client_put_fn put;
+    void *put_arg;
+    bool multipart, bad_part; /* per attempt: multipart/byteranges; a part not asked for */
+    char boundary[MULTIPART_BOUNDARY_MAX + 1];
+    char line[MULTIPART_LINE_MAX];
+    size_t line_len;
+    size_t part;                /* parts begun */
+    uint64_t part_at, part_left; /* the current part's next disk offset, bytes to come */
+    bool in_part_headers, have_part_range, done;
+    uint64_t delivered;
     char errbody[ERROR_BODY_MAX + 1]; /* start of a non-2xx body */
     size_t errlen;
 };
@@ -353,9 +369,102 @@ static void sink_reset(struct sink *s)
     s->status_known = s->overflow = s->bad_range = s->too_large = s->no_memory = false;
     s->bad_sparse = s->sparse = false;
     s->have_range = false;
+    s->multipart = s->bad_part = s->in_part_headers = s->have_part_range = s->done = false;
+    s->line_len = s->part = 0;
+    s->part_at = s->part_left = s->delivered = 0;
     s->wire = 0;
     s->errlen = 0;
     s->errbody[0] = '\0';
+}
+
+/* Hand n bytes of the range starting at disk offset off to the gather sink's put, in order. */
+static int gather_put(struct sink *s, uint64_t off, const uint8_t *data, size_t n)
+{
+    if (n == 0)
+        return 0;
+    s->delivered += n;
+    return s->put(s->put_arg, off, data, n);
+}
+
+/* One line of a multipart body outside the parts' data (CR LF stripped). */
+static int multipart_line(struct sink *s, const char *line)
+{
+    size_t bl = strlen(s->boundary);
+    static const char content_range[] = "content-range:";
+    if (line[0] == '-' && line[1] == '-' && !strncmp(line + 2, s->boundary, bl)) {
+        if (!strcmp(line + 2 + bl, "--")) {
+            s->done = true;
+            return s->part == s->nranges ? 0 : -1;
+        }
+        if (line[2 + bl] != '\0' || s->part == s->nranges || s->done)
+            return -1;
+        s->in_part_headers = true;
+        s->have_part_range = false;
+        return 0;
+    }
+    if (!s->in_part_headers)
+        return 0; /* preamble */
+    if (line[0] == '\0') {
+        if (!s->have_part_range)
+            return -1;
+        s->in_part_headers = false;
+        const struct client_range *r = &s->ranges[s->part++];
+        s->part_at = r->off;
+        s->part_left = r->len;
+        return 0;
+    }
+    if (!strncasecmp(line, content_range, sizeof(content_range) - 1)) {
+        /* Ranges asked for are sorted and apart: the server sends each as its part, in order. */
+        unsigned long long a, b;
+        const struct client_range *r = &s->ranges[s->part];
+        if (sscanf(line + sizeof(content_range) - 1, " bytes %llu-%llu/", &a, &b) != 2 ||
+            a != r->off || b + 1 - a != r->len)
+            return -1;
+        s->have_part_range = true;
+    }
+    return 0;
+}
+
+/* Body bytes of a gather request: one range (206 with Content-Range) or multipart/byteranges
+ * whose parts are exactly the ranges asked for.  -1: anything else. */
+static int gather_body(struct sink *s, const uint8_t *data, size_t n)
+{
+    if (s->status != 206)
+        return -1;
+    if (!s->multipart) {
+        const struct client_range *r = &s->ranges[0];
+        if (s->nranges != 1 || !s->have_range || s->range_start != r->off ||
+            s->range_end + 1 - s->range_start != r->len || n > r->len - s->delivered)
+            return -1;
+        return gather_put(s, r->off + s->delivered, data, n);
+    }
+    while (n) {
+        if (s->part_left) {
+            size_t k = s->part_left < n ? (size_t)s->part_left : n;
+            if (gather_put(s, s->part_at, data, k) < 0)
+                return -1;
+            s->part_at += k;
+            s->part_left -= k;
+            data += k;
+            n -= k;
+            continue;
+        }
+        uint8_t c = *data++;
+        n--;
+        if (c != '\n') {
+            if (s->line_len + 1 >= sizeof(s->line))
+                return -1;
+            s->line[s->line_len++] = (char)c;
+            continue;
+        }
+        if (s->line_len && s->line[s->line_len - 1] == '\r')
+            s->line_len--;
+        s->line[s->line_len] = '\0';
+        s->line_len = 0;
+        if (multipart_line(s, s->line) < 0)
+            return -1;
+    }
+    return 0;
 }
 
 static size_t on_body(char *data, size_t size, size_t nmemb, void *opaque)
@@ -371,6 +480,14 @@ static size_t on_body(char *data, size_t size, size_t nmemb, void *opaque)
         memcpy(s->errbody + s->errlen, data, keep);
         s->errlen += keep;
         s->errbody[s->errlen] = '\0';
+        return n;
+    }
+    if (s->put) {
+        s->wire += n;
+        if (gather_body(s, (const uint8_t *)data, n) < 0) {
+            s->bad_part = true;
+            return 0;
+        }
         return n;
     }
     if (s->fixed) {
@@ -434,7 +551,21 @@ static size_t on_header(char *data, size_t size, size_t nmemb, void *opaque)
         while (v < end && (*v == ' ' || *v == '\t'))
             v++;
         size_t tlen = strlen(SPARSE_MEDIA_TYPE);
-        if ((size_t)(end - v) >= tlen && !strncasecmp(v, SPARSE_MEDIA_TYPE, tlen) &&
+        static const char mp[] = "multipart/byteranges;";
+        if (s->put && (size_t)(end - v) > sizeof(mp) - 1 && !strncasecmp(v, mp, sizeof(mp) - 1)) {
+            const char *bnd = strstr(v, "boundary=");
+            size_t bl = 0;
+            if (bnd) {
+                bnd += strlen("boundary=");
+                while (bnd + bl < end && !strchr(" \t;\r\n\"", bnd[bl]))
+                    bl++;
+            }
+            if (bl > 0 && bl <= MULTIPART_BOUNDARY_MAX) {
+                memcpy(s->boundary, bnd, bl);
+                s->boundary[bl] = '\0';
+                s->multipart = true;
+            }
+        } else if ((size_t)(end - v) >= tlen && !strncasecmp(v, SPARSE_MEDIA_TYPE, tlen) &&
             ((size_t)(end - v) == tlen || strchr(" \t;\r\n", v[tlen]))) {
             s->sparse = true;
             sparse_decoder_init(&s->dec, s->buf, s->cap);
@@ -515,7 +646,7 @@ static CURLcode attempt(struct client *c, const char *method, const char *path, 
         if (!(h = curl_slist_append(headers, "Accept: application/json")))
             goto oom;
         headers = h;
-    } else if (s->fixed) {
+    } else if (s->fixed && !s->put) {
         /* Blocks of zeros need not cross the network (vmexportd; other servers send all). */
         if (!(h = curl_slist_append(headers, "Accept: " SPARSE_MEDIA_TYPE
                                                 ", application/octet-stream")))
@@ -660,6 +791,10 @@ static int curl_failure(struct client *c, CURLcode cr, const struct sink *s, con
         if (s->overflow) {
             set_error(c, "%s: the server sent more than the %zu bytes asked for (Range ignored)",
                       path, s->cap);
+            return -EPROTO;
+        }
+        if (s->bad_part) {
+            set_error(c, "%s: the server answered other ranges than asked for", path);
             return -EPROTO;
         }
         if (s->bad_sparse) {
@@ -1071,6 +1206,54 @@ int client_read_range(struct client *c, const char *path, uint64_t off, uint64_t
     }
     *got = s.len;
     c->bytes += s.len;
+    c->bytes_wire += s.wire;
+    return 0;
+}
+
+int client_read_ranges(struct client *c, const char *path, const struct client_range *ranges,
+                       size_t n, client_put_fn put, void *arg)
+{
+    c->error[0] = '\0';
+    if (n == 0)
+        return 0;
+    if (n > CLIENT_MAX_RANGES) {
+        set_error(c, "%s: %zu ranges in one request (at most %d)", path, n, CLIENT_MAX_RANGES);
+        return -EINVAL;
+    }
+    /* "A-B," per range */
+    size_t cap = n * 42 + 1, len = 0, want = 0;
+    CLEANUP_FREE char *range = malloc(cap);
+    if (!range)
+        return -ENOMEM;
+    for (size_t i = 0; i < n; i++) {
+        const struct client_range *r = &ranges[i];
+        if (r->len == 0 || r->off + r->len < r->off ||
+            (i && r->off <= ranges[i - 1].off + ranges[i - 1].len)) {
+            set_error(c, "%s: ranges not sorted apart at %llu+%llu", path,
+                      (unsigned long long)r->off, (unsigned long long)r->len);
+            return -EINVAL;
+        }
+        len += (size_t)snprintf(range + len, cap - len, "%s%llu-%llu", i ? "," : "",
+                                (unsigned long long)r->off,
+                                (unsigned long long)(r->off + r->len - 1));
+        want += r->len;
+    }
+    struct sink s = {.fixed = true, .ranges = ranges, .nranges = n, .put = put, .put_arg = arg};
+    int r = request(c, "GET", path, NULL, range, REQ_AUTH | REQ_IDEMPOTENT, &s, NULL);
+    if (r < 0)
+        return r;
+    if (s.status != 206) {
+        CLEANUP_FREE char *what = NULL;
+        if (asprintf(&what, "GET %s (%zu ranges): ", path, n) < 0)
+            what = NULL;
+        return http_failure(c, &s, what ? what : "");
+    }
+    if (s.delivered != want || (s.multipart && !s.done)) {
+        set_error(c, "GET %s (%zu ranges): %llu of %zu bytes came", path, n,
+                  (unsigned long long)s.delivered, want);
+        return -EPROTO;
+    }
+    c->bytes += want;
     c->bytes_wire += s.wire;
     return 0;
 }

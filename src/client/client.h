@@ -51,6 +51,23 @@ int client_json(struct client *c, const char *method, const char *path, const ch
 int client_read_range(struct client *c, const char *path, uint64_t off, uint64_t len, void *buf,
                       size_t *got);
 
+/* One range of client_read_ranges. */
+struct client_range {
+    uint64_t off, len;
+};
+/* Receives n bytes of a range read by client_read_ranges, at disk offset off: 0, or a negative
+ * errno that stops the request. */
+typedef int (*client_put_fn)(void *arg, uint64_t off, const void *data, size_t n);
+/* Ranges in one client_read_ranges request: what vmexportd serves (docs/api.md). */
+#define CLIENT_MAX_RANGES 64
+
+/* Read n ranges of a resource (sorted, apart: none touches the next) in one request
+ * (multipart/byteranges), handing their bytes to put in order as they arrive, retrying
+ * transient failures like client_read_range (a retry hands bytes again from the start).  Every
+ * byte asked for must come, nothing else.  Counts bytes into the client's byte counter. */
+int client_read_ranges(struct client *c, const char *path, const struct client_range *ranges,
+                       size_t n, client_put_fn put, void *arg);
+
 /* Write buf to [off, off + len) of an upload transfer with "Content-Range: bytes A-B/total",
  * retrying transient failures like client_read_range.  Counts into client_bytes_sent. */
 int client_put_range(struct client *c, const char *path, uint64_t off, const void *buf,

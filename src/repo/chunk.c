@@ -588,3 +588,9 @@ int repo_chunk_read_sparse(struct repo *r, const struct chunk_id *id, void *buf,
 {
     return chunk_get(r, id, false, buf, cap, len, zero_blocks);
 }
+
+int repo_chunk_get_sparse(struct repo *r, const struct chunk_id *id, void *buf, size_t cap,
+                          size_t *len, uint64_t *zero_blocks)
+{
+    return chunk_get(r, id, true, buf, cap, len, zero_blocks);
+}

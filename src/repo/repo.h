@@ -160,6 +160,10 @@ int repo_chunk_batch_put_sparse(struct chunk_batch *b, const struct chunk_id *id
  * NULL every byte is written. */
 int repo_chunk_read_sparse(struct repo *r, const struct chunk_id *id, void *buf, size_t cap,
                            size_t *len, uint64_t *zero_blocks);
+/* repo_chunk_get (the container's own checksum checked too: verify) handing back the mask like
+ * repo_chunk_read_sparse: zero blocks are neither written into buf nor hashed. */
+int repo_chunk_get_sparse(struct repo *r, const struct chunk_id *id, void *buf, size_t cap,
+                          size_t *len, uint64_t *zero_blocks);
 
 /* Call fn for every chunk present (format 3: named by the index, each once, sorted; older: every
  * chunk file, order unspecified); stops at fn's negative return. */

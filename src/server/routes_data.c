@@ -366,11 +366,18 @@ struct multipart {
     char *trailer; /* closing boundary */
     size_t trailer_len;
     struct server *srv;
+    uint8_t *bounce; /* MULTIPART_BOUNCE bytes, DIRECT_ALIGN-aligned, once needed */
 };
 
-static ssize_t multipart_read(void *cls, uint64_t pos, char *buf, size_t max)
+/* Aligned pieces of parts are read through a bounce buffer of this size with DISK_READ_ONCE:
+ * past the cache where not cached, without readahead (a backup's scattered 4 KiB extents made
+ * the kernel read ahead 128 KiB of holes into the cache for each). */
+#define MULTIPART_BOUNCE (64 * 1024)
+
+/* One piece of the body at pos: bytes copied or read into buf (at most max), 0 at its end,
+ * or -1 on a read error. */
+static ssize_t multipart_piece(struct multipart *m, uint64_t pos, char *buf, size_t max)
 {
-    struct multipart *m = cls;
     for (size_t i = 0; i < m->n; i++) {
         struct part *p = &m->parts[i];
         if (pos < p->header_len) {
@@ -383,10 +390,20 @@ static ssize_t multipart_read(void *cls, uint64_t pos, char *buf, size_t max)
             size_t n = p->len - pos < max ? (size_t)(p->len - pos) : max;
             size_t got = 0;
             struct disk_reader *rd = m->file->reader;
-            if (rd->ops->pread(rd, buf, n, p->start + pos, 0, &got) < 0 || got == 0)
-                return MHD_CONTENT_READER_END_WITH_ERROR;
+            uint64_t at = p->start + pos;
+            size_t whole = n < MULTIPART_BOUNCE ? n / DIRECT_ALIGN * DIRECT_ALIGN : MULTIPART_BOUNCE;
+            if (rd->direct_align && DIRECT_ALIGN % rd->direct_align == 0 &&
+                at % DIRECT_ALIGN == 0 && whole > 0 &&
+                (m->bounce || (m->bounce = aligned_alloc(DIRECT_ALIGN, MULTIPART_BOUNCE)))) {
+                if (rd->ops->pread(rd, m->bounce, whole, at, DISK_READ_ONCE, &got) < 0 ||
+                    got == 0)
+                    return -1;
+                memcpy(buf, m->bounce, got);
+            } else if (rd->ops->pread(rd, buf, n, at, 0, &got) < 0 || got == 0) {
+                return -1;
+            }
             atomic_fetch_add(&m->srv->metrics.bytes_served, (unsigned long long)got);
-            return got;
+            return (ssize_t)got;
         }
         pos -= p->len;
     }
@@ -395,7 +412,24 @@ static ssize_t multipart_read(void *cls, uint64_t pos, char *buf, size_t max)
         memcpy(buf, m->trailer + pos, n);
         return (ssize_t)n;
     }
-    return MHD_CONTENT_READER_END_OF_STREAM;
+    return 0;
+}
+
+/* Fills buf with as many pieces as fit: many small parts (a backup's scattered extents) go
+ * out in few TLS records, not two per part. */
+static ssize_t multipart_read(void *cls, uint64_t pos, char *buf, size_t max)
+{
+    struct multipart *m = cls;
+    size_t out = 0;
+    while (out < max) {
+        ssize_t n = multipart_piece(m, pos + out, buf + out, max - out);
+        if (n < 0)
+            return out ? (ssize_t)out : MHD_CONTENT_READER_END_WITH_ERROR;
+        if (n == 0)
+            break;
+        out += (size_t)n;
+    }
+    return out ? (ssize_t)out : MHD_CONTENT_READER_END_OF_STREAM;
 }
 
 static void multipart_free(void *cls)
@@ -405,6 +439,7 @@ static void multipart_free(void *cls)
         free(m->parts[i].header);
     free(m->parts);
     free(m->trailer);
+    free(m->bounce);
     disk_file_unref(m->srv->disk_cache, m->file);
     free(m);
 }

@@ -155,6 +155,19 @@ chunks=$(find "$WORK/r2/chunks" -type f | wc -l)
 check "holes were not stored ($chunks chunks of 64 KiB)" \
     test "$chunks" -le $(((13 * MIB + 256 * 1024 + 2 * 4096 + 65536) / 65536 + 2))
 
+# format 3: the ~215 chunks of 64 KiB go into one batch per disk, not a pack per chunk
+check "repo init (64 KiB chunks, format 3: packs)" "$VMEXPORT" repo init "$WORK/r6" --chunk-size 64K
+check "import the OVA into the format 3 repository" \
+    "$VMEXPORT" import "$A/vm1.ova" --repo "$WORK/r6"
+packs=$(find "$WORK/r6/packs" -type f | wc -l)
+indexes=$(find "$WORK/r6/index" -type f | wc -l)
+check "the import's chunks are in few packs ($packs) and index objects ($indexes): one per disk" \
+    test "$packs" -ge 1 -a "$packs" -le 2 -a "$indexes" -ge 1 -a "$indexes" -le 2
+IID6=$("$VMEXPORT" backups --repo "$WORK/r6" --json | jq -r '.[0].id')
+check "restore from the format 3 import" "$VMEXPORT" restore --repo "$WORK/r6" "$IID6" --to "$A/r6"
+check "its disks equal the original restore" same_disks "$A/r6"
+check "the format 3 import verifies" "$VMEXPORT" verify --repo "$WORK/r6"
+
 check "repo init (default 4 MiB chunks)" "$VMEXPORT" repo init "$WORK/r3"
 check "import the tar with --vm" "$VMEXPORT" import "$A/vm1.tar" --repo "$WORK/r3" --vm copy-of-vm1
 IID3=$("$VMEXPORT" backups --repo "$WORK/r3" --json | jq -r '.[0].id')
@@ -281,7 +294,7 @@ check "export -o - | import - succeeds (${rcs[*]})" test "${rcs[0]}" -eq 0 -a "$
 check "the export summary went to stderr" grep -q "exported backup $ID" "$WORK/exp.err"
 PID5=$(grep '"type":"summary"' "$WORK/pipe.out" | jq -r .backup)
 check "restore of the piped import" "$VMEXPORT" restore --repo "$WORK/r5" "$PID5" --to "$A/r5"
-check "equals the original" same_disks "$A/r5"
+check "equals the original" same_disks "$A/r6"
 check "a gzip-compressed tar imports too" bash -c \
     "gzip -c '$A/vm1.tar' | '$VMEXPORT' import - --repo '$WORK/r5' --vm gz >/dev/null"
 "$VMEXPORT" export --repo "$REPO" "$ID" -o - 2>/dev/null | tar -tf - >"$WORK/stdout.list" 2>/dev/null
