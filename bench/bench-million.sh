@@ -45,33 +45,7 @@ step() { # step NAME CMD...: run under /usr/bin/time, print seconds and peak RSS
 step build "$BENCH_MILLION" "$repo" "$CHUNKS"
 
 # --- daemon (TLS) serving one VM with a 256 MiB disk (64 MiB of data in 4 KiB extents) ---
-c=$work/certs
-mkdir -p "$c" "$work/state" "$work/vms/fresh"
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
-    -subj "/CN=bench CA" -keyout "$c/ca.key" -out "$c/ca.crt" 2>/dev/null
-openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj "/CN=server" \
-    -keyout "$c/server.key" -out "$c/server.csr" 2>/dev/null
-printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\n' >"$c/server.ext"
-openssl x509 -req -in "$c/server.csr" -CA "$c/ca.crt" -CAkey "$c/ca.key" -CAcreateserial \
-    -days 2 -extfile "$c/server.ext" -out "$c/server.crt" 2>/dev/null
-echo "admin:$(openssl passwd -6 secret)" >"$work/state/users"
-chmod 600 "$work/state/users"
-port=$(free_port)
-cat >"$work/vmexportd.conf" <<CONF
-[server]
-listen = 127.0.0.1:$port
-certificate = $c/server.crt
-key = $c/server.key
-shutdown_grace = 2
-[auth]
-users_file = $work/state/users
-jwt_secret_file = $work/state/jwt.key
-[catalog]
-db_file = $work/state/catalog.db
-[provider.local]
-type = dir
-path = $work/vms
-CONF
+mkdir -p "$work/vms/fresh"
 disk=$work/vms/fresh/disk.raw
 python3 - "$disk" <<'PY'
 import os, random, sys
@@ -82,15 +56,7 @@ for k in range(0, 65536, 4):  # every 4th 4 KiB block: 64 MiB of data
     os.pwrite(fd, rng.randbytes(4096), k * 4096)
 os.close(fd)
 PY
-"$VMEXPORTD" --config "$work/vmexportd.conf" >>"$work/daemon.log" 2>&1 &
-daemon_pid=$!
-for _ in $(seq 100); do
-    curl -s --cacert "$c/ca.crt" -o /dev/null "https://127.0.0.1:$port/healthz" && break
-    kill -0 "$daemon_pid" 2>/dev/null || die "vmexportd exited: $(tail -3 "$work/daemon.log")"
-    sleep 0.1
-done
-export VMEXPORT_SERVER=https://127.0.0.1:$port VMEXPORT_USER=admin VMEXPORT_PASSWORD=secret
-export VMEXPORT_CACERT=$c/ca.crt XDG_CACHE_HOME=$work/cache
+bench_start_daemon "$work" "$work/vms"
 
 step backup "$VMEXPORT" backup fresh --repo "$repo" --json
 python3 - "$disk" <<'PY'
