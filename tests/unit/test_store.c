@@ -1,8 +1,10 @@
 /* Unit tests for the repository's store interface (src/repo/store.h): the contract run with the
- * same body on the local store (a mkdtemp() directory) and on the memory store (put, create
- * without replacing, staged puts invisible until committed, listings longer than a page with
- * deletions during the walk, prefixes, locks and leases), the memory store's own faults and
- * lease expiry, and a repository on the memory store: init, open, a backup, gc.
+ * same body on the local store (a mkdtemp() directory), on the memory store and, when
+ * VMEXPORT_TEST_S3=s3://BUCKET/PREFIX names one (with VMEXPORT_S3_ENDPOINT and the AWS_* keys),
+ * on an S3 store under a fresh random prefix (put, create without replacing, staged puts
+ * invisible until committed, listings longer than a page with deletions during the walk,
+ * prefixes, locks and leases), the memory store's own faults and lease expiry, and a repository
+ * on the memory store (and on S3): init, open, a backup, gc.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -23,6 +25,7 @@
 #include "repo/repo_internal.h" /* REPO_LEASE_SECONDS, REPO_TMP_MARK */
 #include "repo/store.h"
 #include "repo/store_mem.h"
+#include "repo/store_s3.h"
 
 #define MANY_KEYS  150 /* more than two pages of a memory store listing */
 #define LEASE      30  /* seconds of the test leases */
@@ -33,6 +36,7 @@ struct fixture {
     char dir[PATH_MAX];
     struct store *s;
     bool local;
+    bool remote; /* an object store: prefixes are virtual (they exist while keys lie under them) */
 };
 
 static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
@@ -65,9 +69,61 @@ static int setup_mem(void **state)
     return 0;
 }
 
+/* An S3 store under a new random prefix of VMEXPORT_TEST_S3 (skipped when it is unset). */
+static int setup_s3(void **state)
+{
+    const char *base = getenv("VMEXPORT_TEST_S3");
+    if (!base || !*base) {
+        *state = NULL;
+        return 0;
+    }
+    struct fixture *f = calloc(1, sizeof(*f));
+    assert_non_null(f);
+    char rnd[17], err[512] = "";
+    assert_int_equal(repo_random_hex(rnd, 8), 0);
+    snprintf(f->dir, sizeof(f->dir), "%s/test-%s", base, rnd);
+    /* Pages of 50 keys: the listing tests then cross pages as on the local store. */
+    setenv("VMEXPORT_S3_LIST_PAGE", "50", 1);
+    int r = store_s3_open(f->dir, NULL, true, &f->s, err, sizeof(err));
+    if (r < 0)
+        fail_msg("%s", err);
+    f->remote = true;
+    *state = f;
+    return 0;
+}
+
+/* Delete every key under prefix (an object store's test prefix after the test). */
+static int purge_entry(void *opaque, const struct store_entry *e);
+
+struct purge {
+    struct store *s;
+    const char *prefix;
+};
+
+static int purge(struct store *s, const char *prefix)
+{
+    struct purge p = {.s = s, .prefix = prefix};
+    int r = store_list(s, prefix, purge_entry, &p);
+    return r == -ENOENT ? 0 : r;
+}
+
+static int purge_entry(void *opaque, const struct store_entry *e)
+{
+    struct purge *p = opaque;
+    char key[PATH_MAX];
+    snprintf(key, sizeof(key), "%s%s%s", p->prefix, *p->prefix ? "/" : "", e->name);
+    return e->prefix ? purge(p->s, key) : store_del(p->s, key, NULL) == 0 ? 0 : 0;
+}
+
 static int teardown(void **state)
 {
     struct fixture *f = *state;
+    if (!f)
+        return 0;
+    if (f->remote) {
+        purge(f->s, "");
+        store_barrier(f->s);
+    }
     store_close(f->s);
     if (f->local)
         nftw(f->dir, rm_entry, NFTW_FDS, FTW_DEPTH | FTW_PHYS);
@@ -84,11 +140,24 @@ static void get_equal(struct store *s, const char *key, const char *want)
     assert_memory_equal(data, want, len);
 }
 
-/* ---- the contract, on both stores ---- */
+/* The fixture's store, or skip the test (an S3 test without VMEXPORT_TEST_S3). */
+static struct store *fixture_store(void **state)
+{
+    if (!*state)
+        skip();
+    return ((struct fixture *)*state)->s;
+}
+
+static bool virtual_prefixes(void **state)
+{
+    return ((struct fixture *)*state)->remote;
+}
+
+/* ---- the contract, on every store ---- */
 
 static void test_put_get(void **state)
 {
-    struct store *s = ((struct fixture *)*state)->s;
+    struct store *s = fixture_store(state);
     bool created = false, prefix = true;
     CLEANUP_FREE uint8_t *data = NULL;
     size_t len;
@@ -113,7 +182,8 @@ static void test_put_get(void **state)
     /* One missing level is made; two are not. */
     assert_int_equal(store_put(s, "d/e/f", "x", 1, STORE_PUT_REPLACE, NULL), 0);
     get_equal(s, "d/e/f", "x");
-    assert_int_equal(store_put(s, "g/h/i", "x", 1, STORE_PUT_REPLACE, NULL), -ENOENT);
+    if (!virtual_prefixes(state))
+        assert_int_equal(store_put(s, "g/h/i", "x", 1, STORE_PUT_REPLACE, NULL), -ENOENT);
     /* Into an aligned buffer. */
     uint8_t *buf = aligned_alloc(TEST_ALIGN, TEST_ALIGN);
     assert_non_null(buf);
@@ -136,7 +206,7 @@ static void test_put_get(void **state)
 
 static void test_staged(void **state)
 {
-    struct store *s = ((struct fixture *)*state)->s;
+    struct store *s = fixture_store(state);
     struct store_staged *st[3];
     bool created[3];
 
@@ -200,7 +270,7 @@ static int walk_stop_at(void *opaque, const struct store_entry *e)
 
 static void test_list(void **state)
 {
-    struct store *s = ((struct fixture *)*state)->s;
+    struct store *s = fixture_store(state);
     char key[64];
 
     assert_int_equal(store_make_prefix(s, "l", false), 0);
@@ -231,26 +301,48 @@ static void test_list(void **state)
     assert_int_equal(store_list(s, "l/k0", walk_entry, &w), -ENOTDIR);
 }
 
+static void test_get_range(void **state)
+{
+    struct store *s = fixture_store(state);
+    uint8_t buf[8];
+    assert_int_equal(store_make_prefix(s, "r", false), 0);
+    assert_int_equal(store_put(s, "r/o", "0123456789", 10, STORE_PUT_CREATE, NULL), 0);
+    assert_int_equal(store_get_range(s, "r/o", 3, 4, buf), 0);
+    assert_memory_equal(buf, "3456", 4);
+    assert_int_equal(store_get_range(s, "r/o", 6, 4, buf), 0);
+    assert_memory_equal(buf, "6789", 4);
+    assert_int_equal(store_get_range(s, "r/o", 7, 4, buf), -EBADMSG);
+    assert_int_equal(store_get_range(s, "r/o", 12, 1, buf), -EBADMSG);
+    assert_int_equal(store_get_range(s, "r/missing", 0, 1, buf), -ENOENT);
+}
+
 static void test_prefixes(void **state)
 {
-    struct store *s = ((struct fixture *)*state)->s;
+    struct store *s = fixture_store(state);
+    bool virt = virtual_prefixes(state);
     assert_int_equal(store_make_prefix(s, "p", true), 0);
+    /* A virtual prefix exists while a key lies under it. */
+    if (virt)
+        assert_int_equal(store_put(s, "p/x", "x", 1, STORE_PUT_REPLACE, NULL), 0);
     assert_int_equal(store_make_prefix(s, "p", true), -EEXIST);
     assert_int_equal(store_make_prefix(s, "p", false), 0);
-    assert_int_equal(store_make_prefix(s, "q/r", false), -ENOENT);
+    if (!virt)
+        assert_int_equal(store_make_prefix(s, "q/r", false), -ENOENT);
     assert_int_equal(store_make_prefix(s, "p/r", true), 0);
     assert_int_equal(store_put(s, "p/r/o", "o", 1, STORE_PUT_REPLACE, NULL), 0);
+    assert_int_equal(store_make_prefix(s, "p/r", true), -EEXIST);
     assert_int_equal(store_remove_prefix(s, "p/r"), -ENOTEMPTY);
     assert_int_equal(store_del(s, "p/r/o", NULL), 0);
     assert_int_equal(store_remove_prefix(s, "p/r"), 0);
     assert_int_equal(store_exists(s, "p/r", NULL), -ENOENT);
-    assert_int_equal(store_remove_prefix(s, "p/r"), -ENOENT);
+    if (!virt)
+        assert_int_equal(store_remove_prefix(s, "p/r"), -ENOENT);
     assert_int_equal(store_barrier(s), 0);
 }
 
 static void test_locks(void **state)
 {
-    struct store *s = ((struct fixture *)*state)->s;
+    struct store *s = fixture_store(state);
     struct store_lease *a, *b, *c;
     int64_t now = store_deadline(0);
 
@@ -276,7 +368,7 @@ static void test_locks(void **state)
 
 static void test_mem_lease_expiry(void **state)
 {
-    struct store *s = ((struct fixture *)*state)->s;
+    struct store *s = fixture_store(state);
     struct store_lease *a, *b;
     assert_int_equal(store_lock(s, "locks/l", true, LEASE, store_deadline(0), &a), 0);
     assert_int_equal(store_lock(s, "locks/l", true, LEASE, store_deadline(0), &b), -EBUSY);
@@ -321,7 +413,7 @@ static int tmp_walk(struct store *s, const char *prefix, unsigned *found)
 
 static void test_mem_faults(void **state)
 {
-    struct store *s = ((struct fixture *)*state)->s;
+    struct store *s = fixture_store(state);
     struct store_staged *st[2];
     bool created[2];
     unsigned tmp = 0;
@@ -377,7 +469,7 @@ static void test_mem_faults(void **state)
 
 static void test_mem_repo(void **state)
 {
-    struct store *s = ((struct fixture *)*state)->s;
+    struct store *s = fixture_store(state);
     struct repo *r = NULL;
     struct backup_writer *w = NULL;
     char err[256] = "";
@@ -389,7 +481,7 @@ static void test_mem_repo(void **state)
     assert_non_null(strstr(err, "no config file"));
     assert_int_equal(repo_init_store(s, &opt, err, sizeof(err)), 0);
     assert_int_equal(repo_open_store(s, NULL, &r, err, sizeof(err)), 0);
-    assert_string_equal(repo_path(r), "mem:test");
+    assert_string_equal(repo_path(r), store_name(s));
 
     memset(data, 0x5a, sizeof(data));
     struct manifest m;
@@ -451,7 +543,7 @@ static void test_mem_repo(void **state)
  * backup references.  Its manifests and commit renew the lease while it is alive. */
 static void test_mem_repo_lease_lost(void **state)
 {
-    struct store *s = ((struct fixture *)*state)->s;
+    struct store *s = fixture_store(state);
     struct repo *r = NULL;
     struct backup_writer *w = NULL;
     char err[256] = "";
@@ -502,10 +594,15 @@ int main(void)
     cmocka_unit_test_prestate_setup_teardown(fn, setup_local, teardown, NULL),                     \
         cmocka_unit_test_prestate_setup_teardown(fn, setup_mem, teardown, NULL)
 #define MEM(fn) cmocka_unit_test_prestate_setup_teardown(fn, setup_mem, teardown, NULL)
+#define S3(fn)  cmocka_unit_test_prestate_setup_teardown(fn, setup_s3, teardown, NULL)
     const struct CMUnitTest tests[] = {
         BOTH(test_put_get),   BOTH(test_staged),  BOTH(test_list),
         BOTH(test_prefixes),  BOTH(test_locks),   MEM(test_mem_lease_expiry),
         MEM(test_mem_faults), MEM(test_mem_repo), MEM(test_mem_repo_lease_lost),
+        S3(test_put_get),     S3(test_staged),    S3(test_list),
+        S3(test_prefixes),    S3(test_locks),     BOTH(test_get_range),
+        S3(test_get_range),
+        S3(test_mem_repo),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
