@@ -47,7 +47,6 @@
 #include "core/log.h"
 #include "repo/repo_internal.h"
 
-#define S3_SCHEME         "s3://"
 #define S3_AWS_ENDPOINT   "https://s3.amazonaws.com" /* us-east-1's endpoint */
 #define S3_PAGE_KEYS      1000 /* keys per ListObjectsV2 page (the protocol's maximum) */
 #define S3_DELETE_BATCH   1000 /* keys per DeleteObjects request (the protocol's maximum) */
@@ -1450,11 +1449,6 @@ static const struct store_ops s3_ops = {
     .close = s3_close,
 };
 
-bool store_s3_url(const char *url)
-{
-    return !strncmp(url, S3_SCHEME, strlen(S3_SCHEME));
-}
-
 void store_s3_set_lock_days(struct store *s, unsigned days)
 {
     if (s && !strcmp(s->ops->kind, "s3"))
@@ -1469,14 +1463,15 @@ static const char *param_or_env(const char *given, const char *env)
     return v && *v ? v : NULL;
 }
 
-/* Split s3://BUCKET/PREFIX into the store's bucket and prefix ("" or "dir/"). */
-static int parse_url(struct s3_store *m, const char *url, char *err, size_t errlen)
+/* Split where ("BUCKET/PREFIX", from url) into the store's bucket and prefix ("" or "dir/"). */
+static int parse_url(struct s3_store *m, const char *url, const char *where, char *err,
+                     size_t errlen)
 {
-    const char *b = url + strlen(S3_SCHEME);
+    const char *b = where;
     const char *slash = strchr(b, '/');
     size_t blen = slash ? (size_t)(slash - b) : strlen(b);
     if (!blen) {
-        repo_set_err(err, errlen, "%s: no bucket name (s3://BUCKET/PREFIX)", url);
+        store_set_err(err, errlen, "%s: no bucket name (s3://BUCKET/PREFIX)", url);
         return -EINVAL;
     }
     m->bucket = strndup(b, blen);
@@ -1491,12 +1486,12 @@ static int parse_url(struct s3_store *m, const char *url, char *err, size_t errl
     for (const char *p = m->bucket; *p; p++)
         if (!((*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') || *p == '-' || *p == '.' ||
               *p == '_')) {
-            repo_set_err(err, errlen, "%s: bucket name \"%s\" has a character S3 does not allow",
+            store_set_err(err, errlen, "%s: bucket name \"%s\" has a character S3 does not allow",
                          url, m->bucket);
             return -EINVAL;
         }
     if (strstr(m->prefix, "//")) {
-        repo_set_err(err, errlen, "%s: empty path component in the prefix", url);
+        store_set_err(err, errlen, "%s: empty path component in the prefix", url);
         return -EINVAL;
     }
     return 0;
@@ -1532,11 +1527,11 @@ static int bucket_create(struct s3_store *m, const char *region, char *err, size
         error_code(&p, code, sizeof(code));
     if (r == 0 && !ok(&p) && strcmp(code, "BucketAlreadyOwnedByYou")) {
         r = p.status == HTTP_FORBIDDEN ? -EACCES : -EIO;
-        repo_set_err(err, errlen, "%s: cannot create bucket %s: HTTP %ld %s%s", m->s.name,
+        store_set_err(err, errlen, "%s: cannot create bucket %s: HTTP %ld %s%s", m->s.name,
                      m->bucket, p.status, code,
                      r == -EACCES ? " (check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)" : "");
     } else if (r < 0) {
-        repo_set_err(err, errlen, "%s: cannot reach the S3 endpoint %s: %s", m->s.name,
+        store_set_err(err, errlen, "%s: cannot reach the S3 endpoint %s: %s", m->s.name,
                      m->endpoint, strerror(-r));
     }
     resp_reset(&p);
@@ -1573,12 +1568,12 @@ static int bucket_check(struct s3_store *m, const char *region, bool create, cha
     long status = p.status;
     resp_reset(&p);
     if (r < 0) {
-        repo_set_err(err, errlen, "%s: cannot reach the S3 endpoint %s: %s", m->s.name,
+        store_set_err(err, errlen, "%s: cannot reach the S3 endpoint %s: %s", m->s.name,
                      m->endpoint, strerror(-r));
         return r;
     }
     if (status == HTTP_FORBIDDEN) {
-        repo_set_err(err, errlen,
+        store_set_err(err, errlen,
                      "%s: access denied to bucket %s at %s (check AWS_ACCESS_KEY_ID / "
                      "AWS_SECRET_ACCESS_KEY)",
                      m->s.name, m->bucket, m->endpoint);
@@ -1587,12 +1582,12 @@ static int bucket_check(struct s3_store *m, const char *region, bool create, cha
     if (status == HTTP_NOT_FOUND && create)
         return bucket_create(m, region, err, errlen);
     if (status == HTTP_NOT_FOUND) {
-        repo_set_err(err, errlen, "%s: bucket %s does not exist (vmexport repo init creates it)",
+        store_set_err(err, errlen, "%s: bucket %s does not exist (vmexport repo init creates it)",
                      m->s.name, m->bucket);
         return -ENOENT;
     }
     if (status < HTTP_OK_MIN || status > HTTP_OK_MAX) {
-        repo_set_err(err, errlen,
+        store_set_err(err, errlen,
                      "%s: bucket %s at %s: HTTP %ld (a wrong region? AWS_DEFAULT_REGION is %s)",
                      m->s.name, m->bucket, m->endpoint, status, region);
         return -EIO;
@@ -1601,7 +1596,7 @@ static int bucket_check(struct s3_store *m, const char *region, bool create, cha
         bool locked = false;
         r = bucket_locked(m, &locked);
         if (r == 0 && !locked) {
-            repo_set_err(err, errlen,
+            store_set_err(err, errlen,
                          "%s: bucket %s exists without Object Lock: --lock-days needs a bucket "
                          "created with it (let vmexport repo init create the bucket)",
                          m->s.name, m->bucket);
@@ -1611,18 +1606,18 @@ static int bucket_check(struct s3_store *m, const char *region, bool create, cha
     return r;
 }
 
-int store_s3_open(const char *url, const struct s3_params *params, bool create,
+int store_s3_open(const char *url, const char *where, const struct store_options *o, bool create,
                   struct store **out, char *err, size_t errlen)
 {
-    static const struct s3_params none = {0};
-    const struct s3_params *pp = params ? params : &none;
+    static const struct store_options none = {0};
+    const struct store_options *pp = o ? o : &none;
     *out = NULL;
     pthread_once(&global_once, global_init);
     if (global_status < 0)
         return global_status;
     const char *key = getenv("AWS_ACCESS_KEY_ID"), *secret = getenv("AWS_SECRET_ACCESS_KEY");
     if (!key || !*key || !secret || !*secret) {
-        repo_set_err(err, errlen, "%s: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY", url);
+        store_set_err(err, errlen, "%s: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY", url);
         return -EINVAL;
     }
     struct s3_store *m = calloc(1, sizeof(*m));
@@ -1630,11 +1625,11 @@ int store_s3_open(const char *url, const struct s3_params *params, bool create,
         return -ENOMEM;
     m->s.ops = &s3_ops;
     pthread_mutex_init(&m->mu, NULL);
-    const char *region = param_or_env(pp->region, "AWS_DEFAULT_REGION");
+    const char *region = param_or_env(pp->s3_region, "AWS_DEFAULT_REGION");
     if (!region)
         region = S3_DEFAULT_REGION;
-    const char *endpoint = param_or_env(pp->endpoint, "VMEXPORT_S3_ENDPOINT");
-    const char *ca = param_or_env(pp->ca_file, "VMEXPORT_S3_CA");
+    const char *endpoint = param_or_env(pp->s3_endpoint, "VMEXPORT_S3_ENDPOINT");
+    const char *ca = param_or_env(pp->s3_ca_file, "VMEXPORT_S3_CA");
     int r = 0;
     m->s.name = strdup(url);
     m->access_key = strdup(key);
@@ -1661,13 +1656,13 @@ int store_s3_open(const char *url, const struct s3_params *params, bool create,
         while (n && m->endpoint[n - 1] == '/')
             m->endpoint[--n] = '\0';
         if (strncmp(m->endpoint, "http://", 7) && strncmp(m->endpoint, "https://", 8)) {
-            repo_set_err(err, errlen, "S3 endpoint %s: not an http:// or https:// URL",
+            store_set_err(err, errlen, "S3 endpoint %s: not an http:// or https:// URL",
                          m->endpoint);
             r = -EINVAL;
         }
     }
     if (r == 0)
-        r = parse_url(m, url, err, errlen);
+        r = parse_url(m, url, where, err, errlen);
     if (r == 0)
         r = bucket_check(m, region, create, err, errlen);
     if (r == 0 && create) {
@@ -1675,13 +1670,13 @@ int store_s3_open(const char *url, const struct s3_params *params, bool create,
         bool any = false;
         r = pfx ? any_under(m, pfx, &any) : -ENOMEM;
         if (r == 0 && any) {
-            repo_set_err(err, errlen, "%s: exists and is not empty", url);
+            store_set_err(err, errlen, "%s: exists and is not empty", url);
             r = -EEXIST;
         }
     }
     if (r < 0) {
         if (r == -ENOMEM)
-            repo_set_err(err, errlen, "%s: %s", url, strerror(-r));
+            store_set_err(err, errlen, "%s: %s", url, strerror(-r));
         free(m->sigv4);
         m->sigv4 = NULL; /* nothing to flush */
         s3_close(&m->s);

@@ -4,33 +4,17 @@
 #ifndef VMEXPORT_REPO_STORE_S3_H
 #define VMEXPORT_REPO_STORE_S3_H
 
-#include <stdbool.h>
-#include <stddef.h>
-
 #include "repo/store.h"
 
 /* Default region (AWS_DEFAULT_REGION unset): AWS's own; radosgw accepts any region name. */
 #define S3_DEFAULT_REGION "us-east-1"
 
-/* Where and how to reach the store: NULL fields take the environment (VMEXPORT_S3_ENDPOINT,
- * VMEXPORT_S3_CA, AWS_DEFAULT_REGION) or the defaults.  The keys always come from
- * AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY. */
-struct s3_params {
-    const char *endpoint; /* "https://host:port"; default: AWS's endpoint of the region */
-    const char *ca_file;  /* PEM file of CA certificates trusted for the endpoint */
-    const char *region;
-    unsigned lock_days; /* with create: make the bucket with Object Lock, retain puts this long */
-};
-
-/* Whether url is an S3 URL (s3://...). */
-bool store_s3_url(const char *url);
-
-/* Open s3://BUCKET/PREFIX (PREFIX may be empty).  The bucket must exist (-ENOENT otherwise),
- * unless create, which makes it when missing (with Object Lock when p->lock_days) and wants no
- * key under PREFIX (-EEXIST).  err gets a message naming the bucket and the cause; it never
- * holds a credential. */
-int store_s3_open(const char *url, const struct s3_params *p, bool create, struct store **out,
-                  char *err, size_t errlen);
+/* store_s3_open() (declared in store.h, called by store_open_url()) takes its settings from
+ * struct store_options, NULL members from the environment: s3_endpoint VMEXPORT_S3_ENDPOINT
+ * (default: AWS's endpoint of the region), s3_ca_file VMEXPORT_S3_CA, s3_region
+ * AWS_DEFAULT_REGION; the keys always from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY.  The
+ * bucket must exist (-ENOENT), unless create, which makes it when missing (with Object Lock
+ * when lock_days) and wants no key under the prefix (-EEXIST). */
 
 /* Retain every object put from now on for days (COMPLIANCE mode): the repository's lock_days,
  * told by the repository code after reading its config.  Deletes of retained objects then fail

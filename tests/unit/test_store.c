@@ -25,7 +25,6 @@
 #include "repo/repo_internal.h" /* REPO_LEASE_SECONDS, REPO_TMP_MARK */
 #include "repo/store.h"
 #include "repo/store_mem.h"
-#include "repo/store_s3.h"
 
 #define MANY_KEYS  150 /* more than two pages of a memory store listing */
 #define LEASE      30  /* seconds of the test leases */
@@ -84,7 +83,7 @@ static int setup_s3(void **state)
     snprintf(f->dir, sizeof(f->dir), "%s/test-%s", base, rnd);
     /* Pages of 50 keys: the listing tests then cross pages as on the local store. */
     setenv("VMEXPORT_S3_LIST_PAGE", "50", 1);
-    int r = store_s3_open(f->dir, NULL, true, &f->s, err, sizeof(err));
+    int r = store_open_url(f->dir, NULL, true, &f->s, err, sizeof(err));
     if (r < 0)
         fail_msg("%s", err);
     f->remote = true;
