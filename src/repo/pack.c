@@ -981,7 +981,9 @@ static int orphan_entry(void *opaque, const struct store_entry *e)
         if (ret == 0)
             w->st->bytes_freed += s.size;
     } else {
-        ret = store_del(w->g->r->store, key, &w->st->bytes_freed);
+        ret = lock_check(w->g->r);
+        if (ret == 0)
+            ret = store_del(w->g->r->store, key, &w->st->bytes_freed);
     }
     if (ret == -ENOENT)
         return 0;
@@ -1018,7 +1020,9 @@ static int index_tmp_entry(void *opaque, const struct store_entry *e)
     if (e->prefix || !repo_is_tmp_name(e->name) ||
         (size_t)snprintf(key, sizeof(key), REPO_INDEX_DIR "/%s", e->name) >= sizeof(key))
         return 0;
-    int ret = w->dry_run ? 0 : store_del(w->g->r->store, key, &w->st->bytes_freed);
+    int ret = w->dry_run ? 0 : lock_check(w->g->r);
+    if (ret == 0 && !w->dry_run)
+        ret = store_del(w->g->r->store, key, &w->st->bytes_freed);
     if (ret == 0) {
         w->st->temp_files_removed++;
         w->removed = true;
@@ -1152,7 +1156,9 @@ int pack_gc_run(struct pack_gc *g, bool dry_run, bool force, struct gc_stats *st
         for (size_t i = 0; ret == 0 && i < g->index_names.len; i++) {
             char key[sizeof(REPO_INDEX_DIR "/") + 2 * INDEX_NAME_BYTES];
             snprintf(key, sizeof(key), REPO_INDEX_DIR "/%s", g->index_names.ptr[i]);
-            ret = store_del(r->store, key, NULL);
+            ret = lock_check(r);
+            if (ret == 0)
+                ret = store_del(r->store, key, NULL);
             if (ret == -ENOENT)
                 ret = 0;
         }
@@ -1172,7 +1178,9 @@ int pack_gc_run(struct pack_gc *g, bool dry_run, bool force, struct gc_stats *st
                 freed += s.size;
             continue;
         }
-        ret = store_del(r->store, key, &freed);
+        ret = lock_check(r);
+        if (ret == 0)
+            ret = store_del(r->store, key, &freed);
         if (ret == -ENOENT)
             ret = 0;
     }

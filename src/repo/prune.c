@@ -139,7 +139,15 @@ static int prune_vm(struct repo *r, backup_list *l, size_t from, size_t to,
         if (keep[i])
             continue;
         if (!dry_run) {
-            int ret = repo_backup_delete(r, (*b)->id);
+            int ret = lock_check(r);
+            if (ret < 0) {
+                repo_set_err(err, errlen,
+                             "%s: prune stopped: the repository lock's lease was lost (stalled "
+                             "or cut off from the store for more than %u s)",
+                             r->path, repo_lease_seconds());
+                return ret;
+            }
+            ret = repo_backup_delete(r, (*b)->id);
             if (ret < 0 && ret != -ENOENT) {
                 repo_set_err(err, errlen, "%s: cannot delete backup %s: %s", r->path, (*b)->id,
                              strerror(-ret));

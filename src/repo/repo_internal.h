@@ -73,6 +73,7 @@ struct repo {
     /* repo_lock() state: one repository-wide lock per handle, counted. */
     pthread_mutex_t lock_mutex;
     struct store_lease *lock_lease;
+    struct lease_keeper *lock_keeper; /* renews lock_lease */
     unsigned lock_depth;
     bool lock_exclusive;
 };
@@ -246,9 +247,34 @@ bool backup_id_valid(const char *id);
 
 /* ---- lock.c ---- */
 
-/* How long a lease lasts unrenewed (stores whose locks can outlive their holder): longer
- * than any pause between the renewals of a backup writer (each manifest, the commit). */
+/* How long a lease lasts unrenewed (stores whose locks can outlive their holder): a holder
+ * renews it every third of that (a lease keeper's thread), so only a process stalled or cut
+ * off from the store for this long loses it.  VMEXPORT_LEASE_SECONDS (1 .. REPO_LEASE_MAX)
+ * overrides it, for tests of lost leases. */
 #define REPO_LEASE_SECONDS 3600
+#define REPO_LEASE_MAX     86400
+#define REPO_LEASE_ENV     "VMEXPORT_LEASE_SECONDS"
+/* The lease in seconds: VMEXPORT_LEASE_SECONDS when valid, else REPO_LEASE_SECONDS. */
+unsigned repo_lease_seconds(void);
+
+/* A thread renewing leases every repo_lease_seconds() / 3, so that a holder busy for longer
+ * than a lease (one long disk of a backup, a long gc) keeps its locks.  Only on stores whose
+ * leases expire (not "local": its file locks live as long as the process); there *out is NULL
+ * and the functions below take NULL as "held for ever". */
+struct lease_keeper;
+int lease_keeper_start(struct repo *r, struct store_lease *const *leases, size_t n,
+                       struct lease_keeper **out);
+/* Renew every lease now: 0, -ETIMEDOUT once one was lost (a renewal said so, or the last
+ * successful one is older than a lease: the process was stalled), else the store's error (the
+ * leases may still be held: the keeper tries again). */
+int lease_keeper_renew(struct lease_keeper *k);
+/* Without asking the store: -ETIMEDOUT when a lease was lost or may have expired since the last
+ * renewal, else 0.  Checked before every deletion of gc and prune. */
+int lease_keeper_check(struct lease_keeper *k);
+/* Stop renewing (the leases are released by the caller after this). */
+void lease_keeper_stop(struct lease_keeper *k);
+/* lease_keeper_check() of the handle's repository lock (repo_lock). */
+int lock_check(struct repo *r);
 
 /* Take locks/name, shared or exclusive, waiting until deadline_ms (store_deadline();
  * STORE_WAIT_FOREVER).  -EBUSY when the deadline passes. */
