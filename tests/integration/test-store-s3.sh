@@ -24,9 +24,11 @@ s3() {
         --user "$AWS_ACCESS_KEY_ID:$AWS_SECRET_ACCESS_KEY" -H "x-amz-content-sha256: $EMPTY_SHA" \
         -w '\n%{http_code}' "$@" "$VMEXPORT_S3_ENDPOINT/$path"
 }
-# s3_keys BUCKET PREFIX: the keys under PREFIX, one a line.
+# s3_keys BUCKET PREFIX: the keys under PREFIX, one a line (up to 1000: enough here).
 s3_keys() {
-    s3 GET "$1?list-type=2&prefix=$2" | grep -o '<Key>[^<]*</Key>' | sed 's/<[^>]*>//g'
+    local pfx
+    pfx=$(printf %s "$2" | jq -sRr @uri)
+    s3 GET "$1?list-type=2&prefix=$pfx" | grep -o '<Key>[^<]*</Key>' | sed 's/<[^>]*>//g'
 }
 
 # ---- the store contract ----
@@ -115,3 +117,65 @@ rm -rf "$WORK/out" && mkdir "$WORK/out"
 BID=$("$VMEXPORT" backups --repo "$REPO" --json | jq -r '[.[] | select(.vm == "vm1")][0].id')
 "$VMEXPORT" restore --repo "$REPO" "$BID" --to "$WORK/out" >/dev/null
 check "  the kept backup restores bit for bit" cmp "$WORK/out/a.img" "$VMS/vm1/a.img"
+
+# ---- radosgw killed mid-backup ----
+# vm3's first disk is committed (a pack) before the second is read; the backup is paused right
+# then, radosgw killed, the backup resumed: it must fail clearly and leave no backup.  Its
+# leases are short so that the next backup need not wait an hour for its VM lock.
+packs_before=$(s3_keys vmx-repo backups/main/packs/ | wc -l)
+VMEXPORT_LEASE_SECONDS=6 "$VMEXPORT" backup vm3 --repo "$REPO" --jobs 1 >"$WORK/kill.log" 2>&1 &
+pk=$!
+for ((i = 0; i < 600; i++)); do
+    [ "$(s3_keys vmx-repo backups/main/packs/ | wc -l)" -gt "$packs_before" ] && break
+    kill -0 $pk 2>/dev/null || break
+    sleep 0.05
+done
+if kill -STOP $pk 2>/dev/null; then
+    ok "vm3's backup paused after its first disk was stored"
+    ceph_stop_rgw
+    kill -CONT $pk
+    wait $pk
+    check "  with radosgw gone it fails" test $? -ne 0
+    check "  naming the endpoint and the cause" \
+        grep -q "S3 endpoint $VMEXPORT_S3_ENDPOINT.*Couldn't connect to server" "$WORK/kill.log"
+    ceph_start_rgw || { not_ok "radosgw restarts"; exit 1; }
+    n3=$("$VMEXPORT" backups --repo "$REPO" --json | jq '[.[] | select(.vm == "vm3")] | length')
+    check "  no backup of vm3 is visible" test "$n3" = 0
+    "$VMEXPORT" backup vm3 --repo "$REPO" --json >"$WORK/b3.json" 2>"$WORK/b3.err"
+    check "  after the restart the next backup succeeds" test $? -eq 0
+    tail -1 "$WORK/b3.json" >"$WORK/b3.sum"
+    # a-first.img: 4 MiB in 256 KiB chunks, stored before radosgw went
+    check "  reusing the chunks stored before ($(jq -c '{chunks_new, chunks_reused}' "$WORK/b3.sum"))" \
+        jq -e '.chunks_reused >= 16' "$WORK/b3.sum"
+    rm -rf "$WORK/out3" && mkdir "$WORK/out3"
+    BID3=$("$VMEXPORT" backups --repo "$REPO" --json | jq -r '[.[] | select(.vm == "vm3")][0].id')
+    "$VMEXPORT" restore --repo "$REPO" "$BID3" --to "$WORK/out3" >/dev/null
+    check "  and restores bit for bit" \
+        bash -c 'cmp "$1/a-first.img" "$2/a-first.img" && cmp "$1/b-second.img" "$2/b-second.img"' \
+        _ "$WORK/out3" "$VMS/vm3"
+    check "  verify passes" "$VMEXPORT" verify --repo "$REPO"
+else
+    not_ok "vm3's backup paused after its first disk was stored (it ended first: $(tail -2 "$WORK/kill.log"))"
+fi
+
+# ---- Object Lock: --lock-days ----
+LREPO=s3://vmx-locked/r
+check "repo init --lock-days 1" "$VMEXPORT" repo init "$LREPO" --lock-days 1 --chunk-size 256K
+check "  made the bucket with Object Lock" grep -q "<ObjectLockEnabled>Enabled<" <(s3 GET "vmx-locked?object-lock=")
+check "two backups of vm2 into it" bash -c '"$1" backup vm2 --repo "$2" && "$1" backup vm2 --repo "$2" --full' \
+    _ "$VMEXPORT" "$LREPO"
+OLD=$("$VMEXPORT" backups --repo "$LREPO" --json | jq -r '[.[] | select(.vm == "vm2")] | sort_by(.id) | .[0].id')
+head=$(s3 HEAD "vmx-locked/r/backups/vm2/$OLD/backup.json" -I)
+check "  its objects carry COMPLIANCE retention" grep -qi "x-amz-object-lock-mode: COMPLIANCE" <<<"$head"
+"$VMEXPORT" prune --repo "$LREPO" --keep-last 1 >"$WORK/lprune.log" 2>&1
+check "prune of a locked backup reports it kept" grep -q "backup $OLD is kept: the store refuses" "$WORK/lprune.log"
+n=$("$VMEXPORT" backups --repo "$LREPO" --json | jq 'length')
+check "  both backups are still there" test "$n" = 2
+version=$(sed -n 's/^x-amz-version-id: *//Ip' <<<"$head" | tr -d '\r')
+code=$(s3 DELETE "vmx-locked/r/backups/vm2/$OLD/backup.json?versionId=$version" | tail -1)
+check "a raw DeleteObject of its version with the keys is refused ($code)" test "$code" = 403
+rm -rf "$WORK/outl" && mkdir "$WORK/outl"
+"$VMEXPORT" restore --repo "$LREPO" "$OLD" --to "$WORK/outl" >/dev/null
+check "  the locked backup still restores bit for bit" cmp "$WORK/outl/b.img" "$VMS/vm2/b.img"
+check "gc on the locked repository" "$VMEXPORT" gc --repo "$LREPO"
+check "  verify passes" "$VMEXPORT" verify --repo "$LREPO"
