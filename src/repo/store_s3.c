@@ -33,6 +33,7 @@
 #include <limits.h>
 #include <openssl/evp.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -85,6 +86,10 @@ struct s3_store {
     char *ca_file;
     unsigned lock_days;
     unsigned page_keys; /* keys per listing page */
+    /* The last request found the endpoint unreachable after every retry: until one gets an
+     * answer, requests try once (a backup failing with the endpoint gone fails in seconds,
+     * not in S3_TRIES backoffs for each cleanup request). */
+    atomic_bool unreachable;
     pthread_mutex_t mu; /* pool and delq */
     CURL *pool[S3_POOL_MAX];
     size_t npool;
@@ -402,10 +407,13 @@ static int s3_do(struct s3_store *m, const struct s3_req *q, struct s3_resp *p)
     }
     int ret = 0;
     long delay = S3_BACKOFF_MS;
+    int tries = atomic_load(&m->unreachable) ? 1 : S3_TRIES;
     for (int i = 1;; i++) {
         resp_reset(p);
         CURLcode c = attempt(m, h, q, url, headers, p);
         bool too_big = c == CURLE_WRITE_ERROR && p->too_big;
+        if (c == CURLE_OK || too_big)
+            atomic_store(&m->unreachable, false);
         if (c == CURLE_OK || too_big) {
             if (p->status < HTTP_SERVER_ERROR && p->status != HTTP_TOO_MANY)
                 break;
@@ -415,7 +423,9 @@ static int s3_do(struct s3_store *m, const struct s3_req *q, struct s3_resp *p)
             ret = curl_errno(c);
             break;
         }
-        if (i == S3_TRIES) {
+        if (i >= tries) {
+            if (c != CURLE_OK)
+                atomic_store(&m->unreachable, true);
             if (c == CURLE_OK)
                 log_error("S3 endpoint %s: %s %s/%s: HTTP %ld after %d tries", m->endpoint,
                           q->method, m->bucket, q->key ? q->key : "", p->status, i);

@@ -51,7 +51,7 @@ dd if=/dev/urandom of="$VMS/vm1/holes.img" bs=64K count=8 seek=100 conv=notrunc 
 dd if=/dev/urandom of="$VMS/vm2/b.img" bs=1M count=6 status=none
 # vm3: its first disk is committed (one pack) before the second, big one, is read.
 dd if=/dev/urandom of="$VMS/vm3/a-first.img" bs=1M count=4 status=none
-dd if=/dev/urandom of="$VMS/vm3/b-second.img" bs=1M count=48 status=none
+dd if=/dev/urandom of="$VMS/vm3/b-second.img" bs=1M count=24 status=none
 sync
 start_dir_daemon local "$VMS"
 export VMEXPORT_SERVER=$URL VMEXPORT_USER=admin VMEXPORT_PASSWORD=secret
@@ -153,7 +153,6 @@ if kill -STOP $pk 2>/dev/null; then
     check "  and restores bit for bit" \
         bash -c 'cmp "$1/a-first.img" "$2/a-first.img" && cmp "$1/b-second.img" "$2/b-second.img"' \
         _ "$WORK/out3" "$VMS/vm3"
-    check "  verify passes" "$VMEXPORT" verify --repo "$REPO"
 else
     not_ok "vm3's backup paused after its first disk was stored (it ended first: $(tail -2 "$WORK/kill.log"))"
 fi
