@@ -27,6 +27,7 @@
 
 #include <curl/curl.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <jansson.h>
 #include <libxml/parser.h>
 #include <libxml/tree.h>
@@ -38,6 +39,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/mman.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -58,7 +60,8 @@
 #define S3_POOL_MAX       16   /* idle curl handles kept (one per uploading thread) */
 #define S3_ERR_BODY_MAX   (64u << 10) /* the most of an error answer read */
 #define S3_LIST_BODY_MAX  (8u << 20)  /* a page of 1000 keys is ~300 KiB */
-#define S3_LEASE_BODY_MAX 4096
+#define S3_STAGE_MEMORY   (64u << 20) /* staged bytes held in memory, the rest in temp files */
+#define S3_SPILL_DIR      "/var/tmp"  /* temp files of staged objects without TMPDIR */
 #define S3_LEASE_HEX      8    /* random bytes naming a lease holder */
 #define S3_LEASE_JITTER   100  /* ms of random extra wait after a conflict (no lock-step) */
 #define SHA256_LEN        32
@@ -90,6 +93,8 @@ struct s3_store {
      * answer, requests try once (a backup failing with the endpoint gone fails in seconds,
      * not in S3_TRIES backoffs for each cleanup request). */
     atomic_bool unreachable;
+    atomic_size_t staged_bytes; /* of staged objects held in memory */
+    size_t stage_memory;        /* the most of them in memory */
     pthread_mutex_t mu; /* pool and delq */
     CURL *pool[S3_POOL_MAX];
     size_t npool;
@@ -99,7 +104,8 @@ struct s3_store {
 
 struct store_staged {
     char *key;
-    uint8_t *data;
+    uint8_t *data; /* in memory, or */
+    int fd;        /* in an unlinked temporary file */
     size_t len;
 };
 
@@ -777,28 +783,95 @@ static int s3_put(struct store *s, const char *key, const void *data, size_t len
 
 static void s3_discard(struct store *s, struct store_staged *st)
 {
-    (void)s;
+    if (st->data)
+        atomic_fetch_sub(&s3(s)->staged_bytes, st->len);
+    if (st->fd >= 0)
+        close(st->fd);
     free(st->key);
     free(st->data);
     free(st);
 }
 
+/* An unlinked temporary file holding data (O_TMPFILE, else a named one removed at once). */
+static int spill(const void *data, size_t len, int *out)
+{
+    const char *dir = getenv("TMPDIR");
+    if (!dir || !*dir)
+        dir = S3_SPILL_DIR;
+    int fd = open(dir, O_TMPFILE | O_RDWR | O_CLOEXEC, REPO_FILE_MODE);
+    if (fd < 0) {
+        char path[PATH_MAX];
+        if ((size_t)snprintf(path, sizeof(path), "%s/vmexport-s3-XXXXXX", dir) >= sizeof(path))
+            return -ENAMETOOLONG;
+        fd = mkostemp(path, O_CLOEXEC);
+        if (fd < 0)
+            return -errno;
+        unlink(path);
+    }
+    for (const uint8_t *p = data; len;) {
+        ssize_t n = write(fd, p, len);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0) {
+            int e = n < 0 ? errno : EIO;
+            close(fd);
+            return e == EDQUOT ? -ENOSPC : -e;
+        }
+        p += n;
+        len -= (size_t)n;
+    }
+    *out = fd;
+    return 0;
+}
+
+/* Staged objects wait in memory up to stage_memory bytes in all, beyond that in unlinked
+ * temporary files: a backup stages up to its flush interval (512 MiB) of packs. */
 static int s3_stage(struct store *s, const char *key, const void *data, size_t len,
                     struct store_staged **out)
 {
+    struct s3_store *m = s3(s);
     struct store_staged *st = calloc(1, sizeof(*st));
     if (!st)
         return -ENOMEM;
-    st->key = strdup(key);
-    st->data = malloc(len ? len : 1);
+    st->fd = -1;
     st->len = len;
-    if (!st->key || !st->data) {
+    st->key = strdup(key);
+    if (!st->key) {
         s3_discard(s, st);
         return -ENOMEM;
     }
-    memcpy(st->data, data, len);
+    int r = 0;
+    if (atomic_fetch_add(&m->staged_bytes, len) + len <= m->stage_memory) {
+        st->data = malloc(len ? len : 1);
+        if (st->data)
+            memcpy(st->data, data, len);
+        else
+            r = -ENOMEM;
+    } else {
+        r = spill(data, len, &st->fd);
+    }
+    if (!st->data)
+        atomic_fetch_sub(&m->staged_bytes, len);
+    if (r < 0) {
+        s3_discard(s, st);
+        return r;
+    }
     *out = st;
     return 0;
+}
+
+/* Put one staged object, from memory or mapped from its file. */
+static int commit_one(struct store *s, struct store_staged *st, bool *made)
+{
+    if (st->data || !st->len)
+        return s3_put(s, st->key, st->data ? (const void *)st->data : "", st->len, STORE_PUT_CREATE,
+                      made);
+    void *map = mmap(NULL, st->len, PROT_READ, MAP_PRIVATE, st->fd, 0);
+    if (map == MAP_FAILED)
+        return -errno;
+    int r = s3_put(s, st->key, map, st->len, STORE_PUT_CREATE, made);
+    munmap(map, st->len);
+    return r;
 }
 
 static int s3_commit(struct store *s, struct store_staged **staged, size_t n, bool *created)
@@ -807,8 +880,7 @@ static int s3_commit(struct store *s, struct store_staged **staged, size_t n, bo
     for (size_t i = 0; i < n; i++) {
         bool made = false;
         if (r == 0)
-            r = s3_put(s, staged[i]->key, staged[i]->data, staged[i]->len, STORE_PUT_CREATE,
-                       &made);
+            r = commit_one(s, staged[i], &made);
         if (created)
             created[i] = made;
         s3_discard(s, staged[i]);
@@ -1650,6 +1722,9 @@ int store_s3_open(const char *url, const char *where, const struct store_options
     const char *page = getenv("VMEXPORT_S3_LIST_PAGE");
     m->page_keys = page && atoi(page) > 0 && atoi(page) < S3_PAGE_KEYS ? (unsigned)atoi(page)
                                                                         : S3_PAGE_KEYS;
+    /* ... and may send every staged object through a temporary file. */
+    const char *mem = getenv("VMEXPORT_S3_STAGE_MEMORY");
+    m->stage_memory = mem && *mem ? strtoull(mem, NULL, 10) : S3_STAGE_MEMORY;
     if (endpoint)
         m->endpoint = strdup(endpoint);
     else if (!strcmp(region, S3_DEFAULT_REGION))

@@ -83,6 +83,9 @@ static int setup_s3(void **state)
     snprintf(f->dir, sizeof(f->dir), "%s/test-%s", base, rnd);
     /* Pages of 50 keys: the listing tests then cross pages as on the local store. */
     setenv("VMEXPORT_S3_LIST_PAGE", "50", 1);
+    /* Staged objects through temporary files (big backups' path; test-store-s3.sh's backups
+     * take the memory one). */
+    setenv("VMEXPORT_S3_STAGE_MEMORY", "0", 1);
     int r = store_open_url(f->dir, NULL, true, &f->s, err, sizeof(err));
     if (r < 0)
         fail_msg("%s", err);
