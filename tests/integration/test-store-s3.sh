@@ -87,6 +87,59 @@ check "  bit for bit (random disk)" cmp "$WORK/out/a.img" "$WORK/a.gen2"
 check "  bit for bit (sparse disk)" cmp "$WORK/out/holes.img" "$WORK/holes.gen2"
 check "verify" "$VMEXPORT" verify --repo "$REPO"
 
+# ---- TLS: radosgw behind a TLS front with the test CA's certificate ----
+cat >"$WORK/tls_front.py" <<'PY'
+import socket, ssl, sys, threading
+cert, key, port, target = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(cert, key)
+srv = socket.socket()
+srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind(("127.0.0.1", port))
+srv.listen(16)
+def pipe(a, b):
+    try:
+        while True:
+            d = a.recv(65536)
+            if not d:
+                break
+            b.sendall(d)
+    except OSError:
+        pass
+    for s in (a, b):
+        try:
+            s.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+def serve(c):
+    try:
+        t = ctx.wrap_socket(c, server_side=True)
+    except (ssl.SSLError, OSError):
+        c.close()
+        return
+    u = socket.create_connection(("127.0.0.1", target))
+    threading.Thread(target=pipe, args=(t, u), daemon=True).start()
+    pipe(u, t)
+while True:
+    c, _ = srv.accept()
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+PY
+TLS_PORT=$(free_port)
+python3 "$WORK/tls_front.py" "$WORK/certs/server.crt" "$WORK/certs/server.key" "$TLS_PORT" \
+    "$CEPH_RGW_PORT" 2>/dev/null &
+at_exit "kill $!"
+for ((i = 0; i < 50; i++)); do
+    curl -s -o /dev/null --cacert "$WORK/certs/ca.crt" "https://127.0.0.1:$TLS_PORT/" && break
+    sleep 0.1
+done
+out=$("$VMEXPORT" backups --repo "$REPO" --s3-endpoint "https://127.0.0.1:$TLS_PORT" 2>&1)
+check "an https endpoint whose CA is not trusted is refused" test $? -ne 0
+check "  naming the certificate problem" grep -qi "certificate" <<<"$out"
+check "  --s3-ca trusts it" "$VMEXPORT" backups --repo "$REPO" \
+    --s3-endpoint "https://127.0.0.1:$TLS_PORT" --s3-ca "$WORK/certs/ca.crt"
+check "  as does VMEXPORT_S3_CA" env VMEXPORT_S3_ENDPOINT="https://127.0.0.1:$TLS_PORT" \
+    VMEXPORT_S3_CA="$WORK/certs/ca.crt" "$VMEXPORT" backups --repo "$REPO"
+
 # ---- two processes backing up into one bucket at once ----
 "$VMEXPORT" backup vm1 --repo "$REPO" --full >"$WORK/c1.log" 2>&1 &
 p1=$!
