@@ -5,7 +5,8 @@
  * Keys map to objects "PREFIX/key".  Objects are immutable and content-named: a put with
  * STORE_PUT_CREATE carries "If-None-Match: *" and an existing object answers 412 (created =
  * false).  Staged objects are held in memory and put conditionally at commit, so nothing is
- * visible before it.  Prefixes are virtual (they exist while a key lies under them).  Listings
+ * visible before it.  Prefixes are virtual (they exist while a key lies under them; listing an
+ * empty one walks nothing).  Listings
  * are ListObjectsV2 pages of 1000 with the delimiter "/", one page in memory at a time.  Deletes
  * are queued and sent as DeleteObjects batches of up to 1000 at a sync, a barrier, a listing,
  * a put of a queued key or close; a queued key already reads as missing.
@@ -1163,13 +1164,13 @@ static int s3_list(struct store *s, const char *prefix, store_list_fn fn, void *
         if (r < 0)
             return r;
         if (first && !pg.n && *prefix) {
-            /* Nothing under it: an object of that name, or nothing at all. */
+            /* Nothing under it: an object of that name, or an empty (virtual) prefix. */
             CLEANUP_FREE char *full = full_key(m, prefix);
             struct s3_resp p;
             r = full ? s3_stat_object(m, full, &p) : -ENOMEM;
             resp_reset(&p);
             page_clear(&pg);
-            return r == 0 ? -ENOTDIR : r;
+            return r == 0 ? -ENOTDIR : r == -ENOENT ? 0 : r;
         }
         first = false;
         walk_page = &pg;

@@ -65,6 +65,8 @@ check "repo init $REPO" "$VMEXPORT" repo init "$REPO" --chunk-size 256K
 check "  created the bucket with the config under the prefix" \
     grep -qx "backups/main/config" <(s3_keys vmx-repo backups/)
 check_fails "  a second init there is refused" "$VMEXPORT" repo init "$REPO"
+check "  the new repository lists no backups" test "$("$VMEXPORT" backups --repo "$REPO" --json)" = "[]"
+check "  and verifies" "$VMEXPORT" verify --repo "$REPO"
 
 out=$(AWS_SECRET_ACCESS_KEY=not-the-secret-XYZZY "$VMEXPORT" backups --repo "$REPO" 2>&1)
 check "wrong keys are an error" test $? -ne 0
