@@ -80,13 +80,16 @@ struct repo *cli_open_repo(const char *cmd, const char *path, const char *passph
         rc = repo_open_url(path, so, pass, &r, err, sizeof(err));
     } else {
         rc = repo_open_url(path, so, NULL, &r, err, sizeof(err));
-        if (rc == -EACCES && isatty(STDIN_FILENO)) {
+        /* -EACCES is also a store's refusal (wrong credentials): ask only for a passphrase
+         * the repository says it needs (repo.h: "passphrase required"). */
+        bool needs_pass = rc == -EACCES && strstr(err, "passphrase required");
+        if (needs_pass && isatty(STDIN_FILENO)) {
             CLEANUP_FREE char *pass = cli_read_passphrase(cmd, NULL, false);
             if (!pass)
                 return NULL;
             err[0] = '\0';
             rc = repo_open_url(path, so, pass, &r, err, sizeof(err));
-        } else if (rc == -EACCES) {
+        } else if (needs_pass) {
             snprintf(err, sizeof(err),
                      "the repository is encrypted: give its passphrase with "
                      "--passphrase-file or VMEXPORT_PASSPHRASE");
