@@ -19,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "core/cleanup.h"
@@ -378,6 +379,84 @@ static void test_rados_lease_expiry(void **state)
     store_unlock(s, c);
 }
 
+/* The race's worker (a process of its own, started by test_rados_create_race): put each of
+ * RACE_KEYS keys with STORE_PUT_CREATE and its tag as data; the exit status is how many it
+ * created (RACE_FAILED on an error). */
+#define RACE_KEYS    40
+#define RACE_WORKERS 4
+#define RACE_FAILED  255
+#define RACE_ENV     "VMEXPORT_TEST_RACE"
+
+static int race_worker(const char *spec)
+{
+    char url[PATH_MAX], err[512];
+    unsigned tag;
+    if (sscanf(spec, "%u %4095s", &tag, url) != 2)
+        return RACE_FAILED;
+    struct store *s = NULL;
+    if (store_open_url(url, NULL, false, &s, err, sizeof(err)) < 0) {
+        fprintf(stderr, "race worker: %s\n", err);
+        return RACE_FAILED;
+    }
+    int made = 0;
+    for (unsigned i = 0; i < RACE_KEYS; i++) {
+        char key[64], data[64];
+        bool created = false;
+        snprintf(key, sizeof(key), "race/k%u", i);
+        snprintf(data, sizeof(data), "written by worker %u", tag);
+        if (store_put(s, key, data, strlen(data), STORE_PUT_CREATE, &created) < 0) {
+            made = RACE_FAILED;
+            break;
+        }
+        made += created;
+    }
+    store_close(s);
+    return made;
+}
+
+/* RADOS: processes creating the same keys at once: each key is created by exactly one, and
+ * holds that one's data, whole. */
+static void test_rados_create_race(void **state)
+{
+    struct store *s = fixture_store(state);
+    pid_t pid[RACE_WORKERS];
+    for (unsigned w = 0; w < RACE_WORKERS; w++) {
+        char spec[PATH_MAX + 16];
+        snprintf(spec, sizeof(spec), "%u %s", w, store_name(s));
+        pid[w] = fork();
+        assert_true(pid[w] >= 0);
+        if (pid[w] == 0) {
+            /* A fresh process (librados' threads do not survive a fork). */
+            setenv(RACE_ENV, spec, 1);
+            execl("/proc/self/exe", "test_store", (char *)NULL);
+            _exit(RACE_FAILED);
+        }
+    }
+    unsigned total = 0;
+    for (unsigned w = 0; w < RACE_WORKERS; w++) {
+        int status;
+        assert_int_equal(waitpid(pid[w], &status, 0), pid[w]);
+        assert_true(WIFEXITED(status));
+        assert_int_not_equal(WEXITSTATUS(status), RACE_FAILED);
+        total += (unsigned)WEXITSTATUS(status);
+    }
+    assert_int_equal(total, RACE_KEYS);
+    for (unsigned i = 0; i < RACE_KEYS; i++) {
+        char key[64];
+        CLEANUP_FREE uint8_t *data = NULL;
+        size_t len = 0;
+        unsigned tag;
+        snprintf(key, sizeof(key), "race/k%u", i);
+        assert_int_equal(store_get(s, key, 100, &data, &len), 0);
+        assert_true(len < 100);
+        char text[100];
+        memcpy(text, data, len);
+        text[len] = '\0';
+        assert_int_equal(sscanf(text, "written by worker %u", &tag), 1);
+        assert_true(tag < RACE_WORKERS);
+    }
+}
+
 /* Whether any key under prefix (recursively) holds REPO_TMP_MARK. */
 static int tmp_walk(struct store *s, const char *prefix, unsigned *found);
 
@@ -582,6 +661,9 @@ static void test_mem_repo_lease_lost(void **state)
 
 int main(void)
 {
+    const char *race = getenv(RACE_ENV);
+    if (race)
+        return race_worker(race);
 #define BOTH(fn)                                                                                   \
     cmocka_unit_test_prestate_setup_teardown(fn, setup_local, teardown, NULL),                     \
         cmocka_unit_test_prestate_setup_teardown(fn, setup_mem, teardown, NULL)
@@ -604,8 +686,9 @@ int main(void)
         RADOS(test_prefixes),
         RADOS(test_locks),
         RADOS(test_rados_lease_expiry),
+        RADOS(test_rados_create_race),
     };
-    const size_t n_rados = 6;
+    const size_t n_rados = 7;
     size_t n = sizeof(tests) / sizeof(tests[0]);
     const char *url = getenv(RADOS_ENV);
     if (!url || !*url) {
