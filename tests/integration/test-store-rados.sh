@@ -76,6 +76,11 @@ check "  and verifies" "$VMEXPORT" verify --repo "$REPO"
 out=$(CEPH_ID=nobody "$VMEXPORT" backups --repo "$REPO" 2>&1)
 check "a wrong CEPH_ID fails" test $? = 1
 check "  naming the user and CEPH_ID" grep -q "refused client.nobody.*CEPH_ID" <<<"$out"
+check "--ceph-conf and --ceph-id stand for CEPH_CONF and CEPH_ID" \
+    env -u CEPH_CONF -u CEPH_ID "$VMEXPORT" backups --repo "$REPO" --ceph-conf "$CEPH_CONF" \
+    --ceph-id client.admin
+out=$("$VMEXPORT" backups --repo "$REPO" --ceph-id nobody 2>&1)
+check "  a wrong --ceph-id fails" grep -q "refused client.nobody" <<<"$out"
 out=$("$VMEXPORT" backups --repo "rados://no-such-pool/x" 2>&1)
 check "a missing pool fails" test $? = 1
 check "  naming the pool" grep -q "pool no-such-pool does not exist" <<<"$out"
