@@ -80,7 +80,8 @@ struct repo *cli_open_repo(const char *cmd, const char *path, const char *passph
         rc = repo_open_url(path, so, pass, &r, err, sizeof(err));
     } else {
         rc = repo_open_url(path, so, NULL, &r, err, sizeof(err));
-        /* -EACCES is also a store refusing the keys (S3's 403): its message stays. */
+        /* -EACCES is also a store's refusal (wrong credentials): ask only for a passphrase
+         * the repository says it needs (repo.h: "passphrase required"). */
         bool needs_pass = rc == -EACCES && strstr(err, "passphrase required");
         if (needs_pass && isatty(STDIN_FILENO)) {
             CLEANUP_FREE char *pass = cli_read_passphrase(cmd, NULL, false);

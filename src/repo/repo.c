@@ -197,8 +197,11 @@ static int config_store(struct store *st, json_t *cfg, bool replace)
         return -ENOMEM;
     memcpy(line, text, len);
     line[len] = '\n';
-    return store_put(st, REPO_CONFIG_NAME, line, len + 1,
-                     replace ? STORE_PUT_REPLACE : STORE_PUT_CREATE, NULL);
+    bool created = false;
+    int r = store_put(st, REPO_CONFIG_NAME, line, len + 1,
+                      replace ? STORE_PUT_REPLACE : STORE_PUT_CREATE, &created);
+    /* Creating: another repo init into the same place won the race. */
+    return r == 0 && !created ? -EEXIST : r;
 }
 
 /* ---- init ---- */
