@@ -57,14 +57,14 @@
 #define S3_TRIES          5    /* attempts of a request failing with 5xx or a transport error */
 #define S3_BACKOFF_MS     200  /* first retry delay, doubling */
 #define S3_CONNECT_SECS   10
-#define S3_STALL_SECS     30   /* a transfer slower than 1 byte/s this long is dropped */
-#define S3_POOL_MAX       16   /* idle curl handles kept (one per uploading thread) */
+#define S3_STALL_SECS     30          /* a transfer slower than 1 byte/s this long is dropped */
+#define S3_POOL_MAX       16          /* idle curl handles kept (one per uploading thread) */
 #define S3_ERR_BODY_MAX   (64u << 10) /* the most of an error answer read */
 #define S3_LIST_BODY_MAX  (8u << 20)  /* a page of 1000 keys is ~300 KiB */
 #define S3_STAGE_MEMORY   (64u << 20) /* staged bytes held in memory, the rest in temp files */
 #define S3_SPILL_DIR      "/var/tmp"  /* temp files of staged objects without TMPDIR */
-#define S3_LEASE_HEX      8    /* random bytes naming a lease holder */
-#define S3_LEASE_JITTER   100  /* ms of random extra wait after a conflict (no lock-step) */
+#define S3_LEASE_HEX      8           /* random bytes naming a lease holder */
+#define S3_LEASE_JITTER   100         /* ms of random extra wait after a conflict (no lock-step) */
 #define SHA256_LEN        32
 #define MD5_LEN           16
 #define SECS_PER_DAY      86400
@@ -96,7 +96,7 @@ struct s3_store {
     atomic_bool unreachable;
     atomic_size_t staged_bytes; /* of staged objects held in memory */
     size_t stage_memory;        /* the most of them in memory */
-    pthread_mutex_t mu; /* pool and delq */
+    pthread_mutex_t mu;         /* pool and delq */
     CURL *pool[S3_POOL_MAX];
     size_t npool;
     char **delq; /* full keys queued for deletion */
@@ -233,8 +233,7 @@ static size_t on_header(char *line, size_t size, size_t n, void *opaque)
         x->p->date = curl_getdate(v, NULL);
     } else if (header_value(line, len, "last-modified", v, sizeof(v))) {
         x->p->last_modified = curl_getdate(v, NULL);
-    } else if (header_value(line, len, "x-amz-version-id", x->p->version,
-                            sizeof(x->p->version))) {
+    } else if (header_value(line, len, "x-amz-version-id", x->p->version, sizeof(x->p->version))) {
         if (!strcmp(x->p->version, "null")) /* an unversioned bucket's answer */
             x->p->version[0] = '\0';
     } else {
@@ -638,7 +637,8 @@ static int delq_flush(struct s3_store *m)
     CLEANUP_FREE char *xml = NULL;
     size_t len = 0;
     bool good = true;
-    buf_add(&xml, &len, &good, "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Delete><Quiet>true</Quiet>");
+    buf_add(&xml, &len, &good,
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Delete><Quiet>true</Quiet>");
     for (size_t i = 0; i < n; i++) {
         buf_add(&xml, &len, &good, "<Object><Key>");
         buf_add_xml(&xml, &len, &good, keys[i]);
@@ -732,8 +732,8 @@ static int retention_headers(const struct s3_store *m, const void *data, size_t 
 }
 
 /* Put data under the full key; create: only when missing (*created false otherwise). */
-static int put_full(struct s3_store *m, const char *full, const void *data, size_t len,
-                    bool create, bool retain, bool *created, char *version, size_t vcap)
+static int put_full(struct s3_store *m, const char *full, const void *data, size_t len, bool create,
+                    bool retain, bool *created, char *version, size_t vcap)
 {
     *created = false;
     if (delq_has(m, full)) {
@@ -1025,8 +1025,8 @@ static int page_add(struct s3_page *pg, size_t cap, const char *full, size_t ple
     size_t n = strlen(name);
     if (prefix && n && name[n - 1] == '/')
         name[n - 1] = '\0';
-    pg->items[pg->n++] = (struct s3_item){.name = name, .prefix = prefix, .size = size,
-                                          .mtime = mtime};
+    pg->items[pg->n++] =
+        (struct s3_item){.name = name, .prefix = prefix, .size = size, .mtime = mtime};
     return 0;
 }
 
@@ -1333,8 +1333,7 @@ static int lease_write(struct s3_store *m, struct store_lease *l, unsigned secon
     }
     char version[sizeof(((struct s3_resp *)0)->version)] = "";
     bool created;
-    int r = put_full(m, key, text, strlen(text), false, false, &created, version,
-                     sizeof(version));
+    int r = put_full(m, key, text, strlen(text), false, false, &created, version, sizeof(version));
     free(text);
     if (r < 0)
         return r;
@@ -1570,7 +1569,7 @@ static int parse_url(struct s3_store *m, const char *url, const char *where, cha
         if (!((*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') || *p == '-' || *p == '.' ||
               *p == '_')) {
             store_set_err(err, errlen, "%s: bucket name \"%s\" has a character S3 does not allow",
-                         url, m->bucket);
+                          url, m->bucket);
             return -EINVAL;
         }
     if (strstr(m->prefix, "//")) {
@@ -1599,10 +1598,8 @@ static int bucket_create(struct s3_store *m, const char *region, char *err, size
         if (!headers)
             return -ENOMEM;
     }
-    struct s3_req q = {.method = "PUT",
-                       .body = body,
-                       .body_len = body ? strlen(body) : 0,
-                       .headers = headers};
+    struct s3_req q = {
+        .method = "PUT", .body = body, .body_len = body ? strlen(body) : 0, .headers = headers};
     struct s3_resp p;
     int r = s3_do(m, &q, &p);
     char code[64] = "";
@@ -1611,11 +1608,11 @@ static int bucket_create(struct s3_store *m, const char *region, char *err, size
     if (r == 0 && !ok(&p) && strcmp(code, "BucketAlreadyOwnedByYou")) {
         r = p.status == HTTP_FORBIDDEN ? -EACCES : -EIO;
         store_set_err(err, errlen, "%s: cannot create bucket %s: HTTP %ld %s%s", m->s.name,
-                     m->bucket, p.status, code,
-                     r == -EACCES ? " (check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)" : "");
+                      m->bucket, p.status, code,
+                      r == -EACCES ? " (check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)" : "");
     } else if (r < 0) {
         store_set_err(err, errlen, "%s: cannot reach the S3 endpoint %s: %s", m->s.name,
-                     m->endpoint, strerror(-r));
+                      m->endpoint, strerror(-r));
     }
     resp_reset(&p);
     curl_slist_free_all(headers);
@@ -1631,8 +1628,8 @@ static int bucket_locked(struct s3_store *m, bool *locked)
     int r = s3_do(m, &q, &p);
     if (r == 0 && ok(&p)) {
         xmlDoc *doc = parse_xml(&p);
-        xmlChar *en = doc ? (xmlChar *)child_text(xmlDocGetRootElement(doc), "ObjectLockEnabled")
-                          : NULL;
+        xmlChar *en =
+            doc ? (xmlChar *)child_text(xmlDocGetRootElement(doc), "ObjectLockEnabled") : NULL;
         *locked = en && !strcmp((const char *)en, "Enabled");
         xmlFree(en);
         xmlFreeDoc(doc);
@@ -1652,27 +1649,27 @@ static int bucket_check(struct s3_store *m, const char *region, bool create, cha
     resp_reset(&p);
     if (r < 0) {
         store_set_err(err, errlen, "%s: cannot reach the S3 endpoint %s: %s", m->s.name,
-                     m->endpoint, strerror(-r));
+                      m->endpoint, strerror(-r));
         return r;
     }
     if (status == HTTP_FORBIDDEN) {
         store_set_err(err, errlen,
-                     "%s: access denied to bucket %s at %s (check AWS_ACCESS_KEY_ID / "
-                     "AWS_SECRET_ACCESS_KEY)",
-                     m->s.name, m->bucket, m->endpoint);
+                      "%s: access denied to bucket %s at %s (check AWS_ACCESS_KEY_ID / "
+                      "AWS_SECRET_ACCESS_KEY)",
+                      m->s.name, m->bucket, m->endpoint);
         return -EACCES;
     }
     if (status == HTTP_NOT_FOUND && create)
         return bucket_create(m, region, err, errlen);
     if (status == HTTP_NOT_FOUND) {
         store_set_err(err, errlen, "%s: bucket %s does not exist (vmexport repo init creates it)",
-                     m->s.name, m->bucket);
+                      m->s.name, m->bucket);
         return -ENOENT;
     }
     if (status < HTTP_OK_MIN || status > HTTP_OK_MAX) {
         store_set_err(err, errlen,
-                     "%s: bucket %s at %s: HTTP %ld (a wrong region? AWS_DEFAULT_REGION is %s)",
-                     m->s.name, m->bucket, m->endpoint, status, region);
+                      "%s: bucket %s at %s: HTTP %ld (a wrong region? AWS_DEFAULT_REGION is %s)",
+                      m->s.name, m->bucket, m->endpoint, status, region);
         return -EIO;
     }
     if (create && m->lock_days) {
@@ -1680,9 +1677,9 @@ static int bucket_check(struct s3_store *m, const char *region, bool create, cha
         r = bucket_locked(m, &locked);
         if (r == 0 && !locked) {
             store_set_err(err, errlen,
-                         "%s: bucket %s exists without Object Lock: --lock-days needs a bucket "
-                         "created with it (let vmexport repo init create the bucket)",
-                         m->s.name, m->bucket);
+                          "%s: bucket %s exists without Object Lock: --lock-days needs a bucket "
+                          "created with it (let vmexport repo init create the bucket)",
+                          m->s.name, m->bucket);
             return -EINVAL;
         }
     }
@@ -1721,8 +1718,8 @@ int store_s3_open(const char *url, const char *where, const struct store_options
     m->lock_days = pp->lock_days;
     /* Tests shorten the pages to cross page boundaries with a few keys. */
     const char *page = getenv("VMEXPORT_S3_LIST_PAGE");
-    m->page_keys = page && atoi(page) > 0 && atoi(page) < S3_PAGE_KEYS ? (unsigned)atoi(page)
-                                                                        : S3_PAGE_KEYS;
+    m->page_keys =
+        page && atoi(page) > 0 && atoi(page) < S3_PAGE_KEYS ? (unsigned)atoi(page) : S3_PAGE_KEYS;
     /* ... and may send every staged object through a temporary file. */
     const char *mem = getenv("VMEXPORT_S3_STAGE_MEMORY");
     m->stage_memory = mem && *mem ? strtoull(mem, NULL, 10) : S3_STAGE_MEMORY;
@@ -1743,7 +1740,7 @@ int store_s3_open(const char *url, const char *where, const struct store_options
             m->endpoint[--n] = '\0';
         if (strncmp(m->endpoint, "http://", 7) && strncmp(m->endpoint, "https://", 8)) {
             store_set_err(err, errlen, "S3 endpoint %s: not an http:// or https:// URL",
-                         m->endpoint);
+                          m->endpoint);
             r = -EINVAL;
         }
     }

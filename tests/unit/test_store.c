@@ -722,17 +722,13 @@ int main(void)
     };
     /* The object stores', run only when their variable names a pool or a bucket. */
     const struct CMUnitTest rados[] = {
-        RADOS(test_put_get),
-        RADOS(test_staged),
-        RADOS(test_list),
-        RADOS(test_prefixes),
-        RADOS(test_locks),
-        RADOS(test_rados_lease_expiry),
+        RADOS(test_put_get),           RADOS(test_staged), RADOS(test_list),
+        RADOS(test_prefixes),          RADOS(test_locks),  RADOS(test_rados_lease_expiry),
         RADOS(test_rados_create_race),
     };
     const struct CMUnitTest s3[] = {
-        S3(test_put_get),  S3(test_staged),   S3(test_list),     S3(test_prefixes),
-        S3(test_locks),    S3(test_get_range), S3(test_mem_repo),
+        S3(test_put_get), S3(test_staged),    S3(test_list),     S3(test_prefixes),
+        S3(test_locks),   S3(test_get_range), S3(test_mem_repo),
     };
     struct CMUnitTest tests[ARRAY_SIZE(base) + ARRAY_SIZE(rados) + ARRAY_SIZE(s3)];
     size_t n = 0;
