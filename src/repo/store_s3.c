@@ -4,12 +4,13 @@
  *
  * Keys map to objects "PREFIX/key".  Objects are immutable and content-named: a put with
  * STORE_PUT_CREATE carries "If-None-Match: *" and an existing object answers 412 (created =
- * false).  Staged objects are held in memory and put conditionally at commit, so nothing is
- * visible before it.  Prefixes are virtual (they exist while a key lies under them; listing an
- * empty one walks nothing).  Listings
- * are ListObjectsV2 pages of 1000 with the delimiter "/", one page in memory at a time.  Deletes
- * are queued and sent as DeleteObjects batches of up to 1000 at a sync, a barrier, a listing,
- * a put of a queued key or close; a queued key already reads as missing.
+ * false).  Staged objects are held in memory (beyond 64 MiB in temporary files) and put
+ * conditionally at commit, S3_COMMIT_THREADS at once, so nothing is visible before it.
+ * Prefixes are virtual (they exist while a key lies under them; listing an empty one walks
+ * nothing).  Listings are ListObjectsV2 pages of 1000 with the delimiter "/", one page in
+ * memory at a time.  Deletes are queued and sent as DeleteObjects batches of up to 1000 at a
+ * sync, a barrier, a listing, a put of a queued key or close; a queued key already reads as
+ * missing.
  *
  * Locks are lease objects "NAME/<holder>.<shared|exclusive>.<seconds>" holding JSON {host, pid,
  * expires}: a holder creates its own, then lists the lock's others; a live conflicting one
@@ -63,8 +64,9 @@
 #define S3_LIST_BODY_MAX  (8u << 20)  /* a page of 1000 keys is ~300 KiB */
 #define S3_STAGE_MEMORY   (64u << 20) /* staged bytes held in memory, the rest in temp files */
 #define S3_SPILL_DIR      "/var/tmp"  /* temp files of staged objects without TMPDIR */
-#define S3_LEASE_HEX      8           /* random bytes naming a lease holder */
-#define S3_LEASE_JITTER   100         /* ms of random extra wait after a conflict (no lock-step) */
+#define S3_COMMIT_THREADS 4   /* puts in flight at a commit (a backup's flush: up to 32 packs) */
+#define S3_LEASE_HEX      8   /* random bytes naming a lease holder */
+#define S3_LEASE_JITTER   100 /* ms of random extra wait after a conflict (no lock-step) */
 #define SHA256_LEN        32
 #define MD5_LEN           16
 #define SECS_PER_DAY      86400
@@ -875,19 +877,48 @@ static int commit_one(struct store *s, struct store_staged *st, bool *made)
     return r;
 }
 
+/* A commit's puts, taken in turn by S3_COMMIT_THREADS threads. */
+struct commit_job {
+    struct store *s;
+    struct store_staged **staged;
+    bool *created; /* may be NULL */
+    size_t n;
+    atomic_size_t next; /* the next object to put */
+    atomic_int err;     /* the first failure: later objects are only discarded */
+};
+
+static void *commit_worker(void *opaque)
+{
+    struct commit_job *j = opaque;
+    for (size_t i; (i = atomic_fetch_add(&j->next, 1)) < j->n;) {
+        bool made = false;
+        if (atomic_load(&j->err) == 0) {
+            int r = commit_one(j->s, j->staged[i], &made);
+            int none = 0;
+            if (r < 0)
+                atomic_compare_exchange_strong(&j->err, &none, r);
+        }
+        if (j->created)
+            j->created[i] = made;
+        s3_discard(j->s, j->staged[i]);
+        j->staged[i] = NULL;
+    }
+    return NULL;
+}
+
 static int s3_commit(struct store *s, struct store_staged **staged, size_t n, bool *created)
 {
-    int r = 0;
-    for (size_t i = 0; i < n; i++) {
-        bool made = false;
-        if (r == 0)
-            r = commit_one(s, staged[i], &made);
-        if (created)
-            created[i] = made;
-        s3_discard(s, staged[i]);
-        staged[i] = NULL;
-    }
-    return r;
+    struct commit_job j = {.s = s, .staged = staged, .created = created, .n = n};
+    pthread_t threads[S3_COMMIT_THREADS - 1];
+    size_t started = 0;
+    /* This thread is one of the putters; a thread that cannot start leaves its share to it. */
+    while (started < ARRAY_SIZE(threads) && started + 1 < n &&
+           pthread_create(&threads[started], NULL, commit_worker, &j) == 0)
+        started++;
+    commit_worker(&j);
+    for (size_t i = 0; i < started; i++)
+        pthread_join(threads[i], NULL);
+    return atomic_load(&j.err);
 }
 
 /* GET key into p (into q's buffer when given). */
