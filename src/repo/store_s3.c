@@ -41,7 +41,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <sys/mman.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -58,12 +57,13 @@
 #define S3_TRIES          5    /* attempts of a request failing with 5xx or a transport error */
 #define S3_BACKOFF_MS     200  /* first retry delay, doubling */
 #define S3_CONNECT_SECS   10
-#define S3_STALL_SECS     30          /* a transfer slower than 1 byte/s this long is dropped */
-#define S3_POOL_MAX       16          /* idle curl handles kept (one per uploading thread) */
-#define S3_ERR_BODY_MAX   (64u << 10) /* the most of an error answer read */
-#define S3_LIST_BODY_MAX  (8u << 20)  /* a page of 1000 keys is ~300 KiB */
-#define S3_STAGE_MEMORY   (64u << 20) /* staged bytes held in memory, the rest in temp files */
-#define S3_SPILL_DIR      "/var/tmp"  /* temp files of staged objects without TMPDIR */
+#define S3_STALL_SECS     30           /* a transfer slower than 1 byte/s this long is dropped */
+#define S3_POOL_MAX       16           /* idle curl handles kept (one per uploading thread) */
+#define S3_ERR_BODY_MAX   (64u << 10)  /* the most of an error answer read */
+#define S3_LIST_BODY_MAX  (8u << 20)   /* a page of 1000 keys is ~300 KiB */
+#define S3_STAGE_MEMORY   (64u << 20)  /* staged bytes held in memory, the rest in temp files */
+#define S3_SPILL_DIR      "/var/tmp"   /* temp files of staged objects without TMPDIR */
+#define S3_FILE_BUF       (256u << 10) /* read size of a staged file's digests */
 #define S3_COMMIT_THREADS 4   /* puts in flight at a commit (a backup's flush: up to 32 packs) */
 #define S3_LEASE_HEX      8   /* random bytes naming a lease holder */
 #define S3_LEASE_JITTER   100 /* ms of random extra wait after a conflict (no lock-step) */
@@ -129,6 +129,8 @@ struct s3_req {
     const char *query;  /* canonical query (sorted, encoded), NULL none */
     const void *body;
     size_t body_len;
+    bool body_file; /* the body is body_len bytes of the file body_fd, not body */
+    int body_fd;
     struct curl_slist *headers; /* extra headers */
     uint8_t *into;              /* answer body into this buffer, into_cap bytes */
     size_t into_cap;
@@ -245,12 +247,62 @@ static size_t on_header(char *line, size_t size, size_t n, void *opaque)
     return len;
 }
 
-static void sha256_hex(const void *data, size_t len, char out[2 * SHA256_LEN + 1])
+/* The digest (type md) of q's body into out. */
+static int body_digest(const struct s3_req *q, const EVP_MD *md, uint8_t *out)
 {
-    uint8_t md[SHA256_LEN];
     unsigned mdlen = 0;
-    EVP_Digest(data, len, md, &mdlen, EVP_sha256(), NULL);
-    hex_encode(md, SHA256_LEN, out);
+    if (!q->body_file)
+        return EVP_Digest(q->body ? q->body : "", q->body_len, out, &mdlen, md, NULL) ? 0 : -EIO;
+    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+    CLEANUP_FREE uint8_t *buf = malloc(S3_FILE_BUF);
+    int r = ctx && buf && EVP_DigestInit_ex(ctx, md, NULL) ? 0 : -ENOMEM;
+    for (size_t off = 0; r == 0 && off < q->body_len;) {
+        size_t want = q->body_len - off < S3_FILE_BUF ? q->body_len - off : S3_FILE_BUF;
+        ssize_t n = pread(q->body_fd, buf, want, (off_t)off);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            r = n < 0 ? -errno : -EIO;
+        else if (!EVP_DigestUpdate(ctx, buf, (size_t)n))
+            r = -EIO;
+        else
+            off += (size_t)n;
+    }
+    if (r == 0 && !EVP_DigestFinal_ex(ctx, out, &mdlen))
+        r = -EIO;
+    EVP_MD_CTX_free(ctx);
+    return r;
+}
+
+/* A file body as libcurl reads it. */
+struct file_src {
+    int fd;
+    size_t off, len;
+};
+
+static size_t on_read(char *buf, size_t size, size_t n, void *opaque)
+{
+    struct file_src *f = opaque;
+    size_t want = size * n < f->len - f->off ? size * n : f->len - f->off;
+    if (!want)
+        return 0;
+    ssize_t got;
+    do
+        got = pread(f->fd, buf, want, (off_t)f->off);
+    while (got < 0 && errno == EINTR);
+    if (got <= 0)
+        return CURL_READFUNC_ABORT;
+    f->off += (size_t)got;
+    return (size_t)got;
+}
+
+static int on_seek(void *opaque, curl_off_t offset, int origin)
+{
+    struct file_src *f = opaque;
+    if (origin != SEEK_SET || offset < 0 || (uint64_t)offset > f->len)
+        return CURL_SEEKFUNC_FAIL;
+    f->off = (size_t)offset;
+    return CURL_SEEKFUNC_OK;
 }
 
 /* Percent-encode s as S3 wants it (RFC 3986 unreserved kept; '/' kept when keep_slash). */
@@ -341,6 +393,7 @@ static CURLcode attempt(struct s3_store *m, CURL *h, const struct s3_req *q, con
                         struct curl_slist *headers, struct s3_resp *p)
 {
     struct s3_xfer x = {.h = h, .q = q, .p = p};
+    struct file_src file = {.fd = q->body_fd, .len = q->body_len};
     curl_easy_reset(h);
     curl_easy_setopt(h, CURLOPT_URL, url);
     curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http,https");
@@ -360,6 +413,15 @@ static CURLcode attempt(struct s3_store *m, CURL *h, const struct s3_req *q, con
         curl_easy_setopt(h, CURLOPT_CAINFO, m->ca_file);
     if (!strcmp(q->method, "HEAD")) {
         curl_easy_setopt(h, CURLOPT_NOBODY, 1L);
+    } else if (q->body_file) {
+        /* Streamed from the file (a staged pack): libcurl sends the SHA-256 given, and
+         * rewinds the file for a resend. */
+        curl_easy_setopt(h, CURLOPT_UPLOAD, 1L);
+        curl_easy_setopt(h, CURLOPT_INFILESIZE_LARGE, (curl_off_t)q->body_len);
+        curl_easy_setopt(h, CURLOPT_READFUNCTION, on_read);
+        curl_easy_setopt(h, CURLOPT_READDATA, &file);
+        curl_easy_setopt(h, CURLOPT_SEEKFUNCTION, on_seek);
+        curl_easy_setopt(h, CURLOPT_SEEKDATA, &file);
     } else if (strcmp(q->method, "GET")) {
         curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST, q->method);
         if (q->body || strcmp(q->method, "DELETE")) {
@@ -386,7 +448,11 @@ static int s3_do(struct s3_store *m, const struct s3_req *q, struct s3_resp *p)
         url = NULL;
         return -ENOMEM;
     }
-    sha256_hex(q->body ? q->body : "", q->body_len, sha);
+    uint8_t md[SHA256_LEN];
+    int dr = body_digest(q, EVP_sha256(), md);
+    if (dr < 0)
+        return dr;
+    hex_encode(md, SHA256_LEN, sha);
     snprintf(hdr, sizeof(hdr), "x-amz-content-sha256: %s", sha);
     struct curl_slist *headers = NULL, *tail = NULL;
     for (const struct curl_slist *e = q->headers; e; e = e->next) {
@@ -397,7 +463,8 @@ static int s3_do(struct s3_store *m, const struct s3_req *q, struct s3_resp *p)
     }
     /* Bodies are bytes, not a form (libcurl's default for a body from memory).  Blanking a
      * header ("Expect:") would break libcurl 7.88's signature: it signs it though not sent. */
-    const char *fixed[] = {hdr, q->body ? "Content-Type: application/octet-stream" : NULL};
+    const char *fixed[] = {hdr, q->body || q->body_file ? "Content-Type: application/octet-stream"
+                                                        : NULL};
     for (size_t i = 0; i < ARRAY_SIZE(fixed) && fixed[i]; i++) {
         tail = curl_slist_append(headers, fixed[i]);
         if (!tail)
@@ -702,7 +769,7 @@ static int delq_add(struct s3_store *m, const char *full)
 /* ---- objects ---- */
 
 /* The retention headers of a put when the repository is locked. */
-static int retention_headers(const struct s3_store *m, const void *data, size_t len,
+static int retention_headers(const struct s3_store *m, const struct s3_req *q,
                              struct curl_slist **list)
 {
     if (!m->lock_days)
@@ -713,8 +780,9 @@ static int retention_headers(const struct s3_store *m, const void *data, size_t 
     gmtime_r(&until, &tm);
     strftime(date, sizeof(date), "%Y-%m-%dT%H:%M:%SZ", &tm);
     uint8_t md[MD5_LEN];
-    unsigned mdlen = 0;
-    EVP_Digest(data ? data : "", len, md, &mdlen, EVP_md5(), NULL);
+    int r = body_digest(q, EVP_md5(), md);
+    if (r < 0)
+        return r;
     CLEANUP_FREE char *md5 = base64_encode(md, sizeof(md));
     if (!md5)
         return -ENOMEM;
@@ -733,9 +801,10 @@ static int retention_headers(const struct s3_store *m, const void *data, size_t 
     return 0;
 }
 
-/* Put data under the full key; create: only when missing (*created false otherwise). */
-static int put_full(struct s3_store *m, const char *full, const void *data, size_t len, bool create,
-                    bool retain, bool *created, char *version, size_t vcap)
+/* Put data (or, with data NULL, len bytes of the file fd) under the full key; create: only
+ * when missing (*created false otherwise). */
+static int put_full(struct s3_store *m, const char *full, const void *data, int fd, size_t len,
+                    bool create, bool retain, bool *created, char *version, size_t vcap)
 {
     *created = false;
     if (delq_has(m, full)) {
@@ -743,8 +812,14 @@ static int put_full(struct s3_store *m, const char *full, const void *data, size
         if (r < 0)
             return r;
     }
+    struct s3_req q = {.method = "PUT",
+                       .key = full,
+                       .body = data ? data : "",
+                       .body_len = len,
+                       .body_file = !data,
+                       .body_fd = fd};
     struct curl_slist *headers = NULL;
-    int r = retain ? retention_headers(m, data, len, &headers) : 0;
+    int r = retain ? retention_headers(m, &q, &headers) : 0;
     if (r == 0 && create) {
         struct curl_slist *t = curl_slist_append(headers, "If-None-Match: *");
         if (!t)
@@ -756,8 +831,7 @@ static int put_full(struct s3_store *m, const char *full, const void *data, size
         curl_slist_free_all(headers);
         return r;
     }
-    struct s3_req q = {
-        .method = "PUT", .key = full, .body = data, .body_len = len, .headers = headers};
+    q.headers = headers;
     struct s3_resp p;
     r = s3_do(m, &q, &p);
     if (r == 0 && ok(&p)) {
@@ -781,7 +855,8 @@ static int s3_put(struct store *s, const char *key, const void *data, size_t len
     CLEANUP_FREE char *full = full_key(m, key);
     if (!full)
         return -ENOMEM;
-    return put_full(m, full, data, len, mode == STORE_PUT_CREATE, true, created, NULL, 0);
+    return put_full(m, full, data ? data : "", -1, len, mode == STORE_PUT_CREATE, true, created,
+                    NULL, 0);
 }
 
 static void s3_discard(struct store *s, struct store_staged *st)
@@ -863,18 +938,15 @@ static int s3_stage(struct store *s, const char *key, const void *data, size_t l
     return 0;
 }
 
-/* Put one staged object, from memory or mapped from its file. */
+/* Put one staged object, from memory or streamed from its file. */
 static int commit_one(struct store *s, struct store_staged *st, bool *made)
 {
-    if (st->data || !st->len)
-        return s3_put(s, st->key, st->data ? (const void *)st->data : "", st->len, STORE_PUT_CREATE,
-                      made);
-    void *map = mmap(NULL, st->len, PROT_READ, MAP_PRIVATE, st->fd, 0);
-    if (map == MAP_FAILED)
-        return -errno;
-    int r = s3_put(s, st->key, map, st->len, STORE_PUT_CREATE, made);
-    munmap(map, st->len);
-    return r;
+    struct s3_store *m = s3(s);
+    CLEANUP_FREE char *full = full_key(m, st->key);
+    if (!full)
+        return -ENOMEM;
+    return put_full(m, full, st->data ? st->data : NULL, st->fd, st->len, true, true, made, NULL,
+                    0);
 }
 
 /* A commit's puts, taken in turn by S3_COMMIT_THREADS threads. */
@@ -1364,7 +1436,8 @@ static int lease_write(struct s3_store *m, struct store_lease *l, unsigned secon
     }
     char version[sizeof(((struct s3_resp *)0)->version)] = "";
     bool created;
-    int r = put_full(m, key, text, strlen(text), false, false, &created, version, sizeof(version));
+    int r =
+        put_full(m, key, text, -1, strlen(text), false, false, &created, version, sizeof(version));
     free(text);
     if (r < 0)
         return r;
