@@ -1294,6 +1294,7 @@ static int s3_list(struct store *s, const char *prefix, store_list_fn fn, void *
 static int s3_stat(struct store *s, const char *key, struct store_stat *st)
 {
     struct s3_store *m = s3(s);
+    *st = (struct store_stat){0}; /* store_exists passes its own */
     if (!*key) {
         st->prefix = true;
         return 0;
