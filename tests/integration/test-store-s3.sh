@@ -2,7 +2,8 @@
 # Repositories on S3 (store_s3.c) against a real radosgw (ceph-lib.sh): the store contract of
 # test_store on S3; `repo init s3://...` creating the bucket; backups through the real daemon,
 # restored bit for bit, verify, prune, gc; wrong keys and a missing bucket give clear errors
-# without the secret; two backups from two processes into one bucket at once; radosgw killed
+# without the secret; an https endpoint trusted only with --s3-ca / VMEXPORT_S3_CA (radosgw
+# behind a small TLS front); two backups from two processes into one bucket at once; radosgw killed
 # mid-backup (clear error, nothing visible, the next backup reuses what was stored); and
 # --lock-days: Object Lock retention that neither prune nor a raw DeleteObject with the keys
 # gets past.
