@@ -350,15 +350,9 @@ int repo_init(const char *path, const struct repo_init_options *opt, char *err, 
         return r;
 
     struct store *st = NULL;
-    r = store_local_create(path, &st);
-    if (r == -EEXIST) {
-        repo_set_err(err, errlen, "%s: exists and is not an empty directory", path);
+    r = store_open_url(path, o.store, true, &st, err, errlen);
+    if (r < 0)
         return r;
-    }
-    if (r < 0) {
-        repo_set_err(err, errlen, "%s: %s", path, strerror(-r));
-        return r;
-    }
     r = init_layout(st, &o, err, errlen);
     store_close(st);
     return r;
@@ -634,19 +628,23 @@ int repo_open_store(struct store *st, const char *passphrase, struct repo **out,
     return open_store(st, false, passphrase, out, err, errlen);
 }
 
-int repo_open(const char *path, const char *passphrase, struct repo **out, char *err, size_t errlen)
+int repo_open_url(const char *url, const struct store_options *so, const char *passphrase,
+                  struct repo **out, char *err, size_t errlen)
 {
     struct store *st = NULL;
     *out = NULL;
-    int ret = store_local_open(path, &st);
-    if (ret < 0) {
-        repo_set_err(err, errlen, "%s: %s", path, strerror(-ret));
+    int ret = store_open_url(url, so, false, &st, err, errlen);
+    if (ret < 0)
         return ret;
-    }
     ret = open_store(st, true, passphrase, out, err, errlen);
     if (ret < 0)
         store_close(st);
     return ret;
+}
+
+int repo_open(const char *path, const char *passphrase, struct repo **out, char *err, size_t errlen)
+{
+    return repo_open_url(path, NULL, passphrase, out, err, errlen);
 }
 
 void repo_close(struct repo *r)

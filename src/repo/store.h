@@ -5,6 +5,11 @@
  *
  *   store_local.c  a directory (every file descriptor, sync and file lock of the repository)
  *   store_mem.c    memory, for tests, with fault injection (store_mem.h)
+ *   store_rados.c  a Ceph RADOS pool and namespace through librados (rados://POOL/NAMESPACE)
+ *   store_s3.c     an S3 bucket and prefix through libcurl's SigV4 (s3://BUCKET/PREFIX)
+ *
+ * store_open_url() picks the store a repository URL names; anything that is not a URL of a
+ * known scheme is a local path.
  *
  * What a store must guarantee (docs/repository-format.md, "The store interface"):
  * - put is atomic and durable: after a crash a key holds the whole new object, the whole old
@@ -161,7 +166,46 @@ int64_t store_deadline(unsigned timeout_seconds);
  * passed (for stores whose locks are polled). */
 int store_lock_wait(int64_t deadline_ms);
 
-/* ---- the two implementations ---- */
+/* ---- opening a store by URL ---- */
+
+#define STORE_URL_RADOS "rados://" /* rados://POOL/NAMESPACE (NAMESPACE may be empty) */
+#define STORE_URL_S3    "s3://"    /* s3://BUCKET/PREFIX (PREFIX may be empty) */
+
+/* What a store needs besides its URL.  NULL members (and a NULL struct store_options) take the
+ * environment or the default: settings, never secrets (credentials come from the environment
+ * or from files the backend's library reads, and are never printed). */
+struct store_options {
+    const char *s3_endpoint; /* https://HOST:PORT of the S3 service (VMEXPORT_S3_ENDPOINT) */
+    const char *s3_ca_file;  /* CA certificate of that endpoint (default: system trust) */
+    const char *s3_region;   /* SigV4 region (AWS_DEFAULT_REGION) */
+    unsigned lock_days;      /* creating an S3 store: Object Lock retention in days, 0 none */
+    const char *ceph_conf;   /* ceph.conf (CEPH_CONF; else librados' default search) */
+    const char *ceph_id;     /* cephx user without "client." (CEPH_ID; default "admin") */
+};
+
+enum store_url_kind {
+    STORE_URL_LOCAL, /* a path */
+    STORE_URL_KIND_RADOS,
+    STORE_URL_KIND_S3,
+};
+
+/* Which store url names. */
+enum store_url_kind store_url_kind(const char *url);
+
+/* Open the store url names (a path, rados://, s3://) with the options o (may be NULL).
+ * create: make a new store for a new repository: a local directory is made (or an empty one
+ * accepted), an object store must hold nothing under its namespace or prefix (S3 creates a
+ * missing bucket); -EEXIST when it holds something.  Without create the store must exist
+ * (-ENOENT: no such directory, pool or bucket).  On failure err says why, naming url (as given:
+ * it holds no secret) and the cause. */
+int store_open_url(const char *url, const struct store_options *o, bool create, struct store **out,
+                   char *err, size_t errlen);
+
+/* vsnprintf into err (NULL or errlen 0: nothing), for the stores' messages. */
+void store_set_err(char *err, size_t errlen, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* ---- the implementations ---- */
 
 /* Open the directory path as a store (it must exist).  read-only filesystems work for reads
  * and locks. */
@@ -169,5 +213,14 @@ int store_local_open(const char *path, struct store **out);
 /* Create the directory path (0700) or accept an existing empty one, made durable in its parent,
  * and open it: -EEXIST when it is not an empty directory. */
 int store_local_create(const char *path, struct store **out);
+
+/* The object stores, as store_open_url() calls them: where is the URL after its scheme
+ * ("POOL/NAMESPACE", "BUCKET/PREFIX"), url the whole URL (for the store's name and
+ * messages).  They exist only when vmexport was built with their library (librados, and
+ * libcurl for S3); store_open_url() says so otherwise. */
+int store_rados_open(const char *url, const char *where, const struct store_options *o, bool create,
+                     struct store **out, char *err, size_t errlen);
+int store_s3_open(const char *url, const char *where, const struct store_options *o, bool create,
+                  struct store **out, char *err, size_t errlen);
 
 #endif

@@ -1,8 +1,11 @@
 /* Unit tests for the repository's store interface (src/repo/store.h): the contract run with the
- * same body on the local store (a mkdtemp() directory) and on the memory store (put, create
+ * same body on the local store (a mkdtemp() directory), on the memory store and, when
+ * VMEXPORT_TEST_RADOS=rados://POOL/NS names a Ceph pool (tests/integration/test-store-rados.sh
+ * starts one), on the RADOS store in a fresh namespace NS-<random> per test (put, create
  * without replacing, staged puts invisible until committed, listings longer than a page with
- * deletions during the walk, prefixes, locks and leases), the memory store's own faults and
- * lease expiry, and a repository on the memory store: init, open, a backup, gc.
+ * deletions during the walk, prefixes, locks and leases; object stores have virtual prefixes),
+ * the memory store's own faults and lease expiry, RADOS lease expiry on the OSD's clock, and a
+ * repository on the memory store: init, open, a backup, gc.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -33,7 +36,18 @@ struct fixture {
     char dir[PATH_MAX];
     struct store *s;
     bool local;
+    bool virt; /* an object store: prefixes exist only while a key is under them */
 };
+
+/* Seconds of the RADOS lease expiry test's lease. */
+#define SHORT_LEASE 2
+#define RADOS_ENV   "VMEXPORT_TEST_RADOS"
+
+/* The fixture's store. */
+static struct store *fixture_store(void **state)
+{
+    return ((struct fixture *)*state)->s;
+}
 
 static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
 {
@@ -56,6 +70,45 @@ static int setup_local(void **state)
     return 0;
 }
 
+static int setup_rados(void **state)
+{
+    struct fixture *f = calloc(1, sizeof(*f));
+    assert_non_null(f);
+    f->virt = true;
+    *state = f;
+    const char *url = getenv(RADOS_ENV);
+    char rnd[9], full[PATH_MAX], err[512] = "";
+    assert_int_equal(repo_random_hex(rnd, 4), 0);
+    snprintf(full, sizeof(full), "%s%s%s", url,
+             strchr(url + strlen(STORE_URL_RADOS), '/') ? "-" : "/", rnd);
+    int r = store_open_url(full, NULL, true, &f->s, err, sizeof(err));
+    if (r < 0)
+        fail_msg("%s", err);
+    return 0;
+}
+
+/* Delete every object under prefix (an object store's test namespace). */
+static int wipe(struct store *s, const char *prefix);
+
+struct wipe_ctx {
+    struct store *s;
+    const char *prefix;
+};
+
+static int wipe_entry(void *opaque, const struct store_entry *e)
+{
+    struct wipe_ctx *w = opaque;
+    char key[PATH_MAX];
+    snprintf(key, sizeof(key), "%s%s%s", w->prefix, *w->prefix ? "/" : "", e->name);
+    return e->prefix ? wipe(w->s, key) : store_del(w->s, key, NULL);
+}
+
+static int wipe(struct store *s, const char *prefix)
+{
+    struct wipe_ctx w = {.s = s, .prefix = prefix};
+    return store_list(s, prefix, wipe_entry, &w);
+}
+
 static int setup_mem(void **state)
 {
     struct fixture *f = calloc(1, sizeof(*f));
@@ -68,6 +121,8 @@ static int setup_mem(void **state)
 static int teardown(void **state)
 {
     struct fixture *f = *state;
+    if (f->virt && f->s)
+        assert_int_equal(wipe(f->s, ""), 0);
     store_close(f->s);
     if (f->local)
         nftw(f->dir, rm_entry, NFTW_FDS, FTW_DEPTH | FTW_PHYS);
@@ -88,7 +143,8 @@ static void get_equal(struct store *s, const char *key, const char *want)
 
 static void test_put_get(void **state)
 {
-    struct store *s = ((struct fixture *)*state)->s;
+    struct store *s = fixture_store(state);
+    bool virt = ((struct fixture *)*state)->virt;
     bool created = false, prefix = true;
     CLEANUP_FREE uint8_t *data = NULL;
     size_t len;
@@ -110,10 +166,10 @@ static void test_put_get(void **state)
     assert_int_equal(store_get(s, "d/b", 100, &data, &len), -ENOENT);
     /* Too big for the caller's limit. */
     assert_int_equal(store_get(s, "d/a", 4, &data, &len), -EBADMSG);
-    /* One missing level is made; two are not. */
+    /* One missing level is made; two are not (virtual prefixes need no making). */
     assert_int_equal(store_put(s, "d/e/f", "x", 1, STORE_PUT_REPLACE, NULL), 0);
     get_equal(s, "d/e/f", "x");
-    assert_int_equal(store_put(s, "g/h/i", "x", 1, STORE_PUT_REPLACE, NULL), -ENOENT);
+    assert_int_equal(store_put(s, "g/h/i", "x", 1, STORE_PUT_REPLACE, NULL), virt ? 0 : -ENOENT);
     /* Into an aligned buffer. */
     uint8_t *buf = aligned_alloc(TEST_ALIGN, TEST_ALIGN);
     assert_non_null(buf);
@@ -136,7 +192,7 @@ static void test_put_get(void **state)
 
 static void test_staged(void **state)
 {
-    struct store *s = ((struct fixture *)*state)->s;
+    struct store *s = fixture_store(state);
     struct store_staged *st[3];
     bool created[3];
 
@@ -200,7 +256,8 @@ static int walk_stop_at(void *opaque, const struct store_entry *e)
 
 static void test_list(void **state)
 {
-    struct store *s = ((struct fixture *)*state)->s;
+    struct store *s = fixture_store(state);
+    bool virt = ((struct fixture *)*state)->virt;
     char key[64];
 
     assert_int_equal(store_make_prefix(s, "l", false), 0);
@@ -227,30 +284,38 @@ static void test_list(void **state)
     unsigned left = 3;
     assert_int_equal(store_list(s, "l", walk_stop_at, &left), 7);
     assert_int_equal(left, 0);
-    assert_int_equal(store_list(s, "nothing", walk_entry, &w), -ENOENT);
+    /* A prefix with nothing under it: missing, or (virtual) empty. */
+    struct walk none = {.s = s};
+    assert_int_equal(store_list(s, "nothing", walk_entry, &none), virt ? 0 : -ENOENT);
+    assert_int_equal(none.prefixes + none.others, 0);
     assert_int_equal(store_list(s, "l/k0", walk_entry, &w), -ENOTDIR);
 }
 
 static void test_prefixes(void **state)
 {
-    struct store *s = ((struct fixture *)*state)->s;
+    struct store *s = fixture_store(state);
+    bool virt = ((struct fixture *)*state)->virt;
     assert_int_equal(store_make_prefix(s, "p", true), 0);
-    assert_int_equal(store_make_prefix(s, "p", true), -EEXIST);
+    /* A virtual prefix exists once a key is under it. */
+    assert_int_equal(store_make_prefix(s, "p", true), virt ? 0 : -EEXIST);
     assert_int_equal(store_make_prefix(s, "p", false), 0);
-    assert_int_equal(store_make_prefix(s, "q/r", false), -ENOENT);
+    assert_int_equal(store_make_prefix(s, "q/r", false), virt ? 0 : -ENOENT);
     assert_int_equal(store_make_prefix(s, "p/r", true), 0);
     assert_int_equal(store_put(s, "p/r/o", "o", 1, STORE_PUT_REPLACE, NULL), 0);
+    assert_int_equal(store_make_prefix(s, "p", true), -EEXIST);
+    assert_int_equal(store_make_prefix(s, "p/r", true), -EEXIST);
     assert_int_equal(store_remove_prefix(s, "p/r"), -ENOTEMPTY);
+    assert_int_equal(store_remove_prefix(s, "p"), -ENOTEMPTY);
     assert_int_equal(store_del(s, "p/r/o", NULL), 0);
     assert_int_equal(store_remove_prefix(s, "p/r"), 0);
     assert_int_equal(store_exists(s, "p/r", NULL), -ENOENT);
-    assert_int_equal(store_remove_prefix(s, "p/r"), -ENOENT);
+    assert_int_equal(store_remove_prefix(s, "p/r"), virt ? 0 : -ENOENT);
     assert_int_equal(store_barrier(s), 0);
 }
 
 static void test_locks(void **state)
 {
-    struct store *s = ((struct fixture *)*state)->s;
+    struct store *s = fixture_store(state);
     struct store_lease *a, *b, *c;
     int64_t now = store_deadline(0);
 
@@ -276,7 +341,7 @@ static void test_locks(void **state)
 
 static void test_mem_lease_expiry(void **state)
 {
-    struct store *s = ((struct fixture *)*state)->s;
+    struct store *s = fixture_store(state);
     struct store_lease *a, *b;
     assert_int_equal(store_lock(s, "locks/l", true, LEASE, store_deadline(0), &a), 0);
     assert_int_equal(store_lock(s, "locks/l", true, LEASE, store_deadline(0), &b), -EBUSY);
@@ -292,6 +357,25 @@ static void test_mem_lease_expiry(void **state)
     struct store_lease *c;
     assert_int_equal(store_lock(s, "locks/l", false, LEASE, store_deadline(0), &c), -EBUSY);
     store_unlock(s, b);
+}
+
+/* RADOS: an unrenewed lease ends on the OSD's clock; its holder's renewal then fails. */
+static void test_rados_lease_expiry(void **state)
+{
+    struct store *s = fixture_store(state);
+    struct store_lease *a, *b, *c;
+    assert_int_equal(store_lock(s, "locks/l", true, SHORT_LEASE, store_deadline(0), &a), 0);
+    assert_int_equal(store_lock(s, "locks/l", false, LEASE, store_deadline(0), &b), -EBUSY);
+    assert_int_equal(store_renew(s, a, SHORT_LEASE), 0);
+    /* Waiting past the lease: the lock is free again. */
+    assert_int_equal(store_lock(s, "locks/l", true, LEASE, store_deadline(3 * SHORT_LEASE), &b), 0);
+    assert_int_equal(store_renew(s, a, LEASE), -ETIMEDOUT);
+    store_unlock(s, a); /* releases nothing of b's */
+    assert_int_equal(store_lock(s, "locks/l", false, LEASE, store_deadline(0), &c), -EBUSY);
+    assert_int_equal(store_renew(s, b, LEASE), 0);
+    store_unlock(s, b);
+    assert_int_equal(store_lock(s, "locks/l", false, LEASE, store_deadline(0), &c), 0);
+    store_unlock(s, c);
 }
 
 /* Whether any key under prefix (recursively) holds REPO_TMP_MARK. */
@@ -321,7 +405,7 @@ static int tmp_walk(struct store *s, const char *prefix, unsigned *found)
 
 static void test_mem_faults(void **state)
 {
-    struct store *s = ((struct fixture *)*state)->s;
+    struct store *s = fixture_store(state);
     struct store_staged *st[2];
     bool created[2];
     unsigned tmp = 0;
@@ -377,7 +461,7 @@ static void test_mem_faults(void **state)
 
 static void test_mem_repo(void **state)
 {
-    struct store *s = ((struct fixture *)*state)->s;
+    struct store *s = fixture_store(state);
     struct repo *r = NULL;
     struct backup_writer *w = NULL;
     char err[256] = "";
@@ -451,7 +535,7 @@ static void test_mem_repo(void **state)
  * backup references.  Its manifests and commit renew the lease while it is alive. */
 static void test_mem_repo_lease_lost(void **state)
 {
-    struct store *s = ((struct fixture *)*state)->s;
+    struct store *s = fixture_store(state);
     struct repo *r = NULL;
     struct backup_writer *w = NULL;
     char err[256] = "";
@@ -501,11 +585,32 @@ int main(void)
 #define BOTH(fn)                                                                                   \
     cmocka_unit_test_prestate_setup_teardown(fn, setup_local, teardown, NULL),                     \
         cmocka_unit_test_prestate_setup_teardown(fn, setup_mem, teardown, NULL)
-#define MEM(fn) cmocka_unit_test_prestate_setup_teardown(fn, setup_mem, teardown, NULL)
+#define MEM(fn)   cmocka_unit_test_prestate_setup_teardown(fn, setup_mem, teardown, NULL)
+#define RADOS(fn) cmocka_unit_test_prestate_setup_teardown(fn, setup_rados, teardown, NULL)
     const struct CMUnitTest tests[] = {
-        BOTH(test_put_get),   BOTH(test_staged),  BOTH(test_list),
-        BOTH(test_prefixes),  BOTH(test_locks),   MEM(test_mem_lease_expiry),
-        MEM(test_mem_faults), MEM(test_mem_repo), MEM(test_mem_repo_lease_lost),
+        BOTH(test_put_get),
+        BOTH(test_staged),
+        BOTH(test_list),
+        BOTH(test_prefixes),
+        BOTH(test_locks),
+        MEM(test_mem_lease_expiry),
+        MEM(test_mem_faults),
+        MEM(test_mem_repo),
+        MEM(test_mem_repo_lease_lost),
+        /* The RADOS store's, last: run only when RADOS_ENV names a pool. */
+        RADOS(test_put_get),
+        RADOS(test_staged),
+        RADOS(test_list),
+        RADOS(test_prefixes),
+        RADOS(test_locks),
+        RADOS(test_rados_lease_expiry),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    const size_t n_rados = 6;
+    size_t n = sizeof(tests) / sizeof(tests[0]);
+    const char *url = getenv(RADOS_ENV);
+    if (!url || !*url) {
+        printf("# %s is not set: the RADOS store's %zu tests are skipped\n", RADOS_ENV, n_rados);
+        n -= n_rados;
+    }
+    return _cmocka_run_group_tests("store", tests, n, NULL, NULL);
 }
