@@ -11,8 +11,8 @@
  * its key: a damaged or swapped file fails its checksums or MACs and is dropped and fetched
  * again (pack.c), never trusted.  The store's listing of index/ stays the truth: cached objects
  * it does not name are removed (gc merged them), missing ones fetched.  The local store and
- * handles told so (repo_set_index_cache, --no-cache) use no cache; the memory store of the
- * tests only with VMEXPORT_CACHE_DIR set.
+ * handles told so (repo_set_index_cache; VMEXPORT_NO_CACHE, which vmexport --no-cache sets)
+ * use no cache; the memory store of the tests only with VMEXPORT_CACHE_DIR set.
  */
 #include "repo_internal.h"
 
@@ -30,6 +30,7 @@
 #include "core/log.h"
 
 #define CACHE_DIR_ENV  "VMEXPORT_CACHE_DIR"
+#define CACHE_OFF_ENV  "VMEXPORT_NO_CACHE" /* non-empty: no cache (vmexport --no-cache) */
 #define CACHE_APP_DIR  "vmexport"
 #define CACHE_HOME_DIR ".cache" /* under $HOME without $XDG_CACHE_HOME */
 #define PROC_FD_LEN    sizeof("/proc/self/fd/-2147483648")
@@ -100,7 +101,8 @@ static void cache_resolve(struct repo *r)
     const char *kind = r->store->ops->kind;
     const char *env = getenv(CACHE_DIR_ENV);
     bool explicit_dir = env && *env;
-    if (r->cache_disabled || !strcmp(kind, "local") || (!strcmp(kind, "mem") && !explicit_dir) ||
+    const char *off = getenv(CACHE_OFF_ENV);
+    if (r->cache_disabled || (off && *off) || !strcmp(kind, "local") || (!strcmp(kind, "mem") && !explicit_dir) ||
         r->format_version < REPO_PACKS_FORMAT || !id_usable(r->id))
         return;
     const char *names[4];
