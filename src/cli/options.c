@@ -40,9 +40,14 @@ static const struct cli_option common_store[] = {
      "its cephx user, without \"client.\" (env CEPH_ID;\n"
      "default admin); the key is found through ceph.conf"},
     {"s3-endpoint", KEY_S3_ENDPOINT, "URL",
-     "the S3 service of an s3:// repository\n"
-     "(env VMEXPORT_S3_ENDPOINT)"},
-    {"s3-ca", KEY_S3_CA, "FILE", "CA certificate of that S3 service"},
+     "the S3 service of an s3:// repository,\n"
+     "http(s)://HOST[:PORT] (env VMEXPORT_S3_ENDPOINT;\n"
+     "default AWS's endpoint of AWS_DEFAULT_REGION,\n"
+     "us-east-1); keys from AWS_ACCESS_KEY_ID and\n"
+     "AWS_SECRET_ACCESS_KEY"},
+    {"s3-ca", KEY_S3_CA, "FILE",
+     "CA certificate(s) (PEM) trusted for that S3 service\n"
+     "(env VMEXPORT_S3_CA; default the system's)"},
     {"no-cache", KEY_NO_CACHE, NULL,
      "read the index of an object-store repository from\n"
      "the store, not the local cache (env VMEXPORT_NO_CACHE;\n"

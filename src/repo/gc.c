@@ -67,7 +67,7 @@ static int gc_delete(struct gc *g, const char *key)
         return ret;
     }
     int ret = gc_lease_check(g);
-    return ret < 0 ? ret : store_del(g->r->store, key, &g->st->bytes_freed);
+    return ret < 0 ? ret : repo_store_del(g->r, key, &g->st->bytes_freed);
 }
 
 /* Remove a temporary file left by an interrupted write. */

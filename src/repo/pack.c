@@ -1039,7 +1039,7 @@ static int orphan_entry(void *opaque, const struct store_entry *e)
     } else {
         ret = lock_check(w->g->r);
         if (ret == 0)
-            ret = store_del(w->g->r->store, key, &w->st->bytes_freed);
+            ret = repo_store_del(w->g->r, key, &w->st->bytes_freed);
     }
     if (ret == -ENOENT)
         return 0;
@@ -1078,7 +1078,7 @@ static int index_tmp_entry(void *opaque, const struct store_entry *e)
         return 0;
     int ret = w->dry_run ? 0 : lock_check(w->g->r);
     if (ret == 0 && !w->dry_run)
-        ret = store_del(w->g->r->store, key, &w->st->bytes_freed);
+        ret = repo_store_del(w->g->r, key, &w->st->bytes_freed);
     if (ret == 0) {
         w->st->temp_files_removed++;
         w->removed = true;
@@ -1214,7 +1214,7 @@ int pack_gc_run(struct pack_gc *g, bool dry_run, bool force, struct gc_stats *st
             snprintf(key, sizeof(key), REPO_INDEX_DIR "/%s", g->index_names.ptr[i]);
             ret = lock_check(r);
             if (ret == 0)
-                ret = store_del(r->store, key, NULL);
+                ret = repo_store_del(r, key, NULL);
             if (ret == -ENOENT)
                 ret = 0;
         }
@@ -1236,7 +1236,7 @@ int pack_gc_run(struct pack_gc *g, bool dry_run, bool force, struct gc_stats *st
         }
         ret = lock_check(r);
         if (ret == 0)
-            ret = store_del(r->store, key, &freed);
+            ret = repo_store_del(r, key, &freed);
         if (ret == -ENOENT)
             ret = 0;
     }

@@ -15,6 +15,7 @@
 #include <time.h>
 
 #include "core/cleanup.h"
+#include "core/log.h"
 
 /* Period numbers: year * YEAR_SCALE + ... keeps them distinct and ordered. */
 #define DAY_YEAR_SCALE   10000 /* YYYYMMDD */
@@ -148,6 +149,13 @@ static int prune_vm(struct repo *r, backup_list *l, size_t from, size_t to,
                 return ret;
             }
             ret = repo_backup_delete(r, (*b)->id);
+            if (ret == -EACCES) {
+                /* Retained by the store (S3 Object Lock, --lock-days): kept, and said so. */
+                log_warn("%s: backup %s is kept: the store refuses to delete it (retained by "
+                         "its object lock, or not allowed to these keys)",
+                         r->path, (*b)->id);
+                continue;
+            }
             if (ret < 0 && ret != -ENOENT) {
                 repo_set_err(err, errlen, "%s: cannot delete backup %s: %s", r->path, (*b)->id,
                              strerror(-ret));

@@ -25,6 +25,7 @@
 
 #include "core/cleanup.h"
 #include "core/hex.h"
+#include "repo/store_s3.h"
 
 #define CONFIG_FORMAT      "vmexport-repository"
 #define CONFIG_COMPRESSION "zstd"
@@ -49,6 +50,7 @@
  * used for two purposes; the MAC covers the config without "mac", serialized canonically. */
 #define CONFIG_MAC_LABEL "vmexport-repository-config-mac"
 #define CONFIG_MAC_FIELD "mac"
+#define CONFIG_LOCK_DAYS "lock_days" /* S3 Object Lock retention of everything written */
 #define CONFIG_CANONICAL (JSON_COMPACT | JSON_SORT_KEYS | JSON_ENSURE_ASCII)
 
 void repo_set_err(char *err, size_t errlen, const char *fmt, ...)
@@ -195,8 +197,11 @@ static int config_store(struct store *st, json_t *cfg, bool replace)
         return -ENOMEM;
     memcpy(line, text, len);
     line[len] = '\n';
-    return store_put(st, REPO_CONFIG_NAME, line, len + 1,
-                     replace ? STORE_PUT_REPLACE : STORE_PUT_CREATE, NULL);
+    bool created = false;
+    int r = store_put(st, REPO_CONFIG_NAME, line, len + 1,
+                      replace ? STORE_PUT_REPLACE : STORE_PUT_CREATE, &created);
+    /* Creating: another repo init into the same place won the race. */
+    return r == 0 && !created ? -EEXIST : r;
 }
 
 /* ---- init ---- */
@@ -264,6 +269,10 @@ static int config_write(struct store *st, const char *path, const struct repo_in
                             (json_int_t)opt->chunk_size, "compression", CONFIG_COMPRESSION,
                             "compression_level", opt->zstd_level, "id", repo_id, "encryption", enc);
     if (!cfg)
+        r = -ENOMEM;
+    unsigned lock_days = opt->store ? opt->store->lock_days : 0;
+    if (r == 0 && lock_days &&
+        json_object_set_new(cfg, CONFIG_LOCK_DAYS, json_integer((json_int_t)lock_days)) < 0)
         r = -ENOMEM;
     if (r == 0 && passphrase)
         r = config_add_mac(keys, cfg);
@@ -614,6 +623,10 @@ static int open_store(struct store *st, bool owns, const char *passphrase, struc
     ret = config_parse(r, (const char *)text, len, passphrase, err, errlen);
     if (ret < 0)
         goto fail;
+    /* An S3 repository made with --lock-days retains everything it writes (store_s3.c). */
+    json_int_t lock_days = json_integer_value(json_object_get(r->config, CONFIG_LOCK_DAYS));
+    if (lock_days > 0)
+        store_s3_set_lock_days(st, (unsigned)lock_days);
     r->owns_store = owns;
     *out = r;
     return 0;

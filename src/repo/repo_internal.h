@@ -102,6 +102,9 @@ int repo_random_bytes(void *buf, size_t len);
 int repo_random_hex(char *out, size_t nbytes);
 bool repo_is_tmp_name(const char *name);
 
+/* store_del, where an object the store refuses to delete (-EACCES: retained by S3 Object Lock,
+ * --lock-days) is kept with a warning and answers -ENOENT, which gc's callers skip. */
+int repo_store_del(struct repo *r, const char *key, uint64_t *bytes);
 /* Remove every object directly under prefix (sub-prefixes are left: removing the prefix then
  * fails), make that durable, then remove the prefix itself; *bytes (may be NULL) accumulates
  * the sizes removed. */

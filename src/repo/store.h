@@ -26,6 +26,10 @@
  * - list walks the entries directly under a prefix ("dir/": objects and sub-prefixes, like S3's
  *   delimiter "/"), one at a time or a page at a time: never the whole listing in memory.  An
  *   entry deleted by the callback is fine; entries added during the walk may or may not show.
+ * - on an object store (RADOS, S3) prefixes are virtual: a prefix exists while a key is under
+ *   it; make_prefix (unless exclusive), sync_prefix and barrier do nothing; a put needs no
+ *   parent made; listing a prefix with nothing under it is empty (0, not -ENOENT); an exclusive
+ *   make_prefix is -EEXIST and remove_prefix -ENOTEMPTY only when a key is under the prefix.
  * - locks are leases: shared or exclusive, held until released or until the lease expires
  *   unrenewed (a store without process-death detection relies on the expiry; the local store's
  *   file locks are released by the kernel and never expire).

@@ -5,9 +5,10 @@
  * the objects read as the files of a directory repository.  A write is durable when librados
  * acknowledges it (every replica has it).  A put that replaces is one write_full, atomic; a put
  * that creates is one write operation of an exclusive create and a write_full, so that of two
- * creators one gets -EEXIST (*created false).  Staged puts are kept in memory and written at
- * commit, each an exclusive create, all in flight at once: nothing is visible before the
- * commit, and nothing of a staged put is ever left in the pool.
+ * creators one gets -EEXIST (*created false).  Staged puts wait in memory (up to STAGE_MEMORY
+ * bytes in all, the rest in unlinked temporary files) and are written at commit, each an
+ * exclusive create, COMMIT_WINDOW in flight at once: nothing is visible before the commit, and
+ * nothing of a staged put is ever left in the pool.
  *
  * Prefixes are virtual: a prefix exists while an object's name starts with it and a '/'.
  * Listing walks the namespace's objects (librados lists a namespace, not a prefix) and passes
@@ -26,11 +27,14 @@
 #include "repo/store.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
+#include <pthread.h>
 #include <rados/librados.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/time.h>
 #include <time.h>
 #include <unistd.h>
@@ -59,17 +63,27 @@
 #define LOCK_TAG     "vmexport"
 #define COOKIE_BYTES 8
 #define DESC_MAX     128
+/* Staged bytes held in memory (VMEXPORT_RADOS_STAGE_MEMORY for tests), the rest in temporary
+ * files in TMPDIR or SPILL_DIR; objects a commit has in flight at once. */
+#define STAGE_MEMORY  ((size_t)64 << 20)
+#define STAGE_MEM_ENV "VMEXPORT_RADOS_STAGE_MEMORY"
+#define SPILL_DIR     "/var/tmp"
+#define COMMIT_WINDOW 16
 
 struct rados_store {
     struct store s;
     rados_t cluster;
     rados_ioctx_t io;
-    size_t max_write; /* largest object one write may carry */
+    size_t max_write;    /* largest object one write may carry */
+    size_t stage_memory; /* staged bytes held in memory at most */
+    pthread_mutex_t mu;  /* staged_memory */
+    size_t staged_memory;
 };
 
 struct store_staged {
     char *key;
-    uint8_t *data;
+    uint8_t *data; /* in memory, or */
+    int fd;        /* in an unlinked temporary file (-1: in memory) */
     size_t len;
 };
 
@@ -147,82 +161,186 @@ static int rs_put(struct store *s, const char *key, const void *data, size_t len
     return r;
 }
 
-static void staged_free(struct store_staged *st)
+/* Give back st's share of the staging memory and free it. */
+static void staged_free(struct rados_store *rs, struct store_staged *st)
 {
+    if (st->fd >= 0) {
+        close(st->fd);
+    } else {
+        pthread_mutex_lock(&rs->mu);
+        rs->staged_memory -= st->len;
+        pthread_mutex_unlock(&rs->mu);
+    }
     free(st->key);
     free(st->data);
     free(st);
 }
 
+/* An unlinked temporary file holding the len bytes at data (in TMPDIR, else SPILL_DIR). */
+static int spill_file(const void *data, size_t len)
+{
+    const char *dir = getenv("TMPDIR");
+    if (!dir || !*dir)
+        dir = SPILL_DIR;
+    int fd = open(dir, O_TMPFILE | O_RDWR | O_CLOEXEC, REPO_FILE_MODE);
+    if (fd < 0)
+        return -errno;
+    const uint8_t *p = data;
+    size_t left = len;
+    while (left) {
+        ssize_t n = write(fd, p, left);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0) {
+            int r = n < 0 ? (errno == EDQUOT ? -ENOSPC : -errno) : -EIO;
+            close(fd);
+            return r;
+        }
+        p += n;
+        left -= (size_t)n;
+    }
+    return fd;
+}
+
+/* Staged objects wait in memory up to rs->stage_memory bytes in all (a backup stages up to a
+ * flush's worth, 512 MiB, before it commits), the others in unlinked temporary files. */
 static int rs_stage(struct store *s, const char *key, const void *data, size_t len,
                     struct store_staged **out)
 {
-    if (len > rs_of(s)->max_write)
+    struct rados_store *rs = rs_of(s);
+    if (len > rs->max_write)
         return -EFBIG;
     struct store_staged *st = calloc(1, sizeof(*st));
     if (!st)
         return -ENOMEM;
-    st->key = strdup(key);
-    st->data = malloc(len ? len : 1);
+    st->fd = -1;
     st->len = len;
-    if (!st->key || !st->data) {
-        staged_free(st);
+    if (!(st->key = strdup(key))) {
+        free(st);
         return -ENOMEM;
     }
-    memcpy(st->data, data, len);
+    pthread_mutex_lock(&rs->mu);
+    bool in_memory = rs->staged_memory + len <= rs->stage_memory;
+    if (in_memory)
+        rs->staged_memory += len;
+    pthread_mutex_unlock(&rs->mu);
+    if (!in_memory) {
+        st->fd = spill_file(data, len);
+        if (st->fd < 0) {
+            int r = st->fd;
+            free(st->key);
+            free(st);
+            return r;
+        }
+    } else if ((st->data = malloc(len ? len : 1))) {
+        memcpy(st->data, data, len);
+    } else {
+        staged_free(rs, st);
+        return -ENOMEM;
+    }
     *out = st;
     return 0;
 }
 
-/* Every object in flight at once (one exclusive create each); those whose create failed with
- * a transient error are tried again one by one. */
+/* The bytes of st: in memory, or its file mapped (*map, unmapped by the caller). */
+static int staged_bytes(struct store_staged *st, const char **bytes, void **map)
+{
+    *map = NULL;
+    if (st->fd < 0) {
+        *bytes = (const char *)st->data;
+        return 0;
+    }
+    if (!st->len) {
+        *bytes = "";
+        return 0;
+    }
+    *map = mmap(NULL, st->len, PROT_READ, MAP_PRIVATE, st->fd, 0);
+    if (*map == MAP_FAILED) {
+        *map = NULL;
+        return -errno;
+    }
+    *bytes = *map;
+    return 0;
+}
+
+/* One exclusive create in flight. */
+struct inflight {
+    rados_write_op_t op;
+    rados_completion_t comp;
+    const char *bytes;
+    void *map;
+    int r; /* set when it could not be sent */
+};
+
+/* Send the exclusive create of st; f->r is its error when it was not sent. */
+static void commit_send(struct rados_store *rs, struct store_staged *st, struct inflight *f)
+{
+    *f = (struct inflight){0};
+    f->r = staged_bytes(st, &f->bytes, &f->map);
+    if (f->r < 0)
+        return;
+    f->op = rados_create_write_op();
+    if (!f->op || rados_aio_create_completion2(NULL, NULL, &f->comp) < 0) {
+        f->comp = NULL;
+        f->r = -ENOMEM;
+        return;
+    }
+    rados_write_op_create(f->op, LIBRADOS_CREATE_EXCLUSIVE, NULL);
+    rados_write_op_write_full(f->op, f->bytes, st->len);
+    f->r = rados_aio_write_op_operate(f->op, rs->io, f->comp, st->key, NULL, 0);
+}
+
+/* Wait for f (f->r: its error when it was not sent): 0, -EEXIST (someone created the key
+ * first) or an error; transient errors are tried again synchronously. */
+static int commit_wait(struct rados_store *rs, struct store_staged *st, struct inflight *f)
+{
+    int r = f->r;
+    if (r == 0) {
+        rados_aio_wait_for_complete(f->comp);
+        r = rados_aio_get_return_value(f->comp);
+    }
+    if (transient(r) && f->bytes)
+        r = create_exclusive(rs, st->key, f->bytes, st->len);
+    if (f->comp)
+        rados_aio_release(f->comp);
+    if (f->op)
+        rados_release_write_op(f->op);
+    if (f->map)
+        munmap(f->map, st->len);
+    return r;
+}
+
+/* Objects are sent COMMIT_WINDOW at a time, all of a window in flight at once. */
 static int rs_commit(struct store *s, struct store_staged **staged, size_t n, bool *created)
 {
     struct rados_store *rs = rs_of(s);
-    CLEANUP_FREE rados_completion_t *comp = calloc(n ? n : 1, sizeof(*comp));
-    CLEANUP_FREE rados_write_op_t *ops = calloc(n ? n : 1, sizeof(*ops));
-    int ret = comp && ops ? 0 : -ENOMEM;
-
-    for (size_t i = 0; ret == 0 && i < n; i++) {
-        ops[i] = rados_create_write_op();
-        if (!ops[i] || rados_aio_create_completion2(NULL, NULL, &comp[i]) < 0) {
-            ret = -ENOMEM;
-            break;
+    struct inflight window[COMMIT_WINDOW];
+    int ret = 0;
+    for (size_t base = 0; base < n; base += COMMIT_WINDOW) {
+        size_t m = n - base < COMMIT_WINDOW ? n - base : COMMIT_WINDOW;
+        for (size_t i = 0; i < m; i++) {
+            if (ret == 0)
+                commit_send(rs, staged[base + i], &window[i]);
+            else
+                window[i] = (struct inflight){.r = ret}; /* an earlier one failed */
         }
-        rados_write_op_create(ops[i], LIBRADOS_CREATE_EXCLUSIVE, NULL);
-        rados_write_op_write_full(ops[i], (const char *)staged[i]->data, staged[i]->len);
-        int r = rados_aio_write_op_operate(ops[i], rs->io, comp[i], staged[i]->key, NULL, 0);
-        if (r < 0) {
-            rados_aio_release(comp[i]);
-            comp[i] = NULL;
-            ret = r;
+        for (size_t i = 0; i < m; i++) {
+            struct store_staged *st = staged[base + i];
+            int r = commit_wait(rs, st, &window[i]);
+            if (created)
+                created[base + i] = r == 0;
+            if (r < 0 && r != -EEXIST && ret == 0)
+                ret = r;
+            staged_free(rs, st);
+            staged[base + i] = NULL;
         }
-    }
-    for (size_t i = 0; i < n; i++) {
-        int r = ret < 0 ? ret : -EIO;
-        if (comp && comp[i]) {
-            rados_aio_wait_for_complete(comp[i]);
-            r = rados_aio_get_return_value(comp[i]);
-            rados_aio_release(comp[i]);
-            if (transient(r))
-                r = create_exclusive(rs, staged[i]->key, staged[i]->data, staged[i]->len);
-        }
-        if (ops && ops[i])
-            rados_release_write_op(ops[i]);
-        if (created)
-            created[i] = r == 0;
-        if (r < 0 && r != -EEXIST && ret == 0)
-            ret = r;
-        staged_free(staged[i]);
-        staged[i] = NULL;
     }
     return ret;
 }
 
 static void rs_discard(struct store *s, struct store_staged *st)
 {
-    (void)s;
-    staged_free(st);
+    staged_free(rs_of(s), st);
 }
 
 static int object_size(struct rados_store *rs, const char *key, uint64_t *size)
@@ -581,6 +699,7 @@ static void rs_close(struct store *s)
         rados_ioctx_destroy(rs->io);
     if (rs->cluster)
         rados_shutdown(rs->cluster);
+    pthread_mutex_destroy(&rs->mu);
     free(s->name);
     free(rs);
 }
@@ -716,6 +835,9 @@ int store_rados_open(const char *url, const char *where, const struct store_opti
         return -ENOMEM;
     }
     rs->s.ops = &rados_ops;
+    pthread_mutex_init(&rs->mu, NULL);
+    const char *mem = getenv(STAGE_MEM_ENV);
+    rs->stage_memory = mem && *mem ? (size_t)strtoull(mem, NULL, 10) : STAGE_MEMORY;
     int r = connect_cluster(rs, url, id, conf, err, errlen);
     if (r == 0) {
         rs->max_write = max_write_size(rs->cluster);

@@ -5,7 +5,10 @@
  * without replacing, staged puts invisible until committed, listings longer than a page with
  * deletions during the walk, prefixes, locks and leases; object stores have virtual prefixes),
  * the memory store's own faults and lease expiry, RADOS lease expiry on the OSD's clock, and a
- * repository on the memory store: init, open, a backup, gc.
+ * repository on the memory store: init, open, a backup, gc.  VMEXPORT_TEST_S3=s3://BUCKET/PREFIX
+ * (with VMEXPORT_S3_ENDPOINT and the AWS_* keys; tests/integration/test-store-s3.sh) runs the
+ * contract and the repository on the S3 store under PREFIX/test-<random> per test, with
+ * listing pages of 50 keys and staged objects in temporary files.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -19,6 +22,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "core/cleanup.h"
@@ -42,6 +46,7 @@ struct fixture {
 /* Seconds of the RADOS lease expiry test's lease. */
 #define SHORT_LEASE 2
 #define RADOS_ENV   "VMEXPORT_TEST_RADOS"
+#define S3_ENV      "VMEXPORT_TEST_S3"
 
 /* The fixture's store. */
 static struct store *fixture_store(void **state)
@@ -81,6 +86,25 @@ static int setup_rados(void **state)
     assert_int_equal(repo_random_hex(rnd, 4), 0);
     snprintf(full, sizeof(full), "%s%s%s", url,
              strchr(url + strlen(STORE_URL_RADOS), '/') ? "-" : "/", rnd);
+    int r = store_open_url(full, NULL, true, &f->s, err, sizeof(err));
+    if (r < 0)
+        fail_msg("%s", err);
+    return 0;
+}
+
+static int setup_s3(void **state)
+{
+    struct fixture *f = calloc(1, sizeof(*f));
+    assert_non_null(f);
+    f->virt = true;
+    *state = f;
+    char rnd[17], full[PATH_MAX], err[512] = "";
+    assert_int_equal(repo_random_hex(rnd, 8), 0);
+    snprintf(full, sizeof(full), "%s/test-%s", getenv(S3_ENV), rnd);
+    /* Pages of 50 keys: the listing tests cross pages as on the other stores.  Staged objects
+     * go through temporary files (big backups' path; test-store-s3.sh's take the memory one). */
+    setenv("VMEXPORT_S3_LIST_PAGE", "50", 1);
+    setenv("VMEXPORT_S3_STAGE_MEMORY", "0", 1);
     int r = store_open_url(full, NULL, true, &f->s, err, sizeof(err));
     if (r < 0)
         fail_msg("%s", err);
@@ -291,6 +315,21 @@ static void test_list(void **state)
     assert_int_equal(store_list(s, "l/k0", walk_entry, &w), -ENOTDIR);
 }
 
+static void test_get_range(void **state)
+{
+    struct store *s = fixture_store(state);
+    uint8_t buf[8];
+    assert_int_equal(store_make_prefix(s, "r", false), 0);
+    assert_int_equal(store_put(s, "r/o", "0123456789", 10, STORE_PUT_CREATE, NULL), 0);
+    assert_int_equal(store_get_range(s, "r/o", 3, 4, buf), 0);
+    assert_memory_equal(buf, "3456", 4);
+    assert_int_equal(store_get_range(s, "r/o", 6, 4, buf), 0);
+    assert_memory_equal(buf, "6789", 4);
+    assert_int_equal(store_get_range(s, "r/o", 7, 4, buf), -EBADMSG);
+    assert_int_equal(store_get_range(s, "r/o", 12, 1, buf), -EBADMSG);
+    assert_int_equal(store_get_range(s, "r/missing", 0, 1, buf), -ENOENT);
+}
+
 static void test_prefixes(void **state)
 {
     struct store *s = fixture_store(state);
@@ -376,6 +415,84 @@ static void test_rados_lease_expiry(void **state)
     store_unlock(s, b);
     assert_int_equal(store_lock(s, "locks/l", false, LEASE, store_deadline(0), &c), 0);
     store_unlock(s, c);
+}
+
+/* The race's worker (a process of its own, started by test_rados_create_race): put each of
+ * RACE_KEYS keys with STORE_PUT_CREATE and its tag as data; the exit status is how many it
+ * created (RACE_FAILED on an error). */
+#define RACE_KEYS    40
+#define RACE_WORKERS 4
+#define RACE_FAILED  255
+#define RACE_ENV     "VMEXPORT_TEST_RACE"
+
+static int race_worker(const char *spec)
+{
+    char url[PATH_MAX], err[512];
+    unsigned tag;
+    if (sscanf(spec, "%u %4095s", &tag, url) != 2)
+        return RACE_FAILED;
+    struct store *s = NULL;
+    if (store_open_url(url, NULL, false, &s, err, sizeof(err)) < 0) {
+        fprintf(stderr, "race worker: %s\n", err);
+        return RACE_FAILED;
+    }
+    int made = 0;
+    for (unsigned i = 0; i < RACE_KEYS; i++) {
+        char key[64], data[64];
+        bool created = false;
+        snprintf(key, sizeof(key), "race/k%u", i);
+        snprintf(data, sizeof(data), "written by worker %u", tag);
+        if (store_put(s, key, data, strlen(data), STORE_PUT_CREATE, &created) < 0) {
+            made = RACE_FAILED;
+            break;
+        }
+        made += created;
+    }
+    store_close(s);
+    return made;
+}
+
+/* RADOS: processes creating the same keys at once: each key is created by exactly one, and
+ * holds that one's data, whole. */
+static void test_rados_create_race(void **state)
+{
+    struct store *s = fixture_store(state);
+    pid_t pid[RACE_WORKERS];
+    for (unsigned w = 0; w < RACE_WORKERS; w++) {
+        char spec[PATH_MAX + 16];
+        snprintf(spec, sizeof(spec), "%u %s", w, store_name(s));
+        pid[w] = fork();
+        assert_true(pid[w] >= 0);
+        if (pid[w] == 0) {
+            /* A fresh process (librados' threads do not survive a fork). */
+            setenv(RACE_ENV, spec, 1);
+            execl("/proc/self/exe", "test_store", (char *)NULL);
+            _exit(RACE_FAILED);
+        }
+    }
+    unsigned total = 0;
+    for (unsigned w = 0; w < RACE_WORKERS; w++) {
+        int status;
+        assert_int_equal(waitpid(pid[w], &status, 0), pid[w]);
+        assert_true(WIFEXITED(status));
+        assert_int_not_equal(WEXITSTATUS(status), RACE_FAILED);
+        total += (unsigned)WEXITSTATUS(status);
+    }
+    assert_int_equal(total, RACE_KEYS);
+    for (unsigned i = 0; i < RACE_KEYS; i++) {
+        char key[64];
+        CLEANUP_FREE uint8_t *data = NULL;
+        size_t len = 0;
+        unsigned tag;
+        snprintf(key, sizeof(key), "race/k%u", i);
+        assert_int_equal(store_get(s, key, 100, &data, &len), 0);
+        assert_true(len < 100);
+        char text[100];
+        memcpy(text, data, len);
+        text[len] = '\0';
+        assert_int_equal(sscanf(text, "written by worker %u", &tag), 1);
+        assert_true(tag < RACE_WORKERS);
+    }
 }
 
 /* Whether any key under prefix (recursively) holds REPO_TMP_MARK. */
@@ -473,7 +590,7 @@ static void test_mem_repo(void **state)
     assert_non_null(strstr(err, "no config file"));
     assert_int_equal(repo_init_store(s, &opt, err, sizeof(err)), 0);
     assert_int_equal(repo_open_store(s, NULL, &r, err, sizeof(err)), 0);
-    assert_string_equal(repo_path(r), "mem:test");
+    assert_string_equal(repo_path(r), store_name(s));
 
     memset(data, 0x5a, sizeof(data));
     struct manifest m;
@@ -582,35 +699,59 @@ static void test_mem_repo_lease_lost(void **state)
 
 int main(void)
 {
+    const char *race = getenv(RACE_ENV);
+    if (race)
+        return race_worker(race);
 #define BOTH(fn)                                                                                   \
     cmocka_unit_test_prestate_setup_teardown(fn, setup_local, teardown, NULL),                     \
         cmocka_unit_test_prestate_setup_teardown(fn, setup_mem, teardown, NULL)
 #define MEM(fn)   cmocka_unit_test_prestate_setup_teardown(fn, setup_mem, teardown, NULL)
 #define RADOS(fn) cmocka_unit_test_prestate_setup_teardown(fn, setup_rados, teardown, NULL)
-    const struct CMUnitTest tests[] = {
+#define S3(fn)    cmocka_unit_test_prestate_setup_teardown(fn, setup_s3, teardown, NULL)
+    const struct CMUnitTest base[] = {
         BOTH(test_put_get),
         BOTH(test_staged),
         BOTH(test_list),
         BOTH(test_prefixes),
         BOTH(test_locks),
+        BOTH(test_get_range),
         MEM(test_mem_lease_expiry),
         MEM(test_mem_faults),
         MEM(test_mem_repo),
         MEM(test_mem_repo_lease_lost),
-        /* The RADOS store's, last: run only when RADOS_ENV names a pool. */
+    };
+    /* The object stores', run only when their variable names a pool or a bucket. */
+    const struct CMUnitTest rados[] = {
         RADOS(test_put_get),
         RADOS(test_staged),
         RADOS(test_list),
         RADOS(test_prefixes),
         RADOS(test_locks),
         RADOS(test_rados_lease_expiry),
+        RADOS(test_rados_create_race),
     };
-    const size_t n_rados = 6;
-    size_t n = sizeof(tests) / sizeof(tests[0]);
+    const struct CMUnitTest s3[] = {
+        S3(test_put_get),  S3(test_staged),   S3(test_list),     S3(test_prefixes),
+        S3(test_locks),    S3(test_get_range), S3(test_mem_repo),
+    };
+    struct CMUnitTest tests[ARRAY_SIZE(base) + ARRAY_SIZE(rados) + ARRAY_SIZE(s3)];
+    size_t n = 0;
+    memcpy(tests, base, sizeof(base));
+    n += ARRAY_SIZE(base);
     const char *url = getenv(RADOS_ENV);
-    if (!url || !*url) {
-        printf("# %s is not set: the RADOS store's %zu tests are skipped\n", RADOS_ENV, n_rados);
-        n -= n_rados;
+    if (url && *url) {
+        memcpy(tests + n, rados, sizeof(rados));
+        n += ARRAY_SIZE(rados);
+    } else {
+        printf("# %s is not set: the RADOS store's %zu tests are skipped\n", RADOS_ENV,
+               ARRAY_SIZE(rados));
+    }
+    url = getenv(S3_ENV);
+    if (url && *url) {
+        memcpy(tests + n, s3, sizeof(s3));
+        n += ARRAY_SIZE(s3);
+    } else {
+        printf("# %s is not set: the S3 store's %zu tests are skipped\n", S3_ENV, ARRAY_SIZE(s3));
     }
     return _cmocka_run_group_tests("store", tests, n, NULL, NULL);
 }
