@@ -144,8 +144,9 @@ for REPO in "${URLS[@]}"; do
         check "$kind: gc runs while a backup is paused past its lease" "$VMEXPORT" gc --repo "$REPO"
         kill -CONT "$BPID"
         wait "$BPID"
-        check "$kind:   the backup fails" test $? = 1
-        diag "$(tail -1 "$WORK/bg.err")"
+        rc=$?
+        check "$kind:   the backup fails (exit $rc)" test $rc = 1
+        diag "$(tail -3 "$WORK/bg.err")"
         check "$kind:   saying its lease was lost" grep -q "lease was lost" "$WORK/bg.err"
         check "$kind:   nothing listed" test "$(backups_count "$REPO")" = "$n"
         check "$kind:   verify passes" "$VMEXPORT" verify --repo "$REPO"
