@@ -21,6 +21,7 @@ enum {
     KEY_CEPH_ID,
     KEY_S3_ENDPOINT,
     KEY_S3_CA,
+    KEY_NO_CACHE,
 };
 
 /* Column where the help of an option starts ("  --passphrase-file FILE  " is the widest). */
@@ -47,6 +48,10 @@ static const struct cli_option common_store[] = {
     {"s3-ca", KEY_S3_CA, "FILE",
      "CA certificate(s) (PEM) trusted for that S3 service\n"
      "(env VMEXPORT_S3_CA; default the system's)"},
+    {"no-cache", KEY_NO_CACHE, NULL,
+     "read the index of an object-store repository from\n"
+     "the store, not the local cache (env VMEXPORT_NO_CACHE;\n"
+     "VMEXPORT_CACHE_DIR: where the cache is)"},
 };
 #define N_COMMON_STORE (sizeof(common_store) / sizeof(common_store[0]))
 static const struct cli_option common_passphrase = {
@@ -223,6 +228,9 @@ int cli_next(struct cli_args *a, const struct cli_command *cmd, int argc, char *
             break;
         case KEY_S3_CA:
             a->store.s3_ca_file = optarg;
+            break;
+        case KEY_NO_CACHE: /* the repository layer reads it when it opens (index_cache.c) */
+            setenv("VMEXPORT_NO_CACHE", "1", 1);
             break;
         case KEY_JSON:
             a->json = true;

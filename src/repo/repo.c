@@ -600,6 +600,8 @@ static int open_store(struct store *st, bool owns, const char *passphrase, struc
         return -ENOMEM;
     pthread_mutex_init(&r->lock_mutex, NULL);
     pthread_mutex_init(&r->index_mutex, NULL);
+    pthread_mutex_init(&r->cache_mutex, NULL);
+    r->cache_fd = -1;
     r->store = st;
     r->path = strdup(store_name(st));
     CLEANUP_FREE uint8_t *text = NULL; /* before any goto: the cleanup runs at every exit */
@@ -662,6 +664,7 @@ void repo_close(struct repo *r)
 {
     if (!r)
         return;
+    lease_keeper_stop(r->lock_keeper);
     if (r->lock_lease)
         lock_file_release(r, r->lock_lease);
     if (r->owns_store)
@@ -670,6 +673,8 @@ void repo_close(struct repo *r)
     OPENSSL_cleanse(r->id_key, sizeof(r->id_key));
     json_decref(r->config);
     pack_index_free(r);
+    index_cache_close(r);
+    pthread_mutex_destroy(&r->cache_mutex);
     pthread_mutex_destroy(&r->index_mutex);
     pthread_mutex_destroy(&r->lock_mutex);
     free(r->path);

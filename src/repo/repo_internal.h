@@ -67,6 +67,13 @@ struct repo {
     pthread_mutex_t index_mutex;
     struct pack_index *index;
 
+    /* Format 3 on stores that are not local: the local cache of index objects (index_cache.c),
+     * its directory resolved on first use. */
+    pthread_mutex_t cache_mutex;
+    int cache_fd; /* -1: none */
+    bool cache_resolved;
+    bool cache_disabled; /* repo_set_index_cache(false) */
+
     /* repo_upgrade_copy(): the ID the next backup begun gets (the old backup's), or NULL. */
     const char *upgrade_backup_id;
 
@@ -233,6 +240,21 @@ void pack_gc_mark(struct pack_gc *g, const struct chunk_id *id);
  * objects; count only with dry_run. */
 int pack_gc_run(struct pack_gc *g, bool dry_run, bool force, struct gc_stats *st);
 void pack_gc_free(struct pack_gc *g);
+
+/* ---- index_cache.c (the local copy of index objects: pack.c reads through it) ---- */
+
+/* Whether the handle keeps index objects in a local cache. */
+bool index_cache_enabled(struct repo *r);
+/* The cached copy of index/<name> opened for reading (an fd), or -ENOENT. */
+int index_cache_open(struct repo *r, const char *name);
+/* Keep data as the copy of index/<name> (atomically; a failure only warns). */
+void index_cache_put(struct repo *r, const char *name, const void *data, size_t len);
+/* Remove the copy of index/<name> (it failed its checks). */
+void index_cache_drop(struct repo *r, const char *name);
+/* Remove the copies of index objects (names valid() accepts) that names, the store's listing,
+ * does not hold. */
+void index_cache_prune(struct repo *r, const string_list *names, bool (*valid)(const char *));
+void index_cache_close(struct repo *r);
 
 /* ---- manifest.c ---- */
 
