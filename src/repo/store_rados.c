@@ -585,6 +585,39 @@ static int rs_list(struct store *s, const char *prefix, store_list_fn fn, void *
     return r;
 }
 
+struct deep_ctx {
+    const char *prefix;
+    size_t plen;
+    store_list_fn fn;
+    void *opaque;
+};
+
+static int deep_entry(void *opaque, const char *oid)
+{
+    struct deep_ctx *c = opaque;
+    const char *rest = under(oid, c->prefix, c->plen);
+    if (!rest || !*rest)
+        return 0;
+    struct store_entry e = {.name = rest, .prefix = false};
+    return c->fn(c->opaque, &e);
+}
+
+/* One walk of the namespace for the whole tree. */
+static int rs_walk(struct store *s, const char *prefix, store_list_fn fn, void *opaque)
+{
+    struct rados_store *rs = rs_of(s);
+    if (*prefix) {
+        uint64_t size;
+        int r = object_size(rs, prefix, &size);
+        if (r == 0)
+            return -ENOTDIR;
+        if (r != -ENOENT)
+            return r;
+    }
+    struct deep_ctx c = {.prefix = prefix, .plen = strlen(prefix), .fn = fn, .opaque = opaque};
+    return walk_objects(rs, deep_entry, &c);
+}
+
 static int rs_del(struct store *s, const char *key, uint64_t *bytes)
 {
     struct rados_store *rs = rs_of(s);
@@ -729,6 +762,7 @@ static const struct store_ops rados_ops = {
     .get_range = rs_get_range,
     .stat = rs_stat,
     .list = rs_list,
+    .walk = rs_walk,
     .del = rs_del,
     .sync_prefix = rs_noop_prefix,
     .make_prefix = rs_make_prefix,
