@@ -21,6 +21,7 @@ enum {
     KEY_CEPH_ID,
     KEY_S3_ENDPOINT,
     KEY_S3_CA,
+    KEY_NO_CACHE,
 };
 
 /* Column where the help of an option starts ("  --passphrase-file FILE  " is the widest). */
@@ -39,9 +40,18 @@ static const struct cli_option common_store[] = {
      "its cephx user, without \"client.\" (env CEPH_ID;\n"
      "default admin); the key is found through ceph.conf"},
     {"s3-endpoint", KEY_S3_ENDPOINT, "URL",
-     "the S3 service of an s3:// repository\n"
-     "(env VMEXPORT_S3_ENDPOINT)"},
-    {"s3-ca", KEY_S3_CA, "FILE", "CA certificate of that S3 service"},
+     "the S3 service of an s3:// repository,\n"
+     "http(s)://HOST[:PORT] (env VMEXPORT_S3_ENDPOINT;\n"
+     "default AWS's endpoint of AWS_DEFAULT_REGION,\n"
+     "us-east-1); keys from AWS_ACCESS_KEY_ID and\n"
+     "AWS_SECRET_ACCESS_KEY"},
+    {"s3-ca", KEY_S3_CA, "FILE",
+     "CA certificate(s) (PEM) trusted for that S3 service\n"
+     "(env VMEXPORT_S3_CA; default the system's)"},
+    {"no-cache", KEY_NO_CACHE, NULL,
+     "read the index of an object-store repository from\n"
+     "the store, not the local cache (env VMEXPORT_NO_CACHE;\n"
+     "VMEXPORT_CACHE_DIR: where the cache is)"},
 };
 #define N_COMMON_STORE (sizeof(common_store) / sizeof(common_store[0]))
 static const struct cli_option common_passphrase = {
@@ -218,6 +228,9 @@ int cli_next(struct cli_args *a, const struct cli_command *cmd, int argc, char *
             break;
         case KEY_S3_CA:
             a->store.s3_ca_file = optarg;
+            break;
+        case KEY_NO_CACHE: /* the repository layer reads it when it opens (index_cache.c) */
+            setenv("VMEXPORT_NO_CACHE", "1", 1);
             break;
         case KEY_JSON:
             a->json = true;

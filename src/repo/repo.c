@@ -25,6 +25,7 @@
 
 #include "core/cleanup.h"
 #include "core/hex.h"
+#include "repo/store_s3.h"
 
 #define CONFIG_FORMAT      "vmexport-repository"
 #define CONFIG_COMPRESSION "zstd"
@@ -49,6 +50,7 @@
  * used for two purposes; the MAC covers the config without "mac", serialized canonically. */
 #define CONFIG_MAC_LABEL "vmexport-repository-config-mac"
 #define CONFIG_MAC_FIELD "mac"
+#define CONFIG_LOCK_DAYS "lock_days" /* S3 Object Lock retention of everything written */
 #define CONFIG_CANONICAL (JSON_COMPACT | JSON_SORT_KEYS | JSON_ENSURE_ASCII)
 
 void repo_set_err(char *err, size_t errlen, const char *fmt, ...)
@@ -267,6 +269,10 @@ static int config_write(struct store *st, const char *path, const struct repo_in
                             (json_int_t)opt->chunk_size, "compression", CONFIG_COMPRESSION,
                             "compression_level", opt->zstd_level, "id", repo_id, "encryption", enc);
     if (!cfg)
+        r = -ENOMEM;
+    unsigned lock_days = opt->store ? opt->store->lock_days : 0;
+    if (r == 0 && lock_days &&
+        json_object_set_new(cfg, CONFIG_LOCK_DAYS, json_integer((json_int_t)lock_days)) < 0)
         r = -ENOMEM;
     if (r == 0 && passphrase)
         r = config_add_mac(keys, cfg);
@@ -594,6 +600,8 @@ static int open_store(struct store *st, bool owns, const char *passphrase, struc
         return -ENOMEM;
     pthread_mutex_init(&r->lock_mutex, NULL);
     pthread_mutex_init(&r->index_mutex, NULL);
+    pthread_mutex_init(&r->cache_mutex, NULL);
+    r->cache_fd = -1;
     r->store = st;
     r->path = strdup(store_name(st));
     CLEANUP_FREE uint8_t *text = NULL; /* before any goto: the cleanup runs at every exit */
@@ -615,6 +623,10 @@ static int open_store(struct store *st, bool owns, const char *passphrase, struc
     ret = config_parse(r, (const char *)text, len, passphrase, err, errlen);
     if (ret < 0)
         goto fail;
+    /* An S3 repository made with --lock-days retains everything it writes (store_s3.c). */
+    json_int_t lock_days = json_integer_value(json_object_get(r->config, CONFIG_LOCK_DAYS));
+    if (lock_days > 0)
+        store_s3_set_lock_days(st, (unsigned)lock_days);
     r->owns_store = owns;
     *out = r;
     return 0;
@@ -652,6 +664,7 @@ void repo_close(struct repo *r)
 {
     if (!r)
         return;
+    lease_keeper_stop(r->lock_keeper);
     if (r->lock_lease)
         lock_file_release(r, r->lock_lease);
     if (r->owns_store)
@@ -660,6 +673,8 @@ void repo_close(struct repo *r)
     OPENSSL_cleanse(r->id_key, sizeof(r->id_key));
     json_decref(r->config);
     pack_index_free(r);
+    index_cache_close(r);
+    pthread_mutex_destroy(&r->cache_mutex);
     pthread_mutex_destroy(&r->index_mutex);
     pthread_mutex_destroy(&r->lock_mutex);
     free(r->path);

@@ -93,6 +93,13 @@ int repo_init_store(struct store *st, const struct repo_init_options *opt, char 
 int repo_open_store(struct store *st, const char *passphrase, struct repo **out, char *err,
                     size_t errlen);
 
+/* Format 3 on a store that is not local (S3, RADOS): whether index objects are kept in a
+ * local cache ($VMEXPORT_CACHE_DIR or $XDG_CACHE_HOME/vmexport or ~/.cache/vmexport, then
+ * <repo id>/index/), so that a backup, restore or verify reads only the ones it has not seen
+ * (one listing of index/).  On by default there (the memory store: only with
+ * VMEXPORT_CACHE_DIR); --no-cache turns it off. */
+void repo_set_index_cache(struct repo *r, bool enabled);
+
 uint32_t repo_chunk_size(const struct repo *r);
 bool repo_encrypted(const struct repo *r);
 const char *repo_path(const struct repo *r);

@@ -5,7 +5,10 @@
  * without replacing, staged puts invisible until committed, listings longer than a page with
  * deletions during the walk, prefixes, locks and leases; object stores have virtual prefixes),
  * the memory store's own faults and lease expiry, RADOS lease expiry on the OSD's clock, and a
- * repository on the memory store: init, open, a backup, gc.
+ * repository on the memory store: init, open, a backup, gc.  VMEXPORT_TEST_S3=s3://BUCKET/PREFIX
+ * (with VMEXPORT_S3_ENDPOINT and the AWS_* keys; tests/integration/test-store-s3.sh) runs the
+ * contract and the repository on the S3 store under PREFIX/test-<random> per test, with
+ * listing pages of 50 keys and staged objects in temporary files.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -43,6 +46,7 @@ struct fixture {
 /* Seconds of the RADOS lease expiry test's lease. */
 #define SHORT_LEASE 2
 #define RADOS_ENV   "VMEXPORT_TEST_RADOS"
+#define S3_ENV      "VMEXPORT_TEST_S3"
 
 /* The fixture's store. */
 static struct store *fixture_store(void **state)
@@ -82,6 +86,25 @@ static int setup_rados(void **state)
     assert_int_equal(repo_random_hex(rnd, 4), 0);
     snprintf(full, sizeof(full), "%s%s%s", url,
              strchr(url + strlen(STORE_URL_RADOS), '/') ? "-" : "/", rnd);
+    int r = store_open_url(full, NULL, true, &f->s, err, sizeof(err));
+    if (r < 0)
+        fail_msg("%s", err);
+    return 0;
+}
+
+static int setup_s3(void **state)
+{
+    struct fixture *f = calloc(1, sizeof(*f));
+    assert_non_null(f);
+    f->virt = true;
+    *state = f;
+    char rnd[17], full[PATH_MAX], err[512] = "";
+    assert_int_equal(repo_random_hex(rnd, 8), 0);
+    snprintf(full, sizeof(full), "%s/test-%s", getenv(S3_ENV), rnd);
+    /* Pages of 50 keys: the listing tests cross pages as on the other stores.  Staged objects
+     * go through temporary files (big backups' path; test-store-s3.sh's take the memory one). */
+    setenv("VMEXPORT_S3_LIST_PAGE", "50", 1);
+    setenv("VMEXPORT_S3_STAGE_MEMORY", "0", 1);
     int r = store_open_url(full, NULL, true, &f->s, err, sizeof(err));
     if (r < 0)
         fail_msg("%s", err);
@@ -350,6 +373,21 @@ static void test_walk(void **state)
     assert_int_equal(store_walk(s, "w2/v", deep_entry, &none), -ENOTDIR);
 }
 
+static void test_get_range(void **state)
+{
+    struct store *s = fixture_store(state);
+    uint8_t buf[8];
+    assert_int_equal(store_make_prefix(s, "r", false), 0);
+    assert_int_equal(store_put(s, "r/o", "0123456789", 10, STORE_PUT_CREATE, NULL), 0);
+    assert_int_equal(store_get_range(s, "r/o", 3, 4, buf), 0);
+    assert_memory_equal(buf, "3456", 4);
+    assert_int_equal(store_get_range(s, "r/o", 6, 4, buf), 0);
+    assert_memory_equal(buf, "6789", 4);
+    assert_int_equal(store_get_range(s, "r/o", 7, 4, buf), -EBADMSG);
+    assert_int_equal(store_get_range(s, "r/o", 12, 1, buf), -EBADMSG);
+    assert_int_equal(store_get_range(s, "r/missing", 0, 1, buf), -ENOENT);
+}
+
 static void test_prefixes(void **state)
 {
     struct store *s = fixture_store(state);
@@ -610,7 +648,7 @@ static void test_mem_repo(void **state)
     assert_non_null(strstr(err, "no config file"));
     assert_int_equal(repo_init_store(s, &opt, err, sizeof(err)), 0);
     assert_int_equal(repo_open_store(s, NULL, &r, err, sizeof(err)), 0);
-    assert_string_equal(repo_path(r), "mem:test");
+    assert_string_equal(repo_path(r), store_name(s));
 
     memset(data, 0x5a, sizeof(data));
     struct manifest m;
@@ -727,33 +765,54 @@ int main(void)
         cmocka_unit_test_prestate_setup_teardown(fn, setup_mem, teardown, NULL)
 #define MEM(fn)   cmocka_unit_test_prestate_setup_teardown(fn, setup_mem, teardown, NULL)
 #define RADOS(fn) cmocka_unit_test_prestate_setup_teardown(fn, setup_rados, teardown, NULL)
-    const struct CMUnitTest tests[] = {
+#define S3(fn)    cmocka_unit_test_prestate_setup_teardown(fn, setup_s3, teardown, NULL)
+    const struct CMUnitTest base[] = {
         BOTH(test_put_get),
         BOTH(test_staged),
         BOTH(test_list),
         BOTH(test_prefixes),
         BOTH(test_walk),
         BOTH(test_locks),
+        BOTH(test_get_range),
         MEM(test_mem_lease_expiry),
         MEM(test_mem_faults),
         MEM(test_mem_repo),
         MEM(test_mem_repo_lease_lost),
-        /* The RADOS store's, last: run only when RADOS_ENV names a pool. */
+    };
+    /* The object stores', run only when their variable names a pool or a bucket. */
+    const struct CMUnitTest rados[] = {
         RADOS(test_put_get),
         RADOS(test_staged),
         RADOS(test_list),
         RADOS(test_prefixes),
         RADOS(test_walk),
         RADOS(test_locks),
+        RADOS(test_get_range),
         RADOS(test_rados_lease_expiry),
         RADOS(test_rados_create_race),
     };
-    const size_t n_rados = 8;
-    size_t n = sizeof(tests) / sizeof(tests[0]);
+    const struct CMUnitTest s3[] = {
+        S3(test_put_get), S3(test_staged), S3(test_list),      S3(test_prefixes),
+        S3(test_walk),    S3(test_locks),  S3(test_get_range), S3(test_mem_repo),
+    };
+    struct CMUnitTest tests[ARRAY_SIZE(base) + ARRAY_SIZE(rados) + ARRAY_SIZE(s3)];
+    size_t n = 0;
+    memcpy(tests, base, sizeof(base));
+    n += ARRAY_SIZE(base);
     const char *url = getenv(RADOS_ENV);
-    if (!url || !*url) {
-        printf("# %s is not set: the RADOS store's %zu tests are skipped\n", RADOS_ENV, n_rados);
-        n -= n_rados;
+    if (url && *url) {
+        memcpy(tests + n, rados, sizeof(rados));
+        n += ARRAY_SIZE(rados);
+    } else {
+        printf("# %s is not set: the RADOS store's %zu tests are skipped\n", RADOS_ENV,
+               ARRAY_SIZE(rados));
+    }
+    url = getenv(S3_ENV);
+    if (url && *url) {
+        memcpy(tests + n, s3, sizeof(s3));
+        n += ARRAY_SIZE(s3);
+    } else {
+        printf("# %s is not set: the S3 store's %zu tests are skipped\n", S3_ENV, ARRAY_SIZE(s3));
     }
     return _cmocka_run_group_tests("store", tests, n, NULL, NULL);
 }
