@@ -813,6 +813,10 @@ static int connect_cluster(struct rados_store *rs, const char *url, const char *
         return r;
     }
     rados_conf_parse_env(rs->cluster, NULL); /* CEPH_ARGS */
+    /* No admin socket: a ceph.conf naming one per client name would have every vmexport
+     * process of one user on one path, and a process resumed after a pause (SIGSTOP) then
+     * answered another's probe of it on a closed connection: SIGPIPE killed it. */
+    rados_conf_set(rs->cluster, "admin_socket", "");
     const char *keyring = getenv("CEPH_KEYRING");
     if (keyring && *keyring)
         rados_conf_set(rs->cluster, "keyring", keyring);
