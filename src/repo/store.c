@@ -5,8 +5,10 @@
 #include "repo/store.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
@@ -155,6 +157,61 @@ int store_stat(struct store *s, const char *key, struct store_stat *st)
 int store_list(struct store *s, const char *prefix, store_list_fn fn, void *opaque)
 {
     return s->ops->list(s, prefix, fn, opaque);
+}
+
+/* store_walk by recursion with store_list: the key under the walk's prefix so far in rel. */
+struct walk_ctx {
+    struct store *s;
+    const char *top; /* the walk's prefix */
+    char rel[PATH_MAX];
+    store_list_fn fn;
+    void *opaque;
+};
+
+static int walk_dir(struct walk_ctx *w);
+
+static int walk_entry(void *opaque, const struct store_entry *e)
+{
+    struct walk_ctx *w = opaque;
+    size_t len = strlen(w->rel);
+    if ((size_t)snprintf(w->rel + len, sizeof(w->rel) - len, "%s%s", len ? "/" : "", e->name) >=
+        sizeof(w->rel) - len) {
+        w->rel[len] = '\0';
+        return -ENAMETOOLONG;
+    }
+    int r;
+    if (e->prefix) {
+        r = walk_dir(w);
+        if (r == -ENOENT || r == -ENOTDIR)
+            r = 0; /* gone meanwhile */
+    } else {
+        struct store_entry obj = {.name = w->rel, .prefix = false};
+        r = w->fn(w->opaque, &obj);
+    }
+    w->rel[len] = '\0';
+    return r;
+}
+
+static int walk_dir(struct walk_ctx *w)
+{
+    char key[PATH_MAX];
+    const char *sep = *w->top && *w->rel ? "/" : "";
+    if ((size_t)snprintf(key, sizeof(key), "%s%s%s", w->top, sep, w->rel) >= sizeof(key))
+        return -ENAMETOOLONG;
+    return w->s->ops->list(w->s, key, walk_entry, w);
+}
+
+int store_walk(struct store *s, const char *prefix, store_list_fn fn, void *opaque)
+{
+    if (s->ops->walk)
+        return s->ops->walk(s, prefix, fn, opaque);
+    struct walk_ctx *w = calloc(1, sizeof(*w));
+    if (!w)
+        return -ENOMEM;
+    *w = (struct walk_ctx){.s = s, .top = prefix, .fn = fn, .opaque = opaque};
+    int r = walk_dir(w);
+    free(w);
+    return r;
 }
 
 int store_del(struct store *s, const char *key, uint64_t *bytes)

@@ -85,6 +85,9 @@ struct store_ops {
     int (*get_range)(struct store *s, const char *key, uint64_t off, size_t len, uint8_t *buf);
     int (*stat)(struct store *s, const char *key, struct store_stat *st);
     int (*list)(struct store *s, const char *prefix, store_list_fn fn, void *opaque);
+    /* Optional (NULL: store_walk recurses with list): every object under a prefix in one
+     * pass, for stores whose listing reads everything anyway. */
+    int (*walk)(struct store *s, const char *prefix, store_list_fn fn, void *opaque);
     int (*del)(struct store *s, const char *key, uint64_t *bytes);
     int (*sync_prefix)(struct store *s, const char *prefix);
     int (*make_prefix)(struct store *s, const char *prefix, bool exclusive);
@@ -137,6 +140,13 @@ int store_stat(struct store *s, const char *key, struct store_stat *st);
 /* Walk the entries directly under prefix (no trailing '/'; "" the root).  -ENOENT when the
  * prefix does not exist; -ENOTDIR when it is an object. */
 int store_list(struct store *s, const char *prefix, store_list_fn fn, void *opaque);
+/* Walk every object under prefix at any depth ("" the whole store), in no particular order:
+ * fn gets its key relative to prefix ("ab/<name>" under "packs") and e->prefix false.  Deleting
+ * during the walk is fine.  Where a store lists a prefix by reading all its keys (RADOS lists
+ * a whole namespace), this is one pass where store_list needs one per prefix: use it for walks
+ * of a whole tree (gc's search for temporary objects and orphan packs).  -ENOENT and -ENOTDIR
+ * as store_list. */
+int store_walk(struct store *s, const char *prefix, store_list_fn fn, void *opaque);
 /* Delete an object (not durable until store_sync_prefix of its prefix); *bytes (may be NULL)
  * gets its size added.  -ENOENT when missing. */
 int store_del(struct store *s, const char *key, uint64_t *bytes);

@@ -7,7 +7,7 @@
  * that creates is one write operation of an exclusive create and a write_full, so that of two
  * creators one gets -EEXIST (*created false).  Staged puts wait in memory (up to STAGE_MEMORY
  * bytes in all, the rest in unlinked temporary files) and are written at commit, each an
- * exclusive create, COMMIT_WINDOW in flight at once: nothing is visible before the commit, and
+ * exclusive create, a window of them in flight at once: nothing is visible before the commit, and
  * nothing of a staged put is ever left in the pool.
  *
  * Prefixes are virtual: a prefix exists while an object's name starts with it and a '/'.
@@ -65,10 +65,11 @@
 #define DESC_MAX     128
 /* Staged bytes held in memory (VMEXPORT_RADOS_STAGE_MEMORY for tests), the rest in temporary
  * files in TMPDIR or SPILL_DIR; objects a commit has in flight at once. */
-#define STAGE_MEMORY  ((size_t)64 << 20)
-#define STAGE_MEM_ENV "VMEXPORT_RADOS_STAGE_MEMORY"
-#define SPILL_DIR     "/var/tmp"
-#define COMMIT_WINDOW 16
+#define STAGE_MEMORY        ((size_t)64 << 20)
+#define STAGE_MEM_ENV       "VMEXPORT_RADOS_STAGE_MEMORY"
+#define SPILL_DIR           "/var/tmp"
+#define COMMIT_WINDOW       16
+#define COMMIT_WINDOW_BYTES ((size_t)64 << 20)
 
 struct rados_store {
     struct store s;
@@ -267,27 +268,30 @@ static int staged_bytes(struct store_staged *st, const char **bytes, void **map)
 struct inflight {
     rados_write_op_t op;
     rados_completion_t comp;
-    const char *bytes;
-    void *map;
     int r; /* set when it could not be sent */
 };
 
-/* Send the exclusive create of st; f->r is its error when it was not sent. */
+/* Send the exclusive create of st; f->r is its error when it was not sent.  librados copies
+ * the data into the operation, so a temporary file's mapping ends here. */
 static void commit_send(struct rados_store *rs, struct store_staged *st, struct inflight *f)
 {
+    const char *bytes;
+    void *map;
     *f = (struct inflight){0};
-    f->r = staged_bytes(st, &f->bytes, &f->map);
+    f->r = staged_bytes(st, &bytes, &map);
     if (f->r < 0)
         return;
     f->op = rados_create_write_op();
-    if (!f->op || rados_aio_create_completion2(NULL, NULL, &f->comp) < 0) {
+    if (f->op && rados_aio_create_completion2(NULL, NULL, &f->comp) == 0) {
+        rados_write_op_create(f->op, LIBRADOS_CREATE_EXCLUSIVE, NULL);
+        rados_write_op_write_full(f->op, bytes, st->len);
+        f->r = rados_aio_write_op_operate(f->op, rs->io, f->comp, st->key, NULL, 0);
+    } else {
         f->comp = NULL;
         f->r = -ENOMEM;
-        return;
     }
-    rados_write_op_create(f->op, LIBRADOS_CREATE_EXCLUSIVE, NULL);
-    rados_write_op_write_full(f->op, f->bytes, st->len);
-    f->r = rados_aio_write_op_operate(f->op, rs->io, f->comp, st->key, NULL, 0);
+    if (map)
+        munmap(map, st->len);
 }
 
 /* Wait for f (f->r: its error when it was not sent): 0, -EEXIST (someone created the key
@@ -299,30 +303,39 @@ static int commit_wait(struct rados_store *rs, struct store_staged *st, struct i
         rados_aio_wait_for_complete(f->comp);
         r = rados_aio_get_return_value(f->comp);
     }
-    if (transient(r) && f->bytes)
-        r = create_exclusive(rs, st->key, f->bytes, st->len);
     if (f->comp)
         rados_aio_release(f->comp);
     if (f->op)
         rados_release_write_op(f->op);
-    if (f->map)
-        munmap(f->map, st->len);
+    if (transient(r)) {
+        const char *bytes;
+        void *map;
+        r = staged_bytes(st, &bytes, &map);
+        if (r == 0)
+            r = create_exclusive(rs, st->key, bytes, st->len);
+        if (map)
+            munmap(map, st->len);
+    }
     return r;
 }
 
-/* Objects are sent COMMIT_WINDOW at a time, all of a window in flight at once. */
+/* Objects are sent in windows of at most COMMIT_WINDOW objects and COMMIT_WINDOW_BYTES (at
+ * least one object), a window's all in flight at once: librados holds a copy of each. */
 static int rs_commit(struct store *s, struct store_staged **staged, size_t n, bool *created)
 {
     struct rados_store *rs = rs_of(s);
     struct inflight window[COMMIT_WINDOW];
     int ret = 0;
-    for (size_t base = 0; base < n; base += COMMIT_WINDOW) {
-        size_t m = n - base < COMMIT_WINDOW ? n - base : COMMIT_WINDOW;
-        for (size_t i = 0; i < m; i++) {
+    for (size_t base = 0; base < n;) {
+        size_t m = 0, bytes = 0;
+        while (base + m < n && m < COMMIT_WINDOW &&
+               (!m || bytes + staged[base + m]->len <= COMMIT_WINDOW_BYTES)) {
+            bytes += staged[base + m]->len;
             if (ret == 0)
-                commit_send(rs, staged[base + i], &window[i]);
+                commit_send(rs, staged[base + m], &window[m]);
             else
-                window[i] = (struct inflight){.r = ret}; /* an earlier one failed */
+                window[m] = (struct inflight){.r = ret}; /* an earlier one failed */
+            m++;
         }
         for (size_t i = 0; i < m; i++) {
             struct store_staged *st = staged[base + i];
@@ -334,6 +347,7 @@ static int rs_commit(struct store *s, struct store_staged **staged, size_t n, bo
             staged_free(rs, st);
             staged[base + i] = NULL;
         }
+        base += m;
     }
     return ret;
 }
@@ -571,6 +585,39 @@ static int rs_list(struct store *s, const char *prefix, store_list_fn fn, void *
     return r;
 }
 
+struct deep_ctx {
+    const char *prefix;
+    size_t plen;
+    store_list_fn fn;
+    void *opaque;
+};
+
+static int deep_entry(void *opaque, const char *oid)
+{
+    struct deep_ctx *c = opaque;
+    const char *rest = under(oid, c->prefix, c->plen);
+    if (!rest || !*rest)
+        return 0;
+    struct store_entry e = {.name = rest, .prefix = false};
+    return c->fn(c->opaque, &e);
+}
+
+/* One walk of the namespace for the whole tree. */
+static int rs_walk(struct store *s, const char *prefix, store_list_fn fn, void *opaque)
+{
+    struct rados_store *rs = rs_of(s);
+    if (*prefix) {
+        uint64_t size;
+        int r = object_size(rs, prefix, &size);
+        if (r == 0)
+            return -ENOTDIR;
+        if (r != -ENOENT)
+            return r;
+    }
+    struct deep_ctx c = {.prefix = prefix, .plen = strlen(prefix), .fn = fn, .opaque = opaque};
+    return walk_objects(rs, deep_entry, &c);
+}
+
 static int rs_del(struct store *s, const char *key, uint64_t *bytes)
 {
     struct rados_store *rs = rs_of(s);
@@ -715,6 +762,7 @@ static const struct store_ops rados_ops = {
     .get_range = rs_get_range,
     .stat = rs_stat,
     .list = rs_list,
+    .walk = rs_walk,
     .del = rs_del,
     .sync_prefix = rs_noop_prefix,
     .make_prefix = rs_make_prefix,
@@ -765,6 +813,10 @@ static int connect_cluster(struct rados_store *rs, const char *url, const char *
         return r;
     }
     rados_conf_parse_env(rs->cluster, NULL); /* CEPH_ARGS */
+    /* No admin socket: a ceph.conf naming one per client name would have every vmexport
+     * process of one user on one path, and a process resumed after a pause (SIGSTOP) then
+     * answered another's probe of it on a closed connection: SIGPIPE killed it. */
+    rados_conf_set(rs->cluster, "admin_socket", "");
     const char *keyring = getenv("CEPH_KEYRING");
     if (keyring && *keyring)
         rados_conf_set(rs->cluster, "keyring", keyring);

@@ -315,6 +315,64 @@ static void test_list(void **state)
     assert_int_equal(store_list(s, "l/k0", walk_entry, &w), -ENOTDIR);
 }
 
+struct deep {
+    struct store *s;
+    const char *prefix;
+    char seen[8][64];
+    unsigned n;
+    bool delete;
+};
+
+static int deep_entry(void *opaque, const struct store_entry *e)
+{
+    struct deep *d = opaque;
+    assert_false(e->prefix);
+    assert_true(d->n < 8);
+    snprintf(d->seen[d->n++], sizeof(d->seen[0]), "%s", e->name);
+    if (d->delete) {
+        char key[PATH_MAX];
+        snprintf(key, sizeof(key), "%s%s%s", d->prefix, *d->prefix ? "/" : "", e->name);
+        assert_int_equal(store_del(d->s, key, NULL), 0);
+    }
+    return 0;
+}
+
+static bool deep_saw(const struct deep *d, const char *name)
+{
+    for (unsigned i = 0; i < d->n; i++)
+        if (!strcmp(d->seen[i], name))
+            return true;
+    return false;
+}
+
+/* store_walk: every object of a tree once, named from the walk's prefix. */
+static void test_walk(void **state)
+{
+    struct store *s = fixture_store(state);
+    static const char *const keys[] = {"w/x", "w/b/y", "w/b/c/z", "w2/v"};
+    assert_int_equal(store_make_prefix(s, "w", false), 0);
+    assert_int_equal(store_make_prefix(s, "w/b", false), 0);
+    assert_int_equal(store_make_prefix(s, "w/b/c", false), 0);
+    assert_int_equal(store_make_prefix(s, "w2", false), 0);
+    for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++)
+        assert_int_equal(store_put(s, keys[i], "d", 1, STORE_PUT_REPLACE, NULL), 0);
+
+    struct deep d = {.s = s, .prefix = "w"};
+    assert_int_equal(store_walk(s, "w", deep_entry, &d), 0);
+    assert_int_equal(d.n, 3);
+    assert_true(deep_saw(&d, "x") && deep_saw(&d, "b/y") && deep_saw(&d, "b/c/z"));
+    struct deep all = {.s = s, .prefix = "", .delete = true};
+    assert_int_equal(store_walk(s, "", deep_entry, &all), 0);
+    assert_int_equal(all.n, 4);
+    assert_true(deep_saw(&all, "w/b/c/z") && deep_saw(&all, "w2/v"));
+    /* Every object was deleted during the walk. */
+    struct deep none = {.s = s, .prefix = ""};
+    assert_int_equal(store_walk(s, "", deep_entry, &none), 0);
+    assert_int_equal(none.n, 0);
+    assert_int_equal(store_put(s, "w2/v", "d", 1, STORE_PUT_REPLACE, NULL), 0);
+    assert_int_equal(store_walk(s, "w2/v", deep_entry, &none), -ENOTDIR);
+}
+
 static void test_get_range(void **state)
 {
     struct store *s = fixture_store(state);
@@ -713,6 +771,7 @@ int main(void)
         BOTH(test_staged),
         BOTH(test_list),
         BOTH(test_prefixes),
+        BOTH(test_walk),
         BOTH(test_locks),
         BOTH(test_get_range),
         MEM(test_mem_lease_expiry),
@@ -722,8 +781,14 @@ int main(void)
     };
     /* The object stores', run only when their variable names a pool or a bucket. */
     const struct CMUnitTest rados[] = {
-        RADOS(test_put_get),           RADOS(test_staged), RADOS(test_list),
-        RADOS(test_prefixes),          RADOS(test_locks),  RADOS(test_rados_lease_expiry),
+        RADOS(test_put_get),
+        RADOS(test_staged),
+        RADOS(test_list),
+        RADOS(test_prefixes),
+        RADOS(test_walk),
+        RADOS(test_locks),
+        RADOS(test_get_range),
+        RADOS(test_rados_lease_expiry),
         RADOS(test_rados_create_race),
     };
     const struct CMUnitTest s3[] = {
@@ -731,6 +796,7 @@ int main(void)
         S3(test_staged),
         S3(test_list),
         S3(test_prefixes),
+        S3(test_walk),
         S3(test_locks),
         S3(test_get_range),
         S3(test_mem_repo),
