@@ -792,15 +792,9 @@ int main(void)
         RADOS(test_rados_create_race),
     };
     const struct CMUnitTest s3[] = {
-        S3(test_put_get),
-        S3(test_staged),
-        S3(test_list),
-        S3(test_prefixes),
-        S3(test_walk),
-        S3(test_locks),
-        S3(test_get_range),
-        S3(test_mem_repo),
-        S3(test_rados_lease_expiry),
+        S3(test_put_get),           S3(test_staged),   S3(test_list),
+        S3(test_prefixes),          S3(test_walk),     S3(test_locks),
+        S3(test_get_range),         S3(test_mem_repo), S3(test_rados_lease_expiry),
         S3(test_rados_create_race),
     };
     struct CMUnitTest tests[ARRAY_SIZE(base) + ARRAY_SIZE(rados) + ARRAY_SIZE(s3)];
