@@ -1128,6 +1128,10 @@ static int page_add(struct s3_page *pg, size_t cap, const char *full, size_t ple
     size_t n = strlen(name);
     if (prefix && n && name[n - 1] == '/')
         name[n - 1] = '\0';
+    if (!*name) { /* "a//": no name a key could have under the prefix */
+        free(name);
+        return 0;
+    }
     pg->items[pg->n++] =
         (struct s3_item){.name = name, .prefix = prefix, .size = size, .mtime = mtime};
     return 0;
@@ -1872,4 +1876,28 @@ int store_s3_open(const char *url, const char *where, const struct store_options
     }
     *out = &m->s;
     return 0;
+}
+
+int store_s3_parse_answer(const uint8_t *body, size_t len, size_t plen)
+{
+    pthread_once(&global_once, global_init);
+    struct s3_store m = {.endpoint = "fuzz", .bucket = "fuzz"};
+    struct s3_resp p = {.body = (uint8_t *)body, .len = len};
+    char code[64];
+    error_code(&p, code, sizeof(code));
+    delete_result(&m, &p);
+    xmlDoc *doc = parse_xml(&p);
+    if (doc) {
+        xmlFree(child_text(xmlDocGetRootElement(doc), "ObjectLockEnabled"));
+        xmlFreeDoc(doc);
+    }
+    struct s3_page pg = {0};
+    int r = page_parse(&p, plen, &pg);
+    for (size_t i = 0; r == 0 && i < pg.n; i++)
+        if (!pg.items[i].name[0])
+            r = -EINVAL;
+    if (r == 0)
+        r = (int)pg.n;
+    page_clear(&pg);
+    return r;
 }

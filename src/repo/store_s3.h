@@ -4,6 +4,8 @@
 #ifndef VMEXPORT_REPO_STORE_S3_H
 #define VMEXPORT_REPO_STORE_S3_H
 
+#include <stdint.h>
+
 #include "repo/store.h"
 
 /* Default region (AWS_DEFAULT_REGION unset): AWS's own; radosgw accepts any region name. */
@@ -20,5 +22,11 @@
  * told by the repository code after reading its config.  Deletes of retained objects then fail
  * with -EACCES (the store refuses them). */
 void store_s3_set_lock_days(struct store *s, unsigned days);
+
+/* The parsers of the service's answers, for the fuzz target (tests/fuzz/fuzz_s3.c): body read
+ * as an error answer, a DeleteObjects result, an Object Lock configuration and a ListObjectsV2
+ * page under a prefix of plen bytes.  The number of entries of the page, -EBADMSG when it is
+ * not one, -EINVAL when an entry came out with an empty name (a bug). */
+int store_s3_parse_answer(const uint8_t *body, size_t len, size_t plen);
 
 #endif

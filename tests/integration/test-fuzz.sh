@@ -3,7 +3,7 @@
 # UBSan): repository manifests and containers, disk image headers (qcow2 and the formats told
 # apart from raw), HTTP Range and Accept headers, upload Content-Ranges and body lengths, sparse answers, the OVM vm.cfg reader,
 # vmexportd's configuration file, vmexportd's whole request handling (fuzz_http: raw
-# requests to a server in the fuzzer's process), the format 3 decoders (fuzz_format3), and the archive importer (fuzz_archive: tar
+# requests to a server in the fuzzer's process), the format 3 decoders (fuzz_format3), an S3 service's answers (fuzz_s3), and the archive importer (fuzz_archive: tar
 # and OVA files into a repository on the in-memory store, for FUZZ_ARCHIVE_SECONDS, default 3:
 # the suite's time budget).  tests/fuzz/README.md lists each target's
 # property.  Each target starts
