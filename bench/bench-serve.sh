@@ -66,19 +66,11 @@ size=$(to_bytes "$SIZE")
 
 load_start=$(cut -d" " -f1-3 /proc/loadavg)
 work=$(mktemp -d "$BENCH_TMPDIR/vmexport-bench-serve.XXXXXX")
-loopdev=""
+bench_cleanup_at_exit
 mnt="$work/mnt"
-daemon_pid=""
-cleanup() {
-    set +e
-    if [ -n "$daemon_pid" ]; then kill -9 "$daemon_pid" 2>/dev/null; wait "$daemon_pid" 2>/dev/null; fi
+bench_cleanup_extra() { # nginx, when the run stops while it serves
     if [ -s "$work/nginx/nginx.pid" ]; then kill -QUIT "$(cat "$work/nginx/nginx.pid")" 2>/dev/null; sleep 0.5; fi
-    if mountpoint -q "$mnt" 2>/dev/null; then umount "$mnt" || umount -l "$mnt"; fi
-    if [ -n "$loopdev" ]; then losetup -d "$loopdev"; fi
-    rm -rf "$work"
 }
-trap cleanup EXIT
-trap 'exit 130' INT TERM
 
 hz=$(getconf CLK_TCK)
 ticks() { # ticks PID...: CPU time (user + system, all threads) of the processes, in clock ticks
@@ -89,11 +81,10 @@ ticks() { # ticks PID...: CPU time (user + system, all threads) of the processes
 
 # --- filesystem, VMs -------------------------------------------------------------------------
 fs_bytes=$((size + 4 * (SNAP_DATA_MIB << 20) + (1 << 30)))
-truncate -s "$fs_bytes" "$work/xfs.img"
-loopdev=$(losetup -f --show "$work/xfs.img")
+loopdev=""
+mkloop loopdev xfs "$fs_bytes" plain
 mkfs.xfs -q -f -m reflink=1 "$loopdev"
-mkdir "$mnt"
-mount "$loopdev" "$mnt"
+bench_mount "$loopdev" "$mnt"
 mkdir -p "$mnt/vms/serve" "$mnt/vms/snap4"
 head -c "$size" /dev/urandom >"$mnt/vms/serve/disk.raw"
 for d in 1 2 3 4; do

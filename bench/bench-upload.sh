@@ -70,27 +70,9 @@ to_bytes() {
 }
 
 work=$(mktemp -d "$BENCH_TMPDIR/vmexport-bench-upload.XXXXXX")
-loopdev=""
+bench_cleanup_at_exit
 mnt="$work/mnt"
-daemon_pid=""
-cleanup() {
-    set +e
-    if [ -n "$daemon_pid" ]; then kill -9 "$daemon_pid" 2>/dev/null; wait "$daemon_pid" 2>/dev/null; fi
-    if mountpoint -q "$mnt" 2>/dev/null; then umount "$mnt" || umount -l "$mnt"; fi
-    if [ -n "$loopdev" ]; then losetup -d "$loopdev"; fi
-    rm -rf "$work"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
 
-free_port() {
-    local p
-    for _ in $(seq 50); do
-        p=$((20000 + RANDOM % 40000))
-        if ! ss -ltn | grep -q ":$p "; then echo "$p"; return 0; fi
-    done
-    die "no free port"
-}
 now() { echo "$EPOCHREALTIME"; }
 elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", b - a }'; }
 mbs() { awk -v b="$1" -v s="$2" 'BEGIN { printf "%.0f", b / 1e6 / s }'; }
@@ -111,11 +93,10 @@ make_disk() {
             dd of="$f" bs=4M seek=$((i * stride)) oflag=seek_bytes conv=notrunc iflag=fullblock status=none
     done
 }
-truncate -s "$FS_SIZE" "$work/xfs.img"
-loopdev=$(losetup -f --show "$work/xfs.img")
+loopdev=""
+mkloop loopdev xfs "$FS_SIZE" plain
 mkfs.xfs -q -f -K -m reflink=1 "$loopdev"
-mkdir "$mnt"
-mount "$loopdev" "$mnt"
+bench_mount "$loopdev" "$mnt"
 mkdir -p "$mnt/vms/dense" "$mnt/vms/sparse"
 echo "# creating disks: dense $SIZE/$DATA, sparse $SPARSE_SIZE/$SPARSE_DATA$([ "$HUGE" = 1 ] && echo ", huge $HUGE_SIZE/$HUGE_DATA")" >&2
 make_disk "$mnt/vms/dense/disk.raw" "$SIZE" "$DATA"
@@ -140,6 +121,7 @@ echo "admin:$(openssl passwd -6 secret)" >"$work/state/users"
 chmod 600 "$work/state/users"
 
 vport=$(free_port)
+[ "$vport" != 0 ] || die "no free port"
 write_config() { # write_config plain|tls
     {
         echo "[server]"

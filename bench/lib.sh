@@ -1,5 +1,49 @@
 # Helpers shared by the bench/*.sh scripts (sourced, not run).
 
+# bench_cleanup_at_exit: at exit (Ctrl-C too: exit 130), bench_cleanup_extra when the script
+# defines it, then the daemon daemon_pid (kill -9), the filesystems in mounts (the last first;
+# lazily when busy), the loop devices in loops (bench_mount and mkloop fill both), and the
+# script's work directory $work.
+bench_cleanup_at_exit() {
+    loops=()
+    mounts=()
+    daemon_pid=""
+    trap bench_cleanup EXIT
+    trap 'exit 130' INT TERM
+}
+bench_cleanup() {
+    set +e
+    if declare -F bench_cleanup_extra >/dev/null; then bench_cleanup_extra; fi
+    if [ -n "$daemon_pid" ]; then kill -9 "$daemon_pid" 2>/dev/null; wait "$daemon_pid" 2>/dev/null; fi
+    local i
+    for ((i = ${#mounts[@]} - 1; i >= 0; i--)); do umount "${mounts[$i]}" || umount -l "${mounts[$i]}"; done
+    for ((i = ${#loops[@]} - 1; i >= 0; i--)); do losetup -d "${loops[$i]}"; done
+    # shellcheck disable=SC2154 # work: the script's
+    rm -rf "$work"
+}
+
+# drop_caches: write dirty pages and empty the page cache (root), before a cold run.
+drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }
+
+# mkloop VAR NAME BYTES [plain]: a loop device on a new sparse file $work/NAME.img of BYTES,
+# with direct I/O (unless plain, or where refused), into VAR; detached at exit.
+mkloop() {
+    local dev
+    truncate -s "$3" "$work/$2.img"
+    if [ "${4:-}" = plain ] || ! dev=$(losetup --direct-io=on -f --show "$work/$2.img" 2>/dev/null); then
+        dev=$(losetup -f --show "$work/$2.img")
+    fi
+    loops+=("$dev")
+    printf -v "$1" '%s' "$dev"
+}
+
+# bench_mount DEV DIR [MOUNT_OPTIONS...]: DIR (made if missing) mounts DEV; unmounted at exit.
+bench_mount() {
+    mkdir -p "$2"
+    mount "${@:3}" "$1" "$2"
+    mounts+=("$2")
+}
+
 # best / median: of the numbers on stdin, separated by spaces or newlines.
 best() { tr ' ' '\n' | grep . | sort -g | head -n1; }
 median() {
