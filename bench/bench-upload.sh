@@ -109,46 +109,12 @@ sync
 
 # --- certificates, users, daemon ---------------------------------------------------------------
 c="$work/certs"
-mkdir -p "$c" "$work/state"
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
-    -subj "/CN=bench CA" -keyout "$c/ca.key" -out "$c/ca.crt" 2>/dev/null
-openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj "/CN=server" \
-    -keyout "$c/server.key" -out "$c/server.csr" 2>/dev/null
-printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\n' >"$c/server.ext"
-openssl x509 -req -in "$c/server.csr" -CA "$c/ca.crt" -CAkey "$c/ca.key" -CAcreateserial \
-    -days 2 -extfile "$c/server.ext" -out "$c/server.crt" 2>/dev/null
-echo "admin:$(openssl passwd -6 secret)" >"$work/state/users"
-chmod 600 "$work/state/users"
+bench_certs "$work"
 
 vport=$(free_port)
 [ "$vport" != 0 ] || die "no free port"
-write_config() { # write_config plain|tls
-    {
-        echo "[server]"
-        echo "listen = 127.0.0.1:$vport"
-        if [ "$1" = plain ]; then echo "insecure_http = true"; else
-            echo "certificate = $c/server.crt"; echo "key = $c/server.key"; fi
-        echo "shutdown_grace = 2"
-        echo "[auth]"
-        echo "users_file = $work/state/users"
-        echo "jwt_secret_file = $work/state/jwt.key"
-        echo "[catalog]"
-        echo "db_file = $work/state/catalog.db"
-        echo "[provider.local]"
-        echo "type = dir"
-        echo "path = $mnt/vms"
-    } >"$work/vmexportd-$1.conf"
-}
 start_daemon() { # start_daemon plain|tls: sets VURL, TOKEN and the vmexport client environment
-    write_config "$1"
-    "$VMEXPORTD" --config "$work/vmexportd-$1.conf" >>"$work/daemon.log" 2>&1 &
-    daemon_pid=$!
-    if [ "$1" = plain ]; then VURL="http://127.0.0.1:$vport"; else VURL="https://127.0.0.1:$vport"; fi
-    for _ in $(seq 100); do
-        curl -s --cacert "$c/ca.crt" -o /dev/null "$VURL/healthz" && break
-        kill -0 "$daemon_pid" 2>/dev/null || die "vmexportd exited: $(tail -3 "$work/daemon.log")"
-        sleep 0.1
-    done
+    bench_run_daemon "$work" "$mnt/vms" "$vport" "$1"
     TOKEN=$(curl -sf --cacert "$c/ca.crt" -d '{"username":"admin","password":"secret"}' \
         "$VURL/api/v1/auth/login" | jq -r .token)
     [ -n "$TOKEN" ] && [ "$TOKEN" != null ] || die "login failed"
