@@ -32,6 +32,7 @@ PACKAGES="
   nginx-light wrk time zstd systemd
   qemu-system-x86 qemu-system-common
   libvirt-dev libxml2-dev libvirt-daemon-system libvirt-clients
+  ceph-mon ceph-osd ceph-common radosgw librados-dev librbd-dev
 "
 
 missing=""
