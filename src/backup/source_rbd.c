@@ -69,8 +69,9 @@ int source_rbd_open(const struct source_disk *d, struct source **out, char *why,
 {
     struct rbdio_ident id;
     if (!d->file_id || rbdio_ident_parse(d->file_id, &id) < 0) {
-        snprintf(why, whylen, "the server names no RBD snapshot for the disk (not an rbd "
-                              "provider's disk?)");
+        snprintf(why, whylen,
+                 "the server names no RBD snapshot for the disk (not an rbd "
+                 "provider's disk?)");
         return -ENOENT;
     }
     struct source_rbd *x = calloc(1, sizeof(*x));
@@ -107,14 +108,14 @@ int source_rbd_open(const struct source_disk *d, struct source **out, char *why,
                  (long long)id.pool_id, strerror(-r));
         goto fail;
     }
-    if ((r = rbd_snap_set_by_id(x->img, id.snap_id)) < 0 ||
-        (r = rbd_get_size(x->img, &size)) < 0) {
+    if ((r = rbd_snap_set_by_id(x->img, id.snap_id)) < 0 || (r = rbd_get_size(x->img, &size)) < 0) {
         snprintf(why, whylen, "snapshot %llu of RBD image %s: %s", (unsigned long long)id.snap_id,
                  id.image_id, strerror(-r));
         goto fail;
     }
     if (size != d->size) {
-        snprintf(why, whylen, "RBD snapshot %llu of image %s: size %llu differs from the disk's %llu",
+        snprintf(why, whylen,
+                 "RBD snapshot %llu of image %s: size %llu differs from the disk's %llu",
                  (unsigned long long)id.snap_id, id.image_id, (unsigned long long)size,
                  (unsigned long long)d->size);
         r = -ESTALE;

@@ -53,7 +53,7 @@
 #define RBD_METHOD         "rbd-diff" /* diff_mode of the changes (docs/api.md) */
 #define RBD_LOCATOR_PREFIX "rbd:"     /* vm_disk.path and upload locators: rbd:POOL[/NS]/IMAGE */
 #define RBD_NAME_MAX       RBDIO_NAME_MAX
-#define RBD_LIST_FIRST     64         /* first guess of a listing's length; grown on -ERANGE */
+#define RBD_LIST_FIRST     64 /* first guess of a listing's length; grown on -ERANGE */
 #define RBD_LIST_MAX       PROVIDER_MAX_DIR_ENTRIES
 #define RBD_UUID_LEN       36
 #define RBD_DEVICE_PREFIX  "vd" /* device names as virtio-blk gives them: vda, vdb ... */
@@ -62,8 +62,8 @@
 #define RBD_IO_MAX         (64u << 20) /* bytes per librbd call: well inside its int counts */
 #define RBD_ERR            512
 
-static const char *const rbd_keys[] = {"pool", "namespace", "ceph_conf", "ceph_id", "group_by",
-                                       NULL};
+static const char *const rbd_keys[] = {"pool",    "namespace", "ceph_conf",
+                                       "ceph_id", "group_by",  NULL};
 
 enum rbd_group_by { GROUP_BY_RBD_GROUP, GROUP_BY_METADATA, GROUP_BY_OPENSTACK };
 static const char *const group_by_names[] = {"rbd_group", "metadata", "openstack"};
@@ -250,9 +250,8 @@ static int disk_add(struct rbd_priv *rp, struct vm *vm, const char *image, bool 
     d.mode = strdup("w");
     d.size = size;
     d.snapshot_compatible = compatible;
-    d.snapshot_mode = compatible ? strdup(rp->by == GROUP_BY_RBD_GROUP ? RBD_MODE_GROUP
-                                                                        : RBD_MODE_IMAGE)
-                                 : NULL;
+    d.snapshot_mode =
+        compatible ? strdup(rp->by == GROUP_BY_RBD_GROUP ? RBD_MODE_GROUP : RBD_MODE_IMAGE) : NULL;
     d.repo_mountpoint = image_locator(rp, "");
     int r = -ENOMEM;
     if (d.name && d.path && d.mode && (!compatible || d.snapshot_mode) && d.repo_mountpoint) {
@@ -323,9 +322,20 @@ static int group_vm_load(struct provider *p, const char *group, struct vm **out)
 static int group_by_group_list(struct provider *p, const char *only, vm_list *out)
 {
     struct rbd_priv *rp = p->priv;
+    CLEANUP_FREE char *names = NULL;
+    size_t len = 0;
+    int r = groups_list(rp, &names, &len);
+    if (r < 0)
+        return r;
     if (only) {
+        /* Ceph 16 lists no images, and no error, for a group that does not exist. */
+        bool found = false;
+        for (size_t o = 0; o < len && names[o] && !found; o += strlen(names + o) + 1)
+            found = !strcmp(names + o, only);
+        if (!found)
+            return -ENOENT;
         struct vm *vm = NULL;
-        int r = group_vm_load(p, only, &vm);
+        r = group_vm_load(p, only, &vm);
         if (r < 0)
             return r;
         r = vm_list_append(out, vm);
@@ -333,11 +343,6 @@ static int group_by_group_list(struct provider *p, const char *only, vm_list *ou
             vm_free(vm);
         return r;
     }
-    CLEANUP_FREE char *names = NULL;
-    size_t len = 0;
-    int r = groups_list(rp, &names, &len);
-    if (r < 0)
-        return r;
     for (size_t o = 0; o < len && names[o]; o += strlen(names + o) + 1) {
         struct vm *vm = NULL;
         r = group_vm_load(p, names + o, &vm);
@@ -384,12 +389,13 @@ static int image_vm(struct provider *p, const char *image, char vm[RBD_NAME_MAX]
     int r = rbd_open_read_only(rp->io, image, &img, NULL);
     if (r < 0)
         return r == -ENOENT ? 0 : r;
-    size_t n = RBD_NAME_MAX;
+    size_t n = RBD_NAME_MAX; /* Ceph 16 leaves it as it is on success */
+    memset(vm, 0, RBD_NAME_MAX);
     r = rbd_metadata_get(img, RBD_META_VM, vm, &n);
     rbd_close(img);
     if (r == -ENOENT)
         return 0;
-    if (r < 0 || n == 0 || n > RBD_NAME_MAX || vm[n - 1] != '\0' || !provider_id_is_safe(vm)) {
+    if (r < 0 || vm[RBD_NAME_MAX - 1] != '\0' || !provider_id_is_safe(vm)) {
         log_warn("[provider.%s] image %s: metadata %s: %s; not a disk of any VM", p->name, image,
                  RBD_META_VM, r < 0 ? strerror(-r) : "not a usable VM ID");
         return 0;
@@ -453,8 +459,8 @@ static int vms_load(struct provider *p, const char *only, vm_list *out)
 {
     struct rbd_priv *rp = p->priv;
     vm_list l = VECTOR_INIT;
-    int r = rp->by == GROUP_BY_RBD_GROUP ? group_by_group_list(p, only, &l)
-                                         : members_list(p, only, &l);
+    int r =
+        rp->by == GROUP_BY_RBD_GROUP ? group_by_group_list(p, only, &l) : members_list(p, only, &l);
     if (r == 0) {
         vm_list_sort_by_id(&l);
         r = vm_list_move(out, &l);
@@ -651,7 +657,7 @@ static bool snap_id_ok(const char *s)
 }
 
 static int rbdp_snapshot_locate(struct provider *p, const struct vm *vm, const struct vm_disk *disk,
-                               const char *snap_id, char **out)
+                                const char *snap_id, char **out)
 {
     struct rbd_priv *rp = p->priv;
     if (!snap_id_ok(snap_id))
@@ -713,9 +719,9 @@ static int rbdp_snapshot_delete(struct provider *p, const char *locator)
 }
 
 static int rbdp_snapshot_create(struct provider *p, const struct vm *vm, const char *snap_id,
-                               struct provider_snapshot_request *req,
-                               struct provider_snapshot_disk *disks, size_t n,
-                               const struct provider_quiesce *q, char *err, size_t errlen)
+                                struct provider_snapshot_request *req,
+                                struct provider_snapshot_disk *disks, size_t n,
+                                const struct provider_quiesce *q, char *err, size_t errlen)
 {
     (void)vm;
     (void)req; /* RBD snapshots serve every chain: a diff needs only its two snapshots */
@@ -772,8 +778,8 @@ static int rbdp_snapshot_create(struct provider *p, const struct vm *vm, const c
         r = rbd_group_snap_create(rp->io, group, locs[0].snap);
         group_made = r == 0;
         if (r < 0)
-            snprintf(err, errlen, "snapshot %s: creating RBD group snapshot %s/%s@%s: %s",
-                     snap_id, rp->pool, group, locs[0].snap, strerror(-r));
+            snprintf(err, errlen, "snapshot %s: creating RBD group snapshot %s/%s@%s: %s", snap_id,
+                     rp->pool, group, locs[0].snap, strerror(-r));
     }
     if (frozen && q->thaw)
         q->thaw(q->opaque, r);
@@ -899,7 +905,7 @@ static const struct disk_reader_ops reader_ops = {
 };
 
 static int rbdp_disk_open(struct provider *p, const char *locator, unsigned flags,
-                         struct disk_reader **out)
+                          struct disk_reader **out)
 {
     (void)flags;
     struct rbd_priv *rp = p->priv;
@@ -942,8 +948,8 @@ static int changes_emit(void *opaque, uint64_t off, uint64_t len, bool exists)
 }
 
 static int rbdp_disk_changes(struct provider *p, const char *base, const char *new,
-                            struct extent_sink *changed, struct extent_sink *zeroed,
-                            const char **method, char *err, size_t errlen)
+                             struct extent_sink *changed, struct extent_sink *zeroed,
+                             const char **method, char *err, size_t errlen)
 {
     struct rbd_priv *rp = p->priv;
     if (method)
@@ -989,8 +995,8 @@ struct rbd_writer {
     struct disk_writer w;
     struct rbd_priv *rp;
     char *vm_id;
-    char *image;   /* the partial image's name */
-    char *disk;    /* the published name */
+    char *image; /* the partial image's name */
+    char *disk;  /* the published name */
     rbd_image_t img;
     bool open;
 };
@@ -1150,8 +1156,8 @@ static char *partial_image(const char *partial_name)
 }
 
 static int rbdp_upload_open(struct provider *p, const char *vm_id, const char *disk,
-                           const char *partial_name, struct disk_writer **out, char *err,
-                           size_t errlen)
+                            const char *partial_name, struct disk_writer **out, char *err,
+                            size_t errlen)
 {
     struct rbd_priv *rp = p->priv;
     char vm[RBD_UUID_LEN + 1];
@@ -1161,8 +1167,8 @@ static int rbdp_upload_open(struct provider *p, const char *vm_id, const char *d
     if (ok && rp->by == GROUP_BY_OPENSTACK)
         ok = openstack_vm_of(disk, vm) && !strcmp(vm, vm_id);
     if (!ok) {
-        snprintf(err, errlen, "provider %s cannot use VM '%s' with disk '%s' (bad name%s)",
-                 p->name, vm_id, disk,
+        snprintf(err, errlen, "provider %s cannot use VM '%s' with disk '%s' (bad name%s)", p->name,
+                 vm_id, disk,
                  rp->by == GROUP_BY_OPENSTACK
                      ? ": a disk of VM UUID is named UUID_disk, UUID_disk.SUFFIX or volume-UUID"
                      : "");
@@ -1198,7 +1204,7 @@ static int rbdp_upload_open(struct provider *p, const char *vm_id, const char *d
 }
 
 static int rbdp_upload_discard(struct provider *p, const char *partial, const char *id,
-                              const char *partial_name)
+                               const char *partial_name)
 {
     (void)id;
     struct rbd_priv *rp = p->priv;
@@ -1241,7 +1247,7 @@ static void rbdp_close_provider(struct provider *p)
 }
 
 static int rbdp_open_provider(struct provider *p, const struct provider_config *cfg, char *err,
-                             size_t errlen)
+                              size_t errlen)
 {
     const char *pool = provider_config_get(cfg, "pool");
     const char *ns = provider_config_get(cfg, "namespace");
@@ -1296,8 +1302,8 @@ static int rbdp_open_provider(struct provider *p, const struct provider_config *
     rp->pool_id = rados_ioctx_get_id(rp->io);
     if ((r = rados_cluster_fsid(rp->cluster, rp->fsid, sizeof(rp->fsid))) < 0) {
         priv_free(rp);
-        return provider_fail(err, errlen, r, "[provider.%s] the Ceph cluster's fsid: %s",
-                             cfg->name, strerror(-r));
+        return provider_fail(err, errlen, r, "[provider.%s] the Ceph cluster's fsid: %s", cfg->name,
+                             strerror(-r));
     }
     if (rp->ns[0]) {
         bool exists = false;
@@ -1305,9 +1311,8 @@ static int rbdp_open_provider(struct provider *p, const struct provider_config *
         if (r < 0 || !exists) {
             r = r < 0 ? r : -ENOENT;
             priv_free(rp);
-            return provider_fail(err, errlen, r, "[provider.%s] namespace: %s: %s", cfg->name,
-                                 ns, r == -ENOENT ? "no such RBD namespace in the pool"
-                                                  : strerror(-r));
+            return provider_fail(err, errlen, r, "[provider.%s] namespace: %s: %s", cfg->name, ns,
+                                 r == -ENOENT ? "no such RBD namespace in the pool" : strerror(-r));
         }
     }
     /* A user without access to the pool fails here, not at the first request. */
@@ -1323,8 +1328,7 @@ static int rbdp_open_provider(struct provider *p, const struct provider_config *
     specs_free(specs, n);
     p->priv = rp;
     log_debug("[provider.%s] RBD pool %s%s%s (id %" PRId64 ") of cluster %s, VMs by %s", cfg->name,
-              pool, rp->ns[0] ? "/" : "", rp->ns, rp->pool_id, rp->fsid,
-              group_by_names[rp->by]);
+              pool, rp->ns[0] ? "/" : "", rp->ns, rp->pool_id, rp->fsid, group_by_names[rp->by]);
     return 0;
 }
 

@@ -29,8 +29,7 @@ static const char *connect_hint(int r, const char *id)
         return hint;
     case -EACCES:
     case -EPERM:
-        snprintf(hint, sizeof(hint), " (client.%s or its key is not accepted by the monitors)",
-                 id);
+        snprintf(hint, sizeof(hint), " (client.%s or its key is not accepted by the monitors)", id);
         return hint;
     case -ETIMEDOUT:
         return " (no monitor answered)";
@@ -63,8 +62,8 @@ int rbdio_connect(const char *conf, const char *id, rados_t *out, char *err, siz
         (r = rados_conf_set(c, "rados_mon_op_timeout", RBDIO_MON_OP_TIMEOUT)) < 0 ||
         (r = rados_conf_set(c, "rados_osd_op_timeout", RBDIO_OSD_OP_TIMEOUT)) < 0 ||
         (r = rados_connect(c)) < 0) {
-        snprintf(err, errlen, "connecting to the Ceph cluster of %s as client.%s: %s%s", shown,
-                 id, strerror(-r), connect_hint(r, id));
+        snprintf(err, errlen, "connecting to the Ceph cluster of %s as client.%s: %s%s", shown, id,
+                 strerror(-r), connect_hint(r, id));
         rados_shutdown(c);
         return r;
     }
@@ -76,8 +75,8 @@ int rbdio_connect(const char *conf, const char *id, rados_t *out, char *err, siz
 
 static bool ns_char_plain(unsigned char c)
 {
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-           c == '-' || c == '_' || c == '.';
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' ||
+           c == '_' || c == '.';
 }
 
 int rbdio_ident_format(const struct rbdio_ident *id, char *out, size_t n)
@@ -272,9 +271,8 @@ int rbdio_diff(rbd_image_t img, const char *from, bool whole_object,
     size = info.size;
     if ((r = rbd_get_stripe_count(img, &stripes)) < 0)
         return r;
-    struct diff_walk w = {.period = info.obj_size * (stripes ? stripes : 1),
-                          .emit = emit,
-                          .opaque = opaque};
+    struct diff_walk w = {
+        .period = info.obj_size * (stripes ? stripes : 1), .emit = emit, .opaque = opaque};
     if (w.period == 0)
         return -EINVAL;
     /* include_parent: a clone's data from its parent is data of the image. */
