@@ -19,29 +19,36 @@ ok "ceph starts"
 P=$VMEXPORT_TEST_POOL
 rbd_() { rbd -c "$CEPH_CONF" "$@"; }
 
-# The images: 1 MiB objects, so that a few MiB hold many objects.
-rbd_ namespace create "$P/meta" && rbd_ namespace create "$P/os" || { not_ok "namespaces"; exit 1; }
-for i in a b c; do rbd_ create --size 12M --object-size 1M "$P/vm3-$i" || exit 1; done
-rbd_ group create "$P/vm3"
-for i in a b c; do rbd_ group image add "$P/vm3" "$P/vm3-$i"; done
-rbd_ create --size 8M --object-size 1M "$P/loner" # in no group: no VM in rbd_group mode
-for i in m1 m2; do
-    rbd_ create --size 8M --object-size 1M "$P/meta/$i"
-    rbd_ image-meta set "$P/meta/$i" vmexport.vm metavm
-done
-rbd_ create --size 4M "$P/meta/other" # no vmexport.vm: no VM
+# The images: 1 MiB objects, so that a few MiB hold many objects.  Each rbd command connects
+# anew (~0.4 s), so independent ones run in parallel.
 U=0f2c3d4e-5a6b-4c7d-8e9f-a0b1c2d3e4f5
 V=11111111-2222-4333-8444-555555555555
-rbd_ create --size 8M --object-size 1M "$P/os/${U}_disk"
-rbd_ create --size 4M --object-size 1M "$P/os/${U}_disk.eph0"
-rbd_ create --size 4M --object-size 1M "$P/os/volume-$V"
-rbd_ create --size 4M "$P/os/image-cache" # neither Nova's nor Cinder's: no VM
+setup() {
+    rbd_ namespace create "$P/meta" & rbd_ namespace create "$P/os" & rbd_ group create "$P/vm3" &
+    for i in a b c; do rbd_ create --size 12M --object-size 1M "$P/vm3-$i" & done
+    rbd_ create --size 8M --object-size 1M "$P/loner" & # in no group: no VM in rbd_group mode
+    wait
+    for i in a b c; do rbd_ group image add "$P/vm3" "$P/vm3-$i" & done
+    for i in m1 m2; do
+        { rbd_ create --size 8M --object-size 1M "$P/meta/$i" &&
+            rbd_ image-meta set "$P/meta/$i" vmexport.vm metavm; } &
+    done
+    rbd_ create --size 4M "$P/meta/other" & # no vmexport.vm: no VM
+    rbd_ create --size 8M --object-size 1M "$P/os/${U}_disk" &
+    rbd_ create --size 4M --object-size 1M "$P/os/${U}_disk.eph0" &
+    rbd_ create --size 4M --object-size 1M "$P/os/volume-$V" &
+    rbd_ create --size 4M "$P/os/image-cache" & # neither Nova's nor Cinder's: no VM
+    wait
+}
+(setup) >"$WORK/setup.log" 2>&1 # a subshell: its wait is for its own jobs, not for Ceph
 seed=0
 mix3() { local i; for i in a b c; do seed=$((seed + 1)); "$RW" mix "$P" "vm3-$i" $seed "$1" || return 1; done; }
 mix3 300
 for i in m1 m2; do "$RW" mix "$P/meta" "$i" 7 200; done
 "$RW" mix "$P/os" "${U}_disk" 9 200
-ok "images, a group, namespaces and workloads made"
+[ "$(rbd_ group image list "$P/vm3" | wc -l)" = 3 ] && [ "$(rbd_ ls "$P/meta" | wc -l)" = 3 ] &&
+    [ "$(rbd_ ls "$P/os" | wc -l)" = 4 ] && ok "images, a group, namespaces and workloads made" ||
+    { not_ok "set-up: $(cat "$WORK/setup.log")"; exit 1; }
 
 PORT=$(free_port)
 write_config "$WORK/vmexportd.conf" "$PORT" "$WORK/state" \
@@ -76,8 +83,13 @@ api GET /api/v1/vms/vm3 >/dev/null
 truth() {
     local d=$1 pool=$2; shift 2
     mkdir -p "$d"
-    local i
-    for i in "$@"; do rbd_ export --no-progress "$pool/$i" "$d/$i" >/dev/null 2>&1 || return 1; done
+    local i r=0 pids=()
+    for i in "$@"; do
+        rbd_ export --no-progress "$pool/$i" "$d/$i" >/dev/null 2>&1 &
+        pids+=($!)
+    done
+    for i in "${pids[@]}"; do wait "$i" || r=1; done
+    return $r
 }
 # same DIR1 DIR2 NAME...: the files are equal.
 same() {
@@ -122,10 +134,10 @@ other=$(jq -c '[.disks[] | select(.name != "vm3-b") | .chunks[]] | length' "$WOR
     not_ok "changes of a 100-byte write: $got, other disks: $other"
 
 # ---- atomic: a writer bumps a counter on a, b, c in turn while snapshots are taken ----
-"$RW" counter "$P" 6 vm3-a vm3-b vm3-c >"$WORK/counter" 2>&1 &
+"$RW" counter "$P" 4.5 vm3-a vm3-b vm3-c >"$WORK/counter" 2>&1 &
 WPID=$!
 at_exit "kill $WPID"
-sleep 1
+sleep 0.3
 consistent=0
 for n in 1 2 3; do
     s=$(snap vm3)
