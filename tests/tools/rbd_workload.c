@@ -8,6 +8,8 @@
  *       parts of objects by default, rbd_skip_partial_discard, so those are not used).
  *   rbd_workload write POOL[/NS] IMAGE OFFSET LENGTH SEED    one write of random bytes
  *   rbd_workload discard POOL[/NS] IMAGE OFFSET LENGTH       one rbd_discard
+ *   rbd_workload randwrite POOL[/NS] IMAGE SEED COUNT SIZE
+ *       COUNT writes of SIZE random bytes at random SIZE-aligned offsets (benchmarks' changes)
  *   rbd_workload counter POOL[/NS] SECONDS IMAGE...
  *       write an increasing 8-byte counter at offset 0 of each image in turn (image 1 gets n,
  *       then image 2 gets n, ...) for SECONDS; fails if a write fails.  A consistent snapshot
@@ -118,6 +120,31 @@ static int mix(rados_ioctx_t io, const char *name, uint64_t seed, long ops)
     return 0;
 }
 
+static int randwrite(rados_ioctx_t io, const char *name, uint64_t seed, long count, size_t size)
+{
+    rbd_image_t img = image_open(io, name);
+    uint64_t isize;
+    int r = rbd_get_size(img, &isize);
+    if (r < 0)
+        die("rbd_get_size", r);
+    char *buf = malloc(size);
+    if (!buf || size == 0 || isize < size)
+        die("randwrite", -EINVAL);
+    rng = seed * 2654435761u + 1;
+    for (long i = 0; i < count; i++) {
+        uint64_t off = next() % (isize / size) * size;
+        fill(buf, size);
+        ssize_t w = rbd_write(img, off, size, buf);
+        if (w != (ssize_t)size)
+            die("rbd_write", w < 0 ? (int)w : -EIO);
+    }
+    if ((r = rbd_flush(img)) < 0)
+        die("rbd_flush", r);
+    free(buf);
+    rbd_close(img);
+    return 0;
+}
+
 static int counter(rados_ioctx_t io, double seconds, char **names, int n)
 {
     rbd_image_t imgs[MAX_IMAGES];
@@ -168,6 +195,11 @@ int main(int argc, char **argv)
             die("rbd_discard", r);
         rbd_close(img);
         rados_ioctx_destroy(io);
+    } else if (argc == 7 && !strcmp(argv[1], "randwrite")) {
+        rados_ioctx_t io = pool_open(argv[2]);
+        r = randwrite(io, argv[3], strtoull(argv[4], NULL, 0), strtol(argv[5], NULL, 0),
+                      strtoull(argv[6], NULL, 0));
+        rados_ioctx_destroy(io);
     } else if (argc >= 5 && argc - 4 <= MAX_IMAGES && !strcmp(argv[1], "counter")) {
         rados_ioctx_t io = pool_open(argv[2]);
         r = counter(io, strtod(argv[3], NULL), argv + 4, argc - 4);
@@ -176,6 +208,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "usage: rbd_workload mix POOL[/NS] IMAGE SEED OPS\n"
                         "       rbd_workload write POOL[/NS] IMAGE OFFSET LENGTH SEED\n"
                         "       rbd_workload discard POOL[/NS] IMAGE OFFSET LENGTH\n"
+                        "       rbd_workload randwrite POOL[/NS] IMAGE SEED COUNT SIZE\n"
                         "       rbd_workload counter POOL[/NS] SECONDS IMAGE...\n");
         return 2;
     }
