@@ -133,6 +133,15 @@ other=$(jq -c '[.disks[] | select(.name != "vm3-b") | .chunks[]] | length' "$WOR
 [ "$got" = "[[1234567,100]]" ] && [ "$other" = 0 ] && ok "changes at byte precision: $got" ||
     not_ok "changes of a 100-byte write: $got, other disks: $other"
 
+# A base whose RBD snapshot was removed behind the daemon's back: that disk is listed in full,
+# saying why; the others keep their changes.
+rbd_ snap rm "$P/vm3-a@vmexport-$S2" >/dev/null 2>&1
+api GET "/api/v1/vms/vm3/snapshots/$S3?compareTo=$S2&zeroedInChunks=false" >/dev/null
+jq -e '[.disks[] | .diff_mode] == ["full", "rbd-diff", "rbd-diff"] and
+       (.disks[0].diff_reason | test("RBD snapshot is gone"))' "$WORK/body" >/dev/null &&
+    ok "a base RBD snapshot removed behind the daemon: full, with the reason" ||
+    not_ok "removed base: $(jq -c '[.disks[] | {diff_mode, diff_reason}]' "$WORK/body")"
+
 # ---- atomic: a writer bumps a counter on a, b, c in turn while snapshots are taken ----
 "$RW" counter "$P" 4.5 vm3-a vm3-b vm3-c >"$WORK/counter" 2>&1 &
 WPID=$!
@@ -233,6 +242,8 @@ done
 [ -z "$(rbd_ group snap ls "$P/vm3")" ] && [ -z "$(rbd_ snap ls "$P/vm3-a")" ] &&
     ok "deleting the snapshots removes the group and image snapshots" ||
     not_ok "left: $(rbd_ group snap ls "$P/vm3") $(rbd_ snap ls "$P/vm3-a")"
+
+stop_daemon && ok "the daemon stops cleanly (no leak under ASan)" || not_ok "daemon exit status $?"
 
 # ---- clear errors ----
 cfg_err() {
