@@ -723,7 +723,6 @@ static int rbdp_snapshot_create(struct provider *p, const struct vm *vm, const c
                                 struct provider_snapshot_disk *disks, size_t n,
                                 const struct provider_quiesce *q, char *err, size_t errlen)
 {
-    (void)vm;
     (void)req; /* RBD snapshots serve every chain: a diff needs only its two snapshots */
     struct rbd_priv *rp = p->priv;
     struct rbd_loc *locs = calloc(n ? n : 1, sizeof(*locs));
@@ -753,11 +752,15 @@ static int rbdp_snapshot_create(struct provider *p, const struct vm *vm, const c
         }
     }
     /* Opened before the freeze, which then lasts only as long as the snapshots. */
-    for (; r == 0 && opened < n; opened++) {
+    while (r == 0 && opened < n) {
         r = rbd_open_by_id(rp->io, locs[opened].id, &imgs[opened], NULL);
         if (r < 0)
             snprintf(err, errlen, "snapshot %s: disk %s: opening RBD image %s/%s: %s", snap_id,
-                     locs[opened].image, rp->pool, locs[opened].image, strerror(-r));
+                     locs[opened].image, rp->pool, locs[opened].image,
+                     r == -ENOENT ? "gone (removed or re-created since it was listed)"
+                                  : strerror(-r));
+        else
+            opened++;
     }
     if (r == 0 && q && q->freeze) {
         r = q->freeze(q->opaque, err, errlen);
