@@ -184,6 +184,16 @@ M2=$(snap metavm)
     same "$WORK/m2" "$WORK/mdl" m1 m2 && ok "metadata: changes applied to the copy equal rbd export" ||
     not_ok "metadata: diff download"
 
+# All or nothing: m2 may hold no more snapshots, so the snapshot fails and m1's is removed.
+rbd_ snap limit set --limit "$(rbd_ snap ls "$P/meta/m2" | grep -c vmexport-)" "$P/meta/m2"
+before=$(rbd_ snap ls "$P/meta/m1" | grep -c vmexport-)
+out=$("$VMEXPORT" snapshot create metavm 2>&1) && not_ok "a snapshot over m2's limit succeeded" ||
+    { [[ $out == *"disk m2: creating RBD snapshot"* ]] &&
+        [ "$(rbd_ snap ls "$P/meta/m1" | grep -c vmexport-)" = "$before" ] &&
+        ok "a failed image snapshot removes the others' (all or nothing)" ||
+        not_ok "snapshot over the limit: $out; m1: $(rbd_ snap ls "$P/meta/m1")"; }
+rbd_ snap limit clear "$P/meta/m2"
+
 # ---- openstack mode ----
 truth "$WORK/o1" "$P/os" "${U}_disk" "${U}_disk.eph0"
 O1=$(snap "$U")
