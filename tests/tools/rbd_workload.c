@@ -64,7 +64,12 @@ static rados_ioctx_t pool_open(char *spec)
         *ns++ = '\0';
     const char *id = getenv("CEPH_ID");
     int r = rados_create(&cluster, id && id[0] ? id : "admin");
-    if (r < 0 || (r = rados_conf_read_file(cluster, NULL)) < 0 || (r = rados_connect(cluster)) < 0)
+    /* Waits long enough for a loaded machine (the tests' configuration says 10 s). */
+    if (r < 0 || (r = rados_conf_read_file(cluster, NULL)) < 0 ||
+        (r = rados_conf_set(cluster, "client_mount_timeout", TIMEOUT_S)) < 0 ||
+        (r = rados_conf_set(cluster, "rados_mon_op_timeout", TIMEOUT_S)) < 0 ||
+        (r = rados_conf_set(cluster, "rados_osd_op_timeout", TIMEOUT_S)) < 0 ||
+        (r = rados_connect(cluster)) < 0)
         die("connecting", r);
     if ((r = rados_ioctx_create(cluster, spec, &io)) < 0)
         die(spec, r);
