@@ -31,6 +31,7 @@
 #define MAX_IMAGES 16
 #define PCT_WRITE  80 /* out of 100 operations; the rest split between zeroes and discards */
 #define PCT_ZERO   90
+#define TIMEOUT_S  "60" /* librados' option string: seconds */
 
 static uint64_t rng;
 
