@@ -2,7 +2,7 @@
 # Benchmark: backups of an RBD image by vmexport vs Ceph's own tools, on a single-node Ceph
 # (tests/integration/ceph-lib.sh: one mon, one OSD on memstore, everything on 127.0.0.1).
 #
-# The image: SIZE bytes (default 512M) of random data (rbd import of /dev/urandom), the one disk
+# The image: SIZE bytes (default 256M) of random data (rbd import of /dev/urandom), the one disk
 # of VM `benchvm` (an RBD group, so snapshots are RBD group snapshots) of a vmexportd with an
 # rbd provider.  Timed, side by side:
 #     full:  vmexport backup benchvm --transport rbd (snapshot through the daemon over TLS, data
@@ -22,7 +22,9 @@
 # This is a benchmark, not a test: it fails only if a tool fails or a restore differs.
 #
 # Run as root: bench/bench-rbd.sh       SIZE=256M INCR_REPS=3 CHANGE_PCT=5 bench/bench-rbd.sh
-# Environment: SIZE (default 512M; memstore holds it, its snapshots and the copy in 2 GiB),
+# Environment: SIZE (default 256M: ceph-lib's memstore OSD holds 2 GiB, and the image, the copy
+# and the whole 4 MiB objects their snapshots clone on a random write must fit: at 512M the OSD
+# filled up and stalled every client),
 # CHANGE_PCT (5), INCR_REPS (3), JOBS (backup --jobs, 4), VMEXPORT, VMEXPORTD,
 # BENCH_TMPDIR (default /var/tmp).
 set -euo pipefail
@@ -35,7 +37,7 @@ root=$(dirname "$here")
 VMEXPORT=${VMEXPORT:-$root/build/vmexport}
 VMEXPORTD=${VMEXPORTD:-$root/build/vmexportd}
 RW=${RW:-$root/build/rbd_workload}
-SIZE=${SIZE:-512M}
+SIZE=${SIZE:-256M}
 CHANGE_PCT=${CHANGE_PCT:-5}
 INCR_REPS=${INCR_REPS:-3}
 JOBS=${JOBS:-4}
@@ -164,6 +166,8 @@ for ((k = 1; k <= INCR_REPS; k++)); do
     rbd_ export --no-progress "$P/copy@r$k" "$WORK/c" >/dev/null && rbd_ export --no-progress "$P/disk0@r$k" "$WORK/d0" >/dev/null
     cmp -s "$WORK/c" "$WORK/d0" || die "import-diff copy differs"
     rm -f "$WORK/c" "$WORK/d0"
+    # Only the newest snapshot stays on each side, as vmexport keeps only its newest.
+    rbd_ snap rm "$P/disk0@r$((k - 1))" && rbd_ snap rm "$P/copy@r$((k - 1))"
     echo "# round $k: vmexport ${vm_times[-1]} s (read $read_bytes bytes), rbd export-diff + import-diff ${rbd_times[-1]} s ($diff_bytes bytes of diff)"
 done
 t_vm=$(echo "${vm_times[@]}" | median)
