@@ -154,6 +154,7 @@ for ((k = 1; k <= INCR_REPS; k++)); do
     jq -e -s '.[-1].incremental' "$WORK/last.json" >/dev/null || die "backup $k was not incremental"
     vm_times+=("$t")
     read_bytes=$(jq -s '.[-1].bytes_read' "$WORK/last.json")
+    fetched=$(jq -s '.[-1].chunks_fetched' "$WORK/last.json")
     restored_equals "$WORK/repo" "$P/disk0@vmexport-$(last_snap)"
     sync
     t0=$(now)
@@ -168,7 +169,7 @@ for ((k = 1; k <= INCR_REPS; k++)); do
     rm -f "$WORK/c" "$WORK/d0"
     # Only the newest snapshot stays on each side, as vmexport keeps only its newest.
     rbd_ snap rm "$P/disk0@r$((k - 1))" && rbd_ snap rm "$P/copy@r$((k - 1))"
-    echo "# round $k: vmexport ${vm_times[-1]} s (read $read_bytes bytes), rbd export-diff + import-diff ${rbd_times[-1]} s ($diff_bytes bytes of diff)"
+    echo "# round $k: vmexport ${vm_times[-1]} s (read $read_bytes bytes; $fetched chunks of the previous backup fetched to lay the changes over), rbd export-diff + import-diff ${rbd_times[-1]} s ($diff_bytes bytes of diff)"
 done
 t_vm=$(echo "${vm_times[@]}" | median)
 t_rbd=$(echo "${rbd_times[@]}" | median)
