@@ -42,10 +42,10 @@ setup() {
 }
 (setup) >"$WORK/setup.log" 2>&1 # a subshell: its wait is for its own jobs, not for Ceph
 seed=0
-mix3() { local i; for i in a b c; do seed=$((seed + 1)); "$RW" mix "$P" "vm3-$i" $seed "$1" || return 1; done; }
+mix3() { seed=$((seed + 10)); "$RW" mix "$P" $seed "$1" vm3-a vm3-b vm3-c; }
 mix3 300
-for i in m1 m2; do "$RW" mix "$P/meta" "$i" 7 200; done
-"$RW" mix "$P/os" "${U}_disk" 9 200
+"$RW" mix "$P/meta" 7 200 m1 m2
+"$RW" mix "$P/os" 9 200 "${U}_disk"
 [ "$(rbd_ group image list "$P/vm3" | wc -l)" = 3 ] && [ "$(rbd_ ls "$P/meta" | wc -l)" = 3 ] &&
     [ "$(rbd_ ls "$P/os" | wc -l)" = 4 ] && ok "images, a group, namespaces and workloads made" ||
     { not_ok "set-up: $(cat "$WORK/setup.log")"; exit 1; }
@@ -177,7 +177,7 @@ jq -e '[.disks[] | .snapshot_mode] == ["rbd-image","rbd-image"]' "$WORK/body" >/
     not_ok "metadata snapshot: $(jq -c '.disks' "$WORK/body")"
 "$VMEXPORT" download -o "$WORK/mdl" metavm "$M1" >/dev/null && same "$WORK/m1" "$WORK/mdl" m1 m2 &&
     ok "metadata: full download equals rbd export" || not_ok "metadata: full download"
-for i in m1 m2; do "$RW" mix "$P/meta" "$i" 8 200; done
+"$RW" mix "$P/meta" 8 200 m1 m2
 truth "$WORK/m2" "$P/meta" m1 m2
 M2=$(snap metavm)
 "$VMEXPORT" download --diff-from "$M1" -o "$WORK/mdl" metavm "$M2" >/dev/null &&

@@ -1,8 +1,8 @@
 /* Test tool: random workloads on RBD images with librbd, for tests/integration/test-rbd.sh and
  * bench/bench-rbd.sh.  The cluster is the one of $CEPH_CONF, the user client.$CEPH_ID.
  *
- *   rbd_workload mix POOL[/NS] IMAGE SEED OPS
- *       OPS random operations: writes of random bytes at any byte offset (1 B to 128 KiB),
+ *   rbd_workload mix POOL[/NS] SEED OPS IMAGE...
+ *       OPS random operations on each image (one connection for all): writes of random bytes at any byte offset (1 B to 128 KiB),
  *       zero writes (rbd_write_zeroes, up to 64 KiB) and discards of whole objects (which
  *       remove the object: a diff reports them as no longer existing; librbd skips discards of
  *       parts of objects by default, rbd_skip_partial_discard, so those are not used).
@@ -177,9 +177,11 @@ static int counter(rados_ioctx_t io, double seconds, char **names, int n)
 int main(int argc, char **argv)
 {
     int r = 0;
-    if (argc == 6 && !strcmp(argv[1], "mix")) {
+    if (argc >= 6 && !strcmp(argv[1], "mix")) {
         rados_ioctx_t io = pool_open(argv[2]);
-        r = mix(io, argv[3], strtoull(argv[4], NULL, 0), strtol(argv[5], NULL, 0));
+        uint64_t seed = strtoull(argv[3], NULL, 0);
+        for (int i = 5; i < argc && r == 0; i++)
+            r = mix(io, argv[i], seed + (uint64_t)i, strtol(argv[4], NULL, 0));
         rados_ioctx_destroy(io);
     } else if (argc == 7 && !strcmp(argv[1], "write")) {
         rados_ioctx_t io = pool_open(argv[2]);
@@ -211,7 +213,7 @@ int main(int argc, char **argv)
         r = counter(io, strtod(argv[3], NULL), argv + 4, argc - 4);
         rados_ioctx_destroy(io);
     } else {
-        fprintf(stderr, "usage: rbd_workload mix POOL[/NS] IMAGE SEED OPS\n"
+        fprintf(stderr, "usage: rbd_workload mix POOL[/NS] SEED OPS IMAGE...\n"
                         "       rbd_workload write POOL[/NS] IMAGE OFFSET LENGTH SEED\n"
                         "       rbd_workload discard POOL[/NS] IMAGE OFFSET LENGTH\n"
                         "       rbd_workload randwrite POOL[/NS] IMAGE SEED COUNT SIZE\n"
