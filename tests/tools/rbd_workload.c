@@ -2,10 +2,11 @@
  * bench/bench-rbd.sh.  The cluster is the one of $CEPH_CONF, the user client.$CEPH_ID.
  *
  *   rbd_workload mix POOL[/NS] SEED OPS IMAGE...
- *       OPS random operations on each image (one connection for all): writes of random bytes at any
- * byte offset (1 B to 128 KiB), zero writes (rbd_write_zeroes, up to 64 KiB) and discards of whole
- * objects (which remove the object: a diff reports them as no longer existing; librbd skips
- * discards of parts of objects by default, rbd_skip_partial_discard, so those are not used).
+ *       OPS random operations on each image (one connection for all): writes of random
+ *       bytes at any byte offset (1 B to 128 KiB), zero writes (rbd_write_zeroes, up to
+ *       64 KiB) and discards of whole objects (which remove the object: a diff reports them
+ *       as no longer existing; librbd skips discards of parts of objects by default,
+ *       rbd_skip_partial_discard, so those are not used).
  *   rbd_workload write POOL[/NS] IMAGE OFFSET LENGTH SEED    one write of random bytes
  *   rbd_workload discard POOL[/NS] IMAGE OFFSET LENGTH       one rbd_discard
  *   rbd_workload randwrite POOL[/NS] IMAGE SEED COUNT SIZE
