@@ -275,7 +275,7 @@ struct provider {
 };
 
 extern const struct provider_ops provider_dir_ops, provider_ovm_ops, provider_qemu_ops;
-extern const struct provider_ops provider_libvirt_ops;
+extern const struct provider_ops provider_libvirt_ops, provider_rbd_ops;
 
 /* Whether s is a usable chain ID (provider_snapshot_request.chain). */
 bool provider_chain_valid(const char *s);
