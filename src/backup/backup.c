@@ -157,6 +157,16 @@ static const char *store_error(int r)
     return r == -ENOSPC ? "no space left in the repository" : strerror(-r);
 }
 
+/* store_error() of the backup writer's calls (manifests, commit), where -ETIMEDOUT says that
+ * the writer's lock lease was lost. */
+static const char *writer_error(int r)
+{
+    if (r == -ETIMEDOUT)
+        return "the repository lock's lease was lost (the backup was stalled or cut off from "
+               "the store for longer than the lease, and gc may have run): nothing was committed";
+    return store_error(r);
+}
+
 /* first_error's wake: every thread waiting on the queue sees the failure. */
 static void wake_all(void *arg)
 {
@@ -1263,7 +1273,7 @@ static int commit(struct backup_ctx *b, struct backup_writer *w, const char *sna
     backup_free(info);
     if (r < 0)
         return first_error_set(&b->fe, r, "VM %s: committing the backup: %s", b->o->vm,
-                               store_error(r));
+                               writer_error(r));
     return 0;
 }
 
@@ -1395,7 +1405,7 @@ int backup_run(const struct backup_options *o, struct backup_result *res)
             goto out;
         if ((r = repo_backup_add_disk(w, &mans[i])) < 0) {
             first_error_set(&b.fe, r, "VM %s: disk %s: writing the manifest: %s", o->vm,
-                            plans[i].name, store_error(r));
+                            plans[i].name, writer_error(r));
             goto out;
         }
     }

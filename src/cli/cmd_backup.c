@@ -179,7 +179,7 @@ static int backup_cmd(int argc, char **argv)
     const char *now = getenv("VMEXPORT_NOW");
     o.now = now ? strtoll(now, NULL, 10) : (int64_t)time(NULL);
 
-    if (!(o.repo = cli_open_repo("backup", a.repo, a.passphrase_file)))
+    if (!(o.repo = cli_open_repo("backup", a.repo, a.passphrase_file, &a.store)))
         return EXIT_FAIL;
     if (!(o.client = cli_client_connect("backup"))) {
         repo_close(o.repo);
@@ -211,7 +211,7 @@ const struct cli_command cmd_backup = {
     .name = "backup",
     .summary = "back up a VM into a repository (incremental when possible)",
     .run = backup_cmd,
-    .usage = "Usage: vmexport backup VM --repo PATH [--full] [--jobs N] [--keep-snapshots N]\n"
+    .usage = "Usage: vmexport backup VM --repo URL [--full] [--jobs N] [--keep-snapshots N]\n"
              "                      [--disk NAME]... [--exclude-disk NAME]...\n"
              "                      [--transport auto|https|local|nbd|rbd] [--json]\n"
              "\n"

@@ -120,7 +120,7 @@ static int backups_cmd(int argc, char **argv)
         return cli_usage_error(&cmd_backups,
                                chunks ? "--chunks takes no VM" : "expected at most one VM");
     const char *vm = a.first < argc ? argv[a.first] : NULL;
-    struct repo *repo = cli_open_repo("backups", a.repo, a.passphrase_file);
+    struct repo *repo = cli_open_repo("backups", a.repo, a.passphrase_file, &a.store);
     if (!repo)
         return EXIT_FAIL;
     if (chunks) {
@@ -155,8 +155,8 @@ const struct cli_command cmd_backups = {
     .name = "backups",
     .summary = "list the backups in a repository",
     .run = backups_cmd,
-    .usage = "Usage: vmexport backups --repo PATH [VM] [--json]\n"
-             "       vmexport backups --repo PATH --chunks BACKUP\n"
+    .usage = "Usage: vmexport backups --repo URL [VM] [--json]\n"
+             "       vmexport backups --repo URL --chunks BACKUP\n"
              "\n"
              "List the backups in the repository (of VM only, when given), oldest first, with\n"
              "their time (UTC), disks and total disk size.  \"incremental\" backups read only\n"

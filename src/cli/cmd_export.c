@@ -21,6 +21,7 @@
 
 struct export_args {
     const char *repo, *pass_file, *out, *backup_id;
+    struct store_options store;
     enum archive_kind kind;
     bool force, json, to_stdout;
 };
@@ -51,6 +52,7 @@ static int parse_args(int argc, char **argv, struct export_args *a, bool *done)
         return ca.status;
     a->repo = ca.repo;
     a->pass_file = ca.passphrase_file;
+    a->store = ca.store;
     a->json = ca.json;
     if (argc - ca.first != 1)
         return cli_usage_error(&cmd_export, "expected one BACKUP id");
@@ -159,7 +161,7 @@ static int export_run(int argc, char **argv)
         fprintf(stderr, "vmexport export: %s exists (use --force to overwrite it)\n", a.out);
         return EXIT_FAIL;
     }
-    struct repo *repo = cli_open_repo("export", a.repo, a.pass_file);
+    struct repo *repo = cli_open_repo("export", a.repo, a.pass_file, &a.store);
     if (!repo)
         return EXIT_FAIL;
     char *tmp = NULL;
@@ -204,7 +206,7 @@ const struct cli_command cmd_export = {
     .name = "export",
     .summary = "write a backup as a portable tar or OVA archive",
     .run = export_run,
-    .usage = "Usage: vmexport export --repo PATH BACKUP -o FILE [--format tar|ova] [--force]\n"
+    .usage = "Usage: vmexport export --repo URL BACKUP -o FILE [--format tar|ova] [--force]\n"
              "                       [--passphrase-file FILE] [--json]\n"
              "\n"
              "Write the disks and metadata of BACKUP as one archive that is usable without\n"

@@ -50,7 +50,7 @@ static int gc_cmd(int argc, char **argv)
     bool json = a.json;
     if (argc != a.first)
         return cli_usage_error(&cmd_gc, "unexpected argument");
-    struct repo *repo = cli_open_repo("gc", a.repo, a.passphrase_file);
+    struct repo *repo = cli_open_repo("gc", a.repo, a.passphrase_file, &a.store);
     if (!repo)
         return EXIT_FAIL;
     struct gc_stats st = {0};
@@ -69,7 +69,7 @@ const struct cli_command cmd_gc = {
     .name = "gc",
     .summary = "free chunks no backup uses",
     .run = gc_cmd,
-    .usage = "Usage: vmexport gc --repo PATH [--dry-run] [--json]\n"
+    .usage = "Usage: vmexport gc --repo URL [--dry-run] [--json]\n"
              "\n"
              "Delete the chunks that no backup references (after prune), the temporary files\n"
              "and the partial backups that interrupted runs left.  Waits for running backups\n"

@@ -70,7 +70,7 @@ static int import_run(int argc, char **argv)
     const char *src = from_stdin ? "standard input" : file;
     double t0 = progress_now();
 
-    struct repo *repo = cli_open_repo("import", repo_arg, pass_file);
+    struct repo *repo = cli_open_repo("import", repo_arg, pass_file, &ca.store);
     if (!repo)
         return EXIT_FAIL;
     int fd = from_stdin ? STDIN_FILENO : open(file, O_RDONLY | O_CLOEXEC | O_NOCTTY);
@@ -106,7 +106,7 @@ const struct cli_command cmd_import = {
     .summary = "create a backup from a tar or OVA archive made by export",
     .run = import_run,
     .usage =
-        "Usage: vmexport import FILE --repo PATH [--vm NAME] [--passphrase-file FILE] [--json]\n"
+        "Usage: vmexport import FILE --repo URL [--vm NAME] [--passphrase-file FILE] [--json]\n"
         "\n"
         "Read an archive written by 'vmexport export' (tar or OVA, possibly compressed;\n"
         "FILE '-' reads standard input) and store it in the repository as a new backup of\n"

@@ -71,7 +71,7 @@ static int prune_cmd(int argc, char **argv)
         return cli_usage_error(&cmd_prune, "give at least one non-zero --keep-* option "
                                            "(prune never removes every backup)");
     const char *only_vm = a.first < argc ? argv[a.first] : NULL;
-    struct repo *repo = cli_open_repo("prune", a.repo, a.passphrase_file);
+    struct repo *repo = cli_open_repo("prune", a.repo, a.passphrase_file, &a.store);
     if (!repo)
         return EXIT_FAIL;
     /* The repository applies the policy per VM under its exclusive lock; we report. */
@@ -102,7 +102,7 @@ const struct cli_command cmd_prune = {
     .name = "prune",
     .summary = "remove old backups by a retention policy",
     .run = prune_cmd,
-    .usage = "Usage: vmexport prune --repo PATH [VM] [--keep-last N] [--keep-daily N]\n"
+    .usage = "Usage: vmexport prune --repo URL [VM] [--keep-last N] [--keep-daily N]\n"
              "                      [--keep-weekly N] [--keep-monthly N] [--dry-run] [--json]\n"
              "\n"
              "For each VM (or only VM), keep the backups the policy selects and remove the\n"

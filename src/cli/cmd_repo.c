@@ -30,14 +30,15 @@
 #include "fs/zero.h"
 #include "backup/verify.h"
 #include "repo/repo.h"
+#include "repo/store.h"
 
 /* ---- repo init ---- */
 
 /* repo upgrade: add the MAC to the config of an encrypted repository made by an older
  * vmexport, after showing the settings it vouches for. */
-static int repo_upgrade(const char *path, const char *pfile)
+static int repo_upgrade(const char *path, const char *pfile, const struct store_options *so)
 {
-    struct repo *r = cli_open_repo("repo upgrade", path, pfile);
+    struct repo *r = cli_open_repo("repo upgrade", path, pfile, so);
     if (!r)
         return EXIT_FAIL;
     int ret = EXIT_OK;
@@ -164,6 +165,14 @@ static int repo_upgrade_format(const char *path_arg, const char *pfile, unsigned
                 cmd, REPO_FORMAT_VERSION);
         return EXIT_USAGE;
     }
+    if (store_url_kind(path_arg) != STORE_URL_LOCAL) {
+        fprintf(stderr,
+                "%s: %s: only a repository in a local directory can be converted to format "
+                "%u (the conversion exchanges two directories); make a new one with 'vmexport "
+                "repo init' instead\n",
+                cmd, path_arg, REPO_FORMAT_VERSION);
+        return EXIT_FAIL;
+    }
     CLEANUP_FREE char *path = strdup(path_arg);
     CLEANUP_FREE char *tmp = NULL;
     if (!path)
@@ -186,7 +195,7 @@ static int repo_upgrade_format(const char *path_arg, const char *pfile, unsigned
         }
         fprintf(stderr, "removed %s, left by an interrupted upgrade\n", tmp);
     }
-    struct repo *src = cli_open_repo("repo upgrade", path, pfile);
+    struct repo *src = cli_open_repo("repo upgrade", path, pfile, NULL);
     if (!src)
         return EXIT_FAIL;
     unsigned from = repo_format_version(src);
@@ -265,6 +274,11 @@ out:
     return ret;
 }
 
+/* Options without a short form. */
+enum { KEY_LOCK_DAYS = CLI_LONG_ONLY };
+/* Longest Object Lock retention --lock-days takes (100 years). */
+#define LOCK_DAYS_MAX 36500
+
 static const struct cli_option repo_options[] = {
     {"encrypt", 'e', NULL, "encrypt (asks for the passphrase twice on a terminal)"},
     {"chunk-size", 'c', "SIZE",
@@ -279,6 +293,10 @@ static const struct cli_option repo_options[] = {
      "repository format: 3 (default: packs, zero blocks\n"
      "cost nothing) or 2 (one file per chunk, readable by\n"
      "vmexport before format 3); 1 only for tests"},
+    {"lock-days", KEY_LOCK_DAYS, "N",
+     "s3:// only: the bucket is made with S3 Object Lock\n"
+     "and every object is kept N days (1 to 36500): not\n"
+     "deleted or replaced before, by anyone"},
     {NULL, 0, NULL, NULL},
 };
 
@@ -319,6 +337,14 @@ static int repo_run(int argc, char **argv)
             format_given = true;
             break;
         }
+        case KEY_LOCK_DAYS: {
+            char *end;
+            long v = strtol(a.arg, &end, 10);
+            if (end == a.arg || *end || v < 1 || v > LOCK_DAYS_MAX)
+                return cli_usage_error(&cmd_repo, "--lock-days takes 1 to %d", LOCK_DAYS_MAX);
+            a.store.lock_days = (unsigned)v;
+            break;
+        }
         }
     }
     if (c == CLI_EXIT)
@@ -327,17 +353,20 @@ static int repo_run(int argc, char **argv)
     int first = a.first;
     if (argc - first == 2 && !strcmp(argv[first], "upgrade"))
         return format_given ? repo_upgrade_format(argv[first + 1], pfile, format)
-                            : repo_upgrade(argv[first + 1], pfile);
+                            : repo_upgrade(argv[first + 1], pfile, &a.store);
     if (argc - first != 2 || strcmp(argv[first], "init"))
-        return cli_usage_error(&cmd_repo, "expected 'init PATH' or 'upgrade PATH'");
+        return cli_usage_error(&cmd_repo, "expected 'init URL' or 'upgrade URL'");
     const char *path = argv[first + 1];
+    if (a.store.lock_days && store_url_kind(path) != STORE_URL_KIND_S3)
+        return cli_usage_error(&cmd_repo, "--lock-days is for s3:// repositories only");
     CLEANUP_FREE char *pass = NULL;
     if (encrypt && !(pass = cli_read_passphrase("repo init", pfile, true)))
         return EXIT_FAIL;
     struct repo_init_options io = {.chunk_size = (uint32_t)chunk,
                                    .passphrase = pass,
                                    .zstd_level = level,
-                                   .format_version = format};
+                                   .format_version = format,
+                                   .store = &a.store};
     char err[512] = "";
     int r = repo_init(path, &io, err, sizeof(err));
     if (r < 0) {
@@ -356,12 +385,15 @@ const struct cli_command cmd_repo = {
     .name = "repo",
     .summary = "create a backup repository, or upgrade one",
     .run = repo_run,
-    .usage = "Usage: vmexport repo init PATH [--encrypt] [--chunk-size SIZE] "
+    .usage = "Usage: vmexport repo init URL [--encrypt] [--chunk-size SIZE] "
              "[--compression-level N]\n"
              "                         [--format-version N] [--passphrase-file FILE]\n"
-             "       vmexport repo upgrade PATH [--format-version 3] [--passphrase-file FILE]\n"
+             "       vmexport repo upgrade URL [--format-version 3] [--passphrase-file FILE]\n"
              "\n"
-             "Create a backup repository in PATH (a new or empty directory).  Disks are split\n"
+             "Create a backup repository at URL: a new or empty directory, rados://POOL/NAMESPACE\n"
+             "(a Ceph pool, which must exist, and a namespace in it, empty for the default one,\n"
+             "holding no object yet) or s3://BUCKET/PREFIX (made when missing).  Every\n"
+             "repository command takes such a URL (--repo or VMEXPORT_REPO).  Disks are split\n"
              "into fixed chunks of SIZE (default 1M, a power of two from 64K to 64M), named by\n"
              "a hash of their content (format 3: a SHA-256 over the SHA-256 digests of their\n"
              "non-zero 4 KiB blocks; format 2: the SHA-256 of the chunk; with --encrypt an\n"
@@ -379,15 +411,16 @@ const struct cli_command cmd_repo = {
              "\n"
              "upgrade adds that MAC to the config of an encrypted repository made by an older\n"
              "vmexport, which until then can be read but not written to (backup, prune, gc).\n"
-             "With --format-version 3 it converts a format 1 or 2 repository to format 3: every\n"
-             "backup (same IDs, times and metadata; each chunk read, checked and stored anew) is\n"
-             "copied into PATH.upgrade-tmp, the copy is verified, then the two directories are\n"
-             "exchanged atomically and the old repository is kept as PATH.format<N>-<time> for\n"
-             "you to delete.  It needs free space for the copy (checked first) and holds the\n"
-             "repository locked meanwhile.  Interrupted at any point, PATH is the old or the new\n"
-             "repository, whole; run it again to finish.  An encrypted repository keeps its\n"
-             "passphrase (its keys are new).\n",
-    .common = CLI_PASSPHRASE,
+             "With --format-version 3 it converts a format 1 or 2 repository in a directory\n"
+             "PATH to format 3: every backup (same IDs, times and metadata; each chunk read,\n"
+             "checked and stored anew) is copied into PATH.upgrade-tmp, the copy is verified,\n"
+             "then the two directories are exchanged atomically and the old repository is kept\n"
+             "as PATH.format<N>-<time> for you to delete.  It needs free space for the copy\n"
+             "(checked first) and holds the repository locked meanwhile.  Interrupted at any\n"
+             "point, PATH is the old or the new repository, whole; run it again to finish.  An\n"
+             "encrypted repository keeps its passphrase (its keys are new).  Repositories given\n"
+             "by URL are refused: make a new one there.\n",
+    .common = CLI_PASSPHRASE | CLI_STORE,
     .options = repo_options,
     .epilog = "Exit status: 0 success, 1 failure, 2 bad usage.\n",
 };

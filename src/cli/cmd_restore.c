@@ -119,7 +119,7 @@ static int restore_cmd(int argc, char **argv)
         return cli_usage_error(&cmd_restore, "--uri goes with --define");
     if (!jobs)
         jobs = upload_vm ? UPLOAD_DEFAULT_JOBS : RESTORE_DEFAULT_JOBS;
-    struct repo *repo = cli_open_repo("restore", a.repo, a.passphrase_file);
+    struct repo *repo = cli_open_repo("restore", a.repo, a.passphrase_file, &a.store);
     if (!repo)
         return EXIT_FAIL;
     struct backup *b = NULL;
@@ -186,11 +186,11 @@ const struct cli_command cmd_restore = {
     .name = "restore",
     .summary = "restore a backup's disks to files",
     .run = restore_cmd,
-    .usage = "Usage: vmexport restore --repo PATH BACKUP [--disk NAME] --to FILE|DIR [--force]\n"
+    .usage = "Usage: vmexport restore --repo URL BACKUP [--disk NAME] --to FILE|DIR [--force]\n"
              "                        [--jobs N] [--json]\n"
              "                        [--define [--uri URI]]\n"
-             "       vmexport restore --repo PATH BACKUP [--disk NAME] --upload VM [--jobs N]\n"
-             "       vmexport restore --repo PATH BACKUP --definition-out FILE [--force]\n"
+             "       vmexport restore --repo URL BACKUP [--disk NAME] --upload VM [--jobs N]\n"
+             "       vmexport restore --repo URL BACKUP --definition-out FILE [--force]\n"
              "\n"
              "Write the disks of BACKUP as sparse raw files.  With one disk (or --disk), --to\n"
              "names the file (or an existing directory to put it in); otherwise --to is a\n"

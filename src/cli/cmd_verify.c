@@ -92,7 +92,7 @@ static int verify_cmd(int argc, char **argv)
     bool json = a.json;
     if (argc - a.first > 1)
         return cli_usage_error(&cmd_verify, "expected at most one BACKUP");
-    struct repo *repo = cli_open_repo("verify", a.repo, a.passphrase_file);
+    struct repo *repo = cli_open_repo("verify", a.repo, a.passphrase_file, &a.store);
     if (!repo)
         return EXIT_FAIL;
     struct verify_options o = {
@@ -131,7 +131,7 @@ const struct cli_command cmd_verify = {
     .name = "verify",
     .summary = "check that backups can be restored",
     .run = verify_cmd,
-    .usage = "Usage: vmexport verify --repo PATH [BACKUP] [--sample PCT] [--json]\n"
+    .usage = "Usage: vmexport verify --repo URL [BACKUP] [--sample PCT] [--json]\n"
              "\n"
              "Read every manifest and every chunk the backups (or BACKUP) reference, decrypt,\n"
              "decompress and check each against its ID.  Damaged or missing chunks are named\n"

@@ -1,6 +1,7 @@
 /* vmexport: the command line.  Takes out the global options, then dispatches to one command
  * per cmd_*.c file. */
 #include <malloc.h>
+#include <signal.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -54,6 +55,11 @@ int main(int argc, char **argv)
     mallopt(M_MMAP_THRESHOLD, 128 << 20);
     mallopt(M_TRIM_THRESHOLD, 32 << 20);
     log_init("vmexport", LOG_LEVEL_WARN);
+    /* A write to a connection the peer closed (the daemon's idle keep-alive ended while a
+     * backup was paused, a store's socket) must fail with EPIPE, not kill the process before it
+     * can clean up and say why; output written to a closed pipe fails the same way
+     * (cli_finish_stdout). */
+    signal(SIGPIPE, SIG_IGN);
     argc = cli_globals_extract(argc, argv);
     if (argc < 0) {
         usage(stderr);

@@ -17,6 +17,11 @@ enum {
     KEY_JSON,
     KEY_JOBS,
     KEY_HELP,
+    KEY_CEPH_CONF,
+    KEY_CEPH_ID,
+    KEY_S3_ENDPOINT,
+    KEY_S3_CA,
+    KEY_NO_CACHE,
 };
 
 /* Column where the help of an option starts ("  --passphrase-file FILE  " is the widest). */
@@ -24,8 +29,31 @@ enum {
 #define HELP_INDENT 2
 
 /* An entry of the merged table that is a common option. */
-static const struct cli_option common_repo = {"repo", KEY_REPO, "PATH",
-                                              "the repository (env VMEXPORT_REPO)"};
+static const struct cli_option common_repo = {
+    "repo", KEY_REPO, "URL",
+    "the repository: a directory, rados://POOL/NAMESPACE\n"
+    "or s3://BUCKET/PREFIX (env VMEXPORT_REPO)"};
+/* How to reach a repository given by URL (CLI_STORE). */
+static const struct cli_option common_store[] = {
+    {"ceph-conf", KEY_CEPH_CONF, "FILE", "ceph.conf of a rados:// repository (env CEPH_CONF)"},
+    {"ceph-id", KEY_CEPH_ID, "NAME",
+     "its cephx user, without \"client.\" (env CEPH_ID;\n"
+     "default admin); the key is found through ceph.conf"},
+    {"s3-endpoint", KEY_S3_ENDPOINT, "URL",
+     "the S3 service of an s3:// repository,\n"
+     "http(s)://HOST[:PORT] (env VMEXPORT_S3_ENDPOINT;\n"
+     "default AWS's endpoint of AWS_DEFAULT_REGION,\n"
+     "us-east-1); keys from AWS_ACCESS_KEY_ID and\n"
+     "AWS_SECRET_ACCESS_KEY"},
+    {"s3-ca", KEY_S3_CA, "FILE",
+     "CA certificate(s) (PEM) trusted for that S3 service\n"
+     "(env VMEXPORT_S3_CA; default the system's)"},
+    {"no-cache", KEY_NO_CACHE, NULL,
+     "read the index of an object-store repository from\n"
+     "the store, not the local cache (env VMEXPORT_NO_CACHE;\n"
+     "VMEXPORT_CACHE_DIR: where the cache is)"},
+};
+#define N_COMMON_STORE (sizeof(common_store) / sizeof(common_store[0]))
 static const struct cli_option common_passphrase = {
     "passphrase-file", KEY_PASSPHRASE, "FILE",
     "passphrase of an encrypted repository (env VMEXPORT_PASSPHRASE\n"
@@ -141,6 +169,9 @@ static void table_build(struct cli_args *a, const struct cli_command *cmd)
         table_add(a, &n, &common_repo, KEY_REPO, SHORT_REPO);
     if (cmd->common & CLI_PASSPHRASE)
         table_add(a, &n, &common_passphrase, KEY_PASSPHRASE, SHORT_PASSPHRASE);
+    if (cmd->common & (CLI_REPO | CLI_STORE))
+        for (size_t i = 0; i < N_COMMON_STORE; i++)
+            table_add(a, &n, &common_store[i], common_store[i].key, 0);
     if (cmd->common & CLI_JSON) {
         struct cli_option json = json_option(cmd);
         table_add(a, &n, &json, KEY_JSON, cmd->json_short);
@@ -185,6 +216,21 @@ int cli_next(struct cli_args *a, const struct cli_command *cmd, int argc, char *
             break;
         case KEY_PASSPHRASE:
             a->passphrase_file = optarg;
+            break;
+        case KEY_CEPH_CONF:
+            a->store.ceph_conf = optarg;
+            break;
+        case KEY_CEPH_ID:
+            a->store.ceph_id = optarg;
+            break;
+        case KEY_S3_ENDPOINT:
+            a->store.s3_endpoint = optarg;
+            break;
+        case KEY_S3_CA:
+            a->store.s3_ca_file = optarg;
+            break;
+        case KEY_NO_CACHE: /* the repository layer reads it when it opens (index_cache.c) */
+            setenv("VMEXPORT_NO_CACHE", "1", 1);
             break;
         case KEY_JSON:
             a->json = true;
@@ -262,6 +308,9 @@ static void print_options(FILE *f, const struct cli_command *cmd)
         print_option(f, &common_repo, 0);
     if (cmd->common & CLI_PASSPHRASE)
         print_option(f, &common_passphrase, 0);
+    if (cmd->common & (CLI_REPO | CLI_STORE))
+        for (size_t i = 0; i < N_COMMON_STORE; i++)
+            print_option(f, &common_store[i], 0);
     if (cmd->common & CLI_JSON) {
         struct cli_option json = json_option(cmd);
         print_option(f, &json, cmd->json_short);

@@ -24,6 +24,8 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "repo/store.h"
+
 struct cli_command;
 
 /* Groups of common options (struct cli_command.common). */
@@ -35,6 +37,9 @@ enum cli_common {
     CLI_CONNECTION = 1u << 2,
     CLI_JSON = 1u << 3, /* --json; short form: struct cli_command.json_short */
     CLI_JOBS = 1u << 4, /* --jobs N, 1 to jobs_max; short form: jobs_short */
+    /* --ceph-conf --ceph-id --s3-endpoint --s3-ca: how to reach a repository given by URL
+     * (rados://, s3://); implied by CLI_REPO. */
+    CLI_STORE = 1u << 5,
 };
 
 /* Largest --jobs of any command, and the default bound. */
@@ -62,6 +67,7 @@ struct cli_option {
 struct cli_args {
     const char *repo;            /* --repo, NULL when not given */
     const char *passphrase_file; /* --passphrase-file, NULL when not given */
+    struct store_options store;  /* --ceph-conf...: NULL members when not given */
     bool json;                   /* --json */
     unsigned jobs;               /* --jobs, 0 when not given (the command picks its default) */
     int first;                   /* argv index of the first operand, after CLI_DONE */

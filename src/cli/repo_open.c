@@ -36,8 +36,10 @@ char *cli_read_passphrase(const char *cmd, const char *file, bool confirm)
     if (env && *env)
         return strdup(env);
     if (!isatty(STDIN_FILENO)) {
-        fprintf(stderr, "vmexport %s: a passphrase is needed: use --passphrase-file or "
-                        "VMEXPORT_PASSPHRASE\n", cmd);
+        fprintf(stderr,
+                "vmexport %s: a passphrase is needed: use --passphrase-file or "
+                "VMEXPORT_PASSPHRASE\n",
+                cmd);
         return NULL;
     }
     char *p = getpass("Repository passphrase: ");
@@ -55,12 +57,13 @@ char *cli_read_passphrase(const char *cmd, const char *file, bool confirm)
     return first;
 }
 
-struct repo *cli_open_repo(const char *cmd, const char *path, const char *passphrase_file)
+struct repo *cli_open_repo(const char *cmd, const char *path, const char *passphrase_file,
+                           const struct store_options *so)
 {
     if (!path)
         path = getenv("VMEXPORT_REPO");
     if (!path || !*path) {
-        fprintf(stderr, "vmexport %s: no repository: use --repo PATH or VMEXPORT_REPO\n", cmd);
+        fprintf(stderr, "vmexport %s: no repository: use --repo URL or VMEXPORT_REPO\n", cmd);
         return NULL;
     }
     struct repo *r = NULL;
@@ -74,16 +77,19 @@ struct repo *cli_open_repo(const char *cmd, const char *path, const char *passph
         CLEANUP_FREE char *pass = cli_read_passphrase(cmd, passphrase_file, false);
         if (!pass)
             return NULL;
-        rc = repo_open(path, pass, &r, err, sizeof(err));
+        rc = repo_open_url(path, so, pass, &r, err, sizeof(err));
     } else {
-        rc = repo_open(path, NULL, &r, err, sizeof(err));
-        if (rc == -EACCES && isatty(STDIN_FILENO)) {
+        rc = repo_open_url(path, so, NULL, &r, err, sizeof(err));
+        /* -EACCES is also a store's refusal (wrong credentials): ask only for a passphrase
+         * the repository says it needs (repo.h: "passphrase required"). */
+        bool needs_pass = rc == -EACCES && strstr(err, "passphrase required");
+        if (needs_pass && isatty(STDIN_FILENO)) {
             CLEANUP_FREE char *pass = cli_read_passphrase(cmd, NULL, false);
             if (!pass)
                 return NULL;
             err[0] = '\0';
-            rc = repo_open(path, pass, &r, err, sizeof(err));
-        } else if (rc == -EACCES) {
+            rc = repo_open_url(path, so, pass, &r, err, sizeof(err));
+        } else if (needs_pass) {
             snprintf(err, sizeof(err),
                      "the repository is encrypted: give its passphrase with "
                      "--passphrase-file or VMEXPORT_PASSPHRASE");

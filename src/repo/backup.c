@@ -41,6 +41,7 @@ struct backup_writer {
     int64_t time;
     struct store_lease *repo_lock; /* shared */
     struct store_lease *vm_lock;   /* exclusive */
+    struct lease_keeper *keeper;   /* renews both */
     backup_disk_list disks;
 };
 
@@ -428,6 +429,7 @@ static int backup_load(struct repo *r, const char *vm_dir, const char *id, struc
 
 static void writer_free(struct backup_writer *w)
 {
+    lease_keeper_stop(w->keeper);
     lock_file_release(w->r, w->vm_lock);
     lock_file_release(w->r, w->repo_lock);
     disks_reset(&w->disks);
@@ -599,6 +601,13 @@ int repo_backup_begin(struct repo *r, const char *vm_id, int64_t time, unsigned 
                          strerror(-ret));
         goto fail;
     }
+    struct store_lease *held[] = {w->repo_lock, w->vm_lock};
+    ret = lease_keeper_start(r, held, sizeof(held) / sizeof(held[0]), &w->keeper);
+    if (ret < 0) {
+        repo_set_err(err, errlen, "%s: cannot start renewing the backup's locks: %s", r->path,
+                     strerror(-ret));
+        goto fail;
+    }
     ret = writer_make_dir(w, err, errlen);
     if (ret < 0)
         goto fail;
@@ -609,16 +618,23 @@ fail:
     return ret;
 }
 
-/* Extend the writer's leases: -ETIMEDOUT when one expired (gc may have run meanwhile, so what
- * the backup references can no longer be trusted to exist). */
+/* Extend the writer's leases (its keeper renews them meanwhile too): -ETIMEDOUT when one
+ * expired (gc may have run meanwhile, so what the backup references can no longer be trusted
+ * to exist). */
 static int writer_renew(struct backup_writer *w)
 {
-    int ret = store_renew(w->r->store, w->repo_lock, REPO_LEASE_SECONDS);
-    if (ret == 0)
-        ret = store_renew(w->r->store, w->vm_lock, REPO_LEASE_SECONDS);
-    if (ret < 0)
-        log_warn("%s/%s: the backup's lock lease was lost: %s", w->r->path, w->rel_dir,
-                 strerror(-ret));
+    int ret = w->keeper ? lease_keeper_renew(w->keeper) : 0;
+    if (ret == 0 && !w->keeper)
+        ret = store_renew(w->r->store, w->repo_lock, repo_lease_seconds());
+    if (ret == 0 && !w->keeper)
+        ret = store_renew(w->r->store, w->vm_lock, repo_lease_seconds());
+    if (ret == -ETIMEDOUT)
+        log_error("%s/%s: the backup's lock lease was lost (the process was stalled or cut off "
+                  "from the store for more than %u s, and gc may have run): it cannot be committed",
+                  w->r->path, w->rel_dir, repo_lease_seconds());
+    else if (ret < 0)
+        log_error("%s/%s: cannot renew the backup's lock lease: %s", w->r->path, w->rel_dir,
+                  strerror(-ret));
     return ret;
 }
 

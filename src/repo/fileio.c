@@ -17,6 +17,7 @@
 #include <openssl/rand.h>
 
 #include "core/cleanup.h"
+#include "core/log.h"
 #include "core/hex.h"
 
 /* VM directory names: escaped IDs longer than VM_DIR_MAX keep a prefix of at most VM_DIR_KEEP
@@ -54,7 +55,19 @@ struct remove_walk {
     struct repo *r;
     const char *prefix;
     uint64_t *bytes;
+    bool kept; /* the store refused to delete some object */
 };
+
+int repo_store_del(struct repo *r, const char *key, uint64_t *bytes)
+{
+    int ret = store_del(r->store, key, bytes);
+    if (ret != -EACCES)
+        return ret;
+    log_warn("%s/%s: kept: the store refuses to delete it (retained by its object lock, or "
+             "not allowed to these keys)",
+             r->path, key);
+    return -ENOENT;
+}
 
 static int remove_entry(void *opaque, const struct store_entry *e)
 {
@@ -65,6 +78,10 @@ static int remove_entry(void *opaque, const struct store_entry *e)
     if (asprintf(&key, "%s/%s", w->prefix, e->name) < 0)
         return -ENOMEM;
     int r = store_del(w->r->store, key, w->bytes);
+    if (r == -EACCES) {
+        w->kept = true;
+        r = repo_store_del(w->r, key, w->bytes); /* says so */
+    }
     return r == -ENOENT ? 0 : r;
 }
 
@@ -75,7 +92,7 @@ int repo_remove_dir(struct repo *r, const char *prefix, uint64_t *bytes)
     int ret = store_list(r->store, prefix, remove_entry, &w);
     if (ret == 0)
         ret = store_sync_prefix(r->store, prefix);
-    if (ret == 0)
+    if (ret == 0 && !w.kept) /* objects the store retains keep their prefix */
         ret = store_remove_prefix(r->store, prefix);
     return ret;
 }

@@ -43,6 +43,19 @@ static char *key_join(const char *prefix, const char *name)
     return asprintf(&s, "%s%s%s", prefix, *prefix ? "/" : "", name) < 0 ? NULL : s;
 }
 
+/* Before each deletion: the exclusive lock must still be held (a gc stalled past its lease
+ * may run beside a backup that references what it would delete). */
+static int gc_lease_check(struct gc *g)
+{
+    int ret = lock_check(g->r);
+    if (ret < 0 && g->err && !*g->err)
+        repo_set_err(g->err, g->errlen,
+                     "%s: gc stopped: the repository lock's lease was lost (stalled or cut off "
+                     "from the store for more than %u s)",
+                     g->r->path, repo_lease_seconds());
+    return ret;
+}
+
 /* Delete the object key (count only with dry_run), adding its size to bytes_freed. */
 static int gc_delete(struct gc *g, const char *key)
 {
@@ -53,7 +66,8 @@ static int gc_delete(struct gc *g, const char *key)
             g->st->bytes_freed += st.size;
         return ret;
     }
-    return store_del(g->r->store, key, &g->st->bytes_freed);
+    int ret = gc_lease_check(g);
+    return ret < 0 ? ret : repo_store_del(g->r, key, &g->st->bytes_freed);
 }
 
 /* Remove a temporary file left by an interrupted write. */
@@ -132,7 +146,8 @@ static int gc_backup_entry(void *opaque, const struct store_entry *e)
     g->st->partial_backups_removed++;
     if (g->dry_run)
         return 0;
-    return repo_remove_dir(g->r, dir, &g->st->bytes_freed);
+    ret = gc_lease_check(g);
+    return ret < 0 ? ret : repo_remove_dir(g->r, dir, &g->st->bytes_freed);
 }
 
 /* Walk the sub-prefix dir of the walk w with fn, sub filled in but for its gc and prefix: 1
@@ -247,8 +262,11 @@ int repo_gc(struct repo *r, bool dry_run, struct gc_stats *st, char *err, size_t
     }
     if (ret == 0)
         ret = gc_top(&g, REPO_BACKUPS_DIR, gc_vm_entry);
-    if (ret == 0 && g.packs)
+    if (ret == 0 && g.packs) {
         ret = pack_gc_run(g.packs, dry_run, false, g.st);
+        if (ret == -ETIMEDOUT)
+            gc_lease_check(&g); /* the message */
+    }
     else if (ret == 0)
         ret = gc_top(&g, REPO_CHUNKS_DIR, gc_chunk_subdir);
     if (ret == 0) {

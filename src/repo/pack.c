@@ -225,20 +225,15 @@ static int index_add_segment(struct pack_index *x, const uint8_t *p, size_t len)
     return 0;
 }
 
-/* Read the index object index/<name> into x.  *entries gets its entry count. */
-static int index_read_object(struct repo *r, struct pack_index *x, const char *name,
-                             uint64_t *entries)
+/* Add the index object rd reads (and frees) to x.  *entries gets its entry count.  On failure
+ * x is left as it was. */
+static int index_parse(struct pack_index *x, struct stream_reader *rd, uint64_t *entries)
 {
-    char key[sizeof(REPO_INDEX_DIR "/") + 2 * INDEX_NAME_BYTES];
-    struct stream_reader *rd = NULL;
-    snprintf(key, sizeof(key), REPO_INDEX_DIR "/%s", name);
-    int ret = stream_reader_open(r, key, INDEX_MAX_SIZE, &rd);
-    if (ret < 0)
-        return ret;
     const uint8_t *p;
     size_t len;
     uint64_t n = 0, before = x->n_delta;
-    ret = stream_reader_next(rd, &p, &len);
+    size_t packs_before = x->n_packs;
+    int ret = stream_reader_next(rd, &p, &len);
     if (ret > 0 && (len != sizeof(INDEX_MAGIC) - 1 || memcmp(p, INDEX_MAGIC, len)))
         ret = -EBADMSG;
     else if (ret == 0)
@@ -252,7 +247,60 @@ static int index_read_object(struct repo *r, struct pack_index *x, const char *n
         ret = -EBADMSG;
     stream_reader_free(rd);
     *entries = n;
+    if (ret < 0) {
+        x->n_delta = before;
+        x->n_packs = packs_before;
+    }
     return ret;
+}
+
+/* Read index/<name> from the local cache (index_cache.c) when it has a copy that passes every
+ * check, else from the store, keeping a copy.  -EAGAIN: no usable copy. */
+static int index_read_cached(struct repo *r, struct pack_index *x, const char *name,
+                             const char *key, uint64_t *entries)
+{
+    struct stream_reader *rd = NULL;
+    int fd = index_cache_open(r, name);
+    if (fd >= 0) {
+        int ret = stream_reader_open_fd(r, key, fd, INDEX_MAX_SIZE, &rd);
+        if (ret == 0)
+            ret = index_parse(x, rd, entries);
+        if (ret == 0 || ret == -ENOMEM)
+            return ret;
+        log_warn("%s: the cached copy of %s is damaged (%s): fetched again", r->path, key,
+                 strerror(-ret));
+        index_cache_drop(r, name);
+    } else if (fd != -ENOENT) { /* not a file (a symbolic link, a directory): replaced */
+        index_cache_drop(r, name);
+    }
+    /* One request for the whole object, kept locally, then checked as any copy. */
+    uint8_t *data = NULL;
+    size_t len;
+    int ret = store_get(r->store, key, INDEX_MAX_SIZE, &data, &len);
+    if (ret < 0)
+        return ret;
+    index_cache_put(r, name, data, len);
+    ret = stream_reader_new(r, key, data, len, &rd); /* takes data */
+    if (ret == 0)
+        ret = index_parse(x, rd, entries);
+    if (ret < 0)
+        index_cache_drop(r, name); /* the store's object is damaged: keep no copy */
+    return ret;
+}
+
+/* Read the index object index/<name> into x.  *entries gets its entry count. */
+static int index_read_object(struct repo *r, struct pack_index *x, const char *name,
+                             uint64_t *entries)
+{
+    char key[sizeof(REPO_INDEX_DIR "/") + 2 * INDEX_NAME_BYTES];
+    struct stream_reader *rd = NULL;
+    snprintf(key, sizeof(key), REPO_INDEX_DIR "/%s", name);
+    if (index_cache_enabled(r))
+        return index_read_cached(r, x, name, key, entries);
+    int ret = stream_reader_open(r, key, INDEX_MAX_SIZE, &rd);
+    if (ret < 0)
+        return ret;
+    return index_parse(x, rd, entries);
 }
 
 static bool index_name_valid(const char *name)
@@ -296,6 +344,8 @@ static int index_load(struct repo *r, struct pack_index **out, string_list *name
     string_list names = VECTOR_INIT;
     struct pack_index *x = calloc(1, sizeof(*x));
     int ret = x ? index_names(r, &names) : -ENOMEM;
+    if (ret == 0 && index_cache_enabled(r))
+        index_cache_prune(r, &names, index_name_valid);
     for (size_t i = 0; ret == 0 && i < names.len; i++) {
         uint64_t n;
         ret = index_read_object(r, x, names.ptr[i], &n);
@@ -754,8 +804,14 @@ static int index_write(struct repo *r, const struct pack_build *packs, size_t n,
             ret = stream_writer_add(sw, seg, PACK_SEG_HEAD + cnt * PACK_ENTRY_SIZE);
         }
     }
+    CLEANUP_FREE uint8_t *data = NULL;
+    size_t len;
     if (ret == 0)
-        ret = stream_writer_put(sw, items, STORE_PUT_CREATE);
+        ret = stream_writer_take(sw, items, &data, &len);
+    if (ret == 0)
+        ret = store_put(r->store, key, data, len, STORE_PUT_CREATE, NULL);
+    if (ret == 0 && index_cache_enabled(r))
+        index_cache_put(r, name, data, len); /* the next backup need not fetch it */
     stream_writer_free(sw);
     return ret;
 }
@@ -981,7 +1037,9 @@ static int orphan_entry(void *opaque, const struct store_entry *e)
         if (ret == 0)
             w->st->bytes_freed += s.size;
     } else {
-        ret = store_del(w->g->r->store, key, &w->st->bytes_freed);
+        ret = lock_check(w->g->r);
+        if (ret == 0)
+            ret = repo_store_del(w->g->r, key, &w->st->bytes_freed);
     }
     if (ret == -ENOENT)
         return 0;
@@ -1018,7 +1076,9 @@ static int index_tmp_entry(void *opaque, const struct store_entry *e)
     if (e->prefix || !repo_is_tmp_name(e->name) ||
         (size_t)snprintf(key, sizeof(key), REPO_INDEX_DIR "/%s", e->name) >= sizeof(key))
         return 0;
-    int ret = w->dry_run ? 0 : store_del(w->g->r->store, key, &w->st->bytes_freed);
+    int ret = w->dry_run ? 0 : lock_check(w->g->r);
+    if (ret == 0 && !w->dry_run)
+        ret = repo_store_del(w->g->r, key, &w->st->bytes_freed);
     if (ret == 0) {
         w->st->temp_files_removed++;
         w->removed = true;
@@ -1152,7 +1212,9 @@ int pack_gc_run(struct pack_gc *g, bool dry_run, bool force, struct gc_stats *st
         for (size_t i = 0; ret == 0 && i < g->index_names.len; i++) {
             char key[sizeof(REPO_INDEX_DIR "/") + 2 * INDEX_NAME_BYTES];
             snprintf(key, sizeof(key), REPO_INDEX_DIR "/%s", g->index_names.ptr[i]);
-            ret = store_del(r->store, key, NULL);
+            ret = lock_check(r);
+            if (ret == 0)
+                ret = repo_store_del(r, key, NULL);
             if (ret == -ENOENT)
                 ret = 0;
         }
@@ -1172,7 +1234,9 @@ int pack_gc_run(struct pack_gc *g, bool dry_run, bool force, struct gc_stats *st
                 freed += s.size;
             continue;
         }
-        ret = store_del(r->store, key, &freed);
+        ret = lock_check(r);
+        if (ret == 0)
+            ret = repo_store_del(r, key, &freed);
         if (ret == -ENOENT)
             ret = 0;
     }

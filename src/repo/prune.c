@@ -15,6 +15,7 @@
 #include <time.h>
 
 #include "core/cleanup.h"
+#include "core/log.h"
 
 /* Period numbers: year * YEAR_SCALE + ... keeps them distinct and ordered. */
 #define DAY_YEAR_SCALE   10000 /* YYYYMMDD */
@@ -139,7 +140,22 @@ static int prune_vm(struct repo *r, backup_list *l, size_t from, size_t to,
         if (keep[i])
             continue;
         if (!dry_run) {
-            int ret = repo_backup_delete(r, (*b)->id);
+            int ret = lock_check(r);
+            if (ret < 0) {
+                repo_set_err(err, errlen,
+                             "%s: prune stopped: the repository lock's lease was lost (stalled "
+                             "or cut off from the store for more than %u s)",
+                             r->path, repo_lease_seconds());
+                return ret;
+            }
+            ret = repo_backup_delete(r, (*b)->id);
+            if (ret == -EACCES) {
+                /* Retained by the store (S3 Object Lock, --lock-days): kept, and said so. */
+                log_warn("%s: backup %s is kept: the store refuses to delete it (retained by "
+                         "its object lock, or not allowed to these keys)",
+                         r->path, (*b)->id);
+                continue;
+            }
             if (ret < 0 && ret != -ENOENT) {
                 repo_set_err(err, errlen, "%s: cannot delete backup %s: %s", r->path, (*b)->id,
                              strerror(-ret));

@@ -25,6 +25,7 @@
 
 #include "core/cleanup.h"
 #include "core/hex.h"
+#include "repo/store_s3.h"
 
 #define CONFIG_FORMAT      "vmexport-repository"
 #define CONFIG_COMPRESSION "zstd"
@@ -49,6 +50,7 @@
  * used for two purposes; the MAC covers the config without "mac", serialized canonically. */
 #define CONFIG_MAC_LABEL "vmexport-repository-config-mac"
 #define CONFIG_MAC_FIELD "mac"
+#define CONFIG_LOCK_DAYS "lock_days" /* S3 Object Lock retention of everything written */
 #define CONFIG_CANONICAL (JSON_COMPACT | JSON_SORT_KEYS | JSON_ENSURE_ASCII)
 
 void repo_set_err(char *err, size_t errlen, const char *fmt, ...)
@@ -195,8 +197,11 @@ static int config_store(struct store *st, json_t *cfg, bool replace)
         return -ENOMEM;
     memcpy(line, text, len);
     line[len] = '\n';
-    return store_put(st, REPO_CONFIG_NAME, line, len + 1,
-                     replace ? STORE_PUT_REPLACE : STORE_PUT_CREATE, NULL);
+    bool created = false;
+    int r = store_put(st, REPO_CONFIG_NAME, line, len + 1,
+                      replace ? STORE_PUT_REPLACE : STORE_PUT_CREATE, &created);
+    /* Creating: another repo init into the same place won the race. */
+    return r == 0 && !created ? -EEXIST : r;
 }
 
 /* ---- init ---- */
@@ -264,6 +269,10 @@ static int config_write(struct store *st, const char *path, const struct repo_in
                             (json_int_t)opt->chunk_size, "compression", CONFIG_COMPRESSION,
                             "compression_level", opt->zstd_level, "id", repo_id, "encryption", enc);
     if (!cfg)
+        r = -ENOMEM;
+    unsigned lock_days = opt->store ? opt->store->lock_days : 0;
+    if (r == 0 && lock_days &&
+        json_object_set_new(cfg, CONFIG_LOCK_DAYS, json_integer((json_int_t)lock_days)) < 0)
         r = -ENOMEM;
     if (r == 0 && passphrase)
         r = config_add_mac(keys, cfg);
@@ -350,15 +359,9 @@ int repo_init(const char *path, const struct repo_init_options *opt, char *err, 
         return r;
 
     struct store *st = NULL;
-    r = store_local_create(path, &st);
-    if (r == -EEXIST) {
-        repo_set_err(err, errlen, "%s: exists and is not an empty directory", path);
+    r = store_open_url(path, o.store, true, &st, err, errlen);
+    if (r < 0)
         return r;
-    }
-    if (r < 0) {
-        repo_set_err(err, errlen, "%s: %s", path, strerror(-r));
-        return r;
-    }
     r = init_layout(st, &o, err, errlen);
     store_close(st);
     return r;
@@ -597,6 +600,8 @@ static int open_store(struct store *st, bool owns, const char *passphrase, struc
         return -ENOMEM;
     pthread_mutex_init(&r->lock_mutex, NULL);
     pthread_mutex_init(&r->index_mutex, NULL);
+    pthread_mutex_init(&r->cache_mutex, NULL);
+    r->cache_fd = -1;
     r->store = st;
     r->path = strdup(store_name(st));
     CLEANUP_FREE uint8_t *text = NULL; /* before any goto: the cleanup runs at every exit */
@@ -618,6 +623,10 @@ static int open_store(struct store *st, bool owns, const char *passphrase, struc
     ret = config_parse(r, (const char *)text, len, passphrase, err, errlen);
     if (ret < 0)
         goto fail;
+    /* An S3 repository made with --lock-days retains everything it writes (store_s3.c). */
+    json_int_t lock_days = json_integer_value(json_object_get(r->config, CONFIG_LOCK_DAYS));
+    if (lock_days > 0)
+        store_s3_set_lock_days(st, (unsigned)lock_days);
     r->owns_store = owns;
     *out = r;
     return 0;
@@ -632,25 +641,30 @@ int repo_open_store(struct store *st, const char *passphrase, struct repo **out,
     return open_store(st, false, passphrase, out, err, errlen);
 }
 
-int repo_open(const char *path, const char *passphrase, struct repo **out, char *err, size_t errlen)
+int repo_open_url(const char *url, const struct store_options *so, const char *passphrase,
+                  struct repo **out, char *err, size_t errlen)
 {
     struct store *st = NULL;
     *out = NULL;
-    int ret = store_local_open(path, &st);
-    if (ret < 0) {
-        repo_set_err(err, errlen, "%s: %s", path, strerror(-ret));
+    int ret = store_open_url(url, so, false, &st, err, errlen);
+    if (ret < 0)
         return ret;
-    }
     ret = open_store(st, true, passphrase, out, err, errlen);
     if (ret < 0)
         store_close(st);
     return ret;
 }
 
+int repo_open(const char *path, const char *passphrase, struct repo **out, char *err, size_t errlen)
+{
+    return repo_open_url(path, NULL, passphrase, out, err, errlen);
+}
+
 void repo_close(struct repo *r)
 {
     if (!r)
         return;
+    lease_keeper_stop(r->lock_keeper);
     if (r->lock_lease)
         lock_file_release(r, r->lock_lease);
     if (r->owns_store)
@@ -659,6 +673,8 @@ void repo_close(struct repo *r)
     OPENSSL_cleanse(r->id_key, sizeof(r->id_key));
     json_decref(r->config);
     pack_index_free(r);
+    index_cache_close(r);
+    pthread_mutex_destroy(&r->cache_mutex);
     pthread_mutex_destroy(&r->index_mutex);
     pthread_mutex_destroy(&r->lock_mutex);
     free(r->path);

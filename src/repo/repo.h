@@ -56,14 +56,19 @@ int chunk_id_from_hex(const char *hex, struct chunk_id *id);
 
 struct repo;
 
+struct store_options;
+
 struct repo_init_options {
     uint32_t chunk_size;     /* 0: REPO_DEFAULT_CHUNK_SIZE; power of two within the bounds */
     const char *passphrase;  /* NULL: not encrypted */
     int zstd_level;          /* 0: 3 */
     unsigned format_version; /* 0: REPO_FORMAT_VERSION; older ones for tests and old readers */
+    const struct store_options *store; /* of a repository URL (store.h); NULL: the defaults */
 };
 
-/* Create a repository at path (which must not exist or be an empty directory). */
+/* Create a repository at path, a directory (which must not exist or be empty) or a URL
+ * (store_open_url(): rados://POOL/NAMESPACE, s3://BUCKET/PREFIX, whose namespace or prefix
+ * must hold nothing). */
 int repo_init(const char *path, const struct repo_init_options *opt, char *err, size_t errlen);
 
 /* Open a repository.  Encrypted ones need the passphrase: -EACCES and err "wrong passphrase"
@@ -73,16 +78,27 @@ int repo_init(const char *path, const struct repo_init_options *opt, char *err, 
  * config says it is not encrypted is refused (-EPERM): the config may have been downgraded. */
 int repo_open(const char *path, const char *passphrase, struct repo **out, char *err,
               size_t errlen);
+/* repo_open of a path or URL with the store options so (NULL: the defaults; repo_open uses
+ * these). */
+int repo_open_url(const char *url, const struct store_options *so, const char *passphrase,
+                  struct repo **out, char *err, size_t errlen);
 void repo_close(struct repo *r);
 
 /* The same on a given store (store.h: a store_mem for tests, another backend), which the
  * caller keeps: it stays open after repo_close() and is closed by the caller.  repo_init and
- * repo_open are these on store_local. */
+ * repo_open are these on the store store_open_url() opens. */
 struct store;
 int repo_init_store(struct store *st, const struct repo_init_options *opt, char *err,
                     size_t errlen);
 int repo_open_store(struct store *st, const char *passphrase, struct repo **out, char *err,
                     size_t errlen);
+
+/* Format 3 on a store that is not local (S3, RADOS): whether index objects are kept in a
+ * local cache ($VMEXPORT_CACHE_DIR or $XDG_CACHE_HOME/vmexport or ~/.cache/vmexport, then
+ * <repo id>/index/), so that a backup, restore or verify reads only the ones it has not seen
+ * (one listing of index/).  On by default there (the memory store: only with
+ * VMEXPORT_CACHE_DIR); --no-cache turns it off. */
+void repo_set_index_cache(struct repo *r, bool enabled);
 
 uint32_t repo_chunk_size(const struct repo *r);
 bool repo_encrypted(const struct repo *r);

@@ -67,12 +67,20 @@ struct repo {
     pthread_mutex_t index_mutex;
     struct pack_index *index;
 
+    /* Format 3 on stores that are not local: the local cache of index objects (index_cache.c),
+     * its directory resolved on first use. */
+    pthread_mutex_t cache_mutex;
+    int cache_fd; /* -1: none */
+    bool cache_resolved;
+    bool cache_disabled; /* repo_set_index_cache(false) */
+
     /* repo_upgrade_copy(): the ID the next backup begun gets (the old backup's), or NULL. */
     const char *upgrade_backup_id;
 
     /* repo_lock() state: one repository-wide lock per handle, counted. */
     pthread_mutex_t lock_mutex;
     struct store_lease *lock_lease;
+    struct lease_keeper *lock_keeper; /* renews lock_lease */
     unsigned lock_depth;
     bool lock_exclusive;
 };
@@ -94,6 +102,9 @@ int repo_random_bytes(void *buf, size_t len);
 int repo_random_hex(char *out, size_t nbytes);
 bool repo_is_tmp_name(const char *name);
 
+/* store_del, where an object the store refuses to delete (-EACCES: retained by S3 Object Lock,
+ * --lock-days) is kept with a warning and answers -ENOENT, which gc's callers skip. */
+int repo_store_del(struct repo *r, const char *key, uint64_t *bytes);
 /* Remove every object directly under prefix (sub-prefixes are left: removing the prefix then
  * fails), make that durable, then remove the prefix itself; *bytes (may be NULL) accumulates
  * the sizes removed. */
@@ -230,6 +241,21 @@ void pack_gc_mark(struct pack_gc *g, const struct chunk_id *id);
 int pack_gc_run(struct pack_gc *g, bool dry_run, bool force, struct gc_stats *st);
 void pack_gc_free(struct pack_gc *g);
 
+/* ---- index_cache.c (the local copy of index objects: pack.c reads through it) ---- */
+
+/* Whether the handle keeps index objects in a local cache. */
+bool index_cache_enabled(struct repo *r);
+/* The cached copy of index/<name> opened for reading (an fd), or -ENOENT. */
+int index_cache_open(struct repo *r, const char *name);
+/* Keep data as the copy of index/<name> (atomically; a failure only warns). */
+void index_cache_put(struct repo *r, const char *name, const void *data, size_t len);
+/* Remove the copy of index/<name> (it failed its checks). */
+void index_cache_drop(struct repo *r, const char *name);
+/* Remove the copies of index objects (names valid() accepts) that names, the store's listing,
+ * does not hold. */
+void index_cache_prune(struct repo *r, const string_list *names, bool (*valid)(const char *));
+void index_cache_close(struct repo *r);
+
 /* ---- manifest.c ---- */
 
 bool manifest_name_valid(const char *name);
@@ -246,9 +272,34 @@ bool backup_id_valid(const char *id);
 
 /* ---- lock.c ---- */
 
-/* How long a lease lasts unrenewed (stores whose locks can outlive their holder): longer
- * than any pause between the renewals of a backup writer (each manifest, the commit). */
+/* How long a lease lasts unrenewed (stores whose locks can outlive their holder): a holder
+ * renews it every third of that (a lease keeper's thread), so only a process stalled or cut
+ * off from the store for this long loses it.  VMEXPORT_LEASE_SECONDS (1 .. REPO_LEASE_MAX)
+ * overrides it, for tests of lost leases. */
 #define REPO_LEASE_SECONDS 3600
+#define REPO_LEASE_MAX     86400
+#define REPO_LEASE_ENV     "VMEXPORT_LEASE_SECONDS"
+/* The lease in seconds: VMEXPORT_LEASE_SECONDS when valid, else REPO_LEASE_SECONDS. */
+unsigned repo_lease_seconds(void);
+
+/* A thread renewing leases every repo_lease_seconds() / 3, so that a holder busy for longer
+ * than a lease (one long disk of a backup, a long gc) keeps its locks.  Only on stores whose
+ * leases expire (not "local": its file locks live as long as the process); there *out is NULL
+ * and the functions below take NULL as "held for ever". */
+struct lease_keeper;
+int lease_keeper_start(struct repo *r, struct store_lease *const *leases, size_t n,
+                       struct lease_keeper **out);
+/* Renew every lease now: 0, -ETIMEDOUT once one was lost (a renewal said so, or the last
+ * successful one is older than a lease: the process was stalled), else the store's error (the
+ * leases may still be held: the keeper tries again). */
+int lease_keeper_renew(struct lease_keeper *k);
+/* Without asking the store: -ETIMEDOUT when a lease was lost or may have expired since the last
+ * renewal, else 0.  Checked before every deletion of gc and prune. */
+int lease_keeper_check(struct lease_keeper *k);
+/* Stop renewing (the leases are released by the caller after this). */
+void lease_keeper_stop(struct lease_keeper *k);
+/* lease_keeper_check() of the handle's repository lock (repo_lock). */
+int lock_check(struct repo *r);
 
 /* Take locks/name, shared or exclusive, waiting until deadline_ms (store_deadline();
  * STORE_WAIT_FOREVER).  -EBUSY when the deadline passes. */

@@ -5,6 +5,11 @@
  *
  *   store_local.c  a directory (every file descriptor, sync and file lock of the repository)
  *   store_mem.c    memory, for tests, with fault injection (store_mem.h)
+ *   store_rados.c  a Ceph RADOS pool and namespace through librados (rados://POOL/NAMESPACE)
+ *   store_s3.c     an S3 bucket and prefix through libcurl's SigV4 (s3://BUCKET/PREFIX)
+ *
+ * store_open_url() picks the store a repository URL names; anything that is not a URL of a
+ * known scheme is a local path.
  *
  * What a store must guarantee (docs/repository-format.md, "The store interface"):
  * - put is atomic and durable: after a crash a key holds the whole new object, the whole old
@@ -21,6 +26,10 @@
  * - list walks the entries directly under a prefix ("dir/": objects and sub-prefixes, like S3's
  *   delimiter "/"), one at a time or a page at a time: never the whole listing in memory.  An
  *   entry deleted by the callback is fine; entries added during the walk may or may not show.
+ * - on an object store (RADOS, S3) prefixes are virtual: a prefix exists while a key is under
+ *   it; make_prefix (unless exclusive), sync_prefix and barrier do nothing; a put needs no
+ *   parent made; listing a prefix with nothing under it is empty (0, not -ENOENT); an exclusive
+ *   make_prefix is -EEXIST and remove_prefix -ENOTEMPTY only when a key is under the prefix.
  * - locks are leases: shared or exclusive, held until released or until the lease expires
  *   unrenewed (a store without process-death detection relies on the expiry; the local store's
  *   file locks are released by the kernel and never expire).
@@ -76,6 +85,9 @@ struct store_ops {
     int (*get_range)(struct store *s, const char *key, uint64_t off, size_t len, uint8_t *buf);
     int (*stat)(struct store *s, const char *key, struct store_stat *st);
     int (*list)(struct store *s, const char *prefix, store_list_fn fn, void *opaque);
+    /* Optional (NULL: store_walk recurses with list): every object under a prefix in one
+     * pass, for stores whose listing reads everything anyway. */
+    int (*walk)(struct store *s, const char *prefix, store_list_fn fn, void *opaque);
     int (*del)(struct store *s, const char *key, uint64_t *bytes);
     int (*sync_prefix)(struct store *s, const char *prefix);
     int (*make_prefix)(struct store *s, const char *prefix, bool exclusive);
@@ -128,6 +140,13 @@ int store_stat(struct store *s, const char *key, struct store_stat *st);
 /* Walk the entries directly under prefix (no trailing '/'; "" the root).  -ENOENT when the
  * prefix does not exist; -ENOTDIR when it is an object. */
 int store_list(struct store *s, const char *prefix, store_list_fn fn, void *opaque);
+/* Walk every object under prefix at any depth ("" the whole store), in no particular order:
+ * fn gets its key relative to prefix ("ab/<name>" under "packs") and e->prefix false.  Deleting
+ * during the walk is fine.  Where a store lists a prefix by reading all its keys (RADOS lists
+ * a whole namespace), this is one pass where store_list needs one per prefix: use it for walks
+ * of a whole tree (gc's search for temporary objects and orphan packs).  -ENOENT and -ENOTDIR
+ * as store_list. */
+int store_walk(struct store *s, const char *prefix, store_list_fn fn, void *opaque);
 /* Delete an object (not durable until store_sync_prefix of its prefix); *bytes (may be NULL)
  * gets its size added.  -ENOENT when missing. */
 int store_del(struct store *s, const char *key, uint64_t *bytes);
@@ -161,7 +180,46 @@ int64_t store_deadline(unsigned timeout_seconds);
  * passed (for stores whose locks are polled). */
 int store_lock_wait(int64_t deadline_ms);
 
-/* ---- the two implementations ---- */
+/* ---- opening a store by URL ---- */
+
+#define STORE_URL_RADOS "rados://" /* rados://POOL/NAMESPACE (NAMESPACE may be empty) */
+#define STORE_URL_S3    "s3://"    /* s3://BUCKET/PREFIX (PREFIX may be empty) */
+
+/* What a store needs besides its URL.  NULL members (and a NULL struct store_options) take the
+ * environment or the default: settings, never secrets (credentials come from the environment
+ * or from files the backend's library reads, and are never printed). */
+struct store_options {
+    const char *s3_endpoint; /* https://HOST:PORT of the S3 service (VMEXPORT_S3_ENDPOINT) */
+    const char *s3_ca_file;  /* CA certificate of that endpoint (default: system trust) */
+    const char *s3_region;   /* SigV4 region (AWS_DEFAULT_REGION) */
+    unsigned lock_days;      /* creating an S3 store: Object Lock retention in days, 0 none */
+    const char *ceph_conf;   /* ceph.conf (CEPH_CONF; else librados' default search) */
+    const char *ceph_id;     /* cephx user without "client." (CEPH_ID; default "admin") */
+};
+
+enum store_url_kind {
+    STORE_URL_LOCAL, /* a path */
+    STORE_URL_KIND_RADOS,
+    STORE_URL_KIND_S3,
+};
+
+/* Which store url names. */
+enum store_url_kind store_url_kind(const char *url);
+
+/* Open the store url names (a path, rados://, s3://) with the options o (may be NULL).
+ * create: make a new store for a new repository: a local directory is made (or an empty one
+ * accepted), an object store must hold nothing under its namespace or prefix (S3 creates a
+ * missing bucket); -EEXIST when it holds something.  Without create the store must exist
+ * (-ENOENT: no such directory, pool or bucket).  On failure err says why, naming url (as given:
+ * it holds no secret) and the cause. */
+int store_open_url(const char *url, const struct store_options *o, bool create, struct store **out,
+                   char *err, size_t errlen);
+
+/* vsnprintf into err (NULL or errlen 0: nothing), for the stores' messages. */
+void store_set_err(char *err, size_t errlen, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* ---- the implementations ---- */
 
 /* Open the directory path as a store (it must exist).  read-only filesystems work for reads
  * and locks. */
@@ -169,5 +227,14 @@ int store_local_open(const char *path, struct store **out);
 /* Create the directory path (0700) or accept an existing empty one, made durable in its parent,
  * and open it: -EEXIST when it is not an empty directory. */
 int store_local_create(const char *path, struct store **out);
+
+/* The object stores, as store_open_url() calls them: where is the URL after its scheme
+ * ("POOL/NAMESPACE", "BUCKET/PREFIX"), url the whole URL (for the store's name and
+ * messages).  They exist only when vmexport was built with their library (librados, and
+ * libcurl for S3); store_open_url() says so otherwise. */
+int store_rados_open(const char *url, const char *where, const struct store_options *o, bool create,
+                     struct store **out, char *err, size_t errlen);
+int store_s3_open(const char *url, const char *where, const struct store_options *o, bool create,
+                  struct store **out, char *err, size_t errlen);
 
 #endif

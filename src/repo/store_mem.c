@@ -17,6 +17,8 @@
 #include "repo/repo_internal.h"
 
 #define LIST_PAGE  64   /* entries a listing gathers per visit of the table */
+#define REQ_KINDS  16   /* top-level prefixes whose requests are counted apart */
+#define REQ_NAME   32   /* longest such prefix counted */
 #define MS_PER_SEC 1000 /* lease seconds to clock milliseconds */
 
 struct mem_obj {
@@ -62,6 +64,11 @@ struct mem_store {
     uint64_t next_lock_id;
     unsigned tmp_seq;
     int64_t clock_offset_ms;
+    uint64_t requests; /* store_mem_requests() */
+    struct {
+        char name[REQ_NAME];
+        uint64_t n;
+    } req_by[REQ_KINDS];
 };
 
 static struct mem_store *mem(struct store *s)
@@ -72,6 +79,25 @@ static struct mem_store *mem(struct store *s)
 static int64_t now_ms(const struct mem_store *m)
 {
     return store_now_ms() + m->clock_offset_ms;
+}
+
+/* Count a request on key (by its first component).  Called locked. */
+static void count(struct mem_store *m, const char *key)
+{
+    m->requests++;
+    size_t n = strcspn(key, "/");
+    if (n == 0 || n >= REQ_NAME)
+        return;
+    for (size_t i = 0; i < REQ_KINDS; i++) {
+        if (!m->req_by[i].name[0]) {
+            memcpy(m->req_by[i].name, key, n);
+            m->req_by[i].name[n] = '\0';
+        }
+        if (strlen(m->req_by[i].name) == n && !strncmp(m->req_by[i].name, key, n)) {
+            m->req_by[i].n++;
+            return;
+        }
+    }
 }
 
 /* Whether the armed fault fires at this call of kind f (also counting it).  Called locked. */
@@ -270,6 +296,7 @@ static int mem_put(struct store *s, const char *key, const void *data, size_t le
     struct mem_store *m = mem(s);
     ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&m->mu);
     *created = false;
+    count(m, key);
     int r = put_check(m, key, data, len);
     if (r < 0)
         return r;
@@ -326,6 +353,7 @@ static int mem_commit(struct store *s, struct store_staged **staged, size_t n, b
     size_t publish = r == -EIO && !m->crashed ? n / 2 : r < 0 ? 0 : n;
     for (size_t i = 0; i < n; i++) {
         bool made = false;
+        count(m, staged[i]->key); /* each object is uploaded at the commit */
         unlist_staged(m, staged[i]);
         if (i < publish) {
             int pr = store_object(m, staged[i]->key, staged[i]->data, staged[i]->len, false, &made);
@@ -353,6 +381,7 @@ static void mem_discard(struct store *s, struct store_staged *st)
 /* The object key for reading, or a negative errno.  Called locked. */
 static int read_check(struct mem_store *m, const char *key, uint64_t max, ssize_t *at)
 {
+    count(m, key);
     if (m->crashed || fault_hits(m, STORE_FAULT_GET))
         return -EIO;
     ssize_t i = find(m, key);
@@ -416,6 +445,7 @@ static int mem_stat(struct store *s, const char *key, struct store_stat *st)
 {
     struct mem_store *m = mem(s);
     ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&m->mu);
+    count(m, key);
     if (m->crashed)
         return -EIO;
     ssize_t i = find(m, key);
@@ -506,6 +536,7 @@ static int mem_list(struct store *s, const char *prefix, store_list_fn fn, void 
         int r;
         {
             ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&m->mu);
+            count(m, prefix); /* a page */
             if (m->crashed)
                 return -EIO;
             r = kind_of(m, prefix);
@@ -534,6 +565,7 @@ static int mem_del(struct store *s, const char *key, uint64_t *bytes)
 {
     struct mem_store *m = mem(s);
     ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&m->mu);
+    count(m, key);
     int r = write_check(m, STORE_FAULT_DEL);
     if (r < 0)
         return r;
@@ -637,6 +669,7 @@ static int mem_lock(struct store *s, const char *name, bool exclusive, unsigned 
         int r;
         {
             ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&m->mu);
+            count(m, name);
             r = m->crashed ? -EIO : try_lock(m, name, exclusive, lease_seconds, l);
         }
         if (r == 0)
@@ -664,6 +697,7 @@ static int mem_renew(struct store *s, struct store_lease *l, unsigned lease_seco
 {
     struct mem_store *m = mem(s);
     ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&m->mu);
+    m->requests++;
     if (m->crashed)
         return -EIO;
     expire_locks(m);
@@ -678,6 +712,7 @@ static void mem_unlock(struct store *s, struct store_lease *l)
 {
     struct mem_store *m = mem(s);
     ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&m->mu);
+    m->requests++;
     /* A crashed process releases nothing: its leases run out. */
     ssize_t i = m->crashed || l->gen != m->gen ? -1 : lock_index(m, l);
     if (i >= 0)
@@ -797,4 +832,24 @@ void store_mem_usage(const struct store *s, uint64_t *objects, uint64_t *bytes)
             (*objects)++;
             *bytes += m->objs.ptr[i].len;
         }
+}
+
+uint64_t store_mem_requests(const struct store *s, const char *prefix)
+{
+    struct mem_store *m = (struct mem_store *)s;
+    ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&m->mu);
+    if (!prefix)
+        return m->requests;
+    for (size_t i = 0; i < REQ_KINDS; i++)
+        if (!strcmp(m->req_by[i].name, prefix))
+            return m->req_by[i].n;
+    return 0;
+}
+
+void store_mem_requests_reset(struct store *s)
+{
+    struct mem_store *m = mem(s);
+    ACQUIRE_LOCK_FOR_CURRENT_SCOPE(&m->mu);
+    m->requests = 0;
+    memset(m->req_by, 0, sizeof(m->req_by));
 }

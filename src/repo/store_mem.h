@@ -10,7 +10,7 @@
  * names (never under their keys), every lease the process held still held until it expires,
  * and every later call failing with -EIO until store_mem_restart(), which starts a "new
  * process".  Puts and commits count as writes for the fault counters (one commit is one call,
- * whatever it holds).
+ * whatever it holds).  store_mem_requests() counts what the calls would cost a remote store.
  */
 #ifndef VMEXPORT_REPO_STORE_MEM_H
 #define VMEXPORT_REPO_STORE_MEM_H
@@ -44,6 +44,11 @@ void store_mem_crash(struct store *s);
 void store_mem_restart(struct store *s);
 /* Move the store's lease clock forward (leases expire on it). */
 void store_mem_advance(struct store *s, unsigned seconds);
+/* Requests a remote store would get: every get, stat, put, committed object, listing page,
+ * delete and lock call (not stages, prefixes or barriers, which cost nothing there).  All of
+ * them (prefix NULL), or those on keys whose first component is prefix ("index", "packs"). */
+uint64_t store_mem_requests(const struct store *s, const char *prefix);
+void store_mem_requests_reset(struct store *s);
 /* Objects stored (not prefixes), and their total bytes. */
 void store_mem_usage(const struct store *s, uint64_t *objects, uint64_t *bytes);
 

@@ -9,6 +9,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include "core/cleanup.h"
 
 #define SEG_DATA     0
@@ -34,6 +37,7 @@ struct stream_reader {
     struct repo *r;
     char *relpath;
     uint8_t *data; /* the object (stream_reader_new), or NULL: read a segment at a time */
+    int fd;        /* a local file holding the object (stream_reader_open_fd), or -1 */
     uint8_t *cbuf; /* without data: the current segment's container */
     size_t cbuf_cap;
     size_t len, off;
@@ -170,8 +174,33 @@ int stream_reader_new(struct repo *r, const char *relpath, uint8_t *data, size_t
     }
     rd->r = r;
     rd->data = data;
+    rd->fd = -1;
     rd->len = len;
     *out = rd;
+    return 0;
+}
+
+int stream_reader_open_fd(struct repo *r, const char *relpath, int fd, uint64_t max,
+                          struct stream_reader **out)
+{
+    struct stat st;
+    *out = NULL;
+    if (fstat(fd, &st) < 0) {
+        int ret = -errno;
+        close(fd);
+        return ret;
+    }
+    if (!S_ISREG(st.st_mode) || (uint64_t)st.st_size > max || (uint64_t)st.st_size > SIZE_MAX) {
+        close(fd);
+        return -EBADMSG;
+    }
+    int ret = stream_reader_new(r, relpath, NULL, 0, out);
+    if (ret < 0) {
+        close(fd);
+        return ret;
+    }
+    (*out)->fd = fd;
+    (*out)->len = (size_t)st.st_size;
     return 0;
 }
 
@@ -202,8 +231,12 @@ static int reader_bytes(struct stream_reader *rd, size_t skip, size_t len, uint8
         return 0;
     }
     int ret = grow(&rd->cbuf, &rd->cbuf_cap, len ? len : 1);
-    if (ret == 0)
+    if (ret == 0 && rd->fd >= 0) {
+        ssize_t n = pread(rd->fd, rd->cbuf, len, (off_t)(rd->off + skip));
+        ret = n < 0 ? -errno : (size_t)n != len ? -EBADMSG : 0;
+    } else if (ret == 0) {
         ret = store_get_range(rd->r->store, rd->relpath, rd->off + skip, len, rd->cbuf);
+    }
     if (ret < 0)
         return ret == -ENOENT || ret == -ESPIPE ? -EBADMSG : ret;
     *p = rd->cbuf;
@@ -280,6 +313,8 @@ void stream_reader_free(struct stream_reader *rd)
         return;
     free(rd->relpath);
     free(rd->data);
+    if (rd->fd >= 0)
+        close(rd->fd);
     free(rd->cbuf);
     free(rd->plain);
     free(rd);

@@ -40,6 +40,11 @@ struct stream_reader;
 /* Read the object at relpath (at most max bytes: -EBADMSG beyond; -ENOENT missing). */
 int stream_reader_open(struct repo *r, const char *relpath, uint64_t max,
                        struct stream_reader **out);
+/* The same over a local file holding the object (the index cache: pack.c), read a segment at a
+ * time with pread; the reader takes fd (closed with it).  The segments are bound to relpath as
+ * when read from the store, so a file holding anything but that object is refused. */
+int stream_reader_open_fd(struct repo *r, const char *relpath, int fd, uint64_t max,
+                          struct stream_reader **out);
 /* The same over an object already in memory (the reader takes data: free()d with it). */
 int stream_reader_new(struct repo *r, const char *relpath, uint8_t *data, size_t len,
                       struct stream_reader **out);
