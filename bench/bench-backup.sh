@@ -78,37 +78,18 @@ if [ "$size" -lt "$stripe" ] || [ $((size % stripe)) -ne 0 ]; then die "SIZE mus
 
 load_start=$(cut -d" " -f1-3 /proc/loadavg)
 work=$(mktemp -d "$BENCH_TMPDIR/vmexport-bench-backup.XXXXXX")
-loops=()
-mounts=()
-daemon_pid=""
-cleanup() {
-    set +e
-    if [ -n "$daemon_pid" ]; then kill -9 "$daemon_pid" 2>/dev/null; wait "$daemon_pid" 2>/dev/null; fi
-    local i
-    for ((i = ${#mounts[@]} - 1; i >= 0; i--)); do umount "${mounts[$i]}" || umount -l "${mounts[$i]}"; done
-    for l in "${loops[@]}"; do losetup -d "$l"; done
-    rm -rf "$work"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }
+bench_cleanup_at_exit
 secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", b - a }'; }
-mkloop() { # mkloop NAME BYTES: a direct-I/O loop device on a sparse file; prints the device
-    truncate -s "$2" "$work/$1.img"
-    losetup --direct-io=on -f --show "$work/$1.img" 2>/dev/null || losetup -f --show "$work/$1.img"
-}
 
 # --- filesystems ----------------------------------------------------------------------------------
 thick_zeros=$(to_bytes "$THICK_ZEROS")
-srcdev=$(mkloop src $((size * 3 / 4 + 1024 * MiB + thick_zeros + 256 * MiB)))
-loops+=("$srcdev")
+srcdev="" dstdev=""
+mkloop srcdev src $((size * 3 / 4 + 1024 * MiB + thick_zeros + 256 * MiB))
 mkfs.xfs -q -f -m reflink=1 "$srcdev"
-mkdir "$work/src" && mount "$srcdev" "$work/src" && mounts+=("$work/src")
-dstdev=$(mkloop dst $((size * 5 / 2 + 1024 * MiB)))
-loops+=("$dstdev")
+bench_mount "$srcdev" "$work/src"
+mkloop dstdev dst $((size * 5 / 2 + 1024 * MiB))
 mkfs.ext4 -q -F -E lazy_itable_init=0,lazy_journal_init=0 "$dstdev"
-mkdir "$work/dst" && mount "$dstdev" "$work/dst" && mounts+=("$work/dst")
+bench_mount "$dstdev" "$work/dst"
 
 # --- source image -------------------------------------------------------------------------------
 mkdir -p "$work/src/vms/bench"
@@ -129,42 +110,7 @@ allocated=$(($(stat -c '%b * %B' "$src")))
 head -c $((256 * MiB)) "$src" >"$work/sample.bin"
 
 # --- daemon (TLS) ---------------------------------------------------------------------------------
-c="$work/certs"
-mkdir -p "$c" "$work/state"
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
-    -subj "/CN=bench CA" -keyout "$c/ca.key" -out "$c/ca.crt" 2>/dev/null
-openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj "/CN=server" \
-    -keyout "$c/server.key" -out "$c/server.csr" 2>/dev/null
-printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\n' >"$c/server.ext"
-openssl x509 -req -in "$c/server.csr" -CA "$c/ca.crt" -CAkey "$c/ca.key" -CAcreateserial \
-    -days 2 -extfile "$c/server.ext" -out "$c/server.crt" 2>/dev/null
-echo "admin:$(openssl passwd -6 secret)" >"$work/state/users"
-chmod 600 "$work/state/users"
-port=$(free_port)
-cat >"$work/vmexportd.conf" <<EOF
-[server]
-listen = 127.0.0.1:$port
-certificate = $c/server.crt
-key = $c/server.key
-shutdown_grace = 2
-[auth]
-users_file = $work/state/users
-jwt_secret_file = $work/state/jwt.key
-[catalog]
-db_file = $work/state/catalog.db
-[provider.local]
-type = dir
-path = $work/src/vms
-EOF
-"$VMEXPORTD" --config "$work/vmexportd.conf" >>"$work/daemon.log" 2>&1 &
-daemon_pid=$!
-for _ in $(seq 100); do
-    curl -s --cacert "$c/ca.crt" -o /dev/null "https://127.0.0.1:$port/healthz" && break
-    kill -0 "$daemon_pid" 2>/dev/null || die "vmexportd exited: $(tail -3 "$work/daemon.log")"
-    sleep 0.1
-done
-export VMEXPORT_SERVER=https://127.0.0.1:$port VMEXPORT_USER=admin VMEXPORT_PASSWORD=secret
-export VMEXPORT_CACERT=$c/ca.crt XDG_CACHE_HOME=$work/cache
+bench_start_daemon "$work" "$work/src/vms"
 repo="$work/dst/repo"      # --transport https
 repo_l="$work/dst/repo-local" # --transport local
 "$VMEXPORT" repo init --chunk-size "$CHUNK_SIZE" "$repo" >/dev/null

@@ -64,37 +64,28 @@ if [ "$size" -lt "$stripe" ] || [ $((size % stripe)) -ne 0 ]; then die "SIZE mus
 
 load_start=$(cut -d" " -f1-3 /proc/loadavg)
 work=$(mktemp -d "$BENCH_TMPDIR/vmexport-bench-clone.XXXXXX")
-loopdev=""
+bench_cleanup_at_exit
 mnt="$work/mnt"
-cleanup() {
-    set +e
-    if mountpoint -q "$mnt" 2>/dev/null; then umount "$mnt"; fi
-    if [ -n "$loopdev" ]; then losetup -d "$loopdev"; fi
-    rm -rf "$work"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }
 
 # --- filesystem (no reflink) -----------------------------------------------------------------
 # SRC allocates 15/32 of SIZE; a copy at most as much; plus the sidecar and slack.
 fs_bytes=$((size + size / 2 + (512 << 20)))
-truncate -s "$fs_bytes" "$work/fs.img"
+loopdev=""
 dio=off
-if [ "$LOOP_DIO" = 1 ] && loopdev=$(losetup --direct-io=on -f --show "$work/fs.img" 2>/dev/null); then
+if [ "$LOOP_DIO" = 1 ]; then
+    mkloop loopdev fs "$fs_bytes"
     dio=$(cat "/sys/block/${loopdev#/dev/}/loop/dio" 2>/dev/null || echo "?")
     [ "$dio" = 1 ] && dio=on
+    [ "$dio" = 0 ] && dio=off
 else
-    loopdev=$(losetup -f --show "$work/fs.img")
+    mkloop loopdev fs "$fs_bytes" plain
 fi
 case $FS in
     ext4) mkfs.ext4 -q -F -E lazy_itable_init=0,lazy_journal_init=0 "$loopdev" ;;
     xfs) mkfs.xfs -q -f -m reflink=0 "$loopdev" ;;
     *) die "FS must be ext4 or xfs" ;;
 esac
-mkdir "$mnt"
-mount "$loopdev" "$mnt"
+bench_mount "$loopdev" "$mnt"
 
 # --- source image ----------------------------------------------------------------------------
 # Every 512 MiB stripe of eight 64 MiB regions:

@@ -68,39 +68,22 @@ img_size=$((img_size / MiB * MiB))
 
 load_start=$(cut -d" " -f1-3 /proc/loadavg)
 work=$(mktemp -d "$BENCH_TMPDIR/vmexport-bench-dense.XXXXXX")
-loops=()
-mounts=()
-daemon_pid=""
+bench_cleanup_at_exit
 img_loop="" img_mnt=""
-cleanup() {
-    set +e
-    if [ -n "$daemon_pid" ]; then kill -9 "$daemon_pid" 2>/dev/null; wait "$daemon_pid" 2>/dev/null; fi
+bench_cleanup_extra() { # the image's loop mount, when the run stops while it is mounted
     if [ -n "$img_mnt" ]; then umount "$img_mnt" || umount -l "$img_mnt"; fi
     if [ -n "$img_loop" ]; then losetup -d "$img_loop"; fi
-    local i
-    for ((i = ${#mounts[@]} - 1; i >= 0; i--)); do umount "${mounts[$i]}" || umount -l "${mounts[$i]}"; done
-    for l in "${loops[@]}"; do losetup -d "$l"; done
-    rm -rf "$work"
 }
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }
 secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", b - a }'; }
-mkloop() { # mkloop NAME BYTES: a direct-I/O loop device on a sparse file; prints the device
-    truncate -s "$2" "$work/$1.img"
-    losetup --direct-io=on -f --show "$work/$1.img" 2>/dev/null || losetup -f --show "$work/$1.img"
-}
 
 # --- filesystems ------------------------------------------------------------------------------------
-srcdev=$(mkloop src $((img_size * 2 + 1024 * MiB)))
-loops+=("$srcdev")
+srcdev="" dstdev=""
+mkloop srcdev src $((img_size * 2 + 1024 * MiB))
 mkfs.xfs -q -f -m reflink=1 "$srcdev"
-mkdir "$work/src" && mount "$srcdev" "$work/src" && mounts+=("$work/src")
-dstdev=$(mkloop dst $((img_size * 6 + 2048 * MiB)))
-loops+=("$dstdev")
+bench_mount "$srcdev" "$work/src"
+mkloop dstdev dst $((img_size * 6 + 2048 * MiB))
 mkfs.ext4 -q -F -E lazy_itable_init=0,lazy_journal_init=0 "$dstdev"
-mkdir "$work/dst" && mount "$dstdev" "$work/dst" && mounts+=("$work/dst")
+bench_mount "$dstdev" "$work/dst"
 
 # --- the image ----------------------------------------------------------------------------------------
 # file lists, in path order: list.base (DATA, in 4 KiB blocks) and list.add (UPDATE_ADD)

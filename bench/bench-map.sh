@@ -39,19 +39,8 @@ done
 
 load_start=$(cut -d" " -f1-3 /proc/loadavg)
 work=$(mktemp -d "$BENCH_TMPDIR/vmexport-bench-map.XXXXXX")
-loopdev=""
+bench_cleanup_at_exit
 mnt="$work/mnt"
-
-cleanup() {
-    set +e
-    if mountpoint -q "$mnt" 2>/dev/null; then umount "$mnt"; fi
-    if [ -n "$loopdev" ]; then losetup -d "$loopdev"; fi
-    rm -rf "$work"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }
 
 # Elapsed wall-clock seconds of "$@" (stdout discarded), from bash's microsecond clock.
 time_cmd() {
@@ -67,11 +56,10 @@ time_cmd() {
 data_mib=$((EXTENTS * 4 / 1024))
 fs_mib=$((data_mib + data_mib / 4 + 128))
 [ "$fs_mib" -ge 320 ] || fs_mib=320
-truncate -s "${fs_mib}M" "$work/xfs.img"
-loopdev=$(losetup -f --show "$work/xfs.img")
+loopdev=""
+mkloop loopdev xfs "${fs_mib}M" plain
 mkfs.xfs -q -m reflink=1 "$loopdev"
-mkdir "$mnt"
-mount "$loopdev" "$mnt"
+bench_mount "$loopdev" "$mnt"
 
 cc -O2 -Wall -o "$work/mkfrag" "$here/mkfrag.c"
 file="$mnt/frag.raw"

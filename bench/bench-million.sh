@@ -25,14 +25,7 @@ for t in openssl curl jq; do command -v "$t" >/dev/null || die "missing tool: $t
 [ -x "$VMEXPORT" ] && [ -x "$VMEXPORTD" ] && [ -x "$BENCH_MILLION" ] || die "build first: ninja -C build"
 
 work=$(mktemp -d "$BENCH_TMPDIR/vmexport-bench-million.XXXXXX")
-daemon_pid=""
-cleanup() {
-    set +e
-    if [ -n "$daemon_pid" ]; then kill -9 "$daemon_pid" 2>/dev/null; wait "$daemon_pid" 2>/dev/null; fi
-    rm -rf "$work"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+bench_cleanup_at_exit
 
 repo=$work/repo
 step() { # step NAME CMD...: run under /usr/bin/time, print seconds and peak RSS

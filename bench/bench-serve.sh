@@ -66,19 +66,11 @@ size=$(to_bytes "$SIZE")
 
 load_start=$(cut -d" " -f1-3 /proc/loadavg)
 work=$(mktemp -d "$BENCH_TMPDIR/vmexport-bench-serve.XXXXXX")
-loopdev=""
+bench_cleanup_at_exit
 mnt="$work/mnt"
-daemon_pid=""
-cleanup() {
-    set +e
-    if [ -n "$daemon_pid" ]; then kill -9 "$daemon_pid" 2>/dev/null; wait "$daemon_pid" 2>/dev/null; fi
+bench_cleanup_extra() { # nginx, when the run stops while it serves
     if [ -s "$work/nginx/nginx.pid" ]; then kill -QUIT "$(cat "$work/nginx/nginx.pid")" 2>/dev/null; sleep 0.5; fi
-    if mountpoint -q "$mnt" 2>/dev/null; then umount "$mnt" || umount -l "$mnt"; fi
-    if [ -n "$loopdev" ]; then losetup -d "$loopdev"; fi
-    rm -rf "$work"
 }
-trap cleanup EXIT
-trap 'exit 130' INT TERM
 
 hz=$(getconf CLK_TCK)
 ticks() { # ticks PID...: CPU time (user + system, all threads) of the processes, in clock ticks
@@ -89,11 +81,10 @@ ticks() { # ticks PID...: CPU time (user + system, all threads) of the processes
 
 # --- filesystem, VMs -------------------------------------------------------------------------
 fs_bytes=$((size + 4 * (SNAP_DATA_MIB << 20) + (1 << 30)))
-truncate -s "$fs_bytes" "$work/xfs.img"
-loopdev=$(losetup -f --show "$work/xfs.img")
+loopdev=""
+mkloop loopdev xfs "$fs_bytes" plain
 mkfs.xfs -q -f -m reflink=1 "$loopdev"
-mkdir "$mnt"
-mount "$loopdev" "$mnt"
+bench_mount "$loopdev" "$mnt"
 mkdir -p "$mnt/vms/serve" "$mnt/vms/snap4"
 head -c "$size" /dev/urandom >"$mnt/vms/serve/disk.raw"
 for d in 1 2 3 4; do
@@ -108,46 +99,12 @@ sync
 
 # --- certificates, users, daemon --------------------------------------------------------------
 c="$work/certs"
-mkdir -p "$c" "$work/state"
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
-    -subj "/CN=bench CA" -keyout "$c/ca.key" -out "$c/ca.crt" 2>/dev/null
-openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj "/CN=server" \
-    -keyout "$c/server.key" -out "$c/server.csr" 2>/dev/null
-printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\n' >"$c/server.ext"
-openssl x509 -req -in "$c/server.csr" -CA "$c/ca.crt" -CAkey "$c/ca.key" -CAcreateserial \
-    -days 2 -extfile "$c/server.ext" -out "$c/server.crt" 2>/dev/null
-echo "admin:$(openssl passwd -6 secret)" >"$work/state/users"
-chmod 600 "$work/state/users"
+bench_certs "$work"
 
 vport=$(free_port)
-write_config() { # write_config plain|tls
-    {
-        echo "[server]"
-        echo "listen = 127.0.0.1:$vport"
-        if [ "$1" = plain ]; then echo "insecure_http = true"; else
-            echo "certificate = $c/server.crt"; echo "key = $c/server.key"; fi
-        echo "max_connections = 256"
-        echo "shutdown_grace = 2"
-        echo "[auth]"
-        echo "users_file = $work/state/users"
-        echo "jwt_secret_file = $work/state/jwt.key"
-        echo "[catalog]"
-        echo "db_file = $work/state/catalog.db"
-        echo "[provider.local]"
-        echo "type = dir"
-        echo "path = $mnt/vms"
-    } >"$work/vmexportd-$1.conf"
-}
+[ "$vport" != 0 ] || die "no free port"
 start_daemon() { # start_daemon plain|tls: sets VURL, TOKEN
-    write_config "$1"
-    "$VMEXPORTD" --config "$work/vmexportd-$1.conf" >>"$work/daemon.log" 2>&1 &
-    daemon_pid=$!
-    if [ "$1" = plain ]; then VURL="http://127.0.0.1:$vport"; else VURL="https://127.0.0.1:$vport"; fi
-    for _ in $(seq 100); do
-        curl -s --cacert "$c/ca.crt" -o /dev/null "$VURL/healthz" && break
-        kill -0 "$daemon_pid" 2>/dev/null || die "vmexportd exited: $(tail -3 "$work/daemon.log")"
-        sleep 0.1
-    done
+    bench_run_daemon "$work" "$mnt/vms" "$vport" "$1" "max_connections = 256"
     TOKEN=$(curl -sf --cacert "$c/ca.crt" -d '{"username":"admin","password":"secret"}' \
         "$VURL/api/v1/auth/login" | jq -r .token)
     [ -n "$TOKEN" ] && [ "$TOKEN" != null ] || die "login failed"

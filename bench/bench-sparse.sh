@@ -79,37 +79,19 @@ nseries=$(wc -w <<<"$SERIES")
 
 load_start=$(cut -d" " -f1-3 /proc/loadavg)
 work=$(mktemp -d "$BENCH_TMPDIR/vmexport-bench-sparse.XXXXXX")
-loops=()
-mounts=()
-daemon_pid=""
-cleanup() {
-    set +e
-    if [ -n "$daemon_pid" ]; then kill -9 "$daemon_pid" 2>/dev/null; wait "$daemon_pid" 2>/dev/null; fi
-    local i
-    for ((i = ${#mounts[@]} - 1; i >= 0; i--)); do umount "${mounts[$i]}" || umount -l "${mounts[$i]}"; done
-    for l in "${loops[@]}"; do losetup -d "$l"; done
-    rm -rf "$work"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }
+bench_cleanup_at_exit
+daemon_pid="" # bench_start_daemon sets it
 secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", b - a }'; }
-mkloop() { # mkloop NAME BYTES: a direct-I/O loop device on a sparse file; prints the device
-    truncate -s "$2" "$work/$1.img"
-    losetup --direct-io=on -f --show "$work/$1.img" 2>/dev/null || losetup -f --show "$work/$1.img"
-}
 
 # --- filesystems, tools ---------------------------------------------------------------------------
 data=$((EXTENTS * extent))
-srcdev=$(mkloop src $((2048 * MiB + (nseries + 1) * 2 * data)))
-loops+=("$srcdev")
+srcdev="" dstdev=""
+mkloop srcdev src $((2048 * MiB + (nseries + 1) * 2 * data))
 mkfs.xfs -q -f -m reflink=1 "$srcdev"
-mkdir "$work/src" && mount "$srcdev" "$work/src" && mounts+=("$work/src")
-dstdev=$(mkloop dst "$(to_bytes "$DST_FS_SIZE")")
-loops+=("$dstdev")
+bench_mount "$srcdev" "$work/src"
+mkloop dstdev dst "$(to_bytes "$DST_FS_SIZE")"
 mkfs.xfs -q -f -m reflink=0 "$dstdev"
-mkdir "$work/dst" && mount "$dstdev" "$work/dst" && mounts+=("$work/dst")
+bench_mount "$dstdev" "$work/dst"
 cc -O2 -Wall -o "$work/mkfrag" "$here/mkfrag.c"
 cc -O2 -Wall -o "$work/sparsecmp" "$here/sparsecmp.c"
 

@@ -88,7 +88,7 @@ timed() {
     REQS=$((after - before))
 }
 
-mbps() { awk -v b="$1" -v s="$2" 'BEGIN { printf "%.0f", s > 0 ? b / s / 1e6 : 0 }'; }
+mbps() { awk -v b="$1" -v s="$2" 'BEGIN { printf "%.0f", (s > 0 ? b / s / 1e6 : 0) }'; }
 per_gib() { awk -v r="$1" -v b="$2" 'BEGIN { printf "%.0f", r / (b / 1073741824) }'; }
 
 declare -A FULL INCR REST RSS_F RSS_I RSS_R REQ_F REQ_I REQ_R
@@ -108,7 +108,7 @@ for kind in local rados s3; do
     # CHANGE_PCT % in 1 MiB writes at the same places for every store (fixed seed).
     RANDOM=42
     for ((i = 0; i < CHANGED; i++)); do
-        dd if=/dev/urandom of="$DISK" bs=1M count=1 seek=$((RANDOM * 32768 + RANDOM) % (SIZE / MIB)) \
+        dd if=/dev/urandom of="$DISK" bs=1M count=1 seek=$(((RANDOM * 32768 + RANDOM) % (SIZE / MIB))) \
             conv=notrunc status=none
     done
     sync
@@ -124,17 +124,17 @@ done
 
 gib=$(awk -v b="$SIZE" 'BEGIN { printf "%.2f", b / 1073741824 }')
 echo "# bench-stores: disk $gib GiB (3/8 random, 1/4 text, 3/8 hole), --jobs $JOBS, incremental after $CHANGE_PCT % changed; load $(cut -d' ' -f1-3 /proc/loadavg)"
-printf '%-6s %22s %22s %22s %10s\n' store "full MB/s (s, req/GiB)" "incr s (req/GiB)" "restore MB/s (req/GiB)" "peak RSS"
+printf '%-6s %24s %18s %26s %10s\n' store "full MB/s (s, req/GiB)" "incr s (req/GiB)" "restore MB/s (s, req/GiB)" "peak RSS"
 for kind in local rados s3; do
     req() { [ $kind = local ] && echo - || per_gib "$1" "$SIZE"; }
     rss=${RSS_F[$kind]}
     for v in "${RSS_I[$kind]}" "${RSS_R[$kind]}"; do [ "$v" -gt "$rss" ] && rss=$v; done
-    printf '%-6s %22s %22s %22s %7s MiB\n' $kind \
+    printf '%-6s %24s %18s %26s %7s MiB\n' $kind \
         "$(mbps "$SIZE" "${FULL[$kind]}") (${FULL[$kind]}, $(req "${REQ_F[$kind]}"))" \
         "${INCR[$kind]} ($(req "${REQ_I[$kind]}"))" \
-        "$(mbps "$SIZE" "${REST[$kind]}") ($(req "${REQ_R[$kind]}"))" "$rss"
+        "$(mbps "$SIZE" "${REST[$kind]}") (${REST[$kind]}, $(req "${REQ_R[$kind]}"))" "$rss"
 done
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a > 0 ? b / a : 0 }'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", (a > 0 ? b / a : 0) }'; }
 for kind in rados s3; do
     echo "# $kind / local throughput: full $(ratio "${FULL[$kind]}" "${FULL[local]}"), incremental $(ratio "${INCR[$kind]}" "${INCR[local]}"), restore $(ratio "${REST[$kind]}" "${REST[local]}")"
 done

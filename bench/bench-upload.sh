@@ -70,27 +70,9 @@ to_bytes() {
 }
 
 work=$(mktemp -d "$BENCH_TMPDIR/vmexport-bench-upload.XXXXXX")
-loopdev=""
+bench_cleanup_at_exit
 mnt="$work/mnt"
-daemon_pid=""
-cleanup() {
-    set +e
-    if [ -n "$daemon_pid" ]; then kill -9 "$daemon_pid" 2>/dev/null; wait "$daemon_pid" 2>/dev/null; fi
-    if mountpoint -q "$mnt" 2>/dev/null; then umount "$mnt" || umount -l "$mnt"; fi
-    if [ -n "$loopdev" ]; then losetup -d "$loopdev"; fi
-    rm -rf "$work"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
 
-free_port() {
-    local p
-    for _ in $(seq 50); do
-        p=$((20000 + RANDOM % 40000))
-        if ! ss -ltn | grep -q ":$p "; then echo "$p"; return 0; fi
-    done
-    die "no free port"
-}
 now() { echo "$EPOCHREALTIME"; }
 elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", b - a }'; }
 mbs() { awk -v b="$1" -v s="$2" 'BEGIN { printf "%.0f", b / 1e6 / s }'; }
@@ -111,11 +93,10 @@ make_disk() {
             dd of="$f" bs=4M seek=$((i * stride)) oflag=seek_bytes conv=notrunc iflag=fullblock status=none
     done
 }
-truncate -s "$FS_SIZE" "$work/xfs.img"
-loopdev=$(losetup -f --show "$work/xfs.img")
+loopdev=""
+mkloop loopdev xfs "$FS_SIZE" plain
 mkfs.xfs -q -f -K -m reflink=1 "$loopdev"
-mkdir "$mnt"
-mount "$loopdev" "$mnt"
+bench_mount "$loopdev" "$mnt"
 mkdir -p "$mnt/vms/dense" "$mnt/vms/sparse"
 echo "# creating disks: dense $SIZE/$DATA, sparse $SPARSE_SIZE/$SPARSE_DATA$([ "$HUGE" = 1 ] && echo ", huge $HUGE_SIZE/$HUGE_DATA")" >&2
 make_disk "$mnt/vms/dense/disk.raw" "$SIZE" "$DATA"
@@ -128,45 +109,12 @@ sync
 
 # --- certificates, users, daemon ---------------------------------------------------------------
 c="$work/certs"
-mkdir -p "$c" "$work/state"
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
-    -subj "/CN=bench CA" -keyout "$c/ca.key" -out "$c/ca.crt" 2>/dev/null
-openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj "/CN=server" \
-    -keyout "$c/server.key" -out "$c/server.csr" 2>/dev/null
-printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\n' >"$c/server.ext"
-openssl x509 -req -in "$c/server.csr" -CA "$c/ca.crt" -CAkey "$c/ca.key" -CAcreateserial \
-    -days 2 -extfile "$c/server.ext" -out "$c/server.crt" 2>/dev/null
-echo "admin:$(openssl passwd -6 secret)" >"$work/state/users"
-chmod 600 "$work/state/users"
+bench_certs "$work"
 
 vport=$(free_port)
-write_config() { # write_config plain|tls
-    {
-        echo "[server]"
-        echo "listen = 127.0.0.1:$vport"
-        if [ "$1" = plain ]; then echo "insecure_http = true"; else
-            echo "certificate = $c/server.crt"; echo "key = $c/server.key"; fi
-        echo "shutdown_grace = 2"
-        echo "[auth]"
-        echo "users_file = $work/state/users"
-        echo "jwt_secret_file = $work/state/jwt.key"
-        echo "[catalog]"
-        echo "db_file = $work/state/catalog.db"
-        echo "[provider.local]"
-        echo "type = dir"
-        echo "path = $mnt/vms"
-    } >"$work/vmexportd-$1.conf"
-}
+[ "$vport" != 0 ] || die "no free port"
 start_daemon() { # start_daemon plain|tls: sets VURL, TOKEN and the vmexport client environment
-    write_config "$1"
-    "$VMEXPORTD" --config "$work/vmexportd-$1.conf" >>"$work/daemon.log" 2>&1 &
-    daemon_pid=$!
-    if [ "$1" = plain ]; then VURL="http://127.0.0.1:$vport"; else VURL="https://127.0.0.1:$vport"; fi
-    for _ in $(seq 100); do
-        curl -s --cacert "$c/ca.crt" -o /dev/null "$VURL/healthz" && break
-        kill -0 "$daemon_pid" 2>/dev/null || die "vmexportd exited: $(tail -3 "$work/daemon.log")"
-        sleep 0.1
-    done
+    bench_run_daemon "$work" "$mnt/vms" "$vport" "$1"
     TOKEN=$(curl -sf --cacert "$c/ca.crt" -d '{"username":"admin","password":"secret"}' \
         "$VURL/api/v1/auth/login" | jq -r .token)
     [ -n "$TOKEN" ] && [ "$TOKEN" != null ] || die "login failed"

@@ -919,6 +919,15 @@ static int open_source(struct backup_ctx *b, const char *snap_id, const json_t *
     char why[WHY_MAX];
     int r;
     const enum backup_transport t = b->o->transport;
+    if (t == BACKUP_TRANSPORT_RBD) {
+        r = source_rbd_open(&sd, &d->src, why, sizeof(why));
+        if (r < 0)
+            return first_error_set(&b->fe, r,
+                                   "VM %s: disk %s: cannot read the RBD snapshot "
+                                   "(--transport rbd): %s",
+                                   b->o->vm, d->name, why);
+        goto opened;
+    }
     if (t == BACKUP_TRANSPORT_NBD || (t == BACKUP_TRANSPORT_AUTO && source_nbd_names_export(&sd))) {
         r = source_nbd_open(&sd, b->jobs, &d->src, why, sizeof(why));
         if (r == 0)
@@ -1206,6 +1215,7 @@ static const struct enum_name transport_names[] = {
     {BACKUP_TRANSPORT_HTTPS, "https"},
     {BACKUP_TRANSPORT_LOCAL, "local"},
     {BACKUP_TRANSPORT_NBD, "nbd"},
+    {BACKUP_TRANSPORT_RBD, "rbd"},
 };
 
 int backup_transport_parse(const char *s, enum backup_transport *out)

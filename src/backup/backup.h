@@ -44,6 +44,8 @@ enum backup_transport {
     BACKUP_TRANSPORT_HTTPS, /* through the server */
     BACKUP_TRANSPORT_LOCAL, /* the snapshot files on this host; fails where that is not possible */
     BACKUP_TRANSPORT_NBD,   /* the NBD exports on this host; fails where that is not possible */
+    BACKUP_TRANSPORT_RBD,   /* the RBD snapshots, from the Ceph cluster with this host's
+                             * credentials; fails where that is not possible */
 };
 
 struct backup_options {
@@ -76,14 +78,14 @@ struct backup_disk_result {
     bool incremental;      /* only the changes since the previous backup were read */
     char *full_reason;     /* malloc'd, when not incremental: why ("no previous backup of the
                             * disk", "--full", the server's reason it cannot tell the changes) */
-    const char *transport; /* "https", "local", "nbd" */
+    const char *transport; /* "https", "local", "nbd", "rbd" */
 };
 
 struct backup_result {
     char *backup_id;            /* malloc'd: the committed backup */
     char *snapshot_id;          /* malloc'd: the server snapshot it was read from */
     bool incremental;           /* it had a previous backup of the VM as its base */
-    const char *transport;      /* "https", "local", "nbd", or "mixed" across disks */
+    const char *transport;      /* "https", "local", "nbd", "rbd", or "mixed" across disks */
     uint64_t bytes_read;        /* of the disks */
     uint64_t bytes_transferred; /* over https (blocks of zeros are not sent) */
     uint64_t bytes_written;     /* into the repository */
@@ -106,7 +108,7 @@ void backup_result_free(struct backup_result *res);
  * server's checkpoints of two repositories never mix.  malloc'd; NULL when out of memory. */
 char *backup_chain_id(const struct repo *repo);
 
-/* A --transport argument ("auto", "https", "local", "nbd"): 0, or -EINVAL. */
+/* A --transport argument ("auto", "https", "local", "nbd", "rbd"): 0, or -EINVAL. */
 int backup_transport_parse(const char *s, enum backup_transport *out);
 
 #endif

@@ -9,8 +9,9 @@
  *   - source_local.c: the snapshot file itself, on the daemon's host (O_DIRECT), only when its
  *     identity and size are the daemon's;
  *   - source_nbd.c: the NBD export of a live VM's snapshot (file_id is its NBD URI), on the
- *     daemon's host, through core/nbdio.c.
- * RBD comes next, one more file.
+ *     daemon's host, through core/nbdio.c;
+ *   - source_rbd.c: the RBD snapshot of an rbd provider's disk (file_id names it, see
+ *     provider/rbdio.h), from the Ceph cluster with this host's own Ceph credentials.
  */
 #ifndef VMEXPORT_BACKUP_SOURCE_H
 #define VMEXPORT_BACKUP_SOURCE_H
@@ -33,7 +34,7 @@ struct source_disk {
 struct source;
 
 struct source_ops {
-    const char *name; /* "https", "local", "nbd": the transport a backup reports */
+    const char *name; /* "https", "local", "nbd", "rbd": the transport a backup reports */
     /* Read exactly len bytes at off into buf, on behalf of fetch thread worker.  0, or a
      * negative errno (-ENODATA: the disk ended early) with the cause in why. */
     int (*pread)(struct source *s, unsigned worker, void *buf, uint64_t len, uint64_t off,
@@ -85,5 +86,10 @@ bool source_nbd_names_export(const struct source_disk *d);
  * host, or the export is not the disk (another size). */
 int source_nbd_open(const struct source_disk *d, unsigned nconn, struct source **out, char *why,
                     size_t whylen);
+
+/* Read the RBD snapshot named by the disk's file_id with librbd (CEPH_CONF, CEPH_ID); fails
+ * (-ENOENT, -ESTALE ...) with the reason in why when file_id names no RBD snapshot, the cluster
+ * cannot be reached or is not the server's, or the snapshot is not the disk (another size). */
+int source_rbd_open(const struct source_disk *d, struct source **out, char *why, size_t whylen);
 
 #endif

@@ -116,8 +116,11 @@ static const struct cli_option backup_options[] = {
      "fails when a disk's file is not the server's), nbd (the\n"
      "NBD export of a live VM's snapshot, on the server's host;\n"
      "fails when the server names none or its socket is not\n"
-     "here), or auto (the default, per disk: nbd where possible,\n"
-     "else local, else https).  The server still takes the\n"
+     "here), rbd (the RBD snapshot of an rbd provider's disk,\n"
+     "read from the Ceph cluster with this host's credentials:\n"
+     "CEPH_CONF, CEPH_ID), or auto (the default, per disk: nbd\n"
+     "where possible, else local, else https).  The server still\n"
+     "takes the\n"
      "snapshot and says what changed."},
     {NULL, 0, NULL, NULL},
 };
@@ -158,7 +161,8 @@ static int backup_cmd(int argc, char **argv)
             break;
         case 't':
             if (backup_transport_parse(a.arg, &o.transport) < 0)
-                return cli_usage_error(&cmd_backup, "--transport takes auto, https, local or nbd");
+                return cli_usage_error(&cmd_backup,
+                                       "--transport takes auto, https, local, nbd or rbd");
             break;
         default:
             break;
@@ -209,7 +213,7 @@ const struct cli_command cmd_backup = {
     .run = backup_cmd,
     .usage = "Usage: vmexport backup VM --repo URL [--full] [--jobs N] [--keep-snapshots N]\n"
              "                      [--disk NAME]... [--exclude-disk NAME]...\n"
-             "                      [--transport auto|https|local|nbd] [--json]\n"
+             "                      [--transport auto|https|local|nbd|rbd] [--json]\n"
              "\n"
              "Take a snapshot of VM on the server and store its disks in the repository.\n"
              "When the snapshot of the VM's previous backup still exists on the server, only the\n"
@@ -248,7 +252,7 @@ const struct cli_command cmd_backup = {
                  "the disks), bytes_transferred (over https: blocks of\n"
                  "zeros are not sent), bytes_written, chunks_new,\n"
                  "chunks_reused, chunks_fetched, transport (local,\n"
-                 "https, nbd, or mixed across disks), definition_format\n"
+                 "https, nbd, rbd, or mixed across disks), definition_format\n"
                  "(null: no definition stored), disks (name, incremental,\n"
                  "full_reason, transport), seconds",
     .jobs_help = "parallel connections (default 4)",

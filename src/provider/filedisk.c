@@ -6,7 +6,7 @@
  * the one place that removes a snapshot file, its sidecar, the temporary files of an
  * interrupted clone and the directories left empty, for rollbacks and deletions alike.
  * Readers: the file open read-only, plus an O_DIRECT descriptor and an untouched mapping (for
- * mincore) when the reader streams.  Uploads: a partial file, 0600, in the provider's staging
+ * mincore) when the reader streams; read-ahead hints are posix_fadvise.  Uploads: a partial file, 0600, in the provider's staging
  * directory, renamed to the disk without replacing anything.
  */
 #include "provider/filedisk.h"
@@ -288,6 +288,13 @@ static int fr_dup_fd(struct disk_reader *r)
     return fd < 0 ? -errno : fd;
 }
 
+static void fr_advise(struct disk_reader *r, uint64_t off, uint64_t n, enum disk_advice advice)
+{
+    /* a hint: a failure only costs the speed it was for */
+    (void)posix_fadvise(((struct file_reader *)r)->fd, (off_t)off, (off_t)n,
+                        advice == DISK_ADVISE_WILLNEED ? POSIX_FADV_WILLNEED : POSIX_FADV_DONTNEED);
+}
+
 static void fr_close(struct disk_reader *r)
 {
     struct file_reader *f = (struct file_reader *)r;
@@ -305,6 +312,7 @@ static const struct disk_reader_ops file_reader_ops = {
     .size = fr_size,
     .map = fr_map,
     .dup_fd = fr_dup_fd,
+    .advise = fr_advise,
     .close = fr_close,
 };
 

@@ -42,6 +42,7 @@ static const struct provider_ops *const provider_types[] = {
     &provider_ovm_ops,
     &provider_qemu_ops,
     &provider_libvirt_ops,
+    &provider_rbd_ops,
 };
 
 void vm_disk_clear(struct vm_disk *disk)

@@ -97,6 +97,11 @@ struct provider_quiesce {
 /* disk_reader_ops.pread flags.  DISK_READ_ONCE: the bytes are read once, so where they are not
  * cached they are read past the cache (when buf, off and n are multiples of direct_align). */
 #define DISK_READ_ONCE 1u
+/* disk_reader_ops.advise hints. */
+enum disk_advice {
+    DISK_ADVISE_WILLNEED, /* read soon: start reading now, without waiting */
+    DISK_ADVISE_DONE,     /* read once and done: need not stay in the page cache */
+};
 /* disk_reader_ops.map flags. */
 #define DISK_MAP_LOGICAL 1u /* data and holes only, as reads see them (no physical addresses) */
 
@@ -125,6 +130,10 @@ struct disk_reader_ops {
     /* A new descriptor of the data that sendfile(2) can send from (the caller closes it), or
      * -EOPNOTSUPP. */
     int (*dup_fd)(struct disk_reader *r);
+    /* Optional (NULL: no hints): DISK_ADVISE_WILLNEED starts reading [off, off + n) into the
+     * page cache and returns at once, so that many small reads are in flight together, not one
+     * after the other; DISK_ADVISE_DONE lets those bytes leave the cache once read. */
+    void (*advise)(struct disk_reader *r, uint64_t off, uint64_t n, enum disk_advice advice);
     void (*close)(struct disk_reader *r);
 };
 
@@ -266,7 +275,7 @@ struct provider {
 };
 
 extern const struct provider_ops provider_dir_ops, provider_ovm_ops, provider_qemu_ops;
-extern const struct provider_ops provider_libvirt_ops;
+extern const struct provider_ops provider_libvirt_ops, provider_rbd_ops;
 
 /* Whether s is a usable chain ID (provider_snapshot_request.chain). */
 bool provider_chain_valid(const char *s);

@@ -211,7 +211,8 @@ void index_cache_prune(struct repo *r, const string_list *names, bool (*valid)(c
             close(fd);
         return;
     }
-    memcpy(sorted, names->ptr, names->len * sizeof(*sorted));
+    if (names->len)
+        memcpy(sorted, names->ptr, names->len * sizeof(*sorted));
     qsort(sorted, names->len, sizeof(*sorted), name_cmp);
     rewinddir(d);
     struct dirent *e;

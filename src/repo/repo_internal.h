@@ -276,7 +276,7 @@ bool backup_id_valid(const char *id);
  * renews it every third of that (a lease keeper's thread), so only a process stalled or cut
  * off from the store for this long loses it.  VMEXPORT_LEASE_SECONDS (1 .. REPO_LEASE_MAX)
  * overrides it, for tests of lost leases. */
-#define REPO_LEASE_SECONDS 3600
+#define REPO_LEASE_SECONDS 600
 #define REPO_LEASE_MAX     86400
 #define REPO_LEASE_ENV     "VMEXPORT_LEASE_SECONDS"
 /* The lease in seconds: VMEXPORT_LEASE_SECONDS when valid, else REPO_LEASE_SECONDS. */

@@ -334,6 +334,15 @@ static int open_regular(int root, const char *key, uint64_t max, size_t *size)
     return fd;
 }
 
+/* Read exactly len bytes of fd at off into buf: 0, a negative errno, or -EBADMSG when the file
+ * ends first (it shrank under us). */
+static int pread_exact(int fd, uint8_t *buf, size_t len, uint64_t off)
+{
+    size_t got = 0;
+    int r = fs_pread_direct(fd, -1, buf, len, off, &got); /* -1: through the page cache */
+    return r < 0 ? r : got == len ? 0 : -EBADMSG;
+}
+
 static int local_get(struct store *s, const char *key, uint64_t max, uint8_t **data, size_t *len)
 {
     size_t size = 0;
@@ -343,19 +352,9 @@ static int local_get(struct store *s, const char *key, uint64_t max, uint8_t **d
     CLEANUP_FREE uint8_t *buf = malloc(size ? size : 1);
     if (!buf)
         return -ENOMEM;
-    size_t got = 0;
-    while (got < size) {
-        size_t want = size - got > IO_MAX_CHUNK ? IO_MAX_CHUNK : size - got;
-        ssize_t n = read(fd, buf + got, want);
-        if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            return -errno;
-        }
-        if (n == 0)
-            return -EBADMSG; /* shrank under us */
-        got += (size_t)n;
-    }
+    int r = pread_exact(fd, buf, size, 0);
+    if (r < 0)
+        return r;
     *data = TAKE_PTR(buf);
     *len = size;
     return 0;
@@ -394,20 +393,7 @@ static int local_get_range(struct store *s, const char *key, uint64_t off, size_
         return fd;
     if (off > size || len > size - off)
         return -EBADMSG;
-    size_t got = 0;
-    while (got < len) {
-        size_t want = len - got > IO_MAX_CHUNK ? IO_MAX_CHUNK : len - got;
-        ssize_t n = pread(fd, buf + got, want, (off_t)(off + got));
-        if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            return -errno;
-        }
-        if (n == 0)
-            return -EBADMSG; /* shrank under us */
-        got += (size_t)n;
-    }
-    return 0;
+    return pread_exact(fd, buf, len, off);
 }
 
 static int local_stat(struct store *s, const char *key, struct store_stat *out)

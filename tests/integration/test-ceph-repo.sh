@@ -34,7 +34,7 @@ for url in "${STORES[@]}"; do
     out=$(VMEXPORT_TEST_STORE_URL=$url CMOCKA_MESSAGE_OUTPUT=TAP "$BUILD/tests/unit/test_repo_property" 2>&1)
     rc=$?
     if [ $rc = 0 ] && grep -q '^ok .* test_property_url$' <<<"$out"; then
-        ok "the repository property test passes on ${url%%:*} ($(grep -E '^# (after|flipped)' <<<"$out" | sed 's/^# //' | tr '\n' ';'))"
+        ok "the repository property test passes on ${url%%:*} at ${SECONDS}s ($(grep -E '^# (after|flipped)' <<<"$out" | sed 's/^# //' | tr '\n' ';'))"
     else
         not_ok "the repository property test on $url (exit $rc)"
         grep -v '^ok' <<<"$out" | tail -20 | sed 's/^/# /'
@@ -92,6 +92,7 @@ restores_bit_exact() {
 truncate -s $((DISK_MIB * MIB)) "$DISK"
 for REPO in "${URLS[@]}"; do
     kind=${REPO%%:*}
+    diag "$kind: the CLI scenarios start at ${SECONDS}s"
     check "$kind: repo init $REPO" "$VMEXPORT" repo init "$REPO"
     new_data
     check "$kind: a first backup" "$VMEXPORT" backup vm1 --repo "$REPO" --transport local
@@ -207,6 +208,8 @@ server_gone() {
     check "$kind:   and the next backup succeeds" "$VMEXPORT" backup vm1 --repo "$REPO" --transport local
     check "$kind:   verify passes" "$VMEXPORT" verify --repo "$REPO"
 }
+diag "the server faults start at ${SECONDS}s"
 for ((k = ${#URLS[@]} - 1; k >= 0; k--)); do
     server_gone "${URLS[$k]}"
 done
+diag "done at ${SECONDS}s"

@@ -391,11 +391,11 @@ static void test_config_errors(void **state)
 
     const struct provider_setting no_type[] = {{"path", fx(f, "root")}};
     assert_int_equal(provider_open(f, "lab", no_type, 1, err), -EINVAL);
-    assert_string_equal(err, "[provider.lab] type: missing (known: dir, ovm, qemu, libvirt)");
+    assert_string_equal(err, "[provider.lab] type: missing (known: dir, ovm, qemu, libvirt, rbd)");
 
     const struct provider_setting bad_type[] = {{"type", "xen"}};
     assert_int_equal(provider_open(f, "lab", bad_type, 1, err), -EINVAL);
-    assert_string_equal(err, "[provider.lab] type: unknown provider type 'xen' (known: dir, ovm, qemu, libvirt)");
+    assert_string_equal(err, "[provider.lab] type: unknown provider type 'xen' (known: dir, ovm, qemu, libvirt, rbd)");
 
     const struct provider_setting bad_snap[] = {
         {"type", "dir"}, {"path", fx(f, "root")}, {"snapshot_dir", fx(f, "no/such")}};

@@ -408,6 +408,41 @@ static struct repo *reopen(struct fixture *f)
     return f->r;
 }
 
+/* n chunks of CS pseudo-random bytes (fill from seed on) into one pack: their IDs in ids. */
+static void store_random_chunks(struct fixture *f, struct chunk_id *ids, unsigned n, unsigned seed)
+{
+    static uint8_t buf[CS];
+    struct chunk_batch *b = NULL;
+    assert_int_equal(repo_chunk_batch_new(f->r, &b), 0);
+    for (unsigned i = 0; i < n; i++) {
+        fill(buf, CS, seed + i);
+        repo_chunk_id(f->r, buf, CS, &ids[i]);
+        assert_int_equal(repo_chunk_batch_put(b, &ids[i], buf, CS, NULL), 0);
+    }
+    assert_int_equal(repo_chunk_batch_flush(b), 0);
+    repo_chunk_batch_free(b);
+}
+
+/* A backup of VM "vm" whose disk "sda" (n chunks of CS) holds ids[i] at chunk i for i = from,
+ * from + step, ... below n, zeros elsewhere. */
+static void commit_backup(struct fixture *f, const struct chunk_id *ids, unsigned n, unsigned from,
+                          unsigned step)
+{
+    char err[ERR_LEN] = "";
+    struct backup_writer *w = NULL;
+    struct manifest m;
+    assert_int_equal(repo_backup_begin(f->r, "vm", 1700000000, 0, &w, err, sizeof(err)), 0);
+    assert_int_equal(manifest_new(&m, "sda", (uint64_t)n * CS, CS), 0);
+    for (unsigned i = from; i < n; i += step)
+        assert_int_equal(manifest_append(&m, i, &ids[i]), 0);
+    assert_int_equal(repo_backup_add_disk(w, &m), 0);
+    struct backup *info = calloc(1, sizeof(*info));
+    assert_non_null(info);
+    assert_int_equal(repo_backup_commit(w, info), 0);
+    backup_free(info);
+    manifest_free(&m);
+}
+
 #define MANY     5000 /* small chunks: past the index's delta limit (4096) */
 #define MANY_LEN 300
 #define FLUSHES  5
@@ -485,22 +520,9 @@ static void test_gc_repack(void **state)
     enum { N = 12 };
     static uint8_t buf[CS], out[CS];
     struct chunk_id ids[N], gone[N];
-    struct chunk_batch *b = NULL;
     char err[ERR_LEN] = "";
-    assert_int_equal(repo_chunk_batch_new(f->r, &b), 0);
-    for (unsigned i = 0; i < N; i++) {
-        fill(buf, CS, 50 + i);
-        repo_chunk_id(f->r, buf, CS, &ids[i]);
-        assert_int_equal(repo_chunk_batch_put(b, &ids[i], buf, CS, NULL), 0);
-    }
-    assert_int_equal(repo_chunk_batch_flush(b), 0);
-    for (unsigned i = 0; i < N; i++) { /* a second pack, all dead */
-        fill(buf, CS, 500 + i);
-        repo_chunk_id(f->r, buf, CS, &gone[i]);
-        assert_int_equal(repo_chunk_batch_put(b, &gone[i], buf, CS, NULL), 0);
-    }
-    assert_int_equal(repo_chunk_batch_flush(b), 0);
-    repo_chunk_batch_free(b);
+    store_random_chunks(f, ids, N, 50);
+    store_random_chunks(f, gone, N, 500); /* a second pack, all dead */
     /* An orphan: a pack committed whose index was never written. */
     static const uint8_t junk[100] = {1};
     assert_int_equal(
@@ -508,17 +530,7 @@ static void test_gc_repack(void **state)
                   junk, sizeof(junk), STORE_PUT_CREATE, NULL),
         0);
     assert_int_equal(objects_under(f->s, REPO_PACKS_DIR), 3);
-
-    struct backup_writer *w = NULL;
-    struct manifest m;
-    assert_int_equal(repo_backup_begin(f->r, "vm", 1700000000, 0, &w, err, sizeof(err)), 0);
-    assert_int_equal(manifest_new(&m, "sda", (uint64_t)N * CS, CS), 0);
-    for (unsigned i = 0; i < N; i += 2) /* odd chunks: zeros (no entry) */
-        assert_int_equal(manifest_append(&m, i, &ids[i]), 0);
-    assert_int_equal(repo_backup_add_disk(w, &m), 0);
-    struct backup info = {0};
-    assert_int_equal(repo_backup_commit(w, &info), 0);
-    manifest_free(&m);
+    commit_backup(f, ids, N, 0, 2); /* odd chunks: zeros (no entry) */
 
     struct gc_stats gs;
     assert_int_equal(repo_gc(f->r, true, &gs, err, sizeof(err)), 0); /* dry run: counts */
@@ -546,14 +558,6 @@ static void test_gc_repack(void **state)
     assert_int_equal(repo_gc(f->r, false, &gs, err, sizeof(err)), 0);
     assert_int_equal(gs.chunks_deleted, 0);
     assert_int_equal(gs.bytes_freed, 0);
-    free(info.id);
-    free(info.vm_id);
-    for (size_t i = 0; i < info.disks.len; i++) {
-        free(info.disks.ptr[i].name);
-        free(info.disks.ptr[i].change_id);
-        free(info.disks.ptr[i].manifest);
-    }
-    backup_disk_list_reset(&info.disks);
     fixture_free(f);
 }
 
@@ -588,15 +592,7 @@ static void test_pack_damage(void **state)
     enum { N = 4 };
     static uint8_t buf[CS], out[CS];
     struct chunk_id ids[N];
-    struct chunk_batch *b = NULL;
-    assert_int_equal(repo_chunk_batch_new(f->r, &b), 0);
-    for (unsigned i = 0; i < N; i++) {
-        fill(buf, CS, 70 + i);
-        repo_chunk_id(f->r, buf, CS, &ids[i]);
-        assert_int_equal(repo_chunk_batch_put(b, &ids[i], buf, CS, NULL), 0);
-    }
-    assert_int_equal(repo_chunk_batch_flush(b), 0);
-    repo_chunk_batch_free(b);
+    store_random_chunks(f, ids, N, 70);
 
     struct first_pack fp = {.s = f->s};
     assert_int_equal(store_list(f->s, REPO_PACKS_DIR, first_pack_entry, &fp), 1);
@@ -644,28 +640,10 @@ static void test_gc_keeps_mostly_live(void **state)
     enum { N = 80, DEAD = 3 }; /* 80 x 64 KiB random: a 5 MiB pack, above the small limit */
     static uint8_t buf[CS], out[CS];
     static struct chunk_id ids[N];
-    struct chunk_batch *b = NULL;
     char err[ERR_LEN] = "";
-    assert_int_equal(repo_chunk_batch_new(f->r, &b), 0);
-    for (unsigned i = 0; i < N; i++) {
-        fill(buf, CS, 900 + i);
-        repo_chunk_id(f->r, buf, CS, &ids[i]);
-        assert_int_equal(repo_chunk_batch_put(b, &ids[i], buf, CS, NULL), 0);
-    }
-    assert_int_equal(repo_chunk_batch_flush(b), 0);
-    repo_chunk_batch_free(b);
+    store_random_chunks(f, ids, N, 900);
     uint64_t objs0, bytes0, objs1, bytes1;
-
-    struct backup_writer *w = NULL;
-    struct manifest m;
-    assert_int_equal(repo_backup_begin(f->r, "vm", 1700000000, 0, &w, err, sizeof(err)), 0);
-    assert_int_equal(manifest_new(&m, "sda", (uint64_t)N * CS, CS), 0);
-    for (unsigned i = DEAD; i < N; i++)
-        assert_int_equal(manifest_append(&m, i, &ids[i]), 0);
-    assert_int_equal(repo_backup_add_disk(w, &m), 0);
-    struct backup info = {0};
-    assert_int_equal(repo_backup_commit(w, &info), 0);
-    manifest_free(&m);
+    commit_backup(f, ids, N, DEAD, 1);
     store_mem_usage(f->s, &objs0, &bytes0);
 
     struct gc_stats gs;
@@ -690,14 +668,6 @@ static void test_gc_keeps_mostly_live(void **state)
     assert_int_equal(repo_gc(f->r, false, &gs, err, sizeof(err)), 0);
     assert_int_equal(gs.chunks_deleted, 0);
     assert_int_equal(gs.bytes_freed, 0);
-    free(info.id);
-    free(info.vm_id);
-    for (size_t i = 0; i < info.disks.len; i++) {
-        free(info.disks.ptr[i].name);
-        free(info.disks.ptr[i].change_id);
-        free(info.disks.ptr[i].manifest);
-    }
-    backup_disk_list_reset(&info.disks);
     fixture_free(f);
 }
 
