@@ -578,16 +578,9 @@ int repo_backup_begin(struct repo *r, const char *vm_id, int64_t time, unsigned 
         goto fail;
 
     int64_t deadline = store_deadline(lock_timeout);
-    ret = lock_file_acquire(r, REPO_LOCK_NAME, false, deadline, &w->repo_lock);
-    if (ret < 0) {
-        if (ret == -EBUSY)
-            repo_set_err(err, errlen, "%s: the repository is locked for maintenance (gc or prune)",
-                         r->path);
-        else
-            repo_set_err(err, errlen, "%s: cannot lock the repository: %s", r->path,
-                         strerror(-ret));
-        goto fail;
-    }
+    /* The VM first, then the repository: a backup waiting for another one of its VM (or for
+     * a dead holder's lease to run out) holds no lease that could expire unrenewed meanwhile,
+     * and only backups take VM locks, so the order cannot deadlock with gc or prune. */
     ret = -ENOMEM;
     if (asprintf(&lock_name, VM_LOCK_PREFIX "%s" VM_LOCK_SUFFIX, w->vm_dir) < 0)
         goto fail;
@@ -599,6 +592,25 @@ int repo_backup_begin(struct repo *r, const char *vm_id, int64_t time, unsigned 
         else
             repo_set_err(err, errlen, "%s: cannot lock VM %s: %s", r->path, w->vm_dir,
                          strerror(-ret));
+        goto fail;
+    }
+    ret = lock_file_acquire(r, REPO_LOCK_NAME, false, deadline, &w->repo_lock);
+    if (ret < 0) {
+        if (ret == -EBUSY)
+            repo_set_err(err, errlen, "%s: the repository is locked for maintenance (gc or prune)",
+                         r->path);
+        else
+            repo_set_err(err, errlen, "%s: cannot lock the repository: %s", r->path,
+                         strerror(-ret));
+        goto fail;
+    }
+    /* A wait for gc may have outlasted the VM lock's lease: extend it from now, as the repo's. */
+    ret = store_renew(r->store, w->vm_lock, repo_lease_seconds());
+    if (ret < 0) {
+        repo_set_err(err, errlen,
+                     "%s: the lock of VM %s ran out while waiting for the repository "
+                     "lock: %s",
+                     r->path, w->vm_dir, strerror(-ret));
         goto fail;
     }
     struct store_lease *held[] = {w->repo_lock, w->vm_lock};

@@ -206,9 +206,12 @@ ceph_stop_osd() {
     ceph -c "$CEPH_CONF" osd down 0 >/dev/null 2>&1 || true
 }
 
+# tcp_nodelay=1: without it beast sends a small answer's head and body in two segments, and
+# Nagle holds the body until the client's delayed ACK of the head: 40 ms per request (measured:
+# the repository property test on S3 took 77 s, with it 7 s).
 ceph_start_rgw() {
     radosgw -c "$CEPH_CONF" -n client.rgw.a -f \
-        --rgw-frontends="beast endpoint=127.0.0.1:$CEPH_RGW_PORT" \
+        --rgw-frontends="beast endpoint=127.0.0.1:$CEPH_RGW_PORT tcp_nodelay=1" \
         >>"$CEPH_DIR/log/rgw.out" 2>&1 &
     CEPH_PID[rgw]=$!
     _ceph_wait "radosgw" curl -s -o /dev/null "http://127.0.0.1:$CEPH_RGW_PORT/"
