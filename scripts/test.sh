@@ -61,11 +61,11 @@ selected() {
 # The slow live-VM tiers (they boot guests under TCG and start libvirtd) run once: in the
 # sanitizer pass when it runs, where the daemon's memory errors would show, else in the normal
 # pass.
-ONCE_TESTS=" test-guest-agent test-qemu-vm test-libvirt test-qemu-complaints test-rbd test-store-rados test-store-s3 test-ceph-repo "
+ONCE_TESTS=" test-guest-agent test-qemu-vm test-libvirt test-qemu-complaints test-store-rados test-store-s3 "
 # The property test of live VMs must keep its hundred rounds: it runs in the normal pass only
 # (the sanitizer pass runs an eighth of the rounds of the others); test-build builds its own
 # variants, whichever pass runs it.
-NORMAL_ONLY_TESTS=" test-qemu-property test-build "
+NORMAL_ONLY_TESTS=" test-qemu-property test-build test-rbd test-ceph-repo "
 ASAN_PASS=1
 [ "${VMEXPORT_NO_ASAN:-0}" != 1 ] || ASAN_PASS=0
 

@@ -198,8 +198,10 @@ server_gone() {
     diag "$(tail -1 "$WORK/bg.err")"
     check "$kind:   with a clear error" grep -Eqi "timed out|timeout|connect|no answer|unavailable|endpoint" "$WORK/bg.err"
     if [ "$kind" = rados ]; then kill -CONT "${CEPH_PID[osd]}"; else ceph_start_rgw; fi
-    for ((i = 0; i < 30; i++)); do
-        [ -n "$(backups_count "$REPO")" ] && break
+    # 30 s in all, each try bounded (a listing of a store not yet serving waits for its timeouts)
+    local until=$((SECONDS + 30))
+    while [ "$SECONDS" -lt "$until" ]; do
+        [ -n "$(CEPH_CONF="$WORK/short.conf" timeout 8 "$VMEXPORT" backups --repo "$REPO" --json 2>/dev/null | jq length)" ] && break
         sleep 1
     done
     if [ -z "$(backups_count "$REPO")" ]; then
