@@ -567,17 +567,24 @@ static int list_entry(void *opaque, const char *oid)
     return c->fn(c->opaque, &e);
 }
 
+/* A prefix to walk must not be an object itself: 0, -ENOTDIR, or the store's error. */
+static int prefix_not_object(struct rados_store *rs, const char *prefix)
+{
+    if (!*prefix)
+        return 0;
+    uint64_t size;
+    int r = object_size(rs, prefix, &size);
+    if (r == 0)
+        return -ENOTDIR;
+    return r == -ENOENT ? 0 : r;
+}
+
 static int rs_list(struct store *s, const char *prefix, store_list_fn fn, void *opaque)
 {
     struct rados_store *rs = rs_of(s);
-    if (*prefix) {
-        uint64_t size;
-        int r = object_size(rs, prefix, &size);
-        if (r == 0)
-            return -ENOTDIR;
-        if (r != -ENOENT)
-            return r;
-    }
+    int pr = prefix_not_object(rs, prefix);
+    if (pr < 0)
+        return pr;
     struct list_ctx c = {
         .prefix = prefix, .plen = strlen(prefix), .fn = fn, .opaque = opaque, .seen = VECTOR_INIT};
     int r = walk_objects(rs, list_entry, &c);
@@ -606,14 +613,9 @@ static int deep_entry(void *opaque, const char *oid)
 static int rs_walk(struct store *s, const char *prefix, store_list_fn fn, void *opaque)
 {
     struct rados_store *rs = rs_of(s);
-    if (*prefix) {
-        uint64_t size;
-        int r = object_size(rs, prefix, &size);
-        if (r == 0)
-            return -ENOTDIR;
-        if (r != -ENOENT)
-            return r;
-    }
+    int pr = prefix_not_object(rs, prefix);
+    if (pr < 0)
+        return pr;
     struct deep_ctx c = {.prefix = prefix, .plen = strlen(prefix), .fn = fn, .opaque = opaque};
     return walk_objects(rs, deep_entry, &c);
 }
