@@ -53,16 +53,6 @@
 #define CONFIG_LOCK_DAYS "lock_days" /* S3 Object Lock retention of everything written */
 #define CONFIG_CANONICAL (JSON_COMPACT | JSON_SORT_KEYS | JSON_ENSURE_ASCII)
 
-void repo_set_err(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (!err || !errlen)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
-
 void chunk_id_to_hex(const struct chunk_id *id, char out[2 * HASH_SIZE + 1])
 {
     hash_to_hex(id->b, out);

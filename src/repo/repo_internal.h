@@ -85,9 +85,8 @@ struct repo {
     bool lock_exclusive;
 };
 
-/* Format a message into err (when err is not NULL). */
-void repo_set_err(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
+/* Format a message into err (when err is not NULL): the store's helper (store.h). */
+#define repo_set_err store_set_err
 
 /* A power of two within REPO_MIN_CHUNK_SIZE .. REPO_MAX_CHUNK_SIZE (repo.c). */
 bool repo_chunk_size_valid(uint64_t n);
