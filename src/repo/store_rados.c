@@ -275,8 +275,8 @@ struct inflight {
  * the data into the operation, so a temporary file's mapping ends here. */
 static void commit_send(struct rados_store *rs, struct store_staged *st, struct inflight *f)
 {
-    const char *bytes;
-    void *map;
+    const char *bytes = NULL; /* set by staged_bytes: GCC -O3 cannot tell */
+    void *map = NULL;
     *f = (struct inflight){0};
     f->r = staged_bytes(st, &bytes, &map);
     if (f->r < 0)
@@ -308,8 +308,8 @@ static int commit_wait(struct rados_store *rs, struct store_staged *st, struct i
     if (f->op)
         rados_release_write_op(f->op);
     if (transient(r)) {
-        const char *bytes;
-        void *map;
+        const char *bytes = NULL;
+        void *map = NULL;
         r = staged_bytes(st, &bytes, &map);
         if (r == 0)
             r = create_exclusive(rs, st->key, bytes, st->len);
