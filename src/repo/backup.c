@@ -61,10 +61,8 @@ static void disks_reset(backup_disk_list *l)
     backup_disk_list_reset(l);
 }
 
-void backup_free(struct backup *b)
+void backup_clear(struct backup *b)
 {
-    if (!b)
-        return;
     free(b->id);
     free(b->vm_id);
     free(b->snapshot_id);
@@ -74,6 +72,14 @@ void backup_free(struct backup *b)
     free(b->definition_format);
     free(b->parent_id);
     disks_reset(&b->disks);
+    memset(b, 0, sizeof(*b));
+}
+
+void backup_free(struct backup *b)
+{
+    if (!b)
+        return;
+    backup_clear(b);
     free(b);
 }
 

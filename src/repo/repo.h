@@ -289,6 +289,9 @@ struct backup {
     char *parent_id; /* backup it was incremental against, or NULL */
 };
 DEFINE_VECTOR_TYPE(backup_list, struct backup *);
+/* Free what b owns and zero it (b itself stays: a struct on the stack); backup_free also
+ * frees b. */
+void backup_clear(struct backup *b);
 void backup_free(struct backup *b);
 void backup_list_free(backup_list *l);
 

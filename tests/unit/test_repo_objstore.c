@@ -62,19 +62,6 @@ static void chunk_fill(uint8_t *buf, unsigned seed, uint64_t i)
     }
 }
 
-static void info_clear(struct backup *info)
-{
-    free(info->id);
-    free(info->vm_id);
-    for (size_t i = 0; i < info->disks.len; i++) {
-        free(info->disks.ptr[i].name);
-        free(info->disks.ptr[i].change_id);
-        free(info->disks.ptr[i].manifest);
-    }
-    backup_disk_list_reset(&info->disks);
-    memset(info, 0, sizeof(*info));
-}
-
 /* Store n chunks of seed as the disk of m through a batch (a flush every FLUSH_EVERY). */
 static int chunks_store(struct repo *r, struct manifest *m, unsigned seed, size_t n,
                         uint64_t *chunks_new)
@@ -121,7 +108,7 @@ static int backup_make(struct repo *r, int64_t t, unsigned seed, size_t n, uint6
     if (ret < 0)
         repo_backup_abort(w);
     manifest_free(&m);
-    info_clear(&info);
+    backup_clear(&info);
     return ret;
 }
 
@@ -199,7 +186,7 @@ static void test_writer_lease(void **state)
     assert_int_equal(repo_lock(other, true, 0, err, sizeof(err)), -EBUSY);
     assert_int_equal(repo_backup_add_disk(w, &m), 0);
     assert_int_equal(repo_backup_commit(w, &info), 0);
-    info_clear(&info);
+    backup_clear(&info);
     assert_int_equal(backup_count(other), 2);
     check_restores(other, 2, 4);
 

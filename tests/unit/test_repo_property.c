@@ -122,19 +122,6 @@ static bool all_zero(const uint8_t *p, size_t n)
     return true;
 }
 
-static void info_clear(struct backup *info)
-{
-    free(info->id);
-    free(info->vm_id);
-    for (size_t i = 0; i < info->disks.len; i++) {
-        free(info->disks.ptr[i].name);
-        free(info->disks.ptr[i].change_id);
-        free(info->disks.ptr[i].manifest);
-    }
-    backup_disk_list_reset(&info->disks);
-    memset(info, 0, sizeof(*info));
-}
-
 /* Back generation gen up (batches flushed per disk, and after half of the first disk when
  * stop_fd is given: then a byte is written to it and the process waits to be killed). */
 static int backup_gen(struct repo *r, unsigned gen, uint64_t *chunks_new, int stop_fd,
@@ -182,7 +169,7 @@ static int backup_gen(struct repo *r, unsigned gen, uint64_t *chunks_new, int st
     else
         repo_backup_abort(w);
     info.snapshot_id = NULL;
-    info_clear(&info);
+    backup_clear(&info);
     uint64_t existing, bytes;
     repo_chunk_batch_stats(batch, chunks_new, &existing, &bytes);
     repo_chunk_batch_free(batch);
